@@ -1,0 +1,38 @@
+"""The `halp-trt` command. Each subcommand lives in its own module of this package with
+``add_parser(subparsers)`` and ``run(args) -> int``; heavy imports happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .._version import __version__
+
+#: Subcommand modules, in the order `--help` lists them.
+COMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="halp-trt",
+        description="Latency-aware structured pruning for TensorRT, PyTorch and ONNX Runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"halp-trt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lut_builder.errors import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli(args._run, args, prog="halp-trt")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Models defined in the repository, usable as ``halp_trt.models:NAME`` specs.
+
+A small registry in the manner of timm: ``@register_model`` adds a factory,
+``list_models(pattern)`` lists names. Factories take keyword arguments only and build
+untrained models (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from .cifar_resnet import BasicBlock, CifarResNet
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model factory under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    return _REGISTRY[name](**kwargs)
+
+
+@register_model
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """CIFAR ResNet-20 (0.27 M parameters)."""
+    return CifarResNet(20, num_classes, in_channels)
+
+
+@register_model
+def resnet32(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """CIFAR ResNet-32 (0.46 M parameters)."""
+    return CifarResNet(32, num_classes, in_channels)
+
+
+@register_model
+def resnet56(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """CIFAR ResNet-56 (0.85 M parameters), the usual CIFAR-10 pruning benchmark."""
+    return CifarResNet(56, num_classes, in_channels)
+
+
+__all__ = ["BasicBlock", "CifarResNet", "create_model", "list_models", "register_model"]
+__all__ += list_models()
