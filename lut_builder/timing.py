@@ -1,0 +1,195 @@
+"""Timing primitives shared by the per-layer backends and whole-model runners.
+
+Everything reports milliseconds. A measurement is a warm-up followed by many timed
+runs; the median is the figure used everywhere (robust to the odd preempted run on a
+shared machine), and the spread (p10/p90, mean, std) is kept so a table can say how
+much it trusts each point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated timings of one thing, in milliseconds.
+
+    Attributes:
+        median_ms: the median run; the latency figure.
+        p10_ms, p90_ms: 10th and 90th percentiles (linear interpolation).
+        mean_ms, std_ms: mean and population standard deviation.
+        n: how many timed runs the summary covers.
+    """
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("a Timing needs at least one run")
+        if not (self.p10_ms <= self.median_ms <= self.p90_ms):
+            raise ValueError("p10 <= median <= p90 must hold")
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> Timing:
+        """Summarise raw per-run times (milliseconds).
+
+        Raises:
+            ValueError: no samples, or a sample that is not a finite non-negative number.
+        """
+        xs = sorted(float(s) for s in samples_ms)
+        if not xs:
+            raise ValueError("no samples to summarise")
+        if any(not math.isfinite(x) or x < 0 for x in xs):
+            raise ValueError("samples must be finite and non-negative")
+        n = len(xs)
+        mean = sum(xs) / n
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / n)
+        return cls(
+            median_ms=_quantile(xs, 0.5),
+            p10_ms=_quantile(xs, 0.1),
+            p90_ms=_quantile(xs, 0.9),
+            mean_ms=mean,
+            std_ms=std,
+            n=n,
+        )
+
+    @property
+    def spread(self) -> float:
+        """Relative dispersion (p90 - p10) / median; 0 for a zero median."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Timing:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            **{k: d[k] for k in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms")},
+            n=int(d["n"]),
+        )
+
+
+def _quantile(sorted_xs: Sequence[float], q: float) -> float:
+    """Quantile of already sorted data with linear interpolation (numpy's default)."""
+    pos = (len(sorted_xs) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 10,
+    runs: int = 50,
+    min_time_s: float | None = None,
+    sync: Callable[[], Any] | None = None,
+    max_runs: int | None = None,
+) -> Timing:
+    """Time ``fn()`` with a wall clock: ``warmup`` untimed calls, then timed calls.
+
+    Each timed call is bracketed by ``sync()`` (for asynchronous devices such as CUDA,
+    so the clock measures the work and not its launch). At least ``runs`` calls are
+    timed; when ``min_time_s`` is given, timing continues until the timed calls add up
+    to that many seconds (so a fast layer gets enough samples for a stable median),
+    bounded by ``max_runs`` (default ``100 * runs``).
+
+    Args:
+        fn: the work to time; its return value is ignored.
+        warmup: untimed calls first (caches, allocator, lazy initialisation).
+        runs: minimum number of timed calls, >= 1.
+        min_time_s: minimum total timed duration in seconds, or None.
+        sync: called before starting and before stopping the clock, or None.
+        max_runs: upper bound on timed calls when ``min_time_s`` asks for more.
+
+    Returns:
+        A :class:`Timing` over the timed calls.
+
+    Raises:
+        ValueError: ``runs`` < 1 or ``warmup`` < 0.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError("runs must be >= 1 and warmup >= 0")
+    limit = max_runs if max_runs is not None else 100 * runs
+    limit = max(limit, runs)
+    sync = sync or _noop
+    for _ in range(warmup):
+        fn()
+    sync()
+    clock = time.perf_counter
+    samples: list[float] = []
+    total = 0.0
+    while len(samples) < runs or (
+        min_time_s is not None and total < min_time_s and len(samples) < limit
+    ):
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        dt = clock() - t0
+        total += dt
+        samples.append(dt * 1e3)
+    return Timing.from_samples(samples)
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    warmup: int = 5,
+    rounds: int = 30,
+    sync: Callable[[], Any] | None = None,
+) -> list[list[float]]:
+    """Time several callables round-robin so that machine noise hits them all alike.
+
+    Each round calls every function once, in order, timing each call. Comparing two
+    models this way (and taking the median of per-round ratios) cancels slow drifts
+    such as another process starting on a shared machine, which separate blocks of
+    runs would attribute to whichever model ran at the time.
+
+    Args:
+        fns: the callables to compare.
+        warmup: untimed rounds first.
+        rounds: timed rounds, >= 1.
+        sync: called around each timed call (CUDA), or None.
+
+    Returns:
+        ``samples[i]`` = the list of ``rounds`` times of ``fns[i]``, in milliseconds.
+
+    Raises:
+        ValueError: no callables, ``rounds`` < 1 or ``warmup`` < 0.
+    """
+    if not fns:
+        raise ValueError("nothing to time")
+    if rounds < 1 or warmup < 0:
+        raise ValueError("rounds must be >= 1 and warmup >= 0")
+    sync = sync or _noop
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    sync()
+    clock = time.perf_counter
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            samples[i].append((clock() - t0) * 1e3)
+    return samples
+
+
+def _noop() -> None:
+    return None

@@ -1,0 +1,68 @@
+"""Tests of lut_builder.timing: summaries and the timing loops (no device needed)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from lut_builder.timing import Timing, time_callable, time_interleaved
+
+
+def test_from_samples_matches_numpy_quantiles():
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0, 7.0]
+    t = Timing.from_samples(xs)
+    assert t.n == 7
+    assert t.median_ms == pytest.approx(np.median(xs))
+    assert t.p10_ms == pytest.approx(np.quantile(xs, 0.1))
+    assert t.p90_ms == pytest.approx(np.quantile(xs, 0.9))
+    assert t.mean_ms == pytest.approx(np.mean(xs))
+    assert t.std_ms == pytest.approx(np.std(xs))
+
+
+def test_timing_round_trips_dict():
+    t = Timing.from_samples([1.0, 2.0, 3.0])
+    assert Timing.from_dict(t.to_dict()) == t
+    assert t.spread == pytest.approx((t.p90_ms - t.p10_ms) / 2.0)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [-1.0]])
+def test_from_samples_rejects_bad_samples(bad):
+    with pytest.raises(ValueError):
+        Timing.from_samples(bad)
+
+
+def test_time_callable_counts_warmup_runs_and_syncs():
+    calls, syncs = [], []
+    t = time_callable(lambda: calls.append(1), warmup=3, runs=7, sync=lambda: syncs.append(1))
+    assert len(calls) == 10
+    assert t.n == 7
+    assert len(syncs) >= 2 * 7  # around each timed call
+
+
+def test_time_callable_min_time_extends_runs():
+    t = time_callable(lambda: time.sleep(0.001), warmup=0, runs=2, min_time_s=0.03)
+    assert t.n > 2
+    assert t.median_ms >= 1.0
+    capped = time_callable(lambda: None, warmup=0, runs=2, min_time_s=10.0, max_runs=5)
+    assert capped.n == 5
+
+
+def test_time_callable_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        time_callable(lambda: None, runs=0)
+
+
+def test_time_interleaved_round_robin_order():
+    order = []
+    samples = time_interleaved(
+        [lambda: order.append("a"), lambda: order.append("b")], warmup=1, rounds=3
+    )
+    assert order == ["a", "b"] * 4
+    assert [len(s) for s in samples] == [3, 3]
+
+
+def test_time_interleaved_separates_slow_from_fast():
+    samples = time_interleaved([lambda: time.sleep(0.004), lambda: None], warmup=0, rounds=5)
+    assert np.median(samples[0]) > np.median(samples[1]) + 2.0
