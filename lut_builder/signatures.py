@@ -105,7 +105,7 @@ class LayerSignature:
         oh, ow = self.out_hw
         if self.op == "linear":
             return self.batch * c_in * c_out
-        per_out = (c_in // self.groups if self.group_mode == "grouped" else c_in)
+        per_out = c_in // self.groups if self.group_mode == "grouped" else c_in
         if self.group_mode == "depthwise":
             per_out = 1
         return self.batch * oh * ow * c_out * per_out * self.kernel[0] * self.kernel[1]
@@ -131,7 +131,9 @@ def _conv_signature(module: Any, x: Any, batch: int) -> LayerSignature:
     dilation = _pair(module.dilation)
     pad = module.padding
     if isinstance(pad, str):
-        pad = (0, 0) if pad == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        pad = (
+            (0, 0) if pad == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        )
     c_in, c_out, g = module.in_channels, module.out_channels, module.groups
     if g == 1:
         mode, groups = "dense", 1
@@ -181,7 +183,10 @@ def model_layers(model: Any, example_inputs: Any) -> dict[str, LayerInfo]:
                 batch = int(x.shape[0]) if x.dim() == 4 else 1
                 sig = _conv_signature(module, x, batch)
                 found[name] = LayerInfo(
-                    name, sig, module.in_channels, module.out_channels,
+                    name,
+                    sig,
+                    module.in_channels,
+                    module.out_channels,
                     (int(out.shape[-2]), int(out.shape[-1])),
                 )
             else:

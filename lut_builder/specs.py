@@ -153,7 +153,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:
-        raise ShapeError(f"input shape {text!r} is not a list of integers like 1,3,224,224") from None
+        raise ShapeError(
+            f"input shape {text!r} is not a list of integers like 1,3,224,224"
+        ) from None
     if not dims or any(d <= 0 for d in dims):
         raise ShapeError(f"input shape {text!r} must be positive integers like 1,3,224,224")
     return dims

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .cifar_resnet import BasicBlock, CifarResNet
+from .resnet import Bottleneck, ResNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -53,5 +54,27 @@ def resnet56(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(56, num_classes, in_channels)
 
 
-__all__ = ["BasicBlock", "CifarResNet", "create_model", "list_models", "register_model"]
+@register_model
+def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-18 with torchvision's layout, for 224x224 inputs (11.7 M parameters)."""
+    from .resnet import BasicBlock as ImageNetBasicBlock
+
+    return ResNet(ImageNetBasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+
+
+@register_model
+def resnet50_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-50 with torchvision's layout, for 224x224 inputs (25.6 M parameters)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)
+
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "CifarResNet",
+    "create_model",
+    "list_models",
+    "register_model",
+]
 __all__ += list_models()

@@ -1,0 +1,206 @@
+"""Reference architectures for the channel-graph tests (torchvision is not importable on
+the CPU machines). Each factory returns (model, example_input) for a small input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from halp_trt.models import resnet20, resnet50_imagenet
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyBottleneckResNet(nn.Module):
+    """Two bottleneck stages with projection shortcuts (ResNet-50 blocks, small)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from halp_trt.models.resnet import Bottleneck
+
+        self.stem = conv_bn(3, 16)
+        self.layer1 = nn.Sequential(Bottleneck(16, 8), Bottleneck(32, 8))
+        self.layer2 = nn.Sequential(Bottleneck(32, 16, 2), Bottleneck(64, 16))
+        self.fc = nn.Linear(64, 7)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.use_res else y
+
+
+class TinyMobileNetV2(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16, s=2)
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16, 1, 1),
+            InvertedResidual(16, 24, 2, 6),
+            InvertedResidual(24, 24, 1, 6),
+            InvertedResidual(24, 32, 2, 6),
+        )
+        self.head = conv_bn(32, 64, k=1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, 10))
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(x.mean((2, 3)))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv(F.relu(self.bn(x)))], 1)
+
+
+class TinyDenseNet(nn.Module):
+    """DenseNet-style: each layer concatenates its output to its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.dense = nn.Sequential(DenseLayer(16, 8), DenseLayer(24, 8), DenseLayer(32, 8))
+        self.trans = nn.Sequential(nn.BatchNorm2d(40), nn.ReLU(), nn.Conv2d(40, 24, 1, bias=False))
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.trans(self.dense(self.stem(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class TinyResNeXt(nn.Module):
+    """A ResNeXt block: 1x1 reduce, 3x3 grouped conv (cardinality 4), 1x1 expand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 32)
+        self.reduce = conv_bn(32, 32, k=1)
+        self.grouped = conv_bn(32, 32, k=3, groups=4)
+        self.expand = nn.Sequential(nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.fc = nn.Linear(32, 6)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.expand(self.grouped(self.reduce(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class TinyVGG(nn.Module):
+    """VGG with BatchNorm and a classifier over the flattened feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn(3, 16),
+            nn.MaxPool2d(2),
+            conv_bn(16, 32),
+            conv_bn(32, 32),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(64, 10),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class TinySSD(nn.Module):
+    """SSD-style detector: a backbone, an extra stage, class and box heads on two maps."""
+
+    def __init__(self, num_classes: int = 4, anchors: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(conv_bn(3, 16, s=2), conv_bn(16, 32), conv_bn(32, 32, s=2))
+        self.extra = nn.Sequential(conv_bn(32, 16, k=1), conv_bn(16, 48, s=2))
+        self.cls_heads = nn.ModuleList(
+            [nn.Conv2d(c, anchors * num_classes, 3, 1, 1) for c in (32, 48)]
+        )
+        self.box_heads = nn.ModuleList([nn.Conv2d(c, anchors * 4, 3, 1, 1) for c in (32, 48)])
+
+    def forward(self, x):
+        f1 = self.backbone(x)
+        f2 = self.extra(f1)
+        cls = [h(f).flatten(2) for h, f in zip(self.cls_heads, (f1, f2))]
+        box = [h(f).flatten(2) for h, f in zip(self.box_heads, (f1, f2))]
+        return torch.cat(cls, 2), torch.cat(box, 2)
+
+
+class ChannelFlip(nn.Module):
+    """A block whose middle reverses the channel order: channels are not independent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = conv_bn(3, 16)
+        self.b = conv_bn(16, 16)
+        self.c = conv_bn(16, 24)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x):
+        x = self.b(self.a(x))
+        x = self.c(torch.flip(x, dims=(1,)))
+        return self.fc(x.mean((2, 3)))
+
+
+ZOO = {
+    "cifar_resnet20": (lambda: resnet20(), (2, 3, 32, 32)),
+    "bottleneck": (TinyBottleneckResNet, (2, 3, 16, 16)),
+    "mobilenetv2": (TinyMobileNetV2, (2, 3, 32, 32)),
+    "densenet": (TinyDenseNet, (2, 3, 16, 16)),
+    "resnext": (TinyResNeXt, (2, 3, 16, 16)),
+    "vgg": (TinyVGG, (2, 3, 16, 16)),
+    "ssd": (TinySSD, (2, 3, 32, 32)),
+    "channel_flip": (ChannelFlip, (2, 3, 16, 16)),
+}
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The zoo model ``name`` with randomised BN statistics, and an example input."""
+    torch.manual_seed(seed)
+    factory, shape = ZOO[name]
+    model = factory()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics make the check bite
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval(), torch.randn(*shape)
+
+
+def resnet50_sized() -> tuple[nn.Module, torch.Tensor]:
+    return resnet50_imagenet().eval(), torch.randn(1, 3, 224, 224)

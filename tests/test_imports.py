@@ -1,0 +1,80 @@
+"""Every module imports and every command's --help works with no GPU and no TensorRT."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import ROOT
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"tensorrt", "tensorrt_bindings", "pycuda", "cuda"}:
+                raise ImportError(f"{name} is blocked for this test")
+            return None
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_every_module_imports_without_gpu_or_tensorrt():
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil
+        import halp_trt, lut_builder
+        names = []
+        for pkg in (halp_trt, lut_builder):
+            for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+                if info.name.endswith("__main__"):
+                    continue
+                importlib.import_module(info.name)
+                names.append(info.name)
+        assert "tensorrt" not in sys.modules
+        print(len(names))
+        """
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) >= 8
+
+
+def _subcommands(cli_module: str) -> list[str]:
+    import importlib
+
+    return list(importlib.import_module(cli_module).COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "prog,module,cli_module",
+    [("halp-trt", "halp_trt", "halp_trt.cli"), ("lut-builder", "lut_builder", "lut_builder.cli")],
+)
+def test_every_help_works_without_gpu_or_tensorrt(prog, module, cli_module):
+    commands = _subcommands(cli_module)
+    for args in ([], *([c] for c in commands)):
+        code = (
+            f"import sys, runpy; sys.argv = ['{prog}', *{args!r}, '--help']\n"
+            f"runpy.run_module('{module}', run_name='__main__')"
+        )
+        proc = _python(code)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "usage:" in proc.stdout, args
+        assert "Traceback" not in proc.stderr
