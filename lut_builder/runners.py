@@ -45,6 +45,9 @@ class Runner:
 
     #: Backend name, as given to :func:`make_runner`.
     name: str = ""
+    #: The clock to time this runner with (see :mod:`lut_builder.timing`): ``"thread"``
+    #: for single-threaded CPU inference that runs on the calling thread, else ``"wall"``.
+    clock: str = "wall"
 
     def __call__(self) -> Any:
         raise NotImplementedError
@@ -197,6 +200,9 @@ class OnnxRuntimeRunner(Runner):
             path = export_onnx(model_or_path, example_input, Path(self._tmpdir.name) / "model.onnx")
         self.path = path
         self.threads = threads
+        # With one intra-op thread ONNX Runtime runs on the caller's thread, so that
+        # thread's CPU time is the inference's cost, immune to preemption.
+        self.clock = "thread" if threads == 1 else "wall"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -253,6 +259,8 @@ class TorchRunner(Runner):
             raise UserError("the torch runner was asked for CUDA, but no CUDA device is available")
         if threads is not None:
             torch.set_num_threads(threads)
+        if self.device.type == "cpu" and torch.get_num_threads() == 1:
+            self.clock = "thread"
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(device=self.device, dtype=dtype, memory_format=fmt)

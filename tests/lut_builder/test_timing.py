@@ -66,3 +66,12 @@ def test_time_interleaved_round_robin_order():
 def test_time_interleaved_separates_slow_from_fast():
     samples = time_interleaved([lambda: time.sleep(0.004), lambda: None], warmup=0, rounds=5)
     assert np.median(samples[0]) > np.median(samples[1]) + 2.0
+
+
+def test_time_interleaved_min_time_adds_rounds():
+    samples = time_interleaved(
+        [lambda: time.sleep(0.001), lambda: None], warmup=0, rounds=2, min_time_s=0.02
+    )
+    assert len(samples[0]) == len(samples[1]) > 2
+    capped = time_interleaved([lambda: None], warmup=0, rounds=2, min_time_s=10, max_rounds=4)
+    assert len(capped[0]) == 4

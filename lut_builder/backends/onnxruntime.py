@@ -1,0 +1,249 @@
+"""ONNX Runtime on CPU: the default backend where no GPU is present.
+
+Each point is built as an ONNX graph directly with ``onnx.helper`` (well under a
+millisecond, where exporting a module from torch takes a second): ``Conv(x, W, B)`` then
+``Relu`` for a conv whose BatchNorm is folded into the bias, ``Gemm(x, W, B)`` (+ ``Relu``)
+for a linear layer. ONNX Runtime fuses these exactly as in the deployed network. Sessions
+are created and warmed up before the clock starts, so setup never enters a measurement.
+
+**Why a differential measurement.** In a deployed network, ONNX Runtime on x86 runs every
+convolution in a blocked NCHWc layout: the input is reordered once at the start, and each
+conv reads and writes blocked tensors. A graph holding one conv alone also pays an input
+reorder, an output reorder and the per-run overhead of the session, all of which grow or
+stay constant with the channel counts but do not exist per layer in the real network.
+Summing such single-layer times over a CIFAR ResNet-56 gave 5.7-6.0 ms against 3.9-4.1 ms
+measured end to end, and mispredicted a uniformly halved network by 40%. So by default
+(``method="differential"``) each point times two graphs, interleaved round by round: one
+with the layer once, and one with ``copies`` copies of it reading the same input, chained
+by residual adds (``y_i = relu(conv_i(x) + y_{i-1})``, which ONNX Runtime fuses into the
+conv as a sum epilogue, as it does for the second conv of a residual block). The point's
+latency is the median over rounds of ``(T_copies - T_1) / (copies - 1)``: the cost of one
+more conv in the steady blocked state, reorders and run overhead cancelled. The
+``method="single"`` measurement (one layer alone) is kept for comparison.
+
+Timing on a small shared CPU: one intra-op thread (ONNX Runtime then runs the graph on
+the calling thread, and a thread pool would compete with other processes), timed on
+that thread's CPU-time clock (see :mod:`lut_builder.timing`: preemption by other
+processes is not counted), a warm-up, then at least ``runs`` rounds and at least
+``min_time_s`` seconds; the median is the figure, p10/p90 the dispersion. With more
+threads the clock is the wall clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UserError
+from ..signatures import LayerSignature
+from ..timing import Timing, time_callable, time_interleaved
+from .base import (
+    Backend,
+    check_channels,
+    conv_groups,
+    cpu_block_size,
+    host_fingerprint,
+    register_backend,
+)
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def layer_model(
+    sig: LayerSignature, c_in: int, c_out: int, *, copies: int = 1, seed: int = 0
+) -> Any:
+    """An ONNX model (``onnx.ModelProto``) of one layer, or of several copies of it.
+
+    The input is ``x`` (float32, ``[batch, c_in, H, W]`` or ``[batch, c_in]``), the output
+    ``y``. With ``copies > 1`` every copy reads ``x`` and adds the previous copy's output
+    before its activation (a residual-add epilogue); see the module notes. Weights are
+    random normal: zero weights could take shortcuts real ones do not.
+
+    Raises:
+        ValueError: channel counts the signature cannot have, or ``copies < 1``.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    check_channels(sig, c_in, c_out)
+    if copies < 1:
+        raise ValueError("copies must be >= 1")
+    rng = np.random.default_rng(seed)
+    relu = "relu" in sig.epilogue
+    if sig.op == "linear":
+        x_shape, y_shape = [sig.batch, c_in], [sig.batch, c_out]
+        w_shape: tuple[int, ...] = (c_out, c_in)
+        attrs: dict[str, Any] = {"transB": 1}
+        op = "Gemm"
+    else:
+        g = conv_groups(sig, c_in)
+        (h, w), (oh, ow) = sig.in_hw, sig.out_hw
+        x_shape, y_shape = [sig.batch, c_in, h, w], [sig.batch, c_out, oh, ow]
+        w_shape = (c_out, c_in // g, *sig.kernel)
+        ph, pw = sig.padding
+        attrs = {
+            "kernel_shape": list(sig.kernel),
+            "strides": list(sig.stride),
+            "pads": [ph, pw, ph, pw],
+            "dilations": list(sig.dilation),
+            "group": g,
+        }
+        op = "Conv"
+    nodes, inits, prev = [], [], None
+    for i in range(copies):
+        w_arr = rng.standard_normal(w_shape, dtype=np.float32) * 0.05
+        b_arr = rng.standard_normal(c_out, dtype=np.float32) * 0.05
+        inits += [numpy_helper.from_array(w_arr, f"W{i}"), numpy_helper.from_array(b_arr, f"B{i}")]
+        nodes.append(helper.make_node(op, ["x", f"W{i}", f"B{i}"], [f"z{i}"], **attrs))
+        pre = f"z{i}"
+        if prev is not None:
+            nodes.append(helper.make_node("Add", [pre, prev], [f"s{i}"]))
+            pre = f"s{i}"
+        if relu:
+            nodes.append(helper.make_node("Relu", [pre], [f"y{i}"]))
+            pre = f"y{i}"
+        prev = pre
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        initializer=inits,
+    )
+    # IR version 8 goes with opset 17; the onnx package's newest IR may be newer than
+    # what the installed ONNX Runtime reads.
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
+
+
+@register_backend("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime, CPU execution provider.
+
+    Args:
+        precision: only ``"fp32"`` (the CPU provider has no fast fp16 convolutions).
+        device: only ``"cpu"`` (accepted for a uniform CLI).
+        threads: intra-op threads; 1 by default for stable timings.
+        method: ``"differential"`` (default) or ``"single"``; see the module notes.
+        copies: layer copies of the differential graph (>= 2).
+        warmup, runs, min_time_s: the timing loop: warm-up calls, then at least ``runs``
+            rounds and at least ``min_time_s`` seconds of timed calls per point.
+        alignment: the default grid step; the CPU's NCHWc block by default.
+        optimization: ``"all"`` (default; what a deployed session uses) or ``"extended"``.
+        clock: ``"thread"`` or ``"wall"``; by default thread CPU time with one thread,
+            wall time otherwise.
+
+    Raises:
+        UserError: another precision or device, or an unknown method, level or clock.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        *,
+        precision: str = "fp32",
+        device: str | None = "cpu",
+        threads: int = 1,
+        method: str = "differential",
+        copies: int = 5,
+        warmup: int = 5,
+        runs: int = 20,
+        min_time_s: float = 0.15,
+        alignment: int | None = None,
+        optimization: str = "all",
+        clock: str | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if precision != "fp32":
+            raise UserError(f"the onnxruntime backend measures fp32 on CPU, not {precision}")
+        if device not in ("cpu", None):
+            raise UserError(f"the onnxruntime backend runs on the CPU, not on {device!r}")
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }
+        if optimization not in levels:
+            raise UserError(f"unknown optimization level {optimization!r}; known: all, extended")
+        if method not in ("differential", "single"):
+            raise UserError(f"unknown method {method!r}; known: differential, single")
+        if copies < 2 or threads < 1 or runs < 1:
+            raise UserError("copies must be >= 2, threads and runs >= 1")
+        clock = clock or ("thread" if threads == 1 else "wall")
+        if clock not in ("thread", "wall"):
+            raise UserError(f"unknown clock {clock!r}; known: thread, wall")
+        if clock == "thread" and threads != 1:
+            raise UserError("the thread clock measures single-threaded runs only (threads=1)")
+        self.clock = clock
+        self.precision = precision
+        self.threads = threads
+        self.method, self.copies = method, copies
+        self.warmup, self.runs, self.min_time_s = warmup, runs, min_time_s
+        self.alignment = alignment or cpu_block_size()
+        self.optimization = optimization
+        self._ort = ort
+        self._level = levels[optimization]
+
+    def session(self, model: Any) -> Any:
+        """An ``InferenceSession`` for an ONNX model with this backend's settings."""
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = self._level
+        return ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+
+    def _runner(self, sig: LayerSignature, c_in: int, c_out: int, copies: int) -> Any:
+        import numpy as np
+
+        sess = self.session(layer_model(sig, c_in, c_out, copies=copies))
+        shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
+        feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
+        run = sess.run
+        return lambda: run(None, feed)
+
+    def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
+        """Latency of conv/linear + bias + activation in milliseconds; see the module notes."""
+        one = self._runner(sig, c_in, c_out, 1)
+        if self.method == "single":
+            return time_callable(
+                one,
+                warmup=self.warmup,
+                runs=self.runs,
+                min_time_s=self.min_time_s,
+                clock=self.clock,
+            )
+        many = self._runner(sig, c_in, c_out, self.copies)
+        t1, tk = time_interleaved(
+            [one, many],
+            warmup=self.warmup,
+            rounds=self.runs,
+            min_time_s=self.min_time_s,
+            clock=self.clock,
+        )
+        # A round where noise made the big graph look faster says "about zero", not less.
+        per_copy = [max(b - a, 0.0) / (self.copies - 1) for a, b in zip(t1, tk)]
+        return Timing.from_samples(per_copy)
+
+    def fingerprint(self) -> dict[str, Any]:
+        host = host_fingerprint()
+        return {
+            "backend": self.name,
+            "precision": self.precision,
+            "device": f"cpu: {host['cpu']}",
+            "versions": {"onnxruntime": self._ort.__version__},
+            "options": {
+                "threads": self.threads,
+                "optimization": self.optimization,
+                "method": self.method,
+                "copies": self.copies if self.method == "differential" else 1,
+                "clock": self.clock,
+            },
+            "host": host,
+        }
