@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -297,10 +298,11 @@ class ChannelGraph:
             root = item.root_idxs
             module = dep.target.module
             is_out = dg.is_out_channel_pruning_fn(dep.handler)
-            order = sorted(range(len(idxs)), key=lambda j: (root[j], j))
-            index = tuple(int(idxs[j]) for j in order)
+            root_arr = np.asarray(root, dtype=np.int64)
+            order = np.argsort(root_arr, kind="stable")
+            index = tuple(np.asarray(idxs, dtype=np.int64)[order].tolist())
             if size is None:
-                size = len(set(root))
+                size = len(np.unique(root_arr))
             name = self._names.get(module)
             if isinstance(module, nn.Conv2d):
                 depthwise = module.groups == module.in_channels == module.out_channels > 1
