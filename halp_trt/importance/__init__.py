@@ -1,0 +1,25 @@
+"""Channel importance criteria, picked by name.
+
+``taylor`` (HALP's BN-based first-order Taylor score, weight-Taylor without BN; needs
+gradients), ``l1`` and ``l2`` (filter norms) and ``sp-lamp`` (LAMP-normalised squared
+filter norms). ``get_importance(name)(graph)`` builds one for a channel graph.
+"""
+
+from . import magnitude, taylor  # noqa: F401  (registers the built-in criteria)
+from .base import (
+    Importance,
+    ImportanceError,
+    get_importance,
+    list_importances,
+    register_importance,
+)
+from .magnitude import lamp_scores
+
+__all__ = [
+    "Importance",
+    "ImportanceError",
+    "get_importance",
+    "lamp_scores",
+    "list_importances",
+    "register_importance",
+]

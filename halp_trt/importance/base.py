@@ -1,0 +1,148 @@
+"""The importance protocol and the registry that names criteria.
+
+A criterion scores every channel of every prunable group of a :class:`ChannelGraph`;
+the solver keeps the channels whose scores add up to the most under a latency budget.
+Criteria are picked by name (``get_importance("taylor")``); a new one registers itself
+with ``@register_importance("name")``.
+
+Gradient-based criteria (``taylor``) are fed once per minibatch, after the backward
+pass, through :meth:`Importance.accumulate`; :meth:`Importance.scores` returns the
+average over the minibatches seen since the last :meth:`Importance.reset`. Criteria
+that read only the weights (``l1``, ``l2``, ``sp-lamp``) ignore ``accumulate`` and
+score the current weights.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+_REGISTRY: dict[str, type[Importance]] = {}
+
+
+class ImportanceError(UserError):
+    """Importances that cannot be used: NaN or infinite scores, an unknown criterion."""
+
+
+class Importance:
+    """Per-channel importance of the prunable groups of a channel graph.
+
+    Args:
+        graph: the model's channel graph; its ``model`` is the module whose parameters
+            (and gradients) are read.
+
+    Attributes:
+        name: the registry name.
+        needs_gradients: True when :meth:`accumulate` must be called after backward.
+    """
+
+    name: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.groups = list(graph.prunable)
+        self.model: nn.Module = graph.model
+
+    def accumulate(self, *, skip_nonfinite: bool = False) -> bool:
+        """Add the current minibatch's contribution (call after ``loss.backward()``).
+
+        Args:
+            skip_nonfinite: drop a minibatch whose contribution is NaN or infinite
+                instead of poisoning the average (mixed precision: the gradient scaler
+                skips such steps too). Otherwise a non-finite contribution makes the next
+                :meth:`scores` raise.
+
+        Returns:
+            True if the minibatch was counted.
+        """
+        return True
+
+    def scores(self) -> dict[int, np.ndarray]:
+        """Per-channel scores of every prunable group, float64, in group coordinates.
+
+        Raises:
+            ImportanceError: a score is NaN or infinite, or a gradient-based criterion
+                has seen no minibatch.
+        """
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget accumulated minibatches (called after each pruning step)."""
+
+    @property
+    def count(self) -> int:
+        """Minibatches accumulated since the last reset."""
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`load_state_dict` needs to resume mid-way between pruning steps."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+
+
+def register_importance(name: str) -> Callable[[type[Importance]], type[Importance]]:
+    """Class decorator: register an :class:`Importance` subclass under ``name``.
+
+    Raises:
+        ValueError: the name is already taken by another class.
+    """
+
+    def wrap(cls: type[Importance]) -> type[Importance]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"importance {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_importances(pattern: str = "*") -> list[str]:
+    """Registered criterion names matching a glob pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_importance(name: str) -> type[Importance]:
+    """The criterion class registered as ``name``; instantiate it with a channel graph.
+
+    Raises:
+        ImportanceError: no criterion of that name (the message lists the known ones).
+    """
+    if name not in _REGISTRY:
+        raise ImportanceError(
+            f"unknown importance {name!r}; known: {', '.join(list_importances())}"
+        )
+    return _REGISTRY[name]
+
+
+def check_finite(scores: dict[int, np.ndarray], graph: Any, what: str) -> None:
+    """Raise :class:`ImportanceError` naming the first group with a NaN/inf score."""
+    for gid, s in scores.items():
+        if not np.isfinite(s).all():
+            group = graph.group(gid)
+            layer = (group.producers or group.norms or group.consumers)[0].layer
+            kind = "NaN" if np.isnan(s).any() else "infinite"
+            raise ImportanceError(
+                f"{what} importance of group {gid} (layer {layer}) is {kind}: the loss or "
+                "the weights diverged (lower the learning rate or check the data)"
+            )
+
+
+def channel_positions(ref: Any, size: int) -> torch.Tensor:
+    """Layer positions of every group channel as a (size, multiplicity) index tensor."""
+    return torch.as_tensor(ref.index, dtype=torch.long).view(size, -1)
+
+
+def per_output_channel(t: torch.Tensor) -> torch.Tensor:
+    """Reduce a parameter-shaped tensor to one value per output channel (dim 0)."""
+    return t.reshape(t.shape[0], -1).sum(1) if t.dim() > 1 else t

@@ -1,0 +1,194 @@
+"""HALP's first-order Taylor importance.
+
+For a channel ``c`` of a group, one minibatch contributes
+
+    | sum over the group's BatchNorms n of (gamma_n[c] * dL/dgamma_n[c] + beta_n[c] * dL/dbeta_n[c]) |
+
+(Shen et al., HALP, section 3.3): the first-order estimate of the loss change when the
+channel's BN output is zeroed, summed over every layer the group couples (a residual
+stream's channel lives in several BNs and is removed from all of them at once). A
+group without an affine BatchNorm falls back to the weight-Taylor score
+``| sum W * dW |`` over its producers' output slices (weights and bias). The scores
+are averaged over the minibatches seen since the last reset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .base import Importance, ImportanceError, channel_positions, check_finite, register_importance
+
+
+def _product(param: torch.Tensor | None) -> torch.Tensor | None:
+    if param is None or param.grad is None:
+        return None
+    return param.detach() * param.grad.detach()
+
+
+@register_importance("taylor")
+class TaylorImportance(Importance):
+    """|sum over coupled BNs of gamma*dL/dgamma + beta*dL/dbeta|, weight-Taylor without BN."""
+
+    needs_gradients = True
+
+    def __init__(self, graph: Any) -> None:
+        super().__init__(graph)
+        model = graph.model
+        # Per group: ("bn" | "weight", [(module, dim, positions)]); dim 1 reads a
+        # consumer's input slices (only for a group with neither BN nor producers).
+        self._terms: list[tuple[int, str, list[tuple[nn.Module, int, torch.Tensor]]]] = []
+        for group in self.groups:
+            bns = [
+                (model.get_submodule(r.layer), 0, channel_positions(r, group.size))
+                for r in group.norms
+                if r.kind == "batchnorm"
+            ]
+            bns = [t for t in bns if getattr(t[0], "weight", None) is not None]
+            if bns:
+                self._terms.append((group.size, "bn", bns))
+                continue
+            refs = [(r, 0) for r in group.producers] or [
+                (r, 1) for r in group.consumers if not _depthwise(model.get_submodule(r.layer))
+            ]
+            self._terms.append(
+                (
+                    group.size,
+                    "weight",
+                    [
+                        (model.get_submodule(r.layer), d, channel_positions(r, group.size))
+                        for r, d in refs
+                    ],
+                )
+            )
+        self._sizes = [g.size for g in self.groups]
+        # One flat gather per minibatch: every source (a BN, or a layer's per-channel
+        # weight products) is concatenated into one vector; group channel j of the flat
+        # result sums the source positions that map to it (index_add over coupled layers).
+        self._sources: list[tuple[nn.Module, str, int, int]] = []  # module, kind, dim, length
+        offsets: dict[tuple[int, int], int] = {}
+        src, dst = [], []
+        base = 0
+        total = 0
+        for size, kind, terms in self._terms:
+            for module, dim, pos in terms:
+                key = (id(module), dim)
+                if key not in offsets:
+                    offsets[key] = total
+                    length = _length(module, kind, dim)
+                    self._sources.append((module, kind, dim, length))
+                    total += length
+                src.append((pos + offsets[key]).reshape(-1))
+                dst.append(torch.arange(size).repeat_interleave(pos.shape[1]) + base)
+            base += size
+        self._n_channels = base
+        self._src = torch.cat(src) if src else torch.zeros(0, dtype=torch.long)
+        self._dst = torch.cat(dst) if dst else torch.zeros(0, dtype=torch.long)
+        self._index_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sum: torch.Tensor | None = None
+        self._n: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _minibatch(self) -> torch.Tensor:
+        flat = []
+        device = None
+        for module, kind, dim, length in self._sources:
+            c = self._contribution(module, kind, dim)
+            if device is None:
+                device = next(module.parameters()).device
+            flat.append(
+                torch.zeros(length, device=device, dtype=torch.float64)
+                if c is None
+                else c.to(torch.float64)
+            )
+        if device is None:
+            return torch.zeros(self._n_channels, dtype=torch.float64)
+        if device not in self._index_cache:
+            self._index_cache[device] = (self._src.to(device), self._dst.to(device))
+        src, dst = self._index_cache[device]
+        out = torch.zeros(self._n_channels, device=device, dtype=torch.float64)
+        out.index_add_(0, dst, torch.cat(flat)[src])
+        return out.abs_()
+
+    @staticmethod
+    def _contribution(module: nn.Module, kind: str, dim: int) -> torch.Tensor | None:
+        """Per-position products of the module for dimension ``dim``, or None without grads."""
+        w = _product(getattr(module, "weight", None))
+        b = _product(getattr(module, "bias", None))
+        if kind == "bn":
+            if w is None and b is None:
+                return None
+            return w if b is None else (b if w is None else w + b)
+        if w is None:
+            return None
+        if dim == 0:
+            out = w.reshape(w.shape[0], -1).sum(1)
+            return out if b is None else out + b
+        return w.transpose(0, 1).reshape(w.shape[1], -1).sum(1)
+
+    def accumulate(self, *, skip_nonfinite: bool = False) -> None:
+        contrib = self._minibatch()
+        if self._sum is None or self._sum.device != contrib.device:
+            self._sum = torch.zeros_like(contrib)
+            self._n = torch.zeros((), dtype=torch.float64, device=contrib.device)
+        if skip_nonfinite:
+            # No host sync: a non-finite minibatch adds zero and is not counted.
+            ok = torch.isfinite(contrib).all()
+            self._sum += torch.where(ok, contrib, torch.zeros_like(contrib))
+            self._n += ok.to(torch.float64)
+        else:
+            self._sum += contrib
+            self._n += 1.0
+
+    @property
+    def count(self) -> int:
+        return 0 if self._n is None else int(self._n.item())
+
+    def scores(self) -> dict[int, np.ndarray]:
+        if self._sum is None or self.count == 0:
+            raise ImportanceError(
+                "taylor importance has seen no minibatch: call accumulate() after every "
+                "backward pass between pruning steps"
+            )
+        mean = (self._sum / self._n).cpu().numpy()
+        out = {}
+        start = 0
+        for group, size in zip(self.groups, self._sizes):
+            out[group.id] = mean[start : start + size].copy()
+            start += size
+        check_finite(out, self.graph, "taylor")
+        return out
+
+    def reset(self) -> None:
+        self._sum = None
+        self._n = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._sum is None:
+            return {"sum": None, "n": 0.0}
+        return {"sum": self._sum.detach().cpu().clone(), "n": float(self._n.item())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("sum") is None:
+            self.reset()
+            return
+        total = sum(self._sizes)
+        s = torch.as_tensor(state["sum"], dtype=torch.float64)
+        if s.numel() != total:
+            raise ImportanceError(
+                f"saved taylor state has {s.numel()} channels, this model has {total}"
+            )
+        self._sum = s.clone()
+        self._n = torch.tensor(float(state["n"]), dtype=torch.float64)
+
+
+def _length(module: nn.Module, kind: str, dim: int) -> int:
+    w = module.weight
+    return w.shape[0] if kind == "bn" or dim == 0 else w.shape[1]
+
+
+def _depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1

@@ -1,0 +1,231 @@
+"""Importance criteria: registry, HALP Taylor, weight-Taylor fallback, norms, SP-LAMP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from halp_trt.graph import ChannelGraph
+from halp_trt.importance import (
+    Importance,
+    ImportanceError,
+    get_importance,
+    lamp_scores,
+    list_importances,
+    register_importance,
+)
+from halp_trt.models import resnet20
+
+from .zoo import build
+
+
+class NoBN(nn.Module):
+    """Convolutions with biases and no BatchNorm: Taylor must fall back to weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = F.relu(self.b(F.relu(self.a(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    model = resnet20(num_classes=5)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(1, 3, 32, 32)
+    return model, ChannelGraph(model, x)
+
+
+def backward(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 4, (4,), generator=gen)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+
+
+def test_registry_lists_and_rejects_unknown():
+    assert {"taylor", "l1", "l2", "sp-lamp"} <= set(list_importances())
+    assert list_importances("l*") == ["l1", "l2"]
+    with pytest.raises(ImportanceError, match="unknown importance 'fisher'.*known: l1, l2"):
+        get_importance("fisher")
+    assert get_importance("taylor").needs_gradients
+    assert not get_importance("sp-lamp").needs_gradients
+
+
+def test_register_custom_criterion_and_duplicate_name():
+    @register_importance("test-ones")
+    class Ones(Importance):
+        def scores(self):
+            return {g.id: np.ones(g.size) for g in self.groups}
+
+    assert "test-ones" in list_importances()
+    assert get_importance("test-ones") is Ones
+    with pytest.raises(ValueError, match="already registered"):
+        register_importance("test-ones")(type("Other", (Importance,), {}))
+
+
+def test_taylor_is_abs_of_coupled_bn_sum_averaged_over_minibatches(resnet):
+    model, graph = resnet
+    imp = get_importance("taylor")(graph)
+    expected = {g.id: np.zeros(g.size) for g in graph.prunable}
+    for seed in range(3):
+        backward(model, seed)
+        imp.accumulate()
+        for g in graph.prunable:
+            total = torch.zeros(g.size, dtype=torch.float64)
+            assert g.norms, g
+            for ref in g.norms:
+                bn = model.get_submodule(ref.layer)
+                per = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).double()
+                total += per[list(ref.index)].detach()
+            expected[g.id] += total.abs().numpy() / 3
+    assert imp.count == 3
+    scores = imp.scores()
+    assert set(scores) == {g.id for g in graph.prunable}
+    residual = [g for g in graph.prunable if len(g.norms) > 1]
+    assert residual, "resnet20 has coupled residual groups"
+    for gid, s in scores.items():
+        np.testing.assert_allclose(s, expected[gid], rtol=1e-9, atol=1e-15)
+        assert (s > 0).all()
+    imp.reset()
+    assert imp.count == 0
+    with pytest.raises(ImportanceError, match="no minibatch"):
+        imp.scores()
+
+
+def test_weight_taylor_fallback_without_bn():
+    torch.manual_seed(1)
+    model = NoBN()
+    graph = ChannelGraph(model, torch.randn(1, 3, 8, 8))
+    imp = get_importance("taylor")(graph)
+    F.cross_entropy(model(torch.randn(3, 3, 8, 8)), torch.tensor([0, 1, 2])).backward()
+    imp.accumulate()
+    scores = imp.scores()
+    by_layer = {g.producers[0].layer: g.id for g in graph.prunable}
+    assert set(by_layer) == {"a", "b"}
+    for name, gid in by_layer.items():
+        conv = getattr(model, name)
+        manual = (conv.weight * conv.weight.grad).sum((1, 2, 3)) + conv.bias * conv.bias.grad
+        np.testing.assert_allclose(scores[gid], manual.abs().detach().double().numpy(), rtol=1e-6)
+
+
+def test_masked_channels_score_zero_for_every_criterion(resnet):
+    model, graph = resnet
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        keep = {g.id: list(range(0, g.size, 2)) for g in graph.prunable}
+        graph.mask(keep)
+        backward(model, 7)
+        for name in ("taylor", "l1", "l2", "sp-lamp"):
+            imp = get_importance(name)(graph)
+            imp.accumulate()
+            for gid, s in imp.scores().items():
+                dropped = s[1::2]
+                assert (dropped == 0).all(), (name, gid)
+                assert (s[0::2] > 0).all(), (name, gid)
+    finally:
+        model.load_state_dict(state)
+
+
+def test_filter_norms_sum_over_coupled_producers(resnet):
+    model, graph = resnet
+    g = max(graph.prunable, key=lambda g: len(g.producers))
+    assert len(g.producers) > 1
+    sq = np.zeros(g.size)
+    ab = np.zeros(g.size)
+    for ref in g.producers:
+        w = model.get_submodule(ref.layer).weight.detach().double()
+        rows = w[list(ref.index)].reshape(g.size, -1)
+        sq += rows.pow(2).sum(1).numpy()
+        ab += rows.abs().sum(1).numpy()
+    np.testing.assert_allclose(get_importance("l1")(graph).scores()[g.id], ab, rtol=1e-9)
+    np.testing.assert_allclose(get_importance("l2")(graph).scores()[g.id], np.sqrt(sq), rtol=1e-9)
+    np.testing.assert_allclose(
+        get_importance("sp-lamp")(graph).scores()[g.id], lamp_scores(sq), rtol=1e-12
+    )
+
+
+def test_lamp_scores_formula_and_strongest_is_one():
+    v = np.array([4.0, 1.0, 3.0, 2.0])
+    # ascending 1, 2, 3, 4 with suffix sums 10, 9, 7, 4
+    np.testing.assert_allclose(lamp_scores(v), [1.0, 0.1, 3 / 7, 2 / 9])
+    ties = lamp_scores(np.array([2.0, 2.0, 0.0]))
+    assert ties.tolist() == [0.5, 1.0, 0.0]
+    assert lamp_scores(np.zeros(3)).tolist() == [0.0, 0.0, 1.0]
+
+
+def test_sp_lamp_strongest_channel_of_every_group_scores_one(resnet):
+    _, graph = resnet
+    for gid, s in get_importance("sp-lamp")(graph).scores().items():
+        assert s.max() == 1.0 and (s == 1.0).sum() == 1, gid
+        assert (s > 0).all() and (s <= 1).all()
+
+
+def test_flatten_linear_consumer_and_depthwise_groups_are_scored():
+    for name in ("vgg", "mobilenetv2"):
+        model, x = build(name)
+        graph = ChannelGraph(model, x)
+        model.train()
+        F.cross_entropy(model(x), torch.zeros(x.shape[0], dtype=torch.long)).backward()
+        for crit in ("taylor", "l1", "sp-lamp"):
+            imp = get_importance(crit)(graph)
+            imp.accumulate()
+            scores = imp.scores()
+            assert {g.id: s.size for g, s in zip(graph.prunable, scores.values())} == {
+                g.id: g.size for g in graph.prunable
+            }
+            assert all(np.isfinite(s).all() for s in scores.values())
+
+
+def test_nan_importance_is_a_user_error_or_skipped(resnet):
+    model, graph = resnet
+    imp = get_importance("taylor")(graph)
+    backward(model, 0)
+    imp.accumulate()
+    bn = model.layer1[0].bn1
+    saved = bn.weight.grad.clone()
+    bn.weight.grad[3] = float("nan")
+    imp.accumulate(skip_nonfinite=True)  # an AMP overflow step: dropped, not counted
+    assert imp.count == 1
+    assert all(np.isfinite(s).all() for s in imp.scores().values())
+    imp.accumulate()
+    with pytest.raises(ImportanceError, match=r"group \d+ \(layer layer1\.0\.conv1\) is NaN"):
+        imp.scores()
+    bn.weight.grad.copy_(saved)
+    with torch.no_grad():
+        w = model.layer2[0].conv1.weight
+        old = w[0, 0, 0, 0].item()
+        w[0, 0, 0, 0] = float("inf")
+        try:
+            with pytest.raises(ImportanceError, match="l2 importance .* infinite"):
+                get_importance("l2")(graph).scores()
+        finally:
+            w[0, 0, 0, 0] = old
+
+
+def test_taylor_state_round_trip(resnet):
+    model, graph = resnet
+    a = get_importance("taylor")(graph)
+    for seed in range(2):
+        backward(model, seed)
+        a.accumulate()
+    b = get_importance("taylor")(graph)
+    b.load_state_dict(a.state_dict())
+    assert b.count == 2
+    for gid, s in a.scores().items():
+        np.testing.assert_array_equal(b.scores()[gid], s)
+    with pytest.raises(ImportanceError, match="channels"):
+        b.load_state_dict({"sum": torch.zeros(3), "n": 1.0})
