@@ -231,6 +231,7 @@ class ChannelGraph:
         finally:
             self.model.train(was_training)
         self._dg = dg
+        self._bad_splits = _repair_splits(dg)
         output_layers = self._output_layers(dg)
         consumed: set[str] = set()
         for tp_group in dg.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
@@ -258,6 +259,48 @@ class ChannelGraph:
                 else "input channels not produced by a traced layer"
             )
             self.groups.append(group)
+        self._verify_partition()
+
+    def _verify_partition(self) -> None:
+        """Freeze every group touching a layer whose channels the groups do not cover
+        exactly once.
+
+        Each output channel of a conv/linear/norm belongs to one group and so does each
+        input channel; a gap or an overlap means the trace's index bookkeeping (concat
+        offsets, split sizes) went wrong somewhere around that layer. Input channels
+        that no traced layer produces (other than the model's own input) count as a gap.
+        """
+        extent: dict[tuple[str, str], int] = {}
+        for name, info in self.layers.items():
+            extent[(name, "in")] = info.c_in
+            extent[(name, "out")] = info.c_out
+        count: dict[tuple[str, str], np.ndarray] = {}
+        bad: set[tuple[str, str]] = set()
+        for group in self.groups:
+            if not group.producers and group.reason != "model input":
+                bad.update((r.layer, r.dim) for r in group.consumers)
+            for ref in group.refs:
+                key = (ref.layer, ref.dim)
+                if key not in extent:
+                    mod = self._module(ref.layer)
+                    extent[key] = int(
+                        getattr(mod, "num_features", 0) or getattr(mod, "num_parameters", 0)
+                    )
+                hits = count.setdefault(key, np.zeros(extent[key], dtype=np.int64))
+                idx = np.asarray(ref.index, dtype=np.int64)
+                if idx.size and (idx.min() < 0 or idx.max() >= hits.size):
+                    bad.add(key)
+                    continue
+                np.add.at(hits, idx, 1)
+        for key, n in extent.items():
+            if n and not np.array_equal(count.get(key, np.zeros(n)), np.ones(n)):
+                bad.add(key)
+        for group in self.groups:
+            touched = sorted({r.layer for r in group.refs if (r.layer, r.dim) in bad})
+            if touched:
+                group.freeze(
+                    "channel coupling could not be verified around " + ", ".join(touched[:3])
+                )
 
     def _module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
@@ -536,24 +579,70 @@ class ChannelGraph:
         masked_graph.model = masked
         masked_graph._names = {m: n for n, m in masked.named_modules()}
         masked_graph.mask(keep)
-        removed_graph.remove(keep)
+        failed = CheckResult(float("inf"), float("inf"), False, rtol)
+        try:
+            removed_graph.remove(keep)
+        except Exception:  # a removal the model cannot take is a failed check
+            return failed
         gen = torch.Generator().manual_seed(seed)
         max_abs, max_rel = 0.0, 0.0
         with torch.no_grad():
             for _ in range(trials):
                 inputs = _random_like(self.example_inputs, gen)
                 a = _flat_outputs(masked(*inputs))
-                b = _flat_outputs(removed_model(*inputs))
+                try:
+                    b = _flat_outputs(removed_model(*inputs))
+                except Exception:  # shapes no longer fit: the removal broke the model
+                    return failed
                 if len(a) != len(b):
                     raise PruningError("pruned model returns a different number of outputs")
                 for x, y in zip(a, b):
                     if x.shape != y.shape:
-                        return CheckResult(float("inf"), float("inf"), False, rtol)
+                        return failed
                     diff = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
                     scale = x.double().abs().max().item() if x.numel() else 0.0
                     max_abs = max(max_abs, diff)
                     max_rel = max(max_rel, diff / scale if scale > 0 else diff)
         return CheckResult(max_abs, max_rel, bool(max_rel <= rtol), rtol)
+
+
+def _repair_splits(dg: Any) -> set[int]:
+    """Set the channel split sizes of every split/chunk node from its autograd record.
+
+    Torch-Pruning infers ``chunk`` sizes by walking the graph when the autograd node
+    lacks ``_saved_self_sizes`` (as in recent PyTorch, which saves
+    ``_saved_self_sym_sizes``), and can get them wrong; the record has the true sizes.
+    Returns the ids of split modules along channels whose sizes stay unknown.
+    """
+    import torch_pruning as tp
+
+    bad: set[int] = set()
+    for module, node in dg.module2node.items():
+        if not isinstance(module, tp.ops._SplitOp):
+            continue
+        fn = node.grad_fn
+        shape = getattr(fn, "_saved_self_sym_sizes", None) or getattr(fn, "_saved_self_sizes", None)
+        dim = getattr(fn, "_saved_dim", None)
+        if shape is None or dim is None or not -len(shape) <= dim < len(shape):
+            bad.add(id(module))
+            continue
+        if dim % len(shape) != 1:
+            continue  # not a channel split: Torch-Pruning leaves it alone
+        total = int(shape[1])
+        if hasattr(fn, "_saved_split_sizes"):
+            sizes = [int(c) for c in fn._saved_split_sizes]
+        elif hasattr(fn, "_saved_split_size"):
+            step = int(fn._saved_split_size)
+            sizes = [min(step, total - i) for i in range(0, total, step)]
+        else:
+            bad.add(id(module))
+            continue
+        if sum(sizes) != total or len(sizes) != len(node.outputs):
+            bad.add(id(module))
+            continue
+        module.split_sizes = sizes
+        module.offsets = [0, *np.cumsum(sizes).tolist()]
+    return bad
 
 
 def _random_like(example: Any, gen: torch.Generator) -> tuple:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from halp_trt.errors import PruningError
 from halp_trt.graph import ChannelGraph
 
-from .zoo import ZOO, build
+from .zoo import MIXING, ZOO, build
 
 
 def random_plan(graph, rng, low=0.3, high=0.6):
@@ -89,15 +89,16 @@ def test_mask_keeps_shapes_and_zeroes_dropped_slices():
     assert torch.count_nonzero(prod.weight[g.producers[0].positions([0, 1], g.size)]) > 0
 
 
-def test_check_detects_an_unsafe_removal():
-    # The flip reverses the channel order: removing channels of the group in front of it
-    # changes what the next layer sees. The graph freezes that group; forcing it open must
-    # make the self-check fail, which shows the check can fail.
-    model, x = build("channel_flip")
+@pytest.mark.parametrize("name", sorted(MIXING))
+def test_channel_mixing_freezes_and_check_detects_forced_removal(name):
+    # These models mix channels (a flip, a mean over channels, a shuffle, a chunk the
+    # trace gets wrong): the group in front must be frozen. Forcing it open must make
+    # the self-check fail, which shows the check can fail.
+    model, x = build(name)
     graph = ChannelGraph(model, x)
-    flipped = [g for g in graph.frozen if "Flip" in (g.reason or "")]
-    assert len(flipped) == 1
-    g = flipped[0]
+    mixed = [g for g in graph.frozen if MIXING[name] in (g.reason or "") and g.producers]
+    assert len(mixed) == 1, [(g.id, g.reason) for g in graph.frozen]
+    g = mixed[0]
     g.prunable, g.reason = True, None
     result = graph.check({g.id: list(range(0, g.size, 2))})
     assert not result.passed

@@ -176,6 +176,82 @@ class ChannelFlip(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, c // 4, 1)
+        self.fc2 = nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class TinySENet(nn.Module):
+    """Squeeze-and-excitation: a channel-wise product with a gate computed from x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.se = conv_bn(3, 16), conv_bn(16, 32), SqueezeExcite(32)
+        self.c, self.fc = conv_bn(32, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.c(self.se(self.b(self.a(x)))).mean((2, 3)))
+
+
+class TinyCSP(nn.Module):
+    """CSP-style: chunk the channels in two, transform one half, concatenate back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = conv_bn(3, 32), conv_bn(16, 16), conv_bn(32, 24)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x):
+        x1, x2 = self.a(x).chunk(2, dim=1)
+        return self.fc(self.c(torch.cat([x1, self.b(x2)], 1)).mean((2, 3)))
+
+
+class TinyUNet(nn.Module):
+    """Encoder-decoder: upsample the deep map and concatenate the skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e1, self.e2 = conv_bn(3, 16), conv_bn(16, 32, s=2)
+        self.d, self.out = conv_bn(48, 16), nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        a = self.e1(x)
+        u = F.interpolate(self.e2(a), scale_factor=2, mode="nearest")
+        return self.out(self.d(torch.cat([a, u], 1)))
+
+
+class ChannelMeanGate(nn.Module):
+    """Spatial attention from the mean over channels: channels are not independent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = conv_bn(3, 16), conv_bn(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = self.b(x * torch.sigmoid(x.mean(1, keepdim=True)))
+        return self.fc(x.mean((2, 3)))
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (view, transpose, reshape) between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = conv_bn(3, 16), conv_bn(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(self.b(x).mean((2, 3)))
+
+
 ZOO = {
     "cifar_resnet20": (lambda: resnet20(), (2, 3, 32, 32)),
     "bottleneck": (TinyBottleneckResNet, (2, 3, 16, 16)),
@@ -185,6 +261,20 @@ ZOO = {
     "vgg": (TinyVGG, (2, 3, 16, 16)),
     "ssd": (TinySSD, (2, 3, 32, 32)),
     "channel_flip": (ChannelFlip, (2, 3, 16, 16)),
+    "senet": (TinySENet, (2, 3, 16, 16)),
+    "csp": (TinyCSP, (2, 3, 16, 16)),
+    "unet": (TinyUNet, (2, 3, 16, 16)),
+    "channel_mean_gate": (ChannelMeanGate, (2, 3, 16, 16)),
+    "channel_shuffle": (ChannelShuffle, (2, 3, 16, 16)),
+}
+
+#: Zoo models with a group that must be frozen because the channels are mixed, and the
+#: words its reason must contain.
+MIXING = {
+    "channel_flip": "op Flip",
+    "channel_mean_gate": "op Mean",
+    "channel_shuffle": "op Transpose",
+    "csp": "could not be verified",
 }
 
 
