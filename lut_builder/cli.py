@@ -11,7 +11,7 @@ import importlib
 from .version import __version__
 
 #: Subcommand modules under lut_builder.commands, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("build", "show", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,344 @@
+"""Planning and measuring a latency table for a model.
+
+**The grid.** For each layer signature, the channel counts a pruned model can reach: the
+multiples of the grid step up to the layer's full width, plus the full width itself
+(grouped convs: multiples of lcm(step, groups), since pruning keeps every group the same
+size; depthwise convs: c_in = c_out, a 1-D grid). Widths fixed by the model are not
+varied: a layer reading the model's input keeps its c_in, a layer producing the model's
+output keeps its c_out. Layers sharing a signature are measured once, on the union of
+their axes.
+
+**Strategies.** ``full`` measures the whole 2-D product of both axes. ``sparse`` (the
+default) measures, per signature, a coarse 2-D grid of at most ``coarse`` values per
+axis (evenly spread, always including the smallest width and the full widths) plus two
+full-resolution lines through the full widths (every c_in at the full c_out, every c_out
+at the full c_in); :func:`lut_builder.table.fill_surface` fills the rest with a bilinear
+surface corrected by the lines. Axes with at most ``coarse`` values are measured in
+full. On ResNet-18's widest signatures this measures about a tenth of the points; its
+error against the full grid is measured by ``bench/lut_build.py``.
+
+**Crash safety and sharding.** Every point is committed as it is measured; running the
+same build again measures only the planned points still missing. ``shard=(i, n)`` takes
+every n-th point of the plan (in a fixed order), so n processes (one per GPU) can fill
+one file; the process that finds nothing missing at the end marks the table complete.
+Points are measured in a shuffled (but fixed) order, so that the progress bar's rate,
+and with it the time-left estimate, is representative of the whole build.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends.base import Backend
+from .errors import UserError
+from .signatures import LayerInfo, LayerSignature, model_layers
+from .table import Grid, LatencyTable
+
+STRATEGIES = ("sparse", "full")
+
+
+@dataclass
+class _Axes:
+    values_in: set[int] = field(default_factory=set)
+    values_out: set[int] = field(default_factory=set)
+    full_in: set[int] = field(default_factory=set)
+    full_out: set[int] = field(default_factory=set)
+    varied_in: bool = False
+    varied_out: bool = False
+
+
+def axis_values(full: int, step: int) -> list[int]:
+    """Multiples of ``step`` up to ``full``, and ``full`` itself (ascending).
+
+    Raises:
+        ValueError: non-positive ``full`` or ``step``.
+    """
+    if full < 1 or step < 1:
+        raise ValueError("full width and step must be positive")
+    return sorted(set(range(step, full + 1, step)) | {full})
+
+
+def fixed_widths(model: Any, example_input: Any) -> tuple[set[str], set[str]]:
+    """Layers whose c_in is the model's input and whose c_out is the model's output.
+
+    Found with hooks on one forward pass: a layer whose first argument *is* the input
+    tensor, or whose result *is* (one of) the model's outputs. Those widths are never
+    pruned, so their axes are not varied.
+
+    Returns:
+        ``(reads_input, writes_output)``: sets of layer names.
+    """
+    import torch
+    import torch.nn as nn
+
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    input_ids = {id(t) for t in inputs if torch.is_tensor(t)}
+    reads: set[str] = set()
+    # Outputs are kept alive until the end: a freed tensor's id could be reused.
+    outs: dict[int, tuple[str, Any]] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: tuple, out: Any) -> None:
+            if args and id(args[0]) in input_ids:
+                reads.add(name)
+            if torch.is_tensor(out):
+                outs.setdefault(id(out), (name, out))
+
+        return fn
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            handles.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            result = model(*inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    results = result if isinstance(result, (tuple, list)) else [result]
+    if isinstance(result, Mapping):
+        results = list(result.values())
+    writes = {outs[id(t)][0] for t in results if torch.is_tensor(t) and id(t) in outs}
+    return reads, writes
+
+
+def plan_grids(
+    layers: Mapping[str, LayerInfo],
+    *,
+    step: int,
+    strategy: str = "sparse",
+    coarse: int = 6,
+    fixed_in: set[str] = frozenset(),  # type: ignore[assignment]
+    fixed_out: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[LayerSignature, Grid]:
+    """The grid of every signature of a model.
+
+    Args:
+        layers: the model's layers (:func:`~lut_builder.signatures.model_layers`).
+        step: channel step of the grid.
+        strategy: ``"sparse"`` or ``"full"`` (see the module notes).
+        coarse: values per axis of the sparse strategy's coarse 2-D grid (>= 2).
+        fixed_in, fixed_out: names of layers whose c_in / c_out is not varied.
+
+    Returns:
+        ``{signature: Grid}`` in the order the signatures first appear.
+
+    Raises:
+        UserError: unknown strategy, step < 1 or coarse < 2.
+    """
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown grid strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if step < 1:
+        raise UserError(f"the grid step must be a positive integer, not {step}")
+    if coarse < 2:
+        raise UserError("the sparse grid needs at least 2 coarse values per axis")
+    axes: dict[LayerSignature, _Axes] = {}
+    for info in layers.values():
+        sig = info.signature
+        ax = axes.setdefault(sig, _Axes())
+        s = step
+        if sig.group_mode == "grouped":
+            s = step * sig.groups // math.gcd(step, sig.groups)
+        var_in = info.name not in fixed_in
+        var_out = info.name not in fixed_out
+        if sig.group_mode == "depthwise":
+            var_in = var_out = var_in and var_out
+        ax.values_in |= set(axis_values(info.c_in, s)) if var_in else {info.c_in}
+        ax.values_out |= set(axis_values(info.c_out, s)) if var_out else {info.c_out}
+        ax.full_in.add(info.c_in)
+        ax.full_out.add(info.c_out)
+        ax.varied_in |= var_in
+        ax.varied_out |= var_out
+    grids = {}
+    for sig, ax in axes.items():
+        vin, vout = sorted(ax.values_in), sorted(ax.values_out)
+        if sig.group_mode == "depthwise":
+            both = sorted(set(vin) | set(vout))
+            grids[sig] = Grid(both, both, diagonal=True)
+            continue
+        if strategy == "full" or (len(vin) <= coarse and len(vout) <= coarse):
+            grids[sig] = Grid(vin, vout)
+            continue
+        cin = _coarse(vin, ax.full_in, coarse)
+        cout = _coarse(vout, ax.full_out, coarse)
+        # Lines through the largest full widths, at full resolution of the other axis.
+        grids[sig] = Grid(
+            vin,
+            vout,
+            coarse_in=cin,
+            coarse_out=cout,
+            lines_in=[max(ax.full_in)] if len(vout) > len(cout) else [],
+            lines_out=[max(ax.full_out)] if len(vin) > len(cin) else [],
+        )
+    return grids
+
+
+def _coarse(values: list[int], fulls: set[int], count: int) -> list[int]:
+    """``count`` values spread evenly over ``values``, with the ends and full widths."""
+    if len(values) <= count:
+        return list(values)
+    idx = {round(i * (len(values) - 1) / (count - 1)) for i in range(count)}
+    return sorted({values[i] for i in idx} | (fulls & set(values)))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``i/n`` (0 <= i < n).
+
+    Raises:
+        UserError: malformed.
+    """
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (for example 0/2), not {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+@dataclass
+class BuildResult:
+    """What a build (or one shard of it) did."""
+
+    path: Path
+    planned: int
+    measured: int
+    skipped: int
+    seconds: float
+    complete: bool
+    overhead_ms: float | None = None
+
+    @property
+    def points_per_s(self) -> float:
+        return self.measured / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "planned": self.planned,
+            "measured": self.measured,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "points_per_s": self.points_per_s,
+            "complete": self.complete,
+            "overhead_ms": self.overhead_ms,
+        }
+
+
+def build_table(
+    path: str | os.PathLike,
+    model: Any,
+    example_input: Any,
+    backend: Backend,
+    *,
+    step: int | None = None,
+    strategy: str = "sparse",
+    coarse: int = 6,
+    shard: tuple[int, int] = (0, 1),
+    info: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    calibrate: Callable[[LatencyTable], float | None] | None = None,
+) -> BuildResult:
+    """Plan, measure and store the latency table of a model on a backend (resumable).
+
+    Args:
+        path: the table file; created, or resumed if it holds the same plan.
+        model: the ``nn.Module`` (its layers are read with one forward pass).
+        example_input: its input (the batch size is part of every signature).
+        backend: the backend that measures.
+        step: grid step; the backend's alignment by default.
+        strategy, coarse: see :func:`plan_grids`.
+        shard: ``(i, n)``: measure only every n-th planned point starting at i.
+        info: extra facts stored in the table (model spec, input shape...).
+        progress: called as ``progress(done, total)`` after each point of this shard.
+        on_start: called with the number of points this shard will measure.
+        calibrate: called with the table once it is complete (by the process that
+            completes it), returns the overhead term it stored, if any.
+
+    Returns:
+        A :class:`BuildResult`.
+
+    Raises:
+        UserError: the file holds another target's table or another plan, or a
+            backend rejects a point.
+    """
+    import torch
+
+    step = step or backend.alignment
+    layers = model_layers(model, example_input)
+    if not layers:
+        raise UserError("the model has no Conv2d or Linear layer to measure")
+    reads, writes = fixed_widths(model, example_input)
+    grids = plan_grids(
+        layers, step=step, strategy=strategy, coarse=coarse, fixed_in=reads, fixed_out=writes
+    )
+    x = example_input[0] if isinstance(example_input, tuple) else example_input
+    fingerprint = {
+        **backend.fingerprint(),
+        "batch": int(x.shape[0]) if torch.is_tensor(x) else None,
+        "is_measurement": backend.is_measurement,
+    }
+    table = LatencyTable.create(
+        path,
+        fingerprint,
+        backend.alignment,
+        step=step,
+        info={**dict(info or {}), "strategy": strategy, "coarse": coarse},
+    )
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        for sig, grid in grids.items():
+            table.add_signature(sig, grid)
+        plan = table.planned()
+        i, n = shard
+        mine = {(s, a, b) for k, (s, a, b) in enumerate(plan) if k % n == i}
+        todo = [p for p in table.missing() if p in mine]
+        random.Random(f"{i}/{n}").shuffle(todo)
+        if on_start:
+            on_start(len(todo))
+        t0 = time.perf_counter()
+        measured = skipped = 0
+        for k, (sig, c_in, c_out) in enumerate(todo):
+            timing = backend.measure(sig, c_in, c_out)
+            if table.add_point(sig, c_in, c_out, timing, worker=worker):
+                measured += 1
+            else:
+                skipped += 1
+            if progress:
+                progress(k + 1, len(todo))
+        seconds = time.perf_counter() - t0
+        if measured:
+            table.append_info(
+                "builds",
+                {
+                    "worker": worker,
+                    "shard": f"{i}/{n}",
+                    "points": measured,
+                    "seconds": round(seconds, 3),
+                    "finished_at": time.time(),
+                },
+            )
+        newly = table.mark_complete()
+        complete = table.complete
+        overhead = table.overhead_ms
+        # One process calibrates: the one that completed the table, or an unsharded run
+        # resuming a table whose calibration was interrupted.
+        if calibrate is not None and overhead is None and (newly or (complete and n == 1)):
+            overhead = calibrate(table)
+        return BuildResult(Path(path), len(plan), measured, skipped, seconds, complete, overhead)
+    finally:
+        table.close()
