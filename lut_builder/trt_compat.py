@@ -66,6 +66,15 @@ def import_tensorrt() -> Any:
     return trt
 
 
+def tensorrt_version() -> str:
+    """The installed TensorRT's version string.
+
+    Raises:
+        TensorRTUnavailable: TensorRT is not installed or not supported.
+    """
+    return str(import_tensorrt().__version__)
+
+
 def parse_version(text: str) -> tuple[int, ...]:
     """``"10.16.1.11"`` -> ``(10, 16, 1, 11)``; non-numeric tails (``post1``) are dropped.
 

@@ -10,7 +10,7 @@ import importlib
 from .._version import __version__
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("inspect",)
+COMMANDS: tuple[str, ...] = ("inspect", "export", "engine")
 
 
 def build_parser() -> argparse.ArgumentParser:
