@@ -75,13 +75,20 @@ class InfeasibleBudgetError(PruningError):
         min_cost: the smallest achievable total cost.
     """
 
-    def __init__(self, budget: float, min_cost: float, what: str = "cost") -> None:
+    def __init__(
+        self,
+        budget: float,
+        min_cost: float,
+        *,
+        what: str = "cost",
+        unit: str = "",
+        detail: str = "every group at its cheapest option",
+    ) -> None:
         self.budget = budget
         self.min_cost = min_cost
         b, m = _distinct(budget, min_cost)
         super().__init__(
-            f"infeasible budget {b}: the smallest achievable {what} is {m} "
-            "(every group at its cheapest option)"
+            f"infeasible budget {b}{unit}: the smallest achievable {what} is {m}{unit} ({detail})"
         )
 
 

@@ -1,0 +1,391 @@
+"""HALP's augmented knapsack: which channels every group keeps under a latency budget.
+
+Per prunable channel group, the (still alive) channels are sorted by a per-channel score
+(any score: HALP's Taylor importance, magnitudes, SP-LAMP, ...) and cut into bundles of
+``bundle`` channels, the channel alignment of the target (8 for FP16 tensor cores, the
+table's measured step by default). Option ``k`` of a group keeps its ``k`` most important
+bundles: value = sum of their scores, cost = latency from the table. Exactly one option
+per group is chosen by :func:`halp_trt.solver.solve_mckp`. Kept counts are multiples of
+the bundle size, or the group's full width.
+
+Latency cost models
+-------------------
+A layer's latency ``T(c_in, c_out)`` depends on two groups: the one it produces (its
+output channels) and the one it consumes (its input channels). A separable knapsack
+cannot see that product, so the cost of a group is modelled around reference widths
+``n*`` (``W*`` the layer widths they give):
+
+``one-sided`` (HALP)
+    A group's cost is the latency of its producer layers as a function of its own width,
+    each producer's input width held at its current value (``n*`` = the alive widths).
+    Layers that produce no prunable group are a constant. Consumers are ignored, so
+    pruning a group is credited only with its producers' savings, and when both sides of
+    a layer shrink the model overestimates its latency (tables grow with ``c_in``).
+
+``joint``
+    A group's cost covers its producers *and* its consumers, each with the layer's other
+    width held at ``W*``: the first-order, separable expansion
+    ``T(a, b) ~ T(a, b*) + T(a*, b) - T(a*, b*)``, exact whenever at most one side
+    changes and exact for the whole network at ``n = n*``. The knapsack is then solved
+    again around its own answer until the widths stop changing (a fixed point, where
+    the model equals the exact sum), with an iteration cap against oscillation.
+
+Either way the final plan's latency is computed exactly from every layer's widths via
+the table (plus the table's overhead term); if it exceeds the budget, the knapsack's
+budget is tightened by the overshoot and it is solved again. Among all plans met, the
+best one within budget is returned. ``bench/cost_models.py`` compares the two models;
+its result chose the default (see ``bench/results/cost_model_*.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from halp_trt.errors import PruningError
+
+from .mckp import InfeasibleBudgetError, solve_mckp
+from .plan import COST_MODELS, Plan
+
+#: The default latency cost model, chosen by bench/cost_models.py.
+DEFAULT_COST_MODEL = "joint"
+#: Knapsack solves allowed per call (fixed-point iterations plus budget tightenings).
+MAX_SOLVES = 20
+#: Continuation steps of the joint model from the current latency down to the budget.
+HOMOTOPY_STEPS = 5
+
+
+class TableLike(Protocol):
+    """What the solver needs from a latency table (``lut_builder.LatencyTable``)."""
+
+    alignment: int
+
+    def lookup_grid(self, sig: Any, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class _Choice:
+    """One group's options: keep the first ``counts[k]`` channels of ``order``."""
+
+    gid: int
+    order: np.ndarray  # alive channels, most important first (ties: lower index first)
+    counts: np.ndarray  # kept channels per option, ascending
+    values: np.ndarray  # retained score per option
+    bundle: int
+
+    def kept(self, k: int) -> tuple[int, ...]:
+        return tuple(sorted(int(c) for c in self.order[: self.counts[k]]))
+
+
+def _layer_ms(table: Any, sig: Any, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+    """Table latency for arrays of widths; a layer left with no channel costs nothing."""
+    c_in = np.asarray(c_in, dtype=np.int64)
+    c_out = np.asarray(c_out, dtype=np.int64)
+    c_in, c_out = np.broadcast_arrays(c_in, c_out)
+    out = np.zeros(c_in.shape)
+    live = (c_in > 0) & (c_out > 0)
+    if live.any():
+        out[live] = np.asarray(table.lookup_grid(sig, c_in[live], c_out[live]), dtype=float)
+    return out
+
+
+class _Network:
+    """The graph's layers, the table, and the exact network latency of any widths."""
+
+    def __init__(self, graph: Any, table: Any) -> None:
+        self.graph = graph
+        self.table = table
+        # Calibrated as measured - sum(layers): negative when layers timed alone cost
+        # more than inside the network.
+        self.overhead = float(getattr(table, "overhead_ms", None) or 0.0)
+        if not math.isfinite(self.overhead):
+            raise PruningError(f"the table's overhead_ms is not finite: {self.overhead!r}")
+
+    def widths(self, counts: Mapping[int, int]) -> dict[str, tuple[int, int]]:
+        return self.graph.widths(counts)
+
+    def layer_ms(self, widths: Mapping[str, tuple[int, int]]) -> dict[str, float]:
+        return {
+            name: float(_layer_ms(self.table, info.signature, *widths[name]))
+            for name, info in self.graph.layers.items()
+        }
+
+    def latency(self, counts: Mapping[int, int]) -> float:
+        """Exact predicted latency (every layer from the table, plus overhead)."""
+        return math.fsum(self.layer_ms(self.widths(counts)).values()) + self.overhead
+
+
+def _refs(group: Any, layers: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """Producer and consumer layers of a group with their multiplicities."""
+    prod = {r.layer: r.multiplicity(group.size) for r in group.producers if r.layer in layers}
+    cons = {r.layer: r.multiplicity(group.size) for r in group.consumers if r.layer in layers}
+    return prod, cons
+
+
+def _group_costs(
+    net: _Network, choices: Sequence[_Choice], ref: Mapping[int, int], model: str
+) -> tuple[list[np.ndarray], float]:
+    """Per-group option costs around reference counts ``ref`` and the constant term.
+
+    Returns ``(costs, constant)`` with ``sum_g costs[g][k_g] + constant`` the model's
+    estimate of the layers' latency (overhead excluded); exact at ``ref``.
+    """
+    layers = net.graph.layers
+    widths = net.widths(ref)
+    base = net.layer_ms(widths)
+    counted = dict.fromkeys(layers, 0)
+    costs = []
+    for ch in choices:
+        group = net.graph.groups[ch.gid]
+        prod, cons = _refs(group, layers)
+        names = list(prod) if model == "one-sided" else list(dict.fromkeys([*prod, *cons]))
+        removed = ref[ch.gid] - ch.counts  # channels removed relative to the reference
+        cost = np.zeros(ch.counts.size)
+        for name in names:
+            c_in, c_out = widths[name]
+            ci = c_in - removed * cons[name] if name in cons else np.full_like(removed, c_in)
+            co = c_out - removed * prod[name] if name in prod else np.full_like(removed, c_out)
+            cost += _layer_ms(net.table, layers[name].signature, ci, co)
+            counted[name] += 1
+        costs.append(cost)
+    constant = math.fsum((1 - counted[n]) * base[n] for n in layers)
+    return costs, constant
+
+
+def _bundle_for(table: Any, bundle: int | Mapping[int, int] | None, gid: int) -> int:
+    if isinstance(bundle, Mapping):
+        b = bundle.get(gid)
+        if b is None:
+            return _bundle_for(table, None, gid)
+    elif bundle is None:
+        b = getattr(table, "alignment", None) or 1
+    else:
+        b = bundle
+    if int(b) != b or b < 1:
+        raise PruningError(f"bundle size must be a positive integer, got {b!r}")
+    return int(b)
+
+
+def _min_for(min_channels: int | Mapping[int, int] | None, gid: int, bundle: int) -> int:
+    m = min_channels.get(gid) if isinstance(min_channels, Mapping) else min_channels
+    if m is None:
+        return bundle
+    if int(m) != m or m < 1:
+        raise PruningError(f"min_channels must be a positive integer, got {m!r}")
+    return int(m)
+
+
+def _choices(
+    graph: Any,
+    table: Any,
+    scores: Mapping[int, Any],
+    alive: Mapping[int, Sequence[int]],
+    groups: Sequence[Any],
+    bundle: int | Mapping[int, int] | None,
+    min_channels: int | Mapping[int, int] | None,
+    allow_removal: bool,
+) -> list[_Choice]:
+    out = []
+    for group in groups:
+        gid = group.id
+        if gid not in scores:
+            raise PruningError(f"no importance scores for channel group {gid}")
+        score = np.asarray(scores[gid], dtype=np.float64).reshape(-1)
+        if score.size != group.size:
+            raise PruningError(
+                f"channel group {gid} has {group.size} channels but {score.size} scores"
+            )
+        if not np.isfinite(score).all():
+            raise PruningError(f"the importance scores of channel group {gid} are not finite")
+        live = np.asarray(alive[gid], dtype=np.int64)
+        # Most important first; equal scores keep the lower channel index first.
+        order = live[np.argsort(-score[live], kind="stable")]
+        n = live.size
+        b = _bundle_for(table, bundle, gid)
+        # Counts are whole bundles, rounded up from the minimum, or every alive channel.
+        least = min(n, -(-_min_for(min_channels, gid, b) // b) * b)
+        counts = [c for c in range(b, n, b) if c >= least]
+        counts.append(n)
+        if allow_removal:
+            counts.insert(0, 0)
+        counts = np.array(counts, dtype=np.int64)
+        prefix = np.concatenate([[0.0], np.cumsum(score[order])])
+        out.append(_Choice(gid, order, counts, prefix[counts], b))
+    return out
+
+
+def _alive(graph: Any, alive: Mapping[int, Sequence[int]] | None) -> dict[int, list[int]]:
+    out = {g.id: list(range(g.size)) for g in graph.prunable}
+    for gid, kept in (alive or {}).items():
+        if gid not in out:
+            raise PruningError(f"channel group {gid} is not a prunable group of the graph")
+        kept = sorted({int(c) for c in kept})
+        size = graph.groups[gid].size
+        if not kept or kept[0] < 0 or kept[-1] >= size:
+            raise PruningError(f"alive channels of group {gid} must be in 0..{size - 1}")
+        out[gid] = kept
+    return out
+
+
+def solve_budget(
+    graph: Any,
+    table: Any,
+    scores: Mapping[int, Any],
+    budget_ms: float,
+    *,
+    cost_model: str = DEFAULT_COST_MODEL,
+    bundle: int | Mapping[int, int] | None = None,
+    min_channels: int | Mapping[int, int] | None = None,
+    allow_removal: bool = False,
+    frozen: Collection[int] = (),
+    alive: Mapping[int, Sequence[int]] | None = None,
+    resolution: int | None = None,
+) -> Plan:
+    """Keep the most importance within a latency budget (HALP's augmented knapsack).
+
+    Args:
+        graph: a :class:`halp_trt.graph.ChannelGraph` of the model.
+        table: a latency table (``lut_builder.LatencyTable`` or anything with
+            ``lookup_grid(sig, c_in, c_out)``, ``alignment`` and ``overhead_ms``).
+        scores: group id to a per-channel score vector (group coordinates, length =
+            group size) for every prunable group; any non-negative-or-not finite
+            scores: Taylor, magnitude, SP-LAMP (whose strongest channel, scoring 1, is
+            always kept: it is in the first bundle, which every option keeps).
+        budget_ms: latency budget of the whole network, in the table's milliseconds
+            (the table's overhead term included).
+        cost_model: ``"one-sided"`` (HALP) or ``"joint"``; see the module docstring.
+        bundle: channels per knapsack item, for all groups or per group id; ``None``
+            takes the table's ``alignment`` (its measured channel step).
+        min_channels: fewest channels a group keeps (rounded up to whole bundles); by
+            default one bundle. An int for all groups or a mapping per group id.
+        allow_removal: also allow keeping no channel at all (removing the group's
+            layers entirely). Off by default.
+        frozen: ids of prunable groups that must keep all their alive channels.
+        alive: group id to the channels still available (earlier pruning steps);
+            pruned channels never come back. Default: every channel.
+        resolution: passed to :func:`halp_trt.solver.solve_mckp`.
+
+    Returns:
+        A :class:`~halp_trt.solver.plan.Plan` listing every prunable group of the graph,
+        whose ``predicted_ms`` (exact table sum plus overhead) is within ``budget_ms``.
+        The same inputs always give the same plan.
+
+    Raises:
+        InfeasibleBudgetError: even every group at its minimum exceeds the budget (the
+            message states that smallest latency).
+        PruningError: missing or non-finite scores, bad bundle/minimum/alive settings,
+            an unknown cost model.
+        UserError: the table cannot price a layer (raised by the table).
+    """
+    if cost_model not in COST_MODELS:
+        raise PruningError(
+            f"unknown cost model {cost_model!r}; choose one of {', '.join(COST_MODELS)}"
+        )
+    if not math.isfinite(budget_ms):
+        raise PruningError(f"the latency budget must be a finite number, got {budget_ms!r}")
+    unknown = set(frozen) - {g.id for g in graph.prunable}
+    if unknown:
+        raise PruningError(f"frozen groups are not prunable groups: {sorted(unknown)}")
+    live = _alive(graph, alive)
+    solved = [g for g in graph.prunable if g.id not in set(frozen)]
+    choices = _choices(graph, table, scores, live, solved, bundle, min_channels, allow_removal)
+    net = _Network(graph, table)
+    fixed = {gid: len(kept) for gid, kept in live.items()}  # unsolved groups stay so
+
+    def counts_of(pick: Sequence[int]) -> dict[int, int]:
+        return {**fixed, **{ch.gid: int(ch.counts[k]) for ch, k in zip(choices, pick)}}
+
+    least = [0] * len(choices)  # every group at its smallest option
+    min_ms = net.latency(counts_of(least))
+    if min_ms > budget_ms:
+        raise InfeasibleBudgetError(
+            budget_ms,
+            min_ms,
+            what="latency",
+            unit=" ms",
+            detail="every prunable group at its minimum width",
+        )
+
+    found: list[tuple[tuple[int, ...], float, float]] = []  # (pick, exact ms, model ms)
+
+    def solve(ref: Mapping[int, int], room_ms: float) -> tuple[tuple[int, ...], float]:
+        costs, constant = _group_costs(net, choices, ref, cost_model)
+        room = room_ms - net.overhead - constant
+        try:
+            sol = solve_mckp([ch.values for ch in choices], costs, room, resolution)
+            pick = sol.choice
+        except InfeasibleBudgetError:  # the model thinks nothing fits; the minimum does
+            pick = tuple(least)
+        model = math.fsum(float(c[k]) for c, k in zip(costs, pick)) + constant
+        return pick, model + net.overhead
+
+    ref = dict(fixed)
+    solves = 0
+    if cost_model == "joint":
+        # Continuation: approach the budget in geometric steps from the current latency,
+        # re-expanding the model around each step's plan, so that every step moves the
+        # widths little and the expansion's second-order error stays small.
+        start = net.latency(ref)
+        if start > budget_ms > 0:
+            for t in range(1, HOMOTOPY_STEPS):
+                step_ms = start ** (1 - t / HOMOTOPY_STEPS) * budget_ms ** (t / HOMOTOPY_STEPS)
+                pick, _ = solve(ref, step_ms)
+                solves += 1
+                ref = counts_of(pick)
+    offset = 0.0
+    while solves < MAX_SOLVES:
+        pick, model_ms = solve(ref, budget_ms - offset)
+        solves += 1
+        counts = counts_of(pick)
+        exact = net.latency(counts)
+        found.append((pick, exact, model_ms))
+        over = exact - budget_ms
+        if over > 0:
+            # Tighten by the overshoot (and a hair more, so progress is certain).
+            offset += over + 1e-9 * max(1.0, abs(budget_ms))
+        elif cost_model == "one-sided" or counts == ref:
+            break  # one-sided: no iteration; joint: a fixed point, where the model is exact
+        ref = counts if cost_model == "joint" else ref
+
+    feasible = [(i, f) for i, f in enumerate(found) if f[1] <= budget_ms]
+    if feasible:
+        # Best value; then lower latency; then the earliest found.
+        def key(item: tuple[int, tuple]) -> tuple[float, float, int]:
+            i, (pick, exact, _) = item
+            value = math.fsum(float(ch.values[k]) for ch, k in zip(choices, pick))
+            return (-value, exact, i)
+
+        _, (pick, exact, model_ms) = min(feasible, key=key)
+    else:  # nothing the model proposed fit: every group at its minimum does
+        pick = tuple(least)
+        exact, model_ms = min_ms, min_ms
+
+    counts = counts_of(pick)
+    keep: dict[int, tuple[int, ...]] = {gid: tuple(kept) for gid, kept in live.items()}
+    bundles: dict[int, int] = {}
+    for ch, k in zip(choices, pick):
+        keep[ch.gid] = ch.kept(k)
+        bundles[ch.gid] = ch.bundle
+    kept_scores, all_scores = [], []
+    for ch in choices:
+        s = np.asarray(scores[ch.gid], dtype=np.float64)
+        kept_scores.extend(s[list(keep[ch.gid])].tolist())
+        all_scores.extend(s[ch.order].tolist())
+    return Plan(
+        keep=keep,
+        sizes={gid: graph.groups[gid].size for gid in keep},
+        widths=net.widths(counts),
+        predicted_ms=exact,
+        budget_ms=float(budget_ms),
+        value=math.fsum(kept_scores),
+        total_value=math.fsum(all_scores),
+        cost_model=cost_model,
+        model_ms=model_ms,
+        overhead_ms=net.overhead,
+        bundles=bundles,
+        solves=solves,
+    )
