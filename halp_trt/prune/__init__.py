@@ -1,0 +1,23 @@
+"""HALP's pruning loop: importance between steps, knapsack on a latency schedule, masks
+while training, physical removal at the end.
+
+:class:`Pruner` plugs into a user's training loop; ``halp-trt prune`` drives it with the
+built-in classification trainer (:mod:`halp_trt.train`).
+"""
+
+from .masks import MaskSet
+from .plan_file import PrunePlan, StepRecord
+from .pruner import Pruner, network_latency, unwrap
+from .schedule import SCHEDULES, parse_target, schedule_targets
+
+__all__ = [
+    "SCHEDULES",
+    "MaskSet",
+    "PrunePlan",
+    "Pruner",
+    "StepRecord",
+    "network_latency",
+    "parse_target",
+    "schedule_targets",
+    "unwrap",
+]

@@ -1,0 +1,494 @@
+"""HALP's pruning loop for the user's own training loop.
+
+Usage (the order of the calls matters)::
+
+    pruner = Pruner(model, example_input, table, "0.5x", importance="taylor",
+                    steps=30, interval=40, schedule="exp")
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        pruner.accumulate()      # after backward: gradient-based importance
+        optimizer.step()
+        pruner.step()            # after optimizer.step(): re-mask, prune when due
+    slim, plan = pruner.finalize("plan.json")
+
+``step()`` must come *after* ``optimizer.step()``: it zeroes the pruned channels'
+parameters again, so momentum and weight decay cannot bring them back. With mixed
+precision call ``scaler.unscale_(optimizer)`` before ``accumulate(skip_nonfinite=True)``
+(the importance must see true gradients; overflowed steps are skipped, as the scaler
+skips them). Under ``torchrun`` give the pruner the model before wrapping it in
+``DistributedDataParallel`` (or the wrapper: its ``.module`` is used) and call every
+method on every rank; importances are averaged over ranks, rank 0 solves, and its
+decision is broadcast.
+
+Pruning steps happen at iterations ``start + interval * t`` for ``t = 1..steps``; step
+``t`` solves the knapsack at the schedule's budget ``L_t`` with the importance
+accumulated since the previous step, restricted to the channels still alive (pruned
+channels never come back). ``finalize()`` removes the channels physically, checks the
+slim model against the masked one, and returns it with the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from ..errors import PruningError, UserError
+from ..graph import ChannelGraph
+from ..importance import get_importance
+from . import distributed as ddp
+from .masks import MaskSet
+from .plan_file import PrunePlan, StepRecord
+from .schedule import SCHEDULES, parse_target, schedule_targets
+
+#: Version of :meth:`Pruner.state_dict`'s layout.
+STATE_VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, tuple]) -> float:
+    """Predicted latency (ms) of layers at given widths: table sum plus overhead.
+
+    Raises:
+        PruningError: the table does not cover a layer.
+    """
+    total = []
+    for name, info in layers.items():
+        c_in, c_out = widths[name]
+        if c_in <= 0 or c_out <= 0:
+            continue
+        try:
+            total.append(float(table.lookup(info.signature, int(c_in), int(c_out))))
+        except UserError as exc:
+            raise PruningError(
+                f"the latency table does not cover layer {name} ({info.signature.short()}, "
+                f"{c_in}->{c_out} channels): {exc}"
+            ) from exc
+    overhead = getattr(table, "overhead_ms", None) or 0.0
+    return math.fsum(total) + overhead
+
+
+class Pruner:
+    """Latency-constrained structured pruning inside a training loop (HALP).
+
+    Args:
+        model: the network (or its DDP wrapper). Its parameters are masked in place
+            during training and its channels removed in place by :meth:`finalize`.
+        example_inputs: an input (tensor or tuple) of the shape the latency is for:
+            the table's batch size and image size.
+        table: a latency table (``lut_builder.LatencyTable``) covering every layer.
+        target: ``"0.5x"`` (fraction of the unpruned predicted latency), ``"3ms"``, or
+            milliseconds as a number.
+        importance: a criterion name (see :func:`halp_trt.importance.list_importances`).
+        steps: pruning steps (HALP: 30). ``oneshot`` prunes once.
+        interval: training iterations between pruning steps (HALP: 40); importance is
+            accumulated over the iterations of each interval.
+        schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.
+        start: iterations to train before the first accumulation window opens.
+        frozen_layers: layers whose channels must not be pruned.
+        cost_model, bundle, min_channels: passed to
+            :func:`halp_trt.solver.solve_budget` (defaults: the solver's).
+
+    Raises:
+        PruningError: nothing prunable, a table that does not cover the model, a
+            target that is malformed, not below the unpruned latency, or below what
+            the table says is reachable; bad schedule settings.
+        ImportanceError: an unknown criterion.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        table: Any,
+        target: str | float,
+        *,
+        importance: str = "taylor",
+        steps: int = 30,
+        interval: int = 40,
+        schedule: str = "exp",
+        start: int = 0,
+        frozen_layers: Sequence[str] = (),
+        cost_model: str | None = None,
+        bundle: int | Mapping[int, int] | None = None,
+        min_channels: int | Mapping[int, int] | None = None,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise PruningError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+        for name, value, least in (
+            ("steps", steps, 1),
+            ("interval", interval, 1),
+            ("start", start, 0),
+        ):
+            if int(value) != value or value < least:
+                raise PruningError(f"{name} must be an integer >= {least}, not {value!r}")
+        self.module = unwrap(model)
+        self.example_inputs = example_inputs
+        self.table = table
+        self.importance_name = importance
+        criterion = get_importance(importance)
+        self.schedule = schedule
+        self.interval = int(interval)
+        self.start = int(start)
+        self._solver_options: dict[str, Any] = {"bundle": bundle, "min_channels": min_channels}
+        if cost_model is not None:
+            self._solver_options["cost_model"] = cost_model
+        self.graph = ChannelGraph(self.module, example_inputs, frozen_layers=frozen_layers)
+        if not self.graph.prunable:
+            reasons = "; ".join(sorted({g.reason or "?" for g in self.graph.frozen}))
+            raise PruningError(f"the model has no prunable channel group ({reasons})")
+        full = self.graph.widths({})
+        self.base_ms = network_latency(table, self.graph.layers, full)
+        self.target = str(target)
+        self.target_ms = parse_target(target, self.base_ms)
+        self.budgets = schedule_targets(schedule, self.base_ms, self.target_ms, int(steps))
+        self.steps = len(self.budgets)
+        self._check_feasible()
+        self.importance = criterion(self.graph)
+        self.keep: dict[int, tuple[int, ...]] = {
+            g.id: tuple(range(g.size)) for g in self.graph.prunable
+        }
+        self.total_channels = sum(g.size for g in self.graph.prunable)
+        self._masks = MaskSet(self.graph, {})
+        self._shapes = self._param_shapes()
+        self.iteration = 0
+        self.steps_done = 0
+        self.history: list[StepRecord] = []
+        self.plan: Any = None  # the solver's plan of the last pruning step
+        self.finalized = False
+        #: Wall seconds spent in the pruner: accumulate, per-iteration masking, steps.
+        self.timers = {"accumulate": 0.0, "mask": 0.0, "prune": 0.0}
+
+    # -- set-up checks --------------------------------------------------------------------
+
+    def _solve(self, scores: Mapping[int, np.ndarray], budget_ms: float, alive=None) -> Any:
+        from ..solver.knapsack import solve_budget
+        from ..solver.mckp import InfeasibleBudgetError
+
+        options = {k: v for k, v in self._solver_options.items() if v is not None}
+        try:
+            return solve_budget(self.graph, self.table, scores, budget_ms, alive=alive, **options)
+        except InfeasibleBudgetError as exc:
+            raise PruningError(
+                f"latency target {self.target} ({budget_ms:.4g} ms) is infeasible: the "
+                f"smallest latency the table allows for this model is {exc.min_cost:.4g} ms "
+                f"(unpruned: {self.base_ms:.4g} ms)"
+            ) from exc
+
+    def _check_feasible(self) -> None:
+        # Uniform scores: only feasibility matters here, and the solve is cheap.
+        ones = {g.id: np.ones(g.size) for g in self.graph.prunable}
+        self._solve(ones, self.target_ms)
+
+    def _param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(n, tuple(p.shape)) for n, p in self.module.named_parameters()]
+
+    def _check_shapes(self) -> None:
+        now = self._param_shapes()
+        if now == self._shapes:
+            return
+        before = dict(self._shapes)
+        for name, shape in now:
+            if before.get(name) != shape:
+                was = before.get(name)
+                raise PruningError(
+                    f"the model changed size since the pruner was created (parameter {name}: "
+                    f"{'absent' if was is None else tuple(was)} -> {shape}); create the "
+                    "Pruner after any change to the architecture"
+                )
+        missing = sorted(set(before) - {n for n, _ in now})
+        raise PruningError(
+            f"the model changed since the pruner was created (parameters gone: "
+            f"{', '.join(missing[:3])}); create the Pruner after any change to the architecture"
+        )
+
+    def _check_live(self) -> None:
+        if self.finalized:
+            raise PruningError("the pruner is finalized: its model has been slimmed")
+
+    # -- the training-loop interface -------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once every pruning step of the schedule has run."""
+        return self.steps_done >= self.steps
+
+    @property
+    def next_step_iteration(self) -> int | None:
+        """The iteration (value of :attr:`iteration` after ``step()``) of the next pruning."""
+        return None if self.done else self.start + self.interval * (self.steps_done + 1)
+
+    @property
+    def last_iteration(self) -> int:
+        """The iteration at which the last pruning step of the schedule runs."""
+        return self.start + self.interval * self.steps
+
+    def accumulate(self, *, skip_nonfinite: bool = False) -> None:
+        """Add this minibatch's gradients to the importance (call after ``backward()``).
+
+        A no-op for criteria that read only weights, before ``start`` and once every
+        pruning step has run.
+
+        Args:
+            skip_nonfinite: drop a minibatch with NaN/inf gradients (mixed precision
+                overflow) instead of failing at the next pruning step.
+        """
+        self._check_live()
+        if self.done or self.iteration < self.start or not self.importance.needs_gradients:
+            return
+        t0 = time.perf_counter()
+        self.importance.accumulate(skip_nonfinite=skip_nonfinite)
+        self.timers["accumulate"] += time.perf_counter() - t0
+
+    def step(self) -> StepRecord | None:
+        """Advance one iteration (call after ``optimizer.step()``).
+
+        Re-applies the masks, then runs a pruning step if one is due.
+
+        Returns:
+            The :class:`StepRecord` of the pruning step run now, or None.
+
+        Raises:
+            PruningError: the model changed size, or the target became infeasible.
+            ImportanceError: NaN/inf importances, or no minibatch accumulated for a
+                gradient-based criterion.
+        """
+        self._check_live()
+        t0 = time.perf_counter()
+        self._check_shapes()
+        self.iteration += 1
+        if len(self._masks):
+            self._masks.apply()
+        self.timers["mask"] += time.perf_counter() - t0
+        if self.done or self.iteration != self.next_step_iteration:
+            return None
+        return self._prune(self.budgets[self.steps_done])
+
+    def _prune(self, budget_ms: float) -> StepRecord:
+        t0 = time.perf_counter()
+        minibatches = self.importance.count
+        scores = ddp.all_reduce_scores(self.importance.scores())
+        payload: tuple[str, Any]
+        if ddp.rank() == 0:
+            try:
+                payload = ("ok", self._solve(scores, budget_ms, alive=self.keep))
+            except UserError as exc:
+                payload = ("error", str(exc))
+        else:
+            payload = ("pending", None)
+        payload = ddp.broadcast(payload)
+        if payload[0] == "error":
+            raise PruningError(payload[1])
+        plan = payload[1]
+        self.keep = {gid: tuple(plan.keep[gid]) for gid in self.keep}
+        self._masks = MaskSet(self.graph, self.keep)
+        self._masks.apply()
+        self.importance.reset()
+        self.plan = plan
+        self.steps_done += 1
+        elapsed = time.perf_counter() - t0
+        self.timers["prune"] += elapsed
+        record = StepRecord(
+            step=self.steps_done,
+            iteration=self.iteration,
+            budget_ms=float(budget_ms),
+            predicted_ms=float(plan.predicted_ms),
+            retained=float(plan.retained),
+            kept=sum(len(k) for k in self.keep.values()),
+            total=self.total_channels,
+            minibatches=minibatches,
+            solve_s=elapsed,
+        )
+        self.history.append(record)
+        return record
+
+    @property
+    def predicted_ms(self) -> float:
+        """Predicted latency of the current widths."""
+        if self.plan is None:
+            return self.base_ms
+        return float(self.plan.predicted_ms)
+
+    @property
+    def overhead_s(self) -> float:
+        """Total wall seconds spent inside the pruner so far."""
+        return math.fsum(self.timers.values())
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def finalize(
+        self, path: str | None = None, *, check: bool = True
+    ) -> tuple[nn.Module, PrunePlan]:
+        """Remove the pruned channels physically and return the slim model and its plan.
+
+        If the schedule has not finished, the remaining pruning is done now, straight to
+        the final target (with a warning): the returned model always meets the target.
+        The model is changed in place (a DDP wrapper around it is stale afterwards:
+        use the returned module).
+
+        Args:
+            path: where to write ``plan.json`` (atomically); None writes nothing.
+            check: compare the slim model with the masked one on random inputs first.
+
+        Returns:
+            ``(model, plan)``.
+
+        Raises:
+            PruningError: the slim model differs from the masked one, or the remaining
+                pruning is infeasible.
+        """
+        self._check_live()
+        self._check_shapes()
+        if not self.done:
+            warnings.warn(
+                f"pruning schedule finished {self.steps_done} of {self.steps} steps; pruning "
+                "the rest now, straight to the target",
+                stacklevel=2,
+            )
+            self._prune(self.target_ms)
+            self.steps_done = self.steps
+        self._masks.apply()
+        result = None
+        if check:
+            result = self.graph.check(self.keep)
+            if not result.passed:
+                raise PruningError(
+                    f"the channel-removed model differs from the masked one (max relative "
+                    f"error {result.max_rel_err:.2e} > {result.rtol:.0e}); not removing"
+                )
+        slim = self.graph.remove(self.keep)
+        self.finalized = True
+        from lut_builder.signatures import model_layers
+
+        layers = model_layers(slim, self.example_inputs)
+        predicted = network_latency(
+            self.table, layers, {n: (i.c_in, i.c_out) for n, i in layers.items()}
+        )
+        plan = self.plan
+        base = {
+            "keep": plan.keep,
+            "sizes": plan.sizes,
+            "widths": plan.widths,
+            "predicted_ms": predicted,
+            "budget_ms": self.target_ms,
+            "value": plan.value,
+            "total_value": plan.total_value,
+            "cost_model": plan.cost_model,
+            "model_ms": plan.model_ms,
+            "overhead_ms": plan.overhead_ms,
+            "bundles": plan.bundles,
+            "solves": plan.solves,
+        }
+        out = PrunePlan(
+            **base,
+            target=self.target,
+            target_ms=self.target_ms,
+            base_ms=self.base_ms,
+            schedule={
+                "name": self.schedule,
+                "steps": self.steps,
+                "interval": self.interval,
+                "start": self.start,
+            },
+            importance=self.importance_name,
+            check=result.to_dict() if result is not None else {},
+            history=tuple(self.history),
+            table=_table_facts(self.table),
+        )
+        if path is not None and ddp.rank() == 0:
+            out.save(path)
+        return slim, out
+
+    # -- saving and resuming ---------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "importance": self.importance_name,
+            "schedule": self.schedule,
+            "steps": self.steps,
+            "interval": self.interval,
+            "start": self.start,
+            "target_ms": self.target_ms,
+            "group_sizes": [g.size for g in self.graph.groups],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume at the same iteration with the same masks.
+
+        Save it next to the model's and optimizer's state; restore with a Pruner built
+        the same way (same model architecture, table, target and schedule).
+        """
+        self._check_live()
+        return {
+            "version": STATE_VERSION,
+            "config": self._config(),
+            "iteration": self.iteration,
+            "steps_done": self.steps_done,
+            "keep": {int(g): list(k) for g, k in self.keep.items()},
+            "importance": self.importance.state_dict(),
+            "history": [r.to_dict() for r in self.history],
+            "plan": None if self.plan is None else self.plan.to_dict(),
+            "timers": dict(self.timers),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: same iteration, same masks (re-applied now).
+
+        Raises:
+            PruningError: the state was saved by a pruner with another configuration
+                or for another model.
+        """
+        from ..solver.plan import Plan
+
+        self._check_live()
+        if state.get("version") != STATE_VERSION:
+            raise PruningError(f"pruner state version {state.get('version')!r} is not supported")
+        saved, mine = state["config"], self._config()
+        diffs = []
+        for key, value in mine.items():
+            other = saved.get(key)
+            same = (
+                math.isclose(other, value, rel_tol=1e-9)
+                if key == "target_ms" and isinstance(other, (int, float))
+                else other == value
+            )
+            if not same:
+                diffs.append(f"{key}: saved {other!r}, now {value!r}")
+        if diffs:
+            raise PruningError(
+                "the pruner state was saved with another configuration (" + "; ".join(diffs) + ")"
+            )
+        keep = {int(g): tuple(int(c) for c in k) for g, k in state["keep"].items()}
+        if set(keep) != set(self.keep):
+            raise PruningError("the pruner state names other channel groups than this model has")
+        self.keep = keep
+        self.iteration = int(state["iteration"])
+        self.steps_done = int(state["steps_done"])
+        self.importance.load_state_dict(state["importance"])
+        self.history = [StepRecord.from_dict(r) for r in state["history"]]
+        self.plan = None if state["plan"] is None else Plan.from_dict(state["plan"])
+        self.timers.update(state.get("timers", {}))
+        self._masks = MaskSet(self.graph, self.keep)
+        self._masks.apply()
+
+
+def _table_facts(table: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {}
+    for name in ("path", "fingerprint", "alignment", "overhead_ms"):
+        value = getattr(table, name, None)
+        if value is not None:
+            facts[name] = str(value) if name == "path" else value
+    return facts

@@ -1,0 +1,274 @@
+"""Pruner: schedule, masks while training, monotone masks, finalize, resume, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from halp_trt.errors import PruningError, UserError
+from halp_trt.graph import ChannelGraph
+from halp_trt.importance import ImportanceError
+from halp_trt.models import resnet20
+from halp_trt.prune import MaskSet, PrunePlan, Pruner, parse_target, schedule_targets
+from halp_trt.solver.plan import Plan
+
+from .test_prune_support import analytic_table, batches, train_iterations
+from .zoo import ZOO, build
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    model = resnet20()
+    return analytic_table(
+        tmp_path_factory.mktemp("lut") / "r20.lut", model, torch.randn(1, 3, 32, 32)
+    )
+
+
+def fresh(seed: int = 0):
+    torch.manual_seed(seed)
+    return resnet20(), torch.randn(1, 3, 32, 32)
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+# -- schedules and targets ----------------------------------------------------------------
+
+
+def test_exp_schedule_is_halp_geometric_interpolation():
+    b = schedule_targets("exp", 8.0, 2.0, 4)
+    assert b == pytest.approx([8 * 0.25 ** (t / 4) for t in range(1, 5)])
+    assert b[-1] == 2.0
+    ratios = [b[i + 1] / b[i] for i in range(3)]
+    assert ratios == pytest.approx([ratios[0]] * 3)
+    assert schedule_targets("linear", 8.0, 2.0, 3) == pytest.approx([6.0, 4.0, 2.0])
+    assert schedule_targets("oneshot", 8.0, 2.0, 30) == [2.0]
+    with pytest.raises(PruningError, match="unknown schedule 'cubic'"):
+        schedule_targets("cubic", 8.0, 2.0, 3)
+
+
+@pytest.mark.parametrize(
+    "text,ms", [("0.5x", 5.0), ("0.25 x", 2.5), ("3ms", 3.0), ("2.5e0ms", 2.5), (4, 4.0)]
+)
+def test_parse_target(text, ms):
+    assert parse_target(text, 10.0) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("fast", "is not like 0.5x"),
+        ("0x", "positive"),
+        ("1.2x", "not below"),
+        ("12ms", "not below"),
+    ],
+)
+def test_parse_target_rejects(text, match):
+    with pytest.raises(PruningError, match=match):
+        parse_target(text, 10.0)
+
+
+# -- masks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_mask_set_zeroes_exactly_what_graph_mask_zeroes(name):
+    model, x = build(name)
+    graph = ChannelGraph(model, x)
+    if not graph.prunable:
+        pytest.skip("nothing prunable")
+    rng = np.random.default_rng(0)
+    keep = {
+        g.id: sorted(rng.choice(g.size, max(1, g.size // 2), replace=False).tolist())
+        for g in graph.prunable
+    }
+    reference = copy.deepcopy(model)
+    ref_graph = ChannelGraph(reference, x)
+    ref_graph.mask(keep)
+    MaskSet(graph, keep).apply()
+    for (n, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), (name, n)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+def test_pruning_loop_meets_budgets_monotone_and_finalizes(table, tmp_path):
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.5x", steps=3, interval=2, schedule="exp")
+    assert pruner.target_ms == pytest.approx(0.5 * pruner.base_ms)
+    opt = sgd(model)
+    records, keeps = [], []
+    data = batches(8)
+    for i in range(0, 8, 2):
+        train_iterations(model, opt, pruner, data[i : i + 2], records)
+        keeps.append({g: set(k) for g, k in pruner.keep.items()})
+    assert [r.iteration for r in records] == [2, 4, 6]
+    assert [r.step for r in records] == [1, 2, 3]
+    assert all(r.minibatches == 2 for r in records)
+    for r, budget in zip(records, pruner.budgets):
+        assert r.budget_ms == budget
+        assert r.predicted_ms <= r.budget_ms + 1e-12
+        assert 0 < r.retained <= 1
+    assert [r.kept for r in records] == sorted((r.kept for r in records), reverse=True)
+    for before, after in zip(keeps, keeps[1:]):
+        assert all(after[g] <= before[g] for g in before), "a pruned channel came back"
+    assert pruner.done and pruner.step() is None
+
+    slim, plan = pruner.finalize(tmp_path / "plan.json")
+    assert isinstance(plan, PrunePlan) and isinstance(plan, Plan)
+    assert plan.predicted_ms <= plan.target_ms
+    assert plan.predicted_ms == pytest.approx(records[-1].predicted_ms)
+    assert plan.check["passed"]
+    assert plan.schedule == {"name": "exp", "steps": 3, "interval": 2, "start": 0}
+    for name, (c_in, c_out) in plan.widths.items():
+        m = slim.get_submodule(name)
+        got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else m.weight.shape[::-1]
+        assert tuple(got) == (c_in, c_out), name
+    d = json.loads((tmp_path / "plan.json").read_text())
+    assert d["pruning"]["target"] == "0.5x"
+    assert [s["iteration"] for s in d["pruning"]["steps"]] == [2, 4, 6]
+    assert PrunePlan.load(tmp_path / "plan.json") == plan
+    assert Plan.load(tmp_path / "plan.json").keep == plan.keep
+    with pytest.raises(PruningError, match="finalized"):
+        pruner.step()
+
+
+def test_masks_survive_momentum_between_iterations(table):
+    model, x = fresh(1)
+    pruner = Pruner(model, x, table, "0.6x", steps=1, interval=1, schedule="oneshot")
+    opt = sgd(model)
+    train_iterations(model, opt, pruner, batches(1))
+    g = next(g for g in pruner.graph.prunable if len(pruner.keep[g.id]) < g.size)
+    conv = model.get_submodule(g.producers[0].layer)
+    dropped = sorted(
+        set(g.producers[0].index) - set(g.producers[0].positions(pruner.keep[g.id], g.size))
+    )
+    assert dropped and conv.weight[dropped].abs().sum() == 0
+    # The momentum buffer still holds the pre-pruning velocity: an optimizer step
+    # moves the pruned weights, the pruner's step puts them back to zero.
+    x2, y2 = batches(1, seed=5)[0]
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x2), y2).backward()
+    opt.step()
+    assert conv.weight[dropped].abs().sum() > 0
+    pruner.step()
+    assert conv.weight[dropped].abs().sum() == 0
+
+
+def test_resume_from_state_dict_continues_identically(table, tmp_path):
+    data = batches(9, seed=3)
+
+    def setup():
+        model, x = fresh(2)
+        return model, sgd(model), Pruner(model, x, table, "0.5x", steps=4, interval=2)
+
+    model, opt, pruner = setup()
+    train_iterations(model, opt, pruner, data[:5])  # stop mid-window (iteration 5)
+    assert pruner.steps_done == 2 and pruner.importance.count == 1
+    saved = tmp_path / "ckpt.pt"
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "pruner": pruner.state_dict()},
+        saved,
+    )
+    recs_a = []
+    train_iterations(model, opt, pruner, data[5:], recs_a)
+
+    model_b, opt_b, pruner_b = setup()
+    ckpt = torch.load(saved, weights_only=False)
+    model_b.load_state_dict(ckpt["model"])
+    opt_b.load_state_dict(ckpt["opt"])
+    pruner_b.load_state_dict(ckpt["pruner"])
+    assert pruner_b.iteration == 5 and pruner_b.steps_done == 2
+    assert pruner_b.keep == dict(ckpt["pruner"]["keep"]) or all(
+        tuple(v) == pruner_b.keep[int(k)] for k, v in ckpt["pruner"]["keep"].items()
+    )
+    recs_b = []
+    train_iterations(model_b, opt_b, pruner_b, data[5:], recs_b)
+    assert [(r.step, r.iteration, r.kept) for r in recs_b] == [
+        (r.step, r.iteration, r.kept) for r in recs_a
+    ]
+    assert pruner_b.keep == pruner.keep
+    for (n, a), (_, b) in zip(model.state_dict().items(), model_b.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_state_from_another_configuration_is_refused(table):
+    model, x = fresh()
+    state = Pruner(model, x, table, "0.5x", steps=4, interval=2).state_dict()
+    other = Pruner(model, x, table, "0.6x", steps=4, interval=2)
+    with pytest.raises(PruningError, match="another configuration .*target_ms"):
+        other.load_state_dict(state)
+
+
+def test_model_changing_size_between_steps_is_an_error(table):
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.5x", steps=2, interval=2)
+    train_iterations(model, sgd(model), pruner, batches(1))
+    model.fc = nn.Linear(64, 5)
+    with pytest.raises(
+        PruningError, match=r"changed size .*parameter fc.weight: \(10, 64\) -> \(5, 64\)"
+    ):
+        pruner.step()
+
+
+def test_infeasible_and_pointless_targets(table):
+    model, x = fresh()
+    with pytest.raises(PruningError, match=r"infeasible: the smallest latency .* is [0-9.]+ ms"):
+        Pruner(model, x, table, "0.01x")
+    with pytest.raises(PruningError, match="not below"):
+        Pruner(model, x, table, "1.5x")
+    with pytest.raises(ImportanceError, match="unknown importance"):
+        Pruner(model, x, table, "0.5x", importance="random")
+    with pytest.raises(PruningError, match="interval must be"):
+        Pruner(model, x, table, "0.5x", interval=0)
+
+
+def test_table_that_does_not_cover_the_model(table):
+    torch.manual_seed(0)
+    model = resnet20()
+    with pytest.raises(PruningError, match=r"does not cover layer \S+ \(conv3x3/s2 8x8 b1"):
+        Pruner(model, torch.randn(1, 3, 16, 16), table, "0.5x")
+
+
+def test_nan_importance_is_a_user_error(table):
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.5x", steps=2, interval=1)
+    with torch.no_grad():
+        model.layer1[0].bn1.weight[0] = float("nan")
+    with pytest.raises(ImportanceError, match="NaN") as err:
+        train_iterations(model, sgd(model), pruner, batches(1))
+    assert isinstance(err.value, UserError)
+
+
+def test_finalize_before_the_schedule_ends_prunes_to_target(table):
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.5x", importance="l1", steps=10, interval=5)
+    train_iterations(model, sgd(model), pruner, batches(5))
+    assert pruner.steps_done == 1
+    with pytest.warns(UserWarning, match="finished 1 of 10 steps"):
+        _, plan = pruner.finalize()
+    assert plan.predicted_ms <= pruner.target_ms
+    assert len(plan.history) == 2
+
+
+@pytest.mark.parametrize("criterion", ["sp-lamp", "l2"])
+def test_weight_criteria_oneshot_keep_strongest_and_meet_target(table, criterion):
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.5x", importance=criterion, schedule="oneshot", interval=1)
+    assert pruner.budgets == [pruner.target_ms]
+    strongest = {gid: int(np.argmax(s)) for gid, s in pruner.importance.scores().items()}
+    pruner.step()  # no gradients needed
+    assert pruner.steps_done == 1
+    assert all(strongest[g] in pruner.keep[g] for g in strongest)
+    slim, plan = pruner.finalize()
+    assert plan.predicted_ms <= plan.target_ms
+    assert math.isclose(plan.target_ms, 0.5 * plan.base_ms)
+    assert slim(x).shape == (1, 10)
