@@ -83,13 +83,35 @@ class _Choice:
 
 def _layer_ms(table: Any, sig: Any, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
     """Table latency for arrays of widths; a layer left with no channel costs nothing."""
-    c_in = np.asarray(c_in, dtype=np.int64)
-    c_out = np.asarray(c_out, dtype=np.int64)
-    c_in, c_out = np.broadcast_arrays(c_in, c_out)
-    out = np.zeros(c_in.shape)
-    live = (c_in > 0) & (c_out > 0)
-    if live.any():
-        out[live] = np.asarray(table.lookup_grid(sig, c_in[live], c_out[live]), dtype=float)
+    return _batched_ms(table, [(sig, c_in, c_out)])[0]
+
+
+def _batched_ms(table: Any, requests: Sequence[tuple[Any, Any, Any]]) -> list[np.ndarray]:
+    """Latencies for many ``(sig, c_in, c_out)`` width arrays, one table call per signature.
+
+    A table lookup has a fixed cost per call, and networks repeat few signatures many
+    times, so requests are pooled by signature. Zero widths (a removed layer) cost 0.
+    """
+    shaped = []
+    pooled: dict[Any, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for i, (sig, c_in, c_out) in enumerate(requests):
+        ci, co = np.broadcast_arrays(
+            np.asarray(c_in, dtype=np.int64), np.asarray(c_out, dtype=np.int64)
+        )
+        shaped.append(ci.shape)
+        pooled.setdefault(sig, []).append((i, ci.ravel(), co.ravel()))
+    out: list[np.ndarray] = [np.zeros(0)] * len(requests)
+    for sig, items in pooled.items():
+        ci = np.concatenate([c for _, c, _ in items])
+        co = np.concatenate([c for _, _, c in items])
+        ms = np.zeros(ci.size)
+        live = (ci > 0) & (co > 0)
+        if live.any():
+            ms[live] = np.asarray(table.lookup_grid(sig, ci[live], co[live]), dtype=float)
+        start = 0
+        for i, c, _ in items:
+            out[i] = ms[start : start + c.size].reshape(shaped[i])
+            start += c.size
     return out
 
 
@@ -109,10 +131,9 @@ class _Network:
         return self.graph.widths(counts)
 
     def layer_ms(self, widths: Mapping[str, tuple[int, int]]) -> dict[str, float]:
-        return {
-            name: float(_layer_ms(self.table, info.signature, *widths[name]))
-            for name, info in self.graph.layers.items()
-        }
+        names = list(self.graph.layers)
+        ms = _batched_ms(self.table, [(self.graph.layers[n].signature, *widths[n]) for n in names])
+        return {n: float(m) for n, m in zip(names, ms)}
 
     def latency(self, counts: Mapping[int, int]) -> float:
         """Exact predicted latency (every layer from the table, plus overhead)."""
@@ -138,20 +159,22 @@ def _group_costs(
     widths = net.widths(ref)
     base = net.layer_ms(widths)
     counted = dict.fromkeys(layers, 0)
-    costs = []
-    for ch in choices:
+    requests, owner = [], []
+    for g, ch in enumerate(choices):
         group = net.graph.groups[ch.gid]
         prod, cons = _refs(group, layers)
         names = list(prod) if model == "one-sided" else list(dict.fromkeys([*prod, *cons]))
         removed = ref[ch.gid] - ch.counts  # channels removed relative to the reference
-        cost = np.zeros(ch.counts.size)
         for name in names:
             c_in, c_out = widths[name]
             ci = c_in - removed * cons[name] if name in cons else np.full_like(removed, c_in)
             co = c_out - removed * prod[name] if name in prod else np.full_like(removed, c_out)
-            cost += _layer_ms(net.table, layers[name].signature, ci, co)
+            requests.append((layers[name].signature, ci, co))
+            owner.append(g)
             counted[name] += 1
-        costs.append(cost)
+    costs = [np.zeros(ch.counts.size) for ch in choices]
+    for g, ms in zip(owner, _batched_ms(net.table, requests)):
+        costs[g] += ms
     constant = math.fsum((1 - counted[n]) * base[n] for n in layers)
     return costs, constant
 
