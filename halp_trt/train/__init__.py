@@ -1,0 +1,15 @@
+"""A built-in classification trainer and data specs, used by ``halp-trt prune``."""
+
+from .data import DataError, ImageData, load_data
+from .trainer import TrainConfig, Trainer, TrainResult, evaluate, lr_at
+
+__all__ = [
+    "DataError",
+    "ImageData",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "evaluate",
+    "load_data",
+    "lr_at",
+]

@@ -1,0 +1,401 @@
+"""A built-in classification trainer that drives a :class:`~halp_trt.prune.Pruner`.
+
+SGD with momentum, a per-iteration learning rate that warms up linearly
+and then follows a cosine to zero, label smoothing, and mixed precision (fp16 autocast
+with a gradient scaler) when training on CUDA. Under ``torchrun`` it wraps the model in
+``DistributedDataParallel`` and shards the training set with a ``DistributedSampler``;
+every rank evaluates the whole validation set.
+
+The pruner, when given, follows the documented call order: ``accumulate()`` after
+backward (after unscaling the gradients under AMP), ``step()`` after the optimizer step.
+The trainer times every iteration that runs while pruning is under way, so the pruning
+machinery's share of those iterations can be reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .data import ImageData
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: minibatch size per process.
+        lr: peak learning rate (after warm-up).
+        momentum, weight_decay: SGD's.
+        warmup_epochs: epochs of linear warm-up from 0 (fractions allowed).
+        label_smoothing: cross-entropy label smoothing.
+        amp: mixed precision; None turns it on exactly when training on CUDA.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None: CUDA if present, else CPU.
+        seed: seeds initial shuffling and everything random in the loop.
+        workers: data-loader worker processes.
+        eval_steps: evaluate on the validation set after every pruning step too.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    amp: bool | None = None
+    device: str | None = None
+    seed: int = 0
+    workers: int = 0
+    eval_steps: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 0, "epochs must be >= 0"),
+            (self.batch_size >= 1, "batch size must be >= 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "learning rate must be positive"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight decay must be >= 0"),
+            (self.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
+            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (self.workers >= 0, "workers must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    def resolved_device(self) -> torch.device:
+        """The device to train on."""
+        if self.device:
+            dev = torch.device(self.device)
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise UserError(f"device {self.device} asked for but CUDA is not available")
+            return dev
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        epochs: one dict per epoch (epoch, lr, train_loss, train_acc, val_loss,
+            val_acc, seconds).
+        steps: one dict per pruning step: the pruner's :class:`StepRecord` plus the
+            training loss and accuracy over the iterations since the previous step
+            (and ``val_acc`` when ``eval_steps``).
+        pruning_iterations_s: wall seconds of the iterations that ran while pruning
+            was under way (up to and including the last pruning step).
+        pruner_s: of those, seconds spent inside the pruner.
+        iterations: training iterations run.
+    """
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    pruning_iterations_s: float = 0.0
+    pruner_s: float = 0.0
+    iterations: int = 0
+
+    @property
+    def pruning_overhead(self) -> float | None:
+        """Pruner time over the rest of the iterations it ran in (what it adds)."""
+        rest = self.pruning_iterations_s - self.pruner_s
+        return self.pruner_s / rest if rest > 0 else None
+
+
+def evaluate(
+    model: nn.Module, dataset: Any, *, device: torch.device | str = "cpu", batch_size: int = 256
+) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` on ``dataset``.
+
+    Returns:
+        ``(loss, accuracy)``; accuracy in [0, 1].
+    """
+    from torch.utils.data import DataLoader
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    try:
+        with torch.no_grad():
+            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                out = model(x).float()
+                loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+                correct += (out.argmax(1) == y).sum().item()
+                total += y.numel()
+    finally:
+        model.train(was_training)
+    if total == 0:
+        return float("nan"), float("nan")
+    return loss_sum / total, correct / total
+
+
+def lr_at(iteration: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up over ``warmup`` iterations, then cosine from ``peak`` to 0."""
+    if warmup > 0 and iteration < warmup:
+        return peak * (iteration + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (iteration - warmup) / span)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * t))
+
+
+class Trainer:
+    """Train (and prune) a classifier.
+
+    Args:
+        model: the network, already on its device (the pruner, if any, was built on it).
+        data: train and val sets.
+        config: hyper-parameters.
+        pruner: a :class:`~halp_trt.prune.Pruner` of ``model``, or None.
+        progress: show rich progress bars (epochs, pruning steps).
+        on_step: called with each per-step log dict as it is made.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: ImageData,
+        config: TrainConfig,
+        *,
+        pruner: Any = None,
+        progress: bool = False,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.config = config
+        self.pruner = pruner
+        self.progress = progress
+        self.on_step = on_step
+        self.device = config.resolved_device()
+        self.amp = config.amp if config.amp is not None else self.device.type == "cuda"
+        if self.amp and self.device.type != "cuda":
+            raise UserError("mixed precision (AMP) needs a CUDA device")
+
+    def _loader(self) -> tuple[Any, Any]:
+        from torch.utils.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+
+        from ..prune.distributed import is_distributed
+
+        gen = torch.Generator().manual_seed(self.config.seed)
+        sampler = None
+        if is_distributed():
+            sampler = DistributedSampler(self.data.train, shuffle=True, seed=self.config.seed)
+        loader = DataLoader(
+            self.data.train,
+            batch_size=self.config.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=gen if sampler is None else None,
+            num_workers=self.config.workers,
+            drop_last=len(self.data.train) > self.config.batch_size,
+            pin_memory=self.device.type == "cuda",
+        )
+        return loader, sampler
+
+    def fit(self) -> TrainResult:
+        """Run the epochs; returns a :class:`TrainResult`.
+
+        Raises:
+            UserError: the loss became NaN/inf, or what the pruner raises (infeasible
+                target, NaN importances, a model that changed size).
+        """
+        from ..prune.distributed import is_distributed, rank
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        model = self.model
+        net: nn.Module = model
+        if is_distributed() and not isinstance(model, nn.parallel.DistributedDataParallel):
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        loader, sampler = self._loader()
+        per_epoch = len(loader)
+        total = per_epoch * cfg.epochs
+        if self.pruner is not None and self.pruner.last_iteration > total:
+            raise UserError(
+                f"the pruning schedule needs {self.pruner.last_iteration} iterations but "
+                f"training runs {total} ({cfg.epochs} epochs x {per_epoch}): train longer, "
+                "or use fewer steps or a shorter interval"
+            )
+        warmup = int(round(cfg.warmup_epochs * per_epoch))
+        decay, no_decay = [], []
+        for p in model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        optimizer = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        result = TrainResult()
+        show = self.progress and rank() == 0
+        bars = _Bars(show, cfg.epochs, per_epoch, self.pruner)
+        window = [0.0, 0, 0]  # loss sum, correct, count since the last pruning step
+        it = 0
+        with bars:
+            for epoch in range(cfg.epochs):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                net.train()
+                t_epoch = time.perf_counter()
+                e_loss, e_correct, e_count = 0.0, 0, 0
+                for x, y in loader:
+                    t_iter = time.perf_counter()
+                    pruner_before = self.pruner.overhead_s if self.pruner is not None else 0.0
+                    pruning = self.pruner is not None and not self.pruner.done
+                    lr = lr_at(it, total, warmup, cfg.lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x, y = (
+                        x.to(self.device, non_blocking=True),
+                        y.to(self.device, non_blocking=True),
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                        out = net(x)
+                        loss = criterion(out.float(), y)
+                    if not torch.isfinite(loss):
+                        raise UserError(
+                            f"the training loss became {loss.item()} at iteration {it} "
+                            f"(epoch {epoch + 1}): lower the learning rate (--lr)"
+                        )
+                    scaler.scale(loss).backward()
+                    if self.pruner is not None:
+                        if self.amp:
+                            scaler.unscale_(optimizer)
+                        self.pruner.accumulate(skip_nonfinite=self.amp)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    record = self.pruner.step() if self.pruner is not None else None
+                    n = y.numel()
+                    loss_v = loss.item()
+                    correct = (out.argmax(1) == y).sum().item()
+                    e_loss += loss_v * n
+                    e_correct += correct
+                    e_count += n
+                    window[0] += loss_v * n
+                    window[1] += correct
+                    window[2] += n
+                    it += 1
+                    if pruning:
+                        result.pruning_iterations_s += time.perf_counter() - t_iter
+                        result.pruner_s += self.pruner.overhead_s - pruner_before
+                    if record is not None:
+                        entry = {
+                            **record.to_dict(),
+                            "epoch": epoch + 1,
+                            "train_loss": window[0] / max(1, window[2]),
+                            "train_acc": window[1] / max(1, window[2]),
+                        }
+                        if cfg.eval_steps:
+                            entry["val_loss"], entry["val_acc"] = evaluate(
+                                model, self.data.val, device=self.device
+                            )
+                        window = [0.0, 0, 0]
+                        result.steps.append(entry)
+                        if self.on_step:
+                            self.on_step(entry)
+                        bars.pruned(entry)
+                    bars.advance(epoch, loss_v)
+                val_loss, val_acc = evaluate(model, self.data.val, device=self.device)
+                rec = {
+                    "epoch": epoch + 1,
+                    "lr": lr_at(max(0, it - 1), total, warmup, cfg.lr),
+                    "train_loss": e_loss / max(1, e_count),
+                    "train_acc": e_correct / max(1, e_count),
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "seconds": time.perf_counter() - t_epoch,
+                }
+                result.epochs.append(rec)
+                bars.epoch_done(rec)
+        result.iterations = it
+        return result
+
+
+class _Bars:
+    """Rich progress bars for epochs and pruning steps (nothing when disabled)."""
+
+    def __init__(self, show: bool, epochs: int, per_epoch: int, pruner: Any) -> None:
+        self.show = show
+        self.progress = None
+        if not show:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.per_epoch = max(1, per_epoch)
+        self.epochs = epochs
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.t_epochs = self.progress.add_task(
+            "epochs", total=epochs * self.per_epoch, info="", visible=epochs > 0
+        )
+        self.t_steps = None
+        if pruner is not None:
+            self.t_steps = self.progress.add_task(
+                "pruning steps", total=pruner.steps, info=f"target {pruner.target_ms:.3f} ms"
+            )
+
+    def __enter__(self) -> _Bars:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def advance(self, epoch: int, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(
+                self.t_epochs, advance=1, info=f"epoch {epoch + 1}/{self.epochs} loss {loss:.3f}"
+            )
+
+    def pruned(self, entry: dict[str, Any]) -> None:
+        if self.progress is not None and self.t_steps is not None:
+            self.progress.update(
+                self.t_steps,
+                advance=1,
+                info=f"{entry['predicted_ms']:.3f} ms (budget {entry['budget_ms']:.3f})",
+            )
+
+    def epoch_done(self, rec: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.console.log(
+                f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f} train acc "
+                f"{rec['train_acc']:.3f} val acc {rec['val_acc']:.3f}"
+            )

@@ -1,0 +1,119 @@
+"""The built-in trainer: learning-rate schedule, training, pruning inside training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from halp_trt.errors import UserError
+from halp_trt.prune import Pruner
+from halp_trt.train import TrainConfig, Trainer, evaluate, load_data, lr_at
+
+from .test_prune_support import analytic_table
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """Three classes told apart by which colour channel is bright."""
+    rng = np.random.default_rng(0)
+    n = 150
+    labels = np.arange(n) % 3
+    images = rng.normal(0, 1, (n, 3, 8, 8)).astype(np.float32)
+    images[np.arange(n), labels] += 1.5
+    path = tmp_path_factory.mktemp("toy") / "toy.npz"
+    np.savez(path, images=images, labels=labels)
+    return load_data(f"npz:{path}", channels=3, size=(8, 8))
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    torch.manual_seed(0)
+    return analytic_table(
+        tmp_path_factory.mktemp("lut") / "tiny.lut", Tiny(), torch.randn(1, 3, 8, 8)
+    )
+
+
+def test_lr_warms_up_linearly_then_follows_cosine_to_zero():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0, 10, 0, 0.3) == pytest.approx(0.3)
+
+
+def test_config_validation():
+    with pytest.raises(UserError, match="label smoothing"):
+        TrainConfig(label_smoothing=1.0)
+    with pytest.raises(UserError, match="batch size"):
+        TrainConfig(batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            TrainConfig(device="cuda").resolved_device()
+        with pytest.raises(UserError, match="AMP"):
+            Trainer(Tiny(), None, TrainConfig(amp=True))
+
+
+def test_training_learns_the_toy_problem(toy):
+    torch.manual_seed(0)
+    model = Tiny()
+    before = evaluate(model, toy.val)[1]
+    result = Trainer(model, toy, TrainConfig(epochs=4, batch_size=16, lr=0.1)).fit()
+    assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4]
+    assert result.epochs[-1]["val_acc"] >= 0.9 > before
+    assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"]
+    assert result.iterations == 4 * (120 // 16)
+    assert not result.steps and result.pruning_overhead is None
+
+
+def test_pruning_inside_training_logs_every_step(toy, tiny_table):
+    torch.manual_seed(0)
+    model = Tiny()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = Pruner(model, x, tiny_table, "0.9x", steps=3, interval=3, bundle=2)
+    seen = []
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.1, eval_steps=True)
+    result = Trainer(model, toy, cfg, pruner=pruner, on_step=seen.append).fit()
+    assert [s["iteration"] for s in result.steps] == [3, 6, 9]
+    assert seen == result.steps
+    for s in result.steps:
+        assert s["predicted_ms"] <= s["budget_ms"] + 1e-12
+        assert s["minibatches"] == 3
+        assert math.isfinite(s["train_loss"]) and 0 <= s["train_acc"] <= 1
+        assert 0 <= s["val_acc"] <= 1
+    assert result.pruner_s > 0 and result.pruning_iterations_s > result.pruner_s
+    assert result.pruning_overhead == pytest.approx(
+        result.pruner_s / (result.pruning_iterations_s - result.pruner_s)
+    )
+    slim, plan = pruner.finalize()
+    assert plan.predicted_ms <= plan.target_ms
+    assert evaluate(slim, toy.val)[1] == pytest.approx(result.epochs[-1]["val_acc"])
+
+
+def test_schedule_longer_than_training_is_refused(toy, tiny_table):
+    model = Tiny()
+    pruner = Pruner(
+        model, torch.randn(1, 3, 8, 8), tiny_table, "0.9x", steps=30, interval=40, bundle=2
+    )
+    with pytest.raises(UserError, match="needs 1200 iterations but training runs 7"):
+        Trainer(model, toy, TrainConfig(epochs=1, batch_size=16), pruner=pruner).fit()
