@@ -55,8 +55,10 @@ from .plan import COST_MODELS, Plan
 DEFAULT_COST_MODEL = "joint"
 #: Knapsack solves allowed per call (fixed-point iterations plus budget tightenings).
 MAX_SOLVES = 20
-#: Continuation steps of the joint model from the current latency down to the budget.
+#: Continuation of the joint model from the current latency down to the budget: at most
+#: this many steps, each lowering the budget by about this factor.
 HOMOTOPY_STEPS = 5
+HOMOTOPY_RATIO = 1.25
 
 
 class TableLike(Protocol):
@@ -354,12 +356,15 @@ def solve_budget(
         # widths little and the expansion's second-order error stays small.
         start = net.latency(ref)
         if start > budget_ms > 0:
-            for t in range(1, HOMOTOPY_STEPS):
-                step_ms = start ** (1 - t / HOMOTOPY_STEPS) * budget_ms ** (t / HOMOTOPY_STEPS)
+            n = math.ceil(math.log(start / budget_ms) / math.log(HOMOTOPY_RATIO))
+            n = min(HOMOTOPY_STEPS, n)
+            for t in range(1, n):
+                step_ms = start ** (1 - t / n) * budget_ms ** (t / n)
                 pick, _ = solve(ref, step_ms)
                 solves += 1
                 ref = counts_of(pick)
     offset = 0.0
+    seen: set[tuple[tuple[int, ...], float]] = set()
     while solves < MAX_SOLVES:
         pick, model_ms = solve(ref, budget_ms - offset)
         solves += 1
@@ -372,6 +377,9 @@ def solve_budget(
             offset += over + 1e-9 * max(1.0, abs(budget_ms))
         elif cost_model == "one-sided" or counts == ref:
             break  # one-sided: no iteration; joint: a fixed point, where the model is exact
+        elif (pick, offset) in seen:
+            break  # the joint iteration cycles; the best plan within budget is kept
+        seen.add((pick, offset))
         ref = counts if cost_model == "joint" else ref
 
     feasible = [(i, f) for i, f in enumerate(found) if f[1] <= budget_ms]

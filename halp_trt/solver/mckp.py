@@ -19,7 +19,7 @@ rounded weight is at most ``b``.
 ``<= Cap * u <= B'``. Floating-point rounding cannot break this: weights are inflated by
 a relative ``1e-9`` before rounding up, ``Cap`` is deflated by the same, and the chosen
 plan's cost is finally checked in exact rational arithmetic (``fractions.Fraction``);
-if that check ever failed, the next-best plan at a smaller capacity would be taken.
+if that check ever failed, the DP would run again with a smaller capacity.
 
 *Near-optimal.* Let ``G`` be the number of groups that have a real choice (some option
 costs more than the group's cheapest and is worth more). Rounding up adds less than one
@@ -29,23 +29,41 @@ weight ``< (B' - s)/u + G``, which is at most ``Cap`` as soon as ``s >= (G + 2) 
 true optimum at budget ``B - s``. The default resolution takes
 ``s = 0.005 * max(|B|, B - C_min)`` (at least 0.5 % of the budget, and of the shifted
 budget when costs are negative) and ``u = s / (G + 2)``, i.e. about ``200 (G + 2)`` cells.
-With an explicit ``resolution`` (cells across ``B'``), ``s = (G + 2) B' / resolution``.
+With an explicit ``resolution`` (cells across ``B - C_min``), ``s = (G + 2) u`` with
+``u = (B - C_min) / resolution``. When every cost is an integer and ``u <= 1``, cells of
+width 1 are used instead: no rounding at all, so the DP is exact.
+
+*Exact reduction first.* For any multiplier ``lam >= 0`` and any plan ``x`` within the
+budget, ``value(x) <= L - sum_g gap_g(x_g)`` with ``L = lam B + sum_g top_g``,
+``top_g = max_k (v_gk - lam c_gk)`` and ``gap_g(k) = top_g - (v_gk - lam c_gk) >= 0``.
+A feasible incumbent of value ``z`` (the Lagrangian plan at a ``lam`` found by bisection)
+therefore rules out every option whose gap exceeds ``L - z``: no plan better than the
+incumbent uses it. The DP runs on the options that remain (shifted by their own minima,
+``G`` counted over them, ``s`` unchanged: the argument above goes through, with a
+coarser grid); the better of its answer and the incumbent is returned, so the guarantee
+holds as stated. When the best option of every
+group fits together, that choice is returned directly (it is optimal).
 
 Speed
 -----
 Per group: options are first rounded, then dominated ones dropped (an option survives
 only if it is worth strictly more than every option of no larger weight), so a staircase
 of latencies collapses to its steps. The DP row update ``new[b] = max_k old[b - w_k] +
-v_k`` runs as two in-place NumPy passes per surviving option; rows are only as long as
-the heaviest reachable weight. Instead of an argmax array per group the rows are kept
-(float64) and the choice is recovered by recomputing the same float sums while
-backtracking: the recomputation is bit-for-bit the forward one, so equality is exact.
-When rows would take more than ``_ROW_MEMORY`` bytes, only every s-th row is kept and
-the ones in between are recomputed during backtracking (about one more DP pass).
+v_k`` runs as two in-place NumPy passes per surviving option. Each row only covers the
+cells that matter: no more than the heaviest weight the groups so far can reach, and
+no fewer than the capacity minus the heaviest weight the remaining groups can add
+(lighter states can never reach the capacity, where backtracking starts). Instead of an
+argmax array per group the rows are kept (float64) and the choice is recovered by
+recomputing the same float sums while backtracking: the recomputation is bit-for-bit
+the forward one, so equality is exact. When rows would take more than ``_ROW_MEMORY``
+bytes, only every s-th row is kept and the ones in between are recomputed during
+backtracking (about one more DP pass).
 
-Ties are broken deterministically: the plan of smallest rounded weight among those of
-the best value, and within a group the lightest option (then the cheapest in real cost,
-then the lowest index).
+Ties are broken deterministically: options are ordered by (cost, -value, index) within
+a group; backtracking starts at the capacity and takes, from the last group to the
+first, the lightest option that reaches the optimum (then the cheapest in real cost,
+then the lowest index); between the DP's plan and the incumbent the higher value wins,
+then the lower cost, then the DP's plan.
 """
 
 from __future__ import annotations
