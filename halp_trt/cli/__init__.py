@@ -10,7 +10,7 @@ import importlib
 from .._version import __version__
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("inspect", "export", "engine")
+COMMANDS: tuple[str, ...] = ("inspect", "prune", "export", "engine", "verify", "run", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

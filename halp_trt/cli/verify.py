@@ -1,0 +1,212 @@
+"""`halp-trt verify`: original vs pruned on one backend, interleaved, with the speed-up's
+spread and, given a plan, predicted vs measured latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lut_builder.errors import ShapeError, UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "verify",
+        help="measure the pruned model's speed-up over the original on one backend",
+        description=(
+            "Time the original and the pruned model on the same backend in one run: warm-up "
+            "rounds, then many rounds that each time a block of inferences of both models "
+            "in alternating order. Reports each model's median latency and throughput, the "
+            "speed-up (median per-round ratio) with its spread (interquartile range over "
+            "the median) and a bootstrap 95%% CI, and with --plan the predicted vs measured "
+            "latency and whether the budget was met (exit code 1 if not). Models are specs "
+            "or saved .pt files (torch, onnxruntime, tensorrt), .onnx files (onnxruntime, "
+            "tensorrt) or .engine files with their sidecar (tensorrt)."
+        ),
+    )
+    p.add_argument("--original", required=True, help="the unpruned model")
+    p.add_argument("--pruned", required=True, help="the pruned model")
+    p.add_argument("--backend", required=True, choices=("tensorrt", "torch", "onnxruntime"))
+    p.add_argument("--batch", type=int, help="batch size (default: the input shape's)")
+    p.add_argument(
+        "--input-shape", help="input shape N,C,H,W (needed for model specs; files say theirs)"
+    )
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
+    p.add_argument(
+        "--block-ms", type=float, default=100.0, help="least time of one model's block per round"
+    )
+    p.add_argument("--plan", help="plan.json of the pruned model: predicted vs measured")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--device", default=None, help="torch: cpu or cuda[:N]; tensorrt: GPU index")
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="torch precision"
+    )
+    p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
+    p.add_argument(
+        "--force", action="store_true", help="run engines built for another GPU/TensorRT anyway"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", help="also write the JSON report to this file (atomically)")
+    return p
+
+
+def _onnx_shape(path: Path) -> tuple[int, ...]:
+    from ..export.engine import graph_inputs, read_onnx
+
+    inputs = graph_inputs(read_onnx(path))
+    if len(inputs) != 1:
+        raise UserError(f"{path} has {len(inputs)} inputs; verify feeds one")
+    return tuple(inputs[0]["shape"])
+
+
+def resolve_model(text: str, backend: str, force: bool) -> tuple[Any, tuple[int, ...] | None]:
+    """What the runner takes for ``text`` on ``backend``, and the shape the file declares
+    (``-1`` for a dynamic batch; None for a module)."""
+    from ..specs import load_model
+
+    path = Path(text)
+    if path.suffix == ".engine":
+        if backend != "tensorrt":
+            raise UserError(f"{text} is a TensorRT engine: use --backend tensorrt")
+        from ..export.sidecar import load_engine
+
+        _, sidecar = load_engine(path, force=force)
+        if len(sidecar.inputs) != 1:
+            raise UserError(f"{text} has {len(sidecar.inputs)} inputs; verify feeds one")
+        return str(path), tuple(sidecar.inputs[0]["shape"])
+    if path.suffix == ".onnx":
+        if backend == "torch":
+            raise UserError(f"{text} is an ONNX file: use --backend onnxruntime or tensorrt")
+        return str(path), _onnx_shape(path)
+    return load_model(text), None
+
+
+def input_shape(
+    declared: list[tuple[int, ...] | None], given: str | None, batch: int | None
+) -> tuple[int, ...]:
+    """One input shape for both models, from --input-shape, --batch and the files.
+
+    Raises:
+        ShapeError: no shape known, or shapes that disagree.
+    """
+    from ..specs import parse_shape
+
+    if batch is not None and batch < 1:
+        raise ShapeError(f"--batch must be positive, not {batch}")
+    shape = parse_shape(given) if given else None
+    for d in declared:
+        if d is None:
+            continue
+        if shape is None:
+            shape = tuple(max(1, v) for v in d)
+        rest_ok = len(d) == len(shape) and all(a == b for a, b in zip(d[1:], shape[1:]) if a >= 1)
+        if not rest_ok or (d[0] >= 1 and d[0] != (batch or shape[0])):
+            raise ShapeError(
+                f"input shape {(batch or shape[0], *shape[1:])} does not match a model that "
+                f"takes {d}"
+            )
+    if shape is None:
+        raise ShapeError("give --input-shape N,C,H,W for model specs")
+    if batch is not None:
+        shape = (batch, *shape[1:])
+    return shape
+
+
+def load_plan(path: str) -> Any:
+    """A pruning run's plan (with the unpruned model's prediction) or a solver plan."""
+    from ..prune.plan_file import PrunePlan
+    from ..solver.plan import Plan, PlanError
+
+    try:
+        return PrunePlan.load(path)
+    except PlanError:
+        return Plan.load(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..verify import verify_models
+
+    original, d0 = resolve_model(args.original, args.backend, args.force)
+    pruned, d1 = resolve_model(args.pruned, args.backend, args.force)
+    shape = input_shape([d0, d1], args.input_shape, args.batch)
+    plan = load_plan(args.plan) if args.plan else None
+    options: dict[str, Any] = {}
+    if args.backend == "onnxruntime":
+        options["threads"] = args.threads
+    elif args.backend == "torch":
+        options.update(
+            device=args.device or "cpu",
+            precision=args.precision,
+            channels_last=args.channels_last,
+        )
+    elif args.device is not None:
+        options["device"] = args.device
+    report = verify_models(
+        original,
+        pruned,
+        backend=args.backend,
+        input_shape=shape,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        min_block_ms=args.block_ms,
+        plan=plan,
+        sources=(args.original, args.pruned),
+        **options,
+    )
+    data = report.to_dict()
+    if args.out:
+        from lut_builder.trt_compat import write_atomic
+
+        write_atomic(args.out, (json.dumps(data, indent=2) + "\n").encode())
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        _print(report)
+    if report.plan is not None and not report.plan["within_budget"]:
+        return 1
+    return 0
+
+
+def _print(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(
+        title=f"verify on {report.backend}, input {tuple(report.input_shape)}, "
+        f"{report.rounds} rounds after {report.warmup} warm-up"
+    )
+    for col in ("model", "source", "median ms", "p10-p90 ms", "samples/s"):
+        table.add_column(col, justify="left" if col in ("model", "source") else "right")
+    for t in (report.original, report.pruned):
+        table.add_row(
+            t.label,
+            t.source,
+            f"{t.median_ms:.3f}",
+            f"{t.p10_ms:.3f}-{t.p90_ms:.3f}",
+            f"{t.throughput:.1f}",
+        )
+    console.print(table)
+    s = report.speedup
+    console.print(
+        f"speed-up {s.median:.3f}x (per-round ratio IQR {s.q25:.3f}-{s.q75:.3f}, spread "
+        f"{s.spread:.1%}; 95% CI {s.ci95[0]:.3f}-{s.ci95[1]:.3f}; ratio of medians "
+        f"{s.ratio_of_medians:.3f})"
+    )
+    if report.plan:
+        p = report.plan
+        verdict = "[green]met[/green]" if p["within_budget"] else "[red]MISSED[/red]"
+        console.print(
+            f"plan: predicted {p['predicted_ms']:.3f} ms, measured {p['measured_ms']:.3f} ms "
+            f"(error {p['error']:+.1%}); budget {p['budget_ms']:.3f} ms {verdict}"
+        )
+        if "predicted_speedup" in p:
+            console.print(
+                f"plan: predicted speed-up {p['predicted_speedup']:.3f}x, measured "
+                f"{p['measured_speedup']:.3f}x"
+            )

@@ -1,0 +1,302 @@
+"""Original vs pruned, timed on the same backend in one run.
+
+Both models are loaded as runners of :mod:`lut_builder.runners` on one backend and fed
+the same input. After warm-up rounds, every round times a block of back-to-back
+inferences of each model, one model after the other and in alternating order, so a slow
+drift of the machine (another process starting on a shared host) hits both alike. A
+block lasts at least ``min_block_ms`` and is timed in chunks of about a millisecond; its
+figure is the median chunk, so a preempted inference does not decide the round.
+
+Figures: each model's median latency per inference (with p10/p90) and throughput
+(samples per second at the batch size); the **speed-up** is the median over rounds of
+the per-round ratio original / pruned, and its **spread** is that ratio's interquartile
+range divided by the median (a bootstrap 95% confidence interval of the median ratio is
+given beside it). With a plan (``plan.json``), the plan's predicted latency is set against
+the measured one, and the budget checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lut_builder.errors import UserError
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+@dataclass(frozen=True)
+class ModelTiming:
+    """Latency of one model over the timed rounds (per inference, milliseconds)."""
+
+    label: str
+    source: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    throughput: float
+    inner: int
+    rounds: int
+
+
+@dataclass(frozen=True)
+class SpeedupStats:
+    """The per-round ratio original / pruned, summarised."""
+
+    median: float
+    q25: float
+    q75: float
+    spread: float
+    ci95: tuple[float, float]
+    ratio_of_medians: float
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify_models`."""
+
+    backend: str
+    options: dict[str, Any]
+    input_shape: list[int]
+    warmup: int
+    rounds: int
+    original: ModelTiming
+    pruned: ModelTiming
+    speedup: SpeedupStats
+    plan: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def batch(self) -> int:
+        return self.input_shape[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["speedup"]["ci95"] = list(self.speedup.ci95)
+        return d
+
+
+def quantile(xs: Sequence[float], q: float) -> float:
+    """Quantile with linear interpolation (numpy's default)."""
+    s = sorted(xs)
+    pos = (len(s) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def speedup_stats(
+    original_ms: Sequence[float],
+    pruned_ms: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = 2000,
+) -> SpeedupStats:
+    """Summarise per-round ratios ``original[i] / pruned[i]``.
+
+    Raises:
+        ValueError: sequences of different or zero length, or a non-positive time.
+    """
+    import numpy as np
+
+    if len(original_ms) != len(pruned_ms) or not original_ms:
+        raise ValueError("need the same, non-zero number of rounds for both models")
+    if min(*original_ms, *pruned_ms) <= 0:
+        raise ValueError("times must be positive")
+    ratios = np.asarray(original_ms, dtype=float) / np.asarray(pruned_ms, dtype=float)
+    med = float(np.median(ratios))
+    q25, q75 = quantile(ratios, 0.25), quantile(ratios, 0.75)
+    rng = np.random.default_rng(seed)
+    boot = np.median(rng.choice(ratios, size=(resamples, len(ratios)), replace=True), axis=1)
+    ci = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
+    return SpeedupStats(
+        median=med,
+        q25=q25,
+        q75=q75,
+        spread=(q75 - q25) / med,
+        ci95=ci,
+        ratio_of_medians=float(np.median(original_ms) / np.median(pruned_ms)),
+    )
+
+
+def calibrate(
+    fn: Callable[[], Any], sync: Callable[[], Any], min_block_ms: float
+) -> tuple[int, int]:
+    """``(chunk, chunks)``: calls per timed chunk (a chunk lasts >= ~1 ms, so that a sync
+    and a clock read are small beside it) and chunks per block (a block lasts at least
+    ``min_block_ms``)."""
+    import time
+
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    calls = 0
+    while True:
+        fn()
+        calls += 1
+        sync()
+        elapsed = (time.perf_counter() - t0) * 1e3
+        if elapsed >= 5 or calls >= 1000:
+            break
+    per_call = max(elapsed / calls, 1e-6)
+    chunk = max(1, min(1000, math.ceil(1.0 / per_call)))
+    chunks = max(3, math.ceil(min_block_ms / (chunk * per_call)))
+    return chunk, min(chunks, 1000)
+
+
+def time_block(fn: Callable[[], Any], sync: Callable[[], Any], chunk: int, chunks: int) -> float:
+    """Median per-call milliseconds over ``chunks`` timed chunks of ``chunk`` calls."""
+    import time
+
+    clock = time.perf_counter
+    per_call = []
+    sync()
+    for _ in range(chunks):
+        t0 = clock()
+        for _ in range(chunk):
+            fn()
+        sync()
+        per_call.append((clock() - t0) * 1e3 / chunk)
+    return quantile(per_call, 0.5)
+
+
+def time_pair(
+    runners: Sequence[Any], *, warmup: int, rounds: int, min_block_ms: float
+) -> tuple[list[list[float]], list[int]]:
+    """Interleaved per-inference times of runners; see the module notes.
+
+    Each round runs one block per runner, in alternating order (A B, then B A, ...) so
+    that a drift within a round favours neither. A block's figure is the median over
+    its chunks, so one preempted chunk does not decide the round.
+
+    Returns:
+        ``(times, inferences)``: ``times[i]`` the per-round milliseconds per inference of
+        runner ``i``, ``inferences[i]`` the inferences in one of its blocks.
+    """
+    plans = [calibrate(r, r.sync, min_block_ms) for r in runners]
+    order = list(range(len(runners)))
+    for _ in range(warmup):
+        for i in order:
+            time_block(runners[i], runners[i].sync, *plans[i])
+    times: list[list[float]] = [[] for _ in runners]
+    for n in range(rounds):
+        for i in order if n % 2 == 0 else order[::-1]:
+            times[i].append(time_block(runners[i], runners[i].sync, *plans[i]))
+    return times, [c * k for c, k in plans]
+
+
+def verify_models(
+    original: Any,
+    pruned: Any,
+    *,
+    backend: str,
+    input_shape: Sequence[int],
+    warmup: int = 5,
+    rounds: int = 30,
+    min_block_ms: float = 50.0,
+    plan: Any = None,
+    labels: tuple[str, str] = ("original", "pruned"),
+    sources: tuple[str, str] = ("", ""),
+    **options: Any,
+) -> VerifyReport:
+    """Time ``original`` and ``pruned`` on one backend, interleaved; see the module notes.
+
+    Args:
+        original, pruned: what :func:`lut_builder.runners.make_runner` takes for the
+            backend (``nn.Module``, ``.onnx`` path, ``.engine`` path).
+        backend: ``onnxruntime``, ``torch`` or ``tensorrt``.
+        input_shape: the input, batch first; both models get the same tensor.
+        warmup: untimed rounds.
+        rounds: timed rounds.
+        min_block_ms: the least duration of one model's block of inferences in a round.
+        plan: a :class:`halp_trt.solver.Plan` (with ``base_ms`` when it is a pruning
+            run's plan) for predicted vs measured latency, or None.
+        labels, sources: names shown for the two models.
+        **options: backend options for the runners (``threads``, ``device``, ...).
+
+    Returns:
+        A :class:`VerifyReport`.
+
+    Raises:
+        UserError: unknown backend, bad counts, a model the backend cannot run, or a
+            runner that fails on the input.
+    """
+    import torch
+
+    from lut_builder.runners import make_runner
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if rounds < 3 or warmup < 0 or min_block_ms < 0:
+        raise UserError("verify needs at least 3 rounds, warmup >= 0 and a block time >= 0")
+    shape = tuple(int(d) for d in input_shape)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    runners = []
+    try:
+        for model in (original, pruned):
+            runners.append(make_runner(backend, model, x, **options))
+        for r, label in zip(runners, labels):
+            try:
+                r()
+                r.sync()
+            except Exception as exc:
+                raise UserError(
+                    f"the {label} model fails on an input of shape {shape} on {backend}: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
+        times, inner = time_pair(runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms)
+    finally:
+        for r in runners:
+            r.close()
+    timings = []
+    for label, source, t, k in zip(labels, sources, times, inner):
+        med = quantile(t, 0.5)
+        timings.append(
+            ModelTiming(
+                label=label,
+                source=source,
+                median_ms=med,
+                p10_ms=quantile(t, 0.1),
+                p90_ms=quantile(t, 0.9),
+                throughput=shape[0] * 1e3 / med,
+                inner=k,
+                rounds=len(t),
+            )
+        )
+    report = VerifyReport(
+        backend=backend,
+        options={
+            k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in options.items()
+        },
+        input_shape=list(shape),
+        warmup=warmup,
+        rounds=rounds,
+        original=timings[0],
+        pruned=timings[1],
+        speedup=speedup_stats(times[0], times[1]),
+    )
+    if plan is not None:
+        report.plan = plan_comparison(plan, report)
+    return report
+
+
+def plan_comparison(plan: Any, report: VerifyReport) -> dict[str, Any]:
+    """Predicted vs measured latency (and speed-up, when the plan knows the unpruned model's)."""
+    measured = report.pruned.median_ms
+    predicted = float(plan.predicted_ms)
+    out: dict[str, Any] = {
+        "predicted_ms": predicted,
+        "measured_ms": measured,
+        "error": (predicted - measured) / measured,
+        "budget_ms": float(plan.budget_ms),
+        "within_budget": measured <= float(plan.budget_ms),
+    }
+    base = getattr(plan, "base_ms", None)
+    if base:
+        out["base_predicted_ms"] = float(base)
+        out["base_measured_ms"] = report.original.median_ms
+        out["predicted_speedup"] = float(base) / predicted
+        out["measured_speedup"] = report.speedup.median
+    return out
