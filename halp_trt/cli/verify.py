@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--block-ms", type=float, default=100.0, help="least time of one model's block per round"
     )
     p.add_argument("--plan", help="plan.json of the pruned model: predicted vs measured")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (onnxruntime, torch on CPU)")
     p.add_argument("--device", default=None, help="torch: cpu or cuda[:N]; tensorrt: GPU index")
     p.add_argument(
         "--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="torch precision"
@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         options["threads"] = args.threads
     elif args.backend == "torch":
         options.update(
+            threads=args.threads,
             device=args.device or "cpu",
             precision=args.precision,
             channels_last=args.channels_last,

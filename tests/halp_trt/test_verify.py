@@ -1,0 +1,182 @@
+"""verify: speed-up statistics, the uniform baseline, interleaved timing and the CLI."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+from halp_trt.graph import ChannelGraph
+from halp_trt.models import create_model
+from halp_trt.solver.plan import Plan
+from halp_trt.verify import speedup_stats, uniform_keep, uniform_prune, verify_models
+from halp_trt.verify.compare import plan_comparison, quantile
+from lut_builder.errors import UserError
+
+from ..conftest import assert_user_error
+
+
+def wide_and_narrow() -> tuple[nn.Module, nn.Module]:
+    """Two models whose cost differs by ~50x: any timing tells them apart."""
+
+    def net(c: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU()
+        ).eval()
+
+    return net(96), net(8)
+
+
+def test_speedup_stats_median_iqr_spread_and_ci():
+    original = [2.0, 2.2, 2.0, 4.0, 2.1]
+    pruned = [1.0, 1.0, 1.0, 1.0, 1.05]  # ratios 2, 2.2, 2, 4, 2
+    s = speedup_stats(original, pruned)
+    assert s.median == pytest.approx(2.0)
+    assert (s.q25, s.q75) == (pytest.approx(2.0), pytest.approx(2.2))
+    assert s.spread == pytest.approx(0.1)
+    assert s.ci95[0] <= s.median <= s.ci95[1]
+    assert s.ratio_of_medians == pytest.approx(2.1 / 1.0)
+    for a, b in (([], []), ([1.0], [1.0, 2.0]), ([1.0], [0.0])):
+        with pytest.raises(ValueError):
+            speedup_stats(a, b)
+
+
+def test_quantile_interpolates_like_numpy():
+    assert quantile([4, 1, 3, 2], 0.5) == 2.5
+    assert quantile([1, 2, 3, 4, 5], 0.25) == 2
+
+
+def test_uniform_keep_counts_alignment_and_bounds():
+    model = create_model("resnet20")
+    graph = ChannelGraph(model, torch.randn(1, 3, 32, 32))
+    keep = uniform_keep(graph, 0.5)
+    sizes = {g.id: g.size for g in graph.prunable}
+    assert set(keep) == set(sizes)
+    assert all(len(keep[g]) == -(-sizes[g] // 2) for g in keep)
+    aligned = uniform_keep(graph, 0.3, multiple=8)
+    assert all(len(k) % 8 == 0 or len(k) == sizes[g] for g, k in aligned.items())
+    with pytest.raises(ValueError):
+        uniform_keep(graph, 0.0)
+
+
+def test_uniform_prune_leaves_the_original_alone():
+    model = create_model("resnet20").eval()
+    before = sum(p.numel() for p in model.parameters())
+    slim = uniform_prune(model, torch.randn(1, 3, 32, 32), 0.5)
+    assert sum(p.numel() for p in model.parameters()) == before
+    assert sum(p.numel() for p in slim.parameters()) < 0.4 * before
+    assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_verify_torch_tells_a_wide_model_from_a_narrow_one():
+    wide, narrow = wide_and_narrow()
+    r = verify_models(
+        wide, narrow, backend="torch", input_shape=(2, 3, 32, 32), rounds=5, warmup=1,
+        min_block_ms=5, threads=1,
+    )  # fmt: skip
+    assert r.speedup.median > 3
+    assert r.original.median_ms > r.pruned.median_ms > 0
+    assert r.pruned.throughput == pytest.approx(2e3 / r.pruned.median_ms)
+    assert r.original.rounds == r.pruned.rounds == 5 and r.original.inner >= 3
+    d = r.to_dict()
+    assert d["speedup"]["median"] == r.speedup.median and d["input_shape"] == [2, 3, 32, 32]
+    assert d["options"] == {"threads": 1}
+
+
+def test_verify_onnxruntime_on_a_pruned_resnet():
+    model = create_model("resnet20").eval()
+    slim = uniform_prune(model, torch.randn(1, 3, 32, 32), 0.25, multiple=8)
+    r = verify_models(
+        model, slim, backend="onnxruntime", input_shape=(1, 3, 32, 32), rounds=5, warmup=1,
+        min_block_ms=10,
+    )  # fmt: skip
+    assert r.speedup.median > 1.2
+    assert r.speedup.ci95[0] <= r.speedup.median <= r.speedup.ci95[1]
+
+
+def test_verify_refuses_bad_requests():
+    wide, narrow = wide_and_narrow()
+    with pytest.raises(UserError, match="unknown backend"):
+        verify_models(wide, narrow, backend="tvm", input_shape=(1, 3, 8, 8))
+    with pytest.raises(UserError, match="3 rounds"):
+        verify_models(wide, narrow, backend="torch", input_shape=(1, 3, 8, 8), rounds=1)
+    with pytest.raises(UserError, match="fails on an input"):
+        verify_models(wide, narrow, backend="torch", input_shape=(1, 5, 8, 8), rounds=3)
+
+
+def test_plan_comparison_reports_error_budget_and_predicted_speedup():
+    report = types.SimpleNamespace(
+        pruned=types.SimpleNamespace(median_ms=2.0),
+        original=types.SimpleNamespace(median_ms=4.0),
+        speedup=types.SimpleNamespace(median=1.9),
+    )
+    plan = types.SimpleNamespace(predicted_ms=2.2, budget_ms=2.5, base_ms=4.4)
+    p = plan_comparison(plan, report)
+    assert p["error"] == pytest.approx(0.1) and p["within_budget"] is True
+    assert p["predicted_speedup"] == pytest.approx(2.0) and p["measured_speedup"] == 1.9
+    missed = plan_comparison(types.SimpleNamespace(predicted_ms=1.0, budget_ms=1.5), report)
+    assert missed["within_budget"] is False and "predicted_speedup" not in missed
+
+
+# --- CLI ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_models(tmp_path):
+    wide, narrow = wide_and_narrow()
+    torch.save(wide, tmp_path / "wide.pt")
+    torch.save(narrow, tmp_path / "narrow.pt")
+    return tmp_path
+
+
+def test_cli_verify_json_and_report_file(halp_cli, saved_models):
+    r = halp_cli(
+        "verify", "--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch",
+        "--input-shape", "1,3,32,32", "--batch", "2", "--rounds", "4", "--warmup", "1",
+        "--block-ms", "5", "--json", "--out", "report.json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["input_shape"] == [2, 3, 32, 32] and d["backend"] == "torch"
+    assert d["speedup"]["median"] > 1.5 and d["original"]["source"] == "wide.pt"
+    assert json.loads((saved_models / "report.json").read_text()) == d
+
+
+def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
+    from lut_builder.runners import export_onnx
+
+    wide, narrow = wide_and_narrow()
+    x = torch.randn(1, 3, 16, 16)
+    export_onnx(wide, x, saved_models / "wide.onnx")
+    export_onnx(narrow, x, saved_models / "narrow.onnx")
+    plan = Plan(
+        keep={0: (0,)}, sizes={0: 2}, widths={}, predicted_ms=1e-4, budget_ms=1e-4,
+        value=1.0, total_value=2.0, cost_model="one-sided", model_ms=1e-4,
+    )  # fmt: skip
+    plan.save(saved_models / "plan.json")
+    r = halp_cli(
+        "verify", "--original", "wide.onnx", "--pruned", "narrow.onnx", "--backend",
+        "onnxruntime", "--rounds", "3", "--warmup", "0", "--block-ms", "5", "--plan", "plan.json",
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr  # a 0.1 microsecond budget cannot be met
+    assert "speed-up" in r.stdout and "MISSED" in r.stdout and "predicted" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch"], "--input-shape"),
+        (["--original", "a.engine", "--pruned", "b.engine", "--backend", "torch"], "tensorrt"),
+        pytest.param(
+            ["--original", "none.pt", "--pruned", "narrow.pt", "--backend", "torch",
+             "--input-shape", "1,3,8,8"],
+            "does not exist",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)  # fmt: skip
+def test_cli_verify_user_errors(halp_cli, saved_models, args, fragment):
+    assert_user_error(halp_cli("verify", *args), fragment)
