@@ -1,0 +1,70 @@
+"""`halp-trt run`: model + data + latency budget -> table, pruned model, ONNX, engine,
+measured speed-up and a report, in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "run",
+        help="the whole path: latency table, pruning, export, engine, verify, report",
+        description=(
+            "Build (or reuse) the latency table on the backend, evaluate the original, prune "
+            "with fine-tuning to the target, export ONNX, build TensorRT engines where "
+            "TensorRT is present, time original vs pruned on the backend in one interleaved "
+            "run, and write OUT/report.json, OUT/report.md and OUT/plots. Each stage's "
+            "outputs stay in OUT; a failed run continues with --resume."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="SPEC", help="model spec or saved .pt")
+    p.add_argument(
+        "--data", required=True, metavar="SPEC", help="digits, npz:PATH, imagefolder:PATH"
+    )
+    p.add_argument("--input-shape", required=True, metavar="N,C,H,W", help="deployment input")
+    p.add_argument("--target", required=True, metavar="T", help="0.5x (of the original) or 3ms")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "tensorrt", "torch", "onnxruntime"),
+        help="auto: TensorRT, else PyTorch on CUDA, else ONNX Runtime on the CPU",
+    )
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--lut", metavar="FILE", help="reuse this table if its fingerprint matches")
+    p.add_argument("--step", type=int, metavar="N", help="channel step of the table's grid")
+    p.add_argument("--importance", default="taylor", help="taylor (default), l1, l2, sp-lamp")
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train the dense model first (for untrained model specs)",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs of pruning + fine-tuning")
+    p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
+    p.add_argument("--verify-rounds", type=int, default=30, help="timed rounds of verify (30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import run_pipeline
+
+    report = run_pipeline(args)
+    b, p = report["baseline"], report["pruned"]
+    print(
+        "PASSED target: " if report["target_met"] else "MISSED target: ",
+        f"{report['backend']} measured {b['latency_ms']:.4f} -> {p['latency_ms']:.4f} ms "
+        f"(speed-up {report['speedup']:.2f}x, predicted {report['predicted_speedup']:.2f}x, "
+        f"target {report['target']['ms']:.4f} ms); accuracy {b['accuracy']:.4f} -> "
+        f"{p['accuracy']:.4f}",
+        sep="",
+    )
+    print(f"report: {args.out}/report.md (data in {args.out}/report.json)")
+    return 0

@@ -1,0 +1,262 @@
+"""Render a run's report dict as Markdown and plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: Plot files a full report has, under ``plots/`` of the run directory.
+PLOTS = {
+    "channels": "channels per group before and after pruning",
+    "steps": "predicted latency and accuracy over the pruning steps",
+    "predicted_vs_measured": "predicted vs measured latency",
+    "staircase": "latency vs channels of the most expensive layer signatures",
+}
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temporary file beside the target, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def render(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write ``report.md`` and the plots of ``report`` into ``out_dir``.
+
+    Args:
+        report: the run's report dict (as in ``report.json``).
+        out_dir: the run directory; plots go to ``out_dir/plots``.
+
+    Returns:
+        Plot name to its path relative to ``out_dir``, for the plots that could be drawn
+        (a plot whose data the report lacks is left out, and the Markdown says so).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    drawn: dict[str, str] = {}
+    for name, fn in (
+        ("channels", _plot_channels),
+        ("steps", _plot_steps),
+        ("predicted_vs_measured", _plot_pred_vs_meas),
+        ("staircase", _plot_staircase),
+    ):
+        rel = f"plots/{name}.png"
+        if fn(report, out / rel, out):
+            drawn[name] = rel
+    md = _markdown(report, drawn)
+    tmp = out / ".report.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, out / "report.md")
+    return drawn
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _plot_channels(report: dict, path: Path, _: Path) -> bool:
+    groups = [g for g in report.get("groups", []) if g.get("prunable", True)]
+    if not groups:
+        return False
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(groups)), 3.6))
+    ax.bar(x, [g["size"] for g in groups], color="#c9d6e8", label="before")
+    ax.bar(x, [g["kept"] for g in groups], color="#2b6cb0", label="after")
+    ax.set_xticks(x, [str(g["id"]) for g in groups], fontsize=7)
+    ax.set_xlabel("channel group")
+    ax.set_ylabel("channels")
+    ax.set_title("Channels per prunable group")
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def _plot_steps(report: dict, path: Path, _: Path) -> bool:
+    steps = report.get("steps") or []
+    if not steps:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    s = [r["step"] for r in steps]
+    ax.plot(s, [r["predicted_ms"] for r in steps], "o-", label="predicted latency")
+    ax.plot(s, [r["budget_ms"] for r in steps], "--", color="grey", label="step budget")
+    ax.set_xlabel("pruning step")
+    ax.set_ylabel("latency (ms)")
+    accs = [(r["step"], r.get("val_acc", r.get("train_acc"))) for r in steps]
+    accs = [(a, b) for a, b in accs if b is not None]
+    if accs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*accs), "s-", color="#c05621", label="accuracy")
+        ax2.set_ylabel("accuracy")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper center")
+    ax.set_title("Pruning schedule")
+    _save(fig, path)
+    return True
+
+
+def _plot_pred_vs_meas(report: dict, path: Path, _: Path) -> bool:
+    pts = [
+        (name, report.get(name, {}).get("predicted_ms"), report.get(name, {}).get("latency_ms"))
+        for name in ("baseline", "pruned")
+    ]
+    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+    if not pts:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    hi = max(max(p[1], p[2]) for p in pts) * 1.1
+    ax.plot([0, hi], [0, hi], "--", color="grey", label="predicted = measured")
+    for name, pred, meas in pts:
+        ax.scatter([pred], [meas], s=60, label=name)
+    target = report.get("target", {}).get("ms")
+    if target:
+        ax.axhline(target, color="#c53030", lw=1, label="target")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("measured latency (ms)")
+    ax.legend(fontsize=8)
+    ax.set_title("Latency model vs measurement")
+    _save(fig, path)
+    return True
+
+
+def _plot_staircase(report: dict, path: Path, out_dir: Path) -> bool:
+    lut = (report.get("artifacts") or {}).get("lut")
+    if not lut:
+        return False
+    lut_path = Path(lut) if Path(lut).is_absolute() else out_dir / lut
+    if not lut_path.exists():
+        return False
+    import matplotlib.pyplot as plt
+
+    from lut_builder import LatencyTable
+
+    table = LatencyTable.open(lut_path, force=True)
+    try:
+        costs = []
+        for sig in table.signatures():
+            grid = table.grid(sig)
+            c_in, c_out = max(grid.c_in), max(grid.c_out)
+            costs.append((table.lookup(sig, c_in, c_out), sig, grid))
+        costs.sort(key=lambda t: -t[0])
+        if not costs:
+            return False
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        for _, sig, grid in costs[:4]:
+            c_in = max(grid.c_in)
+            pts = sorted(
+                (p for p in table.points(sig) if grid.diagonal or p.c_in == c_in),
+                key=lambda p: p.c_out,
+            )
+            if len(pts) < 2:
+                continue
+            ax.step(
+                [p.c_out for p in pts],
+                [p.timing.median_ms for p in pts],
+                where="post",
+                marker=".",
+                label=sig.short(),
+            )
+        ax.set_xlabel("output channels (input channels at full width; depthwise: both)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title("Measured latency staircase, most expensive signatures")
+        ax.legend(fontsize=7)
+        _save(fig, path)
+    finally:
+        table.close()
+    return True
+
+
+def _fmt(v: Any, spec: str = ".3f", unit: str = "") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (int, float)):
+        return f"{v:{spec}}{unit}"
+    return str(v)
+
+
+def _markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
+    b, p = r.get("baseline", {}), r.get("pruned", {})
+    target = r.get("target", {})
+    lines = [
+        f"# halp-trt run: {r.get('model', '?')}",
+        "",
+        f"- backend: **{r.get('backend', '?')}** ({r.get('backend_reason', '')}), "
+        f"precision {r.get('precision', '?')}, input {tuple(r.get('input_shape', []))}",
+        f"- data: {r.get('data', '?')}",
+        f"- target: {target.get('spec', '?')} = {_fmt(target.get('ms'), '.3f', ' ms')}",
+        "",
+        "| | latency (measured) | latency (predicted) | accuracy | MACs | parameters |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, d in (("original", b), ("pruned", p)):
+        lines.append(
+            f"| {name} | {_fmt(d.get('latency_ms'), '.4f', ' ms')} | "
+            f"{_fmt(d.get('predicted_ms'), '.4f', ' ms')} | {_fmt(d.get('accuracy'), '.4f')} | "
+            f"{_fmt((d.get('macs') or 0) / 1e6, '.1f', ' M')} | "
+            f"{_fmt((d.get('params') or 0) / 1e6, '.3f', ' M')} |"
+        )
+    sp = r.get("speedup")
+    lines += [
+        "",
+        f"Measured speed-up **{_fmt(sp, '.2f', 'x')}** "
+        f"(spread {_fmt(r.get('speedup_spread'), '.1%')}, interleaved rounds on the same "
+        f"backend); predicted {_fmt(r.get('predicted_speedup'), '.2f', 'x')}. "
+        f"Target met: **{'yes' if r.get('target_met') else 'no'}**.",
+        "",
+        "## Artifacts",
+        "",
+    ]
+    for k, v in (r.get("artifacts") or {}).items():
+        lines.append(f"- {k}: `{v}`" if v else f"- {k}: none")
+    lines += ["", "## Plots", ""]
+    for name, caption in PLOTS.items():
+        if name in plots:
+            lines += [f"![{caption}]({plots[name]})", ""]
+        else:
+            lines += [f"- {caption}: not available for this run", ""]
+    stages = r.get("stages") or {}
+    if stages:
+        lines += ["## Stages", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {_fmt(v, '.1f')} |" for k, v in stages.items()]
+        lines.append("")
+    return "\n".join(lines)
