@@ -446,9 +446,9 @@ class Pipeline:
         b_ms = _median(verify.get("original"))
         p_ms = _median(verify.get("pruned"))
         speed = verify.get("speedup") or {}
-        sizes = {int(k): v for k, v in plan.get("sizes", {}).items()}
-        keep = {int(k): v for k, v in plan.get("keep", {}).items()}
-        groups = [{"id": g, "size": sizes[g], "kept": len(keep[g])} for g in sorted(sizes)]
+        groups = [
+            {"id": g["id"], "size": g["size"], "kept": g["kept"]} for g in plan.get("groups", [])
+        ]
         engines = self._outputs("engine")
         steps = pruning.get("steps") or log.get("steps") or []
         log_steps = {s.get("step"): s for s in log.get("steps", [])}

@@ -118,11 +118,13 @@ def _plot_steps(report: dict, path: Path, _: Path) -> bool:
     ax.plot(s, [r["budget_ms"] for r in steps], "--", color="grey", label="step budget")
     ax.set_xlabel("pruning step")
     ax.set_ylabel("latency (ms)")
-    accs = [(r["step"], r.get("val_acc", r.get("train_acc"))) for r in steps]
-    accs = [(a, b) for a, b in accs if b is not None]
+    which = "val_acc" if any("val_acc" in r for r in steps) else "train_acc"
+    accs = [(r["step"], r[which]) for r in steps if r.get(which) is not None]
+    ax.xaxis.get_major_locator().set_params(integer=True)
     if accs:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*accs), "s-", color="#c05621", label="accuracy")
+        label = "validation accuracy" if which == "val_acc" else "training accuracy"
+        ax2.plot(*zip(*accs), "s-", color="#c05621", label=label)
         ax2.set_ylabel("accuracy")
         ax2.legend(loc="upper right")
     ax.legend(loc="upper center")
