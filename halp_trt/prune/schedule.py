@@ -50,17 +50,11 @@ def schedule_targets(schedule: str, base_ms: float, target_ms: float, steps: int
 _TARGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x|ms)\s*$")
 
 
-def parse_target(target: str | float, base_ms: float) -> float:
-    """A latency target in milliseconds.
-
-    Args:
-        target: ``"0.5x"`` (a fraction of ``base_ms``), ``"3ms"`` (absolute), or a
-            number (milliseconds).
-        base_ms: predicted latency of the unpruned model.
+def split_target(target: str | float) -> tuple[float, str]:
+    """``"0.5x"`` -> ``(0.5, "x")``, ``"3ms"`` or ``3`` -> ``(3.0, "ms")``.
 
     Raises:
-        PruningError: malformed, non-positive, or not below the unpruned latency
-            (``1x`` and above would prune nothing).
+        PruningError: malformed or non-positive.
     """
     if isinstance(target, (int, float)) and not isinstance(target, bool):
         value, unit = float(target), "ms"
@@ -74,6 +68,22 @@ def parse_target(target: str | float, base_ms: float) -> float:
         value, unit = float(m.group(1)), m.group(2)
     if not (value > 0 and math.isfinite(value)):
         raise PruningError(f"latency target {target!r} must be positive")
+    return value, unit
+
+
+def parse_target(target: str | float, base_ms: float) -> float:
+    """A latency target in milliseconds.
+
+    Args:
+        target: ``"0.5x"`` (a fraction of ``base_ms``), ``"3ms"`` (absolute), or a
+            number (milliseconds).
+        base_ms: predicted latency of the unpruned model.
+
+    Raises:
+        PruningError: malformed, non-positive, or not below the unpruned latency
+            (``1x`` and above would prune nothing).
+    """
+    value, unit = split_target(target)
     ms = value * base_ms if unit == "x" else value
     if ms >= base_ms:
         raise PruningError(

@@ -94,18 +94,28 @@ def load_data(spec: str, *, channels: int, size: tuple[int, int]) -> ImageData:
 
 
 def _split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+    """A fixed, stratified train/val split: ``ceil(VAL_FRACTION * N)`` images held out.
 
-    idx = np.arange(labels.size)
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    try:
-        tr, va = train_test_split(
-            idx, test_size=VAL_FRACTION, random_state=SPLIT_SEED, stratify=stratify
-        )
-    except ValueError as exc:  # too few images for a split
-        raise DataError(f"cannot split {labels.size} images into train and val: {exc}") from exc
-    return np.sort(tr), np.sort(va)
+    Each class gives its share of the held-out images (largest remainders round), chosen
+    by a permutation seeded with :data:`SPLIT_SEED`.
+    """
+    n = labels.size
+    n_val = int(np.ceil(VAL_FRACTION * n))
+    if n < 2 or n_val >= n:
+        raise DataError(f"cannot split {n} images into train and val")
+    rng = np.random.default_rng(SPLIT_SEED)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n_val / n
+    take = np.floor(share).astype(int)
+    order = np.lexsort((classes, -(share - take)))  # largest remainder first, then class
+    take[order[: n_val - take.sum()]] += 1
+    val = []
+    for c, k in zip(classes, take):
+        members = np.flatnonzero(labels == c)
+        val.append(rng.permutation(members)[:k])
+    va = np.sort(np.concatenate(val))
+    tr = np.setdiff1d(np.arange(n), va)
+    return tr, va
 
 
 def _to_tensor(images: np.ndarray, channels: int, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -158,12 +168,33 @@ def _tensor_data(
     )
 
 
-def _digits(channels: int, size: tuple[int, int]) -> ImageData:
-    from sklearn.datasets import load_digits
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as (images N,8,8 in 0..16, labels).
 
+    Read straight from the CSV that scikit-learn ships (importing scikit-learn itself
+    takes seconds); ``sklearn.datasets.load_digits`` is the fallback.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for root in locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            if table.ndim == 2 and table.shape[1] == 65:
+                return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise DataError("the digits data set needs scikit-learn") from exc
     d = load_digits()
-    images = (d.images / 16.0).astype(np.float32)  # 0..16 grey levels
-    labels = d.target.astype(np.int64)
+    return d.images, d.target.astype(np.int64)
+
+
+def _digits(channels: int, size: tuple[int, int]) -> ImageData:
+    raw, labels = _digits_arrays()
+    images = (raw / 16.0).astype(np.float32)  # 0..16 grey levels
     tr, va = _split(labels)
     x = _to_tensor(images, channels, size, "digits")
     return _tensor_data("digits", x[tr], labels[tr], x[va], labels[va])

@@ -187,6 +187,11 @@ class Trainer:
         if self.amp and self.device.type != "cuda":
             raise UserError("mixed precision (AMP) needs a CUDA device")
 
+    @property
+    def iterations_per_epoch(self) -> int:
+        """Optimizer steps per epoch on this process (after sharding under DDP)."""
+        return len(self._loader()[0])
+
     def _loader(self) -> tuple[Any, Any]:
         from torch.utils.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
@@ -395,7 +400,7 @@ class _Bars:
 
     def epoch_done(self, rec: dict[str, Any]) -> None:
         if self.progress is not None:
-            self.progress.console.log(
+            self.progress.console.print(
                 f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f} train acc "
                 f"{rec['train_acc']:.3f} val acc {rec['val_acc']:.3f}"
             )

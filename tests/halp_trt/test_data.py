@@ -24,6 +24,18 @@ def test_digits_resized_to_model_channels_with_fixed_stratified_split():
     train_x = a.train.tensors[0]
     assert abs(train_x.mean().item()) < 1e-4 and abs(train_x.std().item() - 1) < 1e-3
     assert "1437 train / 360 val" in a.describe()
+    counts = np.bincount(a.val.tensors[1].numpy())
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified
+
+
+def test_digits_read_directly_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from halp_trt.train.data import _digits_arrays
+
+    images, labels = _digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
 
 
 def test_npz_grey_uint8_is_scaled_resized_and_split(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from halp_trt.models import resnet20
+from halp_trt.models import CifarResNet
 
 from .test_prune_support import analytic_table
 
@@ -39,16 +39,16 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
     )
     try:
         torch.manual_seed(0)  # same initial weights on every rank
-        model = resnet20()
-        x = torch.randn(1, 3, 32, 32)
+        model = CifarResNet(8, 10, 3, width=16)
+        x = torch.randn(1, 3, 16, 16)
         table = LatencyTable.open(table_path)
-        pruner = Pruner(model, x, table, "0.5x", steps=2, interval=2)
+        pruner = Pruner(model, x, table, "0.6x", steps=2, interval=2)
         net = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
         gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data
         local = []
         for _ in range(4):
-            xb = torch.randn(4, 3, 32, 32, generator=gen)
+            xb = torch.randn(4, 3, 16, 16, generator=gen)
             yb = torch.randint(0, 10, (4,), generator=gen)
             opt.zero_grad()
             F.cross_entropy(net(xb), yb).backward()
@@ -83,11 +83,13 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
 )
 def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
     torch.manual_seed(0)
-    table = analytic_table(tmp_path / "r20.lut", resnet20(), torch.randn(1, 3, 32, 32))
+    table = analytic_table(
+        tmp_path / "r8.lut", CifarResNet(8, 10, 3, width=16), torch.randn(1, 3, 16, 16)
+    )
     table.close()
     mp.spawn(
         _worker,
-        args=(2, _free_port(), str(tmp_path / "r20.lut"), str(tmp_path), wrap),
+        args=(2, _free_port(), str(tmp_path / "r8.lut"), str(tmp_path), wrap),
         nprocs=2,
         join=True,
     )

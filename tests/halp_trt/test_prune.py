@@ -14,25 +14,29 @@ import torch.nn as nn
 from halp_trt.errors import PruningError, UserError
 from halp_trt.graph import ChannelGraph
 from halp_trt.importance import ImportanceError
-from halp_trt.models import resnet20
+from halp_trt.models import CifarResNet
 from halp_trt.prune import MaskSet, PrunePlan, Pruner, parse_target, schedule_targets
 from halp_trt.solver.plan import Plan
 
 from .test_prune_support import analytic_table, batches, train_iterations
-from .zoo import ZOO, build
+from .zoo import build
+
+
+def small_resnet():
+    """ResNet-8 with 16/32/64 channels: the structure of the CIFAR ResNets, cheaper."""
+    return CifarResNet(8, 10, 3, width=16)
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    model = resnet20()
     return analytic_table(
-        tmp_path_factory.mktemp("lut") / "r20.lut", model, torch.randn(1, 3, 32, 32)
+        tmp_path_factory.mktemp("lut") / "r8.lut", small_resnet(), torch.randn(1, 3, 16, 16)
     )
 
 
 def fresh(seed: int = 0):
     torch.manual_seed(seed)
-    return resnet20(), torch.randn(1, 3, 32, 32)
+    return small_resnet(), torch.randn(1, 3, 16, 16)
 
 
 def sgd(model):
@@ -78,7 +82,8 @@ def test_parse_target_rejects(text, match):
 # -- masks ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+# Residual adds, depthwise convs, flatten into a linear layer, concatenation.
+@pytest.mark.parametrize("name", ["cifar_resnet20", "mobilenetv2", "vgg", "densenet"])
 def test_mask_set_zeroes_exactly_what_graph_mask_zeroes(name):
     model, x = build(name)
     graph = ChannelGraph(model, x)
@@ -102,8 +107,8 @@ def test_mask_set_zeroes_exactly_what_graph_mask_zeroes(name):
 
 def test_pruning_loop_meets_budgets_monotone_and_finalizes(table, tmp_path):
     model, x = fresh()
-    pruner = Pruner(model, x, table, "0.5x", steps=3, interval=2, schedule="exp")
-    assert pruner.target_ms == pytest.approx(0.5 * pruner.base_ms)
+    pruner = Pruner(model, x, table, "0.6x", steps=3, interval=2, schedule="exp")
+    assert pruner.target_ms == pytest.approx(0.6 * pruner.base_ms)
     opt = sgd(model)
     records, keeps = [], []
     data = batches(8)
@@ -133,7 +138,7 @@ def test_pruning_loop_meets_budgets_monotone_and_finalizes(table, tmp_path):
         got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else m.weight.shape[::-1]
         assert tuple(got) == (c_in, c_out), name
     d = json.loads((tmp_path / "plan.json").read_text())
-    assert d["pruning"]["target"] == "0.5x"
+    assert d["pruning"]["target"] == "0.6x"
     assert [s["iteration"] for s in d["pruning"]["steps"]] == [2, 4, 6]
     assert PrunePlan.load(tmp_path / "plan.json") == plan
     assert Plan.load(tmp_path / "plan.json").keep == plan.keep
@@ -143,7 +148,7 @@ def test_pruning_loop_meets_budgets_monotone_and_finalizes(table, tmp_path):
 
 def test_masks_survive_momentum_between_iterations(table):
     model, x = fresh(1)
-    pruner = Pruner(model, x, table, "0.6x", steps=1, interval=1, schedule="oneshot")
+    pruner = Pruner(model, x, table, "0.7x", steps=1, interval=1, schedule="oneshot")
     opt = sgd(model)
     train_iterations(model, opt, pruner, batches(1))
     g = next(g for g in pruner.graph.prunable if len(pruner.keep[g.id]) < g.size)
@@ -168,7 +173,7 @@ def test_resume_from_state_dict_continues_identically(table, tmp_path):
 
     def setup():
         model, x = fresh(2)
-        return model, sgd(model), Pruner(model, x, table, "0.5x", steps=4, interval=2)
+        return model, sgd(model), Pruner(model, x, table, "0.6x", steps=4, interval=2)
 
     model, opt, pruner = setup()
     train_iterations(model, opt, pruner, data[:5])  # stop mid-window (iteration 5)
@@ -202,15 +207,15 @@ def test_resume_from_state_dict_continues_identically(table, tmp_path):
 
 def test_state_from_another_configuration_is_refused(table):
     model, x = fresh()
-    state = Pruner(model, x, table, "0.5x", steps=4, interval=2).state_dict()
-    other = Pruner(model, x, table, "0.6x", steps=4, interval=2)
+    state = Pruner(model, x, table, "0.6x", steps=4, interval=2).state_dict()
+    other = Pruner(model, x, table, "0.7x", steps=4, interval=2)
     with pytest.raises(PruningError, match="another configuration .*target_ms"):
         other.load_state_dict(state)
 
 
 def test_model_changing_size_between_steps_is_an_error(table):
     model, x = fresh()
-    pruner = Pruner(model, x, table, "0.5x", steps=2, interval=2)
+    pruner = Pruner(model, x, table, "0.6x", steps=2, interval=2)
     train_iterations(model, sgd(model), pruner, batches(1))
     model.fc = nn.Linear(64, 5)
     with pytest.raises(
@@ -226,21 +231,20 @@ def test_infeasible_and_pointless_targets(table):
     with pytest.raises(PruningError, match="not below"):
         Pruner(model, x, table, "1.5x")
     with pytest.raises(ImportanceError, match="unknown importance"):
-        Pruner(model, x, table, "0.5x", importance="random")
+        Pruner(model, x, table, "0.6x", importance="random")
     with pytest.raises(PruningError, match="interval must be"):
-        Pruner(model, x, table, "0.5x", interval=0)
+        Pruner(model, x, table, "0.6x", interval=0)
 
 
 def test_table_that_does_not_cover_the_model(table):
-    torch.manual_seed(0)
-    model = resnet20()
-    with pytest.raises(PruningError, match=r"does not cover layer \S+ \(conv3x3/s2 8x8 b1"):
-        Pruner(model, torch.randn(1, 3, 16, 16), table, "0.5x")
+    model, _ = fresh()
+    with pytest.raises(PruningError, match=r"does not cover layer \S+ \(conv3x3\S* 32x32 b1"):
+        Pruner(model, torch.randn(1, 3, 32, 32), table, "0.6x")
 
 
 def test_nan_importance_is_a_user_error(table):
     model, x = fresh()
-    pruner = Pruner(model, x, table, "0.5x", steps=2, interval=1)
+    pruner = Pruner(model, x, table, "0.6x", steps=2, interval=1)
     with torch.no_grad():
         model.layer1[0].bn1.weight[0] = float("nan")
     with pytest.raises(ImportanceError, match="NaN") as err:
@@ -250,7 +254,7 @@ def test_nan_importance_is_a_user_error(table):
 
 def test_finalize_before_the_schedule_ends_prunes_to_target(table):
     model, x = fresh()
-    pruner = Pruner(model, x, table, "0.5x", importance="l1", steps=10, interval=5)
+    pruner = Pruner(model, x, table, "0.6x", importance="l1", steps=10, interval=5)
     train_iterations(model, sgd(model), pruner, batches(5))
     assert pruner.steps_done == 1
     with pytest.warns(UserWarning, match="finished 1 of 10 steps"):
@@ -262,7 +266,7 @@ def test_finalize_before_the_schedule_ends_prunes_to_target(table):
 @pytest.mark.parametrize("criterion", ["sp-lamp", "l2"])
 def test_weight_criteria_oneshot_keep_strongest_and_meet_target(table, criterion):
     model, x = fresh()
-    pruner = Pruner(model, x, table, "0.5x", importance=criterion, schedule="oneshot", interval=1)
+    pruner = Pruner(model, x, table, "0.6x", importance=criterion, schedule="oneshot", interval=1)
     assert pruner.budgets == [pruner.target_ms]
     strongest = {gid: int(np.argmax(s)) for gid, s in pruner.importance.scores().items()}
     pruner.step()  # no gradients needed
@@ -270,5 +274,5 @@ def test_weight_criteria_oneshot_keep_strongest_and_meet_target(table, criterion
     assert all(strongest[g] in pruner.keep[g] for g in strongest)
     slim, plan = pruner.finalize()
     assert plan.predicted_ms <= plan.target_ms
-    assert math.isclose(plan.target_ms, 0.5 * plan.base_ms)
+    assert math.isclose(plan.target_ms, 0.6 * plan.base_ms)
     assert slim(x).shape == (1, 10)

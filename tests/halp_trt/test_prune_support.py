@@ -19,7 +19,7 @@ def analytic_table(path: Path, model, example_input, step: int = 4):
     return LatencyTable.open(path)
 
 
-def batches(n: int, seed: int = 0, batch: int = 4, shape=(3, 32, 32), classes: int = 10):
+def batches(n: int, seed: int = 0, batch: int = 4, shape=(3, 16, 16), classes: int = 10):
     """Deterministic random minibatches."""
     gen = torch.Generator().manual_seed(seed)
     return [

@@ -1,0 +1,151 @@
+"""`halp-trt prune` as a user runs it: outputs on success, one line and nothing on failure."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from halp_trt.prune import PrunePlan
+
+from ..conftest import assert_user_error
+
+MODEL_PY = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Small(nn.Module):
+        def __init__(self, broken=False):
+            super().__init__()
+            self.broken = broken
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(16)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = F.relu(self.bn1(self.conv1(x)))
+            x = F.relu(self.bn2(self.conv2(x)))
+            if self.broken:
+                # Adds zero, but its gradient is infinite: importances become inf/NaN.
+                x = x + torch.sqrt(x - x.detach())
+            return self.fc(x.mean((2, 3)))
+
+
+    def small():
+        torch.manual_seed(0)
+        return Small()
+
+
+    def broken():
+        torch.manual_seed(0)
+        return Small(broken=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 1-channel model file and an analytic table for it at 1x1x8x8."""
+    import importlib.util
+
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+
+    root = tmp_path_factory.mktemp("prune_cli")
+    (root / "small.py").write_text(MODEL_PY)
+    spec = importlib.util.spec_from_file_location("small_for_table", root / "small.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    info = {"model": "small.py:small", "input_shape": [1, 1, 8, 8]}
+    build_table(
+        root / "small.db", module.small(), torch.randn(1, 1, 8, 8), get_backend("analytic"),
+        step=2, info=info,
+    )  # fmt: skip
+    return root
+
+
+def common(setup, out, *extra, model="small"):
+    # The model is imported as a module from the command's working directory (tmp_path),
+    # so the pickled model.pt names an importable class.
+    (out.parent / "small_model.py").write_text(MODEL_PY)
+    return [
+        "prune",
+        "--model", f"small_model:{model}",
+        "--data", "digits",
+        "--lut", setup / "small.db",
+        "--target", "0.9x",
+        "--epochs", "2",
+        "--steps", "3",
+        "--batch-size", "128",
+        "--bundle", "2",
+        "--no-progress",
+        "--out", out,
+        *extra,
+    ]  # fmt: skip
+
+
+def no_result(tmp_path, out):
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*partial*")), "staging directory left behind"
+
+
+def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
+    out = tmp_path / "out"
+    r = halp_cli(*common(setup, out, "--seed", "3"))
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and "after pruning: val acc" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["log.json", "model.pt", "plan.json"]
+    plan = PrunePlan.load(out / "plan.json")
+    assert plan.predicted_ms <= plan.target_ms
+    assert plan.target == "0.9x" and plan.target_ms == pytest.approx(0.9 * plan.base_ms)
+    assert plan.schedule["name"] == "exp" and plan.schedule["steps"] == 3
+    assert plan.check["passed"]
+    log = json.loads((out / "log.json").read_text())
+    assert [s["step"] for s in log["steps"]] == [1, 2, 3]
+    for s in log["steps"]:
+        assert {"predicted_ms", "retained", "train_loss", "train_acc", "budget_ms"} <= set(s)
+    assert len(log["epochs"]) == 2 and "val_acc" in log["epochs"][0]
+    assert 0 <= log["before"]["val_acc"] <= 1 and 0 <= log["after"]["val_acc"] <= 1
+    assert log["overhead"]["ratio"] > 0
+    sys.path.insert(0, str(tmp_path))
+    try:
+        model = torch.load(out / "model.pt", weights_only=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("small_model", None)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    widths = {n: (m.in_channels, m.out_channels) for n, m in model.named_children() if "conv" in n}
+    assert widths == {n: plan.widths[n] for n in widths}
+    assert sum(w[1] for w in widths.values()) < 32
+
+
+@pytest.mark.parametrize(
+    "extra,fragments",
+    [
+        (["--target", "0.1x"], ["infeasible", "smallest latency"]),
+        (["--input-shape", "1,1,16,16"], ["does not cover layer"]),
+        (["--data", "npz:missing.npz"], ["missing.npz", "does not exist"]),
+        (["--backend", "onnxruntime"], ["measured for another target", "backend"]),
+        (["--target", "soon"], ["is not like 0.5x"]),
+    ],
+    ids=["infeasible", "uncovered", "data", "fingerprint", "target"],
+)
+def test_bad_input_is_one_line_exit_2_and_no_result(halp_cli, setup, tmp_path, extra, fragments):
+    out = tmp_path / "out"
+    assert_user_error(halp_cli(*common(setup, out), *extra), *fragments)
+    no_result(tmp_path, out)
+
+
+def test_nan_importance_mid_training_leaves_no_result(halp_cli, setup, tmp_path):
+    out = tmp_path / "out"
+    result = halp_cli(*common(setup, out, "--interval", "1", model="broken"))
+    assert_user_error(result, "importance of group", "diverged")
+    no_result(tmp_path, out)
