@@ -301,6 +301,10 @@ def build_table(
     )
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
+        if backend.reference_kind is not None:
+            backend.reference_ms = table.adopt_reference(
+                backend.reference_kind, lambda: backend.measure_reference().median_ms
+            )
         for sig, grid in grids.items():
             table.add_signature(sig, grid)
         plan = table.planned()

@@ -510,6 +510,41 @@ class LatencyTable:
         """Details of the overhead calibration (what was measured), or None."""
         return self._meta().get("overhead")
 
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """The reference workload that defines this table's milliseconds, or None.
+
+        ``{"kind": ..., "ms": ...}``: every point was measured as a ratio to the
+        reference run just before it, times ``ms`` (see
+        :func:`lut_builder.timing.time_relative`). End-to-end measurements compared with
+        the table must be normalised the same way (:func:`calibrate_overhead` does).
+        """
+        return self._meta().get("reference")
+
+    def adopt_reference(self, kind: str, measure: Any) -> float:
+        """The table's reference latency for ``kind``; set from ``measure()`` if absent.
+
+        Every process filling the table gets the value the first one stored.
+
+        Raises:
+            UserError: the table uses another reference workload.
+        """
+        ref = self.reference
+        if ref is None:
+            ms = float(measure())
+            with _transaction(self._conn):
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('reference', ?)",
+                    (json.dumps({"kind": kind, "ms": ms}),),
+                )
+            ref = self.reference
+        assert ref is not None
+        if ref["kind"] != kind:
+            raise UserError(
+                f"{self.path} was measured against reference {ref['kind']!r}, not {kind!r}"
+            )
+        return float(ref["ms"])
+
     def set_overhead(self, overhead_ms: float, details: Mapping[str, Any] | None = None) -> None:
         """Store the network overhead term (see :func:`calibrate_overhead`)."""
         self._set_meta(overhead_ms=float(overhead_ms), overhead=dict(details or {}))
@@ -861,7 +896,6 @@ def calibrate_overhead(
     """
     from .runners import Runner, make_runner
     from .signatures import model_layers
-    from .timing import time_callable
 
     layers = model_layers(model, example_input)
     layer_sum = predict_latency(
@@ -870,14 +904,9 @@ def calibrate_overhead(
     own = not isinstance(runner_or_backend, Runner)
     runner = make_runner(runner_or_backend, model, example_input) if own else runner_or_backend
     try:
-        timing = time_callable(
-            runner,
-            warmup=warmup,
-            runs=runs,
-            min_time_s=min_time_s,
-            sync=runner.sync,
-            clock=runner.clock,
-        )
+        timing = measure_end_to_end(
+            table, [runner], warmup=warmup, runs=runs, min_time_s=min_time_s
+        )[0]
     finally:
         if own:
             runner.close()
@@ -892,10 +921,48 @@ def calibrate_overhead(
                 "timing": timing.to_dict(),
                 "runner": runner.name,
                 "clock": runner.clock,
+                "normalized": table.reference is not None,
                 "calibrated_at": time.time(),
             },
         )
     return overhead
+
+
+def measure_end_to_end(
+    table: LatencyTable,
+    runners: list[Any],
+    *,
+    warmup: int = 10,
+    runs: int = 100,
+    min_time_s: float | None = 2.0,
+) -> list[Timing]:
+    """End-to-end latency of whole models in the table's unit, interleaved round-robin.
+
+    When the table was measured against a reference workload, every run is timed against
+    a reference run just before it and scaled by the table's reference latency (so a
+    prediction from the table and a measurement compare like for like on a machine whose
+    speed changes); otherwise plain interleaved timings.
+
+    Args:
+        table: the latency table (its ``reference``, if any, is used).
+        runners: :class:`~lut_builder.runners.Runner` objects on one device.
+        warmup, runs, min_time_s: the timing loop (rounds).
+
+    Returns:
+        One :class:`Timing` per runner (milliseconds).
+    """
+    from .timing import time_interleaved, time_relative
+
+    clock = runners[0].clock
+    sync = runners[0].sync
+    loop = {"warmup": warmup, "rounds": runs, "min_time_s": min_time_s, "clock": clock}
+    ref = table.reference
+    if ref is None:
+        return [Timing.from_samples(s) for s in time_interleaved(runners, sync=sync, **loop)]
+    from .backends import make_reference
+
+    ratios, _ = time_relative(runners, make_reference(ref["kind"]), sync=sync, **loop)
+    return [Timing.from_samples([r * ref["ms"] for r in rs]) for rs in ratios]
 
 
 def fingerprint_mismatches(stored: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ from .base import (
     conv_groups,
     get_backend,
     list_backends,
+    make_reference,
     register_backend,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "conv_groups",
     "get_backend",
     "list_backends",
+    "make_reference",
     "register_backend",
 ]

@@ -48,6 +48,16 @@ class Backend:
     is_measurement: ClassVar[bool] = True
     alignment: int = 8
     precision: str = "fp32"
+    #: The reference workload this backend normalises its timings by (see
+    #: :func:`lut_builder.timing.time_relative`), or None when it reports raw times.
+    reference_kind: str | None = None
+    #: Latency of the reference workload that defines the table's milliseconds; set
+    #: from the table (so every process filling it uses the same), else measured once.
+    reference_ms: float | None = None
+
+    def measure_reference(self) -> Timing:
+        """Time the reference workload alone (backends with a ``reference_kind``)."""
+        raise NotImplementedError
 
     def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
         """Latency of one layer of signature ``sig`` with ``c_in`` -> ``c_out`` channels.
@@ -93,6 +103,20 @@ def check_channels(sig: LayerSignature, c_in: int, c_out: int) -> None:
 def conv_groups(sig: LayerSignature, c_in: int) -> int:
     """The ``groups`` argument of the convolution for a signature at ``c_in`` channels."""
     return {"dense": 1, "depthwise": c_in}.get(sig.group_mode, sig.groups)
+
+
+def make_reference(kind: str) -> Callable[[], Any]:
+    """The reference workload named ``kind`` (a backend's ``reference_kind``), ready to run.
+
+    Raises:
+        UserError: an unknown kind (a table from a newer lut-builder).
+    """
+    backend = kind.split("/", 1)[0]
+    if backend == "onnxruntime":
+        from .onnxruntime import reference_callable
+
+        return reference_callable(kind)
+    raise UserError(f"unknown reference workload {kind!r}")
 
 
 def register_backend(name: str) -> Callable[[type], type]:

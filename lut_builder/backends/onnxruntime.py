@@ -21,6 +21,16 @@ latency is the median over rounds of ``(T_copies - T_1) / (copies - 1)``: the co
 more conv in the steady blocked state, reorders and run overhead cancelled. The
 ``method="single"`` measurement (one layer alone) is kept for comparison.
 
+**Why normalised by a reference.** The machine's speed itself changes: on a 2-vCPU
+machine shared with other processes, a ResNet-56 inference took 2.9 ms or 4.4 ms of
+thread CPU time depending on whether the sibling vCPU was busy, for seconds at a time.
+So by default (``normalize=True``) every timed run is preceded by a run of a fixed
+reference graph (:data:`REFERENCE_SIG` at 64 -> 64 channels), and a point's value is its
+median ratio to the reference times the reference's latency ``reference_ms`` (measured
+once when a table is created and stored in it, so every process and every later
+end-to-end measurement against the table uses the same unit). On a quiet machine this
+changes nothing; on a shared one the ratio moved about 5% where raw times moved 50%.
+
 Timing on a small shared CPU: one intra-op thread (ONNX Runtime then runs the graph on
 the calling thread, and a thread pool would compete with other processes), timed on
 that thread's CPU-time clock (see :mod:`lut_builder.timing`: preemption by other
@@ -35,7 +45,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..signatures import LayerSignature
-from ..timing import Timing, time_callable, time_interleaved
+from ..timing import Timing, time_callable, time_interleaved, time_relative
 from .base import (
     Backend,
     check_channels,
@@ -47,6 +57,33 @@ from .base import (
 
 OPSET = 17
 IR_VERSION = 8
+
+
+#: The reference workload: a dense 3x3 conv + bias + ReLU on a 16x16 map, 64 -> 64
+#: channels (about 0.2-0.3 ms on one core of a 2.5 GHz Xeon).
+REFERENCE_SIG = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(16, 16))
+REFERENCE_CHANNELS = 64
+
+
+def reference_kind(threads: int) -> str:
+    """The name under which a table records its reference workload."""
+    c = REFERENCE_CHANNELS
+    return f"onnxruntime/conv3x3-16x16-{c}-{c}/threads={threads}"
+
+
+def reference_callable(kind: str) -> Any:
+    """A callable running the reference workload named ``kind`` once.
+
+    Raises:
+        UserError: ``kind`` is not an onnxruntime reference.
+    """
+    import re
+
+    m = re.fullmatch(r"onnxruntime/conv3x3-16x16-64-64/threads=(\d+)", kind)
+    if m is None:
+        raise UserError(f"unknown onnxruntime reference workload {kind!r}")
+    backend = OnnxRuntimeBackend(threads=int(m.group(1)), normalize=False)
+    return backend._runner(REFERENCE_SIG, REFERENCE_CHANNELS, REFERENCE_CHANNELS, 1)
 
 
 def layer_model(
@@ -134,6 +171,7 @@ class OnnxRuntimeBackend(Backend):
         optimization: ``"all"`` (default; what a deployed session uses) or ``"extended"``.
         clock: ``"thread"`` or ``"wall"``; by default thread CPU time with one thread,
             wall time otherwise.
+        normalize: time every run against the reference workload (default True).
 
     Raises:
         UserError: another precision or device, or an unknown method, level or clock.
@@ -155,6 +193,7 @@ class OnnxRuntimeBackend(Backend):
         alignment: int | None = None,
         optimization: str = "all",
         clock: str | None = None,
+        normalize: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -178,6 +217,10 @@ class OnnxRuntimeBackend(Backend):
         if clock == "thread" and threads != 1:
             raise UserError("the thread clock measures single-threaded runs only (threads=1)")
         self.clock = clock
+        self.normalize = normalize
+        self.reference_kind = reference_kind(threads) if normalize else None
+        self.reference_ms = None
+        self._reference = None
         self.precision = precision
         self.threads = threads
         self.method, self.copies = method, copies
@@ -208,28 +251,41 @@ class OnnxRuntimeBackend(Backend):
         run = sess.run
         return lambda: run(None, feed)
 
+    def _reference_fn(self) -> Any:
+        if self._reference is None:
+            self._reference = self._runner(REFERENCE_SIG, REFERENCE_CHANNELS, REFERENCE_CHANNELS, 1)
+        return self._reference
+
+    def measure_reference(self) -> Timing:
+        """Time the reference workload alone (at least 1 s of runs)."""
+        return time_callable(
+            self._reference_fn(), warmup=20, runs=200, min_time_s=1.0, clock=self.clock
+        )
+
     def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
         """Latency of conv/linear + bias + activation in milliseconds; see the module notes."""
         one = self._runner(sig, c_in, c_out, 1)
+        fns = [one]
+        if self.method == "differential":
+            fns.append(self._runner(sig, c_in, c_out, self.copies))
+        loop = {
+            "warmup": self.warmup,
+            "rounds": self.runs,
+            "min_time_s": self.min_time_s,
+            "clock": self.clock,
+        }
+        if self.normalize:
+            if self.reference_ms is None:
+                self.reference_ms = self.measure_reference().median_ms
+            ratios, _ = time_relative(fns, self._reference_fn(), **loop)
+            series = [[r * self.reference_ms for r in rs] for rs in ratios]
+        else:
+            series = time_interleaved(fns, **loop)
         if self.method == "single":
-            return time_callable(
-                one,
-                warmup=self.warmup,
-                runs=self.runs,
-                min_time_s=self.min_time_s,
-                clock=self.clock,
-            )
-        many = self._runner(sig, c_in, c_out, self.copies)
-        t1, tk = time_interleaved(
-            [one, many],
-            warmup=self.warmup,
-            rounds=self.runs,
-            min_time_s=self.min_time_s,
-            clock=self.clock,
-        )
+            return Timing.from_samples(series[0])
         # A round where noise made the big graph look faster says "about zero", not less.
-        per_copy = [max(b - a, 0.0) / (self.copies - 1) for a, b in zip(t1, tk)]
-        return Timing.from_samples(per_copy)
+        k = self.copies - 1
+        return Timing.from_samples([max(b - a, 0.0) / k for a, b in zip(*series)])
 
     def fingerprint(self) -> dict[str, Any]:
         host = host_fingerprint()
@@ -244,6 +300,7 @@ class OnnxRuntimeBackend(Backend):
                 "method": self.method,
                 "copies": self.copies if self.method == "differential" else 1,
                 "clock": self.clock,
+                "reference": self.reference_kind,
             },
             "host": host,
         }

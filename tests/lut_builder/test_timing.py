@@ -75,3 +75,20 @@ def test_time_interleaved_min_time_adds_rounds():
     assert len(samples[0]) == len(samples[1]) > 2
     capped = time_interleaved([lambda: None], warmup=0, rounds=2, min_time_s=10, max_rounds=4)
     assert len(capped[0]) == 4
+
+
+def test_time_relative_divides_by_the_reference_run_before():
+    from lut_builder.timing import time_relative
+
+    order = []
+    ratios, times = time_relative(
+        [lambda: (order.append("f"), time.sleep(0.004)), lambda: order.append("g")],
+        lambda: (order.append("r"), time.sleep(0.002)),
+        warmup=0,
+        rounds=4,
+    )
+    assert order[:4] == ["r", "f", "r", "g"]
+    assert [len(r) for r in ratios] == [4, 4]
+    assert 1.3 < np.median(ratios[0]) < 3.5  # 4 ms against 2 ms
+    assert np.median(ratios[1]) < 0.2
+    assert np.median(times[0]) >= 4.0

@@ -1,0 +1,249 @@
+"""Fidelity of the network latency model: predicted vs measured end-to-end latency.
+
+For a model and backend: build (or reuse) the latency table, draw random channel
+assignments at the grid step (every prunable group keeps a random multiple of the step,
+random channels), build each as a real pruned model (``ChannelGraph.remove``), predict its
+latency from the table (sum of layer lookups + the overhead term calibrated once on the
+unpruned model) and measure it end to end on the same backend. All models are timed
+round-robin in one run (``time_interleaved``), so machine noise hits them alike.
+
+Two overhead terms are reported: ``table`` (stored in the table at build time: what a user
+of the table gets) and ``run`` (the unpruned model measured in this same interleaved run:
+what the latency model can do when the clock is not drifting between build and use).
+
+Run under the benchmark lock, e.g.:
+
+    flock /tmp/halp-trt-bench.lock .venv/bin/python bench/lut_fidelity.py \\
+        --model halp_trt.models:resnet56 --input-shape 1,3,32,32
+
+Prints a table and writes bench/results/lut_fidelity_<model>_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="halp_trt.models:resnet56")
+    p.add_argument("--input-shape", default="1,3,32,32")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--table", default=None, help="reuse this table (default: build one)")
+    p.add_argument("--strategy", default="sparse", choices=("sparse", "full"))
+    p.add_argument("--step", type=int, default=None, help="grid step (default: alignment)")
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
+    p.add_argument("--min-keep", type=float, default=0.25, help="smallest kept fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default=None, help="onnxruntime backend method override")
+    p.add_argument("--out", default=None, help="JSON path (default under bench/results)")
+    args = p.parse_args(argv)
+
+    from halp_trt.graph import ChannelGraph
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+    from lut_builder.runners import make_runner
+    from lut_builder.signatures import model_layers
+    from lut_builder.specs import example_input, load_model, parse_shape
+    from lut_builder.table import (
+        LatencyTable,
+        calibrate_overhead,
+        measure_end_to_end,
+        predict_latency,
+    )
+
+    torch.manual_seed(args.seed)
+    shape = parse_shape(args.input_shape)
+    model = load_model(args.model)
+    x = example_input(model, shape)
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", args.model.split(":")[-1]).strip("_")
+    out_json = (
+        Path(args.out)
+        if args.out
+        else ROOT / "bench/results" / (f"lut_fidelity_{tag}_{args.backend}.json")
+    )
+
+    # 1. The table: built here unless given (build time and points/s recorded).
+    build = None
+    if args.table is None:
+        opts = {"method": args.method} if args.method else {}
+        backend = get_backend(args.backend, **opts)
+        table_path = out_json.with_suffix(".sqlite")  # git-ignored
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{table_path}{suffix}").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        res = build_table(
+            table_path, model, x, backend, step=args.step, strategy=args.strategy,
+            info={"model": args.model, "input_shape": list(shape)},
+        )  # fmt: skip
+        measure_s = res.seconds
+        with LatencyTable.open(table_path, writable=True) as table:
+            calibrate_overhead(table, args.backend, model, x)
+        build = {
+            "points": res.measured,
+            "measure_seconds": round(measure_s, 2),
+            "total_seconds_with_calibration": round(time.perf_counter() - t0, 2),
+            "points_per_s": round(res.points_per_s, 3),
+            "strategy": args.strategy,
+            "fingerprint_options": backend.fingerprint().get("options"),
+        }
+        print(
+            f"table: {res.measured} points in {measure_s:.1f} s "
+            f"({res.points_per_s:.2f} points/s), strategy {args.strategy}"
+        )
+    else:
+        table_path = Path(args.table)
+    table = LatencyTable.open(table_path)
+    step = args.step or table.step
+
+    # 2. Random assignments at the grid step, each a really pruned model.
+    rng = np.random.default_rng(args.seed)
+    graph0 = ChannelGraph(copy.deepcopy(model), x)
+    groups = [(g.id, g.size) for g in graph0.prunable]
+    models, assignments = [("unpruned", model)], []
+    for s in range(args.samples):
+        keep = {}
+        for gid, size in groups:
+            lo = max(step, int(np.ceil(args.min_keep * size / step)) * step)
+            choices = sorted({k for k in range(lo, size + 1, step)} | {size})
+            k = int(rng.choice(choices))
+            keep[gid] = sorted(rng.choice(size, size=k, replace=False).tolist())
+        m = copy.deepcopy(model)
+        ChannelGraph(m, x).remove(keep)
+        models.append((f"pruned_{s:02d}", m.eval()))
+        assignments.append({str(g): len(v) for g, v in keep.items()})
+
+    # 3. Predictions: sum of lookups (the overhead is added below).
+    sums = []
+    for _, m in models:
+        layers = model_layers(m, x)
+        sums.append(
+            predict_latency(
+                table, [(i.signature, i.c_in, i.c_out) for i in layers.values()], overhead=False
+            )
+        )
+
+    # 4. End-to-end, all models interleaved round by round, in the table's unit (each
+    #    run against the table's reference workload when it has one).
+    runners = [make_runner(args.backend, m, x) for _, m in models]
+    clock = runners[0].clock
+    t0 = time.perf_counter()
+    meas = measure_end_to_end(table, runners, warmup=5, runs=args.rounds, min_time_s=None)
+    e2e_s = time.perf_counter() - t0
+    for r in runners:
+        r.close()
+
+    table_over = table.overhead_ms or 0.0
+    run_over = meas[0].median_ms - sums[0]
+    rows = []
+    for (name, _), s, t in zip(models, sums, meas):
+        pred_t, pred_r = s + table_over, s + run_over
+        rows.append(
+            {
+                "model": name,
+                "measured_ms": t.median_ms,
+                "measured_spread": t.spread,
+                "layers_ms": s,
+                "pred_table_ms": pred_t,
+                "pred_run_ms": pred_r,
+                "err_table": (pred_t - t.median_ms) / t.median_ms,
+                "err_run": (pred_r - t.median_ms) / t.median_ms,
+                "speedup": meas[0].median_ms / t.median_ms,
+            }
+        )
+    pruned = rows[1:]
+
+    def stats(key: str) -> dict[str, float]:
+        errs = [abs(r[key]) for r in pruned]
+        return {"median_abs": statistics.median(errs), "max_abs": max(errs)}
+
+    result = {
+        "model": args.model,
+        "input_shape": list(shape),
+        "backend": args.backend,
+        "table": str(
+            table_path.relative_to(ROOT) if table_path.is_relative_to(ROOT) else table_path
+        ),
+        "table_fingerprint": table.fingerprint,
+        "table_overhead_ms": table_over,
+        "run_overhead_ms": run_over,
+        "step": step,
+        "samples": args.samples,
+        "rounds": args.rounds,
+        "clock": clock,
+        "normalized_by_reference": table.reference,
+        "seed": args.seed,
+        "e2e_seconds": round(e2e_s, 1),
+        "build": build,
+        "errors_table_overhead": stats("err_table"),
+        "errors_run_overhead": stats("err_run"),
+        "targets": {"median_abs": 0.05, "max_abs": 0.10},
+        "rows": rows,
+        "assignments": assignments,
+        "host": {"python": platform.python_version(), "torch": torch.__version__},
+        "command": " ".join([Path(sys.executable).name, "bench/lut_fidelity.py", *sys.argv[1:]]),
+    }
+    table.close()
+    _print(result)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out_json)
+    print(f"wrote {out_json.relative_to(ROOT) if out_json.is_relative_to(ROOT) else out_json}")
+    return 0
+
+
+def _print(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{r['model']} {r['input_shape']} on {r['backend']} (clock: {r['clock']})")
+    for c in (
+        "model",
+        "speed-up",
+        "measured ms",
+        "spread",
+        "predicted ms",
+        "error",
+        "err (run ovh)",
+    ):
+        t.add_column(c, justify="right")
+    for row in r["rows"]:
+        t.add_row(
+            row["model"],
+            f"{row['speedup']:.2f}x",
+            f"{row['measured_ms']:.3f}",
+            f"{100 * row['measured_spread']:.0f}%",
+            f"{row['pred_table_ms']:.3f}",
+            f"{100 * row['err_table']:+.1f}%",
+            f"{100 * row['err_run']:+.1f}%",
+        )
+    con = Console()
+    con.print(t)
+    for key, label in (
+        ("errors_table_overhead", "table overhead"),
+        ("errors_run_overhead", "run overhead"),
+    ):
+        e = r[key]
+        con.print(
+            f"{label}: median |error| {100 * e['median_abs']:.1f}% (target 5%), "
+            f"max {100 * e['max_abs']:.1f}% (target 10%)"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

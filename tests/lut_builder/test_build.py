@@ -1,0 +1,154 @@
+"""Tests of lut_builder.build: grid planning, building, resuming and sharding in-process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lut_builder.backends import get_backend
+from lut_builder.build import axis_values, build_table, fixed_widths, parse_shard, plan_grids
+from lut_builder.errors import UserError
+from lut_builder.signatures import model_layers
+from lut_builder.table import LatencyTable, calibrate_overhead, predict_latency
+
+
+class Net(nn.Module):
+    """Stem, two same-signature convs, a grouped and a depthwise conv, a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.a = nn.Conv2d(32, 48, 3, padding=1)
+        self.b = nn.Conv2d(48, 32, 3, padding=1)
+        self.g = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.b(torch.relu(self.a(torch.relu(self.stem(x)))))
+        x = self.dw(self.g(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _net():
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(1, 3, 8, 8)
+
+
+def test_axis_values():
+    assert axis_values(48, 16) == [16, 32, 48]
+    assert axis_values(60, 16) == [16, 32, 48, 60]
+    assert axis_values(3, 16) == [3]
+    with pytest.raises(ValueError):
+        axis_values(0, 8)
+
+
+def test_fixed_widths_finds_input_and_output_layers():
+    model, x = _net()
+    reads, writes = fixed_widths(model, x)
+    assert reads == {"stem"} and writes == {"fc"}
+
+
+def test_plan_grids_full():
+    model, x = _net()
+    layers = model_layers(model, x)
+    reads, writes = fixed_widths(model, x)
+    grids = plan_grids(layers, step=16, strategy="full", fixed_in=reads, fixed_out=writes)
+    by_layer = {name: grids[info.signature] for name, info in layers.items()}
+    # stem, a and b share a signature: the union of their axes, stem's c_in=3 included.
+    assert by_layer["stem"] is by_layer["a"] is by_layer["b"]
+    assert by_layer["a"].c_in == (3, 16, 32, 48) and by_layer["a"].c_out == (16, 32, 48)
+    # Grouped (4 groups): multiples of lcm(16, 4) = 16; depthwise: a diagonal.
+    assert by_layer["g"].c_in == (16, 32)
+    assert by_layer["dw"].diagonal and by_layer["dw"].points() == [(16, 16), (32, 32)]
+    # The classifier's outputs are the model's: never varied.
+    assert by_layer["fc"].c_out == (10,) and by_layer["fc"].c_in == (16, 32)
+
+
+def test_plan_grids_sparse_is_smaller_and_keeps_full_widths():
+    from lut_builder.signatures import LayerInfo, LayerSignature
+
+    sig = LayerSignature("conv2d", kernel=3, padding=1, in_hw=7)
+    layers = {"x": LayerInfo("x", sig, 512, 504)}
+    full = plan_grids(layers, step=8, strategy="full")[sig]
+    sparse = plan_grids(layers, step=8, strategy="sparse", coarse=6)[sig]
+    assert len(full.points()) == 64 * 63
+    assert len(sparse.points()) < len(full.points()) / 15
+    assert 512 in sparse.coarse_in and 504 in sparse.coarse_out and 8 in sparse.coarse_in
+    assert sparse.lines_in == (512,) and sparse.lines_out == (504,)
+    assert {(512, c) for c in full.c_out} <= set(sparse.points())
+
+
+def test_plan_grids_rejects_bad_arguments():
+    model, x = _net()
+    layers = model_layers(model, x)
+    with pytest.raises(UserError, match="strategy"):
+        plan_grids(layers, step=8, strategy="dense")
+    with pytest.raises(UserError, match="positive"):
+        plan_grids(layers, step=0)
+
+
+@pytest.mark.parametrize("text", ["1", "2/2", "a/b", "0/0", "-1/2"])
+def test_parse_shard_errors(text):
+    with pytest.raises(UserError, match="shard"):
+        parse_shard(text)
+
+
+def test_build_resume_and_lookups_match_backend(tmp_path):
+    model, x = _net()
+    backend = get_backend("analytic", alignment=16)
+    path = tmp_path / "t.lut"
+    first = build_table(path, model, x, backend, strategy="full")
+    assert first.complete and first.measured == first.planned > 0
+    again = build_table(path, model, x, backend, strategy="full")
+    assert again.measured == 0 and again.complete  # resumed: nothing missing
+    layers = model_layers(model, x)
+    with LatencyTable.open(path, expect={"backend": "analytic", "batch": 1}) as table:
+        assert table.fingerprint["is_measurement"] is False
+        for info in layers.values():
+            want = backend.measure(info.signature, info.c_in, info.c_out).median_ms
+            assert table.lookup(info.signature, info.c_in, info.c_out) == pytest.approx(want)
+        assert table.info["builds"][0]["points"] == first.measured
+
+
+def test_build_shards_complete_together(tmp_path):
+    model, x = _net()
+    backend = get_backend("analytic", alignment=8)
+    path = tmp_path / "t.lut"
+    calls = []
+    a = build_table(path, model, x, backend, shard=(0, 2), calibrate=calls.append)
+    assert not a.complete and a.measured < a.planned and calls == []
+    b = build_table(path, model, x, backend, shard=(1, 2), calibrate=calls.append)
+    assert b.complete and a.measured + b.measured == b.planned
+    assert len(calls) == 1  # the process that completed the table calibrates
+
+
+def test_build_refuses_another_models_plan(tmp_path):
+    model, x = _net()
+    backend = get_backend("analytic", alignment=16)
+    path = tmp_path / "t.lut"
+    build_table(path, model, x, backend)
+    with pytest.raises(UserError, match="another target.*step"):
+        build_table(path, model, x, backend, step=8)
+    wider = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 8, 3, padding=1))
+    with pytest.raises(UserError, match="another grid"):
+        build_table(path, wider.eval(), x, backend)
+
+
+def test_onnxruntime_build_and_calibrated_overhead(tmp_path):
+    """A small real build on ONNX Runtime: the model's prediction equals its calibration."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
+    path = tmp_path / "t.lut"
+    res = build_table(path, model, x, backend)
+    assert res.complete and res.measured == 2
+    with LatencyTable.open(path, writable=True) as table:
+        assert table.reference["kind"].startswith("onnxruntime/") and table.reference["ms"] > 0
+        over = calibrate_overhead(table, "onnxruntime", model, x, runs=5, min_time_s=0.0)
+        assert table.overhead_ms == over
+        layers = [(i.signature, i.c_in, i.c_out) for i in model_layers(model, x).values()]
+        pred = predict_latency(table, layers)
+        assert pred == pytest.approx(table.overhead["measured_ms"])
+        assert table.overhead["normalized"] is True

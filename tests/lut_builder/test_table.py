@@ -1,0 +1,230 @@
+"""Tests of lut_builder.table: the SQLite store, lookups, the network latency model."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from lut_builder.errors import UserError
+from lut_builder.signatures import LayerSignature
+from lut_builder.table import (
+    FORMAT_VERSION,
+    FingerprintMismatchError,
+    Grid,
+    IncompleteTableError,
+    LatencyTable,
+    fill_surface,
+    predict_latency,
+)
+from lut_builder.timing import Timing
+
+SIG = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(8, 8))
+DW = LayerSignature("conv2d", kernel=3, padding=1, group_mode="depthwise", groups=0, in_hw=8)
+FP = {"backend": "analytic", "precision": "fp32", "device": "test", "versions": {"x": "1"}}
+
+
+def cost(c_in: int, c_out: int) -> float:
+    """A bilinear latency surface (what a compute-bound conv looks like in tile space)."""
+    return 0.01 + 0.001 * c_in + 0.002 * c_out + 0.0001 * c_in * c_out
+
+
+def t(ms: float) -> Timing:
+    return Timing(ms, ms * 0.9, ms * 1.1, ms, ms * 0.05, 20)
+
+
+def make_table(path, grid: Grid, *, sig=SIG, fill=True, alignment=16, **kw) -> LatencyTable:
+    table = LatencyTable.create(path, FP, alignment, **kw)
+    table.add_signature(sig, grid)
+    if fill:
+        for a, b in grid.points():
+            table.add_point(sig, a, b, t(cost(a, b)))
+        assert table.mark_complete()
+    return table
+
+
+def test_create_open_roundtrip(tmp_path):
+    path = tmp_path / "t.lut"
+    grid = Grid([16, 32, 48, 64], [16, 32, 48, 64])
+    with make_table(path, grid) as table:
+        table.set_overhead(0.5, {"measured_ms": 3.0})
+    with LatencyTable.open(path, expect={"backend": "analytic", "versions": {"x": "1"}}) as table:
+        assert table.format_version == FORMAT_VERSION
+        assert table.fingerprint == FP and table.alignment == 16 and table.complete
+        assert table.signatures() == [SIG] and table.grid(SIG) == grid
+        assert table.overhead_ms == 0.5 and table.overhead["measured_ms"] == 3.0
+        pts = table.points(SIG)
+        assert len(pts) == 16 and pts[0].timing == t(cost(16, 16)) and pts[0].worker is None
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_lookup_exact_step_aware_and_interpolated(tmp_path):
+    grid = Grid([16, 32, 64], [16, 32, 60])  # 48 not measured on c_in; 60 a full width
+    with make_table(tmp_path / "t.lut", grid) as table:
+        assert table.lookup(SIG, 32, 16) == pytest.approx(cost(32, 16))  # exact
+        # Round up to the alignment (16): 20 -> 32, 17 -> 32.
+        assert table.lookup(SIG, 20, 17) == pytest.approx(cost(32, 32))
+        # 40 -> 48, halfway between measured 32 and 64 on c_in: linear between them.
+        mid = (cost(32, 16) + cost(64, 16)) / 2
+        assert table.lookup(SIG, 40, 16) == pytest.approx(mid)
+        # A full width off the alignment: 50 rounds to 64 past it, so 60 is used.
+        assert table.lookup(SIG, 16, 50) == pytest.approx(cost(16, 60))
+        assert table.lookup(SIG, 16, 60) == pytest.approx(cost(16, 60))
+        for bad in [(65, 16), (16, 61), (0, 16)]:
+            with pytest.raises(UserError, match="outside the measured range"):
+                table.lookup(SIG, *bad)
+
+
+def test_lookup_below_range_is_an_error(tmp_path):
+    grid = Grid([32, 64], [32, 64])
+    with make_table(tmp_path / "t.lut", grid, alignment=8) as table:
+        assert table.lookup(SIG, 25, 32) == pytest.approx(cost(32, 32))
+        with pytest.raises(UserError, match="below the measured range"):
+            table.lookup(SIG, 16, 32)
+
+
+def test_lookup_grid_broadcasts_like_lookup(tmp_path):
+    grid = Grid([16, 32, 48, 64], [16, 32, 48, 64])
+    with make_table(tmp_path / "t.lut", grid) as table:
+        ci = np.array([16, 20, 40, 64])[:, None]
+        co = np.array([16, 33, 64])[None, :]
+        got = table.lookup_grid(SIG, ci, co)
+        assert got.shape == (4, 3)
+        want = [[table.lookup(SIG, a, b) for b in co.ravel()] for a in ci.ravel()]
+        np.testing.assert_allclose(got, want)
+
+
+def test_depthwise_diagonal(tmp_path):
+    grid = Grid([16, 32, 48], [16, 32, 48], diagonal=True)
+    with make_table(tmp_path / "t.lut", grid, sig=DW) as table:
+        assert table.lookup(DW, 30, 30) == pytest.approx(cost(32, 32))
+        with pytest.raises(ValueError):
+            table.lookup(DW, 16, 32)
+
+
+def test_unknown_signature(tmp_path):
+    table = make_table(tmp_path / "t.lut", Grid([16], [16]))
+    with pytest.raises(UserError, match="not in latency table"):
+        table.lookup(LayerSignature("linear"), 16, 16)
+    table.close()
+
+
+def test_fingerprint_mismatch_unless_forced(tmp_path):
+    path = tmp_path / "t.lut"
+    make_table(path, Grid([16], [16])).close()
+    with pytest.raises(FingerprintMismatchError, match="backend: table has 'analytic'"):
+        LatencyTable.open(path, expect={"backend": "tensorrt"})
+    with pytest.raises(FingerprintMismatchError, match="versions.x"):
+        LatencyTable.open(path, expect={"versions": {"x": "2"}})
+    LatencyTable.open(path, expect={"backend": "tensorrt"}, force=True).close()
+    # Joining the file from a build for another target is refused too.
+    with pytest.raises(FingerprintMismatchError, match="another target"):
+        LatencyTable.create(path, {**FP, "precision": "fp16"}, 16)
+
+
+def test_incomplete_table_unless_forced(tmp_path):
+    path = tmp_path / "t.lut"
+    grid = Grid([16, 32], [16, 32])
+    table = make_table(path, grid, fill=False)
+    table.add_point(SIG, 16, 16, t(1.0))
+    assert not table.mark_complete() and table.count_missing() == 3
+    table.close()
+    with pytest.raises(IncompleteTableError, match="3 planned points"):
+        LatencyTable.open(path)
+    with LatencyTable.open(path, force=True) as forced:
+        assert forced.lookup(SIG, 16, 16) == 1.0
+        with pytest.raises(IncompleteTableError, match="incomplete"):
+            forced.lookup(SIG, 32, 32)
+
+
+def test_first_writer_wins_and_mark_complete_once(tmp_path):
+    path = tmp_path / "t.lut"
+    a = make_table(path, Grid([16], [16, 32]), fill=False)
+    b = LatencyTable.create(path, FP, 16)  # a second process joining the same table
+    b.add_signature(SIG, Grid([16], [16, 32]))  # same plan: accepted
+    assert a.add_point(SIG, 16, 16, t(1.0), worker="a")
+    assert not b.add_point(SIG, 16, 16, t(2.0), worker="b")
+    assert b.add_point(SIG, 16, 32, t(3.0), worker="b")
+    assert [p.worker for p in a.points(SIG)] == ["a", "b"]
+    assert a.mark_complete() and not b.mark_complete()
+    with pytest.raises(UserError, match="another grid"):
+        b.add_signature(SIG, Grid([16], [16]))
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"garbage, not a database" * 10, "not an SQLite database"),
+        (b"", "not an SQLite database"),
+    ],
+)
+def test_corrupt_file_is_user_error(tmp_path, content, fragment):
+    path = tmp_path / "bad.lut"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=fragment):
+        LatencyTable.open(path)
+
+
+def test_foreign_sqlite_and_wrong_version(tmp_path):
+    foreign = tmp_path / "foreign.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE people (name TEXT)")
+    con.commit()
+    con.close()
+    before = foreign.read_bytes()
+    with pytest.raises(UserError, match="without lut-builder's schema"):
+        LatencyTable.open(foreign)
+    with pytest.raises(UserError, match="without lut-builder's schema"):
+        LatencyTable.create(foreign, FP, 16)
+    assert foreign.read_bytes() == before  # a foreign file is never modified
+    path = tmp_path / "t.lut"
+    make_table(path, Grid([16], [16])).close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(UserError, match="format version 99"):
+        LatencyTable.open(path)
+    with pytest.raises(UserError, match="does not exist"):
+        LatencyTable.open(tmp_path / "missing.lut")
+
+
+def test_fill_surface_keeps_measured_and_fits_bilinear():
+    vals = [16, 32, 48, 64, 80, 96, 112, 128]
+    grid = Grid(vals, vals, coarse_in=[16, 64, 128], coarse_out=[16, 64, 128],
+                lines_in=[128], lines_out=[128])  # fmt: skip
+    truth = {(a, b): cost(a, b) for a in vals for b in vals}
+    measured = {p: truth[p] for p in grid.points()}
+    values, is_meas = fill_surface(grid, measured)
+    assert is_meas.sum() == len(grid.points()) < len(truth)
+    want = np.array([[truth[a, b] for b in vals] for a in vals])
+    np.testing.assert_allclose(values, want, rtol=1e-12)
+
+
+def test_fill_surface_carries_a_step_along_the_lines():
+    vals = [16, 32, 48, 64, 80, 96]
+    grid = Grid(vals, vals, coarse_in=[16, 96], coarse_out=[16, 96],
+                lines_in=[96], lines_out=[96])  # fmt: skip
+
+    def stair(a: int, b: int) -> float:  # a jump at c_out > 64, separable
+        return cost(a, b) * (1.3 if b > 64 else 1.0)
+
+    measured = {p: stair(*p) for p in grid.points()}
+    values, _ = fill_surface(grid, measured)
+    j80, j64 = vals.index(80), vals.index(64)
+    # The jump measured on the line c_in = 96 shows on every other c_in row.
+    ratio = values[:, j80] / values[:, j64]
+    assert np.all(ratio > 1.2)
+
+
+def test_predict_latency_sums_lookups_and_overhead(tmp_path):
+    with make_table(tmp_path / "t.lut", Grid([16, 32], [16, 32])) as table:
+        layers = [(SIG, 16, 16), (SIG, 32, 16), (SIG, 30, 30)]
+        want = cost(16, 16) + cost(32, 16) + cost(32, 32)
+        assert predict_latency(table, layers) == pytest.approx(want)
+        table.set_overhead(-0.25)
+        assert predict_latency(table, layers) == pytest.approx(want - 0.25)
+        assert predict_latency(table, layers, overhead=False) == pytest.approx(want)
