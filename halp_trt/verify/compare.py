@@ -107,7 +107,7 @@ def speedup_stats(
         raise ValueError("times must be positive")
     ratios = np.asarray(original_ms, dtype=float) / np.asarray(pruned_ms, dtype=float)
     med = float(np.median(ratios))
-    q25, q75 = quantile(ratios, 0.25), quantile(ratios, 0.75)
+    q25, q75 = float(quantile(ratios, 0.25)), float(quantile(ratios, 0.75))
     rng = np.random.default_rng(seed)
     boot = np.median(rng.choice(ratios, size=(resamples, len(ratios)), replace=True), axis=1)
     ci = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
