@@ -134,8 +134,34 @@ class Pipeline:
 
     # -- driving ------------------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """Check the cheap inputs before any stage runs: a typo should not cost a table.
+
+        Raises:
+            UserError: bad target, input shape, model spec, data spec or numbers.
+        """
+        from .prune.schedule import split_target
+        from .specs import example_input, load_model, parse_shape
+        from .train import load_data
+
+        args = self.args
+        split_target(args.target)
+        for name in ("epochs", "steps", "batch_size", "verify_rounds"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if args.pretrain_epochs < 0:
+            raise UserError("--pretrain-epochs must be >= 0")
+        if args.lut and not Path(args.lut).is_file():
+            raise UserError(f"--lut {args.lut} does not exist")
+        shape = parse_shape(args.input_shape)
+        if len(shape) != 4:
+            raise UserError(f"--input-shape must be N,C,H,W, not {args.input_shape}")
+        example_input(load_model(args.model), shape)
+        load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage; returns the report dict."""
+        self.preflight()
         self._open_state()
         assert self.state is not None
         for stage in STAGES:

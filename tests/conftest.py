@@ -51,10 +51,13 @@ def lut_cli(tmp_path):
 
 
 def assert_user_error(result: CliResult, *fragments: str) -> None:
-    """A user error: exit code 2, one line on stderr naming the problem, no traceback."""
+    """A user error: exit code 2, no traceback, and one line on stderr saying the problem:
+    the last one (a progress bar may come before it), the only one with ``error:``."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
+    assert lines, "nothing on stderr"
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [ln for ln in lines if "error:" in ln]
+    assert errors == [lines[-1]], result.stderr
     for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+        assert fragment in lines[-1], (fragment, lines[-1])

@@ -1,0 +1,133 @@
+"""`halp-trt run` and `halp-trt report`: stages, resume, failures, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from halp_trt.pipeline import STAGES, RunState, pick_backend
+
+from ..conftest import assert_user_error
+
+BASE = ["run", "--model", "halp_trt.models:resnet20", "--data", "digits", "--target", "0.5x"]
+
+
+def test_auto_backend_on_this_machine_says_why():
+    import torch
+
+    backend, why = pick_backend("auto")
+    if not torch.cuda.is_available():
+        assert backend == "onnxruntime" and "no CUDA GPU" in why
+    assert pick_backend("torch") == ("torch", "as asked")
+
+
+def test_state_invalidation_removes_later_outputs(tmp_path):
+    for name in ("lut.db", "original.pt", "plan.json"):
+        (tmp_path / name).write_text("x")
+    state = RunState(args={}, backend="onnxruntime")
+    state.stages = {
+        "lut": {"outputs": ["lut.db"]},
+        "baseline": {"outputs": ["original.pt"]},
+        "prune": {"outputs": ["plan.json"]},
+    }
+    assert state.done("prune", tmp_path)
+    state.invalidate_from("baseline", tmp_path)
+    assert list(state.stages) == ["lut"]
+    assert (tmp_path / "lut.db").exists()
+    assert not (tmp_path / "original.pt").exists() and not (tmp_path / "plan.json").exists()
+    state.save(tmp_path)
+    assert RunState.load(tmp_path).stages == {"lut": {"outputs": ["lut.db"]}}
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--data", "npz:missing.npz"], "missing.npz"),
+        (["--target", "half"], "is not like 0.5x"),
+        (["--input-shape", "1,3,32"], "N,C,H,W"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--lut", "nope.db"], "--lut nope.db does not exist"),
+    ],
+)
+def test_bad_input_fails_before_any_stage(halp_cli, tmp_path, extra, fragment):
+    args = [*BASE, "--input-shape", "1,3,32,32", "--out", "run", *extra]
+    r = halp_cli(*args)
+    assert_user_error(r, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_with_an_earlier_run_needs_resume(halp_cli, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"args": {}, "stages": {}}))
+    r = halp_cli(*BASE, "--input-shape", "1,3,32,32", "--out", "run")
+    assert_user_error(r, "add --resume")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file").write_text("x")
+    r = halp_cli(*BASE, "--input-shape", "1,3,32,32", "--out", "other")
+    assert_user_error(r, "not an empty directory")
+
+
+@pytest.mark.slow
+def test_run_fails_in_a_stage_then_resumes_to_a_report(halp_cli, tmp_path):
+    small = [
+        "--input-shape",
+        "8,3,16,16",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--steps",
+        "2",
+        "--verify-rounds",
+        "5",
+        "--no-progress",
+        "--out",
+        "run",
+    ]
+    args = ["run", "--model", "halp_trt.models:resnet20", "--data", "digits", *small]
+    r = halp_cli(*args, "--target", "0.01x")
+    assert_user_error(r, "stage prune failed", "kept in run: lut.db, original.pt", "--resume")
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert list(state["stages"]) == ["lut", "baseline"]
+    assert not (tmp_path / "run" / "pruned").exists()
+
+    r = halp_cli(*args, "--target", "0.8x", "--resume", timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert "[lut] done already" in r.stdout and "[baseline] done already" in r.stdout
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["backend"] == "onnxruntime"
+    for key in ("latency_ms", "accuracy", "macs", "params"):
+        assert report["baseline"][key] is not None and report["pruned"][key] is not None
+    assert report["pruned"]["macs"] < report["baseline"]["macs"]
+    assert report["speedup"] > 1.0
+    assert report["artifacts"]["engine"] is None
+    for rel in report["artifacts"].values():
+        assert rel is None or (tmp_path / "run" / rel).exists()
+    assert set(json.loads((tmp_path / "run" / "run.json").read_text())["stages"]) == set(STAGES)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "Measured speed-up" in md
+    assert len(list((tmp_path / "run" / "plots").glob("*.png"))) == 4
+
+    (tmp_path / "run" / "report.md").unlink()
+    r = halp_cli("report", "run")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "report.md").exists()
+
+
+def test_report_of_a_directory_without_one(halp_cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(halp_cli("report", "empty"), "does not exist")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text("{not json")
+    assert_user_error(halp_cli("report", "bad"), "not valid JSON")
+
+
+def test_render_skips_plots_without_data(tmp_path):
+    from halp_trt.report import render
+
+    plots = render({"baseline": {}, "pruned": {}, "model": "m"}, tmp_path)
+    assert plots == {}
+    md = Path(tmp_path / "report.md").read_text()
+    assert "not available for this run" in md
