@@ -80,17 +80,23 @@ VERSION_SUFFIXES = {"_trt10": 10, "_trt11": 11}
 # --- what the project uses ------------------------------------------------------------
 
 
-def _imports_tensorrt(tree: ast.AST) -> bool:
+def _uses_tensorrt(tree: ast.AST) -> bool:
+    """The module calls TensorRT: it calls ``import_tensorrt``, or imports ``tensorrt`` and
+    reads attributes of it. A bare ``import tensorrt`` that only probes whether TensorRT is
+    installed uses no API."""
+    bound = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name == "tensorrt" for a in node.names):
+        if isinstance(node, ast.Import):
+            bound |= {a.asname or a.name for a in node.names if a.name == "tensorrt"}
+        from_trt = isinstance(node, ast.ImportFrom) and node.module == "tensorrt"
+        loader = (isinstance(node, ast.Name) and node.id == "import_tensorrt") or (
+            isinstance(node, ast.Attribute) and node.attr == "import_tensorrt"
+        )
+        if from_trt or loader:
             return True
-        if isinstance(node, ast.ImportFrom) and node.module == "tensorrt":
-            return True
-        if isinstance(node, ast.Name) and node.id == "import_tensorrt":
-            return True
-        if isinstance(node, ast.Attribute) and node.attr == "import_tensorrt":
-            return True
-    return False
+    return any(
+        isinstance(node, ast.Attribute) and _chain_root(node) in bound for node in ast.walk(tree)
+    )
 
 
 def tensorrt_modules() -> list[Path]:
@@ -98,7 +104,7 @@ def tensorrt_modules() -> list[Path]:
     found = []
     for d in SOURCE_DIRS:
         for path in sorted((ROOT / d).rglob("*.py")):
-            if _imports_tensorrt(ast.parse(path.read_text(), str(path))):
+            if _uses_tensorrt(ast.parse(path.read_text(), str(path))):
                 found.append(path)
     return found
 
