@@ -49,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="run engines built for another GPU/TensorRT anyway"
     )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the measured (and planned) latency into the engines' .json sidecars",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", help="also write the JSON report to this file (atomically)")
     return p
@@ -130,6 +135,8 @@ def load_plan(path: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..verify import verify_models
 
+    if args.record and not any(Path(m).suffix == ".engine" for m in (args.original, args.pruned)):
+        raise UserError("--record writes into engine sidecars: give .engine files")
     original, d0 = resolve_model(args.original, args.backend, args.force)
     pruned, d1 = resolve_model(args.pruned, args.backend, args.force)
     shape = input_shape([d0, d1], args.input_shape, args.batch)
@@ -158,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         sources=(args.original, args.pruned),
         **options,
     )
+    if args.record:
+        record_latency(args, report)
     data = report.to_dict()
     if args.out:
         from lut_builder.trt_compat import write_atomic
@@ -171,6 +180,28 @@ def run(args: argparse.Namespace) -> int:
     if report.plan is not None and not report.plan["within_budget"]:
         return 1
     return 0
+
+
+def record_latency(args: argparse.Namespace, report: Any) -> None:
+    """Store each engine's measured latency (and the plan's prediction for the pruned
+    one) in its sidecar."""
+    from ..export.sidecar import EngineSidecar, sidecar_path
+
+    engines = [
+        (path, timing)
+        for path, timing in ((args.original, report.original), (args.pruned, report.pruned))
+        if Path(path).suffix == ".engine"
+    ]
+    for path, timing in engines:
+        sc = EngineSidecar.read(sidecar_path(path))
+        sc.latency = {
+            **sc.latency,
+            "measured_ms": timing.median_ms,
+            "measured_batch": report.batch,
+        }
+        if report.plan and timing is report.pruned:
+            sc.latency["predicted_ms"] = report.plan["predicted_ms"]
+        sc.write(sidecar_path(path))
 
 
 def _print(report: Any) -> None:

@@ -170,6 +170,11 @@ def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
     [
         (["--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch"], "--input-shape"),
         (["--original", "a.engine", "--pruned", "b.engine", "--backend", "torch"], "tensorrt"),
+        (
+            ["--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch",
+             "--input-shape", "1,3,8,8", "--record"],
+            "engine sidecars",
+        ),
         pytest.param(
             ["--original", "none.pt", "--pruned", "narrow.pt", "--backend", "torch",
              "--input-shape", "1,3,8,8"],
@@ -180,3 +185,23 @@ def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
 )  # fmt: skip
 def test_cli_verify_user_errors(halp_cli, saved_models, args, fragment):
     assert_user_error(halp_cli("verify", *args), fragment)
+
+
+@pytest.mark.tensorrt
+def test_cli_verify_engines_on_tensorrt_records_latency(halp_cli, saved_models):
+    from halp_trt.export import BatchRange, EngineSidecar, build_engine, export_onnx
+
+    wide, narrow = wide_and_narrow()
+    for name, model in (("wide", wide), ("narrow", narrow)):
+        onnx_path = saved_models / f"{name}.onnx"
+        export_onnx(model, (1, 3, 32, 32), onnx_path, fp16=True, dynamic_batch=BatchRange(1, 4, 8))
+        build_engine(onnx_path, saved_models / f"{name}.engine")
+    r = halp_cli(
+        "verify", "--original", "wide.engine", "--pruned", "narrow.engine", "--backend",
+        "tensorrt", "--batch", "4", "--rounds", "5", "--block-ms", "10", "--record", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["input_shape"] == [4, 3, 32, 32] and d["speedup"]["median"] > 1.5
+    recorded = EngineSidecar.read(saved_models / "narrow.engine.json").latency
+    assert recorded["measured_ms"] == d["pruned"]["median_ms"] and recorded["measured_batch"] == 4
