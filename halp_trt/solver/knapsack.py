@@ -26,9 +26,15 @@ cannot see that product, so the cost of a group is modelled around reference wid
     A group's cost covers its producers *and* its consumers, each with the layer's other
     width held at ``W*``: the first-order, separable expansion
     ``T(a, b) ~ T(a, b*) + T(a*, b) - T(a*, b*)``, exact whenever at most one side
-    changes and exact for the whole network at ``n = n*``. The knapsack is then solved
-    again around its own answer until the widths stop changing (a fixed point, where
-    the model equals the exact sum), with an iteration cap against oscillation.
+    changes and exact for the whole network at ``n = n*``. Its error is second order,
+    ``(a - a*)(b - b*)`` for a bilinear cost, and it underestimates when neighbours
+    shrink together, so a single jump from the full model to a small budget overshoots
+    and a plain re-solve around the answer can oscillate. Hence a continuation: the
+    budget is approached in geometric steps from the current latency (at most
+    ``HOMOTOPY_STEPS``, about ``HOMOTOPY_RATIO`` each), re-expanding around each step's
+    plan; then the knapsack is solved again around its own answer until the widths stop
+    changing (a fixed point, where the model equals the exact sum), a plan repeats, or
+    ``MAX_SOLVES`` is reached.
 
 Either way the final plan's latency is computed exactly from every layer's widths via
 the table (plus the table's overhead term); if it exceeds the budget, the knapsack's
@@ -372,15 +378,23 @@ def solve_budget(
         exact = net.latency(counts)
         found.append((pick, exact, model_ms))
         over = exact - budget_ms
-        if over > 0:
+        if cost_model == "one-sided":
+            if over <= 0:
+                break
             # Tighten by the overshoot (and a hair more, so progress is certain).
             offset += over + 1e-9 * max(1.0, abs(budget_ms))
-        elif cost_model == "one-sided" or counts == ref:
-            break  # one-sided: no iteration; joint: a fixed point, where the model is exact
-        elif (pick, offset) in seen:
-            break  # the joint iteration cycles; the best plan within budget is kept
+            continue
+        if over <= 0 and counts == ref:
+            break  # a fixed point: the model is exact here
+        if (pick, offset) in seen:
+            if over <= 0 or any(e <= budget_ms for _, e, _ in found):
+                break  # the iteration cycles; the best plan within budget is kept
+            # A cycle of plans over budget: tighten, which the next expansion keeps.
+            offset += over + 1e-9 * max(1.0, abs(budget_ms))
         seen.add((pick, offset))
-        ref = counts if cost_model == "joint" else ref
+        # Re-expand around the plan: the model becomes exact there, so an overshoot that
+        # came from the expansion's error needs no tightening.
+        ref = counts
 
     feasible = [(i, f) for i, f in enumerate(found) if f[1] <= budget_ms]
     if feasible:
