@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", default=None, help="reuse this ONNX Runtime table")
     p.add_argument("--budgets", default="0.4,0.5,0.6,0.7,0.8", help="fractions of full")
     p.add_argument("--steps", type=int, default=10, help="progressive schedule steps")
-    p.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
     p.add_argument("--scores", default="l2", help="importance criterion (no gradients)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -144,17 +144,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"solved {fraction:.2f} {cost_model}", flush=True)
 
     # Build every plan as a pruned model; time them all, interleaved with the original.
-    models = [model]
+    # Identical plans are built and timed once, so that they get one number.
+    models, index = [model], {}
     for _, _, _, plan, _ in plans:
-        m = copy.deepcopy(model)
-        ChannelGraph(m, x).remove(plan.keep)
-        models.append(m.eval())
+        key = tuple(sorted((g, tuple(k)) for g, k in plan.keep.items()))
+        if key not in index:
+            m = copy.deepcopy(model)
+            ChannelGraph(m, x).remove(plan.keep)
+            index[key] = len(models)
+            models.append(m.eval())
     runners = [make_runner("onnxruntime", m, x) for m in models]
     t0 = time.perf_counter()
-    timings = measure(table, runners, args.rounds)
+    measured = measure(table, runners, args.rounds)
     measure_s = time.perf_counter() - t0
     for r in runners:
         r.close()
+    timings = [measured[0]] + [
+        measured[index[tuple(sorted((g, tuple(k)) for g, k in plan.keep.items()))]]
+        for _, _, _, plan, _ in plans
+    ]
 
     full_measured = timings[0].median_ms
     overhead = table.overhead_ms or 0.0
@@ -235,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "rounds": args.rounds,
         "measure_seconds": round(measure_s, 1),
+        "distinct_plans_timed": len(models) - 1,
         "default_cost_model": DEFAULT_COST_MODEL,
         "summary": summary,
         "infeasible": infeasible,
