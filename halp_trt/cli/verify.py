@@ -18,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="measure the pruned model's speed-up over the original on one backend",
         description=(
             "Time the original and the pruned model on the same backend in one run: warm-up "
-            "rounds, then many rounds that each time a block of inferences of both models "
-            "in alternating order. Reports each model's median latency and throughput, the "
+            "rounds, then many rounds in which short chunks of inferences alternate between "
+            "the two models. Reports each model's median latency and throughput, the "
             "speed-up (median per-round ratio) with its spread (interquartile range over "
             "the median) and a bootstrap 95%% CI, and with --plan the predicted vs measured "
             "latency and whether the budget was met (exit code 1 if not). Models are specs "
@@ -37,7 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
     p.add_argument(
-        "--block-ms", type=float, default=100.0, help="least time of one model's block per round"
+        "--block-ms", type=float, default=100.0, help="least time each model runs per round"
+    )
+    p.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=3.0,
+        help="least duration of one timed chunk; chunks alternate between the models",
     )
     p.add_argument("--plan", help="plan.json of the pruned model: predicted vs measured")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (onnxruntime, torch on CPU)")
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         rounds=args.rounds,
         min_block_ms=args.block_ms,
+        chunk_ms=args.chunk_ms,
         plan=plan,
         sources=(args.original, args.pruned),
         **options,

