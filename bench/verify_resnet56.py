@@ -48,7 +48,7 @@ def pruned_resnet56(target: float) -> tuple[object, object, object, float]:
     from halp_trt.graph import ChannelGraph
     from halp_trt.importance import get_importance
     from halp_trt.models import resnet56
-    from halp_trt.solver import solve_budget
+    from halp_trt.solver import InfeasibleBudgetError, solve_budget
     from lut_builder import LatencyTable, predict_latency
 
     torch.manual_seed(0)
@@ -59,7 +59,13 @@ def pruned_resnet56(target: float) -> tuple[object, object, object, float]:
     table = LatencyTable.open(TABLE)
     base = predict_latency(table, [(i.signature, i.c_in, i.c_out) for i in graph.layers.values()])
     scores = get_importance("l1")(graph).scores()
-    plan = solve_budget(graph, table, scores, target * base)
+    try:
+        plan = solve_budget(graph, table, scores, target * base)
+    except InfeasibleBudgetError as exc:
+        # The table's channel step can make the target unreachable; take the smallest
+        # reachable latency instead and say so (the JSON records the budget used).
+        print(f"note: {exc}; solving for the smallest reachable latency instead")
+        plan = solve_budget(graph, table, scores, exc.min_cost * (1 + 1e-9))
     check = graph.check(plan.keep)
     if not check.passed:
         raise SystemExit(f"removed vs masked differ: {check}")

@@ -49,7 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (onnxruntime, torch on CPU)")
     p.add_argument("--device", default=None, help="torch: cpu or cuda[:N]; tensorrt: GPU index")
     p.add_argument(
-        "--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="torch precision"
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "bf16"),
+        help="torch precision; tensorrt: the precision model specs are exported in",
     )
     p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
     p.add_argument(
@@ -157,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             channels_last=args.channels_last,
         )
-    elif args.device is not None:
-        options["device"] = args.device
+    else:
+        options["precision"] = args.precision  # how model specs are exported (files: theirs)
+        if args.device is not None:
+            options["device"] = args.device
     report = verify_models(
         original,
         pruned,
