@@ -39,8 +39,9 @@ TABLE = ROOT / "bench" / "results" / "lut_fidelity_resnet56_onnxruntime.sqlite"
 OUT = ROOT / "bench" / "results" / "verify_resnet56_onnxruntime.json"
 
 
-def pruned_resnet56(target: float) -> tuple[object, object, object, float]:
-    """(original, pruned, plan, base predicted ms) for a budget of ``target`` x base."""
+def pruned_resnet56(target: float) -> tuple[object, object, object, float, str | None]:
+    """(original, pruned, plan, base predicted ms, note) for a budget of ``target`` x base;
+    the note says when the target was out of reach."""
     import copy
 
     import torch
@@ -59,18 +60,20 @@ def pruned_resnet56(target: float) -> tuple[object, object, object, float]:
     table = LatencyTable.open(TABLE)
     base = predict_latency(table, [(i.signature, i.c_in, i.c_out) for i in graph.layers.values()])
     scores = get_importance("l1")(graph).scores()
+    note = None
     try:
         plan = solve_budget(graph, table, scores, target * base)
     except InfeasibleBudgetError as exc:
         # The table's channel step can make the target unreachable; take the smallest
         # reachable latency instead and say so (the JSON records the budget used).
-        print(f"note: {exc}; solving for the smallest reachable latency instead")
+        note = f"{exc}; solved for the smallest reachable latency instead"
+        print(f"note: {note}")
         plan = solve_budget(graph, table, scores, exc.min_cost * (1 + 1e-9))
     check = graph.check(plan.keep)
     if not check.passed:
         raise SystemExit(f"removed vs masked differ: {check}")
     pruned = graph.remove(plan.keep).eval()
-    return original, pruned, plan, base
+    return original, pruned, plan, base, note
 
 
 def main() -> int:
@@ -92,7 +95,7 @@ def main() -> int:
     from halp_trt.verify.compare import plan_comparison
     from lut_builder.backends.base import cpu_model
 
-    original, pruned, plan, base = pruned_resnet56(args.target)
+    original, pruned, plan, base, note = pruned_resnet56(args.target)
     result: dict = {
         "model": "halp_trt.models:resnet56 (seed 0, untrained)",
         "input_shape": [1, 3, 32, 32],
@@ -103,6 +106,7 @@ def main() -> int:
             "base_predicted_ms": base,
             "budget_ms": plan.budget_ms,
             "predicted_ms": plan.predicted_ms,
+            "note": note,
             "params": [sum(p.numel() for p in m.parameters()) for m in (original, pruned)],
         },
         "environment": {
