@@ -293,8 +293,9 @@ def solve_budget(
             takes the table's ``alignment`` (its measured channel step).
         min_channels: fewest channels a group keeps (rounded up to whole bundles); by
             default one bundle. An int for all groups or a mapping per group id.
-        allow_removal: also allow keeping no channel at all (removing the group's
-            layers entirely). Off by default.
+        allow_removal: also allow keeping no channel at all (the group's layers then
+            cost nothing). Off by default. ``ChannelGraph.mask``/``remove`` do not apply
+            an empty group yet, so such plans serve latency exploration only.
         frozen: ids of prunable groups that must keep all their alive channels.
         alive: group id to the channels still available (earlier pruning steps);
             pruned channels never come back. Default: every channel.

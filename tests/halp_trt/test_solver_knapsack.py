@@ -200,6 +200,20 @@ def test_sp_lamp_strongest_channel_always_kept(r20, cost_model):
             assert int(np.argmax(scores[gid])) in kept
 
 
+def test_sp_lamp_scores_of_the_importance_registry(r20):
+    """The project's own SP-LAMP criterion: its strongest channel per group scores 1 and
+    survives every budget."""
+    importance = pytest.importorskip("halp_trt.importance")
+    scores = importance.get_importance("sp-lamp")(r20).scores()
+    table = FakeTable()
+    minimum = exact_ms(r20, table, r20.widths({g.id: 8 for g in r20.prunable}))
+    for budget in (minimum, 0.4 * full_ms(r20, table), 0.6 * full_ms(r20, table)):
+        plan = solve_budget(r20, table, scores, budget)
+        for gid, kept in plan.keep.items():
+            assert scores[gid].max() == pytest.approx(1.0)
+            assert int(np.argmax(scores[gid])) in kept
+
+
 def test_any_score_vector_is_accepted(r20):
     table = FakeTable()
     budget = 0.5 * full_ms(r20, table)
