@@ -215,7 +215,10 @@ class ChannelGraph:
     def _build(self) -> None:
         import torch_pruning as tp
 
+        # Always a tuple: Torch-Pruning calls model(*inputs), which would split a bare
+        # tensor along its batch axis (a batch of one then traces an unbatched input).
         inputs = self.example_inputs
+        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         was_training = self.model.training
         self.model.eval()
         try:

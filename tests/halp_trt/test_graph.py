@@ -163,3 +163,10 @@ def test_signatures_found_by_forward_pass():
     assert dw.group_mode == "depthwise" and dw.stride == (2, 2) and dw.in_hw == (16, 16)
     assert graph.layers["classifier.1"].signature.op == "linear"
     assert graph.layers["stem.0"].signature.batch == 2
+
+
+def test_batch_of_one_traces_the_batched_model():
+    model, x = build("plain_convs_batch1")
+    graph = ChannelGraph(model, x)
+    assert sorted(g.size for g in graph.prunable) == [8, 16]
+    assert {g.reason for g in graph.frozen} == {"model output (4)", "model input"}

@@ -266,6 +266,18 @@ ZOO = {
     "unet": (TinyUNet, (2, 3, 16, 16)),
     "channel_mean_gate": (ChannelMeanGate, (2, 3, 16, 16)),
     "channel_shuffle": (ChannelShuffle, (2, 3, 16, 16)),
+    # Batch of one, biases and no BatchNorm: a tracer that unpacks the batch axis would
+    # see an unbatched input here.
+    "plain_convs_batch1": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 8, 3, padding=1),
+            nn.Hardswish(),
+            nn.Conv2d(8, 4, 1),
+        ),
+        (1, 3, 16, 16),
+    ),
 }
 
 #: Zoo models with a group that must be frozen because the channels are mixed, and the
