@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", default="sparse", choices=("sparse", "full"))
     p.add_argument("--step", type=int, default=None, help="grid step (default: alignment)")
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=int, default=300, help="interleaved timing rounds")
     p.add_argument("--min-keep", type=float, default=0.25, help="smallest kept fraction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="onnxruntime backend method override")

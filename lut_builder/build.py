@@ -301,9 +301,15 @@ def build_table(
     )
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        if backend.reference_kind is not None:
+        normalized = backend.reference_kind is not None
+        if normalized:
+            if table.reference is None:
+                backend.measure_reference()
+                offer = backend.reference_floor_ms
+            else:  # resuming, or another shard: start from the table's unit
+                offer = backend.reference_floor_ms or table.unit_ms
             backend.reference_ms = table.adopt_reference(
-                backend.reference_kind, lambda: backend.measure_reference().median_ms
+                backend.reference_kind, offer, getattr(backend, "gate", None)
             )
         for sig, grid in grids.items():
             table.add_signature(sig, grid)
@@ -318,10 +324,18 @@ def build_table(
         measured = skipped = 0
         for k, (sig, c_in, c_out) in enumerate(todo):
             timing = backend.measure(sig, c_in, c_out)
-            if table.add_point(sig, c_in, c_out, timing, worker=worker):
+            unit = backend.reference_ms if normalized else None
+            if table.add_point(sig, c_in, c_out, timing, worker=worker, unit_ms=unit):
                 measured += 1
             else:
                 skipped += 1
+            floor = backend.reference_floor_ms if normalized else None
+            if floor is not None and floor < backend.reference_ms:
+                # A faster reference run than the table's unit: offer it (the table
+                # rescales all its ratios at once) and measure in the new unit.
+                backend.reference_ms = table.adopt_reference(
+                    backend.reference_kind, floor, getattr(backend, "gate", None)
+                )
             if progress:
                 progress(k + 1, len(todo))
         seconds = time.perf_counter() - t0

@@ -8,7 +8,9 @@ Layout (format version :data:`FORMAT_VERSION`):
 - ``signatures(id, key, label, grid)``: one row per :class:`LayerSignature`; ``grid`` is
   the planned axes (JSON, see :class:`Grid`).
 - ``plan(sig_id, c_in, c_out)``: every point the build means to measure.
-- ``points(sig_id, c_in, c_out, median_ms, p10_ms, p90_ms, mean_ms, std_ms, n, ...)``.
+- ``points(sig_id, c_in, c_out, median_ms, p10_ms, p90_ms, mean_ms, std_ms, n, ...)``:
+  milliseconds, or for a table with a ``reference`` workload ratios to it (times
+  ``reference.unit_ms`` gives milliseconds).
 
 The file is in WAL mode and every measurement is its own transaction: a build killed at
 any moment leaves an intact database holding every point measured so far, and several
@@ -512,38 +514,53 @@ class LatencyTable:
 
     @property
     def reference(self) -> dict[str, Any] | None:
-        """The reference workload that defines this table's milliseconds, or None.
+        """The reference workload that defines this table's unit, or None.
 
-        ``{"kind": ..., "ms": ...}``: every point was measured as a ratio to the
-        reference run just before it, times ``ms`` (see
-        :func:`lut_builder.timing.time_relative`). End-to-end measurements compared with
-        the table must be normalised the same way (:func:`calibrate_overhead` does).
+        ``{"kind": ..., "gate": ..., "unit_ms": ...}``: every point was measured as a
+        ratio to the reference runs around it (counting only runs that passed the gate;
+        see :func:`lut_builder.timing.time_relative`) and is stored as that ratio;
+        milliseconds are ratios times ``unit_ms``, the fastest reference run seen while
+        the table was filled (a stable figure: the minimum of thousands of runs).
+        End-to-end measurements compared with the table are normalised the same way
+        (:func:`measure_end_to_end`).
         """
         return self._meta().get("reference")
 
-    def adopt_reference(self, kind: str, measure: Any) -> float:
-        """The table's reference latency for ``kind``; set from ``measure()`` if absent.
+    @property
+    def unit_ms(self) -> float:
+        """Milliseconds per stored unit: the reference's ``unit_ms``, else 1."""
+        ref = self.reference
+        return float(ref["unit_ms"]) if ref else 1.0
 
-        Every process filling the table gets the value the first one stored.
+    def adopt_reference(self, kind: str, unit_ms: float, gate: float | None = None) -> float:
+        """Use reference workload ``kind`` for this table, and offer a unit.
+
+        The first process sets the reference; every later call may only lower its unit
+        (a faster reference run seen), and only until the table is complete. Stored
+        points are ratios, so lowering the unit rescales all of them consistently.
+
+        Returns:
+            The table's unit in milliseconds after the call.
 
         Raises:
             UserError: the table uses another reference workload.
         """
-        ref = self.reference
-        if ref is None:
-            ms = float(measure())
-            with _transaction(self._conn):
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('reference', ?)",
-                    (json.dumps({"kind": kind, "ms": ms}),),
+        with _transaction(self._conn):
+            meta = _read_meta(self._conn, missing_ok=False, path=self.path) or {}
+            ref = meta.get("reference")
+            if ref is None:
+                ref = {"kind": kind, "gate": gate, "unit_ms": float(unit_ms)}
+            elif ref["kind"] != kind:
+                raise UserError(
+                    f"{self.path} was measured against reference {ref['kind']!r}, not {kind!r}"
                 )
-            ref = self.reference
-        assert ref is not None
-        if ref["kind"] != kind:
-            raise UserError(
-                f"{self.path} was measured against reference {ref['kind']!r}, not {kind!r}"
+            elif not meta.get("complete") and unit_ms < ref["unit_ms"]:
+                ref["unit_ms"] = float(unit_ms)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('reference', ?)", (json.dumps(ref),)
             )
-        return float(ref["ms"])
+        self._surfaces.clear()
+        return float(ref["unit_ms"])
 
     def set_overhead(self, overhead_ms: float, details: Mapping[str, Any] | None = None) -> None:
         """Store the network overhead term (see :func:`calibrate_overhead`)."""
@@ -689,14 +706,31 @@ class LatencyTable:
         timing: Timing,
         *,
         worker: str | None = None,
+        unit_ms: float | None = None,
     ) -> bool:
         """Store one measurement, committed at once. A point already stored (by another
         process of a sharded build) is kept as it is.
 
+        Args:
+            sig, c_in, c_out: the point.
+            timing: its timing in milliseconds.
+            worker: who measured it.
+            unit_ms: for a table with a reference workload: the reference time the
+                backend converted its ratios with (``backend.reference_ms``); the point
+                is stored as ``timing / unit_ms``.
+
         Returns:
             True if this call stored the point.
+
+        Raises:
+            ValueError: a table with a reference workload and no ``unit_ms``.
         """
         sid = self._sig_id(sig)
+        scale = 1.0
+        if self.reference is not None:
+            if not unit_ms:
+                raise ValueError("this table stores ratios to its reference: give unit_ms")
+            scale = 1.0 / unit_ms
         with _transaction(self._conn):
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -704,11 +738,11 @@ class LatencyTable:
                     sid,
                     int(c_in),
                     int(c_out),
-                    timing.median_ms,
-                    timing.p10_ms,
-                    timing.p90_ms,
-                    timing.mean_ms,
-                    timing.std_ms,
+                    timing.median_ms * scale,
+                    timing.p10_ms * scale,
+                    timing.p90_ms * scale,
+                    timing.mean_ms * scale,
+                    timing.std_ms * scale,
                     timing.n,
                     worker,
                     time.time(),
@@ -728,9 +762,8 @@ class LatencyTable:
             "measured_at FROM points WHERE sig_id = ? ORDER BY c_in, c_out",
             (self._sig_id(sig),),
         ).fetchall()
-        return [
-            Point(r[0], r[1], Timing(r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9]) for r in rows
-        ]
+        u = self.unit_ms
+        return [Point(r[0], r[1], Timing(*(v * u for v in r[2:7]), r[7]), r[8], r[9]) for r in rows]
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -826,6 +859,7 @@ class LatencyTable:
             "missing": self.count_missing(),
             "overhead_ms": self.overhead_ms,
             "overhead": self.overhead,
+            "reference": self.reference,
             "info": meta.get("info", {}),
             "created_at": meta.get("created_at"),
             "signatures": sigs,
@@ -938,8 +972,14 @@ def measure_end_to_end(
 ) -> list[Timing]:
     """End-to-end latency of whole models in the table's unit, interleaved round-robin.
 
+    Each model is run once untimed right before each timed run: several models taking
+    turns would otherwise evict each other's weights from the caches, and be timed
+    colder than a deployed model that runs alone (on this 2 MB-L2 CPU that made an
+    interleaved ResNet-56 about 10% slower than the same model run on its own).
+
     When the table was measured against a reference workload, every run is timed against
-    a reference run just before it and scaled by the table's reference latency (so a
+    reference runs around it, gated like the table's points, and scaled by the table's
+    unit (so a
     prediction from the table and a measurement compare like for like on a machine whose
     speed changes); otherwise plain interleaved timings.
 
@@ -958,11 +998,21 @@ def measure_end_to_end(
     loop = {"warmup": warmup, "rounds": runs, "min_time_s": min_time_s, "clock": clock}
     ref = table.reference
     if ref is None:
-        return [Timing.from_samples(s) for s in time_interleaved(runners, sync=sync, **loop)]
+        samples = time_interleaved(runners, sync=sync, warm=True, **loop)
+        return [Timing.from_samples(s) for s in samples]
     from .backends import make_reference
 
-    ratios, _ = time_relative(runners, make_reference(ref["kind"]), sync=sync, **loop)
-    return [Timing.from_samples([r * ref["ms"] for r in rs]) for rs in ratios]
+    rel = time_relative(
+        runners,
+        make_reference(ref["kind"]),
+        sync=sync,
+        gate=ref.get("gate"),
+        reference_floor_ms=ref["unit_ms"],
+        warm=True,
+        **loop,
+    )
+    unit = ref["unit_ms"]
+    return [Timing.from_samples([r * unit for r in rel.accepted(i)]) for i in range(len(runners))]
 
 
 def fingerprint_mismatches(stored: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:

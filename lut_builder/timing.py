@@ -184,6 +184,7 @@ def time_interleaved(
     min_time_s: float | None = None,
     max_rounds: int | None = None,
     clock: str | Callable[[], float] = "wall",
+    warm: bool = False,
 ) -> list[list[float]]:
     """Time several callables round-robin so that machine noise hits them all alike.
 
@@ -202,6 +203,8 @@ def time_interleaved(
         max_rounds: upper bound on rounds when ``min_time_s`` asks for more
             (default ``100 * rounds``).
         clock: as for :func:`time_callable`.
+        warm: run each callable once untimed right before each timed run (steady
+            state even when large models evict each other from the caches).
 
     Returns:
         ``samples[i]`` = the list of ``rounds`` times of ``fns[i]``, in milliseconds.
@@ -225,6 +228,8 @@ def time_interleaved(
     done = 0
     while done < rounds or (min_time_s is not None and total < min_time_s and done < limit):
         for i, fn in enumerate(fns):
+            if warm:
+                fn()
             sync()
             t0 = clock_fn()
             fn()
@@ -240,6 +245,44 @@ def _noop() -> None:
     return None
 
 
+@dataclass
+class RelativeTiming:
+    """Runs of several callables, each bracketed by runs of a reference workload.
+
+    Attributes:
+        ratio: ``ratio[i][k]``: round k's run of callable i divided by the mean of the
+            reference runs just before and just after it.
+        time_ms: ``time_ms[i][k]``: the raw time of that run.
+        ok: ``ok[i][k]``: whether that run passed the gate (both reference runs around
+            it within ``gate`` times the fastest reference run).
+        reference_floor_ms: the fastest reference run seen (or the floor given).
+    """
+
+    ratio: list[list[float]]
+    time_ms: list[list[float]]
+    ok: list[list[bool]]
+    reference_floor_ms: float
+
+    @property
+    def rounds(self) -> int:
+        return len(self.ratio[0])
+
+    def accepted(self, i: int) -> list[float]:
+        """Accepted ratios of callable ``i`` (all of them if fewer than 3 passed)."""
+        a = [r for r, ok in zip(self.ratio[i], self.ok[i]) if ok]
+        return a if len(a) >= 3 else list(self.ratio[i])
+
+    def paired(self, i: int, j: int) -> list[tuple[float, float]]:
+        """Ratios of callables ``i`` and ``j`` from the rounds where both were accepted
+        (all rounds if fewer than 3 were)."""
+        both = [
+            (a, b)
+            for a, b, oa, ob in zip(self.ratio[i], self.ratio[j], self.ok[i], self.ok[j])
+            if oa and ob
+        ]
+        return both if len(both) >= 3 else list(zip(self.ratio[i], self.ratio[j]))
+
+
 def time_relative(
     fns: Sequence[Callable[[], Any]],
     reference: Callable[[], Any],
@@ -248,46 +291,118 @@ def time_relative(
     rounds: int = 30,
     sync: Callable[[], Any] | None = None,
     min_time_s: float | None = None,
-    max_rounds: int | None = None,
+    max_time_s: float | None = None,
     clock: str | Callable[[], float] = "wall",
-) -> tuple[list[list[float]], list[list[float]]]:
-    """Time callables against a reference workload run just before each of them.
+    gate: float | None = None,
+    reference_floor_ms: float | None = None,
+    warm: bool = False,
+) -> RelativeTiming:
+    """Time callables against a reference workload run just before and after each.
 
-    A shared machine changes speed from second to second (on this 2-vCPU machine a
-    ResNet-56 inference took 2.9 ms or 4.4 ms of thread CPU time depending on whether the
-    sibling vCPU was busy). Dividing each run by a reference run made moments before
-    cancels most of that: the ratio moved by about 5% where raw times moved by 50%.
-    Multiply a ratio by the reference's latency in a fixed state to get milliseconds.
+    A shared machine changes speed from moment to moment: on this 2-vCPU machine a
+    ResNet-56 inference took 2.9 ms or 4.4 ms of thread CPU time depending on whether
+    the sibling vCPU was busy, for seconds at a time. Two things cancel that:
 
-    Each round runs, for every function in order, ``reference()`` then ``fn()``.
+    - **normalisation**: each run divided by the reference runs around it (the ratio
+      moved about 5% where raw times moved 50%); multiply by the reference's latency in
+      a fixed state to get milliseconds;
+    - **gating** (``gate``): only runs whose bracketing reference runs were both within
+      ``gate`` times the fastest reference run count, i.e. runs made while the machine
+      was in its fast (unshared) state, the state a dedicated machine is always in.
+
+    Each round runs ``reference, fns[0], reference, fns[1], ..., fns[-1], reference``,
+    where each reference is run twice and only the second run timed: measured right
+    after a large model it would otherwise pay for reloading its weights into cache
+    (a ResNet-56 run slowed the reference run after it by several percent). Rounds go on until every callable has ``rounds`` accepted runs and the timed runs
+    (references included) add up to ``min_time_s``; with a gate, at most ``max_time_s``
+    of wall time is spent waiting for accepted runs.
 
     Args:
         fns: the callables to time.
         reference: the reference workload (fixed for the life of a latency table).
-        warmup, rounds, sync, min_time_s, max_rounds, clock: as for
-            :func:`time_interleaved` (``min_time_s`` counts both).
+        warmup, sync, clock: as for :func:`time_interleaved`.
+        rounds: accepted runs wanted per callable.
+        min_time_s: timed duration wanted, or None.
+        max_time_s: wall-clock limit while waiting for accepted runs (default: ten
+            times ``min_time_s`` plus 5 s).
+        gate: acceptance threshold relative to the fastest reference run, e.g. 1.15;
+            None accepts every run.
+        reference_floor_ms: a known fastest reference time (from a table) to gate
+            against while no faster run has been seen.
+        warm: run each callable once untimed right before its timed run, so it is timed
+            in the steady state of a deployed model (its weights in cache) even when
+            several large models take turns and evict each other.
 
     Returns:
-        ``(ratios, times)``: ``ratios[i]`` per round ``fns[i]``'s time divided by its
-        reference's time; ``times[i]`` its raw times in milliseconds.
+        A :class:`RelativeTiming`.
 
     Raises:
-        ValueError: as :func:`time_interleaved`.
+        ValueError: no callables, ``rounds`` < 1, ``warmup`` < 0 or an unknown clock.
     """
-    pairs: list[Callable[[], Any]] = []
-    for fn in fns:
-        pairs += [reference, fn]
-    samples = time_interleaved(
-        pairs,
-        warmup=warmup,
-        rounds=rounds,
-        sync=sync,
-        min_time_s=min_time_s,
-        max_rounds=max_rounds,
-        clock=clock,
-    )
-    ratios = []
-    for i in range(len(fns)):
-        ref, own = samples[2 * i], samples[2 * i + 1]
-        ratios.append([t / r if r > 0 else math.inf for t, r in zip(own, ref)])
-    return ratios, samples[1::2]
+    if not fns:
+        raise ValueError("nothing to time")
+    if rounds < 1 or warmup < 0:
+        raise ValueError("rounds must be >= 1 and warmup >= 0")
+    clock_fn = get_clock(clock)
+    sync = sync or _noop
+    for _ in range(warmup):
+        reference()
+        for fn in fns:
+            fn()
+            reference()
+    sync()
+
+    def timed(fn: Callable[[], Any]) -> float:
+        sync()
+        t0 = clock_fn()
+        fn()
+        sync()
+        return (clock_fn() - t0) * 1e3
+
+    def timed_reference() -> float:
+        # An untimed run first: the timed one then finds its weights in cache whatever
+        # ran before it (a big model evicts them, and would bias the ratio).
+        reference()
+        return timed(reference)
+
+    floor = reference_floor_ms if reference_floor_ms else math.inf
+    times: list[list[float]] = [[] for _ in fns]
+    refs: list[list[tuple[float, float]]] = [[] for _ in fns]  # (before, after) per run
+    spent_ms = 0.0
+    limit = max_time_s if max_time_s is not None else 10 * (min_time_s or 0.0) + 5.0
+    wall0 = time.perf_counter()
+    n = 0
+    while True:
+        before = timed_reference()
+        spent_ms += before
+        for i, fn in enumerate(fns):
+            if warm:
+                fn()
+            t = timed(fn)
+            after = timed_reference()
+            spent_ms += t + after
+            times[i].append(t)
+            refs[i].append((before, after))
+            before = after
+        n += 1
+        floor = min(floor, min(min(b, a) for r in refs for b, a in r[-1:]))
+        enough_time = min_time_s is None or spent_ms >= 1e3 * min_time_s
+        if n >= rounds and enough_time:
+            if gate is None:
+                break
+            # Counting accepted runs costs O(rounds); do it every few rounds only.
+            if n % 8 == 0 or n == rounds:
+                if min(_count_ok(r, floor, gate) for r in refs) >= rounds:
+                    break
+                if time.perf_counter() - wall0 > limit:
+                    break
+        if gate is None and n >= 100 * rounds:
+            break
+    ok = [[gate is None or max(b, a) <= gate * floor for b, a in r] for r in refs]
+    ratio = [[t / ((b + a) / 2) for t, (b, a) in zip(ts, r)] for ts, r in zip(times, refs)]
+    return RelativeTiming(ratio, times, ok, floor)
+
+
+def _count_ok(refs: list[tuple[float, float]], floor: float, gate: float) -> int:
+    limit = gate * floor
+    return sum(1 for b, a in refs if b <= limit and a <= limit)

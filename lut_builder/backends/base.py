@@ -51,9 +51,12 @@ class Backend:
     #: The reference workload this backend normalises its timings by (see
     #: :func:`lut_builder.timing.time_relative`), or None when it reports raw times.
     reference_kind: str | None = None
-    #: Latency of the reference workload that defines the table's milliseconds; set
-    #: from the table (so every process filling it uses the same), else measured once.
+    #: The unit a normalising backend converts its ratios to milliseconds with: the
+    #: table's ``reference.unit_ms`` while filling a table (so every process uses the
+    #: same), else its own fastest reference run.
     reference_ms: float | None = None
+    #: The fastest reference run this backend has seen (a candidate for the unit).
+    reference_floor_ms: float | None = None
 
     def measure_reference(self) -> Timing:
         """Time the reference workload alone (backends with a ``reference_kind``)."""

@@ -24,12 +24,16 @@ more conv in the steady blocked state, reorders and run overhead cancelled. The
 **Why normalised by a reference.** The machine's speed itself changes: on a 2-vCPU
 machine shared with other processes, a ResNet-56 inference took 2.9 ms or 4.4 ms of
 thread CPU time depending on whether the sibling vCPU was busy, for seconds at a time.
-So by default (``normalize=True``) every timed run is preceded by a run of a fixed
+So by default (``normalize=True``) every timed run is bracketed by runs of a fixed
 reference graph (:data:`REFERENCE_SIG` at 64 -> 64 channels), and a point's value is its
-median ratio to the reference times the reference's latency ``reference_ms`` (measured
-once when a table is created and stored in it, so every process and every later
-end-to-end measurement against the table uses the same unit). On a quiet machine this
-changes nothing; on a shared one the ratio moved about 5% where raw times moved 50%.
+median ratio to the reference. (``gate`` can further drop runs made while the reference
+ran slow; it is off by default because the machine's fastest state itself drifted: the
+reference's fastest run was 0.18 ms for an hour, then 0.22-0.27 ms.) Tables store these ratios; their unit is the fastest
+reference run seen while the table was filled (the minimum of thousands of runs, which
+stays put while medians swing), so every process and every later end-to-end
+measurement against the table (:func:`lut_builder.table.measure_end_to_end`) shares it. On a quiet machine
+this changes nothing; on a shared one it keeps points measured minutes apart in one
+consistent state.
 
 Timing on a small shared CPU: one intra-op thread (ONNX Runtime then runs the graph on
 the calling thread, and a thread pool would compete with other processes), timed on
@@ -41,11 +45,12 @@ threads the clock is the wall clock.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import UserError
 from ..signatures import LayerSignature
-from ..timing import Timing, time_callable, time_interleaved, time_relative
+from ..timing import Timing, get_clock, time_interleaved, time_relative
 from .base import (
     Backend,
     check_channels,
@@ -172,6 +177,9 @@ class OnnxRuntimeBackend(Backend):
         clock: ``"thread"`` or ``"wall"``; by default thread CPU time with one thread,
             wall time otherwise.
         normalize: time every run against the reference workload (default True).
+        gate: with ``normalize``, count only runs made while the reference ran within
+            ``gate`` times its fastest time (the machine's unshared state); None
+            counts every run. See :func:`lut_builder.timing.time_relative`.
 
     Raises:
         UserError: another precision or device, or an unknown method, level or clock.
@@ -189,11 +197,12 @@ class OnnxRuntimeBackend(Backend):
         copies: int = 5,
         warmup: int = 5,
         runs: int = 20,
-        min_time_s: float = 0.15,
+        min_time_s: float = 0.3,
         alignment: int | None = None,
         optimization: str = "all",
         clock: str | None = None,
         normalize: bool = True,
+        gate: float | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -218,6 +227,7 @@ class OnnxRuntimeBackend(Backend):
             raise UserError("the thread clock measures single-threaded runs only (threads=1)")
         self.clock = clock
         self.normalize = normalize
+        self.gate = gate if normalize else None
         self.reference_kind = reference_kind(threads) if normalize else None
         self.reference_ms = None
         self._reference = None
@@ -256,11 +266,29 @@ class OnnxRuntimeBackend(Backend):
             self._reference = self._runner(REFERENCE_SIG, REFERENCE_CHANNELS, REFERENCE_CHANNELS, 1)
         return self._reference
 
-    def measure_reference(self) -> Timing:
-        """Time the reference workload alone (at least 1 s of runs)."""
-        return time_callable(
-            self._reference_fn(), warmup=20, runs=200, min_time_s=1.0, clock=self.clock
-        )
+    def measure_reference(self, seconds: float = 2.0) -> Timing:
+        """Time the reference workload alone for ``seconds`` of wall time.
+
+        Updates ``reference_floor_ms`` (the fastest run) and returns the runs made in the
+        machine's fast state (within ``gate`` of the fastest; all runs without a gate).
+        """
+        import time
+
+        fn = self._reference_fn()
+        clock = get_clock(self.clock)
+        for _ in range(20):
+            fn()
+        samples: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(samples) < 50:
+            t0 = clock()
+            fn()
+            samples.append((clock() - t0) * 1e3)
+        floor = min(samples)
+        self.reference_floor_ms = min(self.reference_floor_ms or floor, floor)
+        if self.gate is not None:
+            samples = [t for t in samples if t <= self.gate * floor]
+        return Timing.from_samples(samples)
 
     def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
         """Latency of conv/linear + bias + activation in milliseconds; see the module notes."""
@@ -268,24 +296,37 @@ class OnnxRuntimeBackend(Backend):
         fns = [one]
         if self.method == "differential":
             fns.append(self._runner(sig, c_in, c_out, self.copies))
-        loop = {
-            "warmup": self.warmup,
-            "rounds": self.runs,
-            "min_time_s": self.min_time_s,
-            "clock": self.clock,
-        }
-        if self.normalize:
-            if self.reference_ms is None:
-                self.reference_ms = self.measure_reference().median_ms
-            ratios, _ = time_relative(fns, self._reference_fn(), **loop)
-            series = [[r * self.reference_ms for r in rs] for rs in ratios]
-        else:
-            series = time_interleaved(fns, **loop)
-        if self.method == "single":
-            return Timing.from_samples(series[0])
-        # A round where noise made the big graph look faster says "about zero", not less.
         k = self.copies - 1
-        return Timing.from_samples([max(b - a, 0.0) / k for a, b in zip(*series)])
+        if not self.normalize:
+            series = time_interleaved(
+                fns,
+                warmup=self.warmup,
+                rounds=self.runs,
+                min_time_s=self.min_time_s,
+                clock=self.clock,
+            )
+            if self.method == "single":
+                return Timing.from_samples(series[0])
+            # A round where noise made the big graph look faster says "about zero".
+            return Timing.from_samples([max(b - a, 0.0) / k for a, b in zip(*series)])
+        if self.reference_ms is None:
+            self.measure_reference()
+            self.reference_ms = self.reference_floor_ms
+        rel = time_relative(
+            fns,
+            self._reference_fn(),
+            warmup=self.warmup,
+            rounds=self.runs,
+            min_time_s=self.min_time_s,
+            clock=self.clock,
+            gate=self.gate,
+            reference_floor_ms=self.reference_ms,
+        )
+        self.reference_floor_ms = min(self.reference_floor_ms or math.inf, rel.reference_floor_ms)
+        ms = self.reference_ms
+        if self.method == "single":
+            return Timing.from_samples([r * ms for r in rel.accepted(0)])
+        return Timing.from_samples([max(b - a, 0.0) / k * ms for a, b in rel.paired(0, 1)])
 
     def fingerprint(self) -> dict[str, Any]:
         host = host_fingerprint()
@@ -301,6 +342,7 @@ class OnnxRuntimeBackend(Backend):
                 "copies": self.copies if self.method == "differential" else 1,
                 "clock": self.clock,
                 "reference": self.reference_kind,
+                "gate": self.gate,
             },
             "host": host,
         }

@@ -228,3 +228,25 @@ def test_predict_latency_sums_lookups_and_overhead(tmp_path):
         table.set_overhead(-0.25)
         assert predict_latency(table, layers) == pytest.approx(want - 0.25)
         assert predict_latency(table, layers, overhead=False) == pytest.approx(want)
+
+
+def test_reference_unit_stores_ratios_and_only_lowers_until_complete(tmp_path):
+    table = LatencyTable.create(tmp_path / "t.lut", FP, 16)
+    table.add_signature(SIG, Grid([16], [16, 32]))
+    assert table.adopt_reference("onnxruntime/ref", 0.2, gate=1.2) == 0.2
+    with pytest.raises(ValueError, match="unit_ms"):
+        table.add_point(SIG, 16, 16, t(1.0))
+    table.add_point(SIG, 16, 16, t(1.0), unit_ms=0.2)  # stored as 5 reference units
+    assert table.lookup(SIG, 16, 16) == pytest.approx(1.0)
+    # A faster reference run seen later lowers the unit: every stored ratio follows.
+    assert table.adopt_reference("onnxruntime/ref", 0.1) == 0.1
+    assert table.adopt_reference("onnxruntime/ref", 0.3) == 0.1  # never raised
+    assert table.lookup(SIG, 16, 16) == pytest.approx(0.5)
+    assert table.points(SIG)[0].timing.p90_ms == pytest.approx(0.55)
+    with pytest.raises(UserError, match="measured against reference"):
+        table.adopt_reference("onnxruntime/other", 0.1)
+    table.add_point(SIG, 16, 32, t(0.4), unit_ms=0.1)
+    assert table.mark_complete()
+    assert table.adopt_reference("onnxruntime/ref", 0.05) == 0.1  # frozen once complete
+    assert table.reference == {"kind": "onnxruntime/ref", "gate": 1.2, "unit_ms": 0.1}
+    table.close()

@@ -77,18 +77,35 @@ def test_time_interleaved_min_time_adds_rounds():
     assert len(capped[0]) == 4
 
 
-def test_time_relative_divides_by_the_reference_run_before():
+def test_time_relative_brackets_each_run_with_the_reference():
     from lut_builder.timing import time_relative
 
     order = []
-    ratios, times = time_relative(
+    rel = time_relative(
         [lambda: (order.append("f"), time.sleep(0.004)), lambda: order.append("g")],
         lambda: (order.append("r"), time.sleep(0.002)),
         warmup=0,
         rounds=4,
     )
-    assert order[:4] == ["r", "f", "r", "g"]
-    assert [len(r) for r in ratios] == [4, 4]
-    assert 1.3 < np.median(ratios[0]) < 3.5  # 4 ms against 2 ms
-    assert np.median(ratios[1]) < 0.2
-    assert np.median(times[0]) >= 4.0
+    assert order[:9] == ["r", "r", "f", "r", "r", "g", "r", "r", "r"]
+    assert rel.rounds == 4 and all(all(o) for o in rel.ok)
+    assert 1.3 < np.median(rel.accepted(0)) < 3.5  # 4 ms against 2 ms
+    assert np.median(rel.accepted(1)) < 0.2
+    assert np.median(rel.time_ms[0]) >= 4.0
+    assert len(rel.paired(0, 1)) == 4
+
+
+def test_time_relative_gate_drops_runs_made_while_the_machine_was_slow():
+    from lut_builder.timing import time_relative
+
+    state = {"n": 0}
+
+    def reference():
+        # Every third reference run is slow, as if another process shared the core.
+        state["n"] += 1
+        time.sleep(0.006 if state["n"] % 3 == 0 else 0.001)
+
+    rel = time_relative([lambda: time.sleep(0.001)], reference, warmup=0, rounds=5, gate=1.5)
+    assert not all(rel.ok[0]) and sum(rel.ok[0]) >= 5
+    assert 0.6 < np.median(rel.accepted(0)) < 1.6  # slow-reference runs are not counted
+    assert rel.reference_floor_ms < 2.0
