@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check halp_trt lut_builder tests bench
 
 demo: $(STAMP)
-	$(BIN)/halp-trt inspect --model halp_trt.models:resnet56 --input-shape 1,3,32,32 --check
+	$(BIN)/python bench/demo.py --out runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
