@@ -2,9 +2,9 @@
 
 1. ResNet-56 (seeded, untrained: latency does not depend on the weights' values) is
    traced into a ChannelGraph; L1 filter norms score the channels; ``solve_budget`` keeps
-   the most score within 0.5x the unpruned model's predicted latency on the committed
-   ONNX Runtime table (``bench/results/lut_fidelity_resnet56_onnxruntime.sqlite``,
-   measured on this class of machine); the channels are removed.
+   the most score within 0.5x the unpruned model's predicted latency on an ONNX Runtime
+   latency table of this machine (``--table``; by default ``lut-builder build`` makes or
+   resumes one in ``~/.cache/halp-trt/bench/``); the channels are removed.
 2. Both models are exported with ``halp-trt export``'s checks (graphsurgeon cleanup,
    onnx.checker, ONNX Runtime vs PyTorch parity; the max relative errors are recorded).
 3. ``verify`` times both ONNX files on ONNX Runtime CPU (one intra-op thread),
@@ -35,11 +35,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TABLE = ROOT / "bench" / "results" / "lut_fidelity_resnet56_onnxruntime.sqlite"
+TABLE = Path.home() / ".cache" / "halp-trt" / "bench" / "resnet56_onnxruntime_b1.db"
 OUT = ROOT / "bench" / "results" / "verify_resnet56_onnxruntime.json"
 
 
-def pruned_resnet56(target: float) -> tuple[object, object, object, float, str | None]:
+def ensure_table(path: Path) -> None:
+    """Build (or resume) the ONNX Runtime table of ResNet-56 at ``path``."""
+    import subprocess
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "lut_builder", "build", "--model", "halp_trt.models:resnet56",
+        "--input-shape", "1,3,32,32", "--backend", "onnxruntime", "--threads", "1",
+        "--out", str(path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def pruned_resnet56(
+    target: float, table_path: Path = TABLE
+) -> tuple[object, object, object, float, str | None]:
     """(original, pruned, plan, base predicted ms, note) for a budget of ``target`` x base;
     the note says when the target was out of reach."""
     import copy
@@ -57,7 +72,7 @@ def pruned_resnet56(target: float) -> tuple[object, object, object, float, str |
     x = torch.randn(1, 3, 32, 32)
     clone = copy.deepcopy(original)
     graph = ChannelGraph(clone, x)
-    table = LatencyTable.open(TABLE)
+    table = LatencyTable.open(table_path)
     base = predict_latency(table, [(i.signature, i.c_in, i.c_out) for i in graph.layers.values()])
     scores = get_importance("l1")(graph).scores()
     note = None
@@ -76,6 +91,12 @@ def pruned_resnet56(target: float) -> tuple[object, object, object, float, str |
     return original, pruned, plan, base, note
 
 
+def table_fingerprint(path: Path) -> dict:
+    from lut_builder import LatencyTable
+
+    return dict(LatencyTable.open(path).fingerprint)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", type=float, default=0.5, help="budget as a fraction of base")
@@ -85,6 +106,9 @@ def main() -> int:
     ap.add_argument("--chunk-ms", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=3, help="verify runs in a row")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--table", type=Path, help="an ONNX Runtime table of resnet56 (default: build one)"
+    )
     args = ap.parse_args()
 
     import onnxruntime
@@ -95,13 +119,17 @@ def main() -> int:
     from halp_trt.verify.compare import plan_comparison
     from lut_builder.backends.base import cpu_model
 
-    original, pruned, plan, base, note = pruned_resnet56(args.target)
+    table_path = args.table or TABLE
+    if args.table is None:
+        ensure_table(table_path)
+    original, pruned, plan, base, note = pruned_resnet56(args.target, table_path)
     result: dict = {
         "model": "halp_trt.models:resnet56 (seed 0, untrained)",
         "input_shape": [1, 3, 32, 32],
         "pruning": {
             "importance": "l1",
-            "table": str(TABLE.relative_to(ROOT)),
+            "table": str(table_path).replace(str(Path.home()), "~"),
+            "table_fingerprint": table_fingerprint(table_path),
             "target": args.target,
             "base_predicted_ms": base,
             "budget_ms": plan.budget_ms,
