@@ -245,9 +245,16 @@ def _print(report: Any) -> None:
     if report.plan:
         p = report.plan
         verdict = "[green]met[/green]" if p["within_budget"] else "[red]MISSED[/red]"
+        if p["budget_check"] == "relative":
+            budget = (
+                f"budget {p['budget_ratio']:.3f}x of the original, measured "
+                f"{p['measured_ratio']:.3f}x"
+            )
+        else:
+            budget = f"budget {p['budget_ms']:.3f} ms"
         console.print(
             f"plan: predicted {p['predicted_ms']:.3f} ms, measured {p['measured_ms']:.3f} ms "
-            f"(error {p['error']:+.1%}); budget {p['budget_ms']:.3f} ms {verdict}"
+            f"(error {p['error']:+.1%}); {budget} {verdict}"
         )
         if "predicted_speedup" in p:
             console.print(

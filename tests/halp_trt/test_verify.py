@@ -90,10 +90,11 @@ def test_verify_onnxruntime_on_a_pruned_resnet():
     model = create_model("resnet20").eval()
     slim = uniform_prune(model, torch.randn(1, 3, 32, 32), 0.25, multiple=8)
     r = verify_models(
-        model, slim, backend="onnxruntime", input_shape=(1, 3, 32, 32), rounds=5, warmup=1,
+        model, slim, backend="onnxruntime", input_shape=(1, 3, 32, 32), rounds=7, warmup=1,
         min_block_ms=10,
     )  # fmt: skip
-    assert r.speedup.median > 1.2
+    # About 1.6x on a quiet machine; the margin absorbs a busy one.
+    assert r.speedup.median > 1.15
     assert r.speedup.ci95[0] <= r.speedup.median <= r.speedup.ci95[1]
 
 
@@ -119,6 +120,16 @@ def test_plan_comparison_reports_error_budget_and_predicted_speedup():
     assert p["predicted_speedup"] == pytest.approx(2.0) and p["measured_speedup"] == 1.9
     missed = plan_comparison(types.SimpleNamespace(predicted_ms=1.0, budget_ms=1.5), report)
     assert missed["within_budget"] is False and "predicted_speedup" not in missed
+    assert missed["budget_check"] == "absolute"
+    # "0.5x": judged on the measured ratio (1 / 1.9 = 0.526), not on table milliseconds.
+    rel = types.SimpleNamespace(predicted_ms=1.0, budget_ms=1.1, base_ms=2.0, target="0.55x")
+    p = plan_comparison(rel, report)
+    assert p["budget_check"] == "relative" and p["within_budget"] is True
+    assert p["budget_ratio"] == pytest.approx(0.55) and p["measured_ratio"] == pytest.approx(
+        1 / 1.9
+    )
+    rel.target, rel.budget_ms = "0.5x", 1.0
+    assert plan_comparison(rel, report)["within_budget"] is False
 
 
 # --- CLI ------------------------------------------------------------------------------
