@@ -175,7 +175,10 @@ def main() -> int:
                 threads=1,
             )
             plan_view = types.SimpleNamespace(
-                predicted_ms=plan.predicted_ms, budget_ms=plan.budget_ms, base_ms=base
+                predicted_ms=plan.predicted_ms,
+                budget_ms=plan.budget_ms,
+                base_ms=base,
+                target=f"{plan.budget_ms / base:.4f}x",  # relative: checked as a ratio
             )
             r.plan = plan_comparison(plan_view, r)
             result["runs"].append(r.to_dict())
@@ -205,13 +208,14 @@ def main() -> int:
     )
     print(f"parity max relative error: {result['summary']['max_parity_rel_error']:.2e}")
     print(f"{'run':>3} {'orig ms':>8} {'pruned ms':>9} {'speed-up':>8} {'spread':>7} "
-          f"{'95% CI':>13} {'pred ms':>8} {'pred err':>8}")  # fmt: skip
+          f"{'95% CI':>13} {'pred ms':>8} {'pred err':>8} {'budget':>6}")  # fmt: skip
     for i, r in enumerate(result["runs"]):
         s, p = r["speedup"], r["plan"]
         print(
             f"{i:>3} {r['original']['median_ms']:>8.3f} {r['pruned']['median_ms']:>9.3f} "
             f"{s['median']:>7.3f}x {s['spread']:>7.1%} {s['ci95'][0]:>6.3f}-{s['ci95'][1]:<6.3f} "
-            f"{p['predicted_ms']:>8.3f} {p['error']:>+8.1%}"
+            f"{p['predicted_ms']:>8.3f} {p['error']:>+8.1%} "
+            f"{'met' if p['within_budget'] else 'missed':>6}"
         )
     summary = result["summary"]
     print(
