@@ -55,13 +55,12 @@ class StageError(UserError):
 
 def tensorrt_available() -> bool:
     """TensorRT's Python package imports and a CUDA GPU is visible."""
-    try:
-        import tensorrt  # noqa: F401
-        import torch
+    import importlib.util
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    import torch
+
+    # find_spec, not import: importing TensorRT loads the CUDA libraries.
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
 def pick_backend(requested: str) -> tuple[str, str]:
@@ -430,8 +429,11 @@ class Pipeline:
             "--out",
             self._path("verify.json"),
         ]
-        if self.backend == "torch" and self.args.precision in ("fp16", "bf16"):
+        if self.backend == "torch":
+            import torch
+
             argv += ["--precision", self.args.precision]
+            argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
         self._halp(*argv)
         return ["verify.json"], {}
 
