@@ -14,8 +14,10 @@ axis (evenly spread, always including the smallest width and the full widths) pl
 full-resolution lines through the full widths (every c_in at the full c_out, every c_out
 at the full c_in); :func:`lut_builder.table.fill_surface` fills the rest with a bilinear
 surface corrected by the lines. Axes with at most ``coarse`` values are measured in
-full. On ResNet-18's widest signatures this measures about a tenth of the points; its
-error against the full grid is measured by ``bench/lut_build.py``.
+full. For a ResNet-18 at step 16 this plans 528 points instead of 2740 (5.2x fewer);
+``bench/lut_build.py`` measured full grids of three of its signatures on ONNX Runtime:
+the filled points were off by a median 3.3-5.5% from their measurements, where simply
+measuring the same points again differed by a median 1.2-6.3%.
 
 **Crash safety and sharding.** Every point is committed as it is measured; running the
 same build again measures only the planned points still missing. ``shard=(i, n)`` takes

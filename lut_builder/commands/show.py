@@ -65,6 +65,12 @@ def _render(s: dict[str, Any]) -> None:
         f"overhead {over_txt} · strategy {s['info'].get('strategy')} · model "
         f"{s['info'].get('model')} {s['info'].get('input_shape')}"
     )
+    ref = s.get("reference")
+    if ref:
+        con.print(
+            f"timings normalised by reference {ref['kind']} (unit {ref['unit_ms']:.4f} ms, "
+            "its fastest run)"
+        )
     t = Table(show_header=True, header_style="bold")
     for col in ("signature", "c_in", "c_out", "points", "min ms", "max ms", "spread med", "max"):
         t.add_column(col, justify="left" if col == "signature" else "right")
