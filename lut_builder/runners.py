@@ -213,7 +213,8 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:
             self.close()
             raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
-        self._feed = {self.session.get_inputs()[0].name: _to_numpy(example_input)}
+        first = self.session.get_inputs()[0]
+        self._feed = {first.name: _to_numpy(example_input, first.type)}
 
     def __call__(self) -> Any:
         return self.session.run(None, self._feed)
@@ -280,9 +281,11 @@ class TorchRunner(Runner):
             torch.cuda.synchronize(self.device)
 
 
-def _to_numpy(x: Any) -> Any:
+def _to_numpy(x: Any, onnx_type: str = "tensor(float)") -> Any:
+    """The input as a contiguous array of the ONNX input's type (an fp16 model takes fp16)."""
     import numpy as np
 
+    dtype = np.float16 if onnx_type == "tensor(float16)" else np.float32
     if hasattr(x, "detach"):
         x = x.detach().cpu().float().numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=dtype)

@@ -97,3 +97,23 @@ def test_tensorrt_runner_without_tensorrt_is_user_error():
         pass
     with pytest.raises(UserError, match="TensorRT"):
         make_runner("tensorrt", _small_net(), torch.randn(1, 3, 8, 8))
+
+
+def test_onnxruntime_runner_feeds_an_fp16_model_fp16(tmp_path):
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    from lut_builder.runners import make_runner
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "half.onnx")
+    inp = torch.tensor([[-1.0, 0.5, 2.0, -3.0]])
+    with make_runner("onnxruntime", str(tmp_path / "half.onnx"), inp) as run:
+        (out,) = run()
+    assert str(out.dtype) == "float16"
+    assert out.tolist() == [[0.0, 0.5, 2.0, 0.0]]
