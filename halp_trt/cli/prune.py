@@ -92,6 +92,27 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _init_distributed(device: str | None) -> str | None:
+    """Join the process group ``torchrun`` describes in the environment, if any.
+
+    Returns the device this rank trains on (its ``LOCAL_RANK`` GPU under NCCL).
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return device
+
+
 def _input_shape(args: argparse.Namespace, table: Any) -> tuple[int, ...]:
     from ..errors import UserError
     from ..specs import parse_shape
@@ -125,18 +146,12 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from lut_builder.table import LatencyTable
-
     from ..errors import UserError
-    from ..prune import Pruner
-    from ..prune.distributed import rank
     from ..prune.schedule import split_target
-    from ..specs import example_input, load_model
-    from ..train import TrainConfig, Trainer, evaluate, load_data
 
     t_start = time.perf_counter()
-    for name in ("epochs", "steps", "batch_size"):
-        if getattr(args, name) < (0 if name == "epochs" else 1):
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if args.pretrain_epochs < 0:
         raise UserError("--pretrain-epochs must be >= 0")
@@ -149,6 +164,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the parent directory of --out {str(out)!r} does not exist")
 
     split_target(args.target)  # malformed targets fail before anything is loaded
+    device_name = _init_distributed(args.device)
+    try:
+        return _run(args, out, device_name, t_start)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, out: Any, device_name: str | None, t_start: float) -> int:
+    import time
+
+    from lut_builder.table import LatencyTable
+
+    from ..errors import UserError
+    from ..prune import Pruner
+    from ..prune.distributed import rank
+    from ..specs import example_input, load_model
+    from ..train import TrainConfig, Trainer, evaluate, load_data
+
     _seed(args.seed)
     expect = {"backend": args.backend} if args.backend else None
     table = LatencyTable.open(args.lut, expect=expect, force=args.force_table)
@@ -161,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
-        device=args.device,
+        device=device_name,
         seed=args.seed,
         eval_steps=args.eval_steps,
     )

@@ -105,3 +105,44 @@ def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
     else:
         # DDP averages gradients, so the local scores already agree.
         assert a["local"][0].keys() == b["local"][0].keys()
+
+
+@pytest.mark.slow
+def test_prune_command_under_torchrun_writes_one_result(tmp_path):
+    """`torchrun --nproc_per_node 2 -m halp_trt prune ...` on CPU (gloo)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+
+    from .test_prune_cli import MODEL_PY
+
+    (tmp_path / "small_model.py").write_text(MODEL_PY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import small_model
+
+        build_table(
+            tmp_path / "small.db", small_model.small(), torch.randn(1, 1, 8, 8),
+            get_backend("analytic"), step=2, info={"input_shape": [1, 1, 8, 8]},
+        )  # fmt: skip
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("small_model", None)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(_free_port()), "-m", "halp_trt", "prune",
+        "--model", "small_model:small", "--data", "digits", "--lut", "small.db",
+        "--target", "0.9x", "--epochs", "2", "--steps", "3", "--batch-size", "64",
+        "--bundle", "2", "--no-progress", "--out", "out",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, textwrap.shorten(proc.stderr, 2000)
+    assert proc.stdout.count("after pruning") == 1  # rank 0 speaks, once
+    log = json.loads((tmp_path / "out" / "log.json").read_text())
+    assert [s["step"] for s in log["steps"]] == [1, 2, 3]
+    assert log["predicted_ms"] <= log["target_ms"]
