@@ -49,19 +49,24 @@ def main() -> int:
     ap.add_argument("--out", default="runs/demo", help="run directory (replaced)")
     ap.add_argument("--json", default=None, help="also write the headline figures here")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--resume", action="store_true", help="continue the run in --out instead of replacing it"
+    )
     args = ap.parse_args()
     out = Path(args.out)
-    if out.exists():
+    if out.exists() and not args.resume:
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "halp_trt", "run", *DEMO, "--out", str(out)]
-    if args.no_progress:
-        cmd.append("--no-progress")
+    cmd += ["--no-progress"] if args.no_progress else []
+    cmd += ["--resume"] if args.resume else []
     print("$ halp-trt run " + " ".join(cmd[4:]), flush=True)
     t0 = time.perf_counter()
     rc = subprocess.call(cmd)
     seconds = time.perf_counter() - t0
     if rc != 0:
         return rc
+    if args.resume:  # the whole run's time is the sum of its stages
+        seconds = sum(json.loads((out / "report.json").read_text())["stages"].values())
     r = json.loads((out / "report.json").read_text())
     b, p = r["baseline"], r["pruned"]
     rows = [
