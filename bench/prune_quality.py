@@ -18,8 +18,11 @@ model's predicted latency. Per seed:
    off ONNX Runtime's blocked (NCHWc) kernels and run slower than wider aligned ones
    (``uniform-unaligned`` is timed to show it). The knob is chosen on a grid by the
    table's prediction, then the candidate is timed round-robin against the
-   ``halp-taylor`` model and tightened while it is more than 2% slower. Both then fine-tune for the
-   same ``--epochs`` with the same optimiser settings.
+   ``halp-taylor`` model and tightened while it is more than 2% slower. Aligned widths
+   move in steps, so each baseline is also run one step up (``uniform+``,
+   ``tp-l2-global+``: the cheapest grid point predicted slower than the matched one);
+   the halp-trt model's latency lies between the two. All fine-tune for the same
+   ``--epochs`` with the same optimiser settings.
 4. All models are timed round-robin in one run (``time_interleaved``, thread clock,
    ONNX Runtime CPU, one intra-op thread).
 
@@ -57,7 +60,8 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/halp-trt-bench.lock"
-METHODS = ("halp-taylor", "halp-sp-lamp", "uniform", "tp-l2-global")
+METHODS = ("halp-taylor", "halp-sp-lamp", "uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
+BASELINES = ("uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
 
 
 @contextlib.contextmanager
@@ -190,7 +194,8 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
     reference; while it is more than 2% slower, the predicted budget is lowered by that
     ratio and the choice repeated (at most 3 times).
 
-    Returns ``(knob, model, measured ratio to reference, history)``.
+    Returns ``(knob, model, measured ratio to reference, history, priced)``; ``priced``
+    lists ``(predicted ms, parameters, knob)`` of every grid point.
     """
     priced = []
     for k in knobs:
@@ -208,7 +213,7 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
         if ratio <= 1.02:
             break
         budget /= ratio
-    return knob, model, ratio, history
+    return knob, model, ratio, history, priced
 
 
 def run_seed(seed: int, args, data, table, x, log) -> dict[str, Any]:
@@ -291,14 +296,25 @@ def run_seed(seed: int, args, data, table, x, log) -> dict[str, Any]:
         ("tp-l2-global", lambda r: tp_prune(dense, x, r, align), np.arange(0, 91) / 100),
     ):
         t0 = time.perf_counter()
-        knob, model, ratio, history = match_latency(make, predicted, reference, x, knobs)
-        Trainer(model, data, config(args.epochs)).fit()
-        models[name] = model
-        out[name] = facts(model, t0, {"knob": knob, "matched_ratio": ratio, "matching": history})
-        log(
-            f"seed {seed}: {name} ({'fraction' if name == 'uniform' else 'ratio'} {knob:.3f}) val acc "
-            f"{out[name]['val_acc']:.4f}, {ratio:.3f}x the halp-taylor latency"
-        )
+        knob, model, ratio, history, priced = match_latency(make, predicted, reference, x, knobs)
+        # Aligned widths move in steps: also the next step up, the cheapest grid point
+        # predicted slower than the matched one, so the reference sits between the two.
+        chosen_ms = predicted(model)
+        above = [c for c in priced if c[0] > chosen_ms * 1.001]
+        runs = [(name, knob, model, {"matched_ratio": ratio, "matching": history})]
+        if above:
+            a_ms, _, a_knob = min(above, key=lambda c: (c[0], -c[1]))
+            runs.append((f"{name}+", a_knob, make(a_knob), {"predicted_before_ms": a_ms}))
+        for run_name, k, m, extra in runs:
+            t1 = time.perf_counter()
+            Trainer(m, data, config(args.epochs)).fit()
+            models[run_name] = m
+            out[run_name] = facts(m, t1 if run_name != name else t0, {"knob": k, **extra})
+            log(
+                f"seed {seed}: {run_name} ({'fraction' if 'uniform' in name else 'ratio'} "
+                f"{k:.3f}) val acc {out[run_name]['val_acc']:.4f}, predicted "
+                f"{out[run_name]['predicted_ms']:.4f} ms"
+            )
     # The same uniform fraction without rounding to the alignment, timed only: what
     # unaligned widths cost on this backend.
     models["uniform-unaligned"] = uniform_prune(dense, x, out["uniform"]["knob"], 1)
@@ -314,7 +330,9 @@ def summarise(per_seed: dict[int, dict], target_ms: float, fraction: float | Non
     unpruned latency (``0.5x``), checked against the measured ratio to the dense model
     timed in the same run."""
     summary: dict[str, Any] = {}
-    for name in ("dense", *METHODS):
+    names = [n for n in ("dense", *METHODS) if all(n in s for s in per_seed.values())]
+    summary["methods"] = names
+    for name in names:
         accs = [s[name]["val_acc"] for s in per_seed.values()]
         ratio = [
             s[name]["measured"]["median_ms"] / s["halp-taylor"]["measured"]["median_ms"]
@@ -345,7 +363,7 @@ def summarise(per_seed: dict[int, dict], target_ms: float, fraction: float | Non
         ],
     }
     for halp in ("halp-taylor", "halp-sp-lamp"):
-        for base in ("uniform", "tp-l2-global"):
+        for base in (b for b in BASELINES if b in names):
             d = [s[halp]["val_acc"] - s[base]["val_acc"] for s in per_seed.values()]
             summary[f"{halp} - {base}"] = {
                 "acc_diff_mean": statistics.fmean(d),
@@ -374,7 +392,7 @@ def print_table(per_seed: dict[int, dict], summary: dict, target_ms: float) -> N
     table.add_column("vs target (abs)", justify="right")
     table.add_column("/dense vs target", justify="right")
     table.add_column("vs halp-taylor", justify="right")
-    for name in ("dense", *METHODS):
+    for name in summary["methods"]:
         s = summary[name]
         table.add_row(
             name,
