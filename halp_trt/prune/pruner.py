@@ -60,7 +60,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, tuple]) -> float:
-    """Predicted latency (ms) of layers at given widths: table sum plus overhead.
+    """Predicted latency (ms) of layers at given widths: ``scale * table sum + overhead``.
 
     Raises:
         PruningError: the table does not cover a layer.
@@ -78,7 +78,8 @@ def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, 
                 f"{c_in}->{c_out} channels): {exc}"
             ) from exc
     overhead = getattr(table, "overhead_ms", None) or 0.0
-    return math.fsum(total) + overhead
+    scale = getattr(table, "scale", None) or 1.0
+    return scale * math.fsum(total) + overhead
 
 
 class Pruner:
@@ -389,6 +390,7 @@ class Pruner:
             "cost_model": plan.cost_model,
             "model_ms": plan.model_ms,
             "overhead_ms": plan.overhead_ms,
+            "scale": plan.scale,
             "bundles": plan.bundles,
             "solves": plan.solves,
         }
@@ -487,7 +489,7 @@ class Pruner:
 
 def _table_facts(table: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {}
-    for name in ("path", "fingerprint", "alignment", "overhead_ms"):
+    for name in ("path", "fingerprint", "alignment", "overhead_ms", "scale"):
         value = getattr(table, name, None)
         if value is not None:
             facts[name] = str(value) if name == "path" else value

@@ -129,11 +129,23 @@ class _Network:
     def __init__(self, graph: Any, table: Any) -> None:
         self.graph = graph
         self.table = table
-        # Calibrated as measured - sum(layers): negative when layers timed alone cost
-        # more than inside the network.
+        # The network latency model: scale * sum(layers) + overhead, calibrated on
+        # whole-network measurements (overhead negative when layers timed alone cost
+        # more than inside the network).
         self.overhead = float(getattr(table, "overhead_ms", None) or 0.0)
+        self.scale = float(getattr(table, "scale", 1.0) or 1.0)
         if not math.isfinite(self.overhead):
             raise PruningError(f"the table's overhead_ms is not finite: {self.overhead!r}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise PruningError(f"the table's scale is not a positive number: {self.scale!r}")
+
+    def total(self, layers_ms: float) -> float:
+        """Network latency from the layers' sum."""
+        return self.scale * layers_ms + self.overhead
+
+    def layers_budget(self, budget_ms: float) -> float:
+        """The largest layers' sum whose network latency is within ``budget_ms``."""
+        return (budget_ms - self.overhead) / self.scale
 
     def widths(self, counts: Mapping[int, int]) -> dict[str, tuple[int, int]]:
         return self.graph.widths(counts)
@@ -145,7 +157,7 @@ class _Network:
 
     def latency(self, counts: Mapping[int, int]) -> float:
         """Exact predicted latency (every layer from the table, plus overhead)."""
-        return math.fsum(self.layer_ms(self.widths(counts)).values()) + self.overhead
+        return self.total(math.fsum(self.layer_ms(self.widths(counts)).values()))
 
 
 def _refs(group: Any, layers: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
@@ -346,14 +358,14 @@ def solve_budget(
 
     def solve(ref: Mapping[int, int], room_ms: float) -> tuple[tuple[int, ...], float]:
         costs, constant = _group_costs(net, choices, ref, cost_model)
-        room = room_ms - net.overhead - constant
+        room = net.layers_budget(room_ms) - constant
         try:
             sol = solve_mckp([ch.values for ch in choices], costs, room, resolution)
             pick = sol.choice
         except InfeasibleBudgetError:  # the model thinks nothing fits; the minimum does
             pick = tuple(least)
         model = math.fsum(float(c[k]) for c, k in zip(costs, pick)) + constant
-        return pick, model + net.overhead
+        return pick, net.total(model)
 
     ref = dict(fixed)
     solves = 0
@@ -432,6 +444,7 @@ def solve_budget(
         cost_model=cost_model,
         model_ms=model_ms,
         overhead_ms=net.overhead,
+        scale=net.scale,
         bundles=bundles,
         solves=solves,
     )

@@ -43,7 +43,8 @@ class Plan:
         sizes: group id to the group's full size, for the same groups.
         widths: layer name to its ``(c_in, c_out)`` under the plan (every conv/linear).
         predicted_ms: the network latency model's prediction for the plan: the sum of
-            every layer's table latency at these widths, plus the table's overhead.
+            every layer's table latency at these widths, times the table's scale, plus
+            its overhead.
         budget_ms: the latency budget the plan was solved for.
         value: retained importance (sum of the kept channels' scores).
         total_value: importance of all channels the solver could choose from.
@@ -51,7 +52,8 @@ class Plan:
         model_ms: the cost model's own estimate of the plan's latency (what the
             knapsack saw); equal to ``predicted_ms`` when the model is exact there.
         overhead_ms: the table's whole-network overhead term included in
-            ``predicted_ms`` (measured minus the layers' sum; may be negative).
+            ``predicted_ms`` (may be negative).
+        scale: the table's factor on the layers' sum included in ``predicted_ms``.
         bundles: group id to the bundle size (channels per knapsack item) used.
         solves: how many knapsack solves the cost model needed.
     """
@@ -66,6 +68,7 @@ class Plan:
     cost_model: str
     model_ms: float
     overhead_ms: float = 0.0
+    scale: float = 1.0
     bundles: Mapping[int, int] = field(default_factory=dict)
     solves: int = 1
 
@@ -98,6 +101,7 @@ class Plan:
         for name in ("predicted_ms", "budget_ms", "value", "total_value", "model_ms"):
             _check(math.isfinite(getattr(self, name)), f"{name} is not finite")
         _check(math.isfinite(self.overhead_ms), "overhead_ms is not finite")
+        _check(math.isfinite(self.scale) and self.scale > 0, "scale is not a positive number")
         _check(self.solves >= 1, "solves must be >= 1")
 
     # -- derived -----------------------------------------------------------------------
@@ -127,6 +131,7 @@ class Plan:
             "predicted_ms": self.predicted_ms,
             "model_ms": self.model_ms,
             "overhead_ms": self.overhead_ms,
+            "scale": self.scale,
             "value": self.value,
             "total_value": self.total_value,
             "solves": self.solves,
@@ -170,6 +175,7 @@ class Plan:
                 cost_model=str(d["cost_model"]),
                 model_ms=float(d["model_ms"]),
                 overhead_ms=float(d.get("overhead_ms", 0.0)),
+                scale=float(d.get("scale", 1.0)),
                 solves=int(d.get("solves", 1)),
             )
         except PlanError:

@@ -73,11 +73,43 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-overhead",
         action="store_true",
-        help="do not calibrate the network overhead term on the unpruned model",
+        help="do not calibrate the network latency model on whole-network measurements",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=("affine", "additive"),
+        default="affine",
+        help="network latency model: affine (scale * layers + overhead, fitted on the "
+        "model and copies at 3/4 and 1/2 width; default) or additive (layers + overhead, "
+        "from the unpruned model only)",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="the table file (.db)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+#: Widths of the narrowed copies the affine network latency model is fitted on.
+CALIBRATION_FRACTIONS = (0.75, 0.5)
+
+
+def calibration_variants(model: Any, x: Any, alignment: int) -> list[Any]:
+    """Copies of ``model`` with every prunable channel group at 3/4 and 1/2 width.
+
+    Empty when the model has no prunable group or its channel groups cannot be traced
+    (the calibration is then additive). Channel groups are found by halp-trt's channel
+    graph (same distribution).
+    """
+    import copy
+
+    from halp_trt.errors import PruningError
+    from halp_trt.graph import ChannelGraph, uniform_width
+
+    try:
+        if not ChannelGraph(copy.deepcopy(model), x).prunable:
+            return []
+        return [uniform_width(model, x, f, alignment) for f in CALIBRATION_FRACTIONS]
+    except PruningError:
+        return []
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,11 +163,16 @@ def run(args: argparse.Namespace) -> int:
             return None
         from ..runners import make_runner
 
-        runner = make_runner(args.backend, model, x, **runner_options(args))
-        try:
-            return calibrate_overhead(table, runner, model, x)
-        finally:
-            runner.close()
+        variants = []
+        if args.calibration == "affine":
+            variants = calibration_variants(model, x, table.alignment)
+        return calibrate_overhead(
+            table,
+            lambda m: make_runner(args.backend, m, x, **runner_options(args)),
+            model,
+            x,
+            variants=variants,
+        )
 
     info = {"model": args.model, "input_shape": list(shape)}
     if args.json:

@@ -22,10 +22,13 @@ class FakeTable:
     """A latency table computed on the fly by the analytic roofline backend (the solver
     only needs ``lookup_grid``, ``alignment`` and ``overhead_ms``)."""
 
-    def __init__(self, alignment: int = 8, overhead_ms: float = 0.05, fn=None) -> None:
+    def __init__(
+        self, alignment: int = 8, overhead_ms: float = 0.05, fn=None, scale: float = 1.0
+    ) -> None:
         self.backend = AnalyticBackend(alignment=alignment)
         self.alignment = alignment
         self.overhead_ms = overhead_ms
+        self.scale = scale
         self.fn = fn or self.backend.latency_ms
         self.calls = 0
 
@@ -45,7 +48,7 @@ def exact_ms(graph: ChannelGraph, table: FakeTable, widths) -> float:
         c_in, c_out = widths[name]
         if c_in and c_out:
             total += table.lookup(info.signature, c_in, c_out)
-    return total + table.overhead_ms
+    return table.scale * total + table.overhead_ms
 
 
 def full_ms(graph: ChannelGraph, table: FakeTable) -> float:
@@ -171,6 +174,27 @@ def test_negative_overhead_is_part_of_the_prediction(r20):
     assert plan.overhead_ms == -0.01
     assert plan.predicted_ms <= budget
     assert plan.predicted_ms == pytest.approx(exact_ms(r20, table, plan.widths), rel=1e-12)
+
+
+@pytest.mark.parametrize("cost_model", ["joint", "one-sided"])
+def test_affine_latency_model_scale_is_part_of_the_prediction(r20, cost_model):
+    """With ``scale * layers + overhead`` the plan stays within budget, its prediction is
+    exact, and it is the plan of the same problem stated additively."""
+    affine = FakeTable(overhead_ms=-0.02, scale=1.3)
+    budget = 0.6 * full_ms(r20, affine)
+    plan = solve_budget(r20, affine, random_scores(r20), budget, cost_model=cost_model)
+    assert (plan.scale, plan.overhead_ms) == (1.3, -0.02)
+    assert plan.predicted_ms <= budget
+    assert plan.predicted_ms == pytest.approx(exact_ms(r20, affine, plan.widths), rel=1e-12)
+    if cost_model == "joint":  # one-sided HALP pricing leaves budget unspent by design
+        assert plan.predicted_ms >= 0.9 * budget
+    # The same problem stated additively (budget mapped through the line) gives the
+    # same widths: the scale only changes units.
+    plain = FakeTable(overhead_ms=0.0, scale=1.0)
+    same = solve_budget(
+        r20, plain, random_scores(r20), (budget + 0.02) / 1.3, cost_model=cost_model
+    )
+    assert same.keep_counts == plan.keep_counts
 
 
 # -- scores: any vector; SP-LAMP keeps its strongest channel ----------------------------

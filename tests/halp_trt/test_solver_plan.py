@@ -23,6 +23,7 @@ def make_plan(**overrides) -> Plan:
         "cost_model": "joint",
         "model_ms": 1.2,
         "overhead_ms": -0.05,
+        "scale": 1.1,
         "bundles": {1: 1, 4: 1},
         "solves": 3,
     }
@@ -69,6 +70,8 @@ def test_normalises_types():
         ({"predicted_ms": float("nan")}, "predicted_ms"),
         ({"bundles": {1: 0}}, "bundle"),
         ({"solves": 0}, "solves"),
+        ({"scale": 0.0}, "scale"),
+        ({"scale": float("inf")}, "scale"),
     ],
 )
 def test_invalid_plans_are_refused(overrides, match):

@@ -155,3 +155,42 @@ def test_onnxruntime_build_and_calibrated_overhead(tmp_path):
         pred = predict_latency(table, layers)
         assert pred == pytest.approx(table.overhead["measured_ms"])
         assert table.overhead["normalized"] is True
+
+
+def test_onnxruntime_affine_calibration_on_narrowed_copies(tmp_path):
+    """Calibrating with 3/4- and 1/2-width copies fits scale and overhead on all three
+    measurements; each prediction is the fitted line at its layer sum."""
+    from halp_trt.graph import uniform_width
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 8, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 16, 16)
+    backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
+    path = tmp_path / "t.lut"
+    build_table(path, model, x, backend)
+    with LatencyTable.open(path, writable=True) as table:
+        assert table.alignment == 16
+        variants = [uniform_width(model, x, f, table.alignment) for f in (0.75, 0.5)]
+        assert [v[0].out_channels for v in variants] == [48, 32]
+        over = calibrate_overhead(
+            table, "onnxruntime", model, x, variants=variants, runs=5, min_time_s=0.0
+        )
+        details = table.overhead
+        assert table.overhead_ms == over
+        assert details["model"] in ("affine", "additive")
+        points = details["points"]
+        assert len(points) == 3
+        assert points[0]["layers_ms"] > points[1]["layers_ms"] > points[2]["layers_ms"]
+        for pt, m in zip(points, (model, *variants)):
+            layers = [(i.signature, i.c_in, i.c_out) for i in model_layers(m, x).values()]
+            assert predict_latency(table, layers, overhead=False) == pytest.approx(pt["layers_ms"])
+            assert predict_latency(table, layers) == pytest.approx(
+                table.scale * pt["layers_ms"] + over
+            )
+        with pytest.raises(ValueError, match="runner factory"):
+            from lut_builder.runners import make_runner
+
+            with make_runner("onnxruntime", model, x) as runner:
+                calibrate_overhead(table, runner, model, x, variants=variants, store=False)

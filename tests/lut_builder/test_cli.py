@@ -79,6 +79,10 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     assert json.loads(meta["complete"]) is True
     assert json.loads(meta["fingerprint"])["backend"] == "onnxruntime"
     assert json.loads(meta["overhead_ms"]) is not None
+    # Calibrated on the model and its 3/4- and 1/2-width copies (affine by default).
+    points = json.loads(meta["overhead"])["points"]
+    assert len(points) == 3 and points[0]["layers_ms"] > points[2]["layers_ms"]
+    assert json.loads(meta["scale"]) > 0
 
 
 # Each case starts a Python process that imports torch (seconds on 2 shared cores): the
