@@ -7,9 +7,19 @@ latency from the table (sum of layer lookups + the overhead term calibrated once
 unpruned model) and measure it end to end on the same backend. All models are timed
 round-robin in one run (``time_interleaved``), so machine noise hits them alike.
 
-Two overhead terms are reported: ``table`` (stored in the table at build time: what a user
-of the table gets) and ``run`` (the unpruned model measured in this same interleaved run:
-what the latency model can do when the clock is not drifting between build and use).
+Three calibrations of the network latency model are reported:
+
+- ``table``: stored in the table at build time (what a user of the table gets; affine,
+  ``scale * layers + overhead``, fitted on the model and its 3/4- and 1/2-width copies,
+  unless the table was built with ``--calibration additive``);
+- ``run additive``: ``layers + overhead`` with the overhead from the unpruned model
+  measured in this same interleaved run (the latency model as HALP states it);
+- ``run affine``: the affine map fitted on the unpruned model and the two uniform copies
+  measured in this same run (what the table's model can do without clock drift between
+  build and use).
+
+The uniform copies are timed with the samples but are not samples: errors are over the
+random assignments only.
 
 Run under the benchmark lock, e.g.:
 
@@ -50,18 +60,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-keep", type=float, default=0.25, help="smallest kept fraction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="onnxruntime backend method override")
+    p.add_argument(
+        "--calibration", default="affine", choices=("affine", "additive"),
+        help="the table's calibration when it is built (or recalibrated)",
+    )  # fmt: skip
+    p.add_argument(
+        "--recalibrate", action="store_true",
+        help="with --table: calibrate the given table again with the current model",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="JSON path (default under bench/results)")
     args = p.parse_args(argv)
 
     from halp_trt.graph import ChannelGraph
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
+    from lut_builder.commands.build import CALIBRATION_FRACTIONS, calibration_variants
     from lut_builder.runners import make_runner
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
     from lut_builder.table import (
         LatencyTable,
         calibrate_overhead,
+        fit_calibration,
         measure_end_to_end,
         predict_latency,
     )
@@ -77,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         else ROOT / "bench/results" / (f"lut_fidelity_{tag}_{args.backend}.json")
     )
 
+    def calibrate() -> None:
+        """The network latency model, as `lut-builder build --calibration` fits it."""
+        with LatencyTable.open(table_path, writable=True) as table:
+            affine = args.calibration == "affine"
+            variants = calibration_variants(model, x, table.alignment) if affine else []
+            calibrate_overhead(table, args.backend, model, x, variants=variants)
+
     # 1. The table: built here unless given (build time and points/s recorded).
     build = None
     if args.table is None:
@@ -91,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             info={"model": args.model, "input_shape": list(shape)},
         )  # fmt: skip
         measure_s = res.seconds
-        with LatencyTable.open(table_path, writable=True) as table:
-            calibrate_overhead(table, args.backend, model, x)
+        calibrate()
         build = {
             "points": res.measured,
             "measure_seconds": round(measure_s, 2),
@@ -107,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         table_path = Path(args.table)
+        if args.recalibrate:
+            calibrate()
     table = LatencyTable.open(table_path)
     step = args.step or table.step
 
@@ -115,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     graph0 = ChannelGraph(copy.deepcopy(model), x)
     groups = [(g.id, g.size) for g in graph0.prunable]
     models, assignments = [("unpruned", model)], []
+    uniform = calibration_variants(model, x, table.alignment)
+    models += [(f"uniform_{f:g}", m) for f, m in zip(CALIBRATION_FRACTIONS, uniform)]
+    n_ref = len(models)  # the unpruned model and its uniform copies: not samples
     for s in range(args.samples):
         keep = {}
         for gid, size in groups:
@@ -147,25 +178,29 @@ def main(argv: list[str] | None = None) -> int:
     for r in runners:
         r.close()
 
-    table_over = table.overhead_ms or 0.0
+    table_over, table_scale = table.overhead_ms or 0.0, table.scale
     run_over = meas[0].median_ms - sums[0]
+    run_fit = fit_calibration([(sums[i], meas[i].median_ms) for i in range(n_ref)])
     rows = []
     for (name, _), s, t in zip(models, sums, meas):
-        pred_t, pred_r = s + table_over, s + run_over
+        pred_t, pred_r, pred_a = table_scale * s + table_over, s + run_over, run_fit.predict(s)
         rows.append(
             {
                 "model": name,
+                "sample": len(rows) >= n_ref,
                 "measured_ms": t.median_ms,
                 "measured_spread": t.spread,
                 "layers_ms": s,
                 "pred_table_ms": pred_t,
                 "pred_run_ms": pred_r,
+                "pred_run_affine_ms": pred_a,
                 "err_table": (pred_t - t.median_ms) / t.median_ms,
                 "err_run": (pred_r - t.median_ms) / t.median_ms,
+                "err_run_affine": (pred_a - t.median_ms) / t.median_ms,
                 "speedup": meas[0].median_ms / t.median_ms,
             }
         )
-    pruned = rows[1:]
+    pruned = [r for r in rows if r["sample"]]
 
     def stats(key: str) -> dict[str, float]:
         errs = [abs(r[key]) for r in pruned]
@@ -180,7 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "table_fingerprint": table.fingerprint,
         "table_overhead_ms": table_over,
+        "table_scale": table_scale,
+        "table_calibration": (table.overhead or {}).get("model", "additive"),
         "run_overhead_ms": run_over,
+        "run_affine": {
+            "scale": run_fit.scale,
+            "overhead_ms": run_fit.overhead_ms,
+            "kind": run_fit.kind,
+            "note": run_fit.note,
+        },
         "step": step,
         "samples": args.samples,
         "rounds": args.rounds,
@@ -191,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "build": build,
         "errors_table_overhead": stats("err_table"),
         "errors_run_overhead": stats("err_run"),
+        "errors_run_affine": stats("err_run_affine"),
         "targets": {"median_abs": 0.05, "max_abs": 0.10},
         "rows": rows,
         "assignments": assignments,
@@ -219,7 +263,8 @@ def _print(r: dict) -> None:
         "spread",
         "predicted ms",
         "error",
-        "err (run ovh)",
+        "err (run add.)",
+        "err (run aff.)",
     ):
         t.add_column(c, justify="right")
     for row in r["rows"]:
@@ -231,12 +276,14 @@ def _print(r: dict) -> None:
             f"{row['pred_table_ms']:.3f}",
             f"{100 * row['err_table']:+.1f}%",
             f"{100 * row['err_run']:+.1f}%",
+            f"{100 * row['err_run_affine']:+.1f}%",
         )
     con = Console()
     con.print(t)
     for key, label in (
-        ("errors_table_overhead", "table overhead"),
-        ("errors_run_overhead", "run overhead"),
+        ("errors_table_overhead", f"table ({r['table_calibration']})"),
+        ("errors_run_overhead", "run, additive"),
+        ("errors_run_affine", "run, affine"),
     ):
         e = r[key]
         con.print(
