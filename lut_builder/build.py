@@ -222,6 +222,7 @@ class BuildResult:
     seconds: float
     complete: bool
     overhead_ms: float | None = None
+    scale: float = 1.0
 
     @property
     def points_per_s(self) -> float:
@@ -237,6 +238,7 @@ class BuildResult:
             "points_per_s": self.points_per_s,
             "complete": self.complete,
             "overhead_ms": self.overhead_ms,
+            "scale": self.scale,
         }
 
 
@@ -359,6 +361,8 @@ def build_table(
         # resuming a table whose calibration was interrupted.
         if calibrate is not None and overhead is None and (newly or (complete and n == 1)):
             overhead = calibrate(table)
-        return BuildResult(Path(path), len(plan), measured, skipped, seconds, complete, overhead)
+        return BuildResult(
+            Path(path), len(plan), measured, skipped, seconds, complete, overhead, table.scale
+        )
     finally:
         table.close()

@@ -189,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     state = "complete" if result.complete else "incomplete (other shards still to run)"
-    over = "" if result.overhead_ms is None else f", overhead {result.overhead_ms:+.3f} ms"
+    over = ""
+    if result.overhead_ms is not None:
+        over = f", latency model {result.scale:.3f} x layers {result.overhead_ms:+.3f} ms"
     print(
         f"{out}: {result.measured} points measured in {result.seconds:.1f} s "
         f"({result.points_per_s:.2f} points/s), {result.planned} planned, table {state}{over}"

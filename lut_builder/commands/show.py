@@ -59,7 +59,12 @@ def _render(s: dict[str, Any]) -> None:
     )
     status = "complete" if s["complete"] else f"[red]incomplete[/] ({s['missing']} missing)"
     over = s["overhead_ms"]
-    over_txt = "not calibrated" if over is None else f"{over:+.4f} ms"
+    scale = s.get("scale", 1.0)
+    over_txt = (
+        "not calibrated"
+        if over is None
+        else f"{over:+.4f} ms" + ("" if scale == 1.0 else f", scale {scale:.3f} on the layers")
+    )
     con.print(
         f"alignment {s['alignment']} · step {s['step']} · {s['points']} points · {status} · "
         f"overhead {over_txt} · strategy {s['info'].get('strategy')} · model "

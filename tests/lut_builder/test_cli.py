@@ -73,7 +73,7 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "points measured" in res.stdout and "table complete" in res.stdout
-    assert "overhead" in res.stdout
+    assert "latency model" in res.stdout and "x layers" in res.stdout
     con = sqlite3.connect(tmp_path / "t.lut")
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     assert json.loads(meta["complete"]) is True
