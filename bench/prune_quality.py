@@ -24,7 +24,18 @@ model's predicted latency. Per seed:
    the halp-trt model's latency lies between the two. All fine-tune for the same
    ``--epochs`` with the same optimiser settings.
 4. All models are timed round-robin in one run (``time_interleaved``, thread clock,
-   ONNX Runtime CPU, one intra-op thread).
+   ONNX Runtime CPU, one intra-op thread), each run once untimed right before each
+   timed run: a deployed model runs alone and warm, while eight models taking turns
+   evict each other from the caches (timed cold, the 0.5x model measured 0.53x of the
+   dense one instead of 0.50x).
+5. Equal latency: each baseline's accuracy at the halp-trt model's measured latency is
+   interpolated linearly between its two runs (``... at equal latency`` in the
+   summary: halp-trt minus baseline, per seed, mean and spread over the seeds).
+
+Two fine-tuning budgets tell different things: with ``--epochs 5`` every method
+recovers on digits (a saturated task: one validation image is 0.28 points); with
+``--epochs 2 --steps 5 --out bench/results/prune_quality_short.json`` how much a
+method keeps at pruning time still shows.
 
 The CIFAR ResNet is ResNet-20 at 1.5x width (24/48/96 channels), not ResNet-56 and
 not the standard 16/32/64 ResNet-20: on this CPU ONNX Runtime computes convolutions in
@@ -84,17 +95,21 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
+    from lut_builder.commands.build import calibration_variants
     from lut_builder.runners import make_runner
     from lut_builder.table import LatencyTable, calibrate_overhead
 
     if not path.exists():
 
         def calibrate(table: Any) -> float:
-            runner = make_runner("onnxruntime", model, x, threads=1)
-            try:
-                return calibrate_overhead(table, runner, model, x)
-            finally:
-                runner.close()
+            # As `lut-builder build` does: affine, on the model and its 3/4 and 1/2 copies.
+            return calibrate_overhead(
+                table,
+                lambda m: make_runner("onnxruntime", m, x, threads=1),
+                model,
+                x,
+                variants=calibration_variants(model, x, table.alignment),
+            )
 
         with bench_lock():
             backend = get_backend("onnxruntime")
@@ -113,7 +128,7 @@ def measure_interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: i
         try:
             names = list(runners)
             samples = time_interleaved(
-                [runners[n] for n in names], warmup=20, rounds=rounds, clock="thread"
+                [runners[n] for n in names], warmup=20, rounds=rounds, clock="thread", warm=True
             )
         finally:
             for r in runners.values():
@@ -131,18 +146,11 @@ def measure_interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: i
 def uniform_prune(dense: nn.Module, x: torch.Tensor, fraction: float, align: int) -> nn.Module:
     """Every prunable group keeps ``fraction`` of its channels (largest L2 filter norms),
     rounded to a multiple of ``align`` (at least ``align``, at most all)."""
-    from halp_trt.graph import ChannelGraph
+    from halp_trt.graph import ChannelGraph, uniform_width
     from halp_trt.importance import get_importance
 
-    model = copy.deepcopy(dense).eval()
-    graph = ChannelGraph(model, x)
-    scores = get_importance("l2")(graph).scores()
-    keep = {}
-    for g in graph.prunable:
-        k = int(round(fraction * g.size / align)) * align
-        k = min(g.size, max(align, k, 1))
-        keep[g.id] = sorted(np.argsort(-scores[g.id], kind="stable")[:k].tolist())
-    return graph.remove(keep)
+    scores = get_importance("l2")(ChannelGraph(copy.deepcopy(dense).eval(), x)).scores()
+    return uniform_width(dense, x, fraction, align, scores=scores)
 
 
 def tp_prune(dense: nn.Module, x: torch.Tensor, ratio: float, align: int) -> nn.Module:
@@ -177,7 +185,7 @@ def measure_ratio(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int = 100
         ra = make_runner("onnxruntime", a.eval(), x, threads=1)
         rb = make_runner("onnxruntime", b.eval(), x, threads=1)
         try:
-            sa, sb = time_interleaved([ra, rb], warmup=10, rounds=rounds, clock="thread")
+            sa, sb = time_interleaved([ra, rb], warmup=10, rounds=rounds, clock="thread", warm=True)
         finally:
             ra.close()
             rb.close()
@@ -375,9 +383,46 @@ def summarise(per_seed: dict[int, dict], target_ms: float, fraction: float | Non
                     for s in per_seed.values()
                 ],
             }
+    for halp in ("halp-taylor", "halp-sp-lamp"):
+        for base in ("uniform", "tp-l2-global"):
+            if base in names and f"{base}+" in names:
+                summary[f"{halp} - {base} at equal latency"] = equal_latency(per_seed, halp, base)
     over = [s["halp-taylor"]["pruning_overhead"] for s in per_seed.values()]
     summary["pruning_overhead"] = {"per_seed": over, "max": max(over)}
     return summary
+
+
+def equal_latency(per_seed: dict[int, dict], halp: str, base: str) -> dict[str, Any]:
+    """``halp``'s accuracy minus ``base``'s at ``halp``'s measured latency, per seed.
+
+    Aligned widths move in steps, so a baseline cannot be brought to exactly the same
+    latency; it is trained at two adjacent steps (``base`` and ``base+``), and its
+    accuracy at ``halp``'s measured latency (ratio to the dense model, timed in the same
+    run) is interpolated linearly between the two. When the two do not bracket it, the
+    nearer one is used and the seed is reported as not bracketed.
+    """
+    diffs, bracketed, at = [], [], []
+    for s in per_seed.values():
+        r_h, acc_h = s[halp]["measured"]["ratio_to_dense"], s[halp]["val_acc"]
+        pts = sorted(
+            (s[n]["measured"]["ratio_to_dense"], s[n]["val_acc"]) for n in (base, f"{base}+")
+        )
+        (r1, a1), (r2, a2) = pts
+        inside = r1 <= r_h <= r2
+        if inside and r2 > r1:
+            acc_b = a1 + (a2 - a1) * (r_h - r1) / (r2 - r1)
+        else:
+            acc_b = a1 if abs(r_h - r1) <= abs(r_h - r2) else a2
+        diffs.append(acc_h - acc_b)
+        bracketed.append(inside)
+        at.append(r_h)
+    return {
+        "acc_diff_mean": statistics.fmean(diffs),
+        "acc_diff_std": statistics.pstdev(diffs),
+        "per_seed": diffs,
+        "bracketed": bracketed,
+        "halp_ratio_to_dense": at,
+    }
 
 
 def print_table(per_seed: dict[int, dict], summary: dict, target_ms: float) -> None:
@@ -406,7 +451,17 @@ def print_table(per_seed: dict[int, dict], summary: dict, target_ms: float) -> N
     console = Console(width=150)
     console.print(table)
     for key, s in summary.items():
-        if " - " in key:
+        if key.endswith("at equal latency"):
+            console.print(
+                f"{key}: accuracy {s['acc_diff_mean']:+.4f} ± {s['acc_diff_std']:.4f} "
+                "(per seed "
+                + " ".join(
+                    f"{d:+.4f}{'' if b else ' (not bracketed)'}"
+                    for d, b in zip(s["per_seed"], s["bracketed"])
+                )
+                + ")"
+            )
+        elif " - " in key:
             console.print(
                 f"{key}: accuracy {s['acc_diff_mean']:+.4f} (min {s['acc_diff_min']:+.4f}, max "
                 f"{s['acc_diff_max']:+.4f}); latency ratio "
@@ -476,11 +531,12 @@ def main(argv: list[str] | None = None) -> int:
         "target": args.target,
         "target_ms": target_ms,
         "table": {
-            "path": str(table_path),
+            "file": table_path.name,
             "fingerprint": table.fingerprint,
             "alignment": table.alignment,
             "step": table.step,
             "overhead_ms": table.overhead_ms,
+            "scale": table.scale,
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
         "summary": summary,
