@@ -125,8 +125,50 @@ def test_repeated_sigkill_at_varied_moments(workdir):
     _check_resume(workdir, [1, 150, 900, 1500])
 
 
+# Starts `lut-builder build` once its imports are done and a barrier file appears, so two
+# processes begin measuring together: the analytic points of a shard take well under a
+# second, less than the spread of two Python processes' start-up times.
+AT_BARRIER = textwrap.dedent(
+    """
+    import os, sys, time
+    import lut_builder.cli, torch  # the slow part, before the barrier
+    barrier, ready = sys.argv[1], sys.argv[2]
+    open(ready, "w").close()
+    while not os.path.exists(barrier):
+        time.sleep(0.001)
+    raise SystemExit(lut_builder.cli.main(sys.argv[3:]))
+    """
+)
+
+
 def test_two_processes_fill_one_table(workdir):
-    procs = [_start(workdir, "--shard", f"{i}/2") for i in range(2)]
+    barrier = workdir / "go"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                AT_BARRIER,
+                str(barrier),
+                str(workdir / f"ready{i}"),
+                "build",
+                *BUILD,
+                "--shard",
+                f"{i}/2",
+            ],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((workdir / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    barrier.touch()
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
