@@ -9,7 +9,8 @@
 #
 # Results go to $RESULTS (default bench/results/gpu); tables to $WORK (default
 # /tmp/halp-trt-gpu). Every JSON records the device it ran on. Set DEVICE=cpu, BATCH and
-# MODELS to smoke-test the script without a GPU (the figures then mean nothing).
+# MODELS (and TARGET, default 0.5x) to smoke-test the script without a GPU (the figures
+# then mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ PART=${1:?usage: bench/gpu_suite.sh tables|fidelity|prune|inspect}
 DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-fp16}
 BATCH=${BATCH:-32}
+TARGET=${TARGET:-0.5x}
 SIZE=${SIZE:-224}
 MODELS=${MODELS:-torchvision:resnet18 torchvision:resnet50 torchvision:mobilenet_v2}
 RESULTS=${RESULTS:-bench/results/gpu}
@@ -59,19 +61,26 @@ prune)
   "$PY" - "$WORK/random.npz" "$SIZE" <<'PY'
 import sys, numpy as np
 rng = np.random.default_rng(0)
-n, size = 256, int(sys.argv[2])
+n, size = 512, int(sys.argv[2])
 np.savez(sys.argv[1], images=rng.standard_normal((n, 3, size, size)).astype(np.float32),
-         labels=rng.integers(0, 1000, n))
+         labels=rng.integers(0, 10, n))  # valid for any classifier with >= 10 classes
 PY
   for m in $MODELS; do
     s=$(slug "$m")
     rm -rf "$WORK/pruned_$s"
-    "$PY" -m halp_trt prune --model "$m" --data "npz:$WORK/random.npz" \
-      --lut "$WORK/${s}_b${BATCH}.lut" --target 0.5x --input-shape "$BATCH,3,$SIZE,$SIZE" \
-      --epochs 1 --steps 5 --batch-size 32 --device "$DEVICE" --no-progress --out "$WORK/pruned_$s"
+    if ! "$PY" -m halp_trt prune --model "$m" --data "npz:$WORK/random.npz" \
+      --lut "$WORK/${s}_b${BATCH}.lut" --target "$TARGET" --input-shape "$BATCH,3,$SIZE,$SIZE" \
+      --epochs 2 --steps 5 --batch-size 32 --device "$DEVICE" --no-progress --out "$WORK/pruned_$s" \
+      2> "$RESULTS/prune_${s}.err"; then
+      cat "$RESULTS/prune_${s}.err" >&2
+      echo "prune failed for $m (kept in $RESULTS/prune_${s}.err); next model" >&2
+      continue
+    fi
+    rm -f "$RESULTS/prune_${s}.err"
     cp "$WORK/pruned_$s/plan.json" "$RESULTS/plan_${s}.json"
     "$PY" -m halp_trt verify --original "$m" --pruned "$WORK/pruned_$s/model.pt" --backend torch \
-      --device "$DEVICE" --precision "$PRECISION" --batch "$BATCH" --plan "$WORK/pruned_$s/plan.json" \
+      --device "$DEVICE" --precision "$PRECISION" --input-shape "$BATCH,3,$SIZE,$SIZE" \
+      --plan "$WORK/pruned_$s/plan.json" \
       --out "$RESULTS/verify_${s}_b${BATCH}.json" || true   # a missed budget exits 1: keep going
   done ;;
 inspect)

@@ -1,0 +1,55 @@
+"""bench/gpu_suite.sh without a GPU: its parts run on the torch CPU backend with a small
+model, so a renamed flag or a broken step shows here before a GPU machine runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_suite_parts_run_on_cpu(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "PRECISION": "fp32",
+        "MODELS": "halp_trt.models:resnet20",
+        "CLASSIFIERS": "halp_trt.models:resnet20",
+        "SIZE": "32",
+        "BATCH": "2",
+        "TARGET": "0.95x",
+        "RESULTS": str(tmp_path / "results"),
+        "WORK": str(tmp_path / "work"),
+    }
+
+    def part(name: str) -> None:
+        res = subprocess.run(
+            ["bash", str(ROOT / "bench/gpu_suite.sh"), name],
+            env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+
+    results = tmp_path / "results"
+    slug = "halp_trt_models_resnet20"
+    part("tables")
+    build = json.loads((results / f"lut_build_{slug}_b2.json").read_text())
+    assert build["complete"] and build["planned"] == build["measured"] > 0
+    assert json.loads((results / "device_tables.json").read_text())["cuda"] is None
+    part("prune")
+    assert not (results / f"prune_{slug}.err").exists()
+    plan = json.loads((results / f"plan_{slug}.json").read_text())
+    assert plan["predicted_ms"] <= plan["budget_ms"]
+    verify = json.loads((results / f"verify_{slug}_b2.json").read_text())
+    assert verify["speedup"]["median"] > 0
+    part("inspect")
+    rows = json.loads((results / "inspect_torchvision.json").read_text())
+    assert rows[0]["rc"] == 0 and rows[0]["check"]["passed"]
