@@ -131,3 +131,36 @@ def test_render_skips_plots_without_data(tmp_path):
     assert plots == {}
     md = Path(tmp_path / "report.md").read_text()
     assert "not available for this run" in md
+
+
+def test_predicted_vs_measured_plot_draws_a_relative_target_on_the_measured_original(
+    tmp_path, monkeypatch
+):
+    """A 0.5x target is judged on the measured ratio, so its line is half the measured
+    original, not the table's milliseconds (which differ from a wall clock's)."""
+    import matplotlib.axes
+
+    from halp_trt.report import render
+    from halp_trt.report.render import _relative_target
+
+    assert _relative_target("0.5x") == 0.5 and _relative_target("3ms") is None
+    assert _relative_target("abcx") is None and _relative_target(None) is None
+    lines = []
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axhline", lambda self, y, **kw: lines.append(("h", y))
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axvline", lambda self, x, **kw: lines.append(("v", x))
+    )
+    report = {
+        "model": "m",
+        "target": {"spec": "0.5x", "ms": 5.5},
+        "baseline": {"latency_ms": 18.0, "predicted_ms": 11.0},
+        "pruned": {"latency_ms": 8.5, "predicted_ms": 5.4},
+    }
+    plots = render(report, tmp_path)
+    assert (tmp_path / plots["predicted_vs_measured"]).exists()
+    assert lines == [("h", 9.0), ("v", 5.5)]
+    lines.clear()
+    render({**report, "target": {"spec": "6ms", "ms": 6.0}}, tmp_path)
+    assert lines == [("h", 6.0)]
