@@ -424,6 +424,8 @@ class Pipeline:
             self.backend,
             "--plan",
             self._path("pruned/plan.json"),
+            "--lut",
+            self._path("lut.db"),
             "--rounds",
             self.args.verify_rounds,
             "--out",

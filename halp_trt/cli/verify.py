@@ -46,6 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="least duration of one timed chunk; chunks alternate between the models",
     )
     p.add_argument("--plan", help="plan.json of the pruned model: predicted vs measured")
+    p.add_argument(
+        "--lut",
+        metavar="FILE",
+        help="with --plan: the plan's latency table; when it was measured against a "
+        "reference workload, also time both models in its unit (prediction error without "
+        "the machine's current speed)",
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads (onnxruntime, torch on CPU)")
     p.add_argument("--device", default=None, help="torch: cpu or cuda[:N]; tensorrt: GPU index")
     p.add_argument(
@@ -141,6 +148,25 @@ def load_plan(path: str) -> Any:
         return Plan.load(path)
 
 
+def open_table(path: str, backend: str, plan: Any) -> Any:
+    """The latency table given with ``--lut``, checked against the backend.
+
+    Raises:
+        UserError: no ``--plan``, a missing or invalid table, or one measured on
+            another backend.
+    """
+    from lut_builder.table import LatencyTable
+
+    if plan is None:
+        raise UserError("--lut needs --plan: it compares the plan's prediction in the table's unit")
+    table = LatencyTable.open(path, force=True)
+    measured_on = table.fingerprint.get("backend")
+    if measured_on != backend:
+        table.close()
+        raise UserError(f"--lut {path} was measured on {measured_on}, not {backend}")
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     from ..verify import verify_models
 
@@ -150,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     pruned, d1 = resolve_model(args.pruned, args.backend, args.force)
     shape = input_shape([d0, d1], args.input_shape, args.batch)
     plan = load_plan(args.plan) if args.plan else None
+    table = open_table(args.lut, args.backend, plan) if args.lut else None
     options: dict[str, Any] = {}
     if args.backend == "onnxruntime":
         options["threads"] = args.threads
@@ -175,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_ms=args.chunk_ms,
         plan=plan,
         sources=(args.original, args.pruned),
+        table=table,
         **options,
     )
     if args.record:
@@ -261,3 +289,13 @@ def _print(report: Any) -> None:
                 f"plan: predicted speed-up {p['predicted_speedup']:.3f}x, measured "
                 f"{p['measured_speedup']:.3f}x"
             )
+        if "table_unit" in p:
+            u = p["table_unit"]
+            base = f", original {u['base_error']:+.1%}" if "base_error" in u else ""
+            console.print(
+                f"in the table's unit (timed against its reference workload): pruned "
+                f"{u['pruned_ms']:.3f} ms, original {u['original_ms']:.3f} ms; prediction "
+                f"error pruned {u['error']:+.1%}{base}"
+            )
+    for note in report.notes:
+        console.print(f"note: {note}")

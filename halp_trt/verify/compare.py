@@ -205,6 +205,7 @@ def verify_models(
     plan: Any = None,
     labels: tuple[str, str] = ("original", "pruned"),
     sources: tuple[str, str] = ("", ""),
+    table: Any = None,
     **options: Any,
 ) -> VerifyReport:
     """Time ``original`` and ``pruned`` on one backend, interleaved; see the module notes.
@@ -221,6 +222,11 @@ def verify_models(
         plan: a :class:`halp_trt.solver.Plan` (with ``base_ms`` when it is a pruning
             run's plan) for predicted vs measured latency, or None.
         labels, sources: names shown for the two models.
+        table: the plan's :class:`lut_builder.LatencyTable`, or None. When it was measured
+            against a reference workload (a shared CPU), both models are also timed
+            against that reference after the main rounds, giving milliseconds in the
+            table's unit: the prediction's error without the machine's current speed
+            in it.
         **options: backend options for the runners (``threads``, ``device``, ...).
 
     Returns:
@@ -258,6 +264,7 @@ def verify_models(
         times, inner = time_pair(
             runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms, chunk_ms=chunk_ms
         )
+        in_table_unit, unit_note = _time_in_table_unit(table, runners, warmup, rounds)
     finally:
         for r in runners:
             r.close()
@@ -289,11 +296,37 @@ def verify_models(
         speedup=speedup_stats(times[0], times[1]),
     )
     if plan is not None:
-        report.plan = plan_comparison(plan, report)
+        report.plan = plan_comparison(plan, report, in_table_unit)
+    if unit_note:
+        report.notes.append(unit_note)
     return report
 
 
-def plan_comparison(plan: Any, report: VerifyReport) -> dict[str, Any]:
+def _time_in_table_unit(
+    table: Any, runners: Sequence[Any], warmup: int, rounds: int
+) -> tuple[tuple[float, float] | None, str]:
+    """Both models' median latency in the table's unit, or None and why not."""
+    if table is None:
+        return None, ""
+    if table.reference is None:
+        return None, ""  # the table is in plain milliseconds already
+    table_clock = (table.fingerprint.get("options") or {}).get("clock")
+    if table_clock and runners[0].clock != table_clock:
+        return None, (
+            f"not timed in the table's unit: the table used the {table_clock} clock, these "
+            f"runners the {runners[0].clock} clock (use the table's thread count)"
+        )
+    from lut_builder.table import measure_end_to_end
+
+    t = measure_end_to_end(
+        table, list(runners), warmup=warmup, runs=max(20, rounds), min_time_s=None
+    )
+    return (t[0].median_ms, t[1].median_ms), ""
+
+
+def plan_comparison(
+    plan: Any, report: VerifyReport, in_table_unit: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """Predicted vs measured latency, and whether the budget was met.
 
     A budget given relative to the unpruned model (a pruning plan whose target ends in
@@ -301,6 +334,10 @@ def plan_comparison(plan: Any, report: VerifyReport) -> dict[str, Any]:
     against budget/base predicted, which a table's absolute bias (layers it does not
     price, another machine's speed) cannot skew. An absolute budget (``3ms``, or a
     solver plan without the unpruned model's prediction) is checked in milliseconds.
+
+    ``in_table_unit``: the original's and the pruned model's latency timed against the
+    table's reference workload (see :func:`verify_models`); the prediction errors in
+    those units are added under ``table_unit``.
     """
     measured = report.pruned.median_ms
     predicted = float(plan.predicted_ms)
@@ -324,4 +361,14 @@ def plan_comparison(plan: Any, report: VerifyReport) -> dict[str, Any]:
             out["budget_ratio"] = budget / float(base)
             out["measured_ratio"] = 1.0 / report.speedup.median
             out["within_budget"] = out["measured_ratio"] <= out["budget_ratio"]
+    if in_table_unit is not None:
+        orig, pruned = in_table_unit
+        unit: dict[str, Any] = {
+            "pruned_ms": pruned,
+            "error": (predicted - pruned) / pruned,
+            "original_ms": orig,
+        }
+        if base:
+            unit["base_error"] = (float(base) - orig) / orig
+        out["table_unit"] = unit
     return out

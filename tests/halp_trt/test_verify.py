@@ -132,6 +132,57 @@ def test_plan_comparison_reports_error_budget_and_predicted_speedup():
     assert plan_comparison(rel, report)["within_budget"] is False
 
 
+def test_plan_comparison_in_the_table_unit():
+    report = types.SimpleNamespace(
+        pruned=types.SimpleNamespace(median_ms=3.0),
+        original=types.SimpleNamespace(median_ms=6.0),
+        speedup=types.SimpleNamespace(median=2.0),
+    )
+    plan = types.SimpleNamespace(predicted_ms=2.2, budget_ms=2.5, base_ms=4.4)
+    assert "table_unit" not in plan_comparison(plan, report)
+    unit = plan_comparison(plan, report, (4.0, 2.0))["table_unit"]
+    assert unit["pruned_ms"] == 2.0 and unit["original_ms"] == 4.0
+    assert unit["error"] == pytest.approx(0.1) and unit["base_error"] == pytest.approx(0.1)
+
+
+def test_verify_onnxruntime_in_the_table_unit(tmp_path):
+    """With the plan's table (measured against a reference workload), both models are
+    also timed in the table's unit, where a model's prediction is close to its
+    measurement whatever the machine's speed at the time."""
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+    from lut_builder.signatures import model_layers
+    from lut_builder.table import LatencyTable, calibrate_overhead, predict_latency
+
+    wide, narrow = wide_and_narrow()
+    x = torch.randn(1, 3, 16, 16)
+    build_table(tmp_path / "t.lut", wide, x, get_backend("onnxruntime", runs=5, min_time_s=0.0))
+    with LatencyTable.open(tmp_path / "t.lut", writable=True) as table:
+        calibrate_overhead(table, "onnxruntime", wide, x, runs=10, min_time_s=0.0)
+
+        def predicted(m):
+            layers = model_layers(m, x).values()
+            return predict_latency(table, [(i.signature, i.c_in, i.c_out) for i in layers])
+
+        plan = types.SimpleNamespace(
+            predicted_ms=predicted(narrow), budget_ms=1e9, base_ms=predicted(wide)
+        )
+        r = verify_models(
+            wide, narrow, backend="onnxruntime", input_shape=(1, 3, 16, 16), rounds=5,
+            warmup=1, min_block_ms=5, plan=plan, table=table, threads=1,
+        )  # fmt: skip
+        unit = r.plan["table_unit"]
+        assert unit["original_ms"] > 5 * unit["pruned_ms"] > 0
+        # The calibration measured the wide model the same way: its prediction holds.
+        assert abs(unit["base_error"]) < 0.3, unit
+        # Two threads run on the wall clock, the table on the thread clock: not compared.
+        r2 = verify_models(
+            wide, narrow, backend="onnxruntime", input_shape=(1, 3, 16, 16), rounds=3,
+            warmup=0, min_block_ms=5, plan=plan, table=table, threads=2,
+        )  # fmt: skip
+        assert "table_unit" not in r2.plan and "clock" in r2.notes[0]
+
+
 # --- CLI ------------------------------------------------------------------------------
 
 
@@ -185,6 +236,11 @@ def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
             ["--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch",
              "--input-shape", "1,3,8,8", "--record"],
             "engine sidecars",
+        ),
+        (
+            ["--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch",
+             "--input-shape", "1,3,8,8", "--lut", "t.lut"],
+            "--lut needs --plan",
         ),
         pytest.param(
             ["--original", "none.pt", "--pruned", "narrow.pt", "--backend", "torch",
