@@ -108,12 +108,17 @@ def test_verify_refuses_bad_requests():
         verify_models(wide, narrow, backend="torch", input_shape=(1, 5, 8, 8), rounds=3)
 
 
-def test_plan_comparison_reports_error_budget_and_predicted_speedup():
-    report = types.SimpleNamespace(
-        pruned=types.SimpleNamespace(median_ms=2.0),
-        original=types.SimpleNamespace(median_ms=4.0),
-        speedup=types.SimpleNamespace(median=1.9),
+def fake_report(pruned_ms: float, original_ms: float, speedup: float) -> types.SimpleNamespace:
+    """What plan_comparison reads of a VerifyReport."""
+    return types.SimpleNamespace(
+        pruned=types.SimpleNamespace(median_ms=pruned_ms),
+        original=types.SimpleNamespace(median_ms=original_ms),
+        speedup=types.SimpleNamespace(median=speedup),
     )
+
+
+def test_plan_comparison_reports_error_budget_and_predicted_speedup():
+    report = fake_report(pruned_ms=2.0, original_ms=4.0, speedup=1.9)
     plan = types.SimpleNamespace(predicted_ms=2.2, budget_ms=2.5, base_ms=4.4)
     p = plan_comparison(plan, report)
     assert p["error"] == pytest.approx(0.1) and p["within_budget"] is True
@@ -133,11 +138,7 @@ def test_plan_comparison_reports_error_budget_and_predicted_speedup():
 
 
 def test_plan_comparison_in_the_table_unit():
-    report = types.SimpleNamespace(
-        pruned=types.SimpleNamespace(median_ms=3.0),
-        original=types.SimpleNamespace(median_ms=6.0),
-        speedup=types.SimpleNamespace(median=2.0),
-    )
+    report = fake_report(pruned_ms=3.0, original_ms=6.0, speedup=2.0)
     plan = types.SimpleNamespace(predicted_ms=2.2, budget_ms=2.5, base_ms=4.4)
     assert "table_unit" not in plan_comparison(plan, report)
     unit = plan_comparison(plan, report, (4.0, 2.0))["table_unit"]
