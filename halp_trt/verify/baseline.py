@@ -8,8 +8,6 @@ leaves about ``f**2`` of the convolutions' multiply-accumulates.
 
 from __future__ import annotations
 
-import copy
-import math
 from typing import Any
 
 
@@ -25,14 +23,9 @@ def uniform_keep(graph: Any, fraction: float, *, multiple: int = 1) -> dict[int,
     Raises:
         ValueError: a fraction outside (0, 1] or a multiple below 1.
     """
-    if not 0 < fraction <= 1 or multiple < 1:
-        raise ValueError("fraction must be in (0, 1] and multiple >= 1")
-    keep = {}
-    for g in graph.prunable:
-        k = math.ceil(fraction * g.size)
-        k = min(g.size, math.ceil(k / multiple) * multiple)
-        keep[g.id] = list(range(max(1, k)))
-    return keep
+    from ..graph import uniform_keep as keep_plan
+
+    return keep_plan(graph, fraction, multiple, rounding="up")
 
 
 def uniform_prune(model: Any, example_input: Any, fraction: float, *, multiple: int = 1) -> Any:
@@ -41,8 +34,6 @@ def uniform_prune(model: Any, example_input: Any, fraction: float, *, multiple: 
     Returns:
         The slim ``nn.Module`` (eval mode); ``model`` is left as it was.
     """
-    from ..graph import ChannelGraph
+    from ..graph import uniform_width
 
-    clone = copy.deepcopy(model).eval()
-    graph = ChannelGraph(clone, example_input)
-    return graph.remove(uniform_keep(graph, fraction, multiple=multiple)).eval()
+    return uniform_width(model, example_input, fraction, multiple, rounding="up")
