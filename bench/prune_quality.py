@@ -500,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench/results/prune_quality.json"))
     args = p.parse_args(argv)
 
+    from halp_trt.prune.schedule import target_fraction
     from halp_trt.train import load_data
 
     torch.set_num_threads(args.threads)
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         per_seed[seed] = run_seed(seed, args, data, table, x, log)
     target_ms = per_seed[args.seeds[0]]["halp-taylor"]["target_ms"]
-    fraction = float(args.target[:-1]) if args.target.strip().endswith("x") else None
+    fraction = target_fraction(args.target)
     summary = summarise(per_seed, target_ms, fraction)
     print_table(per_seed, summary, target_ms)
     result = {

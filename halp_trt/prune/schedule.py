@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from ..errors import PruningError
 
@@ -69,6 +70,16 @@ def split_target(target: str | float) -> tuple[float, str]:
     if not (value > 0 and math.isfinite(value)):
         raise PruningError(f"latency target {target!r} must be positive")
     return value, unit
+
+
+def target_fraction(target: Any) -> float | None:
+    """The fraction of a relative target (``"0.5x"`` -> 0.5); None for an absolute,
+    missing or malformed one."""
+    try:
+        value, unit = split_target(target)
+    except PruningError:
+        return None
+    return value if unit == "x" else None
 
 
 def parse_target(target: str | float, base_ms: float) -> float:

@@ -149,7 +149,9 @@ def _plot_pred_vs_meas(report: dict, path: Path, _: Path) -> bool:
     for name, pred, meas in pts:
         ax.scatter([pred], [meas], s=60, label=name)
     target = report.get("target", {})
-    fraction = _relative_target(target.get("spec"))
+    from ..prune.schedule import target_fraction
+
+    fraction = target_fraction(target.get("spec"))
     base_meas = report.get("baseline", {}).get("latency_ms")
     if fraction is not None and base_meas:
         # A relative target is judged on the measured ratio: its line is that fraction of
@@ -168,16 +170,6 @@ def _plot_pred_vs_meas(report: dict, path: Path, _: Path) -> bool:
     ax.set_title("Latency model vs measurement")
     _save(fig, path)
     return True
-
-
-def _relative_target(spec: Any) -> float | None:
-    """The fraction of a relative target spec (``"0.5x"`` -> 0.5), else None."""
-    if not isinstance(spec, str) or not spec.strip().lower().endswith("x"):
-        return None
-    try:
-        return float(spec.strip()[:-1])
-    except ValueError:
-        return None
 
 
 def _plot_staircase(report: dict, path: Path, out_dir: Path) -> bool:

@@ -264,7 +264,9 @@ def verify_models(
         times, inner = time_pair(
             runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms, chunk_ms=chunk_ms
         )
-        in_table_unit, unit_note = _time_in_table_unit(table, runners, warmup, rounds)
+        in_table_unit, unit_note = _time_in_table_unit(
+            table if plan is not None else None, runners, warmup, rounds
+        )
     finally:
         for r in runners:
             r.close()
@@ -339,6 +341,8 @@ def plan_comparison(
     table's reference workload (see :func:`verify_models`); the prediction errors in
     those units are added under ``table_unit``.
     """
+    from ..prune.schedule import target_fraction
+
     measured = report.pruned.median_ms
     predicted = float(plan.predicted_ms)
     budget = float(plan.budget_ms)
@@ -356,7 +360,7 @@ def plan_comparison(
         out["base_measured_ms"] = report.original.median_ms
         out["predicted_speedup"] = float(base) / predicted
         out["measured_speedup"] = report.speedup.median
-        if str(getattr(plan, "target", "")).strip().endswith("x"):
+        if target_fraction(getattr(plan, "target", None)) is not None:
             out["budget_check"] = "relative"
             out["budget_ratio"] = budget / float(base)
             out["measured_ratio"] = 1.0 / report.speedup.median

@@ -140,11 +140,11 @@ def test_predicted_vs_measured_plot_draws_a_relative_target_on_the_measured_orig
     original, not the table's milliseconds (which differ from a wall clock's)."""
     import matplotlib.axes
 
+    from halp_trt.prune.schedule import target_fraction
     from halp_trt.report import render
-    from halp_trt.report.render import _relative_target
 
-    assert _relative_target("0.5x") == 0.5 and _relative_target("3ms") is None
-    assert _relative_target("abcx") is None and _relative_target(None) is None
+    assert target_fraction("0.5x") == 0.5 and target_fraction("3ms") is None
+    assert target_fraction("abcx") is None and target_fraction(None) is None
     lines = []
     monkeypatch.setattr(
         matplotlib.axes.Axes, "axhline", lambda self, y, **kw: lines.append(("h", y))
