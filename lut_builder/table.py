@@ -956,11 +956,12 @@ def fit_calibration(
         if not (math.isfinite(lay) and math.isfinite(meas) and lay > 0 and meas > 0):
             raise ValueError(f"bad calibration point: layers {lay!r} ms, measured {meas!r} ms")
     lay0, meas0 = points[0]
-    additive = Calibration(meas0 - lay0, 1.0, "additive")
     sums = [p[0] for p in points]
-    if len(points) < 2 or (max(sums) - min(sums)) < min_spread * max(sums):
-        note = "" if len(points) < 2 else "calibration widths too close together for a slope"
-        return Calibration(additive.overhead_ms, 1.0, "additive", note)
+    if len(points) < 2:
+        return Calibration(meas0 - lay0, 1.0, "additive")
+    if max(sums) - min(sums) < min_spread * max(sums):
+        note = "calibration widths too close together for a slope"
+        return Calibration(meas0 - lay0, 1.0, "additive", note)
     # Weighted least squares: minimise sum(((a + b*L - M) / M)^2).
     import numpy as np
 
@@ -970,7 +971,7 @@ def fit_calibration(
     (a, b), *_ = np.linalg.lstsq(a_mat, np.ones_like(meas), rcond=None)
     if not (0.5 <= b <= 2.0) or not math.isfinite(a):
         note = f"fitted scale {b:.3f} is implausible; additive overhead used"
-        return Calibration(additive.overhead_ms, 1.0, "additive", note)
+        return Calibration(meas0 - lay0, 1.0, "additive", note)
     return Calibration(float(a), float(b), "affine")
 
 
@@ -1027,21 +1028,22 @@ def calibrate_overhead(
     if isinstance(runner_or_backend, Runner):
         if variants:
             raise ValueError("calibrating with variants needs a backend name or a runner factory")
-        runners, owned = [runner_or_backend], []
-    else:
-        if isinstance(runner_or_backend, str):
-            name = runner_or_backend
+        make = None
+    elif isinstance(runner_or_backend, str):
+        name = runner_or_backend
 
-            def make(m: Any) -> Runner:
-                return make_runner(name, m, example_input)
-        else:
-            make = runner_or_backend
-        runners, owned = [], []
+        def make(m: Any) -> Runner:
+            return make_runner(name, m, example_input)
+    else:
+        make = runner_or_backend
+    owned: list[Runner] = []  # the runners made here, closed here
     try:
-        if not runners:
+        if make is None:
+            runners = [runner_or_backend]
+        else:
+            runners = owned
             for m in (model, *variants):
                 owned.append(make(m))
-            runners = owned
         timings = measure_end_to_end(
             table, runners, warmup=warmup, runs=runs, min_time_s=min_time_s
         )
