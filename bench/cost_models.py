@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(json.dumps(summary, indent=1))
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = out_json.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp_json, out_json)
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(out_json, result, indent=1)
     print(f"wrote {out_json.relative_to(ROOT)}")
     return 0
 

@@ -17,7 +17,6 @@ Prints a table and writes bench/results/lut_build_<model>_<backend>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -126,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     path = (
         Path(args.out) if args.out else ROOT / f"bench/results/lut_build_{tag}_{args.backend}.json"
     )
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(path, out, indent=2)
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import re
 import statistics
@@ -244,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     table.close()
     _print(result)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out_json)
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(out_json, result, indent=2)
     print(f"wrote {out_json.relative_to(ROOT) if out_json.is_relative_to(ROOT) else out_json}")
     return 0
 

@@ -56,7 +56,6 @@ import argparse
 import contextlib
 import copy
 import fcntl
-import json
 import math
 import platform
 import statistics
@@ -547,9 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    tmp.replace(out)
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(out, result, indent=1, default=float)
     print(f"wrote {out} ({result['seconds'] / 60:.1f} min)")
     return 0 if math.isfinite(summary["pruning_overhead"]["max"]) else 1
 

@@ -270,9 +270,9 @@ def main() -> int:
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
     out = ROOT / "bench" / "results" / ("solver_quick.json" if args.quick else "solver.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(out, result, indent=1)
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ShapeError, UserError
+from .fileio import atomic_write
 
 #: TensorRT major versions this code is written and checked against.
 SUPPORTED_MAJORS = (10, 11)
@@ -384,29 +385,9 @@ def build_onnx_engine(
     plan = build_serialized(trt, builder, network, config)
     build_s = time.perf_counter() - t0
     if settings.timing_cache is not None:
-        write_atomic(settings.timing_cache, timing_cache_bytes(config))
+        atomic_write(settings.timing_cache, timing_cache_bytes(config))
     del parser  # owned the weights until the build was done
     return BuiltEngine(plan, inputs, outputs, profiles, trt.__version__, build_s)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then move it into place.
-
-    A failure or interruption leaves ``path`` as it was and no temporary file behind.
-    """
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- runtime --------------------------------------------------------------------------

@@ -209,9 +209,9 @@ def run(args: argparse.Namespace) -> int:
         record_latency(args, report)
     data = report.to_dict()
     if args.out:
-        from lut_builder.trt_compat import write_atomic
+        from lut_builder.fileio import atomic_write_json
 
-        write_atomic(args.out, (json.dumps(data, indent=2) + "\n").encode())
+        atomic_write_json(args.out, data, indent=2)
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         print()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lut_builder.errors import ShapeError, UserError
+from lut_builder.fileio import atomic_write
 
 from .onnx_export import META_BATCH, BatchRange, file_sha256, onnx_io
 from .sidecar import EngineSidecar, sha256_bytes, sidecar_path, utc_now
@@ -238,7 +239,7 @@ def build_engine(
             "timing_cache": str(timing_cache) if timing_cache else None,
         },
     )
-    trt_compat.write_atomic(out, built.plan)
+    atomic_write(out, built.plan)
     try:
         sidecar.write(sidecar_path(out))
     except BaseException:

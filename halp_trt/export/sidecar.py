@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lut_builder.errors import UserError
+from lut_builder.fileio import atomic_write_json
 
 FORMAT = 1
 
@@ -102,9 +103,7 @@ class EngineSidecar:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the JSON atomically (temporary file beside it, then rename)."""
-        from lut_builder.trt_compat import write_atomic
-
-        write_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        atomic_write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> EngineSidecar:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -137,14 +136,6 @@ class PrunePlan(Plan):
             raise PlanError(f"invalid plan: {type(exc).__name__}: {exc}") from exc
         kwargs = {f.name: getattr(base, f.name) for f in fields(Plan)}
         return cls(**kwargs, **extra)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``plan.json`` atomically, readable like any file the user writes."""
-        out = super().save(path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(out, 0o666 & ~umask)  # the temp file it was renamed from was 0600
-        return out
 
     @classmethod
     def load(cls, path: str | Path) -> PrunePlan:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from lut_builder.fileio import atomic_output, atomic_write, atomic_write_json
 
 #: Plot files a full report has, under ``plots/`` of the run directory.
 PLOTS = {
@@ -18,18 +18,10 @@ PLOTS = {
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temporary file beside the target, then rename)."""
+    """Write JSON atomically (its directory is created; NumPy values become numbers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data, indent=2, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -70,17 +62,13 @@ def render(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]
         rel = f"plots/{name}.png"
         if fn(report, out / rel, out):
             drawn[name] = rel
-    md = _markdown(report, drawn)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / "report.md")
+    atomic_write(out / "report.md", _markdown(report, drawn))
     return drawn
 
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

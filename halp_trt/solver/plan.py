@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from halp_trt.errors import UserError
+from lut_builder.fileio import atomic_write_json
 
 #: Bumped when the JSON layout changes incompatibly.
 PLAN_FORMAT = 1
@@ -184,18 +184,9 @@ class Plan:
             raise PlanError(f"invalid plan: {type(exc).__name__}: {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan as JSON, atomically (a temp file beside it, then a rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=1)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write the plan as JSON, atomically (a temp file beside it, then a rename), with
+        the mode of any new file under the user's umask."""
+        return atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:

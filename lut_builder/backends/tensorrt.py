@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import trt_compat
 from ..errors import UserError
+from ..fileio import atomic_write
 from ..runners import Runner
 from ..signatures import LayerSignature
 from ..timing import Timing
@@ -208,7 +209,7 @@ class TensorRTBackend(Backend):
         """Save the timing cache to its file (atomically), when one was given."""
         path = self.settings.timing_cache
         if path is not None and self._cache is not None:
-            trt_compat.write_atomic(path, bytes(self._cache.serialize()))
+            atomic_write(path, bytes(self._cache.serialize()))
         self._cache = None
 
 

@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
 def plot_signature(table: Any, sig: Any, out_dir: Any, index: int) -> Any:
     """Write ``NN_<label>.png`` for one signature and return its path (written atomically)."""
-    import os
     import re
 
     import matplotlib
@@ -48,6 +47,8 @@ def plot_signature(table: Any, sig: Any, out_dir: Any, index: int) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from ..fileio import atomic_output
 
     grid = table.grid(sig)
     pts = {(p.c_in, p.c_out): p.timing for p in table.points(sig)}
@@ -84,10 +85,11 @@ def plot_signature(table: Any, sig: Any, out_dir: Any, index: int) -> Any:
     fig.tight_layout()
     name = f"{index:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', sig.short()).strip('_')}.png"
     path = out_dir / name
-    tmp = out_dir / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -8,7 +8,6 @@ real bindings by ``tests/test_tensorrt_api.py``.
 from __future__ import annotations
 
 import importlib.util
-import os
 import types
 from pathlib import Path
 
@@ -57,17 +56,6 @@ def test_build_settings_check_themselves():
         trt_compat.BuildSettings(profiles={"x": ((2, 3), (1, 3), (4, 3))})
     with pytest.raises(ShapeError):
         trt_compat.BuildSettings(profiles={"x": ((1, 3), (2, 3, 1), (4, 3))})
-
-
-def test_write_atomic_replaces_or_leaves_the_file_as_it_was(tmp_path):
-    target = tmp_path / "a.bin"
-    trt_compat.write_atomic(target, b"one")
-    trt_compat.write_atomic(target, b"two")
-    assert target.read_bytes() == b"two"
-    with pytest.raises(TypeError):
-        trt_compat.write_atomic(target, "not bytes")  # type: ignore[arg-type]
-    assert target.read_bytes() == b"two"
-    assert os.listdir(tmp_path) == ["a.bin"]
 
 
 @no_trt

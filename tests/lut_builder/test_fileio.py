@@ -1,0 +1,91 @@
+"""Tests of lut_builder.fileio: atomic writes leave the old file or the whole new one."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from lut_builder.fileio import atomic_output, atomic_write, atomic_write_json
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_write_atomic_replaces_or_leaves_the_file_as_it_was(tmp_path):
+    target = tmp_path / "a.bin"
+    atomic_write(target, b"one")
+    atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    with pytest.raises(TypeError):
+        atomic_write(target, 12345)  # type: ignore[arg-type]
+    assert target.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_text_is_written_as_utf8(tmp_path):
+    path = atomic_write(tmp_path / "t.txt", "température\n")
+    assert path == tmp_path / "t.txt"
+    assert path.read_bytes() == "température\n".encode()
+
+
+def test_a_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "plan.json"
+    target.write_text("old\n")
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, b"new, but only half of it")
+    assert target.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["plan.json"]
+    # A target that did not exist yet is not created either.
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "new.json", b"{}")
+    assert os.listdir(tmp_path) == ["plan.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_mode_is_the_default_under_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a", b"x")
+        atomic_write(tmp_path / "b", b"x", mode=0o600)
+        atomic_write_json(tmp_path / "c.json", {})
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "a") == 0o644 & ~umask
+    assert _mode(tmp_path / "b") == 0o600 & ~umask
+    assert _mode(tmp_path / "c.json") == 0o644 & ~umask
+
+
+def test_json_layout_and_default(tmp_path):
+    path = atomic_write_json(tmp_path / "r.json", {"a": [1, 2]})
+    assert path.read_text() == '{\n "a": [\n  1,\n  2\n ]\n}\n'
+    atomic_write_json(path, {"x": {1, 2}}, indent=2, default=sorted)
+    assert json.loads(path.read_text()) == {"x": [1, 2]}
+    assert path.read_text().endswith("]\n}\n")
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"x": object()})
+    assert json.loads(path.read_text()) == {"x": [1, 2]}
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_atomic_output_renames_on_success_and_cleans_up_on_failure(tmp_path):
+    target = tmp_path / "plot.png"
+    with atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".")
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("the writer failed")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(FileNotFoundError), atomic_output(tmp_path / "never.png"):
+        pass
+    assert os.listdir(tmp_path) == ["plot.png"]
