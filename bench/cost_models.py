@@ -10,8 +10,8 @@ cost model chooses a plan two ways:
 
 Every plan is built as a really pruned model (``ChannelGraph.remove``) and all of them,
 with the unpruned model, are timed end to end round-robin in one run
-(``lut_builder.table.measure_end_to_end`` when the table defines its unit by a
-reference workload, else ``lut_builder.timing.time_interleaved``). Reported per plan:
+(``lut_builder.measure_end_to_end``: in the table's unit when it defines one by a
+reference workload, else plain interleaved timings). Reported per plan:
 the table's prediction (exact layer sum + calibrated overhead) and the cost model's own
 estimate against the budget, the measured latency against the budget and against the
 prediction, the measured fraction of the unpruned model's latency against the requested
@@ -53,16 +53,9 @@ def schedule(full_ms: float, target_ms: float, steps: int) -> list[float]:
 
 
 def measure(table, runners, rounds: int):
-    import lut_builder.table as table_module
-    from lut_builder import timing
+    from lut_builder import measure_end_to_end
 
-    if hasattr(table_module, "measure_end_to_end"):
-        return table_module.measure_end_to_end(table, runners, warmup=5, runs=rounds)
-    clock = runners[0].clock
-    samples = timing.time_interleaved(
-        runners, warmup=5, rounds=rounds, sync=runners[0].sync, clock=clock
-    )
-    return [timing.Timing.from_samples(s) for s in samples]
+    return measure_end_to_end(table, runners, warmup=5, runs=rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         InfeasibleBudgetError,
         solve_budget,
     )
+    from lut_builder import LatencyTable, calibrate_overhead, predict_latency
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
     from lut_builder.runners import make_runner
     from lut_builder.specs import example_input, load_model, parse_shape
-    from lut_builder.table import LatencyTable, calibrate_overhead, predict_latency
 
     torch.manual_seed(args.seed)
     shape = parse_shape(args.input_shape)

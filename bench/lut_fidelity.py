@@ -71,19 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from halp_trt.graph import ChannelGraph
-    from lut_builder.backends import get_backend
-    from lut_builder.build import build_table
-    from lut_builder.commands.build import CALIBRATION_FRACTIONS, calibration_variants
-    from lut_builder.runners import make_runner
-    from lut_builder.signatures import model_layers
-    from lut_builder.specs import example_input, load_model, parse_shape
-    from lut_builder.table import (
+    from lut_builder import (
         LatencyTable,
         calibrate_overhead,
         fit_calibration,
         measure_end_to_end,
         predict_latency,
     )
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+    from lut_builder.commands.build import CALIBRATION_FRACTIONS, calibration_variants
+    from lut_builder.runners import make_runner
+    from lut_builder.signatures import model_layers
+    from lut_builder.specs import example_input, load_model, parse_shape
 
     torch.manual_seed(args.seed)
     shape = parse_shape(args.input_shape)

@@ -92,11 +92,11 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 
 
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
+    from lut_builder import LatencyTable, calibrate_overhead
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
     from lut_builder.commands.build import calibration_variants
     from lut_builder.runners import make_runner
-    from lut_builder.table import LatencyTable, calibrate_overhead
 
     if not path.exists():
 

@@ -158,9 +158,9 @@ def _resnet_graph(name: str):
 def bench_resnets(quick: bool) -> list[dict]:
     from halp_trt.solver import solve_budget
     from halp_trt.solver.knapsack import _alive, _choices, _group_costs, _Network
+    from lut_builder import LatencyTable, predict_latency
     from lut_builder.backends.analytic import AnalyticBackend
     from lut_builder.build import build_table
-    from lut_builder.table import LatencyTable, predict_latency
 
     rows = []
     names = ["resnet50"] if quick else list(RESNETS)

@@ -12,7 +12,7 @@ their axes.
 default) measures, per signature, a coarse 2-D grid of at most ``coarse`` values per
 axis (evenly spread, always including the smallest width and the full widths) plus two
 full-resolution lines through the full widths (every c_in at the full c_out, every c_out
-at the full c_in); :func:`lut_builder.table.fill_surface` fills the rest with a bilinear
+at the full c_in); :func:`lut_builder.table.grid.fill_surface` fills the rest with a bilinear
 surface corrected by the lines. Axes with at most ``coarse`` values are measured in
 full. For a ResNet-18 at step 16 this plans 528 points instead of 2740 (5.2x fewer);
 ``bench/lut_build.py`` measured full grids of three of its signatures on ONNX Runtime:

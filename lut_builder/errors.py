@@ -21,6 +21,14 @@ class ShapeError(UserError):
     """An input shape that is malformed or does not fit the model."""
 
 
+class IncompleteTableError(UserError):
+    """A latency table opened for lookups while points of its plan are still missing."""
+
+
+class FingerprintMismatchError(UserError):
+    """A latency table measured on another target than the one asked for."""
+
+
 def run_cli(func, *args, prog: str) -> int:
     """Run a CLI entry point; user errors become one line on stderr and their exit code.
 

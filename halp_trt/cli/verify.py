@@ -155,7 +155,7 @@ def open_table(path: str, backend: str, plan: Any) -> Any:
         UserError: no ``--plan``, a missing or invalid table, or one measured on
             another backend.
     """
-    from lut_builder.table import LatencyTable
+    from lut_builder import LatencyTable
 
     if plan is None:
         raise UserError("--lut needs --plan: it compares the plan's prediction in the table's unit")

@@ -318,7 +318,7 @@ def _time_in_table_unit(
             f"not timed in the table's unit: the table used the {table_clock} clock, these "
             f"runners the {runners[0].clock} clock (use the table's thread count)"
         )
-    from lut_builder.table import measure_end_to_end
+    from lut_builder import measure_end_to_end
 
     t = measure_end_to_end(
         table, list(runners), warmup=warmup, runs=max(20, rounds), min_time_s=None

@@ -31,7 +31,7 @@ ran slow; it is off by default because the machine's fastest state itself drifte
 reference's fastest run was 0.18 ms for an hour, then 0.22-0.27 ms.) Tables store these ratios; their unit is the fastest
 reference run seen while the table was filled (the minimum of thousands of runs, which
 stays put while medians swing), so every process and every later end-to-end
-measurement against the table (:func:`lut_builder.table.measure_end_to_end`) shares it. On a quiet machine
+measurement against the table (:func:`lut_builder.end_to_end.measure_end_to_end`) shares it. On a quiet machine
 this changes nothing; on a shared one it keeps points measured minutes apart in one
 consistent state.
 

@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     from ..backends import get_backend
     from ..build import build_table, parse_shard
     from ..errors import UserError
+    from ..latency_model import calibrate_overhead
     from ..specs import example_input, load_model, parse_shape
-    from ..table import calibrate_overhead
 
     # Everything a user can get wrong is checked before the table file is touched.
     shard = parse_shard(args.shard)

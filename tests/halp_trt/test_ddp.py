@@ -31,7 +31,7 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
     import torch.nn.functional as F
 
     from halp_trt.prune import Pruner
-    from lut_builder.table import LatencyTable
+    from lut_builder import LatencyTable
 
     torch.set_num_threads(1)
     dist.init_process_group(

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 def analytic_table(path: Path, model, example_input, step: int = 4):
     """Build (once) and open a complete analytic-backend table for ``model``."""
+    from lut_builder import LatencyTable
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
-    from lut_builder.table import LatencyTable
 
     if not path.exists():
         build_table(path, model, example_input, get_backend("analytic"), step=step)

@@ -383,7 +383,7 @@ def test_bad_scores(r20):
 def test_with_a_lut_builder_table(tmp_path):
     """The table lut-builder writes (here filled by the analytic backend)."""
     build = pytest.importorskip("lut_builder.build")
-    from lut_builder.table import LatencyTable, predict_latency
+    from lut_builder import LatencyTable, predict_latency
 
     torch.manual_seed(0)
     model, x = resnet20(), torch.randn(1, 3, 32, 32)

@@ -150,10 +150,10 @@ def test_verify_onnxruntime_in_the_table_unit(tmp_path):
     """With the plan's table (measured against a reference workload), both models are
     also timed in the table's unit, where a model's prediction is close to its
     measurement whatever the machine's speed at the time."""
+    from lut_builder import LatencyTable, calibrate_overhead, predict_latency
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
     from lut_builder.signatures import model_layers
-    from lut_builder.table import LatencyTable, calibrate_overhead, predict_latency
 
     wide, narrow = wide_and_narrow()
     x = torch.randn(1, 3, 16, 16)

@@ -9,8 +9,9 @@ import torch.nn as nn
 from lut_builder.backends import get_backend
 from lut_builder.build import axis_values, build_table, fixed_widths, parse_shard, plan_grids
 from lut_builder.errors import UserError
+from lut_builder.latency_model import calibrate_overhead, predict_latency
 from lut_builder.signatures import model_layers
-from lut_builder.table import LatencyTable, calibrate_overhead, predict_latency
+from lut_builder.table import LatencyTable
 
 
 class Net(nn.Module):

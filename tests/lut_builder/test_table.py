@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lut_builder.errors import UserError
+from lut_builder.latency_model import predict_latency
 from lut_builder.signatures import LayerSignature
 from lut_builder.table import (
     FORMAT_VERSION,
@@ -16,7 +17,6 @@ from lut_builder.table import (
     IncompleteTableError,
     LatencyTable,
     fill_surface,
-    predict_latency,
 )
 from lut_builder.timing import Timing
 
@@ -239,7 +239,7 @@ def test_predict_latency_sums_lookups_and_overhead(tmp_path):
 
 
 def test_fit_calibration_additive_affine_and_implausible():
-    from lut_builder.table import fit_calibration
+    from lut_builder.latency_model import fit_calibration
 
     one = fit_calibration([(2.0, 2.5)])
     assert (one.kind, one.scale, one.overhead_ms) == ("additive", 1.0, 0.5)

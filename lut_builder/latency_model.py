@@ -1,0 +1,210 @@
+"""The network latency model: ``scale * sum(layer latencies) + overhead``.
+
+:func:`predict_latency` evaluates it on a :class:`~lut_builder.table.LatencyTable`;
+:func:`fit_calibration` fits its two terms to whole-network measurements, and
+:func:`calibrate_overhead` makes those measurements (on the model and narrowed copies
+of it, see :func:`~lut_builder.end_to_end.measure_end_to_end`) and stores the terms in
+the table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .signatures import LayerSignature
+from .table import LatencyTable
+
+
+def predict_latency(
+    table: LatencyTable,
+    layers: Iterable[tuple[LayerSignature, int, int]],
+    *,
+    overhead: bool = True,
+) -> float:
+    """Predicted network latency: ``scale * sum(layer lookups) + overhead_ms``.
+
+    Args:
+        table: the latency table.
+        layers: ``(signature, c_in, c_out)`` of every conv/linear layer of the network.
+        overhead: apply the table's calibrated terms (scale 1 and overhead 0 if it has
+            none); False gives the plain sum of the layers.
+
+    Returns:
+        Milliseconds.
+
+    Raises:
+        UserError: as :meth:`LatencyTable.lookup`.
+    """
+    total = math.fsum(table.lookup(sig, ci, co) for sig, ci, co in layers)
+    if overhead:
+        total = table.scale * total + (table.overhead_ms or 0.0)
+    return total
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The network latency model's terms: ``measured ~ scale * layers + overhead_ms``."""
+
+    overhead_ms: float
+    scale: float
+    kind: str  # "additive" (scale 1) or "affine"
+    note: str = ""
+
+    def predict(self, layers_ms: float) -> float:
+        return self.scale * layers_ms + self.overhead_ms
+
+
+def fit_calibration(
+    points: Sequence[tuple[float, float]], *, min_spread: float = 0.15
+) -> Calibration:
+    """Fit the network latency model to whole-network measurements.
+
+    ``points`` are ``(sum of the layers' table latencies, measured latency)``, the
+    unpruned model first. With one point (or points too close together to tell a slope
+    from noise: layer sums spanning less than ``min_spread`` of the largest) the model is
+    additive: scale 1 and ``overhead = measured - layers`` of the first point.
+
+    With narrower versions of the model measured too, the model is affine, fitted by
+    least squares on relative error. Why: inside a network, a narrower model runs faster
+    than its layers timed one by one predict, and more so the narrower it is (smaller
+    weights and activations stay in cache; the ops between layers shrink with the
+    channels). A constant overhead misses that by up to 20% on a CPU; a scale on the layer
+    sum captures it. A fitted scale outside [0.5, 2] is not trusted (the additive model is
+    used and the reason kept in ``note``).
+
+    Raises:
+        ValueError: no points, or a non-positive or non-finite value.
+    """
+    if not points:
+        raise ValueError("no whole-network measurement to calibrate with")
+    for lay, meas in points:
+        if not (math.isfinite(lay) and math.isfinite(meas) and lay > 0 and meas > 0):
+            raise ValueError(f"bad calibration point: layers {lay!r} ms, measured {meas!r} ms")
+    lay0, meas0 = points[0]
+    sums = [p[0] for p in points]
+    if len(points) < 2:
+        return Calibration(meas0 - lay0, 1.0, "additive")
+    if max(sums) - min(sums) < min_spread * max(sums):
+        note = "calibration widths too close together for a slope"
+        return Calibration(meas0 - lay0, 1.0, "additive", note)
+    # Weighted least squares: minimise sum(((a + b*L - M) / M)^2).
+    import numpy as np
+
+    lay = np.array(sums, dtype=float)
+    meas = np.array([p[1] for p in points], dtype=float)
+    a_mat = np.stack([np.ones_like(lay), lay], axis=1) / meas[:, None]
+    (a, b), *_ = np.linalg.lstsq(a_mat, np.ones_like(meas), rcond=None)
+    if not (0.5 <= b <= 2.0) or not math.isfinite(a):
+        note = f"fitted scale {b:.3f} is implausible; additive overhead used"
+        return Calibration(meas0 - lay0, 1.0, "additive", note)
+    return Calibration(float(a), float(b), "affine")
+
+
+def calibrate_overhead(
+    table: LatencyTable,
+    runner_or_backend: Any,
+    model: Any,
+    example_input: Any,
+    *,
+    variants: Sequence[Any] = (),
+    warmup: int = 20,
+    runs: int = 100,
+    min_time_s: float = 2.0,
+    store: bool = True,
+    note: str = "",
+) -> float:
+    """Calibrate the network latency model on whole-network measurements and store it.
+
+    The per-layer table misses what happens between and around the layers: the ops
+    between them (pooling, residual adds that are not fused, reshapes), input and output
+    layout changes, the runtime's per-inference cost, and that layers inside a network
+    run warmer than alone. The unpruned ``model`` is measured end to end; with
+    ``variants`` (narrower versions of it, e.g. every group at 3/4 and 1/2 of its
+    channels) all are measured interleaved and an affine map ``scale * layers + overhead``
+    is fitted (:func:`fit_calibration`), else the overhead is ``measured - layers``.
+
+    Args:
+        table: the table, opened writable when ``store`` is True.
+        runner_or_backend: a backend name (``"onnxruntime"``, ``"torch"``,
+            ``"tensorrt"``), a callable making a :class:`~lut_builder.backends.Runner`
+            for a model (with the backend options the table was built with), or, without
+            ``variants``, a runner for ``model``.
+        model: the unpruned ``nn.Module``.
+        example_input: its input.
+        variants: narrower versions of ``model`` (same signatures, fewer channels).
+        warmup, runs, min_time_s: the end-to-end timing loop.
+        store: write the result into the table.
+        note: why the calibration is what it is (e.g. why no ``variants`` were given),
+            stored with the details unless the fit has a note of its own.
+
+    Returns:
+        The overhead in milliseconds (negative when the layers measured alone cost more
+        than inside the network); the scale is in the table (``table.scale``).
+
+    Raises:
+        UserError: a layer of a model is not in the table, or a runner fails.
+    """
+    from .runners import Runner, make_runner
+    from .end_to_end import measure_end_to_end
+    from .signatures import model_layers
+
+    def layer_sum(m: Any) -> tuple[float, int]:
+        layers = model_layers(m, example_input)
+        items = [(i.signature, i.c_in, i.c_out) for i in layers.values()]
+        return predict_latency(table, items, overhead=False), len(layers)
+
+    sums = [layer_sum(m) for m in (model, *variants)]
+    if isinstance(runner_or_backend, Runner):
+        if variants:
+            raise ValueError("calibrating with variants needs a backend name or a runner factory")
+        make = None
+    elif isinstance(runner_or_backend, str):
+        name = runner_or_backend
+
+        def make(m: Any) -> Runner:
+            return make_runner(name, m, example_input)
+    else:
+        make = runner_or_backend
+    owned: list[Runner] = []  # the runners made here, closed here
+    try:
+        if make is None:
+            runners = [runner_or_backend]
+        else:
+            runners = owned
+            for m in (model, *variants):
+                owned.append(make(m))
+        timings = measure_end_to_end(
+            table, runners, warmup=warmup, runs=runs, min_time_s=min_time_s
+        )
+    finally:
+        for r in owned:
+            r.close()
+    runner = runners[0]
+    points = [(s, t.median_ms) for (s, _), t in zip(sums, timings)]
+    cal = fit_calibration(points)
+    if store:
+        table.set_overhead(
+            cal.overhead_ms,
+            {
+                "model": cal.kind,
+                "note": cal.note or note,
+                "measured_ms": timings[0].median_ms,
+                "layers_ms": sums[0][0],
+                "layers": sums[0][1],
+                "points": [
+                    {"layers_ms": lay, "measured_ms": ms, "predicted_ms": cal.predict(lay)}
+                    for lay, ms in points
+                ],
+                "timing": timings[0].to_dict(),
+                "runner": runner.name,
+                "clock": runner.clock,
+                "normalized": table.reference is not None,
+                "calibrated_at": time.time(),
+            },
+            scale=cal.scale,
+        )
+    return cal.overhead_ms
