@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable
 
 from .._version import __version__
 
@@ -27,11 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_errors(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``func`` with configuration errors named by their flag (``--steps``), not field."""
+
+    def call(args: argparse.Namespace) -> int:
+        from lut_builder.errors import UserError
+
+        try:
+            return func(args)
+        except UserError as exc:
+            if hasattr(exc, "cli_message"):
+                raise UserError(exc.cli_message()) from None
+            raise
+
+    return call
+
+
 def main(argv: list[str] | None = None) -> int:
     from lut_builder.errors import run_cli
 
     args = build_parser().parse_args(argv)
-    return run_cli(args._run, args, prog="halp-trt")
+    return run_cli(flag_errors(args._run), args, prog="halp-trt")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``taylor`` (HALP's BN-based first-order Taylor score, weight-Taylor without BN; needs
 gradients), ``l1`` and ``l2`` (filter norms) and ``sp-lamp`` (LAMP-normalised squared
-filter norms). ``get_importance(name)(graph)`` builds one for a channel graph.
+filter norms). ``get_importance(name)(graph)`` builds one for a channel graph;
+:func:`resolve_importance` also takes a criterion object (a class or a factory).
 """
 
 from . import magnitude, taylor  # noqa: F401  (registers the built-in criteria)
@@ -12,6 +13,7 @@ from .base import (
     get_importance,
     list_importances,
     register_importance,
+    resolve_importance,
 )
 from .magnitude import lamp_scores
 
@@ -22,4 +24,5 @@ __all__ = [
     "lamp_scores",
     "list_importances",
     "register_importance",
+    "resolve_importance",
 ]

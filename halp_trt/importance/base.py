@@ -146,3 +146,60 @@ def channel_positions(ref: Any, size: int) -> torch.Tensor:
 def per_output_channel(t: torch.Tensor) -> torch.Tensor:
     """Reduce a parameter-shaped tensor to one value per output channel (dim 0)."""
     return t.reshape(t.shape[0], -1).sum(1) if t.dim() > 1 else t
+
+
+#: What :func:`resolve_importance` takes: a registered name, ``"module:attr"``, an
+#: :class:`Importance` subclass, or a factory called with the channel graph.
+ImportanceSpec = Any
+
+
+def resolve_importance(spec: ImportanceSpec) -> tuple[Callable[[Any], Importance], str]:
+    """A criterion factory and its name, from a name or a criterion object.
+
+    Args:
+        spec: a registered name (``"taylor"``); ``"module:attr"`` naming a class or
+            factory importable from the user's code; an :class:`Importance` subclass
+            (registered or not); or any callable ``factory(graph) -> Importance``.
+
+    Returns:
+        ``(factory, name)``: ``factory(graph)`` builds the criterion for a channel
+        graph; ``name`` is the registry name, or ``"module:qualname"`` for objects
+        (what a plan records, and what :func:`resolve_importance` reads back).
+
+    Raises:
+        ImportanceError: an unknown name, a ``module:attr`` that does not import, an
+            :class:`Importance` instance (pass its class or a factory: the pruner
+            builds the criterion on its own channel graph), or an object that is not
+            callable.
+    """
+    if isinstance(spec, str):
+        if spec in _REGISTRY or ":" not in spec:
+            cls = get_importance(spec)
+            return cls, cls.name
+        module_name, _, attr = spec.partition(":")
+        import importlib
+
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ImportanceError(f"importance {spec!r} does not import: {exc}") from None
+        factory, _ = resolve_importance(obj)
+        return factory, spec
+    if isinstance(spec, Importance):
+        raise ImportanceError(
+            f"importance {type(spec).__name__}(...) is an instance: pass the class or a "
+            "factory(graph), the pruner builds the criterion on its own channel graph"
+        )
+    if isinstance(spec, type) and issubclass(spec, Importance):
+        if spec.name and _REGISTRY.get(spec.name) is spec:
+            return spec, spec.name
+        return spec, f"{spec.__module__}:{spec.__qualname__}"
+    if callable(spec):
+        name = getattr(spec, "__qualname__", type(spec).__qualname__)
+        return spec, f"{getattr(spec, '__module__', '?')}:{name}"
+    raise ImportanceError(
+        f"importance must be a name ({', '.join(list_importances())}), an Importance "
+        f"subclass or a factory(graph), not {type(spec).__name__}"
+    )

@@ -5,17 +5,22 @@ while training, physical removal at the end.
 built-in classification trainer (:mod:`halp_trt.train`).
 """
 
+from .apply import apply_plan, load_plan
 from .masks import MaskSet
 from .plan_file import PrunePlan, StepRecord
 from .pruner import Pruner, network_latency, unwrap
-from .schedule import SCHEDULES, parse_target, schedule_targets
+from .schedule import SCHEDULES, ScheduleFit, fit_schedule, parse_target, schedule_targets
 
 __all__ = [
     "SCHEDULES",
     "MaskSet",
     "PrunePlan",
     "Pruner",
+    "ScheduleFit",
     "StepRecord",
+    "apply_plan",
+    "fit_schedule",
+    "load_plan",
     "network_latency",
     "parse_target",
     "schedule_targets",

@@ -8,6 +8,8 @@ floating-point sums differed in the last bit.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -67,3 +69,36 @@ def broadcast(obj: Any, src: int = 0) -> Any:
         box, src=src, device=_device() if dist.get_backend() == "nccl" else None
     )
     return box[0]
+
+
+@contextlib.contextmanager
+def process_group_from_env(device: str | None = None) -> Iterator[str | None]:
+    """Join the process group ``torchrun`` describes in the environment, if any.
+
+    Outside ``torchrun`` (``WORLD_SIZE`` unset or 1), or inside a group the caller
+    already initialised, it does nothing. A group it created is destroyed on exit.
+
+    Args:
+        device: the device asked for (None: CUDA if present).
+
+    Yields:
+        The device this rank trains on (its ``LOCAL_RANK`` GPU under NCCL).
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield device
+        return
+    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield device
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

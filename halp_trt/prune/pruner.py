@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from ..errors import PruningError, UserError
 from ..graph import ChannelGraph
-from ..importance import get_importance
+from ..importance import Importance, ImportanceError, resolve_importance
 from . import distributed as ddp
 from .masks import MaskSet
 from .plan_file import PrunePlan, StepRecord
@@ -60,26 +60,39 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, tuple]) -> float:
-    """Predicted latency (ms) of layers at given widths: ``scale * table sum + overhead``.
+    """Predicted latency (ms) of a model's layers at given widths.
+
+    The formula is the table's network latency model,
+    :func:`lut_builder.predict_latency` (``scale * sum of layer lookups + overhead``);
+    this adapts a layer map and widths to it. Layers pruned to zero width are left out.
+
+    Args:
+        table: the latency table.
+        layers: layer name to :class:`lut_builder.LayerInfo` (its ``signature``).
+        widths: layer name to ``(c_in, c_out)``.
 
     Raises:
-        PruningError: the table does not cover a layer.
+        PruningError: the table does not cover a layer (the message names it).
     """
-    total = []
-    for name, info in layers.items():
-        c_in, c_out = widths[name]
-        if c_in <= 0 or c_out <= 0:
-            continue
-        try:
-            total.append(float(table.lookup(info.signature, int(c_in), int(c_out))))
-        except UserError as exc:
-            raise PruningError(
-                f"the latency table does not cover layer {name} ({info.signature.short()}, "
-                f"{c_in}->{c_out} channels): {exc}"
-            ) from exc
-    overhead = getattr(table, "overhead_ms", None) or 0.0
-    scale = getattr(table, "scale", None) or 1.0
-    return scale * math.fsum(total) + overhead
+    from lut_builder import predict_latency
+
+    live = [
+        (name, info.signature, int(widths[name][0]), int(widths[name][1]))
+        for name, info in layers.items()
+        if widths[name][0] > 0 and widths[name][1] > 0
+    ]
+    try:
+        return predict_latency(table, [(sig, c_in, c_out) for _, sig, c_in, c_out in live])
+    except UserError as exc:
+        for name, sig, c_in, c_out in live:
+            try:
+                table.lookup(sig, c_in, c_out)
+            except UserError as layer_exc:
+                raise PruningError(
+                    f"the latency table does not cover layer {name} ({sig.short()}, "
+                    f"{c_in}->{c_out} channels): {layer_exc}"
+                ) from exc
+        raise
 
 
 class Pruner:
@@ -93,7 +106,10 @@ class Pruner:
         table: a latency table (``lut_builder.LatencyTable``) covering every layer.
         target: ``"0.5x"`` (fraction of the unpruned predicted latency), ``"3ms"``, or
             milliseconds as a number.
-        importance: a criterion name (see :func:`halp_trt.importance.list_importances`).
+        importance: a criterion: a registered name (see
+            :func:`halp_trt.importance.list_importances`), ``"module:attr"``, an
+            :class:`~halp_trt.importance.Importance` subclass, or a factory called with
+            the pruner's :class:`~halp_trt.graph.ChannelGraph` that returns one.
         steps: pruning steps (HALP: 30). ``oneshot`` prunes once.
         interval: training iterations between pruning steps (HALP: 40); importance is
             accumulated over the iterations of each interval.
@@ -107,7 +123,8 @@ class Pruner:
         PruningError: nothing prunable, a table that does not cover the model, a
             target that is malformed, not below the unpruned latency, or below what
             the table says is reachable; bad schedule settings.
-        ImportanceError: an unknown criterion.
+        ImportanceError: an unknown criterion, or a factory that builds no
+            :class:`~halp_trt.importance.Importance`.
     """
 
     def __init__(
@@ -117,7 +134,7 @@ class Pruner:
         table: Any,
         target: str | float,
         *,
-        importance: str = "taylor",
+        importance: Any = "taylor",
         steps: int = 30,
         interval: int = 40,
         schedule: str = "exp",
@@ -139,8 +156,7 @@ class Pruner:
         self.module = unwrap(model)
         self.example_inputs = example_inputs
         self.table = table
-        self.importance_name = importance
-        criterion = get_importance(importance)
+        criterion, self.importance_name = resolve_importance(importance)
         self.schedule = schedule
         self.interval = int(interval)
         self.start = int(start)
@@ -159,6 +175,11 @@ class Pruner:
         self.steps = len(self.budgets)
         self._check_feasible()
         self.importance = criterion(self.graph)
+        if not isinstance(self.importance, Importance):
+            raise ImportanceError(
+                f"importance {self.importance_name} built a {type(self.importance).__name__}, "
+                "not an Importance"
+            )
         self.keep: dict[int, tuple[int, ...]] = {
             g.id: tuple(range(g.size)) for g in self.graph.prunable
         }
@@ -172,6 +193,63 @@ class Pruner:
         self.finalized = False
         #: Wall seconds spent in the pruner: accumulate, per-iteration masking, steps.
         self.timers = {"accumulate": 0.0, "mask": 0.0, "prune": 0.0}
+
+    @classmethod
+    def from_config(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        table: Any,
+        config: Any,
+        *,
+        total_iterations: int | None = None,
+        iterations_per_epoch: int | None = None,
+        say: Any = print,
+    ) -> Pruner:
+        """A pruner set up by a :class:`halp_trt.PruneConfig` for one training run.
+
+        With ``config.interval`` unset, the steps are fitted to the run: spread over
+        the first half of ``total_iterations`` (``halp-trt prune``'s default), or one
+        every ``config.interval_epochs`` epochs; a run too short for ``config.steps``
+        gets fewer steps, and ``say`` prints a one-line note.
+
+        Args:
+            model, example_inputs, table: as for :class:`Pruner`.
+            config: a :class:`halp_trt.PruneConfig`.
+            total_iterations: training iterations (optimizer steps) of the run;
+                needed unless ``config.interval`` is given.
+            iterations_per_epoch: needed with ``config.interval_epochs``.
+            say: where the note goes (``print``; a no-op silences it).
+
+        Raises:
+            ConfigError: no ``total_iterations`` where it is needed, or an interval
+                longer than the run. Otherwise as :class:`Pruner`.
+        """
+        from ..config import ConfigError, PruneConfig
+
+        if not isinstance(config, PruneConfig):
+            raise TypeError(f"config must be a PruneConfig, not {type(config).__name__}")
+        if total_iterations is None:
+            if config.interval is None:
+                raise ConfigError(
+                    "PruneConfig", "interval",
+                    "must be given when the run's total_iterations is not", None,
+                )  # fmt: skip
+            steps, interval = config.steps, config.interval
+        else:
+            fit = config.fit_schedule(total_iterations, iterations_per_epoch)
+            if fit.note:
+                say(f"note: {fit.note}")
+            steps, interval = fit.steps, fit.interval
+        return cls(
+            model,
+            example_inputs,
+            table,
+            config.target,
+            steps=steps,
+            interval=interval,
+            **config.pruner_options(),
+        )
 
     # -- set-up checks --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PruningError
@@ -102,3 +103,91 @@ def parse_target(target: str | float, base_ms: float) -> float:
             f"predicted {base_ms:.4g} ms: nothing to prune"
         )
     return ms
+
+
+#: Share of the training over which the pruning steps are spread by default (HALP
+#: prunes early; the rest of the run fine-tunes the final widths).
+DEFAULT_SPREAD = 0.5
+
+
+@dataclass(frozen=True)
+class ScheduleFit:
+    """When the pruning steps of one training run happen.
+
+    Attributes:
+        steps: pruning steps (may be fewer than asked: see ``note``).
+        interval: training iterations between steps; the last step runs at
+            ``start + steps * interval``.
+        note: one line when the run was too short for the steps asked, else ``""``.
+    """
+
+    steps: int
+    interval: int
+    note: str = ""
+
+
+def fit_schedule(
+    steps: int,
+    total_iterations: int,
+    *,
+    schedule: str = "exp",
+    interval: int | None = None,
+    interval_epochs: float | None = None,
+    iterations_per_epoch: int | None = None,
+    start: int = 0,
+    spread: float = DEFAULT_SPREAD,
+) -> ScheduleFit:
+    """Fit ``steps`` pruning steps into a training run of ``total_iterations``.
+
+    The interval between steps is, in order of precedence: ``interval`` iterations;
+    ``interval_epochs`` epochs (needs ``iterations_per_epoch``); or, by default, the
+    steps spread evenly over the first ``spread`` of the iterations after ``start``
+    (what ``halp-trt prune`` does). A run too short for every asked step gets fewer
+    steps, and ``note`` says so; ``oneshot`` always has one step.
+
+    Args:
+        steps: pruning steps asked for (>= 1).
+        total_iterations: training iterations of the whole run (>= 1).
+        schedule: ``"exp"``, ``"linear"`` or ``"oneshot"``.
+        interval, interval_epochs, iterations_per_epoch, start, spread: see above.
+
+    Returns:
+        A :class:`ScheduleFit`.
+
+    Raises:
+        PruningError: non-positive numbers, or an explicit interval longer than the
+            iterations the run has after ``start``.
+    """
+    if schedule not in SCHEDULES:
+        raise PruningError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if steps < 1 or total_iterations < 1 or start < 0:
+        raise PruningError(
+            f"steps ({steps}) and training iterations ({total_iterations}) must be >= 1, "
+            f"start ({start}) >= 0"
+        )
+    asked = 1 if schedule == "oneshot" else int(steps)
+    room = total_iterations - start
+    if interval_epochs is not None and interval is None:
+        if not iterations_per_epoch or iterations_per_epoch < 1:
+            raise PruningError("an interval in epochs needs the iterations per epoch")
+        interval = max(1, round(interval_epochs * iterations_per_epoch))
+    if interval is not None:
+        if interval < 1 or interval > room:
+            raise PruningError(
+                f"a pruning interval of {interval} iterations does not fit the "
+                f"{room} training iterations after iteration {start}"
+            )
+        fit = min(asked, room // interval)
+        why = f"one every {interval} iterations"
+    else:
+        window = max(1, int(room * spread))
+        interval = max(1, window // asked)
+        fit = min(asked, window // interval)
+        why = f"over the first {spread:.0%} of {room} training iterations"
+    note = ""
+    if fit < asked:
+        note = (
+            f"{room} training iterations are too few for {asked} pruning steps {why}: "
+            f"pruning in {fit} steps, one every {interval} iterations"
+        )
+    return ScheduleFit(steps=fit, interval=int(interval), note=note)

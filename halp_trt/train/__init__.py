@@ -1,7 +1,8 @@
 """A built-in classification trainer and data specs, used by ``halp-trt prune``."""
 
+from ..config.train import TrainConfig
 from .data import DataError, ImageData, load_data
-from .trainer import TrainConfig, Trainer, TrainResult, evaluate, lr_at
+from .trainer import Trainer, TrainResult, evaluate, lr_at
 
 __all__ = [
     "DataError",

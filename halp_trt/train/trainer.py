@@ -17,74 +17,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config.train import TrainConfig
 from ..errors import UserError
 from .data import ImageData
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters.
-
-    Attributes:
-        epochs: passes over the training set.
-        batch_size: minibatch size per process.
-        lr: peak learning rate (after warm-up).
-        momentum, weight_decay: SGD's.
-        warmup_epochs: epochs of linear warm-up from 0 (fractions allowed).
-        label_smoothing: cross-entropy label smoothing.
-        amp: mixed precision; None turns it on exactly when training on CUDA.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None: CUDA if present, else CPU.
-        seed: seeds initial shuffling and everything random in the loop.
-        workers: data-loader worker processes.
-        eval_steps: evaluate on the validation set after every pruning step too.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    amp: bool | None = None
-    device: str | None = None
-    seed: int = 0
-    workers: int = 0
-    eval_steps: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 0, "epochs must be >= 0"),
-            (self.batch_size >= 1, "batch size must be >= 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "learning rate must be positive"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight decay must be >= 0"),
-            (self.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
-            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (self.workers >= 0, "workers must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
-    def resolved_device(self) -> torch.device:
-        """The device to train on."""
-        if self.device:
-            dev = torch.device(self.device)
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise UserError(f"device {self.device} asked for but CUDA is not available")
-            return dev
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 
@@ -134,9 +135,25 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         (["--input-shape", "1,1,16,16"], ["does not cover layer"]),
         (["--data", "npz:missing.npz"], ["missing.npz", "does not exist"]),
         (["--backend", "onnxruntime"], ["measured for another target", "backend"]),
-        (["--target", "soon"], ["is not like 0.5x"]),
+        (["--target", "soon"], ["--target must be like 0.5x", "not 'soon'"]),
+        (["--steps", "0"], ["--steps must be an integer >= 1, not 0"]),
+        (["--importance", "random"], ["--importance is not usable", "unknown importance"]),
+        (["--interval", "5", "--interval-epochs", "1"], ["--interval-epochs cannot be given"]),
+        (["--interval", "100000"], ["--interval does not fit the run"]),
+        (["--lr", "-1"], ["--lr must be a number > 0.0, not -1.0"]),
     ],
-    ids=["infeasible", "uncovered", "data", "fingerprint", "target"],
+    ids=[
+        "infeasible",
+        "uncovered",
+        "data",
+        "fingerprint",
+        "target",
+        "steps",
+        "importance",
+        "two-intervals",
+        "long-interval",
+        "lr",
+    ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_result(halp_cli, setup, tmp_path, extra, fragments):
     out = tmp_path / "out"
@@ -149,3 +166,20 @@ def test_nan_importance_mid_training_leaves_no_result(halp_cli, setup, tmp_path)
     result = halp_cli(*common(setup, out, "--interval", "1", model="broken"))
     assert_user_error(result, "importance of group", "diverged")
     no_result(tmp_path, out)
+
+
+def test_a_run_too_short_for_the_steps_gets_fewer_and_a_note(halp_cli, setup, tmp_path):
+    out = tmp_path / "out"
+    args = common(setup, out)
+    args[args.index("--steps") + 1] = "30"
+    result = halp_cli(*args)
+    assert result.returncode == 0, result.stderr
+    notes = [ln for ln in result.stdout.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "too few for 30 pruning steps" in notes[0], result.stdout
+    log = json.loads((out / "log.json").read_text())
+    steps = len(log["steps"])
+    assert 1 <= steps < 30 and f"pruning in {steps} steps, one every 1 iterations" in notes[0]
+    # one step per iteration over the first half of the run
+    assert [s["iteration"] for s in log["steps"]] == list(range(1, steps + 1))
+    room = int(re.search(r"(\d+) training iterations", notes[0]).group(1))
+    assert steps == room // 2

@@ -63,10 +63,12 @@ def test_lr_warms_up_linearly_then_follows_cosine_to_zero():
 
 
 def test_config_validation():
-    with pytest.raises(UserError, match="label smoothing"):
+    with pytest.raises(UserError, match=r"TrainConfig.label_smoothing must be .* < 1.0, not 1.0"):
         TrainConfig(label_smoothing=1.0)
-    with pytest.raises(UserError, match="batch size"):
+    with pytest.raises(UserError, match=r"TrainConfig.batch_size must be an integer >= 1, not 0"):
         TrainConfig(batch_size=0)
+    with pytest.raises(UserError, match="TrainConfig.batch_size"):
+        TrainConfig(batch_size=True)  # a bool is not a batch size
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             TrainConfig(device="cuda").resolved_device()

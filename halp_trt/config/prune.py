@@ -1,0 +1,140 @@
+"""What a pruning run asks for: the target, the criterion, the schedule, the solver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..prune.schedule import SCHEDULES, ScheduleFit, fit_schedule, split_target
+from ..solver.plan import COST_MODELS
+from .base import ConfigBase, ConfigError
+
+
+@dataclass
+class PruneConfig(ConfigBase):
+    """HALP's pruning loop, as :class:`halp_trt.Pruner` and ``halp-trt prune`` run it.
+
+    Attributes:
+        target: the latency target: ``"0.5x"`` (a fraction of the unpruned model's
+            predicted latency), ``"3ms"``, or milliseconds as a number.
+        importance: a criterion name (``taylor``, ``l1``, ``l2``, ``sp-lamp`` or any
+            registered one), ``"module:attr"`` naming a criterion class or factory, or
+            the class / factory itself (not JSON-serialisable then: :meth:`to_dict`
+            writes its ``module:qualname``).
+        schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.
+        steps: pruning steps (HALP: 30); a run too short for them gets fewer, with a
+            printed note.
+        interval: training iterations between pruning steps. None (default): the
+            steps are spread over the first half of the training (see
+            :func:`halp_trt.prune.schedule.fit_schedule`), or ``interval_epochs``.
+        interval_epochs: epochs between pruning steps (fractions allowed); give this
+            or ``interval``, not both.
+        start: training iterations before the first accumulation window opens.
+        cost_model: the solver's latency cost (``"one-sided"``, ``"joint"``); None:
+            the solver's default.
+        bundle: channels per knapsack item; None: the table's channel alignment.
+        min_channels: fewest channels any group keeps; None: one bundle.
+        frozen_layers: layer names whose channels are never pruned.
+
+    Raises:
+        ConfigError: a field outside what it allows (checked on construction).
+    """
+
+    target: str | float
+    importance: Any = "taylor"
+    schedule: str = "exp"
+    steps: int = 30
+    interval: int | None = None
+    interval_epochs: float | None = None
+    start: int = 0
+    cost_model: str | None = None
+    bundle: int | None = None
+    min_channels: int | None = None
+    frozen_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from ..errors import UserError
+        from ..importance import resolve_importance
+
+        try:
+            split_target(self.target)
+        except UserError:
+            self._fail("target", "must be like 0.5x (fraction of the unpruned latency) or 3ms")
+        try:
+            resolve_importance(self.importance)
+        except UserError as exc:
+            raise ConfigError(
+                type(self).__name__, "importance", f"is not usable ({exc})", self.importance
+            ) from None
+        self._choice("schedule", SCHEDULES)
+        self._int("steps", 1)
+        self._int("interval", 1, optional=True)
+        if self.interval_epochs is not None:
+            self._number("interval_epochs", low=0.0, open_low=True)
+            self._require("interval_epochs", self.interval is None, "cannot be given with interval")
+        self._int("start", 0)
+        self._choice("cost_model", (None, *COST_MODELS))
+        self._int("bundle", 1, optional=True)
+        self._int("min_channels", 1, optional=True)
+        if isinstance(self.frozen_layers, str):
+            self.frozen_layers = (self.frozen_layers,)
+        self.frozen_layers = tuple(self.frozen_layers)
+        self._require(
+            "frozen_layers",
+            all(isinstance(n, str) and n for n in self.frozen_layers),
+            "must be layer names",
+        )
+
+    @property
+    def importance_name(self) -> str:
+        """The criterion's name as a plan records it."""
+        from ..importance import resolve_importance
+
+        return resolve_importance(self.importance)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["importance"] = self.importance_name
+        return out
+
+    def fit_schedule(
+        self, total_iterations: int, iterations_per_epoch: int | None = None
+    ) -> ScheduleFit:
+        """The steps and interval for a training run of ``total_iterations``.
+
+        Returns:
+            A :class:`~halp_trt.prune.schedule.ScheduleFit`; its ``note`` is one line
+            when the run is too short for ``steps`` (fewer steps are used).
+
+        Raises:
+            ConfigError: an ``interval`` (or ``interval_epochs``) longer than the run.
+        """
+        from ..errors import UserError
+
+        try:
+            return fit_schedule(
+                self.steps,
+                total_iterations,
+                schedule=self.schedule,
+                interval=self.interval,
+                interval_epochs=self.interval_epochs,
+                iterations_per_epoch=iterations_per_epoch,
+                start=self.start,
+            )
+        except UserError as exc:
+            field = "interval_epochs" if self.interval is None else "interval"
+            raise ConfigError(
+                type(self).__name__, field, f"does not fit the run ({exc})", getattr(self, field)
+            ) from None
+
+    def pruner_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`halp_trt.Pruner` (besides steps and interval)."""
+        return {
+            "importance": self.importance,
+            "schedule": self.schedule,
+            "start": self.start,
+            "frozen_layers": self.frozen_layers,
+            "cost_model": self.cost_model,
+            "bundle": self.bundle,
+            "min_channels": self.min_channels,
+        }

@@ -1,0 +1,103 @@
+"""What ``halp-trt run`` (and :func:`halp_trt.run`) asks for: the whole path from a
+model and a latency budget to a verified, deployable model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .base import ConfigBase, ConfigError
+from .prune import PruneConfig
+from .train import TrainConfig
+
+#: Backends a run can measure and verify on; ``auto`` picks TensorRT, else PyTorch on
+#: CUDA, else ONNX Runtime on the CPU.
+RUN_BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class RunConfig(ConfigBase):
+    """One run of the whole pipeline (see :mod:`halp_trt.pipeline` for the stages).
+
+    Attributes:
+        model: a model spec (``halp_trt.models:resnet20``, ``torchvision:resnet50``,
+            ``file.py:factory``) or a saved ``.pt`` module.
+        data: ``digits``, ``npz:PATH`` or ``imagefolder:PATH``.
+        input_shape: the deployment input ``(N, C, H, W)`` (or ``"N,C,H,W"``).
+        out: the run directory.
+        prune: the pruning (target, criterion, schedule, solver).
+        train: fine-tuning while pruning (epochs >= 1: pruning happens while
+            training); ``seed`` also seeds the dense model's initialisation.
+        backend: ``auto``, ``tensorrt``, ``torch`` or ``onnxruntime``.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (of the table and the engines).
+        lut: a latency table to reuse when its fingerprint matches the backend.
+        step: channel step of the table's grid (None: the backend's alignment).
+        pretrain_epochs: train the dense model first (for untrained model specs).
+        verify_rounds: timed rounds of the interleaved original-vs-pruned timing.
+        resume: continue the run in ``out`` after its last completed stage.
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: a field outside what it allows (checked on construction).
+    """
+
+    _nested: ClassVar[dict[str, type[ConfigBase]]] = {"prune": PruneConfig, "train": TrainConfig}
+
+    model: str
+    data: str
+    input_shape: tuple[int, ...] | str
+    out: str
+    prune: PruneConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    backend: str = "auto"
+    precision: str = "fp32"
+    lut: str | None = None
+    step: int | None = None
+    pretrain_epochs: int = 0
+    verify_rounds: int = 30
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("model", "data", "out"):
+            self._require(name, isinstance(getattr(self, name), str) and getattr(self, name), "must be a non-empty string")  # fmt: skip
+        self.out = str(self.out)
+        self.input_shape = self._shape()
+        for name, cls in self._nested.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls.from_dict(value))
+            self._require(name, isinstance(getattr(self, name), cls), f"must be a {cls.__name__}")
+        if self.train.epochs < 1:
+            raise ConfigError(
+                "TrainConfig", "epochs", "must be at least 1: pruning happens while training",
+                self.train.epochs,
+            )  # fmt: skip
+        self._choice("backend", RUN_BACKENDS)
+        self._choice("precision", PRECISIONS)
+        if self.lut is not None:
+            self.lut = str(self.lut)
+        self._int("step", 1, optional=True)
+        self._int("pretrain_epochs", 0)
+        self._int("verify_rounds", 1)
+        self._choice("resume", (True, False))
+        self._choice("progress", (True, False))
+
+    def _shape(self) -> tuple[int, ...]:
+        from ..errors import UserError
+        from ..specs import parse_shape
+
+        shape = self.input_shape
+        try:
+            dims = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
+        except (UserError, TypeError):
+            dims = ()
+        if len(dims) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):  # fmt: skip
+            self._fail("input_shape", "must be N,C,H,W (four positive integers)")
+        return tuple(int(d) for d in dims)
+
+    @property
+    def shape_text(self) -> str:
+        """``input_shape`` as ``N,C,H,W``."""
+        return ",".join(str(d) for d in self.input_shape)

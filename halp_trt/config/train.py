@@ -1,0 +1,81 @@
+"""The built-in trainer's hyper-parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+from .base import ConfigBase
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    """Training hyper-parameters of the built-in classification trainer.
+
+    Attributes:
+        epochs: passes over the training set (0: evaluate only).
+        batch_size: minibatch size per process.
+        lr: peak learning rate (after warm-up).
+        momentum, weight_decay: SGD's.
+        warmup_epochs: epochs of linear warm-up from 0 (fractions allowed).
+        label_smoothing: cross-entropy label smoothing.
+        amp: mixed precision; None turns it on exactly when training on CUDA.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None: CUDA if present, else CPU.
+        seed: seeds initial shuffling and everything random in the loop.
+        workers: data-loader worker processes.
+        eval_steps: evaluate on the validation set after every pruning step too.
+
+    Raises:
+        ConfigError: a field outside its range (checked on construction).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    amp: bool | None = None
+    device: str | None = None
+    seed: int = 0
+    workers: int = 0
+    eval_steps: bool = False
+
+    def __post_init__(self) -> None:
+        self._int("epochs", 0)
+        self._int("batch_size", 1)
+        self._number("lr", low=0.0, open_low=True)
+        self._number("momentum", low=0.0, high=1.0)
+        self._number("weight_decay", low=0.0)
+        self._number("warmup_epochs", low=0.0)
+        self._number("label_smoothing", low=0.0, high=1.0)
+        self._choice("amp", (None, True, False))
+        self._require(
+            "device",
+            self.device is None or (isinstance(self.device, str) and bool(self.device)),
+            "must be cpu, cuda, cuda:N or None",
+        )
+        self._int("seed", 0)
+        self._int("workers", 0)
+        self._choice("eval_steps", (True, False))
+
+    def resolved_device(self) -> Any:
+        """The ``torch.device`` to train on.
+
+        Raises:
+            UserError: a CUDA device asked for where CUDA is not available, or a
+                device string torch does not know.
+        """
+        import torch
+
+        if self.device:
+            try:
+                dev = torch.device(self.device)
+            except RuntimeError as exc:
+                raise UserError(f"device {self.device!r} is not a torch device: {exc}") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise UserError(f"device {self.device} asked for but CUDA is not available")
+            return dev
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
