@@ -79,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         solve_budget,
     )
     from lut_builder import LatencyTable, calibrate_overhead, predict_latency
-    from lut_builder.backends import get_backend
+    from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
-    from lut_builder.runners import make_runner
     from lut_builder.specs import example_input, load_model, parse_shape
 
     torch.manual_seed(args.seed)

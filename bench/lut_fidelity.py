@@ -78,10 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         measure_end_to_end,
         predict_latency,
     )
-    from lut_builder.backends import get_backend
+    from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
     from lut_builder.commands.build import CALIBRATION_FRACTIONS, calibration_variants
-    from lut_builder.runners import make_runner
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
 

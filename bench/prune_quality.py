@@ -93,10 +93,9 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
     from lut_builder import LatencyTable, calibrate_overhead
-    from lut_builder.backends import get_backend
+    from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
     from lut_builder.commands.build import calibration_variants
-    from lut_builder.runners import make_runner
 
     if not path.exists():
 
@@ -119,7 +118,7 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
 
 def measure_interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict:
     """All models round-robin in one run: per model median, p10, p90 (ms)."""
-    from lut_builder.runners import make_runner
+    from lut_builder.backends import make_runner
     from lut_builder.timing import time_interleaved
 
     with bench_lock():
@@ -177,7 +176,7 @@ def tp_prune(dense: nn.Module, x: torch.Tensor, ratio: float, align: int) -> nn.
 
 def measure_ratio(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int = 100) -> float:
     """Median per-round latency ratio a / b, timed round-robin in one run."""
-    from lut_builder.runners import make_runner
+    from lut_builder.backends import make_runner
     from lut_builder.timing import time_interleaved
 
     with bench_lock():

@@ -17,6 +17,7 @@ Nothing imported here needs a GPU, CUDA or TensorRT; backends import them when u
 from .build import BuildResult, build_table
 from .end_to_end import measure_end_to_end
 from .errors import (
+    ExportError,
     FingerprintMismatchError,
     IncompleteTableError,
     ShapeError,
@@ -32,6 +33,7 @@ from .version import __version__
 __all__ = [
     "BuildResult",
     "Calibration",
+    "ExportError",
     "FingerprintMismatchError",
     "Grid",
     "IncompleteTableError",

@@ -21,6 +21,10 @@ class ShapeError(UserError):
     """An input shape that is malformed or does not fit the model."""
 
 
+class ExportError(UserError):
+    """A model that cannot be exported to a valid ONNX file."""
+
+
 class IncompleteTableError(UserError):
     """A latency table opened for lookups while points of its plan are still missing."""
 

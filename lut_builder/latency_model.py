@@ -148,7 +148,7 @@ def calibrate_overhead(
     Raises:
         UserError: a layer of a model is not in the table, or a runner fails.
     """
-    from .runners import Runner, make_runner
+    from .backends import Runner, make_runner
     from .end_to_end import measure_end_to_end
     from .signatures import model_layers
 

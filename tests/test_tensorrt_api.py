@@ -1,8 +1,8 @@
 """Every TensorRT name the project uses exists in the real bindings of TensorRT 10 and 11.
 
 TensorRT cannot run on the CPU machines that run this suite, so the code that calls it
-(``lut_builder/trt_compat.py``, ``lut_builder/backends/tensorrt.py`` and any other module
-that imports ``tensorrt``) is checked against the bindings themselves: the
+(the modules of ``lut_builder/backends/tensorrt/`` and any other module that imports
+``tensorrt``) is checked against the bindings themselves: the
 ``tensorrt-cu12-bindings`` / ``tensorrt-cu13-bindings`` wheels on PyPI carry
 ``tensorrt.so``, whose string table names every class, method, property and enum member
 the Python API exposes. The wheels (about 1.3 MB each) are downloaded once with
@@ -278,11 +278,12 @@ def bindings() -> dict[tuple[str, int], BindingNames]:
 
 def test_tensorrt_code_is_where_the_guard_looks():
     modules = {p.relative_to(ROOT).as_posix() for p in tensorrt_modules()}
-    assert "lut_builder/trt_compat.py" in modules
-    assert "lut_builder/backends/tensorrt.py" in modules
-    # Everything else goes through lut_builder.trt_compat's functions, never to TensorRT
-    # objects itself, so these two modules are all there is to check.
-    assert modules == {"lut_builder/trt_compat.py", "lut_builder/backends/tensorrt.py"}
+    trt = "lut_builder/backends/tensorrt"
+    assert f"{trt}/trt_compat.py" in modules
+    assert f"{trt}/measurer.py" in modules
+    # Everything else goes through the TensorRT backend package's functions, never to
+    # TensorRT objects itself, so its modules are all there is to check.
+    assert modules == {f"{trt}/{m}.py" for m in ("trt_compat", "session", "measurer", "runner")}
 
 
 def test_binding_names_reads_whole_strings_and_identifier_tails(tmp_path):

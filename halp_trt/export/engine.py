@@ -6,7 +6,8 @@ is strongly typed on TensorRT 10 and 11 alike, so an FP16 ONNX gives an FP16 eng
 the optimisation profile. A dynamic batch axis takes ``--batch MIN:OPT:MAX``, else the
 range ``halp-trt export --dynamic-batch`` stored in the file; a static model needs no
 profile, and a ``--batch`` that contradicts its fixed batch is an error. Only then is
-TensorRT asked to build (:func:`lut_builder.trt_compat.build_onnx_engine`).
+TensorRT asked to build
+(:func:`lut_builder.backends.tensorrt.trt_compat.build_onnx_engine`).
 
 The engine and its sidecar are written atomically: a failed or interrupted build
 leaves no ``.engine`` (and an older one at the same path untouched).
@@ -142,9 +143,9 @@ def plan_build(
 
     Raises:
         UserError, ShapeError: see :func:`read_onnx`, :func:`resolve_profiles` and
-            :class:`lut_builder.trt_compat.BuildSettings`.
+            :class:`lut_builder.backends.tensorrt.trt_compat.BuildSettings`.
     """
-    from lut_builder.trt_compat import BuildSettings
+    from lut_builder.backends.tensorrt.trt_compat import BuildSettings
 
     proto = read_onnx(onnx_path)
     inputs = graph_inputs(proto)
@@ -203,7 +204,7 @@ def build_engine(
         UserError: a bad ONNX file, shapes or settings (before TensorRT is needed), no
             TensorRT or GPU (``TensorRTUnavailable``), or a failed build.
     """
-    from lut_builder import trt_compat
+    from lut_builder.backends.tensorrt import trt_compat
 
     out = Path(out)
     if not out.parent.is_dir():

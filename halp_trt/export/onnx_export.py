@@ -7,17 +7,19 @@ inference), then the parity check of :mod:`halp_trt.export.parity`. The file is 
 beside the target and moved into place only when every step passed, so a failed export
 leaves nothing behind.
 
-Exporter: ``auto`` tries the TorchScript-based exporter first, then the dynamo
-(``torch.export``) one. On torch 2.13 both export the repository's CNNs with a dynamic
-batch axis; the TorchScript one takes about 2 s for a CIFAR ResNet-56 where dynamo takes
-13-20 s on a 2-core machine, and it folds eval-mode BatchNorm into the convolutions
-itself. It is deprecated upstream, so a model it cannot export (or a torch without it)
-falls through to dynamo. ``--exporter`` picks one explicitly.
+Exporter: the project's one export path, :func:`lut_builder.onnx_export.run_exporters`
+(also what lut-builder's whole-model runners use): ``auto`` tries the TorchScript-based
+exporter first, then the dynamo (``torch.export``) one. On torch 2.13 both export the
+repository's CNNs with a dynamic batch axis; the TorchScript one takes about 2 s for a
+CIFAR ResNet-56 where dynamo takes 13-20 s on a 2-core machine, and it folds eval-mode
+BatchNorm into the convolutions itself. ``--exporter`` picks one explicitly. This module
+adds what a deployment export needs on top: cleanup, checks, parity, metadata, a report.
 
 FP16: the module and its example input are cast to half precision before export, so
 every weight and activation of the ONNX graph is fp16. That is how TensorRT 11, whose
 networks are always strongly typed, builds an FP16 engine (TensorRT 10 does the same
-with a strongly typed network, as :mod:`lut_builder.trt_compat` builds them).
+with a strongly typed network, as :mod:`lut_builder.backends.tensorrt.trt_compat` builds
+them).
 
 The batch range of a dynamic export is stored in the ONNX metadata
 (``halp_trt.batch`` = ``MIN:OPT:MAX``), where ``halp-trt engine`` finds its default
@@ -32,26 +34,20 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lut_builder.errors import ShapeError, UserError
+from lut_builder.errors import ExportError, ShapeError, UserError
+from lut_builder.fileio import atomic_output
+from lut_builder.onnx_export import DEFAULT_OPSET, EXPORTERS, run_exporters
 
 from .parity import ParityError, ParityReport, check_parity, flatten_outputs
 
-EXPORTERS = ("auto", "torchscript", "dynamo")
 PRECISIONS = ("fp32", "fp16")
-#: Opset of the TorchScript exporter; dynamo emits at least 18.
-DEFAULT_OPSET = 17
 #: ONNX metadata keys written by the exporter.
 META_BATCH = "halp_trt.batch"
 META_PRECISION = "halp_trt.precision"
-
-
-class ExportError(UserError):
-    """The model cannot be exported to a valid ONNX file."""
 
 
 @dataclass(frozen=True)
@@ -194,110 +190,36 @@ def export_onnx(
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         raw = tmpdir / "raw.onnx"
-        used, notes = _run_exporters(exported, x, raw, output_names, dynamic_batch, opset, exporter)
-        final = tmpdir / "final.onnx"
+        used, notes = run_exporters(
+            exported,
+            x,
+            raw,
+            output_names=output_names,
+            dynamic_batch=(dynamic_batch.min, dynamic_batch.max) if dynamic_batch else None,
+            opset=opset,
+            exporter=exporter,
+        )
         model_proto = _clean(raw, dynamic_batch, precision)
-        _save_and_check(model_proto, final)
-        export_s = time.perf_counter() - start
-        report_parity = None
-        if parity:
-            batches = sorted(
-                {shape[0]} | ({dynamic_batch.min, dynamic_batch.max} if dynamic_batch else set())
-            )
-            report_parity = check_parity(
-                final, reference, batches=batches, precision=precision, seed=seed
-            )
-        report = _describe(final, out, used, precision, shape, dynamic_batch, export_s)
-        report.parity = report_parity
-        report.notes = notes
-        if report_parity is not None and not report_parity.passed:
-            raise ParityError(f"{report_parity.summary()}; {out} was not written")
-        os.replace(final, out)
+        with atomic_output(out) as final:
+            _save_and_check(model_proto, final)
+            export_s = time.perf_counter() - start
+            report_parity = None
+            if parity:
+                batches = sorted(
+                    {shape[0]}
+                    | ({dynamic_batch.min, dynamic_batch.max} if dynamic_batch else set())
+                )
+                report_parity = check_parity(
+                    final, reference, batches=batches, precision=precision, seed=seed
+                )
+            report = _describe(final, out, used, precision, shape, dynamic_batch, export_s)
+            report.parity = report_parity
+            report.notes = notes
+            if report_parity is not None and not report_parity.passed:
+                raise ParityError(f"{report_parity.summary()}; {out} was not written")
         return report
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _run_exporters(
-    model: Any,
-    x: Any,
-    path: Path,
-    output_names: list[str],
-    dynamic_batch: BatchRange | None,
-    opset: int,
-    exporter: str,
-) -> tuple[str, list[str]]:
-    order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
-    errors, notes = [], []
-    for name in order:
-        try:
-            if name == "torchscript":
-                _export_torchscript(model, x, path, output_names, dynamic_batch, opset)
-            else:
-                _export_dynamo(model, x, path, output_names, dynamic_batch, opset)
-            if errors:
-                notes.append(f"fell back to the {name} exporter after: {errors[-1]}")
-            return name, notes
-        except Exception as exc:  # any exporter failure: say why, try the next one
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            errors.append(f"{name}: {type(exc).__name__}: {first}"[:300])
-    raise ExportError(f"cannot export the model to ONNX ({'; '.join(errors)})")
-
-
-def _export_torchscript(
-    model: Any, x: Any, path: Path, output_names: list[str], dyn: BatchRange | None, opset: int
-) -> None:
-    import torch
-
-    axes = None
-    if dyn is not None:
-        axes = {n: {0: "batch"} for n in ["input", *output_names]}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation warning, every call
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=output_names,
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
-
-
-def _export_dynamo(
-    model: Any, x: Any, path: Path, output_names: list[str], dyn: BatchRange | None, opset: int
-) -> None:
-    import contextlib
-    import io
-    import logging
-
-    import torch
-
-    shapes = None
-    if dyn is not None:
-        # torch.export specialises a dimension whose example size is 1, so trace a
-        # dynamic batch with at least 2 samples.
-        if x.shape[0] == 1 and dyn.max >= 2:
-            x = x.expand(2, *x.shape[1:]).contiguous()
-        shapes = ({0: torch.export.Dim("batch", min=dyn.min, max=dyn.max)},)
-    quiet = io.StringIO()
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            (x,),
-            dynamo=True,
-            opset_version=max(opset, 18),
-            input_names=["input"],
-            output_names=output_names,
-            dynamic_shapes=shapes,
-            verbose=False,
-        )
-        program.save(str(path))
 
 
 def _clean(raw: Path, dyn: BatchRange | None, precision: str) -> Any:

@@ -199,7 +199,7 @@ def load_engine(
         TensorRTUnavailable: no TensorRT or no GPU here.
         EngineMismatch: see :func:`check_engine`.
     """
-    from lut_builder import trt_compat
+    from lut_builder.backends.tensorrt import trt_compat
 
     path = Path(engine_path)
     if not path.is_file():

@@ -1,6 +1,6 @@
 """Original vs pruned, timed on the same backend in one run.
 
-Both models are loaded as runners of :mod:`lut_builder.runners` on one backend and fed
+Both models are loaded as runners of :mod:`lut_builder.backends` on one backend and fed
 the same input. After warm-up rounds, every round times both models in short chunks of
 back-to-back inferences (about ``chunk_ms`` each, after one untimed inference that
 refills the caches), alternating between the models chunk by chunk (A B B A ...), until
@@ -211,7 +211,7 @@ def verify_models(
     """Time ``original`` and ``pruned`` on one backend, interleaved; see the module notes.
 
     Args:
-        original, pruned: what :func:`lut_builder.runners.make_runner` takes for the
+        original, pruned: what :func:`lut_builder.backends.make_runner` takes for the
             backend (``nn.Module``, ``.onnx`` path, ``.engine`` path).
         backend: ``onnxruntime``, ``torch`` or ``tensorrt``.
         input_shape: the input, batch first; both models get the same tensor.
@@ -238,7 +238,7 @@ def verify_models(
     """
     import torch
 
-    from lut_builder.runners import make_runner
+    from lut_builder.backends import make_runner
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

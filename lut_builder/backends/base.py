@@ -1,13 +1,20 @@
-"""The backend protocol and the registry that names backends.
+"""The backend protocols and the registry that names backends.
 
-A backend measures one layer (conv2d or linear with its fused epilogue) at given channel
-counts and says what it measured on (:meth:`Backend.fingerprint`). Backends are picked by
-name: ``get_backend("onnxruntime", threads=1)``. Built-in backends are imported only
-when asked for, so importing this package needs neither a GPU nor TensorRT.
+A backend has two parts, kept together in its package (``lut_builder/backends/<name>/``,
+as Polygraphy keeps a backend's loaders and runner together):
 
-A backend module registers its class with ``@register_backend("name")`` at import time.
-The ``tensorrt`` backend lives in ``lut_builder/backends/tensorrt.py`` and follows the
-same rule (it may also simply define ``TensorRTBackend``).
+- a per-layer measurer, a :class:`Backend`: one layer (conv2d or linear with its fused
+  epilogue) at given channel counts, and what it measured on
+  (:meth:`Backend.fingerprint`); made by ``get_backend("onnxruntime", threads=1)``;
+- a whole-model runner, a :class:`Runner`: one inference of a whole model, for the
+  end-to-end timings the latency model is calibrated and checked on; made by
+  ``make_runner("onnxruntime", model_or_path, example_input)``.
+
+A backend module registers its classes at import time with
+``@register_backend("name")`` and ``@register_runner("name")`` (and a reference workload
+with ``@register_reference("name")``). Built-in backends are imported only when asked
+for, by module name, so importing this package needs neither a GPU nor TensorRT, and
+this module depends on none of them.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ _BUILTIN_MODULES: dict[str, str] = {
     "torch": "lut_builder.backends.torch",
 }
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
+_RUNNERS: dict[str, Callable[..., Runner]] = {}
+_REFERENCES: dict[str, Callable[[str], Callable[[], Any]]] = {}
 
 
 class Backend:
@@ -108,6 +117,37 @@ def conv_groups(sig: LayerSignature, c_in: int) -> int:
     return {"dense": 1, "depthwise": c_in}.get(sig.group_mode, sig.groups)
 
 
+class Runner:
+    """One model on one backend, ready to run (see :func:`make_runner`).
+
+    Subclasses implement :meth:`__call__` (one inference with the example input) and may
+    override :meth:`sync` (wait for asynchronous work) and :meth:`close`. Runners feed
+    the timing loops of :mod:`lut_builder.timing` (end-to-end latency, the calibration
+    of the latency model, fidelity benchmarks, verification).
+    """
+
+    #: Backend name, as given to :func:`make_runner`.
+    name: str = ""
+    #: The clock to time this runner with (see :mod:`lut_builder.timing`): ``"thread"``
+    #: for single-threaded CPU inference that runs on the calling thread, else ``"wall"``.
+    clock: str = "wall"
+
+    def __call__(self) -> Any:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Block until all work started by :meth:`__call__` has finished."""
+
+    def close(self) -> None:
+        """Free the session, device memory and temporary files."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def make_reference(kind: str) -> Callable[[], Any]:
     """The reference workload named ``kind`` (a backend's ``reference_kind``), ready to run.
 
@@ -115,11 +155,11 @@ def make_reference(kind: str) -> Callable[[], Any]:
         UserError: an unknown kind (a table from a newer lut-builder).
     """
     backend = kind.split("/", 1)[0]
-    if backend == "onnxruntime":
-        from .onnxruntime import reference_callable
-
-        return reference_callable(kind)
-    raise UserError(f"unknown reference workload {kind!r}")
+    if backend in _BUILTIN_MODULES:
+        _load_builtin(backend)
+    if backend not in _REFERENCES:
+        raise UserError(f"unknown reference workload {kind!r}")
+    return _REFERENCES[backend](kind)
 
 
 def register_backend(name: str) -> Callable[[type], type]:
@@ -132,13 +172,57 @@ def register_backend(name: str) -> Callable[[type], type]:
     return deco
 
 
+def register_runner(name: str) -> Callable[[type], type]:
+    """Class decorator: make a runner class available as ``make_runner(name, ...)``."""
+
+    def deco(cls: type) -> type:
+        _RUNNERS[name] = cls
+        return cls
+
+    return deco
+
+
+def register_reference(name: str) -> Callable[[Callable], Callable]:
+    """Function decorator: ``fn(kind)`` makes the reference workloads whose kind starts
+    with ``name/`` (see :func:`make_reference`)."""
+
+    def deco(fn: Callable) -> Callable:
+        _REFERENCES[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_builtin(name: str) -> None:
+    """Import a built-in backend's module, which registers what it defines.
+
+    Raises:
+        UserError: the module cannot be imported (a dependency is missing).
+    """
+    try:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    except ImportError as exc:
+        raise UserError(f"backend {name!r} cannot be loaded: {exc}") from exc
+
+
 def list_backends() -> list[str]:
     """Names of all known backends (built-in and registered), sorted."""
     return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY))
 
 
+def list_runners() -> list[str]:
+    """Names of the backends that have a whole-model runner, sorted."""
+    for name in _BUILTIN_MODULES:
+        if name not in _RUNNERS:
+            try:
+                _load_builtin(name)
+            except UserError:
+                continue
+    return sorted(_RUNNERS)
+
+
 def get_backend(name: str, **options: Any) -> Backend:
-    """Create a backend by name.
+    """Create a backend's per-layer measurer by name.
 
     Args:
         name: one of :func:`list_backends`.
@@ -155,18 +239,40 @@ def get_backend(name: str, **options: Any) -> Backend:
     if name == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         raise UserError("the tensorrt backend needs TensorRT, which is not installed here")
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        try:
-            module = importlib.import_module(_BUILTIN_MODULES[name])
-        except ImportError as exc:
-            raise UserError(f"backend {name!r} cannot be loaded: {exc}") from exc
-        if name not in _REGISTRY and hasattr(module, "TensorRTBackend"):
-            _REGISTRY[name] = module.TensorRTBackend
+        _load_builtin(name)
     if name not in _REGISTRY:
         raise UserError(f"unknown backend {name!r}; known: {', '.join(list_backends())}")
     try:
         return _REGISTRY[name](**options)
     except TypeError as exc:
         raise UserError(f"backend {name!r} does not take these options: {exc}") from exc
+
+
+def make_runner(backend: str, model_or_path: Any, example_input: Any, **options: Any) -> Runner:
+    """A whole-model runner for one model on a named backend.
+
+    Args:
+        backend: a backend with a runner (:func:`list_runners`: ``"onnxruntime"``,
+            ``"torch"``, ``"tensorrt"``).
+        model_or_path: an ``nn.Module``, or for onnxruntime/tensorrt a path to a model
+            file (``.onnx``; ``.engine`` for tensorrt).
+        example_input: a tensor (or numpy array) of the input shape; its values are fed.
+        **options: the runner's options; see the backend's runner class
+            (:class:`~lut_builder.backends.onnxruntime.OnnxRuntimeRunner`,
+            :class:`~lut_builder.backends.torch.TorchRunner`,
+            :class:`~lut_builder.backends.tensorrt.TensorRTRunner`).
+
+    Returns:
+        A :class:`Runner`.
+
+    Raises:
+        UserError: unknown backend, a missing model file, TensorRT or CUDA not available.
+    """
+    if backend not in _RUNNERS and backend in _BUILTIN_MODULES:
+        _load_builtin(backend)
+    if backend not in _RUNNERS:
+        raise UserError(f"unknown runner backend {backend!r}; known: {', '.join(list_runners())}")
+    return _RUNNERS[backend](model_or_path, example_input, **options)
 
 
 def cpu_block_size() -> int:

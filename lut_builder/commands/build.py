@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     def calibrate(table: Any) -> float | None:
         if args.no_overhead or not backend.is_measurement:
             return None
-        from ..runners import make_runner
+        from ..backends import make_runner
 
         variants = []
         if args.calibration == "affine":

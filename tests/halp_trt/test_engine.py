@@ -218,7 +218,7 @@ def test_cli_engine_bad_input_is_one_line_before_tensorrt(halp_cli, tmp_path):
 def test_engine_build_writes_engine_and_sidecar_that_load_back(tmp_path):
     import torch
 
-    from lut_builder import trt_compat
+    from lut_builder.backends.tensorrt.session import EngineSession
 
     path = tmp_path / "r.onnx"
     model = create_model("resnet20").eval()
@@ -230,7 +230,7 @@ def test_engine_build_writes_engine_and_sidecar_that_load_back(tmp_path):
     assert s.inputs[0]["profile"]["max"] == [8, 3, 32, 32]
     data, back = load_engine(tmp_path / "r.engine")
     assert back == s
-    session = trt_compat.EngineSession(data, {"input": (4, 3, 32, 32)})
+    session = EngineSession(data, {"input": (4, 3, 32, 32)})
     x = session.buffers["input"].float().cpu()
     session.run()
     session.sync()
@@ -239,4 +239,4 @@ def test_engine_build_writes_engine_and_sidecar_that_load_back(tmp_path):
     out = session.outputs()["output"].float().cpu()
     assert torch.allclose(out, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
     with pytest.raises(ShapeError):
-        trt_compat.EngineSession(data, {"input": (16, 3, 32, 32)})
+        EngineSession(data, {"input": (16, 3, 32, 32)})

@@ -152,7 +152,7 @@ def test_export_errors_leave_nothing_behind(tmp_path):
 
 
 def test_a_model_no_exporter_can_export_is_a_user_error(tmp_path, monkeypatch):
-    import halp_trt.export.onnx_export as ox
+    import lut_builder.onnx_export as ox  # the project's one export path
 
     def refuse(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::fancy")
@@ -166,7 +166,7 @@ def test_a_model_no_exporter_can_export_is_a_user_error(tmp_path, monkeypatch):
 
 
 def test_auto_falls_back_to_dynamo_and_says_so(tmp_path, monkeypatch):
-    import halp_trt.export.onnx_export as ox
+    import lut_builder.onnx_export as ox  # the project's one export path
 
     real = ox._export_torchscript
 

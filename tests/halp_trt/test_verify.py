@@ -209,7 +209,7 @@ def test_cli_verify_json_and_report_file(halp_cli, saved_models):
 
 
 def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
-    from lut_builder.runners import export_onnx
+    from lut_builder.onnx_export import export_onnx
 
     wide, narrow = wide_and_narrow()
     x = torch.randn(1, 3, 16, 16)

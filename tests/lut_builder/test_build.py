@@ -191,7 +191,7 @@ def test_onnxruntime_affine_calibration_on_narrowed_copies(tmp_path):
                 table.scale * pt["layers_ms"] + over
             )
         with pytest.raises(ValueError, match="runner factory"):
-            from lut_builder.runners import make_runner
+            from lut_builder.backends import make_runner
 
             with make_runner("onnxruntime", model, x) as runner:
                 calibrate_overhead(table, runner, model, x, variants=variants, store=False)

@@ -1,4 +1,4 @@
-"""ONNX Runtime on CPU: the default backend where no GPU is present.
+"""ONNX Runtime on CPU, per layer: the default backend where no GPU is present.
 
 Each point is built as an ONNX graph directly with ``onnx.helper`` (well under a
 millisecond, where exporting a module from torch takes a second): ``Conv(x, W, B)`` then
@@ -28,11 +28,12 @@ So by default (``normalize=True``) every timed run is bracketed by runs of a fix
 reference graph (:data:`REFERENCE_SIG` at 64 -> 64 channels), and a point's value is its
 median ratio to the reference. (``gate`` can further drop runs made while the reference
 ran slow; it is off by default because the machine's fastest state itself drifted: the
-reference's fastest run was 0.18 ms for an hour, then 0.22-0.27 ms.) Tables store these ratios; their unit is the fastest
-reference run seen while the table was filled (the minimum of thousands of runs, which
-stays put while medians swing), so every process and every later end-to-end
-measurement against the table (:func:`lut_builder.end_to_end.measure_end_to_end`) shares it. On a quiet machine
-this changes nothing; on a shared one it keeps points measured minutes apart in one
+reference's fastest run was 0.18 ms for an hour, then 0.22-0.27 ms.) Tables store these
+ratios; their unit is the fastest reference run seen while the table was filled (the
+minimum of thousands of runs, which stays put while medians swing), so every process and
+every later end-to-end measurement against the table
+(:func:`lut_builder.end_to_end.measure_end_to_end`) shares it. On a quiet machine this
+changes nothing; on a shared one it keeps points measured minutes apart in one
 consistent state.
 
 Timing on a small shared CPU: one intra-op thread (ONNX Runtime then runs the graph on
@@ -48,17 +49,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import UserError
-from ..signatures import LayerSignature
-from ..timing import Timing, get_clock, time_interleaved, time_relative
-from .base import (
+from ...errors import UserError
+from ...signatures import LayerSignature
+from ...timing import Timing, get_clock, time_interleaved, time_relative
+from ..base import (
     Backend,
     check_channels,
     conv_groups,
     cpu_block_size,
     host_fingerprint,
     register_backend,
+    register_reference,
 )
+from .session import check_optimization, session_options
 
 OPSET = 17
 IR_VERSION = 8
@@ -76,6 +79,7 @@ def reference_kind(threads: int) -> str:
     return f"onnxruntime/conv3x3-16x16-{c}-{c}/threads={threads}"
 
 
+@register_reference("onnxruntime")
 def reference_callable(kind: str) -> Any:
     """A callable running the reference workload named ``kind`` once.
 
@@ -210,12 +214,7 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"the onnxruntime backend measures fp32 on CPU, not {precision}")
         if device not in ("cpu", None):
             raise UserError(f"the onnxruntime backend runs on the CPU, not on {device!r}")
-        levels = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        }
-        if optimization not in levels:
-            raise UserError(f"unknown optimization level {optimization!r}; known: all, extended")
+        check_optimization(optimization, ("all", "extended"))
         if method not in ("differential", "single"):
             raise UserError(f"unknown method {method!r}; known: differential, single")
         if copies < 2 or threads < 1 or runs < 1:
@@ -238,17 +237,11 @@ class OnnxRuntimeBackend(Backend):
         self.alignment = alignment or cpu_block_size()
         self.optimization = optimization
         self._ort = ort
-        self._level = levels[optimization]
 
     def session(self, model: Any) -> Any:
         """An ``InferenceSession`` for an ONNX model with this backend's settings."""
-        ort = self._ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = self._level
-        return ort.InferenceSession(
+        opts = session_options(self.threads, self.optimization)
+        return self._ort.InferenceSession(
             model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
 

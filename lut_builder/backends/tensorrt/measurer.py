@@ -1,40 +1,34 @@
-"""TensorRT on an NVIDIA GPU: the production backend, and a whole-engine runner.
+"""TensorRT on an NVIDIA GPU, per layer: the production backend.
 
-Per-layer latency (:class:`TensorRTBackend`): each point is a tiny strongly typed
-network built with TensorRT's network API, a convolution (or matrix multiply) with its
-bias and activation, as TensorRT fuses a conv + folded BatchNorm + ReLU of a deployed
-network. Weights are random normal (zero weights could take shortcuts). The build
-shares one timing cache across all points (and a file, when given, across runs) and
-serialises layers (``max_aux_streams=0``). The engine runs on a private CUDA stream from
-a CUDA graph; CUDA events on that stream time it (GPU time, no host overhead, no
-transfers, like ``trtexec``): a warm-up, then at least ``runs`` samples and
-``min_time_s`` seconds of them; the median is the figure.
+Each point is a tiny strongly typed network built with TensorRT's network API, a
+convolution (or matrix multiply) with its bias and activation, as TensorRT fuses a conv
++ folded BatchNorm + ReLU of a deployed network. Weights are random normal (zero weights
+could take shortcuts). The build shares one timing cache across all points (and a file,
+when given, across runs) and serialises layers (``max_aux_streams=0``). The engine runs
+on a private CUDA stream from a CUDA graph; CUDA events on that stream time it (GPU
+time, no host overhead, no transfers, like ``trtexec``): a warm-up, then at least
+``runs`` samples and ``min_time_s`` seconds of them; the median is the figure.
 
-Whole models (:func:`make_runner`): a serialized ``.engine``, an ``.onnx`` file (built
-into an engine in memory for the example input's shape) or an ``nn.Module`` (exported to
-ONNX first), run by :class:`TensorRTRunner` for :mod:`lut_builder.runners`.
-
-All TensorRT calls go through :mod:`lut_builder.trt_compat`, which handles TensorRT 10
-and 11. This module imports neither TensorRT nor CUDA until a backend or runner is made.
-It is written against the documented API and checked against the real bindings by
-``tests/test_tensorrt_api.py``; running it needs a GPU with TensorRT (tests marked
+All TensorRT calls go through :mod:`.trt_compat` (building, TensorRT 10 and 11) and
+:mod:`.session` (running). This module imports neither TensorRT nor CUDA until a backend
+is made. It is written against the documented API and checked against the real bindings
+by ``tests/test_tensorrt_api.py``; running it needs a GPU with TensorRT (tests marked
 ``tensorrt``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import trt_compat
-from ..errors import UserError
-from ..fileio import atomic_write
-from ..runners import Runner
-from ..signatures import LayerSignature
-from ..timing import Timing
-from .base import Backend, check_channels, conv_groups, host_fingerprint, register_backend
+from ...errors import UserError
+from ...fileio import atomic_write
+from ...signatures import LayerSignature
+from ...timing import Timing
+from ..base import Backend, check_channels, conv_groups, host_fingerprint, register_backend
+from . import trt_compat
+from .session import EngineSession, device_index, time_on_stream
 
 #: Precisions the per-layer networks can be built in (weights are numpy arrays, and
 #: numpy has no bfloat16).
@@ -109,7 +103,7 @@ class TensorRTBackend(Backend):
         precision: ``"fp16"`` (default; tensor cores) or ``"fp32"``; set by the input
             and weight types of the strongly typed layer network.
         device: CUDA device index or ``"cuda"`` / ``"cuda:N"``.
-        warmup, runs, min_time_s: the timing loop (see :func:`trt_compat.time_on_stream`).
+        warmup, runs, min_time_s: the timing loop (see :func:`.session.time_on_stream`).
         workspace_gib, opt_level: builder settings (see :class:`trt_compat.BuildSettings`).
         timing_cache: a file to start the shared timing cache from and save it to on
             :meth:`close`, or None for an in-memory cache.
@@ -143,7 +137,7 @@ class TensorRTBackend(Backend):
                 f"the tensorrt backend measures {', '.join(LAYER_PRECISIONS)}, not {precision}"
             )
         self.trt = trt_compat.import_tensorrt()
-        self.device = _device_index(device)
+        self.device = device_index(device)
         self.gpu = trt_compat.gpu_info(self.device)
         self.precision = precision
         self.warmup, self.runs, self.min_time_s = warmup, runs, min_time_s
@@ -172,11 +166,11 @@ class TensorRTBackend(Backend):
 
     def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
         """Median GPU time of conv/linear + bias + activation; see the module notes."""
-        session = trt_compat.EngineSession(
+        session = EngineSession(
             self.build(sig, c_in, c_out), device=self.device, cuda_graph=self.cuda_graph
         )
         try:
-            samples = trt_compat.time_on_stream(
+            samples = time_on_stream(
                 session, warmup=self.warmup, runs=self.runs, min_time_s=self.min_time_s
             )
         finally:
@@ -211,104 +205,3 @@ class TensorRTBackend(Backend):
         if path is not None and self._cache is not None:
             atomic_write(path, bytes(self._cache.serialize()))
         self._cache = None
-
-
-def _device_index(device: int | str) -> int:
-    if isinstance(device, int):
-        return device
-    text = str(device)
-    if text == "cuda":
-        return 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return int(text[5:])
-    if text.isdigit():
-        return int(text)
-    raise UserError(f"the tensorrt backend runs on a CUDA device, not on {device!r}")
-
-
-# --- whole models ---------------------------------------------------------------------
-
-
-class TensorRTRunner(Runner):
-    """A TensorRT engine, ready to run one inference per call on its CUDA stream.
-
-    Args:
-        model_or_path: a ``.engine`` file, an ``.onnx`` file or an ``nn.Module``.
-        example_input: a tensor (or numpy array, or just a shape) of the input; dynamic
-            engine inputs are set to its shape.
-        device: CUDA device index.
-        precision: for an ``nn.Module`` only: ``"fp32"`` or ``"fp16"`` (the module is
-            exported in that precision; a strongly typed engine follows the ONNX types).
-        cuda_graph: replay the inference from a CUDA graph.
-        workspace_gib, opt_level, timing_cache: builder settings for ONNX and modules.
-
-    Raises:
-        TensorRTUnavailable: no TensorRT or no GPU.
-        UserError: a missing file, or an engine TensorRT cannot load.
-        ShapeError: an input shape the engine does not accept.
-    """
-
-    name = "tensorrt"
-
-    def __init__(
-        self,
-        model_or_path: Any,
-        example_input: Any,
-        *,
-        device: int | str = 0,
-        precision: str = "fp32",
-        cuda_graph: bool = True,
-        workspace_gib: float | None = None,
-        opt_level: int | None = None,
-        timing_cache: str | os.PathLike | None = None,
-    ) -> None:
-        trt_compat.import_tensorrt()
-        shape = tuple(int(d) for d in getattr(example_input, "shape", example_input))
-        settings = trt_compat.BuildSettings(
-            workspace_gib=workspace_gib, opt_level=opt_level, timing_cache=timing_cache
-        )
-        if isinstance(model_or_path, (str, os.PathLike)):
-            path = Path(model_or_path)
-            if not path.is_file():
-                raise UserError(f"model file {str(path)!r} does not exist")
-            if path.suffix == ".onnx":
-                plan = trt_compat.build_onnx_engine(path, settings, default_shape=shape).plan
-            else:
-                plan = path.read_bytes()
-        else:
-            plan = self._from_module(model_or_path, shape, precision, settings)
-        self.session = trt_compat.EngineSession(
-            plan, default_shape=shape, device=_device_index(device), cuda_graph=cuda_graph
-        )
-
-    @staticmethod
-    def _from_module(model: Any, shape: tuple[int, ...], precision: str, settings: Any) -> bytes:
-        import copy
-
-        import torch
-
-        from ..runners import export_onnx
-
-        if precision not in LAYER_PRECISIONS:
-            raise UserError(f"the tensorrt runner exports modules in fp32 or fp16, not {precision}")
-        module = copy.deepcopy(model).eval()
-        x = torch.randn(*shape)
-        if precision == "fp16":
-            module, x = module.half(), x.half()
-        with tempfile.TemporaryDirectory(prefix="lut-trt-") as d:
-            path = export_onnx(module, x, Path(d) / "model.onnx")
-            return trt_compat.build_onnx_engine(path, settings, default_shape=shape).plan
-
-    def __call__(self) -> None:
-        self.session.run()
-
-    def sync(self) -> None:
-        self.session.sync()
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def make_runner(model_or_path: Any, example_input: Any, **options: Any) -> TensorRTRunner:
-    """A :class:`TensorRTRunner`; called by :func:`lut_builder.runners.make_runner`."""
-    return TensorRTRunner(model_or_path, example_input, **options)

@@ -1,4 +1,4 @@
-"""PyTorch eager: on CPU, and on CUDA with cuDNN autotuning and CUDA-graph replay.
+"""PyTorch eager, per layer: on CPU, and on CUDA with cuDNN autotuning and CUDA graphs.
 
 Each point is ``Conv2d(c_in, c_out, bias=True)`` followed by ``ReLU`` (BatchNorm folded
 into the bias, as at deployment) or ``Linear`` (+ ``ReLU``), in eval mode without
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UserError
-from ..signatures import LayerSignature
-from ..timing import Timing, time_callable
-from .base import (
+from ...errors import UserError
+from ...signatures import LayerSignature
+from ...timing import Timing, time_callable
+from ..base import (
     Backend,
     check_channels,
     conv_groups,
@@ -30,7 +30,22 @@ from .base import (
     register_backend,
 )
 
-_DTYPES = ("fp32", "fp16", "bf16")
+#: Precisions of layers and models, by name.
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def torch_dtype(precision: str) -> Any:
+    """The torch dtype of a precision name.
+
+    Raises:
+        UserError: an unknown precision (the message lists the known ones).
+    """
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise UserError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    return dtypes[precision]
 
 
 def default_alignment(device_type: str, precision: str) -> int:
@@ -112,8 +127,7 @@ class TorchBackend(Backend):
     ) -> None:
         import torch
 
-        if precision not in _DTYPES:
-            raise UserError(f"unknown precision {precision!r}; known: {', '.join(_DTYPES)}")
+        dtype = torch_dtype(precision)
         try:
             self.device = torch.device(device or "cpu")
         except RuntimeError as exc:
@@ -129,9 +143,7 @@ class TorchBackend(Backend):
         if inner < 1 or runs < 1:
             raise UserError("inner and runs must be >= 1")
         self.precision = precision
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            precision
-        ]
+        self.dtype = dtype
         self.channels_last = (
             self.device.type == "cuda" if channels_last is None else bool(channels_last)
         )

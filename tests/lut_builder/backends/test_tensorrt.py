@@ -1,4 +1,6 @@
-"""The TensorRT backend and helpers: the logic that needs no GPU, and GPU tests (marked).
+"""Tests of lut_builder.backends.tensorrt: measurer, runner, trt_compat and session.
+
+The logic that needs no GPU, and GPU tests (marked).
 
 Running TensorRT needs an NVIDIA GPU; on the CPU machines the configuration logic,
 version branches and errors are tested here, and the API names are checked against the
@@ -13,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lut_builder import trt_compat
 from lut_builder.backends import get_backend
+from lut_builder.backends.tensorrt import trt_compat
 from lut_builder.errors import ShapeError, UserError
 from lut_builder.signatures import LayerSignature
 
@@ -76,10 +78,26 @@ def test_without_tensorrt_everything_says_so_in_one_line():
 
 @no_trt
 def test_runner_dispatch_reports_missing_tensorrt():
-    from lut_builder.runners import make_runner
+    from lut_builder.backends import make_runner
 
     with pytest.raises(UserError, match="TensorRT"):
         make_runner("tensorrt", "m.engine", (1, 3, 8, 8))
+
+
+def test_tensorrt_runner_without_tensorrt_is_user_error():
+    torch = pytest.importorskip("torch")
+    from lut_builder.backends import make_runner
+
+    from .common import small_net
+
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    with pytest.raises(UserError, match="TensorRT"):
+        make_runner("tensorrt", small_net(), torch.randn(1, 3, 8, 8))
 
 
 def test_layer_network_refuses_what_it_cannot_build_before_touching_tensorrt():
@@ -94,11 +112,11 @@ def test_layer_network_refuses_what_it_cannot_build_before_touching_tensorrt():
 
 
 def test_device_names():
-    from lut_builder.backends.tensorrt import _device_index
+    from lut_builder.backends.tensorrt.session import device_index
 
-    assert [_device_index(d) for d in (0, "cuda", "cuda:1", "2")] == [0, 0, 1, 2]
+    assert [device_index(d) for d in (0, "cuda", "cuda:1", "2")] == [0, 0, 1, 2]
     with pytest.raises(UserError):
-        _device_index("cpu")
+        device_index("cpu")
 
 
 # --- on a GPU with TensorRT -----------------------------------------------------------
@@ -139,7 +157,8 @@ def test_backend_linear_and_depthwise_layers_build(tmp_path):
 def test_runner_on_an_onnx_file_and_a_module(tmp_path):
     import torch
 
-    from lut_builder.runners import export_onnx, make_runner
+    from lut_builder.backends import make_runner
+    from lut_builder.onnx_export import export_onnx
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
     x = torch.randn(2, 3, 16, 16)

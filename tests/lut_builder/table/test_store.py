@@ -1,4 +1,4 @@
-"""Tests of lut_builder.table: the SQLite store, lookups, the network latency model."""
+"""Tests of lut_builder.table.store: the SQLite store, its checks, lookups and units."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from lut_builder.errors import UserError
-from lut_builder.latency_model import predict_latency
 from lut_builder.signatures import LayerSignature
 from lut_builder.table import (
     FORMAT_VERSION,
@@ -16,32 +15,9 @@ from lut_builder.table import (
     Grid,
     IncompleteTableError,
     LatencyTable,
-    fill_surface,
 )
-from lut_builder.timing import Timing
 
-SIG = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(8, 8))
-DW = LayerSignature("conv2d", kernel=3, padding=1, group_mode="depthwise", groups=0, in_hw=8)
-FP = {"backend": "analytic", "precision": "fp32", "device": "test", "versions": {"x": "1"}}
-
-
-def cost(c_in: int, c_out: int) -> float:
-    """A bilinear latency surface (what a compute-bound conv looks like in tile space)."""
-    return 0.01 + 0.001 * c_in + 0.002 * c_out + 0.0001 * c_in * c_out
-
-
-def t(ms: float) -> Timing:
-    return Timing(ms, ms * 0.9, ms * 1.1, ms, ms * 0.05, 20)
-
-
-def make_table(path, grid: Grid, *, sig=SIG, fill=True, alignment=16, **kw) -> LatencyTable:
-    table = LatencyTable.create(path, FP, alignment, **kw)
-    table.add_signature(sig, grid)
-    if fill:
-        for a, b in grid.points():
-            table.add_point(sig, a, b, t(cost(a, b)))
-        assert table.mark_complete()
-    return table
+from .common import DW, FP, SIG, cost, make_table, t
 
 
 def test_create_open_roundtrip(tmp_path):
@@ -190,75 +166,6 @@ def test_foreign_sqlite_and_wrong_version(tmp_path):
         LatencyTable.open(path)
     with pytest.raises(UserError, match="does not exist"):
         LatencyTable.open(tmp_path / "missing.lut")
-
-
-def test_fill_surface_keeps_measured_and_fits_bilinear():
-    vals = [16, 32, 48, 64, 80, 96, 112, 128]
-    grid = Grid(vals, vals, coarse_in=[16, 64, 128], coarse_out=[16, 64, 128],
-                lines_in=[128], lines_out=[128])  # fmt: skip
-    truth = {(a, b): cost(a, b) for a in vals for b in vals}
-    measured = {p: truth[p] for p in grid.points()}
-    values, is_meas = fill_surface(grid, measured)
-    assert is_meas.sum() == len(grid.points()) < len(truth)
-    want = np.array([[truth[a, b] for b in vals] for a in vals])
-    np.testing.assert_allclose(values, want, rtol=1e-12)
-
-
-def test_fill_surface_carries_a_step_along_the_lines():
-    vals = [16, 32, 48, 64, 80, 96]
-    grid = Grid(vals, vals, coarse_in=[16, 96], coarse_out=[16, 96],
-                lines_in=[96], lines_out=[96])  # fmt: skip
-
-    def stair(a: int, b: int) -> float:  # a jump at c_out > 64, separable
-        return cost(a, b) * (1.3 if b > 64 else 1.0)
-
-    measured = {p: stair(*p) for p in grid.points()}
-    values, _ = fill_surface(grid, measured)
-    j80, j64 = vals.index(80), vals.index(64)
-    # The jump measured on the line c_in = 96 shows on every other c_in row.
-    ratio = values[:, j80] / values[:, j64]
-    assert np.all(ratio > 1.2)
-
-
-def test_predict_latency_sums_lookups_and_overhead(tmp_path):
-    with make_table(tmp_path / "t.lut", Grid([16, 32], [16, 32])) as table:
-        layers = [(SIG, 16, 16), (SIG, 32, 16), (SIG, 30, 30)]
-        want = cost(16, 16) + cost(32, 16) + cost(32, 32)
-        assert predict_latency(table, layers) == pytest.approx(want)
-        table.set_overhead(-0.25)
-        assert predict_latency(table, layers) == pytest.approx(want - 0.25)
-        assert predict_latency(table, layers, overhead=False) == pytest.approx(want)
-        table.set_overhead(-0.25, scale=1.5)
-        assert table.scale == 1.5 and table.summary()["scale"] == 1.5
-        assert predict_latency(table, layers) == pytest.approx(1.5 * want - 0.25)
-        assert predict_latency(table, layers, overhead=False) == pytest.approx(want)
-        for bad in ({"scale": 0.0}, {"scale": float("nan")}):
-            with pytest.raises(ValueError, match="bad calibration"):
-                table.set_overhead(0.1, **bad)
-        assert table.scale == 1.5  # a rejected calibration leaves the stored one
-
-
-def test_fit_calibration_additive_affine_and_implausible():
-    from lut_builder.latency_model import fit_calibration
-
-    one = fit_calibration([(2.0, 2.5)])
-    assert (one.kind, one.scale, one.overhead_ms) == ("additive", 1.0, 0.5)
-    # Points on an exact line: the line is recovered.
-    line = fit_calibration([(s, 1.2 * s - 0.3) for s in (4.0, 3.0, 2.0)])
-    assert line.kind == "affine"
-    assert line.scale == pytest.approx(1.2) and line.overhead_ms == pytest.approx(-0.3)
-    assert line.predict(2.5) == pytest.approx(2.7)
-    # Layer sums too close together: no slope is fitted.
-    close = fit_calibration([(4.0, 4.4), (3.9, 4.1)])
-    assert close.kind == "additive" and close.overhead_ms == pytest.approx(0.4)
-    assert "too close" in close.note
-    # A slope outside [0.5, 2] is noise, not a latency model.
-    wild = fit_calibration([(4.0, 10.0), (2.0, 1.0)])
-    assert wild.kind == "additive" and wild.overhead_ms == pytest.approx(6.0)
-    assert "implausible" in wild.note
-    for bad in ([], [(0.0, 1.0)], [(1.0, float("inf"))]):
-        with pytest.raises(ValueError):
-            fit_calibration(bad)
 
 
 def test_reference_unit_stores_ratios_and_only_lowers_until_complete(tmp_path):

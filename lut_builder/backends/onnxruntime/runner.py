@@ -1,0 +1,86 @@
+"""ONNX Runtime on CPU, whole models: an ``nn.Module`` or an ``.onnx`` file.
+
+One intra-op thread by default: on a small shared machine a single thread gives far
+steadier timings than a thread pool whose workers compete with other processes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ...errors import UserError
+from ...onnx_export import export_onnx
+from ..base import Runner, register_runner
+from .session import check_optimization, session_options
+
+
+@register_runner("onnxruntime")
+class OnnxRuntimeRunner(Runner):
+    """ONNX Runtime on the CPU execution provider.
+
+    Args:
+        model_or_path: an ``nn.Module`` (exported to a temporary ONNX file, deleted on
+            :meth:`close`) or a path to an ``.onnx`` file.
+        example_input: a tensor or numpy array fed to the model's first input.
+        threads: intra-op threads (default 1: steadiest timings on a shared machine).
+        optimization: ``"all"`` (default, what deployment uses: layout transforms and
+            conv+bias+activation fusion), ``"extended"``, ``"basic"`` or ``"disable"``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_or_path: Any,
+        example_input: Any,
+        *,
+        threads: int = 1,
+        optimization: str = "all",
+    ) -> None:
+        import onnxruntime as ort
+
+        check_optimization(optimization)
+        if threads < 1:
+            raise UserError("threads must be >= 1")
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        if isinstance(model_or_path, (str, os.PathLike)):
+            path = Path(model_or_path)
+            if not path.is_file():
+                raise UserError(f"ONNX file {str(path)!r} does not exist")
+        else:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="lut-runner-")
+            path = export_onnx(model_or_path, example_input, Path(self._tmpdir.name) / "model.onnx")
+        self.path = path
+        self.threads = threads
+        # With one intra-op thread ONNX Runtime runs on the caller's thread, so that
+        # thread's CPU time is the inference's cost, immune to preemption.
+        self.clock = "thread" if threads == 1 else "wall"
+        opts = session_options(threads, optimization)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            self.close()
+            raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
+        first = self.session.get_inputs()[0]
+        self._feed = {first.name: _to_numpy(example_input, first.type)}
+
+    def __call__(self) -> Any:
+        return self.session.run(None, self._feed)
+
+    def close(self) -> None:
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+
+def _to_numpy(x: Any, onnx_type: str = "tensor(float)") -> Any:
+    """The input as a contiguous array of the ONNX input's type (an fp16 model takes fp16)."""
+    import numpy as np
+
+    dtype = np.float16 if onnx_type == "tensor(float16)" else np.float32
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)

@@ -1,0 +1,67 @@
+"""Tests of lut_builder.backends.base: the registries of backends, runners and references."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from lut_builder.backends import (
+    check_channels,
+    get_backend,
+    list_backends,
+    list_runners,
+    make_reference,
+    make_runner,
+)
+from lut_builder.errors import UserError
+
+from .common import CONV, DW, GROUPED
+
+
+def test_registry_names_and_unknown_backend():
+    assert {"analytic", "onnxruntime", "tensorrt", "torch"} <= set(list_backends())
+    with pytest.raises(UserError, match="unknown backend 'nope'.*analytic.*onnxruntime"):
+        get_backend("nope")
+
+
+def test_bad_option_is_user_error():
+    with pytest.raises(UserError, match="options"):
+        get_backend("analytic", colour="red")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
+def test_tensorrt_missing_is_user_error():
+    with pytest.raises(UserError, match="TensorRT.*not installed"):
+        get_backend("tensorrt")
+
+
+def test_check_channels():
+    check_channels(GROUPED, 8, 12)
+    for sig, c_in, c_out in [(CONV, 0, 4), (DW, 4, 8), (GROUPED, 6, 8)]:
+        with pytest.raises(ValueError):
+            check_channels(sig, c_in, c_out)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("nope", None, None), "unknown runner backend"),
+        (("onnxruntime", "missing.onnx", np.zeros((1, 3, 8, 8))), "does not exist"),
+        (("torch", "x.onnx", None), "nn.Module"),
+    ],
+)
+def test_runner_user_errors(args, fragment):
+    with pytest.raises(UserError, match=fragment):
+        make_runner(*args)
+
+
+def test_runner_names_and_unknown_reference():
+    assert list_runners() == ["onnxruntime", "tensorrt", "torch"]  # analytic has none
+    with pytest.raises(UserError, match="unknown runner backend 'analytic'"):
+        make_runner("analytic", None, None)
+    with pytest.raises(UserError, match="unknown reference workload"):
+        make_reference("newer-backend/conv")
+    with pytest.raises(UserError, match="unknown onnxruntime reference"):
+        make_reference("onnxruntime/conv5x5")

@@ -1,0 +1,64 @@
+"""Tests of lut_builder.backends.torch: the layer measurer and the model runner (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lut_builder.backends import get_backend, make_runner
+from lut_builder.errors import UserError
+
+from .common import CONV, DW, FAST, GROUPED, LINEAR, small_net
+
+
+def test_torch_cpu_measures_and_module_matches_signature():
+    from lut_builder.backends.torch import input_shape, layer_module
+
+    m = layer_module(GROUPED, 8, 12)
+    y = m(torch.randn(input_shape(GROUPED, 8)))
+    assert y.shape == (1, 12, *GROUPED.out_hw) and (y >= 0).all()
+    assert m[0].groups == 4 and m[0].bias is not None
+    b = get_backend("torch", **FAST)
+    t = b.measure(DW, 16, 16)
+    assert t.n >= 3 and t.median_ms > 0
+    fp = b.fingerprint()
+    assert fp["backend"] == "torch" and fp["device"].startswith("cpu")
+    assert b.measure(LINEAR, 10, 6).median_ms > 0
+
+
+def test_torch_default_alignment():
+    from lut_builder.backends.torch import default_alignment
+
+    assert default_alignment("cuda", "fp16") == 8
+    assert default_alignment("cuda", "fp32") == 4
+    assert default_alignment("cpu", "fp32") in (8, 16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_torch_cuda_missing_is_user_error():
+    with pytest.raises(UserError, match="CUDA is not available"):
+        get_backend("torch", device="cuda")
+
+
+@pytest.mark.gpu
+def test_torch_cuda_measures_fp16():
+    b = get_backend("torch", device="cuda", precision="fp16", runs=5)
+    t = b.measure(CONV, 64, 64)
+    assert t.median_ms > 0 and t.n == 5
+    assert b.fingerprint()["compute_capability"]
+
+
+def test_torch_runner_cpu_precisions():
+    net, x = small_net(), torch.randn(2, 3, 8, 8)
+    ref = net(x).detach()
+    r = make_runner("torch", net, x, channels_last=True)
+    torch.testing.assert_close(r(), ref, rtol=1e-4, atol=1e-5)
+    r = make_runner("torch", small_net(), x, precision="bf16")
+    assert r().dtype == torch.bfloat16
+
+
+def test_torch_runner_cuda_missing_is_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(UserError, match="CUDA"):
+        make_runner("torch", small_net(), torch.randn(1, 3, 8, 8), device="cuda")

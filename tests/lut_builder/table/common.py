@@ -1,0 +1,30 @@
+"""A small latency table for the table and latency-model tests."""
+
+from __future__ import annotations
+
+from lut_builder.signatures import LayerSignature
+from lut_builder.table import Grid, LatencyTable
+from lut_builder.timing import Timing
+
+SIG = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(8, 8))
+DW = LayerSignature("conv2d", kernel=3, padding=1, group_mode="depthwise", groups=0, in_hw=8)
+FP = {"backend": "analytic", "precision": "fp32", "device": "test", "versions": {"x": "1"}}
+
+
+def cost(c_in: int, c_out: int) -> float:
+    """A bilinear latency surface (what a compute-bound conv looks like in tile space)."""
+    return 0.01 + 0.001 * c_in + 0.002 * c_out + 0.0001 * c_in * c_out
+
+
+def t(ms: float) -> Timing:
+    return Timing(ms, ms * 0.9, ms * 1.1, ms, ms * 0.05, 20)
+
+
+def make_table(path, grid: Grid, *, sig=SIG, fill=True, alignment=16, **kw) -> LatencyTable:
+    table = LatencyTable.create(path, FP, alignment, **kw)
+    table.add_signature(sig, grid)
+    if fill:
+        for a, b in grid.points():
+            table.add_point(sig, a, b, t(cost(a, b)))
+        assert table.mark_complete()
+    return table
