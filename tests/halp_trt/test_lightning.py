@@ -1,0 +1,258 @@
+"""HALPCallback in a real Lightning Trainer on CPU: schedule in optimizer steps, slimming
+in place, gradient accumulation, AMP overflow, short fits, bad set-ups, resuming."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+L = pytest.importorskip("lightning")
+
+from halp_trt.config import PruneConfig  # noqa: E402
+from halp_trt.errors import UserError  # noqa: E402
+from halp_trt.integrations.lightning import HALPCallback  # noqa: E402
+from halp_trt.models import CifarResNet  # noqa: E402
+from halp_trt.prune import PrunePlan  # noqa: E402
+
+from .test_prune_support import analytic_table  # noqa: E402
+
+SHAPE = (1, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return analytic_table(
+        tmp_path_factory.mktemp("lut") / "r8.lut",
+        CifarResNet(8, 10, 3, width=16),
+        torch.zeros(SHAPE),
+    )
+
+
+class Classifier(L.LightningModule):
+    """ResNet-8 (16/32/64 channels) on 16x16 inputs; ``boom`` makes that optimizer
+    step's gradients infinite (a mixed-precision overflow)."""
+
+    def __init__(self, example: bool = True, boom: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = CifarResNet(8, 10, 3, width=16)
+        self.example_input_array = torch.zeros(SHAPE) if example else None
+        self.boom = boom
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        if self.boom is not None and self.trainer.global_step == self.boom:
+            loss = loss * float("inf")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def loader(batches: int, batch: int = 4):
+    gen = torch.Generator().manual_seed(1)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(batches * batch, 3, 16, 16, generator=gen),
+        torch.randint(0, 10, (batches * batch,), generator=gen),
+    )
+    return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False)
+
+
+def trainer(callbacks, **kwargs):
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **kwargs,
+    }
+    return L.Trainer(callbacks=callbacks, **options)
+
+
+class MaskedCopy(L.Callback):
+    """Keeps a copy of the masked, full-width module as training ends (before HALP's
+    ``on_train_end`` slims it: callbacks run in list order)."""
+
+    model = None
+
+    def on_train_end(self, trainer, pl_module):
+        self.model = copy.deepcopy(pl_module).eval()
+
+
+def channels(module):
+    return sum(m.out_channels for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_prunes_at_optimizer_steps_and_slims_the_module_in_place(table, tmp_path):
+    model = Classifier()
+    before = channels(model)
+    snap = MaskedCopy()
+    halp = HALPCallback(table, "0.6x", steps=3, plan_path=tmp_path / "plan.json")
+    fit = trainer([snap, halp])
+    fit.fit(model, loader(12))
+    # 12 optimizer steps; by default 3 pruning steps over the first half: every 2.
+    assert [r.iteration for r in halp.pruner.history] == [2, 4, 6]
+    assert [r.minibatches for r in halp.pruner.history] == [2, 2, 2]
+    assert halp.pruner.iteration == fit.global_step == 12
+    plan = halp.plan
+    assert plan.check["passed"]
+    assert plan.predicted_ms <= plan.target_ms * 1.001
+    assert plan.target_ms == pytest.approx(0.6 * plan.base_ms)
+    assert channels(model) < before
+    assert channels(snap.model) == before
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), snap.model(x), rtol=1e-4, atol=1e-5)
+    saved = PrunePlan.load(tmp_path / "plan.json")
+    assert saved.predicted_ms == pytest.approx(plan.predicted_ms)
+    assert saved.schedule["interval"] == 2
+
+
+def test_gradient_accumulation_counts_optimizer_steps(table):
+    halp = HALPCallback(table, "0.6x", steps=2, interval=2)
+    fit = trainer([halp], accumulate_grad_batches=3)
+    fit.fit(Classifier(), loader(12))
+    # 12 batches, 4 optimizer steps: pruned after the 2nd and 4th, importance once per
+    # optimizer step (the accumulated gradient), not once per micro-batch.
+    assert fit.global_step == halp.pruner.iteration == 4
+    assert [(r.iteration, r.minibatches) for r in halp.pruner.history] == [(2, 2), (4, 2)]
+
+
+def test_mixed_precision_overflow_is_left_out_of_the_importance(table):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    amp = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    halp = HALPCallback(table, "0.6x", steps=2, interval=3)
+    fit = trainer([halp], plugins=[amp])
+    fit.fit(Classifier(boom=1), loader(6))
+    # The 2nd optimizer step overflows: the scaler skips it, and so does the importance.
+    assert [(r.iteration, r.minibatches) for r in halp.pruner.history] == [(3, 2), (6, 3)]
+    assert halp.plan.check["passed"]
+
+
+def test_short_fit_prunes_fewer_times_with_a_note(table):
+    halp = HALPCallback(table, "0.6x", steps=30)
+    with pytest.warns(UserWarning, match="too few for 30 pruning steps"):
+        trainer([halp]).fit(Classifier(), loader(5))
+    assert halp.pruner.steps == 2
+    assert [r.iteration for r in halp.pruner.history] == [1, 2]
+    assert halp.plan.predicted_ms <= halp.plan.target_ms * 1.001
+
+
+def test_missing_example_input_is_a_one_line_user_error(table):
+    with pytest.raises(UserError, match="example_input_array") as info:
+        trainer([HALPCallback(table, "0.6x")]).fit(Classifier(example=False), loader(2))
+    assert "\n" not in str(info.value)
+
+
+def test_bad_settings_are_refused_before_any_fit(table):
+    with pytest.raises(TypeError, match="interal"):
+        HALPCallback(table, "0.6x", interal=4)
+    with pytest.raises(UserError, match="steps must be an integer >= 1") as info:
+        HALPCallback(table, "0.6x", steps=0)
+    assert "\n" not in str(info.value)
+    config = PruneConfig(target="3ms", steps=2, start=1)
+    halp = HALPCallback.from_config(table, config, plan_path="plan.json")
+    assert halp.config == config and halp.plan_path == "plan.json"
+
+
+def test_resumed_fit_continues_with_the_same_masks_and_importance(table, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(ckpt_path=None, checkpoints=()):
+        halp = HALPCallback(table, "0.6x", steps=3, interval=4)
+        fit = trainer([halp, *checkpoints], max_epochs=2, enable_checkpointing=bool(checkpoints))
+        fit.fit(Classifier(), loader(6), ckpt_path=ckpt_path)
+        return halp
+
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    whole = run(checkpoints=[saver])
+    # The checkpoint after epoch 0 (step 6): one pruning step done (at 4), two
+    # minibatches of importance accumulated towards the next (at 8).
+    resumed = run(ckpt_path=tmp_path / "epoch=0-step=6.ckpt")
+
+    def steps(halp):
+        return [(r.iteration, r.minibatches, r.kept, r.retained) for r in halp.pruner.history]
+
+    assert steps(resumed) == steps(whole)
+    assert [r.minibatches for r in resumed.pruner.history] == [4, 4, 4]
+    assert resumed.pruner.keep == whole.pruner.keep
+    assert resumed.plan.widths == whole.plan.widths
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import lightning as L
+import torch
+import torch.nn.functional as F
+from halp_trt.integrations.lightning import HALPCallback
+from halp_trt.models import CifarResNet
+
+class Classifier(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = CifarResNet(8, 10, 3, width=16)
+        self.example_input_array = torch.zeros(1, 3, 16, 16)
+    def forward(self, x):
+        return self.net(x)
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+torch.set_num_threads(1)
+table, out = sys.argv[1], sys.argv[2]
+gen = torch.Generator().manual_seed(1)
+data = torch.utils.data.TensorDataset(
+    torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+)
+halp = HALPCallback(table, "0.6x", steps=2, interval=2, plan_path=os.path.join(out, "plan.json"))
+model = Classifier()
+trainer = L.Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[halp],
+    logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    enable_model_summary=False,
+)
+trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+rank = trainer.global_rank
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({
+        "keep": {str(g): list(k) for g, k in halp.pruner.keep.items()},
+        "iterations": [r.iteration for r in halp.pruner.history],
+        "global_step": trainer.global_step,
+        "shapes": {n: list(p.shape) for n, p in model.named_parameters()},
+    }, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_prune_identically(table, tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    args = ["--nproc_per_node=2", script, table.path, tmp_path]
+    proc = subprocess.run(
+        [*torchrun, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 64 samples, 2 ranks, batch 4: 8 optimizer steps on each rank.
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 8
+    assert ranks[0]["iterations"] == ranks[1]["iterations"] == [2, 4]
+    assert ranks[0]["keep"] == ranks[1]["keep"]
+    assert ranks[0]["shapes"] == ranks[1]["shapes"]
+    assert PrunePlan.load(tmp_path / "plan.json").check["passed"]
