@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table is None:
         table_path = Path(tmp.name) / "table.sqlite"
         t0 = time.perf_counter()
-        res = build_table(table_path, model, x, get_backend("onnxruntime"))
+        res = build_table(table_path, model, x, get_backend("onnxruntime"), calibration="none")
         with LatencyTable.open(table_path, writable=True) as table:
             calibrate_overhead(table, "onnxruntime", model, x)
         build = {"points": res.measured, "seconds": round(time.perf_counter() - t0, 1)}

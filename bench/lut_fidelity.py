@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default under bench/results)")
     args = p.parse_args(argv)
 
-    from halp_trt.graph import ChannelGraph
+    from halp_trt.graph import CALIBRATION_FRACTIONS, ChannelGraph, calibration_variants
     from lut_builder import (
         LatencyTable,
         calibrate_overhead,
@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
-    from lut_builder.commands.build import CALIBRATION_FRACTIONS, calibration_variants
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
 
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = build_table(
             table_path, model, x, backend, step=args.step, strategy=args.strategy,
-            info={"model": args.model, "input_shape": list(shape)},
+            info={"model": args.model, "input_shape": list(shape)}, calibration="none",
         )  # fmt: skip
         measure_s = res.seconds
         calibrate()

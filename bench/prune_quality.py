@@ -92,10 +92,10 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 
 
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
+    from halp_trt.graph import calibration_variants
     from lut_builder import LatencyTable, calibrate_overhead
     from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
-    from lut_builder.commands.build import calibration_variants
 
     if not path.exists():
 

@@ -34,17 +34,20 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Backend
+from .backends.base import Backend, make_runner
 from .errors import UserError
+from .latency_model import VariantsFactory, calibrate_overhead, calibration_copies
 from .signatures import LayerInfo, LayerSignature, model_layers
 from .table import Grid, LatencyTable
 
 STRATEGIES = ("sparse", "full")
+#: Network latency models :func:`build_table` can calibrate.
+CALIBRATIONS = ("affine", "additive", "none")
 
 
 @dataclass
@@ -116,6 +119,21 @@ def fixed_widths(model: Any, example_input: Any) -> tuple[set[str], set[str]]:
     return reads, writes
 
 
+def check_grid_options(step: int | None, strategy: str, coarse: int) -> None:
+    """Check the grid options of :func:`plan_grids` (``step`` None: the default).
+
+    Raises:
+        UserError: naming the option: an unknown strategy, a step that is not a positive
+            integer, fewer than 2 coarse values.
+    """
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown grid strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise UserError(f"the grid step must be a positive integer, not {step!r}")
+    if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 2:
+        raise UserError("the sparse grid needs at least 2 coarse values per axis")
+
+
 def plan_grids(
     layers: Mapping[str, LayerInfo],
     *,
@@ -140,12 +158,7 @@ def plan_grids(
     Raises:
         UserError: unknown strategy, step < 1 or coarse < 2.
     """
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown grid strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    if step < 1:
-        raise UserError(f"the grid step must be a positive integer, not {step}")
-    if coarse < 2:
-        raise UserError("the sparse grid needs at least 2 coarse values per axis")
+    check_grid_options(step, strategy, coarse)
     axes: dict[LayerSignature, _Axes] = {}
     for info in layers.values():
         sig = info.signature
@@ -195,22 +208,6 @@ def _coarse(values: list[int], fulls: set[int], count: int) -> list[int]:
     return sorted({values[i] for i in idx} | (fulls & set(values)))
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``i/n`` (0 <= i < n).
-
-    Raises:
-        UserError: malformed.
-    """
-    try:
-        i_s, n_s = text.split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise UserError(f"--shard must look like i/n (for example 0/2), not {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {text}: need 0 <= i < n")
-    return i, n
-
-
 @dataclass
 class BuildResult:
     """What a build (or one shard of it) did."""
@@ -223,6 +220,10 @@ class BuildResult:
     complete: bool
     overhead_ms: float | None = None
     scale: float = 1.0
+    #: The calibrated network latency model: ``"affine"``, ``"additive"`` or None.
+    calibration: str | None = None
+    #: Why the calibration is what it is, when it is not what was asked for.
+    calibration_note: str = ""
 
     @property
     def points_per_s(self) -> float:
@@ -239,6 +240,8 @@ class BuildResult:
             "complete": self.complete,
             "overhead_ms": self.overhead_ms,
             "scale": self.scale,
+            "calibration": self.calibration,
+            "calibration_note": self.calibration_note,
         }
 
 
@@ -246,7 +249,7 @@ def build_table(
     path: str | os.PathLike,
     model: Any,
     example_input: Any,
-    backend: Backend,
+    backend: str | Backend,
     *,
     step: int | None = None,
     strategy: str = "sparse",
@@ -255,114 +258,243 @@ def build_table(
     info: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    calibration: str = "affine",
+    variants: Sequence[Any] | VariantsFactory | None = None,
+    runner_options: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     calibrate: Callable[[LatencyTable], float | None] | None = None,
 ) -> BuildResult:
-    """Plan, measure and store the latency table of a model on a backend (resumable).
+    """Plan, measure and store the latency table of a model on a backend (resumable), then
+    calibrate the network latency model on whole-model measurements.
+
+    Every argument is checked before anything is measured or the table file is touched.
 
     Args:
-        path: the table file; created, or resumed if it holds the same plan.
+        path: the table file; created, or resumed if it holds the same plan. Its
+            directory must exist.
         model: the ``nn.Module`` (its layers are read with one forward pass).
         example_input: its input (the batch size is part of every signature).
-        backend: the backend that measures.
+        backend: a backend name (made with ``get_backend(backend, **backend_options)``
+            and closed at the end) or a :class:`~lut_builder.backends.Backend` (the
+            caller's to close).
         step: grid step; the backend's alignment by default.
         strategy, coarse: see :func:`plan_grids`.
         shard: ``(i, n)``: measure only every n-th planned point starting at i.
         info: extra facts stored in the table (model spec, input shape...).
         progress: called as ``progress(done, total)`` after each point of this shard.
         on_start: called with the number of points this shard will measure.
-        calibrate: called with the table once it is complete (by the process that
-            completes it), returns the overhead term it stored, if any.
+        calibration: the network latency model, fitted by the process that completes
+            the table (see :func:`~lut_builder.latency_model.calibrate_overhead`):
+            ``"affine"`` (``scale * layers + overhead``, fitted on the model and its
+            ``variants``; additive when there are none, saying why), ``"additive"``
+            (``layers + overhead``, from the model alone) or ``"none"``. Backends that
+            do not measure (``analytic``) are never calibrated.
+        variants: the narrowed copies of ``model`` the affine model is fitted on: a list
+            of modules, or a callable ``variants(model, example_input, alignment)``
+            returning one. None: the ``lut_builder.calibration_variants`` entry point
+            (halp-trt installs :func:`halp_trt.graph.calibration_variants`).
+        runner_options: options of the whole-model runner the calibration times with
+            (:func:`~lut_builder.backends.make_runner` on the backend's name).
+        backend_options: constructor options of a backend given by name.
+        calibrate: for advanced use, replaces the built-in calibration: called with the
+            table once it is complete, returns the overhead term it stored, if any.
 
     Returns:
-        A :class:`BuildResult`.
+        A :class:`BuildResult` (its ``calibration`` and ``calibration_note`` say which
+        latency model the table has and why).
 
     Raises:
-        UserError: the file holds another target's table or another plan, or a
-            backend rejects a point.
+        UserError: a bad argument (the message names it); an unknown backend or options
+            it rejects; the file holds another target's table or another plan; a
+            backend rejects a point; a runner of the calibration fails.
     """
     import torch
 
-    step = step or backend.alignment
-    layers = model_layers(model, example_input)
-    if not layers:
-        raise UserError("the model has no Conv2d or Linear layer to measure")
-    reads, writes = fixed_widths(model, example_input)
-    grids = plan_grids(
-        layers, step=step, strategy=strategy, coarse=coarse, fixed_in=reads, fixed_out=writes
-    )
-    x = example_input[0] if isinstance(example_input, tuple) else example_input
-    fingerprint = {
-        **backend.fingerprint(),
-        "batch": int(x.shape[0]) if torch.is_tensor(x) else None,
-        "is_measurement": backend.is_measurement,
-    }
-    table = LatencyTable.create(
-        path,
-        fingerprint,
-        backend.alignment,
-        step=step,
-        info={**dict(info or {}), "strategy": strategy, "coarse": coarse},
-    )
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    _check_build_arguments(
+        path, backend, step, strategy, coarse, shard, calibration, variants, runner_options,
+        backend_options,
+    )  # fmt: skip
+    owned = isinstance(backend, str)
+    if owned:
+        from .backends import get_backend
+
+        backend = get_backend(backend, **dict(backend_options or {}))
     try:
-        normalized = backend.reference_kind is not None
-        if normalized:
-            if table.reference is None:
-                backend.measure_reference()
-                offer = backend.reference_floor_ms
-            else:  # resuming, or another shard: start from the table's unit
-                offer = backend.reference_floor_ms or table.unit_ms
-            backend.reference_ms = table.adopt_reference(
-                backend.reference_kind, offer, getattr(backend, "gate", None)
-            )
-        for sig, grid in grids.items():
-            table.add_signature(sig, grid)
-        plan = table.planned()
-        i, n = shard
-        mine = {(s, a, b) for k, (s, a, b) in enumerate(plan) if k % n == i}
-        todo = [p for p in table.missing() if p in mine]
-        random.Random(f"{i}/{n}").shuffle(todo)
-        if on_start:
-            on_start(len(todo))
-        t0 = time.perf_counter()
-        measured = skipped = 0
-        for k, (sig, c_in, c_out) in enumerate(todo):
-            timing = backend.measure(sig, c_in, c_out)
-            unit = backend.reference_ms if normalized else None
-            if table.add_point(sig, c_in, c_out, timing, worker=worker, unit_ms=unit):
-                measured += 1
-            else:
-                skipped += 1
-            floor = backend.reference_floor_ms if normalized else None
-            if floor is not None and floor < backend.reference_ms:
-                # A faster reference run than the table's unit: offer it (the table
-                # rescales all its ratios at once) and measure in the new unit.
-                backend.reference_ms = table.adopt_reference(
-                    backend.reference_kind, floor, getattr(backend, "gate", None)
-                )
-            if progress:
-                progress(k + 1, len(todo))
-        seconds = time.perf_counter() - t0
-        if measured:
-            table.append_info(
-                "builds",
-                {
-                    "worker": worker,
-                    "shard": f"{i}/{n}",
-                    "points": measured,
-                    "seconds": round(seconds, 3),
-                    "finished_at": time.time(),
-                },
-            )
-        newly = table.mark_complete()
-        complete = table.complete
-        overhead = table.overhead_ms
-        # One process calibrates: the one that completed the table, or an unsharded run
-        # resuming a table whose calibration was interrupted.
-        if calibrate is not None and overhead is None and (newly or (complete and n == 1)):
-            overhead = calibrate(table)
-        return BuildResult(
-            Path(path), len(plan), measured, skipped, seconds, complete, overhead, table.scale
+        step = step or backend.alignment
+        layers = model_layers(model, example_input)
+        if not layers:
+            raise UserError("the model has no Conv2d or Linear layer to measure")
+        reads, writes = fixed_widths(model, example_input)
+        grids = plan_grids(
+            layers, step=step, strategy=strategy, coarse=coarse, fixed_in=reads, fixed_out=writes
         )
+        x = example_input[0] if isinstance(example_input, tuple) else example_input
+        fingerprint = {
+            **backend.fingerprint(),
+            "batch": int(x.shape[0]) if torch.is_tensor(x) else None,
+            "is_measurement": backend.is_measurement,
+        }
+        table = LatencyTable.create(
+            path,
+            fingerprint,
+            backend.alignment,
+            step=step,
+            info={**dict(info or {}), "strategy": strategy, "coarse": coarse},
+        )
+        try:
+            result = _measure(table, backend, grids, shard, progress, on_start)
+            # One process calibrates: the one that completed the table, or an unsharded
+            # run resuming a table whose calibration was interrupted.
+            newly, n = result.pop("newly"), shard[1]
+            if table.overhead_ms is None and (newly or (table.complete and n == 1)):
+                if calibrate is not None:
+                    calibrate(table)
+                elif calibration != "none" and backend.is_measurement:
+                    copies, note = [], ""
+                    if calibration == "affine":
+                        copies, note = calibration_copies(
+                            variants, model, example_input, table.alignment
+                        )
+                    options = dict(runner_options or {})
+                    calibrate_overhead(
+                        table,
+                        lambda m: make_runner(backend.name, m, example_input, **options),
+                        model,
+                        example_input,
+                        variants=copies,
+                        note=note,
+                    )
+            details = table.overhead or {}
+            return BuildResult(
+                Path(path),
+                **result,
+                complete=table.complete,
+                overhead_ms=table.overhead_ms,
+                scale=table.scale,
+                calibration=details.get("model"),
+                calibration_note=details.get("note", ""),
+            )
+        finally:
+            table.close()
     finally:
-        table.close()
+        if owned:
+            backend.close()
+
+
+def _measure(
+    table: LatencyTable,
+    backend: Backend,
+    grids: Mapping[LayerSignature, Grid],
+    shard: tuple[int, int],
+    progress: Callable[[int, int], None] | None,
+    on_start: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    """Measure this shard's missing points of the plan into the table; mark it complete
+    when nothing is missing. Returns BuildResult's counts and ``newly`` (this call
+    completed the table)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    normalized = backend.reference_kind is not None
+    if normalized:
+        if table.reference is None:
+            backend.measure_reference()
+            offer = backend.reference_floor_ms
+        else:  # resuming, or another shard: start from the table's unit
+            offer = backend.reference_floor_ms or table.unit_ms
+        backend.reference_ms = table.adopt_reference(
+            backend.reference_kind, offer, getattr(backend, "gate", None)
+        )
+    for sig, grid in grids.items():
+        table.add_signature(sig, grid)
+    plan = table.planned()
+    i, n = shard
+    mine = {(s, a, b) for k, (s, a, b) in enumerate(plan) if k % n == i}
+    todo = [p for p in table.missing() if p in mine]
+    random.Random(f"{i}/{n}").shuffle(todo)
+    if on_start:
+        on_start(len(todo))
+    t0 = time.perf_counter()
+    measured = skipped = 0
+    for k, (sig, c_in, c_out) in enumerate(todo):
+        timing = backend.measure(sig, c_in, c_out)
+        unit = backend.reference_ms if normalized else None
+        if table.add_point(sig, c_in, c_out, timing, worker=worker, unit_ms=unit):
+            measured += 1
+        else:
+            skipped += 1
+        floor = backend.reference_floor_ms if normalized else None
+        if floor is not None and floor < backend.reference_ms:
+            # A faster reference run than the table's unit: offer it (the table
+            # rescales all its ratios at once) and measure in the new unit.
+            backend.reference_ms = table.adopt_reference(
+                backend.reference_kind, floor, getattr(backend, "gate", None)
+            )
+        if progress:
+            progress(k + 1, len(todo))
+    seconds = time.perf_counter() - t0
+    if measured:
+        table.append_info(
+            "builds",
+            {
+                "worker": worker,
+                "shard": f"{i}/{n}",
+                "points": measured,
+                "seconds": round(seconds, 3),
+                "finished_at": time.time(),
+            },
+        )
+    newly = table.mark_complete()
+    return {
+        "planned": len(plan),
+        "measured": measured,
+        "skipped": skipped,
+        "seconds": seconds,
+        "newly": newly,
+    }
+
+
+def _check_build_arguments(
+    path: Any,
+    backend: Any,
+    step: Any,
+    strategy: Any,
+    coarse: Any,
+    shard: Any,
+    calibration: Any,
+    variants: Any,
+    runner_options: Any,
+    backend_options: Any,
+) -> None:
+    """The checks of :func:`build_table` that need no model, backend or file.
+
+    Raises:
+        UserError: the first bad argument, named.
+    """
+    if not isinstance(backend, (str, Backend)):
+        raise UserError(f"backend must be a backend name or a Backend, not {backend!r}")
+    if backend_options is not None:
+        if not isinstance(backend, str):
+            raise UserError("backend_options apply to a backend given by name, not a Backend")
+        if not isinstance(backend_options, Mapping):
+            raise UserError(f"backend_options must be a mapping, not {backend_options!r}")
+    check_grid_options(step, strategy, coarse)
+    if not (
+        isinstance(shard, tuple)
+        and len(shard) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        and 0 <= shard[0] < shard[1]
+    ):
+        raise UserError(f"shard must be (i, n) with 0 <= i < n, not {shard!r}")
+    if calibration not in CALIBRATIONS:
+        raise UserError(f"unknown calibration {calibration!r}; known: {', '.join(CALIBRATIONS)}")
+    if not (variants is None or callable(variants) or isinstance(variants, (list, tuple))):
+        raise UserError(
+            "variants must be a list of modules or a callable (model, example_input, "
+            f"alignment) -> list, not {type(variants).__name__}"
+        )
+    if runner_options is not None and not isinstance(runner_options, Mapping):
+        raise UserError(f"runner_options must be a mapping, not {runner_options!r}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"the directory of the table file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise UserError(f"the table file {str(path)!r} is a directory")

@@ -4,19 +4,25 @@
 :func:`fit_calibration` fits its two terms to whole-network measurements, and
 :func:`calibrate_overhead` makes those measurements (on the model and narrowed copies
 of it, see :func:`~lut_builder.end_to_end.measure_end_to_end`) and stores the terms in
-the table.
+the table. The narrowed copies come from the caller or from a hook another package
+installs (:func:`variants_hook`): lut-builder itself cannot narrow a model.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .signatures import LayerSignature
 from .table import LatencyTable
+
+#: The entry point group of the hook that makes narrowed copies of a model.
+VARIANTS_HOOK = "lut_builder.calibration_variants"
+#: ``variants(model, example_input, alignment) -> list of narrowed copies``.
+VariantsFactory = Callable[[Any, Any, int], Sequence[Any]]
 
 
 def predict_latency(
@@ -208,3 +214,60 @@ def calibrate_overhead(
             scale=cal.scale,
         )
     return cal.overhead_ms
+
+
+def calibration_copies(
+    variants: Sequence[Any] | VariantsFactory | None, model: Any, example_input: Any, alignment: int
+) -> tuple[list[Any], str]:
+    """The narrowed copies of ``model`` an affine calibration is fitted on, and, when there
+    are none, why (the calibration is then additive).
+
+    Args:
+        variants: as for :func:`lut_builder.build_table` (None: the entry point hook).
+        model, example_input: the model.
+        alignment: the table's channel step.
+
+    Returns:
+        ``(copies, note)``.
+    """
+    source = variants
+    if source is None:
+        source, why = variants_hook()
+        if source is None:
+            return [], why
+    copies = list(source(model, example_input, alignment) if callable(source) else source)
+    if not copies:
+        return [], (
+            "no narrowed copies of the model were made (no prunable channel group?): the "
+            "latency model is additive"
+        )
+    return copies, ""
+
+
+def variants_hook() -> tuple[VariantsFactory | None, str]:
+    """The installed ``lut_builder.calibration_variants`` hook, or None and why not.
+
+    Packages offer one with an entry point in that group (halp-trt:
+    ``halp_trt = "halp_trt.graph:calibration_variants"``); with several, the first by
+    name is used. lut-builder itself cannot narrow a model (that needs the channel
+    groups of a pruning tool), so without a hook the calibration is additive.
+
+    Returns:
+        ``(hook, "")`` or ``(None, reason)``.
+    """
+    from importlib import metadata
+
+    found = sorted(metadata.entry_points(group=VARIANTS_HOOK), key=lambda ep: ep.name)
+    if not found:
+        return None, (
+            f"no narrowed copies of the model: none were given and no {VARIANTS_HOOK} "
+            "entry point is installed (halp-trt provides one); the latency model is additive"
+        )
+    ep = found[0]
+    try:
+        return ep.load(), ""
+    except Exception as exc:  # a broken plugin must not cost the measured table
+        return None, (
+            f"the {VARIANTS_HOOK} hook {ep.value!r} cannot be loaded "
+            f"({type(exc).__name__}: {exc}); the latency model is additive"
+        )

@@ -57,6 +57,27 @@ def test_every_module_imports_without_gpu_or_tensorrt():
     assert int(proc.stdout.split()[-1]) >= 8
 
 
+def test_lut_builder_never_imports_halp_trt():
+    """lut_builder is the lower layer: none of its modules, its CLI parser or its
+    backends' registries pull in halp_trt (narrowed copies come from an entry point)."""
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil
+        import lut_builder, lut_builder.backends, lut_builder.table, lut_builder.cli
+        for info in pkgutil.walk_packages(lut_builder.__path__, "lut_builder."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+        lut_builder.cli.build_parser()
+        lut_builder.backends.list_runners()
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] == "halp_trt")
+        print("leaked:", leaked)
+        """
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("leaked:")[-1].strip() == "[]"
+
+
 def _subcommands(cli_module: str) -> list[str]:
     import importlib
 

@@ -1,13 +1,21 @@
 """Channel groups of a model: what can be pruned together, and exact removal."""
 
 from .channel_graph import ChannelGraph, ChannelGroup, ChannelRef, CheckResult
-from .uniform import uniform_keep, uniform_keep_count, uniform_width
+from .uniform import (
+    CALIBRATION_FRACTIONS,
+    calibration_variants,
+    uniform_keep,
+    uniform_keep_count,
+    uniform_width,
+)
 
 __all__ = [
+    "CALIBRATION_FRACTIONS",
     "ChannelGraph",
     "ChannelGroup",
     "ChannelRef",
     "CheckResult",
+    "calibration_variants",
     "uniform_keep",
     "uniform_keep_count",
     "uniform_width",

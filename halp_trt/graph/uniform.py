@@ -1,8 +1,9 @@
 """Uniformly narrowed models: every prunable group at one fraction of its width.
 
 One implementation for every uniform-width copy the project makes: the calibration of
-the network latency model (``lut-builder build``: copies at 3/4 and 1/2 width, widths
-rounded to the nearest alignment step), the uniform baseline of the pruning benchmarks
+the network latency model (:func:`calibration_variants`: copies at 3/4 and 1/2 width,
+widths rounded to the nearest alignment step, which ``lut_builder.build_table`` finds
+through the ``lut_builder.calibration_variants`` entry point), the uniform baseline of the pruning benchmarks
 (channels chosen by score), and the fixed reference models of the export and verify
 tests (:mod:`halp_trt.verify.baseline`, widths rounded up).
 """
@@ -17,9 +18,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..errors import PruningError
 from .channel_graph import ChannelGraph
 
 ROUNDING = ("nearest", "up")
+#: Widths of the narrowed copies the affine network latency model is fitted on.
+CALIBRATION_FRACTIONS = (0.75, 0.5)
 
 
 def uniform_keep_count(
@@ -89,3 +93,28 @@ def uniform_width(
     graph = ChannelGraph(slim, example_inputs)
     keep = uniform_keep(graph, fraction, alignment, scores=scores, rounding=rounding)
     return graph.remove(keep).eval()
+
+
+def calibration_variants(model: nn.Module, x: Any, alignment: int) -> list[nn.Module]:
+    """Copies of ``model`` with every prunable channel group at 3/4 and 1/2 width.
+
+    What ``lut_builder.build_table`` fits its affine network latency model on; registered
+    as the ``lut_builder.calibration_variants`` entry point (``halp_trt`` in
+    pyproject.toml), so ``lut-builder build`` finds it without importing halp_trt itself.
+
+    Args:
+        model: the unpruned model (left as it was).
+        x: its example input.
+        alignment: the table's channel step; widths are rounded to the nearest multiple.
+
+    Returns:
+        One copy per :data:`CALIBRATION_FRACTIONS`, in eval mode; empty when the model
+        has no prunable group or its channel groups cannot be traced (the calibration is
+        then additive).
+    """
+    try:
+        if not ChannelGraph(copy.deepcopy(model), x).prunable:
+            return []
+        return [uniform_width(model, x, f, alignment) for f in CALIBRATION_FRACTIONS]
+    except PruningError:
+        return []

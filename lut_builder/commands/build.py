@@ -1,4 +1,8 @@
-"""`lut-builder build`: measure a model's latency table on a backend (resumable)."""
+"""`lut-builder build`: measure a model's latency table on a backend (resumable).
+
+A thin shell over :func:`lut_builder.build_table`: it parses the arguments (model spec,
+input shape, shard, backend and runner options), calls it, and prints the result.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 from typing import Any
 
 from ..backends.base import list_backends
+from ..errors import UserError
 
 HELP = "measure a model's per-layer latency table on a backend"
 
@@ -42,7 +47,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--step",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="N",
         help="channel step of the grid (default: the backend's alignment)",
@@ -80,36 +85,39 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         choices=("affine", "additive"),
         default="affine",
         help="network latency model: affine (scale * layers + overhead, fitted on the "
-        "model and copies at 3/4 and 1/2 width; default) or additive (layers + overhead, "
-        "from the unpruned model only)",
+        "model and copies at 3/4 and 1/2 width made by an installed "
+        "lut_builder.calibration_variants hook, e.g. halp-trt's; default) or additive "
+        "(layers + overhead, from the unpruned model only)",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="the table file (.db)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
-#: Widths of the narrowed copies the affine network latency model is fitted on.
-CALIBRATION_FRACTIONS = (0.75, 0.5)
-
-
-def calibration_variants(model: Any, x: Any, alignment: int) -> list[Any]:
-    """Copies of ``model`` with every prunable channel group at 3/4 and 1/2 width.
-
-    Empty when the model has no prunable group or its channel groups cannot be traced
-    (the calibration is then additive). Channel groups are found by halp-trt's channel
-    graph (same distribution).
-    """
-    import copy
-
-    from halp_trt.errors import PruningError
-    from halp_trt.graph import ChannelGraph, uniform_width
-
+def _positive_int(text: str) -> int:
     try:
-        if not ChannelGraph(copy.deepcopy(model), x).prunable:
-            return []
-        return [uniform_width(model, x, f, alignment) for f in CALIBRATION_FRACTIONS]
-    except PruningError:
-        return []
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``i/n`` (0 <= i < n).
+
+    Raises:
+        UserError: malformed.
+    """
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (for example 0/2), not {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 <= i < n")
+    return i, n
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,55 +144,30 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
+    import sys
 
-    from ..backends import get_backend
-    from ..build import build_table, parse_shard
-    from ..errors import UserError
-    from ..latency_model import calibrate_overhead
+    from ..build import build_table
     from ..specs import example_input, load_model, parse_shape
 
-    # Everything a user can get wrong is checked before the table file is touched.
     shard = parse_shard(args.shard)
     shape = parse_shape(args.input_shape)
-    if args.step is not None and args.step < 1:
-        raise UserError(f"--step must be a positive integer, not {args.step}")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UserError(f"the directory of --out {str(out)!r} does not exist")
-    if out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a directory")
-    backend = get_backend(args.backend, **backend_options(args))
     model = load_model(args.model)
     x = example_input(model, shape)
-
-    def calibrate(table: Any) -> float | None:
-        if args.no_overhead or not backend.is_measurement:
-            return None
-        from ..backends import make_runner
-
-        variants = []
-        if args.calibration == "affine":
-            variants = calibration_variants(model, x, table.alignment)
-        return calibrate_overhead(
-            table,
-            lambda m: make_runner(args.backend, m, x, **runner_options(args)),
-            model,
-            x,
-            variants=variants,
-        )
-
-    info = {"model": args.model, "input_shape": list(shape)}
+    options = {
+        "step": args.step,
+        "strategy": args.strategy,
+        "shard": shard,
+        "info": {"model": args.model, "input_shape": list(shape)},
+        "calibration": "none" if args.no_overhead else args.calibration,
+        "backend_options": backend_options(args),
+        "runner_options": runner_options(args),
+    }
     if args.json:
-        result = build_table(
-            out, model, x, backend, step=args.step, strategy=args.strategy, shard=shard,
-            info=info, calibrate=calibrate,
-        )  # fmt: skip
+        result = build_table(args.out, model, x, args.backend, **options)
     else:
-        result = _build_with_progress(
-            out, model, x, backend, args, shard=shard, info=info, calibrate=calibrate
-        )
-    backend.close()
+        result = _build_with_progress(args, model, x, options)
+    if result.calibration_note:
+        print(f"lut-builder build: note: {result.calibration_note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -193,13 +176,14 @@ def run(args: argparse.Namespace) -> int:
     if result.overhead_ms is not None:
         over = f", latency model {result.scale:.3f} x layers {result.overhead_ms:+.3f} ms"
     print(
-        f"{out}: {result.measured} points measured in {result.seconds:.1f} s "
+        f"{args.out}: {result.measured} points measured in {result.seconds:.1f} s "
         f"({result.points_per_s:.2f} points/s), {result.planned} planned, table {state}{over}"
     )
     return 0
 
 
-def _build_with_progress(out, model, x, backend, args, **kwargs):
+def _build_with_progress(args: argparse.Namespace, model: Any, x: Any, options: dict) -> Any:
+    """:func:`build_table` with a progress bar on stderr, shown once measuring starts."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -212,7 +196,7 @@ def _build_with_progress(out, model, x, backend, args, **kwargs):
 
     from ..build import build_table
 
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]measuring[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -221,16 +205,22 @@ def _build_with_progress(out, model, x, backend, args, **kwargs):
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=False,
-    ) as bar:
-        task = bar.add_task(f"{args.model} on {args.backend}", total=None)
+    )
+    task = bar.add_task(f"{args.model} on {args.backend}", total=None)
+
+    def on_start(total: int) -> None:
+        bar.update(task, total=total)
+        bar.start()
+
+    try:
         return build_table(
-            out,
+            args.out,
             model,
             x,
-            backend,
-            step=args.step,
-            strategy=args.strategy,
-            on_start=lambda n: bar.update(task, total=n),
+            args.backend,
+            on_start=on_start,
             progress=lambda done, total: bar.update(task, completed=done),
-            **kwargs,
+            **options,
         )
+    finally:
+        bar.stop()

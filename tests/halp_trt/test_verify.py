@@ -157,7 +157,8 @@ def test_verify_onnxruntime_in_the_table_unit(tmp_path):
 
     wide, narrow = wide_and_narrow()
     x = torch.randn(1, 3, 16, 16)
-    build_table(tmp_path / "t.lut", wide, x, get_backend("onnxruntime", runs=5, min_time_s=0.0))
+    backend = get_backend("onnxruntime", runs=5, min_time_s=0.0)
+    build_table(tmp_path / "t.lut", wide, x, backend, calibration="none")
     with LatencyTable.open(tmp_path / "t.lut", writable=True) as table:
         calibrate_overhead(table, "onnxruntime", wide, x, runs=10, min_time_s=0.0)
 

@@ -7,9 +7,16 @@ import torch
 import torch.nn as nn
 
 from lut_builder.backends import get_backend
-from lut_builder.build import axis_values, build_table, fixed_widths, parse_shard, plan_grids
+from lut_builder.build import axis_values, build_table, fixed_widths, plan_grids
+from lut_builder.commands.build import parse_shard
 from lut_builder.errors import UserError
-from lut_builder.latency_model import calibrate_overhead, predict_latency
+from lut_builder.latency_model import (
+    VARIANTS_HOOK,
+    calibrate_overhead,
+    calibration_copies,
+    predict_latency,
+    variants_hook,
+)
 from lut_builder.signatures import model_layers
 from lut_builder.table import LatencyTable
 
@@ -143,7 +150,7 @@ def test_onnxruntime_build_and_calibrated_overhead(tmp_path):
     x = torch.randn(1, 3, 8, 8)
     backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
     path = tmp_path / "t.lut"
-    res = build_table(path, model, x, backend)
+    res = build_table(path, model, x, backend, calibration="none")
     assert res.complete and res.measured == 2
     with LatencyTable.open(path, writable=True) as table:
         assert (
@@ -170,7 +177,7 @@ def test_onnxruntime_affine_calibration_on_narrowed_copies(tmp_path):
     x = torch.randn(1, 3, 16, 16)
     backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
     path = tmp_path / "t.lut"
-    build_table(path, model, x, backend)
+    build_table(path, model, x, backend, calibration="none")
     with LatencyTable.open(path, writable=True) as table:
         assert table.alignment == 16
         variants = [uniform_width(model, x, f, table.alignment) for f in (0.75, 0.5)]
@@ -195,3 +202,137 @@ def test_onnxruntime_affine_calibration_on_narrowed_copies(tmp_path):
 
             with make_runner("onnxruntime", model, x) as runner:
                 calibrate_overhead(table, runner, model, x, variants=variants, store=False)
+
+
+# --- build_table's own calibration ------------------------------------------------------
+
+FAST_ORT = {"runs": 3, "min_time_s": 0.0, "warmup": 1}
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 8, 3),
+    ).eval()  # fmt: skip
+    return model, torch.randn(1, 3, 8, 8)
+
+
+def _hooks(monkeypatch, *hooks):
+    """Make ``hooks`` the installed lut_builder.calibration_variants entry points."""
+    import types
+    from importlib import metadata
+
+    found = [
+        types.SimpleNamespace(name=f"hook{i}", value=f"plugin{i}:variants", load=lambda fn=fn: fn)
+        for i, fn in enumerate(hooks)
+    ]
+    monkeypatch.setattr(
+        metadata, "entry_points", lambda group=None: found if group == VARIANTS_HOOK else []
+    )
+
+
+def test_build_by_backend_name_calibrates_additive(tmp_path, monkeypatch):
+    _hooks(monkeypatch)  # nothing installed: an additive calibration is asked for anyway
+    model, x = _conv_net()
+    res = build_table(
+        tmp_path / "t.lut", model, x, "onnxruntime", calibration="additive",
+        backend_options=FAST_ORT, runner_options={"threads": 1},
+    )  # fmt: skip
+    assert res.complete and res.measured > 0
+    assert res.calibration == "additive" and res.scale == 1.0 and res.calibration_note == ""
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        assert table.fingerprint["backend"] == "onnxruntime"
+        assert table.overhead_ms == res.overhead_ms is not None
+        assert len(table.overhead["points"]) == 1 and table.overhead["runner"] == "onnxruntime"
+    assert res.to_dict()["calibration"] == "additive"
+
+
+def test_affine_calibration_uses_the_installed_variants_hook(tmp_path, monkeypatch):
+    from halp_trt.graph import uniform_width
+
+    calls = []
+
+    def hook(model, example_input, alignment):
+        calls.append((model, example_input, alignment))
+        return [uniform_width(model, example_input, f, alignment) for f in (0.75, 0.5)]
+
+    _hooks(monkeypatch, hook)
+    model, x = _conv_net()
+    res = build_table(tmp_path / "t.lut", model, x, "onnxruntime", backend_options=FAST_ORT)
+    assert len(calls) == 1 and calls[0][0] is model and calls[0][1] is x
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        assert calls[0][2] == table.alignment
+        assert len(table.overhead["points"]) == 3  # the model and its two copies
+        assert table.overhead["model"] == res.calibration in ("affine", "additive")
+        assert "calibration_variants" not in table.overhead["note"]
+
+
+def test_affine_calibration_without_a_hook_is_additive_and_says_why(tmp_path, monkeypatch):
+    _hooks(monkeypatch)
+    model, x = _conv_net()
+    res = build_table(tmp_path / "t.lut", model, x, "onnxruntime", backend_options=FAST_ORT)
+    assert res.calibration == "additive" and res.scale == 1.0
+    assert "no lut_builder.calibration_variants entry point" in res.calibration_note
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        assert table.overhead["note"] == res.calibration_note
+        assert len(table.overhead["points"]) == 1
+
+
+def test_variants_given_by_the_caller_win_over_the_hook(monkeypatch):
+    _hooks(monkeypatch, lambda *a: pytest.fail("the hook must not be asked"))
+    model, x = _conv_net()
+    copies = [model, model]
+    assert calibration_copies(copies, model, x, 8) == (copies, "")
+    made = calibration_copies(lambda m, xx, a: [m] * (a // 4), model, x, 8)
+    assert made == ([model, model], "")
+    none, why = calibration_copies(lambda *a: [], model, x, 8)
+    assert none == [] and "no narrowed copies" in why
+
+
+def test_a_broken_hook_leaves_the_calibration_additive(monkeypatch):
+    from importlib import metadata
+
+    ep = metadata.EntryPoint("broken", "no_such_module_anywhere:fn", VARIANTS_HOOK)
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [ep])
+    hook, why = variants_hook()
+    assert hook is None and "cannot be loaded" in why and "ModuleNotFoundError" in why
+
+
+def test_halp_trt_installs_the_variants_hook():
+    """pyproject.toml's entry point, as installed (re-run `make install` after editing it)."""
+    from importlib import metadata
+
+    from halp_trt.graph import calibration_variants
+
+    values = [ep.value for ep in metadata.entry_points(group=VARIANTS_HOOK)]
+    assert "halp_trt.graph:calibration_variants" in values
+    hook, why = variants_hook()
+    assert hook is calibration_variants and why == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"calibration": "quadratic"}, "unknown calibration 'quadratic'"),
+        ({"step": 0}, "step must be a positive integer"),
+        ({"strategy": "dense"}, "strategy"),
+        ({"coarse": 1}, "coarse"),
+        ({"shard": (2, 2)}, "shard must be"),
+        ({"variants": 3}, "variants must be"),
+        ({"runner_options": ["threads", 1]}, "runner_options must be"),
+        ({"backend_options": {"threads": 1}, "backend": get_backend("analytic")}, "by name"),
+        ({"backend": 42}, "backend must be"),
+    ],
+)
+def test_bad_arguments_raise_before_the_table_file_exists(tmp_path, kwargs, fragment):
+    model, x = _conv_net()
+    kwargs = {"backend": "analytic", **kwargs}
+    backend = kwargs.pop("backend")
+    with pytest.raises(UserError, match=fragment):
+        build_table(tmp_path / "t.lut", model, x, backend, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="directory"):
+        build_table(tmp_path / "missing" / "t.lut", model, x, "analytic")
+    with pytest.raises(UserError, match="is a directory"):
+        build_table(tmp_path, model, x, "analytic")
