@@ -147,7 +147,9 @@ def main() -> int:
             f"{args.repeat}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        from lut_builder.fileio import atomic_write_json
+
+        atomic_write_json(args.json, result, indent=2)
         print(f"wrote {args.json}")
     return 0
 

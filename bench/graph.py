@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -85,7 +84,9 @@ def main() -> None:
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(args.out, result, indent=2)
     print(
         f"{'model':<20}{'groups':>8}{'first build s':>15}{'build s':>10}{'remove ½ s':>12}"
         f"{'max rel err':>13}"

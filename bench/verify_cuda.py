@@ -18,7 +18,6 @@ same code on a CPU to check the script; it then writes nothing unless ``--out`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -130,7 +129,9 @@ def main() -> int:
             f"{run['pruned']['throughput']:.0f} vs {run['original']['throughput']:.0f} samples/s"
         )
     if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        from lut_builder.fileio import atomic_write_json
+
+        atomic_write_json(out, result, indent=2)
         print(f"wrote {out}")
     return 0
 

@@ -24,7 +24,6 @@ Writes ``bench/results/verify_resnet56_onnxruntime.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -199,7 +198,9 @@ def main() -> int:
         "predicted_speedup": base / plan.predicted_ms,
         "max_parity_rel_error": max(p["max_rel"] for p in result["parity"].values()),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from lut_builder.fileio import atomic_write_json
+
+    atomic_write_json(args.out, result, indent=2)
 
     print(
         f"ResNet-56 pruned to {plan.predicted_ms / base:.2f}x predicted latency "
