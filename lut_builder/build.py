@@ -12,8 +12,8 @@ their axes.
 default) measures, per signature, a coarse 2-D grid of at most ``coarse`` values per
 axis (evenly spread, always including the smallest width and the full widths) plus two
 full-resolution lines through the full widths (every c_in at the full c_out, every c_out
-at the full c_in); :func:`lut_builder.table.grid.fill_surface` fills the rest with a bilinear
-surface corrected by the lines. Axes with at most ``coarse`` values are measured in
+at the full c_in); :func:`lut_builder.table.grid.fill_surface` fills the rest with a
+bilinear surface corrected by the lines. Axes with at most ``coarse`` values are measured in
 full. For a ResNet-18 at step 16 this plans 528 points instead of 2740 (5.2x fewer);
 ``bench/lut_build.py`` measured full grids of three of its signatures on ONNX Runtime:
 the filled points were off by a median 3.3-5.5% from their measurements, where simply
@@ -25,6 +25,11 @@ every n-th point of the plan (in a fixed order), so n processes (one per GPU) ca
 one file; the process that finds nothing missing at the end marks the table complete.
 Points are measured in a shuffled (but fixed) order, so that the progress bar's rate,
 and with it the time-left estimate, is representative of the whole build.
+
+**Calibration.** The process that completes the table then fits the network latency
+model on whole-model runs (:mod:`lut_builder.latency_model`): affine on the model and
+narrowed copies of it when it has them (given, or from a
+``lut_builder.calibration_variants`` hook), additive otherwise, saying why.
 """
 
 from __future__ import annotations
@@ -346,9 +351,10 @@ def build_table(
             # One process calibrates: the one that completed the table, or an unsharded
             # run resuming a table whose calibration was interrupted.
             newly, n = result.pop("newly"), shard[1]
-            if table.overhead_ms is None and (newly or (table.complete and n == 1)):
+            overhead = table.overhead_ms
+            if overhead is None and (newly or (table.complete and n == 1)):
                 if calibrate is not None:
-                    calibrate(table)
+                    overhead = calibrate(table)
                 elif calibration != "none" and backend.is_measurement:
                     copies, note = [], ""
                     if calibration == "affine":
@@ -356,7 +362,7 @@ def build_table(
                             variants, model, example_input, table.alignment
                         )
                     options = dict(runner_options or {})
-                    calibrate_overhead(
+                    overhead = calibrate_overhead(
                         table,
                         lambda m: make_runner(backend.name, m, example_input, **options),
                         model,
@@ -369,7 +375,7 @@ def build_table(
                 Path(path),
                 **result,
                 complete=table.complete,
-                overhead_ms=table.overhead_ms,
+                overhead_ms=overhead,
                 scale=table.scale,
                 calibration=details.get("model"),
                 calibration_note=details.get("note", ""),
