@@ -9,16 +9,17 @@ lut       the latency table (``lut.db``): reused from ``--lut`` only when its de
 baseline  the dense model (``original.pt``), trained first when ``--pretrain-epochs``,
           and its accuracy
 prune     HALP's pruning loop with fine-tuning (``pruned/model.pt``, ``plan.json``,
-          ``log.json``), by ``halp-trt prune``
+          ``log.json``), as ``halp-trt prune`` does it
 export    both models to ONNX with the ONNX Runtime parity check (``*.onnx``)
 engine    TensorRT engines (``*.engine`` + sidecars) where TensorRT is present
 verify    original vs pruned on the backend, interleaved, one run (``verify.json``)
 report    ``report.json``, ``report.md`` and ``plots/``
 ========  ==========================================================================
 
-A stage that fails stops the run with one line naming it (exit code 2), lists the
-outputs of the stages before it and keeps them; its traceback, if it was not a user
-error, goes to ``error.log`` in the run directory.
+Every stage is a library call with the :class:`~halp_trt.config.RunConfig` (no
+command line is parsed here). A stage that fails stops the run with one line naming it
+(exit code 2), lists the outputs of the stages before it and keeps them; its
+traceback, if it was not a user error, goes to ``error.log`` in the run directory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import RunConfig
 from .errors import UserError
 
 STAGES = ("lut", "baseline", "prune", "export", "engine", "verify", "report")
@@ -47,6 +49,31 @@ STAGE_ARGS = {
     "report": (),
 }
 PINNED_ARGS = tuple(sorted({a for names in STAGE_ARGS.values() for a in names}))
+
+
+def pinned_settings(config: RunConfig) -> dict[str, Any]:
+    """The settings of :data:`STAGE_ARGS`, by the names ``run.json`` keeps."""
+    p, t = config.prune, config.train
+    settings = {
+        "model": config.model,
+        "input_shape": config.shape_text,
+        "backend": config.backend,
+        "precision": config.precision,
+        "step": config.step,
+        "lut": config.lut,
+        "data": config.data,
+        "pretrain_epochs": config.pretrain_epochs,
+        "seed": t.seed,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "target": p.target,
+        "importance": p.importance_name,
+        "epochs": t.epochs,
+        "steps": p.steps,
+        "verify_rounds": config.verify_rounds,
+    }
+    assert set(settings) == set(PINNED_ARGS)
+    return settings
 
 
 class StageError(UserError):
@@ -117,49 +144,48 @@ class RunState:
 
 
 class Pipeline:
-    """One ``halp-trt run``. See the module docstring for the stages.
+    """One run of the whole path. See the module docstring for the stages.
 
     Args:
-        args: the parsed ``halp-trt run`` arguments.
+        config: what to run (validated already: a :class:`RunConfig`).
         say: where progress lines go.
     """
 
-    def __init__(self, args: Any, say: Callable[[str], None] = print) -> None:
-        self.args = args
+    def __init__(self, config: RunConfig, say: Callable[[str], None] = print) -> None:
+        if not isinstance(config, RunConfig):
+            raise TypeError(f"config must be a RunConfig, not {type(config).__name__}")
+        self.config = config
         self.say = say
-        self.out = Path(args.out)
+        self.out = Path(config.out)
         self.state: RunState | None = None
         self.facts: dict[str, Any] = {}
 
     # -- driving ------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Check the cheap inputs before any stage runs: a typo should not cost a table.
+        """Check what the config cannot know before any stage runs: a typo in a file
+        name or a model that does not take the input should not cost a table.
 
         Raises:
-            UserError: bad target, input shape, model spec, data spec or numbers.
+            UserError: a missing table, a model spec that does not load or does not
+                take the input shape, a data spec that does not load.
         """
-        from .prune.schedule import split_target
-        from .specs import example_input, load_model, parse_shape
+        from .specs import example_input, load_model
         from .train import load_data
 
-        args = self.args
-        split_target(args.target)
-        for name in ("epochs", "steps", "batch_size", "verify_rounds"):
-            if getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if args.pretrain_epochs < 0:
-            raise UserError("--pretrain-epochs must be >= 0")
-        if args.lut and not Path(args.lut).is_file():
-            raise UserError(f"--lut {args.lut} does not exist")
-        shape = parse_shape(args.input_shape)
-        if len(shape) != 4:
-            raise UserError(f"--input-shape must be N,C,H,W, not {args.input_shape}")
-        example_input(load_model(args.model), shape)
-        load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+        cfg = self.config
+        if cfg.lut and not Path(cfg.lut).is_file():
+            raise UserError(f"--lut {cfg.lut} does not exist")
+        shape = cfg.input_shape
+        example_input(load_model(cfg.model), shape)
+        load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
 
     def run(self) -> dict[str, Any]:
-        """Run (or resume) every stage; returns the report dict."""
+        """Run (or resume) every stage; returns the report dict.
+
+        Raises:
+            UserError: the preflight checks, or a stage that failed (:class:`StageError`).
+        """
         self.preflight()
         self._open_state()
         assert self.state is not None
@@ -171,9 +197,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 outputs, facts = getattr(self, f"_stage_{stage}")()
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # every failure names its stage and what was kept
+            except Exception as exc:  # every failure names its stage and what was kept
                 self._fail(stage, exc)
             self.state.stages[stage] = {
                 "outputs": outputs,
@@ -192,11 +216,11 @@ class Pipeline:
         return self.state.stages.get(stage, {}).get("facts", {})
 
     def _open_state(self) -> None:
-        args = self.args
-        pinned = {k: getattr(args, k, None) for k in PINNED_ARGS}
+        cfg = self.config
+        pinned = pinned_settings(cfg)
         state_file = self.out / STATE_FILE
         if state_file.exists():
-            if not args.resume:
+            if not cfg.resume:
                 raise UserError(
                     f"{self.out} holds an earlier run: add --resume to continue it, or "
                     "choose another --out"
@@ -222,21 +246,19 @@ class Pipeline:
             return
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise UserError(f"--out {self.out} exists and is not an empty directory")
-        backend, why = pick_backend(args.backend)
+        backend, why = pick_backend(cfg.backend)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = RunState(args=pinned, backend=backend, backend_reason=why)
         self.state.save(self.out)
         self.say(f"backend: {backend} ({why})")
 
-    def _fail(self, stage: str, exc: BaseException) -> None:
+    def _fail(self, stage: str, exc: Exception) -> None:
         assert self.state is not None
         if not isinstance(exc, UserError):
             (self.out / "error.log").write_text(
                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             )
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, SystemExit):
-            detail = f"the {stage} command exited with code {exc.code}"
         kept = self.state.kept()
         kept_txt = f"kept in {self.out}: {', '.join(kept)}" if kept else "nothing kept"
         hint = "" if isinstance(exc, UserError) else f" (traceback in {self.out / 'error.log'})"
@@ -251,81 +273,90 @@ class Pipeline:
         assert self.state is not None
         return self.state.backend
 
-    def _halp(self, *argv: str) -> int:
-        """Run a halp-trt subcommand in this process (its own validation included)."""
-        from .cli import build_parser
-
-        parsed = build_parser().parse_args([str(a) for a in argv])
-        return int(parsed._run(parsed) or 0)
-
     def _path(self, name: str) -> Path:
         return self.out / name
 
     # -- stages -------------------------------------------------------------------------
 
     def _stage_lut(self) -> tuple[list[str], dict[str, Any]]:
+        from lut_builder import LatencyTable
         from lut_builder.backends import get_backend
-        from lut_builder.cli import build_parser
-        from lut_builder.table import LatencyTable
 
-        args = self.args
+        cfg = self.config
         target = self._path("lut.db")
-        if args.lut:
+        if cfg.lut:
             backend = get_backend(self.backend, **self._backend_options())
             expect = backend.fingerprint()
             backend.close()
             try:
-                table = LatencyTable.open(args.lut, expect=expect)
+                table = LatencyTable.open(cfg.lut, expect=expect)
             except UserError as exc:
-                self.say(f"[lut] not reusing {args.lut}: {str(exc).splitlines()[0]}")
+                self.say(f"[lut] not reusing {cfg.lut}: {str(exc).splitlines()[0]}")
             else:
                 table.close()
                 import shutil
 
-                shutil.copyfile(args.lut, target)
-                self.say(f"[lut] reusing {args.lut}: its fingerprint matches")
-                return ["lut.db"], {"reused": str(args.lut)}
-        argv = [
-            "build",
-            "--model",
-            args.model,
-            "--input-shape",
-            args.input_shape,
-            "--backend",
-            self.backend,
-            "--precision",
-            args.precision,
-            "--out",
-            str(target),
-        ]
-        if args.step:
-            argv += ["--step", str(args.step)]
-        parsed = build_parser().parse_args(argv)
-        parsed._run(parsed)
+                shutil.copyfile(cfg.lut, target)
+                self.say(f"[lut] reusing {cfg.lut}: its fingerprint matches")
+                return ["lut.db"], {"reused": str(cfg.lut)}
+        result = self._build_table(target)
+        self.say(
+            f"[lut] {target}: {result.measured} points measured in {result.seconds:.1f} s, "
+            f"latency model {result.scale:.3f} x layers {result.overhead_ms or 0.0:+.3f} ms"
+        )
         return ["lut.db"], {"reused": None}
 
     def _backend_options(self) -> dict[str, Any]:
-        return {"precision": self.args.precision} if self.args.precision else {}
+        return {"precision": self.config.precision}
+
+    def _build_table(self, target: Path) -> Any:
+        """Measure the table (resumable) and calibrate its affine latency model on the
+        model and its 3/4- and 1/2-width copies."""
+        from lut_builder import build_table
+        from lut_builder.progress import measuring_bar
+
+        from .graph import calibration_variants
+        from .specs import example_input, load_model
+
+        cfg = self.config
+        model = load_model(cfg.model)
+        x = example_input(model, cfg.input_shape)
+        runner = {"threads": 1} if self.backend == "onnxruntime" else self._backend_options()
+        with measuring_bar(f"{cfg.model} on {self.backend}", show=cfg.progress) as bar:
+            result = build_table(
+                target,
+                model,
+                x,
+                self.backend,
+                backend_options=self._backend_options(),
+                step=cfg.step,
+                info={"model": cfg.model, "input_shape": list(cfg.input_shape)},
+                calibration="affine",
+                variants=calibration_variants,
+                runner_options=runner,
+                **bar,
+            )
+        if result.calibration_note:
+            self.say(f"[lut] note: {result.calibration_note}")
+        return result
 
     def _stage_baseline(self) -> tuple[list[str], dict[str, Any]]:
         import torch
 
         from .graph import ChannelGraph
-        from .specs import example_input, load_model, parse_shape
-        from .train import TrainConfig, Trainer, evaluate, load_data
+        from .specs import example_input, load_model
+        from .train import Trainer, evaluate, load_data
 
-        args = self.args
-        shape = parse_shape(args.input_shape)
-        torch.manual_seed(args.seed)
-        model = load_model(args.model)
+        cfg = self.config
+        shape = cfg.input_shape
+        torch.manual_seed(cfg.train.seed)
+        model = load_model(cfg.model)
         x = example_input(model, shape)
-        data = load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+        data = load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
         epochs = []
-        if args.pretrain_epochs:
-            config = TrainConfig(
-                epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-            )
-            epochs = Trainer(model, data, config, progress=not args.no_progress).fit().epochs
+        if cfg.pretrain_epochs:
+            pretrain = cfg.train.replace(epochs=cfg.pretrain_epochs)
+            epochs = Trainer(model, data, pretrain, progress=cfg.progress).fit().epochs
         model = model.cpu().eval()
         _, acc = evaluate(model, data.val, device=torch.device("cpu"))
         graph = ChannelGraph(model, x.cpu())
@@ -339,104 +370,103 @@ class Pipeline:
         }
 
     def _stage_prune(self) -> tuple[list[str], dict[str, Any]]:
-        args = self.args
-        argv = [
-            "prune",
-            "--model",
-            self._path("original.pt"),
-            "--data",
-            args.data,
-            "--lut",
-            self._path("lut.db"),
-            "--target",
-            args.target,
-            "--input-shape",
-            args.input_shape,
-            "--importance",
-            args.importance,
-            "--epochs",
-            args.epochs,
-            "--steps",
-            args.steps,
-            "--seed",
-            args.seed,
-            "--batch-size",
-            args.batch_size,
-            "--lr",
-            args.lr,
-            "--out",
-            self._path("pruned"),
-        ]
-        if args.no_progress:
-            argv.append("--no-progress")
-        self._halp(*argv)
+        from .prune.distributed import process_group_from_env
+        from .train.prune_job import prune_classifier, save_prune_result
+
+        cfg = self.config
+        with process_group_from_env(cfg.train.device) as device:
+            result = prune_classifier(
+                str(self._path("original.pt")),
+                cfg.data,
+                str(self._path("lut.db")),
+                cfg.prune,
+                cfg.train.replace(device=device),
+                input_shape=cfg.input_shape,
+                progress=cfg.progress,
+                say=self.say,
+                log_extra={"run": str(self.out)},
+            )
+            save_prune_result(self._path("pruned"), result)
         return ["pruned/model.pt", "pruned/plan.json", "pruned/log.json"], {}
 
     def _stage_export(self) -> tuple[list[str], dict[str, Any]]:
+        from .export import export_onnx
+        from .specs import load_model
+
         outs = []
+        fp16 = self.config.precision == "fp16" and self.backend == "tensorrt"
         for name, src in (("original", "original.pt"), ("pruned", "pruned/model.pt")):
-            argv = [
-                "export",
-                "--model",
-                self._path(src),
-                "--input-shape",
-                self.args.input_shape,
-                "--out",
+            # Raises ParityError (and writes nothing) when ONNX Runtime disagrees.
+            export_onnx(
+                load_model(str(self._path(src))),
+                self.config.input_shape,
                 self._path(f"{name}.onnx"),
-            ]
-            if self.args.precision == "fp16" and self.backend == "tensorrt":
-                argv.append("--fp16")
-            self._halp(*argv)
+                fp16=fp16,
+            )
             outs.append(f"{name}.onnx")
         return outs, {}
 
     def _stage_engine(self) -> tuple[list[str], dict[str, Any]]:
+        from .export import build_engine
+
         if self.backend != "tensorrt":
             self.say("[engine] skipped: the backend is not TensorRT")
             return [], {"skipped": f"backend {self.backend}"}
         outs = []
         for name in ("original", "pruned"):
-            self._halp(
-                "engine",
-                "--onnx",
+            build_engine(
                 self._path(f"{name}.onnx"),
-                "--out",
                 self._path(f"{name}.engine"),
-                "--timing-cache",
-                self._path("timing.cache"),
+                timing_cache=self._path("timing.cache"),
             )
             outs += [f"{name}.engine", f"{name}.engine.json"]
         return outs, {}
 
     def _stage_verify(self) -> tuple[list[str], dict[str, Any]]:
+        from lut_builder import LatencyTable
+
+        from .prune.apply import load_plan
+        from .specs import load_model
+        from .verify import verify_models
+
         src = {
             "tensorrt": ("original.engine", "pruned.engine"),
             "onnxruntime": ("original.onnx", "pruned.onnx"),
             "torch": ("original.pt", "pruned/model.pt"),
         }[self.backend]
-        argv = [
-            "verify",
-            "--original",
-            self._path(src[0]),
-            "--pruned",
-            self._path(src[1]),
-            "--backend",
-            self.backend,
-            "--plan",
-            self._path("pruned/plan.json"),
-            "--lut",
-            self._path("lut.db"),
-            "--rounds",
-            self.args.verify_rounds,
-            "--out",
-            self._path("verify.json"),
-        ]
+        models: list[Any] = [str(self._path(s)) for s in src]
+        options: dict[str, Any] = {"threads": 1} if self.backend != "tensorrt" else {}
         if self.backend == "torch":
             import torch
 
-            argv += ["--precision", self.args.precision]
-            argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-        self._halp(*argv)
+            models = [load_model(m) for m in models]
+            options.update(
+                precision=self.config.precision,
+                device="cuda" if torch.cuda.is_available() else "cpu",
+            )
+        table = LatencyTable.open(self._path("lut.db"), force=True)
+        try:
+            report = verify_models(
+                models[0],
+                models[1],
+                backend=self.backend,
+                input_shape=self.config.input_shape,
+                rounds=self.config.verify_rounds,
+                plan=load_plan(self._path("pruned/plan.json")),
+                sources=(str(self._path(src[0])), str(self._path(src[1]))),
+                table=table,
+                **options,
+            )
+        finally:
+            table.close()
+        from lut_builder.fileio import atomic_write_json
+
+        atomic_write_json(self._path("verify.json"), report.to_dict())
+        speed = report.speedup
+        self.say(
+            f"[verify] speed-up {speed.median:.3f}x (spread {speed.spread:.1%}) over "
+            f"{report.rounds} rounds on {self.backend}"
+        )
         return ["verify.json"], {}
 
     def _stage_report(self) -> tuple[list[str], dict[str, Any]]:
@@ -454,14 +484,14 @@ class Pipeline:
         """Assemble ``report.json`` from the stages' outputs."""
         import torch
 
-        from lut_builder.table import LatencyTable
+        from lut_builder import LatencyTable
 
         from ._version import __version__
         from .graph import ChannelGraph
-        from .specs import example_input, parse_shape
+        from .specs import example_input
 
         assert self.state is not None
-        args = self.args
+        cfg = self.config
         plan = json.loads(self._path("pruned/plan.json").read_text())
         log = json.loads(self._path("pruned/log.json").read_text())
         verify = json.loads(self._path("verify.json").read_text())
@@ -470,7 +500,7 @@ class Pipeline:
         table.close()
         pruning = plan.get("pruning", {})
         base = self._facts("baseline")
-        shape = parse_shape(args.input_shape)
+        shape = cfg.input_shape
         pruned_model = torch.load(self._path("pruned/model.pt"), weights_only=False)
         pg = ChannelGraph(pruned_model, example_input(pruned_model, shape))
         b_ms = _median(verify.get("original"))
@@ -490,14 +520,14 @@ class Pipeline:
         return {
             "halp_trt_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": args.model,
-            "data": args.data,
+            "model": cfg.model,
+            "data": cfg.data,
             "input_shape": list(shape),
             "backend": self.backend,
             "backend_reason": self.state.backend_reason,
-            "precision": args.precision,
+            "precision": cfg.precision,
             "fingerprint": fingerprint,
-            "target": {"spec": args.target, "ms": target_ms},
+            "target": {"spec": cfg.prune.target, "ms": target_ms},
             "baseline": {
                 "latency_ms": b_ms,
                 "predicted_ms": pruning.get("base_ms"),
@@ -516,7 +546,7 @@ class Pipeline:
             "predicted_speedup": pruning.get("speedup"),
             "speedup": speed.get("median"),
             "speedup_spread": speed.get("spread"),
-            "target_met": _target_met(args.target, target_ms, b_ms, p_ms),
+            "target_met": _target_met(cfg.prune.target, target_ms, b_ms, p_ms),
             "groups": groups,
             "steps": steps,
             "verify": verify,
@@ -556,6 +586,23 @@ def _target_met(
     return pruned_ms <= 1.05 * target_ms
 
 
-def run_pipeline(args: Any, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``halp-trt run`` with parsed arguments; returns the report dict."""
-    return Pipeline(args, say).run()
+def run(config: RunConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole path (table, baseline, pruning, export, engines, verify, report).
+
+    Args:
+        config: a :class:`~halp_trt.config.RunConfig` (or a dict / JSON path of one).
+        say: where progress lines go.
+
+    Returns:
+        The report (also in ``config.out``/``report.json``).
+
+    Raises:
+        ConfigError: a config value its field does not allow.
+        UserError: an input that does not fit (before any stage runs), or a failed
+            stage (:class:`StageError`: the message names it and what was kept).
+    """
+    if isinstance(config, dict):
+        config = RunConfig.from_dict(config)
+    elif isinstance(config, (str, Path)):
+        config = RunConfig.from_json(config)
+    return Pipeline(config, say).run()

@@ -4,6 +4,7 @@ measured speed-up and a report, in one command."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,10 +54,39 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..pipeline import run_pipeline
+def config(args: argparse.Namespace) -> Any:
+    """The :class:`~halp_trt.config.RunConfig` the arguments describe.
 
-    report = run_pipeline(args)
+    Raises:
+        ConfigError: a value outside what its field allows.
+    """
+    from ..config import PruneConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        model=args.model,
+        data=args.data,
+        input_shape=args.input_shape,
+        out=args.out,
+        prune=PruneConfig(target=args.target, importance=args.importance, steps=args.steps),
+        train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        ),
+        backend=args.backend,
+        precision=args.precision,
+        lut=args.lut,
+        step=args.step,
+        pretrain_epochs=args.pretrain_epochs,
+        verify_rounds=args.verify_rounds,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import run as run_pipeline
+
+    cfg = config(args)
+    report = run_pipeline(cfg)
     b, p = report["baseline"], report["pruned"]
     print(
         "PASSED target: " if report["target_met"] else "MISSED target: ",
@@ -66,5 +96,5 @@ def run(args: argparse.Namespace) -> int:
         f"{p['accuracy']:.4f}",
         sep="",
     )
-    print(f"report: {args.out}/report.md (data in {args.out}/report.json)")
+    print(f"report: {cfg.out}/report.md (data in {cfg.out}/report.json)")
     return 0

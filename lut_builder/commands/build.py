@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..build import build_table
+    from ..progress import measuring_bar
     from ..specs import example_input, load_model, parse_shape
 
     shard = parse_shard(args.shard)
@@ -162,10 +163,8 @@ def run(args: argparse.Namespace) -> int:
         "backend_options": backend_options(args),
         "runner_options": runner_options(args),
     }
-    if args.json:
-        result = build_table(args.out, model, x, args.backend, **options)
-    else:
-        result = _build_with_progress(args, model, x, options)
+    with measuring_bar(f"{args.model} on {args.backend}", show=not args.json) as bar:
+        result = build_table(args.out, model, x, args.backend, **options, **bar)
     if result.calibration_note:
         print(f"lut-builder build: note: {result.calibration_note}", file=sys.stderr)
     if args.json:
@@ -180,47 +179,3 @@ def run(args: argparse.Namespace) -> int:
         f"({result.points_per_s:.2f} points/s), {result.planned} planned, table {state}{over}"
     )
     return 0
-
-
-def _build_with_progress(args: argparse.Namespace, model: Any, x: Any, options: dict) -> Any:
-    """:func:`build_table` with a progress bar on stderr, shown once measuring starts."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from ..build import build_table
-
-    bar = Progress(
-        TextColumn("[bold]measuring[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    task = bar.add_task(f"{args.model} on {args.backend}", total=None)
-
-    def on_start(total: int) -> None:
-        bar.update(task, total=total)
-        bar.start()
-
-    try:
-        return build_table(
-            args.out,
-            model,
-            x,
-            args.backend,
-            on_start=on_start,
-            progress=lambda done, total: bar.update(task, completed=done),
-            **options,
-        )
-    finally:
-        bar.stop()

@@ -45,7 +45,7 @@ def test_state_invalidation_removes_later_outputs(tmp_path):
     "extra,fragment",
     [
         (["--data", "npz:missing.npz"], "missing.npz"),
-        (["--target", "half"], "is not like 0.5x"),
+        (["--target", "half"], "--target must be like 0.5x"),
         (["--input-shape", "1,3,32"], "N,C,H,W"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--lut", "nope.db"], "--lut nope.db does not exist"),

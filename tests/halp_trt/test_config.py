@@ -1,0 +1,230 @@
+"""Typed configs (validation naming the field, JSON round trip), schedule fitting,
+criterion objects and re-applying a saved plan."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import halp_trt as ht
+from halp_trt.config import ConfigError, PruneConfig, RunConfig, TrainConfig
+from halp_trt.errors import PruningError
+from halp_trt.importance import Importance, ImportanceError, resolve_importance
+from halp_trt.models import CifarResNet
+from halp_trt.prune import fit_schedule
+
+from .test_prune_support import analytic_table, batches, train_iterations
+
+
+def small_resnet():
+    return CifarResNet(8, 10, 3, width=16)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return analytic_table(
+        tmp_path_factory.mktemp("lut") / "r8.lut", small_resnet(), torch.randn(1, 3, 16, 16)
+    )
+
+
+def run_config(**changes):
+    base = dict(
+        model="halp_trt.models:resnet20",
+        data="digits",
+        input_shape="16,1,16,16",
+        out="runs/x",
+        prune=PruneConfig(target="0.5x"),
+    )
+    return RunConfig(**{**base, **changes})
+
+
+# -- the public API ---------------------------------------------------------------------
+
+
+def test_top_level_names_resolve_and_import_is_light():
+    import subprocess
+    import sys
+
+    assert set(ht.__all__) == {"__version__", *ht._EXPORTS}
+    for name in ht.__all__:
+        assert getattr(ht, name) is not None, name
+    code = "import sys, halp_trt; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "import halp_trt must not load torch"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ht.nope  # noqa: B018
+
+
+# -- validation: one error naming the field ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,message",
+    [
+        (PruneConfig, {"target": "fast"}, "PruneConfig.target must be like 0.5x"),
+        (PruneConfig, {"target": "0.5x", "steps": 0}, "PruneConfig.steps must be an integer >= 1, not 0"),
+        (PruneConfig, {"target": "0.5x", "steps": 2.5}, "PruneConfig.steps must be an integer"),
+        (PruneConfig, {"target": "0.5x", "schedule": "cubic"}, "PruneConfig.schedule must be one of exp, linear, oneshot"),
+        (PruneConfig, {"target": "0.5x", "importance": "random"}, "PruneConfig.importance is not usable"),
+        (PruneConfig, {"target": "0.5x", "cost_model": "both"}, "PruneConfig.cost_model must be one of None, one-sided, joint"),
+        (PruneConfig, {"target": "0.5x", "interval": 4, "interval_epochs": 1.0}, "interval_epochs cannot be given with interval"),
+        (PruneConfig, {"target": "0.5x", "bundle": 0}, "PruneConfig.bundle must be an integer >= 1"),
+        (TrainConfig, {"lr": float("nan")}, "TrainConfig.lr must be a number > 0.0"),
+        (TrainConfig, {"momentum": 1.0}, "TrainConfig.momentum must be a number >= 0.0 and < 1.0"),
+        (RunConfig, {"backend": "cuda"}, "RunConfig.backend must be one of auto, tensorrt, torch, onnxruntime"),
+        (RunConfig, {"input_shape": "1,3,32"}, "RunConfig.input_shape must be N,C,H,W"),
+        (RunConfig, {"input_shape": (1, 3, 0, 4)}, "RunConfig.input_shape must be N,C,H,W"),
+        (RunConfig, {"train": TrainConfig(epochs=0)}, "TrainConfig.epochs must be at least 1"),
+        (RunConfig, {"verify_rounds": 0}, "RunConfig.verify_rounds must be an integer >= 1"),
+        (RunConfig, {"model": ""}, "RunConfig.model must be a non-empty string"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_one_error_naming_the_field(cls, kwargs, message):
+    with pytest.raises(ConfigError) as info:
+        run_config(**kwargs) if cls is RunConfig else cls(**kwargs)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert info.value.cli_message().startswith(f"--{info.value.field.replace('_', '-')} ")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = run_config(
+        prune=PruneConfig(target="3ms", importance="sp-lamp", steps=4, frozen_layers=["fc"]),
+        train=TrainConfig(epochs=2, lr=0.1),
+        lut="t.db",
+    )
+    assert cfg.input_shape == (16, 1, 16, 16) and cfg.prune.frozen_layers == ("fc",)
+    again = RunConfig.from_json(cfg.to_json())
+    assert again == cfg
+    path = tmp_path / "run.json"
+    cfg.to_json(path)
+    assert RunConfig.from_json(path) == cfg
+    assert json.loads(path.read_text())["prune"]["importance"] == "sp-lamp"
+    with pytest.raises(ConfigError, match="RunConfig.epochs is not a field"):
+        RunConfig.from_dict({**cfg.to_dict(), "epochs": 3})
+    with pytest.raises(ConfigError, match="PruneConfig.steps must be an integer >= 1"):
+        RunConfig.from_dict({**cfg.to_dict(), "prune": {"target": "0.5x", "steps": -1}})
+    with pytest.raises(ht.UserError, match="malformed"):
+        RunConfig.from_json("{not json")
+    assert cfg.replace(verify_rounds=5).verify_rounds == 5
+    with pytest.raises(ConfigError, match="verify_rounds"):
+        cfg.replace(verify_rounds=0)
+
+
+# -- the schedule fitted to the run -----------------------------------------------------
+
+
+def test_default_schedule_spreads_steps_over_the_first_half():
+    fit = fit_schedule(30, 2400)
+    assert (fit.steps, fit.interval, fit.note) == (30, 40, "")
+    assert fit_schedule(30, 2400, schedule="oneshot").steps == 1
+
+
+def test_a_short_run_gets_fewer_steps_and_a_note():
+    fit = fit_schedule(30, 20)
+    assert fit.steps == 10 and fit.interval == 1
+    assert "20 training iterations are too few for 30 pruning steps" in fit.note
+    assert fit.steps * fit.interval <= 20
+
+
+def test_interval_in_iterations_or_epochs():
+    assert fit_schedule(5, 1000, interval=40) == fit_schedule(5, 1000, interval=40, start=0)
+    assert fit_schedule(5, 1000, interval=40).steps == 5
+    by_epochs = fit_schedule(5, 1000, interval_epochs=0.5, iterations_per_epoch=100)
+    assert (by_epochs.steps, by_epochs.interval) == (5, 50)
+    short = fit_schedule(5, 100, interval=30)
+    assert short.steps == 3 and "pruning in 3 steps" in short.note
+    with pytest.raises(PruningError, match="does not fit"):
+        fit_schedule(5, 100, interval=101)
+    with pytest.raises(ConfigError, match="PruneConfig.interval does not fit the run"):
+        PruneConfig(target="0.5x", interval=500).fit_schedule(100)
+
+
+def test_pruner_from_config_uses_the_fitted_schedule(table):
+    torch.manual_seed(0)
+    model, x = small_resnet(), torch.randn(1, 3, 16, 16)
+    notes = []
+    cfg = PruneConfig(target="0.6x", steps=30)
+    pruner = ht.Pruner.from_config(model, x, table, cfg, total_iterations=12, say=notes.append)
+    assert (pruner.steps, pruner.interval) == (6, 1) and len(notes) == 1
+    with pytest.raises(ConfigError, match="interval must be given"):
+        ht.Pruner.from_config(model, x, table, cfg)
+    fixed = ht.Pruner.from_config(model, x, table, cfg.replace(steps=3, interval=2))
+    assert (fixed.steps, fixed.interval) == (3, 2)
+
+
+# -- criterion objects ------------------------------------------------------------------
+
+
+class ByIndex(Importance):
+    """Scores channels by their index: the last channels are the most important."""
+
+    def scores(self):
+        return {g.id: np.arange(g.size, dtype=np.float64) for g in self.groups}
+
+
+def test_importance_by_name_class_factory_or_module_attr(table):
+    assert resolve_importance("taylor")[1] == "taylor"
+    factory, name = resolve_importance(ByIndex)
+    assert factory is ByIndex and name == f"{__name__}:ByIndex"
+    assert resolve_importance(name)[0] is ByIndex
+    assert resolve_importance(lambda g: ByIndex(g))[1].endswith("<lambda>")
+    torch.manual_seed(0)
+    model, x = small_resnet(), torch.randn(1, 3, 16, 16)
+    with pytest.raises(ImportanceError, match="is an instance"):
+        resolve_importance(ByIndex(ht.ChannelGraph(model, x)))
+    with pytest.raises(ImportanceError, match="does not import"):
+        resolve_importance("no_such_module:Crit")
+    pruner = ht.Pruner(model, x, table, "0.6x", importance=ByIndex, steps=1, interval=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    train_iterations(model, opt, pruner, batches(1))
+    _, plan = pruner.finalize()
+    assert plan.importance == name
+    for gid, kept in plan.keep.items():  # top-k by index: the last channels stay
+        size = plan.sizes[gid]
+        assert list(kept) == list(range(size - len(kept), size))
+    with pytest.raises(ImportanceError, match="not an Importance"):
+        ht.Pruner(small_resnet(), x, table, "0.6x", importance=lambda g: object())
+
+
+# -- re-applying a saved plan -----------------------------------------------------------
+
+
+def test_apply_plan_to_a_fresh_copy_matches_the_pruned_model(table, tmp_path):
+    torch.manual_seed(0)
+    model, x = small_resnet(), torch.randn(1, 3, 16, 16)
+    pruner = ht.Pruner(model, x, table, "0.6x", importance="l2", steps=2, interval=1)
+    train_iterations(model, torch.optim.SGD(model.parameters(), lr=0.05), pruner, batches(2))
+    masked = {k: v.clone() for k, v in model.state_dict().items()}  # a dense checkpoint
+    slim, plan = pruner.finalize(str(tmp_path / "plan.json"))
+    slim.eval()
+    probe = torch.randn(4, 3, 16, 16)
+    # From the masked checkpoint (dense shapes): the same slim network.
+    fresh = small_resnet()
+    fresh.load_state_dict(masked)
+    applied = ht.apply_plan(fresh, tmp_path / "plan.json", x).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(applied(probe), slim(probe), rtol=1e-4, atol=1e-5)
+    # From the architecture alone, then the slim weights: they fit exactly.
+    bare = ht.apply_plan(small_resnet(), plan, x)
+    bare.load_state_dict(slim.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(bare.eval()(probe), slim(probe))
+
+
+def test_apply_plan_refuses_another_architecture(table, tmp_path):
+    torch.manual_seed(0)
+    model, x = small_resnet(), torch.randn(1, 3, 16, 16)
+    pruner = ht.Pruner(model, x, table, "0.6x", importance="l2", steps=1, interval=1)
+    train_iterations(model, torch.optim.SGD(model.parameters(), lr=0.0), pruner, batches(1))
+    pruner.finalize(str(tmp_path / "plan.json"))
+    other = CifarResNet(8, 10, 3, width=24)
+    before = {k: v.shape for k, v in other.state_dict().items()}
+    with pytest.raises(PruningError, match="the plan is for another model"):
+        ht.apply_plan(other, tmp_path / "plan.json", x)
+    assert {k: v.shape for k, v in other.state_dict().items()} == before
+    with pytest.raises(ht.UserError):
+        ht.apply_plan(small_resnet(), tmp_path / "missing.json", x)
