@@ -169,16 +169,21 @@ class Pipeline:
         Raises:
             UserError: a missing table, a model spec that does not load or does not
                 take the input shape, a data spec that does not load.
+            ConfigError: a pruning interval longer than the training run.
         """
         from .specs import example_input, load_model
-        from .train import load_data
+        from .train import Trainer, load_data
 
         cfg = self.config
         if cfg.lut and not Path(cfg.lut).is_file():
             raise UserError(f"--lut {cfg.lut} does not exist")
         shape = cfg.input_shape
-        example_input(load_model(cfg.model), shape)
-        load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
+        model = load_model(cfg.model)
+        example_input(model, shape)
+        data = load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
+        # A schedule that cannot fit the run fails now, not after the table is measured.
+        per_epoch = Trainer(model, data, cfg.train).iterations_per_epoch
+        cfg.prune.fit_schedule(per_epoch * cfg.train.epochs, per_epoch)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage; returns the report dict.

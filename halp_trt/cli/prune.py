@@ -122,18 +122,10 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
     from ..prune.distributed import process_group_from_env, rank
     from ..train.prune_job import check_out_dir, prune_classifier, save_prune_result
 
     prune, train = configs(args)
-    if train.epochs < 1:
-        raise ConfigError(
-            "TrainConfig", "epochs", "must be at least 1: pruning happens while training",
-            train.epochs,
-        )  # fmt: skip
-    if args.pretrain_epochs < 0:
-        raise ConfigError("prune", "pretrain_epochs", "must be an integer >= 0", args.pretrain_epochs)  # fmt: skip
     out = check_out_dir(args.out)
     with process_group_from_env(train.device) as device:
         result = prune_classifier(

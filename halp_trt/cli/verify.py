@@ -137,17 +137,6 @@ def input_shape(
     return shape
 
 
-def load_plan(path: str) -> Any:
-    """A pruning run's plan (with the unpruned model's prediction) or a solver plan."""
-    from ..prune.plan_file import PrunePlan
-    from ..solver.plan import Plan, PlanError
-
-    try:
-        return PrunePlan.load(path)
-    except PlanError:
-        return Plan.load(path)
-
-
 def open_table(path: str, backend: str, plan: Any) -> Any:
     """The latency table given with ``--lut``, checked against the backend.
 
@@ -168,6 +157,7 @@ def open_table(path: str, backend: str, plan: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..prune.apply import load_plan
     from ..verify import verify_models
 
     if args.record and not any(Path(m).suffix == ".engine" for m in (args.original, args.pruned)):

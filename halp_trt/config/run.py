@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .base import ConfigBase, ConfigError
+from .base import ConfigBase
 from .prune import PruneConfig
 from .train import TrainConfig
 
@@ -69,11 +69,7 @@ class RunConfig(ConfigBase):
             if isinstance(value, dict):
                 setattr(self, name, cls.from_dict(value))
             self._require(name, isinstance(getattr(self, name), cls), f"must be a {cls.__name__}")
-        if self.train.epochs < 1:
-            raise ConfigError(
-                "TrainConfig", "epochs", "must be at least 1: pruning happens while training",
-                self.train.epochs,
-            )  # fmt: skip
+        self.train.require_training()
         self._choice("backend", RUN_BACKENDS)
         self._choice("precision", PRECISIONS)
         if self.lut is not None:

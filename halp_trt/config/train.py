@@ -61,6 +61,16 @@ class TrainConfig(ConfigBase):
         self._int("workers", 0)
         self._choice("eval_steps", (True, False))
 
+    def require_training(self) -> None:
+        """Check that the run trains at all (``epochs >= 1``): HALP prunes while training.
+
+        Raises:
+            ConfigError: ``epochs`` is 0.
+        """
+        self._require(
+            "epochs", self.epochs >= 1, "must be at least 1: pruning happens while training"
+        )
+
     def resolved_device(self) -> Any:
         """The ``torch.device`` to train on.
 

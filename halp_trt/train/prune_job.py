@@ -139,12 +139,12 @@ def prune_classifier(
     from .trainer import Trainer, evaluate
 
     t_start = time.perf_counter()
-    if train.epochs < 1:
-        raise ConfigError(
-            "TrainConfig", "epochs", "must be at least 1: pruning happens while training",
-            train.epochs,
-        )  # fmt: skip
-    if not isinstance(pretrain_epochs, int) or pretrain_epochs < 0:
+    train.require_training()
+    if (
+        isinstance(pretrain_epochs, bool)
+        or not isinstance(pretrain_epochs, int)
+        or pretrain_epochs < 0
+    ):
         raise ConfigError("prune_classifier", "pretrain_epochs", "must be an integer >= 0", pretrain_epochs)  # fmt: skip
     seed_everything(train.seed)
     if not isinstance(table, LatencyTable):

@@ -16,25 +16,19 @@ from halp_trt.importance import Importance, ImportanceError, resolve_importance
 from halp_trt.models import CifarResNet
 from halp_trt.prune import fit_schedule
 
-from .test_prune_support import analytic_table, batches, train_iterations
-
-
-def small_resnet():
-    return CifarResNet(8, 10, 3, width=16)
+from .test_prune_support import batches, small_resnet, small_resnet_table, train_iterations
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    return analytic_table(
-        tmp_path_factory.mktemp("lut") / "r8.lut", small_resnet(), torch.randn(1, 3, 16, 16)
-    )
+    return small_resnet_table(tmp_path_factory)
 
 
 def run_config(**changes):
     base = dict(
         model="halp_trt.models:resnet20",
         data="digits",
-        input_shape="16,1,16,16",
+        input_shape="16,3,16,16",
         out="runs/x",
         prune=PruneConfig(target="0.5x"),
     )
@@ -96,7 +90,7 @@ def test_json_round_trip(tmp_path):
         train=TrainConfig(epochs=2, lr=0.1),
         lut="t.db",
     )
-    assert cfg.input_shape == (16, 1, 16, 16) and cfg.prune.frozen_layers == ("fc",)
+    assert cfg.input_shape == (16, 3, 16, 16) and cfg.prune.frozen_layers == ("fc",)
     again = RunConfig.from_json(cfg.to_json())
     assert again == cfg
     path = tmp_path / "run.json"
@@ -228,3 +222,14 @@ def test_apply_plan_refuses_another_architecture(table, tmp_path):
     assert {k: v.shape for k, v in other.state_dict().items()} == before
     with pytest.raises(ht.UserError):
         ht.apply_plan(small_resnet(), tmp_path / "missing.json", x)
+
+
+def test_run_refuses_a_schedule_longer_than_the_run_before_any_stage(tmp_path):
+    cfg = run_config(
+        out=str(tmp_path / "run"),
+        prune=PruneConfig(target="0.5x", interval=100_000),
+        train=TrainConfig(epochs=1),
+    )
+    with pytest.raises(ConfigError, match="PruneConfig.interval does not fit the run"):
+        ht.run(cfg)
+    assert not (tmp_path / "run").exists()

@@ -14,24 +14,21 @@ import torch.nn as nn
 from halp_trt.errors import PruningError, UserError
 from halp_trt.graph import ChannelGraph
 from halp_trt.importance import ImportanceError
-from halp_trt.models import CifarResNet
 from halp_trt.prune import MaskSet, PrunePlan, Pruner, parse_target, schedule_targets
 from halp_trt.solver.plan import Plan
 
-from .test_prune_support import analytic_table, batches, train_iterations
+from .test_prune_support import (
+    batches,
+    small_resnet,
+    small_resnet_table,
+    train_iterations,
+)
 from .zoo import build
-
-
-def small_resnet():
-    """ResNet-8 with 16/32/64 channels: the structure of the CIFAR ResNets, cheaper."""
-    return CifarResNet(8, 10, 3, width=16)
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    return analytic_table(
-        tmp_path_factory.mktemp("lut") / "r8.lut", small_resnet(), torch.randn(1, 3, 16, 16)
-    )
+    return small_resnet_table(tmp_path_factory)
 
 
 def fresh(seed: int = 0):

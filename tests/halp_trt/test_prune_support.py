@@ -42,3 +42,17 @@ def train_iterations(model, optimizer, pruner, data, records=None):
         rec = pruner.step()
         if rec is not None and records is not None:
             records.append(rec)
+
+
+def small_resnet():
+    """ResNet-8 with 16/32/64 channels: the structure of the CIFAR ResNets, cheaper."""
+    from halp_trt.models import CifarResNet
+
+    return CifarResNet(8, 10, 3, width=16)
+
+
+def small_resnet_table(tmp_path_factory):
+    """The analytic table of :func:`small_resnet` at 1x3x16x16 (for module fixtures)."""
+    return analytic_table(
+        tmp_path_factory.mktemp("lut") / "r8.lut", small_resnet(), torch.randn(1, 3, 16, 16)
+    )
