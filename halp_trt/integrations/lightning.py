@@ -4,7 +4,7 @@ Usage::
 
     import lightning as L
     from halp_trt.integrations.lightning import HALPCallback
-    from lut_builder.table import LatencyTable
+    from lut_builder import LatencyTable
 
     class Classifier(L.LightningModule):
         def __init__(self):
@@ -222,7 +222,7 @@ class HALPCallback(Callback):
 
     def _open_table(self) -> Any:
         if isinstance(self.table, (str, os.PathLike)):
-            from lut_builder.table import LatencyTable
+            from lut_builder import LatencyTable
 
             return LatencyTable.open(self.table)
         return self.table
