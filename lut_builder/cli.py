@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from .cli_args import OneLineParser
 from .version import __version__
 
 #: Subcommand modules under lut_builder.commands, in the order `--help` lists them.
@@ -15,7 +16,7 @@ COMMANDS: tuple[str, ...] = ("build", "show", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lut-builder",
         description="Measure per-layer latency lookup tables on TensorRT, PyTorch or ONNX Runtime.",
     )

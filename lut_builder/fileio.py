@@ -117,3 +117,60 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output(
+    path: str | os.PathLike, *, kind: str = "file", flag: str = "--out", parents: bool = False
+) -> Path:
+    """Check, before any work, that an output can be written where the user asked.
+
+    Every command calls this for each output path before it loads, measures or trains
+    anything, so a bad path costs nothing and no traceback comes after the work.
+
+    Args:
+        path: the output.
+        kind: ``"file"`` (a file is written there: it may exist as a file, not as a
+            directory) or ``"dir"`` (a directory is written or filled there: it may
+            exist as a directory, not as a file).
+        flag: how the user named it, for the message.
+        parents: missing parent directories will be created (``mkdir -p``): the
+            nearest existing one must be a writable directory.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UserError: the path exists as the other kind, its parent directory does not
+            exist (or is not a directory), or the directory it would be written in is
+            not writable.
+    """
+    from .errors import UserError
+
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
+    path = Path(path)
+    shown = f"{flag} {str(path)!r}"
+    if kind == "file" and path.is_dir():
+        raise UserError(f"{shown} is a directory; give a file name")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise UserError(f"{shown} exists and is not a directory")
+    parent = path.absolute().parent
+    while parents and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.exists():
+        raise UserError(f"the directory of {shown} does not exist: {parent}")
+    if not parent.is_dir():
+        raise UserError(f"the parent of {shown} is not a directory: {parent}")
+    # The file or directory is created in its parent (or, for an existing directory,
+    # its files are created inside it).
+    where = path if kind == "dir" and path.is_dir() else parent
+    # A real probe, not os.access: it also catches read-only file systems and holds for
+    # root, for whom permission bits say nothing.
+    probe = where / f".{secrets.token_hex(6)}.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise UserError(f"{shown} cannot be written in {where}: {exc.strerror}") from None
+    os.close(fd)
+    probe.unlink(missing_ok=True)
+    return path

@@ -25,12 +25,31 @@ from .errors import ExportError, UserError
 from .fileio import atomic_output
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
-#: Opset of the TorchScript exporter; dynamo emits at least 18.
+#: Opset of the TorchScript exporter when none is asked for; dynamo emits at least 18.
 DEFAULT_OPSET = 17
+#: Opsets each exporter writes (torch 2.13: TorchScript 7-20, dynamo 18-23).
+OPSETS = {"torchscript": (7, 20), "dynamo": (18, 23)}
+
+
+def check_opset(opset: int | None, exporter: str = "auto") -> None:
+    """Refuse an opset the chosen exporter cannot write, before anything is exported.
+
+    Raises:
+        UserError: naming the opsets that exporter (or, for ``auto``, either) writes.
+    """
+    if opset is None:
+        return
+    names = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
+    ok = not isinstance(opset, bool) and isinstance(opset, int)
+    if ok and any(OPSETS[e][0] <= opset <= OPSETS[e][1] for e in names):
+        return
+    each = ", ".join(f"{e} {OPSETS[e][0]}-{OPSETS[e][1]}" for e in names)
+    lo, hi = min(OPSETS[e][0] for e in names), max(OPSETS[e][1] for e in names)
+    raise UserError(f"--opset must be in {lo}-{hi} ({each}), not {opset!r}")
 
 
 def export_onnx(
-    model: Any, example_input: Any, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET
+    model: Any, example_input: Any, path: str | os.PathLike, *, opset: int | None = None
 ) -> Path:
     """Export an ``nn.Module`` to ONNX for inference (eval mode, BatchNorm folded).
 
@@ -41,7 +60,7 @@ def export_onnx(
         model: the module; it is exported in eval mode and its mode restored afterwards.
         example_input: a tensor of the input shape.
         path: the ``.onnx`` file to write.
-        opset: ONNX opset for the TorchScript exporter.
+        opset: ONNX opset; None: 17 from the TorchScript exporter, 18 from dynamo.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -62,7 +81,7 @@ def run_exporters(
     *,
     output_names: Sequence[str] | None = None,
     dynamic_batch: tuple[int, int] | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     exporter: str = "auto",
 ) -> tuple[str, list[str]]:
     """Write ``model`` to ``path`` with the first exporter that can export it.
@@ -73,7 +92,9 @@ def run_exporters(
         path: the file to write (not atomically: callers write to a temporary path).
         output_names: names of the graph outputs, or None for the exporter's own.
         dynamic_batch: ``(min, max)`` of a dynamic batch axis, or None for a fixed one.
-        opset: ONNX opset for the TorchScript exporter (dynamo uses at least 18).
+        opset: the ONNX opset to write; None: 17 from TorchScript, 18 from dynamo. An
+            opset asked for is written or the export fails: ``auto`` tries only the
+            exporters that write it, never substituting another opset.
         exporter: ``"auto"`` (TorchScript, then dynamo), ``"torchscript"`` or
             ``"dynamo"``.
 
@@ -81,12 +102,15 @@ def run_exporters(
         ``(exporter used, notes)``: a note says why ``auto`` fell back to dynamo.
 
     Raises:
-        UserError: an unknown exporter.
+        UserError: an unknown exporter, or an opset it cannot write.
         ExportError: no exporter could export the model (each one's error is quoted).
     """
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    check_opset(opset, exporter)
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    if opset is not None:
+        order = [e for e in order if OPSETS[e][0] <= opset <= OPSETS[e][1]]
     names = list(output_names) if output_names is not None else None
     errors, notes = [], []
     was_training = model.training
@@ -95,9 +119,11 @@ def run_exporters(
         for name in order:
             try:
                 if name == "torchscript":
-                    _export_torchscript(model, example_input, path, names, dynamic_batch, opset)
+                    version = DEFAULT_OPSET if opset is None else opset
+                    _export_torchscript(model, example_input, path, names, dynamic_batch, version)
                 else:
-                    _export_dynamo(model, example_input, path, names, dynamic_batch, opset)
+                    version = 18 if opset is None else opset
+                    _export_dynamo(model, example_input, path, names, dynamic_batch, version)
                 if errors:
                     notes.append(f"fell back to the {name} exporter after: {errors[-1]}")
                 return name, notes
@@ -106,7 +132,11 @@ def run_exporters(
                 errors.append(f"{name}: {type(exc).__name__}: {first}"[:300])
     finally:
         model.train(was_training)
-    raise ExportError(f"cannot export the model to ONNX ({'; '.join(errors)})")
+    skipped = [e for e in EXPORTERS[1:] if e not in order and exporter == "auto"]
+    why = "".join(
+        f"; the {e} exporter writes opsets {OPSETS[e][0]}-{OPSETS[e][1]} only" for e in skipped
+    )
+    raise ExportError(f"cannot export the model to ONNX ({'; '.join(errors)}{why})")
 
 
 def _export_torchscript(
@@ -117,6 +147,8 @@ def _export_torchscript(
     dyn: tuple[int, int] | None,
     opset: int,
 ) -> None:
+    import contextlib
+    import io
     import warnings
 
     import torch
@@ -124,7 +156,10 @@ def _export_torchscript(
     axes = None
     if dyn is not None:
         axes = {n: {0: "batch"} for n in ["input", *(output_names or [])]}
-    with warnings.catch_warnings(), torch.no_grad():
+    # The exporter prints its whole IR graph to stdout when it fails: keep it quiet (the
+    # error itself is reported).
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation warning, every call
         torch.onnx.export(
             model,
@@ -170,7 +205,7 @@ def _export_dynamo(
             model,
             (x,),
             dynamo=True,
-            opset_version=max(opset, 18),
+            opset_version=opset,
             input_names=["input"],
             output_names=output_names,
             dynamic_shapes=shapes,

@@ -30,15 +30,21 @@ def load_model(spec: str) -> Any:
     """Resolve a model spec to an ``nn.Module`` in eval mode.
 
     Raises:
-        SpecError: the spec is malformed, names nothing, its factory raises, or the
-            result is not an ``nn.Module``.
+        SpecError: the spec is malformed, names nothing, its import or factory raises
+            or exits, or the result is not an ``nn.Module``.
     """
     import torch.nn as nn
 
     if not spec or not spec.strip():
         raise SpecError("empty model spec")
     spec = spec.strip()
-    obj = _resolve(spec)
+    try:
+        obj = _resolve(spec)
+    except SystemExit as exc:  # the user's code called sys.exit() or exit() on import
+        raise SpecError(
+            f"model spec {spec!r}: loading it called sys.exit({exc.code!r}); a model file "
+            "must not exit when imported (guard scripts with if __name__ == '__main__')"
+        ) from None
     if not isinstance(obj, nn.Module):
         raise SpecError(f"model spec {spec!r} gives a {type(obj).__name__}, not a torch.nn.Module")
     return obj.eval()

@@ -15,7 +15,9 @@ COMMANDS: tuple[str, ...] = ("inspect", "prune", "export", "engine", "verify", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from lut_builder.cli_args import OneLineParser
+
+    parser = OneLineParser(
         prog="halp-trt",
         description="Latency-aware structured pruning for TensorRT, PyTorch and ONNX Runtime.",
     )

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from lut_builder.cli_args import positive_float
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -27,16 +29,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="MIN:OPT:MAX",
         help="optimisation profile of a dynamic batch (default: the range the export stored)",
     )
-    p.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit")
-    p.add_argument("--opt-level", type=int, metavar="N", help="builder optimisation level 0-5")
+    p.add_argument(
+        "--workspace", type=positive_float, metavar="GiB", help="builder workspace limit"
+    )
+    p.add_argument(
+        "--opt-level",
+        type=int,
+        choices=range(6),
+        metavar="N",
+        help="builder optimisation level 0-5",
+    )
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from lut_builder.fileio import check_output
+
     from ..export import BatchRange, build_engine, sidecar_path
 
+    check_output(args.out)
+    check_output(sidecar_path(args.out), flag="--out (its .json sidecar)")
+    if args.timing_cache:
+        check_output(args.timing_cache, flag="--timing-cache")
     batch = BatchRange.parse(args.batch) if args.batch else None
     sidecar = build_engine(
         args.onnx,

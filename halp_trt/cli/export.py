@@ -32,7 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="make the batch axis dynamic over this range (stored for `halp-trt engine`)",
     )
     p.add_argument("--fp16", action="store_true", help="export weights and activations in fp16")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (TorchScript exporter)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset to write (TorchScript 7-20, dynamo 18-23); default 17, or 18 where "
+        "the TorchScript exporter fails and dynamo takes over. One asked for is never "
+        "substituted: the export fails instead",
+    )
     p.add_argument(
         "--exporter",
         choices=("auto", "torchscript", "dynamo"),
@@ -46,9 +53,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lut_builder.fileio import check_output
+
     from ..export import BatchRange, export_onnx
     from ..specs import load_model, parse_shape
 
+    check_output(args.out)
     shape = parse_shape(args.input_shape)
     dyn = BatchRange.parse(args.dynamic_batch) if args.dynamic_batch else None
     model = load_model(args.model)

@@ -122,11 +122,13 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lut_builder.fileio import check_output
+
     from ..prune.distributed import process_group_from_env, rank
-    from ..train.prune_job import check_out_dir, prune_classifier, save_prune_result
+    from ..train.prune_job import prune_classifier, save_prune_result
 
     prune, train = configs(args)
-    out = check_out_dir(args.out)
+    out = check_output(args.out, kind="dir")
     with process_group_from_env(train.device) as device:
         result = prune_classifier(
             args.model,

@@ -20,9 +20,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..errors import UserError
-    from ..report import render
+    from lut_builder.fileio import check_output
 
+    from ..errors import UserError
+    from ..report import ReportError, render
+
+    check_output(args.dir, kind="dir", flag="DIR")
     path = Path(args.dir) / "report.json"
     try:
         report = json.loads(path.read_text())
@@ -32,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(report, dict) or "baseline" not in report:
         raise UserError(f"{path} is not a halp-trt run report")
-    plots = render(report, args.dir)
+    try:
+        plots = render(report, args.dir)
+    except ReportError as exc:
+        raise UserError(f"{path} cannot be rendered: {exc}") from None
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lut_builder.cli_args import nonnegative_int, positive_float, positive_int
 from lut_builder.errors import ShapeError, UserError
 
 
@@ -30,18 +31,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--original", required=True, help="the unpruned model")
     p.add_argument("--pruned", required=True, help="the pruned model")
     p.add_argument("--backend", required=True, choices=("tensorrt", "torch", "onnxruntime"))
-    p.add_argument("--batch", type=int, help="batch size (default: the input shape's)")
+    p.add_argument("--batch", type=positive_int, help="batch size (default: the input shape's)")
     p.add_argument(
         "--input-shape", help="input shape N,C,H,W (needed for model specs; files say theirs)"
     )
-    p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
+    p.add_argument("--rounds", type=positive_int, default=30, help="timed rounds (default 30)")
     p.add_argument(
-        "--block-ms", type=float, default=100.0, help="least time each model runs per round"
+        "--warmup", type=nonnegative_int, default=5, help="untimed rounds first (default 5)"
+    )
+    p.add_argument(
+        "--block-ms",
+        type=positive_float,
+        default=100.0,
+        help="least time each model runs per round",
     )
     p.add_argument(
         "--chunk-ms",
-        type=float,
+        type=positive_float,
         default=3.0,
         help="least duration of one timed chunk; chunks alternate between the models",
     )
@@ -53,7 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "reference workload, also time both models in its unit (prediction error without "
         "the machine's current speed)",
     )
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (onnxruntime, torch on CPU)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="CPU threads (onnxruntime, torch on CPU)"
+    )
     p.add_argument("--device", default=None, help="torch: cpu or cuda[:N]; tensorrt: GPU index")
     p.add_argument(
         "--precision",
@@ -160,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     from ..prune.apply import load_plan
     from ..verify import verify_models
 
+    if args.out:
+        from lut_builder.fileio import check_output
+
+        check_output(args.out)
     if args.record and not any(Path(m).suffix == ".engine" for m in (args.original, args.pruned)):
         raise UserError("--record writes into engine sidecars: give .engine files")
     original, d0 = resolve_model(args.original, args.backend, args.force)
@@ -270,6 +282,7 @@ def _print(report: Any) -> None:
             )
         else:
             budget = f"budget {p['budget_ms']:.3f} ms"
+        budget += f" (+{p.get('tolerance', 0.0):.0%} tolerance)"
         console.print(
             f"plan: predicted {p['predicted_ms']:.3f} ms, measured {p['measured_ms']:.3f} ms "
             f"(error {p['error']:+.1%}); {budget} {verdict}"

@@ -40,7 +40,7 @@ from typing import Any
 
 from lut_builder.errors import ExportError, ShapeError, UserError
 from lut_builder.fileio import atomic_output
-from lut_builder.onnx_export import DEFAULT_OPSET, EXPORTERS, run_exporters
+from lut_builder.onnx_export import EXPORTERS, check_opset, run_exporters
 
 from .parity import ParityError, ParityReport, check_parity, flatten_outputs
 
@@ -124,7 +124,7 @@ def export_onnx(
     *,
     dynamic_batch: BatchRange | None = None,
     fp16: bool = False,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     exporter: str = "auto",
     parity: bool = True,
     seed: int = 0,
@@ -137,7 +137,8 @@ def export_onnx(
         out: the ``.onnx`` file to write.
         dynamic_batch: make the batch axis dynamic over this range (N must lie in it).
         fp16: export in half precision.
-        opset: ONNX opset for the TorchScript exporter.
+        opset: the ONNX opset to write, or None (17 from TorchScript, 18 from dynamo);
+            an opset asked for is written or the export fails, never substituted.
         exporter: ``"auto"``, ``"torchscript"`` or ``"dynamo"``.
         parity: run the ONNX Runtime vs PyTorch parity check.
         seed: seed of the example and parity inputs.
@@ -156,6 +157,7 @@ def export_onnx(
 
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    check_opset(opset, exporter)
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"the output directory {str(out.parent)!r} does not exist")

@@ -5,6 +5,6 @@ staircase, the latency table it names), so ``halp-trt report DIR`` can redraw a 
 report at any time.
 """
 
-from .render import PLOTS, render, write_json
+from .render import PLOTS, ReportError, render, write_json
 
-__all__ = ["PLOTS", "render", "write_json"]
+__all__ = ["PLOTS", "ReportError", "render", "write_json"]

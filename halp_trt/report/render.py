@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lut_builder.fileio import atomic_output, atomic_write, atomic_write_json
+from lut_builder.errors import UserError
+from lut_builder.fileio import atomic_write, atomic_write_json
+
+
+class ReportError(UserError):
+    """A report dict (``report.json``) that cannot be rendered: fields missing or of the
+    wrong type."""
+
 
 #: Plot files a full report has, under ``plots/`` of the run directory.
 PLOTS = {
@@ -46,29 +53,54 @@ def render(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]
     Returns:
         Plot name to its path relative to ``out_dir``, for the plots that could be drawn
         (a plot whose data the report lacks is left out, and the Markdown says so).
+
+    Raises:
+        ReportError: the report lacks a field it needs, or holds one of the wrong type;
+            nothing in ``out_dir`` is changed then (everything is drawn into a staging
+            directory first and moved into place only once all of it was drawn).
     """
+    import shutil
+    import tempfile
+
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    drawn: dict[str, str] = {}
-    for name, fn in (
-        ("channels", _plot_channels),
-        ("steps", _plot_steps),
-        ("predicted_vs_measured", _plot_pred_vs_meas),
-        ("staircase", _plot_staircase),
-    ):
-        rel = f"plots/{name}.png"
-        if fn(report, out / rel, out):
-            drawn[name] = rel
-    atomic_write(out / "report.md", _markdown(report, drawn))
-    return drawn
+    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        (stage / "plots").mkdir()
+        drawn: dict[str, str] = {}
+        try:
+            for name, fn in (
+                ("channels", _plot_channels),
+                ("steps", _plot_steps),
+                ("predicted_vs_measured", _plot_pred_vs_meas),
+                ("staircase", _plot_staircase),
+            ):
+                rel = f"plots/{name}.png"
+                if fn(report, stage / rel, out):
+                    drawn[name] = rel
+            markdown = _markdown(report, drawn)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ReportError(
+                f"the report lacks a field or holds one of the wrong type "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        (out / "plots").mkdir(exist_ok=True)
+        for rel in drawn.values():
+            os.replace(stage / rel, out / rel)
+        atomic_write(out / "report.md", markdown)
+        return drawn
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    # Into render's staging directory: the move into the run directory makes it final.
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -69,20 +69,6 @@ def classes_of(model: nn.Module, x: Any) -> int:
     return int(out.shape[1])
 
 
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """The output directory of a pruning run, checked before any work.
-
-    Raises:
-        UserError: ``out`` is a file, or its parent directory does not exist.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
-    if not out.resolve().parent.is_dir():
-        raise UserError(f"the parent directory of --out {str(out)!r} does not exist")
-    return out
-
-
 def prune_classifier(
     model: nn.Module | str,
     data: Any,
@@ -257,7 +243,7 @@ def save_prune_result(out: str | os.PathLike, result: PruneResult) -> list[Path]
         The three paths.
 
     Raises:
-        UserError: ``out`` is a file or its parent does not exist.
+        UserError: ``out`` cannot be written (see :func:`lut_builder.fileio.check_output`).
     """
     import json
     import shutil
@@ -265,9 +251,11 @@ def save_prune_result(out: str | os.PathLike, result: PruneResult) -> list[Path]
 
     import torch
 
+    from lut_builder.fileio import check_output
+
     from ..prune.distributed import rank
 
-    out = check_out_dir(out)
+    out = check_output(out, kind="dir")
     names = ("model.pt", "log.json", "plan.json")
     if rank() != 0:
         return [out / n for n in names]
