@@ -20,7 +20,9 @@ the filled points were off by a median 3.3-5.5% from their measurements, where s
 measuring the same points again differed by a median 1.2-6.3%.
 
 **Crash safety and sharding.** Every point is committed as it is measured; running the
-same build again measures only the planned points still missing. ``shard=(i, n)`` takes
+same build again measures only the planned points still missing. The plan is registered
+in the transaction that checks an existing file's target, values and plan, so a build
+refused there leaves the file as it was. ``shard=(i, n)`` takes
 every n-th point of the plan (in a fixed order), so n processes (one per GPU) can fill
 one file; the process that finds nothing missing at the end marks the table complete.
 Points are measured in a shuffled (but fixed) order, so that the progress bar's rate,
@@ -46,6 +48,7 @@ from typing import Any
 
 from .backends.base import Backend, make_runner
 from .errors import UserError
+from .fileio import check_output
 from .latency_model import VariantsFactory, calibrate_overhead, calibration_copies
 from .signatures import LayerInfo, LayerSignature, model_layers
 from .table import Grid, LatencyTable
@@ -275,8 +278,9 @@ def build_table(
     Every argument is checked before anything is measured or the table file is touched.
 
     Args:
-        path: the table file; created, or resumed if it holds the same plan. Its
-            directory must exist.
+        path: the table file; created, or resumed if it holds the same target and
+            plan (anything else is refused before the file changes). Its directory must
+            exist and be writable.
         model: the ``nn.Module`` (its layers are read with one forward pass).
         example_input: its input (the batch size is part of every signature).
         backend: a backend name (made with ``get_backend(backend, **backend_options)``
@@ -339,15 +343,19 @@ def build_table(
             "batch": int(x.shape[0]) if torch.is_tensor(x) else None,
             "is_measurement": backend.is_measurement,
         }
+        # Checks an existing file (target, values, plan) and registers the plan in one
+        # transaction: a refused build leaves the file as it was.
         table = LatencyTable.create(
             path,
             fingerprint,
             backend.alignment,
             step=step,
             info={**dict(info or {}), "strategy": strategy, "coarse": coarse},
+            plan=grids,
+            reference_kind=backend.reference_kind,
         )
         try:
-            result = _measure(table, backend, grids, shard, progress, on_start)
+            result = _measure(table, backend, shard, progress, on_start)
             # One process calibrates: the one that completed the table, or an unsharded
             # run resuming a table whose calibration was interrupted.
             newly, n = result.pop("newly"), shard[1]
@@ -390,12 +398,11 @@ def build_table(
 def _measure(
     table: LatencyTable,
     backend: Backend,
-    grids: Mapping[LayerSignature, Grid],
     shard: tuple[int, int],
     progress: Callable[[int, int], None] | None,
     on_start: Callable[[int], None] | None,
 ) -> dict[str, Any]:
-    """Measure this shard's missing points of the plan into the table; mark it complete
+    """Measure this shard's missing points of the table's plan; mark it complete
     when nothing is missing. Returns BuildResult's counts and ``newly`` (this call
     completed the table)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -409,8 +416,6 @@ def _measure(
         backend.reference_ms = table.adopt_reference(
             backend.reference_kind, offer, getattr(backend, "gate", None)
         )
-    for sig, grid in grids.items():
-        table.add_signature(sig, grid)
     plan = table.planned()
     i, n = shard
     mine = {(s, a, b) for k, (s, a, b) in enumerate(plan) if k % n == i}
@@ -499,8 +504,4 @@ def _check_build_arguments(
         )
     if runner_options is not None and not isinstance(runner_options, Mapping):
         raise UserError(f"runner_options must be a mapping, not {runner_options!r}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"the directory of the table file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise UserError(f"the table file {str(path)!r} is a directory")
+    check_output(path, kind="file", flag="the table file")

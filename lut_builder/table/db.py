@@ -21,14 +21,17 @@ process; a power cut may lose the last commits but does not corrupt the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import FingerprintMismatchError, UserError
+from ..signatures import LayerSignature
+from .grid import Grid
 
 FORMAT_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -127,6 +130,15 @@ class transaction:
 def read_meta(
     conn: sqlite3.Connection, *, missing_ok: bool, path: Path | None = None
 ) -> dict[str, Any] | None:
+    """The meta table as a dict of decoded JSON values.
+
+    Returns:
+        The meta, or None for an empty database when ``missing_ok``.
+
+    Raises:
+        UserError: no meta table, no format version, or a value that is not JSON
+            (naming the key).
+    """
     has = conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
     ).fetchone()
@@ -139,16 +151,168 @@ def read_meta(
         )
     try:
         rows = conn.execute("SELECT key, value FROM meta").fetchall()
-        meta = {k: json.loads(v) for k, v in rows}
-    except (sqlite3.DatabaseError, json.JSONDecodeError, TypeError) as exc:
+    except sqlite3.DatabaseError as exc:
         raise UserError(
             f"{path} is an SQLite database with a foreign or damaged meta table: {exc}"
         ) from exc
+    meta = {}
+    for key, value in rows:
+        try:
+            meta[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            raise UserError(
+                f"latency table {path} is damaged: meta {key!r} is {_shown(value)}, not JSON"
+            ) from None
     if "format_version" not in meta:
         raise UserError(
             f"{path} is an SQLite database without lut-builder's schema (no format version)"
         )
     return meta
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: What each meta key must hold: (check, what it is). Keys every build writes first.
+META_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "fingerprint": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("backend"), str),
+        "an object naming its backend",
+    ),
+    "alignment": (_positive_int, "a positive integer"),
+    "step": (_positive_int, "a positive integer"),
+    "complete": (lambda v: isinstance(v, bool), "true or false"),
+}
+#: Keys a table gains later: None, or what they must hold.
+OPTIONAL_META_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "overhead_ms": (_finite, "a finite number"),
+    "scale": (lambda v: _finite(v) and v > 0, "a positive number"),
+    "overhead": (lambda v: isinstance(v, dict), "an object"),
+    "info": (lambda v: isinstance(v, dict), "an object"),
+    "reference": (
+        lambda v: (
+            isinstance(v, dict)
+            and isinstance(v.get("kind"), str)
+            and _finite(v.get("unit_ms"))
+            and v["unit_ms"] > 0
+        ),
+        "an object with a kind and a positive unit_ms",
+    ),
+}
+
+
+def check_meta(meta: Mapping[str, Any], path: Path) -> None:
+    """Check the format version and that every meta value is what readers expect.
+
+    Raises:
+        UserError: another format version; a missing or malformed value, naming the
+            table and the key.
+    """
+    check_format(meta, path)
+    for key, (ok, what) in META_KEYS.items():
+        if key not in meta:
+            raise UserError(f"latency table {path} is damaged: its meta has no {key!r}")
+        if not ok(meta[key]):
+            raise UserError(
+                f"latency table {path} is damaged: meta {key!r} is {_shown(meta[key])}, not {what}"
+            )
+    for key, (ok, what) in OPTIONAL_META_KEYS.items():
+        if meta.get(key) is not None and not ok(meta[key]):
+            raise UserError(
+                f"latency table {path} is damaged: meta {key!r} is {_shown(meta[key])}, not {what}"
+            )
+
+
+#: The timing columns of ``points``, in order, as :class:`~lut_builder.timing.Timing`
+#: names them (``n`` follows them).
+TIMING_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms")
+
+# The points a reader would refuse (see point_damage), found by SQLite: a table has up
+# to tens of thousands of points, and most of them are fine. SQLite stores NaN as NULL
+# and 9e999 is its infinity; typeof() catches text in a REAL column.
+_NUMBER = "typeof({c}) IN ('real', 'integer') AND {c} < 9e999 AND {c} {op} 0"
+_BAD_POINTS = f"""
+SELECT s.label, p.c_in, p.c_out, {", ".join(f"p.{c}" for c in TIMING_COLUMNS)}, p.n
+FROM points p LEFT JOIN signatures s ON s.id = p.sig_id
+WHERE s.id IS NULL
+   OR typeof(p.c_in) != 'integer' OR typeof(p.c_out) != 'integer'
+   OR p.c_in < 1 OR p.c_out < 1
+   OR NOT ({_NUMBER.format(c="p.median_ms", op=">")})
+   OR NOT ({_NUMBER.format(c="p.mean_ms", op=">")})
+   OR NOT ({_NUMBER.format(c="p.p10_ms", op=">=")})
+   OR NOT ({_NUMBER.format(c="p.p90_ms", op=">=")})
+   OR NOT ({_NUMBER.format(c="p.std_ms", op=">=")})
+   OR typeof(p.n) != 'integer' OR p.n < 1
+   OR p.p10_ms > p.median_ms OR p.median_ms > p.p90_ms
+LIMIT 1
+"""
+
+
+def point_damage(
+    median_ms: Any, p10_ms: Any, p90_ms: Any, mean_ms: Any, std_ms: Any, n: Any
+) -> str:
+    """What is wrong with one point's stored values, or ``""``.
+
+    A latency (median, mean) is a finite positive number of milliseconds (or reference
+    units); p10, p90 and the standard deviation are finite and not negative (a run of a
+    differential measurement may come out as 0); p10 <= median <= p90; n is a positive
+    integer.
+    """
+    named = [("latency", median_ms), ("mean", mean_ms)]
+    for what, v in named:
+        if not (_finite(v) and v > 0):
+            return f"{what} {_shown(v)}, not a positive number"
+    for what, v in (("p10", p10_ms), ("p90", p90_ms), ("std", std_ms)):
+        if not (_finite(v) and v >= 0):
+            return f"{what} {_shown(v)}, not a number >= 0"
+    if not _positive_int(n):
+        return f"run count {_shown(n)}, not a positive integer"
+    if not p10_ms <= median_ms <= p90_ms:
+        return f"p10 {p10_ms!r}, latency {median_ms!r} and p90 {p90_ms!r} out of order"
+    return ""
+
+
+def check_values(conn: sqlite3.Connection, path: Path) -> None:
+    """Check every value a reader of the table will use, before it uses any: each
+    signature's key and grid, and each measured point (see :func:`point_damage`).
+
+    Raises:
+        UserError: naming the table, the signature or point, and what is damaged.
+    """
+    damaged = f"latency table {path} is damaged"
+    for key, label, grid in conn.execute("SELECT key, label, grid FROM signatures"):
+        try:
+            LayerSignature.from_key(key)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UserError(
+                f"{damaged}: signature {_shown(label)} has a malformed key ({exc})"
+            ) from None
+        try:
+            Grid.from_dict(json.loads(grid))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise UserError(
+                f"{damaged}: signature {_shown(label)} has a malformed grid {_shown(grid)} ({exc})"
+            ) from None
+    row = conn.execute(_BAD_POINTS).fetchone()
+    if row is None:
+        return
+    label, c_in, c_out, *values = row
+    if label is None:
+        raise UserError(f"{damaged}: point ({c_in}, {c_out}) belongs to no signature")
+    where = f"signature {label} point ({_shown(c_in)}, {_shown(c_out)})"
+    if not (_positive_int(c_in) and _positive_int(c_out)):
+        raise UserError(f"{damaged}: {where} has channel counts that are not positive integers")
+    raise UserError(f"{damaged}: {where} has {point_damage(*values) or 'a malformed value'}")
 
 
 def check_format(meta: Mapping[str, Any], path: Path) -> None:
@@ -160,7 +324,10 @@ def check_format(meta: Mapping[str, Any], path: Path) -> None:
 
 
 def create_or_join(
-    path: Path, want: Mapping[str, Any], info: Mapping[str, Any]
+    path: Path,
+    want: Mapping[str, Any],
+    info: Mapping[str, Any],
+    prepare: Callable[[sqlite3.Connection, Mapping[str, Any] | None], None] | None = None,
 ) -> sqlite3.Connection:
     """Create a table file with its schema and ``want`` as its meta, or join the existing
     one when its meta has the same ``want`` (another shard of the same build).
@@ -172,14 +339,19 @@ def create_or_join(
         path: the SQLite file.
         want: ``format_version``, ``fingerprint``, ``alignment`` and ``step``.
         info: extra facts stored in ``info`` by the process that creates the file.
+        prepare: called inside the same transaction, after the schema exists or the
+            meta matched, with the connection and the existing meta (None for a new
+            file): it checks the rest and writes what the caller registers, so a check
+            that fails leaves the file as it was.
 
     Returns:
         A connection to the file, in WAL mode.
 
     Raises:
-        UserError: the file exists and is not a latency table;
+        UserError: the file exists and is not a latency table, or is damaged;
             :class:`~lut_builder.errors.FingerprintMismatchError`: it was made for a
-            different target (fingerprint, alignment or step).
+            different target (fingerprint, alignment or step); whatever ``prepare``
+            raises.
     """
     if path.exists() and path.stat().st_size > 0:
         check_sqlite_header(path)
@@ -198,7 +370,8 @@ def create_or_join(
                     [(k, json.dumps(v)) for k, v in rows.items()],
                 )
             else:
-                check_format(existing, path)
+                # A damaged meta says so, rather than looking like another target's.
+                check_meta(existing, path)
                 diffs = [
                     f"{k}: file has {existing.get(k)!r}, this build {v!r}"
                     for k, v in want.items()
@@ -210,6 +383,8 @@ def create_or_join(
                         + "; ".join(diffs)[:400]
                         + "); use another --out or delete it"
                     )
+            if prepare is not None:
+                prepare(conn, existing)
         enable_wal(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()

@@ -30,11 +30,14 @@ from ..signatures import LayerSignature
 from ..timing import Timing
 from .db import (
     FORMAT_VERSION,
-    check_format,
+    TIMING_COLUMNS,
+    check_meta,
     check_sqlite_header,
+    check_values,
     connect,
     create_or_join,
     enable_wal,
+    point_damage,
     read_meta,
     transaction,
 )
@@ -71,9 +74,9 @@ class LatencyTable:
         self._sig_ids: dict[LayerSignature, int] = {}
         meta = self._meta()
         self.format_version = int(meta["format_version"])
-        self.fingerprint: dict[str, Any] = meta.get("fingerprint", {})
-        self.alignment = int(meta.get("alignment", 1))
-        self.step = int(meta.get("step", self.alignment))
+        self.fingerprint: dict[str, Any] = meta["fingerprint"]
+        self.alignment = int(meta["alignment"])
+        self.step = int(meta["step"])
 
     # -- opening -----------------------------------------------------------------------
 
@@ -86,12 +89,15 @@ class LatencyTable:
         *,
         step: int | None = None,
         info: Mapping[str, Any] | None = None,
+        plan: Mapping[LayerSignature, Grid] | None = None,
+        reference_kind: str | None = None,
     ) -> LatencyTable:
         """Create a table file, or join an existing one made for the same target.
 
         Several processes may call this at once for one path (sharded builds): the
-        first creates the schema, the others find it and check that their fingerprint
-        matches.
+        first creates the schema (and registers ``plan``), the others find it and check
+        that their fingerprint and plan match. Everything is checked, and the plan
+        registered, in one transaction: a refusal leaves an existing file as it was.
 
         Args:
             path: the SQLite file.
@@ -99,13 +105,19 @@ class LatencyTable:
             alignment: the target's channel step.
             step: the grid step (defaults to ``alignment``).
             info: extra JSON-able facts to store (model spec, input shape, strategy).
+            plan: every signature's grid. A table without a plan gets this one; a table
+                with one must have exactly this one (same signatures, same grids). None:
+                no plan check (add signatures with :meth:`add_signature`).
+            reference_kind: the backend's reference workload; an existing table
+                measured against another one is refused.
 
         Returns:
             The table, open for reading and writing.
 
         Raises:
-            UserError: the file exists and is not a latency table, or was made for a
-                different target (fingerprint, alignment or step).
+            UserError: the file exists and is not a latency table, is damaged, was
+                made for a different target (fingerprint, alignment or step, reference
+                workload) or holds another plan.
         """
         path = Path(path)
         want = {
@@ -114,7 +126,20 @@ class LatencyTable:
             "alignment": int(alignment),
             "step": int(step or alignment),
         }
-        conn = create_or_join(path, want, info or {})
+
+        def prepare(conn: sqlite3.Connection, existing: Mapping[str, Any] | None) -> None:
+            if existing is not None:
+                check_values(conn, path)
+                ref = existing.get("reference")
+                if ref is not None and reference_kind is not None and ref["kind"] != reference_kind:
+                    raise UserError(
+                        f"{path} was measured against reference {ref['kind']!r}, not "
+                        f"{reference_kind!r}; use another --out or delete it"
+                    )
+            if plan is not None:
+                register_plan(conn, path, plan)
+
+        conn = create_or_join(path, want, info or {}, prepare)
         return cls(path, conn)
 
     @classmethod
@@ -128,6 +153,8 @@ class LatencyTable:
     ) -> LatencyTable:
         """Open a table for lookups.
 
+        Every value is checked here, before any is used.
+
         Args:
             path: the SQLite file.
             expect: fingerprint entries the table must have (nested dicts are compared
@@ -140,17 +167,21 @@ class LatencyTable:
             The table.
 
         Raises:
-            UserError: missing file; not SQLite; SQLite without this schema; another
-                format version; :class:`FingerprintMismatchError`;
+            UserError: missing file or a directory; not SQLite; SQLite without this
+                schema; another format version; a damaged value (naming it);
+                :class:`FingerprintMismatchError`;
                 :class:`IncompleteTableError` (unless ``force``).
         """
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"latency table {str(path)!r} is a directory, not a table file")
         if not path.is_file():
             raise UserError(f"latency table {str(path)!r} does not exist")
         check_sqlite_header(path)
         conn = connect(path, create=False)
         try:
             table = cls(path, conn)
+            check_values(conn, path)
             if writable:
                 enable_wal(conn)
         except sqlite3.DatabaseError as exc:
@@ -194,7 +225,7 @@ class LatencyTable:
     def _meta(self) -> dict[str, Any]:
         meta = read_meta(self._conn, missing_ok=False, path=self.path)
         assert meta is not None
-        check_format(meta, self.path)
+        check_meta(meta, self.path)
         return meta
 
     def _set_meta(self, **items: Any) -> None:
@@ -270,6 +301,7 @@ class LatencyTable:
         with transaction(self._conn):
             meta = read_meta(self._conn, missing_ok=False, path=self.path) or {}
             ref = meta.get("reference")
+            changed = True
             if ref is None:
                 ref = {"kind": kind, "gate": gate, "unit_ms": float(unit_ms)}
             elif ref["kind"] != kind:
@@ -278,9 +310,12 @@ class LatencyTable:
                 )
             elif not meta.get("complete") and unit_ms < ref["unit_ms"]:
                 ref["unit_ms"] = float(unit_ms)
-            self._conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('reference', ?)", (json.dumps(ref),)
-            )
+            else:
+                changed = False  # a resumed or complete table is not rewritten
+            if changed:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('reference', ?)", (json.dumps(ref),)
+                )
         self._surfaces.clear()
         return float(ref["unit_ms"])
 
@@ -456,6 +491,8 @@ class LatencyTable:
 
         Raises:
             ValueError: a table with a reference workload and no ``unit_ms``.
+            UserError: a timing the table would refuse to read (not a positive latency,
+                say): it is not stored, and running the build again measures it again.
         """
         sid = self._sig_id(sig)
         scale = 1.0
@@ -463,6 +500,13 @@ class LatencyTable:
             if not unit_ms:
                 raise ValueError("this table stores ratios to its reference: give unit_ms")
             scale = 1.0 / unit_ms
+        values = [getattr(timing, f) * scale for f in TIMING_COLUMNS[:5]] + [timing.n]
+        damage = point_damage(*values)
+        if damage:
+            raise UserError(
+                f"not storing signature {sig.short()} point ({c_in}, {c_out}) in {self.path}: "
+                f"it was measured with {damage}"
+            )
         with transaction(self._conn):
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -580,6 +624,60 @@ class LatencyTable:
             "created_at": meta.get("created_at"),
             "signatures": sigs,
         }
+
+
+def register_plan(
+    conn: sqlite3.Connection, path: Path, plan: Mapping[LayerSignature, Grid]
+) -> None:
+    """Give a table without a plan ``plan``'s signatures and planned points, or check that
+    a table's plan is ``plan``. Runs inside the caller's transaction: all or nothing.
+
+    Raises:
+        UserError: the table plans other signatures, or the same on other grids (another
+            model, input shape, grid step or strategy); nothing is written.
+    """
+    have = {k: g for k, g in conn.execute("SELECT key, grid FROM signatures")}
+    want = {sig.key(): (sig, grid) for sig, grid in plan.items()}
+    if not have:
+        for key, (sig, grid) in want.items():
+            cur = conn.execute(
+                "INSERT INTO signatures (key, label, grid) VALUES (?, ?, ?)",
+                (key, sig.short(), json.dumps(grid.to_dict())),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO plan VALUES (?, ?, ?)",
+                [(cur.lastrowid, a, b) for a, b in grid.points()],
+            )
+        if want:
+            # A table that gains planned points is no longer complete.
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('complete', 'false')")
+        return
+    new = [sig.short() for k, (sig, _) in want.items() if k not in have]
+    gone = len(set(have) - set(want))
+    moved = [
+        sig.short()
+        for k, (sig, grid) in want.items()
+        if k in have and Grid.from_dict(json.loads(have[k])) != grid
+    ]
+    if not (new or gone or moved):
+        return
+    why = []
+    if moved:
+        why.append(f"{_few(moved)} planned on another grid")
+    if new:
+        why.append(f"{_few(new)} not in it")
+    if gone:
+        why.append(f"{gone} of its {len(have)} signatures not in this build")
+    raise UserError(
+        f"{path} holds the plan of another model, input shape or grid ("
+        + "; ".join(why)
+        + "); building into it would change it: use another --out, or delete it to rebuild"
+    )
+
+
+def _few(labels: list[str]) -> str:
+    shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+    return f"{len(labels)} signature{'s' if len(labels) > 1 else ''} ({shown})"
 
 
 def fingerprint_mismatches(stored: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:

@@ -20,6 +20,8 @@ from lut_builder.latency_model import (
 from lut_builder.signatures import model_layers
 from lut_builder.table import LatencyTable
 
+from .table.common import content, snapshot
+
 
 class Net(nn.Module):
     """Stem, two same-signature convs, a grouped and a depthwise conv, a classifier."""
@@ -142,6 +144,31 @@ def test_build_refuses_another_models_plan(tmp_path):
     wider = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 8, 3, padding=1))
     with pytest.raises(UserError, match="another grid"):
         build_table(path, wider.eval(), x, backend)
+
+
+def test_a_refused_build_leaves_the_table_as_it_was(tmp_path):
+    """Another model into a complete table: refused before anything is written, so the
+    table stays complete and rebuilding its own model measures nothing."""
+    model, x = _net()
+    backend = get_backend("analytic", alignment=16)
+    path = tmp_path / "t.lut"
+    build_table(path, model, x, backend)
+    before, dump = snapshot(tmp_path), content(path)
+    # A new signature (1x1), then Net's 3x3 on another grid: registered one by one,
+    # the new one went in (and the table became incomplete) before the refusal.
+    wider = nn.Sequential(
+        nn.Conv2d(3, 32, 1), nn.Conv2d(32, 96, 3, padding=1), nn.Conv2d(96, 8, 3, padding=1)
+    ).eval()
+    with pytest.raises(UserError, match="another grid"):
+        build_table(path, wider, x, backend)
+    # No signature in common: this one was simply added to the table.
+    with pytest.raises(UserError, match="signatures not in this build"):
+        build_table(path, model, torch.randn(1, 3, 16, 16), backend)
+    assert snapshot(tmp_path) == before
+    assert content(path) == dump
+    with LatencyTable.open(path) as table:
+        assert table.complete
+    assert build_table(path, model, x, backend).measured == 0
 
 
 def test_onnxruntime_build_and_calibrated_overhead(tmp_path):

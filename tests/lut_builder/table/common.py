@@ -28,3 +28,25 @@ def make_table(path, grid: Grid, *, sig=SIG, fill=True, alignment=16, **kw) -> L
             table.add_point(sig, a, b, t(cost(a, b)))
         assert table.mark_complete()
     return table
+
+
+def snapshot(directory) -> dict[str, tuple[bytes, int]]:
+    """Every file in ``directory`` (recursively): its bytes and modification time.
+    Python's bytecode caches (a model spec imported from a file) are left out."""
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def content(path) -> list[str]:
+    """The logical content of an SQLite file: its SQL dump (read-only; run it after
+    taking a snapshot, since SQLite may create and remove side files)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
