@@ -12,19 +12,25 @@ Layout (format version :data:`FORMAT_VERSION`):
   milliseconds, or for a table with a ``reference`` workload ratios to it (times
   ``reference.unit_ms`` gives milliseconds).
 
-The file is in WAL mode and every measurement is its own transaction: a build killed at
-any moment leaves an intact database holding every point measured so far, and several
-processes can add points at once. ``synchronous=NORMAL``: safe against a killed
-process; a power cut may lose the last commits but does not corrupt the file.
+While a table is written it is in WAL mode and every measurement is its own
+transaction: a build killed at any moment leaves an intact database holding every point
+measured so far, and several processes can add points at once. ``synchronous=NORMAL``:
+safe against a killed process; a power cut may lose the last commits but does not
+corrupt the file. The last writer to close switches the file back to a rollback journal
+(:func:`close_writer`): a finished table is one self-contained file.
+
+Readers open the file read-only (:func:`connect_readonly`): they never change it, and a
+table can be read where it cannot be written (a read-only directory or file system,
+another user's files).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,13 +83,20 @@ def check_sqlite_header(path: Path) -> None:
         raise UserError(f"{path} is not a latency table (not an SQLite database)")
 
 
+def _uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{urllib.parse.quote(path.resolve().as_posix())}?{query}"
+
+
 def connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), waiting up to a minute
-    for other writers. Nothing is written to the file here."""
-    mode = "rwc" if create else "rw"
-    if not create and not os.access(path, os.W_OK):
-        mode = "ro"
-    uri = f"file:{path.resolve().as_posix()}?mode={mode}"
+    """A connection for writing, in autocommit mode (transactions are explicit), waiting
+    up to a minute for other writers. Nothing is written to the file here.
+
+    Args:
+        path: the SQLite file.
+        create: create the file if it does not exist.
+    """
+    uri = _uri(path, mode="rwc" if create else "rw")
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 60000")
@@ -92,8 +105,80 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
     return conn
 
 
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection: never writes to the file, and works where it cannot be
+    written.
+
+    A finished table (see :func:`close_writer`) reads alone, anywhere. One still in WAL
+    mode (being written, its writer killed, or written by an older lut-builder) needs
+    its ``-shm`` index beside it, and SQLite creates it (and a ``-wal``) only where the
+    directory is writable. Where it cannot (a read-only directory or file system), the
+    file is opened ``immutable``: read alone, without locks and without its WAL, which
+    is right for a file nobody can be writing there, and only when no ``-wal`` holds
+    changes not yet in it (immutable reads would silently miss them: refused).
+
+    Raises:
+        UserError: the file cannot be read at all, or only without changes its ``-wal``
+            holds; the message says why.
+    """
+
+    def attempt(uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    try:
+        return attempt(_uri(path, mode="ro"))
+    except sqlite3.DatabaseError as exc:
+        if "unable to open" not in str(exc):  # not about side files: locked, corrupt...
+            raise UserError(f"{path} is not a usable latency table: {exc}") from exc
+        first = exc  # the -shm (or -wal) cannot be created here
+    wal = path.with_name(path.name + "-wal")
+    try:
+        pending = wal.stat().st_size > 0
+    except OSError:
+        pending = False
+    if pending:
+        raise UserError(
+            f"latency table {path} cannot be read here: {wal.name} beside it holds changes "
+            f"not yet in the table and SQLite cannot create {path.name}-shm to read them "
+            f"({first}); make its directory writable, or copy {path.name} and {wal.name} "
+            "to a directory that is"
+        )
+    try:
+        return attempt(_uri(path, mode="ro", immutable="1"))
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"latency table {path} cannot be read: {first}; {exc}") from exc
+
+
+def close_writer(conn: sqlite3.Connection) -> None:
+    """Close a writing connection, leaving a self-contained file when it is the last.
+
+    While a table is written it is in WAL mode, and what is committed may still be in
+    its ``-wal`` file. The last writer to close switches it to a rollback journal: the
+    WAL goes into the file, which then reads alone, with no side file to create (so
+    also in a read-only directory, and a read-only reader leaves nothing behind); the
+    next writer switches it back (:func:`enable_wal`). While other connections are open
+    (another shard, a reader) the switch is refused; the WAL is then checkpointed as
+    far as they allow. Never waits for them.
+    """
+    try:
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.execute("PRAGMA journal_mode = DELETE").fetchall()
+    except sqlite3.Error:
+        pass  # others have it open: the last of them switches it
+    finally:
+        conn.close()
+
+
 def enable_wal(conn: sqlite3.Connection) -> None:
-    """Switch a (verified) table to WAL mode; persistent, so done once per file."""
+    """Switch a (verified) table to WAL mode for writing (until the last writer closes)."""
     retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
     conn.execute("PRAGMA synchronous = NORMAL")
 
@@ -387,9 +472,9 @@ def create_or_join(
                 prepare(conn, existing)
         enable_wal(conn)
     except sqlite3.DatabaseError as exc:
-        conn.close()
+        close_writer(conn)
         raise UserError(f"{path} is not a usable latency table: {exc}") from exc
     except BaseException:
-        conn.close()
+        close_writer(conn)
         raise
     return conn

@@ -34,7 +34,9 @@ from .db import (
     check_meta,
     check_sqlite_header,
     check_values,
+    close_writer,
     connect,
+    connect_readonly,
     create_or_join,
     enable_wal,
     point_damage,
@@ -67,9 +69,10 @@ class LatencyTable:
         scale: the factor on the layer sum (1 unless calibrated as an affine map).
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, writable: bool = True) -> None:
         self.path = path
         self._conn = conn
+        self._writable = writable
         self._surfaces: dict[LayerSignature, Surface] = {}
         self._sig_ids: dict[LayerSignature, int] = {}
         meta = self._meta()
@@ -153,7 +156,10 @@ class LatencyTable:
     ) -> LatencyTable:
         """Open a table for lookups.
 
-        Every value is checked here, before any is used.
+        Without ``writable`` the file is opened read-only (see
+        :func:`~lut_builder.table.db.connect_readonly`): it is never changed, and a table
+        in a directory that cannot be written can be read. Every value is checked here,
+        before any is used.
 
         Args:
             path: the SQLite file.
@@ -168,8 +174,8 @@ class LatencyTable:
 
         Raises:
             UserError: missing file or a directory; not SQLite; SQLite without this
-                schema; another format version; a damaged value (naming it);
-                :class:`FingerprintMismatchError`;
+                schema; another format version; a damaged value (naming it); a file that
+                cannot be read (saying why); :class:`FingerprintMismatchError`;
                 :class:`IncompleteTableError` (unless ``force``).
         """
         path = Path(path)
@@ -178,9 +184,9 @@ class LatencyTable:
         if not path.is_file():
             raise UserError(f"latency table {str(path)!r} does not exist")
         check_sqlite_header(path)
-        conn = connect(path, create=False)
+        conn = connect(path, create=False) if writable else connect_readonly(path)
         try:
-            table = cls(path, conn)
+            table = cls(path, conn, writable=writable)
             check_values(conn, path)
             if writable:
                 enable_wal(conn)
@@ -211,8 +217,12 @@ class LatencyTable:
         return table
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._conn.close()
+        """Close the database connection; the last writer to close leaves the file
+        self-contained (:func:`~lut_builder.table.db.close_writer`)."""
+        if self._writable:
+            close_writer(self._conn)
+        else:
+            self._conn.close()
 
     def __enter__(self) -> LatencyTable:
         return self

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from contextlib import contextmanager
+
+import pytest
+
 from lut_builder.signatures import LayerSignature
 from lut_builder.table import Grid, LatencyTable
 from lut_builder.timing import Timing
@@ -50,3 +56,37 @@ def content(path) -> list[str]:
         return list(con.iterdump())
     finally:
         con.close()
+
+
+@contextmanager
+def read_only(directory):
+    """Make ``directory`` read-only as a user's read-only directory is: no file can be
+    created in it, so SQLite cannot create a table's ``-shm``/``-wal`` there. As root,
+    permission bits stop nothing, so the directory is made immutable (``chattr +i``
+    holds for root too); otherwise its write bits are cleared. Skips when neither
+    works here."""
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a directory read-only as root here: {done.stderr.strip()}")
+
+        def undo() -> None:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        mode = directory.stat().st_mode
+        directory.chmod(0o555)
+
+        def undo() -> None:
+            directory.chmod(mode)
+
+    try:
+        try:
+            (directory / "probe").touch()
+        except OSError:
+            pass
+        else:
+            (directory / "probe").unlink()
+            pytest.skip("the directory is still writable")
+        yield directory
+    finally:
+        undo()

@@ -1,7 +1,9 @@
-"""Tests of lut_builder.table.db: damaged values, joining a table without changing it."""
+"""Tests of lut_builder.table.db: read-only opening, self-contained files, damaged values."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 
 import pytest
@@ -11,9 +13,82 @@ from lut_builder.signatures import LayerSignature
 from lut_builder.table import Grid, LatencyTable
 from lut_builder.timing import Timing
 
-from .common import FP, SIG, content, make_table, snapshot
+from .common import FP, SIG, content, cost, make_table, read_only, snapshot
 
 GRID = Grid([16, 32, 48], [16, 32, 48])
+
+
+@pytest.mark.parametrize("left", ["finished", "in WAL mode"])
+def test_a_table_in_a_read_only_directory_can_be_read(tmp_path, left):
+    path = tmp_path / "t.lut"
+    make_table(path, GRID).close()
+    if left == "in WAL mode":  # by a killed build or an older lut-builder
+        con = sqlite3.connect(path)
+        assert con.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+        con.close()
+    with read_only(tmp_path):
+        before = snapshot(tmp_path)
+        with LatencyTable.open(path, expect={"backend": "analytic"}) as table:
+            assert table.complete and table.lookup(SIG, 32, 48) == pytest.approx(cost(32, 48))
+        assert snapshot(tmp_path) == before
+
+
+def test_readers_do_not_change_the_file_or_leave_files(tmp_path):
+    path = tmp_path / "t.lut"
+    make_table(path, GRID).close()
+    before = snapshot(tmp_path)
+    assert list(before) == ["t.lut"]  # a finished table is one file
+    with LatencyTable.open(path) as table:
+        assert len(table.points(SIG)) == 9
+    assert snapshot(tmp_path) == before
+
+
+def _with_pending_wal(src, dst):
+    """A table whose last change is only in its -wal, as a killed writer leaves it:
+    copied (with its -wal, without its -shm) while a writer holds it open."""
+    make_table(src / "t.lut", GRID).close()
+    con = sqlite3.connect(src / "t.lut", isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('overhead_ms', '0.25')")
+    assert (src / "t.lut-wal").stat().st_size > 0
+    shutil.copy(src / "t.lut", dst / "t.lut")
+    shutil.copy(src / "t.lut-wal", dst / "t.lut-wal")
+    con.close()
+    return dst / "t.lut"
+
+
+def test_pending_wal_is_read_or_refused_with_the_reason(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = _with_pending_wal(tmp_path / "a", tmp_path / "b")
+    # Reading the file alone would silently miss the change: refused, saying why.
+    with read_only(tmp_path / "b"), pytest.raises(UserError, match="t.lut-wal beside it holds"):
+        LatencyTable.open(path)
+    with LatencyTable.open(path) as table:  # where the -shm can be created: all of it
+        assert table.overhead_ms == 0.25
+
+
+def test_a_closing_writer_leaves_a_self_contained_file(tmp_path):
+    path = tmp_path / "t.lut"
+    make_table(path, GRID).close()
+    writer = LatencyTable.open(path, writable=True)
+    # Another process reading the table while it is written: SQLite's own checkpoint
+    # when the writer closes is skipped while the reader has it open.
+    reader = LatencyTable.open(path)
+    try:
+        writer.set_overhead(0.25)
+        writer.close()
+        (tmp_path / "copy").mkdir()
+        shutil.copy(path, tmp_path / "copy" / "t.lut")  # the file alone, no -wal
+        with LatencyTable.open(tmp_path / "copy" / "t.lut") as copy:
+            assert copy.overhead_ms == 0.25
+        assert reader.overhead_ms == 0.25
+    finally:
+        reader.close()
+    with LatencyTable.open(path, writable=True):  # the last writer to close...
+        pass
+    assert sorted(os.listdir(tmp_path)) == ["copy", "t.lut"]  # ...leaves one file
 
 
 def test_a_directory_is_not_a_missing_table(tmp_path):
