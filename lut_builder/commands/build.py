@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from ..backends.base import list_backends
+from ..cli_args import positive_int
 from ..errors import UserError
 
 HELP = "measure a model's per-layer latency table on a backend"
@@ -47,7 +48,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--step",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="channel step of the grid (default: the backend's alignment)",
@@ -70,7 +71,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="CPU threads of onnxruntime/torch on CPU (default 1: steadiest timings)",
@@ -92,16 +93,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="the table file (.db)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return value
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -147,9 +138,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..build import build_table
+    from ..fileio import check_output
     from ..progress import measuring_bar
     from ..specs import example_input, load_model, parse_shape
 
+    # Before the model is loaded: a bad --out costs nothing.
+    check_output(args.out, kind="file", flag="--out")
     shard = parse_shard(args.shard)
     shape = parse_shape(args.input_shape)
     model = load_model(args.model)

@@ -22,14 +22,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import UserError
+    from ..fileio import check_output
     from ..table import LatencyTable
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    out = check_output(args.out, kind="dir", flag="--out", parents=True)
+    # Opening checks every value of the table, so a damaged one is refused before a
+    # file is written.
     with LatencyTable.open(args.table, force=True) as table:
         out.mkdir(parents=True, exist_ok=True)
         written = [plot_signature(table, sig, out, i) for i, sig in enumerate(table.signatures())]

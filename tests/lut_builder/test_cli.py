@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import textwrap
 
 import pytest
 
 from tests.conftest import assert_user_error
+
+from .table.common import read_only, snapshot
 
 MODEL_PY = textwrap.dedent(
     """
@@ -126,3 +129,83 @@ def test_show_and_plot_reject_bad_files(lut_cli, tmp_path):
         assert_user_error(lut_cli(*cmd[:1], "junk.lut", *cmd[1:]), "not an SQLite database")
         assert_user_error(lut_cli(*cmd[:1], "other.db", *cmd[1:]), "schema")
         assert_user_error(lut_cli(*cmd[:1], "missing.lut", *cmd[1:]), "does not exist")
+
+
+@pytest.fixture
+def table(tmp_path, model_spec):
+    """A complete analytic table of tiny.py at 1x3x16x16, step 8, built in-process."""
+    import torch
+
+    from lut_builder.build import build_table
+    from lut_builder.specs import load_model
+
+    model = load_model(str(tmp_path / model_spec))
+    build_table(tmp_path / "t.lut", model, torch.randn(1, 3, 16, 16), "analytic", step=8)
+    return tmp_path / "t.lut"
+
+
+OTHER_PY = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    def other():  # a 1x1 signature tiny has not, then tiny's 3x3 at other widths
+        return nn.Sequential(nn.Conv2d(3, 24, 1), nn.Conv2d(24, 40, 3, padding=1))
+    """
+)
+
+
+def test_build_of_another_model_into_a_table_changes_nothing(lut_cli, table, tmp_path):
+    from lut_builder.table import LatencyTable
+
+    (tmp_path / "other.py").write_text(OTHER_PY)
+    before = snapshot(tmp_path)
+    res = lut_cli(
+        "build", "--model", "other.py:other", "--input-shape", "1,3,16,16",
+        "--backend", "analytic", "--step", "8", "--out", "t.lut",
+    )  # fmt: skip
+    assert_user_error(res, "t.lut holds the plan of another model", "another grid")
+    assert snapshot(tmp_path) == before
+    with LatencyTable.open(table) as t:  # still complete: prune can use it
+        assert t.complete
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["build", "--out", "adir"], ["--out 'adir' is a directory"]),
+        (["build", "--out", "missing/t.lut"], ["the directory of --out 'missing/t.lut'"]),
+        (["build", "--threads", "0", "--out", "t.lut"], ["--threads", "'0'"]),
+        (["plot", "nosuch.lut", "--out", "tiny.py/p"], ["the parent of --out 'tiny.py/p'"]),
+        (["show", "adir"], ["latency table 'adir' is a directory"]),
+    ],
+)
+def test_bad_paths_and_numbers_fail_first_and_write_nothing(
+    lut_cli, model_spec, tmp_path, args, fragments
+):
+    (tmp_path / "adir").mkdir()
+    if args[0] == "build":
+        args = [args[0], "--model", model_spec, "--input-shape", "1,3,16,16",
+                "--backend", "analytic", *args[1:]]  # fmt: skip
+    before = snapshot(tmp_path)
+    assert_user_error(lut_cli(*args), *fragments)
+    assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["adir", "tiny.py"]
+
+
+def test_show_reads_a_table_in_a_read_only_directory(lut_cli, table, tmp_path):
+    (tmp_path / "ro").mkdir()
+    table.rename(tmp_path / "ro" / "t.lut")
+    with read_only(tmp_path / "ro"):
+        res = lut_cli("show", "ro/t.lut", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["complete"]
+
+
+def test_damaged_table_one_line_naming_it_and_nothing_written(lut_cli, table, tmp_path):
+    con = sqlite3.connect(table)
+    con.execute("UPDATE points SET median_ms = 'abc'")
+    con.commit()
+    con.close()
+    before = snapshot(tmp_path)
+    for args in (["show", "t.lut"], ["plot", "t.lut", "--out", "plots"]):
+        assert_user_error(lut_cli(*args), "latency table t.lut is damaged", "latency 'abc'")
+    assert snapshot(tmp_path) == before and not (tmp_path / "plots").exists()

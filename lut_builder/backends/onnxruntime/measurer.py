@@ -217,8 +217,13 @@ class OnnxRuntimeBackend(Backend):
         check_optimization(optimization, ("all", "extended"))
         if method not in ("differential", "single"):
             raise UserError(f"unknown method {method!r}; known: differential, single")
-        if copies < 2 or threads < 1 or runs < 1:
-            raise UserError("copies must be >= 2, threads and runs >= 1")
+        for name, value, least in (
+            ("threads", threads, 1),
+            ("copies", copies, 2),
+            ("runs", runs, 1),
+        ):
+            if value < least:  # named one by one: the message names the option given
+                raise UserError(f"the onnxruntime backend's {name} must be >= {least}, not {value}")
         clock = clock or ("thread" if threads == 1 else "wall")
         if clock not in ("thread", "wall"):
             raise UserError(f"unknown clock {clock!r}; known: thread, wall")

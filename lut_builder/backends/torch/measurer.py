@@ -139,6 +139,8 @@ class TorchBackend(Backend):
                 raise UserError("the torch backend was asked for CUDA, but CUDA is not available")
             torch.backends.cudnn.benchmark = True
         elif threads is not None:
+            if threads < 1:
+                raise UserError(f"the torch backend's threads must be >= 1, not {threads}")
             torch.set_num_threads(threads)
         if inner < 1 or runs < 1:
             raise UserError("inner and runs must be >= 1")

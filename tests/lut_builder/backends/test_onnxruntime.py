@@ -73,6 +73,10 @@ def test_onnxruntime_measures(method):
         ({"device": "cuda"}, "CPU"),
         ({"method": "magic"}, "method"),
         ({"threads": 2, "clock": "thread"}, "single-threaded"),
+        # Each named alone: a user who gave threads=0 reads about threads only.
+        ({"threads": 0}, "backend's threads must be >= 1, not 0$"),
+        ({"copies": 1}, "backend's copies must be >= 2, not 1$"),
+        ({"runs": 0}, "backend's runs must be >= 1, not 0$"),
     ],
 )
 def test_onnxruntime_rejects_options(opts, fragment):

@@ -40,6 +40,11 @@ def test_torch_cuda_missing_is_user_error():
         get_backend("torch", device="cuda")
 
 
+def test_torch_threads_below_one_is_a_user_error_naming_threads():
+    with pytest.raises(UserError, match="backend's threads must be >= 1, not 0"):
+        get_backend("torch", device="cpu", threads=0)
+
+
 @pytest.mark.gpu
 def test_torch_cuda_measures_fp16():
     b = get_backend("torch", device="cuda", precision="fp16", runs=5)
