@@ -354,10 +354,10 @@ class Pipeline:
             except UserError as exc:
                 self.say(f"[lut] not reusing {cfg.lut}: {str(exc).splitlines()[0]}")
             else:
-                table.close()
-                import shutil
-
-                shutil.copyfile(cfg.lut, target)
+                try:
+                    table.copy_to(target)
+                finally:
+                    table.close()
                 self.say(f"[lut] reusing {cfg.lut}: its fingerprint matches")
                 return ["lut.db"], {"reused": str(cfg.lut)}
         result = self._build_table(target)

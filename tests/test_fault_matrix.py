@@ -97,6 +97,12 @@ def workspace(tmp_path_factory):
         sys.modules.pop("small", None)
     for side in ("small.db-wal", "small.db-shm"):
         (root / side).unlink(missing_ok=True)
+    shutil.copy(root / "small.db", root / "damaged.db")
+    with sqlite3.connect(root / "damaged.db") as con:
+        first = "(SELECT sig_id, c_in, c_out FROM points ORDER BY 1, 2, 3 LIMIT 1)"
+        con.execute(f"UPDATE points SET median_ms = 'abc' WHERE (sig_id, c_in, c_out) = {first}")
+    con.close()
+    (root / "other.py").write_text(MODEL_PY.replace("16", "24"))
     (root / "notatable.db").write_text("these are not the latencies you are looking for\n")
     (root / "afile").write_text("a file\n")
     (root / "adir").mkdir()
@@ -149,6 +155,11 @@ CASES = [
     ("not-a-table", "halp_trt", [*PRUNE, "--lut", "notatable.db", "--out", "new"], "notatable.db"),
     ("missing-data", "halp_trt", [*PRUNE, "--data", "npz:missing.npz", "--out", "new"], "missing.npz"),
     ("show-not-a-table", "lut_builder", ["show", "notatable.db"], "notatable.db"),
+    # tables: damaged values are named; a build that does not fit changes nothing
+    ("prune-damaged-table", "halp_trt", [*PRUNE[:6], "damaged.db", *PRUNE[7:], "--out", "new"], "damaged"),
+    ("show-damaged-table", "lut_builder", ["show", "damaged.db"], "'abc'"),
+    ("prune-lut-is-a-dir", "halp_trt", [*PRUNE[:6], "adir", *PRUNE[7:], "--out", "new"], "is a directory"),
+    ("build-another-model-into-a-table", "lut_builder", ["build", "--model", "other.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--step", "4", "--out", "small.db"], "small.db"),
     ("build-out-is-a-dir", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--out", "adir"], "is a directory"),
 ]  # fmt: skip
 

@@ -224,6 +224,28 @@ class LatencyTable:
         else:
             self._conn.close()
 
+    def copy_to(self, path: str | os.PathLike) -> Path:
+        """Write a consistent, self-contained copy of the table to ``path`` atomically
+        (SQLite's backup: what a file copy of a WAL table can miss is included).
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+
+        Raises:
+            OSError: ``path`` cannot be written (it is left as it was).
+        """
+        from ..fileio import atomic_output
+
+        path = Path(path)
+        with atomic_output(path) as tmp:
+            dst = sqlite3.connect(tmp)
+            try:
+                self._conn.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+        return path
+
     def __enter__(self) -> LatencyTable:
         return self
 

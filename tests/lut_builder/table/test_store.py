@@ -189,3 +189,24 @@ def test_reference_unit_stores_ratios_and_only_lowers_until_complete(tmp_path):
     assert table.adopt_reference("onnxruntime/ref", 0.05) == 0.1  # frozen once complete
     assert table.reference == {"kind": "onnxruntime/ref", "gate": 1.2, "unit_ms": 0.1}
     table.close()
+
+
+def test_copy_includes_what_only_the_wal_holds(tmp_path):
+    """A copy of a table whose writer is still open (its last points only in the -wal
+    file, where a file copy would miss them) holds every point, as one file."""
+    path = tmp_path / "t.lut"
+    grid = Grid([16, 32], [16, 32])
+    writer = make_table(path, grid, fill=False)
+    try:
+        for a, b in grid.points():
+            writer.add_point(SIG, a, b, t(cost(a, b)))
+        assert writer.mark_complete()
+        assert (tmp_path / "t.lut-wal").stat().st_size > 0
+        with LatencyTable.open(path) as reader:
+            reader.copy_to(tmp_path / "copy.lut")
+    finally:
+        writer.close()
+    assert not (tmp_path / "copy.lut-wal").exists()
+    with LatencyTable.open(tmp_path / "copy.lut") as copy:
+        assert copy.complete and len(copy.points(SIG)) == 4
+        assert copy.lookup(SIG, 32, 32) == pytest.approx(cost(32, 32))
