@@ -16,8 +16,10 @@ it cannot export (or a torch without it) falls through to dynamo.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,19 @@ def run_exporters(
     raise ExportError(f"cannot export the model to ONNX ({'; '.join(errors)}{why})")
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No gradients, no warnings, nothing on stdout: the exporters warn on every call and
+    print their whole IR graph when they fail (the error itself is reported)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _export_torchscript(
     model: Any,
     x: Any,
@@ -147,20 +162,12 @@ def _export_torchscript(
     dyn: tuple[int, int] | None,
     opset: int,
 ) -> None:
-    import contextlib
-    import io
-    import warnings
-
     import torch
 
     axes = None
     if dyn is not None:
         axes = {n: {0: "batch"} for n in ["input", *(output_names or [])]}
-    # The exporter prints its whole IR graph to stdout when it fails: keep it quiet (the
-    # error itself is reported).
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation warning, every call
+    with _quiet():
         torch.onnx.export(
             model,
             (x,),
@@ -182,10 +189,7 @@ def _export_dynamo(
     dyn: tuple[int, int] | None,
     opset: int,
 ) -> None:
-    import contextlib
-    import io
     import logging
-    import warnings
 
     import torch
 
@@ -197,10 +201,8 @@ def _export_dynamo(
         if x.shape[0] == 1 and hi >= 2:
             x = x.expand(2, *x.shape[1:]).contiguous()
         shapes = ({0: torch.export.Dim("batch", min=lo, max=hi)},)
-    quiet = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with _quiet():
         program = torch.onnx.export(
             model,
             (x,),
