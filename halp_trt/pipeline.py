@@ -20,6 +20,11 @@ Every stage is a library call with the :class:`~halp_trt.config.RunConfig` (no
 command line is parsed here). A stage that fails stops the run with one line naming it
 (exit code 2), lists the outputs of the stages before it and keeps them; its
 traceback, if it was not a user error, goes to ``error.log`` in the run directory.
+
+Why this module is longer than 500 lines: it is one class whose methods are the stages
+of one run; they share the run's state, directory and config, and the report is
+assembled from the facts those same stages recorded. Each stage is a few lines calling
+the library; split apart, each would need the whole state passed in.
 """
 
 from __future__ import annotations

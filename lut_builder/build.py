@@ -32,6 +32,9 @@ and with it the time-left estimate, is representative of the whole build.
 model on whole-model runs (:mod:`lut_builder.latency_model`): affine on the model and
 narrowed copies of it when it has them (given, or from a
 ``lut_builder.calibration_variants`` hook), additive otherwise, saying why.
+
+(About 500 lines: planning, the argument checks and the resumable, shardable
+measuring loop belong to one call, :func:`build_table`.)
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ A group is frozen (listed with a reason, never silently skipped) when:
 
 Input channels that no prunable layer produces (the stem's image channels, anything
 behind an op that breaks the trace) appear as frozen groups without producers.
+
+Why this module is longer than 500 lines: construction, the exact-coverage check,
+masking, removal and the removed-vs-masked check all work on one traced Torch-Pruning
+dependency graph and its index maps, which this class keeps private so that nothing
+else depends on Torch-Pruning's internals.
 """
 
 from __future__ import annotations
