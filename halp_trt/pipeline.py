@@ -48,8 +48,17 @@ LOCK_FILE = ".lock"
 #: The arguments each stage's result depends on (besides the stages before it). On
 #: --resume, a stage whose arguments changed is run again, and so is every later stage.
 STAGE_ARGS = {
-    "lut": ("model", "input_shape", "backend", "precision", "step", "lut"),
-    "baseline": ("model", "data", "input_shape", "pretrain_epochs", "seed", "batch_size", "lr"),
+    "lut": ("model", "weights", "input_shape", "backend", "precision", "step", "lut"),
+    "baseline": (
+        "model",
+        "weights",
+        "data",
+        "input_shape",
+        "pretrain_epochs",
+        "seed",
+        "batch_size",
+        "lr",
+    ),
     "prune": ("target", "importance", "epochs", "steps", "seed", "batch_size", "lr"),
     "export": (),
     "engine": (),
@@ -64,6 +73,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
     p, t = config.prune, config.train
     settings = {
         "model": config.model,
+        "weights": config.weights,
         "input_shape": config.shape_text,
         "backend": config.backend,
         "precision": config.precision,
@@ -208,7 +218,7 @@ class Pipeline:
             backend, _ = pick_backend(cfg.backend)
             get_backend(backend, **self._backend_options()).close()  # here, and these options
         shape = cfg.input_shape
-        model = load_model(cfg.model)
+        model = load_model(cfg.model, weights=cfg.weights)
         example_input(model, shape)
         data = load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
         # A schedule that cannot fit the run fails now, not after the table is measured.
@@ -385,7 +395,7 @@ class Pipeline:
         from .specs import example_input, load_model
 
         cfg = self.config
-        model = load_model(cfg.model)
+        model = load_model(cfg.model, weights=cfg.weights)
         x = example_input(model, cfg.input_shape)
         runner = {"threads": 1} if self.backend == "onnxruntime" else self._backend_options()
         with measuring_bar(f"{cfg.model} on {self.backend}", show=cfg.progress) as bar:
@@ -416,7 +426,7 @@ class Pipeline:
         cfg = self.config
         shape = cfg.input_shape
         torch.manual_seed(cfg.train.seed)
-        model = load_model(cfg.model)
+        model = load_model(cfg.model, weights=cfg.weights)
         x = example_input(model, shape)
         data = load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
         epochs = []

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from ..specs import WEIGHTS_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -25,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--model", required=True, help="model spec (halp_trt.models:resnet56) or a pruned .pt"
     )
     p.add_argument("--input-shape", required=True, help="example input shape N,C,H,W")
+    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument(
         "--dynamic-batch",
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out)
     shape = parse_shape(args.input_shape)
     dyn = BatchRange.parse(args.dynamic_batch) if args.dynamic_batch else None
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     report = export_onnx(
         model,
         shape,

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from ..specs import WEIGHTS_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -21,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model spec, e.g. halp_trt.models:resnet56")
     p.add_argument("--input-shape", required=True, help="example input shape N,C,H,W")
+    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--check", action="store_true", help="check removed == masked on random inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check plan")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..specs import example_input, load_model, parse_shape
 
     shape = parse_shape(args.input_shape)
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     x = example_input(model, shape)
     graph = ChannelGraph(model, x)
     report = {

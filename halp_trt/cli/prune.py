@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..specs import WEIGHTS_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -21,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--model", required=True, metavar="SPEC", help="model spec or saved .pt")
+    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
     p.add_argument(
         "--data",
         required=True,
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             prune,
             train.replace(device=device),
             input_shape=args.input_shape,
+            weights=args.weights,
             pretrain_epochs=args.pretrain_epochs,
             expect_backend=args.backend,
             force_table=args.force_table,

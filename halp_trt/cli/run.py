@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..specs import WEIGHTS_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -20,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--model", required=True, metavar="SPEC", help="model spec or saved .pt")
+    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
     p.add_argument(
         "--data", required=True, metavar="SPEC", help="digits, npz:PATH, imagefolder:PATH"
     )
@@ -64,6 +67,7 @@ def config(args: argparse.Namespace) -> Any:
 
     return RunConfig(
         model=args.model,
+        weights=args.weights,
         data=args.data,
         input_shape=args.input_shape,
         out=args.out,

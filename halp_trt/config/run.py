@@ -3,6 +3,7 @@ model and a latency budget to a verified, deployable model."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -22,7 +23,9 @@ class RunConfig(ConfigBase):
 
     Attributes:
         model: a model spec (``halp_trt.models:resnet20``, ``torchvision:resnet50``,
-            ``file.py:factory``) or a saved ``.pt`` module.
+            ``file.py:factory``, each optionally with factory keywords:
+            ``torchvision:mobilenet_v2,num_classes=10``) or a saved ``.pt`` module.
+        weights: a state_dict file (or checkpoint holding one) to load into the model.
         data: ``digits``, ``npz:PATH`` or ``imagefolder:PATH``.
         input_shape: the deployment input ``(N, C, H, W)`` (or ``"N,C,H,W"``).
         out: the run directory.
@@ -53,6 +56,7 @@ class RunConfig(ConfigBase):
     backend: str = "auto"
     precision: str = "fp32"
     lut: str | None = None
+    weights: str | None = None
     step: int | None = None
     pretrain_epochs: int = 0
     verify_rounds: int = 30
@@ -74,6 +78,9 @@ class RunConfig(ConfigBase):
         self._choice("precision", PRECISIONS)
         if self.lut is not None:
             self.lut = str(self.lut)
+        if isinstance(self.weights, os.PathLike):
+            self.weights = os.fspath(self.weights)
+        self._require("weights", self.weights is None or (isinstance(self.weights, str) and self.weights.strip() != ""), "must be None or the path of a state_dict file")  # fmt: skip
         self._int("step", 1, optional=True)
         self._int("pretrain_epochs", 0)
         self._int("verify_rounds", 1)

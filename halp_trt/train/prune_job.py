@@ -77,6 +77,7 @@ def prune_classifier(
     train: TrainConfig,
     *,
     input_shape: tuple[int, ...] | None = None,
+    weights: str | None = None,
     pretrain_epochs: int = 0,
     expect_backend: str | None = None,
     force_table: bool = False,
@@ -99,6 +100,8 @@ def prune_classifier(
             training) and the seed.
         input_shape: the input the latency is for; default the table's, as it was
             built.
+        weights: a state_dict file to load into the model (see
+            :func:`lut_builder.specs.load_weights`).
         pretrain_epochs: train the dense model first for that many epochs.
         expect_backend: refuse a table measured on another backend.
         force_table: use an incomplete or mismatched table anyway.
@@ -120,7 +123,7 @@ def prune_classifier(
     from ..config import ConfigError
     from ..prune import Pruner
     from ..prune.distributed import rank
-    from ..specs import example_input, load_model, parse_shape
+    from ..specs import example_input, load_model, load_weights, parse_shape
     from .data import ImageData, load_data
     from .trainer import Trainer, evaluate
 
@@ -138,7 +141,9 @@ def prune_classifier(
         table = LatencyTable.open(table, expect=expect, force=force_table)
     spec = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
-        model = load_model(model)
+        model = load_model(model, weights=weights)
+    elif weights is not None:
+        load_weights(model, weights, spec)
     if input_shape is None:
         recorded = (getattr(table, "info", None) or {}).get("input_shape")
         if not recorded:

@@ -12,6 +12,7 @@ from typing import Any
 from ..backends.base import list_backends
 from ..cli_args import positive_int
 from ..errors import UserError
+from ..specs import WEIGHTS_HELP
 
 HELP = "measure a model's per-layer latency table on a backend"
 
@@ -34,6 +35,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--model", required=True, metavar="SPEC", help="model spec (see halp-trt)")
+    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
     p.add_argument(
         "--input-shape", required=True, metavar="N,C,H,W", help="input shape, e.g. 1,3,224,224"
     )
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, kind="file", flag="--out")
     shard = parse_shard(args.shard)
     shape = parse_shape(args.input_shape)
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     x = example_input(model, shape)
     options = {
         "step": args.step,

@@ -74,6 +74,8 @@ def test_top_level_names_resolve_and_import_is_light():
         (RunConfig, {"train": TrainConfig(epochs=0)}, "TrainConfig.epochs must be at least 1"),
         (RunConfig, {"verify_rounds": 0}, "RunConfig.verify_rounds must be an integer >= 1"),
         (RunConfig, {"model": ""}, "RunConfig.model must be a non-empty string"),
+        (RunConfig, {"weights": ""}, "RunConfig.weights must be None or the path of a state_dict file"),
+        (RunConfig, {"weights": 3}, "RunConfig.weights must be None or the path"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_one_error_naming_the_field(cls, kwargs, message):
