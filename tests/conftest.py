@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+# The torchvision wheel cannot load its compiled ops against the CPU build of torch the
+# development machines run; its model definitions import once this module is stubbed.
+# Tests only (the package never does it), and only there: Lightning imports torchvision
+# whenever it is installed, and would fail on it.
+_STUB_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+if _STUB_TORCHVISION:
+    import torch
+
+    _STUB_TORCHVISION = torch.version.cuda is None
+if _STUB_TORCHVISION:
+    stub = types.ModuleType("torchvision._meta_registrations")
+    sys.modules.setdefault("torchvision._meta_registrations", stub)
+
+
+def subprocess_env(directory: Path) -> dict[str, str]:
+    """The environment for a test's subprocess, with the same torchvision stub (through
+    a ``sitecustomize`` in ``directory``) where this process needed it."""
+    env = dict(os.environ)
+    if _STUB_TORCHVISION:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sitecustomize.py").write_text(
+            "import sys, types\n"
+            "sys.modules.setdefault('torchvision._meta_registrations', "
+            "types.ModuleType('torchvision._meta_registrations'))\n"
+        )
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
+    return env
 
 
 @dataclass

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from ..conftest import CliResult, assert_user_error
+from ..conftest import CliResult, assert_user_error, subprocess_env
 
 SPEC = "halp_trt.models:resnet20,num_classes=4"
 SHAPE = ("--input-shape", "1,3,32,32")
@@ -89,14 +88,7 @@ def test_torchvision_keywords_through_inspect(tmp_path):
         pytest.skip("torchvision is not installed")
     # This torch build lacks the meta kernels torchvision registers on import; the
     # models do not need them. The stub lives only in this subprocess.
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(
-        "import sys, types\n"
-        "sys.modules['torchvision._meta_registrations'] = "
-        "types.ModuleType('torchvision._meta_registrations')\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    env = subprocess_env(tmp_path / "shim")
     argv = ["inspect", "--model", "torchvision:mobilenet_v2,num_classes=10", *SHAPE, "--json"]
     proc = subprocess.run(
         [sys.executable, "-m", "halp_trt", *argv],
