@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # The torchvision wheel cannot load its compiled ops against the CPU build of torch the
 # development machines run; its model definitions import once this module is stubbed.
 # Tests only (the package never does it), and only there: Lightning imports torchvision
