@@ -395,7 +395,9 @@ class Pipeline:
         from .specs import example_input, load_model
 
         cfg = self.config
-        model = load_model(cfg.model, weights=cfg.weights)
+        # The architecture only: latency does not depend on the weights (nor does this
+        # stage, see STAGE_ARGS), so the weights file is not read here.
+        model = load_model(cfg.model)
         x = example_input(model, cfg.input_shape)
         runner = {"threads": 1} if self.backend == "onnxruntime" else self._backend_options()
         with measuring_bar(f"{cfg.model} on {self.backend}", show=cfg.progress) as bar:
