@@ -13,7 +13,9 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .cifar_resnet import BasicBlock, CifarResNet
+from .mobilenetv2 import InvertedResidual, MobileNetV2Cifar
 from .resnet import Bottleneck, ResNet
+from .resnet18_cifar import ResNet18Cifar
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -62,6 +64,23 @@ def resnet56(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
 
 
 @register_model
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> ResNet18Cifar:
+    """ResNet-18 (64-128-256-512 channels, 11.2 M parameters) with a 3x3 stride-1 stem
+    and no max-pool, for 16x16 and 32x32 inputs."""
+    return ResNet18Cifar(num_classes, in_channels)
+
+
+@register_model
+def mobilenetv2_cifar(
+    num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0
+) -> MobileNetV2Cifar:
+    """MobileNetV2 (inverted residuals, depthwise 3x3, ReLU6, expansion 6; 2.2 M
+    parameters) with CIFAR strides (stem stride 1, three downsamplings), for 16x16 and
+    32x32 inputs."""
+    return MobileNetV2Cifar(num_classes, in_channels, width_mult)
+
+
+@register_model
 def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-18 with torchvision's layout, for 224x224 inputs (11.7 M parameters)."""
     from .resnet import BasicBlock as ImageNetBasicBlock
@@ -80,6 +99,9 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "CifarResNet",
+    "InvertedResidual",
+    "MobileNetV2Cifar",
+    "ResNet18Cifar",
     "create_model",
     "list_models",
     "register_model",

@@ -13,6 +13,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def init_resnet(model: nn.Module) -> None:
+    """He initialisation of the convolutions, BatchNorm at identity (He et al., 2016)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -69,12 +79,7 @@ class CifarResNet(nn.Module):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
