@@ -303,7 +303,9 @@ def build_table(
             do not measure (``analytic``) are never calibrated.
         variants: the narrowed copies of ``model`` the affine model is fitted on: a list
             of modules, or a callable ``variants(model, example_input, alignment)``
-            returning one. None: the ``lut_builder.calibration_variants`` entry point
+            returning one; it is called with the grid step as ``alignment``, so the
+            copies' widths stay on the measured grid. None: the
+            ``lut_builder.calibration_variants`` entry point
             (halp-trt installs :func:`halp_trt.graph.calibration_variants`).
         runner_options: options of the whole-model runner the calibration times with
             (:func:`~lut_builder.backends.make_runner` on the backend's name).
@@ -369,8 +371,10 @@ def build_table(
                 elif calibration != "none" and backend.is_measurement:
                     copies, note = [], ""
                     if calibration == "affine":
+                        # Rounded to the grid step, not the backend's alignment: a copy
+                        # narrower than the grid's smallest width cannot be looked up.
                         copies, note = calibration_copies(
-                            variants, model, example_input, table.alignment
+                            variants, model, example_input, table.step
                         )
                     options = dict(runner_options or {})
                     overhead = calibrate_overhead(
