@@ -12,7 +12,7 @@ from .cli_args import OneLineParser
 from .version import __version__
 
 #: Subcommand modules under lut_builder.commands, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("build", "show", "plot")
+COMMANDS: tuple[str, ...] = ("build", "merge", "show", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:

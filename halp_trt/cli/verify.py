@@ -60,7 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "the machine's current speed)",
     )
     p.add_argument(
-        "--threads", type=positive_int, default=1, help="CPU threads (onnxruntime, torch on CPU)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads (onnxruntime, torch on CPU); default: the thread count the "
+        "latency table was measured at (--lut, else the plan's table), else 1. Another "
+        "count is timed as asked, with a note",
     )
     p.add_argument("--device", default=None, help="torch: cpu or cuda[:N]; tensorrt: GPU index")
     p.add_argument(
@@ -217,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         print()
+        for note in report.notes:
+            print(f"halp-trt verify: note: {note}", file=sys.stderr)
     else:
         _print(report)
     if report.plan is not None and not report.plan["within_budget"]:
@@ -251,8 +258,10 @@ def _print(report: Any) -> None:
     from rich.table import Table
 
     console = Console()
+    n = report.threads
+    threads = "" if n is None else f", {n} CPU thread{'s' if n > 1 else ''}"
     table = Table(
-        title=f"verify on {report.backend}, input {tuple(report.input_shape)}, "
+        title=f"verify on {report.backend}{threads}, input {tuple(report.input_shape)}, "
         f"{report.rounds} rounds after {report.warmup} warm-up"
     )
     for col in ("model", "source", "median ms", "p10-p90 ms", "samples/s"):
@@ -301,4 +310,4 @@ def _print(report: Any) -> None:
                 f"error pruned {u['error']:+.1%}{base}"
             )
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True, markup=False)

@@ -16,12 +16,18 @@ the per-round ratio original / pruned, and its **spread** is that ratio's interq
 range divided by the median (a bootstrap 95% confidence interval of the median ratio is
 given beside it). With a plan (``plan.json``), the plan's predicted latency is set against
 the measured one, and the budget checked.
+
+**Threads.** A CPU latency table describes inference at the thread count it was
+measured at (its fingerprint says which): a model pruned on a 1-thread table is not
+planned for 2 threads. On a CPU backend, verify times at the table's thread count (the
+``table`` given, else the one a pruning plan records) unless told another, and then
+says so in a note; the report keeps both counts.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +77,10 @@ class VerifyReport:
     speedup: SpeedupStats
     plan: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: CPU threads both models were timed at (None on a GPU).
+    threads: int | None = None
+    #: CPU threads the latency table was measured at (None: no table, or a GPU table).
+    table_threads: int | None = None
 
     @property
     def batch(self) -> int:
@@ -227,7 +237,10 @@ def verify_models(
             against that reference after the main rounds, giving milliseconds in the
             table's unit: the prediction's error without the machine's current speed
             in it.
-        **options: backend options for the runners (``threads``, ``device``, ...).
+        **options: backend options for the runners (``threads``, ``device``, ...). On
+            a CPU backend ``threads`` defaults to the thread count of ``table`` (else of
+            the table a pruning plan records; else 1); another count is used as asked,
+            with a note saying that the table describes another deployment.
 
     Returns:
         A :class:`VerifyReport`.
@@ -247,6 +260,7 @@ def verify_models(
             "verify needs at least 3 rounds, warmup >= 0, a block time >= 0 and a chunk time > 0"
         )
     shape = tuple(int(d) for d in input_shape)
+    options, table_threads, threads_note = _thread_options(backend, options, table, plan)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     runners = []
     try:
@@ -296,12 +310,52 @@ def verify_models(
         original=timings[0],
         pruned=timings[1],
         speedup=speedup_stats(times[0], times[1]),
+        threads=options.get("threads"),
+        table_threads=table_threads,
     )
+    if threads_note:
+        report.notes.append(threads_note)
     if plan is not None:
         report.plan = plan_comparison(plan, report, in_table_unit)
     if unit_note:
         report.notes.append(unit_note)
     return report
+
+
+def _thread_options(
+    backend: str, options: dict[str, Any], table: Any, plan: Any
+) -> tuple[dict[str, Any], int | None, str]:
+    """The runners' options with the thread count to time at; the table's thread count;
+    a note when the two differ. See the module notes.
+
+    Raises:
+        UserError: a thread count that is not a positive integer.
+    """
+    from lut_builder.table import table_threads
+
+    on_cpu = backend == "onnxruntime" or (
+        backend == "torch" and str(options.get("device") or "cpu").startswith("cpu")
+    )
+    if not on_cpu:
+        return options, None, ""
+    if table is not None:
+        fingerprint = table.fingerprint
+    else:
+        facts = getattr(plan, "table", None)
+        fingerprint = facts.get("fingerprint") if isinstance(facts, Mapping) else None
+    measured = table_threads(fingerprint) if isinstance(fingerprint, Mapping) else None
+    asked = options.get("threads")
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
+        raise UserError(f"threads must be an integer >= 1, not {asked!r}")
+    threads = asked if asked is not None else measured or 1
+    note = ""
+    if measured is not None and threads != measured:
+        note = (
+            f"timed at {threads} CPU thread{'s' if threads > 1 else ''}, but the latency table "
+            f"was measured at {measured}: the plan describes a {measured}-thread deployment "
+            f"(build the table with --threads {threads} to plan for {threads})"
+        )
+    return {**options, "threads": threads}, measured, note
 
 
 def _time_in_table_unit(

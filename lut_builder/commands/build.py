@@ -76,7 +76,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         metavar="N",
-        help="CPU threads of onnxruntime/torch on CPU (default 1: steadiest timings)",
+        help="the CPU thread count the model will be deployed with (onnxruntime, torch on "
+        "CPU): every point and the calibration are measured at it, and it is stored in the "
+        "table's fingerprint, so the table describes that deployment only (default 1)",
     )
     p.add_argument(
         "--no-overhead",
@@ -113,25 +115,48 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def cpu_threads(args: argparse.Namespace) -> int | None:
+    """The thread count ``--threads`` asks for: 1 by default on a CPU backend, None on
+    others.
+
+    Raises:
+        UserError: ``--threads`` given for a backend that does not run on the CPU.
+    """
+    on_cpu = args.backend == "onnxruntime" or (
+        args.backend == "torch" and (args.device or "cpu") == "cpu"
+    )
+    if not on_cpu:
+        if args.threads is not None:
+            raise UserError(
+                f"--threads is the CPU thread count of onnxruntime or torch on the CPU; "
+                f"{args.backend} on {args.device or 'its default device'} has none"
+            )
+        return None
+    return args.threads or 1
+
+
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """Constructor options for the chosen backend from the command line."""
     opts: dict[str, Any] = {"precision": args.precision}
     if args.device is not None:
         opts["device"] = args.device
-    if args.threads is not None and args.backend in ("onnxruntime", "torch"):
-        opts["threads"] = args.threads
+    threads = cpu_threads(args)
+    if threads is not None:
+        opts["threads"] = threads
     return opts
 
 
 def runner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options for the whole-model runner that calibrates the overhead term."""
+    """Options for the whole-model runner that calibrates the overhead term: the same
+    thread count as the points."""
+    threads = cpu_threads(args)
     if args.backend == "onnxruntime":
-        return {"threads": args.threads or 1}
+        return {"threads": threads}
     opts: dict[str, Any] = {"precision": args.precision}
     if args.device is not None:
         opts["device"] = args.device
-    if args.backend == "torch" and args.threads is not None:
-        opts["threads"] = args.threads
+    if threads is not None:
+        opts["threads"] = threads
     return opts
 
 
@@ -147,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     # Before the model is loaded: a bad --out costs nothing.
     check_output(args.out, kind="file", flag="--out")
     shard = parse_shard(args.shard)
+    threads = cpu_threads(args)
     shape = parse_shape(args.input_shape)
     model = load_model(args.model, weights=args.weights)
     x = example_input(model, shape)
@@ -167,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     state = "complete" if result.complete else "incomplete (other shards still to run)"
+    if threads is not None:
+        state += f", {threads} CPU thread{'s' if threads > 1 else ''}"
     over = ""
     if result.overhead_ms is not None:
         over = f", latency model {result.scale:.3f} x layers {result.overhead_ms:+.3f} ms"

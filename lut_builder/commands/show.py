@@ -53,8 +53,10 @@ def _render(s: dict[str, Any]) -> None:
     fp = s["fingerprint"]
     kind = "" if fp.get("is_measurement", True) else " [yellow](analytic model, not measured)[/]"
     con.print(f"[bold]{s['path']}[/]{kind}")
+    threads = s.get("threads")
+    threads_txt = "" if threads is None else f" · {threads} CPU thread{'s' if threads > 1 else ''}"
     con.print(
-        f"backend {fp.get('backend')} · {fp.get('precision')} · {fp.get('device')} · "
+        f"backend {fp.get('backend')} · {fp.get('precision')} · {fp.get('device')}{threads_txt} · "
         f"batch {fp.get('batch')} · versions {fp.get('versions')}"
     )
     status = "complete" if s["complete"] else f"[red]incomplete[/] ({s['missing']} missing)"

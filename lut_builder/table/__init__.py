@@ -5,6 +5,7 @@
   :class:`FingerprintMismatchError`) are in :mod:`lut_builder.errors`.
 - :mod:`.grid`: :class:`Grid` (the planned axes of a signature), :func:`fill_surface`
   (a sparse grid's missing points) and the step-aware interpolation of lookups.
+- :mod:`.merge`: :func:`merge_tables` joins shard tables measured on separate machines.
 - :mod:`.db`: the file layout (:data:`FORMAT_VERSION`), creating and joining a file,
   and the SQLite plumbing.
 
@@ -15,7 +16,8 @@ end-to-end measurements it is compared with are :mod:`lut_builder.end_to_end`.
 from ..errors import FingerprintMismatchError, IncompleteTableError
 from .db import FORMAT_VERSION
 from .grid import Grid, fill_surface
-from .store import LatencyTable, Point, fingerprint_mismatches
+from .merge import MergeResult, merge_tables
+from .store import LatencyTable, Point, fingerprint_mismatches, table_threads
 
 __all__ = [
     "FORMAT_VERSION",
@@ -23,7 +25,10 @@ __all__ = [
     "Grid",
     "IncompleteTableError",
     "LatencyTable",
+    "MergeResult",
     "Point",
     "fill_surface",
     "fingerprint_mismatches",
+    "merge_tables",
+    "table_threads",
 ]

@@ -20,7 +20,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,6 +317,28 @@ class LatencyTable:
         ref = self.reference
         return float(ref["unit_ms"]) if ref else 1.0
 
+    @property
+    def threads(self) -> int | None:
+        """The CPU thread count the table was measured at (see :func:`table_threads`):
+        the deployment it describes runs at this many threads; None for a table without
+        one (GPU, analytic)."""
+        return table_threads(self.fingerprint)
+
+    def require_threads(self, threads: int) -> None:
+        """Refuse to describe a deployment at ``threads`` CPU threads with this table.
+
+        Raises:
+            FingerprintMismatchError: the table was measured at another thread count
+                (a table without one, on a GPU, passes).
+        """
+        have = self.threads
+        if have is not None and have != threads:
+            raise FingerprintMismatchError(
+                f"latency table {self.path} was measured at {have} CPU thread"
+                f"{'s' if have != 1 else ''}, not {threads}: build one with --threads "
+                f"{threads} for a {threads}-thread deployment"
+            )
+
     def adopt_reference(self, kind: str, unit_ms: float, gate: float | None = None) -> float:
         """Use reference workload ``kind`` for this table, and offer a unit.
 
@@ -573,6 +595,47 @@ class LatencyTable:
         u = self.unit_ms
         return [Point(r[0], r[1], Timing(*(v * u for v in r[2:7]), r[7]), r[8], r[9]) for r in rows]
 
+    def stored_points(self) -> list[tuple[Any, ...]]:
+        """Every measured point as the file stores it, for copying between tables:
+        ``(signature key, c_in, c_out, median, p10, p90, mean, std, n, worker,
+        measured_at)``, timings in the table's stored unit (see :attr:`unit_ms`), in
+        plan order."""
+        return self._conn.execute(
+            "SELECT s.key, p.c_in, p.c_out, p.median_ms, p.p10_ms, p.p90_ms, p.mean_ms, "
+            "p.std_ms, p.n, p.worker, p.measured_at FROM points p JOIN signatures s "
+            "ON s.id = p.sig_id ORDER BY p.sig_id, p.c_in, p.c_out"
+        ).fetchall()
+
+    def add_stored_points(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Store points given as :meth:`stored_points` returns them (already in this
+        table's unit), all in one transaction; points already stored are kept.
+
+        Returns:
+            How many points were stored.
+
+        Raises:
+            UserError: a signature the table does not plan, or a damaged value (nothing
+                is stored).
+        """
+        values = []
+        for key, c_in, c_out, *timing, worker, measured_at in rows:
+            sig = LayerSignature.from_key(key)
+            damage = point_damage(*timing)
+            if damage:
+                raise UserError(
+                    f"not storing signature {sig.short()} point ({c_in}, {c_out}) in "
+                    f"{self.path}: it was measured with {damage}"
+                )
+            values.append((self._sig_id(sig), int(c_in), int(c_out), *timing, worker, measured_at))
+        with transaction(self._conn):
+            before = self.count_points()
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values
+            )
+            stored = self.count_points() - before
+        self._surfaces.clear()
+        return stored
+
     # -- lookups ---------------------------------------------------------------------------
 
     def _surface(self, sig: LayerSignature) -> Surface:
@@ -643,6 +706,7 @@ class LatencyTable:
             "path": str(self.path),
             "format_version": self.format_version,
             "fingerprint": self.fingerprint,
+            "threads": self.threads,
             "alignment": self.alignment,
             "step": self.step,
             "complete": bool(meta.get("complete", False)),
@@ -710,6 +774,22 @@ def register_plan(
 def _few(labels: list[str]) -> str:
     shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
     return f"{len(labels)} signature{'s' if len(labels) > 1 else ''} ({shown})"
+
+
+def table_threads(fingerprint: Mapping[str, Any]) -> int | None:
+    """The CPU thread count a table's fingerprint records, or None.
+
+    ONNX Runtime tables keep it in ``options.threads``, torch tables on the CPU in
+    ``threads``; GPU and analytic tables have none.
+    """
+    options = fingerprint.get("options")
+    for v in (
+        fingerprint.get("threads"),
+        options.get("threads") if isinstance(options, Mapping) else None,
+    ):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+    return None
 
 
 def fingerprint_mismatches(stored: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:

@@ -182,7 +182,48 @@ def test_verify_onnxruntime_in_the_table_unit(tmp_path):
             wide, narrow, backend="onnxruntime", input_shape=(1, 3, 16, 16), rounds=3,
             warmup=0, min_block_ms=5, plan=plan, table=table, threads=2,
         )  # fmt: skip
-        assert "table_unit" not in r2.plan and "clock" in r2.notes[0]
+        assert "table_unit" not in r2.plan and any("clock" in n for n in r2.notes)
+        assert r2.threads == 2 and r2.table_threads == 1
+        assert any("measured at 1" in n for n in r2.notes)
+
+
+def table_at(path, threads: int):
+    """A latency table whose fingerprint says ONNX Runtime at ``threads`` threads."""
+    from lut_builder.signatures import LayerSignature
+    from lut_builder.table import Grid, LatencyTable
+    from lut_builder.timing import Timing
+
+    fp = {"backend": "onnxruntime", "device": "cpu", "options": {"threads": threads}}
+    table = LatencyTable.create(path, fp, 8)
+    sig = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(8, 8))
+    table.add_signature(sig, Grid([8], [8]))
+    table.add_point(sig, 8, 8, Timing(1.0, 0.9, 1.1, 1.0, 0.05, 20))
+    table.mark_complete()
+    return table
+
+
+def test_verify_times_at_the_table_thread_count_unless_told(tmp_path):
+    """A 2-thread table is timed at 2 threads by default; asked for 1, verify times at 1
+    and says the table describes another deployment. The plan's table counts too."""
+    wide, narrow = wide_and_narrow()
+    quick = dict(backend="onnxruntime", input_shape=(1, 3, 8, 8), rounds=3, warmup=0)
+    quick["min_block_ms"] = 2
+    with table_at(tmp_path / "t2.lut", 2) as table:
+        r = verify_models(wide, narrow, table=table, **quick)
+        assert (r.threads, r.table_threads, r.options["threads"], r.notes) == (2, 2, 2, [])
+        r = verify_models(wide, narrow, table=table, threads=1, **quick)
+        assert (r.threads, r.table_threads) == (1, 2)
+        assert r.notes == [
+            "timed at 1 CPU thread, but the latency table was measured at 2: the plan "
+            "describes a 2-thread deployment (build the table with --threads 1 to plan for 1)"
+        ]
+        assert r.to_dict()["table_threads"] == 2
+        facts = {"fingerprint": dict(table.fingerprint)}
+    plan = types.SimpleNamespace(predicted_ms=1.0, budget_ms=1e9, table=facts)
+    r = verify_models(wide, narrow, plan=plan, **quick)
+    assert (r.threads, r.table_threads) == (2, 2)
+    r = verify_models(wide, narrow, **quick)  # nothing to go by: one thread
+    assert (r.threads, r.table_threads, r.notes) == (1, None, [])
 
 
 # --- CLI ------------------------------------------------------------------------------
@@ -227,6 +268,25 @@ def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
     )  # fmt: skip
     assert r.returncode == 1, r.stderr  # a 0.1 microsecond budget cannot be met
     assert "speed-up" in r.stdout and "MISSED" in r.stdout and "predicted" in r.stdout
+
+
+def test_cli_verify_says_when_it_times_at_another_thread_count(halp_cli, saved_models):
+    plan = Plan(
+        keep={0: (0,)}, sizes={0: 2}, widths={}, predicted_ms=1.0, budget_ms=1e9,
+        value=1.0, total_value=2.0, cost_model="one-sided", model_ms=1.0,
+    )  # fmt: skip
+    plan.save(saved_models / "plan.json")
+    table_at(saved_models / "t1.lut", 1).close()
+    r = halp_cli(
+        "verify", "--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "onnxruntime",
+        "--input-shape", "1,3,8,8", "--rounds", "3", "--warmup", "0", "--block-ms", "2",
+        "--plan", "plan.json", "--lut", "t1.lut", "--threads", "2", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["threads"] == 2 and d["table_threads"] == 1 and d["options"]["threads"] == 2
+    notes = [ln for ln in r.stderr.splitlines() if "note:" in ln]
+    assert len(notes) == 1 and "timed at 2 CPU threads" in notes[0] and "measured at 1" in notes[0]
 
 
 @pytest.mark.parametrize(

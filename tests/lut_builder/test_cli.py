@@ -36,7 +36,7 @@ def model_spec(tmp_path):
 def test_help_everywhere(lut_cli):
     top = lut_cli("--help")
     assert top.returncode == 0
-    for cmd in ("build", "show", "plot"):
+    for cmd in ("build", "merge", "show", "plot"):
         assert cmd in top.stdout
         sub = lut_cli(cmd, "--help")
         assert sub.returncode == 0 and "usage: lut-builder " + cmd in sub.stdout
@@ -209,3 +209,74 @@ def test_damaged_table_one_line_naming_it_and_nothing_written(lut_cli, table, tm
     for args in (["show", "t.lut"], ["plot", "t.lut", "--out", "plots"]):
         assert_user_error(lut_cli(*args), "latency table t.lut is damaged", "latency 'abc'")
     assert snapshot(tmp_path) == before and not (tmp_path / "plots").exists()
+
+
+# --- merge ------------------------------------------------------------------------------
+
+
+def build_shards(tmp_path, model_spec, names, batch=1):
+    """Analytic shards of one build, each in its own file (as on separate machines),
+    built in-process (a CLI run each would cost seconds)."""
+    import torch
+
+    from lut_builder.build import build_table
+    from lut_builder.specs import load_model
+
+    model = load_model(str(tmp_path / model_spec))
+    for i, name in enumerate(names):
+        if name is not None:
+            x = torch.randn(batch, 3, 16, 16)
+            build_table(tmp_path / name, model, x, "analytic", step=8, shard=(i, len(names)))
+
+
+@pytest.fixture
+def shard_files(model_spec, tmp_path):
+    build_shards(tmp_path, model_spec, ["s0.lut", "s1.lut"])
+    return ["s0.lut", "s1.lut"]
+
+
+def test_merge_shards_then_show(lut_cli, shard_files, tmp_path):
+    res = lut_cli("merge", *shard_files, "--out", "m.lut", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["complete"] and out["missing"] == 0 and out["inputs"] == shard_files
+    show = json.loads(lut_cli("show", "m.lut", "--json").stdout)
+    assert show["complete"] and show["points"] == out["points"] > 0
+    text = lut_cli("merge", *shard_files, "--out", "m2.lut")
+    assert text.returncode == 0 and "2 tables merged" in text.stdout and "complete" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing", ["latency table 'nope.lut' does not exist"]),
+        ("exists", ["--out 'm.lut' exists"]),
+        ("fingerprint", ["measured on another target", "batch: 1 vs 2"]),
+        ("conflict", ["conflicts", "s0.lut", "s1.lut"]),
+    ],
+)
+def test_merge_refusals_one_line_nothing_written(
+    lut_cli, shard_files, model_spec, tmp_path, case, fragments
+):
+    inputs = list(shard_files)
+    if case == "missing":
+        inputs.append("nope.lut")
+    elif case == "exists":
+        (tmp_path / "m.lut").write_text("a file the user keeps")
+    elif case == "fingerprint":
+        build_shards(tmp_path, model_spec, [None, "b2.lut"], batch=2)
+        inputs[1] = "b2.lut"
+    else:  # the same point measured by both, far apart
+        con = sqlite3.connect(tmp_path / "s0.lut")
+        row = con.execute("SELECT * FROM points LIMIT 1").fetchone()
+        con.close()
+        con = sqlite3.connect(tmp_path / "s1.lut")
+        con.execute(
+            "INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row[:3], row[3] * 2, row[4] * 2, row[5] * 2, *row[6:]),
+        )
+        con.commit()
+        con.close()
+    before = snapshot(tmp_path)
+    assert_user_error(lut_cli("merge", *inputs, "--out", "m.lut"), *fragments)
+    assert snapshot(tmp_path) == before

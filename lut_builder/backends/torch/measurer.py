@@ -101,7 +101,9 @@ class TorchBackend(Backend):
             kernels want it), False on CPU.
         cuda_graph: replay captured CUDA graphs (CUDA only; default True).
         inner: layer calls per timed sample on CUDA (amortises event overhead).
-        threads: torch CPU threads (a process-wide setting); 1 by default on CPU.
+        threads: torch CPU threads on CPU, the deployment's thread count (stored in the
+            fingerprint); 1 by default; None: the process's current setting. Torch's
+            thread count is process-wide: each measurement sets it back to this.
         warmup, runs, min_time_s: the timing loop.
         alignment: default grid step; see :func:`default_alignment`.
 
@@ -139,9 +141,11 @@ class TorchBackend(Backend):
                 raise UserError("the torch backend was asked for CUDA, but CUDA is not available")
             torch.backends.cudnn.benchmark = True
         elif threads is not None:
-            if threads < 1:
-                raise UserError(f"the torch backend's threads must be >= 1, not {threads}")
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise UserError(f"the torch backend's threads must be >= 1, not {threads!r}")
             torch.set_num_threads(threads)
+        #: CPU threads every measurement runs at (None on CUDA).
+        self.threads = torch.get_num_threads() if self.device.type == "cpu" else None
         if inner < 1 or runs < 1:
             raise UserError("inner and runs must be >= 1")
         self.precision = precision
@@ -171,7 +175,9 @@ class TorchBackend(Backend):
         module, x = self._prepare(sig, c_in, c_out)
         with torch.inference_mode():
             if self.device.type == "cpu":
-                clock = "thread" if torch.get_num_threads() == 1 else "wall"
+                if torch.get_num_threads() != self.threads:  # changed since (process-wide)
+                    torch.set_num_threads(self.threads)
+                clock = "thread" if self.threads == 1 else "wall"
                 return time_callable(
                     lambda: module(x),
                     warmup=self.warmup,
@@ -227,7 +233,7 @@ class TorchBackend(Backend):
             extra = {"compute_capability": f"{props.major}.{props.minor}"}
         else:
             device = f"cpu: {host_fingerprint()['cpu']}"
-            extra = {"threads": torch.get_num_threads()}
+            extra = {"threads": self.threads}
         return {
             "backend": self.name,
             "precision": self.precision,

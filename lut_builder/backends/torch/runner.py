@@ -21,7 +21,8 @@ class TorchRunner(Runner):
         device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (weights and input cast).
         channels_last: use the NHWC memory format (what cuDNN's fastest kernels want).
-        threads: CPU threads for torch (a process-wide setting), or None to leave it.
+        threads: CPU threads for torch, or None for the process's current setting.
+            Torch's thread count is process-wide: every call sets it back to this.
     """
 
     name = "torch"
@@ -45,8 +46,12 @@ class TorchRunner(Runner):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("the torch runner was asked for CUDA, but no CUDA device is available")
         if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise UserError(f"the torch runner's threads must be >= 1, not {threads!r}")
             torch.set_num_threads(threads)
-        if self.device.type == "cpu" and torch.get_num_threads() == 1:
+        #: CPU threads every call runs at (None on CUDA).
+        self.threads = torch.get_num_threads() if self.device.type == "cpu" else None
+        if self.threads == 1:
             self.clock = "thread"
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(device=self.device, dtype=dtype, memory_format=fmt)
@@ -56,6 +61,8 @@ class TorchRunner(Runner):
     def __call__(self) -> Any:
         import torch
 
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # another runner of this process changed it
         with torch.inference_mode():
             return self.model(self.input)
 
