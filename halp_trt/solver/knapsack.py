@@ -205,7 +205,9 @@ def _bundle_for(table: Any, bundle: int | Mapping[int, int] | None, gid: int) ->
         if b is None:
             return _bundle_for(table, None, gid)
     elif bundle is None:
-        b = getattr(table, "alignment", None) or 1
+        # The table's alignment, or its grid step when coarser: a table built at
+        # ``--step 64`` has measured nothing narrower than 64 channels in a wide layer.
+        b = max(getattr(table, "alignment", None) or 1, getattr(table, "step", None) or 1)
     else:
         b = bundle
     if int(b) != b or b < 1:
@@ -302,7 +304,7 @@ def solve_budget(
             (the table's overhead term included).
         cost_model: ``"one-sided"`` (HALP) or ``"joint"``; see the module docstring.
         bundle: channels per knapsack item, for all groups or per group id; ``None``
-            takes the table's ``alignment`` (its measured channel step).
+            takes the table's ``alignment``, or its grid ``step`` when that is larger.
         min_channels: fewest channels a group keeps (rounded up to whole bundles); by
             default one bundle. An int for all groups or a mapping per group id.
         allow_removal: also allow keeping no channel at all (the group's layers then
