@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +214,115 @@ def _export_dynamo(
             verbose=False,
         )
         program.save(str(path))
+
+
+#: Q/DQ flavours of :func:`quantize_qdq`, by the engine that runs the model.
+INT8_FLAVORS = ("onnxruntime", "tensorrt")
+
+
+def quantize_qdq(
+    fp32_path: str | os.PathLike,
+    out: str | os.PathLike,
+    batches: Iterable[Any],
+    *,
+    flavor: str = "tensorrt",
+    input_name: str = "input",
+) -> Path:
+    """Quantize an FP32 ONNX model to INT8 Q/DQ, calibrated on ``batches``.
+
+    The maintained quantizer does the work: ``onnxruntime.quantization.quant_pre_process``
+    (shape inference, constant folding: a bias computed by a node is not quantized
+    otherwise) and ``quantize_static`` (QDQ format, per-channel symmetric Int8 weights,
+    MinMax calibration of every activation). The flavour picks what the engine that
+    runs the file needs:
+
+    - ``"tensorrt"``: symmetric Int8 activations (zero points 0), float biases: the
+      explicit quantization TensorRT 10 (strongly typed) and 11 take; ONNX Runtime runs
+      it too, but fuses only part of it into INT8 kernels on x86.
+    - ``"onnxruntime"``: UInt8 activations with zero points, Int32 biases: ONNX
+      Runtime's CPU provider fuses every conv into ``QLinearConv``; TensorRT rejects
+      non-zero zero points.
+
+    Args:
+        fp32_path: the FP32 model (opset >= 13).
+        out: the Q/DQ model to write (atomically).
+        batches: calibration inputs, numpy arrays or tensors of the model's input shape.
+        flavor: ``"tensorrt"`` or ``"onnxruntime"``.
+        input_name: the model's input.
+
+    Returns:
+        ``out`` as a Path.
+
+    Raises:
+        UserError: an unknown flavour, or no calibration batch.
+        ExportError: the quantizer fails.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if flavor not in INT8_FLAVORS:
+        raise UserError(f"unknown INT8 flavour {flavor!r}; known: {', '.join(INT8_FLAVORS)}")
+    feeds = [{input_name: _as_float_array(b)} for b in batches]
+    if not feeds:
+        raise UserError("INT8 calibration needs at least one batch of data")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._it, None)
+
+    trt = flavor == "tensorrt"
+    options = {"WeightSymmetric": True, "ActivationSymmetric": trt, "QuantizeBias": not trt}
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="qdq-") as tmp, _quiet_quantizer():
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre))
+            with atomic_output(out) as final:
+                quantize_static(
+                    str(pre),
+                    str(final),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    extra_options=options,
+                )
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the quantizer's own failures, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExportError(f"INT8 quantization failed: {type(exc).__name__}: {first}") from exc
+    return out
+
+
+def _as_float_array(x: Any) -> Any:
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer logs advice (pre-processing, bias) through the root logger."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)

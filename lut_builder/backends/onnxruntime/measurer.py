@@ -42,6 +42,15 @@ that thread's CPU-time clock (see :mod:`lut_builder.timing`: preemption by other
 processes is not counted), a warm-up, then at least ``runs`` rounds and at least
 ``min_time_s`` seconds; the median is the figure, p10/p90 the dispersion. With more
 threads the clock is the wall clock.
+
+**INT8** (``precision="int8"``): each point is the layer as a deployed Q/DQ model runs
+it, built by :func:`.int8.qdq_layer_model` (UInt8 activations, per-channel Int8
+weights, Int32 bias; ONNX Runtime fuses it into one ``QLinearConv`` per copy, which the
+backend checks in ONNX Runtime's optimised graph before it measures a layer kind). The
+copies of the differential graph each write their own output instead of a residual add
+(an INT8 add is a separate ``QLinearAdd``, not a conv epilogue). The alignment, unless
+given, is read from a measured staircase (:func:`.int8.staircase_alignment`) the first
+time it is asked for.
 """
 
 from __future__ import annotations
@@ -61,10 +70,13 @@ from ..base import (
     register_backend,
     register_reference,
 )
+from . import int8
 from .session import check_optimization, session_options
 
 OPSET = 17
 IR_VERSION = 8
+#: What this backend measures: fp32 layers, or INT8 Q/DQ layers.
+PRECISIONS = ("fp32", "int8")
 
 
 #: The reference workload: a dense 3x3 conv + bias + ReLU on a 16x16 map, 64 -> 64
@@ -165,18 +177,20 @@ def layer_model(
 
 
 @register_backend("onnxruntime")
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
     """ONNX Runtime, CPU execution provider.
 
     Args:
-        precision: only ``"fp32"`` (the CPU provider has no fast fp16 convolutions).
+        precision: ``"fp32"`` or ``"int8"`` (Q/DQ layers; see the module notes). The
+            CPU provider has no fast fp16 convolutions.
         device: only ``"cpu"`` (accepted for a uniform CLI).
         threads: intra-op threads; 1 by default for stable timings.
         method: ``"differential"`` (default) or ``"single"``; see the module notes.
         copies: layer copies of the differential graph (>= 2).
         warmup, runs, min_time_s: the timing loop: warm-up calls, then at least ``runs``
             rounds and at least ``min_time_s`` seconds of timed calls per point.
-        alignment: the default grid step; the CPU's NCHWc block by default.
+        alignment: the default grid step; the CPU's NCHWc block by default in fp32, read
+            from a measured staircase in int8.
         optimization: ``"all"`` (default; what a deployed session uses) or ``"extended"``.
         clock: ``"thread"`` or ``"wall"``; by default thread CPU time with one thread,
             wall time otherwise.
@@ -210,8 +224,11 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         import onnxruntime as ort
 
-        if precision != "fp32":
-            raise UserError(f"the onnxruntime backend measures fp32 on CPU, not {precision}")
+        if precision not in PRECISIONS:
+            raise UserError(
+                f"the onnxruntime backend measures {' or '.join(PRECISIONS)} on CPU, not "
+                f"{precision}"
+            )
         if device not in ("cpu", None):
             raise UserError(f"the onnxruntime backend runs on the CPU, not on {device!r}")
         check_optimization(optimization, ("all", "extended"))
@@ -239,9 +256,22 @@ class OnnxRuntimeBackend(Backend):
         self.threads = threads
         self.method, self.copies = method, copies
         self.warmup, self.runs, self.min_time_s = warmup, runs, min_time_s
-        self.alignment = alignment or cpu_block_size()
+        self._alignment = alignment or (cpu_block_size() if precision == "fp32" else None)
         self.optimization = optimization
         self._ort = ort
+        self._fused_checked: set[tuple[str, str]] = set()
+
+    def measure_alignment(self) -> int:
+        """The output channel step of this CPU's kernels at this precision, read from a
+        measured staircase (:func:`.int8.probe_alignment`)."""
+        import statistics
+
+        def time_widths(sig: LayerSignature, c_in: int, widths: list[int]) -> list[float]:
+            fns = [self._runner(sig, c_in, c, 1) for c in widths]
+            series = time_interleaved(fns, warmup=3, rounds=25, clock=self.clock)
+            return [statistics.median(s) for s in series]
+
+        return int8.probe_alignment(time_widths)
 
     def session(self, model: Any) -> Any:
         """An ``InferenceSession`` for an ONNX model with this backend's settings."""
@@ -253,6 +283,13 @@ class OnnxRuntimeBackend(Backend):
     def _runner(self, sig: LayerSignature, c_in: int, c_out: int, copies: int) -> Any:
         import numpy as np
 
+        if self.precision == "int8":
+            model = int8.qdq_layer_model(sig, c_in, c_out, copies=copies)
+            self._check_fused(sig, model)
+            sess = self.session(model)
+            int8_feed = {"x": int8.input_array(model)}
+            int8_run = sess.run
+            return lambda: int8_run(None, int8_feed)
         sess = self.session(layer_model(sig, c_in, c_out, copies=copies))
         shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
         feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
@@ -261,8 +298,32 @@ class OnnxRuntimeBackend(Backend):
 
     def _reference_fn(self) -> Any:
         if self._reference is None:
-            self._reference = self._runner(REFERENCE_SIG, REFERENCE_CHANNELS, REFERENCE_CHANNELS, 1)
+            # The reference is the fp32 conv at every precision: a yardstick of the
+            # machine's speed, not a layer of the table.
+            fp32 = self
+            if self.precision != "fp32":
+                fp32 = OnnxRuntimeBackend(
+                    threads=self.threads, optimization=self.optimization, normalize=False
+                )
+            self._reference = fp32._runner(REFERENCE_SIG, REFERENCE_CHANNELS, REFERENCE_CHANNELS, 1)
         return self._reference
+
+    def _check_fused(self, sig: LayerSignature, model: Any) -> None:
+        """Refuse to measure an INT8 layer kind that this ONNX Runtime would run as a
+        float conv (checked once per op and group mode, in its optimised graph)."""
+        key = (sig.op, sig.group_mode)
+        if key in self._fused_checked:
+            return
+        ops = optimized_ops(model, self.threads)
+        floats = [k for k in ops if k in (":Conv", ":Gemm", ":MatMul", "com.microsoft:FusedConv")]
+        if floats or not any(k.startswith("com.microsoft:Q") for k in ops):
+            raise UserError(
+                f"ONNX Runtime {self._ort.__version__} does not fuse an INT8 {sig.group_mode} "
+                f"{sig.op} into an INT8 kernel here (optimised graph: "
+                f"{', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}); an INT8 table "
+                "would time float kernels"
+            )
+        self._fused_checked.add(key)
 
     def measure_reference(self, seconds: float = 2.0) -> Timing:
         """Time the reference workload alone for ``seconds`` of wall time.
@@ -341,6 +402,30 @@ class OnnxRuntimeBackend(Backend):
                 "clock": self.clock,
                 "reference": self.reference_kind,
                 "gate": self.gate,
+                **(
+                    {"qdq": "uint8 activations, per-channel int8 weights"}
+                    if self.precision == "int8"
+                    else {}
+                ),
             },
             "host": host,
         }
+
+
+def optimized_ops(model: Any, threads: int = 1) -> dict[str, int]:
+    """Op counts (``domain:op``) of ONNX Runtime's optimised graph of ``model`` at the
+    level a deployed session uses: what actually runs (see :func:`.int8.fused_ops`)."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="ort-opt-") as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        opts = session_options(threads, "all")
+        opts.optimized_model_filepath = str(path)
+        opts.log_severity_level = 3  # it warns that the file is hardware-specific
+        data = model if isinstance(model, str) else model.SerializeToString()
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return int8.fused_ops(onnx.load(str(path)))

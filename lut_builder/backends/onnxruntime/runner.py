@@ -2,6 +2,12 @@
 
 One intra-op thread by default: on a small shared machine a single thread gives far
 steadier timings than a thread pool whose workers compete with other processes.
+
+``precision="int8"`` runs the model as an INT8 Q/DQ model: a module is exported, then
+quantized by :func:`lut_builder.onnx_export.quantize_qdq` in the ONNX Runtime flavour
+(UInt8 activations, per-channel Int8 weights: every conv fused into ``QLinearConv``),
+calibrated on the example input (the calibration's scales do not change how fast the
+kernels run); a file must already be a Q/DQ model.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
-from ...onnx_export import export_onnx
+from ...onnx_export import export_onnx, quantize_qdq
 from ..base import Runner, register_runner
 from .session import check_optimization, session_options
 
@@ -28,6 +34,12 @@ class OnnxRuntimeRunner(Runner):
         threads: intra-op threads (default 1: steadiest timings on a shared machine).
         optimization: ``"all"`` (default, what deployment uses: layout transforms and
             conv+bias+activation fusion), ``"extended"``, ``"basic"`` or ``"disable"``.
+        precision: ``"fp32"`` (default; the model as it is) or ``"int8"`` (see the
+            module notes).
+
+    Raises:
+        UserError: a missing file, a model ONNX Runtime cannot load, an unknown
+            precision, or with ``"int8"`` a file that is not a Q/DQ model.
     """
 
     name = "onnxruntime"
@@ -39,21 +51,36 @@ class OnnxRuntimeRunner(Runner):
         *,
         threads: int = 1,
         optimization: str = "all",
+        precision: str = "fp32",
     ) -> None:
         import onnxruntime as ort
 
         check_optimization(optimization)
         if threads < 1:
             raise UserError("threads must be >= 1")
+        if precision not in ("fp32", "int8"):
+            raise UserError(f"the onnxruntime runner runs fp32 or int8, not {precision!r}")
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         if isinstance(model_or_path, (str, os.PathLike)):
             path = Path(model_or_path)
             if not path.is_file():
                 raise UserError(f"ONNX file {str(path)!r} does not exist")
+            if precision == "int8" and not is_qdq_model(path):
+                raise UserError(f"{str(path)!r} is not an INT8 Q/DQ model (no QuantizeLinear)")
         else:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="lut-runner-")
-            path = export_onnx(model_or_path, example_input, Path(self._tmpdir.name) / "model.onnx")
+            tmp = Path(self._tmpdir.name)
+            try:
+                path = export_onnx(model_or_path, example_input, tmp / "model.onnx")
+                if precision == "int8":
+                    path = quantize_qdq(
+                        path, tmp / "int8.onnx", [example_input], flavor="onnxruntime"
+                    )
+            except BaseException:
+                self.close()
+                raise
         self.path = path
+        self.precision = precision
         self.threads = threads
         # With one intra-op thread ONNX Runtime runs on the caller's thread, so that
         # thread's CPU time is the inference's cost, immune to preemption.
@@ -84,3 +111,14 @@ def _to_numpy(x: Any, onnx_type: str = "tensor(float)") -> Any:
     if hasattr(x, "detach"):
         x = x.detach().cpu().float().numpy()
     return np.ascontiguousarray(x, dtype=dtype)
+
+
+def is_qdq_model(path: str | os.PathLike) -> bool:
+    """The ONNX file holds explicit quantization (a ``QuantizeLinear`` node)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX: the session says so in its own words
+        return False
+    return any(n.op_type == "QuantizeLinear" for n in proto.graph.node)

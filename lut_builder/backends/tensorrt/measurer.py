@@ -9,6 +9,15 @@ on a private CUDA stream from a CUDA graph; CUDA events on that stream time it (
 time, no host overhead, no transfers, like ``trtexec``): a warm-up, then at least
 ``runs`` samples and ``min_time_s`` seconds of them; the median is the figure.
 
+INT8 (``precision="int8"``): TensorRT takes INT8 only as explicit quantization (its
+INT8 builder flag is gone in 11), so each point is the same Q/DQ layer a deployed
+INT8 ONNX holds (:func:`lut_builder.backends.onnxruntime.int8.qdq_layer_model`,
+TensorRT flavour: symmetric Int8 activations and per-channel weights, float bias,
+float32 input and output), serialized and parsed by TensorRT's ONNX parser into a
+strongly typed network, which fuses the Q/DQ pairs into an INT8 convolution. Its
+alignment, unless given, is read from a measured staircase
+(:func:`~lut_builder.backends.onnxruntime.int8.staircase_alignment`).
+
 All TensorRT calls go through :mod:`.trt_compat` (building, TensorRT 10 and 11) and
 :mod:`.session` (running). This module imports neither TensorRT nor CUDA until a backend
 is made. It is written against the documented API and checked against the real bindings
@@ -27,12 +36,26 @@ from ...fileio import atomic_write
 from ...signatures import LayerSignature
 from ...timing import Timing
 from ..base import Backend, check_channels, conv_groups, host_fingerprint, register_backend
+from ..onnxruntime.int8 import MeasuredAlignment
 from . import trt_compat
 from .session import EngineSession, device_index, time_on_stream
 
 #: Precisions the per-layer networks can be built in (weights are numpy arrays, and
 #: numpy has no bfloat16).
 LAYER_PRECISIONS = ("fp32", "fp16")
+#: What the backend measures: the typed layer networks, and INT8 Q/DQ layers.
+PRECISIONS = (*LAYER_PRECISIONS, "int8")
+
+
+def int8_layer_onnx(sig: LayerSignature, c_in: int, c_out: int, seed: int = 0) -> bytes:
+    """The serialized Q/DQ ONNX model of one INT8 layer, as TensorRT takes it.
+
+    Raises:
+        ValueError: channel counts the signature cannot have.
+    """
+    from ..onnxruntime.int8 import qdq_layer_bytes
+
+    return qdq_layer_bytes(sig, c_in, c_out, flavor="tensorrt", seed=seed)
 
 
 def layer_network(
@@ -96,19 +119,20 @@ def layer_network(
 
 
 @register_backend("tensorrt")
-class TensorRTBackend(Backend):
+class TensorRTBackend(MeasuredAlignment, Backend):
     """TensorRT engines of single layers on a CUDA GPU.
 
     Args:
-        precision: ``"fp16"`` (default; tensor cores) or ``"fp32"``; set by the input
-            and weight types of the strongly typed layer network.
+        precision: ``"fp16"`` (default; tensor cores) or ``"fp32"``, set by the input
+            and weight types of the strongly typed layer network; or ``"int8"``, a Q/DQ
+            layer (see the module notes).
         device: CUDA device index or ``"cuda"`` / ``"cuda:N"``.
         warmup, runs, min_time_s: the timing loop (see :func:`.session.time_on_stream`).
         workspace_gib, opt_level: builder settings (see :class:`trt_compat.BuildSettings`).
         timing_cache: a file to start the shared timing cache from and save it to on
             :meth:`close`, or None for an in-memory cache.
         alignment: the default grid step; 8 channels in fp16 (tensor-core tiles), 4 in
-            fp32 (TF32).
+            fp32 (TF32); in int8 read from a measured staircase on first use.
         cuda_graph: replay each layer from a CUDA graph (less launch overhead).
 
     Raises:
@@ -132,9 +156,9 @@ class TensorRTBackend(Backend):
         alignment: int | None = None,
         cuda_graph: bool = True,
     ) -> None:
-        if precision not in LAYER_PRECISIONS:
+        if precision not in PRECISIONS:
             raise UserError(
-                f"the tensorrt backend measures {', '.join(LAYER_PRECISIONS)}, not {precision}"
+                f"the tensorrt backend measures {', '.join(PRECISIONS)}, not {precision}"
             )
         self.trt = trt_compat.import_tensorrt()
         self.device = device_index(device)
@@ -142,7 +166,7 @@ class TensorRTBackend(Backend):
         self.precision = precision
         self.warmup, self.runs, self.min_time_s = warmup, runs, min_time_s
         self.cuda_graph = cuda_graph
-        self.alignment = alignment or (8 if precision == "fp16" else 4)
+        self._alignment = alignment or {"fp16": 8, "fp32": 4}.get(precision)
         self.settings = trt_compat.BuildSettings(
             workspace_gib=workspace_gib,
             opt_level=opt_level,
@@ -153,10 +177,27 @@ class TensorRTBackend(Backend):
         self.builder = self.trt.Builder(self.logger)
         self._cache: Any = None
 
+    def measure_alignment(self) -> int:
+        """The output channel step of INT8 layers on this GPU, read from a measured
+        staircase (:func:`lut_builder.backends.onnxruntime.int8.probe_alignment`)."""
+        from ..onnxruntime.int8 import probe_alignment
+
+        def time_widths(sig: LayerSignature, c_in: int, widths: list[int]) -> list[float]:
+            return [self.measure(sig, c_in, c).median_ms for c in widths]
+
+        return probe_alignment(time_widths)
+
     def build(self, sig: LayerSignature, c_in: int, c_out: int) -> bytes:
-        """The serialized engine of one layer (see :func:`layer_network`)."""
+        """The serialized engine of one layer (see :func:`layer_network`, and
+        :func:`int8_layer_onnx` in int8)."""
         trt = self.trt
-        network, keep_alive = layer_network(trt, self.builder, sig, c_in, c_out, self.precision)
+        if self.precision == "int8":
+            check_channels(sig, c_in, c_out)
+            network, keep_alive = trt_compat.parse_onnx_bytes(
+                trt, self.builder, self.logger, int8_layer_onnx(sig, c_in, c_out)
+            )
+        else:
+            network, keep_alive = layer_network(trt, self.builder, sig, c_in, c_out, self.precision)
         config = trt_compat.configure_builder(trt, self.builder, self.settings, cache=self._cache)
         if self._cache is None:
             self._cache = config.get_timing_cache()
@@ -195,6 +236,11 @@ class TensorRTBackend(Backend):
                 "opt_level": self.settings.opt_level,
                 "cuda_graph": self.cuda_graph,
                 "max_aux_streams": 0,
+                **(
+                    {"qdq": "int8 symmetric activations, per-channel int8 weights"}
+                    if self.precision == "int8"
+                    else {}
+                ),
             },
             "host": host_fingerprint(),
         }

@@ -1,6 +1,8 @@
 """TensorRT on an NVIDIA GPU, whole models: a serialized ``.engine``, an ``.onnx`` file
 (built into an engine in memory for the example input's shape) or an ``nn.Module``
-(exported to ONNX first, by :func:`lut_builder.onnx_export.export_onnx`).
+(exported to ONNX first, by :func:`lut_builder.onnx_export.export_onnx`; in int8 then
+quantized to Q/DQ by :func:`lut_builder.onnx_export.quantize_qdq`, TensorRT flavour,
+calibrated on random inputs of the example's shape: scales do not change kernel speed).
 
 Imports neither TensorRT nor CUDA until a runner is made.
 """
@@ -13,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
-from ...onnx_export import export_onnx
+from ...onnx_export import export_onnx, quantize_qdq
 from ..base import Runner, register_runner
 from . import trt_compat
-from .measurer import LAYER_PRECISIONS
+from .measurer import PRECISIONS
 from .session import EngineSession, device_index
 
 
@@ -30,7 +32,8 @@ class TensorRTRunner(Runner):
             engine inputs are set to its shape.
         device: CUDA device index.
         precision: for an ``nn.Module`` only: ``"fp32"`` or ``"fp16"`` (the module is
-            exported in that precision; a strongly typed engine follows the ONNX types).
+            exported in that precision; a strongly typed engine follows the ONNX types),
+            or ``"int8"`` (exported, then quantized to Q/DQ).
         cuda_graph: replay the inference from a CUDA graph.
         workspace_gib, opt_level, timing_cache: builder settings for ONNX and modules.
 
@@ -79,14 +82,19 @@ class TensorRTRunner(Runner):
 
         import torch
 
-        if precision not in LAYER_PRECISIONS:
-            raise UserError(f"the tensorrt runner exports modules in fp32 or fp16, not {precision}")
+        if precision not in PRECISIONS:
+            raise UserError(
+                f"the tensorrt runner exports modules in {', '.join(PRECISIONS)}, not {precision}"
+            )
         module = copy.deepcopy(model).eval()
         x = torch.randn(*shape)
         if precision == "fp16":
             module, x = module.half(), x.half()
         with tempfile.TemporaryDirectory(prefix="lut-trt-") as d:
             path = export_onnx(module, x, Path(d) / "model.onnx")
+            if precision == "int8":
+                batches = [torch.randn(*shape) for _ in range(4)]
+                path = quantize_qdq(path, Path(d) / "int8.onnx", batches, flavor="tensorrt")
             return trt_compat.build_onnx_engine(path, settings, default_shape=shape).plan
 
     def __call__(self) -> None:

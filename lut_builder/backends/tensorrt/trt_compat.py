@@ -209,6 +209,22 @@ def parse_onnx(trt: Any, builder: Any, logger: Any, path: str | os.PathLike) -> 
     return network, parser
 
 
+def parse_onnx_bytes(trt: Any, builder: Any, logger: Any, data: bytes) -> tuple[Any, Any]:
+    """Parse a serialized ONNX model into a new strongly typed network (see
+    :func:`parse_onnx`); used for generated models, such as INT8 Q/DQ layers.
+
+    Raises:
+        EngineBuildError: the parser rejects the model (its first errors are quoted).
+    """
+    network = create_network(trt, builder)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(data):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        detail = "; ".join(errors[:3]) or "no detail"
+        raise EngineBuildError(f"TensorRT cannot parse the generated ONNX model: {detail}")
+    return network, parser
+
+
 # --- builder configuration ------------------------------------------------------------
 
 
