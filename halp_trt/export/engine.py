@@ -56,8 +56,12 @@ def graph_inputs(proto: Any) -> list[dict[str, Any]]:
 
 
 def onnx_precision(proto: Any) -> str:
-    """``fp32``, ``fp16``, ``bf16`` or ``mixed``: the float type of inputs and weights."""
+    """``int8`` for explicit quantization (Q/DQ nodes), else ``fp32``, ``fp16``, ``bf16``
+    or ``mixed``: the float type of inputs and weights."""
     import onnx
+
+    if any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+        return "int8"
 
     names = {
         onnx.TensorProto.FLOAT: "fp32",

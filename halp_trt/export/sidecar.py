@@ -47,7 +47,8 @@ class EngineSidecar:
         inputs: ``{"name", "shape", "dtype", "profile": {"min", "opt", "max"} | None}``
             per input (``-1`` marks a dynamic dimension).
         outputs: ``{"name", "shape", "dtype"}`` per output.
-        precision: ``fp32``, ``fp16``, ``bf16`` or ``mixed`` (from the ONNX types).
+        precision: ``fp32``, ``fp16``, ``bf16``, ``mixed`` (from the ONNX types) or ``int8``
+            (an explicitly quantized, Q/DQ, ONNX).
         tensorrt: version of the TensorRT that built the engine.
         gpu: ``{"name", "compute_capability"}`` of the GPU it was built on.
         build: ``{"created", "build_s", ...settings}``.
