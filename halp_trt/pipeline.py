@@ -10,9 +10,12 @@ baseline  the dense model (``original.pt``), trained first when ``--pretrain-epo
           and its accuracy
 prune     HALP's pruning loop with fine-tuning (``pruned/model.pt``, ``plan.json``,
           ``log.json``), as ``halp-trt prune`` does it
-export    both models to ONNX with the ONNX Runtime parity check (``*.onnx``)
+export    both models to ONNX with the ONNX Runtime parity check (``*.onnx``); at
+          ``int8`` both as INT8 Q/DQ calibrated on the run's training data, and the
+          dense model in FP32 too (``original_fp32.onnx``, the report's FP32 column)
 engine    TensorRT engines (``*.engine`` + sidecars) where TensorRT is present
-verify    original vs pruned on the backend, interleaved, one run (``verify.json``)
+verify    original vs pruned on the backend, interleaved, one run (``verify.json``);
+          at ``int8`` also FP32 dense vs INT8 dense (``verify_fp32.json``)
 report    ``report.json``, ``report.md`` and ``plots/``
 ========  ==========================================================================
 
@@ -48,7 +51,15 @@ LOCK_FILE = ".lock"
 #: The arguments each stage's result depends on (besides the stages before it). On
 #: --resume, a stage whose arguments changed is run again, and so is every later stage.
 STAGE_ARGS = {
-    "lut": ("model", "input_shape", "backend", "precision", "step", "lut"),  # latency: not weights
+    "lut": (
+        "model",
+        "input_shape",
+        "backend",
+        "precision",
+        "threads",
+        "step",
+        "lut",
+    ),  # latency: not weights
     "baseline": (
         "model",
         "weights",
@@ -60,7 +71,7 @@ STAGE_ARGS = {
         "lr",
     ),
     "prune": ("target", "importance", "epochs", "steps", "seed", "batch_size", "lr"),
-    "export": (),
+    "export": ("data",),
     "engine": (),
     "verify": ("verify_rounds",),
     "report": (),
@@ -77,6 +88,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "input_shape": config.shape_text,
         "backend": config.backend,
         "precision": config.precision,
+        "threads": config.threads,
         "step": config.step,
         "lut": config.lut,
         "data": config.data,
@@ -214,6 +226,7 @@ class Pipeline:
                 raise UserError(f"--lut {cfg.lut} is a directory, not a latency table file")
             if not lut.is_file():
                 raise UserError(f"--lut {cfg.lut} does not exist")
+            check_table_deployment(cfg.lut, cfg.precision, cfg.threads)
         if not (self.out / STATE_FILE).exists():  # a resumed run keeps its backend
             backend, _ = pick_backend(cfg.backend)
             get_backend(backend, **self._backend_options()).close()  # here, and these options
@@ -383,7 +396,17 @@ class Pipeline:
         return ["lut.db"], {"reused": None}
 
     def _backend_options(self) -> dict[str, Any]:
-        return {"precision": self.config.precision}
+        options: dict[str, Any] = {"precision": self.config.precision}
+        if self._on_cpu():
+            options["threads"] = self.config.threads
+        return options
+
+    def _on_cpu(self) -> bool:
+        """The backend runs on the CPU (its tables and timings have a thread count)."""
+        import torch
+
+        backend = self.state.backend if self.state is not None else pick_backend(self.config.backend)[0]  # fmt: skip
+        return backend == "onnxruntime" or (backend == "torch" and not torch.cuda.is_available())
 
     def _build_table(self, target: Path) -> Any:
         """Measure the table (resumable) and calibrate its affine latency model on the
@@ -399,7 +422,9 @@ class Pipeline:
         # stage, see STAGE_ARGS), so the weights file is not read here.
         model = load_model(cfg.model)
         x = example_input(model, cfg.input_shape)
-        runner = {"threads": 1} if self.backend == "onnxruntime" else self._backend_options()
+        # The latency model is fitted on whole models at the table's precision and
+        # thread count (an INT8 table: INT8 Q/DQ models).
+        runner = self._backend_options()
         with measuring_bar(f"{cfg.model} on {self.backend}", show=cfg.progress) as bar:
             result = build_table(
                 target,
@@ -471,6 +496,8 @@ class Pipeline:
         from .export import export_onnx
         from .specs import load_model
 
+        if self.config.precision == "int8":
+            return self._export_int8()
         outs = []
         fp16 = self.config.precision == "fp16" and self.backend == "tensorrt"
         for name, src in (("original", "original.pt"), ("pruned", "pruned/model.pt")):
@@ -483,6 +510,41 @@ class Pipeline:
             )
             outs.append(f"{name}.onnx")
         return outs, {}
+
+    def _export_int8(self) -> tuple[list[str], dict[str, Any]]:
+        """Both models as INT8 Q/DQ, calibrated on the run's training data, in the
+        flavour the backend runs (ONNX Runtime: UInt8 activations; TensorRT: symmetric
+        Int8), and the dense model in FP32 for the report's comparison."""
+        from .export import export_int8, export_onnx
+        from .specs import load_model
+        from .train import load_data
+
+        cfg = self.config
+        shape = cfg.input_shape
+        flavor = "tensorrt" if self.backend == "tensorrt" else "onnxruntime"
+        data = load_data(cfg.data, channels=shape[1], size=(shape[2], shape[3]))
+        facts: dict[str, Any] = {"flavor": flavor}
+        outs = []
+        for name, src in (("original", "original.pt"), ("pruned", "pruned/model.pt")):
+            model = load_model(str(self._path(src)))
+            report = export_int8(model, shape, self._path(f"{name}.onnx"), data, flavor=flavor)
+            outs.append(f"{name}.onnx")
+            facts[name] = {
+                "accuracy": report.accuracy,
+                "size_bytes": report.size_bytes,
+                "int8_convs": report.int8_convs,
+                "float_convs": report.float_convs,
+                "tensorrt_problems": report.tensorrt_problems,
+            }
+            self.say(
+                f"[export] {name}: INT8 accuracy {report.accuracy['int8']:.4f} (FP32 "
+                f"{report.accuracy['fp32']:.4f}, top-1 agreement "
+                f"{report.accuracy['agreement']:.4f}); {report.int8_convs} INT8 convs, "
+                f"{report.float_convs} float on ONNX Runtime"
+            )
+        export_onnx(load_model(str(self._path("original.pt"))), shape, self._path("original_fp32.onnx"))  # fmt: skip
+        outs.append("original_fp32.onnx")
+        return outs, facts
 
     def _stage_engine(self) -> tuple[list[str], dict[str, Any]]:
         from .export import build_engine
@@ -513,7 +575,7 @@ class Pipeline:
             "torch": ("original.pt", "pruned/model.pt"),
         }[self.backend]
         models: list[Any] = [str(self._path(s)) for s in src]
-        options: dict[str, Any] = {"threads": 1} if self.backend != "tensorrt" else {}
+        options: dict[str, Any] = {"threads": self.config.threads} if self._on_cpu() else {}
         if self.backend == "torch":
             import torch
 
@@ -545,7 +607,24 @@ class Pipeline:
             f"[verify] speed-up {speed.median:.3f}x (spread {speed.spread:.1%}) over "
             f"{report.rounds} rounds on {self.backend}"
         )
-        return ["verify.json"], {}
+        outs = ["verify.json"]
+        if self.config.precision == "int8":
+            # FP32 dense vs INT8 dense, interleaved in a run of their own (ONNX files:
+            # every runner backend takes them).
+            fp32 = verify_models(
+                str(self._path("original_fp32.onnx")),
+                str(self._path("original.onnx")),
+                backend=self.backend,
+                input_shape=self.config.input_shape,
+                rounds=self.config.verify_rounds,
+                labels=("fp32 dense", "int8 dense"),
+                sources=("original_fp32.onnx", "original.onnx"),
+                **({"threads": self.config.threads} if self._on_cpu() else {}),
+            )
+            atomic_write_json(self._path("verify_fp32.json"), fp32.to_dict())
+            self.say(f"[verify] INT8 dense runs {fp32.speedup.median:.3f}x FP32 dense")
+            outs.append("verify_fp32.json")
+        return outs, {}
 
     def _stage_report(self) -> tuple[list[str], dict[str, Any]]:
         from .report import render, write_json
@@ -557,6 +636,42 @@ class Pipeline:
         return ["report.json", "report.md", *plots.values()], {}
 
     # -- the report ---------------------------------------------------------------------
+
+    def _precisions(self, verify: dict[str, Any]) -> list[dict[str, Any]]:
+        """FP32 dense, INT8 dense and INT8 pruned side by side (an INT8 run's report).
+
+        Latencies come from two interleaved runs: FP32 dense vs INT8 dense
+        (``verify_fp32.json``) and INT8 dense vs INT8 pruned (``verify.json``); the INT8
+        pruned figure is scaled through the dense INT8 model both runs timed, so the
+        three compare as ratios of one clock."""
+        exp = self._facts("export")
+        fp32 = json.loads(self._path("verify_fp32.json").read_text())
+        f_ms, i_ms = _median(fp32.get("original")), _median(fp32.get("pruned"))
+        speed = (verify.get("speedup") or {}).get("median")
+        p_ms = i_ms / speed if i_ms and speed else None
+        o, p = exp.get("original", {}), exp.get("pruned", {})
+        size = {
+            "fp32 dense": (self._path("original_fp32.onnx")).stat().st_size,
+            "int8 dense": (o.get("size_bytes") or {}).get("int8"),
+            "int8 pruned": (p.get("size_bytes") or {}).get("int8"),
+        }
+        acc = {
+            "fp32 dense": (o.get("accuracy") or {}).get("fp32"),
+            "int8 dense": (o.get("accuracy") or {}).get("int8"),
+            "int8 pruned": (p.get("accuracy") or {}).get("int8"),
+        }
+        rows = []
+        for name, ms in (("fp32 dense", f_ms), ("int8 dense", i_ms), ("int8 pruned", p_ms)):
+            rows.append(
+                {
+                    "model": name,
+                    "latency_ms": ms,
+                    "speedup_vs_fp32": (f_ms / ms) if f_ms and ms else None,
+                    "accuracy": acc[name],
+                    "size_bytes": size[name],
+                }
+            )
+        return rows
 
     def build_report(self) -> dict[str, Any]:
         """Assemble ``report.json`` from the stages' outputs."""
@@ -626,6 +741,7 @@ class Pipeline:
             "speedup_spread": speed.get("spread"),
             # verify's verdict (one tolerance: halp_trt.verify.compare.BUDGET_TOLERANCE)
             "target_met": bool((verify.get("plan") or {}).get("within_budget")),
+            "precisions": self._precisions(verify) if cfg.precision == "int8" else None,
             "groups": groups,
             "steps": steps,
             "verify": verify,
@@ -638,6 +754,39 @@ class Pipeline:
             },
             "stages": {k: v.get("seconds") for k, v in self.state.stages.items()},
         }
+
+
+def check_table_deployment(path: str, precision: str, threads: int) -> None:
+    """Refuse a ``--lut`` measured at another precision or CPU thread count than the run's.
+
+    Raises:
+        UserError: the table's fingerprint names another precision or thread count (a
+            table that does not open is left to the lut stage, which says why and
+            measures a new one).
+    """
+    from lut_builder import LatencyTable
+    from lut_builder.table import table_threads
+
+    try:
+        table = LatencyTable.open(path, force=True)
+    except UserError:
+        return
+    try:
+        theirs = table.fingerprint.get("precision")
+        their_threads = table_threads(table.fingerprint)
+    finally:
+        table.close()
+    if their_threads is not None and their_threads != threads:
+        raise UserError(
+            f"--lut {path} was measured at {their_threads} CPU thread"
+            f"{'s' if their_threads != 1 else ''}, this run deploys at --threads {threads}: "
+            "give a table measured at that count, or drop --lut to measure one"
+        )
+    if theirs is not None and theirs != precision:
+        raise UserError(
+            f"--lut {path} was measured at {theirs}, this run is at {precision}: give a "
+            f"table measured at {precision}, or drop --lut to measure one"
+        )
 
 
 def _median(timing: Any) -> float | None:

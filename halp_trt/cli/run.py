@@ -34,9 +34,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=("auto", "tensorrt", "torch", "onnxruntime"),
         help="auto: TensorRT, else PyTorch on CUDA, else ONNX Runtime on the CPU",
     )
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        help="of the table, exports and engines; int8: Q/DQ models calibrated on --data, "
+        "on onnxruntime or tensorrt, reported beside FP32",
+    )
     p.add_argument("--lut", metavar="FILE", help="reuse this table if its fingerprint matches")
     p.add_argument("--step", type=int, metavar="N", help="channel step of the table's grid")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads of the deployment (onnxruntime, torch on CPU): table, calibration "
+        "and verify run at N; a --lut of another count is refused (default 1)",
+    )
     p.add_argument("--importance", default="taylor", help="taylor (default), l1, l2, sp-lamp")
     p.add_argument(
         "--pretrain-epochs",
@@ -79,6 +93,7 @@ def config(args: argparse.Namespace) -> Any:
         precision=args.precision,
         lut=args.lut,
         step=args.step,
+        threads=args.threads,
         pretrain_epochs=args.pretrain_epochs,
         verify_rounds=args.verify_rounds,
         resume=args.resume,
@@ -100,5 +115,11 @@ def run(args: argparse.Namespace) -> int:
         f"{p['accuracy']:.4f}",
         sep="",
     )
+    for row in report.get("precisions") or []:
+        ms = row["latency_ms"]
+        print(
+            f"  {row['model']:<12} {'-' if ms is None else f'{ms:.4f} ms':>12}  accuracy "
+            f"{row['accuracy']:.4f}  {row['size_bytes'] / 1e6:.2f} MB"
+        )
     print(f"report: {cfg.out}/report.md (data in {cfg.out}/report.json)")
     return 0

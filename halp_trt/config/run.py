@@ -14,7 +14,7 @@ from .train import TrainConfig
 #: Backends a run can measure and verify on; ``auto`` picks TensorRT, else PyTorch on
 #: CUDA, else ONNX Runtime on the CPU.
 RUN_BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass
@@ -33,9 +33,14 @@ class RunConfig(ConfigBase):
         train: fine-tuning while pruning (epochs >= 1: pruning happens while
             training); ``seed`` also seeds the dense model's initialisation.
         backend: ``auto``, ``tensorrt``, ``torch`` or ``onnxruntime``.
-        precision: ``fp32``, ``fp16`` or ``bf16`` (of the table and the engines).
+        precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (of the table, the exported
+            models and the engines; ``int8`` is explicit Q/DQ quantization calibrated on
+            ``data``, on ``onnxruntime`` or ``tensorrt``).
         lut: a latency table to reuse when its fingerprint matches the backend.
         step: channel step of the table's grid (None: the backend's alignment).
+        threads: CPU threads of the deployment (ONNX Runtime, torch on the CPU): the
+            table is measured, its latency model calibrated and verify timed at this
+            count (a ``lut`` measured at another is refused). Ignored on GPUs.
         pretrain_epochs: train the dense model first (for untrained model specs).
         verify_rounds: timed rounds of the interleaved original-vs-pruned timing.
         resume: continue the run in ``out`` after its last completed stage.
@@ -58,6 +63,7 @@ class RunConfig(ConfigBase):
     lut: str | None = None
     weights: str | None = None
     step: int | None = None
+    threads: int = 1
     pretrain_epochs: int = 0
     verify_rounds: int = 30
     resume: bool = False
@@ -76,12 +82,14 @@ class RunConfig(ConfigBase):
         self.train.require_training()
         self._choice("backend", RUN_BACKENDS)
         self._choice("precision", PRECISIONS)
+        self._require("precision", not (self.precision == "int8" and self.backend == "torch"), "int8 runs on onnxruntime or tensorrt (Q/DQ models), not on the torch backend")  # fmt: skip
         if self.lut is not None:
             self.lut = str(self.lut)
         if isinstance(self.weights, os.PathLike):
             self.weights = os.fspath(self.weights)
         self._require("weights", self.weights is None or (isinstance(self.weights, str) and self.weights.strip() != ""), "must be None or the path of a state_dict file")  # fmt: skip
         self._int("step", 1, optional=True)
+        self._int("threads", 1)
         self._int("pretrain_epochs", 0)
         self._int("verify_rounds", 1)
         self._choice("resume", (True, False))

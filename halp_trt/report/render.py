@@ -276,9 +276,9 @@ def _markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
         f"backend); predicted {_fmt(r.get('predicted_speedup'), '.2f', 'x')}. "
         f"Target met: **{'yes' if r.get('target_met') else 'no'}**.",
         "",
-        "## Artifacts",
-        "",
     ]
+    lines += _precision_lines(r.get("precisions"))
+    lines += ["## Artifacts", ""]
     for k, v in (r.get("artifacts") or {}).items():
         lines.append(f"- {k}: `{v}`" if v else f"- {k}: none")
     lines += ["", "## Plots", ""]
@@ -293,3 +293,30 @@ def _markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
         lines += [f"| {k} | {_fmt(v, '.1f')} |" for k, v in stages.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def _precision_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+    """An INT8 run's FP32 dense / INT8 dense / INT8 pruned table (none for other runs)."""
+    if not rows:
+        return []
+    lines = [
+        "## Precision",
+        "",
+        "| model | latency (measured) | vs FP32 dense | accuracy | ONNX size |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {_fmt(row.get('latency_ms'), '.4f', ' ms')} | "
+            f"{_fmt(row.get('speedup_vs_fp32'), '.2f', 'x')} | "
+            f"{_fmt(row.get('accuracy'), '.4f')} | "
+            f"{_fmt((row.get('size_bytes') or 0) / 1e6, '.2f', ' MB')} |"
+        )
+    lines += [
+        "",
+        "Latencies from two interleaved runs on the backend (FP32 dense vs INT8 dense, and "
+        "INT8 dense vs INT8 pruned), joined through the INT8 dense model both timed; "
+        "accuracies on the validation split, every model run by ONNX Runtime.",
+        "",
+    ]
+    return lines

@@ -192,3 +192,15 @@ def test_engine_precision_of_a_qdq_model_is_int8(tmp_path):
     data = load_data(f"npz:{_data(tmp_path)}", channels=3, size=(8, 8))
     export_int8(_model(), SHAPE, tmp_path / "m.onnx", data, batches=1)
     assert onnx_precision(onnx.load(str(tmp_path / "m.onnx"))) == "int8"
+
+
+def test_run_measures_and_times_at_the_deployment_thread_count(tmp_path):
+    from halp_trt.config import PruneConfig, RunConfig
+    from halp_trt.pipeline import Pipeline, pinned_settings
+
+    cfg = RunConfig(
+        model="m", data="digits", input_shape="1,3,8,8", out=str(tmp_path / "o"),
+        prune=PruneConfig("0.5x"), backend="onnxruntime", precision="int8", threads=2,
+    )  # fmt: skip
+    assert Pipeline(cfg)._backend_options() == {"precision": "int8", "threads": 2}
+    assert pinned_settings(cfg)["threads"] == 2
