@@ -46,7 +46,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help=f"one of {', '.join(list_backends())} (default: onnxruntime)",
     )
     p.add_argument(
-        "--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="default fp32"
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        default="fp32",
+        help="default fp32; int8: Q/DQ layers (onnxruntime, tensorrt)",
     )
     p.add_argument(
         "--step",
@@ -151,7 +154,7 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
     thread count as the points."""
     threads = cpu_threads(args)
     if args.backend == "onnxruntime":
-        return {"threads": threads}
+        return {"threads": threads, "precision": args.precision}
     opts: dict[str, Any] = {"precision": args.precision}
     if args.device is not None:
         opts["device"] = args.device

@@ -276,3 +276,22 @@ def test_staircase_input_widths_are_regular():
     widths = int8.probe_widths((8, 16))
     assert widths == list(range(24, 49, 8))
     assert np.all(np.diff(widths) == 8)
+
+
+def test_an_int8_table_is_built_and_calibrated_on_int8_models(tmp_path):
+    import torch
+
+    from lut_builder import LatencyTable, build_table
+
+    backend = get_backend(
+        "onnxruntime", precision="int8", alignment=16, runs=3, min_time_s=0.0, normalize=False
+    )
+    x = torch.randn(2, 3, 8, 8)
+    res = build_table(
+        tmp_path / "t.db", _tiny(), x, backend, calibration="additive",
+        runner_options={"precision": "int8"},
+    )  # fmt: skip
+    assert res.complete and res.overhead_ms is not None
+    with LatencyTable.open(tmp_path / "t.db") as table:
+        assert table.fingerprint["precision"] == "int8" and table.alignment == 16
+        assert table.threads == 1
