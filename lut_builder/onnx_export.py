@@ -12,6 +12,10 @@ torch 2.13 the TorchScript exporter exports a CIFAR ResNet-56 in about 1.3-2 s o
 2-core machine and folds eval-mode BatchNorm into the convolutions itself, where the
 dynamo exporter takes 12-22 s for the same model. It is deprecated upstream, so a model
 it cannot export (or a torch without it) falls through to dynamo.
+
+INT8: :func:`quantize_qdq` turns an exported FP32 file into an explicitly quantized
+(Q/DQ) one with ONNX Runtime's quantizer, for the INT8 whole-model runners and
+``halp-trt export --int8``.
 """
 
 from __future__ import annotations

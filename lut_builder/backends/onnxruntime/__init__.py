@@ -5,6 +5,8 @@
 - :mod:`.runner`: :class:`OnnxRuntimeRunner`, a whole model
   (``make_runner("onnxruntime", ...)``).
 - :mod:`.session`: the session settings both use.
+- :mod:`.int8`: INT8 layers as Q/DQ graphs (also what the TensorRT backend parses) and
+  the channel step read from a measured staircase.
 
 Importing this package does not import ONNX Runtime; making a backend or runner does.
 """
