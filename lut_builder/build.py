@@ -2,11 +2,11 @@
 
 **The grid.** For each layer signature, the channel counts a pruned model can reach: the
 multiples of the grid step up to the layer's full width, plus the full width itself
-(grouped convs: multiples of lcm(step, groups), since pruning keeps every group the same
-size; depthwise convs: c_in = c_out, a 1-D grid). Widths fixed by the model are not
-varied: a layer reading the model's input keeps its c_in, a layer producing the model's
-output keeps its c_out. Layers sharing a signature are measured once, on the union of
-their axes.
+(grouped convs: multiples of lcm(step, channels per group), c_in = c_out, since whole
+groups are pruned; depthwise convs: c_in = c_out; both a 1-D grid). Widths fixed by
+the model are not varied: a layer reading the model's input keeps its c_in, a layer
+producing the model's output keeps its c_out. Layers sharing a signature are measured
+once, on the union of their axes.
 
 **Strategies.** ``full`` measures the whole 2-D product of both axes. ``sparse`` (the
 default) measures, per signature, a coarse 2-D grid of at most ``coarse`` values per
@@ -176,10 +176,10 @@ def plan_grids(
         ax = axes.setdefault(sig, _Axes())
         s = step
         if sig.group_mode == "grouped":
-            s = step * sig.groups // math.gcd(step, sig.groups)
+            s = math.lcm(step, sig.channel_unit)
         var_in = info.name not in fixed_in
         var_out = info.name not in fixed_out
-        if sig.group_mode == "depthwise":
+        if sig.diagonal:
             var_in = var_out = var_in and var_out
         ax.values_in |= set(axis_values(info.c_in, s)) if var_in else {info.c_in}
         ax.values_out |= set(axis_values(info.c_out, s)) if var_out else {info.c_out}
@@ -190,7 +190,7 @@ def plan_grids(
     grids = {}
     for sig, ax in axes.items():
         vin, vout = sorted(ax.values_in), sorted(ax.values_out)
-        if sig.group_mode == "depthwise":
+        if sig.diagonal:
             both = sorted(set(vin) | set(vout))
             grids[sig] = Grid(both, both, diagonal=True)
             continue

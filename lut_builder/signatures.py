@@ -3,11 +3,19 @@
 Many layers of a network share a signature (ResNets repeat blocks), so a latency table
 is keyed by signature and measured once per signature. Signatures are read off a real
 forward pass with hooks, so input sizes are the ones the deployed model sees.
+
+Grouped convolutions are pruned in whole groups (halp_trt's channel graph removes one
+convolution group's channels at a time), so what stays fixed when such a layer narrows is
+its channels per group, ``group_width``, and its group count is ``c_in // group_width``
+at every width: the table measures it at the widths whole-group removal reaches, with
+the group count those widths have (see :meth:`LayerSignature.groups_at`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,9 +37,13 @@ def _pair(v: Any) -> tuple[int, int]:
 class LayerSignature:
     """The latency-relevant shape of one conv2d or linear layer, channel counts excluded.
 
-    ``groups`` is the number of groups for ``group_mode == "grouped"`` (it stays fixed when
-    channels are pruned), 1 for dense layers and 0 for depthwise layers (whose group count
-    equals the channel count). ``in_hw`` is the input's spatial size ((1, 1) for linear).
+    ``groups`` is 1 for dense layers and 0 for depthwise layers (whose group count equals
+    the channel count). A grouped layer has either a fixed group count (``groups >= 2``,
+    ``group_width == 0``: channels are pruned inside every group) or, as the channel
+    graph prunes it, a fixed number of input and output channels per group
+    (``group_width >= 1``, ``groups == 0``: whole groups are pruned, ``c_in == c_out``
+    and the group count is ``c_in // group_width``). ``in_hw`` is the input's spatial
+    size ((1, 1) for linear).
     """
 
     op: str
@@ -44,6 +56,7 @@ class LayerSignature:
     in_hw: tuple[int, int] = (1, 1)
     batch: int = 1
     epilogue: str = DEFAULT_EPILOGUE
+    group_width: int = 0
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -57,8 +70,34 @@ class LayerSignature:
         expected_groups = {"dense": 1, "depthwise": 0}.get(self.group_mode)
         if expected_groups is not None and self.groups != expected_groups:
             raise ValueError(f"{self.group_mode} layers have groups={expected_groups}")
-        if self.group_mode == "grouped" and self.groups < 2:
+        if self.group_width < 0 or (self.group_width and self.group_mode != "grouped"):
+            raise ValueError("group_width is a positive count of a grouped layer only")
+        if self.group_mode == "grouped" and self.group_width:
+            if self.groups != 0:
+                raise ValueError("grouped layers pruned in whole groups have groups=0")
+        elif self.group_mode == "grouped" and self.groups < 2:
             raise ValueError("grouped layers need groups >= 2")
+
+    @property
+    def diagonal(self) -> bool:
+        """True when the layer always has ``c_in == c_out`` (depthwise, or grouped and
+        pruned in whole groups): its table is one-dimensional."""
+        return self.group_mode == "depthwise" or self.group_width > 0
+
+    @property
+    def channel_unit(self) -> int:
+        """Channel counts of the layer are multiples of this (1 for dense and depthwise)."""
+        if self.group_mode != "grouped":
+            return 1
+        return self.group_width or self.groups
+
+    def groups_at(self, c_in: int) -> int:
+        """The convolution's ``groups`` argument at ``c_in`` input channels."""
+        if self.group_mode == "dense":
+            return 1
+        if self.group_mode == "depthwise":
+            return c_in
+        return c_in // self.group_width if self.group_width else self.groups
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -74,7 +113,7 @@ class LayerSignature:
 
     def key(self) -> str:
         """A stable, human-readable string that identifies the signature (table key)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_key(cls, key: str) -> LayerSignature:
@@ -82,7 +121,10 @@ class LayerSignature:
         return cls.from_dict(json.loads(key))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["group_width"]:
+            del d["group_width"]  # keys of tables built before whole-group pruning stay valid
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerSignature:
@@ -92,7 +134,8 @@ class LayerSignature:
         """A compact label for tables and plots, e.g. ``conv3x3/s2 dw 56x56 b1``."""
         if self.op == "linear":
             return f"linear b{self.batch}"
-        mode = {"dense": "", "depthwise": " dw", "grouped": f" g{self.groups}"}[self.group_mode]
+        grouped = f" gw{self.group_width}" if self.group_width else f" g{self.groups}"
+        mode = {"dense": "", "depthwise": " dw", "grouped": grouped}[self.group_mode]
         s = f"/s{self.stride[0]}" if self.stride != (1, 1) else ""
         d = f"/d{self.dilation[0]}" if self.dilation != (1, 1) else ""
         return (
@@ -105,9 +148,7 @@ class LayerSignature:
         oh, ow = self.out_hw
         if self.op == "linear":
             return self.batch * c_in * c_out
-        per_out = c_in // self.groups if self.group_mode == "grouped" else c_in
-        if self.group_mode == "depthwise":
-            per_out = 1
+        per_out = c_in // self.groups_at(c_in) if self.group_mode != "dense" else c_in
         return self.batch * oh * ow * c_out * per_out * self.kernel[0] * self.kernel[1]
 
 
@@ -135,10 +176,13 @@ def _conv_signature(module: Any, x: Any, batch: int) -> LayerSignature:
             (0, 0) if pad == "valid" else tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
         )
     c_in, c_out, g = module.in_channels, module.out_channels, module.groups
+    width = 0
     if g == 1:
         mode, groups = "dense", 1
     elif g == c_in == c_out:
         mode, groups = "depthwise", 0
+    elif c_in == c_out:
+        mode, groups, width = "grouped", 0, c_in // g  # pruned in whole groups
     else:
         mode, groups = "grouped", g
     return LayerSignature(
@@ -151,22 +195,17 @@ def _conv_signature(module: Any, x: Any, batch: int) -> LayerSignature:
         groups=groups,
         in_hw=(int(x.shape[-2]), int(x.shape[-1])),
         batch=batch,
+        group_width=width,
     )
 
 
-def model_layers(model: Any, example_inputs: Any) -> dict[str, LayerInfo]:
-    """Signatures of every Conv2d and Linear layer of ``model``, from one forward pass.
+@contextmanager
+def recording_layers(model: Any) -> Iterator[dict[str, LayerInfo]]:
+    """Record the signature of every Conv2d and Linear layer that runs inside the block.
 
-    Layers that the forward pass does not reach are left out; a layer called more than
-    once keeps the signature of its first call. Linear layers applied to more than 2-D
-    inputs fold the leading dimensions into the batch.
-
-    Args:
-        model: an ``nn.Module``.
-        example_inputs: a tensor, or a tuple of positional inputs.
-
-    Returns:
-        Layer name (as in ``named_modules``) to :class:`LayerInfo`, in call order.
+    Yields the dict :func:`model_layers` returns, filled by the forward passes made in
+    the block (the first call of a layer counts), so that a caller that runs the model
+    anyway (a tracer) needs no second pass.
     """
     import torch
     import torch.nn as nn
@@ -199,16 +238,37 @@ def model_layers(model: Any, example_inputs: Any) -> dict[str, LayerInfo]:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             handles.append(module.register_forward_hook(hook(name)))
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def model_layers(model: Any, example_inputs: Any) -> dict[str, LayerInfo]:
+    """Signatures of every Conv2d and Linear layer of ``model``, from one forward pass.
+
+    Layers that the forward pass does not reach are left out; a layer called more than
+    once keeps the signature of its first call. Linear layers applied to more than 2-D
+    inputs fold the leading dimensions into the batch.
+
+    Args:
+        model: an ``nn.Module``.
+        example_inputs: a tensor, or a tuple of positional inputs.
+
+    Returns:
+        Layer name (as in ``named_modules``) to :class:`LayerInfo`, in call order.
+    """
+    import torch
+
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), recording_layers(model) as found:
             model(*inputs)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
     return found
 
 

@@ -68,11 +68,11 @@ class AnalyticBackend(Backend):
         if sig.group_mode == "depthwise":
             ci = co = max(ci, co)
         elif sig.group_mode == "grouped":
-            ci, co = (max(c, sig.groups) for c in (ci, co))
+            ci, co = (max(c, sig.groups, sig.group_width) for c in (ci, co))
         macs = sig.macs(ci, co)
         (h, w), (oh, ow) = sig.in_hw, sig.out_hw
         k = sig.kernel[0] * sig.kernel[1]
-        per_out = 1 if sig.group_mode == "depthwise" else ci // max(sig.groups, 1)
+        per_out = ci // max(sig.groups_at(ci), 1)
         elems = sig.batch * (ci * h * w + co * oh * ow) + co * per_out * k
         compute_s = macs / (self.peak_gmacs * 1e9)
         memory_s = elems * _BYTES[self.precision] / (self.bandwidth_gbs * 1e9)

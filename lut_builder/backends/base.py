@@ -103,18 +103,19 @@ def check_channels(sig: LayerSignature, c_in: int, c_out: int) -> None:
     """
     if c_in < 1 or c_out < 1:
         raise ValueError(f"channel counts must be positive, not ({c_in}, {c_out})")
-    if sig.group_mode == "depthwise" and c_in != c_out:
-        raise ValueError(f"a depthwise layer has c_in == c_out, not ({c_in}, {c_out})")
-    if sig.group_mode == "grouped" and (c_in % sig.groups or c_out % sig.groups):
+    if sig.diagonal and c_in != c_out:
+        raise ValueError(f"a {sig.group_mode} layer has c_in == c_out, not ({c_in}, {c_out})")
+    unit = sig.channel_unit
+    if c_in % unit or c_out % unit:
+        what = f"{unit} channels per group" if sig.group_width else f"{unit} groups"
         raise ValueError(
-            f"a layer with {sig.groups} groups needs channel counts divisible by it, "
-            f"not ({c_in}, {c_out})"
+            f"a layer with {what} needs channel counts divisible by {unit}, not ({c_in}, {c_out})"
         )
 
 
 def conv_groups(sig: LayerSignature, c_in: int) -> int:
     """The ``groups`` argument of the convolution for a signature at ``c_in`` channels."""
-    return {"dense": 1, "depthwise": c_in}.get(sig.group_mode, sig.groups)
+    return sig.groups_at(c_in)
 
 
 class Runner:
