@@ -31,13 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def random_keep(graph, rng, low: float = 0.3, high: float = 0.6) -> dict[int, list[int]]:
-    """Keep plan that removes a random fraction in [low, high] of every prunable group
-    (at least one channel kept)."""
+    """Keep plan that removes a random fraction in [low, high] of every prunable group's
+    units (at least one kept)."""
     keep = {}
     for g in graph.prunable:
-        n_drop = int(round(g.size * rng.uniform(low, high)))
-        n_keep = max(1, g.size - n_drop)
-        keep[g.id] = sorted(int(i) for i in rng.choice(g.size, n_keep, replace=False))
+        n = g.size // g.unit  # whole units (a grouped convolution's groups)
+        n_keep = max(1, n - int(round(n * rng.uniform(low, high))))
+        units = rng.choice(n, n_keep, replace=False)
+        keep[g.id] = sorted(int(u) * g.unit + r for u in units for r in range(g.unit))
     return keep
 
 

@@ -60,17 +60,21 @@ def uniform_keep(
     Args:
         graph: the model's channel graph.
         fraction, alignment, rounding: as :func:`uniform_keep_count`.
-        scores: group id to per-channel scores; the highest-scoring channels are kept.
-            Without, the first channels are kept (what latency depends on is the count).
+        scores: group id to per-channel scores; the highest-scoring channels are kept
+            (whole units of a group coupled through grouped convolutions, by their
+            summed score). Without, the first channels are kept (what latency depends
+            on is the count). Counts are multiples of ``lcm(alignment, group.unit)``.
     """
     keep = {}
     for g in graph.prunable:
-        k = uniform_keep_count(g.size, fraction, alignment, rounding)
+        # Whole units (a grouped convolution's groups): counts are multiples of both.
+        k = uniform_keep_count(g.size, fraction, math.lcm(alignment, g.unit), rounding)
         if scores is None:
             keep[g.id] = list(range(k))
         else:
-            order = np.argsort(-np.asarray(scores[g.id], dtype=float), kind="stable")
-            keep[g.id] = sorted(order[:k].tolist())
+            per_unit = np.asarray(scores[g.id], dtype=float).reshape(-1, g.unit).sum(1)
+            units = np.argsort(-per_unit, kind="stable")[: k // g.unit]
+            keep[g.id] = sorted(int(u) * g.unit + r for u in units for r in range(g.unit))
     return keep
 
 

@@ -251,6 +251,15 @@ def _choices(
         order = live[np.argsort(-score[live], kind="stable")]
         n = live.size
         b = _bundle_for(table, bundle, gid)
+        unit = getattr(group, "unit", 1)
+        if unit > 1:
+            # Whole units only (a grouped convolution's groups): units ranked by their
+            # summed score, bundles of whole units.
+            units = np.unique(live // unit)
+            unit_score = np.array([score[u * unit : (u + 1) * unit].sum() for u in units])
+            ranked = units[np.argsort(-unit_score, kind="stable")]
+            order = (ranked[:, None] * unit + np.arange(unit)).reshape(-1)
+            b = math.lcm(b, unit)
         # Counts are whole bundles, rounded up from the minimum, or every alive channel.
         least = min(n, -(-_min_for(min_channels, gid, b) // b) * b)
         counts = [c for c in range(b, n, b) if c >= least]

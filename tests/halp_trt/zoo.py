@@ -252,6 +252,137 @@ class ChannelShuffle(nn.Module):
         return self.fc(self.b(x).mean((2, 3)))
 
 
+class TinyRegNetY(nn.Module):
+    """RegNetY-style blocks: 1x1, grouped 3x3 (group width 8), squeeze-excitation, 1x1,
+    residual; the second stage widens through a projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16, s=2)
+        self.b1 = _YBlock(16, 32, 2)
+        self.b2 = _YBlock(32, 32, 1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.b2(self.b1(self.stem(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class _YBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, group_width: int = 8) -> None:
+        super().__init__()
+        self.a = conv_bn(cin, cout, k=1)
+        self.b = conv_bn(cout, cout, k=3, s=stride, groups=cout // group_width)
+        self.se = SqueezeExcite(cout)
+        self.c = nn.Sequential(nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.proj = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        return F.relu(self.proj(x) + self.c(self.se(self.b(self.a(x)))))
+
+
+class GroupedChain(nn.Module):
+    """Two grouped convolutions in a row with 4 and 2 groups: units of 2 convolution
+    groups of the first and one of the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = conv_bn(3, 32)
+        self.g1 = conv_bn(32, 32, groups=4)
+        self.g2 = conv_bn(32, 32, groups=2)
+        self.c = conv_bn(32, 16, k=1)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(self.c(self.g2(self.g1(self.a(x)))).mean((2, 3)))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (as torchvision's ConvNeXt has)."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7, permute to channels-last, LayerNorm over channels, Linear 4x,
+    GELU, Linear, permute back, layer scale (a bare parameter), residual add."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pw1 = nn.Linear(dim, 4 * dim)
+        self.pw2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.rand(dim, 1, 1) + 0.5)
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(F.gelu(self.pw1(self.norm(y)))).permute(0, 3, 1, 2)
+        return x + self.gamma * y
+
+
+class TinyConvNeXt(nn.Module):
+    """Patchify stem + LayerNorm2d, a ConvNeXt block, LayerNorm2d + 2x2 downsampling,
+    another block, global pool, LayerNorm2d, linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, 4), LayerNorm2d(16, eps=1e-6))
+        self.stage1 = ConvNeXtBlock(16)
+        self.down = nn.Sequential(LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 24, 2, 2))
+        self.stage2 = ConvNeXtBlock(24)
+        self.head_norm = LayerNorm2d(24, eps=1e-6)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        x = self.head_norm(F.adaptive_avg_pool2d(x, 1))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _shuffle(x, groups: int = 2):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 basic unit: split the channels, transform one half, concatenate,
+    channel shuffle."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        half = c // 2
+        self.branch = nn.Sequential(
+            conv_bn(half, half, k=1),
+            nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False),
+            nn.BatchNorm2d(half),
+            conv_bn(half, half, k=1),
+        )
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        return _shuffle(torch.cat([x1, self.branch(x2)], 1))
+
+
+class TinyShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 32, s=2)
+        self.units = nn.Sequential(ShuffleUnit(32), ShuffleUnit(32))
+        self.head = conv_bn(32, 48, k=1)
+        self.fc = nn.Linear(48, 4)
+
+    def forward(self, x):
+        return self.fc(self.head(self.units(self.stem(x))).mean((2, 3)))
+
+
 ZOO = {
     "cifar_resnet20": (lambda: resnet20(), (2, 3, 32, 32)),
     "bottleneck": (TinyBottleneckResNet, (2, 3, 16, 16)),
@@ -266,6 +397,10 @@ ZOO = {
     "unet": (TinyUNet, (2, 3, 16, 16)),
     "channel_mean_gate": (ChannelMeanGate, (2, 3, 16, 16)),
     "channel_shuffle": (ChannelShuffle, (2, 3, 16, 16)),
+    "regnet_y": (TinyRegNetY, (2, 3, 16, 16)),
+    "grouped_chain": (GroupedChain, (2, 3, 8, 8)),
+    "convnext": (TinyConvNeXt, (2, 3, 32, 32)),
+    "shufflenet": (TinyShuffleNet, (2, 3, 16, 16)),
     # Batch of one, biases and no BatchNorm: a tracer that unpacks the batch axis would
     # see an unbatched input here.
     "plain_convs_batch1": (
@@ -285,7 +420,7 @@ ZOO = {
 MIXING = {
     "channel_flip": "op Flip",
     "channel_mean_gate": "op Mean",
-    "channel_shuffle": "op Transpose",
+    "channel_shuffle": "splits or merges the channel dimension",
     "csp": "could not be verified",
 }
 
@@ -299,6 +434,9 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
         if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics make the check bite
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        if isinstance(m, nn.LayerNorm):
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
     return model.eval(), torch.randn(*shape)

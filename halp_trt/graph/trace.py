@@ -1,0 +1,219 @@
+"""One traced forward pass: Torch-Pruning's dependency graph plus the facts the channel
+graph checks it against.
+
+The pass records, besides Torch-Pruning's autograd trace, the conv/linear signatures
+(:func:`lut_builder.signatures.recording_layers`), the input and output of every
+LayerNorm (to find the axis it normalises over), the autograd nodes a Linear layer on a
+channels-last tensor is made of (its view, matrix product, weight transpose, view back)
+or a channels-first LayerNorm is made of (permute, layer norm, permute back): part of
+the layer, not ops on the channel path and the output shape of every op (to
+tell a flatten from a reshape that splits or merges the channel dimension).
+
+Torch-Pruning maps indices through any view or reshape as if it were a flatten; on a
+reshape that splits the channel dimension (ShuffleNet's channel shuffle) that mapping is
+meaningless and can divide by zero. :class:`_Tracer` hands such reshapes to
+Torch-Pruning as plain element-wise nodes (identity index map) and lists them; the
+channel graph freezes every group that reaches one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from lut_builder.signatures import LayerInfo, recording_layers
+
+from .norms import norm_masks_suspended
+
+
+@dataclass
+class TraceFacts:
+    """What the traced pass saw besides Torch-Pruning's graph."""
+
+    layers: dict[str, LayerInfo] = field(default_factory=dict)
+    #: LayerNorm module -> (input, output) of its first call.
+    norm_io: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: autograd nodes inside an nn.Linear or nn.LayerNorm call (not its output node).
+    layer_internal: set[Any] = field(default_factory=set)
+    #: autograd node -> output shape, for every op that ran under the recorder.
+    out_shape: dict[Any, tuple[int, ...]] = field(default_factory=dict)
+    #: reshape nodes Torch-Pruning must not map, module -> a description.
+    channel_reshapes: dict[Any, str] = field(default_factory=dict)
+
+
+class _ShapeRecorder(TorchFunctionMode):
+    def __init__(self, facts: TraceFacts) -> None:
+        super().__init__()
+        self.facts = facts
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.is_tensor(out) and out.grad_fn is not None:
+            self.facts.out_shape.setdefault(out.grad_fn, tuple(out.shape))
+        return out
+
+
+def _internal_hooks(model: nn.Module, facts: TraceFacts) -> list[Any]:
+    """Collect the autograd nodes inside every Linear and LayerNorm call."""
+    entry: dict[nn.Module, Any] = {}
+
+    def pre(module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        entry[module] = x.grad_fn if torch.is_tensor(x) else None
+
+    def post(module: nn.Module, args: tuple, out: Any) -> None:
+        if not torch.is_tensor(out) or out.grad_fn is None:
+            return
+        stop = entry.get(module)
+        stack = [f for f, _ in out.grad_fn.next_functions if f is not None]
+        while stack:
+            fn = stack.pop()
+            if fn is stop or fn in facts.layer_internal or not hasattr(fn, "next_functions"):
+                continue
+            if type(fn).__name__ == "AccumulateGrad":
+                continue
+            facts.layer_internal.add(fn)
+            stack.extend(f for f, _ in fn.next_functions if f is not None)
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.LayerNorm)):
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+    return handles
+
+
+def _norm_hooks(model: nn.Module, facts: TraceFacts) -> list[Any]:
+    def post(module: nn.Module, args: tuple, out: Any) -> None:
+        fresh = module not in facts.norm_io and args
+        if fresh and torch.is_tensor(args[0]) and torch.is_tensor(out):
+            facts.norm_io[module] = (args[0].detach().clone(), out.detach().clone())
+
+    return [m.register_forward_hook(post) for m in model.modules() if isinstance(m, nn.LayerNorm)]
+
+
+def reshape_problem(in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> str:
+    """Why a reshape from ``in_shape`` to ``out_shape`` does not keep channels whole
+    ("" when it does: same shape, a flatten of everything after dim 1, or its inverse)."""
+    if in_shape is None or out_shape is None:
+        return "a reshape of unknown shape"
+    a, b = tuple(in_shape), tuple(out_shape)
+    if a == b:
+        return ""
+    if len(a) >= 2 and len(b) >= 2 and a[0] == b[0]:
+        # flatten: (N, C, *rest) -> (N, C * prod(rest)); unflatten is the reverse.
+        if len(b) == 2 and b[1] == math.prod(a[1:]):
+            return ""
+        if len(a) == 2 and a[1] == math.prod(b[1:]):
+            return ""
+        # (N, C, H, W) <-> (N, C, H*W): only the spatial dimensions change.
+        if a[:2] == b[:2] and math.prod(a[2:]) == math.prod(b[2:]):
+            return ""
+    return f"a reshape {a} -> {b} splits or merges the channel dimension"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread (restored after).
+
+    The trace and the removal check run the model on one small example input: on a busy
+    machine, a second intra-op thread that waits for a core costs far more than it
+    gains (convnext_base at 64x64: 2.8 s per forward pass with 2 threads, 0.2 s with 1,
+    on the 2-core development machine shared with other jobs).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_SWAP_LOCK = threading.RLock()
+
+
+def _skip_for(graph: Any, real: Any) -> Any:
+    def update(g: Any) -> None:
+        if g is not graph:
+            real(g)
+
+    return update
+
+
+def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
+    """Build Torch-Pruning's dependency graph of ``model`` with one forward pass.
+
+    Returns:
+        ``(dependency graph, facts)``. Raises whatever the trace raises.
+    """
+    import torch_pruning as tp
+
+    facts = TraceFacts()
+
+    class _Tracer(tp.DependencyGraph):
+        #: True while the graph's shapes are those of the trace: the index maps that
+        #: build_dependency computed are current.
+        mapping_current = False
+
+        def get_pruning_group(self, module: Any, pruning_fn: Any, idxs: Any) -> Any:
+            if not self.mapping_current:
+                return super().get_pruning_group(module, pruning_fn, idxs)
+            # Torch-Pruning recomputes every index map of the graph on each call (O(nodes)
+            # per group, quadratic on DenseNet's concatenations); while nothing has been
+            # pruned, the maps build_dependency computed are current. The hook is swapped
+            # for this call only, on this graph only.
+            mapping = tp.dependency.graph.index_mapping
+            with _SWAP_LOCK:
+                real = mapping.update_index_mapping
+                mapping.update_index_mapping = _skip_for(self, real)
+                try:
+                    return super().get_pruning_group(module, pruning_fn, idxs)
+                finally:
+                    mapping.update_index_mapping = real
+
+        def _trace(self, *args: Any, **kwargs: Any) -> dict:
+            module2node = super()._trace(*args, **kwargs)
+            for module, node in module2node.items():
+                if node.type != tp.ops.OPTYPE.RESHAPE or node.grad_fn in facts.layer_internal:
+                    continue
+                fn = node.grad_fn
+                shape = getattr(fn, "_saved_self_sym_sizes", None) or getattr(
+                    fn, "_saved_self_sizes", None
+                )
+                problem = reshape_problem(
+                    tuple(int(s) for s in shape) if shape is not None else None,
+                    facts.out_shape.get(fn),
+                )
+                if problem:
+                    # An identity index map instead of Torch-Pruning's flatten guess.
+                    node.type = tp.ops.OPTYPE.ELEMENTWISE
+                    facts.channel_reshapes[module] = problem
+            return module2node
+
+    def forward(m: nn.Module, xs: tuple) -> Any:
+        handles = _internal_hooks(m, facts) + _norm_hooks(m, facts)
+        try:
+            with recording_layers(m) as found, _ShapeRecorder(facts):
+                out = m(*xs)
+        finally:
+            for h in handles:
+                h.remove()
+        facts.layers = dict(found)
+        return out
+
+    with warnings.catch_warnings(), torch.enable_grad(), norm_masks_suspended(), one_thread():
+        warnings.simplefilter("ignore")
+        dg = _Tracer().build_dependency(
+            model, example_inputs=inputs, forward_fn=forward, verbose=False
+        )
+    dg.mapping_current = True  # until the caller prunes: see _Tracer.get_pruning_group
+    return dg, facts
