@@ -295,3 +295,16 @@ def test_an_int8_table_is_built_and_calibrated_on_int8_models(tmp_path):
     with LatencyTable.open(tmp_path / "t.db") as table:
         assert table.fingerprint["precision"] == "int8" and table.alignment == 16
         assert table.threads == 1
+
+
+def test_an_int8_table_is_normalised_by_an_int8_reference():
+    from lut_builder.backends.base import make_reference
+    from lut_builder.backends.onnxruntime.measurer import reference_kind
+
+    kind = get_backend("onnxruntime", precision="int8", alignment=16).reference_kind
+    assert kind == reference_kind(1, "int8") != reference_kind(1)
+    assert "int8" in kind
+    make_reference(kind)()  # runs
+    make_reference(reference_kind(2))()
+    with pytest.raises(UserError, match="unknown onnxruntime reference"):
+        make_reference("onnxruntime/int8-conv3x3-16x16-64-64/threads=1")
