@@ -222,8 +222,48 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
     return knob, model, ratio, history, priced
 
 
+def train_halp(dense, data, config, x, table, target, importance, schedule, steps):
+    """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
+    spread over the first half of ``config.epochs`` fine-tuning epochs, importance
+    ``importance``, the plan solved on ``table`` for ``target``.
+
+    Returns ``(pruned model, plan, facts)``.
+    """
+    from halp_trt.prune import Pruner
+    from halp_trt.train import Trainer
+
+    model = copy.deepcopy(dense)
+    trainer = Trainer(model, data, config)
+    per_epoch = trainer.iterations_per_epoch
+    steps = 1 if schedule == "oneshot" else steps
+    interval = 1 if schedule == "oneshot" else max(1, per_epoch * config.epochs // 2 // steps)
+    pruner = Pruner(
+        model, x, table, target, importance=importance, steps=steps, interval=interval,
+        schedule=schedule,
+    )  # fmt: skip
+    trainer.pruner = pruner
+    result = trainer.fit()
+    slim, plan = pruner.finalize()
+    return (
+        slim,
+        plan,
+        {
+            "target_ms": plan.target_ms,
+            "plan_predicted_ms": plan.predicted_ms,
+            "base_predicted_ms": plan.base_ms,
+            "interval": interval,
+            "steps": steps,
+            "pruning_overhead": result.pruning_overhead,
+            "pruner_s": result.pruner_s,
+            "pruning_iterations_s": result.pruning_iterations_s,
+            "timers_s": dict(pruner.timers),
+            "kept": {str(g): len(k) for g, k in plan.keep.items()},
+        },
+    )
+
+
 def run_seed(seed: int, args, data, table, x, log) -> dict[str, Any]:
-    from halp_trt.prune import Pruner, network_latency
+    from halp_trt.prune import network_latency
     from halp_trt.train import TrainConfig, Trainer, evaluate
     from lut_builder.signatures import model_layers
 
@@ -261,35 +301,12 @@ def run_seed(seed: int, args, data, table, x, log) -> dict[str, Any]:
         ("halp-sp-lamp", "sp-lamp", "oneshot"),
     ):
         t0 = time.perf_counter()
-        model = copy.deepcopy(dense)
-        trainer = Trainer(model, data, config(args.epochs))
-        per_epoch = trainer.iterations_per_epoch
-        steps = 1 if schedule == "oneshot" else args.steps
-        interval = 1 if schedule == "oneshot" else max(1, per_epoch * args.epochs // 2 // steps)
-        pruner = Pruner(
-            model, x, table, args.target, importance=importance, steps=steps,
-            interval=interval, schedule=schedule,
+        slim, plan, extra = train_halp(
+            dense, data, config(args.epochs), x, table, args.target, importance, schedule,
+            args.steps,
         )  # fmt: skip
-        trainer.pruner = pruner
-        result = trainer.fit()
-        slim, plan = pruner.finalize()
         models[name] = slim
-        out[name] = facts(
-            slim,
-            t0,
-            {
-                "target_ms": plan.target_ms,
-                "plan_predicted_ms": plan.predicted_ms,
-                "base_predicted_ms": plan.base_ms,
-                "interval": interval,
-                "steps": steps,
-                "pruning_overhead": result.pruning_overhead,
-                "pruner_s": result.pruner_s,
-                "pruning_iterations_s": result.pruning_iterations_s,
-                "timers_s": dict(pruner.timers),
-                "kept": {str(g): len(k) for g, k in plan.keep.items()},
-            },
-        )
+        out[name] = facts(slim, t0, extra)
         log(
             f"seed {seed}: {name} val acc {out[name]['val_acc']:.4f}, predicted "
             f"{plan.predicted_ms:.4f} ms (target {plan.target_ms:.4f})"

@@ -1,0 +1,691 @@
+"""Accuracy against measured latency: halp-trt beside the pruning tools users already have.
+
+For each seed a dense model is trained (``--pretrain-epochs``); every method starts from
+it, and for each target (``--targets 0.7x,0.5x,0.3x``) prunes it and fine-tunes for the
+same ``--epochs`` (HALP's pruning-while-training included; a search or one-shot pruning
+comes before those epochs):
+
+- ``halp-taylor``: HALP's loop (Taylor importance, exponential schedule, ``--steps``
+  steps over the first half of the epochs) on the measured table (ONNX Runtime CPU, one
+  thread): the product;
+- ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
+  grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
+  cost, the measured table's channel alignment): what measuring is worth;
+- ``halp-sp-lamp``: SP-LAMP scores, one-shot knapsack on the measured table;
+- ``tp-l2``, ``tp-taylor``: Torch-Pruning global pruning (group L2 magnitude, group
+  Taylor on a few training batches), ``round_to`` = the table's channel alignment;
+- ``modelopt-fastnas``: NVIDIA ModelOpt FastNAS under a FLOPs constraint (the target
+  fraction of the dense FLOPs), channel divisor = the table's alignment; a bench-only
+  extra (``pip install .[bench]``): recorded as failed, with its error, where it is not
+  installed or fails;
+- ``uniform``: every prunable group at one fraction of its width (largest L2 norms),
+  rounded to the alignment.
+
+The knob-driven methods (``tp-*``, ``uniform``) are brought to the measured latency of
+the ``halp-taylor`` model (``match_latency`` of bench/prune_quality.py: grid priced on
+the table, then timed against the reference and tightened), and run once more one
+alignment step wider (``tp-l2+``...), so the halp-trt model's latency lies between the
+two. Where ``halp-taylor`` is not run or failed, the reference is the measured table's
+plan for the target (L2 scores, untrained).
+
+All models of one seed and target are timed round-robin with the dense one in one run
+(ONNX Runtime CPU, one intra-op thread, under the bench lock). Accuracy at equal
+latency: each method's accuracy at ``halp-taylor``'s measured latency ratio, interpolated
+linearly along that method's own points of the same seed (its runs at every target and
+its ``+`` run), marked ``bracketed`` when they lie on both sides.
+
+Bad input (unknown method, a target at or above 1x, a data spec the model cannot take,
+an output that cannot be written) stops it with one line and exit code 2 before any
+training. A method that fails on one seed is recorded as failed with its error and the
+bench goes on. The JSON and the plot are rewritten after every seed and target.
+
+Run under the benchmark lock (it also takes the lock itself around every timing)::
+
+    .venv/bin/python bench/pareto.py --model halp_trt.models:mobilenetv2_cifar \\
+        --data digits --input-shape 8,3,16,16 --targets 0.5x --seeds 0 \\
+        --out bench/results/pareto_mobilenetv2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import prune_quality  # noqa: E402
+from prune_quality import (  # noqa: E402
+    build_or_open_table,
+    match_latency,
+    measure_interleaved,
+    train_halp,
+    uniform_prune,
+)
+
+METHODS = (
+    "halp-taylor",
+    "halp-taylor-macs",
+    "halp-sp-lamp",
+    "tp-l2",
+    "tp-taylor",
+    "modelopt-fastnas",
+    "uniform",
+)
+#: Methods pruned by a knob brought to the reference's measured latency, run twice.
+KNOB_METHODS = ("tp-l2", "tp-taylor", "uniform")
+
+
+class BenchError(Exception):
+    """Bad input: reported in one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def output_layers(model: nn.Module, classes: int) -> list[nn.Module]:
+    """The classifier layers (never pruned): linear layers with ``classes`` outputs."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+
+
+def tp_global(dense, x, ratio, *, align, classes, criterion, grads=None) -> nn.Module:
+    """Torch-Pruning's global pruning of ``ratio`` of the channels, widths rounded to
+    multiples of ``align`` (``round_to``). ``criterion``: ``l2`` (group L2 magnitude)
+    or ``taylor`` (group Taylor, from ``grads``: parameter name -> gradient)."""
+    import warnings
+
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense).eval()
+    if criterion == "taylor":
+        for name, p in model.named_parameters():
+            p.grad = grads[name].clone() if name in grads else None
+        importance = tp.importance.GroupTaylorImportance()
+    else:
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=importance,
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=output_layers(model, classes),
+            round_to=align,
+        )
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def taylor_grads(dense, data, batch_size: int, batches: int = 8) -> dict[str, torch.Tensor]:
+    """Loss gradients of ``dense`` summed over ``batches`` training batches (train
+    mode), for Torch-Pruning's Taylor importance."""
+    from torch.utils.data import DataLoader
+
+    model = copy.deepcopy(dense).train()
+    model.zero_grad(set_to_none=True)
+    gen = torch.Generator().manual_seed(0)
+    loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=gen)
+    for i, (xb, yb) in enumerate(loader):
+        if i == batches:
+            break
+        nn.functional.cross_entropy(model(xb), yb).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def fastnas(dense, data, x, fraction, align, batch_size, workdir: Path) -> nn.Module:
+    """ModelOpt FastNAS under a FLOPs constraint of ``fraction`` of the dense model's,
+    every conv and linear width a multiple of ``align``; validation accuracy scores the
+    sampled subnets."""
+    import modelopt.torch.opt as mto
+    import modelopt.torch.prune as mtp
+    from torch.utils.data import DataLoader, Subset
+
+    from halp_trt.train import evaluate
+
+    model = copy.deepcopy(dense)
+    # Ten widths per layer (FastNAS's default has twenty) and half the validation set as
+    # its score: its sensitivity search scores every choice of every layer.
+    ratios = [round(0.1 * i, 1) for i in range(1, 11)]
+    mode_cfg = {
+        "nn.Conv2d": {"*": {"channels_ratio": ratios, "channel_divisor": align}},
+        "nn.Linear": {"*": {"features_ratio": ratios, "feature_divisor": align}},
+        "nn.BatchNorm2d": {"*": {"features_ratio": ratios, "feature_divisor": align}},
+    }
+    loader = DataLoader(data.train, batch_size=batch_size, shuffle=True)
+    score_set = Subset(data.val, range(0, len(data.val), 2))
+    model, _ = mtp.prune(
+        model,
+        mode=[("fastnas", mode_cfg)],
+        constraints={"flops": f"{fraction * 100:.1f}%"},
+        dummy_input=x,
+        config={
+            "data_loader": loader,
+            "score_func": lambda m: evaluate(m, score_set)[1],
+            "max_iter_data_loader": 10,
+            "checkpoint": str(workdir / "fastnas_search.pth"),
+            "verbose": False,
+        },
+    )
+    plain = mto.export(model) if hasattr(mto, "export") else model
+    return plain
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def curve_at(points: list[tuple[float, float]], r: float) -> tuple[float, bool]:
+    """Accuracy at latency ratio ``r`` on the piecewise-linear curve through ``points``
+    ((ratio, accuracy); the nearest point outside their range). Returns (accuracy,
+    whether ``r`` lies within the points' range)."""
+    pts = sorted(points)
+    if len(pts) == 1 or r <= pts[0][0] or r >= pts[-1][0]:
+        inside = pts[0][0] <= r <= pts[-1][0]
+        near = min(pts, key=lambda p: abs(p[0] - r))
+        return near[1], inside and len(pts) > 1
+    for (r1, a1), (r2, a2) in zip(pts, pts[1:]):
+        if r1 <= r <= r2:
+            return (a1 if r2 == r1 else a1 + (a2 - a1) * (r - r1) / (r2 - r1)), True
+    raise AssertionError("unreachable")
+
+
+def summarise(runs: list[dict], methods: list[str], targets: list[str]) -> dict[str, Any]:
+    """Per target and method: accuracy, measured ratio and time over the seeds that ran;
+    accuracy at ``halp-taylor``'s measured latency (per seed, interpolated)."""
+    ok = [r for r in runs if r["status"] == "ok" and "measured_ratio" in r]
+    out: dict[str, Any] = {"by_target": {}, "equal_latency": {}}
+    for t in targets:
+        by_method = {}
+        for m in methods:
+            rs = [r for r in ok if r["target"] == t and r["method"] == m]
+            failed = [
+                r for r in runs if r["target"] == t and r["method"] == m and r["status"] != "ok"
+            ]
+            if not rs:
+                by_method[m] = {"n": 0, "failed": len(failed)}
+                continue
+            acc = [r["val_acc"] for r in rs]
+            ratio = [r["measured_ratio"] for r in rs]
+            secs = [r["method_s"] for r in rs]
+            by_method[m] = {
+                "n": len(rs),
+                "failed": len(failed),
+                "val_acc_mean": statistics.fmean(acc),
+                "val_acc_std": statistics.pstdev(acc),
+                "measured_ratio_mean": statistics.fmean(ratio),
+                "measured_ratio_std": statistics.pstdev(ratio),
+                "ratio_over_target": [r["measured_ratio"] / r["target_fraction"] for r in rs],
+                "method_s_mean": statistics.fmean(secs),
+            }
+        out["by_target"][t] = by_method
+        eq: dict[str, Any] = {}
+        refs = [r for r in ok if r["target"] == t and r["method"] == "halp-taylor"]
+        for m in methods:
+            if m == "halp-taylor":
+                continue
+            diffs, bracketed, seeds = [], [], []
+            for ref in refs:
+                pts = [
+                    (r["measured_ratio"], r["val_acc"])
+                    for r in ok
+                    if r["seed"] == ref["seed"] and r["method"] in (m, f"{m}+")
+                ]
+                if not pts:
+                    continue
+                acc, inside = curve_at(pts, ref["measured_ratio"])
+                diffs.append(ref["val_acc"] - acc)
+                bracketed.append(inside)
+                seeds.append(ref["seed"])
+            if diffs:
+                eq[m] = {
+                    "halp_minus_method_mean": statistics.fmean(diffs),
+                    "per_seed": diffs,
+                    "seeds": seeds,
+                    "bracketed": bracketed,
+                }
+        out["equal_latency"][t] = eq
+    return out
+
+
+def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
+    """Accuracy against measured latency ratio, one line per method (mean over seeds,
+    error bars: standard deviation over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lut_builder.fileio import atomic_output
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in methods:
+        pts = []
+        for t in sorted({r["target"] for r in runs}):
+            rs = [
+                r
+                for r in runs
+                if r["method"] == m and r["target"] == t and r["status"] == "ok"
+                and "measured_ratio" in r
+            ]  # fmt: skip
+            if rs:
+                ratio = [r["measured_ratio"] for r in rs]
+                acc = [r["val_acc"] for r in rs]
+                pts.append((np.mean(ratio), np.mean(acc), np.std(ratio), np.std(acc)))
+        if pts:
+            pts.sort()
+            xs, ys, xe, ye = zip(*pts)
+            ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, label=m)
+    ax.set_xlabel("measured latency / dense (ONNX Runtime CPU, 1 thread)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line, exit code 2
+            print(f"pareto.py: error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+
+    p = Parser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model spec (halp_trt.models:NAME,...)")
+    p.add_argument("--data", default="digits", help="data spec: digits, npz:PATH, ...")
+    p.add_argument("--input-shape", required=True, help="N,C,H,W of the latency input")
+    p.add_argument("--targets", default="0.7x,0.5x,0.3x")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3, help="epochs after the dense model, all")
+    p.add_argument("--steps", type=int, default=5, help="HALP pruning steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--step", type=int, default=None, help="table grid step (alignment)")
+    p.add_argument("--table", default=None, help="measured table file (built if missing)")
+    p.add_argument(
+        "--table-backend",
+        choices=("onnxruntime", "macs"),
+        default="onnxruntime",
+        help="the table halp-trt solves on: measured (ONNX Runtime CPU, one thread) or, "
+        "for dry runs and tests, the MACs table (timing stays on ONNX Runtime)",
+    )
+    p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument("--out", default=str(ROOT / "bench/results/pareto.json"))
+    p.add_argument("--lock", default=prune_quality.LOCK, help="lock file held around every timing")
+    return p.parse_args(argv)
+
+
+def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that can be checked before any table, training or output file.
+
+    Raises:
+        BenchError, UserError (and its subclasses): bad input.
+    """
+    from halp_trt.prune.schedule import target_fraction
+    from halp_trt.specs import example_input, load_model
+    from halp_trt.train import load_data
+    from halp_trt.train.prune_job import classes_of
+    from lut_builder.fileio import check_output
+    from lut_builder.specs import parse_shape
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise BenchError(
+            f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}"
+        )
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    fractions = {}
+    for t in targets:
+        f = target_fraction(t)
+        if f is None or not 0 < f < 1:
+            raise BenchError(f"target {t!r} must be a fraction below 1x, like 0.5x")
+        fractions[t] = f
+    if not targets:
+        raise BenchError("--targets is empty")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"--seeds must be integers like 0,1,2, not {args.seeds!r}") from None
+    if not seeds:
+        raise BenchError("--seeds is empty")
+    for name in ("epochs", "pretrain_epochs", "steps", "batch_size", "rounds", "threads"):
+        least = 0 if name == "pretrain_epochs" else 1
+        if getattr(args, name) < least:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least {least}")
+    out = check_output(args.out, flag="--out", parents=True)
+    if out.suffix != ".json":
+        raise BenchError(f"--out {args.out} must end in .json (the plot goes beside it)")
+    check_output(out.with_suffix(".png"), flag="--out (its .png)", parents=True)
+    shape = parse_shape(args.input_shape)
+    if len(shape) != 4:
+        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
+    model = load_model(args.model)
+    x = example_input(model, shape)
+    data = load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+    classes = classes_of(model, x)
+    if data.num_classes > classes:
+        raise BenchError(
+            f"--data {args.data} has {data.num_classes} classes but {args.model} outputs "
+            f"{classes} logits"
+        )
+    return {
+        "methods": methods,
+        "targets": targets,
+        "fractions": fractions,
+        "seeds": seeds,
+        "shape": shape,
+        "data": data,
+        "classes": classes,
+        "out": out,
+    }
+
+
+def macs_table(path: Path, model: nn.Module, x: torch.Tensor, step: int, align: int):
+    """A table on the measured one's grid whose costs are MACs (analytic backend,
+    compute-bound: 1 GMAC/s, unlimited bandwidth, no launch cost; counts rounded up to
+    ``align``); no calibration, so a plan's cost is its layers' MAC sum."""
+    from lut_builder import LatencyTable
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+
+    if not path.exists():
+        backend = get_backend(
+            "analytic", alignment=align, peak_gmacs=1.0, bandwidth_gbs=1e12, launch_us=0.0
+        )
+        build_table(path, model, x, backend, step=step, calibration="none")
+        backend.close()
+    return LatencyTable.open(path)
+
+
+def plan_reference(dense, x, table, fraction) -> nn.Module:
+    """The measured table's plan for ``fraction`` (L2 scores, one solve), untrained: the
+    latency the knob methods are matched to when no ``halp-taylor`` model is there."""
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import get_importance
+    from halp_trt.solver import solve_budget
+    from lut_builder import predict_latency
+
+    model = copy.deepcopy(dense).eval()
+    graph = ChannelGraph(model, x)
+    scores = get_importance("l2")(graph).scores()
+    full = predict_latency(table, [(i.signature, i.c_in, i.c_out) for i in graph.layers.values()])
+    plan = solve_budget(graph, table, scores, fraction * full)
+    return graph.remove(plan.keep)
+
+
+def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
+    """Every method at one seed and target; the models timed with the dense one."""
+    from halp_trt.train import TrainConfig, Trainer, evaluate
+
+    args, x, table, align = ctx["args"], ctx["x"], ctx["table"], ctx["table"].alignment
+    data, fraction = ctx["data"], ctx["fractions"][target]
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
+    )
+    runs: list[dict] = []
+    models: dict[str, nn.Module] = {"dense": dense}
+
+    def record(method: str, fn: Callable[[], tuple[nn.Module, dict]]) -> None:
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"seed": seed, "target": target, "target_fraction": fraction}
+        row["method"] = method
+        try:
+            torch.manual_seed(seed)
+            model, extra = fn()
+            model = model.cpu().eval()
+            row.update(extra)
+            row["val_acc"] = evaluate(model, data.val)[1]
+            row["params"] = sum(p.numel() for p in model.parameters())
+            row["predicted_ratio"] = ctx["predict"](model) / ctx["predict"](dense)
+            row["status"] = "ok"
+            models[method] = model
+        except Exception as exc:  # one method failing does not stop the bench
+            row["status"] = "failed"
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            row["traceback"] = traceback.format_exc(limit=6)
+        row["method_s"] = time.perf_counter() - t0
+        runs.append(row)
+        log(
+            f"seed {seed} {target} {method}: {row['status']}"
+            + (f", val acc {row['val_acc']:.4f}" if row["status"] == "ok" else f" ({row['error']})")
+            + f", {row['method_s']:.0f} s"
+        )
+
+    def halp(importance, schedule, tbl):
+        def fn():
+            slim, plan, extra = train_halp(
+                dense, data, config, x, tbl, target, importance, schedule, args.steps
+            )
+            return slim, {k: v for k, v in extra.items() if k != "kept"}
+
+        return fn
+
+    def finetuned(model: nn.Module, extra: dict, t_prune: float) -> tuple[nn.Module, dict]:
+        t0 = time.perf_counter()
+        Trainer(model, data, config).fit()
+        return model, {**extra, "prune_s": t_prune, "finetune_s": time.perf_counter() - t0}
+
+    halp_methods = {
+        "halp-taylor": ("taylor", "exp", table),
+        "halp-sp-lamp": ("sp-lamp", "oneshot", table),
+        "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
+    }
+    for method in [m for m in ctx["methods"] if m in halp_methods]:
+        record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
+
+    reference, no_reference = models.get("halp-taylor"), None
+    if reference is None and any(m in KNOB_METHODS for m in ctx["methods"]):
+        try:
+            reference = plan_reference(dense, x, table, fraction)
+        except Exception as exc:  # e.g. a target below the table's reach
+            no_reference = exc
+    grads = None
+    for method in [m for m in ctx["methods"] if m in KNOB_METHODS]:
+        if method == "uniform":
+            make, knobs = (lambda f: uniform_prune(dense, x, f, align)), np.arange(1, 50) / 50
+        else:
+            crit = method.split("-")[1]
+            if crit == "taylor" and grads is None:
+                grads = taylor_grads(dense, data, args.batch_size)
+            make = functools.partial(
+                tp_global, dense, x, align=align, classes=ctx["classes"], criterion=crit,
+                grads=grads,
+            )  # fmt: skip
+            knobs = np.arange(0, 46) / 50
+        matched: dict[str, Any] = {}
+
+        def matched_fn(method=method, make=make, knobs=knobs, matched=matched):
+            if no_reference is not None:
+                raise RuntimeError(f"no latency to match: {no_reference}")
+            t0 = time.perf_counter()
+            knob, model, ratio, history, priced = match_latency(
+                make, ctx["predict"], reference, x, knobs
+            )
+            matched.update(knob=knob, priced=priced, ms=ctx["predict"](model))
+            extra = {"knob": float(knob), "matched_ratio": ratio, "matching": history}
+            return finetuned(model, extra, time.perf_counter() - t0)
+
+        record(method, METHOD_FUNCS.get(method) or matched_fn)
+        if "priced" in matched:
+            above = [c for c in matched["priced"] if c[0] > matched["ms"] * 1.001]
+            if above:
+                _, _, a_knob = min(above, key=lambda c: (c[0], -c[1]))
+
+                def wider(make=make, a_knob=a_knob):
+                    t0 = time.perf_counter()
+                    model = make(a_knob)
+                    return finetuned(model, {"knob": float(a_knob)}, time.perf_counter() - t0)
+
+                record(f"{method}+", wider)
+
+    if "modelopt-fastnas" in ctx["methods"]:
+
+        def fastnas_fn():
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                model = fastnas(dense, data, x, fraction, align, args.batch_size, Path(tmp))
+            return finetuned(model, {"flops_fraction": fraction}, time.perf_counter() - t0)
+
+        record("modelopt-fastnas", METHOD_FUNCS.get("modelopt-fastnas") or fastnas_fn)
+
+    if len(models) > 1:
+        timing = measure_interleaved(models, x, args.rounds)
+        for row in runs:
+            if row["method"] in timing:
+                row["measured_ratio"] = timing[row["method"]]["ratio_to_dense"]
+                row["measured_ms"] = timing[row["method"]]["median_ms"]
+        models_out[(seed, target)] = {"dense_ms": timing["dense"]["median_ms"]}
+    return runs
+
+
+#: Test hook: a method name -> a callable returning ``(model, extra facts)`` that
+#: replaces the method's own (the tests force a failure through it).
+METHOD_FUNCS: dict[str, Callable[[], tuple[nn.Module, dict]]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from halp_trt.errors import UserError
+    from lut_builder.errors import UserError as LutUserError
+
+    args = parse_args(argv)
+    try:
+        checked = check_inputs(args)
+    except (BenchError, UserError, LutUserError, ValueError) as exc:
+        print(f"pareto.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    from halp_trt.prune import network_latency
+    from halp_trt.specs import example_input, load_model
+    from halp_trt.train import TrainConfig, Trainer, evaluate
+    from lut_builder.backends import get_backend
+    from lut_builder.fileio import atomic_write_json
+    from lut_builder.signatures import model_layers
+
+    prune_quality.LOCK = args.lock
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)
+
+    shape, data, out = checked["shape"], checked["data"], checked["out"]
+    torch.manual_seed(0)
+    arch = load_model(args.model).eval()
+    x = example_input(arch, shape).cpu()
+    step = args.step or get_backend("onnxruntime").alignment
+    tag = "".join(c if c.isalnum() else "_" for c in args.model.split(":")[-1])
+    shape_tag = "x".join(map(str, shape))
+    result: dict[str, Any] = {"dense": {}, "runs": []}
+
+    def train_dense(seed: int) -> nn.Module:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        dense = load_model(args.model).train()
+        cfg = TrainConfig(
+            epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
+            device="cpu",
+        )  # fmt: skip
+        if args.pretrain_epochs:
+            Trainer(dense, data, cfg).fit()
+        dense = dense.cpu().eval()
+        acc = evaluate(dense, data.val)[1]
+        result["dense"][str(seed)] = {"val_acc": acc, "seconds": time.perf_counter() - t0}
+        log(f"seed {seed}: dense val acc {acc:.4f}")
+        return dense
+
+    # The first dense model is trained before the table (whose build waits for the bench
+    # lock): bad training settings cost no table.
+    denses = {checked["seeds"][0]: train_dense(checked["seeds"][0])}
+    kind = "" if args.table_backend == "onnxruntime" else "_macs"
+    table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{kind}.db")
+    log(f"measured table {table_path} ...")
+    if args.table_backend == "macs":
+        table = macs_table(table_path, arch, x, step, step)
+    else:
+        table = build_or_open_table(table_path, arch, x, step)
+    ctx: dict[str, Any] = {**checked, "args": args, "x": x, "table": table}
+    if "halp-taylor-macs" in checked["methods"]:
+        ctx["macs_table"] = macs_table(
+            table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, table.alignment
+        )
+
+    def predict(model: nn.Module) -> float:
+        layers = model_layers(model, x)
+        return network_latency(table, layers, {n: (i.c_in, i.c_out) for n, i in layers.items()})
+
+    ctx["predict"] = predict
+    all_methods = [
+        name for m in checked["methods"] for name in ((m, f"{m}+") if m in KNOB_METHODS else (m,))
+    ]
+    result |= {
+        "benchmark": "pareto",
+        "command": "python bench/pareto.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": args.model,
+        "data": data.describe(),
+        "input_shape": list(shape),
+        "targets": checked["targets"],
+        "seeds": checked["seeds"],
+        "methods": checked["methods"],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
+        "table": {
+            "backend": args.table_backend,
+            "threads": 1,
+            "fingerprint": table.fingerprint,
+            "alignment": table.alignment,
+            "step": table.step,
+            "overhead_ms": table.overhead_ms,
+        },
+        "timing": "ONNX Runtime CPU, one intra-op thread, interleaved with the dense model "
+        f"({args.rounds} rounds, thread clock); the machine was shared",
+        "host": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    timings: dict = {}
+    for seed in checked["seeds"]:
+        dense = denses.pop(seed, None) or train_dense(seed)
+        for target in checked["targets"]:
+            result["runs"] += run_target(ctx, seed, target, dense, timings, log)
+            result["dense"][str(seed)][f"measured_ms_{target}"] = timings.get(
+                (seed, target), {}
+            ).get("dense_ms")
+            result["summary"] = summarise(result["runs"], all_methods, checked["targets"])
+            result["seconds"] = time.perf_counter() - t_start
+            atomic_write_json(out, result, indent=1, default=float)
+            plot(
+                result["runs"],
+                checked["methods"],
+                out.with_suffix(".png"),
+                f"{args.model} on {args.data} {shape_tag}: accuracy vs measured latency",
+            )
+            log(f"wrote {out}")
+    table.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

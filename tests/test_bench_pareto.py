@@ -1,0 +1,100 @@
+"""bench/pareto.py: bad input stops it in one line before any work; a tiny end-to-end
+run writes the JSON and plot, and a method that fails is recorded and passed over."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_net(num_classes: int = 10) -> nn.Module:
+    """Two convolutions and a classifier: a table of a few points, seconds to train."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, num_classes),
+    )
+
+
+TINY = f"{__file__}:tiny_net"
+
+
+@pytest.fixture(scope="module")
+def pareto():
+    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_pareto"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_pareto", None)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "halp-taylor,magic"], "unknown method(s) magic"),
+        (["--targets", "0.5x,1x"], "target '1x' must be a fraction below 1x"),
+        (["--targets", "1.2x"], "target '1.2x' must be a fraction below 1x"),
+        (["--targets", "3ms"], "target '3ms' must be a fraction below 1x"),
+        (["--data", "npz:/nonexistent/data.npz"], "nonexistent"),
+        (["--model", TINY + ",num_classes=5"], "has 10 classes but"),
+        (["--input-shape", "2,1,8,8"], "does not accept an input"),
+        (["--seeds", "0,x"], "--seeds must be integers"),
+    ],
+)
+def test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message):
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(pareto, "build_or_open_table", no_work)
+    out = tmp_path / "sub" / "p.json"
+    argv = ["--model", TINY, "--input-shape", "2,3,8,8", "--out", str(out), *extra]
+    assert pareto.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "sub").exists()
+
+
+def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
+    def forced():
+        raise RuntimeError("forced failure")
+
+    monkeypatch.setitem(pareto.METHOD_FUNCS, "halp-taylor", forced)
+    out = tmp_path / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+        "--methods", "halp-taylor,uniform", "--epochs", "1", "--pretrain-epochs", "1",
+        "--step", "8", "--rounds", "5", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
+        "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    runs = {r["method"]: r for r in result["runs"]}
+    assert runs["halp-taylor"]["status"] == "failed"
+    assert "forced failure" in runs["halp-taylor"]["error"]
+    # halp-taylor failed: uniform is matched to the table's plan for 0.6x instead.
+    assert runs["uniform"]["status"] == "ok", runs["uniform"].get("error")
+    for name in ("uniform", "uniform+"):
+        if name not in runs:
+            continue
+        r = runs[name]
+        assert {"seed", "target", "val_acc", "measured_ratio", "method_s", "finetune_s"} <= set(r)
+        assert 0 < r["measured_ratio"] < 1.5 and 0 <= r["val_acc"] <= 1
+    assert result["summary"]["by_target"]["0.6x"]["uniform"]["n"] == 1
+    assert result["summary"]["by_target"]["0.6x"]["halp-taylor"] == {"n": 0, "failed": 1}
+    assert result["dense"]["0"]["val_acc"] > 0
+    assert result["table"]["backend"] == "macs"
