@@ -67,8 +67,11 @@ def uniform_keep(
     """
     keep = {}
     for g in graph.prunable:
-        # Whole units (a grouped convolution's groups): counts are multiples of both.
+        # Whole units (a grouped convolution's groups): counts are multiples of both,
+        # and at least two units (one group left would be a dense convolution).
         k = uniform_keep_count(g.size, fraction, math.lcm(alignment, g.unit), rounding)
+        if g.unit > 1:
+            k = max(k, min(g.size, 2 * g.unit))
         if scores is None:
             keep[g.id] = list(range(k))
         else:

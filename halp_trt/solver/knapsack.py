@@ -254,7 +254,8 @@ def _choices(
         unit = getattr(group, "unit", 1)
         if unit > 1:
             # Whole units only (a grouped convolution's groups): units ranked by their
-            # summed score, bundles of whole units.
+            # summed score, bundles of whole units, at least two units (one group left
+            # would be a dense convolution, a layer the table did not measure).
             units = np.unique(live // unit)
             unit_score = np.array([score[u * unit : (u + 1) * unit].sum() for u in units])
             ranked = units[np.argsort(-unit_score, kind="stable")]
@@ -262,6 +263,8 @@ def _choices(
             b = math.lcm(b, unit)
         # Counts are whole bundles, rounded up from the minimum, or every alive channel.
         least = min(n, -(-_min_for(min_channels, gid, b) // b) * b)
+        if unit > 1:
+            least = max(least, min(n, 2 * unit))
         counts = [c for c in range(b, n, b) if c >= least]
         counts.append(n)
         if allow_removal:

@@ -196,3 +196,29 @@ def test_table_measures_grouped_layers_at_whole_group_widths():
     # Tables built before whole-group pruning keep their keys.
     dense = layers["reduce.0"].signature
     assert "group_width" not in dense.key()
+
+
+@pytest.mark.parametrize("name", ["regnet_y", "convnext"])
+def test_pruner_trains_masked_and_finalizes_grouped_and_channels_last(name, tmp_path):
+    from halp_trt.prune import Pruner
+
+    from .test_prune_support import analytic_table, batches, train_iterations
+
+    model, x = build(name)
+    x = x[:1]
+    table = analytic_table(tmp_path / "t.lut", copy.deepcopy(model), x)
+    pruner = Pruner(model, x, table, "0.96x", steps=2, interval=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    classes = model.fc.out_features
+    train_iterations(model, opt, pruner, batches(3, shape=tuple(x.shape[1:]), classes=classes))
+    units = {g.id: g.unit for g in pruner.graph.prunable}
+    assert any(len(k) < pruner.graph.group(g).size for g, k in pruner.keep.items())
+    for gid, kept in pruner.keep.items():
+        assert len(kept) % units[gid] == 0
+    model.eval()
+    slim, plan = pruner.finalize()
+    assert plan.check["passed"]
+    assert plan.predicted_ms <= plan.target_ms
+    assert slim(x).shape == (1, classes)
+    if name == "regnet_y":  # grouped convolutions keep two groups or more
+        assert slim.b1.b[0].groups >= 2 and slim.b2.b[0].groups >= 2
