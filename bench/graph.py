@@ -1,7 +1,14 @@
 """Time ChannelGraph construction and removal of half the channels on ResNet-50-sized
 and ResNet-56 models; check removed == masked. Prints a table, writes JSON.
 
-    python bench/graph.py [--repeats 5] [--out bench/results/graph.json]
+With ``--zoo``, also every classifier of torchvision's zoo
+(``torchvision.models.list_models(module=torchvision.models)``, untrained) at a small
+input (64x64; 224x224 for the models that need it): graph build time, the share of
+channels in prunable groups (input and output layers excluded), the frozen groups'
+reasons, and ``ChannelGraph.check`` on a random plan removing half of every prunable
+group's units.
+
+    python bench/graph.py [--repeats 5] [--zoo] [--out bench/results/graph.json]
 """
 
 from __future__ import annotations
@@ -27,11 +34,86 @@ MODELS = {
 
 
 def half_plan(graph: ChannelGraph, seed: int) -> dict[int, list[int]]:
+    """Keep a random half of every prunable group's units (whole conv groups)."""
     rng = np.random.default_rng(seed)
+    keep = {}
+    for g in graph.prunable:
+        n = g.size // g.unit
+        units = rng.choice(n, max(1, n // 2), replace=False).tolist()
+        keep[g.id] = sorted(u * g.unit + r for u in units for r in range(g.unit))
+    return keep
+
+
+#: Largest model checked (the check holds two copies more); bigger ones are only built.
+CHECK_MAX_PARAMS = 150_000_000
+#: Models whose definitions need 224x224 inputs (fixed position embeddings, windows,
+#: Inception-v3 needs at least 75x75).
+NEEDS_224 = ("vit_", "swin_", "maxvit_", "inception_v3")
+
+
+def coverage(graph: ChannelGraph) -> dict:
+    """Channels in prunable groups over all channels but the model input and outputs."""
+    io = [
+        g
+        for g in graph.frozen
+        if g.reason == "model input" or (g.reason or "").startswith("model output")
+    ]
+    total = sum(g.size for g in graph.groups) - sum(g.size for g in io)
+    prunable = sum(g.size for g in graph.prunable)
+    reasons: dict[str, int] = {}
+    for g in graph.frozen:
+        if g not in io:
+            reasons[g.reason or "?"] = reasons.get(g.reason or "?", 0) + g.size
     return {
-        g.id: sorted(rng.choice(g.size, max(1, g.size // 2), replace=False).tolist())
-        for g in graph.prunable
+        "channels": total,
+        "prunable_channels": prunable,
+        "coverage": prunable / total if total else 1.0,
+        "frozen_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "units": sorted({g.unit for g in graph.prunable}),
     }
+
+
+def bench_zoo_model(name: str) -> dict:
+    import torchvision
+
+    size = 224 if name.startswith(NEEDS_224) else 64
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, size, size)
+    row: dict = {"model": name, "input_shape": [1, 3, size, size]}
+    t0 = time.perf_counter()
+    try:
+        graph = ChannelGraph(model, x)
+    except Exception as exc:  # a PruningError is the one-line answer; anything else a bug
+        row.update(error=f"{type(exc).__name__}: {exc}", build_s=time.perf_counter() - t0)
+        return row
+    row["build_s"] = time.perf_counter() - t0
+    row["groups"] = len(graph.groups)
+    row["prunable_groups"] = len(graph.prunable)
+    row.update(coverage(graph))
+    row["params"] = graph.params
+    if graph.prunable and graph.params <= CHECK_MAX_PARAMS:
+        row["check"] = graph.check(half_plan(graph, 0)).to_dict()
+    else:  # the check holds two more copies: the largest models are built, not checked
+        row["check"] = None
+    return row
+
+
+def zoo(names: list[str] | None) -> list[dict]:
+    import torchvision
+
+    rows = []
+    for name in names or torchvision.models.list_models(module=torchvision.models):
+        row = bench_zoo_model(name)
+        check = row.get("check") or {}
+        print(
+            f"{name:<24}{row.get('coverage', 0):>7.0%}{row['build_s']:>7.2f}s "
+            f"check {'pass' if check.get('passed') else 'FAIL' if check else '-':<4} "
+            f"{row.get('error', '')}{next(iter(row.get('frozen_reasons', {})), '')[:70]}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
 
 
 def bench(name: str, repeats: int) -> dict:
@@ -72,7 +154,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="bench/results/graph.json")
+    ap.add_argument("--zoo", action="store_true", help="also torchvision's classifier zoo")
+    ap.add_argument("--models", default=None, help="comma-separated zoo subset (with --zoo)")
     args = ap.parse_args()
+    zoo_rows = zoo(args.models.split(",") if args.models else None) if args.zoo else None
     rows = [bench(name, args.repeats) for name in MODELS]
     result = {
         "machine": {
@@ -83,6 +168,8 @@ def main() -> None:
         },
         "results": rows,
     }
+    if zoo_rows is not None:
+        result["zoo"] = zoo_rows
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     from lut_builder.fileio import atomic_write_json
 

@@ -113,3 +113,37 @@ def test_torchvision_spec_without_torchvision(halp_cli):
 def test_bad_input_shapes(halp_cli, shape, fragment):
     r = halp_cli("inspect", "--model", "halp_trt.models:resnet20", "--input-shape", shape)
     assert_user_error(r, fragment)
+
+
+def test_inspect_grouped_channels_last_and_shuffled_models(halp_cli, tmp_path):
+    # Grouped convolutions pruned in whole groups (unit in the JSON), a ConvNeXt-style
+    # block, and a channel shuffle that is frozen with its reason: no traceback, and the
+    # removal check passes.
+    from ..conftest import ROOT
+
+    (tmp_path / "nets.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "from tests.halp_trt.zoo import build\n"
+        "def regnet():\n    return build('regnet_y')[0]\n"
+        "def convnext():\n    return build('convnext')[0]\n"
+        "def shuffle():\n    return build('shufflenet')[0]\n"
+    )
+    units = {}
+    for net, shape in (
+        ("regnet", "1,3,16,16"),
+        ("convnext", "1,3,32,32"),
+        ("shuffle", "1,3,16,16"),
+    ):
+        r = halp_cli(
+            "inspect", "--model", f"nets.py:{net}", "--input-shape", shape, "--json", "--check"
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert data["check"]["passed"], data["check"]
+        units[net] = {g["unit"] for g in data["groups"] if g["prunable"]}
+        reasons = " ".join(f["reason"] for f in data["frozen"])
+        if net == "shuffle":
+            assert "splits or merges the channel dimension" in reasons
+        else:  # only the model's input and output are frozen
+            assert {f["reason"] for f in data["frozen"]} == {"model input", "model output (fc)"}
+    assert units["regnet"] == {1, 8} and units["convnext"] == {1}
