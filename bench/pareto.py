@@ -133,6 +133,20 @@ def tp_global(dense, x, ratio, *, align, classes, criterion, grads=None) -> nn.M
     return model
 
 
+def match_predicted(make, predict, reference, x, knobs):
+    """``match_latency`` without the timing: the grid point with the highest predicted
+    latency within the reference's (ties: more parameters). Same return values, the
+    measured ratio None."""
+    priced = []
+    for k in knobs:
+        m = make(k)
+        priced.append((predict(m), sum(p.numel() for p in m.parameters()), k))
+    budget = predict(reference)
+    pred_ms, _, knob = max([c for c in priced if c[0] <= budget] or [min(priced)])
+    history = [{"knob": knob, "budget_ms": budget, "predicted_ms": pred_ms}]
+    return knob, make(knob), None, history, priced
+
+
 def taylor_grads(dense, data, batch_size: int, batches: int = 8) -> dict[str, torch.Tensor]:
     """Loss gradients of ``dense`` summed over ``batches`` training batches (train
     mode), for Torch-Pruning's Taylor importance."""
@@ -334,6 +348,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for dry runs and tests, the MACs table (timing stays on ONNX Runtime)",
     )
     p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
+    p.add_argument(
+        "--match",
+        choices=("measured", "predicted"),
+        default="measured",
+        help="bring the knob methods to the reference's latency by timing (tightened "
+        "while >2%% slower) or by the table's prediction only (no timing until the end: "
+        "one bench-lock wait per seed and target)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--out", default=str(ROOT / "bench/results/pareto.json"))
     p.add_argument("--lock", default=prune_quality.LOCK, help="lock file held around every timing")
@@ -524,9 +546,8 @@ def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
             if no_reference is not None:
                 raise RuntimeError(f"no latency to match: {no_reference}")
             t0 = time.perf_counter()
-            knob, model, ratio, history, priced = match_latency(
-                make, ctx["predict"], reference, x, knobs
-            )
+            match = match_latency if args.match == "measured" else match_predicted
+            knob, model, ratio, history, priced = match(make, ctx["predict"], reference, x, knobs)
             matched.update(knob=knob, priced=priced, ms=ctx["predict"](model))
             extra = {"knob": float(knob), "matched_ratio": ratio, "matching": history}
             return finetuned(model, extra, time.perf_counter() - t0)
