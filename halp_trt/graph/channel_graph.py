@@ -27,6 +27,8 @@ A group is frozen (listed with a reason, never silently skipped) when:
 
 - it indexes the output channels of a layer whose output is a model output
   (classifier logits, detection head outputs);
+- it goes through a split, chunk or slice of the channels (their sizes are numbers in
+  the model's code, which removal cannot change);
 - it reaches an op whose effect on channels is not known to be per-channel (a channel
   permutation such as ShuffleNet's channel shuffle, a reduction over channels, a
   normalisation across channels other than a LayerNorm over them, a pad of the channel
@@ -302,7 +304,6 @@ class ChannelGraph:
             if axis is not None and module in self._names:
                 self._norm_axis[self._names[module]] = axis
         facts.norm_io.clear()
-        self._bad_splits = _repair_splits(dg)
         output_layers = self._output_layers(dg)
         translated: list[_Translated] = []
         visited: set[nn.Module] = set()
@@ -424,8 +425,8 @@ class ChannelGraph:
             if id(n) in seen or isinstance(n.module, (nn.Conv2d, nn.Linear)):
                 continue
             seen.add(id(n))
-            if n.module in self._facts.channel_reshapes:
-                return f"input channels come through {self._facts.channel_reshapes[n.module]}"
+            if n.module in self._facts.unmapped:
+                return f"input channels come through: {self._facts.unmapped[n.module]}"
             stack.extend(n.inputs)
         return "input channels not produced by a traced layer"
 
@@ -501,20 +502,18 @@ class ChannelGraph:
                     group.norms.append(ChannelRef(name, "layernorm", "out", index))
             elif isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
                 group.freeze(f"normalisation across channels ({name})")
-            elif module in facts.channel_reshapes:
-                group.others.append("Reshape")
-                group.freeze(f"{facts.channel_reshapes[module]} (a channel shuffle?)")
-            elif isinstance(
-                module,
-                (
-                    tp.ops._ConcatOp,
-                    tp.ops._SplitOp,
-                    tp.ops._ReshapeOp,
-                    tp.ops._UnbindOp,
-                    tp.ops._SliceOp,
-                    tp.ops._OutputOp,
-                ),
-            ):
+            elif module in facts.unmapped:
+                group.others.append(type(module).__name__.strip("_"))
+                group.freeze(facts.unmapped[module])
+            elif isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp, tp.ops._SliceOp)):
+                group.others.append(type(module).__name__.strip("_"))
+                dim = getattr(dep.target.grad_fn, "_saved_dim", None)
+                if dim != 0:
+                    # chunk(2) halves whatever it gets; split sizes and slice bounds are
+                    # numbers in the model's code: removal cannot keep them right.
+                    op = type(module).__name__.strip("_").replace("Op", "").lower()
+                    group.freeze(f"a {op} of the channels at sizes fixed by the model's code")
+            elif isinstance(module, (tp.ops._ConcatOp, tp.ops._ReshapeOp, tp.ops._OutputOp)):
                 group.others.append(type(module).__name__.strip("_"))
             elif isinstance(module, tp.ops._ElementWiseOp):
                 fn = dep.target.grad_fn
@@ -981,45 +980,6 @@ def _remove_conv_groups(conv: nn.Conv2d, drop: Sequence[int], name: str) -> None
     conv.out_channels = len(rows)
     conv.groups = len(kept_groups)
     conv.in_channels = conv.groups * per_in
-
-
-def _repair_splits(dg: Any) -> set[int]:
-    """Set the channel split sizes of every split/chunk node from its autograd record.
-
-    Torch-Pruning infers ``chunk`` sizes by walking the graph when the autograd node
-    lacks ``_saved_self_sizes`` (as in recent PyTorch, which saves
-    ``_saved_self_sym_sizes``), and can get them wrong; the record has the true sizes.
-    Returns the ids of split modules along channels whose sizes stay unknown.
-    """
-    import torch_pruning as tp
-
-    bad: set[int] = set()
-    for module, node in dg.module2node.items():
-        if not isinstance(module, tp.ops._SplitOp):
-            continue
-        fn = node.grad_fn
-        shape = getattr(fn, "_saved_self_sym_sizes", None) or getattr(fn, "_saved_self_sizes", None)
-        dim = getattr(fn, "_saved_dim", None)
-        if shape is None or dim is None or not -len(shape) <= dim < len(shape):
-            bad.add(id(module))
-            continue
-        if dim % len(shape) != 1:
-            continue  # not a channel split: Torch-Pruning leaves it alone
-        total = int(shape[1])
-        if hasattr(fn, "_saved_split_sizes"):
-            sizes = [int(c) for c in fn._saved_split_sizes]
-        elif hasattr(fn, "_saved_split_size"):
-            step = int(fn._saved_split_size)
-            sizes = [min(step, total - i) for i in range(0, total, step)]
-        else:
-            bad.add(id(module))
-            continue
-        if sum(sizes) != total or len(sizes) != len(node.outputs):
-            bad.add(id(module))
-            continue
-        module.split_sizes = sizes
-        module.offsets = [0, *np.cumsum(sizes).tolist()]
-    return bad
 
 
 def _random_like(example: Any, gen: torch.Generator) -> tuple:

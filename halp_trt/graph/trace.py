@@ -18,6 +18,7 @@ channel graph freezes every group that reaches one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import warnings
@@ -46,8 +47,11 @@ class TraceFacts:
     layer_internal: set[Any] = field(default_factory=set)
     #: autograd node -> output shape, for every op that ran under the recorder.
     out_shape: dict[Any, tuple[int, ...]] = field(default_factory=dict)
-    #: reshape nodes Torch-Pruning must not map, module -> a description.
-    channel_reshapes: dict[Any, str] = field(default_factory=dict)
+    #: ids of channel split modules whose sizes stay unknown (see :func:`repair_splits`).
+    bad_splits: set[int] = field(default_factory=set)
+    #: nodes Torch-Pruning must not map (a reshape that splits the channel dimension,
+    #: a concatenation it cannot size), module -> why; their groups are frozen.
+    unmapped: dict[Any, str] = field(default_factory=dict)
 
 
 class _ShapeRecorder(TorchFunctionMode):
@@ -141,12 +145,25 @@ def one_thread() -> Iterator[None]:
 _SWAP_LOCK = threading.RLock()
 
 
-def _skip_for(graph: Any, real: Any) -> Any:
-    def update(g: Any) -> None:
-        if g is not graph:
-            real(g)
+@contextmanager
+def _maps_kept(graph: Any) -> Iterator[None]:
+    """Torch-Pruning's recomputation of all index maps skipped for ``graph`` inside the
+    block (other graphs are unaffected); the library's function is restored after."""
+    import torch_pruning as tp
 
-    return update
+    mapping = tp.dependency.graph.index_mapping
+    with _SWAP_LOCK:
+        real = mapping.update_index_mapping
+
+        def update(g: Any) -> None:
+            if g is not graph:
+                real(g)
+
+        mapping.update_index_mapping = update
+        try:
+            yield
+        finally:
+            mapping.update_index_mapping = real
 
 
 def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
@@ -169,16 +186,41 @@ def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
                 return super().get_pruning_group(module, pruning_fn, idxs)
             # Torch-Pruning recomputes every index map of the graph on each call (O(nodes)
             # per group, quadratic on DenseNet's concatenations); while nothing has been
-            # pruned, the maps build_dependency computed are current. The hook is swapped
-            # for this call only, on this graph only.
-            mapping = tp.dependency.graph.index_mapping
-            with _SWAP_LOCK:
-                real = mapping.update_index_mapping
-                mapping.update_index_mapping = _skip_for(self, real)
+            # pruned, the maps computed when the graph was built are current.
+            with _maps_kept(self):
+                return super().get_pruning_group(module, pruning_fn, idxs)
+
+        def _build_dependency(self, module2node: dict) -> None:
+            super()._build_dependency(module2node)
+            # Every index map, each on its own (Torch-Pruning's own pass, skipped after
+            # this, stops at the first it cannot compute: a channels-last concat in
+            # Swin). One that fails is handed over as an identity and frozen by the
+            # caller. Split sizes come from the autograd record first.
+            tp.dependency.shape_infer.init_shape_information(self)
+            facts.bad_splits = repair_splits(self)
+            mapping = tp.dependency.index_mapping
+            updates = {
+                tp.ops.OPTYPE.CONCAT: mapping.update_concat_index_mapping,
+                tp.ops.OPTYPE.SPLIT: mapping.update_split_index_mapping,
+                tp.ops.OPTYPE.RESHAPE: mapping.update_reshape_index_mapping,
+                tp.ops.OPTYPE.UNBIND: mapping.update_unbind_index_mapping,
+                tp.ops.OPTYPE.EXPAND: mapping.update_expand_index_mapping,
+                tp.ops.OPTYPE.SLICE: mapping.update_slice_index_mapping,
+            }
+            for module, node in module2node.items():
+                update = updates.get(node.type)
+                if update is None:
+                    continue
                 try:
-                    return super().get_pruning_group(module, pruning_fn, idxs)
-                finally:
-                    mapping.update_index_mapping = real
+                    update(self, node)
+                except Exception as exc:
+                    op = type(module).__name__.strip("_").replace("Op", "").lower()
+                    node.type = tp.ops.OPTYPE.ELEMENTWISE
+                    facts.unmapped[module] = (
+                        f"Torch-Pruning cannot map channels through a {op} "
+                        f"({type(exc).__name__}: {str(exc)[:80]})"
+                    )
+            self.mapping_current = True
 
         def _trace(self, *args: Any, **kwargs: Any) -> dict:
             module2node = super()._trace(*args, **kwargs)
@@ -196,7 +238,7 @@ def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
                 if problem:
                     # An identity index map instead of Torch-Pruning's flatten guess.
                     node.type = tp.ops.OPTYPE.ELEMENTWISE
-                    facts.channel_reshapes[module] = problem
+                    facts.unmapped[module] = f"{problem} (a channel shuffle?)"
             return module2node
 
     def forward(m: nn.Module, xs: tuple) -> Any:
@@ -212,8 +254,46 @@ def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
 
     with warnings.catch_warnings(), torch.enable_grad(), norm_masks_suspended(), one_thread():
         warnings.simplefilter("ignore")
-        dg = _Tracer().build_dependency(
-            model, example_inputs=inputs, forward_fn=forward, verbose=False
-        )
-    dg.mapping_current = True  # until the caller prunes: see _Tracer.get_pruning_group
+        dg = _Tracer()
+        with _maps_kept(dg):  # _Tracer._build_dependency computes them, one by one
+            dg.build_dependency(model, example_inputs=inputs, forward_fn=forward, verbose=False)
     return dg, facts
+
+
+def repair_splits(dg: Any) -> set[int]:
+    """Set the channel split sizes of every split/chunk node from its autograd record.
+
+    Torch-Pruning infers ``chunk`` sizes by walking the graph when the autograd node
+    lacks ``_saved_self_sizes`` (as in recent PyTorch, which saves
+    ``_saved_self_sym_sizes``), and can get them wrong; the record has the true sizes.
+    Returns the ids of split modules along channels whose sizes stay unknown.
+    """
+    import torch_pruning as tp
+
+    bad: set[int] = set()
+    for module, node in dg.module2node.items():
+        if not isinstance(module, tp.ops._SplitOp):
+            continue
+        fn = node.grad_fn
+        shape = getattr(fn, "_saved_self_sym_sizes", None) or getattr(fn, "_saved_self_sizes", None)
+        dim = getattr(fn, "_saved_dim", None)
+        if shape is None or dim is None or not -len(shape) <= dim < len(shape):
+            bad.add(id(module))
+            continue
+        if dim % len(shape) != 1:
+            continue  # not a channel split: Torch-Pruning leaves it alone
+        total = int(shape[1])
+        if hasattr(fn, "_saved_split_sizes"):
+            sizes = [int(c) for c in fn._saved_split_sizes]
+        elif hasattr(fn, "_saved_split_size"):
+            step = int(fn._saved_split_size)
+            sizes = [min(step, total - i) for i in range(0, total, step)]
+        else:
+            bad.add(id(module))
+            continue
+        if sum(sizes) != total or len(sizes) != len(node.outputs):
+            bad.add(id(module))
+            continue
+        module.split_sizes = sizes
+        module.offsets = [0, *itertools.accumulate(sizes)]
+    return bad

@@ -161,7 +161,7 @@ def test_channel_shuffle_freezes_its_groups_and_prunes_the_branches():
     graph = ChannelGraph(model, x)  # used to crash inside Torch-Pruning
     shuffled = [g for g in graph.frozen if (g.reason or "").startswith("a reshape")]
     assert shuffled and all("(2, 32, 8, 8) -> (2, 2, 16, 8, 8)" in g.reason for g in shuffled)
-    behind = [g for g in graph.frozen if "come through a reshape" in (g.reason or "")]
+    behind = [g for g in graph.frozen if "come through: a reshape" in (g.reason or "")]
     assert behind and all("splits or merges the channel dimension" in g.reason for g in behind)
     branch = {r.layer for g in graph.prunable for r in g.producers}
     assert {"units.0.branch.0.0", "units.1.branch.0.0"} <= branch

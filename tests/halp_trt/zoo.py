@@ -421,7 +421,7 @@ MIXING = {
     "channel_flip": "op Flip",
     "channel_mean_gate": "op Mean",
     "channel_shuffle": "splits or merges the channel dimension",
-    "csp": "could not be verified",
+    "csp": "split of the channels at sizes fixed",
 }
 
 
