@@ -461,17 +461,31 @@ def plan_reference(dense, x, table, fraction) -> nn.Module:
     return graph.remove(plan.keep)
 
 
-def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
-    """Every method at one seed and target; the models timed with the dense one."""
+#: Methods that need no measured table: run before it is built (its build waits for the
+#: bench lock).
+TABLE_FREE = ("halp-taylor-macs", "modelopt-fastnas")
+
+
+def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) -> list[dict]:
+    """Every method at one seed and target (``only``: these alone, not timed), after
+    those already ``done`` (``(runs, models)`` of an ``only`` call); the models timed
+    with the dense one."""
     from halp_trt.train import TrainConfig, Trainer, evaluate
 
-    args, x, table, align = ctx["args"], ctx["x"], ctx["table"], ctx["table"].alignment
+    args, x, table, align = ctx["args"], ctx["x"], ctx.get("table"), ctx["align"]
     data, fraction = ctx["data"], ctx["fractions"][target]
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
     )
-    runs: list[dict] = []
-    models: dict[str, nn.Module] = {"dense": dense}
+    runs, models = done or ([], {"dense": dense})
+    selected = [
+        m
+        for m in ctx["methods"]
+        if (only is None or m in only) and not any(r["method"] == m for r in runs)
+    ]
+    for row in runs:  # run before the measured table was there
+        if row["status"] == "ok" and "predicted_ratio" not in row:
+            row["predicted_ratio"] = ctx["predict"](models[row["method"]]) / ctx["predict"](dense)
 
     def record(method: str, fn: Callable[[], tuple[nn.Module, dict]]) -> None:
         t0 = time.perf_counter()
@@ -484,7 +498,8 @@ def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
             row.update(extra)
             row["val_acc"] = evaluate(model, data.val)[1]
             row["params"] = sum(p.numel() for p in model.parameters())
-            row["predicted_ratio"] = ctx["predict"](model) / ctx["predict"](dense)
+            if "predict" in ctx:
+                row["predicted_ratio"] = ctx["predict"](model) / ctx["predict"](dense)
             row["status"] = "ok"
             models[method] = model
         except Exception as exc:  # one method failing does not stop the bench
@@ -518,17 +533,17 @@ def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
     }
-    for method in [m for m in ctx["methods"] if m in halp_methods]:
+    for method in [m for m in selected if m in halp_methods]:
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
 
     reference, no_reference = models.get("halp-taylor"), None
-    if reference is None and any(m in KNOB_METHODS for m in ctx["methods"]):
+    if reference is None and any(m in KNOB_METHODS for m in selected):
         try:
             reference = plan_reference(dense, x, table, fraction)
         except Exception as exc:  # e.g. a target below the table's reach
             no_reference = exc
     grads = None
-    for method in [m for m in ctx["methods"] if m in KNOB_METHODS]:
+    for method in [m for m in selected if m in KNOB_METHODS]:
         if method == "uniform":
             make, knobs = (lambda f: uniform_prune(dense, x, f, align)), np.arange(1, 50) / 50
         else:
@@ -565,7 +580,7 @@ def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
 
                 record(f"{method}+", wider)
 
-    if "modelopt-fastnas" in ctx["methods"]:
+    if "modelopt-fastnas" in selected:
 
         def fastnas_fn():
             t0 = time.perf_counter()
@@ -575,6 +590,8 @@ def run_target(ctx, seed, target, dense, models_out, log) -> list[dict]:
 
         record("modelopt-fastnas", METHOD_FUNCS.get("modelopt-fastnas") or fastnas_fn)
 
+    if only is not None:
+        return runs, models
     if len(models) > 1:
         timing = measure_interleaved(models, x, args.rounds)
         for row in runs:
@@ -640,21 +657,28 @@ def main(argv: list[str] | None = None) -> int:
         log(f"seed {seed}: dense val acc {acc:.4f}")
         return dense
 
-    # The first dense model is trained before the table (whose build waits for the bench
-    # lock): bad training settings cost no table.
-    denses = {checked["seeds"][0]: train_dense(checked["seeds"][0])}
     kind = "" if args.table_backend == "onnxruntime" else "_macs"
     table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{kind}.db")
+    align = step if kind else get_backend("onnxruntime").alignment
+    ctx: dict[str, Any] = {**checked, "args": args, "x": x, "align": align}
+    if "halp-taylor-macs" in checked["methods"]:
+        ctx["macs_table"] = macs_table(
+            table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
+        )
+    # The first seed's dense model, and the methods that need no measured table, run
+    # before the table is built (its build waits for the bench lock).
+    seed0 = checked["seeds"][0]
+    denses = {seed0: train_dense(seed0)}
+    early = {
+        t: run_target(ctx, seed0, t, denses[seed0], {}, log, only=TABLE_FREE)
+        for t in checked["targets"]
+    }
     log(f"measured table {table_path} ...")
     if args.table_backend == "macs":
         table = macs_table(table_path, arch, x, step, step)
     else:
         table = build_or_open_table(table_path, arch, x, step)
-    ctx: dict[str, Any] = {**checked, "args": args, "x": x, "table": table}
-    if "halp-taylor-macs" in checked["methods"]:
-        ctx["macs_table"] = macs_table(
-            table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, table.alignment
-        )
+    ctx["table"] = table
 
     def predict(model: nn.Module) -> float:
         layers = model_layers(model, x)
@@ -690,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in checked["seeds"]:
         dense = denses.pop(seed, None) or train_dense(seed)
         for target in checked["targets"]:
-            result["runs"] += run_target(ctx, seed, target, dense, timings, log)
+            done = early.pop(target) if seed == seed0 else None
+            result["runs"] += run_target(ctx, seed, target, dense, timings, log, done=done)
             result["dense"][str(seed)][f"measured_ms_{target}"] = timings.get(
                 (seed, target), {}
             ).get("dense_ms")

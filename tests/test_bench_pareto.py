@@ -76,7 +76,7 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     out = tmp_path / "p.json"
     argv = [
         "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
-        "--methods", "halp-taylor,uniform", "--epochs", "1", "--pretrain-epochs", "1",
+        "--methods", "halp-taylor,halp-taylor-macs,uniform", "--epochs", "1", "--pretrain-epochs", "1",
         "--step", "8", "--rounds", "5", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
         "--lock", str(tmp_path / "lock"), "--out", str(out),
     ]  # fmt: skip
@@ -94,6 +94,10 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
         r = runs[name]
         assert {"seed", "target", "val_acc", "measured_ratio", "method_s", "finetune_s"} <= set(r)
         assert 0 < r["measured_ratio"] < 1.5 and 0 <= r["val_acc"] <= 1
+    # run before the (here: MACs) table was built, then priced and timed with the rest
+    macs = runs["halp-taylor-macs"]
+    assert macs["status"] == "ok", macs.get("error")
+    assert {"predicted_ratio", "measured_ratio", "val_acc"} <= set(macs)
     assert result["summary"]["by_target"]["0.6x"]["uniform"]["n"] == 1
     assert result["summary"]["by_target"]["0.6x"]["halp-taylor"] == {"n": 0, "failed": 1}
     assert result["dense"]["0"]["val_acc"] > 0
