@@ -7,6 +7,9 @@ fidelity benchmarks all time whole models through :func:`measure_end_to_end`.
 
 from __future__ import annotations
 
+import math
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from .backends.base import make_reference
@@ -61,3 +64,120 @@ def measure_end_to_end(
     )
     unit = ref["unit_ms"]
     return [Timing.from_samples([r * unit for r in rel.accepted(i)]) for i in range(len(runners))]
+
+
+@dataclass(frozen=True)
+class BlockTimings:
+    """Whole-model timings taken in blocks (see :class:`BlockSampler`).
+
+    Attributes:
+        blocks: ``blocks[b][i]``: runner ``i``'s median in block ``b`` (milliseconds).
+        n: ``n[b]``: timed runs of each runner in block ``b``.
+    """
+
+    blocks: list[list[float]]
+    n: list[int]
+    #: The first runner's backend name and clock.
+    runner: str = ""
+    clock: str = ""
+
+    def medians(self) -> list[float]:
+        """Per runner, the median over blocks of its block medians (milliseconds)."""
+        return [statistics.median(b[i] for b in self.blocks) for i in range(len(self.blocks[0]))]
+
+    def block_medians(self, i: int) -> list[float]:
+        """Runner ``i``'s median in each block, in order."""
+        return [b[i] for b in self.blocks]
+
+    def spread(self, i: int) -> float:
+        """How much runner ``i``'s block medians disagree: (max - min) / median."""
+        meds = self.block_medians(i)
+        mid = statistics.median(meds)
+        return (max(meds) - min(meds)) / mid if mid > 0 else 0.0
+
+    def summary(self, i: int) -> Timing:
+        """Runner ``i``'s block medians as a :class:`Timing` (``n`` = blocks)."""
+        return Timing.from_samples(self.block_medians(i))
+
+
+class BlockSampler:
+    """Whole-model latencies measured in blocks, whenever the caller asks for one.
+
+    Why: on a shared machine a whole model's speed relative to the table's reference
+    workload moves with the load. Measured on a 2-core machine shared with other jobs,
+    eight consecutive 2-second measurements of a MobileNetV2 (8x3x32x32, ONNX Runtime, one
+    thread, in the table's unit) ranged over 1.77-1.97 ms, and a table built and
+    calibrated in one such stretch was 10% off the same model measured minutes later. So a
+    build takes its calibration's runs in blocks spread over the whole time it measures
+    (:func:`lut_builder.build_table` asks for one block at a time, between points) and
+    each model's latency is the median of its block medians: every stretch of the build
+    weighs alike, and a block in an unusual state is left out.
+
+    Blocks are kept as multiples of the table's unit at the time they are measured, so a
+    table whose unit is lowered later in its build (a faster reference run) converts them
+    all to its final unit.
+
+    Args:
+        table: the latency table (its ``reference``, if any, normalises every run).
+        runners: :class:`~lut_builder.backends.Runner` objects on one device; the
+            caller's to close.
+        blocks: how many blocks the runs are split into (>= 1).
+        warmup: untimed rounds before the first block.
+        runs, min_time_s: the totals, split evenly between the blocks (each block at
+            least one round).
+
+    Raises:
+        ValueError: ``blocks`` < 1.
+    """
+
+    def __init__(
+        self,
+        table: LatencyTable,
+        runners: list[Any],
+        *,
+        blocks: int = 8,
+        warmup: int = 10,
+        runs: int = 100,
+        min_time_s: float | None = 2.0,
+    ) -> None:
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive integer, not {blocks!r}")
+        self.table, self.runners, self.blocks = table, runners, blocks
+        self.warmup = warmup
+        self.per_runs = max(1, math.ceil(runs / blocks))
+        self.per_time = None if min_time_s is None else min_time_s / blocks
+        self._units: list[list[float]] = []  # per block, per runner: multiples of the unit
+        self._n: list[int] = []
+
+    @property
+    def taken(self) -> int:
+        """Blocks measured so far."""
+        return len(self._units)
+
+    def sample(self) -> None:
+        """Measure one block (the warm-up before the first)."""
+        timings = measure_end_to_end(
+            self.table,
+            self.runners,
+            warmup=self.warmup if not self._units else 0,
+            runs=self.per_runs,
+            min_time_s=self.per_time,
+        )
+        unit = self.table.unit_ms
+        self._units.append([t.median_ms / unit for t in timings])
+        self._n.append(timings[0].n)
+
+    def due(self, fraction_done: float) -> bool:
+        """Whether a block is due when ``fraction_done`` of the work it is spread over is
+        done: blocks are taken at 1/blocks, 2/blocks... of the way (the last at the end)."""
+        return self.taken < self.blocks - 1 and fraction_done >= (self.taken + 1) / self.blocks
+
+    def finish(self) -> BlockTimings:
+        """Take the blocks still missing, then return them all in the table's unit now."""
+        while self.taken < self.blocks:
+            self.sample()
+        unit = self.table.unit_ms
+        first = self.runners[0]
+        clock = first.clock if isinstance(first.clock, str) else "custom"
+        blocks = [[r * unit for r in b] for b in self._units]
+        return BlockTimings(blocks, list(self._n), first.name, clock)

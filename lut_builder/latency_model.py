@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .end_to_end import BlockTimings
 from .signatures import LayerSignature
 from .table import LatencyTable
 
@@ -120,6 +121,8 @@ def calibrate_overhead(
     warmup: int = 20,
     runs: int = 100,
     min_time_s: float = 2.0,
+    blocks: int = 8,
+    timed: BlockTimings | None = None,
     store: bool = True,
     note: str = "",
 ) -> float:
@@ -133,6 +136,14 @@ def calibrate_overhead(
     channels) all are measured interleaved and an affine map ``scale * layers + overhead``
     is fitted (:func:`fit_calibration`), else the overhead is ``measured - layers``.
 
+    Each model's latency is the median of its medians over ``blocks`` blocks of runs
+    (:class:`~lut_builder.end_to_end.BlockSampler`): on a shared machine a whole model's
+    speed relative to the table's reference moves with the load (a MobileNetV2's
+    consecutive 2-second measurements ranged over 11%), so one short measurement fits the
+    latency model to whichever state it met. Here the blocks are measured in a row;
+    :func:`~lut_builder.build_table` spreads them over the whole build and passes them as
+    ``timed``. Each block's medians and their disagreement (``block_spread``) are stored.
+
     Args:
         table: the table, opened writable when ``store`` is True.
         runner_or_backend: a backend name (``"onnxruntime"``, ``"torch"``,
@@ -142,7 +153,11 @@ def calibrate_overhead(
         model: the unpruned ``nn.Module``.
         example_input: its input.
         variants: narrower versions of ``model`` (same signatures, fewer channels).
-        warmup, runs, min_time_s: the end-to-end timing loop.
+        warmup, runs, min_time_s: the end-to-end timing loop (``runs`` and
+            ``min_time_s`` are totals over the blocks).
+        blocks: how many blocks the runs are split into (>= 1).
+        timed: the models' blocks already measured (``model`` first, then ``variants``
+            in order); nothing is run then and ``runner_or_backend`` is not used.
         store: write the result into the table.
         note: why the calibration is what it is (e.g. why no ``variants`` were given),
             stored with the details unless the fit has a note of its own.
@@ -154,8 +169,6 @@ def calibrate_overhead(
     Raises:
         UserError: a layer of a model is not in the table, or a runner fails.
     """
-    from .backends import Runner, make_runner
-    from .end_to_end import measure_end_to_end
     from .signatures import model_layers
 
     def layer_sum(m: Any) -> tuple[float, int]:
@@ -164,6 +177,59 @@ def calibrate_overhead(
         return predict_latency(table, items, overhead=False), len(layers)
 
     sums = [layer_sum(m) for m in (model, *variants)]
+    if timed is None:
+        timed = _measure_blocks(
+            runner_or_backend, table, model, example_input, variants,
+            blocks=blocks, warmup=warmup, runs=runs, min_time_s=min_time_s,
+        )  # fmt: skip
+    elif len(timed.blocks[0]) != len(sums):
+        raise ValueError(
+            f"timed has {len(timed.blocks[0])} models, not the model and its "
+            f"{len(variants)} variants"
+        )
+    points = [(s, ms) for (s, _), ms in zip(sums, timed.medians())]
+    cal = fit_calibration(points)
+    if store:
+        table.set_overhead(
+            cal.overhead_ms,
+            {
+                "model": cal.kind,
+                "note": cal.note or note,
+                "measured_ms": points[0][1],
+                "layers_ms": sums[0][0],
+                "layers": sums[0][1],
+                "points": [
+                    {"layers_ms": lay, "measured_ms": ms, "predicted_ms": cal.predict(lay)}
+                    for lay, ms in points
+                ],
+                # The model's block medians summarised (n = blocks), and per model.
+                "timing": timed.summary(0).to_dict(),
+                "blocks": len(timed.blocks),
+                "block_runs": timed.n,
+                "block_medians_ms": [timed.block_medians(i) for i in range(len(sums))],
+                "block_spread": timed.spread(0),
+                "runner": timed.runner,
+                "clock": timed.clock,
+                "normalized": table.reference is not None,
+                "calibrated_at": time.time(),
+            },
+            scale=cal.scale,
+        )
+    return cal.overhead_ms
+
+
+def _measure_blocks(
+    runner_or_backend: Any,
+    table: LatencyTable,
+    model: Any,
+    example_input: Any,
+    variants: Sequence[Any],
+    **loop: Any,
+) -> BlockTimings:
+    """:func:`calibrate_overhead`'s measurement when it is given no ``timed``."""
+    from .backends import Runner, make_runner
+    from .end_to_end import BlockSampler
+
     if isinstance(runner_or_backend, Runner):
         if variants:
             raise ValueError("calibrating with variants needs a backend name or a runner factory")
@@ -183,37 +249,10 @@ def calibrate_overhead(
             runners = owned
             for m in (model, *variants):
                 owned.append(make(m))
-        timings = measure_end_to_end(
-            table, runners, warmup=warmup, runs=runs, min_time_s=min_time_s
-        )
+        return BlockSampler(table, runners, **loop).finish()
     finally:
         for r in owned:
             r.close()
-    runner = runners[0]
-    points = [(s, t.median_ms) for (s, _), t in zip(sums, timings)]
-    cal = fit_calibration(points)
-    if store:
-        table.set_overhead(
-            cal.overhead_ms,
-            {
-                "model": cal.kind,
-                "note": cal.note or note,
-                "measured_ms": timings[0].median_ms,
-                "layers_ms": sums[0][0],
-                "layers": sums[0][1],
-                "points": [
-                    {"layers_ms": lay, "measured_ms": ms, "predicted_ms": cal.predict(lay)}
-                    for lay, ms in points
-                ],
-                "timing": timings[0].to_dict(),
-                "runner": runner.name,
-                "clock": runner.clock,
-                "normalized": table.reference is not None,
-                "calibrated_at": time.time(),
-            },
-            scale=cal.scale,
-        )
-    return cal.overhead_ms
 
 
 def calibration_copies(

@@ -19,6 +19,7 @@ from lut_builder.latency_model import (
 )
 from lut_builder.signatures import model_layers
 from lut_builder.table import LatencyTable
+from lut_builder.timing import Timing
 
 from .table.common import content, snapshot
 
@@ -273,6 +274,34 @@ def test_build_by_backend_name_calibrates_additive(tmp_path, monkeypatch):
         assert table.overhead_ms == res.overhead_ms is not None
         assert len(table.overhead["points"]) == 1 and table.overhead["runner"] == "onnxruntime"
     assert res.to_dict()["calibration"] == "additive"
+
+
+def test_an_unsharded_build_spreads_its_calibration_over_the_points(tmp_path, monkeypatch):
+    """The calibration's blocks are measured between points, one after each eighth of
+    them, the last at the end; the calibration is fitted on all of them."""
+    from lut_builder.end_to_end import BlockSampler
+
+    _hooks(monkeypatch)
+    seen = []  # points in the table when each block was measured
+    sample = BlockSampler.sample
+
+    def spy(self):
+        seen.append(self.table.count_points())
+        sample(self)
+
+    monkeypatch.setattr(BlockSampler, "sample", spy)
+    model, x = _conv_net()
+    # The points' values do not matter here: a fixed timing, real whole-model runs.
+    backend = get_backend("onnxruntime", normalize=False, **FAST_ORT)
+    backend.measure = lambda sig, c_in, c_out: Timing.from_samples([0.01])
+    res = build_table(tmp_path / "t.lut", model, x, backend, calibration="additive")
+    assert res.measured == 8 and res.calibration == "additive"
+    assert seen == [1, 2, 3, 4, 5, 6, 7, 8]  # a block after each point, the last at the end
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        details = table.overhead
+        assert details["blocks"] == 8 and len(details["block_medians_ms"]) == 1
+        blocks = sorted(details["block_medians_ms"][0])
+        assert details["measured_ms"] == pytest.approx((blocks[3] + blocks[4]) / 2)
 
 
 def test_affine_calibration_uses_the_installed_variants_hook(tmp_path, monkeypatch):

@@ -47,3 +47,125 @@ def test_fit_calibration_additive_affine_and_implausible():
     for bad in ([], [(0.0, 1.0)], [(1.0, float("inf"))]):
         with pytest.raises(ValueError):
             fit_calibration(bad)
+
+
+# --- calibration measured in blocks -----------------------------------------------------
+
+
+class _Machine:
+    """A virtual machine clock: each run advances it by the runner's cost, times the
+    machine's slowness at that moment (``slow`` times for the first ``slow_calls`` runs)."""
+
+    def __init__(self, slow_calls: int = 0, slow: float = 1.0) -> None:
+        self.now, self.calls = 0.0, 0
+        self.slow_calls, self.slow = slow_calls, slow
+
+    def clock(self) -> float:
+        return self.now
+
+    def runner(self, ms: float):
+        from lut_builder.backends import Runner
+
+        machine = self
+
+        class Fake(Runner):
+            name = "fake"
+            clock = staticmethod(machine.clock)
+
+            def __call__(self) -> None:
+                factor = machine.slow if machine.calls < machine.slow_calls else 1.0
+                machine.calls += 1
+                machine.now += ms * factor / 1e3
+
+        return Fake()
+
+
+def test_blocks_split_the_runs_and_the_latency_is_the_median_of_blocks():
+    from types import SimpleNamespace
+
+    from lut_builder.end_to_end import BlockSampler
+
+    def measure_in_blocks(table, runners, **loop):
+        return BlockSampler(table, runners, **loop).finish()
+
+    table = SimpleNamespace(reference=None, unit_ms=1.0)  # plain interleaved timings
+    # Warm-up: 3 rounds of 2 runners; each block: 2 rounds of 2 runners, each timed run
+    # after an untimed one. The first block runs 1.5x slow.
+    machine = _Machine(slow_calls=3 * 2 + 2 * 2 * 2, slow=1.5)
+    runners = [machine.runner(1.0), machine.runner(2.0)]
+    timed = measure_in_blocks(table, runners, blocks=4, warmup=3, runs=8, min_time_s=None)
+    assert machine.calls == 3 * 2 + 4 * 2 * 2 * 2  # the warm-up before the first block only
+    assert len(timed.blocks) == 4 and timed.n == [2, 2, 2, 2]
+    assert timed.block_medians(0) == pytest.approx([1.5, 1.0, 1.0, 1.0])
+    assert timed.medians() == pytest.approx([1.0, 2.0])
+    assert timed.spread(0) == pytest.approx(0.5) and timed.spread(1) == pytest.approx(0.5)
+    assert timed.summary(1).n == 4 and timed.summary(1).median_ms == pytest.approx(2.0)
+    # Totals are split: 9 runs over 4 blocks is 3 rounds a block.
+    three = measure_in_blocks(table, runners, blocks=4, warmup=0, runs=9, min_time_s=None)
+    assert three.n == [3, 3, 3, 3] and three.runner == "fake" and three.clock == "custom"
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="blocks"):
+            measure_in_blocks(table, runners, blocks=bad)
+
+
+def test_block_sampler_spreads_blocks_over_the_work_and_follows_the_unit():
+    """Blocks are due at 1/4, 2/4, 3/4 of the work, the last one at the end; a block
+    measured before the table's unit changed is converted to the final unit."""
+    from types import SimpleNamespace
+
+    from lut_builder.end_to_end import BlockSampler
+
+    table = SimpleNamespace(reference=None, unit_ms=1.0)
+    machine = _Machine()
+    sampler = BlockSampler(table, [machine.runner(1.0)], blocks=4, warmup=0, runs=4)
+    taken_at = []
+    for k in range(1, 101):  # 100 points of work
+        if sampler.due(k / 100):
+            sampler.sample()
+            taken_at.append(k)
+        if k == 30:
+            table.unit_ms = 0.5  # e.g. a faster reference run: the unit halves
+    assert taken_at == [25, 50, 75] and sampler.taken == 3
+    timed = sampler.finish()
+    assert sampler.taken == 4 and not sampler.due(1.0)
+    # Measured 1.0 ms while the unit was 1.0 ms: one unit, 0.5 ms in the final unit.
+    assert timed.block_medians(0) == pytest.approx([0.5, 1.0, 1.0, 1.0])
+
+
+def test_calibration_fits_the_median_of_blocks_and_stores_their_spread(tmp_path):
+    """An affine calibration on two models whose true latency is 1.2 x layers + 0.1 ms:
+    recovered although the machine ran slow for its first block; the blocks are kept."""
+    import torch
+    from torch import nn
+
+    from lut_builder.latency_model import calibrate_overhead
+    from lut_builder.signatures import model_layers
+
+    def net(mid: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(16, mid, 3, padding=1), nn.ReLU(), nn.Conv2d(mid, 16, 3, padding=1)
+        ).eval()
+
+    model, narrow, x = net(32), net(16), torch.randn(1, 16, 8, 8)
+    with make_table(tmp_path / "t.lut", Grid([16, 32], [16, 32]), alignment=16) as table:
+
+        def layers(m):
+            return [(i.signature, i.c_in, i.c_out) for i in model_layers(m, x).values()]
+
+        sums = [predict_latency(table, layers(m), overhead=False) for m in (model, narrow)]
+        true = {id(m): 1.2 * s + 0.1 for m, s in zip((model, narrow), sums)}
+        # Warm-up 2 rounds, then 4 blocks of 2 rounds; the first block runs 1.4x slow.
+        machine = _Machine(slow_calls=2 * 2 + 2 * 2 * 2, slow=1.4)
+        over = calibrate_overhead(
+            table, lambda m: machine.runner(true[id(m)]), model, x, variants=[narrow],
+            warmup=2, runs=8, min_time_s=0.0, blocks=4,
+        )  # fmt: skip
+        assert table.scale == pytest.approx(1.2) and over == pytest.approx(0.1)
+        details = table.overhead
+        assert details["model"] == "affine" and details["blocks"] == 4
+        assert details["measured_ms"] == pytest.approx(true[id(model)])
+        meds = details["block_medians_ms"]
+        assert len(meds) == 2 and all(len(m) == 4 for m in meds)
+        assert meds[0][0] == pytest.approx(1.4 * true[id(model)])
+        assert details["block_spread"] == pytest.approx(0.4)
+        assert details["timing"]["n"] == 4
