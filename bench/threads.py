@@ -1,0 +1,210 @@
+"""How the budget hit moves with CPU threads: the demo's model pruned to 0.5x on a
+1-thread and on a 2-thread ONNX Runtime table, each timed at 1 and at 2 threads.
+
+    python bench/threads.py [--out runs/threads] [--json bench/results/threads.json]
+                            [--lock /tmp/halp-trt-bench.lock] [--repeat 2] [--rounds 20]
+
+For each thread count T: ``lut-builder build --threads T`` measures the table, and
+``halp-trt prune --lut`` prunes the demo's ResNet-20 (2x width, digits at 16x16, batch
+16) to 0.5x of its predicted latency on it (the demo's 10 pruning steps on a short
+training: only the widths matter here). Then every pruned model is timed against the
+original with ``verify_models`` at 1 and at 2 threads, the four combinations in turn
+(the order reversed every other pass), ``--repeat`` times; a figure is the median over
+the repeats of verify's median per-round ratio (pruned / original, both timed
+interleaved). With ``--lock`` the whole run holds that file's lock, as ``flock`` does,
+so that no other benchmark runs next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODEL = "halp_trt.models:resnet20_w2"
+SHAPE = (16, 3, 16, 16)
+TARGET = 0.5
+#: The target band, as a fraction of the 0.5x target, that a table's own thread count
+#: should land in.
+BAND = (0.95, 1.02)
+
+
+@contextlib.contextmanager
+def locked(path: str | None):
+    """Hold ``path``'s lock (flock(2), as the ``flock`` command takes it) while inside."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        t0 = time.perf_counter()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        waited = time.perf_counter() - t0
+        if waited > 1:
+            print(f"  (waited {waited:.0f} s for {path})", flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sh(*cmd: str) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def commands(out: Path, threads: int, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The table's build command and the pruning command on it."""
+    lut, pruned = out / f"lut_t{threads}.db", out / f"pruned_t{threads}"
+    shape = ",".join(map(str, SHAPE))
+    build = ["lut-builder", "build", "--model", MODEL, "--input-shape", shape,
+             "--backend", "onnxruntime", "--threads", str(threads), "--out", str(lut)]  # fmt: skip
+    prune = ["halp-trt", "prune", "--model", MODEL, "--data", "digits", "--lut", str(lut),
+             "--target", f"{TARGET}x", "--pretrain-epochs", str(args.pretrain_epochs),
+             "--epochs", str(args.epochs), "--steps", str(args.steps), "--out", str(pruned),
+             "--no-progress"]  # fmt: skip
+    return build, prune
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/threads", help="work directory (replaced)")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--lock", default=None, help="hold this lock file while measuring")
+    ap.add_argument("--repeat", type=int, default=2, help="passes over the four timings")
+    ap.add_argument("--rounds", type=int, default=20, help="verify rounds per timing")
+    ap.add_argument("--pretrain-epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep the tables and models already in --out"
+    )
+    args = ap.parse_args()
+
+    import torch
+
+    from halp_trt.prune.apply import load_plan
+    from halp_trt.specs import load_model
+    from halp_trt.verify import verify_models
+    from lut_builder import LatencyTable
+
+    out = Path(args.out)
+    if out.exists() and not args.reuse:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # The whole run holds the lock: on a 2-core machine, training next to a timing
+    # disturbs it as much as another benchmark would.
+    with locked(args.lock):
+        tables = {}
+        # Tables first, then pruning, then every timing.
+        for t in (1, 2):
+            build, prune = commands(out, t, args)
+            tables[t] = {
+                "table": build[-1],
+                "pruned": prune[-2],
+                "commands": [" ".join(build), " ".join(prune)],
+            }
+            if not (args.reuse and Path(build[-1]).exists()):
+                sh(sys.executable, "-m", "lut_builder", *build[1:])
+        for t in (1, 2):
+            _, prune = commands(out, t, args)
+            if not (args.reuse and (Path(prune[-2]) / "plan.json").exists()):
+                sh(sys.executable, "-m", "halp_trt", *prune[1:])
+        for t in (1, 2):
+            with LatencyTable.open(tables[t]["table"]) as table:
+                tables[t]["table_threads"] = table.threads
+                tables[t]["fingerprint"] = table.fingerprint
+            plan = load_plan(Path(tables[t]["pruned"]) / "plan.json")
+            tables[t]["predicted_ratio"] = plan.predicted_ms / plan.base_ms
+
+        original = load_model(MODEL).eval()
+        models = {
+            t: torch.load(Path(v["pruned"]) / "model.pt", weights_only=False)
+            for t, v in tables.items()
+        }
+        plans = {t: load_plan(Path(v["pruned"]) / "plan.json") for t, v in tables.items()}
+        combos = [(t, k) for k in (1, 2) for t in (1, 2)]
+        runs: dict[str, list[dict]] = {f"{t}/{k}": [] for t, k in combos}
+        timings = [
+            c for rep in range(args.repeat) for c in (combos if rep % 2 == 0 else combos[::-1])
+        ]
+        for t, k in timings:
+            r = verify_models(
+                original, models[t], backend="onnxruntime", input_shape=SHAPE,
+                rounds=args.rounds, warmup=3, plan=plans[t], threads=k,
+            )  # fmt: skip
+            ratio = 1.0 / r.speedup.median
+            print(
+                f"  table {t} thread(s), timed at {k}: pruned/original {ratio:.3f} "
+                f"(spread {r.speedup.spread:.1%})",
+                flush=True,
+            )
+            runs[f"{t}/{k}"].append(
+                {
+                    "ratio": ratio,
+                    "speedup": r.speedup.median,
+                    "spread": r.speedup.spread,
+                    "original_ms": r.original.median_ms,
+                    "pruned_ms": r.pruned.median_ms,
+                    "notes": r.notes,
+                }
+            )
+    rows = []
+    for t, k in combos:
+        ratios = [x["ratio"] for x in runs[f"{t}/{k}"]]
+        ratio = statistics.median(ratios)
+        rows.append(
+            {
+                "table_threads": t,
+                "timed_threads": k,
+                "predicted_ratio": tables[t]["predicted_ratio"],
+                "measured_ratio": ratio,
+                "measured_ratios": ratios,
+                "of_target": ratio / TARGET,
+                "in_band": BAND[0] <= ratio / TARGET <= BAND[1],
+                "notes": runs[f"{t}/{k}"][0]["notes"],
+            }
+        )
+    print(f"\n{'table':>6} {'timed at':>9} {'predicted':>10} {'measured':>9} {'of 0.5x':>8}")
+    for r in rows:
+        flag = "" if r["table_threads"] != r["timed_threads"] else "  (its own thread count)"
+        print(
+            f"{r['table_threads']:>4} t {r['timed_threads']:>7} t {r['predicted_ratio']:>10.3f} "
+            f"{r['measured_ratio']:>9.3f} {r['of_target']:>8.3f}{flag}"
+        )
+    result = {
+        "command": "python bench/threads.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "note": "a shared machine: other processes ran during the measurements",
+        },
+        "model": MODEL,
+        "input_shape": list(SHAPE),
+        "target": f"{TARGET}x",
+        "band": list(BAND),
+        "repeat": args.repeat,
+        "rounds": args.rounds,
+        "tables": {
+            str(t): {k: v for k, v in d.items() if k != "fingerprint"} for t, d in tables.items()
+        },
+        "rows": rows,
+    }
+    if args.json:
+        from lut_builder.fileio import atomic_write_json
+
+        atomic_write_json(args.json, result, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
