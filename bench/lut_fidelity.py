@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="onnxruntime backend method override")
     p.add_argument(
+        "--precision", default="fp32", help="table and runners: fp32, or int8 (Q/DQ models)"
+    )
+    p.add_argument(
         "--calibration", default="affine", choices=("affine", "additive"),
         help="the table's calibration when it is built (or recalibrated)",
     )  # fmt: skip
@@ -97,23 +100,30 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     x = example_input(model, shape)
     tag = re.sub(r"[^A-Za-z0-9]+", "_", args.model.split(":")[-1]).strip("_")
+    suffix = f"_{args.precision}" if args.precision != "fp32" else ""
     out_json = (
         Path(args.out)
         if args.out
-        else ROOT / "bench/results" / (f"lut_fidelity_{tag}_{args.backend}.json")
+        else ROOT / "bench/results" / (f"lut_fidelity_{tag}_{args.backend}{suffix}.json")
     )
+    # Whole models run at the table's precision (an INT8 table: INT8 Q/DQ models).
+    ropts = {"precision": args.precision} if args.precision != "fp32" else {}
+
+    def runner(m: torch.nn.Module) -> object:
+        return make_runner(args.backend, m, x, **ropts)
 
     def calibrate() -> None:
         """The network latency model, as `lut-builder build --calibration` fits it."""
         with LatencyTable.open(table_path, writable=True) as table:
             affine = args.calibration == "affine"
             variants = calibration_variants(model, x, table.alignment) if affine else []
-            calibrate_overhead(table, args.backend, model, x, variants=variants)
+            calibrate_overhead(table, runner, model, x, variants=variants)
 
     # 1. The table: built here unless given (build time and points/s recorded).
     build = None
     if args.table is None:
         opts = {"method": args.method} if args.method else {}
+        opts.update(ropts)
         backend = get_backend(args.backend, **opts)
         table_path = out_json.with_suffix(".sqlite")  # git-ignored
         for suffix in ("", "-wal", "-shm"):
@@ -125,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             table_path, model, x, backend, step=args.step, strategy=args.strategy,
             info={"model": args.model, "input_shape": list(shape)},
             calibration=args.calibration, variants=calibration_variants,
+            runner_options=ropts,
         )  # fmt: skip
         measure_s = res.seconds
         build = {
@@ -178,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. End-to-end, all models interleaved round by round, in the table's unit (each
     #    run against the table's reference workload when it has one).
-    runners = [make_runner(args.backend, m, x) for _, m in models]
+    runners = [runner(m) for _, m in models]
     clock = runners[0].clock
     t0 = time.perf_counter()
     meas = measure_end_to_end(table, runners, warmup=5, runs=args.rounds, min_time_s=None)
@@ -221,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "input_shape": list(shape),
         "backend": args.backend,
+        "precision": args.precision,
         "table": str(
             table_path.relative_to(ROOT) if table_path.is_relative_to(ROOT) else table_path
         ),
