@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     step = args.step or get_backend("onnxruntime").alignment
     tag = "".join(c if c.isalnum() else "_" for c in args.model.split(":")[-1])
     shape_tag = "x".join(map(str, shape))
-    result: dict[str, Any] = {"dense": {}, "runs": []}
+    result: dict[str, Any] = {"dense": {}}
 
     def train_dense(seed: int) -> nn.Module:
         t0 = time.perf_counter()
@@ -665,6 +665,37 @@ def main(argv: list[str] | None = None) -> int:
         ctx["macs_table"] = macs_table(
             table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
         )
+    result |= {
+        "benchmark": "pareto",
+        "command": "python bench/pareto.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": args.model,
+        "data": data.describe(),
+        "input_shape": list(shape),
+        "targets": checked["targets"],
+        "seeds": checked["seeds"],
+        "methods": checked["methods"],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
+        "timing": "ONNX Runtime CPU, one intra-op thread, interleaved with the dense model "
+        f"({args.rounds} rounds, thread clock); the machine was shared",
+        "host": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    all_methods = [
+        name for m in checked["methods"] for name in ((m, f"{m}+") if m in KNOB_METHODS else (m,))
+    ]
+
+    def save(runs: list[dict], status: str) -> None:
+        result["status"] = status
+        result["summary"] = summarise(runs, all_methods, checked["targets"])
+        result["seconds"] = time.perf_counter() - t_start
+        atomic_write_json(out, {**result, "runs": runs}, indent=1, default=float)
+        plot(
+            runs,
+            checked["methods"],
+            out.with_suffix(".png"),
+            f"{args.model} on {args.data} {shape_tag}: accuracy vs measured latency",
+        )
+        log(f"wrote {out} ({status})")
+
     # The first seed's dense model, and the methods that need no measured table, run
     # before the table is built (its build waits for the bench lock).
     seed0 = checked["seeds"][0]
@@ -673,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         t: run_target(ctx, seed0, t, denses[seed0], {}, log, only=TABLE_FREE)
         for t in checked["targets"]
     }
+    save([r for runs, _ in early.values() for r in runs], "waiting for the measured table")
     log(f"measured table {table_path} ...")
     if args.table_backend == "macs":
         table = macs_table(table_path, arch, x, step, step)
@@ -685,50 +717,26 @@ def main(argv: list[str] | None = None) -> int:
         return network_latency(table, layers, {n: (i.c_in, i.c_out) for n, i in layers.items()})
 
     ctx["predict"] = predict
-    all_methods = [
-        name for m in checked["methods"] for name in ((m, f"{m}+") if m in KNOB_METHODS else (m,))
-    ]
-    result |= {
-        "benchmark": "pareto",
-        "command": "python bench/pareto.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": args.model,
-        "data": data.describe(),
-        "input_shape": list(shape),
-        "targets": checked["targets"],
-        "seeds": checked["seeds"],
-        "methods": checked["methods"],
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
-        "table": {
-            "backend": args.table_backend,
-            "threads": 1,
-            "fingerprint": table.fingerprint,
-            "alignment": table.alignment,
-            "step": table.step,
-            "overhead_ms": table.overhead_ms,
-        },
-        "timing": "ONNX Runtime CPU, one intra-op thread, interleaved with the dense model "
-        f"({args.rounds} rounds, thread clock); the machine was shared",
-        "host": {"python": platform.python_version(), "torch": torch.__version__},
+    result["table"] = {
+        "backend": args.table_backend,
+        "threads": 1,
+        "fingerprint": table.fingerprint,
+        "alignment": table.alignment,
+        "step": table.step,
+        "overhead_ms": table.overhead_ms,
     }
+    runs: list[dict] = []
     timings: dict = {}
     for seed in checked["seeds"]:
         dense = denses.pop(seed, None) or train_dense(seed)
         for target in checked["targets"]:
             done = early.pop(target) if seed == seed0 else None
-            result["runs"] += run_target(ctx, seed, target, dense, timings, log, done=done)
+            runs += run_target(ctx, seed, target, dense, timings, log, done=done)
             result["dense"][str(seed)][f"measured_ms_{target}"] = timings.get(
                 (seed, target), {}
             ).get("dense_ms")
-            result["summary"] = summarise(result["runs"], all_methods, checked["targets"])
-            result["seconds"] = time.perf_counter() - t_start
-            atomic_write_json(out, result, indent=1, default=float)
-            plot(
-                result["runs"],
-                checked["methods"],
-                out.with_suffix(".png"),
-                f"{args.model} on {args.data} {shape_tag}: accuracy vs measured latency",
-            )
-            log(f"wrote {out}")
+            last = seed == checked["seeds"][-1] and target == checked["targets"][-1]
+            save(runs, "complete" if last else f"done up to seed {seed}, target {target}")
     table.close()
     return 0
 

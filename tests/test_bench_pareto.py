@@ -101,4 +101,4 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     assert result["summary"]["by_target"]["0.6x"]["uniform"]["n"] == 1
     assert result["summary"]["by_target"]["0.6x"]["halp-taylor"] == {"n": 0, "failed": 1}
     assert result["dense"]["0"]["val_acc"] > 0
-    assert result["table"]["backend"] == "macs"
+    assert result["table"]["backend"] == "macs" and result["status"] == "complete"
