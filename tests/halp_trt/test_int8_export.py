@@ -204,3 +204,26 @@ def test_run_measures_and_times_at_the_deployment_thread_count(tmp_path):
     )  # fmt: skip
     assert Pipeline(cfg)._backend_options() == {"precision": "int8", "threads": 2}
     assert pinned_settings(cfg)["threads"] == 2
+
+
+@pytest.mark.slow
+def test_int8_run_reports_fp32_and_int8_side_by_side(halp_cli, tmp_path):
+    r = halp_cli(
+        "run", "--model", "halp_trt.models:resnet20", "--data", "digits", "--target", "0.85x",
+        "--input-shape", "8,3,16,16", "--backend", "onnxruntime", "--precision", "int8",
+        "--pretrain-epochs", "1", "--epochs", "2", "--steps", "2", "--verify-rounds", "5",
+        "--no-progress", "--out", "run", timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["fingerprint"]["precision"] == "int8"
+    rows = {row["model"]: row for row in report["precisions"]}
+    assert set(rows) == {"fp32 dense", "int8 dense", "int8 pruned"}
+    for row in rows.values():
+        assert row["latency_ms"] > 0 and 0 <= row["accuracy"] <= 1 and row["size_bytes"] > 0
+    assert rows["int8 pruned"]["size_bytes"] < rows["int8 dense"]["size_bytes"]
+    for name in ("original.onnx", "pruned.onnx"):
+        m = onnx.load(str(run / name))
+        assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+    assert "## Precision" in (run / "report.md").read_text()
