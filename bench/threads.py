@@ -121,6 +121,10 @@ def main() -> int:
         for t in (1, 2):
             with LatencyTable.open(tables[t]["table"]) as table:
                 tables[t]["table_threads"] = table.threads
+                tables[t]["latency_model"] = {
+                    "scale": table.scale,
+                    "overhead_ms": table.overhead_ms,
+                }
                 tables[t]["fingerprint"] = table.fingerprint
             plan = load_plan(Path(tables[t]["pruned"]) / "plan.json")
             tables[t]["predicted_ratio"] = plan.predicted_ms / plan.base_ms
@@ -168,6 +172,7 @@ def main() -> int:
                 "predicted_ratio": tables[t]["predicted_ratio"],
                 "measured_ratio": ratio,
                 "measured_ratios": ratios,
+                "spreads": [x["spread"] for x in runs[f"{t}/{k}"]],
                 "of_target": ratio / TARGET,
                 "in_band": BAND[0] <= ratio / TARGET <= BAND[1],
                 "notes": runs[f"{t}/{k}"][0]["notes"],
