@@ -9,14 +9,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all lint demo clean
 
+# torchvision's model definitions are installed for the tests on its classifier zoo.
+# Without --no-deps pip would pull a CUDA torch; its compiled ops do not load on the CPU
+# build, which the tests work around (tests/conftest.py), the package never does.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
-	# torchvision's model definitions, for the tests on its classifier zoo. Without
-	# --no-deps pip would pull a CUDA torch; its compiled ops do not load on the CPU
-	# build, which the tests work around (tests/conftest.py), the package never does.
 	$(BIN)/pip install -q --no-deps "$(TORCHVISION)"
 	touch $(STAMP)
 
