@@ -75,10 +75,16 @@ BASELINES = ("uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
 
 
 @contextlib.contextmanager
-def bench_lock():
-    """Hold the machine-wide benchmark lock (no two timing runs overlap)."""
-    with open(LOCK, "a") as fh:
+def bench_lock(path: str | None = None, say: Any = None):
+    """Hold the machine-wide benchmark lock (no two timing runs overlap): ``path``, or
+    :data:`LOCK`, as the ``flock`` command takes it. ``say`` is told how long the wait
+    was when it was longer than a second."""
+    with open(path or LOCK, "a") as fh:
+        t0 = time.perf_counter()
         fcntl.flock(fh, fcntl.LOCK_EX)
+        waited = time.perf_counter() - t0
+        if say is not None and waited > 1:
+            say(f"  (waited {waited:.0f} s for {path or LOCK})")
         try:
             yield
         finally:

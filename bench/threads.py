@@ -25,8 +25,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from prune_quality import bench_lock  # noqa: E402
 
 MODEL = "halp_trt.models:resnet20_w2"
 SHAPE = (16, 3, 16, 16)
@@ -36,28 +39,10 @@ TARGET = 0.5
 BAND = (0.95, 1.02)
 
 
-@contextlib.contextmanager
-def locked(path: str | None):
-    """Hold ``path``'s lock (flock(2), as the ``flock`` command takes it) while inside."""
-    if path is None:
-        yield
-        return
-    import fcntl
-
-    with open(path, "a") as f:
-        t0 = time.perf_counter()
-        fcntl.flock(f, fcntl.LOCK_EX)
-        waited = time.perf_counter() - t0
-        if waited > 1:
-            print(f"  (waited {waited:.0f} s for {path})", flush=True)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def sh(*cmd: str) -> None:
-    print("$ " + " ".join(cmd), flush=True)
+    # Printed as a user would type it: the interpreter's path belongs to this machine.
+    shown = ["python" if cmd[0] == sys.executable else cmd[0], *cmd[1:]]
+    print("$ " + " ".join(shown), flush=True)
     subprocess.run(cmd, check=True)
 
 
@@ -102,7 +87,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     # The whole run holds the lock: on a 2-core machine, training next to a timing
     # disturbs it as much as another benchmark would.
-    with locked(args.lock):
+    lock = bench_lock(args.lock, say=lambda m: print(m, flush=True)) if args.lock else None
+    with lock or contextlib.nullcontext():
         tables = {}
         # Tables first, then pruning, then every timing.
         for t in (1, 2):
