@@ -92,3 +92,17 @@ def assert_user_error(result: CliResult, *fragments: str) -> None:
     assert errors == [lines[-1]], result.stderr
     for fragment in fragments:
         assert fragment in lines[-1], (fragment, lines[-1])
+
+
+def tiny_convnet(num_classes: int):
+    """Two 16-channel convs (the first with BatchNorm), pooling and a linear head, seeded:
+    small enough for the INT8 tests to quantize and time in seconds."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    ).eval()  # fmt: skip

@@ -13,21 +13,13 @@ onnx = pytest.importorskip("onnx")
 from halp_trt.errors import UserError  # noqa: E402
 from halp_trt.export.int8 import export_int8, tensorrt_qdq_problems  # noqa: E402
 
-from ..conftest import assert_user_error  # noqa: E402
+from ..conftest import assert_user_error, tiny_convnet  # noqa: E402
 
 SHAPE = (4, 3, 8, 8)
 
 
 def _model():
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
-    ).eval()  # fmt: skip
+    return tiny_convnet(3)
 
 
 def _data(tmp_path, channels=3, n=48):

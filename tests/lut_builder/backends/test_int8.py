@@ -14,6 +14,8 @@ from lut_builder.backends.onnxruntime.measurer import optimized_ops  # noqa: E40
 from lut_builder.errors import ExportError, UserError  # noqa: E402
 from lut_builder.signatures import LayerSignature  # noqa: E402
 
+from ...conftest import tiny_convnet  # noqa: E402
+
 CONV = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(8, 8), batch=2)
 CASES = [
     CONV,
@@ -133,15 +135,7 @@ def test_backend_refuses_precisions_it_does_not_measure():
 
 
 def _tiny():
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    ).eval()  # fmt: skip
+    return tiny_convnet(4)
 
 
 def test_int8_runner_quantizes_a_module_into_int8_kernels(tmp_path):
