@@ -273,7 +273,15 @@ class ChannelGraph:
         self._roots: dict[int, list[ChannelRef]] = {}
         #: LayerNorm name -> the axis it normalises over (its channel axis).
         self._norm_axis: dict[str, int] = {}
-        self._build()
+        from .trace import gc_paused, one_thread
+
+        # One intra-op thread throughout: the trace and the LayerNorm axis tests run
+        # small tensors, which a second thread waiting for a busy core slows down by
+        # 100x (torch.allclose on maxvit_t's attention norms: 108 ms a call with two
+        # threads on the shared 2-core machine, 0.5 ms with one). The garbage collector
+        # waits: see gc_paused.
+        with one_thread(), gc_paused():
+            self._build()
 
     # -- construction -------------------------------------------------------------------
 

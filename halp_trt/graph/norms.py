@@ -88,10 +88,11 @@ def channel_axis(module: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> in
     for axis in (x.dim() - 1, 1):
         if x.shape[axis] != c:
             continue
-        moved = x.movedim(axis, -1)
-        ref = F.layer_norm(moved, (c,), module.weight, module.bias, module.eps).movedim(-1, axis)
-        if torch.allclose(ref, out, rtol=1e-4, atol=1e-5):
-            return axis
+        with torch.no_grad():  # nothing to differentiate: no autograd record
+            moved = x.movedim(axis, -1)
+            ref = F.layer_norm(moved, (c,), module.weight, module.bias, module.eps)
+            if torch.allclose(ref.movedim(-1, axis), out, rtol=1e-4, atol=1e-5):
+                return axis
     return None
 
 

@@ -18,6 +18,7 @@ channel graph freezes every group that reaches one.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import threading
@@ -142,26 +143,66 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside the block (its state restored after).
+
+    Group expansion allocates a tuple per channel index per dependency it walks (1.3M on
+    maxvit_t) and keeps many alive in the group, which sets off a full collection over
+    every object of the process again and again: half of maxvit_t's graph build (3.0 s
+    of it with the collector on, 1.6 s off). What the build allocates is freed by
+    reference counting; the collector runs again once the block is left.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 _SWAP_LOCK = threading.RLock()
 
 
+@dataclass
+class _Swap:
+    #: Torch-Pruning called its index-map pass for the graph and the call was skipped.
+    skipped: bool = False
+
+
 @contextmanager
-def _maps_kept(graph: Any) -> Iterator[None]:
-    """Torch-Pruning's recomputation of all index maps skipped for ``graph`` inside the
-    block (other graphs are unaffected); the library's function is restored after."""
+def _maps_kept(graph: Any) -> Iterator[_Swap]:
+    """Torch-Pruning's pass over all index maps skipped for ``graph`` inside the block
+    (other graphs are unaffected); the library's function is restored after.
+
+    ``DependencyGraph.build_dependency`` of Torch-Pruning 1.6.1 ends with
+    ``index_mapping.update_index_mapping(self)``, which re-infers the split sizes
+    (undoing :func:`repair_splits`) and stops at the first map it cannot compute; the
+    trace computes the maps itself, one by one. The swap is of a module attribute the
+    library looks up at call time: where that attribute is missing nothing is swapped,
+    and where the library does not call it, ``skipped`` stays false; either way the
+    caller runs its own pass again after the library's.
+    """
     import torch_pruning as tp
 
-    mapping = tp.dependency.graph.index_mapping
+    swap = _Swap()
+    mapping = getattr(tp.dependency.graph, "index_mapping", None)
+    real = getattr(mapping, "update_index_mapping", None)
+    if real is None:
+        yield swap
+        return
+
+    def update(g: Any) -> None:
+        if g is graph:
+            swap.skipped = True
+        else:
+            real(g)
+
     with _SWAP_LOCK:
-        real = mapping.update_index_mapping
-
-        def update(g: Any) -> None:
-            if g is not graph:
-                real(g)
-
         mapping.update_index_mapping = update
         try:
-            yield
+            yield swap
         finally:
             mapping.update_index_mapping = real
 
@@ -174,7 +215,13 @@ def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
     """
     import torch_pruning as tp
 
+    from .pruning_group import available, pruning_group
+
     facts = TraceFacts()
+    # Torch-Pruning's own group expansion is quadratic in the group's size and
+    # recomputes every index map on each call; ours is linear and recomputes them only
+    # when removal may have made them stale (see .pruning_group).
+    fast_groups = available()
 
     class _Tracer(tp.DependencyGraph):
         #: True while the graph's shapes are those of the trace: the index maps that
@@ -182,16 +229,17 @@ def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
         mapping_current = False
 
         def get_pruning_group(self, module: Any, pruning_fn: Any, idxs: Any) -> Any:
+            if not fast_groups:
+                return super().get_pruning_group(module, pruning_fn, idxs)
             if not self.mapping_current:
-                return super().get_pruning_group(module, pruning_fn, idxs)
-            # Torch-Pruning recomputes every index map of the graph on each call (O(nodes)
-            # per group, quadratic on DenseNet's concatenations); while nothing has been
-            # pruned, the maps computed when the graph was built are current.
-            with _maps_kept(self):
-                return super().get_pruning_group(module, pruning_fn, idxs)
+                tp.dependency.index_mapping.update_index_mapping(self)
+            return pruning_group(self, module, pruning_fn, idxs)
 
         def _build_dependency(self, module2node: dict) -> None:
             super()._build_dependency(module2node)
+            self.map_indices(module2node)
+
+        def map_indices(self, module2node: dict) -> None:
             # Every index map, each on its own (Torch-Pruning's own pass, skipped after
             # this, stops at the first it cannot compute: a channels-last concat in
             # Swin). One that fails is handed over as an identity and frozen by the
@@ -255,8 +303,12 @@ def trace(model: nn.Module, inputs: tuple) -> tuple[Any, TraceFacts]:
     with warnings.catch_warnings(), torch.enable_grad(), norm_masks_suspended(), one_thread():
         warnings.simplefilter("ignore")
         dg = _Tracer()
-        with _maps_kept(dg):  # _Tracer._build_dependency computes them, one by one
+        with _maps_kept(dg) as swap:  # _Tracer._build_dependency computes them
             dg.build_dependency(model, example_inputs=inputs, forward_fn=forward, verbose=False)
+        if not swap.skipped:
+            # A Torch-Pruning whose build ran its own pass some other way (or none): ours
+            # again, over whatever it left.
+            dg.map_indices(dg.module2node)
     return dg, facts
 
 
