@@ -54,3 +54,20 @@ def test_zoo_model(name):
     if graph.params <= CHECK_MAX_PARAMS:
         result = graph.check(random_plan(graph, np.random.default_rng(0), 0.5, 0.5))
         assert result.passed, result
+
+
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t", "maxvit_t", "densenet121", "vit_b_32"])
+def test_zoo_fast_construction_equals_the_library(name, monkeypatch):
+    """Linear-time group expansion builds the graph Torch-Pruning's own expansion does,
+    on the models whose groups reach a layer many times by different paths."""
+    from halp_trt.graph import pruning_group
+
+    from .test_graph_speed import structure
+
+    size = 224 if name.startswith(NEEDS_224) else 64
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, size, size)
+    fast = structure(ChannelGraph(model, x))
+    monkeypatch.setattr(pruning_group, "available", lambda: False)
+    assert structure(ChannelGraph(model, x)) == fast
