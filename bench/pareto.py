@@ -356,6 +356,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "while >2%% slower) or by the table's prediction only (no timing until the end: "
         "one bench-lock wait per seed and target)",
     )
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="halp-trt without measured-latency feedback (the plans as the table predicts "
+        "them; before the pruner measured its plans)",
+    )
+    p.add_argument(
+        "--min-keep",
+        type=float,
+        default=None,
+        help="halp-trt's per-group floor (fraction of each group's width; default the "
+        "pruner's, 0.3; 0: none, as in HALP)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--out", default=str(ROOT / "bench/results/pareto.json"))
     p.add_argument("--lock", default=prune_quality.LOCK, help="lock file held around every timing")
@@ -390,6 +403,8 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         fractions[t] = f
     if not targets:
         raise BenchError("--targets is empty")
+    if args.min_keep is not None and not 0 <= args.min_keep < 1:
+        raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -498,6 +513,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             row.update(extra)
             row["val_acc"] = evaluate(model, data.val)[1]
             row["params"] = sum(p.numel() for p in model.parameters())
+            row["widths"] = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
             if "predict" in ctx:
                 row["predicted_ratio"] = ctx["predict"](model) / ctx["predict"](dense)
             row["status"] = "ok"
@@ -517,8 +533,9 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     def halp(importance, schedule, tbl):
         def fn():
             slim, plan, extra = train_halp(
-                dense, data, config, x, tbl, target, importance, schedule, args.steps
-            )
+                dense, data, config, x, tbl, target, importance, schedule, args.steps,
+                feedback=not args.no_feedback, min_keep=args.min_keep,
+            )  # fmt: skip
             return slim, {k: v for k, v in extra.items() if k != "kept"}
 
         return fn

@@ -228,16 +228,23 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
     return knob, model, ratio, history, priced
 
 
-def train_halp(dense, data, config, x, table, target, importance, schedule, steps):
+def train_halp(
+    dense, data, config, x, table, target, importance, schedule, steps, *, feedback=False,
+    min_keep=None,
+):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
     spread over the first half of ``config.epochs`` fine-tuning epochs, importance
-    ``importance``, the plan solved on ``table`` for ``target``.
+    ``importance``, the plan solved on ``table`` for ``target``; with ``feedback``,
+    each step's plan measured against ``dense`` on ONNX Runtime (one thread) and the
+    budgets corrected (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the
+    pruner's floor (None: its default).
 
     Returns ``(pruned model, plan, facts)``.
     """
-    from halp_trt.prune import Pruner
+    from halp_trt.prune import MeasuredLatency, Pruner
     from halp_trt.train import Trainer
 
+    measure = MeasuredLatency(dense, x, threads=1) if feedback else None
     model = copy.deepcopy(dense)
     trainer = Trainer(model, data, config)
     per_epoch = trainer.iterations_per_epoch
@@ -245,10 +252,14 @@ def train_halp(dense, data, config, x, table, target, importance, schedule, step
     interval = 1 if schedule == "oneshot" else max(1, per_epoch * config.epochs // 2 // steps)
     pruner = Pruner(
         model, x, table, target, importance=importance, steps=steps, interval=interval,
-        schedule=schedule,
+        schedule=schedule, feedback=measure, min_keep=min_keep,
     )  # fmt: skip
     trainer.pruner = pruner
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if measure is not None:
+            measure.close()
     slim, plan = pruner.finalize()
     return (
         slim,
@@ -264,6 +275,9 @@ def train_halp(dense, data, config, x, table, target, importance, schedule, step
             "pruning_iterations_s": result.pruning_iterations_s,
             "timers_s": dict(pruner.timers),
             "kept": {str(g): len(k) for g, k in plan.keep.items()},
+            "min_keep": pruner.min_keep,
+            "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
+            "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
         },
     )
 

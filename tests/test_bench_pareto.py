@@ -77,7 +77,7 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     argv = [
         "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
         "--methods", "halp-taylor,halp-taylor-macs,uniform", "--epochs", "1", "--pretrain-epochs", "1",
-        "--step", "8", "--rounds", "5", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
+        "--step", "8", "--rounds", "5", "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
         "--lock", str(tmp_path / "lock"), "--out", str(out),
     ]  # fmt: skip
     assert pareto.main(argv) == 0

@@ -8,6 +8,11 @@ from typing import Any
 
 from ..specs import WEIGHTS_HELP
 
+MIN_KEEP_HELP = (
+    "fewest channels any group keeps, as a fraction of its width (default 0.3; 0: no "
+    "floor, as in HALP)"
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -80,6 +85,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--cost-model", choices=("one-sided", "joint"), default=None, help="solver cost model"
     )
     p.add_argument("--bundle", type=int, default=None, help="channels per knapsack item")
+    p.add_argument(
+        "--min-keep",
+        type=float,
+        default=None,
+        metavar="F",
+        help=MIN_KEEP_HELP,
+    )
     p.add_argument("--backend", default=None, help="require a table measured on this backend")
     p.add_argument(
         "--force-table", action="store_true", help="use an incomplete or mismatched table"
@@ -109,6 +121,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
         interval_epochs=args.interval_epochs,
         cost_model=args.cost_model,
         bundle=args.bundle,
+        min_keep=args.min_keep,
     )
     train = TrainConfig(
         epochs=args.epochs,

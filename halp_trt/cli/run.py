@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from ..specs import WEIGHTS_HELP
+from .prune import MIN_KEEP_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=10, help="epochs of pruning + fine-tuning")
     p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
+    p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
     p.add_argument("--verify-rounds", type=int, default=30, help="timed rounds of verify (30)")
@@ -85,7 +87,12 @@ def config(args: argparse.Namespace) -> Any:
         data=args.data,
         input_shape=args.input_shape,
         out=args.out,
-        prune=PruneConfig(target=args.target, importance=args.importance, steps=args.steps),
+        prune=PruneConfig(
+            target=args.target,
+            importance=args.importance,
+            steps=args.steps,
+            min_keep=args.min_keep,
+        ),
         train=TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
         ),

@@ -34,6 +34,8 @@ class PruneConfig(ConfigBase):
             the solver's default.
         bundle: channels per knapsack item; None: the table's channel alignment.
         min_channels: fewest channels any group keeps; None: one bundle.
+        min_keep: fewest channels any group keeps, as a fraction of its width; None:
+            :data:`halp_trt.prune.pruner.DEFAULT_MIN_KEEP` (0.3), 0: no floor.
         frozen_layers: layer names whose channels are never pruned.
 
     Raises:
@@ -50,6 +52,7 @@ class PruneConfig(ConfigBase):
     cost_model: str | None = None
     bundle: int | None = None
     min_channels: int | None = None
+    min_keep: float | None = None
     frozen_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class PruneConfig(ConfigBase):
         self._choice("cost_model", (None, *COST_MODELS))
         self._int("bundle", 1, optional=True)
         self._int("min_channels", 1, optional=True)
+        if self.min_keep is not None:
+            self._number("min_keep", low=0.0, high=1.0)
         if isinstance(self.frozen_layers, str):
             self.frozen_layers = (self.frozen_layers,)
         self.frozen_layers = tuple(self.frozen_layers)
@@ -137,4 +142,5 @@ class PruneConfig(ConfigBase):
             "cost_model": self.cost_model,
             "bundle": self.bundle,
             "min_channels": self.min_channels,
+            "min_keep": self.min_keep,
         }

@@ -95,7 +95,7 @@ class HALPCallback(Callback):
         plan_path: where rank 0 writes ``plan.json`` at the end; None writes nothing.
         **options: the other fields of :class:`halp_trt.config.PruneConfig`:
             ``interval_epochs``, ``start``, ``frozen_layers``, ``cost_model``,
-            ``bundle``, ``min_channels``.
+            ``bundle``, ``min_channels``, ``min_keep``.
 
     Attributes:
         config: the :class:`~halp_trt.config.PruneConfig` the arguments make.

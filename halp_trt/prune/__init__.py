@@ -6,12 +6,14 @@ built-in classification trainer (:mod:`halp_trt.train`).
 """
 
 from .apply import apply_plan, load_plan
+from .feedback import MeasuredLatency
 from .masks import MaskSet
 from .plan_file import PrunePlan, StepRecord
 from .pruner import Pruner, network_latency, unwrap
 from .schedule import SCHEDULES, ScheduleFit, fit_schedule, parse_target, schedule_targets
 
 __all__ = [
+    "MeasuredLatency",
     "SCHEDULES",
     "MaskSet",
     "PrunePlan",

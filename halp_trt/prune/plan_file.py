@@ -35,7 +35,10 @@ class StepRecord:
         total: channels of all prunable groups before pruning.
         minibatches: minibatches the importance was accumulated over (0 for criteria
             that read only weights).
-        solve_s: wall time of the step (importance, all-reduce, solve, masking).
+        solve_s: wall time of the step (importance, all-reduce, solve, masking, and
+            measuring with feedback).
+        measured_ratio: the step's plan measured against the unpruned model (with
+            latency feedback), else None.
     """
 
     step: int
@@ -47,6 +50,7 @@ class StepRecord:
     total: int
     minibatches: int
     solve_s: float
+    measured_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -224,6 +224,17 @@ def _min_for(min_channels: int | Mapping[int, int] | None, gid: int, bundle: int
     return int(m)
 
 
+def check_min_keep(min_keep: float) -> float:
+    """``min_keep`` as a float in [0, 1), or PruningError."""
+    try:
+        value = float(min_keep)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise PruningError(f"min_keep must be a fraction in [0, 1), got {min_keep!r}")
+    return value
+
+
 def _choices(
     graph: Any,
     table: Any,
@@ -233,6 +244,7 @@ def _choices(
     bundle: int | Mapping[int, int] | None,
     min_channels: int | Mapping[int, int] | None,
     allow_removal: bool,
+    min_keep: float = 0.0,
 ) -> list[_Choice]:
     out = []
     for group in groups:
@@ -262,7 +274,8 @@ def _choices(
             order = (ranked[:, None] * unit + np.arange(unit)).reshape(-1)
             b = math.lcm(b, unit)
         # Counts are whole bundles, rounded up from the minimum, or every alive channel.
-        least = min(n, -(-_min_for(min_channels, gid, b) // b) * b)
+        floor = max(_min_for(min_channels, gid, b), math.ceil(min_keep * group.size - 1e-9))
+        least = min(n, -(-floor // b) * b)
         if unit > 1:
             least = max(least, min(n, 2 * unit))
         counts = [c for c in range(b, n, b) if c >= least]
@@ -297,6 +310,7 @@ def solve_budget(
     cost_model: str = DEFAULT_COST_MODEL,
     bundle: int | Mapping[int, int] | None = None,
     min_channels: int | Mapping[int, int] | None = None,
+    min_keep: float = 0.0,
     allow_removal: bool = False,
     frozen: Collection[int] = (),
     alive: Mapping[int, Sequence[int]] | None = None,
@@ -319,6 +333,10 @@ def solve_budget(
             takes the table's ``alignment``, or its grid ``step`` when that is larger.
         min_channels: fewest channels a group keeps (rounded up to whole bundles); by
             default one bundle. An int for all groups or a mapping per group id.
+        min_keep: fewest channels a group keeps as a fraction of its full width (also
+            rounded up to whole bundles), on top of ``min_channels``. 0 (default): no
+            floor. See :data:`halp_trt.prune.pruner.DEFAULT_MIN_KEEP` for why the pruner
+            sets one.
         allow_removal: also allow keeping no channel at all (the group's layers then
             cost nothing). Off by default. ``ChannelGraph.mask``/``remove`` do not apply
             an empty group yet, so such plans serve latency exploration only.
@@ -350,7 +368,10 @@ def solve_budget(
         raise PruningError(f"frozen groups are not prunable groups: {sorted(unknown)}")
     live = _alive(graph, alive)
     solved = [g for g in graph.prunable if g.id not in set(frozen)]
-    choices = _choices(graph, table, scores, live, solved, bundle, min_channels, allow_removal)
+    min_keep = check_min_keep(min_keep)
+    choices = _choices(
+        graph, table, scores, live, solved, bundle, min_channels, allow_removal, min_keep
+    )
     net = _Network(graph, table)
     fixed = {gid: len(kept) for gid, kept in live.items()}  # unsolved groups stay so
 
@@ -365,7 +386,8 @@ def solve_budget(
             min_ms,
             what="latency",
             unit=" ms",
-            detail="every prunable group at its minimum width",
+            detail="every prunable group at its minimum width"
+            + (f", at least {min_keep:g} of its channels" if min_keep else ""),
         )
 
     found: list[tuple[tuple[int, ...], float, float]] = []  # (pick, exact ms, model ms)

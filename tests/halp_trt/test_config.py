@@ -66,6 +66,7 @@ def test_top_level_names_resolve_and_import_is_light():
         (PruneConfig, {"target": "0.5x", "cost_model": "both"}, "PruneConfig.cost_model must be one of None, one-sided, joint"),
         (PruneConfig, {"target": "0.5x", "interval": 4, "interval_epochs": 1.0}, "interval_epochs cannot be given with interval"),
         (PruneConfig, {"target": "0.5x", "bundle": 0}, "PruneConfig.bundle must be an integer >= 1"),
+        (PruneConfig, {"target": "0.5x", "min_keep": 1.0}, "PruneConfig.min_keep must be a number >= 0.0 and < 1.0"),
         (TrainConfig, {"lr": float("nan")}, "TrainConfig.lr must be a number > 0.0"),
         (TrainConfig, {"momentum": 1.0}, "TrainConfig.momentum must be a number >= 0.0 and < 1.0"),
         (RunConfig, {"backend": "cuda"}, "RunConfig.backend must be one of auto, tensorrt, torch, onnxruntime"),
@@ -150,6 +151,9 @@ def test_pruner_from_config_uses_the_fitted_schedule(table):
         ht.Pruner.from_config(model, x, table, cfg)
     fixed = ht.Pruner.from_config(model, x, table, cfg.replace(steps=3, interval=2))
     assert (fixed.steps, fixed.interval) == (3, 2)
+    assert fixed.min_keep == ht.prune.pruner.DEFAULT_MIN_KEEP == 0.3
+    no_floor = ht.Pruner.from_config(model, x, table, cfg.replace(interval=2, min_keep=0.0))
+    assert no_floor.min_keep == 0.0
 
 
 # -- criterion objects ------------------------------------------------------------------

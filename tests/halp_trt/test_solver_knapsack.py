@@ -286,6 +286,23 @@ def test_min_channels(r20):
     assert len(per_group.keep[gid]) >= 16
 
 
+def test_min_keep_is_a_floor_per_group_as_a_fraction_of_its_width(r20):
+    table = FakeTable()
+    scores = random_scores(r20)
+    full = full_ms(r20, table)
+    free = solve_budget(r20, table, scores, 0.3 * full)
+    assert min(len(k) for k in free.keep.values()) == 8  # without a floor: one bundle
+    half = {g.id: min(g.size, -(-g.size // 2 // 8) * 8) for g in r20.prunable}  # bundles
+    floor = solve_budget(r20, table, scores, 0.45 * full, min_keep=0.5)
+    assert all(len(kept) >= half[gid] for gid, kept in floor.keep.items())
+    assert floor.predicted_ms <= 0.45 * full
+    free = solve_budget(r20, table, scores, 0.45 * full)
+    assert any(len(kept) < half[gid] for gid, kept in free.keep.items())
+    # The floor makes a budget infeasible that was not, and the error says why.
+    with pytest.raises(InfeasibleBudgetError, match="at least 0.9 of its channels"):
+        solve_budget(r20, table, scores, 0.3 * full, min_keep=0.9)
+
+
 def test_frozen_and_alive_groups(r20):
     table = FakeTable()
     scores = random_scores(r20)
@@ -350,6 +367,9 @@ def test_infeasible_budget_names_the_smallest_latency(r20):
         ({"cost_model": "both"}, "cost model"),
         ({"bundle": 0}, "bundle"),
         ({"min_channels": 0}, "min_channels"),
+        ({"min_keep": 1.0}, "min_keep"),
+        ({"min_keep": -0.1}, "min_keep"),
+        ({"min_keep": "half"}, "min_keep"),
         ({"frozen": [999]}, "frozen"),
         ({"alive": {999: [0]}}, "not a prunable group"),
         ({"budget_ms": float("nan")}, "finite"),
