@@ -70,7 +70,17 @@ STAGE_ARGS = {
         "batch_size",
         "lr",
     ),
-    "prune": ("target", "importance", "epochs", "steps", "seed", "batch_size", "lr"),
+    "prune": (
+        "target",
+        "importance",
+        "epochs",
+        "steps",
+        "min_keep",
+        "feedback",
+        "seed",
+        "batch_size",
+        "lr",
+    ),
     "export": ("data",),
     "engine": (),
     "verify": ("verify_rounds",),
@@ -100,6 +110,8 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "importance": p.importance_name,
         "epochs": t.epochs,
         "steps": p.steps,
+        "min_keep": p.min_keep,
+        "feedback": config.feedback,
         "verify_rounds": config.verify_rounds,
     }
     assert set(settings) == set(PINNED_ARGS)
@@ -401,6 +413,14 @@ class Pipeline:
             options["threads"] = self.config.threads
         return options
 
+    def _feedback(self) -> dict[str, Any] | None:
+        """Measured-latency feedback while pruning: on a CPU backend at FP32, where the
+        table was measured on this machine and a model loads in a second (a TensorRT
+        engine per step would take minutes; an INT8 model would need calibrating)."""
+        if not self.config.feedback or not self._on_cpu() or self.config.precision != "fp32":
+            return None
+        return {"backend": self.backend, "threads": self.config.threads}
+
     def _on_cpu(self) -> bool:
         """The backend runs on the CPU (its tables and timings have a thread count)."""
         import torch
@@ -488,6 +508,7 @@ class Pipeline:
                 progress=cfg.progress,
                 say=self.say,
                 log_extra={"run": str(self.out)},
+                feedback=self._feedback(),
             )
             save_prune_result(self._path("pruned"), result)
         return ["pruned/model.pt", "pruned/plan.json", "pruned/log.json"], {}

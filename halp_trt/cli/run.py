@@ -66,6 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
     p.add_argument("--verify-rounds", type=int, default=30, help="timed rounds of verify (30)")
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="do not measure the plans while pruning (CPU backends at fp32 measure each "
+        "step's plan against the original and correct the budgets by it)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
@@ -103,6 +109,7 @@ def config(args: argparse.Namespace) -> Any:
         threads=args.threads,
         pretrain_epochs=args.pretrain_epochs,
         verify_rounds=args.verify_rounds,
+        feedback=not args.no_feedback,
         resume=args.resume,
         progress=not args.no_progress,
     )

@@ -43,6 +43,8 @@ class RunConfig(ConfigBase):
             count (a ``lut`` measured at another is refused). Ignored on GPUs.
         pretrain_epochs: train the dense model first (for untrained model specs).
         verify_rounds: timed rounds of the interleaved original-vs-pruned timing.
+        feedback: on a CPU backend at FP32, measure each pruning step's plan on this
+            machine and correct the budgets by it (:class:`halp_trt.prune.MeasuredLatency`).
         resume: continue the run in ``out`` after its last completed stage.
         progress: show progress bars.
 
@@ -66,6 +68,7 @@ class RunConfig(ConfigBase):
     threads: int = 1
     pretrain_epochs: int = 0
     verify_rounds: int = 30
+    feedback: bool = True
     resume: bool = False
     progress: bool = True
 
@@ -94,6 +97,7 @@ class RunConfig(ConfigBase):
         self._int("verify_rounds", 1)
         self._choice("resume", (True, False))
         self._choice("progress", (True, False))
+        self._choice("feedback", (True, False))
 
     def _shape(self) -> tuple[int, ...]:
         from ..errors import UserError

@@ -69,6 +69,10 @@ def classes_of(model: nn.Module, x: Any) -> int:
     return int(out.shape[1])
 
 
+def _on_rank0(model: nn.Module) -> float:
+    raise RuntimeError("latency feedback is measured on rank 0 only")
+
+
 def prune_classifier(
     model: nn.Module | str,
     data: Any,
@@ -84,6 +88,7 @@ def prune_classifier(
     progress: bool = True,
     say: Callable[[str], None] = print,
     log_extra: dict[str, Any] | None = None,
+    feedback: dict[str, Any] | None = None,
 ) -> PruneResult:
     """Train a classifier while HALP prunes it to ``prune.target``; return it slim.
 
@@ -108,6 +113,10 @@ def prune_classifier(
         progress: show progress bars.
         say: where progress lines go (only rank 0 speaks under ``torchrun``).
         log_extra: facts added to the returned log (e.g. the command line).
+        feedback: measure each pruning step's plan on this machine
+            (:class:`halp_trt.prune.MeasuredLatency` keyword arguments: ``backend``,
+            ``threads``, ...) and correct the budgets by it; None: plans as the table
+            predicts them. Only where this machine is the deployment's.
 
     Returns:
         A :class:`PruneResult`.
@@ -176,6 +185,10 @@ def prune_classifier(
         iterations_per_epoch=trainer.iterations_per_epoch,
         say=speak,
     )
+    if feedback is not None:
+        from ..prune import MeasuredLatency
+
+        pruner.feedback = MeasuredLatency(model, x, **feedback) if rank() == 0 else _on_rank0
     fp = table.fingerprint
     speak(
         f"model {spec}, input {tuple(shape)}; data {data.describe()}\n"
@@ -206,8 +219,23 @@ def prune_classifier(
     log["before"] = {"val_loss": before[0], "val_acc": before[1]}
     speak(f"before pruning: val acc {before[1]:.4f}")
     trainer.pruner = pruner
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if hasattr(pruner.feedback, "close"):
+            pruner.feedback.close()
     slim, plan = pruner.finalize()
+    if feedback is not None:
+        log["feedback"] = {
+            **feedback,
+            "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
+            "steps_predicted_ratio": [h.predicted_ms / pruner.base_ms for h in pruner.history],
+        }
+        last = pruner.history[-1]
+        speak(
+            f"measured on this machine: {last.measured_ratio:.3f}x of the unpruned model "
+            f"(the table predicted {last.predicted_ms / pruner.base_ms:.3f}x)"
+        )
     after = evaluate(slim, data.val, device=device)
     overhead = result.pruning_overhead
     log.update(

@@ -74,6 +74,7 @@ def test_top_level_names_resolve_and_import_is_light():
         (RunConfig, {"input_shape": (1, 3, 0, 4)}, "RunConfig.input_shape must be N,C,H,W"),
         (RunConfig, {"train": TrainConfig(epochs=0)}, "TrainConfig.epochs must be at least 1"),
         (RunConfig, {"verify_rounds": 0}, "RunConfig.verify_rounds must be an integer >= 1"),
+        (RunConfig, {"feedback": "yes"}, "RunConfig.feedback must be one of True, False"),
         (RunConfig, {"model": ""}, "RunConfig.model must be a non-empty string"),
         (RunConfig, {"weights": ""}, "RunConfig.weights must be None or the path of a state_dict file"),
         (RunConfig, {"weights": 3}, "RunConfig.weights must be None or the path"),
