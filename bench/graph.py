@@ -8,7 +8,7 @@ channels in prunable groups (input and output layers excluded), the frozen group
 reasons, and ``ChannelGraph.check`` on a random plan removing half of every prunable
 group's units.
 
-    python bench/graph.py [--repeats 5] [--zoo] [--out bench/results/graph.json]
+    python bench/graph.py [--repeats 5] [--zoo [--models a,b]] [--out bench/results/graph.json]
 """
 
 from __future__ import annotations
@@ -120,6 +120,21 @@ def zoo(names: list[str] | None) -> list[dict]:
     return rows
 
 
+def previous_zoo(ap: argparse.ArgumentParser, path: str) -> list[dict]:
+    """The zoo rows of an earlier run's output (none when there is no such file)."""
+    import json
+
+    if not Path(path).exists():
+        return []
+    try:
+        rows = json.loads(Path(path).read_text()).get("zoo", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        ap.error(f"cannot read the zoo rows of {path}: {exc}")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        ap.error(f"{path}: 'zoo' is not a list of rows")
+    return rows
+
+
 def bench(name: str, repeats: int) -> dict:
     factory, shape = MODELS[name]
     torch.manual_seed(0)
@@ -159,9 +174,29 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="bench/results/graph.json")
     ap.add_argument("--zoo", action="store_true", help="also torchvision's classifier zoo")
-    ap.add_argument("--models", default=None, help="comma-separated zoo subset (with --zoo)")
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated zoo subset (with --zoo); the other zoo rows already in --out "
+        "are kept",
+    )
     args = ap.parse_args()
-    zoo_rows = zoo(args.models.split(",") if args.models else None) if args.zoo else None
+    names = [n for n in args.models.split(",") if n] if args.models else None
+    kept_rows: list[dict] = []
+    if names is not None:
+        if not args.zoo:
+            ap.error("--models needs --zoo")
+        import torchvision
+
+        unknown = sorted(
+            set(names) - set(torchvision.models.list_models(module=torchvision.models))
+        )
+        if unknown:
+            ap.error(f"not a torchvision classifier: {', '.join(unknown)}")
+        kept_rows = [r for r in previous_zoo(ap, args.out) if r.get("model") not in names]
+    zoo_rows = kept_rows + zoo(names) if args.zoo else None
+    if zoo_rows is not None:
+        zoo_rows.sort(key=lambda r: r["model"])
     rows = [bench(name, args.repeats) for name in MODELS]
     result = {
         "machine": {
