@@ -141,6 +141,8 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         (["--interval", "5", "--interval-epochs", "1"], ["--interval-epochs cannot be given"]),
         (["--interval", "100000"], ["--interval does not fit the run"]),
         (["--lr", "-1"], ["--lr must be a number > 0.0, not -1.0"]),
+        (["--min-keep", "1"], ["--min-keep must be a number >= 0.0 and < 1.0, not 1.0"]),
+        (["--target", "0.3x", "--min-keep", "0.9"], ["infeasible", "lower min_keep"]),
     ],
     ids=[
         "infeasible",
@@ -153,6 +155,8 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         "two-intervals",
         "long-interval",
         "lr",
+        "min-keep",
+        "floor-infeasible",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_result(halp_cli, setup, tmp_path, extra, fragments):
