@@ -7,7 +7,10 @@ comes before those epochs):
 
 - ``halp-taylor``: HALP's loop (Taylor importance, exponential schedule, ``--steps``
   steps over the first half of the epochs) on the measured table (ONNX Runtime CPU, one
-  thread): the product;
+  thread), seen through its monotone envelope, with measured-latency feedback and the
+  pruner's per-group floor: the product as it ships;
+- ``halp-taylor-raw``: the same on the table's points as measured (no envelope): what
+  the envelope is worth;
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
@@ -79,6 +82,7 @@ from prune_quality import (  # noqa: E402
 
 METHODS = (
     "halp-taylor",
+    "halp-taylor-raw",
     "halp-taylor-macs",
     "halp-sp-lamp",
     "tp-l2",
@@ -530,11 +534,11 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             + f", {row['method_s']:.0f} s"
         )
 
-    def halp(importance, schedule, tbl):
+    def halp(importance, schedule, tbl, monotone=True):
         def fn():
             slim, plan, extra = train_halp(
                 dense, data, config, x, tbl, target, importance, schedule, args.steps,
-                feedback=not args.no_feedback, min_keep=args.min_keep,
+                feedback=not args.no_feedback, min_keep=args.min_keep, monotone_table=monotone,
             )  # fmt: skip
             return slim, {k: v for k, v in extra.items() if k != "kept"}
 
@@ -547,6 +551,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
     halp_methods = {
         "halp-taylor": ("taylor", "exp", table),
+        "halp-taylor-raw": ("taylor", "exp", table, False),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
     }

@@ -230,14 +230,15 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
 
 def train_halp(
     dense, data, config, x, table, target, importance, schedule, steps, *, feedback=False,
-    min_keep=None,
+    min_keep=None, monotone_table=True,
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
     spread over the first half of ``config.epochs`` fine-tuning epochs, importance
     ``importance``, the plan solved on ``table`` for ``target``; with ``feedback``,
     each step's plan measured against ``dense`` on ONNX Runtime (one thread) and the
     budgets corrected (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the
-    pruner's floor (None: its default).
+    pruner's floor (None: its default); ``monotone_table``: plan on the table's
+    monotone envelope (the pruner's default) or on its points as measured.
 
     Returns ``(pruned model, plan, facts)``.
     """
@@ -253,6 +254,7 @@ def train_halp(
     pruner = Pruner(
         model, x, table, target, importance=importance, steps=steps, interval=interval,
         schedule=schedule, feedback=measure, min_keep=min_keep,
+        monotone_table=monotone_table,
     )  # fmt: skip
     trainer.pruner = pruner
     try:

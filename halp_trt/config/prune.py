@@ -36,6 +36,8 @@ class PruneConfig(ConfigBase):
         min_channels: fewest channels any group keeps; None: one bundle.
         min_keep: fewest channels any group keeps, as a fraction of its width; None:
             :data:`halp_trt.prune.pruner.DEFAULT_MIN_KEEP` (0.3), 0: no floor.
+        monotone_table: plan on the table's monotone envelope (default; see
+            :class:`halp_trt.solver.monotone.MonotoneTable`).
         frozen_layers: layer names whose channels are never pruned.
 
     Raises:
@@ -53,6 +55,7 @@ class PruneConfig(ConfigBase):
     bundle: int | None = None
     min_channels: int | None = None
     min_keep: float | None = None
+    monotone_table: bool = True
     frozen_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -79,6 +82,7 @@ class PruneConfig(ConfigBase):
         self._choice("cost_model", (None, *COST_MODELS))
         self._int("bundle", 1, optional=True)
         self._int("min_channels", 1, optional=True)
+        self._choice("monotone_table", (True, False))
         if self.min_keep is not None:
             self._number("min_keep", low=0.0, high=1.0)
         if isinstance(self.frozen_layers, str):
@@ -143,4 +147,5 @@ class PruneConfig(ConfigBase):
             "bundle": self.bundle,
             "min_channels": self.min_channels,
             "min_keep": self.min_keep,
+            "monotone_table": self.monotone_table,
         }

@@ -138,6 +138,10 @@ class Pruner:
             up to whole bundles); None: :data:`DEFAULT_MIN_KEEP`, 0: no floor.
         cost_model, bundle, min_channels: passed to
             :func:`halp_trt.solver.solve_budget` (defaults: the solver's).
+        monotone_table: plan on the table's monotone envelope
+            (:class:`halp_trt.solver.monotone.MonotoneTable`: a wider layer never costs
+            less than a narrower one), so the knapsack cannot pick widths for a point
+            measured low by chance; False: the table's points as measured.
         feedback: a callable taking a slim model and returning its measured latency as
             a ratio to the unpruned model (:class:`halp_trt.prune.MeasuredLatency`), or
             None. Each step's plan is then measured; the next budgets are divided by
@@ -170,6 +174,7 @@ class Pruner:
         min_channels: int | Mapping[int, int] | None = None,
         min_keep: float | None = None,
         feedback: Any = None,
+        monotone_table: bool = True,
     ) -> None:
         if schedule not in SCHEDULES:
             raise PruningError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
@@ -201,6 +206,12 @@ class Pruner:
         if not self.graph.prunable:
             reasons = "; ".join(sorted({g.reason or "?" for g in self.graph.frozen}))
             raise PruningError(f"the model has no prunable channel group ({reasons})")
+        if monotone_table:
+            from ..solver.monotone import MonotoneTable
+
+            full_layers = [(i.signature, i.c_in, i.c_out) for i in self.graph.layers.values()]
+            self.table = table = MonotoneTable(table, full_layers)
+        self.monotone_table = bool(monotone_table)
         full = self.graph.widths({})
         self.base_ms = network_latency(table, self.graph.layers, full)
         self.target = str(target)
@@ -612,6 +623,7 @@ class Pruner:
             "interval": self.interval,
             "start": self.start,
             "min_keep": self.min_keep,
+            "monotone_table": self.monotone_table,
             "target_ms": self.target_ms,
             "group_sizes": [g.size for g in self.graph.groups],
         }
