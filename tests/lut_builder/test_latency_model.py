@@ -40,6 +40,11 @@ def test_fit_calibration_additive_affine_and_implausible():
     close = fit_calibration([(4.0, 4.4), (3.9, 4.1)])
     assert close.kind == "additive" and close.overhead_ms == pytest.approx(0.4)
     assert "too close" in close.note
+    # Layer sums close together but whole networks measured far apart (INT8 layers at
+    # batch 1 cost nearly the same at every width): the slope is still fitted.
+    flat = fit_calibration([(s, 1.7 * s - 0.6) for s in (0.97, 0.90, 0.84)])
+    assert flat.kind == "affine" and flat.note == ""
+    assert flat.scale == pytest.approx(1.7) and flat.overhead_ms == pytest.approx(-0.6)
     # A slope outside [0.5, 2] is noise, not a latency model.
     wild = fit_calibration([(4.0, 10.0), (2.0, 1.0)])
     assert wild.kind == "additive" and wild.overhead_ms == pytest.approx(6.0)
