@@ -30,6 +30,13 @@ machine's speed between the table's calibration and this run cancels out of it: 
 shared 2-core machine, a MobileNetV2's latency in the table's unit moved by up to 11%
 between consecutive 2-second measurements.
 
+The level of the run against the table's calibration is recorded too
+(``level_vs_calibration``): for the unpruned model and each uniform copy, its latency
+measured in this run over the one the build's calibration measured, and the
+calibration's own measurement (:class:`~lut_builder.end_to_end.BlockSampler`, its blocks
+in a row) repeated right before and right after this run. A shift common to the three
+is the machine's state having moved since the build, not the latency model's shape.
+
 Run under the benchmark lock, e.g.:
 
     flock /tmp/halp-trt-bench.lock .venv/bin/python bench/lut_fidelity.py \\
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
+    from lut_builder.end_to_end import BlockSampler
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
 
@@ -191,9 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     #    run against the table's reference workload when it has one).
     runners = [runner(m) for _, m in models]
     clock = runners[0].clock
+
+    def calibration_now() -> list[float]:
+        """The calibration models timed now as the build's calibration times them (its
+        blocks, in a row): the calibration's own measurement, at this run's time."""
+        return BlockSampler(table, runners[:n_ref], warmup=20).finish().medians()
+
+    cal_before = calibration_now()
     t0 = time.perf_counter()
     meas = measure_end_to_end(table, runners, warmup=5, runs=args.rounds, min_time_s=None)
     e2e_s = time.perf_counter() - t0
+    cal_after = calibration_now()
     for r in runners:
         r.close()
 
@@ -223,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     pruned = [r for r in rows if r["sample"]]
+    # The level of this run against the table's calibration: each calibration model's
+    # latency measured here over the one the calibration measured (a shift common to
+    # all of them is the machine's state, not the latency model's shape).
+    cal_points = (table.overhead or {}).get("points") or []
+    level_shift = [
+        {"model": name, "calibrated_ms": p["measured_ms"], "measured_ms": t.median_ms,
+         "ratio": t.median_ms / p["measured_ms"],
+         "calibration_before_run_ms": before, "calibration_after_run_ms": after}
+        for (name, _), p, t, before, after in zip(
+            models[:n_ref], cal_points, meas, cal_before, cal_after
+        )
+    ]  # fmt: skip
 
     def stats(key: str) -> dict[str, float]:
         errs = [abs(r[key]) for r in pruned]
@@ -259,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "errors_run_overhead": stats("err_run"),
         "errors_run_affine": stats("err_run_affine"),
         "errors_table_speedup": stats("err_table_speedup"),
+        "level_vs_calibration": level_shift,
+        "calibration_block_medians_ms": (table.overhead or {}).get("block_medians_ms"),
         "targets": {"median_abs": 0.05, "max_abs": 0.10},
         "rows": rows,
         "assignments": assignments,
@@ -304,6 +334,14 @@ def _print(r: dict) -> None:
         )
     con = Console()
     con.print(t)
+    for s in r["level_vs_calibration"]:
+        cal = s["calibrated_ms"]
+        con.print(
+            f"{s['model']}: measured here / by the table's calibration {s['ratio']:.3f}; "
+            f"the calibration's measurement repeated before this run "
+            f"{s['calibration_before_run_ms'] / cal:.3f}, after it "
+            f"{s['calibration_after_run_ms'] / cal:.3f}"
+        )
     for key, label in (
         ("errors_table_overhead", f"table ({r['table_calibration']})"),
         ("errors_run_overhead", "run, additive"),
