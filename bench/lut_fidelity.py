@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="onnxruntime backend method override")
     p.add_argument(
+        "--gate", type=float, default=None,
+        help="onnxruntime backend gate: count only runs made while the reference ran "
+        "within GATE times its fastest run (the table, its calibration and this run)",
+    )  # fmt: skip
+    p.add_argument(
         "--precision", default="fp32", help="table and runners: fp32, or int8 (Q/DQ models)"
     )
     p.add_argument(
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     build = None
     if args.table is None:
         opts = {"method": args.method} if args.method else {}
+        if args.gate is not None:
+            opts["gate"] = args.gate
         opts.update(ropts)
         backend = get_backend(args.backend, **opts)
         table_path = out_json.with_suffix(".sqlite")  # git-ignored
