@@ -7,10 +7,10 @@ comes before those epochs):
 
 - ``halp-taylor``: HALP's loop (Taylor importance, exponential schedule, ``--steps``
   steps over the first half of the epochs) on the measured table (ONNX Runtime CPU, one
-  thread), seen through its monotone envelope, with measured-latency feedback and the
-  pruner's per-group floor: the product as it ships;
-- ``halp-taylor-raw``: the same on the table's points as measured (no envelope): what
-  the envelope is worth;
+  thread), with measured-latency feedback and the pruner's per-group floor: the product
+  as it ships;
+- ``halp-taylor-monotone``: the same on the table's monotone envelope
+  (``Pruner(monotone_table=True)``): what the envelope is worth;
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
@@ -82,7 +82,7 @@ from prune_quality import (  # noqa: E402
 
 METHODS = (
     "halp-taylor",
-    "halp-taylor-raw",
+    "halp-taylor-monotone",
     "halp-taylor-macs",
     "halp-sp-lamp",
     "tp-l2",
@@ -534,7 +534,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             + f", {row['method_s']:.0f} s"
         )
 
-    def halp(importance, schedule, tbl, monotone=True):
+    def halp(importance, schedule, tbl, monotone=False):
         def fn():
             slim, plan, extra = train_halp(
                 dense, data, config, x, tbl, target, importance, schedule, args.steps,
@@ -551,7 +551,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
     halp_methods = {
         "halp-taylor": ("taylor", "exp", table),
-        "halp-taylor-raw": ("taylor", "exp", table, False),
+        "halp-taylor-monotone": ("taylor", "exp", table, True),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
     }

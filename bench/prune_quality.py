@@ -230,7 +230,7 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
 
 def train_halp(
     dense, data, config, x, table, target, importance, schedule, steps, *, feedback=False,
-    min_keep=None, monotone_table=True,
+    min_keep=None, monotone_table=False,
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
     spread over the first half of ``config.epochs`` fine-tuning epochs, importance
@@ -238,7 +238,7 @@ def train_halp(
     each step's plan measured against ``dense`` on ONNX Runtime (one thread) and the
     budgets corrected (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the
     pruner's floor (None: its default); ``monotone_table``: plan on the table's
-    monotone envelope (the pruner's default) or on its points as measured.
+    monotone envelope instead of its points as measured (the pruner's default).
 
     Returns ``(pruned model, plan, facts)``.
     """

@@ -36,8 +36,8 @@ class PruneConfig(ConfigBase):
         min_channels: fewest channels any group keeps; None: one bundle.
         min_keep: fewest channels any group keeps, as a fraction of its width; None:
             :data:`halp_trt.prune.pruner.DEFAULT_MIN_KEEP` (0.3), 0: no floor.
-        monotone_table: plan on the table's monotone envelope (default; see
-            :class:`halp_trt.solver.monotone.MonotoneTable`).
+        monotone_table: plan on the table's monotone envelope (see
+            :class:`halp_trt.solver.monotone.MonotoneTable`; off by default).
         frozen_layers: layer names whose channels are never pruned.
 
     Raises:
@@ -55,7 +55,7 @@ class PruneConfig(ConfigBase):
     bundle: int | None = None
     min_channels: int | None = None
     min_keep: float | None = None
-    monotone_table: bool = True
+    monotone_table: bool = False
     frozen_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -21,6 +21,14 @@ MobileNetV2 plans, the envelope raises the Taylor plans' predictions by 4.5-5.7%
 
 Dense and depthwise signatures are covered; grouped ones (whole-group widths) and any
 lookup outside the lattice pass through unchanged.
+
+The pruner does not use it by default (``Pruner(monotone_table=True)`` turns it on).
+Three seeds of ``bench/pareto.py`` on that MobileNetV2 (``halp-taylor-monotone``
+against ``halp-taylor``, both with measured-latency feedback) showed the trade: the
+mean error of each pruning step's prediction fell from 8-12% to 4-8%, but accuracy fell
+1.9 points at 0.5x and at 0.3x and the plans measured no faster. Some dips are real
+(kernels that run a width faster than a narrower one); with feedback correcting the
+level, pricing them away costs more than the truer prediction gains.
 """
 
 from __future__ import annotations

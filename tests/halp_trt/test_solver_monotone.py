@@ -61,7 +61,7 @@ def test_dips_are_lifted_rises_kept_and_attributes_passed_on():
         mono.lookup(DENSE, 8, 16)  # what the table cannot answer is still an error
 
 
-def test_the_pruner_plans_on_the_envelope_unless_told_not_to(tmp_path_factory):
+def test_the_pruner_plans_on_the_envelope_when_told_to(tmp_path_factory):
     import torch
 
     from halp_trt.prune import Pruner
@@ -70,6 +70,7 @@ def test_the_pruner_plans_on_the_envelope_unless_told_not_to(tmp_path_factory):
 
     table = small_resnet_table(tmp_path_factory)
     x = torch.randn(1, 3, 16, 16)
-    assert isinstance(Pruner(small_resnet(), x, table, "0.6x").table, MonotoneTable)
-    plain = Pruner(small_resnet(), x, table, "0.6x", monotone_table=False)
+    mono = Pruner(small_resnet(), x, table, "0.6x", monotone_table=True)
+    assert isinstance(mono.table, MonotoneTable) and mono.table.table is table
+    plain = Pruner(small_resnet(), x, table, "0.6x")
     assert plain.table is table and not plain.monotone_table
