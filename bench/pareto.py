@@ -11,6 +11,8 @@ comes before those epochs):
   as it ships;
 - ``halp-taylor-monotone``: the same on the table's monotone envelope
   (``Pruner(monotone_table=True)``): what the envelope is worth;
+- ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
+  terms summed in absolute value, not the absolute value of their sum);
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
@@ -83,6 +85,7 @@ from prune_quality import (  # noqa: E402
 METHODS = (
     "halp-taylor",
     "halp-taylor-monotone",
+    "halp-taylor-abs",
     "halp-taylor-macs",
     "halp-sp-lamp",
     "tp-l2",
@@ -552,6 +555,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     halp_methods = {
         "halp-taylor": ("taylor", "exp", table),
         "halp-taylor-monotone": ("taylor", "exp", table, True),
+        "halp-taylor-abs": ("taylor-abs", "exp", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
     }

@@ -34,6 +34,8 @@ class TaylorImportance(Importance):
     """|sum over coupled BNs of gamma*dL/dgamma + beta*dL/dbeta|, weight-Taylor without BN."""
 
     needs_gradients = True
+    #: Sum the coupled terms' absolute values instead of taking the sum's (taylor-abs).
+    abs_terms = False
 
     def __init__(self, graph: Any) -> None:
         super().__init__(graph)
@@ -110,7 +112,10 @@ class TaylorImportance(Importance):
             self._index_cache[device] = (self._src.to(device), self._dst.to(device))
         src, dst = self._index_cache[device]
         out = torch.zeros(self._n_channels, device=device, dtype=torch.float64)
-        out.index_add_(0, dst, torch.cat(flat)[src])
+        terms = torch.cat(flat)[src]
+        if self.abs_terms:
+            return out.index_add_(0, dst, terms.abs_())
+        out.index_add_(0, dst, terms)
         return out.abs_()
 
     @staticmethod
@@ -192,3 +197,21 @@ def _length(module: nn.Module, kind: str, dim: int) -> int:
 
 def _depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1
+
+
+@register_importance("taylor-abs")
+class TaylorAbsImportance(TaylorImportance):
+    """sum over coupled BNs of |gamma*dL/dgamma + beta*dL/dbeta| (each term's absolute
+    value, as Torch-Pruning's group Taylor sums per-layer magnitudes).
+
+    HALP's ``taylor`` takes the absolute value of the sum: the first-order change of
+    the loss when a channel is zeroed in every coupled layer at once. In a residual
+    stream the coupled layers are the projections of several blocks, whose terms can
+    have opposite signs and cancel, so a stream the whole network reads scores as if
+    it hardly mattered. On the MobileNetV2 of bench/pareto.py at 0.5x, ``taylor`` cut
+    every stream to the 0.3 floor while keeping the expanded layers at 90%;
+    ``taylor-abs`` kept the 64-channel stream at 64 and scored 0.950 against 0.919
+    (one seed; three seeds in the README).
+    """
+
+    abs_terms = True

@@ -56,8 +56,30 @@ def backward(model, seed):
     F.cross_entropy(model(x), y).backward()
 
 
+def test_taylor_abs_sums_the_coupled_terms_magnitudes(resnet):
+    model, graph = resnet
+    plain, summed = get_importance("taylor")(graph), get_importance("taylor-abs")(graph)
+    expected = {g.id: np.zeros(g.size) for g in graph.prunable}
+    backward(model, 7)
+    plain.accumulate()
+    summed.accumulate()
+    for g in graph.prunable:
+        for ref in g.norms:
+            bn = model.get_submodule(ref.layer)
+            per = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).double()
+            expected[g.id] += per[list(ref.index)].detach().abs().numpy()
+    a, b = plain.scores(), summed.scores()
+    for g in graph.prunable:
+        np.testing.assert_allclose(b[g.id], expected[g.id], rtol=1e-9, atol=1e-15)
+        assert (b[g.id] >= a[g.id] - 1e-15).all()  # |sum| <= sum of |terms|
+        if len(g.norms) == 1:
+            np.testing.assert_allclose(a[g.id], b[g.id], rtol=1e-9, atol=1e-15)
+    residual = [g for g in graph.prunable if len(g.norms) > 1]
+    assert any((b[g.id] > a[g.id] * 1.01).any() for g in residual)  # terms that cancel
+
+
 def test_registry_lists_and_rejects_unknown():
-    assert {"taylor", "l1", "l2", "sp-lamp"} <= set(list_importances())
+    assert {"taylor", "taylor-abs", "l1", "l2", "sp-lamp"} <= set(list_importances())
     assert list_importances("l*") == ["l1", "l2"]
     with pytest.raises(ImportanceError, match="unknown importance 'fisher'.*known: l1, l2"):
         get_importance("fisher")
