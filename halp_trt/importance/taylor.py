@@ -208,10 +208,10 @@ class TaylorAbsImportance(TaylorImportance):
     the loss when a channel is zeroed in every coupled layer at once. In a residual
     stream the coupled layers are the projections of several blocks, whose terms can
     have opposite signs and cancel, so a stream the whole network reads scores as if
-    it hardly mattered. On the MobileNetV2 of bench/pareto.py at 0.5x, ``taylor`` cut
-    every stream to the 0.3 floor while keeping the expanded layers at 90%;
-    ``taylor-abs`` kept the 64-channel stream at 64 and scored 0.950 against 0.919
-    (one seed; three seeds in the README).
+    it hardly mattered. On the MobileNetV2 of bench/pareto.py at 0.5x, ``taylor`` put
+    every stream at the 0.3 floor while keeping the expanded layers at 90%;
+    ``taylor-abs`` kept them wider and scored 0.9315 against 0.9065 (3 seeds; 0.9269
+    against 0.9093 at 0.3x, level at 0.7x; bench/results/pareto_mobilenetv2_abs.json).
     """
 
     abs_terms = True
