@@ -33,19 +33,51 @@ class FingerprintMismatchError(UserError):
     """A latency table measured on another target than the one asked for."""
 
 
+#: Set when Ctrl-C reached a :func:`run_cli` command, even if a library on the way
+#: caught the KeyboardInterrupt (a third-party exporter turning it into its own error).
+_INTERRUPTED = False
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C was pressed during the running :func:`run_cli` command."""
+    return _INTERRUPTED
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
 def run_cli(func, *args, prog: str) -> int:
     """Run a CLI entry point; user errors become one line on stderr and their exit code.
 
-    Also turns Ctrl-C into exit code 130 without a traceback. Any other exception is a
-    bug and propagates with its traceback.
+    Also turns Ctrl-C into exit code 130 without a traceback, wherever it lands: the
+    interrupt is recorded when it arrives, so a library that catches the
+    KeyboardInterrupt on the way (and goes on, or raises its own error) still ends the
+    command with 130. Any other exception is a bug and propagates with its traceback.
     """
+    import signal
     import sys
 
+    global _INTERRUPTED
+    _INTERRUPTED = False
     try:
-        return int(func(*args) or 0)
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread: Python's own handling
+        previous = None
+    try:
+        code = int(func(*args) or 0)
+        if not _INTERRUPTED:
+            return code
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        if not _INTERRUPTED:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError, UserError
+from .errors import ExportError, UserError, interrupted
 from .fileio import atomic_output
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -134,6 +134,8 @@ def run_exporters(
                     notes.append(f"fell back to the {name} exporter after: {errors[-1]}")
                 return name, notes
             except Exception as exc:  # any exporter failure: say why, try the next one
+                if interrupted():  # Ctrl-C caught and re-raised as the exporter's own error
+                    raise KeyboardInterrupt from exc
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 errors.append(f"{name}: {type(exc).__name__}: {first}"[:300])
     finally:

@@ -280,3 +280,34 @@ def test_merge_refusals_one_line_nothing_written(
     before = snapshot(tmp_path)
     assert_user_error(lut_cli("merge", *inputs, "--out", "m.lut"), *fragments)
     assert snapshot(tmp_path) == before
+
+
+def test_ctrl_c_caught_by_a_library_on_the_way_still_exits_130(capsys):
+    """A library that swallows the KeyboardInterrupt (and goes on) cannot hide Ctrl-C."""
+    import os
+    import signal
+    import time
+
+    from lut_builder.errors import UserError, interrupted, run_cli
+
+    def swallowing():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except BaseException:  # what a careless library does
+            pass
+        return 0
+
+    def wrapping():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except BaseException as exc:
+            raise UserError("export failed") from exc
+
+    before = signal.getsignal(signal.SIGINT)
+    for func in (swallowing, wrapping):
+        assert run_cli(func, prog="lut-builder") == 130
+        assert capsys.readouterr().err == "lut-builder: interrupted\n"
+        assert interrupted() and signal.getsignal(signal.SIGINT) is before
+    assert run_cli(lambda: 0, prog="lut-builder") == 0 and not interrupted()

@@ -55,6 +55,7 @@ time it is asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -86,6 +87,11 @@ REFERENCE_CHANNELS = 64
 #: The INT8 reference: the same conv as an INT8 Q/DQ layer, batch 8 (INT8 kernels are
 #: about 8x faster; the batch keeps the reference as long as the fp32 one).
 INT8_REFERENCE_SIG = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(16, 16), batch=8)
+
+
+#: The latency recorded for a differential point that resolves to zero twice: far
+#: below any layer the tables price (the smallest measured layers take microseconds).
+UNRESOLVED_MS = 1e-6
 
 
 def reference_kind(threads: int, precision: str = "fp32") -> str:
@@ -362,7 +368,27 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
         return Timing.from_samples(samples)
 
     def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
-        """Latency of conv/linear + bias + activation in milliseconds; see the module notes."""
+        """Latency of conv/linear + bias + activation in milliseconds; see the module notes.
+
+        A differential point whose median comes out zero (a layer cheaper than the
+        noise of the copies' graph: most rounds saw the copies no slower than one
+        layer) is timed once more with four times the rounds; if it still resolves to
+        zero, its median is recorded as :data:`UNRESOLVED_MS`, a positive stand-in for
+        "below what this measurement resolves" (a table stores positive latencies).
+        """
+        timing = self._measure(sig, c_in, c_out, 1)
+        if self.method == "differential" and not timing.median_ms > 0:
+            timing = self._measure(sig, c_in, c_out, 4)
+            if not timing.median_ms > 0:
+                timing = dataclasses.replace(
+                    timing,
+                    median_ms=UNRESOLVED_MS,
+                    p10_ms=min(timing.p10_ms, UNRESOLVED_MS),
+                    p90_ms=max(timing.p90_ms, UNRESOLVED_MS),
+                )
+        return timing
+
+    def _measure(self, sig: LayerSignature, c_in: int, c_out: int, longer: int) -> Timing:
         one = self._runner(sig, c_in, c_out, 1)
         fns = [one]
         if self.method == "differential":
@@ -372,8 +398,8 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
             series = time_interleaved(
                 fns,
                 warmup=self.warmup,
-                rounds=self.runs,
-                min_time_s=self.min_time_s,
+                rounds=self.runs * longer,
+                min_time_s=None if self.min_time_s is None else self.min_time_s * longer,
                 clock=self.clock,
             )
             if self.method == "single":
@@ -387,8 +413,8 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
             fns,
             self._reference_fn(),
             warmup=self.warmup,
-            rounds=self.runs,
-            min_time_s=self.min_time_s,
+            rounds=self.runs * longer,
+            min_time_s=None if self.min_time_s is None else self.min_time_s * longer,
             clock=self.clock,
             gate=self.gate,
             reference_floor_ms=self.reference_ms,

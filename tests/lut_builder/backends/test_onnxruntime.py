@@ -66,6 +66,28 @@ def test_onnxruntime_measures(method):
     assert b.alignment in (8, 16)
 
 
+def test_a_differential_point_that_resolves_to_zero_is_retimed_then_a_positive_stand_in(
+    monkeypatch,
+):
+    from lut_builder.backends.onnxruntime import measurer
+
+    b = get_backend("onnxruntime", **FAST)
+    calls = []
+    zero = Timing.from_samples([0.0, 0.0, 0.0])
+
+    def timed(sig, c_in, c_out, longer):
+        calls.append(longer)
+        return zero if len(calls) < 3 else Timing.from_samples([0.002] * 3)
+
+    monkeypatch.setattr(b, "_measure", timed)
+    t = b.measure(CONV, 16, 16)
+    assert calls == [1, 4] and t.median_ms == measurer.UNRESOLVED_MS > 0
+    assert t.p10_ms <= t.median_ms <= t.p90_ms
+    calls.clear()
+    calls.append(0)  # the next point resolves on its longer timing
+    assert b.measure(CONV, 16, 16).median_ms == 0.002 and calls == [0, 1, 4]
+
+
 @pytest.mark.parametrize(
     "opts, fragment",
     [
