@@ -259,10 +259,10 @@ def train_halp(
     trainer.pruner = pruner
     try:
         result = trainer.fit()
+        slim, plan = pruner.finalize()  # may still prune (and measure) to the target
     finally:
         if measure is not None:
             measure.close()
-    slim, plan = pruner.finalize()
     return (
         slim,
         plan,

@@ -221,10 +221,10 @@ def prune_classifier(
     trainer.pruner = pruner
     try:
         result = trainer.fit()
+        slim, plan = pruner.finalize()  # may still prune (and measure) to the target
     finally:
         if hasattr(pruner.feedback, "close"):
             pruner.feedback.close()
-    slim, plan = pruner.finalize()
     if feedback is not None:
         log["feedback"] = {
             **feedback,
