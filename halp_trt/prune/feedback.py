@@ -66,8 +66,6 @@ class MeasuredLatency:
         self.rounds, self.warmup = int(rounds), int(warmup)
         self.x = example_input.detach().cpu()
         self._dense = make_runner(backend, self._cpu(dense), self.x, threads=self.threads)
-        #: Every measured ratio, in order.
-        self.history: list[float] = []
 
     @staticmethod
     def _cpu(model: nn.Module) -> nn.Module:
@@ -90,9 +88,7 @@ class MeasuredLatency:
             )
         finally:
             runner.close()
-        ratio = float(np.median(np.asarray(cand) / np.asarray(dense)))
-        self.history.append(ratio)
-        return ratio
+        return float(np.median(np.asarray(cand) / np.asarray(dense)))
 
     def close(self) -> None:
         self._dense.close()

@@ -394,12 +394,14 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
         if self.method == "differential":
             fns.append(self._runner(sig, c_in, c_out, self.copies))
         k = self.copies - 1
+        rounds = self.runs * longer
+        min_time_s = None if self.min_time_s is None else self.min_time_s * longer
         if not self.normalize:
             series = time_interleaved(
                 fns,
                 warmup=self.warmup,
-                rounds=self.runs * longer,
-                min_time_s=None if self.min_time_s is None else self.min_time_s * longer,
+                rounds=rounds,
+                min_time_s=min_time_s,
                 clock=self.clock,
             )
             if self.method == "single":
@@ -413,8 +415,8 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
             fns,
             self._reference_fn(),
             warmup=self.warmup,
-            rounds=self.runs * longer,
-            min_time_s=None if self.min_time_s is None else self.min_time_s * longer,
+            rounds=rounds,
+            min_time_s=min_time_s,
             clock=self.clock,
             gate=self.gate,
             reference_floor_ms=self.reference_ms,
