@@ -205,3 +205,120 @@ def test_build_runs_on_one_thread_without_the_collector_and_restores_both(monkey
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def _real_trace_only(monkeypatch):
+    monkeypatch.setattr(trace, "meta_worthwhile", lambda *args: False)
+
+
+@pytest.fixture
+def meta_always(monkeypatch):
+    """The meta trace for every model (by default only for large ones)."""
+    monkeypatch.setattr(trace, "meta_worthwhile", lambda *args: True)
+
+
+def _without_others(s: dict) -> dict:
+    return {**s, "groups": [{**g, "others": None} for g in s["groups"]]}
+
+
+@pytest.mark.parametrize("name", sorted(set(ZOO) | {"swapped_halves"}))
+def test_meta_trace_builds_the_same_graph(name, monkeypatch, meta_always):
+    used = []
+    real = trace._trace_on_meta
+
+    def spy(*args):
+        out = real(*args)
+        used.append(True)
+        return out
+
+    monkeypatch.setattr(trace, "_trace_on_meta", spy)
+    meta = structure(built(name))
+    assert used == [True], "the meta trace fell back"
+    _real_trace_only(monkeypatch)
+    plain = structure(built(name))
+    # convnext: the meta record lacks the AsStrided node CPU's layer_norm kernel adds
+    # between the global pool and the head norm, an op listed in a group's ``others``
+    # (the torchvision ViTs likewise); every group, member, index and unit is the same.
+    if name == "convnext":
+        assert meta != plain and _without_others(meta) == _without_others(plain)
+    else:
+        assert meta == plain
+
+
+def test_meta_trace_leaves_the_real_parameters_in_the_model_and_graph(meta_always):
+    model, x = example("convnext")  # its layer scale is a parameter outside any layer
+    params = {n: p for n, p in model.named_parameters()}
+    values = {n: p.detach().clone() for n, p in params.items()}
+    buffers = {n: b for n, b in model.named_buffers()}
+    graph = ChannelGraph(model, x)
+    assert {n: p for n, p in model.named_parameters()} == params
+    assert {n: b for n, b in model.named_buffers()} == buffers
+    assert all(torch.equal(p, values[n]) for n, p in params.items())
+    dg = graph._dg
+    keys = [k for k in dg.module2node if torch.is_tensor(k)]
+    assert keys and all(any(k is p for p in params.values()) for k in keys)
+    assert all(not n.module.is_meta for n in dg.module2node.values() if torch.is_tensor(n.module))
+    assert all(not u.parameters.is_meta for u in dg.unwrapped_parameters)
+    gamma = model.stage1.gamma
+    plan = {g.id: list(range(g.size // 2)) for g in graph.prunable}
+    report = graph.check(plan)
+    assert report.passed, report
+    slim = graph.remove(plan)
+    assert not any(p.is_meta for p in slim.parameters())
+    assert gamma.shape[0] == 16 and not gamma.is_meta
+    assert slim.stage1.gamma.shape[0] == slim.stage1.dw.out_channels < 16
+
+
+class _ValueBranch(nn.Module):
+    """Control flow on a value: the meta device cannot decide it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > -1e9:
+            y = torch.relu(y)
+        return self.b(y)
+
+
+class _CachesOnForward(nn.Module):
+    """Keeps a tensor on itself during the forward pass (anchors, masks...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.kept = None
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.kept is None or self.kept.shape != y.shape[1:]:
+            self.kept = torch.ones_like(y[0])
+        return self.b(y * self.kept)
+
+
+@pytest.mark.parametrize("cls", [_ValueBranch, _CachesOnForward])
+def test_a_model_the_meta_device_cannot_run_is_traced_on_its_own(cls, monkeypatch, meta_always):
+    torch.manual_seed(0)
+    model, x = cls().eval(), torch.randn(2, 3, 8, 8)
+    graph = ChannelGraph(model, x)
+    assert [g.size for g in graph.prunable] == [8]
+    assert not any(t.is_meta for t in vars(model).values() if torch.is_tensor(t))
+    if cls is _CachesOnForward:
+        assert model.kept is not None and not model.kept.is_meta
+    _real_trace_only(monkeypatch)
+    assert structure(ChannelGraph(model, x)) == structure(graph)
+    assert graph.check({graph.prunable[0].id: [0, 2, 4, 6]}).passed
+
+
+def test_meta_trace_is_for_large_models_and_inputs():
+    small, x = example("convnext")
+    assert not trace.meta_worthwhile(small, (x,))
+    conv = nn.Conv2d(512, 512, 3)  # 2.4M parameters: worth it at batch 256 x 224 x 224
+    assert not trace.meta_worthwhile(conv, (torch.empty(1, 512, 224, 224, device="meta"),))
+    assert trace.meta_worthwhile(conv, (torch.empty(256, 512, 224, 224, device="meta"),))
+    big = nn.Linear(10_000, 10_000)  # 100M parameters
+    assert trace.meta_worthwhile(big, (torch.randn(1, 10_000),))
