@@ -44,6 +44,9 @@ an output that cannot be written) stops it with one line and exit code 2 before 
 training. A method that fails on one seed is recorded as failed with its error and the
 bench goes on. The JSON and the plot are rewritten after every seed and target.
 
+``--keep`` adds the seeds run to the result already in ``--out`` (same settings
+otherwise; a seed run again replaces its old runs), so seeds can be run apart.
+
 Run under the benchmark lock (it also takes the lock itself around every timing)::
 
     .venv/bin/python bench/pareto.py --model halp_trt.models:mobilenetv2_cifar \\
@@ -378,6 +381,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--out", default=str(ROOT / "bench/results/pareto.json"))
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="add these seeds to the result already in --out (same model, data, shape, "
+        "targets, methods and settings), keeping its runs of the other seeds",
+    )
     p.add_argument("--lock", default=prune_quality.LOCK, help="lock file held around every timing")
     return p.parse_args(argv)
 
@@ -426,6 +435,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if out.suffix != ".json":
         raise BenchError(f"--out {args.out} must end in .json (the plot goes beside it)")
     check_output(out.with_suffix(".png"), flag="--out (its .png)", parents=True)
+    kept = previous_runs(args, out, methods, targets, seeds) if args.keep else None
     shape = parse_shape(args.input_shape)
     if len(shape) != 4:
         raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
@@ -447,6 +457,43 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         "data": data,
         "classes": classes,
         "out": out,
+        "kept": kept,
+    }
+
+
+#: Settings that may differ between a result and the seeds added to it (``--keep``).
+KEEP_FREE = ("seeds", "keep", "lock", "threads")
+
+
+def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
+    """The result in ``out`` that ``--keep`` adds to: its runs and dense models of the
+    seeds not run again, and its commands.
+
+    Raises:
+        BenchError: no readable result there, or one of another setting.
+    """
+    import json
+
+    try:
+        prev = json.loads(out.read_text())
+        settings = prev["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"--keep: no result to add to in {out} ({exc})") from None
+    ours = {k: v for k, v in vars(args).items() if k not in ("out", "table", *KEEP_FREE)}
+    theirs = {k: v for k, v in settings.items() if k not in KEEP_FREE}
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if prev.get("methods") != methods or prev.get("targets") != targets:
+        differ += ["methods" if prev.get("methods") != methods else "targets"]
+    if differ:
+        raise BenchError(
+            f"--keep: {out} was run with other settings ({', '.join(differ)}); "
+            "run these seeds to another --out"
+        )
+    return {
+        "runs": [r for r in prev.get("runs", []) if r.get("seed") not in seeds],
+        "dense": {k: v for k, v in prev.get("dense", {}).items() if int(k) not in seeds},
+        "seeds": [s for s in prev.get("seeds", []) if s not in seeds],
+        "commands": prev.get("commands") or [prev.get("command")],
     }
 
 
@@ -665,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     step = args.step or get_backend("onnxruntime").alignment
     tag = "".join(c if c.isalnum() else "_" for c in args.model.split(":")[-1])
     shape_tag = "x".join(map(str, shape))
-    result: dict[str, Any] = {"dense": {}}
+    kept = checked["kept"] or {"runs": [], "dense": {}, "seeds": [], "commands": []}
+    result: dict[str, Any] = {"dense": dict(kept["dense"])}
 
     def train_dense(seed: int) -> nn.Module:
         t0 = time.perf_counter()
@@ -691,14 +739,16 @@ def main(argv: list[str] | None = None) -> int:
         ctx["macs_table"] = macs_table(
             table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
         )
+    command = "python bench/pareto.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result |= {
         "benchmark": "pareto",
-        "command": "python bench/pareto.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
+        **({"commands": [*kept["commands"], command]} if checked["kept"] else {}),
         "model": args.model,
         "data": data.describe(),
         "input_shape": list(shape),
         "targets": checked["targets"],
-        "seeds": checked["seeds"],
+        "seeds": sorted(kept["seeds"] + checked["seeds"]),
         "methods": checked["methods"],
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
         "timing": "ONNX Runtime CPU, one intra-op thread, interleaved with the dense model "
@@ -710,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     def save(runs: list[dict], status: str) -> None:
+        runs = kept["runs"] + runs
         result["status"] = status
         result["summary"] = summarise(runs, all_methods, checked["targets"])
         result["seconds"] = time.perf_counter() - t_start

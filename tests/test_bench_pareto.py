@@ -102,3 +102,38 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     assert result["summary"]["by_target"]["0.6x"]["halp-taylor"] == {"n": 0, "failed": 1}
     assert result["dense"]["0"]["val_acc"] > 0
     assert result["table"]["backend"] == "macs" and result["status"] == "complete"
+
+
+def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    base = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x",
+        "--methods", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "0",
+        "--step", "8", "--rounds", "3", "--table", str(tmp_path / "t.db"),
+        "--table-backend", "macs", "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main([*base, "--seeds", "0"]) == 0
+    first = json.loads(out.read_text())
+    assert pareto.main([*base, "--seeds", "1", "--keep"]) == 0
+    both = json.loads(out.read_text())
+    assert both["seeds"] == [0, 1] and sorted(both["dense"]) == ["0", "1"]
+    assert [r["seed"] for r in both["runs"]] == [0, 1]
+    assert both["runs"][0] == first["runs"][0]
+    assert both["summary"]["by_target"]["0.6x"]["halp-taylor-macs"]["n"] == 2
+    assert len(both["commands"]) == 2 and "--keep" in both["commands"][1]
+    # Seed 1 again: its old run is replaced, not doubled.
+    assert pareto.main([*base, "--seeds", "1", "--keep"]) == 0
+    again = json.loads(out.read_text())
+    assert [r["seed"] for r in again["runs"]] == [0, 1] and len(again["commands"]) == 3
+    capsys.readouterr()
+    # Other settings: one line, exit 2, the result untouched.
+    before = out.read_text()
+    assert pareto.main([*base, "--seeds", "2", "--keep", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings (epochs)" in err[0], err
+    assert out.read_text() == before
+    missing = tmp_path / "none.json"
+    argv = [a if a != str(out) else str(missing) for a in base]
+    assert pareto.main([*argv, "--seeds", "2", "--keep"]) == 2
+    assert "no result to add to" in capsys.readouterr().err
+    assert not missing.exists()
