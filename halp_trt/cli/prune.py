@@ -92,6 +92,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="F",
         help=MIN_KEEP_HELP,
     )
+    p.add_argument(
+        "--feedback",
+        action="store_true",
+        help="time each step's plan against the dense model on this machine, at the "
+        "table's backend and thread count, and correct the budgets by it (as `halp-trt "
+        "run` does by default); only for a CPU table at FP32 measured on this CPU model",
+    )
     p.add_argument("--backend", default=None, help="require a table measured on this backend")
     p.add_argument(
         "--force-table", action="store_true", help="use an incomplete or mismatched table"
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             force_table=args.force_table,
             progress=not args.no_progress,
             log_extra={"argv": sys.argv[1:]},
+            feedback=True if args.feedback else None,
         )
         paths = save_prune_result(out, result)
         if rank() == 0:

@@ -98,3 +98,30 @@ class MeasuredLatency:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def feedback_from_table(table: Any) -> dict[str, Any]:
+    """:class:`MeasuredLatency`'s ``backend`` and ``threads`` for a table measured on this
+    machine's CPU at FP32: the deployment the table describes, timed here.
+
+    Raises:
+        UserError: a GPU, INT8 or analytic table, or one measured on another CPU model
+            (feedback would time this machine, not the table's).
+    """
+    from lut_builder.backends.base import host_fingerprint
+
+    from ..errors import UserError
+
+    fp = getattr(table, "fingerprint", None) or {}
+    backend, device = fp.get("backend"), str(fp.get("device", ""))
+    where = f"the table {getattr(table, 'path', '')} is {backend} {fp.get('precision', '')} on {device or '?'}"
+    if backend not in ("onnxruntime", "torch") or not device.startswith("cpu"):
+        raise UserError(
+            f"latency feedback times plans on this machine's CPU (onnxruntime or torch): {where}"
+        )
+    if fp.get("precision", "fp32") != "fp32":
+        raise UserError(f"latency feedback times FP32 models: {where}")
+    here = host_fingerprint()["cpu"]
+    if device != f"cpu: {here}":
+        raise UserError(f"latency feedback times this machine ({here}), but {where}")
+    return {"backend": backend, "threads": int(getattr(table, "threads", None) or 1)}

@@ -88,7 +88,7 @@ def prune_classifier(
     progress: bool = True,
     say: Callable[[str], None] = print,
     log_extra: dict[str, Any] | None = None,
-    feedback: dict[str, Any] | None = None,
+    feedback: dict[str, Any] | bool | None = None,
 ) -> PruneResult:
     """Train a classifier while HALP prunes it to ``prune.target``; return it slim.
 
@@ -115,7 +115,9 @@ def prune_classifier(
         log_extra: facts added to the returned log (e.g. the command line).
         feedback: measure each pruning step's plan on this machine
             (:class:`halp_trt.prune.MeasuredLatency` keyword arguments: ``backend``,
-            ``threads``, ...) and correct the budgets by it; None: plans as the table
+            ``threads``, ...) and correct the budgets by it; True: the table's backend
+            and thread count (:func:`halp_trt.prune.feedback.feedback_from_table`: a
+            CPU table at FP32 measured on this CPU model); None: plans as the table
             predicts them. Only where this machine is the deployment's.
 
     Returns:
@@ -153,6 +155,10 @@ def prune_classifier(
         model = load_model(model, weights=weights)
     elif weights is not None:
         load_weights(model, weights, spec)
+    if feedback is True:
+        from ..prune.feedback import feedback_from_table
+
+        feedback = feedback_from_table(table)
     if input_shape is None:
         recorded = (getattr(table, "info", None) or {}).get("input_shape")
         if not recorded:

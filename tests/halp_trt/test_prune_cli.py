@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+import halp_trt as ht
 from halp_trt.prune import PrunePlan
 
 from ..conftest import assert_user_error
@@ -143,6 +144,7 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         (["--lr", "-1"], ["--lr must be a number > 0.0, not -1.0"]),
         (["--min-keep", "1"], ["--min-keep must be a number >= 0.0 and < 1.0, not 1.0"]),
         (["--target", "0.3x", "--min-keep", "0.9"], ["infeasible", "lower min_keep"]),
+        (["--feedback"], ["latency feedback times plans on this machine's CPU", "analytic"]),
     ],
     ids=[
         "infeasible",
@@ -157,6 +159,7 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         "lr",
         "min-keep",
         "floor-infeasible",
+        "feedback-on-analytic-table",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_result(halp_cli, setup, tmp_path, extra, fragments):
@@ -187,3 +190,59 @@ def test_a_run_too_short_for_the_steps_gets_fewer_and_a_note(halp_cli, setup, tm
     assert [s["iteration"] for s in log["steps"]] == list(range(1, steps + 1))
     room = int(re.search(r"(\d+) training iterations", notes[0]).group(1))
     assert steps == room // 2
+
+
+def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypatch):
+    from halp_trt.errors import UserError
+    from halp_trt.prune import feedback as fb
+    from halp_trt.train.prune_job import prune_classifier
+    from lut_builder import LatencyTable
+    from lut_builder.backends.base import host_fingerprint
+
+    here = f"cpu: {host_fingerprint()['cpu']}"
+
+    class Table:
+        path, threads = "t.db", 2
+        fingerprint = {"backend": "onnxruntime", "precision": "fp32", "device": here}
+
+    assert fb.feedback_from_table(Table()) == {"backend": "onnxruntime", "threads": 2}
+    for change, fragment in [
+        ({"device": "cpu: Another CPU"}, "times this machine"),
+        ({"precision": "int8"}, "times FP32 models"),
+        ({"backend": "tensorrt", "device": "cuda: NVIDIA H100"}, "this machine's CPU"),
+        ({"backend": "torch", "device": "cuda: NVIDIA H100"}, "this machine's CPU"),
+    ]:
+        other = Table()
+        other.fingerprint = {**Table.fingerprint, **change}
+        with pytest.raises(UserError, match=fragment):
+            fb.feedback_from_table(other)
+
+    # prune_classifier(feedback=True) times every step on the backend the table names.
+    seen = []
+    real = fb.MeasuredLatency
+
+    class Recording(real):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(
+        fb, "feedback_from_table", lambda t: {"backend": "onnxruntime", "threads": 1}
+    )
+    monkeypatch.setattr("halp_trt.prune.MeasuredLatency", Recording)
+    sys.path.insert(0, str(setup))
+    try:
+        import importlib
+
+        small = importlib.import_module("small").small
+        prune = ht.PruneConfig(target="0.9x", steps=2, bundle=2)
+        train = ht.TrainConfig(epochs=1, batch_size=256, device="cpu")
+        with LatencyTable.open(setup / "small.db") as table:
+            result = prune_classifier(small(), "digits", table, prune, train, progress=False,
+                                      say=lambda *_: None, feedback=True)  # fmt: skip
+    finally:
+        sys.path.remove(str(setup))
+        sys.modules.pop("small", None)
+    assert seen == [{"backend": "onnxruntime", "threads": 1}]
+    assert result.log["feedback"]["backend"] == "onnxruntime"
+    assert all(s.get("measured_ratio") for s in result.log["steps"])
