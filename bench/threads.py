@@ -3,11 +3,14 @@
 
     python bench/threads.py [--out runs/threads] [--json bench/results/threads.json]
                             [--lock /tmp/halp-trt-bench.lock] [--repeat 2] [--rounds 20]
+                            [--no-feedback]
 
 For each thread count T: ``lut-builder build --threads T`` measures the table, and
 ``halp-trt prune --lut`` prunes the demo's ResNet-20 (2x width, digits at 16x16, batch
 16) to 0.5x of its predicted latency on it (the demo's 10 pruning steps on a short
-training: only the widths matter here). Then every pruned model is timed against the
+training: only the widths matter here), with ``--feedback`` (each step's plan timed
+against the dense model at the table's thread count, as ``halp-trt run`` does; off with
+``--no-feedback``: the plans as the table predicts them). Then every pruned model is timed against the
 original with ``verify_models`` at 1 and at 2 threads, the four combinations in turn
 (the order reversed every other pass), ``--repeat`` times; a figure is the median over
 the repeats of verify's median per-round ratio (pruned / original, both timed
@@ -56,6 +59,8 @@ def commands(out: Path, threads: int, args: argparse.Namespace) -> tuple[list[st
              "--target", f"{TARGET}x", "--pretrain-epochs", str(args.pretrain_epochs),
              "--epochs", str(args.epochs), "--steps", str(args.steps), "--out", str(pruned),
              "--no-progress"]  # fmt: skip
+    if not args.no_feedback:
+        prune.insert(-3, "--feedback")
     return build, prune
 
 
@@ -69,6 +74,11 @@ def main() -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="prune on the table's predictions alone (no plan timed while pruning)",
+    )
     ap.add_argument(
         "--reuse", action="store_true", help="keep the tables and models already in --out"
     )
@@ -184,6 +194,7 @@ def main() -> int:
         "band": list(BAND),
         "repeat": args.repeat,
         "rounds": args.rounds,
+        "feedback": not args.no_feedback,
         "tables": {
             str(t): {k: v for k, v in d.items() if k != "fingerprint"} for t, d in tables.items()
         },
