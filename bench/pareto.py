@@ -12,7 +12,12 @@ comes before those epochs):
 - ``halp-taylor-monotone``: the same on the table's monotone envelope
   (``Pruner(monotone_table=True)``): what the envelope is worth;
 - ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
-  terms summed in absolute value, not the absolute value of their sum);
+  terms summed in absolute value, not the absolute value of their sum; halp-trt's
+  default criterion since these runs);
+- ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
+  group's scores divided by their mean over its channels still alive (Torch-Pruning's
+  ``normalizer="mean"``): whether groups of different sizes and depths need their
+  scores put on one scale before the knapsack compares them;
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
@@ -89,6 +94,8 @@ METHODS = (
     "halp-taylor",
     "halp-taylor-monotone",
     "halp-taylor-abs",
+    "halp-taylor-norm",
+    "halp-taylor-abs-norm",
     "halp-taylor-macs",
     "halp-sp-lamp",
     "tp-l2",
@@ -141,6 +148,26 @@ def tp_global(dense, x, ratio, *, align, classes, criterion, grads=None) -> nn.M
         pruner.step()
     model.zero_grad(set_to_none=True)
     return model
+
+
+def mean_normalised(name: str) -> type:
+    """Criterion ``name`` with each group's scores divided by their mean over the group's
+    channels still alive (score > 0: a pruned channel's BatchNorm is zero, so is its
+    Taylor score); a group with none keeps its zeros."""
+    from halp_trt.importance import get_importance
+
+    base = get_importance(name)
+
+    class MeanNormalised(base):  # type: ignore[valid-type, misc]
+        def scores(self) -> dict[int, np.ndarray]:
+            out = {}
+            for gid, s in super().scores().items():
+                alive = s[s > 0]
+                out[gid] = s / alive.mean() if alive.size else s
+            return out
+
+    MeanNormalised.__qualname__ = MeanNormalised.__name__ = f"MeanNormalised_{name}"
+    return MeanNormalised
 
 
 def match_predicted(make, predict, reference, x, knobs):
@@ -603,6 +630,8 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor": ("taylor", "exp", table),
         "halp-taylor-monotone": ("taylor", "exp", table, True),
         "halp-taylor-abs": ("taylor-abs", "exp", table),
+        "halp-taylor-norm": (mean_normalised("taylor"), "exp", table),
+        "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
     }

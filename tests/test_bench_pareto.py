@@ -137,3 +137,28 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
     assert pareto.main([*argv, "--seeds", "2", "--keep"]) == 2
     assert "no result to add to" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_mean_normalised_scores_average_one_over_the_alive_channels(pareto):
+    import torch
+
+    from halp_trt.graph import ChannelGraph
+
+    torch.manual_seed(0)
+    net, x = tiny_net(), torch.randn(4, 3, 8, 8)
+    graph = ChannelGraph(net, x)
+    with torch.no_grad():  # prune channels 0-3 of the first group: their scores are 0
+        net[1].weight[:4] = 0
+        net[1].bias[:4] = 0
+    imp = pareto.mean_normalised("taylor")(graph)
+    raw = pareto.mean_normalised("taylor").__mro__[1](graph)
+    nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
+    imp.accumulate()
+    raw.accumulate()
+    for gid, s in imp.scores().items():
+        r = raw.scores()[gid]
+        alive = r > 0
+        assert abs(s[alive].mean() - 1) < 1e-9 and (s[~alive] == 0).all()
+        assert abs(s[alive] / r[alive] - 1 / r[alive].mean()).max() < 1e-9
+    first = next(g for g in graph.prunable if any(r.layer == "1" for r in g.norms))
+    assert (imp.scores()[first.id][:4] == 0).all() and (imp.scores()[first.id][4:] > 0).all()

@@ -47,7 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N,C,H,W",
         help="the input the latency is for (default: the table's, as it was built)",
     )
-    p.add_argument("--importance", default="taylor", help="taylor (default), l1, l2, sp-lamp")
+    p.add_argument(
+        "--importance",
+        default="taylor-abs",
+        help="taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
+        "magnitude), taylor (HALP's as published), l1, l2, sp-lamp",
+    )
     p.add_argument(
         "--schedule", default="exp", choices=("exp", "linear", "oneshot"), help="default exp"
     )

@@ -52,7 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="CPU threads of the deployment (onnxruntime, torch on CPU): table, calibration "
         "and verify run at N; a --lut of another count is refused (default 1)",
     )
-    p.add_argument("--importance", default="taylor", help="taylor (default), l1, l2, sp-lamp")
+    p.add_argument(
+        "--importance",
+        default="taylor-abs",
+        help="taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
+        "magnitude), taylor (HALP's as published), l1, l2, sp-lamp",
+    )
     p.add_argument(
         "--pretrain-epochs",
         type=int,

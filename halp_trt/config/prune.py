@@ -17,8 +17,8 @@ class PruneConfig(ConfigBase):
     Attributes:
         target: the latency target: ``"0.5x"`` (a fraction of the unpruned model's
             predicted latency), ``"3ms"``, or milliseconds as a number.
-        importance: a criterion name (``taylor``, ``l1``, ``l2``, ``sp-lamp`` or any
-            registered one), ``"module:attr"`` naming a criterion class or factory, or
+        importance: a criterion name (``taylor-abs``, the default; ``taylor``, ``l1``,
+            ``l2``, ``sp-lamp`` or any registered one), ``"module:attr"`` naming a criterion class or factory, or
             the class / factory itself (not JSON-serialisable then: :meth:`to_dict`
             writes its ``module:qualname``).
         schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.
@@ -45,7 +45,7 @@ class PruneConfig(ConfigBase):
     """
 
     target: str | float
-    importance: Any = "taylor"
+    importance: Any = "taylor-abs"  # halp_trt.importance.DEFAULT_IMPORTANCE
     schedule: str = "exp"
     steps: int = 30
     interval: int | None = None

@@ -1,13 +1,15 @@
 """Channel importance criteria, picked by name.
 
 ``taylor`` (HALP's BN-based first-order Taylor score, weight-Taylor without BN; needs
-gradients), ``l1`` and ``l2`` (filter norms) and ``sp-lamp`` (LAMP-normalised squared
+gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in absolute
+value: :data:`DEFAULT_IMPORTANCE`), ``l1`` and ``l2`` (filter norms) and ``sp-lamp`` (LAMP-normalised squared
 filter norms). ``get_importance(name)(graph)`` builds one for a channel graph;
 :func:`resolve_importance` also takes a criterion object (a class or a factory).
 """
 
 from . import magnitude, taylor  # noqa: F401  (registers the built-in criteria)
 from .base import (
+    DEFAULT_IMPORTANCE,
     Importance,
     ImportanceError,
     get_importance,
@@ -18,6 +20,7 @@ from .base import (
 from .magnitude import lamp_scores
 
 __all__ = [
+    "DEFAULT_IMPORTANCE",
     "Importance",
     "ImportanceError",
     "get_importance",

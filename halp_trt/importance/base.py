@@ -26,6 +26,18 @@ from ..errors import UserError
 
 _REGISTRY: dict[str, type[Importance]] = {}
 
+#: The criterion the pruner, ``halp-trt prune`` and ``halp-trt run`` use unless told.
+#: HALP's ``taylor`` takes the absolute value of the sum of a channel's first-order terms
+#: over the BatchNorms its group couples; in a residual stream those are the projections
+#: of several blocks, whose terms cancel, and the knapsack cut MobileNetV2's streams to
+#: the floor. ``taylor-abs`` sums the terms' magnitudes (as Torch-Pruning's group Taylor
+#: does). On bench/pareto.py's MobileNetV2 over two runs of 3 seeds it scored 2.2 points
+#: more at 0.5x and at 0.3x and the same at 0.7x; on its ResNet-18 the same at 0.7x and
+#: 0.5x and 0.9 more at 0.3x (bench/results/pareto_mobilenetv2_abs.json,
+#: pareto_mobilenetv2_importance.json, pareto_resnet18_abs.json); see the README's
+#: "Accuracy against measured latency".
+DEFAULT_IMPORTANCE = "taylor-abs"
+
 
 class ImportanceError(UserError):
     """Importances that cannot be used: NaN or infinite scores, an unknown criterion."""

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import PruneConfig
 from ..errors import UserError
+from ..importance import DEFAULT_IMPORTANCE
 from ..prune import PrunePlan, Pruner
 
 try:
@@ -119,7 +120,7 @@ class HALPCallback(Callback):
         target: str | float,
         example_inputs: Any = None,
         *,
-        importance: Any = "taylor",
+        importance: Any = DEFAULT_IMPORTANCE,
         steps: int = 30,
         interval: int | None = None,
         schedule: str = "exp",

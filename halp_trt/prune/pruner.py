@@ -2,7 +2,7 @@
 
 Usage (the order of the calls matters)::
 
-    pruner = Pruner(model, example_input, table, "0.5x", importance="taylor",
+    pruner = Pruner(model, example_input, table, "0.5x", importance="taylor-abs",
                     steps=30, interval=40, schedule="exp")
     for x, y in loader:
         optimizer.zero_grad()
@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from ..errors import PruningError, UserError
 from ..graph import ChannelGraph
-from ..importance import Importance, ImportanceError, resolve_importance
+from ..importance import DEFAULT_IMPORTANCE, Importance, ImportanceError, resolve_importance
 from . import distributed as ddp
 from .masks import MaskSet
 from .plan_file import PrunePlan, StepRecord
@@ -165,7 +165,7 @@ class Pruner:
         table: Any,
         target: str | float,
         *,
-        importance: Any = "taylor",
+        importance: Any = DEFAULT_IMPORTANCE,
         steps: int = 30,
         interval: int = 40,
         schedule: str = "exp",

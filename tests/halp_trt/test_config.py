@@ -240,3 +240,23 @@ def test_run_refuses_a_schedule_longer_than_the_run_before_any_stage(tmp_path):
     with pytest.raises(ConfigError, match="PruneConfig.interval does not fit the run"):
         ht.run(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_every_entry_point_defaults_to_the_same_importance():
+    import argparse
+    import inspect
+
+    from halp_trt.cli import prune as cli_prune
+    from halp_trt.cli import run as cli_run
+    from halp_trt.importance import DEFAULT_IMPORTANCE, get_importance
+    from halp_trt.integrations.lightning import HALPCallback
+
+    assert get_importance(DEFAULT_IMPORTANCE).needs_gradients
+    assert ht.PruneConfig(target="0.5x").importance == DEFAULT_IMPORTANCE
+    assert inspect.signature(ht.Pruner).parameters["importance"].default == DEFAULT_IMPORTANCE
+    assert inspect.signature(HALPCallback).parameters["importance"].default == DEFAULT_IMPORTANCE
+    for cli in (cli_prune, cli_run):
+        sub = argparse.ArgumentParser().add_subparsers()
+        parser = cli.add_parser(sub)
+        action = next(a for a in parser._actions if a.dest == "importance")
+        assert action.default == DEFAULT_IMPORTANCE
