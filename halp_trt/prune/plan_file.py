@@ -38,7 +38,8 @@ class StepRecord:
         solve_s: wall time of the step (importance, all-reduce, solve, masking, and
             measuring with feedback).
         measured_ratio: the step's plan measured against the unpruned model (with
-            latency feedback), else None.
+            latency feedback), else None (no feedback, or a measurement the machine was
+            too busy to make reliably).
     """
 
     step: int

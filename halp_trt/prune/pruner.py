@@ -478,8 +478,10 @@ class Pruner:
         self._masks.apply()
         self.plan = plan
 
-    def _measure(self, plan: Any) -> float:
-        """The plan's measured latency over the unpruned model's (``feedback``)."""
+    def _measure(self, plan: Any) -> tuple[float, bool]:
+        """The plan's measured latency over the unpruned model's (``feedback``), and
+        whether the measurement can be trusted (the feedback's ``reliable``, if it has
+        one)."""
         import copy
 
         from .apply import apply_plan
@@ -488,7 +490,7 @@ class Pruner:
         ratio = float(self.feedback(slim))
         if not (math.isfinite(ratio) and ratio > 0):
             raise PruningError(f"the latency feedback returned {ratio!r}, not a positive ratio")
-        return ratio
+        return ratio, bool(getattr(self.feedback, "reliable", True))
 
     def _feedback(self, scores: Mapping[int, np.ndarray], plan: Any) -> tuple[Any, float]:
         """Measure the step's plan and keep the table's error near it. On the last step,
@@ -502,7 +504,20 @@ class Pruner:
         last = self.steps_done == self.steps
         tried: list[tuple[float, Any]] = []
         for attempt in range(FEEDBACK_SOLVES + 1):
-            measured = float(ddp.broadcast(self._measure(plan) if ddp.rank() == 0 else None))
+            measured, reliable = ddp.broadcast(self._measure(plan) if ddp.rank() == 0 else None)
+            if not reliable:
+                # Two timings of the plan disagree: the machine is too busy to say what
+                # the plan costs. Keep the table's prediction, as corrected so far.
+                warnings.warn(
+                    f"latency feedback at step {self.steps_done}: two timings of the plan "
+                    f"disagree (median {measured:.3f}x, spread "
+                    f"{getattr(self.feedback, 'spread', float('nan')):.0%}); the machine is "
+                    "too busy to measure it, so the plan stands as the table predicts it",
+                    stacklevel=3,
+                )
+                if tried:
+                    break
+                return plan, None
             self.latency_error = measured / (float(plan.predicted_ms) / self.base_ms)
             tried.append((measured, plan))
             if not last or low <= measured <= high or attempt == FEEDBACK_SOLVES:

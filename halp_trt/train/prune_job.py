@@ -238,10 +238,14 @@ def prune_classifier(
             "steps_predicted_ratio": [h.predicted_ms / pruner.base_ms for h in pruner.history],
         }
         last = pruner.history[-1]
-        speak(
-            f"measured on this machine: {last.measured_ratio:.3f}x of the unpruned model "
-            f"(the table predicted {last.predicted_ms / pruner.base_ms:.3f}x)"
-        )
+        predicted = f"the table predicted {last.predicted_ms / pruner.base_ms:.3f}x"
+        if last.measured_ratio is None:
+            speak(f"not measured reliably on this machine (too busy); {predicted}")
+        else:
+            speak(
+                f"measured on this machine: {last.measured_ratio:.3f}x of the unpruned "
+                f"model ({predicted})"
+            )
     after = evaluate(slim, data.val, device=device)
     overhead = result.pruning_overhead
     log.update(

@@ -340,3 +340,56 @@ def test_feedback_that_returns_no_ratio_is_an_error(table):
     pruner = Pruner(model, x, table, "0.6x", steps=1, interval=2, feedback=lambda m: float("nan"))
     with pytest.raises(PruningError, match="not a positive ratio"):
         run_schedule(pruner, model)
+
+
+class Flaky(Biased):
+    """A measurement the machine was too busy to make: wildly off, marked unreliable
+    from call ``bad_from`` on."""
+
+    def __init__(self, table, x, error, bad_from):
+        super().__init__(table, x, error)
+        self.bad_from, self.reliable = bad_from, True
+
+    def __call__(self, slim):
+        ratio = super().__call__(slim)
+        self.reliable = self.calls < self.bad_from
+        return ratio if self.reliable else ratio * 0.4
+
+
+def test_an_unreliable_measurement_does_not_steer_the_plan(table):
+    model, x = fresh()
+    measure = Flaky(table, x, 1.15, bad_from=2)
+    pruner = Pruner(model, x, table, "0.7x", steps=3, interval=2, feedback=measure, min_keep=0)
+    with pytest.warns(UserWarning, match="too busy to measure it"):
+        records = run_schedule(pruner, model)
+    # Step 1 measured (error 1.15 kept); steps 2 and 3 not trusted: no ratio recorded, the
+    # error from step 1 still corrects the budgets, no re-solve on the noisy figures.
+    assert records[0].measured_ratio is not None
+    assert [r.measured_ratio for r in records[1:]] == [None, None]
+    assert pruner.latency_error == pytest.approx(1.15, rel=0.05)
+    assert measure.calls == 3
+    assert records[-1].predicted_ms <= 0.7 * pruner.base_ms / pruner.latency_error * 1.001
+
+
+def test_measured_latency_times_again_when_the_rounds_spread_and_flags_disagreement(monkeypatch):
+    from halp_trt.prune import feedback as fb
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    x = torch.randn(2, 3, 8, 8)
+    measure = fb.MeasuredLatency(net, x, rounds=10, warmup=1)
+    try:
+        timings = iter(
+            [
+                np.full(10, 0.5),  # tight: one timing
+                np.array([0.2, 0.6] * 5),  # wide (median 0.4) ...
+                np.array([0.6, 0.61] * 5),  # ... and a second median far from the first
+                np.array([0.4, 0.66] * 5),  # wide (median 0.53) ...
+                np.array([0.52, 0.55] * 5),  # ... and a second that agrees within 5%
+            ]
+        )
+        monkeypatch.setattr(measure, "_ratios", lambda runner: next(timings))
+        assert measure(net) == 0.5 and measure.reliable and measure.spread == 0
+        assert measure(net) == pytest.approx(0.6) and not measure.reliable
+        assert measure(net) == pytest.approx(0.535) and measure.reliable
+    finally:
+        measure.close()
