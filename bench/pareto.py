@@ -21,6 +21,7 @@ comes before those epochs):
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
+  ``halp-taylor-abs-macs`` the same with ``taylor-abs`` (the default criterion);
 - ``halp-sp-lamp``: SP-LAMP scores, one-shot knapsack on the measured table;
 - ``tp-l2``, ``tp-taylor``: Torch-Pruning global pruning (group L2 magnitude, group
   Taylor on a few training batches), ``round_to`` = the table's channel alignment;
@@ -97,6 +98,7 @@ METHODS = (
     "halp-taylor-norm",
     "halp-taylor-abs-norm",
     "halp-taylor-macs",
+    "halp-taylor-abs-macs",
     "halp-sp-lamp",
     "tp-l2",
     "tp-taylor",
@@ -559,7 +561,7 @@ def plan_reference(dense, x, table, fraction) -> nn.Module:
 
 #: Methods that need no measured table: run before it is built (its build waits for the
 #: bench lock).
-TABLE_FREE = ("halp-taylor-macs", "modelopt-fastnas")
+TABLE_FREE = ("halp-taylor-macs", "halp-taylor-abs-macs", "modelopt-fastnas")
 
 
 def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) -> list[dict]:
@@ -634,6 +636,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
+        "halp-taylor-abs-macs": ("taylor-abs", "exp", ctx.get("macs_table")),
     }
     for method in [m for m in selected if m in halp_methods]:
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
@@ -764,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{kind}.db")
     align = step if kind else get_backend("onnxruntime").alignment
     ctx: dict[str, Any] = {**checked, "args": args, "x": x, "align": align}
-    if "halp-taylor-macs" in checked["methods"]:
+    if {"halp-taylor-macs", "halp-taylor-abs-macs"} & set(checked["methods"]):
         ctx["macs_table"] = macs_table(
             table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
         )
