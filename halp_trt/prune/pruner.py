@@ -507,7 +507,9 @@ class Pruner:
             measured, reliable = ddp.broadcast(self._measure(plan) if ddp.rank() == 0 else None)
             if not reliable:
                 # Two timings of the plan disagree: the machine is too busy to say what
-                # the plan costs. Keep the table's prediction, as corrected so far.
+                # the plan costs. The plan stands as the table predicts it, corrected by
+                # the last reliable measurement (on the last step: a re-solve that
+                # correction made, or the step's own plan).
                 warnings.warn(
                     f"latency feedback at step {self.steps_done}: two timings of the plan "
                     f"disagree (median {measured:.3f}x, spread "
@@ -515,8 +517,6 @@ class Pruner:
                     "too busy to measure it, so the plan stands as the table predicts it",
                     stacklevel=3,
                 )
-                if tried:
-                    break
                 return plan, None
             self.latency_error = measured / (float(plan.predicted_ms) / self.base_ms)
             tried.append((measured, plan))

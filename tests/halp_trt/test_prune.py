@@ -393,3 +393,17 @@ def test_measured_latency_times_again_when_the_rounds_spread_and_flags_disagreem
         assert measure(net) == pytest.approx(0.535) and measure.reliable
     finally:
         measure.close()
+
+
+def test_an_unreliable_measurement_of_the_last_resolve_keeps_that_plan(table):
+    # Step 1 (of 1) measures 15% over the table (reliable): the last step re-solves with
+    # that error; the re-solved plan's timing is unreliable, so that plan stands (not the
+    # first one, measured over the target).
+    model, x = fresh()
+    measure = Flaky(table, x, 1.15, bad_from=2)
+    pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, feedback=measure, min_keep=0)
+    with pytest.warns(UserWarning, match="too busy to measure it"):
+        records = run_schedule(pruner, model)
+    assert measure.calls == 2 and records[-1].measured_ratio is None
+    assert pruner.latency_error == pytest.approx(1.15, rel=0.05)
+    assert records[-1].predicted_ms <= 0.7 * pruner.base_ms / pruner.latency_error * 1.001
