@@ -57,10 +57,9 @@ def commands(out: Path, threads: int, args: argparse.Namespace) -> tuple[list[st
              "--backend", "onnxruntime", "--threads", str(threads), "--out", str(lut)]  # fmt: skip
     prune = ["halp-trt", "prune", "--model", MODEL, "--data", "digits", "--lut", str(lut),
              "--target", f"{TARGET}x", "--pretrain-epochs", str(args.pretrain_epochs),
-             "--epochs", str(args.epochs), "--steps", str(args.steps), "--out", str(pruned),
-             "--no-progress"]  # fmt: skip
-    if not args.no_feedback:
-        prune.insert(-3, "--feedback")
+             "--epochs", str(args.epochs), "--steps", str(args.steps),
+             *([] if args.no_feedback else ["--feedback"]),
+             "--out", str(pruned), "--no-progress"]  # fmt: skip
     return build, prune
 
 

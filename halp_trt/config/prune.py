@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..importance import DEFAULT_IMPORTANCE
 from ..prune.schedule import SCHEDULES, ScheduleFit, fit_schedule, split_target
 from ..solver.plan import COST_MODELS
 from .base import ConfigBase, ConfigError
@@ -45,7 +46,7 @@ class PruneConfig(ConfigBase):
     """
 
     target: str | float
-    importance: Any = "taylor-abs"  # halp_trt.importance.DEFAULT_IMPORTANCE
+    importance: Any = DEFAULT_IMPORTANCE
     schedule: str = "exp"
     steps: int = 30
     interval: int | None = None
