@@ -10,10 +10,10 @@ For each thread count T: ``lut-builder build --threads T`` measures the table, a
 16) to 0.5x of its predicted latency on it (the demo's 10 pruning steps on a short
 training: only the widths matter here), with ``--feedback`` (each step's plan timed
 against the dense model at the table's thread count, as ``halp-trt run`` does; off with
-``--no-feedback``: the plans as the table predicts them). Then every pruned model is timed against the
-original with ``verify_models`` at 1 and at 2 threads, the four combinations in turn
-(the order reversed every other pass), ``--repeat`` times; a figure is the median over
-the repeats of verify's median per-round ratio (pruned / original, both timed
+``--no-feedback``: the plans as the table predicts them). Then every pruned model is
+timed against the original with ``verify_models`` at 1 and at 2 threads, the four
+combinations in turn (the order reversed every other pass), ``--repeat`` times; a
+figure is the median over the repeats of verify's median per-round ratio (pruned / original, both timed
 interleaved). With ``--lock`` the whole run holds that file's lock, as ``flock`` does,
 so that no other benchmark runs next to it.
 """

@@ -2,9 +2,10 @@
 
 ``taylor`` (HALP's BN-based first-order Taylor score, weight-Taylor without BN; needs
 gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in absolute
-value: :data:`DEFAULT_IMPORTANCE`), ``l1`` and ``l2`` (filter norms) and ``sp-lamp`` (LAMP-normalised squared
-filter norms). ``get_importance(name)(graph)`` builds one for a channel graph;
-:func:`resolve_importance` also takes a criterion object (a class or a factory).
+value: :data:`DEFAULT_IMPORTANCE`), ``l1`` and ``l2`` (filter norms) and ``sp-lamp``
+(LAMP-normalised squared filter norms). ``get_importance(name)(graph)`` builds one for
+a channel graph; :func:`resolve_importance` also takes a criterion object (a class or a
+factory).
 """
 
 from . import magnitude, taylor  # noqa: F401  (registers the built-in criteria)

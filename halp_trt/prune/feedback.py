@@ -149,7 +149,10 @@ def feedback_from_table(table: Any) -> dict[str, Any]:
 
     fp = getattr(table, "fingerprint", None) or {}
     backend, device = fp.get("backend"), str(fp.get("device", ""))
-    where = f"the table {getattr(table, 'path', '')} is {backend} {fp.get('precision', '')} on {device or '?'}"
+    where = (
+        f"the table {getattr(table, 'path', '')} is {backend} {fp.get('precision', '')} "
+        f"on {device or '?'}"
+    )
     if backend not in ("onnxruntime", "torch") or not device.startswith("cpu"):
         raise UserError(
             f"latency feedback times plans on this machine's CPU (onnxruntime or torch): {where}"
