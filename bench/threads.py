@@ -13,9 +13,9 @@ against the dense model at the table's thread count, as ``halp-trt run`` does; o
 ``--no-feedback``: the plans as the table predicts them). Then every pruned model is
 timed against the original with ``verify_models`` at 1 and at 2 threads, the four
 combinations in turn (the order reversed every other pass), ``--repeat`` times; a
-figure is the median over the repeats of verify's median per-round ratio (pruned / original, both timed
-interleaved). With ``--lock`` the whole run holds that file's lock, as ``flock`` does,
-so that no other benchmark runs next to it.
+figure is the median over the repeats of verify's median per-round ratio (pruned /
+original, both timed interleaved). With ``--lock`` the whole run holds that file's
+lock, as ``flock`` does, so that no other benchmark runs next to it.
 """
 
 from __future__ import annotations
