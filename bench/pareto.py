@@ -511,8 +511,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     ours = {k: v for k, v in vars(args).items() if k not in ("out", "table", *KEEP_FREE)}
     theirs = {k: v for k, v in settings.items() if k not in KEEP_FREE}
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-    if prev.get("methods") != methods or prev.get("targets") != targets:
-        differ += ["methods" if prev.get("methods") != methods else "targets"]
+    differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:
         raise BenchError(
             f"--keep: {out} was run with other settings ({', '.join(differ)}); "
