@@ -5,15 +5,15 @@ it, and for each target (``--targets 0.7x,0.5x,0.3x``) prunes it and fine-tunes 
 same ``--epochs`` (HALP's pruning-while-training included; a search or one-shot pruning
 comes before those epochs):
 
-- ``halp-taylor``: HALP's loop (Taylor importance, exponential schedule, ``--steps``
-  steps over the first half of the epochs) on the measured table (ONNX Runtime CPU, one
-  thread), with measured-latency feedback and the pruner's per-group floor: the product
-  as it ships;
+- ``halp-taylor``: HALP's loop (HALP's Taylor importance, exponential schedule,
+  ``--steps`` steps over the first half of the epochs) on the measured table (ONNX
+  Runtime CPU, one thread), with measured-latency feedback and the pruner's per-group
+  floor;
 - ``halp-taylor-monotone``: the same on the table's monotone envelope
   (``Pruner(monotone_table=True)``): what the envelope is worth;
 - ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
-  terms summed in absolute value, not the absolute value of their sum; halp-trt's
-  default criterion since these runs);
+  terms summed in absolute value, not the absolute value of their sum): the product as
+  it ships, halp-trt's default criterion;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -33,15 +33,16 @@ comes before those epochs):
   rounded to the alignment.
 
 The knob-driven methods (``tp-*``, ``uniform``) are brought to the measured latency of
-the ``halp-taylor`` model (``match_latency`` of bench/prune_quality.py: grid priced on
+the reference model (``--reference``, by default ``halp-taylor-abs``, the product as it
+ships, else ``halp-taylor``; ``match_latency`` of bench/prune_quality.py: grid priced on
 the table, then timed against the reference and tightened), and run once more one
 alignment step wider (``tp-l2+``...), so the halp-trt model's latency lies between the
-two. Where ``halp-taylor`` is not run or failed, the reference is the measured table's
+two. Where the reference is not run or failed, they are matched to the measured table's
 plan for the target (L2 scores, untrained).
 
 All models of one seed and target are timed round-robin with the dense one in one run
 (ONNX Runtime CPU, one intra-op thread, under the bench lock). Accuracy at equal
-latency: each method's accuracy at ``halp-taylor``'s measured latency ratio, interpolated
+latency: each method's accuracy at the reference's measured latency ratio, interpolated
 linearly along that method's own points of the same seed (its runs at every target and
 its ``+`` run), marked ``bracketed`` when they lie on both sides.
 
@@ -258,11 +259,13 @@ def curve_at(points: list[tuple[float, float]], r: float) -> tuple[float, bool]:
     raise AssertionError("unreachable")
 
 
-def summarise(runs: list[dict], methods: list[str], targets: list[str]) -> dict[str, Any]:
+def summarise(
+    runs: list[dict], methods: list[str], targets: list[str], reference: str | None = "halp-taylor"
+) -> dict[str, Any]:
     """Per target and method: accuracy, measured ratio and time over the seeds that ran;
-    accuracy at ``halp-taylor``'s measured latency (per seed, interpolated)."""
+    accuracy at the ``reference`` method's measured latency (per seed, interpolated)."""
     ok = [r for r in runs if r["status"] == "ok" and "measured_ratio" in r]
-    out: dict[str, Any] = {"by_target": {}, "equal_latency": {}}
+    out: dict[str, Any] = {"by_target": {}, "equal_latency": {}, "reference": reference}
     for t in targets:
         by_method = {}
         for m in methods:
@@ -288,9 +291,9 @@ def summarise(runs: list[dict], methods: list[str], targets: list[str]) -> dict[
             }
         out["by_target"][t] = by_method
         eq: dict[str, Any] = {}
-        refs = [r for r in ok if r["target"] == t and r["method"] == "halp-taylor"]
+        refs = [r for r in ok if r["target"] == t and r["method"] == reference]
         for m in methods:
-            if m == "halp-taylor" or m.endswith("+"):  # a "+" run is a point of its method
+            if m == reference or m.endswith("+"):  # a "+" run is a point of its method
                 continue
             diffs, bracketed, seeds = [], [], []
             for ref in refs:
@@ -408,6 +411,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="halp-trt's per-group floor (fraction of each group's width; default the "
         "pruner's, 0.3; 0: none, as in HALP)",
     )
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="the halp-trt method the knob methods are matched to and every method is "
+        "compared with at equal latency (default: halp-taylor-abs, the shipped default "
+        "criterion, else halp-taylor, else the first halp-* method run)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--out", default=str(ROOT / "bench/results/pareto.json"))
     p.add_argument(
@@ -448,6 +458,15 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         fractions[t] = f
     if not targets:
         raise BenchError("--targets is empty")
+    if args.reference is None:
+        halps = [m for m in methods if m.startswith("halp-")]
+        preferred = [m for m in ("halp-taylor-abs", "halp-taylor") if m in methods]
+        args.reference = (preferred or halps or [None])[0]
+    elif args.reference not in methods or not args.reference.startswith("halp-"):
+        raise BenchError(
+            f"--reference {args.reference} must be one of the halp-* methods run "
+            f"({', '.join(m for m in methods if m.startswith('halp-')) or 'none'})"
+        )
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
         raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
     try:
@@ -510,6 +529,9 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
         raise BenchError(f"--keep: no result to add to in {out} ({exc})") from None
     ours = {k: v for k, v in vars(args).items() if k not in ("out", "table", *KEEP_FREE)}
     theirs = {k: v for k, v in settings.items() if k not in KEEP_FREE}
+    theirs.setdefault(
+        "reference", "halp-taylor" if "halp-taylor" in prev.get("methods", []) else None
+    )
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:
@@ -544,7 +566,7 @@ def macs_table(path: Path, model: nn.Module, x: torch.Tensor, step: int, align: 
 
 def plan_reference(dense, x, table, fraction) -> nn.Module:
     """The measured table's plan for ``fraction`` (L2 scores, one solve), untrained: the
-    latency the knob methods are matched to when no ``halp-taylor`` model is there."""
+    latency the knob methods are matched to when no reference model is there."""
     from halp_trt.graph import ChannelGraph
     from halp_trt.importance import get_importance
     from halp_trt.solver import solve_budget
@@ -640,7 +662,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     for method in [m for m in selected if m in halp_methods]:
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
 
-    reference, no_reference = models.get("halp-taylor"), None
+    reference, no_reference = models.get(args.reference), None
     if reference is None and any(m in KNOB_METHODS for m in selected):
         try:
             reference = plan_reference(dense, x, table, fraction)
@@ -793,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(runs: list[dict], status: str) -> None:
         runs = kept["runs"] + runs
         result["status"] = status
-        result["summary"] = summarise(runs, all_methods, checked["targets"])
+        result["summary"] = summarise(runs, all_methods, checked["targets"], args.reference)
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_json(out, {**result, "runs": runs}, indent=1, default=float)
         plot(

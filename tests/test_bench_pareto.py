@@ -53,6 +53,8 @@ def pareto():
         (["--model", TINY + ",num_classes=5"], "has 10 classes but"),
         (["--input-shape", "2,1,8,8"], "does not accept an input"),
         (["--seeds", "0,x"], "--seeds must be integers"),
+        (["--methods", "tp-l2,halp-taylor", "--reference", "tp-l2"], "--reference tp-l2 must"),
+        (["--methods", "halp-taylor", "--reference", "halp-taylor-abs"], "one of the halp-*"),
     ],
 )
 def test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message):
@@ -102,6 +104,23 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     assert result["summary"]["by_target"]["0.6x"]["halp-taylor"] == {"n": 0, "failed": 1}
     assert result["dense"]["0"]["val_acc"] > 0
     assert result["table"]["backend"] == "macs" and result["status"] == "complete"
+    assert result["summary"]["reference"] == result["settings"]["reference"] == "halp-taylor"
+
+
+@pytest.mark.parametrize(
+    "methods, reference",
+    [
+        ("tp-l2,halp-taylor,halp-taylor-abs", "halp-taylor-abs"),
+        ("halp-taylor,uniform", "halp-taylor"),
+        ("uniform,halp-sp-lamp,halp-taylor-macs", "halp-sp-lamp"),
+        ("uniform,tp-l2", None),
+    ],
+)
+def test_reference_defaults_to_the_shipped_criterion(pareto, tmp_path, methods, reference):
+    argv = ["--model", TINY, "--input-shape", "2,3,8,8", "--methods", methods]
+    args = pareto.parse_args([*argv, "--out", str(tmp_path / "p.json")])
+    pareto.check_inputs(args)
+    assert args.reference == reference
 
 
 def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, capsys):
