@@ -259,6 +259,23 @@ def curve_at(points: list[tuple[float, float]], r: float) -> tuple[float, bool]:
     raise AssertionError("unreachable")
 
 
+def paired_interval(diffs: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Student's t interval of the mean of per-seed differences (the seeds are the pairs),
+    and whether it excludes zero: with 3 seeds a difference must be about 2.5 times its
+    standard deviation to be told from the seeds' spread."""
+    if len(diffs) < 2:
+        return {"diff_sd": None, "ci": None, "resolved": False}
+    from scipy import stats
+
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * sd / len(diffs) ** 0.5
+    return {
+        "diff_sd": sd,
+        "ci": [mean - half, mean + half],
+        "resolved": bool(mean - half > 0 or mean + half < 0),
+    }
+
+
 def summarise(
     runs: list[dict], methods: list[str], targets: list[str], reference: str | None = "halp-taylor"
 ) -> dict[str, Any]:
@@ -314,6 +331,7 @@ def summarise(
                     "per_seed": diffs,
                     "seeds": seeds,
                     "bracketed": bracketed,
+                    **paired_interval(diffs),
                 }
         out["equal_latency"][t] = eq
     return out

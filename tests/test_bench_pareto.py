@@ -181,3 +181,14 @@ def test_mean_normalised_scores_average_one_over_the_alive_channels(pareto):
         assert abs(s[alive] / r[alive] - 1 / r[alive].mean()).max() < 1e-9
     first = next(g for g in graph.prunable if any(r.layer == "1" for r in g.norms))
     assert (imp.scores()[first.id][:4] == 0).all() and (imp.scores()[first.id][4:] > 0).all()
+
+
+def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
+    # mean 0.01, sd 0.001 over 3 seeds: t(0.975, 2) = 4.303, half-width 0.00248
+    clear = pareto.paired_interval([0.009, 0.010, 0.011])
+    assert clear["resolved"] and clear["ci"] == pytest.approx(
+        [0.01 - 0.002484, 0.01 + 0.002484], abs=1e-5
+    )
+    noisy = pareto.paired_interval([0.02, -0.01, 0.005])
+    assert not noisy["resolved"] and noisy["ci"][0] < 0 < noisy["ci"][1]
+    assert pareto.paired_interval([0.03]) == {"diff_sd": None, "ci": None, "resolved": False}
