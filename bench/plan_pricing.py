@@ -1,0 +1,217 @@
+"""How well each table priced the plans of a bench/pareto.py result.
+
+bench/pareto.py records, per pruned model, its widths, its latency measured interleaved
+with the dense model, and the measured table's prediction. This prices the same widths
+again on other tables (another build of the measured table, the MACs table) and prints,
+per method and target, measured / predicted over the seeds: 1.00 is a table that prices
+the plan truly, above 1 an optimistic one.
+
+Two questions it answers, with no new training:
+
+- Does the table the plan was solved on misprice it more than an independent build of
+  the same table does? Then the solver chose points measured low by chance (the
+  optimizer's curse), and a second look at those points would correct it.
+- Does measuring price the plans better than counting MACs? The MACs table's prediction
+  of a plan is its MAC fraction (no calibration).
+
+Each ``--table NAME=PATH`` is opened read-only; ``--macs NAME`` adds the MACs table of
+bench/pareto.py (analytic, rebuilt here in a temporary directory on the result's grid
+step and alignment). Every model is rebuilt from the result's widths on the channel
+graph of the result's model; a run whose widths the graph cannot take is an error.
+
+    .venv/bin/python bench/plan_pricing.py bench/results/pareto_mobilenetv2.json \\
+        --table measured=T.db --table rebuilt=T2.db --macs macs \\
+        --out bench/results/plan_pricing_mobilenetv2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class BenchError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line, exit code 2
+            print(f"plan_pricing.py: error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+
+    p = Parser(description=__doc__.split("\n")[0])
+    p.add_argument("result", help="a bench/pareto.py result (JSON)")
+    p.add_argument(
+        "--table", action="append", default=[], metavar="NAME=PATH", help="a table to price on"
+    )
+    p.add_argument("--macs", metavar="NAME", help="also price on the MACs table, named NAME")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    return p.parse_args(argv)
+
+
+def keep_counts(graph: Any, convs: list[str], widths: list[int]) -> dict[int, int]:
+    """Channels each prunable group keeps in a model whose Conv2d layers (module order)
+    have ``widths`` output channels: read off one producer conv of each group."""
+    if len(widths) != len(convs):
+        raise BenchError(f"{len(widths)} widths recorded for a model of {len(convs)} convs")
+    keep = {}
+    for g in graph.prunable:
+        ref = next((p for p in g.producers if p.layer in convs), None)
+        if ref is None:
+            continue
+        removed, rest = divmod(
+            graph.layers[ref.layer].c_out - widths[convs.index(ref.layer)],
+            ref.multiplicity(g.size),
+        )
+        if rest or not 0 <= removed < g.size:
+            raise BenchError(f"widths do not fit group {g.id} ({g.size} channels)")
+        keep[g.id] = g.size - removed
+    return keep
+
+
+def price(result: dict, tables: dict[str, Any]) -> dict[str, Any]:
+    """measured / predicted per run and table, and their summary per method and target."""
+    import torch
+    import torch.nn as nn
+
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.prune import network_latency
+    from halp_trt.specs import example_input, load_model
+
+    torch.manual_seed(0)
+    model = load_model(result["model"]).eval()
+    x = example_input(model, tuple(result["input_shape"]))
+    graph = ChannelGraph(model, x)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    full = graph.widths({})
+    dense = {k: network_latency(t, graph.layers, full) for k, t in tables.items()}
+    runs = []
+    for r in result["runs"]:
+        if r.get("status") != "ok" or "measured_ratio" not in r:
+            continue
+        widths = graph.widths(keep_counts(graph, convs, r["widths"]))
+        predicted = {
+            k: network_latency(t, graph.layers, widths) / dense[k] for k, t in tables.items()
+        }
+        runs.append(
+            {
+                "method": r["method"],
+                "target": r["target"],
+                "seed": r["seed"],
+                "measured_ratio": r["measured_ratio"],
+                "predicted_ratio": predicted,
+                "measured_over_predicted": {
+                    k: r["measured_ratio"] / v for k, v in predicted.items()
+                },
+            }
+        )
+    summary: dict[str, dict[str, Any]] = {}
+    for key in sorted({(r["target"], r["method"]) for r in runs}):
+        rs = [r for r in runs if (r["target"], r["method"]) == key]
+        summary.setdefault(key[0], {})[key[1]] = {
+            name: {
+                "mean": statistics.fmean(v := [r["measured_over_predicted"][name] for r in rs]),
+                "min": min(v),
+                "max": max(v),
+                "n": len(v),
+            }
+            for name in tables
+        }
+    return {"runs": runs, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from halp_trt.errors import UserError
+    from lut_builder import LatencyTable
+    from lut_builder.errors import UserError as LutUserError
+    from lut_builder.fileio import atomic_write_json, check_output
+
+    args = parse_args(argv)
+    tables: dict[str, Any] = {}
+    try:
+        out = check_output(args.out, flag="--out", parents=True) if args.out else None
+        try:
+            result = json.loads(Path(args.result).read_text())
+            result["runs"], result["model"], result["input_shape"]  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"{args.result} is not a bench/pareto.py result ({exc})") from None
+        if not args.table and not args.macs:
+            raise BenchError("give at least one --table NAME=PATH or --macs NAME")
+        for spec in args.table:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path or name in tables:
+                raise BenchError(f"--table {spec!r} must be NAME=PATH, each NAME once")
+            tables[name] = LatencyTable.open(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.macs:
+                if args.macs in tables:
+                    raise BenchError(f"--macs {args.macs}: that name is already a --table")
+                tables[args.macs] = macs_table(result, Path(tmp) / "macs.db")
+            priced = price(result, tables)
+    except (BenchError, UserError, LutUserError) as exc:
+        print(f"plan_pricing.py: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for t in tables.values():
+            t.close()
+    names = list(tables)
+    print(f"measured / predicted per plan: mean (min-max) over seeds; result {args.result}")
+    print(f"{'target':7s} {'method':22s} " + " ".join(f"{n:>20s}" for n in names))
+    for target, by_method in priced["summary"].items():
+        for method, cells in by_method.items():
+            shown = [f"{c['mean']:.3f} ({c['min']:.2f}-{c['max']:.2f})" for c in cells.values()]
+            print(f"{target:7s} {method:22s} " + " ".join(f"{s:>20s}" for s in shown))
+    if out is not None:
+        command = "python bench/plan_pricing.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out,
+            {
+                "benchmark": "plan_pricing",
+                "command": command,
+                "result": Path(args.result).name,
+                "tables": {
+                    n: "MACs (analytic)" if n == args.macs else Path(p).name
+                    for n, p in [s.partition("=")[::2] for s in args.table] + [(args.macs, "")]
+                    if n
+                },
+                **priced,
+            },
+            indent=1,
+        )
+        print(f"wrote {out}")
+    return 0
+
+
+def macs_table(result: dict, path: Path) -> Any:
+    """bench/pareto.py's MACs table for the result's model, grid step and alignment."""
+    import torch
+
+    from halp_trt.specs import example_input, load_model
+
+    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+    info = result.get("table") or {}
+    step, align = info.get("step"), info.get("alignment")
+    if not step or not align:
+        raise BenchError("the result records no table step and alignment for --macs")
+    torch.manual_seed(0)
+    model = load_model(result["model"]).eval()
+    return pareto.macs_table(
+        path, model, example_input(model, tuple(result["input_shape"])), step, align
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

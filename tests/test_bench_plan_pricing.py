@@ -1,0 +1,84 @@
+"""bench/plan_pricing.py: a pareto result's plans priced again on tables; the measured
+table's own prediction comes back as the bench recorded it; bad input is one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = f"{ROOT / 'tests/test_bench_pareto.py'}:tiny_net"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"bench/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """A tiny pareto run solved on the MACs table (so that table is its 'measured' one)."""
+    tmp = tmp_path_factory.mktemp("pricing")
+    pareto = load("pareto")
+    out = tmp / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x,0.4x", "--seeds", "0",
+        "--methods", "halp-taylor-abs,uniform", "--epochs", "1", "--pretrain-epochs", "0",
+        "--step", "8", "--rounds", "3", "--min-keep", "0", "--table", str(tmp / "t.db"),
+        "--table-backend", "macs", "--lock", str(tmp / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main(argv) == 0
+    return out, tmp / "t.db"
+
+
+def test_prices_every_plan_as_the_bench_did(result, tmp_path, capsys):
+    out, table = result
+    pricing = load("plan_pricing")
+    dest = tmp_path / "sub" / "pricing.json"
+    argv = [str(out), "--table", f"own={table}", "--macs", "macs", "--out", str(dest)]
+    assert pricing.main(argv) == 0
+    priced = json.loads(dest.read_text())
+    runs = {(r["method"], r["target"]): r for r in json.loads(out.read_text())["runs"]}
+    assert len(priced["runs"]) == sum(1 for r in runs.values() if "measured_ratio" in r) >= 3
+    for r in priced["runs"]:
+        recorded = runs[(r["method"], r["target"])]["predicted_ratio"]
+        # the run's own table and the MACs table rebuilt here agree with the bench
+        assert r["predicted_ratio"]["own"] == pytest.approx(recorded, rel=1e-9)
+        assert r["predicted_ratio"]["macs"] == pytest.approx(recorded, rel=1e-9)
+        assert 0 < r["predicted_ratio"]["own"] < 1
+    cell = priced["summary"]["0.6x"]["halp-taylor-abs"]["own"]
+    assert cell["n"] == 1 and cell["min"] == cell["mean"] == cell["max"] > 0
+    assert "halp-taylor-abs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "give at least one --table"),
+        (["--table", "nopath"], "must be NAME=PATH"),
+        (["--table", "a=/nonexistent/t.db"], "nonexistent"),
+    ],
+)
+def test_bad_input_is_one_line(result, tmp_path, capsys, extra, message):
+    out, _ = result
+    pricing = load("plan_pricing")
+    dest = tmp_path / "x.json"
+    assert pricing.main([str(out), *extra, "--out", str(dest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not dest.exists()
+
+
+def test_not_a_result(tmp_path, capsys):
+    pricing = load("plan_pricing")
+    bad = tmp_path / "r.json"
+    bad.write_text("{}")
+    assert pricing.main([str(bad), "--macs", "m"]) == 2
+    assert "not a bench/pareto.py result" in capsys.readouterr().err
