@@ -25,6 +25,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("tables", nargs="+", metavar="TABLE", help="shard tables to join (two or more)")
     p.add_argument("--out", required=True, metavar="FILE", help="the merged table (a new file)")
+    p.add_argument(
+        "--average",
+        action="store_true",
+        help="the inputs are repeated whole builds of the same plan (same target): store "
+        "each point measured in several of them as the mean of their measurements, "
+        "agreeing or not, to average down the noise of single measurements",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -35,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..table import merge_tables
 
-    result = merge_tables(args.tables, args.out)
+    result = merge_tables(args.tables, args.out, average=args.average)
     if result.note:
         print(f"lut-builder merge: note: {result.note}", file=sys.stderr)
     if args.json:
@@ -46,9 +53,15 @@ def run(args: argparse.Namespace) -> int:
         if result.complete
         else f"incomplete ({result.missing} planned points missing: merge the other shards)"
     )
-    both = (
-        f", {result.overlapping} measured in more than one (agreeing)" if result.overlapping else ""
-    )
+    if result.averaged:
+        both = (
+            f", {result.overlapping} measured in more than one (averaged; "
+            f"{result.disagreeing} beyond their spread)"
+        )
+    elif result.overlapping:
+        both = f", {result.overlapping} measured in more than one (agreeing)"
+    else:
+        both = ""
     print(
         f"{args.out}: {len(result.inputs)} tables merged, {result.points} points{both}, "
         f"table {state}"

@@ -17,6 +17,16 @@ every input holds the same one; otherwise the merged table is not calibrated, an
 running the build once more on it without ``--shard`` calibrates it without measuring
 any point again.
 
+``average=True`` joins whole builds of the same plan instead of shards: every point
+measured in several inputs becomes the mean of its measurements (median, p10, p90 and
+mean averaged, counts added), whether or not they agree, so the noise of one
+measurement is averaged down. A knapsack solved on one build is drawn to the points
+that build measured low by chance (the optimizer's curse): on the MobileNetV2 of
+bench/pareto.py, an independent second build of the table priced halp-trt's plans
+0.4-3.9% closer to what they measured, relative to Torch-Pruning's plans, than the
+build they were solved on (bench/results/plan_pricing_mobilenetv2.json). The points on which the inputs
+disagree beyond their spread are counted (``MergeResult.disagreeing``).
+
 The merged table is written to a temporary directory, checked as any table is when it
 is opened, and copied to its place atomically: a refused or failed merge writes nothing.
 """
@@ -43,13 +53,17 @@ class MergeResult:
     path: Path
     inputs: list[str]
     points: int
-    #: Points measured in more than one input (with agreeing values).
+    #: Points measured in more than one input (with agreeing values, unless averaged).
     overlapping: int
     missing: int
     complete: bool
     calibrated: bool
     #: Why the merged table is not calibrated, when it is not.
     note: str = ""
+    #: Whether duplicate points were averaged (``average=True``).
+    averaged: bool = False
+    #: Averaged points whose measurements disagreed beyond their p10-p90 spread.
+    disagreeing: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,15 +75,22 @@ class MergeResult:
             "complete": self.complete,
             "calibrated": self.calibrated,
             "note": self.note,
+            "averaged": self.averaged,
+            "disagreeing": self.disagreeing,
         }
 
 
-def merge_tables(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeResult:
+def merge_tables(
+    inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, average: bool = False
+) -> MergeResult:
     """Join shard tables of one build (see the module notes) into a new table ``out``.
 
     Args:
         inputs: two or more table files.
         out: the merged table; must not exist yet, and its directory must be writable.
+        average: the inputs are repeated builds: a point measured in several of them is
+            stored as the mean of their measurements instead of kept once (and refused
+            when they disagree).
 
     Returns:
         A :class:`MergeResult`.
@@ -79,7 +100,7 @@ def merge_tables(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) ->
             that is missing, not a table or damaged;
             :class:`~lut_builder.errors.FingerprintMismatchError`: inputs measured on
             different targets; inputs that plan different signatures or grids; a point
-            whose measurements disagree. Nothing is written then.
+            whose measurements disagree (unless averaged). Nothing is written then.
     """
     from ..fileio import check_output
 
@@ -96,7 +117,10 @@ def merge_tables(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) ->
         for other in tables[1:]:
             _check_same_target(first, other)
             _check_same_plan(first, other)
-        rows, overlapping = _union_points(tables)
+        if average:
+            rows, overlapping, disagreeing = _averaged_points(tables)
+        else:
+            (rows, overlapping), disagreeing = _union_points(tables), 0
         calibration, note = _common_calibration(tables)
         with tempfile.TemporaryDirectory(prefix="lut-merge-") as tmp:
             path = Path(tmp) / "merged.db"
@@ -113,6 +137,8 @@ def merge_tables(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) ->
                     calibrated=check.overhead_ms is not None,
                     # An incomplete table is calibrated once complete: nothing to say yet.
                     note=note if check.complete else "",
+                    averaged=average,
+                    disagreeing=disagreeing,
                 )
                 check.copy_to(out)
         return result
@@ -209,6 +235,35 @@ def _union_points(tables: Sequence[LatencyTable]) -> tuple[list[tuple[Any, ...]]
             if _relative_spread(row) < _relative_spread(have):
                 kept[key] = (row, table)
     return [row for row, _ in kept.values()], len(overlapping)
+
+
+def _averaged_points(tables: Sequence[LatencyTable]) -> tuple[list[tuple[Any, ...]], int, int]:
+    """Every input's points once, a point of several inputs as their mean: median, p10,
+    p90 and mean averaged, std as the root of the mean variance, counts added, the
+    workers joined, the latest time. Returns the rows, how many points were measured
+    more than once, and how many of those disagreed beyond their spread."""
+    import math
+
+    seen: dict[tuple[str, int, int], list[tuple[Any, ...]]] = {}
+    for table in tables:
+        for row in table.stored_points():
+            seen.setdefault((row[0], row[1], row[2]), []).append(tuple(row))
+    rows, overlapping, disagreeing = [], 0, 0
+    for key, found in seen.items():
+        if len(found) == 1:
+            rows.append(found[0])
+            continue
+        overlapping += 1
+        disagreeing += any(not _agree(found[0], r) for r in found[1:])
+        k = len(found)
+        median, p10, p90, mean = (sum(r[i] for r in found) / k for i in (3, 4, 5, 6))
+        std = math.sqrt(sum(r[7] ** 2 for r in found) / k)
+        workers = ",".join(dict.fromkeys(str(r[9]) for r in found if r[9]))
+        rows.append(
+            (*key, median, p10, p90, mean, std, sum(r[8] for r in found), workers or None,
+             max(r[10] for r in found))
+        )  # fmt: skip
+    return rows, overlapping, disagreeing
 
 
 def _shown(row: Sequence[Any], table: LatencyTable) -> str:

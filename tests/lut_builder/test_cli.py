@@ -244,6 +244,10 @@ def test_merge_shards_then_show(lut_cli, shard_files, tmp_path):
     assert show["complete"] and show["points"] == out["points"] > 0
     text = lut_cli("merge", *shard_files, "--out", "m2.lut")
     assert text.returncode == 0 and "2 tables merged" in text.stdout and "complete" in text.stdout
+    # repeated builds (here: the merged table and a shard of it) are averaged, not refused
+    avg = lut_cli("merge", "m.lut", shard_files[0], "--average", "--out", "m3.lut")
+    assert avg.returncode == 0, avg.stderr
+    assert "measured in more than one (averaged; 0 beyond their spread)" in avg.stdout
 
 
 @pytest.mark.parametrize(

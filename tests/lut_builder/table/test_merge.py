@@ -83,6 +83,42 @@ def test_reference_tables_keep_ratios_in_the_fastest_unit(tmp_path):
         assert m.lookup(SIG, 16, 16) == pytest.approx(3.2)
 
 
+def test_repeated_builds_average_every_point_agreeing_or_not(tmp_path):
+    full = [(a, b) for a in (8, 16) for b in (8, 16)]
+    make(tmp_path / "a.lut", points=[(a, b, t(1.0 * a * b / 64)) for a, b in full], unit=0.5)
+    # b measured every point 30% higher in ratio (beyond the 20% spread), in another unit
+    make(tmp_path / "b.lut", points=[(a, b, t(1.04 * a * b / 64)) for a, b in full], unit=0.4)
+    inputs = [tmp_path / "a.lut", tmp_path / "b.lut"]
+    refused(tmp_path, inputs)  # as shards: they conflict
+    result = merge_tables(inputs, tmp_path / "m.lut", average=True)
+    assert result.averaged and result.complete
+    assert result.overlapping == result.disagreeing == result.points == 4
+    assert result.to_dict()["disagreeing"] == 4
+    with LatencyTable.open(result.path) as m, LatencyTable.open(inputs[0]) as a:
+        assert m.unit_ms == 0.4
+        for x, y in full:
+            # ratios 2.0*xy/64 and 2.6*xy/64 (stored as ms / unit), averaged: 2.3*xy/64
+            assert m.lookup(SIG, x, y) == pytest.approx(2.3 * x * y / 64 * 0.4)
+            assert m.lookup(SIG, x, y) / m.unit_ms == pytest.approx(
+                1.15 * a.lookup(SIG, x, y) / a.unit_ms
+            )
+        (point,) = [p for p in m.points(SIG) if (p.c_in, p.c_out) == (16, 16)]
+        assert point.timing.n == 40
+        assert point.timing.p10_ms == pytest.approx(0.9 * 2.3 * 4 * 0.4)
+
+
+def test_averaging_keeps_points_measured_once_as_they_are(tmp_path):
+    make(tmp_path / "a.lut", points=[(8, 8, t(1.0)), (8, 16, t(2.0))])
+    make(tmp_path / "b.lut", points=[(8, 8, t(1.2)), (16, 8, t(2.0)), (16, 16, t(4.0))])
+    result = merge_tables(
+        [tmp_path / "a.lut", tmp_path / "b.lut"], tmp_path / "m.lut", average=True
+    )
+    assert result.overlapping == 1 and result.disagreeing == 0 and result.points == 4
+    with LatencyTable.open(result.path) as m:
+        assert m.lookup(SIG, 8, 8) == pytest.approx(1.1)
+        assert m.lookup(SIG, 8, 16) == 2.0 and m.lookup(SIG, 16, 16) == 4.0
+
+
 def refused(tmp_path, inputs, error=UserError) -> str:
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(error) as info:
