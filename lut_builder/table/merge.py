@@ -24,8 +24,8 @@ measurement is averaged down. A knapsack solved on one build is drawn to the poi
 that build measured low by chance (the optimizer's curse): on the MobileNetV2 of
 bench/pareto.py, an independent second build of the table priced halp-trt's plans
 0.4-3.9% closer to what they measured, relative to Torch-Pruning's plans, than the
-build they were solved on (bench/results/plan_pricing_mobilenetv2.json). The points on which the inputs
-disagree beyond their spread are counted (``MergeResult.disagreeing``).
+build they were solved on (bench/results/plan_pricing_mobilenetv2.json). The points on
+which the inputs disagree beyond their spread are counted (``MergeResult.disagreeing``).
 
 The merged table is written to a temporary directory, checked as any table is when it
 is opened, and copied to its place atomically: a refused or failed merge writes nothing.
