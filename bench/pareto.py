@@ -6,9 +6,9 @@ same ``--epochs`` (HALP's pruning-while-training included; a search or one-shot 
 comes before those epochs):
 
 - ``halp-taylor``: HALP's loop (HALP's Taylor importance, exponential schedule,
-  ``--steps`` steps over the first half of the epochs) on the measured table (ONNX
-  Runtime CPU, one thread), with measured-latency feedback and the pruner's per-group
-  floor;
+  ``--steps`` steps over the first half of the epochs, or the fraction
+  ``--prune-window``) on the measured table (ONNX Runtime CPU, one thread), with
+  measured-latency feedback and the pruner's per-group floor;
 - ``halp-taylor-monotone``: the same on the table's monotone envelope
   (``Pruner(monotone_table=True)``): what the envelope is worth;
 - ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
@@ -396,6 +396,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3, help="epochs after the dense model, all")
     p.add_argument("--steps", type=int, default=5, help="HALP pruning steps")
+    p.add_argument(
+        "--prune-window",
+        type=float,
+        default=0.5,
+        help="fraction of the fine-tuning iterations HALP's steps are spread over (HALP: "
+        "0.5); the rest fine-tunes the final widths",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--step", type=int, default=None, help="table grid step (alignment)")
@@ -485,6 +492,8 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
             f"--reference {args.reference} must be one of the halp-* methods run "
             f"({', '.join(m for m in methods if m.startswith('halp-')) or 'none'})"
         )
+    if not 0 < args.prune_window <= 1:
+        raise BenchError(f"--prune-window must be a fraction in (0, 1], not {args.prune_window}")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
         raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
     try:
@@ -657,6 +666,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             slim, plan, extra = train_halp(
                 dense, data, config, x, tbl, target, importance, schedule, args.steps,
                 feedback=not args.no_feedback, min_keep=args.min_keep, monotone_table=monotone,
+                window=args.prune_window,
             )  # fmt: skip
             return slim, {k: v for k, v in extra.items() if k != "kept"}
 

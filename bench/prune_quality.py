@@ -230,10 +230,11 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
 
 def train_halp(
     dense, data, config, x, table, target, importance, schedule, steps, *, feedback=False,
-    min_keep=None, monotone_table=False,
+    min_keep=None, monotone_table=False, window=0.5,
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
-    spread over the first half of ``config.epochs`` fine-tuning epochs, importance
+    spread over the first ``window`` of the ``config.epochs`` fine-tuning epochs (HALP:
+    half), importance
     ``importance``, the plan solved on ``table`` for ``target``; with ``feedback``,
     each step's plan measured against ``dense`` on ONNX Runtime (one thread) and the
     budgets corrected (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the
@@ -250,7 +251,8 @@ def train_halp(
     trainer = Trainer(model, data, config)
     per_epoch = trainer.iterations_per_epoch
     steps = 1 if schedule == "oneshot" else steps
-    interval = 1 if schedule == "oneshot" else max(1, per_epoch * config.epochs // 2 // steps)
+    window_its = int(per_epoch * config.epochs * window)
+    interval = 1 if schedule == "oneshot" else max(1, window_its // steps)
     pruner = Pruner(
         model, x, table, target, importance=importance, steps=steps, interval=interval,
         schedule=schedule, feedback=measure, min_keep=min_keep,

@@ -53,6 +53,8 @@ def pareto():
         (["--model", TINY + ",num_classes=5"], "has 10 classes but"),
         (["--input-shape", "2,1,8,8"], "does not accept an input"),
         (["--seeds", "0,x"], "--seeds must be integers"),
+        (["--prune-window", "0"], "--prune-window must be a fraction in (0, 1]"),
+        (["--prune-window", "1.5"], "--prune-window must be a fraction in (0, 1]"),
         (["--methods", "tp-l2,halp-taylor", "--reference", "tp-l2"], "--reference tp-l2 must"),
         (["--methods", "halp-taylor", "--reference", "halp-taylor-abs"], "one of the halp-*"),
     ],
