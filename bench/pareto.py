@@ -380,13 +380,17 @@ def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
 # --------------------------------------------------------------------------- the bench
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # one line, exit code 2
-            print(f"pareto.py: error: {message}", file=sys.stderr)
-            raise SystemExit(2)
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser that reports bad arguments in one line (``PROG: error: ...``)
+    with exit code 2, without the usage block."""
 
-    p = Parser(description=__doc__.split("\n")[0])
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="pareto.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model spec (halp_trt.models:NAME,...)")
     p.add_argument("--data", default="digits", help="data spec: digits, npz:PATH, ...")
     p.add_argument("--input-shape", required=True, help="N,C,H,W of the latency input")

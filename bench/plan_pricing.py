@@ -43,13 +43,16 @@ class BenchError(Exception):
     """Bad input: one line, exit code 2."""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # one line, exit code 2
-            print(f"plan_pricing.py: error: {message}", file=sys.stderr)
-            raise SystemExit(2)
+def load_pareto() -> Any:
+    """bench/pareto.py as a module (its parser and MACs table)."""
+    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+    return pareto
 
-    p = Parser(description=__doc__.split("\n")[0])
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = load_pareto().OneLineParser(prog="plan_pricing.py", description=__doc__.split("\n")[0])
     p.add_argument("result", help="a bench/pareto.py result (JSON)")
     p.add_argument(
         "--table", action="append", default=[], metavar="NAME=PATH", help="a table to price on"
@@ -199,9 +202,7 @@ def macs_table(result: dict, path: Path) -> Any:
 
     from halp_trt.specs import example_input, load_model
 
-    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
-    pareto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pareto)
+    pareto = load_pareto()
     info = result.get("table") or {}
     step, align = info.get("step"), info.get("alignment")
     if not step or not align:
