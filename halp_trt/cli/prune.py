@@ -71,8 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="iterations between pruning steps (default: the steps spread over the first "
-        "half of training; the second half fine-tunes the final widths; a run too short "
-        "for --steps gets fewer, with a note)",
+        "--prune-window of training, half by default; the rest fine-tunes the final "
+        "widths; a run too short for --steps gets fewer, with a note)",
     )
     p.add_argument(
         "--interval-epochs",
@@ -80,6 +80,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="E",
         help="epochs between pruning steps (fractions allowed), instead of --interval",
+    )
+    p.add_argument(
+        "--prune-window",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="without --interval: the fraction of training the steps are spread over "
+        "(default 0.5, as HALP; the rest fine-tunes the final widths)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
@@ -131,6 +139,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
         steps=args.steps,
         interval=args.interval,
         interval_epochs=args.interval_epochs,
+        prune_window=args.prune_window,
         cost_model=args.cost_model,
         bundle=args.bundle,
         min_keep=args.min_keep,

@@ -67,6 +67,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=10, help="epochs of pruning + fine-tuning")
     p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
+    p.add_argument(
+        "--prune-window",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="fraction of the training the steps are spread over (default 0.5, as HALP; "
+        "the rest fine-tunes the final widths)",
+    )
     p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
@@ -102,6 +110,7 @@ def config(args: argparse.Namespace) -> Any:
             target=args.target,
             importance=args.importance,
             steps=args.steps,
+            prune_window=args.prune_window,
             min_keep=args.min_keep,
         ),
         train=TrainConfig(

@@ -6,9 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..importance import DEFAULT_IMPORTANCE
-from ..prune.schedule import SCHEDULES, ScheduleFit, fit_schedule, split_target
+from ..prune.schedule import DEFAULT_SPREAD, SCHEDULES, ScheduleFit, fit_schedule, split_target
 from ..solver.plan import COST_MODELS
-from .base import ConfigBase, ConfigError
+from .base import ConfigBase, ConfigError, _is_number
+
+
+def _is_fraction(value: Any) -> bool:
+    """A number in (0, 1]."""
+    return _is_number(value) and 0 < value <= 1
 
 
 @dataclass
@@ -26,10 +31,14 @@ class PruneConfig(ConfigBase):
         steps: pruning steps (HALP: 30); a run too short for them gets fewer, with a
             printed note.
         interval: training iterations between pruning steps. None (default): the
-            steps are spread over the first half of the training (see
+            steps are spread over the first ``prune_window`` of the training (see
             :func:`halp_trt.prune.schedule.fit_schedule`), or ``interval_epochs``.
         interval_epochs: epochs between pruning steps (fractions allowed); give this
             or ``interval``, not both.
+        prune_window: without ``interval`` or ``interval_epochs``, the fraction of the
+            training (after ``start``) the steps are spread over; the rest fine-tunes
+            the final widths. Default 0.5, as HALP. A short fine-tuning budget favours
+            a shorter window (see the README's pareto section).
         start: training iterations before the first accumulation window opens.
         cost_model: the solver's latency cost (``"one-sided"``, ``"joint"``); None:
             the solver's default.
@@ -51,6 +60,7 @@ class PruneConfig(ConfigBase):
     steps: int = 30
     interval: int | None = None
     interval_epochs: float | None = None
+    prune_window: float = DEFAULT_SPREAD
     start: int = 0
     cost_model: str | None = None
     bundle: int | None = None
@@ -79,6 +89,11 @@ class PruneConfig(ConfigBase):
         if self.interval_epochs is not None:
             self._number("interval_epochs", low=0.0, open_low=True)
             self._require("interval_epochs", self.interval is None, "cannot be given with interval")
+        self._require(
+            "prune_window",
+            _is_fraction(self.prune_window),
+            "must be a fraction of the training in (0, 1]",
+        )
         self._int("start", 0)
         self._choice("cost_model", (None, *COST_MODELS))
         self._int("bundle", 1, optional=True)
@@ -130,6 +145,7 @@ class PruneConfig(ConfigBase):
                 interval_epochs=self.interval_epochs,
                 iterations_per_epoch=iterations_per_epoch,
                 start=self.start,
+                spread=self.prune_window,
             )
         except UserError as exc:
             field = "interval_epochs" if self.interval is None else "interval"

@@ -89,7 +89,8 @@ class HALPCallback(Callback):
             ``"module:attr"``, or a criterion class or factory.
         steps: pruning steps (HALP: 30).
         interval: optimizer steps between pruning steps. None spreads the steps over
-            the first half of the fit (``trainer.estimated_stepping_batches``), as
+            the first ``prune_window`` of the fit (half by default;
+            ``trainer.estimated_stepping_batches``), as
             ``halp-trt prune`` does; a fit too short for them gets fewer steps and a
             warning saying so. A resumed fit keeps its checkpoint's schedule.
         schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.

@@ -260,8 +260,8 @@ class Pruner:
         """A pruner set up by a :class:`halp_trt.PruneConfig` for one training run.
 
         With ``config.interval`` unset, the steps are fitted to the run: spread over
-        the first half of ``total_iterations`` (``halp-trt prune``'s default), or one
-        every ``config.interval_epochs`` epochs; a run too short for ``config.steps``
+        the first ``config.prune_window`` of ``total_iterations`` (half by default, as
+        HALP), or one every ``config.interval_epochs`` epochs; a run too short for ``config.steps``
         gets fewer steps, and ``say`` prints a one-line note.
 
         Args:

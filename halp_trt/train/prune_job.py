@@ -99,8 +99,8 @@ def prune_classifier(
             ``npz:PATH``, ``imagefolder:PATH``).
         table: a :class:`lut_builder.LatencyTable` or the path of one.
         prune: target, criterion, schedule and solver settings. With
-            ``prune.interval`` unset the steps are spread over the first half of the
-            training; a run too short for ``prune.steps`` gets fewer (``say`` notes it).
+            ``prune.interval`` unset the steps are spread over the first
+            ``prune.prune_window`` of the training (half by default); a run too short for ``prune.steps`` gets fewer (``say`` notes it).
         train: the fine-tuning run (its ``epochs`` >= 1: pruning happens while
             training) and the seed.
         input_shape: the input the latency is for; default the table's, as it was

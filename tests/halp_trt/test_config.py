@@ -3,6 +3,7 @@ criterion objects and re-applying a saved plan."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -66,6 +67,9 @@ def test_top_level_names_resolve_and_import_is_light():
         (PruneConfig, {"target": "0.5x", "cost_model": "both"}, "PruneConfig.cost_model must be one of None, one-sided, joint"),
         (PruneConfig, {"target": "0.5x", "interval": 4, "interval_epochs": 1.0}, "interval_epochs cannot be given with interval"),
         (PruneConfig, {"target": "0.5x", "bundle": 0}, "PruneConfig.bundle must be an integer >= 1"),
+        (PruneConfig, {"target": "0.5x", "prune_window": 0}, "PruneConfig.prune_window must be a fraction of the training in (0, 1]"),
+        (PruneConfig, {"target": "0.5x", "prune_window": 1.5}, "PruneConfig.prune_window must be a fraction"),
+        (PruneConfig, {"target": "0.5x", "prune_window": True}, "PruneConfig.prune_window must be a fraction"),
         (PruneConfig, {"target": "0.5x", "min_keep": 1.0}, "PruneConfig.min_keep must be a number >= 0.0 and < 1.0"),
         (TrainConfig, {"lr": float("nan")}, "TrainConfig.lr must be a number > 0.0"),
         (TrainConfig, {"momentum": 1.0}, "TrainConfig.momentum must be a number >= 0.0 and < 1.0"),
@@ -119,6 +123,34 @@ def test_default_schedule_spreads_steps_over_the_first_half():
     fit = fit_schedule(30, 2400)
     assert (fit.steps, fit.interval, fit.note) == (30, 40, "")
     assert fit_schedule(30, 2400, schedule="oneshot").steps == 1
+
+
+def test_prune_window_sets_the_share_of_training_the_steps_take():
+    assert PruneConfig(target="0.5x", steps=5).fit_schedule(1000).interval == 100
+    short = PruneConfig(target="0.5x", steps=5, prune_window=0.25).fit_schedule(1000)
+    assert (short.steps, short.interval) == (5, 50)
+    whole = PruneConfig(target="0.5x", steps=5, prune_window=1.0).fit_schedule(1000)
+    assert whole.interval == 200 and whole.steps * whole.interval <= 1000
+    # an explicit interval wins over the window
+    assert (
+        PruneConfig(target="0.5x", steps=5, interval=7, prune_window=0.25)
+        .fit_schedule(1000)
+        .interval
+        == 7
+    )
+    # the command lines pass it on
+    from halp_trt.cli import prune as prune_cli
+    from halp_trt.cli import run as run_cli
+
+    argv = ["--model", "m", "--data", "digits", "--target", "0.5x", "--prune-window", "0.25"]
+    for cli, extra, read in (
+        (prune_cli, ["--lut", "t.lut"], lambda a: prune_cli.configs(a)[0]),
+        (run_cli, ["--input-shape", "1,3,8,8", "--out", "o"], lambda a: run_cli.config(a).prune),
+    ):
+        args = cli.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
+            [*argv, *extra]
+        )
+        assert read(args).prune_window == 0.25
 
 
 def test_a_short_run_gets_fewer_steps_and_a_note():
