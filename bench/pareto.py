@@ -563,6 +563,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     theirs.setdefault(
         "reference", "halp-taylor" if "halp-taylor" in prev.get("methods", []) else None
     )
+    theirs.setdefault("prune_window", 0.5)  # results from before the setting
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:

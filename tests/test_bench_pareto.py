@@ -153,6 +153,12 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings (epochs)" in err[0], err
     assert out.read_text() == before
+    # A result from before a setting existed counts as run with its default.
+    old = json.loads(before)
+    del old["settings"]["prune_window"]
+    out.write_text(json.dumps(old))
+    assert pareto.main([*base, "--seeds", "2", "--keep"]) == 0
+    assert json.loads(out.read_text())["seeds"] == [0, 1, 2]
     missing = tmp_path / "none.json"
     argv = [a if a != str(out) else str(missing) for a in base]
     assert pareto.main([*argv, "--seeds", "2", "--keep"]) == 2
