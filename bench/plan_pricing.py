@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--macs", metavar="NAME", help="also price on the MACs table, named NAME")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--note", default="", help="what the tables are, kept in the JSON")
     return p.parse_args(argv)
 
 
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 "benchmark": "plan_pricing",
                 "command": command,
                 "result": Path(args.result).name,
+                "note": args.note,
                 "tables": {
                     n: "MACs (analytic)" if n == args.macs else Path(p).name
                     for n, p in [s.partition("=")[::2] for s in args.table] + [(args.macs, "")]
