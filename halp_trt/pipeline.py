@@ -75,6 +75,7 @@ STAGE_ARGS = {
         "importance",
         "epochs",
         "steps",
+        "prune_window",
         "min_keep",
         "feedback",
         "seed",
@@ -87,6 +88,8 @@ STAGE_ARGS = {
     "report": (),
 }
 PINNED_ARGS = tuple(sorted({a for names in STAGE_ARGS.values() for a in names}))
+#: What a setting pinned later than a run's ``run.json`` was, for runs made before it.
+PINNED_DEFAULTS = {"prune_window": 0.5}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:
@@ -110,6 +113,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "importance": p.importance_name,
         "epochs": t.epochs,
         "steps": p.steps,
+        "prune_window": p.prune_window,
         "min_keep": p.min_keep,
         "feedback": config.feedback,
         "verify_rounds": config.verify_rounds,
@@ -330,7 +334,8 @@ class Pipeline:
         state_file = self.out / STATE_FILE
         if state_file.exists():  # preflight refused it without --resume
             self.state = RunState.load(self.out)
-            changed = {k for k in PINNED_ARGS if self.state.args.get(k) != pinned[k]}
+            earlier = {**PINNED_DEFAULTS, **self.state.args}
+            changed = {k for k in PINNED_ARGS if earlier.get(k) != pinned[k]}
             if "backend" in changed:
                 raise UserError(
                     f"{self.out} was run on backend {self.state.args.get('backend')}: "

@@ -164,3 +164,39 @@ def test_predicted_vs_measured_plot_draws_a_relative_target_on_the_measured_orig
     lines.clear()
     render({**report, "target": {"spec": "6ms", "ms": 6.0}}, tmp_path)
     assert lines == [("h", 6.0)]
+
+
+def test_resume_prunes_again_when_the_window_changes(tmp_path):
+    from halp_trt.config import PruneConfig, RunConfig
+    from halp_trt.pipeline import Pipeline, pinned_settings
+
+    def config(window):
+        return RunConfig(
+            model="m", data="digits", input_shape="1,3,8,8", out=str(tmp_path), resume=True,
+            prune=PruneConfig("0.5x", prune_window=window), backend="onnxruntime",
+        )  # fmt: skip
+
+    def resumed(window, args):
+        for name in ("lut.db", "original.pt", "plan.json"):
+            (tmp_path / name).write_text("x")
+        state = RunState(args=args, backend="onnxruntime")
+        state.stages = {
+            "lut": {"outputs": ["lut.db"]},
+            "baseline": {"outputs": ["original.pt"]},
+            "prune": {"outputs": ["plan.json"]},
+        }
+        state.save(tmp_path)
+        pipeline = Pipeline(config(window))
+        pipeline._open_state()
+        return list(pipeline.state.stages), json.loads((tmp_path / "run.json").read_text())
+
+    pinned = pinned_settings(config(0.5))
+    assert pinned["prune_window"] == 0.5
+    # a run.json from before the window was pinned: it ran at the default, nothing redone
+    before = {k: v for k, v in pinned.items() if k != "prune_window"}
+    stages, saved = resumed(0.5, before)
+    assert stages == ["lut", "baseline", "prune"] and saved["args"]["prune_window"] == 0.5
+    # another window: pruning and everything after it is done again
+    stages, saved = resumed(0.25, pinned)
+    assert stages == ["lut", "baseline"] and saved["args"]["prune_window"] == 0.25
+    assert not (tmp_path / "plan.json").exists() and (tmp_path / "original.pt").exists()
