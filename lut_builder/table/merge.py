@@ -22,9 +22,9 @@ measured in several inputs becomes the mean of its measurements (median, p10, p9
 mean averaged, counts added), whether or not they agree, so the noise of one
 measurement is averaged down. A knapsack solved on one build is drawn to the points
 that build measured low by chance (the optimizer's curse): on the MobileNetV2 of
-bench/pareto.py, an independent second build of the table priced halp-trt's plans
-0.4-3.9% closer to what they measured, relative to Torch-Pruning's plans, than the
-build they were solved on (bench/results/plan_pricing_mobilenetv2.json). The points on
+bench/pareto.py, halp-trt's plans measured 5-9% slower than the build they were solved
+on predicted, 7-9 points more than Torch-Pruning's plans; an independent second build
+cut that excess to 3-7 points (bench/results/plan_pricing_mobilenetv2.json). The points on
 which the inputs disagree beyond their spread are counted (``MergeResult.disagreeing``).
 
 The merged table is written to a temporary directory, checked as any table is when it
