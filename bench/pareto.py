@@ -92,6 +92,8 @@ from prune_quality import (  # noqa: E402
     uniform_prune,
 )
 
+from halp_trt.prune.schedule import DEFAULT_SPREAD  # noqa: E402
+
 METHODS = (
     "halp-taylor",
     "halp-taylor-monotone",
@@ -403,7 +405,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prune-window",
         type=float,
-        default=0.5,
+        default=DEFAULT_SPREAD,
         help="fraction of the fine-tuning iterations HALP's steps are spread over (HALP: "
         "0.5); the rest fine-tunes the final widths",
     )
@@ -563,7 +565,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     theirs.setdefault(
         "reference", "halp-taylor" if "halp-taylor" in prev.get("methods", []) else None
     )
-    theirs.setdefault("prune_window", 0.5)  # results from before the setting
+    theirs.setdefault("prune_window", DEFAULT_SPREAD)  # results from before the setting
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:

@@ -230,12 +230,11 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
 
 def train_halp(
     dense, data, config, x, table, target, importance, schedule, steps, *, feedback=False,
-    min_keep=None, monotone_table=False, window=0.5,
+    min_keep=None, monotone_table=False, window=None,
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
-    spread over the first ``window`` of the ``config.epochs`` fine-tuning epochs (HALP:
-    half), importance
-    ``importance``, the plan solved on ``table`` for ``target``; with ``feedback``,
+    spread over the first ``window`` (None: half, as HALP) of the ``config.epochs``
+    fine-tuning epochs, importance ``importance``, the plan solved on ``table`` for ``target``; with ``feedback``,
     each step's plan measured against ``dense`` on ONNX Runtime (one thread) and the
     budgets corrected (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the
     pruner's floor (None: its default); ``monotone_table``: plan on the table's
@@ -251,7 +250,9 @@ def train_halp(
     trainer = Trainer(model, data, config)
     per_epoch = trainer.iterations_per_epoch
     steps = 1 if schedule == "oneshot" else steps
-    window_its = int(per_epoch * config.epochs * window)
+    from halp_trt.prune.schedule import DEFAULT_SPREAD
+
+    window_its = int(per_epoch * config.epochs * (DEFAULT_SPREAD if window is None else window))
     interval = 1 if schedule == "oneshot" else max(1, window_its // steps)
     pruner = Pruner(
         model, x, table, target, importance=importance, steps=steps, interval=interval,

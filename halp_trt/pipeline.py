@@ -43,6 +43,7 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import UserError
+from .prune.schedule import DEFAULT_SPREAD
 
 STAGES = ("lut", "baseline", "prune", "export", "engine", "verify", "report")
 STATE_FILE = "run.json"
@@ -89,7 +90,7 @@ STAGE_ARGS = {
 }
 PINNED_ARGS = tuple(sorted({a for names in STAGE_ARGS.values() for a in names}))
 #: What a setting pinned later than a run's ``run.json`` was, for runs made before it.
-PINNED_DEFAULTS = {"prune_window": 0.5}
+PINNED_DEFAULTS = {"prune_window": DEFAULT_SPREAD}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:

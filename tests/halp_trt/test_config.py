@@ -282,6 +282,7 @@ def test_every_entry_point_defaults_to_the_same_importance():
     from halp_trt.cli import run as cli_run
     from halp_trt.importance import DEFAULT_IMPORTANCE, get_importance
     from halp_trt.integrations.lightning import HALPCallback
+    from halp_trt.prune.schedule import DEFAULT_SPREAD
 
     assert get_importance(DEFAULT_IMPORTANCE).needs_gradients
     assert ht.PruneConfig(target="0.5x").importance == DEFAULT_IMPORTANCE
@@ -292,3 +293,6 @@ def test_every_entry_point_defaults_to_the_same_importance():
         parser = cli.add_parser(sub)
         action = next(a for a in parser._actions if a.dest == "importance")
         assert action.default == DEFAULT_IMPORTANCE
+        # the pruning window too: the commands' literal is the schedule's default
+        window = next(a for a in parser._actions if a.dest == "prune_window")
+        assert window.default == DEFAULT_SPREAD == ht.PruneConfig(target="0.5x").prune_window
