@@ -27,6 +27,7 @@ graph of the result's model; a run whose widths the graph cannot take is an erro
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -43,6 +44,7 @@ class BenchError(Exception):
     """Bad input: one line, exit code 2."""
 
 
+@functools.cache
 def load_pareto() -> Any:
     """bench/pareto.py as a module (its parser and MACs table)."""
     spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
