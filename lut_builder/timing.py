@@ -241,6 +241,101 @@ def time_interleaved(
     return samples
 
 
+def per_call_ms(fn: Callable[[], Any], sync: Callable[[], Any]) -> float:
+    """A rough per-call wall time (milliseconds) of ``fn``, after a few untimed calls."""
+    for _ in range(3):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    calls = 0
+    while True:
+        fn()
+        calls += 1
+        sync()
+        elapsed = (time.perf_counter() - t0) * 1e3
+        if elapsed >= 5 or calls >= 1000:
+            return max(elapsed / calls, 1e-6)
+
+
+def time_chunk(fn: Callable[[], Any], sync: Callable[[], Any], calls: int) -> float:
+    """Per-call wall milliseconds of ``calls`` back-to-back calls, after one untimed call
+    that brings the model's weights back into the caches another model used."""
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
+def time_chunked(
+    runners: Sequence[Any],
+    *,
+    warmup: int,
+    rounds: int,
+    min_block_ms: float,
+    chunk_ms: float = 3.0,
+) -> tuple[list[list[float]], list[int]]:
+    """Interleaved per-inference wall times of whole-model runners, in chunks.
+
+    Every round times each runner in short chunks of back-to-back inferences (about
+    ``chunk_ms`` each, after one untimed inference), alternating between the runners
+    chunk by chunk (A B B A ...), until each has run for ``min_block_ms``; a runner's
+    figure for the round is its median chunk. The runners sample the same few hundred
+    milliseconds of the machine, and a chunk that another process preempted does not
+    decide the round: the wall clock's answer to noise, where a single call per sample
+    (:func:`time_interleaved`) takes every preemption in full. ``runners`` are callables
+    with a ``sync`` method (:mod:`lut_builder.backends` runners).
+
+    Returns:
+        ``(times, inferences)``: ``times[i]`` the per-round milliseconds per inference of
+        runner ``i``, ``inferences[i]`` the timed inferences of runner ``i`` per round.
+
+    Raises:
+        ValueError: no runners, ``rounds`` < 1, ``warmup`` < 0, a negative block time or
+            a chunk time that is not positive.
+    """
+    if not runners:
+        raise ValueError("nothing to time")
+    if rounds < 1 or warmup < 0 or min_block_ms < 0 or chunk_ms <= 0:
+        raise ValueError("rounds >= 1, warmup >= 0, min_block_ms >= 0 and chunk_ms > 0")
+    per_call = [per_call_ms(r, r.sync) for r in runners]
+    calls = [max(1, min(10_000, math.ceil(chunk_ms / t))) for t in per_call]
+    chunk_time = max(c * t for c, t in zip(calls, per_call))
+    chunks = max(3, min(1000, math.ceil(min_block_ms / chunk_time)))
+    order = list(range(len(runners)))
+    times: list[list[float]] = [[] for _ in runners]
+    for n in range(warmup + rounds):
+        got: list[list[float]] = [[] for _ in runners]
+        for j in range(chunks):
+            for i in order if (n + j) % 2 == 0 else order[::-1]:
+                got[i].append(time_chunk(runners[i], runners[i].sync, calls[i]))
+        if n >= warmup:
+            for i, g in enumerate(got):
+                times[i].append(_quantile(sorted(g), 0.5))
+    return times, [c * chunks for c in calls]
+
+
+def median_interval(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median (95% for ``z`` = 1.96):
+    the order statistics ``n/2 -+ z*sqrt(n)/2`` of the samples, which assume nothing of
+    their distribution (a preempted run is just a large sample), only that they are
+    independent draws.
+
+    Raises:
+        ValueError: no samples.
+    """
+    xs = sorted(float(s) for s in samples)
+    n = len(xs)
+    if not n:
+        raise ValueError("no samples")
+    half = z * math.sqrt(n) / 2
+    lo = max(1, math.floor(n / 2 - half))
+    hi = min(n, math.ceil(n / 2 + 1 + half))
+    return xs[lo - 1], xs[hi - 1]
+
+
 def _noop() -> None:
     return None
 

@@ -10,14 +10,24 @@ off a measurement of the plan itself corrects it where it matters.
 
 :class:`MeasuredLatency` is the measurement: the unpruned model and a candidate, each a
 runner of :mod:`lut_builder.backends` on one backend, timed interleaved round by round;
-the figure is the median per-round ratio candidate / unpruned. Give it to
-:class:`~halp_trt.prune.Pruner` as ``feedback``: after each pruning step the pruner
-measures its plan, keeps ``measured / predicted`` as the table's error near the plan,
-and divides the next budgets by it; at the last step it re-solves until the measured
-ratio is within 1% above (:data:`FEEDBACK_TOLERANCE`) and 3% below
-(:data:`FEEDBACK_BELOW`) the target, or :data:`FEEDBACK_SOLVES` extra solves are spent. It suits backends
-where a model loads in seconds (ONNX Runtime, torch); a TensorRT engine build per step
-would take minutes.
+the figure is the median per-round ratio candidate / unpruned, and the measurement goes
+on, ``rounds`` at a time, until the 95% interval of that median is within
+:data:`FEEDBACK_PRECISION` of it. Give it to :class:`~halp_trt.prune.Pruner` as
+``feedback``: after each pruning step the pruner measures its plan, keeps ``measured /
+predicted`` as the table's error near the plan, and divides the next budgets by it; at
+the last step it re-solves until the measured ratio, with its interval added, lies
+between 3% below (:data:`FEEDBACK_BELOW`) and 1% above (:data:`FEEDBACK_TOLERANCE`) the
+target, or :data:`FEEDBACK_SOLVES` extra solves are spent. It
+suits backends where a model loads in seconds (ONNX Runtime, torch); a TensorRT engine
+build per step would take minutes.
+
+**Clocks.** At one CPU thread the runners time on the calling thread's CPU clock, which
+other processes' preemption does not reach: one inference per sample. With several
+threads the clock is the wall clock, which takes every preemption in full; there each
+sample is the median of short chunks of inferences (:func:`lut_builder.timing.time_chunked`,
+as ``halp-trt verify`` times). On the 2-vCPU development machine, two ONNX Runtime
+threads timed one inference per sample spread 100-200% round to round in the pruner
+where verify's chunks spread 23-34%, and the pruner set its 2-thread timings aside.
 """
 
 from __future__ import annotations
@@ -34,14 +44,18 @@ FEEDBACK_TOLERANCE = 0.01
 FEEDBACK_BELOW = 0.03
 #: Extra solves the last step may take to come within the tolerance.
 FEEDBACK_SOLVES = 3
-#: A measurement whose per-round ratios spread (p10 to p90) by more than this fraction
-#: of their median is timed once more...
-FEEDBACK_MAX_SPREAD = 0.25
-#: ... and trusted only if the two medians agree within this fraction. On the 2-core
-#: development machine, two ONNX Runtime threads timed the same pruned model at 0.24x
-#: in the pruner and 0.37-0.40x in verify (per-round spread 32-121%); a busy machine
-#: must not steer the plan.
-FEEDBACK_AGREE = 0.05
+#: A measurement takes more rounds until the 95% interval of its median ratio lies within
+#: this fraction of the median (either side)...
+FEEDBACK_PRECISION = 0.01
+#: ... or it has taken this many times its ``rounds``.
+FEEDBACK_MAX_BATCHES = 4
+#: A measurement whose interval is still wider than this (either side) is not trusted: on
+#: the 2-core development machine, two ONNX Runtime threads timed the same pruned model
+#: at 0.24x in the pruner and 0.37-0.40x in verify; a busy machine must not steer the plan.
+FEEDBACK_TRUST = 0.05
+#: With several threads (wall clock), each runner runs at least this long per round, in
+#: chunks of about 3 ms (:func:`lut_builder.timing.time_chunked`).
+FEEDBACK_BLOCK_MS = 20.0
 
 
 class MeasuredLatency:
@@ -52,10 +66,16 @@ class MeasuredLatency:
         example_input: an input of the deployed shape (batch included).
         backend: a backend with a runner (``onnxruntime``, ``torch``).
         threads: CPU threads of the runners (the table's count).
-        rounds, warmup: timed and untimed interleaved rounds per measurement.
+        rounds, warmup: timed and untimed interleaved rounds per batch.
+        precision: the measurement takes batches until its median's 95% interval lies
+            within this fraction of the median...
+        max_batches: ... or it has taken this many.
+        block_ms: with several threads (wall clock), each model's least time per round,
+            timed in chunks of inferences.
 
     Raises:
         UserError: the backend has no runner here.
+        ValueError: counts or times out of range.
     """
 
     def __init__(
@@ -67,17 +87,32 @@ class MeasuredLatency:
         threads: int = 1,
         rounds: int = 30,
         warmup: int = 5,
+        precision: float = FEEDBACK_PRECISION,
+        max_batches: int = FEEDBACK_MAX_BATCHES,
+        block_ms: float = FEEDBACK_BLOCK_MS,
     ) -> None:
         from lut_builder.backends import make_runner
 
+        if rounds < 3 or warmup < 0 or max_batches < 1 or not precision > 0 or block_ms < 0:
+            raise ValueError(
+                "MeasuredLatency needs rounds >= 3, warmup >= 0, max_batches >= 1, "
+                "precision > 0 and block_ms >= 0"
+            )
         self.backend, self.threads = backend, int(threads)
         self.rounds, self.warmup = int(rounds), int(warmup)
+        self.precision, self.max_batches = float(precision), int(max_batches)
+        self.block_ms = float(block_ms)
         self.x = example_input.detach().cpu()
         self._dense = make_runner(backend, self._cpu(dense), self.x, threads=self.threads)
         #: The last measurement's per-round spread (p10 to p90 over the median)...
         self.spread: float | None = None
-        #: ... and whether it can be trusted: False when its spread was wide and a second
-        #: timing's median disagreed (see FEEDBACK_MAX_SPREAD, FEEDBACK_AGREE).
+        #: ... the half-width of the 95% interval of its median, over the median (the
+        #: larger side)...
+        self.halfwidth: float | None = None
+        #: ... its number of timed rounds...
+        self.rounds_timed = 0
+        #: ... and whether it can be trusted: False when the interval stayed wider than
+        #: :data:`FEEDBACK_TRUST` after ``max_batches`` batches of rounds.
         self.reliable = True
 
     @staticmethod
@@ -85,38 +120,48 @@ class MeasuredLatency:
         return copy.deepcopy(model).cpu().eval()
 
     def __call__(self, model: nn.Module) -> float:
-        """``model``'s latency over the unpruned model's (median of per-round ratios).
-
-        A wide spread gets a second timing; the figure is then the median over both, and
-        :attr:`reliable` says whether the two agreed."""
+        """``model``'s latency over the unpruned model's: the median of per-round ratios,
+        over as many batches of ``rounds`` as it takes (at most ``max_batches``) for the
+        median's 95% interval to lie within ``precision`` of it. :attr:`halfwidth` says
+        how close it came, :attr:`reliable` whether it is close enough to steer a plan."""
         from lut_builder.backends import make_runner
 
         runner = make_runner(self.backend, self._cpu(model), self.x, threads=self.threads)
         try:
             ratios = self._ratios(runner)
-            first = float(np.median(ratios))
-            self.spread, self.reliable = _spread(ratios), True
-            if self.spread > FEEDBACK_MAX_SPREAD:
-                again = self._ratios(runner)
-                second = float(np.median(again))
-                self.reliable = abs(second - first) <= FEEDBACK_AGREE * min(first, second)
-                ratios = np.concatenate([ratios, again])
-                self.spread = _spread(ratios)
+            for _ in range(self.max_batches - 1):
+                if _halfwidth(ratios) <= self.precision:
+                    break
+                ratios = np.concatenate([ratios, self._ratios(runner)])
         finally:
             runner.close()
+        self.spread, self.halfwidth = _spread(ratios), _halfwidth(ratios)
+        self.rounds_timed = len(ratios)
+        self.reliable = self.halfwidth <= FEEDBACK_TRUST
         return float(np.median(ratios))
 
     def _ratios(self, runner: Any) -> np.ndarray:
-        from lut_builder.timing import time_interleaved
+        """One batch of ``rounds`` per-round ratios candidate / unpruned."""
+        if runner.clock == "thread":
+            from lut_builder.timing import time_interleaved
 
-        dense, cand = time_interleaved(
-            [self._dense, runner],
-            warmup=self.warmup,
-            rounds=self.rounds,
-            sync=runner.sync,
-            clock=runner.clock,
-            warm=True,
-        )
+            dense, cand = time_interleaved(
+                [self._dense, runner],
+                warmup=self.warmup,
+                rounds=self.rounds,
+                sync=runner.sync,
+                clock=runner.clock,
+                warm=True,
+            )
+        else:
+            from lut_builder.timing import time_chunked
+
+            (dense, cand), _ = time_chunked(
+                [self._dense, runner],
+                warmup=self.warmup,
+                rounds=self.rounds,
+                min_block_ms=self.block_ms,
+            )
         return np.asarray(cand) / np.asarray(dense)
 
     def close(self) -> None:
@@ -133,6 +178,17 @@ def _spread(ratios: np.ndarray) -> float:
     """(p90 - p10) / median of per-round ratios."""
     p10, p50, p90 = np.percentile(ratios, [10, 50, 90])
     return float((p90 - p10) / p50) if p50 > 0 else float("inf")
+
+
+def _halfwidth(ratios: np.ndarray) -> float:
+    """The larger side of the 95% interval of the median ratio, over the median."""
+    from lut_builder.timing import median_interval
+
+    med = float(np.median(ratios))
+    if not med > 0:
+        return float("inf")
+    lo, hi = median_interval(ratios)
+    return max(med - lo, hi - med) / med
 
 
 def feedback_from_table(table: Any) -> dict[str, Any]:

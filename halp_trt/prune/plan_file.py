@@ -40,6 +40,8 @@ class StepRecord:
         measured_ratio: the step's plan measured against the unpruned model (with
             latency feedback), else None (no feedback, or a measurement the machine was
             too busy to make reliably).
+        measured_halfwidth: the half-width of that measurement's 95% interval, over
+            the ratio (None when the feedback gives none).
     """
 
     step: int
@@ -52,6 +54,7 @@ class StepRecord:
     minibatches: int
     solve_s: float
     measured_ratio: float | None = None
+    measured_halfwidth: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -433,9 +433,9 @@ class Pruner:
             scores, budget_ms / self.latency_error, clamp=self.latency_error != 1.0
         )
         self.steps_done += 1
-        measured = None
+        measured = halfwidth = None
         if self.feedback is not None:
-            plan, measured = self._feedback(scores, plan)
+            plan, measured, halfwidth = self._feedback(scores, plan)
         self._apply(plan)
         self.importance.reset()
         elapsed = time.perf_counter() - t0
@@ -451,6 +451,7 @@ class Pruner:
             minibatches=minibatches,
             solve_s=elapsed,
             measured_ratio=measured,
+            measured_halfwidth=halfwidth,
         )
         self.history.append(record)
         return record
@@ -478,10 +479,10 @@ class Pruner:
         self._masks.apply()
         self.plan = plan
 
-    def _measure(self, plan: Any) -> tuple[float, bool]:
-        """The plan's measured latency over the unpruned model's (``feedback``), and
-        whether the measurement can be trusted (the feedback's ``reliable``, if it has
-        one)."""
+    def _measure(self, plan: Any) -> tuple[float, bool, float]:
+        """The plan's measured latency over the unpruned model's (``feedback``), whether
+        the measurement can be trusted (the feedback's ``reliable``, if it has one) and
+        the half-width of its 95% interval over the ratio (its ``halfwidth``, else 0)."""
         import copy
 
         from .apply import apply_plan
@@ -490,47 +491,59 @@ class Pruner:
         ratio = float(self.feedback(slim))
         if not (math.isfinite(ratio) and ratio > 0):
             raise PruningError(f"the latency feedback returned {ratio!r}, not a positive ratio")
-        return ratio, bool(getattr(self.feedback, "reliable", True))
+        halfwidth = getattr(self.feedback, "halfwidth", None)
+        halfwidth = float(halfwidth) if halfwidth is not None else 0.0
+        return ratio, bool(getattr(self.feedback, "reliable", True)), halfwidth
 
-    def _feedback(self, scores: Mapping[int, np.ndarray], plan: Any) -> tuple[Any, float]:
+    def _feedback(
+        self, scores: Mapping[int, np.ndarray], plan: Any
+    ) -> tuple[Any, float | None, float | None]:
         """Measure the step's plan and keep the table's error near it. On the last step,
         re-solve (from the channels alive before it) until the plan measures within
-        ``[1 - FEEDBACK_BELOW, 1 + FEEDBACK_TOLERANCE]`` of the target ratio: the plan
-        returned is the largest measured within the upper bound (else the smallest)."""
+        ``[1 - FEEDBACK_BELOW, 1 + FEEDBACK_TOLERANCE]`` of the target ratio with the
+        half-width of its 95% interval added: the window, and the aim of the re-solves,
+        move down by the interval, so that a plan measured noisily is still within the
+        tolerance however the noise fell. The plan returned is the largest whose ratio
+        with its interval is within the upper bound (else the smallest), with its ratio
+        and half-width."""
         from .feedback import FEEDBACK_BELOW, FEEDBACK_SOLVES, FEEDBACK_TOLERANCE
 
         goal = self.target_ms / self.base_ms
         high, low = goal * (1 + FEEDBACK_TOLERANCE), goal * (1 - FEEDBACK_BELOW)
         last = self.steps_done == self.steps
-        tried: list[tuple[float, Any]] = []
+        tried: list[tuple[float, float, Any]] = []
         for attempt in range(FEEDBACK_SOLVES + 1):
-            measured, reliable = ddp.broadcast(self._measure(plan) if ddp.rank() == 0 else None)
+            measured, reliable, halfwidth = ddp.broadcast(
+                self._measure(plan) if ddp.rank() == 0 else None
+            )
             if not reliable:
-                # Two timings of the plan disagree: the machine is too busy to say what
-                # the plan costs. The plan stands as the table predicts it, corrected by
-                # the last reliable measurement (on the last step: a re-solve that
-                # correction made, or the step's own plan).
+                # The machine is too busy to say what the plan costs. The plan stands as
+                # the table predicts it, corrected by the last reliable measurement (on
+                # the last step: a re-solve that correction made, or the step's plan).
                 warnings.warn(
-                    f"latency feedback at step {self.steps_done}: two timings of the plan "
-                    f"disagree (median {measured:.3f}x, spread "
-                    f"{getattr(self.feedback, 'spread', float('nan')):.0%}); the machine is "
-                    "too busy to measure it, so the plan stands as the table predicts it",
+                    f"latency feedback at step {self.steps_done}: the timings of the plan "
+                    f"spread too widely (median {measured:.3f}x, 95% interval +-"
+                    f"{halfwidth:.0%}); the machine is too busy to measure it, so the plan "
+                    "stands as the table predicts it",
                     stacklevel=3,
                 )
-                return plan, None
+                return plan, None, None
             self.latency_error = measured / (float(plan.predicted_ms) / self.base_ms)
-            tried.append((measured, plan))
-            if not last or low <= measured <= high or attempt == FEEDBACK_SOLVES:
+            tried.append((measured, halfwidth, plan))
+            # The window, and the aim within it, move down by the measurement's interval.
+            within = low <= measured * (1 + halfwidth) <= high
+            if not last or within or attempt == FEEDBACK_SOLVES:
                 break
-            again = self._solve_on_rank0(scores, self.target_ms / self.latency_error, clamp=True)
+            aim_ms = self.target_ms / (1 + halfwidth)
+            again = self._solve_on_rank0(scores, aim_ms / self.latency_error, clamp=True)
             if again.keep == plan.keep:
                 break  # the smallest plan already: it measures what it measures
             plan = again
-        within = [t for t in tried if t[0] <= high]
-        measured, plan = (
+        within = [t for t in tried if t[0] * (1 + t[1]) <= high]
+        measured, halfwidth, plan = (
             max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
         )
-        return plan, measured
+        return plan, measured, halfwidth
 
     @property
     def predicted_ms(self) -> float:

@@ -235,6 +235,7 @@ def prune_classifier(
         log["feedback"] = {
             **feedback,
             "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
+            "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
             "steps_predicted_ratio": [h.predicted_ms / pruner.base_ms for h in pruner.history],
         }
         last = pruner.history[-1]
@@ -244,7 +245,7 @@ def prune_classifier(
         else:
             speak(
                 f"measured on this machine: {last.measured_ratio:.3f}x of the unpruned "
-                f"model ({predicted})"
+                f"model{_interval(last.measured_halfwidth)} ({predicted})"
             )
     after = evaluate(slim, data.val, device=device)
     overhead = result.pruning_overhead
@@ -319,3 +320,8 @@ def save_prune_result(out: str | os.PathLike, result: PruneResult) -> list[Path]
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return [out / n for n in names]
+
+
+def _interval(halfwidth: float | None) -> str:
+    """`` (95% interval +-1.2%)`` for a measurement's half-width, or nothing."""
+    return f" (95% interval +-{halfwidth:.1%})" if halfwidth else ""

@@ -27,7 +27,7 @@ says so in a note; the report keeps both counts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -135,73 +135,6 @@ def speedup_stats(
     )
 
 
-def per_call_ms(fn: Callable[[], Any], sync: Callable[[], Any]) -> float:
-    """A rough per-call time (milliseconds) of ``fn``, after a few untimed calls."""
-    import time
-
-    for _ in range(3):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    calls = 0
-    while True:
-        fn()
-        calls += 1
-        sync()
-        elapsed = (time.perf_counter() - t0) * 1e3
-        if elapsed >= 5 or calls >= 1000:
-            return max(elapsed / calls, 1e-6)
-
-
-def time_chunk(fn: Callable[[], Any], sync: Callable[[], Any], calls: int) -> float:
-    """Per-call milliseconds of ``calls`` back-to-back calls, after one untimed call that
-    brings the model's weights back into the caches the other model used."""
-    import time
-
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) * 1e3 / calls
-
-
-def time_pair(
-    runners: Sequence[Any],
-    *,
-    warmup: int,
-    rounds: int,
-    min_block_ms: float,
-    chunk_ms: float = 3.0,
-) -> tuple[list[list[float]], list[int]]:
-    """Interleaved per-inference times of runners; see the module notes.
-
-    A round gives every runner the same number of chunks, alternating between runners
-    chunk by chunk (A B B A ...), so both sample the same few hundred milliseconds of the
-    machine's life; each runner's figure for the round is its median chunk.
-
-    Returns:
-        ``(times, inferences)``: ``times[i]`` the per-round milliseconds per inference of
-        runner ``i``, ``inferences[i]`` the timed inferences of runner ``i`` per round.
-    """
-    per_call = [per_call_ms(r, r.sync) for r in runners]
-    calls = [max(1, min(10_000, math.ceil(chunk_ms / t))) for t in per_call]
-    chunk_time = max(c * t for c, t in zip(calls, per_call))
-    chunks = max(3, min(1000, math.ceil(min_block_ms / chunk_time)))
-    order = list(range(len(runners)))
-    times: list[list[float]] = [[] for _ in runners]
-    for n in range(warmup + rounds):
-        got: list[list[float]] = [[] for _ in runners]
-        for j in range(chunks):
-            for i in order if (n + j) % 2 == 0 else order[::-1]:
-                got[i].append(time_chunk(runners[i], runners[i].sync, calls[i]))
-        if n >= warmup:
-            for i, g in enumerate(got):
-                times[i].append(quantile(g, 0.5))
-    return times, [c * chunks for c in calls]
-
-
 def verify_models(
     original: Any,
     pruned: Any,
@@ -252,6 +185,7 @@ def verify_models(
     import torch
 
     from lut_builder.backends import make_runner
+    from lut_builder.timing import time_chunked
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -275,7 +209,7 @@ def verify_models(
                     f"the {label} model fails on an input of shape {shape} on {backend}: "
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 ) from exc
-        times, inner = time_pair(
+        times, inner = time_chunked(
             runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms, chunk_ms=chunk_ms
         )
         in_table_unit, unit_note = _time_in_table_unit(

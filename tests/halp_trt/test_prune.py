@@ -325,6 +325,25 @@ def test_feedback_corrects_the_budgets_and_lands_the_measured_ratio_on_the_targe
     assert measure(slim) > 0.7 * 1.1
 
 
+def test_feedback_lands_a_noisier_measurement_further_below_the_target(table):
+    # With a 95% interval of +-5% on every measurement (the most a trusted one has), the
+    # last plan is one that measures at most 1% over the target with the interval added:
+    # below where the same run lands when its measurements are exact.
+    landed = {}
+    for halfwidth in (0.0, 0.05):
+        model, x = fresh()
+        measure = Biased(table, x, 1.15)
+        measure.halfwidth = halfwidth
+        pruner = Pruner(model, x, table, "0.7x", steps=3, interval=2, feedback=measure, min_keep=0)
+        records = run_schedule(pruner, model)
+        last = records[-1]
+        assert last.measured_halfwidth == halfwidth
+        assert last.measured_ratio * (1 + halfwidth) <= 0.7 * 1.01
+        assert pruner.state_dict()["history"][-1]["measured_halfwidth"] == halfwidth
+        landed[halfwidth] = last.measured_ratio
+    assert landed[0.05] < landed[0.0] <= 0.7 * 1.01 < landed[0.0] * 1.05
+
+
 def test_feedback_past_what_the_table_allows_prunes_to_the_smallest_plan(table):
     model, x = fresh()
     pruner = Pruner(model, x, table, "0.6x", steps=2, interval=3, feedback=Biased(table, x, 3.0))
@@ -375,25 +394,69 @@ def test_an_unreliable_measurement_does_not_steer_the_plan(table, steps):
     assert records[-1].predicted_ms <= 0.7 * pruner.base_ms / pruner.latency_error * 1.001
 
 
-def test_measured_latency_times_again_when_the_rounds_spread_and_flags_disagreement(monkeypatch):
+def test_measured_latency_takes_rounds_until_its_median_is_precise(monkeypatch):
     from halp_trt.prune import feedback as fb
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
     x = torch.randn(2, 3, 8, 8)
-    measure = fb.MeasuredLatency(net, x, rounds=10, warmup=1)
+    measure = fb.MeasuredLatency(net, x, rounds=10, warmup=1, max_batches=3)
+    rng = np.random.default_rng(0)
+    batches_taken = []
+
+    def timings(batches):
+        it = iter(batches)
+
+        def ratios(runner):
+            batches_taken.append(1)
+            return next(it)
+
+        monkeypatch.setattr(measure, "_ratios", ratios)
+
     try:
-        timings = iter(
-            [
-                np.full(10, 0.5),  # tight: one timing
-                np.array([0.2, 0.6] * 5),  # wide (median 0.4) ...
-                np.array([0.6, 0.61] * 5),  # ... and a second median far from the first
-                np.array([0.4, 0.66] * 5),  # wide (median 0.53) ...
-                np.array([0.52, 0.55] * 5),  # ... and a second that agrees within 5%
-            ]
-        )
-        monkeypatch.setattr(measure, "_ratios", lambda runner: next(timings))
-        assert measure(net) == 0.5 and measure.reliable and measure.spread == 0
-        assert measure(net) == pytest.approx(0.6) and not measure.reliable
-        assert measure(net) == pytest.approx(0.535) and measure.reliable
+        # Tight: one batch, an interval of nothing.
+        timings([np.full(10, 0.5)])
+        assert measure(net) == 0.5 and measure.reliable and measure.halfwidth == 0
+        assert len(batches_taken) == 1 and measure.rounds_timed == 10
+        # +-4% noise: the first batch's interval is wider than 1%, the measurement goes
+        # on to its third batch and is trusted (within 5%).
+        batches_taken.clear()
+        timings([0.5 * (1 + rng.uniform(-0.04, 0.04, 10)) for _ in range(3)])
+        got = measure(net)
+        assert len(batches_taken) == 3 and measure.rounds_timed == 30
+        assert got == pytest.approx(0.5, rel=0.03) and measure.reliable
+        assert 0.01 < measure.halfwidth <= 0.05
+        # A machine too busy: rounds at 0.2 and 0.6 never narrow; not trusted.
+        batches_taken.clear()
+        timings([np.array([0.2, 0.6] * 5)] * 3)
+        measure(net)
+        assert len(batches_taken) == 3 and not measure.reliable and measure.halfwidth >= 0.5
     finally:
         measure.close()
+    with pytest.raises(ValueError, match="rounds >= 3"):
+        fb.MeasuredLatency(net, x, rounds=2)
+
+
+@pytest.mark.parametrize("threads,clock", [(1, "thread"), (2, "wall")])
+def test_measured_latency_times_chunks_on_the_wall_clock(monkeypatch, threads, clock):
+    # One inference a sample on the thread clock (preemption does not reach it); on the
+    # wall clock (several threads) chunks of inferences, as verify times.
+    import lut_builder.timing as timing
+    from halp_trt.prune import feedback as fb
+
+    used = []
+    for name in ("time_interleaved", "time_chunked"):
+        real = getattr(timing, name)
+
+        def spy(*a, _real=real, _name=name, **k):
+            used.append(_name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(timing, name, spy)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU())
+    half = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    x = torch.randn(4, 3, 16, 16)
+    with fb.MeasuredLatency(net, x, threads=threads, rounds=5, warmup=1, block_ms=2) as m:
+        ratio = m(half)
+        assert m._dense.clock == clock
+    assert set(used) == {"time_interleaved" if clock == "thread" else "time_chunked"}
+    assert math.isfinite(ratio) and ratio > 0 and m.rounds_timed >= 5

@@ -246,3 +246,7 @@ def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypat
     assert seen == [{"backend": "onnxruntime", "threads": 1}]
     assert result.log["feedback"]["backend"] == "onnxruntime"
     assert all(s.get("measured_ratio") for s in result.log["steps"])
+    # Each step's measurement comes with its interval, in the steps and the feedback log.
+    widths = result.log["feedback"]["steps_measured_halfwidth"]
+    assert widths == [s["measured_halfwidth"] for s in result.log["steps"]]
+    assert all(0 <= w <= fb.FEEDBACK_TRUST for w in widths)

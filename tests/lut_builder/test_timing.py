@@ -7,7 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from lut_builder.timing import Timing, time_callable, time_interleaved
+from lut_builder.timing import (
+    Timing,
+    median_interval,
+    time_callable,
+    time_chunked,
+    time_interleaved,
+)
 
 
 def test_from_samples_matches_numpy_quantiles():
@@ -109,3 +115,62 @@ def test_time_relative_gate_drops_runs_made_while_the_machine_was_slow():
     assert not all(rel.ok[0]) and sum(rel.ok[0]) >= 5
     assert 0.6 < np.median(rel.accepted(0)) < 1.6  # slow-reference runs are not counted
     assert rel.reference_floor_ms < 2.0
+
+
+def test_median_interval_is_the_order_statistics_around_the_median():
+    xs = list(range(1, 31))  # n = 30: ranks floor(15 - 5.37) = 9 and ceil(16 + 5.37) = 22
+    assert median_interval(xs[::-1]) == (9, 22)
+    assert median_interval([4.0]) == (4.0, 4.0)
+    with pytest.raises(ValueError, match="no samples"):
+        median_interval([])
+
+
+def test_median_interval_covers_the_median_95_percent_of_the_time_on_skewed_data():
+    # Distribution-free: on exponential samples (median ln 2), as skewed as timings with
+    # preempted runs, the interval holds the true median in at least about 95% of draws
+    # (more with few samples: the ranks are rounded outwards), and not far more once
+    # there are as many samples as a measurement takes.
+    rng = np.random.default_rng(0)
+    for n, most in ((10, 1.0), (30, 0.99), (120, 0.975)):
+        hits = sum(
+            lo <= np.log(2) <= hi
+            for lo, hi in (median_interval(rng.exponential(size=n)) for _ in range(2000))
+        )
+        assert 0.94 <= hits / 2000 <= most, (n, hits)
+
+
+class _Runner:
+    """A callable runner with ``sync``, taking ``ms`` a call; records the call order."""
+
+    def __init__(self, name, ms, log):
+        self.name, self.ms, self.log = name, ms, log
+
+    def __call__(self):
+        self.log.append(self.name)
+        time.sleep(self.ms / 1e3)
+
+    def sync(self):
+        return None
+
+
+def test_time_chunked_alternates_chunks_and_gives_one_median_per_round():
+    log: list[str] = []
+    fast, slow = _Runner("a", 0.2, log), _Runner("b", 1.0, log)
+    (ta, tb), inner = time_chunked([fast, slow], warmup=1, rounds=4, min_block_ms=3, chunk_ms=2)
+    assert len(ta) == len(tb) == 4
+    assert all(b > a for a, b in zip(ta, tb))  # per-inference times: 1 ms against 0.2
+    assert min(tb) >= 0.9 and min(ta) >= 0.15
+    assert inner[0] > inner[1] >= 3  # more calls of the fast one fill the same chunk
+    # Chunks alternate A B, then B A: both runners sample the same moments.
+    timed = "".join(log)
+    assert "ab" in timed and "ba" in timed
+
+
+def test_time_chunked_rejects_bad_counts():
+    r = _Runner("a", 0.0, [])
+    for kw in ({"rounds": 0}, {"warmup": -1}, {"min_block_ms": -1.0}, {"chunk_ms": 0.0}):
+        args = {"warmup": 0, "rounds": 2, "min_block_ms": 1.0, **kw}
+        with pytest.raises(ValueError):
+            time_chunked([r], **args)
+    with pytest.raises(ValueError, match="nothing to time"):
+        time_chunked([], warmup=0, rounds=1, min_block_ms=1.0)
