@@ -63,6 +63,22 @@ def commands(out: Path, threads: int, args: argparse.Namespace) -> tuple[list[st
     return build, prune
 
 
+def pruner_measurement(log: Path) -> dict:
+    """The pruner's own last measurement of its plan (``--feedback``), from its log: the
+    ratio, the half-width of its 95% interval and how many steps' timings it set aside
+    (None where it had no feedback or an older log)."""
+    import json
+
+    fb = json.loads(log.read_text()).get("feedback") or {}
+    ratios = fb.get("steps_measured_ratio") or []
+    widths = fb.get("steps_measured_halfwidth") or [None] * len(ratios)
+    return {
+        "pruner_measured_ratio": ratios[-1] if ratios else None,
+        "pruner_halfwidth": widths[-1] if widths else None,
+        "pruner_steps_unmeasured": sum(r is None for r in ratios) if ratios else None,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/threads", help="work directory (replaced)")
@@ -123,6 +139,7 @@ def main() -> int:
                 tables[t]["fingerprint"] = table.fingerprint
             plan = load_plan(Path(tables[t]["pruned"]) / "plan.json")
             tables[t]["predicted_ratio"] = plan.predicted_ms / plan.base_ms
+            tables[t].update(pruner_measurement(Path(tables[t]["pruned"]) / "log.json"))
 
         original = load_model(MODEL).eval()
         models = {
@@ -151,6 +168,8 @@ def main() -> int:
                     "ratio": ratio,
                     "speedup": r.speedup.median,
                     "spread": r.speedup.spread,
+                    # the 95% interval of the ratio (the inverse of the speed-up's)
+                    "ratio_ci95": [1.0 / r.speedup.ci95[1], 1.0 / r.speedup.ci95[0]],
                     "original_ms": r.original.median_ms,
                     "pruned_ms": r.pruned.median_ms,
                     "notes": r.notes,
@@ -168,11 +187,20 @@ def main() -> int:
                 "measured_ratio": ratio,
                 "measured_ratios": ratios,
                 "spreads": [x["spread"] for x in runs[f"{t}/{k}"]],
+                "ratio_ci95s": [x["ratio_ci95"] for x in runs[f"{t}/{k}"]],
                 "of_target": ratio / TARGET,
                 "in_band": BAND[0] <= ratio / TARGET <= BAND[1],
                 "notes": runs[f"{t}/{k}"][0]["notes"],
             }
         )
+    for t in (1, 2):
+        got, hw = tables[t]["pruner_measured_ratio"], tables[t]["pruner_halfwidth"]
+        if got is not None:
+            print(
+                f"  the pruner's last measurement on the {t}-thread table: {got:.3f}"
+                + (f" +-{hw:.1%}" if hw is not None else "")
+                + f" ({tables[t]['pruner_steps_unmeasured']} step(s) not measured reliably)"
+            )
     print(f"\n{'table':>6} {'timed at':>9} {'predicted':>10} {'measured':>9} {'of 0.5x':>8}")
     for r in rows:
         flag = "" if r["table_threads"] != r["timed_threads"] else "  (its own thread count)"
