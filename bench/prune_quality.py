@@ -282,6 +282,7 @@ def train_halp(
             "kept": {str(g): len(k) for g, k in plan.keep.items()},
             "min_keep": pruner.min_keep,
             "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
+            "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
             "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
         },
     )
