@@ -125,6 +125,7 @@ class MeasuredLatency:
         median's 95% interval to lie within ``precision`` of it. :attr:`halfwidth` says
         how close it came, :attr:`reliable` whether it is close enough to steer a plan."""
         from lut_builder.backends import make_runner
+        from lut_builder.timing import Timing
 
         runner = make_runner(self.backend, self._cpu(model), self.x, threads=self.threads)
         try:
@@ -135,7 +136,8 @@ class MeasuredLatency:
                 ratios = np.concatenate([ratios, self._ratios(runner)])
         finally:
             runner.close()
-        self.spread, self.halfwidth = _spread(ratios), _halfwidth(ratios)
+        self.spread = Timing.from_samples(ratios).spread  # p10 to p90 over the median
+        self.halfwidth = _halfwidth(ratios)
         self.rounds_timed = len(ratios)
         self.reliable = self.halfwidth <= FEEDBACK_TRUST
         return float(np.median(ratios))
@@ -172,12 +174,6 @@ class MeasuredLatency:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _spread(ratios: np.ndarray) -> float:
-    """(p90 - p10) / median of per-round ratios."""
-    p10, p50, p90 = np.percentile(ratios, [10, 50, 90])
-    return float((p90 - p10) / p50) if p50 > 0 else float("inf")
 
 
 def _halfwidth(ratios: np.ndarray) -> float:
