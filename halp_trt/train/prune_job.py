@@ -245,7 +245,7 @@ def prune_classifier(
         else:
             speak(
                 f"measured on this machine: {last.measured_ratio:.3f}x of the unpruned "
-                f"model{_interval(last.measured_halfwidth)} ({predicted})"
+                f"model{_interval(last.measured_halfwidth)}; {predicted}"
             )
     after = evaluate(slim, data.val, device=device)
     overhead = result.pruning_overhead
@@ -323,5 +323,5 @@ def save_prune_result(out: str | os.PathLike, result: PruneResult) -> list[Path]
 
 
 def _interval(halfwidth: float | None) -> str:
-    """`` (95% interval +-1.2%)`` for a measurement's half-width, or nothing."""
-    return f" (95% interval +-{halfwidth:.1%})" if halfwidth else ""
+    """``, 95% interval +-1.2%`` for a measurement's half-width, or nothing."""
+    return f", 95% interval +-{halfwidth:.1%}" if halfwidth else ""
