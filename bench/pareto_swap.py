@@ -1,0 +1,178 @@
+"""One method run again, compared at equal measured latency with an earlier result's others.
+
+When halp-trt changes, its own method can be run again (``bench/pareto.py --methods
+halp-taylor-abs ...``) on the same dense models, table and settings as an earlier full
+result, instead of running every baseline again: the baselines do not change. This swaps
+the re-run method's runs into the earlier result and summarises it as bench/pareto.py
+does (accuracy at the re-run method's measured latency, interpolated along each other
+method's own points of the same seed, with the paired 95% interval).
+
+Each model's measured ratio comes from its own run's interleaved timing against the same
+dense model, so ratios from the two runs compare; absolute milliseconds would not. The
+two results must agree on everything that decides the dense models and the budget
+(model, data, shape, epochs, steps, window, batch size, learning rate, grid step, table
+fingerprint), and every seed of the re-run must be in the earlier result with the same
+dense accuracy; otherwise one line, exit code 2.
+
+    .venv/bin/python bench/pareto_swap.py bench/results/pareto_mobilenetv2.json \\
+        bench/results/pareto_mobilenetv2_feedback.json \\
+        --out bench/results/pareto_mobilenetv2_swapped.json
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: Settings that decide the dense models, the budget and the table: both results must agree.
+SAME = (
+    "model", "data", "input_shape", "pretrain_epochs", "epochs", "steps", "prune_window",
+    "batch_size", "lr", "step", "table_backend", "threads", "min_keep", "no_feedback",
+)  # fmt: skip
+
+
+class BenchError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+@functools.cache
+def load_pareto() -> Any:
+    """bench/pareto.py as a module (its summary, plot and parser)."""
+    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+    return pareto
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+        d["settings"], d["runs"], d["dense"]  # noqa: B018 - the keys a result has
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{path}: not a bench/pareto.py result ({exc})") from None
+    return d
+
+
+def swap(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the runs of ``rerun``'s methods replaced by ``rerun``'s, summarised at
+    the re-run reference's measured latency.
+
+    Raises:
+        BenchError: the two results differ in a setting of :data:`SAME`, in the table, in
+            a seed's dense model, or the re-run has a method, target or seed the base lacks.
+    """
+    pareto = load_pareto()
+    sb, sr = base["settings"], rerun["settings"]
+    differ = [k for k in SAME if sb.get(k) != sr.get(k)]
+    fb, fr = (
+        (base.get("table") or {}).get("fingerprint"),
+        (rerun.get("table") or {}).get("fingerprint"),
+    )
+    if fb != fr:
+        differ.append("table fingerprint")
+    if differ:
+        raise BenchError(f"the results were run with other settings ({', '.join(differ)})")
+    methods = list(rerun["methods"])
+    missing = [m for m in methods if m not in base["methods"]]
+    missing += [t for t in rerun["targets"] if t not in base["targets"]]
+    if missing:
+        raise BenchError(f"the earlier result has no {', '.join(missing)}")
+    for seed, d in rerun["dense"].items():
+        if seed not in base["dense"]:
+            raise BenchError(f"the earlier result has no seed {seed}")
+        if d["val_acc"] != base["dense"][seed]["val_acc"]:
+            raise BenchError(
+                f"seed {seed}: the dense models differ (val acc {d['val_acc']:.4f} against "
+                f"{base['dense'][seed]['val_acc']:.4f})"
+            )
+    seeds = {int(s) for s in rerun["dense"]}
+    targets = list(rerun["targets"])
+    keep = [
+        r
+        for r in base["runs"]
+        if r["method"] not in methods and r["seed"] in seeds and r["target"] in targets
+    ]
+    runs = keep + [r for r in rerun["runs"] if r["seed"] in seeds]
+    names = [name for m in base["methods"] for name in (m, f"{m}+")]
+    all_methods = [m for m in names if any(r["method"] == m for r in runs)]
+    reference = sr.get("reference") or methods[0]
+    return {
+        "benchmark": "pareto_swap",
+        "sources": {"earlier": base.get("command"), "rerun": rerun.get("command")},
+        "model": base["model"],
+        "data": base["data"],
+        "input_shape": base["input_shape"],
+        "targets": targets,
+        "seeds": sorted(seeds),
+        "methods": list(base["methods"]),
+        "rerun_methods": methods,
+        "settings": {k: sb.get(k) for k in SAME},
+        "table": base.get("table"),
+        "timing": "each model's ratio from its own run, interleaved with the same dense model",
+        "summary": pareto.summarise(runs, all_methods, targets, reference),
+        "runs": runs,
+    }
+
+
+def table_text(result: dict[str, Any]) -> str:
+    """The equal-latency differences, one row per target."""
+    summary = result["summary"]
+    ref = summary["reference"]
+    others = sorted({m for eq in summary["equal_latency"].values() for m in eq})
+    lines = [f"{ref} minus each method at {ref}'s measured latency (points, 95% interval)"]
+    lines.append("target  " + "  ".join(f"{m:>24}" for m in others))
+    for t, eq in summary["equal_latency"].items():
+        cells = []
+        for m in others:
+            e = eq.get(m)
+            cells.append(
+                f"{100 * e['halp_minus_method_mean']:+5.1f} [{100 * e['ci'][0]:+5.1f},"
+                f"{100 * e['ci'][1]:+5.1f}]{'*' if e['resolved'] else ' '}"
+                if e
+                else "-"
+            )
+        lines.append(f"{t:<7} " + "  ".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = load_pareto().OneLineParser(prog="pareto_swap.py", description=__doc__.split("\n")[0])
+    p.add_argument("earlier", help="a bench/pareto.py result with every method")
+    p.add_argument("rerun", help="a bench/pareto.py result of the methods run again")
+    p.add_argument("--out", default=None, help="write the swapped result here (JSON, .png beside)")
+    args = p.parse_args(argv)
+    from lut_builder.errors import UserError
+    from lut_builder.fileio import check_output
+
+    try:
+        if args.out:
+            check_output(args.out, kind="file", flag="--out")
+        result = swap(read(Path(args.earlier)), read(Path(args.rerun)))
+    except (BenchError, UserError) as exc:
+        print(f"pareto_swap.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(table_text(result))
+    if args.out:
+        from lut_builder.fileio import atomic_write_json
+
+        out = Path(args.out)
+        atomic_write_json(out, result, indent=1, default=float)
+        load_pareto().plot(
+            result["runs"],
+            result["methods"],
+            out.with_suffix(".png"),
+            f"{result['model']}: {', '.join(result['rerun_methods'])} run again",
+        )
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""bench/pareto_swap.py: a re-run method set against an earlier result's other methods at
+equal measured latency; results that do not share dense models and settings are refused."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_swap():
+    spec = importlib.util.spec_from_file_location(
+        "bench_pareto_swap", ROOT / "bench/pareto_swap.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(seed, method, ratio, acc, target="0.5x"):
+    return {"seed": seed, "target": target, "target_fraction": 0.5, "method": method,
+            "status": "ok", "measured_ratio": ratio, "val_acc": acc, "method_s": 1.0}  # fmt: skip
+
+
+def result(methods, runs, dense_acc=(0.95, 0.96)):
+    return {
+        "command": "python bench/pareto.py ...",
+        "model": "m",
+        "data": "digits",
+        "input_shape": [8, 3, 16, 16],
+        "targets": ["0.5x"],
+        "methods": methods,
+        "settings": {"model": "m", "data": "digits", "epochs": 2, "reference": methods[0]},
+        "table": {"fingerprint": {"backend": "onnxruntime"}},
+        "dense": {str(i): {"val_acc": a} for i, a in enumerate(dense_acc)},
+        "runs": runs,
+    }
+
+
+@pytest.fixture()
+def pair():
+    base = result(
+        ["halp-taylor-abs", "tp-taylor"],
+        [
+            run(0, "halp-taylor-abs", 0.50, 0.90), run(1, "halp-taylor-abs", 0.50, 0.90),
+            run(0, "tp-taylor", 0.40, 0.92), run(0, "tp-taylor+", 0.60, 0.96),
+            run(1, "tp-taylor", 0.45, 0.93), run(1, "tp-taylor+", 0.55, 0.95),
+        ],
+    )  # fmt: skip
+    rerun = result(
+        ["halp-taylor-abs"],
+        [run(0, "halp-taylor-abs", 0.50, 0.95), run(1, "halp-taylor-abs", 0.45, 0.96)],
+    )
+    return base, rerun
+
+
+def test_the_rerun_replaces_its_method_and_is_compared_at_its_measured_latency(pair, tmp_path):
+    swap = load_swap()
+    base, rerun = pair
+    got = swap.swap(base, rerun)
+    assert got["rerun_methods"] == ["halp-taylor-abs"]
+    ours = [r for r in got["runs"] if r["method"] == "halp-taylor-abs"]
+    assert sorted(r["val_acc"] for r in ours) == [0.95, 0.96]  # the re-run's, not the base's
+    eq = got["summary"]["equal_latency"]["0.5x"]["tp-taylor"]
+    # seed 0: tp-taylor at 0.50 interpolates to 0.94 -> +1 point; seed 1: at 0.45 it is
+    # its own point 0.93 -> +3 points.
+    assert eq["per_seed"] == pytest.approx([0.01, 0.03])
+    assert eq["bracketed"] == [True, True]
+    # Written through the command, with a plot beside it.
+    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
+    for path, d in zip(paths, pair):
+        path.write_text(json.dumps(d))
+    out = tmp_path / "swapped.json"
+    assert swap.main([*map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(got["summary"]))
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda b, r: r["settings"].update(epochs=6), "other settings (epochs)"),
+        (lambda b, r: r["table"].update(fingerprint={"backend": "torch"}), "table fingerprint"),
+        (lambda b, r: r["dense"]["1"].update(val_acc=0.5), "seed 1: the dense models differ"),
+        (lambda b, r: r["dense"].update({"7": {"val_acc": 0.9}}), "no seed 7"),
+        (lambda b, r: r["methods"].append("uniform"), "has no uniform"),
+    ],
+)
+def test_results_of_other_dense_models_or_settings_are_refused(pair, tmp_path, capsys, change,
+                                                               message):  # fmt: skip
+    swap = load_swap()
+    base, rerun = copy.deepcopy(pair)
+    change(base, rerun)
+    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
+    for path, d in zip(paths, (base, rerun)):
+        path.write_text(json.dumps(d))
+    out = tmp_path / "out.json"
+    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".png").exists()
