@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, UserError) as exc:
         print(f"pareto_swap.py: error: {exc}", file=sys.stderr)
         return 2
+    result = {
+        "command": "python bench/pareto_swap.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        **result,
+    }
     print(table_text(result))
     if args.out:
         from lut_builder.fileio import atomic_write_json
