@@ -196,7 +196,7 @@ def measure_ratio(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int = 100
     return float(np.median(np.array(sa) / np.array(sb)))
 
 
-def match_latency(make, predict, reference: nn.Module, x, knobs):
+def match_latency(make, predict, reference: nn.Module, x, knobs, *, both_sides=False):
     """The knob of ``make`` whose model runs as fast as ``reference``, measured.
 
     Every knob of the grid is pruned and priced on the table (a grid, not a bisection:
@@ -204,7 +204,10 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
     candidate with the highest predicted latency within the reference's predicted
     latency is taken (ties: more parameters). It is then timed round-robin against the
     reference; while it is more than 2% slower, the predicted budget is lowered by that
-    ratio and the choice repeated (at most 3 times).
+    ratio and the choice repeated (at most 3 times). With ``both_sides``, a candidate more
+    than 2% faster raises the budget alike, for a table that prices the reference more
+    optimistically than the candidates; the candidate returned is then the slowest tried
+    within 2% over the reference (else the fastest tried).
 
     Returns ``(knob, model, measured ratio to reference, history, priced)``; ``priced``
     lists ``(predicted ms, parameters, knob)`` of every grid point.
@@ -215,16 +218,23 @@ def match_latency(make, predict, reference: nn.Module, x, knobs):
         priced.append((predict(m), sum(p.numel() for p in m.parameters()), k))
     budget = predict(reference)
     history = []
-    knob = model = ratio = None
+    tried = []
     for _ in range(4):
         fits = [c for c in priced if c[0] <= budget] or [min(priced)]
         pred_ms, _, knob = max(fits)
+        if any(t[0] == knob for t in tried):
+            break  # the grid gives nothing closer
         model = make(knob)
         ratio = measure_ratio(model, reference, x)
         history.append({"knob": knob, "budget_ms": budget, "predicted_ms": pred_ms, "ratio": ratio})
-        if ratio <= 1.02:
+        tried.append((knob, model, ratio))
+        if ratio <= 1.02 and (not both_sides or ratio >= 0.98):
             break
         budget /= ratio
+    within = [t for t in tried if t[2] <= 1.02]
+    knob, model, ratio = (
+        max(within, key=lambda t: t[2]) if within else min(tried, key=lambda t: t[2])
+    )
     return knob, model, ratio, history, priced
 
 

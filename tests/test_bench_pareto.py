@@ -200,3 +200,35 @@ def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
     noisy = pareto.paired_interval([0.02, -0.01, 0.005])
     assert not noisy["resolved"] and noisy["ci"][0] < 0 < noisy["ci"][1]
     assert pareto.paired_interval([0.03]) == {"diff_sd": None, "ci": None, "resolved": False}
+
+
+@pytest.mark.parametrize("both_sides", [False, True])
+def test_match_latency_brings_a_faster_baseline_up_to_the_reference(pareto, monkeypatch,
+                                                                    both_sides):  # fmt: skip
+    # A table that prices the reference 8% optimistically (as the knapsack's plans are):
+    # matched by the prediction, the baseline measures 8% faster. One-sided matching
+    # keeps it; both-sided raises the budget until it is within 2%.
+    import prune_quality
+
+    true_ms = {k / 100: 10.0 * k / 100 for k in range(40, 101)}  # knob -> measured ms
+    reference = object()
+    truth = {id(reference): 7.0}
+    predict = {id(reference): 7.0 / 1.08}
+
+    class Model:
+        def __init__(self, knob):
+            self.knob = knob
+            truth[id(self)] = predict[id(self)] = true_ms[knob]
+
+        def parameters(self):
+            return []
+
+    monkeypatch.setattr(prune_quality, "measure_ratio", lambda a, b, x: truth[id(a)] / truth[id(b)])
+    knob, model, ratio, history, _ = prune_quality.match_latency(
+        Model, lambda m: predict[id(m)], reference, None, sorted(true_ms), both_sides=both_sides
+    )
+    if both_sides:
+        assert 0.98 <= ratio <= 1.02 and len(history) >= 2
+    else:
+        assert ratio == pytest.approx(0.64 / 0.7, rel=1e-6) and len(history) == 1
+    assert model.knob == knob
