@@ -21,8 +21,6 @@ dense accuracy; otherwise one line, exit code 2.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -30,6 +28,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
 
 #: Settings that decide the dense models, the budget and the table: both results must agree.
 SAME = (
@@ -40,15 +41,6 @@ SAME = (
 
 class BenchError(Exception):
     """Bad input: one line, exit code 2."""
-
-
-@functools.cache
-def load_pareto() -> Any:
-    """bench/pareto.py as a module (its summary, plot and parser)."""
-    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
-    pareto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pareto)
-    return pareto
 
 
 def read(path: Path) -> dict[str, Any]:
