@@ -38,8 +38,8 @@ ships, else ``halp-taylor``; ``match_latency`` of bench/prune_quality.py: grid p
 the table, then timed against the reference and brought within 2% of it from either
 side: the table prices halp-trt's plans more optimistically than the baselines'), and
 run once more one alignment step wider (``tp-l2+``...), so the halp-trt model's latency
-lies between the two. Where the reference is not run or failed, they are matched to the measured table's
-plan for the target (L2 scores, untrained).
+lies between the two. Where the reference is not run or failed, they are matched to the
+measured table's plan for the target (L2 scores, untrained).
 
 All models of one seed and target are timed round-robin with the dense one in one run
 (ONNX Runtime CPU, one intra-op thread, under the bench lock). Accuracy at equal

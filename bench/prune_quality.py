@@ -244,15 +244,17 @@ def train_halp(
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
     spread over the first ``window`` (None: half, as HALP) of the ``config.epochs``
-    fine-tuning epochs, importance ``importance``, the plan solved on ``table`` for ``target``; with ``feedback``,
-    each step's plan measured against ``dense`` on ONNX Runtime (one thread) and the
-    budgets corrected (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the
-    pruner's floor (None: its default); ``monotone_table``: plan on the table's
-    monotone envelope instead of its points as measured (the pruner's default).
+    fine-tuning epochs, importance ``importance``, the plan solved on ``table`` for
+    ``target``; with ``feedback``, each step's plan measured against ``dense`` on ONNX
+    Runtime (one thread) and the budgets corrected
+    (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the pruner's floor (None:
+    its default); ``monotone_table``: plan on the table's monotone envelope instead of
+    its points as measured (the pruner's default).
 
     Returns ``(pruned model, plan, facts)``.
     """
     from halp_trt.prune import MeasuredLatency, Pruner
+    from halp_trt.prune.schedule import DEFAULT_SPREAD
     from halp_trt.train import Trainer
 
     measure = MeasuredLatency(dense, x, threads=1) if feedback else None
@@ -260,8 +262,6 @@ def train_halp(
     trainer = Trainer(model, data, config)
     per_epoch = trainer.iterations_per_epoch
     steps = 1 if schedule == "oneshot" else steps
-    from halp_trt.prune.schedule import DEFAULT_SPREAD
-
     window_its = int(per_epoch * config.epochs * (DEFAULT_SPREAD if window is None else window))
     interval = 1 if schedule == "oneshot" else max(1, window_its // steps)
     pruner = Pruner(

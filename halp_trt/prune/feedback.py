@@ -130,14 +130,16 @@ class MeasuredLatency:
         runner = make_runner(self.backend, self._cpu(model), self.x, threads=self.threads)
         try:
             ratios = self._ratios(runner)
+            halfwidth = _halfwidth(ratios)
             for _ in range(self.max_batches - 1):
-                if _halfwidth(ratios) <= self.precision:
+                if halfwidth <= self.precision:
                     break
                 ratios = np.concatenate([ratios, self._ratios(runner)])
+                halfwidth = _halfwidth(ratios)
         finally:
             runner.close()
         self.spread = Timing.from_samples(ratios).spread  # p10 to p90 over the median
-        self.halfwidth = _halfwidth(ratios)
+        self.halfwidth = halfwidth
         self.rounds_timed = len(ratios)
         self.reliable = self.halfwidth <= FEEDBACK_TRUST
         return float(np.median(ratios))
