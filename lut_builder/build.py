@@ -50,6 +50,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from .end_to_end import BlockSampler
 from .errors import UserError
 from .fileio import check_output
 from .latency_model import VariantsFactory, calibrate_overhead, calibration_copies
+from .parallelism import ParallelCheck, check_parallelism
 from .signatures import LayerInfo, LayerSignature, model_layers
 from .table import Grid, LatencyTable
 
@@ -242,6 +244,9 @@ class BuildResult:
     calibration: str | None = None
     #: Why the calibration is what it is, when it is not what was asked for.
     calibration_note: str = ""
+    #: The model's speed-up at the table's threads over one, checked before and after
+    #: measuring an ONNX Runtime table at several threads (empty where not checked).
+    parallel: list[ParallelCheck] = field(default_factory=list)
 
     @property
     def points_per_s(self) -> float:
@@ -260,6 +265,7 @@ class BuildResult:
             "scale": self.scale,
             "calibration": self.calibration,
             "calibration_note": self.calibration_note,
+            "parallel": [c.to_dict() for c in self.parallel],
         }
 
 
@@ -391,13 +397,20 @@ def build_table(
             # An unsharded build spreads its calibration's runs over its measuring time.
             runners: list[Any] = []
             sampler = None
+            parallel: list[ParallelCheck] = []
             try:
+                checking = _checks_parallelism(backend, threads) and not table.complete
+                if checking:
+                    parallel.append(_check_parallel(table, backend, model, example_input, options))
                 if builtin and shard[1] == 1 and table.overhead_ms is None:
                     for m in (model, *copies):
                         runners.append(runner(m))
                     sampler = BlockSampler(table, runners, warmup=20)
                 between = None if sampler is None else _sample_when_due(sampler)
                 result = _measure(table, backend, shard, progress, on_start, between)
+                if checking and result["measured"]:
+                    # Again after measuring: a machine's load changes over a long build.
+                    parallel.append(_check_parallel(table, backend, model, example_input, options))
                 # One process calibrates: the one that completed the table, or an
                 # unsharded run resuming a table whose calibration was interrupted.
                 newly, n = result.pop("newly"), shard[1]
@@ -427,12 +440,41 @@ def build_table(
                 scale=table.scale,
                 calibration=details.get("model"),
                 calibration_note=details.get("note", ""),
+                parallel=parallel,
             )
         finally:
             table.close()
     finally:
         if owned:
             backend.close()
+
+
+def _checks_parallelism(backend: Backend, threads: int | None) -> bool:
+    """Whether a build checks that its threads run in parallel (see
+    :mod:`lut_builder.parallelism`): ONNX Runtime tables measured at several threads."""
+    return backend.name == "onnxruntime" and backend.is_measurement and (threads or 1) > 1
+
+
+def _check_parallel(
+    table: LatencyTable, backend: Backend, model: Any, example_input: Any, options: Mapping
+) -> ParallelCheck:
+    """Check that the table's threads run in parallel now, record it in the table and
+    warn when they do not."""
+    check = check_parallelism(
+        lambda n: runner_at(backend.name, model, example_input, options, n), backend.threads
+    )
+    table.append_info(
+        "parallel_checks",
+        {**check.to_dict(), "worker": f"{socket.gethostname()}:{os.getpid()}", "at": time.time()},
+    )
+    if check.warning():
+        warnings.warn(check.warning(), UserWarning, stacklevel=2)
+    return check
+
+
+def runner_at(name: str, model: Any, example_input: Any, options: Mapping[str, Any], n: int) -> Any:
+    """A whole-model runner with ``options`` at ``n`` threads."""
+    return make_runner(name, model, example_input, **{**options, "threads": n})
 
 
 def _sample_when_due(sampler: BlockSampler) -> Callable[[float], None]:

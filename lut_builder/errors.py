@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(Exception):
     """An error caused by the user's input (bad spec, missing file, mismatched table).
@@ -56,7 +58,38 @@ def run_cli(func, *args, prog: str) -> int:
     interrupt is recorded when it arrives, so a library that catches the
     KeyboardInterrupt on the way (and goes on, or raises its own error) still ends the
     command with 130. Any other exception is a bug and propagates with its traceback.
+
+    A ``UserWarning`` raised in halp-trt's or lut-builder's own code is printed as one
+    line, ``PROG: warning: MESSAGE``, not with Python's file, line and source.
     """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(prog, warnings.showwarning)
+        return _run_cli(func, args, prog)
+
+
+#: The packages whose UserWarnings a CLI prints as one line of its own.
+_OWN_PACKAGES = ("halp_trt", "lut_builder")
+
+
+def _one_line_warnings(prog: str, default: Any) -> Any:
+    """A ``warnings.showwarning`` printing the own packages' UserWarnings as one line and
+    handing every other warning to ``default``."""
+    import os
+    import sys
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        parts = os.path.normpath(str(filename)).split(os.sep)
+        if issubclass(category, UserWarning) and any(p in parts for p in _OWN_PACKAGES):
+            print(f"{prog}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _run_cli(func: Any, args: tuple, prog: str) -> int:
     import signal
     import sys
 

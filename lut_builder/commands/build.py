@@ -198,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
     state = "complete" if result.complete else "incomplete (other shards still to run)"
     if threads is not None:
         state += f", {threads} CPU thread{'s' if threads > 1 else ''}"
+    if result.parallel:
+        seen = ", then ".join(f"{c.speedup:.2f}x" for c in result.parallel)
+        state += f" ({seen} the speed of one)"
     over = ""
     if result.overhead_ms is not None:
         over = f", latency model {result.scale:.3f} x layers {result.overhead_ms:+.3f} ms"

@@ -55,6 +55,10 @@ def _render(s: dict[str, Any]) -> None:
     con.print(f"[bold]{s['path']}[/]{kind}")
     threads = s.get("threads")
     threads_txt = "" if threads is None else f" · {threads} CPU thread{'s' if threads > 1 else ''}"
+    checks = s["info"].get("parallel_checks") or []
+    if checks:  # the speed-up over one thread each build saw (lut_builder.parallelism)
+        seen = ", ".join(f"{c['speedup']:.2f}x" for c in checks)
+        threads_txt += f" ({seen} the speed of one thread when built)"
     con.print(
         f"backend {fp.get('backend')} · {fp.get('precision')} · {fp.get('device')}{threads_txt} · "
         f"batch {fp.get('batch')} · versions {fp.get('versions')}"

@@ -315,3 +315,23 @@ def test_ctrl_c_caught_by_a_library_on_the_way_still_exits_130(capsys):
         assert capsys.readouterr().err == "lut-builder: interrupted\n"
         assert interrupted() and signal.getsignal(signal.SIGINT) is before
     assert run_cli(lambda: 0, prog="lut-builder") == 0 and not interrupted()
+
+
+def test_own_user_warnings_are_one_line_and_others_keep_python_format(capsys):
+    import warnings
+
+    from lut_builder.errors import run_cli
+
+    def command():
+        # As if raised in the packages' own code, and in a library's.
+        warnings.warn_explicit("plan too noisy", UserWarning, "/x/halp_trt/prune/pruner.py", 9)
+        warnings.warn_explicit("old API", UserWarning, "/x/site-packages/torch/onnx.py", 7)
+        return 0
+
+    with warnings.catch_warnings(record=True) as handed_on:  # Python's default handler
+        warnings.simplefilter("always")
+        assert run_cli(command, prog="halp-trt") == 0
+    assert capsys.readouterr().err.splitlines() == ["halp-trt: warning: plan too noisy"]
+    assert [(str(w.message), w.filename) for w in handed_on] == [
+        ("old API", "/x/site-packages/torch/onnx.py")
+    ]
