@@ -1,0 +1,50 @@
+"""bench/hard_digits.py: a harder digits task, generated the same for the same seed, that
+halp-trt's data loader takes as an npz spec; bad arguments write nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load():
+    spec = importlib.util.spec_from_file_location(
+        "bench_hard_digits", ROOT / "bench/hard_digits.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_same_seed_same_images_and_the_loader_takes_them(tmp_path):
+    from halp_trt.train.data import load_data
+
+    hd = load()
+    assert hd.main(["--out", str(tmp_path / "a.npz")]) == 0
+    assert hd.main(["--out", str(tmp_path / "b.npz")]) == 0
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["images"].shape == (1797, 16, 16) and a["images"].dtype == np.uint8
+    assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
+    assert sorted(set(a["labels"].tolist())) == list(range(10))
+    other, _ = hd.make(seed=1)
+    assert not np.array_equal(other, a["images"])
+    # Harder than the digits: noise everywhere, so almost no pixel is pure background.
+    assert (a["images"] == 0).mean() < 0.2
+    data = load_data(f"npz:{tmp_path / 'a.npz'}", channels=3, size=(16, 16))
+    assert data.num_classes == 10 and len(data.train) + len(data.val) == 1797
+    assert not list(tmp_path.glob("*.part*"))
+
+
+def test_bad_arguments_are_one_line_and_write_nothing(tmp_path, capsys):
+    hd = load()
+    assert hd.main(["--out", str(tmp_path / "x.npz"), "--noise", "2"]) == 2
+    assert hd.main(["--out", str(tmp_path / "missing" / "x.npz")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("hard_digits.py: error:") for line in err)
+    assert not list(tmp_path.rglob("*.npz"))
