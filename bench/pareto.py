@@ -23,6 +23,9 @@ comes before those epochs):
   cost, the measured table's channel alignment): what measuring is worth;
   ``halp-taylor-abs-macs`` the same with ``taylor-abs`` (the default criterion);
 - ``halp-sp-lamp``: SP-LAMP scores, one-shot knapsack on the measured table;
+  ``halp-sp-lamp-exp`` the same scores in HALP's loop (exponential schedule, ``--steps``
+  steps, feedback, floor), the schedule of ``halp-taylor-abs``: which of the two, the
+  criterion or the schedule, makes them differ;
 - ``tp-l2``, ``tp-taylor``: Torch-Pruning global pruning (group L2 magnitude, group
   Taylor on a few training batches), ``round_to`` = the table's channel alignment;
 - ``modelopt-fastnas``: NVIDIA ModelOpt FastNAS under a FLOPs constraint (the target
@@ -104,6 +107,7 @@ METHODS = (
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
+    "halp-sp-lamp-exp",
     "tp-l2",
     "tp-taylor",
     "modelopt-fastnas",
@@ -692,6 +696,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-norm": (mean_normalised("taylor"), "exp", table),
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
+        "halp-sp-lamp-exp": ("sp-lamp", "exp", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
         "halp-taylor-abs-macs": ("taylor-abs", "exp", ctx.get("macs_table")),
     }
