@@ -106,3 +106,12 @@ def tiny_convnet(num_classes: int):
         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
     ).eval()  # fmt: skip
+
+
+def load_bench(name: str) -> types.ModuleType:
+    """Import ``bench/NAME.py`` (the bench scripts are not a package) as ``bench_NAME``."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"bench/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

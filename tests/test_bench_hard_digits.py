@@ -3,23 +3,13 @@ halp-trt's data loader takes as an npz spec; bad arguments write nothing."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 def load():
-    spec = importlib.util.spec_from_file_location(
-        "bench_hard_digits", ROOT / "bench/hard_digits.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("hard_digits")
 
 
 def test_same_seed_same_images_and_the_loader_takes_them(tmp_path):

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 def load_threads():
-    spec = importlib.util.spec_from_file_location("bench_threads", ROOT / "bench/threads.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("threads")
 
 
 def test_pruner_measurement_reads_the_last_step_and_counts_the_unmeasured(tmp_path):
