@@ -108,3 +108,20 @@ def test_build_threads_on_a_backend_without_cpu_threads_is_one_line(lut_cli, tmp
     )  # fmt: skip
     assert_user_error(res, "--threads is the CPU thread count", "analytic")
     assert not (tmp_path / "t.lut").exists()
+
+
+def test_several_onnxruntime_threads_are_timed_without_spinning():
+    from lut_builder.backends.onnxruntime.session import session_options
+
+    key = "session.intra_op.allow_spinning"
+    assert session_options(2, "all").get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError):  # one thread: no pool to spin, the entry is not set
+        session_options(1, "all").get_session_config_entry(key)
+    two = get_backend("onnxruntime", threads=2, normalize=False)
+    one = get_backend("onnxruntime", threads=1, normalize=False)
+    try:
+        assert two.fingerprint()["options"]["spinning"] is False
+        assert "spinning" not in one.fingerprint()["options"]
+    finally:
+        two.close()
+        one.close()

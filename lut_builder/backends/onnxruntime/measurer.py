@@ -445,6 +445,8 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
                 "clock": self.clock,
                 "reference": self.reference_kind,
                 "gate": self.gate,
+                # Several threads are timed without spinning (see session_options).
+                **({"spinning": False} if self.threads > 1 else {}),
                 **(
                     {"qdq": "uint8 activations, per-channel int8 weights"}
                     if self.precision == "int8"
