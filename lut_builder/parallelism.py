@@ -6,7 +6,9 @@ another tenant keeps busy, or another job can hold the cores. The table then pri
 threads at what one gives, and a model pruned against it misses a budget measured on
 the deployment's idle cores by far: on a 2-vCPU machine whose second thread was taken,
 the demo's model ran 10.6-10.8 ms at two threads against 9.3-11.5 ms at one, and a
-2-thread table predicted its pruned plans 1.7x too fast.
+2-thread table predicted its pruned plans 1.7x too fast. (Much of what was seen there
+came from ONNX Runtime's spinning threads, since turned off at several threads: see
+:func:`lut_builder.backends.onnxruntime.session.session_options`.)
 
 Before an ONNX Runtime table is measured at N > 1 threads, and again after its points
 are measured, :func:`check_parallelism` times the model itself at one thread and at N,
@@ -25,9 +27,11 @@ from typing import Any
 from .timing import median_interval, time_chunked
 
 #: The speed-up over one thread below which N threads are said not to run in parallel.
-#: On a 2-vCPU machine the check gave 1.82x and 1.85x for the demo's ResNet-20 (2x
-#: width, batch 16, 16x16) and 1.76x for the MobileNetV2 (batch 8, 16x16) with both cores
-#: free, and 0.97-1.00x for the same three with one core kept busy by another process.
+#: On a 2-vCPU machine with nothing else running the check gave 1.11-1.75x for the demo's
+#: ResNet-20 (2x width, batch 16, 16x16; 1.81x and 1.75x in one table build) and
+#: 1.07-1.38x for the MobileNetV2 (batch 8, 16x16), and 0.996-1.10x for both with one
+#: core kept busy by another process: a warning for a small model may mean only that it
+#: gains little from a second thread.
 MIN_SPEEDUP = 1.2
 
 
