@@ -132,6 +132,7 @@ AT_BARRIER = textwrap.dedent(
     """
     import os, sys, time
     import lut_builder.cli, torch  # the slow part, before the barrier
+    import lut_builder.build, lut_builder.commands.build, lut_builder.backends.analytic
     barrier, ready = sys.argv[1], sys.argv[2]
     open(ready, "w").close()
     while not os.path.exists(barrier):
