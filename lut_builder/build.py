@@ -461,20 +461,17 @@ def _check_parallel(
     """Check that the table's threads run in parallel now, record it in the table and
     warn when they do not."""
     check = check_parallelism(
-        lambda n: runner_at(backend.name, model, example_input, options, n), backend.threads
+        lambda n: make_runner(backend.name, model, example_input, **{**options, "threads": n}),
+        backend.threads,
     )
     table.append_info(
         "parallel_checks",
         {**check.to_dict(), "worker": f"{socket.gethostname()}:{os.getpid()}", "at": time.time()},
     )
-    if check.warning():
-        warnings.warn(check.warning(), UserWarning, stacklevel=2)
+    warning = check.warning()
+    if warning:
+        warnings.warn(warning, UserWarning, stacklevel=2)
     return check
-
-
-def runner_at(name: str, model: Any, example_input: Any, options: Mapping[str, Any], n: int) -> Any:
-    """A whole-model runner with ``options`` at ``n`` threads."""
-    return make_runner(name, model, example_input, **{**options, "threads": n})
 
 
 def _sample_when_due(sampler: BlockSampler) -> Callable[[float], None]:

@@ -13,8 +13,9 @@ came from ONNX Runtime's spinning threads, since turned off at several threads: 
 Before an ONNX Runtime table is measured at N > 1 threads, and again after its points
 are measured, :func:`check_parallelism` times the model itself at one thread and at N,
 interleaved; the build stores the speed-up in the table (``info["parallel_checks"]``,
-shown by ``lut-builder show``) and warns when it is below :data:`MIN_SPEEDUP`. Only ONNX Runtime is checked: its sessions keep their own thread
-pools, where torch's thread count is one per process and cannot time two at once.
+shown by ``lut-builder show``) and warns when it is below :data:`MIN_SPEEDUP`. Only ONNX
+Runtime is checked: its sessions keep their own thread pools, where torch's thread count
+is one per process and cannot time two at once.
 """
 
 from __future__ import annotations
