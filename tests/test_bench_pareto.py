@@ -3,15 +3,13 @@ run writes the JSON and plot, and a method that fails is recorded and passed ove
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 def tiny_net(num_classes: int = 10) -> nn.Module:
@@ -34,11 +32,7 @@ TINY = f"{__file__}:tiny_net"
 
 @pytest.fixture(scope="module")
 def pareto():
-    spec = importlib.util.spec_from_file_location("bench_pareto", ROOT / "bench/pareto.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pareto"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_bench("pareto")
     sys.modules.pop("bench_pareto", None)
 
 

@@ -4,24 +4,15 @@ equal measured latency; results that do not share dense models and settings are 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 def load_swap():
-    spec = importlib.util.spec_from_file_location(
-        "bench_pareto_swap", ROOT / "bench/pareto_swap.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("pareto_swap")
 
 
 def run(seed, method, ratio, acc, target="0.5x"):

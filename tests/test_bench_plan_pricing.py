@@ -3,23 +3,15 @@ table's own prediction comes back as the bench recorded it; bad input is one lin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench as load
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = f"{ROOT / 'tests/test_bench_pareto.py'}:tiny_net"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
