@@ -36,6 +36,8 @@ class TaylorImportance(Importance):
     needs_gradients = True
     #: Sum the coupled terms' absolute values instead of taking the sum's (taylor-abs).
     abs_terms = False
+    #: Divide each channel's score by the number of terms it sums (taylor-abs-mean).
+    mean_terms = False
 
     def __init__(self, graph: Any) -> None:
         super().__init__(graph)
@@ -89,6 +91,10 @@ class TaylorImportance(Importance):
         self._n_channels = base
         self._src = torch.cat(src) if src else torch.zeros(0, dtype=torch.long)
         self._dst = torch.cat(dst) if dst else torch.zeros(0, dtype=torch.long)
+        # Terms each channel sums (the coupled layers' positions that map to it).
+        self._terms_per_channel = np.maximum(
+            np.bincount(self._dst.numpy(), minlength=self._n_channels), 1
+        ).astype(np.float64)
         self._index_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._sum: torch.Tensor | None = None
         self._n: torch.Tensor | None = None
@@ -159,6 +165,8 @@ class TaylorImportance(Importance):
                 "backward pass between pruning steps"
             )
         mean = (self._sum / self._n).cpu().numpy()
+        if self.mean_terms:
+            mean = mean / self._terms_per_channel
         out = {}
         start = 0
         for group, size in zip(self.groups, self._sizes):
@@ -217,3 +225,20 @@ class TaylorAbsImportance(TaylorImportance):
     """
 
     abs_terms = True
+
+
+@register_importance("taylor-abs-mean")
+class TaylorAbsMeanImportance(TaylorAbsImportance):
+    """``taylor-abs`` averaged over a channel's coupled terms instead of summed
+    (Torch-Pruning's ``group_reduction="mean"``).
+
+    A group that couples many layers (a residual stream: the stem and every block's
+    projection) sums a term per layer, so its channels outscore those of a group of one
+    layer (a block's inner convolution) by about that count. With a latency that is
+    bilinear in the two widths (a block's convolutions read one and write the other),
+    the knapsack then keeps every stream whole and cuts the inner widths to the floor,
+    as in the ResNet-18 plans of bench/pareto.py at 0.3x. Averaging puts a channel of
+    either kind on the scale of one layer.
+    """
+
+    mean_terms = True

@@ -78,6 +78,21 @@ def test_taylor_abs_sums_the_coupled_terms_magnitudes(resnet):
     assert any((b[g.id] > a[g.id] * 1.01).any() for g in residual)  # terms that cancel
 
 
+def test_taylor_abs_mean_averages_the_coupled_terms_magnitudes(resnet):
+    model, graph = resnet
+    summed, mean = get_importance("taylor-abs")(graph), get_importance("taylor-abs-mean")(graph)
+    for seed in (3, 4):
+        backward(model, seed)
+        summed.accumulate()
+        mean.accumulate()
+    a, b = summed.scores(), mean.scores()
+    for g in graph.prunable:
+        np.testing.assert_allclose(b[g.id] * len(g.norms), a[g.id], rtol=1e-9, atol=1e-15)
+    # A residual stream (several BNs) loses its lead over a one-BN group by that count.
+    assert max(len(g.norms) for g in graph.prunable) > 1
+    assert min(len(g.norms) for g in graph.prunable) == 1
+
+
 def test_registry_lists_and_rejects_unknown():
     assert {"taylor", "taylor-abs", "l1", "l2", "sp-lamp"} <= set(list_importances())
     assert list_importances("l*") == ["l1", "l2"]
