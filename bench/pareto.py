@@ -345,6 +345,14 @@ def summarise(
     return out
 
 
+def plot_title(title: str, width: int = 90) -> str:
+    """``title`` wrapped to lines of at most ``width`` characters (the figure holds about
+    90 at its font size); a spec longer than that is broken inside."""
+    import textwrap
+
+    return textwrap.fill(title, width, break_long_words=True, break_on_hyphens=False)
+
+
 def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
     """Accuracy against measured latency ratio, one line per method (mean over seeds,
     error bars: standard deviation over seeds)."""
@@ -375,7 +383,7 @@ def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
             ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, label=m)
     ax.set_xlabel("measured latency / dense (ONNX Runtime CPU, 1 thread)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plot_title(title), fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

@@ -226,3 +226,12 @@ def test_match_latency_brings_a_faster_baseline_up_to_the_reference(pareto, monk
     else:
         assert ratio == pytest.approx(0.64 / 0.7, rel=1e-6) and len(history) == 1
     assert model.knob == knob
+
+
+def test_plot_title_wraps_a_long_spec_inside_the_figure(pareto):
+    spec = "npz:" + "/very/long/path/to/a/dataset" * 4 + ".npz"
+    title = pareto.plot_title(f"halp_trt.models:resnet18_cifar on {spec} 8x3x16x16: accuracy")
+    lines = title.split("\n")
+    assert len(lines) > 1 and max(map(len, lines)) <= 90
+    assert "".join(lines).replace(" ", "") == title.replace("\n", "").replace(" ", "")
+    assert pareto.plot_title("short title") == "short title"
