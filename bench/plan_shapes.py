@@ -1,0 +1,234 @@
+"""Where the knapsack puts the widths: each criterion's plan of one trained model.
+
+Trains the dense model as bench/pareto.py does (same seed, epochs, batch size and
+learning rate), accumulates each gradient criterion over ``--batches`` training batches
+(weight criteria read the weights), and solves the pruner's knapsack (joint cost model,
+the pruner's floor) at each target on ``--table``, in one shot from the dense widths.
+Nothing is fine-tuned: this shows the plans, not their accuracy.
+
+The prunable groups are split by what they couple: several BatchNorms (a residual
+stream, written by the stem and every block's projection) or one (a block's inner width,
+an expanded layer). Per plan it prints the mean kept fraction of each kind, how many
+groups sit at the floor, and the widths. A latency that is bilinear in a stream's and a
+block's inner width, under a value that adds per channel, sends the knapsack to a corner
+(one kind whole, the other at the floor); Torch-Pruning's global ranking and uniform
+width land in between.
+
+    python bench/plan_shapes.py --model halp_trt.models:resnet18_cifar \\
+        --data npz:runs/digits_hard.npz --input-shape 8,3,16,16 --table T.db \\
+        --targets 0.5x,0.3x --importances taylor-abs,taylor-abs-mean,sp-lamp,l2 \\
+        --out bench/results/plan_shapes_resnet18_hard.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class BenchError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from plan_pricing import load_pareto
+
+    p = load_pareto().OneLineParser(prog="plan_shapes.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model spec (module:function or file:function)")
+    p.add_argument("--data", required=True, help="data spec (digits, npz:FILE, ...)")
+    p.add_argument("--input-shape", required=True, help="N,C,H,W of the table's input")
+    p.add_argument("--table", required=True, help="a latency table of the model (built)")
+    p.add_argument("--targets", default="0.5x,0.3x")
+    p.add_argument("--importances", default="taylor-abs,taylor-abs-mean,sp-lamp,l2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--batches", type=int, default=8, help="batches a gradient criterion sees")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--min-keep", type=float, default=None, help="the floor (pruner's default)")
+    p.add_argument("--out", default=None, help="JSON to write")
+    return p.parse_args(argv)
+
+
+def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything checked before any training (raises BenchError or a UserError)."""
+    from halp_trt.importance import list_importances
+    from halp_trt.prune.schedule import target_fraction
+    from halp_trt.specs import example_input, load_model
+    from halp_trt.train import load_data
+    from lut_builder.fileio import check_output
+    from lut_builder.specs import parse_shape
+
+    names = [n.strip() for n in args.importances.split(",") if n.strip()]
+    unknown = [n for n in names if n not in list_importances()]
+    if unknown or not names:
+        raise BenchError(
+            f"unknown importance(s) {', '.join(unknown) or '(none)'}; "
+            f"known: {', '.join(list_importances())}"
+        )
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    for t in targets:
+        f = target_fraction(t)
+        if f is None or not 0 < f < 1:
+            raise BenchError(f"target {t!r} must be a fraction below 1x, like 0.5x")
+    if not targets:
+        raise BenchError("--targets is empty")
+    for name in ("batches", "batch_size"):
+        if getattr(args, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.pretrain_epochs < 0:
+        raise BenchError("--pretrain-epochs must be at least 0")
+    if args.min_keep is not None and not 0 <= args.min_keep < 1:
+        raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
+    if not Path(args.table).is_file():
+        raise BenchError(f"--table {args.table}: no such file")
+    out = check_output(args.out, flag="--out", parents=True) if args.out else None
+    shape = parse_shape(args.input_shape)
+    if len(shape) != 4:
+        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
+    model = load_model(args.model)
+    x = example_input(model, shape)
+    data = load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+    return {"names": names, "targets": targets, "x": x, "data": data, "out": out}
+
+
+def shape_of(graph: Any, keep: dict[int, Any], floor: float, bundle: int) -> dict[str, Any]:
+    """A plan's kept fraction per group, by kind (coupled: more than one BatchNorm);
+    ``floor`` and ``bundle`` as the knapsack took them (a group at its fewest whole
+    bundles of at least ``floor`` of its width is at the floor)."""
+    rows = []
+    for g in graph.prunable:
+        kept = len(keep[g.id])
+        least = min(g.size, -(-max(bundle, math.ceil(floor * g.size - 1e-9)) // bundle) * bundle)
+        rows.append(
+            {
+                "group": g.id,
+                "norms": len(g.norms),
+                "size": g.size,
+                "kept": kept,
+                "fraction": kept / g.size,
+                "at_floor": kept <= least < g.size,
+            }
+        )
+
+    def kind(coupled: bool) -> dict[str, Any]:
+        rs = [r for r in rows if (r["norms"] > 1) == coupled]
+        if not rs:
+            return {"groups": 0}
+        return {
+            "groups": len(rs),
+            "mean_fraction": statistics.fmean(r["fraction"] for r in rs),
+            "at_floor": sum(r["at_floor"] for r in rs),
+            "whole": sum(r["kept"] == r["size"] for r in rs),
+        }
+
+    return {"coupled": kind(True), "single": kind(False), "groups": rows}
+
+
+def plans(args: argparse.Namespace, checked: dict[str, Any], log=print) -> dict[str, Any]:
+    """Train the dense model once; each criterion's plan at each target."""
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import DataLoader
+
+    from halp_trt.prune import Pruner
+    from halp_trt.solver import solve_budget
+    from halp_trt.specs import load_model
+    from halp_trt.train import TrainConfig, Trainer, evaluate
+    from lut_builder import LatencyTable
+
+    data, x = checked["data"], checked["x"]
+    torch.manual_seed(args.seed)
+    dense = load_model(args.model).train()
+    cfg = TrainConfig(
+        epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        device="cpu",
+    )  # fmt: skip
+    if args.pretrain_epochs:
+        Trainer(dense, data, cfg).fit()
+    dense.eval()
+    acc = evaluate(dense, data.val)[1]
+    log(f"dense model: val acc {acc:.4f}")
+    table = LatencyTable.open(args.table)
+    # the knapsack's bundle: the table's alignment, or its grid step when coarser
+    bundle = max(getattr(table, "alignment", None) or 1, getattr(table, "step", None) or 1)
+    out: dict[str, Any] = {"dense_val_acc": acc, "bundle": bundle, "plans": []}
+    try:
+        for name in checked["names"]:
+            model = copy.deepcopy(dense).train()
+            pruner = Pruner(
+                model, x, table, checked["targets"][0], importance=name, steps=1, interval=1,
+                schedule="oneshot", min_keep=args.min_keep,
+            )  # fmt: skip
+            if pruner.importance.needs_gradients:
+                gen = torch.Generator().manual_seed(args.seed)
+                loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True,
+                                    generator=gen)  # fmt: skip
+                for i, (xb, yb) in enumerate(loader):
+                    if i == args.batches:
+                        break
+                    model.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(model(xb), yb).backward()
+                    pruner.accumulate()
+            scores = pruner.importance.scores()
+            for target in checked["targets"]:
+                fraction = float(target.rstrip("x"))
+                plan = solve_budget(
+                    pruner.graph, table, scores, fraction * pruner.base_ms,
+                    min_keep=pruner.min_keep,
+                )  # fmt: skip
+                shape = shape_of(pruner.graph, plan.keep, pruner.min_keep, bundle)
+                row = {
+                    "importance": name,
+                    "target": target,
+                    "predicted_ratio": plan.predicted_ms / pruner.base_ms,
+                    **shape,
+                }
+                out["plans"].append(row)
+                c, s = shape["coupled"], shape["single"]
+                log(
+                    f"{name:16s} {target:5s} coupled {c.get('mean_fraction', 0):.2f} "
+                    f"({c.get('whole', 0)}/{c['groups']} whole, {c.get('at_floor', 0)} at "
+                    f"floor)  single {s.get('mean_fraction', 0):.2f} ({s.get('whole', 0)}/"
+                    f"{s['groups']} whole, {s.get('at_floor', 0)} at floor)"
+                )
+    finally:
+        table.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from halp_trt.errors import UserError
+    from lut_builder.errors import UserError as LutUserError
+    from lut_builder.fileio import atomic_write_json
+
+    args = parse_args(argv)
+    try:
+        checked = check_inputs(args)
+        result = plans(args, checked)
+    except (BenchError, UserError, LutUserError) as exc:
+        print(f"plan_shapes.py: error: {exc}", file=sys.stderr)
+        return 2
+    if checked["out"] is not None:
+        command = "python bench/plan_shapes.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "table")}
+        atomic_write_json(
+            checked["out"],
+            {"benchmark": "plan_shapes", "command": command, "settings": settings, **result},
+            indent=1,
+        )
+        print(f"wrote {checked['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
