@@ -475,6 +475,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def model_and_data(args: argparse.Namespace) -> tuple[tuple[int, ...], Any, Any, int]:
+    """``--input-shape``, ``--model`` and ``--data`` checked together: the shape, the
+    model's example input, the data and the model's number of logits.
+
+    Raises:
+        BenchError, UserError: a bad shape, spec, or data the model cannot take.
+    """
+    from halp_trt.specs import example_input, load_model
+    from halp_trt.train import load_data
+    from halp_trt.train.prune_job import classes_of
+    from lut_builder.specs import parse_shape
+
+    shape = parse_shape(args.input_shape)
+    if len(shape) != 4:
+        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
+    model = load_model(args.model)
+    x = example_input(model, shape)
+    data = load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+    classes = classes_of(model, x)
+    if data.num_classes > classes:
+        raise BenchError(
+            f"--data {args.data} has {data.num_classes} classes but {args.model} outputs "
+            f"{classes} logits"
+        )
+    return shape, x, data, classes
+
+
 def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that can be checked before any table, training or output file.
 
@@ -482,11 +509,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         BenchError, UserError (and its subclasses): bad input.
     """
     from halp_trt.prune.schedule import target_fraction
-    from halp_trt.specs import example_input, load_model
-    from halp_trt.train import load_data
-    from halp_trt.train.prune_job import classes_of
     from lut_builder.fileio import check_output
-    from lut_builder.specs import parse_shape
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -531,18 +554,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--out {args.out} must end in .json (the plot goes beside it)")
     check_output(out.with_suffix(".png"), flag="--out (its .png)", parents=True)
     kept = previous_runs(args, out, methods, targets, seeds) if args.keep else None
-    shape = parse_shape(args.input_shape)
-    if len(shape) != 4:
-        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
-    model = load_model(args.model)
-    x = example_input(model, shape)
-    data = load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
-    classes = classes_of(model, x)
-    if data.num_classes > classes:
-        raise BenchError(
-            f"--data {args.data} has {data.num_classes} classes but {args.model} outputs "
-            f"{classes} logits"
-        )
+    shape, x, data, classes = model_and_data(args)
     return {
         "methods": methods,
         "targets": targets,

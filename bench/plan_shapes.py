@@ -34,14 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-class BenchError(Exception):
-    """Bad input: one line, exit code 2."""
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
+
+#: Bad input: one line, exit code 2 (bench/pareto.py's, whose input checks this shares).
+BenchError = load_pareto().BenchError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from plan_pricing import load_pareto
-
     p = load_pareto().OneLineParser(prog="plan_shapes.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model spec (module:function or file:function)")
     p.add_argument("--data", required=True, help="data spec (digits, npz:FILE, ...)")
@@ -63,10 +64,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Everything checked before any training (raises BenchError or a UserError)."""
     from halp_trt.importance import list_importances
     from halp_trt.prune.schedule import target_fraction
-    from halp_trt.specs import example_input, load_model
-    from halp_trt.train import load_data
     from lut_builder.fileio import check_output
-    from lut_builder.specs import parse_shape
 
     names = [n.strip() for n in args.importances.split(",") if n.strip()]
     unknown = [n for n in names if n not in list_importances()]
@@ -92,12 +90,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if not Path(args.table).is_file():
         raise BenchError(f"--table {args.table}: no such file")
     out = check_output(args.out, flag="--out", parents=True) if args.out else None
-    shape = parse_shape(args.input_shape)
-    if len(shape) != 4:
-        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
-    model = load_model(args.model)
-    x = example_input(model, shape)
-    data = load_data(args.data, channels=shape[1], size=(shape[2], shape[3]))
+    _, x, data, _ = load_pareto().model_and_data(args)
     return {"names": names, "targets": targets, "x": x, "data": data, "out": out}
 
 
