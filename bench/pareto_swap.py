@@ -12,7 +12,9 @@ dense model, so ratios from the two runs compare; absolute milliseconds would no
 two results must agree on everything that decides the dense models and the budget
 (model, data, shape, epochs, steps, window, batch size, learning rate, grid step, table
 fingerprint), and every seed of the re-run must be in the earlier result with the same
-dense accuracy; otherwise one line, exit code 2.
+dense accuracy; otherwise one line, exit code 2. ``--other-window`` lets the re-run's
+``--prune-window`` differ: the window moves only when halp-trt's steps happen, so the
+earlier result's methods keep their own points (both windows are recorded).
 
     .venv/bin/python bench/pareto_swap.py bench/results/pareto_mobilenetv2.json \\
         bench/results/pareto_mobilenetv2_feedback.json \\
@@ -52,9 +54,10 @@ def read(path: Path) -> dict[str, Any]:
     return d
 
 
-def swap(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+def swap(base: dict[str, Any], rerun: dict[str, Any], other_window: bool = False) -> dict[str, Any]:
     """``base`` with the runs of ``rerun``'s methods replaced by ``rerun``'s, summarised at
-    the re-run reference's measured latency.
+    the re-run reference's measured latency; ``other_window``: the two may differ in
+    ``prune_window``.
 
     Raises:
         BenchError: the two results differ in a setting of :data:`SAME`, in the table, in
@@ -62,7 +65,8 @@ def swap(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
     """
     pareto = load_pareto()
     sb, sr = base["settings"], rerun["settings"]
-    differ = [k for k in SAME if sb.get(k) != sr.get(k)]
+    same = [k for k in SAME if not (other_window and k == "prune_window")]
+    differ = [k for k in same if sb.get(k) != sr.get(k)]
     fb, fr = (
         (base.get("table") or {}).get("fingerprint"),
         (rerun.get("table") or {}).get("fingerprint"),
@@ -106,6 +110,7 @@ def swap(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
         "methods": list(base["methods"]),
         "rerun_methods": methods,
         "settings": {k: sb.get(k) for k in SAME},
+        "prune_window": {"earlier": sb.get("prune_window"), "rerun": sr.get("prune_window")},
         "table": base.get("table"),
         "timing": "each model's ratio from its own run, interleaved with the same dense model",
         "summary": pareto.summarise(runs, all_methods, targets, reference),
@@ -139,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("earlier", help="a bench/pareto.py result with every method")
     p.add_argument("rerun", help="a bench/pareto.py result of the methods run again")
     p.add_argument("--out", default=None, help="write the swapped result here (JSON, .png beside)")
+    p.add_argument(
+        "--other-window",
+        action="store_true",
+        help="the re-run may have another --prune-window (recorded with the earlier one)",
+    )
     args = p.parse_args(argv)
     from lut_builder.errors import UserError
     from lut_builder.fileio import check_output
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out:
             check_output(args.out, kind="file", flag="--out")
-        result = swap(read(Path(args.earlier)), read(Path(args.rerun)))
+        result = swap(read(Path(args.earlier)), read(Path(args.rerun)), args.other_window)
     except (BenchError, UserError) as exc:
         print(f"pareto_swap.py: error: {exc}", file=sys.stderr)
         return 2

@@ -97,3 +97,21 @@ def test_results_of_other_dense_models_or_settings_are_refused(pair, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_another_window_only_when_asked_and_recorded(pair, tmp_path, capsys):
+    swap = load_swap()
+    base, rerun = copy.deepcopy(pair)
+    base["settings"]["prune_window"], rerun["settings"]["prune_window"] = 0.5, 0.25
+    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
+    for path, d in zip(paths, (base, rerun)):
+        path.write_text(json.dumps(d))
+    out = tmp_path / "out.json"
+    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert "other settings (prune_window)" in capsys.readouterr().err
+    assert swap.main([*map(str, paths), "--out", str(out), "--other-window"]) == 0
+    got = json.loads(out.read_text())
+    assert got["prune_window"] == {"earlier": 0.5, "rerun": 0.25}
+    assert got["summary"]["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"] == pytest.approx(
+        [0.01, 0.03]
+    )
