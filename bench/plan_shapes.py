@@ -1,7 +1,7 @@
 """Where the knapsack puts the widths: each criterion's plan of one trained model.
 
-Trains the dense model as bench/pareto.py does (same seed, epochs, batch size and
-learning rate), accumulates each gradient criterion over ``--batches`` training batches
+Trains a dense model with bench/pareto.py's settings (seed, epochs, batch size,
+learning rate; not bit-identical to its dense models), accumulates each gradient criterion over ``--batches`` training batches
 (weight criteria read the weights), and solves the pruner's knapsack (joint cost model,
 the pruner's floor) at each target on ``--table``, in one shot from the dense widths.
 Nothing is fine-tuned: this shows the plans, not their accuracy.

@@ -243,7 +243,7 @@ def train_halp(
     min_keep=None, monotone_table=False, window=None,
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
-    spread over the first ``window`` (None: half, as HALP) of the ``config.epochs``
+    spread over the first ``window`` (None: the pruner's default, half) of the ``config.epochs``
     fine-tuning epochs, importance ``importance``, the plan solved on ``table`` for
     ``target``; with ``feedback``, each step's plan measured against ``dense`` on ONNX
     Runtime (one thread) and the budgets corrected

@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=0.5,
         metavar="F",
         help="without --interval: the fraction of training the steps are spread over "
-        "(default 0.5, as HALP; the rest fine-tunes the final widths)",
+        "(default 0.5; the rest fine-tunes the final widths)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")

@@ -72,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         metavar="F",
-        help="fraction of the training the steps are spread over (default 0.5, as HALP; "
+        help="fraction of the training the steps are spread over (default 0.5; "
         "the rest fine-tunes the final widths)",
     )
     p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)

@@ -260,9 +260,10 @@ class Pruner:
         """A pruner set up by a :class:`halp_trt.PruneConfig` for one training run.
 
         With ``config.interval`` unset, the steps are fitted to the run: spread over
-        the first ``config.prune_window`` of ``total_iterations`` (half by default, as
-        HALP), or one every ``config.interval_epochs`` epochs; a run too short for ``config.steps``
-        gets fewer steps, and ``say`` prints a one-line note.
+        the first ``config.prune_window`` of ``total_iterations`` (half by default;
+        HALP's recipe prunes in about the first 1% of a long run), or one every
+        ``config.interval_epochs`` epochs; a run too short for ``config.steps`` gets
+        fewer steps, and ``say`` prints a one-line note.
 
         Args:
             model, example_inputs, table: as for :class:`Pruner`.
