@@ -13,7 +13,10 @@ comes before those epochs):
   (``Pruner(monotone_table=True)``): what the envelope is worth;
 - ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
   terms summed in absolute value, not the absolute value of their sum): the product as
-  it ships, halp-trt's default criterion;
+  it ships, halp-trt's default criterion; ``halp-taylor-abs-mean`` with the terms
+  averaged over the coupled layers instead (``taylor-abs-mean``); ``halp-taylor-abs-oneshot``
+  with ``taylor-abs`` in one shot (one minibatch of scores): the schedule of
+  ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -105,6 +108,7 @@ METHODS = (
     "halp-taylor-norm",
     "halp-taylor-abs-norm",
     "halp-taylor-abs-mean",
+    "halp-taylor-abs-oneshot",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -717,6 +721,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-norm": (mean_normalised("taylor"), "exp", table),
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-taylor-abs-mean": ("taylor-abs-mean", "exp", table),
+        "halp-taylor-abs-oneshot": ("taylor-abs", "oneshot", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-sp-lamp-exp": ("sp-lamp", "exp", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
