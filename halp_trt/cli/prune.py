@@ -54,7 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "magnitude), taylor (HALP's as published), l1, l2, sp-lamp",
     )
     p.add_argument(
-        "--schedule", default="exp", choices=("exp", "linear", "oneshot"), help="default exp"
+        "--schedule",
+        default="exp",
+        choices=("exp", "linear", "oneshot"),
+        help="default exp; oneshot prunes once, where exp's first step would be",
     )
     p.add_argument("--epochs", type=int, default=10, help="training epochs with pruning (10)")
     p.add_argument(

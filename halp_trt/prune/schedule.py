@@ -147,7 +147,10 @@ def fit_schedule(
     ``interval_epochs`` epochs (needs ``iterations_per_epoch``); or, by default, the
     steps spread evenly over the first ``spread`` of the iterations after ``start``
     (what ``halp-trt prune`` does). A run too short for every asked step gets fewer
-    steps, and ``note`` says so; ``oneshot`` always has one step.
+    steps, and ``note`` says so. ``oneshot`` always has one step; without an explicit
+    interval it comes where the stepped schedule's first step would, one ``steps``-th
+    into the window (its importance sees as many minibatches), and the rest of the run
+    fine-tunes the final widths (SP-LAMP's setting).
 
     Args:
         steps: pruning steps asked for (>= 1).
@@ -185,7 +188,7 @@ def fit_schedule(
         why = f"one every {interval} iterations"
     else:
         window = max(1, int(room * spread))
-        interval = max(1, window // asked)
+        interval = max(1, window // int(steps))  # oneshot: where the first step would be
         fit = min(asked, window // interval)
         why = f"over the first {spread:.0%} of {room} training iterations"
     note = ""

@@ -125,6 +125,15 @@ def test_default_schedule_spreads_steps_over_the_first_half():
     assert fit_schedule(30, 2400, schedule="oneshot").steps == 1
 
 
+def test_oneshot_prunes_where_the_first_step_would_and_fine_tunes_the_rest():
+    # Not at the end of the window: the final widths keep the rest of the run.
+    one = fit_schedule(30, 2400, schedule="oneshot")
+    assert (one.steps, one.interval, one.note) == (1, 40, "")
+    assert fit_schedule(5, 46, schedule="oneshot").interval == 4
+    assert fit_schedule(5, 46, schedule="oneshot", interval=1).interval == 1
+    assert fit_schedule(5, 3, schedule="oneshot").interval == 1  # shorter than the steps
+
+
 def test_prune_window_sets_the_share_of_training_the_steps_take():
     assert PruneConfig(target="0.5x", steps=5).fit_schedule(1000).interval == 100
     short = PruneConfig(target="0.5x", steps=5, prune_window=0.25).fit_schedule(1000)
