@@ -1,8 +1,9 @@
 """Where the knapsack puts the widths: each criterion's plan of one trained model.
 
 Trains a dense model with bench/pareto.py's settings (seed, epochs, batch size,
-learning rate; not bit-identical to its dense models), accumulates each gradient criterion over ``--batches`` training batches
-(weight criteria read the weights), and solves the pruner's knapsack (joint cost model,
+learning rate; not bit-identical to its dense models), accumulates each gradient
+criterion over ``--batches`` training batches (weight criteria read the weights), and
+solves the pruner's knapsack (joint cost model,
 the pruner's floor) at each target on ``--table``, in one shot from the dense widths.
 Nothing is fine-tuned: this shows the plans, not their accuracy.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -32,8 +32,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
 sys.path.insert(0, str(ROOT / "bench"))
 
 from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
@@ -94,14 +92,15 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"names": names, "targets": targets, "x": x, "data": data, "out": out}
 
 
-def shape_of(graph: Any, keep: dict[int, Any], floor: float, bundle: int) -> dict[str, Any]:
-    """A plan's kept fraction per group, by kind (coupled: more than one BatchNorm);
-    ``floor`` and ``bundle`` as the knapsack took them (a group at its fewest whole
-    bundles of at least ``floor`` of its width is at the floor)."""
+def shape_of(graph: Any, table: Any, keep: dict[int, Any], floor: float) -> dict[str, Any]:
+    """A plan's kept fraction per group, by kind (coupled: more than one BatchNorm); a
+    group at the knapsack's fewest channels for the ``floor`` is at the floor."""
+    from halp_trt.solver.knapsack import least_option
+
     rows = []
     for g in graph.prunable:
         kept = len(keep[g.id])
-        least = min(g.size, -(-max(bundle, math.ceil(floor * g.size - 1e-9)) // bundle) * bundle)
+        least = least_option(table, g, g.size, min_keep=floor)[1]
         rows.append(
             {
                 "group": g.id,
@@ -152,9 +151,7 @@ def plans(args: argparse.Namespace, checked: dict[str, Any], log=print) -> dict[
     acc = evaluate(dense, data.val)[1]
     log(f"dense model: val acc {acc:.4f}")
     table = LatencyTable.open(args.table)
-    # the knapsack's bundle: the table's alignment, or its grid step when coarser
-    bundle = max(getattr(table, "alignment", None) or 1, getattr(table, "step", None) or 1)
-    out: dict[str, Any] = {"dense_val_acc": acc, "bundle": bundle, "plans": []}
+    out: dict[str, Any] = {"dense_val_acc": acc, "plans": []}
     try:
         for name in checked["names"]:
             model = copy.deepcopy(dense).train()
@@ -179,7 +176,7 @@ def plans(args: argparse.Namespace, checked: dict[str, Any], log=print) -> dict[
                     pruner.graph, table, scores, fraction * pruner.base_ms,
                     min_keep=pruner.min_keep,
                 )  # fmt: skip
-                shape = shape_of(pruner.graph, plan.keep, pruner.min_keep, bundle)
+                shape = shape_of(pruner.graph, table, plan.keep, pruner.min_keep)
                 row = {
                     "importance": name,
                     "target": target,

@@ -224,6 +224,34 @@ def _min_for(min_channels: int | Mapping[int, int] | None, gid: int, bundle: int
     return int(m)
 
 
+def least_option(
+    table: Any,
+    group: Any,
+    alive: int,
+    bundle: int | Mapping[int, int] | None = None,
+    min_channels: int | Mapping[int, int] | None = None,
+    min_keep: float = 0.0,
+) -> tuple[int, int]:
+    """A group's knapsack bundle and fewest channels kept (its floor), of ``alive``.
+
+    Counts are whole bundles: the table's alignment or grid step (or ``bundle``), a
+    multiple of a grouped convolution's ``unit``; the floor is ``min_channels`` (by
+    default one bundle) and ``min_keep`` of the group's full width, rounded up to whole
+    bundles, at least two units, at most ``alive``.
+    """
+    b = _bundle_for(table, bundle, group.id)
+    unit = getattr(group, "unit", 1)
+    if unit > 1:
+        b = math.lcm(b, unit)
+    floor = max(_min_for(min_channels, group.id, b), math.ceil(min_keep * group.size - 1e-9))
+    least = min(alive, -(-floor // b) * b)
+    if unit > 1:
+        # at least two units: one group left would be a dense convolution, a layer the
+        # table did not measure
+        least = max(least, min(alive, 2 * unit))
+    return b, least
+
+
 def check_min_keep(min_keep: float) -> float:
     """``min_keep`` as a float in [0, 1), or PruningError."""
     try:
@@ -262,22 +290,16 @@ def _choices(
         # Most important first; equal scores keep the lower channel index first.
         order = live[np.argsort(-score[live], kind="stable")]
         n = live.size
-        b = _bundle_for(table, bundle, gid)
         unit = getattr(group, "unit", 1)
         if unit > 1:
             # Whole units only (a grouped convolution's groups): units ranked by their
-            # summed score, bundles of whole units, at least two units (one group left
-            # would be a dense convolution, a layer the table did not measure).
+            # summed score, bundles of whole units.
             units = np.unique(live // unit)
             unit_score = np.array([score[u * unit : (u + 1) * unit].sum() for u in units])
             ranked = units[np.argsort(-unit_score, kind="stable")]
             order = (ranked[:, None] * unit + np.arange(unit)).reshape(-1)
-            b = math.lcm(b, unit)
         # Counts are whole bundles, rounded up from the minimum, or every alive channel.
-        floor = max(_min_for(min_channels, gid, b), math.ceil(min_keep * group.size - 1e-9))
-        least = min(n, -(-floor // b) * b)
-        if unit > 1:
-            least = max(least, min(n, 2 * unit))
+        b, least = least_option(table, group, n, bundle, min_channels, min_keep)
         counts = [c for c in range(b, n, b) if c >= least]
         counts.append(n)
         if allow_removal:
