@@ -479,6 +479,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def target_fractions(text: str) -> dict[str, float]:
+    """``--targets`` (``0.7x,0.5x``) as each target's fraction of the dense latency.
+
+    Raises:
+        BenchError: empty, or a target that is not a fraction below 1x.
+    """
+    from halp_trt.prune.schedule import target_fraction
+
+    fractions = {}
+    for t in (t.strip() for t in text.split(",") if t.strip()):
+        f = target_fraction(t)
+        if f is None or not 0 < f < 1:
+            raise BenchError(f"target {t!r} must be a fraction below 1x, like 0.5x")
+        fractions[t] = f
+    if not fractions:
+        raise BenchError("--targets is empty")
+    return fractions
+
+
 def model_and_data(args: argparse.Namespace) -> tuple[tuple[int, ...], Any, Any, int]:
     """``--input-shape``, ``--model`` and ``--data`` checked together: the shape, the
     model's example input, the data and the model's number of logits.
@@ -512,7 +531,6 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         BenchError, UserError (and its subclasses): bad input.
     """
-    from halp_trt.prune.schedule import target_fraction
     from lut_builder.fileio import check_output
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -521,15 +539,8 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(
             f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}"
         )
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    fractions = {}
-    for t in targets:
-        f = target_fraction(t)
-        if f is None or not 0 < f < 1:
-            raise BenchError(f"target {t!r} must be a fraction below 1x, like 0.5x")
-        fractions[t] = f
-    if not targets:
-        raise BenchError("--targets is empty")
+    fractions = target_fractions(args.targets)
+    targets = list(fractions)
     if args.reference is None:
         halps = [m for m in methods if m.startswith("halp-")]
         preferred = [m for m in ("halp-taylor-abs", "halp-taylor") if m in methods]

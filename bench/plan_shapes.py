@@ -3,8 +3,8 @@
 Trains a dense model with bench/pareto.py's settings (seed, epochs, batch size,
 learning rate; not bit-identical to its dense models), accumulates each gradient
 criterion over ``--batches`` training batches (weight criteria read the weights), and
-solves the pruner's knapsack (joint cost model,
-the pruner's floor) at each target on ``--table``, in one shot from the dense widths.
+solves the pruner's knapsack (joint cost model, the pruner's floor) at each target on
+``--table``, in one shot from the dense widths.
 Nothing is fine-tuned: this shows the plans, not their accuracy.
 
 The prunable groups are split by what they couple: several BatchNorms (a residual
@@ -61,7 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Everything checked before any training (raises BenchError or a UserError)."""
     from halp_trt.importance import list_importances
-    from halp_trt.prune.schedule import target_fraction
     from lut_builder.fileio import check_output
 
     names = [n.strip() for n in args.importances.split(",") if n.strip()]
@@ -71,13 +70,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
             f"unknown importance(s) {', '.join(unknown) or '(none)'}; "
             f"known: {', '.join(list_importances())}"
         )
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    for t in targets:
-        f = target_fraction(t)
-        if f is None or not 0 < f < 1:
-            raise BenchError(f"target {t!r} must be a fraction below 1x, like 0.5x")
-    if not targets:
-        raise BenchError("--targets is empty")
+    fractions = load_pareto().target_fractions(args.targets)
     for name in ("batches", "batch_size"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
@@ -89,7 +82,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--table {args.table}: no such file")
     out = check_output(args.out, flag="--out", parents=True) if args.out else None
     _, x, data, _ = load_pareto().model_and_data(args)
-    return {"names": names, "targets": targets, "x": x, "data": data, "out": out}
+    return {"names": names, "fractions": fractions, "x": x, "data": data, "out": out}
 
 
 def shape_of(graph: Any, table: Any, keep: dict[int, Any], floor: float) -> dict[str, Any]:
@@ -156,7 +149,7 @@ def plans(args: argparse.Namespace, checked: dict[str, Any], log=print) -> dict[
         for name in checked["names"]:
             model = copy.deepcopy(dense).train()
             pruner = Pruner(
-                model, x, table, checked["targets"][0], importance=name, steps=1, interval=1,
+                model, x, table, next(iter(checked["fractions"])), importance=name, steps=1, interval=1,
                 schedule="oneshot", min_keep=args.min_keep,
             )  # fmt: skip
             if pruner.importance.needs_gradients:
@@ -170,8 +163,7 @@ def plans(args: argparse.Namespace, checked: dict[str, Any], log=print) -> dict[
                     nn.functional.cross_entropy(model(xb), yb).backward()
                     pruner.accumulate()
             scores = pruner.importance.scores()
-            for target in checked["targets"]:
-                fraction = float(target.rstrip("x"))
+            for target, fraction in checked["fractions"].items():
                 plan = solve_budget(
                     pruner.graph, table, scores, fraction * pruner.base_ms,
                     min_keep=pruner.min_keep,
