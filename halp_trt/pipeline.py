@@ -70,6 +70,7 @@ STAGE_ARGS = {
         "seed",
         "batch_size",
         "lr",
+        "bn_batches",
     ),
     "prune": (
         "target",
@@ -82,6 +83,7 @@ STAGE_ARGS = {
         "seed",
         "batch_size",
         "lr",
+        "bn_batches",
     ),
     "export": ("data",),
     "engine": (),
@@ -90,7 +92,7 @@ STAGE_ARGS = {
 }
 PINNED_ARGS = tuple(sorted({a for names in STAGE_ARGS.values() for a in names}))
 #: What a setting pinned later than a run's ``run.json`` was, for runs made before it.
-PINNED_DEFAULTS = {"prune_window": DEFAULT_SPREAD}
+PINNED_DEFAULTS = {"prune_window": DEFAULT_SPREAD, "bn_batches": 0}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:
@@ -110,6 +112,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "seed": t.seed,
         "batch_size": t.batch_size,
         "lr": t.lr,
+        "bn_batches": t.bn_batches,
         "target": p.target,
         "importance": p.importance_name,
         "epochs": t.epochs,

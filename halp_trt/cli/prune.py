@@ -12,6 +12,10 @@ MIN_KEEP_HELP = (
     "fewest channels any group keeps, as a fraction of its width (default 0.3; 0: no "
     "floor, as in HALP)"
 )
+BN_BATCHES_HELP = (
+    "after the last epoch, re-estimate the BatchNorm statistics over N training "
+    "minibatches with the final weights (default 100; 0: off)"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -121,6 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.add_argument("--eval-steps", action="store_true", help="evaluate after every pruning step")
+    p.add_argument("--bn-batches", type=int, default=100, metavar="N", help=BN_BATCHES_HELP)
     p.add_argument("--out", default="pruned", metavar="DIR", help="output directory (pruned)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -157,6 +162,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
         device=args.device,
         seed=args.seed,
         eval_steps=args.eval_steps,
+        bn_batches=args.bn_batches,
     )
     return prune, train
 

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from ..specs import WEIGHTS_HELP
-from .prune import MIN_KEEP_HELP
+from .prune import BN_BATCHES_HELP, MIN_KEEP_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -78,6 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
+    p.add_argument("--bn-batches", type=int, default=100, metavar="N", help=BN_BATCHES_HELP)
     p.add_argument("--verify-rounds", type=int, default=30, help="timed rounds of verify (30)")
     p.add_argument(
         "--no-feedback",
@@ -114,7 +115,11 @@ def config(args: argparse.Namespace) -> Any:
             min_keep=args.min_keep,
         ),
         train=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            bn_batches=args.bn_batches,
         ),
         backend=args.backend,
         precision=args.precision,

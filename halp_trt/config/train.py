@@ -25,6 +25,11 @@ class TrainConfig(ConfigBase):
         seed: seeds initial shuffling and everything random in the loop.
         workers: data-loader worker processes.
         eval_steps: evaluate on the validation set after every pruning step too.
+        bn_batches: after the last epoch, re-estimate every BatchNorm's running mean and
+            variance over this many training minibatches with the final weights
+            (precise BN; at most one pass over the training set; 0: keep the running
+            averages training left). Pruning while training leaves those averages
+            behind the weights: every step changes what each BatchNorm sees.
 
     Raises:
         ConfigError: a field outside its range (checked on construction).
@@ -42,6 +47,7 @@ class TrainConfig(ConfigBase):
     seed: int = 0
     workers: int = 0
     eval_steps: bool = False
+    bn_batches: int = 100
 
     def __post_init__(self) -> None:
         self._int("epochs", 0)
@@ -60,6 +66,7 @@ class TrainConfig(ConfigBase):
         self._int("seed", 0)
         self._int("workers", 0)
         self._choice("eval_steps", (True, False))
+        self._int("bn_batches", 0)
 
     def require_training(self) -> None:
         """Check that the run trains at all (``epochs >= 1``): HALP prunes while training.

@@ -2,7 +2,7 @@
 
 from ..config.train import TrainConfig
 from .data import DataError, ImageData, load_data
-from .trainer import Trainer, TrainResult, evaluate, lr_at
+from .trainer import Trainer, TrainResult, evaluate, lr_at, recalibrate_bn
 
 __all__ = [
     "DataError",
@@ -13,4 +13,5 @@ __all__ = [
     "evaluate",
     "load_data",
     "lr_at",
+    "recalibrate_bn",
 ]

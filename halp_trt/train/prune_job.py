@@ -256,6 +256,7 @@ def prune_classifier(
             "target_ms": pruner.target_ms,
             "predicted_ms": plan.predicted_ms,
             "epochs": result.epochs,
+            "bn_batches": result.bn_batches,
             "steps": result.steps,
             "overhead": {
                 "pruner_s": result.pruner_s,

@@ -43,6 +43,10 @@ class TrainResult:
             was under way (up to and including the last pruning step).
         pruner_s: of those, seconds spent inside the pruner.
         iterations: training iterations run.
+        bn_batches: minibatches over which the BatchNorms' running statistics were
+            re-estimated after the last epoch (0: not re-estimated).
+        final: ``val_loss`` and ``val_acc`` of the model as ``fit`` returns it (after
+            that re-estimate; the last epoch's record is from before it).
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -50,6 +54,8 @@ class TrainResult:
     pruning_iterations_s: float = 0.0
     pruner_s: float = 0.0
     iterations: int = 0
+    bn_batches: int = 0
+    final: dict[str, float] = field(default_factory=dict)
 
     @property
     def pruning_overhead(self) -> float | None:
@@ -94,6 +100,57 @@ def lr_at(iteration: int, total: int, warmup: int, peak: float) -> float:
     span = max(1, total - warmup)
     t = min(1.0, (iteration - warmup) / span)
     return 0.5 * peak * (1.0 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Any, batches: int, device: Any) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm of ``model`` that
+    tracks them, as the plain average over the first ``batches`` minibatches of
+    ``loader`` run through the model in training mode (no gradients, weights untouched).
+
+    The running averages of training trail the weights by about ten iterations; after
+    a pruning step they also mix statistics of the channels it removed. Under
+    ``torch.distributed`` every rank averages its own shard and the ranks' estimates are
+    averaged (the loader must be sharded).
+
+    Returns:
+        The number of minibatches used (0: no such BatchNorm, or ``batches`` is 0).
+    """
+    from ..prune.distributed import is_distributed
+
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms or batches <= 0 or len(loader) == 0:
+        return 0
+    saved = [(m, m.momentum) for m in norms]
+    was_training = model.training
+    used = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the minibatches
+        model.train()
+        for x, _ in loader:
+            if used >= batches:
+                break
+            model(x.to(device, non_blocking=True))
+            used += 1
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+    if is_distributed():
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        for m in norms:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf /= world
+    return used
 
 
 class Trainer:
@@ -278,6 +335,11 @@ class Trainer:
                 result.epochs.append(rec)
                 bars.epoch_done(rec)
         result.iterations = it
+        if cfg.epochs:
+            result.bn_batches = recalibrate_bn(model, loader, cfg.bn_batches, self.device)
+            if result.bn_batches:
+                val_loss, val_acc = evaluate(model, self.data.val, device=self.device)
+            result.final = {"val_loss": val_loss, "val_acc": val_acc}
         return result
 
 

@@ -166,37 +166,59 @@ def test_predicted_vs_measured_plot_draws_a_relative_target_on_the_measured_orig
     assert lines == [("h", 6.0)]
 
 
+def _run_config(tmp_path, window=0.5, bn_batches=100):
+    from halp_trt.config import PruneConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        model="m", data="digits", input_shape="1,3,8,8", out=str(tmp_path), resume=True,
+        prune=PruneConfig("0.5x", prune_window=window), backend="onnxruntime",
+        train=TrainConfig(bn_batches=bn_batches),
+    )  # fmt: skip
+
+
+def _resumed(tmp_path, config, args):
+    """Resume a run whose lut, baseline and prune stages are done, ``args`` in its
+    run.json: the stages kept, and the run.json written."""
+    from halp_trt.pipeline import Pipeline
+
+    for name in ("lut.db", "original.pt", "plan.json"):
+        (tmp_path / name).write_text("x")
+    state = RunState(args=args, backend="onnxruntime")
+    state.stages = {
+        "lut": {"outputs": ["lut.db"]},
+        "baseline": {"outputs": ["original.pt"]},
+        "prune": {"outputs": ["plan.json"]},
+    }
+    state.save(tmp_path)
+    pipeline = Pipeline(config)
+    pipeline._open_state()
+    return list(pipeline.state.stages), json.loads((tmp_path / "run.json").read_text())
+
+
 def test_resume_prunes_again_when_the_window_changes(tmp_path):
-    from halp_trt.config import PruneConfig, RunConfig
-    from halp_trt.pipeline import Pipeline, pinned_settings
+    from halp_trt.pipeline import pinned_settings
 
-    def config(window):
-        return RunConfig(
-            model="m", data="digits", input_shape="1,3,8,8", out=str(tmp_path), resume=True,
-            prune=PruneConfig("0.5x", prune_window=window), backend="onnxruntime",
-        )  # fmt: skip
-
-    def resumed(window, args):
-        for name in ("lut.db", "original.pt", "plan.json"):
-            (tmp_path / name).write_text("x")
-        state = RunState(args=args, backend="onnxruntime")
-        state.stages = {
-            "lut": {"outputs": ["lut.db"]},
-            "baseline": {"outputs": ["original.pt"]},
-            "prune": {"outputs": ["plan.json"]},
-        }
-        state.save(tmp_path)
-        pipeline = Pipeline(config(window))
-        pipeline._open_state()
-        return list(pipeline.state.stages), json.loads((tmp_path / "run.json").read_text())
-
-    pinned = pinned_settings(config(0.5))
+    pinned = pinned_settings(_run_config(tmp_path))
     assert pinned["prune_window"] == 0.5
     # a run.json from before the window was pinned: it ran at the default, nothing redone
     before = {k: v for k, v in pinned.items() if k != "prune_window"}
-    stages, saved = resumed(0.5, before)
+    stages, saved = _resumed(tmp_path, _run_config(tmp_path), before)
     assert stages == ["lut", "baseline", "prune"] and saved["args"]["prune_window"] == 0.5
     # another window: pruning and everything after it is done again
-    stages, saved = resumed(0.25, pinned)
+    stages, saved = _resumed(tmp_path, _run_config(tmp_path, window=0.25), pinned)
     assert stages == ["lut", "baseline"] and saved["args"]["prune_window"] == 0.25
     assert not (tmp_path / "plan.json").exists() and (tmp_path / "original.pt").exists()
+
+
+def test_resume_trains_again_when_the_batchnorm_reestimate_changes(tmp_path):
+    from halp_trt.pipeline import pinned_settings
+
+    pinned = pinned_settings(_run_config(tmp_path))
+    assert pinned["bn_batches"] == 100
+    # a run.json from before the re-estimate: its models have none
+    before = {k: v for k, v in pinned.items() if k != "bn_batches"}
+    stages, _ = _resumed(tmp_path, _run_config(tmp_path, bn_batches=0), before)
+    assert stages == ["lut", "baseline", "prune"]
+    stages, saved = _resumed(tmp_path, _run_config(tmp_path), before)
+    assert stages == ["lut"] and saved["args"]["bn_batches"] == 100
+    assert not (tmp_path / "original.pt").exists() and (tmp_path / "lut.db").exists()

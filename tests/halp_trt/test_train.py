@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from halp_trt.errors import UserError
 from halp_trt.prune import Pruner
-from halp_trt.train import TrainConfig, Trainer, evaluate, load_data, lr_at
+from halp_trt.train import TrainConfig, Trainer, evaluate, load_data, lr_at, recalibrate_bn
 
 from .test_prune_support import analytic_table
 
@@ -69,6 +69,8 @@ def test_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(UserError, match="TrainConfig.batch_size"):
         TrainConfig(batch_size=True)  # a bool is not a batch size
+    with pytest.raises(UserError, match=r"TrainConfig.bn_batches must be an integer >= 0, not -1"):
+        TrainConfig(bn_batches=-1)
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             TrainConfig(device="cuda").resolved_device()
@@ -109,7 +111,65 @@ def test_pruning_inside_training_logs_every_step(toy, tiny_table):
     )
     slim, plan = pruner.finalize()
     assert plan.predicted_ms <= plan.target_ms
-    assert evaluate(slim, toy.val)[1] == pytest.approx(result.epochs[-1]["val_acc"])
+    assert result.bn_batches == 120 // 16  # the default 100 stops at one pass
+    assert evaluate(slim, toy.val)[1] == pytest.approx(result.final["val_acc"])
+
+
+def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(8, 3, 8, 8, generator=gen) * (1 + i), torch.zeros(8, dtype=torch.long))
+        for i in range(n)
+    ]
+
+
+def test_recalibrate_bn_averages_the_minibatch_statistics_of_the_final_weights():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    for bn in (model.bn1, model.bn2):  # statistics of weights that are gone
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    batches = _batches(5)
+    with torch.no_grad():
+        h = [model.conv1(x) for x, _ in batches[:3]]
+    mean = torch.stack([t.mean((0, 2, 3)) for t in h]).mean(0)
+    var = torch.stack([t.transpose(0, 1).reshape(16, -1).var(1) for t in h]).mean(0)
+
+    assert recalibrate_bn(model, batches, 3, "cpu") == 3
+    assert torch.allclose(model.bn1.running_mean, mean, atol=1e-5)
+    assert torch.allclose(model.bn1.running_var, var, rtol=1e-4)
+    assert not torch.allclose(model.bn2.running_mean, torch.full((16,), 5.0))
+    assert model.bn1.momentum == 0.1 and model.bn1.num_batches_tracked.item() == 3
+    assert not model.training  # its mode as it was
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k  # only the statistics move
+
+
+def test_recalibrate_bn_without_batches_or_batchnorms_changes_nothing():
+    model = Tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert recalibrate_bn(model, _batches(2), 0, "cpu") == 0
+    assert recalibrate_bn(model, [], 10, "cpu") == 0  # an empty loader keeps the old ones
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert recalibrate_bn(nn.Sequential(nn.Conv2d(3, 4, 1)), _batches(2), 10, "cpu") == 0
+
+
+def test_fit_reestimates_the_batchnorm_statistics_after_the_last_epoch(toy):
+    runs = {}
+    for n in (3, 0):
+        torch.manual_seed(0)
+        model = Tiny()
+        cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, bn_batches=n)
+        runs[n] = model, Trainer(model, toy, cfg).fit()
+    (on, r_on), (off, r_off) = runs[3], runs[0]
+    assert r_on.bn_batches == 3 and on.bn1.num_batches_tracked.item() == 3
+    assert r_off.bn_batches == 0 and off.bn1.num_batches_tracked.item() == r_off.iterations
+    assert r_on.final["val_acc"] == pytest.approx(evaluate(on, toy.val)[1])
+    assert r_off.final["val_acc"] == pytest.approx(r_off.epochs[-1]["val_acc"])
+    assert torch.equal(on.conv1.weight, off.conv1.weight)  # the same training
+    assert not torch.allclose(on.bn1.running_mean, off.bn1.running_mean)
 
 
 def test_schedule_longer_than_training_is_refused(toy, tiny_table):
