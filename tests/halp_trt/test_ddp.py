@@ -58,6 +58,18 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
             opt.step()
             pruner.step()
         slim, plan = pruner.finalize()
+        # Each rank re-estimates the BatchNorm statistics on its own minibatches; the
+        # ranks must end with the average of their estimates.
+        from halp_trt.train import recalibrate_bn
+
+        xs = [torch.randn(4, 3, 16, 16, generator=gen) * (1 + rank) for _ in range(2)]
+        with torch.no_grad():
+            own = [slim.conv1(x).mean((0, 2, 3)) for x in xs]
+        assert recalibrate_bn(slim, [(x, None) for x in xs], 2, "cpu") == 2
+        bn = {
+            "local": torch.stack(own).mean(0).tolist(),
+            "reduced": slim.bn1.running_mean.tolist(),
+        }
         widths = {
             n: list(m.weight.shape)
             for n, m in slim.named_modules()
@@ -71,6 +83,7 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
                     "predicted_ms": plan.predicted_ms,
                     "target_ms": plan.target_ms,
                     "local": local,
+                    "bn": bn,
                 }
             )
         )
@@ -98,6 +111,10 @@ def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
     assert a["widths"] == b["widths"]
     assert a["predicted_ms"] == b["predicted_ms"]
     assert a["predicted_ms"] <= a["target_ms"]
+    assert a["bn"]["reduced"] == b["bn"]["reduced"]
+    average = [(u + v) / 2 for u, v in zip(a["bn"]["local"], b["bn"]["local"])]
+    assert a["bn"]["reduced"] == pytest.approx(average, rel=1e-5, abs=1e-6)
+    assert a["bn"]["local"] != pytest.approx(average, rel=1e-3)
     if not wrap:
         # Without DDP the ranks' own importances differ: agreement came from the
         # all-reduce and the broadcast, not from identical inputs.
