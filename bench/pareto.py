@@ -92,6 +92,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import prune_quality  # noqa: E402
 from prune_quality import (  # noqa: E402
+    before_bn,
     build_or_open_table,
     match_latency,
     measure_interleaved,
@@ -318,6 +319,9 @@ def summarise(
                 "ratio_over_target": [r["measured_ratio"] / r["target_fraction"] for r in rs],
                 "method_s_mean": statistics.fmean(secs),
             }
+            before = [r["val_acc_before_bn"] for r in rs if "val_acc_before_bn" in r]
+            if len(before) == len(rs):  # what re-estimating the BatchNorms gave
+                by_method[m]["val_acc_before_bn_mean"] = statistics.fmean(before)
         out["by_target"][t] = by_method
         eq: dict[str, Any] = {}
         refs = [r for r in ok if r["target"] == t and r["method"] == reference]
@@ -722,8 +726,13 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
     def finetuned(model: nn.Module, extra: dict, t_prune: float) -> tuple[nn.Module, dict]:
         t0 = time.perf_counter()
-        Trainer(model, data, config).fit()
-        return model, {**extra, "prune_s": t_prune, "finetune_s": time.perf_counter() - t0}
+        fit = Trainer(model, data, config).fit()
+        return model, {
+            **extra,
+            "prune_s": t_prune,
+            "finetune_s": time.perf_counter() - t0,
+            **before_bn(fit),
+        }
 
     halp_methods = {
         "halp-taylor": ("taylor", "exp", table),

@@ -294,8 +294,18 @@ def train_halp(
             "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
             "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
             "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
+            **before_bn(result),
         },
     )
+
+
+def before_bn(result) -> dict[str, float]:
+    """``val_acc_before_bn``: the last epoch's validation accuracy of a
+    :class:`~halp_trt.train.TrainResult`, before the trainer re-estimated the BatchNorm
+    statistics (none when it did not)."""
+    if not result.bn_batches or not result.epochs:
+        return {}
+    return {"val_acc_before_bn": result.epochs[-1]["val_acc"]}
 
 
 def run_seed(seed: int, args, data, table, x, log) -> dict[str, Any]:

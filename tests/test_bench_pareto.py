@@ -92,11 +92,14 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
         r = runs[name]
         assert {"seed", "target", "val_acc", "measured_ratio", "method_s", "finetune_s"} <= set(r)
         assert 0 < r["measured_ratio"] < 1.5 and 0 <= r["val_acc"] <= 1
+        assert 0 <= r["val_acc_before_bn"] <= 1  # the accuracy before the BN re-estimate
     # run before the (here: MACs) table was built, then priced and timed with the rest
     macs = runs["halp-taylor-macs"]
     assert macs["status"] == "ok", macs.get("error")
-    assert {"predicted_ratio", "measured_ratio", "val_acc"} <= set(macs)
-    assert result["summary"]["by_target"]["0.6x"]["uniform"]["n"] == 1
+    assert {"predicted_ratio", "measured_ratio", "val_acc", "val_acc_before_bn"} <= set(macs)
+    summary = result["summary"]["by_target"]["0.6x"]
+    assert summary["uniform"]["n"] == 1
+    assert summary["halp-taylor-macs"]["val_acc_before_bn_mean"] == macs["val_acc_before_bn"]
     assert result["summary"]["by_target"]["0.6x"]["halp-taylor"] == {"n": 0, "failed": 1}
     assert result["dense"]["0"]["val_acc"] > 0
     assert result["table"]["backend"] == "macs" and result["status"] == "complete"
