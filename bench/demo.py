@@ -42,7 +42,7 @@ DEMO = [
     "--epochs",
     "8",
     "--steps",
-    "10",
+    "2",  # what 8 epochs of digits hold with steps 40 iterations apart (HALP's interval)
 ]
 
 

@@ -7,7 +7,9 @@ comes before those epochs):
 
 - ``halp-taylor``: HALP's loop (HALP's Taylor importance, exponential schedule,
   ``--steps`` steps over the first half of the epochs, or the fraction
-  ``--prune-window``) on the measured table (ONNX Runtime CPU, one thread), with
+  ``--prune-window``, fitted to the run as ``halp-trt prune`` fits them: at least
+  ``--min-interval`` iterations apart, HALP's 40 by default, so a short run prunes in
+  fewer steps, down to one) on the measured table (ONNX Runtime CPU, one thread), with
   measured-latency feedback and the pruner's per-group floor;
 - ``halp-taylor-monotone``: the same on the table's monotone envelope
   (``Pruner(monotone_table=True)``): what the envelope is worth;
@@ -100,7 +102,7 @@ from prune_quality import (  # noqa: E402
     uniform_prune,
 )
 
-from halp_trt.prune.schedule import DEFAULT_SPREAD  # noqa: E402
+from halp_trt.prune.schedule import DEFAULT_SPREAD, MIN_INTERVAL  # noqa: E402
 
 METHODS = (
     "halp-taylor",
@@ -431,6 +433,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fraction of the fine-tuning iterations HALP's steps are spread over (HALP: "
         "0.5); the rest fine-tunes the final widths",
     )
+    p.add_argument(
+        "--min-interval",
+        type=int,
+        default=MIN_INTERVAL,
+        help="fewest iterations between HALP's steps (default the pruner's, HALP's 40; "
+        "a shorter window prunes in fewer steps, down to one; 1: none, as before)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--step", type=int, default=None, help="table grid step (alignment)")
@@ -554,6 +563,8 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
             f"--reference {args.reference} must be one of the halp-* methods run "
             f"({', '.join(m for m in methods if m.startswith('halp-')) or 'none'})"
         )
+    if args.min_interval < 1:
+        raise BenchError(f"--min-interval must be at least 1, not {args.min_interval}")
     if not 0 < args.prune_window <= 1:
         raise BenchError(f"--prune-window must be a fraction in (0, 1], not {args.prune_window}")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
@@ -611,6 +622,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
         "reference", "halp-taylor" if "halp-taylor" in prev.get("methods", []) else None
     )
     theirs.setdefault("prune_window", DEFAULT_SPREAD)  # results from before the setting
+    theirs.setdefault("min_interval", 1)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:
@@ -718,7 +730,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             slim, plan, extra = train_halp(
                 dense, data, config, x, tbl, target, importance, schedule, args.steps,
                 feedback=not args.no_feedback, min_keep=args.min_keep, monotone_table=monotone,
-                window=args.prune_window,
+                window=args.prune_window, min_interval=args.min_interval,
             )  # fmt: skip
             return slim, {k: v for k, v in extra.items() if k != "kept"}
 

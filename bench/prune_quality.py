@@ -240,11 +240,13 @@ def match_latency(make, predict, reference: nn.Module, x, knobs, *, both_sides=F
 
 def train_halp(
     dense, data, config, x, table, target, importance, schedule, steps, *, feedback=False,
-    min_keep=None, monotone_table=False, window=None,
+    min_keep=None, monotone_table=False, window=None, min_interval=None,
 ):  # fmt: skip
     """HALP's loop on a copy of ``dense``: ``steps`` pruning steps (one for ``oneshot``)
     spread over the first ``window`` (None: the pruner's default, half) of the ``config.epochs``
-    fine-tuning epochs, importance ``importance``, the plan solved on ``table`` for
+    fine-tuning epochs, at least ``min_interval`` iterations apart (None: the pruner's
+    default; fewer steps where the window is shorter, as ``halp-trt prune`` fits them),
+    importance ``importance``, the plan solved on ``table`` for
     ``target``; with ``feedback``, each step's plan measured against ``dense`` on ONNX
     Runtime (one thread) and the budgets corrected
     (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the pruner's floor (None:
@@ -254,16 +256,22 @@ def train_halp(
     Returns ``(pruned model, plan, facts)``.
     """
     from halp_trt.prune import MeasuredLatency, Pruner
-    from halp_trt.prune.schedule import DEFAULT_SPREAD
+    from halp_trt.prune.schedule import DEFAULT_SPREAD, MIN_INTERVAL, fit_schedule
     from halp_trt.train import Trainer
 
     measure = MeasuredLatency(dense, x, threads=1) if feedback else None
     model = copy.deepcopy(dense)
     trainer = Trainer(model, data, config)
     per_epoch = trainer.iterations_per_epoch
-    steps = 1 if schedule == "oneshot" else steps
-    window_its = int(per_epoch * config.epochs * (DEFAULT_SPREAD if window is None else window))
-    interval = 1 if schedule == "oneshot" else max(1, window_its // steps)
+    if schedule == "oneshot":
+        steps, interval = 1, 1
+    else:  # the steps as halp-trt prune fits them to the run
+        fit = fit_schedule(
+            steps, per_epoch * config.epochs, schedule=schedule,
+            spread=DEFAULT_SPREAD if window is None else window,
+            min_interval=MIN_INTERVAL if min_interval is None else min_interval,
+        )  # fmt: skip
+        steps, interval = fit.steps, fit.interval
     pruner = Pruner(
         model, x, table, target, importance=importance, steps=steps, interval=interval,
         schedule=schedule, feedback=measure, min_keep=min_keep,

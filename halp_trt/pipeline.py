@@ -78,6 +78,7 @@ STAGE_ARGS = {
         "epochs",
         "steps",
         "prune_window",
+        "min_interval",
         "min_keep",
         "feedback",
         "seed",
@@ -92,7 +93,7 @@ STAGE_ARGS = {
 }
 PINNED_ARGS = tuple(sorted({a for names in STAGE_ARGS.values() for a in names}))
 #: What a setting pinned later than a run's ``run.json`` was, for runs made before it.
-PINNED_DEFAULTS = {"prune_window": DEFAULT_SPREAD, "bn_batches": 0}
+PINNED_DEFAULTS = {"prune_window": DEFAULT_SPREAD, "min_interval": 1, "bn_batches": 0}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:
@@ -118,6 +119,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "epochs": t.epochs,
         "steps": p.steps,
         "prune_window": p.prune_window,
+        "min_interval": p.min_interval,
         "min_keep": p.min_keep,
         "feedback": config.feedback,
         "verify_rounds": config.verify_rounds,

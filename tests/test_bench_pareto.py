@@ -49,6 +49,7 @@ def pareto():
         (["--seeds", "0,x"], "--seeds must be integers"),
         (["--prune-window", "0"], "--prune-window must be a fraction in (0, 1]"),
         (["--prune-window", "1.5"], "--prune-window must be a fraction in (0, 1]"),
+        (["--min-interval", "0"], "--min-interval must be at least 1, not 0"),
         (["--methods", "tp-l2,halp-taylor", "--reference", "tp-l2"], "--reference tp-l2 must"),
         (["--methods", "halp-taylor", "--reference", "halp-taylor-abs"], "one of the halp-*"),
     ],
@@ -97,6 +98,9 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     macs = runs["halp-taylor-macs"]
     assert macs["status"] == "ok", macs.get("error")
     assert {"predicted_ratio", "measured_ratio", "val_acc", "val_acc_before_bn"} <= set(macs)
+    # one epoch is too short for 5 steps 40 iterations apart: one step, as halp-trt
+    # prune fits them
+    assert (macs["steps"], len(macs["steps_predicted_ratio"])) == (1, 1)
     summary = result["summary"]["by_target"]["0.6x"]
     assert summary["uniform"]["n"] == 1
     assert summary["halp-taylor-macs"]["val_acc_before_bn_mean"] == macs["val_acc_before_bn"]
@@ -156,6 +160,13 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
     out.write_text(json.dumps(old))
     assert pareto.main([*base, "--seeds", "2", "--keep"]) == 0
     assert json.loads(out.read_text())["seeds"] == [0, 1, 2]
+    # ... and one from before the minimum interval ran its steps as close as they came
+    old = json.loads(out.read_text())
+    del old["settings"]["min_interval"]
+    out.write_text(json.dumps(old))
+    assert pareto.main([*base, "--seeds", "2", "--keep"]) == 2
+    assert "other settings (min_interval)" in capsys.readouterr().err
+    assert pareto.main([*base, "--seeds", "2", "--keep", "--min-interval", "1"]) == 0
     missing = tmp_path / "none.json"
     argv = [a if a != str(out) else str(missing) for a in base]
     assert pareto.main([*argv, "--seeds", "2", "--keep"]) == 2

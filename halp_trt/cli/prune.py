@@ -12,6 +12,10 @@ MIN_KEEP_HELP = (
     "fewest channels any group keeps, as a fraction of its width (default 0.3; 0: no "
     "floor, as in HALP)"
 )
+MIN_INTERVAL_HELP = (
+    "without --interval: fewest iterations between pruning steps (default 40, HALP's "
+    "interval); a shorter window prunes in fewer steps, down to one; 1: none"
+)
 BN_BATCHES_HELP = (
     "after the last epoch, re-estimate the BatchNorm statistics over N training "
     "minibatches with the final weights (default 100; 0: off)"
@@ -96,6 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="without --interval: the fraction of training the steps are spread over "
         "(default 0.5; the rest fine-tunes the final widths)",
     )
+    p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
@@ -148,6 +153,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
         interval=args.interval,
         interval_epochs=args.interval_epochs,
         prune_window=args.prune_window,
+        min_interval=args.min_interval,
         cost_model=args.cost_model,
         bundle=args.bundle,
         min_keep=args.min_keep,

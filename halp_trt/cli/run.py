@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from ..specs import WEIGHTS_HELP
-from .prune import BN_BATCHES_HELP, MIN_KEEP_HELP
+from .prune import BN_BATCHES_HELP, MIN_INTERVAL_HELP, MIN_KEEP_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -75,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="fraction of the training the steps are spread over (default 0.5; "
         "the rest fine-tunes the final widths)",
     )
+    p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
     p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
@@ -112,6 +113,7 @@ def config(args: argparse.Namespace) -> Any:
             importance=args.importance,
             steps=args.steps,
             prune_window=args.prune_window,
+            min_interval=args.min_interval,
             min_keep=args.min_keep,
         ),
         train=TrainConfig(

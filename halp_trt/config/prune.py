@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..importance import DEFAULT_IMPORTANCE
-from ..prune.schedule import DEFAULT_SPREAD, SCHEDULES, ScheduleFit, fit_schedule, split_target
+from ..prune.schedule import (
+    DEFAULT_SPREAD,
+    MIN_INTERVAL,
+    SCHEDULES,
+    ScheduleFit,
+    fit_schedule,
+    split_target,
+)
 from ..solver.plan import COST_MODELS
 from .base import ConfigBase, ConfigError, _is_number
 
@@ -39,6 +46,10 @@ class PruneConfig(ConfigBase):
             training (after ``start``) the steps are spread over; the rest fine-tunes
             the final widths. Default 0.5 (HALP's own recipe prunes in about the first
             1% of a 90-epoch run; see the README's "The pruning window").
+        min_interval: fewest training iterations between steps spread over the
+            window (default 40, HALP's interval): a shorter window prunes in fewer
+            steps, down to one (see :data:`halp_trt.prune.schedule.MIN_INTERVAL`); 1:
+            none. An explicit ``interval`` is kept as given.
         start: training iterations before the first accumulation window opens.
         cost_model: the solver's latency cost (``"one-sided"``, ``"joint"``); None:
             the solver's default.
@@ -61,6 +72,7 @@ class PruneConfig(ConfigBase):
     interval: int | None = None
     interval_epochs: float | None = None
     prune_window: float = DEFAULT_SPREAD
+    min_interval: int = MIN_INTERVAL
     start: int = 0
     cost_model: str | None = None
     bundle: int | None = None
@@ -94,6 +106,7 @@ class PruneConfig(ConfigBase):
             _is_fraction(self.prune_window),
             "must be a fraction of the training in (0, 1]",
         )
+        self._int("min_interval", 1)
         self._int("start", 0)
         self._choice("cost_model", (None, *COST_MODELS))
         self._int("bundle", 1, optional=True)
@@ -146,6 +159,7 @@ class PruneConfig(ConfigBase):
                 iterations_per_epoch=iterations_per_epoch,
                 start=self.start,
                 spread=self.prune_window,
+                min_interval=self.min_interval,
             )
         except UserError as exc:
             field = "interval_epochs" if self.interval is None else "interval"

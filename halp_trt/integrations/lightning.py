@@ -90,14 +90,15 @@ class HALPCallback(Callback):
         steps: pruning steps (HALP: 30).
         interval: optimizer steps between pruning steps. None spreads the steps over
             the first ``prune_window`` of the fit (half by default;
-            ``trainer.estimated_stepping_batches``), as
-            ``halp-trt prune`` does; a fit too short for them gets fewer steps and a
-            warning saying so. A resumed fit keeps its checkpoint's schedule.
+            ``trainer.estimated_stepping_batches``), at least ``min_interval`` (40)
+            apart, as ``halp-trt prune`` does; a fit too short for them gets fewer
+            steps, down to one, and a warning saying so. A resumed fit keeps its checkpoint's schedule.
         schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.
         plan_path: where rank 0 writes ``plan.json`` at the end; None writes nothing.
         **options: the other fields of :class:`halp_trt.config.PruneConfig`:
             ``interval_epochs``, ``start``, ``frozen_layers``, ``cost_model``,
-            ``bundle``, ``min_channels``, ``min_keep``.
+            ``bundle``, ``min_channels``, ``min_keep``, ``prune_window``,
+            ``min_interval``.
 
     Attributes:
         config: the :class:`~halp_trt.config.PruneConfig` the arguments make.

@@ -112,6 +112,14 @@ def parse_target(target: str | float, base_ms: float) -> float:
 #: bench/pareto.py's 2-epoch runs a quarter gained 1.1-3.1 points on the ResNet-18 of
 #: harder digits and lost 2.9 at 0.3x on the MobileNetV2 (README: "The pruning window").
 DEFAULT_SPREAD = 0.5
+#: Fewest training iterations between two pruning steps when the steps are spread over
+#: the window: HALP's own interval. Each step's importance is accumulated over its
+#: interval and the network recovers in it; a run whose window is shorter prunes in fewer
+#: steps, down to one (SP-LAMP's one shot). In bench/pareto.py's 2-epoch runs (46
+#: iterations, 5 steps 4 apart) one shot was level or better on both models: +0.1, +0.7
+#: and +3.8 points at 0.7x, 0.5x and 0.3x on the ResNet-18 of harder digits, +0.6, +0.3
+#: and -0.1 on the MobileNetV2 (README: "Short runs prune in one shot").
+MIN_INTERVAL = 40
 
 
 @dataclass(frozen=True)
@@ -140,23 +148,28 @@ def fit_schedule(
     iterations_per_epoch: int | None = None,
     start: int = 0,
     spread: float = DEFAULT_SPREAD,
+    min_interval: int = MIN_INTERVAL,
 ) -> ScheduleFit:
     """Fit ``steps`` pruning steps into a training run of ``total_iterations``.
 
     The interval between steps is, in order of precedence: ``interval`` iterations;
     ``interval_epochs`` epochs (needs ``iterations_per_epoch``); or, by default, the
     steps spread evenly over the first ``spread`` of the iterations after ``start``
-    (what ``halp-trt prune`` does). A run too short for every asked step gets fewer
-    steps, and ``note`` says so. ``oneshot`` always has one step; without an explicit
-    interval it comes where the stepped schedule's first step would, one ``steps``-th
-    into the window (its importance sees as many minibatches), and the rest of the run
-    fine-tunes the final widths (SP-LAMP's setting).
+    (what ``halp-trt prune`` does), at least ``min_interval`` apart: a window too
+    short for every asked step that far apart gets fewer steps, spread over it, and one
+    at the least, which then comes where the first of the asked steps would. A run too
+    short for every asked step gets fewer steps, and ``note`` says so. ``oneshot``
+    always has one step; without an explicit interval it comes where the stepped
+    schedule's first step would, one ``steps``-th into the window (its importance sees
+    as many minibatches), and the rest of the run fine-tunes the final widths (SP-LAMP's
+    setting).
 
     Args:
         steps: pruning steps asked for (>= 1).
         total_iterations: training iterations of the whole run (>= 1).
         schedule: ``"exp"``, ``"linear"`` or ``"oneshot"``.
-        interval, interval_epochs, iterations_per_epoch, start, spread: see above.
+        interval, interval_epochs, iterations_per_epoch, start, spread, min_interval:
+            see above (``min_interval`` applies to the spread steps only; 1: none).
 
     Returns:
         A :class:`ScheduleFit`.
@@ -167,10 +180,10 @@ def fit_schedule(
     """
     if schedule not in SCHEDULES:
         raise PruningError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
-    if steps < 1 or total_iterations < 1 or start < 0:
+    if steps < 1 or total_iterations < 1 or start < 0 or min_interval < 1:
         raise PruningError(
-            f"steps ({steps}) and training iterations ({total_iterations}) must be >= 1, "
-            f"start ({start}) >= 0"
+            f"steps ({steps}), training iterations ({total_iterations}) and the minimum "
+            f"interval ({min_interval}) must be >= 1, start ({start}) >= 0"
         )
     asked = 1 if schedule == "oneshot" else int(steps)
     room = total_iterations - start
@@ -191,10 +204,16 @@ def fit_schedule(
         interval = max(1, window // int(steps))  # oneshot: where the first step would be
         fit = min(asked, window // interval)
         why = f"over the first {spread:.0%} of {room} training iterations"
+        if fit > 1 and interval < min_interval:
+            fit = max(1, min(fit, window // min_interval))
+            if fit > 1:
+                interval = window // fit
+            why += f" at least {min_interval} apart"
     note = ""
     if fit < asked:
-        note = (
-            f"{room} training iterations are too few for {asked} pruning steps {why}: "
+        note = f"{room} training iterations are too few for {asked} pruning steps {why}: " + (
             f"pruning in {fit} steps, one every {interval} iterations"
+            if fit > 1
+            else f"pruning in one step, at iteration {start + interval}"
         )
     return ScheduleFit(steps=fit, interval=int(interval), note=note)

@@ -100,7 +100,9 @@ def prune_classifier(
         table: a :class:`lut_builder.LatencyTable` or the path of one.
         prune: target, criterion, schedule and solver settings. With
             ``prune.interval`` unset the steps are spread over the first
-            ``prune.prune_window`` of the training (half by default); a run too short for ``prune.steps`` gets fewer (``say`` notes it).
+            ``prune.prune_window`` of the training (half by default), at least
+            ``prune.min_interval`` (40) iterations apart; a run too short for
+            ``prune.steps`` gets fewer, down to one (``say`` notes it).
         train: the fine-tuning run (its ``epochs`` >= 1: pruning happens while
             training) and the seed.
         input_shape: the input the latency is for; default the table's, as it was

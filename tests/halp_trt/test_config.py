@@ -16,6 +16,7 @@ from halp_trt.errors import PruningError
 from halp_trt.importance import Importance, ImportanceError, resolve_importance
 from halp_trt.models import CifarResNet
 from halp_trt.prune import fit_schedule
+from halp_trt.prune.schedule import MIN_INTERVAL, ScheduleFit
 
 from .test_prune_support import batches, small_resnet, small_resnet_table, train_iterations
 
@@ -152,6 +153,7 @@ def test_prune_window_sets_the_share_of_training_the_steps_take():
     from halp_trt.cli import run as run_cli
 
     argv = ["--model", "m", "--data", "digits", "--target", "0.5x", "--prune-window", "0.25"]
+    argv += ["--min-interval", "7"]
     for cli, extra, read in (
         (prune_cli, ["--lut", "t.lut"], lambda a: prune_cli.configs(a)[0]),
         (run_cli, ["--input-shape", "1,3,8,8", "--out", "o"], lambda a: run_cli.config(a).prune),
@@ -159,14 +161,42 @@ def test_prune_window_sets_the_share_of_training_the_steps_take():
         args = cli.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
             [*argv, *extra]
         )
-        assert read(args).prune_window == 0.25
+        assert (read(args).prune_window, read(args).min_interval) == (0.25, 7)
 
 
 def test_a_short_run_gets_fewer_steps_and_a_note():
-    fit = fit_schedule(30, 20)
+    fit = fit_schedule(30, 20, min_interval=1)
     assert fit.steps == 10 and fit.interval == 1
     assert "20 training iterations are too few for 30 pruning steps" in fit.note
     assert fit.steps * fit.interval <= 20
+
+
+def test_spread_steps_stay_halps_interval_apart_down_to_one_shot():
+    # bench/pareto.py's 2-epoch runs: 46 iterations, a window of 23, 5 steps 4 apart
+    # before; now one step where the first would have been, with a note
+    fit = fit_schedule(5, 46)
+    assert (fit.steps, fit.interval) == (1, 4)
+    assert fit.note.endswith("at least 40 apart: pruning in one step, at iteration 4")
+    assert fit_schedule(5, 46, start=10).note.endswith("in one step, at iteration 13")
+    assert fit_schedule(5, 46, min_interval=1) == fit_schedule(5, 46, min_interval=4)
+    assert fit_schedule(5, 46, min_interval=1).steps == 5
+    # fewer steps spread over the whole window, each at least 40 apart
+    two = fit_schedule(5, 200)
+    assert (two.steps, two.interval) == (2, 50) and "pruning in 2 steps" in two.note
+    short = fit_schedule(30, 2398)  # a window of 1199: 29 steps fit 40 apart
+    assert (short.steps, short.interval) == (29, 41)
+    assert short.steps * short.interval <= 1199
+    assert fit_schedule(30, 2400) == fit_schedule(30, 2400, min_interval=40)  # just fits
+    assert PruneConfig(target="0.5x", steps=5).min_interval == MIN_INTERVAL == 40
+    assert PruneConfig(target="0.5x", steps=5).fit_schedule(46).steps == 1
+    assert PruneConfig(target="0.5x", steps=5, min_interval=1).fit_schedule(46).steps == 5
+    # an explicit interval is the user's: kept
+    assert fit_schedule(5, 100, interval=10) == ScheduleFit(steps=5, interval=10)
+    assert PruneConfig(target="0.5x", steps=5, interval=4).fit_schedule(46).steps == 5
+    with pytest.raises(PruningError, match="minimum interval"):
+        fit_schedule(5, 46, min_interval=0)
+    with pytest.raises(ConfigError, match="PruneConfig.min_interval"):
+        PruneConfig(target="0.5x", min_interval=0)
 
 
 def test_interval_in_iterations_or_epochs():
@@ -186,9 +216,12 @@ def test_pruner_from_config_uses_the_fitted_schedule(table):
     torch.manual_seed(0)
     model, x = small_resnet(), torch.randn(1, 3, 16, 16)
     notes = []
-    cfg = PruneConfig(target="0.6x", steps=30)
+    cfg = PruneConfig(target="0.6x", steps=30, min_interval=1)
     pruner = ht.Pruner.from_config(model, x, table, cfg, total_iterations=12, say=notes.append)
     assert (pruner.steps, pruner.interval) == (6, 1) and len(notes) == 1
+    default = cfg.replace(min_interval=MIN_INTERVAL)
+    pruner = ht.Pruner.from_config(model, x, table, default, total_iterations=12, say=print)
+    assert (pruner.steps, pruner.interval) == (1, 1)
     with pytest.raises(ConfigError, match="interval must be given"):
         ht.Pruner.from_config(model, x, table, cfg)
     fixed = ht.Pruner.from_config(model, x, table, cfg.replace(steps=3, interval=2))

@@ -100,10 +100,11 @@ def test_prunes_at_optimizer_steps_and_slims_the_module_in_place(table, tmp_path
     model = Classifier()
     before = channels(model)
     snap = MaskedCopy()
-    halp = HALPCallback(table, "0.6x", steps=3, plan_path=tmp_path / "plan.json")
+    halp = HALPCallback(table, "0.6x", steps=3, min_interval=1, plan_path=tmp_path / "plan.json")
     fit = trainer([snap, halp])
     fit.fit(model, loader(12))
-    # 12 optimizer steps; by default 3 pruning steps over the first half: every 2.
+    # 12 optimizer steps; 3 pruning steps over the first half: every 2 (no minimum
+    # interval: by default, 40 apart, they would be one).
     assert [r.iteration for r in halp.pruner.history] == [2, 4, 6]
     assert [r.minibatches for r in halp.pruner.history] == [2, 2, 2]
     assert halp.pruner.iteration == fit.global_step == 12
@@ -144,12 +145,17 @@ def test_mixed_precision_overflow_is_left_out_of_the_importance(table):
 
 
 def test_short_fit_prunes_fewer_times_with_a_note(table):
-    halp = HALPCallback(table, "0.6x", steps=30)
+    halp = HALPCallback(table, "0.6x", steps=30, min_interval=1)
     with pytest.warns(UserWarning, match="too few for 30 pruning steps"):
         trainer([halp]).fit(Classifier(), loader(5))
     assert halp.pruner.steps == 2
     assert [r.iteration for r in halp.pruner.history] == [1, 2]
     assert halp.plan.predicted_ms <= halp.plan.target_ms * 1.001
+    # by default the steps stay 40 apart: one step, where the first would have been
+    halp = HALPCallback(table, "0.6x", steps=30)
+    with pytest.warns(UserWarning, match="in one step, at iteration 1"):
+        trainer([halp]).fit(Classifier(), loader(5))
+    assert [r.iteration for r in halp.pruner.history] == [1]
 
 
 def test_missing_example_input_is_a_one_line_user_error(table):

@@ -166,12 +166,13 @@ def test_predicted_vs_measured_plot_draws_a_relative_target_on_the_measured_orig
     assert lines == [("h", 6.0)]
 
 
-def _run_config(tmp_path, window=0.5, bn_batches=100):
+def _run_config(tmp_path, window=0.5, bn_batches=100, min_interval=40):
     from halp_trt.config import PruneConfig, RunConfig, TrainConfig
 
     return RunConfig(
         model="m", data="digits", input_shape="1,3,8,8", out=str(tmp_path), resume=True,
-        prune=PruneConfig("0.5x", prune_window=window), backend="onnxruntime",
+        prune=PruneConfig("0.5x", prune_window=window, min_interval=min_interval),
+        backend="onnxruntime",
         train=TrainConfig(bn_batches=bn_batches),
     )  # fmt: skip
 
@@ -210,15 +211,30 @@ def test_resume_prunes_again_when_the_window_changes(tmp_path):
     assert not (tmp_path / "plan.json").exists() and (tmp_path / "original.pt").exists()
 
 
-def test_resume_trains_again_when_the_batchnorm_reestimate_changes(tmp_path):
+@pytest.mark.parametrize(
+    "setting, default, before_it, redone, kept",
+    [
+        # before the minimum interval, steps were as close as the window made them:
+        # pruning and all after it is redone
+        ("min_interval", 40, 1, ["lut", "baseline"], "original.pt"),
+        # before the BatchNorm re-estimate, no model had one: training is redone
+        ("bn_batches", 100, 0, ["lut"], "lut.db"),
+    ],
+)
+def test_resume_redoes_what_a_setting_pinned_later_changes(
+    tmp_path, setting, default, before_it, redone, kept
+):
     from halp_trt.pipeline import pinned_settings
 
     pinned = pinned_settings(_run_config(tmp_path))
-    assert pinned["bn_batches"] == 100
-    # a run.json from before the re-estimate: its models have none
-    before = {k: v for k, v in pinned.items() if k != "bn_batches"}
-    stages, _ = _resumed(tmp_path, _run_config(tmp_path, bn_batches=0), before)
+    assert pinned[setting] == default
+    # a run.json from before the setting was pinned ran as if set to before_it
+    before = {k: v for k, v in pinned.items() if k != setting}
+    stages, _ = _resumed(tmp_path, _run_config(tmp_path, **{setting: before_it}), before)
     assert stages == ["lut", "baseline", "prune"]
     stages, saved = _resumed(tmp_path, _run_config(tmp_path), before)
-    assert stages == ["lut"] and saved["args"]["bn_batches"] == 100
-    assert not (tmp_path / "original.pt").exists() and (tmp_path / "lut.db").exists()
+    assert stages == redone and saved["args"][setting] == default
+    first_redone = {"lut": "lut.db", "baseline": "original.pt", "prune": "plan.json"}[
+        ["lut", "baseline", "prune"][len(redone)]
+    ]
+    assert not (tmp_path / first_redone).exists() and (tmp_path / kept).exists()

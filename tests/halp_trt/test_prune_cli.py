@@ -86,6 +86,7 @@ def common(setup, out, *extra, model="small"):
         "--target", "0.9x",
         "--epochs", "2",
         "--steps", "3",
+        "--min-interval", "1",  # 24 iterations: room for the 3 steps
         "--batch-size", "128",
         "--bundle", "2",
         "--no-progress",
@@ -144,6 +145,7 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         (["--lr", "-1"], ["--lr must be a number > 0.0, not -1.0"]),
         (["--min-keep", "1"], ["--min-keep must be a number >= 0.0 and < 1.0, not 1.0"]),
         (["--bn-batches", "-1"], ["--bn-batches must be an integer >= 0, not -1"]),
+        (["--min-interval", "0"], ["--min-interval must be an integer >= 1, not 0"]),
         (["--target", "0.3x", "--min-keep", "0.9"], ["infeasible", "lower min_keep"]),
         (["--feedback"], ["latency feedback times plans on this machine's CPU", "analytic"]),
     ],
@@ -160,6 +162,7 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         "lr",
         "min-keep",
         "bn-batches",
+        "min-interval",
         "floor-infeasible",
         "feedback-on-analytic-table",
     ],
@@ -192,6 +195,22 @@ def test_a_run_too_short_for_the_steps_gets_fewer_and_a_note(halp_cli, setup, tm
     assert [s["iteration"] for s in log["steps"]] == list(range(1, steps + 1))
     room = int(re.search(r"(\d+) training iterations", notes[0]).group(1))
     assert steps == room // 2
+
+
+def test_steps_closer_than_the_minimum_interval_become_one_shot(halp_cli, setup, tmp_path):
+    out = tmp_path / "out"
+    args = common(setup, out)
+    del args[args.index("--min-interval") : args.index("--min-interval") + 2]
+    result = halp_cli(*args)
+    assert result.returncode == 0, result.stderr
+    notes = [ln for ln in result.stdout.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "at least 40 apart: pruning in one step" in notes[0]
+    log = json.loads((out / "log.json").read_text())
+    # where the first of the 3 steps asked would have been, a third into the window
+    room = int(re.search(r"(\d+) training iterations", notes[0]).group(1))
+    assert [s["iteration"] for s in log["steps"]] == [room // 2 // 3]
+    assert notes[0].endswith(f"at iteration {room // 2 // 3}")
+    assert PrunePlan.load(out / "plan.json").schedule["steps"] == 1
 
 
 def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypatch):
