@@ -176,7 +176,8 @@ def test_onnxruntime_build_and_calibrated_overhead(tmp_path):
     """A small real build on ONNX Runtime: the model's prediction equals its calibration."""
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval()
     x = torch.randn(1, 3, 8, 8)
-    backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
+    # The step is pinned: unpinned it is the CPU's block (8 with AVX2, 16 with AVX-512).
+    backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1, alignment=16)
     path = tmp_path / "t.lut"
     res = build_table(path, model, x, backend, calibration="none")
     assert res.complete and res.measured == 2
@@ -203,7 +204,7 @@ def test_onnxruntime_affine_calibration_on_narrowed_copies(tmp_path):
         nn.Conv2d(64, 8, 3),
     ).eval()  # fmt: skip
     x = torch.randn(1, 3, 16, 16)
-    backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
+    backend = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1, alignment=16)
     path = tmp_path / "t.lut"
     build_table(path, model, x, backend, calibration="none")
     with LatencyTable.open(path, writable=True) as table:
@@ -234,7 +235,7 @@ def test_onnxruntime_affine_calibration_on_narrowed_copies(tmp_path):
 
 # --- build_table's own calibration ------------------------------------------------------
 
-FAST_ORT = {"runs": 3, "min_time_s": 0.0, "warmup": 1}
+FAST_ORT = {"runs": 3, "min_time_s": 0.0, "warmup": 1, "alignment": 16}
 
 
 def _conv_net():

@@ -65,3 +65,23 @@ def test_runner_names_and_unknown_reference():
         make_reference("newer-backend/conv")
     with pytest.raises(UserError, match="unknown onnxruntime reference"):
         make_reference("onnxruntime/conv5x5")
+
+
+@pytest.mark.parametrize(
+    ("flags", "block"),
+    [("fpu sse avx avx2 fma", 8), ("fpu avx2 avx512f avx512bw", 16), (None, 8)],
+)
+def test_cpu_block_size_follows_the_cpu_flags(monkeypatch, tmp_path, flags, block):
+    """16 channels with AVX-512, 8 with AVX2 or when /proc/cpuinfo says nothing: the
+    default grid step of the CPU backends depends on the machine, not on the tests."""
+    import builtins
+
+    from lut_builder.backends import base
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some CPU\n" + (f"flags\t\t: {flags}\n" if flags else ""))
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins, "open", lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k)
+    )
+    assert base.cpu_block_size() == block
