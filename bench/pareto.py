@@ -32,13 +32,14 @@ comes before those epochs):
   steps, feedback, floor), the schedule of ``halp-taylor-abs``: which of the two, the
   criterion or the schedule, makes them differ;
 - ``tp-l2``, ``tp-taylor``: Torch-Pruning global pruning (group L2 magnitude, group
-  Taylor on a few training batches), ``round_to`` = the table's channel alignment;
+  Taylor on a few training batches), ``round_to`` = the channel step of halp-trt's
+  solver (the table's alignment, or its grid step where coarser);
 - ``modelopt-fastnas``: NVIDIA ModelOpt FastNAS under a FLOPs constraint (the target
-  fraction of the dense FLOPs), channel divisor = the table's alignment; a bench-only
+  fraction of the dense FLOPs), channel divisor = the same step; a bench-only
   extra (``pip install .[bench]``): recorded as failed, with its error, where it is not
   installed or fails;
 - ``uniform``: every prunable group at one fraction of its width (largest L2 norms),
-  rounded to the alignment.
+  rounded to the same step.
 
 The knob-driven methods (``tp-*``, ``uniform``) are brought to the measured latency of
 the reference model (``--reference``, by default ``halp-taylor-abs``, the product as it
@@ -890,7 +891,9 @@ def main(argv: list[str] | None = None) -> int:
 
     kind = "" if args.table_backend == "onnxruntime" else "_macs"
     table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{kind}.db")
-    align = step if kind else get_backend("onnxruntime").alignment
+    # Every method gets halp-trt's grain: the solver's bundle is the table's alignment, or
+    # its grid step where coarser (a step-16 grid on an AVX2 CPU, whose alignment is 8).
+    align = step if kind else max(step, get_backend("onnxruntime").alignment)
     ctx: dict[str, Any] = {**checked, "args": args, "x": x, "align": align}
     if {"halp-taylor-macs", "halp-taylor-abs-macs"} & set(checked["methods"]):
         ctx["macs_table"] = macs_table(

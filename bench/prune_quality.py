@@ -98,27 +98,35 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 
 
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
+    """The measured table at ``path``, built first if missing and calibrated first if it
+    is not (a build whose calibration failed leaves its points: they are kept)."""
     from halp_trt.graph import calibration_variants
     from lut_builder import LatencyTable, calibrate_overhead
     from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
 
+    def calibrate(table: Any) -> float:
+        # As `lut-builder build` does: affine, on the model and its 3/4 and 1/2 copies,
+        # rounded to the grid step (an AVX2 CPU's alignment, 8, is finer than a step-16
+        # grid, whose narrowest point is 16).
+        return calibrate_overhead(
+            table,
+            lambda m: make_runner("onnxruntime", m, x, threads=1),
+            model,
+            x,
+            variants=calibration_variants(model, x, table.step),
+        )
+
     if not path.exists():
-
-        def calibrate(table: Any) -> float:
-            # As `lut-builder build` does: affine, on the model and its 3/4 and 1/2 copies.
-            return calibrate_overhead(
-                table,
-                lambda m: make_runner("onnxruntime", m, x, threads=1),
-                model,
-                x,
-                variants=calibration_variants(model, x, table.alignment),
-            )
-
         with bench_lock():
             backend = get_backend("onnxruntime")
             build_table(path, model, x, backend, step=step, calibrate=calibrate)
             backend.close()
+    with LatencyTable.open(path) as table:
+        calibrated = table.overhead_ms is not None
+    if not calibrated:
+        with bench_lock(), LatencyTable.open(path, writable=True) as table:
+            calibrate(table)
     return LatencyTable.open(path)
 
 

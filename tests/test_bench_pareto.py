@@ -249,3 +249,35 @@ def test_plot_title_wraps_a_long_spec_inside_the_figure(pareto):
     assert len(lines) > 1 and max(map(len, lines)) <= 90
     assert "".join(lines).replace(" ", "") == title.replace("\n", "").replace(" ", "")
     assert pareto.plot_title("short title") == "short title"
+
+
+def test_table_of_a_coarser_step_than_the_cpu_block_is_built_and_calibrated(
+    pareto, tmp_path, monkeypatch
+):
+    """A step-16 grid on a CPU whose block is 8 (AVX2): the calibration's narrowed copies
+    are rounded to the grid's step, not to the finer alignment below its narrowest point;
+    a table left uncalibrated (a build whose calibration failed) is calibrated on open."""
+    import torch
+
+    from lut_builder.backends.onnxruntime import measurer
+    from lut_builder.build import build_table
+    from lut_builder.table import LatencyTable
+
+    monkeypatch.setattr(measurer, "cpu_block_size", lambda: 8)
+    torch.manual_seed(0)
+    model, x = tiny_net().eval(), torch.randn(1, 3, 8, 8)
+    quality = pareto.prune_quality
+    table = quality.build_or_open_table(tmp_path / "t.lut", model, x, 16)
+    assert (table.alignment, table.step) == (8, 16)
+    assert table.complete and table.overhead_ms is not None
+    assert len(table.overhead["points"]) == 3  # the model and its 3/4 and 1/2 copies
+    table.close()
+
+    backend = measurer.OnnxRuntimeBackend(runs=3, min_time_s=0.0, warmup=1)
+    build_table(tmp_path / "u.lut", model, x, backend, step=16, calibration="none")
+    backend.close()
+    with LatencyTable.open(tmp_path / "u.lut") as bare:
+        assert bare.overhead_ms is None
+    table = quality.build_or_open_table(tmp_path / "u.lut", model, x, 16)
+    assert table.overhead_ms is not None and len(table.overhead["points"]) == 3
+    table.close()
