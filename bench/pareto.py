@@ -867,7 +867,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     arch = load_model(args.model).eval()
     x = example_input(arch, shape).cpu()
-    step = args.step or get_backend("onnxruntime").alignment
+    block = get_backend("onnxruntime").alignment  # the CPU's channel block
+    step = args.step or block
     tag = "".join(c if c.isalnum() else "_" for c in args.model.split(":")[-1])
     shape_tag = "x".join(map(str, shape))
     kept = checked["kept"] or {"runs": [], "dense": {}, "seeds": [], "commands": []}
@@ -893,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{kind}.db")
     # Every method gets halp-trt's grain: the solver's bundle is the table's alignment, or
     # its grid step where coarser (a step-16 grid on an AVX2 CPU, whose alignment is 8).
-    align = step if kind else max(step, get_backend("onnxruntime").alignment)
+    align = step if kind else max(step, block)
     ctx: dict[str, Any] = {**checked, "args": args, "x": x, "align": align}
     if {"halp-taylor-macs", "halp-taylor-abs-macs"} & set(checked["methods"]):
         ctx["macs_table"] = macs_table(

@@ -122,12 +122,13 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
             backend = get_backend("onnxruntime")
             build_table(path, model, x, backend, step=step, calibrate=calibrate)
             backend.close()
-    with LatencyTable.open(path) as table:
-        calibrated = table.overhead_ms is not None
-    if not calibrated:
-        with bench_lock(), LatencyTable.open(path, writable=True) as table:
-            calibrate(table)
-    return LatencyTable.open(path)
+    table = LatencyTable.open(path)
+    if table.overhead_ms is None:
+        table.close()
+        with bench_lock(), LatencyTable.open(path, writable=True) as writable:
+            calibrate(writable)
+        table = LatencyTable.open(path)
+    return table
 
 
 def measure_interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict:
