@@ -830,7 +830,30 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
                 row["measured_ratio"] = timing[row["method"]]["ratio_to_dense"]
                 row["measured_ms"] = timing[row["method"]]["median_ms"]
         models_out[(seed, target)] = {"dense_ms": timing["dense"]["median_ms"]}
+        remeasure(runs, models, x)
     return runs
+
+
+def remeasure(runs: list[dict], models: dict[str, nn.Module], x: torch.Tensor) -> None:
+    """Each halp-trt model that measured its plans (``steps_measured_ratio``) timed once
+    more the pruner's way (:class:`halp_trt.prune.MeasuredLatency`: the model and the dense
+    one alone, interleaved, to the feedback's precision) after the round-robin timing:
+    ``remeasured_ratio`` and its ``remeasured_halfwidth``. Where the round-robin ratio and
+    the pruner's last step disagree, this tells a change of timing method (it agrees with
+    the pruner) from a change of the model's speed or of the machine's (it agrees with the
+    round-robin)."""
+    from halp_trt.prune import MeasuredLatency
+
+    rows = [
+        r for r in runs
+        if r["status"] == "ok" and r.get("steps_measured_ratio") and r["method"] in models
+    ]  # fmt: skip
+    if not rows:
+        return
+    with prune_quality.bench_lock(), MeasuredLatency(models["dense"], x, threads=1) as measure:
+        for row in rows:
+            row["remeasured_ratio"] = measure(models[row["method"]])
+            row["remeasured_halfwidth"] = measure.halfwidth
 
 
 #: Test hook: a method name -> a callable returning ``(model, extra facts)`` that

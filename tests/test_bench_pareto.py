@@ -98,6 +98,9 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     macs = runs["halp-taylor-macs"]
     assert macs["status"] == "ok", macs.get("error")
     assert {"predicted_ratio", "measured_ratio", "val_acc", "val_acc_before_bn"} <= set(macs)
+    # timed once more the pruner's way after the round-robin timing
+    assert 0 < macs["remeasured_ratio"] < 1.5 and macs["remeasured_halfwidth"] > 0
+    assert "remeasured_ratio" not in runs["uniform"]
     # one epoch is too short for 5 steps 40 iterations apart: one step, as halp-trt
     # prune fits them
     assert (macs["steps"], len(macs["steps_predicted_ratio"])) == (1, 1)
