@@ -93,8 +93,9 @@ def load_data(spec: str, *, channels: int, size: tuple[int, int]) -> ImageData:
     raise DataError(f"data spec {spec!r} is not one of digits, npz:PATH, imagefolder:PATH")
 
 
-def _split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, stratified train/val split: ``ceil(VAL_FRACTION * N)`` images held out.
+def fixed_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, stratified train/val split: ``ceil(VAL_FRACTION * N)`` images held out,
+    ``(train indices, val indices)``, each sorted. The same labels give the same split.
 
     Each class gives its share of the held-out images (largest remainders round), chosen
     by a permutation seeded with :data:`SPLIT_SEED`.
@@ -195,7 +196,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def _digits(channels: int, size: tuple[int, int]) -> ImageData:
     raw, labels = _digits_arrays()
     images = (raw / 16.0).astype(np.float32)  # 0..16 grey levels
-    tr, va = _split(labels)
+    tr, va = fixed_split(labels)
     x = _to_tensor(images, channels, size, "digits")
     return _tensor_data("digits", x[tr], labels[tr], x[va], labels[va])
 
@@ -241,7 +242,7 @@ def _npz(spec: str, path: Path, channels: int, size: tuple[int, int]) -> ImageDa
         vx = _to_tensor(arrays["val_images"], channels, size, str(path))
         vy = _labels(arrays["val_labels"], str(path), vx.shape[0])
         return _tensor_data(spec, x, labels, vx, vy)
-    tr, va = _split(labels)
+    tr, va = fixed_split(labels)
     return _tensor_data(spec, x[tr], labels[tr], x[va], labels[va])
 
 
@@ -280,7 +281,7 @@ def _imagefolder(spec: str, path: Path, channels: int, size: tuple[int, int]) ->
         else:
             full_train = datasets.ImageFolder(path, transform=train_tf)
             full_val = datasets.ImageFolder(path, transform=val_tf)
-            tr, va = _split(np.asarray(full_train.targets))
+            tr, va = fixed_split(np.asarray(full_train.targets))
             from torch.utils.data import Subset
 
             train, val = Subset(full_train, tr.tolist()), Subset(full_val, va.tolist())
