@@ -1,0 +1,179 @@
+"""Does a pruned model's measured latency ratio follow its weights, or the moment it is timed?
+
+halp-trt's pruner times its plan against the dense model at the pruning step, early in
+the fine-tuning; bench/pareto.py times the fine-tuned model of the same widths at the
+end. The two have differed by up to 7% on the shared development machines. Widths
+equal, what differs is the weights (trained, or as at the step) and the time.
+
+This trains a dense model (``--pretrain-epochs``), cuts it to one width fraction
+(``--fraction``, largest L2 norms, ``--align``ed: bench/prune_quality.py's uniform
+width), fine-tunes a copy of the cut model for ``--epochs``, and then times the untrained
+and the trained copy against the dense model alternately, ``--reps`` times each, the
+pruner's way (:class:`halp_trt.prune.MeasuredLatency`: ONNX Runtime CPU, one thread,
+interleaved with the dense model until the median's 95% interval is within 1%), under
+the bench lock. If the weights decided the speed (denormal values, say), the two copies
+would differ consistently; if the machine does, both move together from one
+measurement to the next.
+
+    python bench/ratio_drift.py --model halp_trt.models:resnet18_cifar \\
+        --data npz:runs/digits_hard.npz --input-shape 8,3,16,16 --fraction 0.55 \\
+        --out bench/results/ratio_drift_resnet18_hard.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
+
+BenchError = load_pareto().BenchError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = load_pareto().OneLineParser(prog="ratio_drift.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model spec (module:function or file:function)")
+    p.add_argument("--data", default="digits", help="data spec (digits, npz:FILE, ...)")
+    p.add_argument("--input-shape", required=True, help="N,C,H,W of the timing input")
+    p.add_argument("--fraction", type=float, default=0.55, help="width kept, 0 < F < 1")
+    p.add_argument("--align", type=int, default=16, help="channel step of the widths")
+    p.add_argument("--pretrain-epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning of the trained copy")
+    p.add_argument("--reps", type=int, default=4, help="measurements of each copy")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lock", default=None, help="lock file held around the timing")
+    p.add_argument("--out", default=None, help="JSON to write")
+    return p.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
+    """The input shape and the loaded data. Raises BenchError (or a UserError) on bad input."""
+    from halp_trt.train.data import load_data
+
+    if not 0 < args.fraction < 1:
+        raise BenchError(f"--fraction must lie between 0 and 1, not {args.fraction}")
+    for name in ("align", "epochs", "reps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.pretrain_epochs < 0:
+        raise BenchError("--pretrain-epochs must be at least 0")
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
+    if args.out:
+        parent = Path(args.out).resolve().parent
+        if not parent.is_dir():
+            raise BenchError(f"cannot write {args.out}: {str(parent)!r} is not a directory")
+    return shape, load_data(args.data, channels=shape[1], size=shape[2:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import prune_quality
+    import torch
+
+    from halp_trt.errors import UserError
+    from halp_trt.prune import MeasuredLatency
+    from halp_trt.specs import example_input, load_model
+    from halp_trt.train import TrainConfig, Trainer
+    from lut_builder.fileio import atomic_write_json
+
+    args = parse_args(argv)
+    try:
+        shape, data = check(args)
+    except (BenchError, UserError, ValueError) as exc:
+        print(f"ratio_drift.py: error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+
+    def config(epochs: int) -> Any:
+        return TrainConfig(
+            epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu"
+        )
+
+    torch.manual_seed(args.seed)
+    dense = load_model(args.model)
+    if args.pretrain_epochs:
+        Trainer(dense, data, config(args.pretrain_epochs)).fit()
+    dense = dense.cpu().eval()
+    x = example_input(dense, shape).cpu()
+    untrained = prune_quality.uniform_prune(dense, x, args.fraction, args.align).eval()
+    trained = copy.deepcopy(untrained).train()
+    Trainer(trained, data, config(args.epochs)).fit()
+    trained = trained.cpu().eval()
+    copies = {"untrained": untrained, "trained": trained}
+    rows: list[dict[str, Any]] = []
+    with (
+        prune_quality.bench_lock(args.lock),
+        MeasuredLatency(dense, x, threads=1) as measure,
+    ):
+        for rep in range(args.reps):
+            for name, model in copies.items():
+                ratio = measure(model)
+                rows.append(
+                    {
+                        "rep": rep,
+                        "copy": name,
+                        "ratio": ratio,
+                        "halfwidth": measure.halfwidth,
+                        "rounds": measure.rounds_timed,
+                        "at_s": time.perf_counter() - t_start,
+                    }
+                )
+                print(f"{rep} {name:9s} {ratio:.4f} +-{measure.halfwidth:.1%}", flush=True)
+    summary: dict[str, Any] = {}
+    for name in copies:
+        r = [row["ratio"] for row in rows if row["copy"] == name]
+        summary[name] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
+    # Paired by repetition: trained over untrained, each pair timed back to back.
+    pairs = [
+        b["ratio"] / a["ratio"] for a, b in zip(rows[::2], rows[1::2], strict=True)
+    ]  # fmt: skip
+    summary["trained_over_untrained"] = {"per_rep": pairs, "median": statistics.median(pairs)}
+    all_r = [row["ratio"] for row in rows]
+    summary["spread_of_all"] = max(all_r) / min(all_r) - 1
+    for name in copies:
+        s = summary[name]
+        print(f"{name:9s} median {s['median']:.4f}, range {s['min']:.4f}-{s['max']:.4f}")
+    print(
+        f"trained / untrained, back to back: median {summary['trained_over_untrained']['median']:.4f}"
+        f"; all measurements spread {summary['spread_of_all']:.1%}"
+    )
+    if args.out:
+        result = {
+            "benchmark": "ratio_drift",
+            "command": "python bench/ratio_drift.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "lock")},
+            "widths": [
+                m.out_channels for m in untrained.modules() if isinstance(m, torch.nn.Conv2d)
+            ],
+            "timing": "MeasuredLatency: ONNX Runtime CPU, one intra-op thread, interleaved "
+            "with the dense model, thread clock; the machine was shared",
+            "host": {"python": platform.python_version(), "torch": torch.__version__},
+            "runs": rows,
+            "summary": summary,
+            "seconds": time.perf_counter() - t_start,
+        }
+        atomic_write_json(Path(args.out), result, indent=1, default=float)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

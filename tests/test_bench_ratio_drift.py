@@ -1,0 +1,63 @@
+"""bench/ratio_drift.py: bad input stops it in one line and writes nothing; a tiny run
+times an untrained and a trained copy of the same widths alternately and writes both."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch.nn as nn
+
+from tests.conftest import load_bench
+
+
+def tiny_net(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )  # fmt: skip
+
+
+TINY = f"{__file__}:tiny_net"
+
+
+@pytest.fixture(scope="module")
+def drift():
+    yield load_bench("ratio_drift")
+    sys.modules.pop("bench_ratio_drift", None)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--fraction", "1"], "--fraction must lie between 0 and 1"),
+        (["--reps", "0"], "--reps must be at least 1"),
+        (["--input-shape", "2,3,8"], "--input-shape must be N,C,H,W"),
+        (["--data", "npz:/nonexistent.npz"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(drift, tmp_path, capsys, extra, message):
+    out = tmp_path / "d.json"
+    argv = ["--model", TINY, "--input-shape", "2,3,8,8", "--out", str(out), *extra]
+    assert drift.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_tiny_run_times_both_copies_alternately(drift, tmp_path):
+    out = tmp_path / "d.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--fraction", "0.5", "--align", "8",
+        "--pretrain-epochs", "0", "--epochs", "1", "--reps", "2",
+        "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert drift.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [r["copy"] for r in result["runs"]] == ["untrained", "trained"] * 2
+    assert all(0 < r["ratio"] < 2 and r["halfwidth"] >= 0 for r in result["runs"])
+    assert result["widths"] == [16, 16]  # half of 32, on the 8-channel step
+    pairs = result["summary"]["trained_over_untrained"]["per_rep"]
+    assert len(pairs) == 2 and all(p > 0 for p in pairs)
