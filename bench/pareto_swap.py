@@ -15,6 +15,9 @@ fingerprint), and every seed of the re-run must be in the earlier result with th
 dense accuracy; otherwise one line, exit code 2. ``--other-window`` lets the re-run's
 ``--prune-window`` differ: the window moves only when halp-trt's steps happen, so the
 earlier result's methods keep their own points (both windows are recorded).
+``--new-methods`` lets the re-run add methods the earlier result did not run (a new
+criterion against the same baselines), and ``--reference`` picks the method the others
+are compared with (by default the re-run's reference).
 
     .venv/bin/python bench/pareto_swap.py bench/results/pareto_mobilenetv2.json \\
         bench/results/pareto_mobilenetv2_feedback.json \\
@@ -54,14 +57,22 @@ def read(path: Path) -> dict[str, Any]:
     return d
 
 
-def swap(base: dict[str, Any], rerun: dict[str, Any], other_window: bool = False) -> dict[str, Any]:
+def swap(
+    base: dict[str, Any],
+    rerun: dict[str, Any],
+    other_window: bool = False,
+    new_methods: bool = False,
+    reference: str | None = None,
+) -> dict[str, Any]:
     """``base`` with the runs of ``rerun``'s methods replaced by ``rerun``'s, summarised at
-    the re-run reference's measured latency; ``other_window``: the two may differ in
-    ``prune_window``.
+    the measured latency of ``reference`` (default: the re-run's reference);
+    ``other_window``: the two may differ in ``prune_window``; ``new_methods``: the re-run
+    may add methods the base did not run.
 
     Raises:
         BenchError: the two results differ in a setting of :data:`SAME`, in the table, in
-            a seed's dense model, or the re-run has a method, target or seed the base lacks.
+            a seed's dense model, the re-run has a target or seed the base lacks, or a
+            method (unless ``new_methods``), or ``reference`` is not among the methods.
     """
     pareto = load_pareto()
     sb, sr = base["settings"], rerun["settings"]
@@ -76,10 +87,13 @@ def swap(base: dict[str, Any], rerun: dict[str, Any], other_window: bool = False
     if differ:
         raise BenchError(f"the results were run with other settings ({', '.join(differ)})")
     methods = list(rerun["methods"])
-    missing = [m for m in methods if m not in base["methods"]]
-    missing += [t for t in rerun["targets"] if t not in base["targets"]]
+    added = [m for m in methods if m not in base["methods"]]
+    missing = [t for t in rerun["targets"] if t not in base["targets"]]
+    if added and not new_methods:
+        missing = added + missing
     if missing:
-        raise BenchError(f"the earlier result has no {', '.join(missing)}")
+        more = " (--new-methods adds methods)" if added and not new_methods else ""
+        raise BenchError(f"the earlier result has no {', '.join(missing)}{more}")
     for seed, d in rerun["dense"].items():
         if seed not in base["dense"]:
             raise BenchError(f"the earlier result has no seed {seed}")
@@ -96,9 +110,11 @@ def swap(base: dict[str, Any], rerun: dict[str, Any], other_window: bool = False
         if r["method"] not in methods and r["seed"] in seeds and r["target"] in targets
     ]
     runs = keep + [r for r in rerun["runs"] if r["seed"] in seeds]
-    names = [name for m in base["methods"] for name in (m, f"{m}+")]
+    names = [name for m in [*base["methods"], *added] for name in (m, f"{m}+")]
     all_methods = [m for m in names if any(r["method"] == m for r in runs)]
-    reference = sr.get("reference") or methods[0]
+    reference = reference or sr.get("reference") or methods[0]
+    if reference not in all_methods:
+        raise BenchError(f"--reference {reference} is not among the methods run")
     return {
         "benchmark": "pareto_swap",
         "sources": {"earlier": base.get("command"), "rerun": rerun.get("command")},
@@ -107,7 +123,7 @@ def swap(base: dict[str, Any], rerun: dict[str, Any], other_window: bool = False
         "input_shape": base["input_shape"],
         "targets": targets,
         "seeds": sorted(seeds),
-        "methods": list(base["methods"]),
+        "methods": [*base["methods"], *added],
         "rerun_methods": methods,
         "settings": {k: sb.get(k) for k in SAME},
         "prune_window": {"earlier": sb.get("prune_window"), "rerun": sr.get("prune_window")},
@@ -149,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the re-run may have another --prune-window (recorded with the earlier one)",
     )
+    p.add_argument(
+        "--new-methods",
+        action="store_true",
+        help="the re-run may add methods the earlier result did not run",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="the method every other is compared with at its measured latency (default: "
+        "the re-run's reference)",
+    )
     args = p.parse_args(argv)
     from lut_builder.errors import UserError
     from lut_builder.fileio import check_output
@@ -156,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out:
             check_output(args.out, kind="file", flag="--out")
-        result = swap(read(Path(args.earlier)), read(Path(args.rerun)), args.other_window)
+        result = swap(
+            read(Path(args.earlier)),
+            read(Path(args.rerun)),
+            args.other_window,
+            new_methods=args.new_methods,
+            reference=args.reference,
+        )
     except (BenchError, UserError) as exc:
         print(f"pareto_swap.py: error: {exc}", file=sys.stderr)
         return 2

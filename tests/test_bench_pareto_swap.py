@@ -115,3 +115,34 @@ def test_another_window_only_when_asked_and_recorded(pair, tmp_path, capsys):
     assert got["summary"]["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"] == pytest.approx(
         [0.01, 0.03]
     )
+
+
+def test_a_new_method_is_added_only_when_asked_and_can_be_the_reference(pair, tmp_path, capsys):
+    swap = load_swap()
+    base, _ = copy.deepcopy(pair)
+    rerun = result(
+        ["halp-taylor-abs", "halp-taylor-abs-mean"],
+        [
+            run(0, "halp-taylor-abs", 0.50, 0.95), run(1, "halp-taylor-abs", 0.45, 0.96),
+            run(0, "halp-taylor-abs-mean", 0.50, 0.93), run(1, "halp-taylor-abs-mean", 0.45, 0.95),
+        ],
+    )  # fmt: skip
+    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
+    for path, d in zip(paths, (base, rerun)):
+        path.write_text(json.dumps(d))
+    out = tmp_path / "out.json"
+    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert "has no halp-taylor-abs-mean (--new-methods adds methods)" in capsys.readouterr().err
+    assert not out.exists()
+    argv = [*map(str, paths), "--out", str(out), "--new-methods"]
+    assert swap.main([*argv, "--reference", "uniform"]) == 2
+    assert "--reference uniform is not among the methods run" in capsys.readouterr().err
+    assert swap.main([*argv, "--reference", "halp-taylor-abs-mean"]) == 0
+    got = json.loads(out.read_text())
+    assert got["methods"] == ["halp-taylor-abs", "tp-taylor", "halp-taylor-abs-mean"]
+    eq = got["summary"]["equal_latency"]["0.5x"]
+    assert got["summary"]["reference"] == "halp-taylor-abs-mean"
+    # seed 0: tp-taylor interpolates to 0.94 at 0.50 -> -1 point; seed 1: 0.93 -> +2.
+    assert eq["tp-taylor"]["per_seed"] == pytest.approx([-0.01, 0.02])
+    # the other re-run method at the same ratios: -2 and -1 points
+    assert eq["halp-taylor-abs"]["per_seed"] == pytest.approx([-0.02, -0.01])
