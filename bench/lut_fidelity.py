@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         """The network latency model, as `lut-builder build --calibration` fits it."""
         with LatencyTable.open(table_path, writable=True) as table:
             affine = args.calibration == "affine"
-            variants = calibration_variants(model, x, table.alignment) if affine else []
+            variants = calibration_variants(model, x, table.step) if affine else []
             calibrate_overhead(table, runner, model, x, variants=variants)
 
     # 1. The table: built here unless given (build time and points/s recorded).
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     graph0 = ChannelGraph(copy.deepcopy(model), x)
     groups = [(g.id, g.size) for g in graph0.prunable]
     models, assignments = [("unpruned", model)], []
-    uniform = calibration_variants(model, x, table.alignment)
+    uniform = calibration_variants(model, x, table.step)
     models += [(f"uniform_{f:g}", m) for f, m in zip(CALIBRATION_FRACTIONS, uniform)]
     n_ref = len(models)  # the unpruned model and its uniform copies: not samples
     for s in range(args.samples):
