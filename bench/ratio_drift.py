@@ -59,8 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
-    """The input shape and the loaded data. Raises BenchError (or a UserError) on bad input."""
-    from halp_trt.train.data import load_data
+    """The input shape and the loaded data (bench/pareto.py's checks of shape, model and
+    data together). Raises BenchError (or a UserError) on bad input."""
+    from lut_builder.fileio import check_output
 
     if not 0 < args.fraction < 1:
         raise BenchError(f"--fraction must lie between 0 and 1, not {args.fraction}")
@@ -69,17 +70,10 @@ def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
     if args.pretrain_epochs < 0:
         raise BenchError("--pretrain-epochs must be at least 0")
-    try:
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
     if args.out:
-        parent = Path(args.out).resolve().parent
-        if not parent.is_dir():
-            raise BenchError(f"cannot write {args.out}: {str(parent)!r} is not a directory")
-    return shape, load_data(args.data, channels=shape[1], size=shape[2:])
+        check_output(args.out, flag="--out")
+    shape, _, data, _ = load_pareto().model_and_data(args)
+    return shape, data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     from halp_trt.prune import MeasuredLatency
     from halp_trt.specs import example_input, load_model
     from halp_trt.train import TrainConfig, Trainer
+    from lut_builder.errors import UserError as LutUserError
     from lut_builder.fileio import atomic_write_json
 
     args = parse_args(argv)
     try:
         shape, data = check(args)
-    except (BenchError, UserError, ValueError) as exc:
+    except (BenchError, UserError, LutUserError, ValueError) as exc:
         print(f"ratio_drift.py: error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
