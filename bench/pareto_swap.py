@@ -88,9 +88,9 @@ def swap(
         raise BenchError(f"the results were run with other settings ({', '.join(differ)})")
     methods = list(rerun["methods"])
     added = [m for m in methods if m not in base["methods"]]
-    missing = [t for t in rerun["targets"] if t not in base["targets"]]
-    if added and not new_methods:
-        missing = added + missing
+    missing = ([] if new_methods else added) + [
+        t for t in rerun["targets"] if t not in base["targets"]
+    ]
     if missing:
         more = " (--new-methods adds methods)" if added and not new_methods else ""
         raise BenchError(f"the earlier result has no {', '.join(missing)}{more}")
