@@ -108,6 +108,23 @@ def tiny_convnet(num_classes: int):
     ).eval()  # fmt: skip
 
 
+def two_conv_bn_net(num_classes: int = 10):
+    """A 32- and a 64-channel conv, each with BatchNorm, pooling and a linear head: a model
+    spec for the bench tests (``tests/conftest.py:two_conv_bn_net``), a table of a few
+    points, seconds to train."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
+    )  # fmt: skip
+
+
+#: :func:`two_conv_bn_net` as a model spec.
+TWO_CONV_BN = f"{__file__}:two_conv_bn_net"
+
+
 def load_bench(name: str) -> types.ModuleType:
     """Import ``bench/NAME.py`` (the bench scripts are not a package) as ``bench_NAME``."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"bench/{name}.py")

@@ -7,17 +7,8 @@ import json
 import sys
 
 import pytest
-import torch.nn as nn
 
-from tests.conftest import load_bench
-
-
-def tiny_net(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
-    )  # fmt: skip
+from tests.conftest import TWO_CONV_BN, load_bench, two_conv_bn_net
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +22,7 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
     from lut_builder.build import build_table
     from lut_builder.specs import example_input
 
-    model = tiny_net()
+    model = two_conv_bn_net()
     x = example_input(model, (2, 3, 8, 8))
     table = tmp_path / "t.db"
     # A 32-channel grid: coarser than ONNX Runtime's 8- or 16-channel CPU block, so the
@@ -40,7 +31,7 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
     build_table(table, model, x, get_backend("onnxruntime"), step=32, calibration="none")
     out = tmp_path / "f.json"
     argv = [
-        "--model", f"{__file__}:tiny_net", "--input-shape", "2,3,8,8", "--table", str(table),
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
         "--recalibrate", "--samples", "2", "--rounds", "5", "--out", str(out),
     ]  # fmt: skip
     assert fidelity.main(argv) == 0

@@ -7,20 +7,10 @@ import json
 import sys
 
 import pytest
-import torch.nn as nn
 
-from tests.conftest import load_bench
+from tests.conftest import TWO_CONV_BN, load_bench
 
-
-def tiny_net(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
-    )  # fmt: skip
-
-
-TINY = f"{__file__}:tiny_net"
+TINY = TWO_CONV_BN
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +48,6 @@ def test_tiny_run_times_both_copies_alternately(drift, tmp_path):
     result = json.loads(out.read_text())
     assert [r["copy"] for r in result["runs"]] == ["untrained", "trained"] * 2
     assert all(0 < r["ratio"] < 2 and r["halfwidth"] >= 0 for r in result["runs"])
-    assert result["widths"] == [16, 16]  # half of 32, on the 8-channel step
+    assert result["widths"] == [16, 32]  # half of 32 and of 64, on the 8-channel step
     pairs = result["summary"]["trained_over_untrained"]["per_rep"]
     assert len(pairs) == 2 and all(p > 0 for p in pairs)
