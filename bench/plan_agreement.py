@@ -1,0 +1,321 @@
+"""Where two tables send the knapsack: the plans of two methods of one pareto result, group by group.
+
+bench/pareto.py's ``halp-taylor-abs`` and ``halp-taylor-abs-macs`` run the same importance,
+solver, schedule and feedback on two tables: the measured one and one whose costs are
+MACs. Where their accuracies coincide, this tells why from the plans themselves, with no
+new training:
+
+- how many of the plans' channels differ between the two methods at one seed and target,
+  against how many differ between two seeds of the same method (what the training's
+  noise alone moves);
+- how many groups each plan leaves at the pruner's floor (``min_keep`` of the group,
+  rounded up to whole bundles), where no table has a choice;
+- how alike the two tables rank the groups: each group's cost per channel (one bundle
+  removed, every other group as it is: at the dense widths, and at each of the first
+  method's plans), its rank correlation between the tables, and the spread of the
+  measured cost per MAC (a table proportional to MACs would have none).
+
+Each group's cost is the network latency model of the pruner (``network_latency``) on
+the table; the MACs table is bench/pareto.py's (analytic, rebuilt here in a temporary
+directory on the result's grid step and alignment).
+
+    .venv/bin/python bench/plan_agreement.py bench/results/pareto_mobilenetv2_avx2.json \\
+        --table T.db --methods halp-taylor-abs,halp-taylor-abs-macs \\
+        --out bench/results/plan_agreement_mobilenetv2_avx2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import BenchError, keep_counts, load_pareto, macs_table  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = load_pareto().OneLineParser(prog="plan_agreement.py", description=__doc__.split("\n")[0])
+    p.add_argument("result", help="a bench/pareto.py result (JSON)")
+    p.add_argument("--table", required=True, help="the measured table the result was run on")
+    p.add_argument(
+        "--methods",
+        default="halp-taylor-abs,halp-taylor-abs-macs",
+        help="two methods of the result: A,B (A's plans are where the costs are read)",
+    )
+    p.add_argument(
+        "--min-keep", type=float, default=None, help="the floor (the result's, else the pruner's)"
+    )
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    return p.parse_args(argv)
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson of the ranks); None under three points or
+    when either side is constant."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / (va * vb) ** 0.5 if va and vb else None
+
+
+def channel_cost(graph: Any, table: Any, keep: dict[int, int], bundles: dict[int, int]):
+    """Each group's latency per channel at ``keep``: down to the next whole number of
+    bundles below it, the rest as is (groups at one bundle are left out)."""
+    from halp_trt.prune import network_latency
+
+    here = network_latency(table, graph.layers, graph.widths(keep))
+    costs = {}
+    for gid, b in bundles.items():
+        fewer = (keep[gid] - 1) // b * b
+        if fewer < b:
+            continue
+        less = network_latency(table, graph.layers, graph.widths({**keep, gid: fewer}))
+        costs[gid] = (here - less) / (keep[gid] - fewer)
+    return costs
+
+
+def compare_costs(measured: dict[int, float], macs: dict[int, float], free: set[int]):
+    """Rank correlation of two tables' per-channel costs, over all groups and over the
+    ``free`` ones, and the spread of measured / MACs (relative to its median)."""
+    gids = sorted(set(measured) & set(macs))
+    free_ids = [g for g in gids if g in free]
+    per_mac = [measured[g] / macs[g] for g in gids if macs[g] > 0]
+    mid = statistics.median(per_mac) if per_mac else 0.0
+    rel = sorted(v / mid for v in per_mac) if mid > 0 else []
+    return {
+        "groups": len(gids),
+        "spearman": spearman([measured[g] for g in gids], [macs[g] for g in gids]),
+        "free_groups": len(free_ids),
+        "spearman_free": spearman([measured[g] for g in free_ids], [macs[g] for g in free_ids]),
+        "ms_per_mac_rel": (
+            {
+                "min": rel[0],
+                "q25": rel[len(rel) // 4],
+                "q75": rel[(3 * len(rel)) // 4],
+                "max": rel[-1],
+            }
+            if rel
+            else None
+        ),
+    }
+
+
+def differ(a: dict[int, int], b: dict[int, int]) -> dict[str, Any]:
+    """Channels and groups in which two plans differ; channels as a fraction of the
+    mean of the two plans' kept channels."""
+    moved = sum(abs(a[g] - b[g]) for g in a)
+    kept = (sum(a.values()) + sum(b.values())) / 2
+    return {
+        "channels": moved,
+        "fraction": moved / kept if kept else 0.0,
+        "groups": sum(1 for g in a if a[g] != b[g]),
+    }
+
+
+def agreement(result: dict, table: Any, macs: Any, methods: tuple[str, str], min_keep: float):
+    """The figures of the module's docstring, per target and seed."""
+    import torch
+    import torch.nn as nn
+
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.solver.knapsack import least_option
+    from halp_trt.specs import example_input, load_model
+
+    torch.manual_seed(0)
+    model = load_model(result["model"]).eval()
+    x = example_input(model, tuple(result["input_shape"]))
+    graph = ChannelGraph(model, x)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    groups = {g.id: g for g in graph.prunable}
+    options = {gid: least_option(table, g, g.size, min_keep=min_keep) for gid, g in groups.items()}
+    bundles = {gid: b for gid, (b, _) in options.items()}
+    floors = {gid: least for gid, (_, least) in options.items()}
+    dense = {gid: g.size for gid, g in groups.items()}
+
+    plans: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in result["runs"]:
+        if r.get("status") == "ok" and r.get("method") in methods and "widths" in r:
+            keep = keep_counts(graph, convs, r["widths"])
+            plans[(r["method"], r["target"], r["seed"])] = {"keep": keep, "run": r}
+    a_name, b_name = methods
+    for name in methods:
+        if not any(k[0] == name for k in plans):
+            raise BenchError(f"the result has no finished run of method {name!r}")
+
+    at_dense = compare_costs(
+        channel_cost(graph, table, dense, bundles),
+        channel_cost(graph, macs, dense, bundles),
+        set(groups),
+    )
+    targets = sorted({k[1] for k in plans}, key=lambda t: -float(t.rstrip("x")))
+    out: dict[str, Any] = {}
+    for target in targets:
+        seeds = sorted(s for (m, t, s) in plans if m == a_name and t == target)
+        rows = []
+        for seed in seeds:
+            a = plans[(a_name, target, seed)]
+            b = plans.get((b_name, target, seed))
+            if b is None:
+                continue
+            ka, kb = a["keep"], b["keep"]
+            at_floor_a = {g for g in groups if ka[g] <= floors[g]}
+            at_floor_b = {g for g in groups if kb[g] <= floors[g]}
+            free = set(groups) - at_floor_a - at_floor_b
+            costs = compare_costs(
+                channel_cost(graph, table, ka, bundles),
+                channel_cost(graph, macs, ka, bundles),
+                free,
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "differ": differ(ka, kb),
+                    "floor": {
+                        "a": len(at_floor_a),
+                        "b": len(at_floor_b),
+                        "both": len(at_floor_a & at_floor_b),
+                    },
+                    "costs_at_a": costs,
+                    "val_acc": {a_name: a["run"]["val_acc"], b_name: b["run"]["val_acc"]},
+                    "measured_ratio": {
+                        a_name: a["run"].get("measured_ratio"),
+                        b_name: b["run"].get("measured_ratio"),
+                    },
+                    "keep": {a_name: ka, b_name: kb},
+                }
+            )
+        between = [
+            differ(plans[(a_name, target, s)]["keep"], plans[(a_name, target, t)]["keep"])
+            for s, t in itertools.combinations(seeds, 2)
+        ]
+        out[target] = {"seeds": rows, "between_seeds_a": between}
+    return {
+        "groups": len(groups),
+        "channels": sum(dense.values()),
+        "floors": floors,
+        "costs_at_dense": at_dense,
+        "targets": out,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from halp_trt.errors import UserError
+    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+    from lut_builder import LatencyTable
+    from lut_builder.errors import UserError as LutUserError
+    from lut_builder.fileio import atomic_write_json, check_output
+
+    args = parse_args(argv)
+    opened: list[Any] = []
+    try:
+        out = check_output(args.out, flag="--out", parents=True) if args.out else None
+        try:
+            result = json.loads(Path(args.result).read_text())
+            result["runs"], result["model"], result["input_shape"]  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"{args.result} is not a bench/pareto.py result ({exc})") from None
+        methods = tuple(m.strip() for m in args.methods.split(","))
+        if len(methods) != 2 or not all(methods) or methods[0] == methods[1]:
+            raise BenchError(f"--methods {args.methods!r}: give two different methods, A,B")
+        min_keep = args.min_keep
+        if min_keep is None:
+            min_keep = (result.get("settings") or {}).get("min_keep")
+        if min_keep is None:
+            min_keep = DEFAULT_MIN_KEEP
+        opened.append(table := LatencyTable.open(args.table))
+        with tempfile.TemporaryDirectory() as tmp:
+            opened.append(macs := macs_table(result, Path(tmp) / "macs.db"))
+            found = agreement(result, table, macs, methods, float(min_keep))
+    except (BenchError, UserError, LutUserError) as exc:
+        print(f"plan_agreement.py: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for t in opened:
+            t.close()
+
+    a_name, b_name = methods
+    d = found["costs_at_dense"]
+    spread = d["ms_per_mac_rel"]
+    print(f"{found['groups']} prunable groups, {found['channels']} channels; min_keep {min_keep:g}")
+    print(
+        f"per-channel cost, measured vs MACs table, at the dense widths: Spearman "
+        f"{d['spearman']:.2f} over {d['groups']} groups; measured per MAC, relative to its "
+        f"median: {spread['min']:.2f}-{spread['max']:.2f} (quartiles {spread['q25']:.2f}-"
+        f"{spread['q75']:.2f})"
+    )
+    print(f"A = {a_name}, B = {b_name}")
+    print(
+        f"{'target':6s} {'seed':>4s} {'A-B ch':>7s} {'%':>6s} {'groups':>6s} "
+        f"{'floor A/B/both':>14s} {'rho':>5s} {'rho free':>8s} {'acc A':>7s} {'acc B':>7s}"
+    )
+    for target, t in found["targets"].items():
+        for r in t["seeds"]:
+            c = r["costs_at_a"]
+            rho = "-" if c["spearman"] is None else f"{c['spearman']:.2f}"
+            rho_free = "-" if c["spearman_free"] is None else f"{c['spearman_free']:.2f}"
+            f = r["floor"]
+            floor = f"{f['a']}/{f['b']}/{f['both']}"
+            print(
+                f"{target:6s} {r['seed']:4d} {r['differ']['channels']:7d} "
+                f"{100 * r['differ']['fraction']:5.1f}% {r['differ']['groups']:6d} "
+                f"{floor:>14s} {rho:>5s} {rho_free:>8s} {r['val_acc'][a_name]:7.4f} "
+                f"{r['val_acc'][b_name]:7.4f}"
+            )
+        if t["between_seeds_a"]:
+            fr = [100 * p["fraction"] for p in t["between_seeds_a"]]
+            print(
+                f"{target:6s} A between its seeds: {min(fr):.1f}-{max(fr):.1f}% of the "
+                f"channels ({len(fr)} pairs)"
+            )
+    if out is not None:
+        command = "python bench/plan_agreement.py " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out,
+            {
+                "benchmark": "plan_agreement",
+                "command": command,
+                "result": Path(args.result).name,
+                "table": Path(args.table).name,
+                "methods": list(methods),
+                "min_keep": min_keep,
+                **found,
+            },
+            indent=1,
+        )
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
