@@ -153,8 +153,8 @@ def test_prune_command_under_torchrun_writes_one_result(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(_free_port()), "-m", "halp_trt", "prune",
         "--model", "small_model:small", "--data", "digits", "--lut", "small.db",
-        "--target", "0.9x", "--epochs", "2", "--steps", "3", "--batch-size", "64",
-        "--bundle", "2", "--no-progress", "--out", "out",
+        "--target", "0.9x", "--epochs", "2", "--steps", "3", "--min-interval", "1",
+        "--batch-size", "64", "--bundle", "2", "--no-progress", "--out", "out",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
