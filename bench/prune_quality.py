@@ -306,6 +306,8 @@ def train_halp(
             "pruner_s": result.pruner_s,
             "pruning_iterations_s": result.pruning_iterations_s,
             "timers_s": dict(pruner.timers),
+            "slimmed_at": result.slimmed_at,
+            "slim_s": result.slim_s,
             "kept": {str(g): len(k) for g, k in plan.keep.items()},
             "min_keep": pruner.min_keep,
             "steps_measured_ratio": [h.measured_ratio for h in pruner.history],

@@ -30,6 +30,11 @@ class TrainConfig(ConfigBase):
             (precise BN; at most one pass over the training set; 0: keep the running
             averages training left). Pruning while training leaves those averages
             behind the weights: every step changes what each BatchNorm sees.
+        slim: with a pruner, remove the pruned channels as soon as its last step has
+            run and train the slim model from there (the optimizer's momentum carried
+            over for the channels kept); False trains the masked full-size model to the
+            end. Both compute the same function (a masked channel's weights, outputs and
+            gradients are zero); the slim one costs what the pruned model costs.
 
     Raises:
         ConfigError: a field outside its range (checked on construction).
@@ -48,6 +53,7 @@ class TrainConfig(ConfigBase):
     workers: int = 0
     eval_steps: bool = False
     bn_batches: int = 100
+    slim: bool = True
 
     def __post_init__(self) -> None:
         self._int("epochs", 0)
@@ -67,6 +73,7 @@ class TrainConfig(ConfigBase):
         self._int("workers", 0)
         self._choice("eval_steps", (True, False))
         self._int("bn_batches", 0)
+        self._choice("slim", (True, False))
 
     def require_training(self) -> None:
         """Check that the run trains at all (``epochs >= 1``): HALP prunes while training.

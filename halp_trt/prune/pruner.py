@@ -238,6 +238,7 @@ class Pruner:
         self.history: list[StepRecord] = []
         self.plan: Any = None  # the solver's plan of the last pruning step
         self.finalized = False
+        self._final: tuple[nn.Module, PrunePlan] | None = None
         #: Wall seconds spent in the pruner: accumulate, per-iteration masking, steps.
         self.timers = {"accumulate": 0.0, "mask": 0.0, "prune": 0.0}
         #: Measures a slim model's latency as a ratio to the unpruned one, or None.
@@ -568,7 +569,9 @@ class Pruner:
         If the schedule has not finished, the remaining pruning is done now, straight to
         the final target (with a warning): the returned model always meets the target.
         The model is changed in place (a DDP wrapper around it is stale afterwards:
-        use the returned module).
+        use the returned module). Called again (the built-in trainer finalizes as soon as
+        the last step has run, ``TrainConfig.slim``), it returns the same model and plan,
+        and writes the plan to ``path`` if given.
 
         Args:
             path: where to write ``plan.json`` (atomically); None writes nothing.
@@ -581,6 +584,11 @@ class Pruner:
             PruningError: the slim model differs from the masked one, or the remaining
                 pruning is infeasible.
         """
+        if self.finalized and self._final is not None:
+            slim, out = self._final
+            if path is not None and ddp.rank() == 0:
+                out.save(path)
+            return slim, out
         self._check_live()
         self._check_shapes()
         if not self.done:
@@ -640,6 +648,7 @@ class Pruner:
             history=tuple(self.history),
             table=_table_facts(self.table),
         )
+        self._final = (slim, out)
         if path is not None and ddp.rank() == 0:
             out.save(path)
         return slim, out

@@ -260,11 +260,13 @@ def prune_classifier(
             "epochs": result.epochs,
             "bn_batches": result.bn_batches,
             "steps": result.steps,
+            "slimmed_at": result.slimmed_at,
             "overhead": {
                 "pruner_s": result.pruner_s,
                 "pruning_iterations_s": result.pruning_iterations_s,
                 "ratio": overhead,
                 "timers_s": dict(pruner.timers),
+                "slim_s": result.slim_s,
             },
             "seconds": time.perf_counter() - t_start,
         }

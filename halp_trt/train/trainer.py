@@ -8,6 +8,8 @@ every rank evaluates the whole validation set.
 
 The pruner, when given, follows the documented call order: ``accumulate()`` after
 backward (after unscaling the gradients under AMP), ``step()`` after the optimizer step.
+Once its last step has run, the pruned channels are removed (``finalize()``) and the slim
+model trains on with its momentum (``TrainConfig.slim``; the wrapper rebuilt under DDP).
 The trainer times every iteration that runs while pruning is under way, so the pruning
 machinery's share of those iterations can be reported.
 """
@@ -47,6 +49,9 @@ class TrainResult:
             re-estimated after the last epoch (0: not re-estimated).
         final: ``val_loss`` and ``val_acc`` of the model as ``fit`` returns it (after
             that re-estimate; the last epoch's record is from before it).
+        slimmed_at: the iteration after which the pruned channels were removed and the
+            slim model trained on (``TrainConfig.slim``); None: not slimmed.
+        slim_s: wall seconds the removal took (the pruner's check of it included).
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -56,6 +61,8 @@ class TrainResult:
     iterations: int = 0
     bn_batches: int = 0
     final: dict[str, float] = field(default_factory=dict)
+    slimmed_at: int | None = None
+    slim_s: float = 0.0
 
     @property
     def pruning_overhead(self) -> float | None:
@@ -220,41 +227,29 @@ class Trainer:
             UserError: the loss became NaN/inf, or what the pruner raises (infeasible
                 target, NaN importances, a model that changed size).
         """
-        from ..prune.distributed import is_distributed, rank
+        from ..prune.distributed import rank
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
         model = self.model
-        net: nn.Module = model
-        if is_distributed() and not isinstance(model, nn.parallel.DistributedDataParallel):
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        net = self._wrapped(model)
+        pruner = self.pruner
         loader, sampler = self._loader()
         per_epoch = len(loader)
         total = per_epoch * cfg.epochs
-        if self.pruner is not None and self.pruner.last_iteration > total:
+        if pruner is not None and pruner.last_iteration > total:
             raise UserError(
-                f"the pruning schedule needs {self.pruner.last_iteration} iterations but "
+                f"the pruning schedule needs {pruner.last_iteration} iterations but "
                 f"training runs {total} ({cfg.epochs} epochs x {per_epoch}): train longer, "
                 "or use fewer steps or a shorter interval"
             )
         warmup = int(round(cfg.warmup_epochs * per_epoch))
-        decay, no_decay = [], []
-        for p in model.parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        optimizer = torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-        )
+        optimizer = self._optimizer(model)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         result = TrainResult()
         show = self.progress and rank() == 0
-        bars = _Bars(show, cfg.epochs, per_epoch, self.pruner)
+        bars = _Bars(show, cfg.epochs, per_epoch, pruner)
         window = [0.0, 0, 0]  # loss sum, correct, count since the last pruning step
         it = 0
         with bars:
@@ -266,8 +261,8 @@ class Trainer:
                 e_loss, e_correct, e_count = 0.0, 0, 0
                 for x, y in loader:
                     t_iter = time.perf_counter()
-                    pruner_before = self.pruner.overhead_s if self.pruner is not None else 0.0
-                    pruning = self.pruner is not None and not self.pruner.done
+                    pruner_before = pruner.overhead_s if pruner is not None else 0.0
+                    pruning = pruner is not None and not pruner.done
                     lr = lr_at(it, total, warmup, cfg.lr)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -285,13 +280,13 @@ class Trainer:
                             f"(epoch {epoch + 1}): lower the learning rate (--lr)"
                         )
                     scaler.scale(loss).backward()
-                    if self.pruner is not None:
+                    if pruner is not None:
                         if self.amp:
                             scaler.unscale_(optimizer)
-                        self.pruner.accumulate(skip_nonfinite=self.amp)
+                        pruner.accumulate(skip_nonfinite=self.amp)
                     scaler.step(optimizer)
                     scaler.update()
-                    record = self.pruner.step() if self.pruner is not None else None
+                    record = pruner.step() if pruner is not None else None
                     n = y.numel()
                     loss_v = loss.item()
                     correct = (out.argmax(1) == y).sum().item()
@@ -304,7 +299,7 @@ class Trainer:
                     it += 1
                     if pruning:
                         result.pruning_iterations_s += time.perf_counter() - t_iter
-                        result.pruner_s += self.pruner.overhead_s - pruner_before
+                        result.pruner_s += pruner.overhead_s - pruner_before
                     if record is not None:
                         entry = {
                             **record.to_dict(),
@@ -321,6 +316,12 @@ class Trainer:
                         if self.on_step:
                             self.on_step(entry)
                         bars.pruned(entry)
+                        if cfg.slim and pruner.done:
+                            t_slim = time.perf_counter()
+                            model, optimizer = self._slim(pruner, model, optimizer)
+                            net, pruner = self._wrapped(model), None
+                            result.slimmed_at = it
+                            result.slim_s = time.perf_counter() - t_slim
                     bars.advance(epoch, loss_v)
                 val_loss, val_acc = evaluate(model, self.data.val, device=self.device)
                 rec = {
@@ -340,7 +341,58 @@ class Trainer:
             if result.bn_batches:
                 val_loss, val_acc = evaluate(model, self.data.val, device=self.device)
             result.final = {"val_loss": val_loss, "val_acc": val_acc}
+        self.model = model
         return result
+
+    def _wrapped(self, model: nn.Module) -> nn.Module:
+        """What the loop calls: ``model`` in DistributedDataParallel under torchrun."""
+        from ..prune.distributed import is_distributed
+
+        if is_distributed() and not isinstance(model, nn.parallel.DistributedDataParallel):
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """SGD with momentum; no weight decay on biases and normalisation weights."""
+        cfg = self.config
+        decay, no_decay = [], []
+        for p in model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        return torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+        )
+
+    def _slim(
+        self, pruner: Any, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Remove the pruned channels (``pruner.finalize``) and return the slim model and
+        an optimizer of its parameters that carries each kept weight's momentum.
+
+        The removal slices every parameter's ``.grad`` with it (Torch-Pruning's and
+        the graph's own removal do), so the momentum buffers ride there through it.
+        """
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                p.grad = None if buf is None else buf.detach().clone()
+        slim, _ = pruner.finalize()
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = self._wrapped(slim)
+        else:
+            model = slim
+        fresh = self._optimizer(model)
+        for group in fresh.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    fresh.state[p]["momentum_buffer"] = p.grad.detach().clone()
+                    p.grad = None
+        return model, fresh
 
 
 class _Bars:

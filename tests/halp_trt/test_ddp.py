@@ -162,4 +162,6 @@ def test_prune_command_under_torchrun_writes_one_result(tmp_path):
     assert proc.stdout.count("after pruning") == 1  # rank 0 speaks, once
     log = json.loads((tmp_path / "out" / "log.json").read_text())
     assert [s["step"] for s in log["steps"]] == [1, 2, 3]
+    # both ranks removed the channels after the last step and trained the slim model on
+    assert log["slimmed_at"] == log["steps"][-1]["iteration"]
     assert log["predicted_ms"] <= log["target_ms"]

@@ -179,3 +179,36 @@ def test_schedule_longer_than_training_is_refused(toy, tiny_table):
     )
     with pytest.raises(UserError, match="needs 1200 iterations but training runs 7"):
         Trainer(model, toy, TrainConfig(epochs=1, batch_size=16), pruner=pruner).fit()
+
+
+def test_slim_training_after_the_last_step_matches_the_masked_one(toy, tiny_table, tmp_path):
+    """Removing the channels after the last pruning step and training the slim model on,
+    momentum carried, gives the weights that training the masked model to the end does."""
+    runs = {}
+    for slim in (True, False):
+        torch.manual_seed(0)
+        model = Tiny()
+        pruner = Pruner(
+            model, torch.randn(1, 3, 8, 8), tiny_table, "0.9x", steps=2, interval=3, bundle=2
+        )
+        cfg = TrainConfig(epochs=3, batch_size=16, lr=0.1, slim=slim)
+        trainer = Trainer(model, toy, cfg, pruner=pruner)
+        result = trainer.fit()
+        runs[slim] = model, pruner, result, trainer
+    model, pruner, result, trainer = runs[True]
+    assert result.slimmed_at == result.steps[-1]["iteration"] == 6 and result.slim_s > 0
+    assert model.conv1.out_channels < 16 and trainer.model is model
+    again, plan = pruner.finalize(tmp_path / "plan.json")  # what the callers do after fit
+    assert again is model and (tmp_path / "plan.json").exists()
+    assert pruner.finalize()[1] is plan
+
+    masked, masked_pruner, masked_result, _ = runs[False]
+    assert masked_result.slimmed_at is None and masked.conv1.out_channels == 16
+    other, other_plan = masked_pruner.finalize()
+    assert other_plan.keep == plan.keep
+    theirs = other.state_dict()
+    for k, v in model.state_dict().items():
+        assert v.shape == theirs[k].shape, k
+        assert torch.allclose(v.float(), theirs[k].float(), atol=1e-5, rtol=1e-4), k
+    assert result.final["val_acc"] == pytest.approx(masked_result.final["val_acc"])
+    assert result.iterations == masked_result.iterations
