@@ -493,6 +493,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds`` (``0,1,2``) as integers; BenchError if not, or if empty."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"--seeds must be integers like 0,1,2, not {text!r}") from None
+    if not seeds:
+        raise BenchError("--seeds is empty")
+    return seeds
+
+
 def target_fractions(text: str) -> dict[str, float]:
     """``--targets`` (``0.7x,0.5x``) as each target's fraction of the dense latency.
 
@@ -570,12 +581,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--prune-window must be a fraction in (0, 1], not {args.prune_window}")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
         raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise BenchError(f"--seeds must be integers like 0,1,2, not {args.seeds!r}") from None
-    if not seeds:
-        raise BenchError("--seeds is empty")
+    seeds = parse_seeds(args.seeds)
     for name in ("epochs", "pretrain_epochs", "steps", "batch_size", "rounds", "threads"):
         least = 0 if name == "pretrain_epochs" else 1
         if getattr(args, name) < least:
