@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, keep_counts, load_pareto, macs_table  # noqa: E402
+from plan_pricing import BenchError, keep_counts, load_pareto, load_result, macs_table  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -237,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     opened: list[Any] = []
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        try:
-            result = json.loads(Path(args.result).read_text())
-            result["runs"], result["model"], result["input_shape"]  # noqa: B018
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BenchError(f"{args.result} is not a bench/pareto.py result ({exc})") from None
+        result = load_result(args.result)
         methods = tuple(m.strip() for m in args.methods.split(","))
         if len(methods) != 2 or not all(methods) or methods[0] == methods[1]:
             raise BenchError(f"--methods {args.methods!r}: give two different methods, A,B")

@@ -65,6 +65,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_result(path: str) -> dict[str, Any]:
+    """A bench/pareto.py result (its runs, model and input shape there), or BenchError."""
+    try:
+        result = json.loads(Path(path).read_text())
+        result["runs"], result["model"], result["input_shape"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{path} is not a bench/pareto.py result ({exc})") from None
+    return result
+
+
 def keep_counts(graph: Any, convs: list[str], widths: list[int]) -> dict[int, int]:
     """Channels each prunable group keeps in a model whose Conv2d layers (module order)
     have ``widths`` output channels: read off one producer conv of each group."""
@@ -146,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     tables: dict[str, Any] = {}
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        try:
-            result = json.loads(Path(args.result).read_text())
-            result["runs"], result["model"], result["input_shape"]  # noqa: B018
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BenchError(f"{args.result} is not a bench/pareto.py result ({exc})") from None
+        result = load_result(args.result)
         if not args.table and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
         for spec in args.table:

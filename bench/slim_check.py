@@ -156,10 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         "slimmed_at": facts.get("slimmed_at"),
                         "keep": facts["kept"],
                     }
-                if len({str(row[n]["keep"]) for n in VARIANTS}) != 1:
-                    row["same_plan"] = False  # the nudge moved the plan: no yardstick
-                else:
-                    row["same_plan"] = True
+                # False: the nudge moved the plan, so there is no yardstick
+                row["same_plan"] = len({str(row[n]["keep"]) for n in VARIANTS}) == 1
                 row["gap_slim_masked"] = relative_gap(models["slim"], models["masked"])
                 row["gap_nudged_masked"] = (
                     relative_gap(models["nudged"], models["masked"]) if row["same_plan"] else None
