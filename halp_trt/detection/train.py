@@ -2,8 +2,10 @@
 
 :func:`prune_detector` is HALP's loop on a detector through the public API: a
 :class:`halp_trt.Pruner` set up by a :class:`halp_trt.PruneConfig`, ``accumulate()`` after
-each backward pass, ``step()`` after each optimizer step, ``finalize()`` at the end to
-remove the channels and check the slim model against the masked one.
+each backward pass, ``step()`` after each optimizer step, and ``finalize()`` as soon as
+the last step has run (``DetectionTraining.slim``): the channels are removed, the slim
+model is checked against the masked one, and it trains on with the same AdamW (both
+moments carried) and learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class DetectionTraining:
         lr: Adam's peak learning rate (cosine decay to 5% of it over the run).
         weight_decay: AdamW's decoupled weight decay.
         seed: shuffling and flips.
+        slim: with a pruner, remove the pruned channels once its last step has run and
+            train the slim model for the rest of the run (what the masked one would
+            compute, faster); False trains the masked model to the end.
     """
 
     epochs: int = 10
@@ -41,6 +46,7 @@ class DetectionTraining:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    slim: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0:
@@ -82,10 +88,12 @@ def train_detector(
 
     With a ``pruner`` (a :class:`halp_trt.Pruner` on this model) the loop calls
     ``pruner.accumulate()`` after every backward pass and ``pruner.step()`` after every
-    optimizer step.
+    optimizer step, and with ``config.slim`` ``pruner.finalize(optimizer=...)`` once the
+    last step has run (``model`` is slimmed in place).
 
     Returns:
-        Per epoch ``{"epoch", "loss", "seconds"}``.
+        Per epoch ``{"epoch", "loss", "seconds"}``, and ``"slimmed_at"`` (the iteration)
+        in the epoch where the channels were removed.
 
     Raises:
         UserError: the loss is no longer finite.
@@ -100,8 +108,9 @@ def train_detector(
     )
     history = []
     model.train()
+    iteration = 0
     for epoch in range(config.epochs):
-        t0, losses = time.perf_counter(), []
+        t0, losses, slimmed = time.perf_counter(), [], None
         for images, boxes, labels in data.batches(config.batch_size, shuffle=True, generator=gen):
             images, boxes = _flip(images, boxes, gen)
             logits, offsets = model(images)
@@ -110,23 +119,31 @@ def train_detector(
                 raise UserError(f"the detection loss diverged in epoch {epoch + 1} ({loss.item()})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if pruner is not None:
+            live = pruner is not None and not pruner.finalized
+            if live:
                 pruner.accumulate()
             opt.step()
             sched.step()
-            if pruner is not None:
+            iteration += 1
+            if live:
                 record = pruner.step()
                 if record is not None:
                     say(
                         f"  prune step {record.step}: predicted {record.predicted_ms:.3f} ms "
                         f"(budget {record.budget_ms:.3f}), {record.kept}/{record.total} channels"
                     )
+                if config.slim and pruner.done:
+                    pruner.finalize(optimizer=opt)
+                    slimmed = iteration
+                    say(f"  channels removed after iteration {iteration}; training on slim")
             losses.append(loss.item())
         row = {
             "epoch": epoch + 1,
             "loss": sum(losses) / len(losses),
             "seconds": time.perf_counter() - t0,
         }
+        if slimmed is not None:
+            row["slimmed_at"] = slimmed
         history.append(row)
         say(f"epoch {row['epoch']}: loss {row['loss']:.3f} ({row['seconds']:.0f} s)")
     model.eval()
@@ -199,5 +216,6 @@ def prune_detector(
         "steps": [r.to_dict() for r in pruner.history],
         "frozen": sorted({g.reason or "" for g in pruner.graph.frozen}),
         "pruner_s": pruner.overhead_s,
+        "slimmed_at": next((r["slimmed_at"] for r in history if "slimmed_at" in r), None),
     }
     return DetectionPruneResult(slim.eval(), plan, log)

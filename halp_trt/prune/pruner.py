@@ -26,7 +26,10 @@ Pruning steps happen at iterations ``start + interval * t`` for ``t = 1..steps``
 ``t`` solves the knapsack at the schedule's budget ``L_t`` with the importance
 accumulated since the previous step, restricted to the channels still alive (pruned
 channels never come back). ``finalize()`` removes the channels physically, checks the
-slim model against the masked one, and returns it with the plan.
+slim model against the masked one, and returns it with the plan; called as
+``finalize(optimizer=optimizer)`` once ``pruner.done`` (after the optimizer step), it
+also points the optimizer at the slim parameters with their state sliced
+(:mod:`.optim_state`), so the slim model can train on for the rest of the run.
 
 Why this module is longer than 500 lines: :class:`Pruner` is one protocol (set-up
 checks, ``accumulate``, ``step``, ``finalize``, ``state_dict``) over one state (masks,
@@ -49,6 +52,7 @@ from ..errors import PruningError, UserError
 from ..graph import ChannelGraph
 from ..importance import DEFAULT_IMPORTANCE, Importance, ImportanceError, resolve_importance
 from . import distributed as ddp
+from . import optim_state
 from .masks import MaskSet
 from .plan_file import PrunePlan, StepRecord
 from .schedule import SCHEDULES, parse_target, schedule_targets
@@ -562,7 +566,7 @@ class Pruner:
     # -- the end ---------------------------------------------------------------------------
 
     def finalize(
-        self, path: str | None = None, *, check: bool = True
+        self, path: str | None = None, *, check: bool = True, optimizer: Any = None
     ) -> tuple[nn.Module, PrunePlan]:
         """Remove the pruned channels physically and return the slim model and its plan.
 
@@ -608,8 +612,17 @@ class Pruner:
                     f"the channel-removed model differs from the masked one (max relative "
                     f"error {result.max_rel_err:.2e} > {result.rtol:.0e}); not removing"
                 )
+        marks = None if optimizer is None else optim_state.track(optimizer, self.module)
         slim = self.graph.remove(self.keep)
         self.finalized = True
+        if marks is not None:
+            fresh = optim_state.carry(optimizer, slim, marks)
+            if fresh:
+                warnings.warn(
+                    f"the optimizer's state of {len(fresh)} parameter(s) could not be carried "
+                    f"through the removal and starts afresh: {', '.join(fresh[:5])}",
+                    stacklevel=2,
+                )
         from lut_builder.signatures import model_layers
 
         layers = model_layers(slim, self.example_inputs)

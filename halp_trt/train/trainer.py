@@ -372,27 +372,13 @@ class Trainer:
         self, pruner: Any, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Remove the pruned channels (``pruner.finalize``) and return the slim model and
-        an optimizer of its parameters that carries each kept weight's momentum.
-
-        The removal slices every parameter's ``.grad`` with it (Torch-Pruning's and
-        the graph's own removal do), so the momentum buffers ride there through it.
-        """
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                buf = optimizer.state.get(p, {}).get("momentum_buffer")
-                p.grad = None if buf is None else buf.detach().clone()
-        slim, _ = pruner.finalize()
+        the optimizer, pointed at its parameters with each kept weight's momentum."""
+        slim, _ = pruner.finalize(optimizer=optimizer)
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = self._wrapped(slim)
         else:
             model = slim
-        fresh = self._optimizer(model)
-        for group in fresh.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    fresh.state[p]["momentum_buffer"] = p.grad.detach().clone()
-                    p.grad = None
-        return model, fresh
+        return model, optimizer
 
 
 class _Bars:

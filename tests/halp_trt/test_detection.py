@@ -191,6 +191,9 @@ def test_prune_detector_keeps_head_outputs_and_matches_masked(tmp_path, data):
         p.numel() for p in dense.parameters()
     )
     assert len(result.log["steps"]) == 2
+    # slimmed right after the last step and trained on with its AdamW state
+    assert result.log["slimmed_at"] == result.log["steps"][-1]["iteration"]
+    assert sum(r["epoch"] == 1 and "slimmed_at" in r for r in result.log["epochs"]) == 1
     assert slim.cls_heads[0].out_channels == dense.cls_heads[0].out_channels
 
 
