@@ -1,0 +1,182 @@
+"""Several bench/pareto.py runs of one model pooled seed by seed, and how far apart one
+method's own neighbouring plans land.
+
+Each run pairs its methods inside each seed (the same dense model, the same machine
+minutes): the reference method minus each other method at the reference's measured
+latency, interpolated along the other method's points of that seed (bench/pareto.py's
+``summarise``). Runs on other seeds add pairs; this pools those per-seed differences
+and gives their mean and 95% t interval over all seeds. A seed in two runs is refused
+(it would be counted twice), as are runs of other models, data or input shapes.
+
+The yardstick beside it: Torch-Pruning and uniform width run twice per seed and target,
+at the reference's latency and one alignment step wider (``tp-taylor`` and
+``tp-taylor+``). The two plans of one method are a few percent of the dense latency
+apart; how much their accuracies differ (wider minus matched, in points) is what one
+method's plans differ by that is no method's merit, the size a difference between
+methods must beat.
+
+    .venv/bin/python bench/pareto_pool.py bench/results/pareto_resnet18_hard_v4_avx2.json \\
+        bench/results/pareto_resnet18_hard_v4_avx2_seeds.json \\
+        --out bench/results/pareto_pool_resnet18_hard_v4_avx2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import BenchError, load_pareto, load_result  # noqa: E402
+
+#: What runs must share to be pooled.
+SAME = ("model", "data", "input_shape")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = load_pareto().OneLineParser(prog="pareto_pool.py", description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="+", help="bench/pareto.py results (JSON) of one model")
+    p.add_argument(
+        "--reference", default="halp-taylor-abs", help="the method the others are set against"
+    )
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    return p.parse_args(argv)
+
+
+def _ok(run: dict) -> bool:
+    return run.get("status") == "ok" and "measured_ratio" in run and "val_acc" in run
+
+
+def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
+    """Pooled reference-minus-method differences per target, and the neighbouring plans'
+    spread per method. Raises BenchError for runs that cannot be pooled."""
+    pareto = load_pareto()
+    first_name, first = results[0]
+    seen: dict[int, str] = {}
+    pairs: dict[str, dict[str, list[dict]]] = {}
+    neighbours: dict[str, list[dict]] = {}
+    for name, result in results:
+        for key in SAME:
+            if result.get(key) != first.get(key):
+                raise BenchError(
+                    f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
+                    "only runs of one model, data and input shape pool"
+                )
+        runs = result["runs"]
+        seeds = {int(r["seed"]) for r in runs}
+        twice = sorted(s for s in seeds if s in seen)
+        if twice:
+            raise BenchError(
+                f"seed {twice[0]} is in {seen[twice[0]]} and {name}: each seed must come "
+                "from one run (it would be counted twice)"
+            )
+        seen.update({s: name for s in seeds})
+        methods = sorted({r["method"] for r in runs})
+        if reference not in methods:
+            raise BenchError(f"{name} has no {reference!r} runs (methods: {', '.join(methods)})")
+        targets = sorted({r["target"] for r in runs}, key=lambda t: -float(t.rstrip("x")))
+        found = pareto.summarise(runs, methods, targets, reference=reference)
+        for target, by_method in found["equal_latency"].items():
+            for method, eq in by_method.items():
+                rows = pairs.setdefault(target, {}).setdefault(method, [])
+                for seed, diff, inside in zip(eq["seeds"], eq["per_seed"], eq["bracketed"]):
+                    rows.append({"run": name, "seed": seed, "diff": diff, "bracketed": inside})
+        ok = {(r["seed"], r["target"], r["method"]): r for r in runs if _ok(r)}
+        for (seed, target, method), wide in sorted(ok.items()):
+            base = ok.get((seed, target, method[:-1])) if method.endswith("+") else None
+            if base is None:
+                continue
+            neighbours.setdefault(method[:-1], []).append(
+                {
+                    "run": name,
+                    "seed": seed,
+                    "target": target,
+                    "acc_points": 100 * (wide["val_acc"] - base["val_acc"]),
+                    "ratio_gap": wide["measured_ratio"] - base["measured_ratio"],
+                }
+            )
+    out: dict[str, Any] = {"reference": reference, "runs": [n for n, _ in results]}
+    out["equal_latency"] = {
+        target: {
+            method: {
+                "seeds": len(rows),
+                "halp_minus_method_mean": statistics.fmean(r["diff"] for r in rows),
+                "ahead": sum(r["diff"] > 0 for r in rows),
+                "bracketed": sum(bool(r["bracketed"]) for r in rows),
+                **pareto.paired_interval([r["diff"] for r in rows]),
+                "per_seed": rows,
+            }
+            for method, rows in by_method.items()
+        }
+        for target, by_method in pairs.items()
+    }
+    out["neighbouring_plans"] = {
+        method: _spread(rows) for method, rows in sorted(neighbours.items())
+    }
+    every = [r for rows in neighbours.values() for r in rows]
+    if every:
+        out["neighbouring_plans"]["all"] = _spread(every)
+    return out
+
+
+def _spread(rows: list[dict]) -> dict[str, Any]:
+    acc = [r["acc_points"] for r in rows]
+    return {
+        "pairs": len(acc),
+        "mean_points": statistics.fmean(acc),
+        "sd_points": statistics.stdev(acc) if len(acc) > 1 else None,
+        "mean_abs_points": statistics.fmean(abs(a) for a in acc),
+        "min_points": min(acc),
+        "max_points": max(acc),
+        "wider_lower": sum(a < 0 for a in acc),
+        "ratio_gap_mean": statistics.fmean(r["ratio_gap"] for r in rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lut_builder.errors import UserError as LutUserError
+    from lut_builder.fileio import atomic_write_json, check_output
+
+    args = parse_args(argv)
+    try:
+        out = check_output(args.out, flag="--out", parents=True) if args.out else None
+        results = [(Path(p).name, load_result(p)) for p in args.results]
+        found = pool(results, args.reference)
+    except (BenchError, LutUserError) as exc:
+        print(f"pareto_pool.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"{args.reference} minus each method at its measured latency, points, 95% t interval")
+    print(f"{'target':>6}  {'method':<22} {'seeds':>5}  {'mean':>6}  {'interval':<16} ahead")
+    for target, by_method in found["equal_latency"].items():
+        for method, eq in by_method.items():
+            ci = eq["ci"]
+            span = f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "-"
+            print(
+                f"{target:>6}  {method:<22} {eq['seeds']:>5}  "
+                f"{100 * eq['halp_minus_method_mean']:+6.2f}  {span:<16} "
+                f"{eq['ahead']}/{eq['seeds']}"
+            )
+    if found["neighbouring_plans"]:
+        print("one method's plan one step wider minus its matched plan, points:")
+        for method, s in found["neighbouring_plans"].items():
+            sd = "-" if s["sd_points"] is None else f"{s['sd_points']:.2f}"
+            print(
+                f"  {method:<12} {s['pairs']:>3} pairs  mean {s['mean_points']:+.2f}  sd {sd}  "
+                f"mean |.| {s['mean_abs_points']:.2f}  range {s['min_points']:+.1f} to "
+                f"{s['max_points']:+.1f}  wider scored lower in {s['wider_lower']}  "
+                f"(latency {s['ratio_gap_mean']:+.3f} of the dense apart)"
+            )
+    if out is not None:
+        atomic_write_json(out, {"benchmark": "pareto_pool", **found})
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""bench/pareto_pool.py: runs on different seeds pooled seed by seed, with one method's
+neighbouring plans as the yardstick; figures of hand-made results come out as computed by
+hand; runs that cannot be pooled are refused in one line, with no output written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import load_bench
+
+
+def run(seed, method, ratio, acc, target="0.5x"):
+    return {"seed": seed, "target": target, "target_fraction": 0.5, "method": method,
+            "status": "ok", "measured_ratio": ratio, "val_acc": acc, "method_s": 1.0}  # fmt: skip
+
+
+def result(runs, model="m"):
+    return {"model": model, "data": "digits", "input_shape": [8, 3, 16, 16], "runs": runs}
+
+
+def first():
+    """Seed 0: halp at 0.50 scores 0.90; TP's two plans put 0.93 there (0.92 at 0.40,
+    0.94 at 0.60); uniform's two plans 0.91 (0.92 at 0.45, 0.90 at 0.55)."""
+    return result(
+        [
+            run(0, "halp-taylor-abs", 0.50, 0.90),
+            run(0, "tp-taylor", 0.40, 0.92), run(0, "tp-taylor+", 0.60, 0.94),
+            run(0, "uniform", 0.45, 0.92), run(0, "uniform+", 0.55, 0.90),
+        ]
+    )  # fmt: skip
+
+
+def second():
+    """Seeds 1 and 2, TP only: halp 0.95 against 0.93 and 0.96 against 0.97."""
+    return result(
+        [
+            run(1, "halp-taylor-abs", 0.50, 0.95),
+            run(1, "tp-taylor", 0.45, 0.93), run(1, "tp-taylor+", 0.55, 0.93),
+            run(2, "halp-taylor-abs", 0.50, 0.96),
+            run(2, "tp-taylor", 0.48, 0.96), run(2, "tp-taylor+", 0.52, 0.98),
+            run(2, "tp-l2", 0.50, 0.90, target="0.3x"),  # no reference there: no pair
+            {**run(2, "uniform", 0.5, 0.5), "status": "failed"},
+        ]
+    )  # fmt: skip
+
+
+def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(tmp_path):
+    pool = load_bench("pareto_pool")
+    got = pool.pool([("a", first()), ("b", second())], "halp-taylor-abs")
+    tp = got["equal_latency"]["0.5x"]["tp-taylor"]
+    assert tp["seeds"] == 3 and [r["seed"] for r in tp["per_seed"]] == [0, 1, 2]
+    assert [round(r["diff"], 6) for r in tp["per_seed"]] == [-0.03, 0.02, -0.01]
+    assert tp["halp_minus_method_mean"] == pytest.approx(-0.02 / 3)
+    assert tp["ahead"] == 1 and tp["bracketed"] == 3 and tp["ci"][0] < 0 < tp["ci"][1]
+    uniform = got["equal_latency"]["0.5x"]["uniform"]
+    assert uniform["seeds"] == 1 and uniform["halp_minus_method_mean"] == pytest.approx(-0.01)
+    assert uniform["ci"] is None  # one seed: no interval
+    assert "0.3x" not in got["equal_latency"]
+
+    near = got["neighbouring_plans"]
+    assert near["tp-taylor"]["pairs"] == 3
+    assert near["tp-taylor"]["mean_points"] == pytest.approx((2 + 0 + 2) / 3)
+    assert near["tp-taylor"]["wider_lower"] == 0
+    assert near["uniform"] == pytest.approx(
+        {"pairs": 1, "mean_points": -2.0, "sd_points": None, "mean_abs_points": 2.0,
+         "min_points": -2.0, "max_points": -2.0, "wider_lower": 1, "ratio_gap_mean": 0.1}
+    )  # fmt: skip
+    assert near["all"]["pairs"] == 4 and near["all"]["wider_lower"] == 1
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(first()))
+    b.write_text(json.dumps(second()))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(a), str(b), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["benchmark"] == "pareto_pool" and written["runs"] == ["a.json", "b.json"]
+    assert written["equal_latency"]["0.5x"]["tp-taylor"]["seeds"] == 3
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (first(), "seed 0 is in a.json and b.json"),
+        (result(second()["runs"], model="n"), "b.json has model 'n'"),
+        (result([run(1, "tp-taylor", 0.5, 0.9)]), "b.json has no 'halp-taylor-abs' runs"),
+        ("not json", "b.json is not a bench/pareto.py result"),
+    ],
+)
+def test_runs_that_cannot_be_pooled_are_one_line_and_write_nothing(
+    tmp_path, capsys, other, message
+):
+    pool = load_bench("pareto_pool")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(first()))
+    b.write_text(other if isinstance(other, str) else json.dumps(other))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pareto_pool.py: error: ") and message in err and "\n" not in err
+    assert not out.exists()
