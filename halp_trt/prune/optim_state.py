@@ -14,12 +14,13 @@ holds the optimizer go on with it:
 - after it, :func:`carry` reads from each new parameter's ``.grad`` which old elements it
   kept, points the optimizer's parameter groups at the new parameters and gathers every
   state tensor of the old parameter's shape (SGD's momentum, Adam's two moments) at
-  those positions; other state (Adam's step count) is kept as it is.
+  those positions; scalar state (Adam's step count) is kept as it is.
 
 The kept weights then train on exactly as they would have in the masked model. A
 parameter whose positions cannot be encoded (an item size of 1, or more elements than
 its integer type counts) or whose ``.grad`` did not come through the removal starts with
-fresh state; :func:`carry` returns their names.
+fresh state, as does one with a state tensor of another shape (Adafactor's factored
+moments); :func:`carry` returns their names.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def _gather(
         return None  # the removal did not slice the marks with the parameter
     out = {}
     for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+            return None  # a factored state (Adafactor's row and column moments)
         if torch.is_tensor(value) and value.shape == p.shape:
             value = value.reshape(-1).index_select(0, idx.to(value.device)).view(q.shape)
         out[key] = value

@@ -135,6 +135,21 @@ def test_carry_keeps_untouched_state_and_reports_what_it_cannot_carry():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_factored_state_is_not_carried():
+    """State tensors of another shape than the parameter's (Adafactor's row and column
+    moments) cannot be sliced with it: the parameter starts afresh."""
+    from halp_trt.prune.optim_state import _gather, _positions
+
+    p = torch.zeros(3, 6)
+    codes = _positions(p).index_select(1, torch.tensor([0, 2, 5]))
+    q = torch.zeros(3, 3)
+    step = torch.tensor(4.0)
+    assert _gather({"row_var": torch.ones(3), "step": step}, p, q, codes) is None
+    moved = _gather({"exp_avg": torch.arange(18.0).view(3, 6), "step": step}, p, q, codes)
+    assert moved["step"] is step
+    assert torch.equal(moved["exp_avg"], torch.arange(18.0).view(3, 6)[:, [0, 2, 5]])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_positions_survive_index_select_bit_for_bit(dtype):
     """The marks are integers viewed as the parameter's dtype: NaN and subnormal bit
