@@ -42,43 +42,41 @@ def _positions(p: torch.Tensor) -> torch.Tensor | None:
     return codes.view(p.dtype).view(p.shape)
 
 
-def track(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+def track(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[int, str]:
     """Mark the positions of every parameter of ``model`` that ``optimizer`` updates.
 
     Overwrites their ``.grad`` (call it between an optimizer step and the next backward
-    pass). Returns what :func:`carry` needs after the removal.
+    pass). Returns what :func:`carry` needs after the removal: the marked parameters'
+    names in ``model`` by ``id``.
     """
     names = {id(p): n for n, p in model.named_parameters()}
-    old: dict[str, torch.Tensor] = {}
+    marked: dict[int, str] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            name = names.get(id(p))
-            if name is None:
-                continue  # optimized but not in the model: the removal cannot touch it
-            old[name] = p
-            p.grad = _positions(p)
-    return {"old": old}
+            if id(p) in names:  # optimized but not in the model: the removal cannot touch it
+                marked[id(p)] = names[id(p)]
+                p.grad = _positions(p)
+    return marked
 
 
-def carry(optimizer: torch.optim.Optimizer, model: nn.Module, marks: dict[str, Any]) -> list[str]:
+def carry(optimizer: torch.optim.Optimizer, model: nn.Module, marks: dict[int, str]) -> list[str]:
     """Point ``optimizer`` at ``model``'s parameters after the removal, its state sliced.
 
     Args:
-        optimizer: the optimizer :func:`track` marked.
+        optimizer: the optimizer :func:`track` marked (it holds the old parameters, so
+            their ids stay theirs).
         model: the same model, its channels removed in place.
         marks: what :func:`track` returned.
 
     Returns:
         The names of the parameters whose state could not be carried (they start fresh).
     """
-    old: dict[str, torch.Tensor] = marks["old"]
     new = dict(model.named_parameters())
-    by_id = {id(p): n for n, p in old.items()}
     fresh: list[str] = []
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:
-            name = by_id.get(id(p))
+            name = marks.get(id(p))
             q = new.get(name) if name is not None else None
             if q is None:
                 params.append(p)
@@ -102,7 +100,7 @@ def _gather(
     state: dict[str, Any], p: torch.Tensor, q: torch.Tensor, codes: torch.Tensor | None
 ) -> dict[str, Any] | None:
     """``state`` of old parameter ``p`` for new parameter ``q``; None: not carried."""
-    if q is p and q.shape == p.shape:
+    if q is p:
         return state
     ints = _INTS.get(q.element_size())
     if codes is None or ints is None or codes.shape != q.shape or codes.dtype != q.dtype:

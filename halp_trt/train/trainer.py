@@ -318,7 +318,8 @@ class Trainer:
                         bars.pruned(entry)
                         if cfg.slim and pruner.done:
                             t_slim = time.perf_counter()
-                            model, optimizer = self._slim(pruner, model, optimizer)
+                            # the optimizer is pointed at the slim parameters in place
+                            model, _ = pruner.finalize(optimizer=optimizer)
                             net, pruner = self._wrapped(model), None
                             result.slimmed_at = it
                             result.slim_s = time.perf_counter() - t_slim
@@ -367,18 +368,6 @@ class Trainer:
             lr=cfg.lr,
             momentum=cfg.momentum,
         )
-
-    def _slim(
-        self, pruner: Any, model: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Remove the pruned channels (``pruner.finalize``) and return the slim model and
-        the optimizer, pointed at its parameters with each kept weight's momentum."""
-        slim, _ = pruner.finalize(optimizer=optimizer)
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = self._wrapped(slim)
-        else:
-            model = slim
-        return model, optimizer
 
 
 class _Bars:
