@@ -55,6 +55,8 @@ def _ok(run: dict) -> bool:
 def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
     """Pooled reference-minus-method differences per target, and the neighbouring plans'
     spread per method. Raises BenchError for runs that cannot be pooled."""
+    from halp_trt.prune.schedule import target_fraction
+
     pareto = load_pareto()
     first_name, first = results[0]
     seen: dict[int, str] = {}
@@ -79,7 +81,7 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
         methods = sorted({r["method"] for r in runs})
         if reference not in methods:
             raise BenchError(f"{name} has no {reference!r} runs (methods: {', '.join(methods)})")
-        targets = sorted({r["target"] for r in runs}, key=lambda t: -float(t.rstrip("x")))
+        targets = sorted({r["target"] for r in runs}, key=lambda t: -target_fraction(t))
         found = pareto.summarise(runs, methods, targets, reference=reference)
         for target, by_method in found["equal_latency"].items():
             for method, eq in by_method.items():
