@@ -16,7 +16,8 @@ comes before those epochs):
 - ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
   terms summed in absolute value, not the absolute value of their sum): the product as
   it ships, halp-trt's default criterion; ``halp-taylor-abs-mean`` with the terms
-  averaged over the coupled layers instead (``taylor-abs-mean``); ``halp-taylor-abs-oneshot``
+  averaged over the coupled layers instead (``taylor-abs-mean``); ``halp-taylor-l2``
+  with their L2 norm (``taylor-l2``, between the two); ``halp-taylor-abs-oneshot``
   with ``taylor-abs`` in one shot (one minibatch of scores): the schedule of
   ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
@@ -112,6 +113,7 @@ METHODS = (
     "halp-taylor-norm",
     "halp-taylor-abs-norm",
     "halp-taylor-abs-mean",
+    "halp-taylor-l2",
     "halp-taylor-abs-oneshot",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
@@ -760,6 +762,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-norm": (mean_normalised("taylor"), "exp", table),
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-taylor-abs-mean": ("taylor-abs-mean", "exp", table),
+        "halp-taylor-l2": ("taylor-l2", "exp", table),
         "halp-taylor-abs-oneshot": ("taylor-abs", "oneshot", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-sp-lamp-exp": ("sp-lamp", "exp", table),

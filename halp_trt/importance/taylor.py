@@ -38,6 +38,8 @@ class TaylorImportance(Importance):
     abs_terms = False
     #: Divide each channel's score by the number of terms it sums (taylor-abs-mean).
     mean_terms = False
+    #: Combine the coupled terms by their L2 norm instead (taylor-l2).
+    l2_terms = False
 
     def __init__(self, graph: Any) -> None:
         super().__init__(graph)
@@ -119,6 +121,8 @@ class TaylorImportance(Importance):
         src, dst = self._index_cache[device]
         out = torch.zeros(self._n_channels, device=device, dtype=torch.float64)
         terms = torch.cat(flat)[src]
+        if self.l2_terms:
+            return out.index_add_(0, dst, terms.square()).sqrt_()
         if self.abs_terms:
             return out.index_add_(0, dst, terms.abs_())
         out.index_add_(0, dst, terms)
@@ -242,3 +246,19 @@ class TaylorAbsMeanImportance(TaylorAbsImportance):
     """
 
     mean_terms = True
+
+
+@register_importance("taylor-l2")
+class TaylorL2Importance(TaylorImportance):
+    """The coupled terms' L2 norm, ``sqrt(sum over coupled BNs of t_n[c]**2)``.
+
+    Of the ways to combine a channel's per-layer terms ``t_n``, HALP's ``taylor`` takes
+    ``|sum t_n|``, the cancellation one minibatch happened to show; ``taylor-abs`` takes
+    ``sum |t_n|``, none; ``taylor-abs-mean`` divides that by the count of terms. The L2
+    norm is the expected size of the signed sum were the terms' signs independent: a
+    channel coupling ``k`` layers of like terms scores ``sqrt(k)`` times one layer's,
+    where ``taylor-abs`` scores ``k`` times and ``taylor-abs-mean`` once. A group of one
+    layer scores the same under all four.
+    """
+
+    l2_terms = True

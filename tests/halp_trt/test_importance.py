@@ -93,6 +93,35 @@ def test_taylor_abs_mean_averages_the_coupled_terms_magnitudes(resnet):
     assert min(len(g.norms) for g in graph.prunable) == 1
 
 
+def test_taylor_l2_is_the_coupled_terms_norm_between_mean_and_sum(resnet):
+    model, graph = resnet
+    names = ("taylor", "taylor-abs", "taylor-abs-mean", "taylor-l2")
+    imps = {n: get_importance(n)(graph) for n in names}
+    expected = {g.id: np.zeros(g.size) for g in graph.prunable}
+    for seed in (5, 6):
+        backward(model, seed)
+        for imp in imps.values():
+            imp.accumulate()
+        per_batch = {g.id: np.zeros(g.size) for g in graph.prunable}
+        for g in graph.prunable:
+            for ref in g.norms:
+                bn = model.get_submodule(ref.layer)
+                per = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).double()
+                per_batch[g.id] += per[list(ref.index)].detach().numpy() ** 2
+            expected[g.id] += np.sqrt(per_batch[g.id]) / 2  # averaged over the 2 batches
+    s = {n: imp.scores() for n, imp in imps.items()}
+    for g in graph.prunable:
+        l2 = s["taylor-l2"][g.id]
+        np.testing.assert_allclose(l2, expected[g.id], rtol=1e-9, atol=1e-15)
+        assert (l2 <= s["taylor-abs"][g.id] * (1 + 1e-12)).all()
+        assert (l2 >= s["taylor-abs-mean"][g.id] * (1 - 1e-12)).all()
+        if len(g.norms) == 1:
+            np.testing.assert_allclose(l2, s["taylor"][g.id], rtol=1e-9, atol=1e-15)
+    residual = [g for g in graph.prunable if len(g.norms) > 1]
+    assert residual
+    assert all((s["taylor-l2"][g.id] < s["taylor-abs"][g.id] * 0.99).any() for g in residual)
+
+
 def test_registry_lists_and_rejects_unknown():
     assert {"taylor", "taylor-abs", "l1", "l2", "sp-lamp"} <= set(list_importances())
     assert list_importances("l*") == ["l1", "l2"]
