@@ -13,8 +13,14 @@ MIN_KEEP_HELP = (
     "floor, as in HALP)"
 )
 MIN_INTERVAL_HELP = (
-    "without --interval: fewest iterations between pruning steps (default 40, HALP's "
+    "fewest iterations between pruning steps spread over the window (default 40, HALP's "
     "interval); a shorter window prunes in fewer steps, down to one; 1: none"
+)
+IMPORTANCE_HELP = (
+    "taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
+    "magnitude), taylor-abs-mean (averaged over them instead: for plain residual "
+    "networks, see the README), taylor-l2 (their L2 norm), taylor (HALP's as published), "
+    "l1, l2, sp-lamp"
 )
 BN_BATCHES_HELP = (
     "after the last epoch, re-estimate the BatchNorm statistics over N training "
@@ -35,14 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "written (all at the end: a failed run leaves no result behind)."
         ),
     )
-    p.add_argument("--model", required=True, metavar="SPEC", help="model spec or saved .pt")
-    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
-    p.add_argument(
-        "--data",
-        required=True,
-        metavar="SPEC",
-        help="digits, npz:PATH (images, labels) or imagefolder:PATH",
-    )
+    add_training_args(p)
     p.add_argument("--lut", required=True, metavar="FILE", help="latency table (lut-builder)")
     p.add_argument(
         "--target",
@@ -56,26 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="the input the latency is for (default: the table's, as it was built)",
     )
     p.add_argument(
-        "--importance",
-        default="taylor-abs",
-        help="taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
-        "magnitude), taylor (HALP's as published), l1, l2, sp-lamp",
-    )
-    p.add_argument(
         "--schedule",
         default="exp",
         choices=("exp", "linear", "oneshot"),
         help="default exp; oneshot prunes once, where exp's first step would be",
     )
-    p.add_argument("--epochs", type=int, default=10, help="training epochs with pruning (10)")
-    p.add_argument(
-        "--pretrain-epochs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="train the dense model first for N epochs (default 0: it is trained already)",
-    )
-    p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
     p.add_argument(
         "--interval",
         type=int,
@@ -100,23 +84,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="without --interval: the fraction of training the steps are spread over "
         "(default 0.5; the rest fine-tunes the final widths)",
     )
-    p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
-    p.add_argument("--batch-size", type=int, default=64, help="default 64")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="default 1")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument(
         "--cost-model", choices=("one-sided", "joint"), default=None, help="solver cost model"
     )
     p.add_argument("--bundle", type=int, default=None, help="channels per knapsack item")
-    p.add_argument(
-        "--min-keep",
-        type=float,
-        default=None,
-        metavar="F",
-        help=MIN_KEEP_HELP,
-    )
     p.add_argument(
         "--feedback",
         action="store_true",
@@ -130,11 +103,39 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.add_argument("--eval-steps", action="store_true", help="evaluate after every pruning step")
-    p.add_argument("--bn-batches", type=int, default=100, metavar="N", help=BN_BATCHES_HELP)
     p.add_argument("--out", default="pruned", metavar="DIR", help="output directory (pruned)")
+    return p
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The options `halp-trt prune` and `halp-trt run` share: the model, the data, the
+    criterion, the schedule's step count and floor, and the training."""
+    p.add_argument("--model", required=True, metavar="SPEC", help="model spec or saved .pt")
+    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help="digits, npz:PATH (images, labels) or imagefolder:PATH",
+    )
+    p.add_argument("--importance", default="taylor-abs", help=IMPORTANCE_HELP)
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train the dense model first for N epochs (default 0: it is trained already)",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs of pruning and fine-tuning (10)")
+    p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
+    p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
+    p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    p.add_argument("--bn-batches", type=int, default=100, metavar="N", help=BN_BATCHES_HELP)
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 def configs(args: argparse.Namespace) -> tuple[Any, Any]:

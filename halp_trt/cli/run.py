@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..specs import WEIGHTS_HELP
-from .prune import BN_BATCHES_HELP, MIN_INTERVAL_HELP, MIN_KEEP_HELP
+from .prune import add_training_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,11 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "outputs stay in OUT; a failed run continues with --resume."
         ),
     )
-    p.add_argument("--model", required=True, metavar="SPEC", help="model spec or saved .pt")
-    p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
-    p.add_argument(
-        "--data", required=True, metavar="SPEC", help="digits, npz:PATH, imagefolder:PATH"
-    )
+    add_training_args(p)
     p.add_argument("--input-shape", required=True, metavar="N,C,H,W", help="deployment input")
     p.add_argument("--target", required=True, metavar="T", help="0.5x (of the original) or 3ms")
     p.add_argument(
@@ -53,21 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "and verify run at N; a --lut of another count is refused (default 1)",
     )
     p.add_argument(
-        "--importance",
-        default="taylor-abs",
-        help="taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
-        "magnitude), taylor (HALP's as published), l1, l2, sp-lamp",
-    )
-    p.add_argument(
-        "--pretrain-epochs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="train the dense model first (for untrained model specs)",
-    )
-    p.add_argument("--epochs", type=int, default=10, help="epochs of pruning + fine-tuning")
-    p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
-    p.add_argument(
         "--prune-window",
         type=float,
         default=0.5,
@@ -75,11 +55,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="fraction of the training the steps are spread over (default 0.5; "
         "the rest fine-tunes the final widths)",
     )
-    p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
-    p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (0.05)")
-    p.add_argument("--bn-batches", type=int, default=100, metavar="N", help=BN_BATCHES_HELP)
     p.add_argument("--verify-rounds", type=int, default=30, help="timed rounds of verify (30)")
     p.add_argument(
         "--no-feedback",
@@ -87,10 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="do not measure the plans while pruning (CPU backends at fp32 measure each "
         "step's plan against the original and correct the budgets by it)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -120,6 +93,7 @@ def config(args: argparse.Namespace) -> Any:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            weight_decay=args.weight_decay,
             seed=args.seed,
             bn_batches=args.bn_batches,
         ),

@@ -271,3 +271,43 @@ def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypat
     widths = result.log["feedback"]["steps_measured_halfwidth"]
     assert widths == [s["measured_halfwidth"] for s in result.log["steps"]]
     assert all(0 <= w <= fb.FEEDBACK_TRUST for w in widths)
+
+
+def test_prune_and_run_share_their_training_options_and_name_every_criterion():
+    from halp_trt.cli import build_parser
+    from halp_trt.cli import run as run_cli
+    from halp_trt.importance import get_importance, list_importances
+
+    built_in = [
+        n for n in list_importances() if get_importance(n).__module__.startswith("halp_trt")
+    ]
+    assert {"taylor-abs", "taylor-abs-mean", "taylor-l2", "sp-lamp"} <= set(built_in)
+    sub = next(a for a in build_parser()._actions if a.choices and "prune" in a.choices)
+    for command in ("prune", "run"):
+        action = next(a for a in sub.choices[command]._actions if a.dest == "importance")
+        named = set(re.findall(r"[a-z0-9-]+", action.help))
+        assert action.default == "taylor-abs"
+        assert not set(built_in) - named, f"{command} --help does not name them"
+    args = sub.choices["run"].parse_args(
+        [
+            "--model",
+            "m",
+            "--data",
+            "digits",
+            "--input-shape",
+            "1,3,8,8",
+            "--target",
+            "0.5x",
+            "--out",
+            "o",
+            "--weight-decay",
+            "0.001",
+            "--importance",
+            "taylor-abs-mean",
+            "--min-keep",
+            "0.2",
+        ]
+    )
+    cfg = run_cli.config(args)
+    assert cfg.train.weight_decay == 0.001
+    assert (cfg.prune.importance, cfg.prune.min_keep) == ("taylor-abs-mean", 0.2)
