@@ -3,6 +3,7 @@ residual network's plans are split into coupled and single groups."""
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -61,6 +62,9 @@ def argv(table, out, *extra):
         (["--targets", "0.5x,1x"], "target '1x' must be a fraction below 1x"),
         (["--min-keep", "1"], "--min-keep must be a fraction"),
         (["--batches", "0"], "--batches must be at least 1"),
+        (["--evaluate", "-1"], "--evaluate must be at least 0"),
+        (["--seeds", "0,x"], "comma-separated integers"),
+        (["--seeds", "1,1"], "names a seed twice"),
     ],
 )
 def test_bad_input(shapes, table, tmp_path, capsys, monkeypatch, extra, message):
@@ -93,3 +97,49 @@ def test_plans_by_kind_of_group(shapes, table, tmp_path, capsys):
             assert g["fraction"] == g["kept"] / g["size"]
             assert g["at_floor"] == (g["kept"] == 16)  # 0.3 of 32, up to whole bundles of 8
     assert "coupled" in capsys.readouterr().out
+
+
+def test_evaluate_scores_each_plan_of_each_seed(shapes, table, tmp_path):
+    out = tmp_path / "s.json"
+    extra = ["--targets", "0.5x", "--importances", "taylor-abs,l2", "--seeds", "0,1"]
+    assert shapes.main(argv(table, out, *extra, "--evaluate", "2")) == 0
+    result = json.loads(out.read_text())
+    assert [d["seed"] for d in result["dense"]] == [0, 1]
+    assert [(p["seed"], p["importance"]) for p in result["plans"]] == [
+        (0, "taylor-abs"), (0, "l2"), (1, "taylor-abs"), (1, "l2"),
+    ]  # fmt: skip
+    for p in result["plans"]:
+        assert p["adapted"]["bn_batches"] == 2 and 0 <= p["adapted"]["val_acc"] <= 1
+    means = {(m["importance"], m["target"]): m for m in result["adapted_mean"]}
+    acc = [p["adapted"]["val_acc"] for p in result["plans"] if p["importance"] == "l2"]
+    assert means["l2", "0.5x"]["seeds"] == 2
+    assert means["l2", "0.5x"]["val_acc"] == pytest.approx(sum(acc) / 2)
+
+
+def test_probe_masks_the_plan_and_restores_the_dense_model(shapes):
+    from halp_trt.train import load_data
+    from halp_trt.train.trainer import recalibrate_bn
+
+    torch.manual_seed(0)
+    dense = TinyRes().eval()
+    data = load_data("digits", channels=3, size=(8, 8))
+    probe = shapes.Probe(dense, torch.randn(2, 3, 8, 8), data, 2, 16, seed=0)
+    (stream,) = [g for g in probe.graph.prunable if len(g.norms) > 1]
+    (inner,) = [g for g in probe.graph.prunable if len(g.norms) == 1]
+    whole = {stream.id: range(32), inner.id: range(32)}
+    first = probe(whole)
+    half = probe({stream.id: range(32), inner.id: range(16)})
+    # The inner width's dropped channels are zero in c1 (its producer) and c2's input.
+    assert probe.model.c1[0].weight[16:].abs().sum() == 0
+    assert probe.model.c2[0].weight[:, 16:].abs().sum() == 0
+    assert probe.model.c1[0].weight[:16].abs().sum() > 0
+    assert half != first
+    assert probe(whole) == first  # the dense weights come back for every plan
+    # Keeping everything is the dense model with its BatchNorms re-estimated alike.
+    ref = copy.deepcopy(dense)
+    gen = torch.Generator().manual_seed(1)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=16, shuffle=True, generator=gen)
+    recalibrate_bn(ref, loader, 2, "cpu")
+    from halp_trt.train import evaluate
+
+    assert (first["val_loss"], first["val_acc"]) == pytest.approx(evaluate(ref, data.val))
