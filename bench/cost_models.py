@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         "infeasible": infeasible,
         "rows": rows,
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join(["python", "bench/cost_models.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "bench/cost_models.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     table.close()
     tmp.cleanup()

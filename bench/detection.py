@@ -258,7 +258,6 @@ def run(args: argparse.Namespace) -> dict:
     heads_intact = all(tuple(a.shape) == tuple(b.shape) for a, b in zip(dense(x), slim(x)))
     params = (sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in slim.parameters()))
     return {
-        "command": "python bench/detection.py " + " ".join(sys.argv[1:]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -353,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    command = "python bench/detection.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, **result}
     print(render(result))
     atomic_write_json(args.json, result, indent=2)
     print(f"wrote {args.json}")

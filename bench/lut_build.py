@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "model_points_sparse": total_sparse,
         "signatures": results,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "command": " ".join(["python", "bench/lut_build.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "bench/lut_build.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     _print(out)
     tag = re.sub(r"[^A-Za-z0-9]+", "_", args.model.split(":")[-1]).strip("_")

@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "assignments": assignments,
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join([Path(sys.executable).name, "bench/lut_fidelity.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "bench/lut_fidelity.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     table.close()
     _print(result)

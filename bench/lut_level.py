@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         "context_models": len(runners) + len(pruned),
         "summary": [summary(i) for i in range(len(runners))],
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join(["python", "bench/lut_level.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "bench/lut_level.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     table.close()
     for s in result["summary"]:

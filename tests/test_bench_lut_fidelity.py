@@ -36,5 +36,7 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
     ]  # fmt: skip
     assert fidelity.main(argv) == 0
     result = json.loads(out.read_text())
+    # The command records the arguments main() was given, not the test runner's.
+    assert result["command"] == "python bench/lut_fidelity.py " + " ".join(argv)
     assert result["step"] == 32 and len(result["assignments"]) == 2
     assert {r["model"] for r in result["rows"]} >= {"uniform_0.75", "uniform_0.5"}
