@@ -228,7 +228,7 @@ def seed_plans(
                 nn.functional.cross_entropy(model(xb), yb).backward()
                 pruner.accumulate()
         scores = pruner.importance.scores()
-        if probe is not None and probe.groups() != groups_of(pruner.graph):
+        if probe is not None and groups_of(probe.graph) != groups_of(pruner.graph):
             raise BenchError("the probe's channel graph differs from the pruner's")
         for target, fraction in checked["fractions"].items():
             plan = solve_budget(
@@ -260,9 +260,6 @@ class Probe:
         self.batch_size, self.seed = batch_size, seed
         self.model = copy.deepcopy(dense)
         self.graph = ChannelGraph(self.model, x)
-
-    def groups(self) -> list[tuple[int, int]]:
-        return groups_of(self.graph)
 
     def __call__(self, keep: dict[int, Any]) -> dict[str, Any]:
         import torch
