@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(latency {s['ratio_gap_mean']:+.3f} of the dense apart)"
             )
     if out is not None:
-        atomic_write_json(out, {"benchmark": "pareto_pool", **found})
+        command = "python bench/pareto_pool.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        atomic_write_json(out, {"benchmark": "pareto_pool", "command": command, **found})
         print(f"wrote {out}")
     return 0
 

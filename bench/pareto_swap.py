@@ -17,7 +17,9 @@ dense accuracy; otherwise one line, exit code 2. ``--other-window`` lets the re-
 earlier result's methods keep their own points (both windows are recorded).
 ``--new-methods`` lets the re-run add methods the earlier result did not run (a new
 criterion against the same baselines), and ``--reference`` picks the method the others
-are compared with (by default the re-run's reference).
+are compared with (by default the re-run's reference). ``--seeds`` takes only those seeds
+of the re-run: one re-run over seeds 3-8 swaps into an earlier run of seeds 3-5 and one
+of seeds 6-8, and bench/pareto_pool.py pools the swapped results.
 
     .venv/bin/python bench/pareto_swap.py bench/results/pareto_mobilenetv2.json \\
         bench/results/pareto_mobilenetv2_feedback.json \\
@@ -63,18 +65,29 @@ def swap(
     other_window: bool = False,
     new_methods: bool = False,
     reference: str | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     """``base`` with the runs of ``rerun``'s methods replaced by ``rerun``'s, summarised at
     the measured latency of ``reference`` (default: the re-run's reference);
     ``other_window``: the two may differ in ``prune_window``; ``new_methods``: the re-run
-    may add methods the base did not run.
+    may add methods the base did not run; ``seeds``: only these seeds of the re-run.
 
     Raises:
         BenchError: the two results differ in a setting of :data:`SAME`, in the table, in
             a seed's dense model, the re-run has a target or seed the base lacks, or a
-            method (unless ``new_methods``), or ``reference`` is not among the methods.
+            method (unless ``new_methods``), a seed of ``seeds`` is not in the re-run, or
+            ``reference`` is not among the methods.
     """
     pareto = load_pareto()
+    if seeds is not None:
+        lacking = [s for s in seeds if str(s) not in rerun["dense"]]
+        if lacking:
+            raise BenchError(f"the re-run has no seed {lacking[0]}")
+        rerun = {
+            **rerun,
+            "dense": {k: v for k, v in rerun["dense"].items() if int(k) in seeds},
+            "runs": [r for r in rerun["runs"] if int(r["seed"]) in seeds],
+        }
     sb, sr = base["settings"], rerun["settings"]
     same = [k for k in SAME if not (other_window and k == "prune_window")]
     differ = [k for k in same if sb.get(k) != sr.get(k)]
@@ -176,11 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the method every other is compared with at its measured latency (default: "
         "the re-run's reference)",
     )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds: take only these of the re-run (default: all of them)",
+    )
     args = p.parse_args(argv)
     from lut_builder.errors import UserError
     from lut_builder.fileio import check_output
 
     try:
+        seeds = None
+        if args.seeds is not None:
+            try:
+                seeds = sorted({int(s) for s in args.seeds.split(",")})
+            except ValueError:
+                raise BenchError(f"--seeds {args.seeds!r}: comma-separated integers") from None
         if args.out:
             check_output(args.out, kind="file", flag="--out")
         result = swap(
@@ -189,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             args.other_window,
             new_methods=args.new_methods,
             reference=args.reference,
+            seeds=seeds,
         )
     except (BenchError, UserError) as exc:
         print(f"pareto_swap.py: error: {exc}", file=sys.stderr)

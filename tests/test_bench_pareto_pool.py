@@ -76,6 +76,7 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
     assert pool.main([str(a), str(b), "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert written["benchmark"] == "pareto_pool" and written["runs"] == ["a.json", "b.json"]
+    assert written["command"] == f"python bench/pareto_pool.py {a} {b} --out {out}"
     assert written["equal_latency"]["0.5x"]["tp-taylor"]["seeds"] == 3
 
 

@@ -146,3 +146,30 @@ def test_a_new_method_is_added_only_when_asked_and_can_be_the_reference(pair, tm
     assert eq["tp-taylor"]["per_seed"] == pytest.approx([-0.01, 0.02])
     # the other re-run method at the same ratios: -2 and -1 points
     assert eq["halp-taylor-abs"]["per_seed"] == pytest.approx([-0.02, -0.01])
+
+
+def test_seeds_take_part_of_a_rerun_into_an_earlier_result_of_fewer_seeds(pair, tmp_path, capsys):
+    swap = load_swap()
+    base, _ = copy.deepcopy(pair)
+    rerun = result(
+        ["halp-taylor-abs"],
+        [run(s, "halp-taylor-abs", 0.50, 0.95) for s in (0, 1, 2)],
+        dense_acc=(0.95, 0.96, 0.97),
+    )
+    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
+    for path, d in zip(paths, (base, rerun)):
+        path.write_text(json.dumps(d))
+    out = tmp_path / "out.json"
+    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert "the earlier result has no seed 2" in capsys.readouterr().err
+    for bad, message in (("0,5", "the re-run has no seed 5"), ("0,x", "--seeds '0,x'")):
+        assert swap.main([*map(str, paths), "--out", str(out), "--seeds", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not out.exists()
+    assert swap.main([*map(str, paths), "--out", str(out), "--seeds", "1,0"]) == 0
+    got = json.loads(out.read_text())
+    assert got["seeds"] == [0, 1]
+    assert {r["seed"] for r in got["runs"]} == {0, 1}
+    ours = [r for r in got["runs"] if r["method"] == "halp-taylor-abs"]
+    assert [r["val_acc"] for r in ours] == [0.95, 0.95]  # the re-run's, seed 2 left out
