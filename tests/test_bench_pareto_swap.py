@@ -35,6 +35,14 @@ def result(methods, runs, dense_acc=(0.95, 0.96)):
     }
 
 
+def written(tmp_path, base, rerun) -> list[str]:
+    """The two results written as files: their paths, swap.main's first two arguments."""
+    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
+    for path, d in zip(paths, (base, rerun)):
+        path.write_text(json.dumps(d))
+    return [str(path) for path in paths]
+
+
 @pytest.fixture()
 def pair():
     base = result(
@@ -65,11 +73,9 @@ def test_the_rerun_replaces_its_method_and_is_compared_at_its_measured_latency(p
     assert eq["per_seed"] == pytest.approx([0.01, 0.03])
     assert eq["bracketed"] == [True, True]
     # Written through the command, with a plot beside it.
-    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
-    for path, d in zip(paths, pair):
-        path.write_text(json.dumps(d))
+    paths = written(tmp_path, *pair)
     out = tmp_path / "swapped.json"
-    assert swap.main([*map(str, paths), "--out", str(out)]) == 0
+    assert swap.main([*paths, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(got["summary"]))
     assert out.with_suffix(".png").stat().st_size > 0
 
@@ -89,11 +95,9 @@ def test_results_of_other_dense_models_or_settings_are_refused(pair, tmp_path, c
     swap = load_swap()
     base, rerun = copy.deepcopy(pair)
     change(base, rerun)
-    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
-    for path, d in zip(paths, (base, rerun)):
-        path.write_text(json.dumps(d))
+    paths = written(tmp_path, base, rerun)
     out = tmp_path / "out.json"
-    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert swap.main([*paths, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists() and not out.with_suffix(".png").exists()
@@ -103,13 +107,11 @@ def test_another_window_only_when_asked_and_recorded(pair, tmp_path, capsys):
     swap = load_swap()
     base, rerun = copy.deepcopy(pair)
     base["settings"]["prune_window"], rerun["settings"]["prune_window"] = 0.5, 0.25
-    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
-    for path, d in zip(paths, (base, rerun)):
-        path.write_text(json.dumps(d))
+    paths = written(tmp_path, base, rerun)
     out = tmp_path / "out.json"
-    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert swap.main([*paths, "--out", str(out)]) == 2
     assert "other settings (prune_window)" in capsys.readouterr().err
-    assert swap.main([*map(str, paths), "--out", str(out), "--other-window"]) == 0
+    assert swap.main([*paths, "--out", str(out), "--other-window"]) == 0
     got = json.loads(out.read_text())
     assert got["prune_window"] == {"earlier": 0.5, "rerun": 0.25}
     assert got["summary"]["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"] == pytest.approx(
@@ -127,14 +129,12 @@ def test_a_new_method_is_added_only_when_asked_and_can_be_the_reference(pair, tm
             run(0, "halp-taylor-abs-mean", 0.50, 0.93), run(1, "halp-taylor-abs-mean", 0.45, 0.95),
         ],
     )  # fmt: skip
-    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
-    for path, d in zip(paths, (base, rerun)):
-        path.write_text(json.dumps(d))
+    paths = written(tmp_path, base, rerun)
     out = tmp_path / "out.json"
-    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert swap.main([*paths, "--out", str(out)]) == 2
     assert "has no halp-taylor-abs-mean (--new-methods adds methods)" in capsys.readouterr().err
     assert not out.exists()
-    argv = [*map(str, paths), "--out", str(out), "--new-methods"]
+    argv = [*paths, "--out", str(out), "--new-methods"]
     assert swap.main([*argv, "--reference", "uniform"]) == 2
     assert "--reference uniform is not among the methods run" in capsys.readouterr().err
     assert swap.main([*argv, "--reference", "halp-taylor-abs-mean"]) == 0
@@ -156,18 +156,16 @@ def test_seeds_take_part_of_a_rerun_into_an_earlier_result_of_fewer_seeds(pair, 
         [run(s, "halp-taylor-abs", 0.50, 0.95) for s in (0, 1, 2)],
         dense_acc=(0.95, 0.96, 0.97),
     )
-    paths = [tmp_path / "base.json", tmp_path / "rerun.json"]
-    for path, d in zip(paths, (base, rerun)):
-        path.write_text(json.dumps(d))
+    paths = written(tmp_path, base, rerun)
     out = tmp_path / "out.json"
-    assert swap.main([*map(str, paths), "--out", str(out)]) == 2
+    assert swap.main([*paths, "--out", str(out)]) == 2
     assert "the earlier result has no seed 2" in capsys.readouterr().err
     for bad, message in (("0,5", "the re-run has no seed 5"), ("0,x", "--seeds '0,x'")):
-        assert swap.main([*map(str, paths), "--out", str(out), "--seeds", bad]) == 2
+        assert swap.main([*paths, "--out", str(out), "--seeds", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
         assert not out.exists()
-    assert swap.main([*map(str, paths), "--out", str(out), "--seeds", "1,0"]) == 0
+    assert swap.main([*paths, "--out", str(out), "--seeds", "1,0"]) == 0
     got = json.loads(out.read_text())
     assert got["seeds"] == [0, 1]
     assert {r["seed"] for r in got["runs"]} == {0, 1}
