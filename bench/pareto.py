@@ -17,9 +17,12 @@ comes before those epochs):
   terms summed in absolute value, not the absolute value of their sum): the product as
   it ships, halp-trt's default criterion; ``halp-taylor-abs-mean`` with the terms
   averaged over the coupled layers instead (``taylor-abs-mean``); ``halp-taylor-l2``
-  with their L2 norm (``taylor-l2``, between the two); ``halp-taylor-abs-oneshot``
-  with ``taylor-abs`` in one shot (one minibatch of scores): the schedule of
-  ``halp-sp-lamp`` with the criterion of the product;
+  with their L2 norm (``taylor-l2``, between the two); ``halp-taylor-abs-concave``
+  with each group's value concave in the score it keeps (``S * (2r - r**2)`` for a
+  kept fraction ``r`` of its score ``S``, where the sum is ``S * r``: a value that adds
+  per channel puts the knapsack's plans in a corner, this one between);
+  ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
+  scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -114,6 +117,7 @@ METHODS = (
     "halp-taylor-abs-norm",
     "halp-taylor-abs-mean",
     "halp-taylor-l2",
+    "halp-taylor-abs-concave",
     "halp-taylor-abs-oneshot",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
@@ -189,6 +193,44 @@ def mean_normalised(name: str) -> type:
 
     MeanNormalised.__qualname__ = MeanNormalised.__name__ = f"MeanNormalised_{name}"
     return MeanNormalised
+
+
+def concave_weights(score: np.ndarray) -> np.ndarray:
+    """Scores whose prefix sums, taken in the knapsack's order, are ``S * (2r - r**2)``.
+
+    ``r`` is the fraction of the group's score (over its alive channels, score > 0) that
+    the kept prefix holds and ``S`` the group's total, so the loss of a cut is modelled
+    as ``S * (1 - r)**2``, convex in what it removes, where the plain sum makes it
+    linear. Channel ``i`` of the order is weighted by ``2 - r_before - r_after``: from
+    about 2 for the strongest to about 0 for the weakest, which keeps the order (the
+    knapsack sorts by score). Zeros (pruned channels) stay zero.
+    """
+    out = np.array(score, dtype=np.float64)
+    alive = np.flatnonzero(out > 0)
+    if alive.size == 0:
+        return out
+    order = alive[np.argsort(-out[alive], kind="stable")]
+    frac = out[order] / out[order].sum()
+    after = np.cumsum(frac)
+    out[order] = out[order] * (2.0 - (after - frac) - after)
+    return out
+
+
+def concave_value(name: str) -> type:
+    """Criterion ``name`` with each group's value concave in the score it keeps
+    (:func:`concave_weights`): a value that adds per channel, under a latency bilinear
+    in a block's two widths, puts the knapsack's optimum in a corner; one this concave
+    puts it between."""
+    from halp_trt.importance import get_importance
+
+    base = get_importance(name)
+
+    class Concave(base):  # type: ignore[valid-type, misc]
+        def scores(self) -> dict[int, np.ndarray]:
+            return {gid: concave_weights(s) for gid, s in super().scores().items()}
+
+    Concave.__qualname__ = Concave.__name__ = f"Concave_{name}"
+    return Concave
 
 
 def match_predicted(make, predict, reference, x, knobs):
@@ -763,6 +805,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-taylor-abs-mean": ("taylor-abs-mean", "exp", table),
         "halp-taylor-l2": ("taylor-l2", "exp", table),
+        "halp-taylor-abs-concave": (concave_value("taylor-abs"), "exp", table),
         "halp-taylor-abs-oneshot": ("taylor-abs", "oneshot", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-sp-lamp-exp": ("sp-lamp", "exp", table),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch.nn as nn
 
@@ -200,6 +201,40 @@ def test_mean_normalised_scores_average_one_over_the_alive_channels(pareto):
         assert abs(s[alive] / r[alive] - 1 / r[alive].mean()).max() < 1e-9
     first = next(g for g in graph.prunable if any(r.layer == "1" for r in g.norms))
     assert (imp.scores()[first.id][:4] == 0).all() and (imp.scores()[first.id][4:] > 0).all()
+
+
+def test_concave_weights_make_a_groups_value_2r_minus_r_squared(pareto):
+    score = np.array([0.0, 3.0, 1.0, 0.0, 4.0, 2.0])  # channels 0 and 3 pruned
+    w = pareto.concave_weights(score)
+    assert (w[[0, 3]] == 0).all() and (w[[1, 2, 4, 5]] > 0).all()
+    order = np.argsort(-score, kind="stable")[:4]  # 4, 1, 5, 2: the knapsack's order
+    assert list(np.argsort(-w, kind="stable")[:4]) == list(order)
+    total = score.sum()
+    for k in range(5):  # every kept prefix is worth S * (2r - r**2)
+        r = score[order[:k]].sum() / total
+        assert w[order[:k]].sum() == pytest.approx(total * (2 * r - r * r))
+    assert w[4] == pytest.approx(4.0 * (2 - 0.4)) and w[2] == pytest.approx(1.0 * 0.1)
+    assert (pareto.concave_weights(np.zeros(3)) == 0).all()
+
+
+def test_concave_value_wraps_a_criterion(pareto):
+    import torch
+
+    from halp_trt.graph import ChannelGraph
+
+    torch.manual_seed(0)
+    net, x = tiny_net(), torch.randn(4, 3, 8, 8)
+    graph = ChannelGraph(net, x)
+    imp = pareto.concave_value("taylor-abs")(graph)
+    raw = pareto.concave_value("taylor-abs").__mro__[1](graph)
+    nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
+    imp.accumulate()
+    raw.accumulate()
+    got, want = imp.scores(), raw.scores()
+    assert set(got) == set(want)
+    for gid, s in got.items():
+        assert s == pytest.approx(pareto.concave_weights(want[gid]))
+        assert not np.allclose(s, want[gid])
 
 
 def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
