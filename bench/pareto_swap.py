@@ -19,7 +19,8 @@ earlier result's methods keep their own points (both windows are recorded).
 criterion against the same baselines), and ``--reference`` picks the method the others
 are compared with (by default the re-run's reference). ``--seeds`` takes only those seeds
 of the re-run: one re-run over seeds 3-8 swaps into an earlier run of seeds 3-5 and one
-of seeds 6-8, and bench/pareto_pool.py pools the swapped results.
+of seeds 6-8, and bench/pareto_pool.py pools the swapped results. A swapped result
+keeps its seeds' dense models and settings, so a second re-run swaps into it in turn.
 
     .venv/bin/python bench/pareto_swap.py bench/results/pareto_mobilenetv2.json \\
         bench/results/pareto_mobilenetv2_feedback.json \\
@@ -141,6 +142,8 @@ def swap(
         "settings": {k: sb.get(k) for k in SAME},
         "prune_window": {"earlier": sb.get("prune_window"), "rerun": sr.get("prune_window")},
         "table": base.get("table"),
+        # The dense models of its seeds: a swapped result takes another re-run in turn.
+        "dense": {k: v for k, v in base["dense"].items() if int(k) in seeds},
         "timing": "each model's ratio from its own run, interleaved with the same dense model",
         "summary": pareto.summarise(runs, all_methods, targets, reference),
         "runs": runs,

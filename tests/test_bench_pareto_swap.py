@@ -171,3 +171,29 @@ def test_seeds_take_part_of_a_rerun_into_an_earlier_result_of_fewer_seeds(pair, 
     assert {r["seed"] for r in got["runs"]} == {0, 1}
     ours = [r for r in got["runs"] if r["method"] == "halp-taylor-abs"]
     assert [r["val_acc"] for r in ours] == [0.95, 0.95]  # the re-run's, seed 2 left out
+
+
+def test_a_swapped_result_takes_a_second_rerun(pair, tmp_path):
+    swap = load_swap()
+    base, rerun = copy.deepcopy(pair)
+    paths = written(tmp_path, base, rerun)
+    first = tmp_path / "first.json"
+    assert swap.main([*paths, "--out", str(first)]) == 0
+    assert json.loads(first.read_text())["dense"] == base["dense"]
+    second = result(
+        ["halp-taylor-abs-concave"],
+        [run(0, "halp-taylor-abs-concave", 0.50, 0.97),
+         run(1, "halp-taylor-abs-concave", 0.45, 0.91)],
+    )  # fmt: skip
+    (tmp_path / "second.json").write_text(json.dumps(second))
+    out = tmp_path / "out.json"
+    argv = [str(first), str(tmp_path / "second.json"), "--out", str(out), "--new-methods"]
+    assert swap.main([*argv, "--reference", "halp-taylor-abs"]) == 0
+    got = json.loads(out.read_text())
+    assert got["methods"] == ["halp-taylor-abs", "tp-taylor", "halp-taylor-abs-concave"]
+    accs = {(r["method"], r["seed"]): r["val_acc"] for r in got["runs"]}
+    assert accs[("halp-taylor-abs", 0)] == 0.95  # the first re-run's, kept
+    assert accs[("halp-taylor-abs-concave", 1)] == 0.91
+    # seed 0: the same ratio, 0.95 - 0.97; seed 1: the same ratio, 0.96 - 0.91
+    eq = got["summary"]["equal_latency"]["0.5x"]["halp-taylor-abs-concave"]
+    assert eq["per_seed"] == pytest.approx([-0.02, 0.05])
