@@ -175,24 +175,31 @@ def tp_global(dense, x, ratio, *, align, classes, criterion, grads=None) -> nn.M
     return model
 
 
-def mean_normalised(name: str) -> type:
-    """Criterion ``name`` with each group's scores divided by their mean over the group's
-    channels still alive (score > 0: a pruned channel's BatchNorm is zero, so is its
-    Taylor score); a group with none keeps its zeros."""
+def rescored(name: str, label: str, transform) -> type:
+    """Criterion ``name`` with ``transform`` applied to each group's score vector, as a
+    class named ``{label}_{name}``."""
     from halp_trt.importance import get_importance
 
     base = get_importance(name)
 
-    class MeanNormalised(base):  # type: ignore[valid-type, misc]
+    class Rescored(base):  # type: ignore[valid-type, misc]
         def scores(self) -> dict[int, np.ndarray]:
-            out = {}
-            for gid, s in super().scores().items():
-                alive = s[s > 0]
-                out[gid] = s / alive.mean() if alive.size else s
-            return out
+            return {gid: transform(s) for gid, s in super().scores().items()}
 
-    MeanNormalised.__qualname__ = MeanNormalised.__name__ = f"MeanNormalised_{name}"
-    return MeanNormalised
+    Rescored.__qualname__ = Rescored.__name__ = f"{label}_{name}"
+    return Rescored
+
+
+def mean_normalised(name: str) -> type:
+    """Criterion ``name`` with each group's scores divided by their mean over the group's
+    channels still alive (score > 0: a pruned channel's BatchNorm is zero, so is its
+    Taylor score); a group with none keeps its zeros."""
+
+    def normalise(s: np.ndarray) -> np.ndarray:
+        alive = s[s > 0]
+        return s / alive.mean() if alive.size else s
+
+    return rescored(name, "MeanNormalised", normalise)
 
 
 def concave_weights(score: np.ndarray) -> np.ndarray:
@@ -221,16 +228,7 @@ def concave_value(name: str) -> type:
     (:func:`concave_weights`): a value that adds per channel, under a latency bilinear
     in a block's two widths, puts the knapsack's optimum in a corner; one this concave
     puts it between."""
-    from halp_trt.importance import get_importance
-
-    base = get_importance(name)
-
-    class Concave(base):  # type: ignore[valid-type, misc]
-        def scores(self) -> dict[int, np.ndarray]:
-            return {gid: concave_weights(s) for gid, s in super().scores().items()}
-
-    Concave.__qualname__ = Concave.__name__ = f"Concave_{name}"
-    return Concave
+    return rescored(name, "Concave", concave_weights)
 
 
 def match_predicted(make, predict, reference, x, knobs):
