@@ -21,6 +21,10 @@ comes before those epochs):
   with each group's value concave in the score it keeps (``S * (2r - r**2)`` for a
   kept fraction ``r`` of its score ``S``, where the sum is ``S * r``: a value that adds
   per channel puts the knapsack's plans in a corner, this one between);
+  ``halp-taylor-weights`` with ``taylor-weights`` (a channel scored on the weights of
+  the layers that write and read it, ``sum |w * dL/dw|`` element by element, as
+  Torch-Pruning's group Taylor, not on its BatchNorms), ``halp-taylor-weights-norm``
+  the same with each group's scores over their mean (Torch-Pruning's normaliser, below);
   ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
@@ -118,6 +122,8 @@ METHODS = (
     "halp-taylor-abs-mean",
     "halp-taylor-l2",
     "halp-taylor-abs-concave",
+    "halp-taylor-weights",
+    "halp-taylor-weights-norm",
     "halp-taylor-abs-oneshot",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
@@ -804,6 +810,8 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-mean": ("taylor-abs-mean", "exp", table),
         "halp-taylor-l2": ("taylor-l2", "exp", table),
         "halp-taylor-abs-concave": (concave_value("taylor-abs"), "exp", table),
+        "halp-taylor-weights": ("taylor-weights", "exp", table),
+        "halp-taylor-weights-norm": (mean_normalised("taylor-weights"), "exp", table),
         "halp-taylor-abs-oneshot": ("taylor-abs", "oneshot", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-sp-lamp-exp": ("sp-lamp", "exp", table),

@@ -20,7 +20,8 @@ IMPORTANCE_HELP = (
     "taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
     "magnitude), taylor-abs-mean (averaged over them instead: for plain residual "
     "networks, see the README), taylor-l2 (their L2 norm), taylor (HALP's as published), "
-    "l1, l2, sp-lamp"
+    "taylor-weights (the weights of the layers that write and read a channel, not its "
+    "BatchNorms), l1, l2, sp-lamp"
 )
 BN_BATCHES_HELP = (
     "after the last epoch, re-estimate the BatchNorm statistics over N training "

@@ -9,7 +9,9 @@ channel's BN output is zeroed, summed over every layer the group couples (a resi
 stream's channel lives in several BNs and is removed from all of them at once). A
 group without an affine BatchNorm falls back to the weight-Taylor score
 ``| sum W * dW |`` over its producers' output slices (weights and bias). The scores
-are averaged over the minibatches seen since the last reset.
+are averaged over the minibatches seen since the last reset. ``taylor-weights`` scores
+every group on the weights of the layers that write and read its channels instead
+(``sum |w * dW|`` element by element, as Torch-Pruning's group Taylor).
 """
 
 from __future__ import annotations
@@ -40,14 +42,36 @@ class TaylorImportance(Importance):
     mean_terms = False
     #: Combine the coupled terms by their L2 norm instead (taylor-l2).
     l2_terms = False
+    #: Score channels on the weights of the layers that write and read them, element by
+    #: element in magnitude, instead of on the BatchNorms (taylor-weights).
+    weight_terms = False
 
     def __init__(self, graph: Any) -> None:
         super().__init__(graph)
         model = graph.model
-        # Per group: ("bn" | "weight", [(module, dim, positions)]); dim 1 reads a
-        # consumer's input slices (only for a group with neither BN nor producers).
+        # Per group: ("bn" | "weight" | "weight-abs", [(module, dim, positions)]); dim 1
+        # reads a consumer's input slices (for "weight": only in a group with neither BN
+        # nor producers).
         self._terms: list[tuple[int, str, list[tuple[nn.Module, int, torch.Tensor]]]] = []
         for group in self.groups:
+            if self.weight_terms:
+                # A depthwise convolution is its group's producer too: its rows are read
+                # once, as outputs; other grouped convolutions' inputs are not read.
+                refs = [(r, 0) for r in group.producers] + [
+                    (r, 1) for r in group.consumers if not _depthwise(model.get_submodule(r.layer))
+                ]
+                if refs:
+                    self._terms.append(
+                        (
+                            group.size,
+                            "weight-abs",
+                            [
+                                (model.get_submodule(r.layer), d, channel_positions(r, group.size))
+                                for r, d in refs
+                            ],
+                        )
+                    )
+                    continue
             bns = [
                 (model.get_submodule(r.layer), 0, channel_positions(r, group.size))
                 for r in group.norms
@@ -75,13 +99,13 @@ class TaylorImportance(Importance):
         # weight products) is concatenated into one vector; group channel j of the flat
         # result sums the source positions that map to it (index_add over coupled layers).
         self._sources: list[tuple[nn.Module, str, int, int]] = []  # module, kind, dim, length
-        offsets: dict[tuple[int, int], int] = {}
+        offsets: dict[tuple[int, str, int], int] = {}
         src, dst = [], []
         base = 0
         total = 0
         for size, kind, terms in self._terms:
             for module, dim, pos in terms:
-                key = (id(module), dim)
+                key = (id(module), kind, dim)
                 if key not in offsets:
                     offsets[key] = total
                     length = _length(module, kind, dim)
@@ -139,6 +163,8 @@ class TaylorImportance(Importance):
             return w if b is None else (b if w is None else w + b)
         if w is None:
             return None
+        if kind == "weight-abs":
+            w, b = w.abs(), None if b is None else b.abs()
         if dim == 0:
             out = w.reshape(w.shape[0], -1).sum(1)
             return out if b is None else out + b
@@ -265,3 +291,23 @@ class TaylorL2Importance(TaylorImportance):
     """
 
     l2_terms = True
+
+
+@register_importance("taylor-weights")
+class TaylorWeightsImportance(TaylorImportance):
+    """Weight Taylor: ``sum over the channel's weights w of |w * dL/dw|``, over every
+    layer its group couples.
+
+    The weights of a channel are the output rows (and bias) of the convolutions and
+    linear layers that write it and the input columns of those that read it (a
+    depthwise convolution's rows once, as a writer), each element's first-order term
+    taken in magnitude, averaged over the minibatches since the last reset. The BN
+    criteria score a channel by what zeroing its BatchNorm output would cost; this one
+    by the weights that removing it deletes, as Torch-Pruning's group Taylor does
+    (1.6.1 reads the same elements and no BatchNorm; it takes one gradient summed over
+    a few batches before the magnitude and divides each group's scores by their mean).
+    A group with no such layer is scored on its BatchNorms as ``taylor-abs``.
+    """
+
+    abs_terms = True
+    weight_terms = True

@@ -188,6 +188,65 @@ def test_weight_taylor_fallback_without_bn():
         np.testing.assert_allclose(scores[gid], manual.abs().detach().double().numpy(), rtol=1e-6)
 
 
+def weight_terms(model, graph, per_group):
+    """Add each group's |w * dw| per channel, summed over its producers' rows (and
+    biases) and its consumers' columns (depthwise convolutions as producers only)."""
+    for g in graph.prunable:
+        for refs, dim in ((g.producers, 0), (g.consumers, 1)):
+            for ref in refs:
+                layer = model.get_submodule(ref.layer)
+                if dim == 1 and getattr(layer, "groups", 1) > 1:
+                    continue
+                prod = (layer.weight * layer.weight.grad).detach().double().abs()
+                rows = prod.transpose(0, dim)[list(ref.index)].reshape(g.size, -1).sum(1)
+                if dim == 0 and layer.bias is not None:
+                    b = (layer.bias * layer.bias.grad).detach().double().abs()
+                    rows += b[list(ref.index)].reshape(g.size, -1).sum(1)
+                per_group[g.id] += rows.numpy()
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_taylor_weights_sums_every_coupled_weights_terms_magnitudes(resnet, name):
+    if name == "resnet20":
+        model, graph = resnet
+        x = None
+    else:
+        model, x = build(name)
+        graph = ChannelGraph(model, x)
+        model.train()
+    imp = get_importance("taylor-weights")(graph)
+    expected = {g.id: np.zeros(g.size) for g in graph.prunable}
+    for seed in (8, 9):
+        if x is None:
+            backward(model, seed)
+        else:
+            model.zero_grad()
+            xb = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+            F.cross_entropy(model(xb), torch.arange(x.shape[0]) % 3).backward()
+        imp.accumulate()
+        weight_terms(model, graph, expected)
+    scores = imp.scores()
+    for g in graph.prunable:
+        np.testing.assert_allclose(scores[g.id], expected[g.id] / 2, rtol=1e-6)  # float32 sums
+    # Not the BatchNorms: their gradients do not move it.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.grad.mul_(10)
+    again = get_importance("taylor-weights")(graph)
+    again.accumulate()
+    fresh = {g.id: np.zeros(g.size) for g in graph.prunable}
+    weight_terms(model, graph, fresh)
+    for g in graph.prunable:
+        np.testing.assert_allclose(again.scores()[g.id], fresh[g.id], rtol=1e-6)
+    if x is not None:  # the depthwise convolutions are scored
+        dw = [
+            g
+            for g in graph.prunable
+            if {r.layer for r in g.producers} & {r.layer for r in g.consumers}
+        ]
+        assert dw and all((scores[g.id] > 0).all() for g in dw)
+
+
 def test_masked_channels_score_zero_for_every_criterion(resnet):
     model, graph = resnet
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -195,7 +254,7 @@ def test_masked_channels_score_zero_for_every_criterion(resnet):
         keep = {g.id: list(range(0, g.size, 2)) for g in graph.prunable}
         graph.mask(keep)
         backward(model, 7)
-        for name in ("taylor", "l1", "l2", "sp-lamp"):
+        for name in ("taylor", "taylor-weights", "l1", "l2", "sp-lamp"):
             imp = get_importance(name)(graph)
             imp.accumulate()
             for gid, s in imp.scores().items():
