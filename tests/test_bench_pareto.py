@@ -319,3 +319,24 @@ def test_table_of_a_coarser_step_than_the_cpu_block_is_built_and_calibrated(
     table = quality.build_or_open_table(tmp_path / "u.lut", model, x, 16)
     assert table.overhead_ms is not None and len(table.overhead["points"]) == 3
     table.close()
+
+
+def test_torch_prunings_group_taylor_reads_the_convolutions_not_the_batchnorms():
+    """What the README says ``tp-taylor`` scores, and ``taylor-weights`` follows: in
+    Torch-Pruning 1.6.1 a BatchNorm's gradient does not move the group Taylor score."""
+    import torch
+
+    tp = pytest.importorskip("torch_pruning")
+    model = tiny_net()
+    x = torch.randn(2, 3, 8, 8)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(16)))
+    score = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model[1].weight.grad = torch.ones(16)
+    model[1].bias.grad = torch.ones(16)
+    assert (score(group) == 0).all()
+    model[3].weight.grad = torch.ones_like(model[3].weight)  # reads the group's channels
+    expected = model[3].weight.detach().abs().sum((0, 2, 3))
+    torch.testing.assert_close(score(group), expected)

@@ -2,10 +2,12 @@
 
 ``taylor`` (HALP's BN-based first-order Taylor score, weight-Taylor without BN; needs
 gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in absolute
-value: :data:`DEFAULT_IMPORTANCE`), ``l1`` and ``l2`` (filter norms) and ``sp-lamp``
-(LAMP-normalised squared filter norms). ``get_importance(name)(graph)`` builds one for
-a channel graph; :func:`resolve_importance` also takes a criterion object (a class or a
-factory).
+value: :data:`DEFAULT_IMPORTANCE`), ``taylor-abs-mean`` and ``taylor-l2`` (the terms
+averaged, or combined by their L2 norm), ``taylor-weights`` (scored on the weights of the
+layers that write and read a channel, not on its BatchNorms), ``l1`` and ``l2`` (filter
+norms) and ``sp-lamp`` (LAMP-normalised squared filter norms).
+``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
+also takes a criterion object (a class or a factory).
 """
 
 from . import magnitude, taylor  # noqa: F401  (registers the built-in criteria)
