@@ -542,13 +542,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``--seeds`` (``0,1,2``) as integers; BenchError if not, or if empty."""
+    """``--seeds`` (``0,1,2``) as integers in the order given, for every bench that takes
+    seeds; BenchError for an item that is not an integer (an empty one too) or a seed
+    named twice."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        raise BenchError(f"--seeds must be integers like 0,1,2, not {text!r}") from None
-    if not seeds:
-        raise BenchError("--seeds is empty")
+        raise BenchError(f"--seeds {text!r}: comma-separated integers like 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise BenchError(f"--seeds {text!r} names a seed twice")
     return seeds
 
 

@@ -47,8 +47,8 @@ SAME = (
 )  # fmt: skip
 
 
-class BenchError(Exception):
-    """Bad input: one line, exit code 2."""
+#: Bad input: one line, exit code 2 (bench/pareto.py's, whose ``--seeds`` parser this shares).
+BenchError = load_pareto().BenchError
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -202,12 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from lut_builder.fileio import check_output
 
     try:
-        seeds = None
-        if args.seeds is not None:
-            try:
-                seeds = sorted({int(s) for s in args.seeds.split(",")})
-            except ValueError:
-                raise BenchError(f"--seeds {args.seeds!r}: comma-separated integers") from None
+        seeds = None if args.seeds is None else sorted(load_pareto().parse_seeds(args.seeds))
         if args.out:
             check_output(args.out, kind="file", flag="--out")
         result = swap(

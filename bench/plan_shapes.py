@@ -89,12 +89,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
     if args.evaluate < 0:
         raise BenchError("--evaluate must be at least 0")
-    try:
-        seeds = [int(v) for v in args.seeds.split(",")]
-    except ValueError:
-        raise BenchError(f"--seeds {args.seeds!r}: comma-separated integers") from None
-    if len(set(seeds)) != len(seeds):
-        raise BenchError(f"--seeds {args.seeds!r} names a seed twice")
+    seeds = load_pareto().parse_seeds(args.seeds)
     if args.pretrain_epochs < 0:
         raise BenchError("--pretrain-epochs must be at least 0")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:

@@ -160,7 +160,11 @@ def test_seeds_take_part_of_a_rerun_into_an_earlier_result_of_fewer_seeds(pair, 
     out = tmp_path / "out.json"
     assert swap.main([*paths, "--out", str(out)]) == 2
     assert "the earlier result has no seed 2" in capsys.readouterr().err
-    for bad, message in (("0,5", "the re-run has no seed 5"), ("0,x", "--seeds '0,x'")):
+    for bad, message in (
+        ("0,5", "the re-run has no seed 5"),
+        ("0,x", "--seeds '0,x'"),
+        ("0,1,0", "names a seed twice"),
+    ):
         assert swap.main([*paths, "--out", str(out), "--seeds", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1

@@ -50,7 +50,7 @@ def test_three_fine_tunings_of_one_plan(table, tmp_path, capsys):
     "extra, message",
     [
         (["--nudge", "0"], "--nudge must lie between 0 and 0.01"),
-        (["--seeds", "a"], "--seeds must be integers"),
+        (["--seeds", "a"], "--seeds 'a': comma-separated integers"),
         (["--targets", "1.2x"], "1.2x"),
         (["--epochs", "0"], "--epochs must be at least 1"),
     ],
