@@ -25,6 +25,8 @@ comes before those epochs):
   the layers that write and read it, ``sum |w * dL/dw|`` element by element, as
   Torch-Pruning's group Taylor, not on its BatchNorms), ``halp-taylor-weights-norm``
   the same with each group's scores over their mean (Torch-Pruning's normaliser, below);
+  ``halp-taylor-weights-summed`` (``-norm``) with each weight's ``w * dL/dw`` summed over
+  the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
   ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
@@ -124,6 +126,8 @@ METHODS = (
     "halp-taylor-abs-concave",
     "halp-taylor-weights",
     "halp-taylor-weights-norm",
+    "halp-taylor-weights-summed",
+    "halp-taylor-weights-summed-norm",
     "halp-taylor-abs-oneshot",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
@@ -181,12 +185,13 @@ def tp_global(dense, x, ratio, *, align, classes, criterion, grads=None) -> nn.M
     return model
 
 
-def rescored(name: str, label: str, transform) -> type:
-    """Criterion ``name`` with ``transform`` applied to each group's score vector, as a
-    class named ``{label}_{name}``."""
+def rescored(name: str | type, label: str, transform) -> type:
+    """Criterion ``name`` (registered, or a criterion class) with ``transform`` applied to
+    each group's score vector, as a class named ``{label}_{name}``."""
     from halp_trt.importance import get_importance
 
-    base = get_importance(name)
+    base = get_importance(name) if isinstance(name, str) else name
+    name = name if isinstance(name, str) else name.__name__
 
     class Rescored(base):  # type: ignore[valid-type, misc]
         def scores(self) -> dict[int, np.ndarray]:
@@ -196,7 +201,64 @@ def rescored(name: str, label: str, transform) -> type:
     return Rescored
 
 
-def mean_normalised(name: str) -> type:
+def summed_gradient() -> type:
+    """``taylor-weights`` with each weight's ``w * dL/dw`` summed over the window's
+    minibatches before its magnitude is taken: ``|sum over minibatches of w * dw|``, as
+    Torch-Pruning scores one gradient summed over a few batches, where ``taylor-weights``
+    averages each minibatch's ``|w * dw|`` (which keeps the minibatches' noise: the mean
+    of magnitudes is never below the magnitude of the mean)."""
+    from halp_trt.importance import get_importance
+
+    base = get_importance("taylor-weights")
+
+    class SummedGradient(base):  # type: ignore[valid-type, misc]
+        def _modules(self):
+            seen: dict[int, nn.Module] = {}
+            for module, *_ in self._sources:
+                seen.setdefault(id(module), module)
+            return seen.values()
+
+        @torch.no_grad()
+        def accumulate(self, *, skip_nonfinite: bool = False) -> bool:
+            prods = {}
+            for module in self._modules():
+                for pname in ("weight", "bias"):
+                    p = getattr(module, pname, None)
+                    if p is not None and p.grad is not None:
+                        prods[(id(module), pname)] = (p.detach() * p.grad.detach()).double()
+            if skip_nonfinite and not all(torch.isfinite(t).all() for t in prods.values()):
+                return False
+            if self._sum is None:
+                self._prods: dict[tuple[int, str], torch.Tensor] = {}
+                self._n = torch.zeros((), dtype=torch.float64)
+                self._sum = torch.zeros(self._n_channels, dtype=torch.float64)
+            for key, t in prods.items():
+                self._prods[key] = self._prods[key] + t if key in self._prods else t
+            self._n += 1.0
+            return True
+
+        def scores(self) -> dict[int, np.ndarray]:
+            if self._sum is not None and self.count:
+                flat = []
+                for module, _kind, dim, length in self._sources:
+                    w = self._prods.get((id(module), "weight"))
+                    b = self._prods.get((id(module), "bias"))
+                    if w is None:
+                        flat.append(torch.zeros(length, dtype=torch.float64))
+                    elif dim == 0:
+                        row = w.abs().reshape(w.shape[0], -1).sum(1)
+                        flat.append(row if b is None else row + b.abs())
+                    else:
+                        flat.append(w.abs().transpose(0, 1).reshape(w.shape[1], -1).sum(1))
+                out = torch.zeros(self._n_channels, dtype=torch.float64)
+                self._sum = out.index_add_(0, self._dst, torch.cat(flat)[self._src])
+            return super().scores()
+
+    SummedGradient.__qualname__ = SummedGradient.__name__ = "SummedGradient_taylor-weights"
+    return SummedGradient
+
+
+def mean_normalised(name: str | type) -> type:
     """Criterion ``name`` with each group's scores divided by their mean over the group's
     channels still alive (score > 0: a pruned channel's BatchNorm is zero, so is its
     Taylor score); a group with none keeps its zeros."""
@@ -814,6 +876,8 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-concave": (concave_value("taylor-abs"), "exp", table),
         "halp-taylor-weights": ("taylor-weights", "exp", table),
         "halp-taylor-weights-norm": (mean_normalised("taylor-weights"), "exp", table),
+        "halp-taylor-weights-summed": (summed_gradient(), "exp", table),
+        "halp-taylor-weights-summed-norm": (mean_normalised(summed_gradient()), "exp", table),
         "halp-taylor-abs-oneshot": ("taylor-abs", "oneshot", table),
         "halp-sp-lamp": ("sp-lamp", "oneshot", table),
         "halp-sp-lamp-exp": ("sp-lamp", "exp", table),

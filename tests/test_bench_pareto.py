@@ -239,6 +239,46 @@ def test_concave_value_wraps_a_criterion(pareto):
         assert not np.allclose(s, want[gid])
 
 
+def test_summed_gradient_takes_the_magnitude_of_the_windows_sum(pareto):
+    import torch
+
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import get_importance
+
+    torch.manual_seed(0)
+    net, x = tiny_net(), torch.randn(4, 3, 8, 8)
+    graph = ChannelGraph(net, x)
+    summed = pareto.summed_gradient()(graph)
+    plain = get_importance("taylor-weights")(graph)
+    normed = pareto.mean_normalised(pareto.summed_gradient())(graph)
+    sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in net.named_parameters()}
+    for seed in (1, 2):
+        gen = torch.Generator().manual_seed(seed)
+        net.zero_grad()
+        xb = torch.randn(4, 3, 8, 8, generator=gen)
+        nn.functional.cross_entropy(net(xb), torch.tensor([0, 1, 2, 3])).backward()
+        for imp in (summed, plain, normed):
+            imp.accumulate()
+        for n, p in net.named_parameters():
+            sums[n] += (p * p.grad).detach().double()
+        if seed == 1:  # one minibatch: the same as taylor-weights
+            for gid, s in summed.scores().items():
+                assert s == pytest.approx(plain.scores()[gid], rel=1e-6)
+    got, mean_of_abs = summed.scores(), plain.scores()
+    assert summed.count == 2
+    # conv 0 writes group 0, conv 3 reads it and writes group 1, read by the classifier
+    first = (sums["0.weight"].abs().sum((1, 2, 3)) + sums["3.weight"].abs().sum((0, 2, 3))) / 2
+    second = (sums["3.weight"].abs().sum((1, 2, 3)) + sums["8.weight"].abs().sum(0)) / 2
+    by_size = {s.size: s for s in got.values()}
+    assert by_size[16] == pytest.approx(first.numpy(), rel=1e-6)
+    assert by_size[32] == pytest.approx(second.numpy(), rel=1e-6)
+    for gid, s in got.items():  # the magnitude of a mean is never above the mean magnitude
+        assert (s <= mean_of_abs[gid] * (1 + 1e-6)).all() and (s < mean_of_abs[gid]).any()
+        assert normed.scores()[gid] == pytest.approx(s / s.mean())
+    summed.reset()
+    assert summed.count == 0
+
+
 def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
     # mean 0.01, sd 0.001 over 3 seeds: t(0.975, 2) = 4.303, half-width 0.00248
     clear = pareto.paired_interval([0.009, 0.010, 0.011])
