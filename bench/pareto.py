@@ -212,16 +212,10 @@ def summed_gradient() -> type:
     base = get_importance("taylor-weights")
 
     class SummedGradient(base):  # type: ignore[valid-type, misc]
-        def _modules(self):
-            seen: dict[int, nn.Module] = {}
-            for module, *_ in self._sources:
-                seen.setdefault(id(module), module)
-            return seen.values()
-
         @torch.no_grad()
         def accumulate(self, *, skip_nonfinite: bool = False) -> bool:
             prods = {}
-            for module in self._modules():
+            for module in {id(m): m for m, *_ in self._sources}.values():
                 for pname in ("weight", "bias"):
                     p = getattr(module, pname, None)
                     if p is not None and p.grad is not None:
@@ -237,21 +231,13 @@ def summed_gradient() -> type:
             self._n += 1.0
             return True
 
+        def _products(self, module: nn.Module):
+            # The window's sums, reduced per channel in magnitude by taylor-weights' gather.
+            return self._prods.get((id(module), "weight")), self._prods.get((id(module), "bias"))
+
         def scores(self) -> dict[int, np.ndarray]:
             if self._sum is not None and self.count:
-                flat = []
-                for module, _kind, dim, length in self._sources:
-                    w = self._prods.get((id(module), "weight"))
-                    b = self._prods.get((id(module), "bias"))
-                    if w is None:
-                        flat.append(torch.zeros(length, dtype=torch.float64))
-                    elif dim == 0:
-                        row = w.abs().reshape(w.shape[0], -1).sum(1)
-                        flat.append(row if b is None else row + b.abs())
-                    else:
-                        flat.append(w.abs().transpose(0, 1).reshape(w.shape[1], -1).sum(1))
-                out = torch.zeros(self._n_channels, dtype=torch.float64)
-                self._sum = out.index_add_(0, self._dst, torch.cat(flat)[self._src])
+                self._sum = self._minibatch()
             return super().scores()
 
     SummedGradient.__qualname__ = SummedGradient.__name__ = "SummedGradient_taylor-weights"

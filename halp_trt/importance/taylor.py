@@ -53,47 +53,27 @@ class TaylorImportance(Importance):
         # reads a consumer's input slices (for "weight": only in a group with neither BN
         # nor producers).
         self._terms: list[tuple[int, str, list[tuple[nn.Module, int, torch.Tensor]]]] = []
+
+        def layers(refs: list, size: int) -> list[tuple[nn.Module, int, torch.Tensor]]:
+            return [(model.get_submodule(r.layer), d, channel_positions(r, size)) for r, d in refs]
+
         for group in self.groups:
-            if self.weight_terms:
-                # A depthwise convolution is its group's producer too: its rows are read
-                # once, as outputs; other grouped convolutions' inputs are not read.
-                refs = [(r, 0) for r in group.producers] + [
-                    (r, 1) for r in group.consumers if not _depthwise(model.get_submodule(r.layer))
-                ]
-                if refs:
-                    self._terms.append(
-                        (
-                            group.size,
-                            "weight-abs",
-                            [
-                                (model.get_submodule(r.layer), d, channel_positions(r, group.size))
-                                for r, d in refs
-                            ],
-                        )
-                    )
-                    continue
-            bns = [
-                (model.get_submodule(r.layer), 0, channel_positions(r, group.size))
-                for r in group.norms
-                if r.kind == "batchnorm"
-            ]
-            bns = [t for t in bns if getattr(t[0], "weight", None) is not None]
-            if bns:
-                self._terms.append((group.size, "bn", bns))
-                continue
-            refs = [(r, 0) for r in group.producers] or [
+            size = group.size
+            writers = [(r, 0) for r in group.producers]
+            # A depthwise convolution is its group's producer too: its rows are read once,
+            # as outputs; grouped convolutions' inputs are not read.
+            readers = [
                 (r, 1) for r in group.consumers if not _depthwise(model.get_submodule(r.layer))
             ]
-            self._terms.append(
-                (
-                    group.size,
-                    "weight",
-                    [
-                        (model.get_submodule(r.layer), d, channel_positions(r, group.size))
-                        for r, d in refs
-                    ],
-                )
-            )
+            if self.weight_terms and (writers or readers):
+                self._terms.append((size, "weight-abs", layers(writers + readers, size)))
+                continue
+            bns = layers([(r, 0) for r in group.norms if r.kind == "batchnorm"], size)
+            bns = [t for t in bns if getattr(t[0], "weight", None) is not None]
+            if bns:
+                self._terms.append((size, "bn", bns))
+                continue
+            self._terms.append((size, "weight", layers(writers or readers, size)))
         self._sizes = [g.size for g in self.groups]
         # One flat gather per minibatch: every source (a BN, or a layer's per-channel
         # weight products) is concatenated into one vector; group channel j of the flat
@@ -152,11 +132,13 @@ class TaylorImportance(Importance):
         out.index_add_(0, dst, terms)
         return out.abs_()
 
-    @staticmethod
-    def _contribution(module: nn.Module, kind: str, dim: int) -> torch.Tensor | None:
+    def _products(self, module: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The module's ``weight * grad`` and ``bias * grad`` (None without a grad)."""
+        return _product(getattr(module, "weight", None)), _product(getattr(module, "bias", None))
+
+    def _contribution(self, module: nn.Module, kind: str, dim: int) -> torch.Tensor | None:
         """Per-position products of the module for dimension ``dim``, or None without grads."""
-        w = _product(getattr(module, "weight", None))
-        b = _product(getattr(module, "bias", None))
+        w, b = self._products(module)
         if kind == "bn":
             if w is None and b is None:
                 return None
