@@ -29,6 +29,13 @@ comes before those epochs):
   the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
   ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
+- ``halp-taylor-abs-calib``, ``halp-taylor-weights-calib``,
+  ``halp-taylor-weights-norm-calib``: halp-trt's plan (the criterion, the knapsack on
+  the measured table, the floor, the feedback) on Torch-Pruning's path: scored on the
+  dense model over the same training batches Torch-Pruning's Taylor takes its gradients
+  from, no weight updated, and pruned before the first fine-tuning iteration, so that
+  the whole budget fine-tunes the final widths (the others score while training and
+  prune a few iterations in);
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -129,6 +136,9 @@ METHODS = (
     "halp-taylor-weights-summed",
     "halp-taylor-weights-summed-norm",
     "halp-taylor-abs-oneshot",
+    "halp-taylor-abs-calib",
+    "halp-taylor-weights-calib",
+    "halp-taylor-weights-norm-calib",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -299,20 +309,82 @@ def match_predicted(make, predict, reference, x, knobs):
     return knob, make(knob), None, history, priced
 
 
-def taylor_grads(dense, data, batch_size: int, batches: int = 8) -> dict[str, torch.Tensor]:
-    """Loss gradients of ``dense`` summed over ``batches`` training batches (train
-    mode), for Torch-Pruning's Taylor importance."""
+#: Training batches a pruning that comes before fine-tuning scores on.
+CALIBRATION_BATCHES = 8
+
+
+def calibration_batches(data, batch_size: int, batches: int = CALIBRATION_BATCHES):
+    """The first ``batches`` shuffled training batches, the same for every seed and method
+    (a generator seeded 0): what Torch-Pruning's Taylor and ``*-calib`` score on."""
     from torch.utils.data import DataLoader
 
-    model = copy.deepcopy(dense).train()
-    model.zero_grad(set_to_none=True)
     gen = torch.Generator().manual_seed(0)
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=gen)
-    for i, (xb, yb) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i == batches:
-            break
+            return
+        yield batch
+
+
+def taylor_grads(dense, data, batch_size: int, batches: int = CALIBRATION_BATCHES):
+    """Loss gradients of ``dense`` summed over ``batches`` training batches (train
+    mode), for Torch-Pruning's Taylor importance: parameter name -> gradient."""
+    model = copy.deepcopy(dense).train()
+    model.zero_grad(set_to_none=True)
+    for xb, yb in calibration_batches(data, batch_size, batches):
         nn.functional.cross_entropy(model(xb), yb).backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def halp_calibrated(
+    dense, data, x, table, target, importance, *, batch_size: int, feedback: bool,
+    min_keep=None, batches: int = CALIBRATION_BATCHES,
+):  # fmt: skip
+    """halp-trt's plan on Torch-Pruning's path: ``importance`` accumulated over the
+    calibration batches on ``dense`` as it is (train mode, no weight update: the
+    gradients :func:`taylor_grads` takes), one knapsack on ``table`` to ``target``
+    (measured-latency feedback when ``feedback``, the pruner's floor), the channels
+    removed before the first fine-tuning iteration. The BatchNorm running statistics
+    are left as the dense model had them, as Torch-Pruning's copy leaves them.
+
+    Returns ``(slim model, facts)``; the fine-tuning is the caller's."""
+    from halp_trt.prune import MeasuredLatency, Pruner
+
+    measure = MeasuredLatency(dense, x, threads=1) if feedback else None
+    model = copy.deepcopy(dense).train()
+    buffers = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k not in dict(model.named_parameters())
+    }
+    try:
+        pruner = Pruner(
+            model, x, table, target, importance=importance, steps=1, interval=batches,
+            schedule="oneshot", feedback=measure, min_keep=min_keep,
+        )  # fmt: skip
+        for xb, yb in calibration_batches(data, batch_size, batches):
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            pruner.accumulate()
+            pruner.step()
+        if not pruner.done:
+            raise RuntimeError(f"the training set has fewer than {batches} batches to score on")
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(buffers, strict=False)
+        slim, plan = pruner.finalize()
+    finally:
+        if measure is not None:
+            measure.close()
+    return slim, {
+        "target_ms": plan.target_ms,
+        "plan_predicted_ms": plan.predicted_ms,
+        "base_predicted_ms": plan.base_ms,
+        "calibration_batches": batches,
+        "minibatches": pruner.history[0].minibatches,
+        "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
+        "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
+        "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
+    }
 
 
 def fastnas(dense, data, x, fraction, align, batch_size, workdir: Path) -> nn.Module:
@@ -872,6 +944,23 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     }
     for method in [m for m in selected if m in halp_methods]:
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
+
+    calibrated = {
+        "halp-taylor-abs-calib": "taylor-abs",
+        "halp-taylor-weights-calib": "taylor-weights",
+        "halp-taylor-weights-norm-calib": mean_normalised("taylor-weights"),
+    }
+    for method in [m for m in selected if m in calibrated]:
+
+        def calibrated_fn(importance=calibrated[method]):
+            t0 = time.perf_counter()
+            slim, extra = halp_calibrated(
+                dense, data, x, table, target, importance, batch_size=args.batch_size,
+                feedback=not args.no_feedback, min_keep=args.min_keep,
+            )  # fmt: skip
+            return finetuned(slim, extra, time.perf_counter() - t0)
+
+        record(method, METHOD_FUNCS.get(method) or calibrated_fn)
 
     reference, no_reference = models.get(args.reference), None
     if reference is None and any(m in KNOB_METHODS for m in selected):

@@ -279,6 +279,57 @@ def test_summed_gradient_takes_the_magnitude_of_the_windows_sum(pareto):
     assert summed.count == 0
 
 
+def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylor_takes(
+    pareto, tmp_path
+):
+    """``*-calib``: scored on the calibration batches with the weights as they are, one
+    plan to the target, the kept channels' weights and BatchNorm statistics the dense
+    model's; a training set of fewer batches is refused."""
+    import types
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    dense, x = tiny_net().eval(), torch.randn(2, 3, 8, 8)
+    for m in dense.modules():  # statistics unlike a fresh BatchNorm's
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
+    data = types.SimpleNamespace(train=TensorDataset(images, labels))
+    table = pareto.macs_table(tmp_path / "m.db", dense, x, 8, 8)
+    try:
+        slim, facts = pareto.halp_calibrated(
+            dense, data, x, table, "0.5x", "taylor-abs", batch_size=8, feedback=False,
+            min_keep=0,
+        )  # fmt: skip
+        with pytest.raises(RuntimeError, match="fewer than 8 batches"):
+            pareto.halp_calibrated(
+                dense, data, x, table, "0.5x", "taylor-abs", batch_size=16, feedback=False
+            )
+    finally:
+        table.close()
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in before.items())
+    assert facts["minibatches"] == facts["calibration_batches"] == 8
+    assert facts["plan_predicted_ms"] <= facts["target_ms"] * (1 + 1e-9)
+    assert facts["steps_predicted_ratio"][0] == pytest.approx(
+        facts["plan_predicted_ms"] / facts["base_predicted_ms"]
+    )
+    # no weight updated: each kept filter is one of the dense model's, its statistics too
+    conv, bn = slim[0], slim[1]
+    assert conv.out_channels < 16
+    rows = [
+        int(np.flatnonzero([torch.equal(w, d) for d in dense[0].weight])[0]) for w in conv.weight
+    ]
+    assert torch.equal(bn.running_mean, dense[1].running_mean[rows])
+    assert torch.equal(bn.running_var, dense[1].running_var[rows])
+    reads = dense[3].weight[:, rows]  # the second conv's filters on the kept inputs
+    assert all(any(torch.equal(w, d) for d in reads) for w in slim[3].weight)
+    assert all(p.grad is None for p in slim.parameters())
+
+
 def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
     # mean 0.01, sd 0.001 over 3 seeds: t(0.975, 2) = 4.303, half-width 0.00248
     clear = pareto.paired_interval([0.009, 0.010, 0.011])
