@@ -340,37 +340,25 @@ def halp_calibrated(
     dense, data, x, table, target, importance, *, batch_size: int, feedback: bool,
     min_keep=None, batches: int = CALIBRATION_BATCHES,
 ):  # fmt: skip
-    """halp-trt's plan on Torch-Pruning's path: ``importance`` accumulated over the
-    calibration batches on ``dense`` as it is (train mode, no weight update: the
-    gradients :func:`taylor_grads` takes), one knapsack on ``table`` to ``target``
-    (measured-latency feedback when ``feedback``, the pruner's floor), the channels
-    removed before the first fine-tuning iteration. The BatchNorm running statistics
-    are left as the dense model had them, as Torch-Pruning's copy leaves them.
+    """halp-trt's plan on Torch-Pruning's path: ``Pruner.calibrate`` on a copy of
+    ``dense``, ``importance`` accumulated over the calibration batches with the weights as
+    they are (train mode, plain cross-entropy: the gradients :func:`taylor_grads` takes),
+    one knapsack on ``table`` to ``target`` (measured-latency feedback when
+    ``feedback``, the pruner's floor), the channels removed before the first fine-tuning
+    iteration; the BatchNorm statistics the dense model's, as Torch-Pruning's copy
+    leaves them.
 
     Returns ``(slim model, facts)``; the fine-tuning is the caller's."""
     from halp_trt.prune import MeasuredLatency, Pruner
 
     measure = MeasuredLatency(dense, x, threads=1) if feedback else None
-    model = copy.deepcopy(dense).train()
-    buffers = {
-        k: v.clone()
-        for k, v in model.state_dict().items()
-        if k not in dict(model.named_parameters())
-    }
     try:
         pruner = Pruner(
-            model, x, table, target, importance=importance, steps=1, interval=batches,
-            schedule="oneshot", feedback=measure, min_keep=min_keep,
+            copy.deepcopy(dense), x, table, target, importance=importance,
+            schedule="oneshot", steps=1, feedback=measure, min_keep=min_keep,
+            calibration_batches=batches,
         )  # fmt: skip
-        for xb, yb in calibration_batches(data, batch_size, batches):
-            model.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            pruner.accumulate()
-            pruner.step()
-        if not pruner.done:
-            raise RuntimeError(f"the training set has fewer than {batches} batches to score on")
-        model.zero_grad(set_to_none=True)
-        model.load_state_dict(buffers, strict=False)
+        record = pruner.calibrate(calibration_batches(data, batch_size, batches))
         slim, plan = pruner.finalize()
     finally:
         if measure is not None:
@@ -380,7 +368,7 @@ def halp_calibrated(
         "plan_predicted_ms": plan.predicted_ms,
         "base_predicted_ms": plan.base_ms,
         "calibration_batches": batches,
-        "minibatches": pruner.history[0].minibatches,
+        "minibatches": record.minibatches,
         "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
         "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
         "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],

@@ -80,6 +80,7 @@ STAGE_ARGS = {
         "prune_window",
         "min_interval",
         "min_keep",
+        "calibration_batches",
         "feedback",
         "seed",
         "batch_size",
@@ -93,7 +94,12 @@ STAGE_ARGS = {
 }
 PINNED_ARGS = tuple(sorted({a for names in STAGE_ARGS.values() for a in names}))
 #: What a setting pinned later than a run's ``run.json`` was, for runs made before it.
-PINNED_DEFAULTS = {"prune_window": DEFAULT_SPREAD, "min_interval": 1, "bn_batches": 0}
+PINNED_DEFAULTS = {
+    "prune_window": DEFAULT_SPREAD,
+    "min_interval": 1,
+    "bn_batches": 0,
+    "calibration_batches": 0,
+}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:
@@ -121,6 +127,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "prune_window": p.prune_window,
         "min_interval": p.min_interval,
         "min_keep": p.min_keep,
+        "calibration_batches": p.calibration_batches,
         "feedback": config.feedback,
         "verify_rounds": config.verify_rounds,
     }

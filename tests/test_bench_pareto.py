@@ -290,6 +290,8 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
     import torch
     from torch.utils.data import TensorDataset
 
+    from halp_trt.errors import PruningError
+
     torch.manual_seed(0)
     dense, x = tiny_net().eval(), torch.randn(2, 3, 8, 8)
     for m in dense.modules():  # statistics unlike a fresh BatchNorm's
@@ -305,7 +307,7 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
             dense, data, x, table, "0.5x", "taylor-abs", batch_size=8, feedback=False,
             min_keep=0,
         )  # fmt: skip
-        with pytest.raises(RuntimeError, match="fewer than 8 batches"):
+        with pytest.raises(PruningError, match="asked for 8 minibatches and got 4"):
             pareto.halp_calibrated(
                 dense, data, x, table, "0.5x", "taylor-abs", batch_size=16, feedback=False
             )

@@ -57,9 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--schedule",
-        default="exp",
+        default=None,
         choices=("exp", "linear", "oneshot"),
-        help="default exp; oneshot prunes once, where exp's first step would be",
+        help="default exp (oneshot with --calibration-batches); oneshot prunes once, "
+        "where exp's first step would be",
     )
     p.add_argument(
         "--interval",
@@ -129,6 +130,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=int, default=10, help="epochs of pruning and fine-tuning (10)")
     p.add_argument("--steps", type=int, default=30, help="pruning steps (default 30)")
+    p.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prune once before training, scored on N training minibatches with no weight "
+        "updated, so the whole run trains the final widths (default 0: prune while "
+        "training; one step)",
+    )
     p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
     p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
@@ -150,7 +160,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
     prune = PruneConfig(
         target=args.target,
         importance=args.importance,
-        schedule=args.schedule,
+        schedule=args.schedule or ("oneshot" if args.calibration_batches else "exp"),
         steps=args.steps,
         interval=args.interval,
         interval_epochs=args.interval_epochs,
@@ -159,6 +169,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
         cost_model=args.cost_model,
         bundle=args.bundle,
         min_keep=args.min_keep,
+        calibration_batches=args.calibration_batches,
     )
     train = TrainConfig(
         epochs=args.epochs,

@@ -84,10 +84,12 @@ def config(args: argparse.Namespace) -> Any:
         prune=PruneConfig(
             target=args.target,
             importance=args.importance,
+            schedule="oneshot" if args.calibration_batches else "exp",
             steps=args.steps,
             prune_window=args.prune_window,
             min_interval=args.min_interval,
             min_keep=args.min_keep,
+            calibration_batches=args.calibration_batches,
         ),
         train=TrainConfig(
             epochs=args.epochs,

@@ -60,6 +60,10 @@ class PruneConfig(ConfigBase):
         monotone_table: plan on the table's monotone envelope (see
             :class:`halp_trt.solver.monotone.MonotoneTable`; off by default).
         frozen_layers: layer names whose channels are never pruned.
+        calibration_batches: 0 (default): prune while training. N > 0 (with the
+            ``oneshot`` schedule): score the dense model on N training minibatches
+            before the first iteration, no weight updated, and prune once there, so the
+            whole run trains the final widths (:meth:`halp_trt.Pruner.calibrate`).
 
     Raises:
         ConfigError: a field outside what it allows (checked on construction).
@@ -80,6 +84,7 @@ class PruneConfig(ConfigBase):
     min_keep: float | None = None
     monotone_table: bool = False
     frozen_layers: tuple[str, ...] = ()
+    calibration_batches: int = 0
 
     def __post_init__(self) -> None:
         from ..errors import UserError
@@ -108,6 +113,12 @@ class PruneConfig(ConfigBase):
         )
         self._int("min_interval", 1)
         self._int("start", 0)
+        self._int("calibration_batches", 0)
+        self._require(
+            "calibration_batches",
+            not self.calibration_batches or self.schedule == "oneshot",
+            "prunes once, before training: it needs the oneshot schedule",
+        )
         self._choice("cost_model", (None, *COST_MODELS))
         self._int("bundle", 1, optional=True)
         self._int("min_channels", 1, optional=True)
@@ -179,4 +190,5 @@ class PruneConfig(ConfigBase):
             "min_channels": self.min_channels,
             "min_keep": self.min_keep,
             "monotone_table": self.monotone_table,
+            "calibration_batches": self.calibration_batches,
         }

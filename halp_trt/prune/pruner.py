@@ -13,6 +13,14 @@ Usage (the order of the calls matters)::
         pruner.step()            # after optimizer.step(): re-mask, prune when due
     slim, plan = pruner.finalize("plan.json")
 
+Or prune once before training, scored on a few minibatches with nothing updated, so that
+the whole run trains the final widths::
+
+    pruner = Pruner(model, example_input, table, "0.5x", schedule="oneshot",
+                    calibration_batches=8)
+    pruner.calibrate(loader)    # (inputs, targets) minibatches; prunes (masks) here
+    slim, plan = pruner.finalize()   # then train slim as usual
+
 ``step()`` must come *after* ``optimizer.step()``: it zeroes the pruned channels'
 parameters again, so momentum and weight decay cannot bring them back. With mixed
 precision call ``scaler.unscale_(optimizer)`` before ``accumulate(skip_nonfinite=True)``
@@ -153,6 +161,11 @@ class Pruner:
             None. Each step's plan is then measured; the next budgets are divided by
             the table's error there (measured / predicted), and the last step tightens
             its plan until it measures within 1% above and 3% below the target.
+        calibration_batches: 0 (default): prune while training, as above. N > 0: a
+            one-step schedule whose step comes before training: :meth:`calibrate`
+            scores the model as it is on N minibatches (no weight updated) and prunes
+            there, so that the whole run trains the final widths (the built-in trainer
+            calls it before its first iteration); ``step()`` refuses to run before it.
 
     Raises:
         PruningError: nothing prunable, a table that does not cover the model, a
@@ -181,6 +194,7 @@ class Pruner:
         min_keep: float | None = None,
         feedback: Any = None,
         monotone_table: bool = False,
+        calibration_batches: int = 0,
     ) -> None:
         if schedule not in SCHEDULES:
             raise PruningError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
@@ -188,6 +202,7 @@ class Pruner:
             ("steps", steps, 1),
             ("interval", interval, 1),
             ("start", start, 0),
+            ("calibration_batches", calibration_batches, 0),
         ):
             if int(value) != value or value < least:
                 raise PruningError(f"{name} must be an integer >= {least}, not {value!r}")
@@ -224,6 +239,12 @@ class Pruner:
         self.target_ms = parse_target(target, self.base_ms)
         self.budgets = schedule_targets(schedule, self.base_ms, self.target_ms, int(steps))
         self.steps = len(self.budgets)
+        self.calibration_batches = int(calibration_batches)
+        if self.calibration_batches and self.steps != 1:
+            raise PruningError(
+                f"calibration prunes once, before training: it needs a one-step schedule "
+                f"(oneshot, or steps=1), not {self.steps} steps"
+            )
         self._check_feasible()
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):
@@ -382,13 +403,19 @@ class Pruner:
 
     @property
     def next_step_iteration(self) -> int | None:
-        """The iteration (value of :attr:`iteration` after ``step()``) of the next pruning."""
-        return None if self.done else self.start + self.interval * (self.steps_done + 1)
+        """The iteration (value of :attr:`iteration` after ``step()``) of the next pruning
+        (0: :meth:`calibrate`, before training)."""
+        if self.done:
+            return None
+        if self.calibration_batches:
+            return 0
+        return self.start + self.interval * (self.steps_done + 1)
 
     @property
     def last_iteration(self) -> int:
-        """The iteration at which the last pruning step of the schedule runs."""
-        return self.start + self.interval * self.steps
+        """The iteration at which the last pruning step of the schedule runs (0:
+        :meth:`calibrate`, before training)."""
+        return 0 if self.calibration_batches else self.start + self.interval * self.steps
 
     def accumulate(self, *, skip_nonfinite: bool = False) -> None:
         """Add this minibatch's gradients to the importance (call after ``backward()``).
@@ -407,6 +434,67 @@ class Pruner:
         self.importance.accumulate(skip_nonfinite=skip_nonfinite)
         self.timers["accumulate"] += time.perf_counter() - t0
 
+    def calibrate(self, batches: Any, loss_fn: Any = None) -> StepRecord:
+        """The one pruning step of a pruner built with ``calibration_batches``, before
+        training: the importance accumulated over the first ``calibration_batches`` of
+        ``batches`` on the model as it is, then the knapsack (and the feedback's
+        measurements) to the target, the pruned channels masked.
+
+        Each minibatch runs forward and backward in training mode; no weight changes, and
+        the BatchNorm running statistics are put back as they were. The gradients are
+        cleared afterwards. Under ``torchrun`` each rank scores its own minibatches (call
+        it on every rank with the pruner's module, not its DDP wrapper); the scores are
+        averaged over ranks, as in a step.
+
+        Args:
+            batches: an iterable of ``(inputs, targets)`` on the model's device.
+            loss_fn: ``loss_fn(outputs, targets)``, a scalar to differentiate;
+                default cross-entropy.
+
+        Returns:
+            The step's :class:`StepRecord` (iteration 0).
+
+        Raises:
+            PruningError: not built to calibrate, already pruned or trained, fewer
+                minibatches than asked, or the target infeasible.
+            ImportanceError: NaN/inf importances.
+        """
+        import torch.nn.functional as F
+
+        self._check_live()
+        if not self.calibration_batches:
+            raise PruningError("this pruner prunes while training (calibration_batches=0)")
+        if self.steps_done or self.iteration:
+            raise PruningError("calibrate() comes before the first training iteration, once")
+        loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+        module = self.module
+        params = {name for name, _ in module.named_parameters()}
+        saved = {k: v.clone() for k, v in module.state_dict().items() if k not in params}
+        was_training, used = module.training, 0
+        t0 = time.perf_counter()
+        try:
+            module.train()
+            if self.importance.needs_gradients:
+                for inputs, targets in batches:
+                    if used == self.calibration_batches:
+                        break
+                    module.zero_grad(set_to_none=True)
+                    loss_fn(module(inputs), targets).backward()
+                    self.importance.accumulate()
+                    used += 1
+        finally:
+            module.zero_grad(set_to_none=True)
+            module.load_state_dict(saved, strict=False)
+            module.train(was_training)
+        self.timers["accumulate"] += time.perf_counter() - t0
+        if self.importance.needs_gradients and used < self.calibration_batches:
+            self.importance.reset()
+            raise PruningError(
+                f"calibration asked for {self.calibration_batches} minibatches and got "
+                f"{used}: fewer calibration batches, or a larger training set"
+            )
+        return self._prune(self.budgets[0])
+
     def step(self) -> StepRecord | None:
         """Advance one iteration (call after ``optimizer.step()``).
 
@@ -416,11 +504,14 @@ class Pruner:
             The :class:`StepRecord` of the pruning step run now, or None.
 
         Raises:
-            PruningError: the model changed size, or the target became infeasible.
+            PruningError: the model changed size, the target became infeasible, or a
+                pruner built to calibrate was not calibrated first.
             ImportanceError: NaN/inf importances, or no minibatch accumulated for a
                 gradient-based criterion.
         """
         self._check_live()
+        if self.calibration_batches and not self.done:
+            raise PruningError("a pruner built with calibration_batches: calibrate() first")
         t0 = time.perf_counter()
         self._check_shapes()
         self.iteration += 1
@@ -595,6 +686,8 @@ class Pruner:
             return slim, out
         self._check_live()
         self._check_shapes()
+        if self.calibration_batches and not self.done:
+            raise PruningError("a pruner built with calibration_batches: calibrate() first")
         if not self.done:
             warnings.warn(
                 f"pruning schedule finished {self.steps_done} of {self.steps} steps; pruning "
@@ -677,6 +770,7 @@ class Pruner:
             "start": self.start,
             "min_keep": self.min_keep,
             "monotone_table": self.monotone_table,
+            "calibration_batches": self.calibration_batches,
             "target_ms": self.target_ms,
             "group_sizes": [g.size for g in self.graph.groups],
         }
@@ -716,7 +810,7 @@ class Pruner:
         saved, mine = state["config"], self._config()
         diffs = []
         for key, value in mine.items():
-            other = saved.get(key)
+            other = saved.get(key, 0 if key == "calibration_batches" else None)  # older states
             same = (
                 math.isclose(other, value, rel_tol=1e-9)
                 if key == "target_ms" and isinstance(other, (int, float))

@@ -10,6 +10,8 @@ The pruner, when given, follows the documented call order: ``accumulate()`` afte
 backward (after unscaling the gradients under AMP), ``step()`` after the optimizer step.
 Once its last step has run, the pruned channels are removed (``finalize()``) and the slim
 model trains on with its momentum (``TrainConfig.slim``; the wrapper rebuilt under DDP).
+A pruner built with ``calibration_batches`` prunes before the first iteration instead
+(``calibrate()`` on the first minibatches of a pass, no weight updated).
 The trainer times every iteration that runs while pruning is under way, so the pruning
 machinery's share of those iterations can be reported.
 """
@@ -253,6 +255,10 @@ class Trainer:
         window = [0.0, 0, 0]  # loss sum, correct, count since the last pruning step
         it = 0
         with bars:
+            if pruner is not None and getattr(pruner, "calibration_batches", 0) and not pruner.done:
+                model, net, pruner = self._calibrated(
+                    pruner, model, loader, sampler, criterion, optimizer, result, bars
+                )
             for epoch in range(cfg.epochs):
                 if sampler is not None:
                     sampler.set_epoch(epoch)
@@ -344,6 +350,35 @@ class Trainer:
             result.final = {"val_loss": val_loss, "val_acc": val_acc}
         self.model = model
         return result
+
+    def _calibrated(self, pruner, model, loader, sampler, criterion, optimizer, result, bars):
+        """A pruner built with ``calibration_batches``: its one step before training,
+        scored on the first minibatches of a pass over the training set (the sampler's
+        epoch 0 under DDP), nothing updated; then the slim model (``TrainConfig.slim``).
+
+        Returns ``(model, the loop's wrapped model, pruner or None once slimmed)``."""
+        cfg = self.config
+        if sampler is not None:
+            sampler.set_epoch(0)
+        t0, before = time.perf_counter(), pruner.overhead_s
+        batches = ((x.to(self.device), y.to(self.device)) for x, y in loader)
+        record = pruner.calibrate(batches, criterion)
+        result.pruning_iterations_s += time.perf_counter() - t0
+        result.pruner_s += pruner.overhead_s - before
+        entry = {**record.to_dict(), "epoch": 0}
+        if cfg.eval_steps:
+            entry["val_loss"], entry["val_acc"] = evaluate(model, self.data.val, device=self.device)
+        result.steps.append(entry)
+        if self.on_step:
+            self.on_step(entry)
+        bars.pruned(entry)
+        if not cfg.slim:
+            return model, self._wrapped(model), pruner
+        t_slim = time.perf_counter()
+        model, _ = pruner.finalize(optimizer=optimizer)
+        result.slimmed_at = 0
+        result.slim_s = time.perf_counter() - t_slim
+        return model, self._wrapped(model), None
 
     def _wrapped(self, model: nn.Module) -> nn.Module:
         """What the loop calls: ``model`` in DistributedDataParallel under torchrun."""

@@ -72,6 +72,8 @@ def test_top_level_names_resolve_and_import_is_light():
         (PruneConfig, {"target": "0.5x", "prune_window": 1.5}, "PruneConfig.prune_window must be a fraction"),
         (PruneConfig, {"target": "0.5x", "prune_window": True}, "PruneConfig.prune_window must be a fraction"),
         (PruneConfig, {"target": "0.5x", "min_keep": 1.0}, "PruneConfig.min_keep must be a number >= 0.0 and < 1.0"),
+        (PruneConfig, {"target": "0.5x", "calibration_batches": 8}, "PruneConfig.calibration_batches prunes once, before training: it needs the oneshot schedule"),
+        (PruneConfig, {"target": "0.5x", "schedule": "oneshot", "calibration_batches": -1}, "PruneConfig.calibration_batches must be an integer >= 0"),
         (TrainConfig, {"lr": float("nan")}, "TrainConfig.lr must be a number > 0.0"),
         (TrainConfig, {"momentum": 1.0}, "TrainConfig.momentum must be a number >= 0.0 and < 1.0"),
         (RunConfig, {"backend": "cuda"}, "RunConfig.backend must be one of auto, tensorrt, torch, onnxruntime"),

@@ -460,3 +460,83 @@ def test_measured_latency_times_chunks_on_the_wall_clock(monkeypatch, threads, c
         assert m._dense.clock == clock
     assert set(used) == {"time_interleaved" if clock == "thread" else "time_chunked"}
     assert math.isfinite(ratio) and ratio > 0 and m.rounds_timed >= 5
+
+
+# -- pruning once before training (calibration) ---------------------------------------------
+
+
+def scored(pruner) -> dict:
+    """The scores ``pruner``'s next step solves on, filled in when it runs."""
+    got, scores = {}, pruner.importance.scores
+    pruner.importance.scores = lambda: got.update(scores()) or dict(got)
+    return got
+
+
+def test_calibrate_prunes_as_the_loop_would_with_nothing_updated(table):
+    """``calibrate()`` scores the same minibatches the training loop would, with no weight
+    moved (the loop at learning rate 0 gives the same plan), before any iteration; the
+    model's BatchNorm statistics and weights are left as they were, its gradients cleared."""
+    data = batches(3, seed=5)
+    model, x = fresh(1)
+    for m in model.modules():  # statistics unlike a fresh BatchNorm's
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    before = copy.deepcopy(model.state_dict())
+    pruner = Pruner(model, x, table, "0.6x", schedule="oneshot", calibration_batches=3)
+    scores = scored(pruner)
+    assert (pruner.next_step_iteration, pruner.last_iteration) == (0, 0)
+    record = pruner.calibrate(iter(data + batches(2, seed=6)))  # the first 3 are scored
+    assert (record.step, record.iteration, record.minibatches) == (1, 0, 3)
+    assert pruner.done and pruner.iteration == 0 and record.predicted_ms <= pruner.target_ms
+    assert all(p.grad is None for p in model.parameters())
+    zeroed = 0
+    for k, v in model.named_parameters():  # unchanged but for the masked channels' zeros
+        moved = v.detach() != before[k]
+        assert (v.detach()[moved] == 0).all(), k
+        zeroed += int(moved.sum())
+    assert zeroed > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.named_buffers())
+
+    loop_model, _ = fresh(1)
+    loop_model.load_state_dict(before)
+    loop = Pruner(loop_model, x, table, "0.6x", schedule="oneshot", steps=1, interval=3)
+    loop_scores = scored(loop)
+    zero_lr = torch.optim.SGD(loop_model.parameters(), lr=0.0)
+    train_iterations(loop_model, zero_lr, loop, data)
+    assert loop.done and loop.keep == pruner.keep and scores.keys() == loop_scores.keys()
+    for gid, s in scores.items():
+        assert s == pytest.approx(loop_scores[gid], rel=1e-6)
+    slim, plan = pruner.finalize()
+    assert plan.check["passed"] and plan.history[0].iteration == 0
+
+
+def test_calibration_is_refused_where_it_cannot_run(table):
+    model, x = fresh()
+    with pytest.raises(PruningError, match="one-step schedule .* not 4 steps"):
+        Pruner(model, x, table, "0.6x", steps=4, interval=2, calibration_batches=2)
+    with pytest.raises(PruningError, match="calibration_batches must be an integer >= 0"):
+        Pruner(model, x, table, "0.6x", schedule="oneshot", calibration_batches=-1)
+    with pytest.raises(PruningError, match="prunes while training"):
+        Pruner(model, x, table, "0.6x", schedule="oneshot").calibrate(batches(2))
+    pruner = Pruner(model, x, table, "0.6x", schedule="oneshot", calibration_batches=4)
+    with pytest.raises(PruningError, match="calibrate\\(\\) first"):
+        pruner.step()
+    with pytest.raises(PruningError, match="calibrate\\(\\) first"):
+        pruner.finalize()
+    with pytest.raises(PruningError, match="asked for 4 minibatches and got 2"):
+        pruner.calibrate(batches(2))
+    assert not pruner.done and pruner.importance.count == 0
+    pruner.calibrate(batches(4))
+    with pytest.raises(PruningError, match="before the first training iteration, once"):
+        pruner.calibrate(batches(4))
+    assert pruner.step() is None  # done: the loop only re-masks
+
+
+def test_calibration_is_part_of_the_pruners_state(table):
+    model, x = fresh()
+    state = Pruner(model, x, table, "0.6x", schedule="oneshot", calibration_batches=2).state_dict()
+    plain = Pruner(model, x, table, "0.6x", schedule="oneshot")
+    with pytest.raises(PruningError, match="calibration_batches: saved 2, now 0"):
+        plain.load_state_dict(state)
+    del state["config"]["calibration_batches"]  # a state saved before calibration existed
+    plain.load_state_dict(state)

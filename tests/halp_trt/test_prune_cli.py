@@ -148,6 +148,11 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         (["--min-interval", "0"], ["--min-interval must be an integer >= 1, not 0"]),
         (["--target", "0.3x", "--min-keep", "0.9"], ["infeasible", "lower min_keep"]),
         (["--feedback"], ["latency feedback times plans on this machine's CPU", "analytic"]),
+        (
+            ["--calibration-batches", "4", "--schedule", "exp"],
+            ["--calibration-batches prunes once, before training", "oneshot schedule"],
+        ),
+        (["--calibration-batches", "1000"], ["asked for 1000 minibatches and got 11"]),
     ],
     ids=[
         "infeasible",
@@ -165,6 +170,8 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         "min-interval",
         "floor-infeasible",
         "feedback-on-analytic-table",
+        "calibration-with-steps",
+        "calibration-past-the-data",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_result(halp_cli, setup, tmp_path, extra, fragments):
@@ -306,8 +313,24 @@ def test_prune_and_run_share_their_training_options_and_name_every_criterion():
             "taylor-abs-mean",
             "--min-keep",
             "0.2",
+            "--calibration-batches",
+            "8",
         ]
     )
     cfg = run_cli.config(args)
     assert cfg.train.weight_decay == 0.001
     assert (cfg.prune.importance, cfg.prune.min_keep) == ("taylor-abs-mean", 0.2)
+    assert (cfg.prune.calibration_batches, cfg.prune.schedule) == (8, "oneshot")
+
+
+def test_calibration_batches_prune_once_before_training(halp_cli, setup, tmp_path):
+    out = tmp_path / "out"
+    result = halp_cli(*common(setup, out, "--calibration-batches", "3"))
+    assert result.returncode == 0, result.stderr
+    assert "one step before training, scored on 3 minibatches" in result.stdout
+    log = json.loads((out / "log.json").read_text())
+    assert [(s["step"], s["iteration"], s["minibatches"]) for s in log["steps"]] == [(1, 0, 3)]
+    assert log["prune_config"]["calibration_batches"] == 3
+    assert log["prune_config"]["schedule"] == "oneshot"
+    plan = PrunePlan.load(out / "plan.json")
+    assert plan.schedule["name"] == "oneshot" and plan.predicted_ms <= plan.target_ms

@@ -212,3 +212,49 @@ def test_slim_training_after_the_last_step_matches_the_masked_one(toy, tiny_tabl
         assert torch.allclose(v.float(), theirs[k].float(), atol=1e-5, rtol=1e-4), k
     assert result.final["val_acc"] == pytest.approx(masked_result.final["val_acc"])
     assert result.iterations == masked_result.iterations
+
+
+def test_a_calibrating_pruner_prunes_before_the_first_iteration(toy, tiny_table):
+    """A pruner built with ``calibration_batches``: one step before training, scored on the
+    first minibatches of a pass with the trainer's loss, then the whole run on the slim
+    model."""
+    x = torch.randn(1, 3, 8, 8)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, eval_steps=True)
+
+    def build():
+        torch.manual_seed(0)
+        model = Tiny()
+        pruner = Pruner(
+            model, x, tiny_table, "0.9x", schedule="oneshot", calibration_batches=2, bundle=2
+        )
+        return model, pruner
+
+    def scored(pruner):  # the scores the pruning step solves on
+        got, scores = {}, pruner.importance.scores
+        pruner.importance.scores = lambda: got.update(scores()) or dict(got)
+        return got
+
+    model, pruner = build()
+    scores = scored(pruner)
+    seen = []
+    trainer = Trainer(model, toy, cfg, pruner=pruner, on_step=seen.append)
+    result = trainer.fit()
+    assert seen == result.steps and len(result.steps) == 1
+    step = result.steps[0]
+    assert (step["iteration"], step["epoch"], step["minibatches"]) == (0, 0, 2)
+    assert 0 <= step["val_acc"] <= 1 and step["predicted_ms"] <= pruner.target_ms
+    assert result.slimmed_at == 0 and trainer.model.conv1.out_channels < 16
+    assert result.iterations == 2 * trainer.iterations_per_epoch
+    slim, plan = pruner.finalize()
+    assert slim is trainer.model and plan.history[0].iteration == 0
+
+    # the same plan from the loader's first two minibatches and the trainer's loss
+    by_hand_model, by_hand = build()
+    torch.manual_seed(cfg.seed)
+    loader, _ = Trainer(by_hand_model, toy, cfg)._loader()
+    loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    hand_scores = scored(by_hand)
+    by_hand.calibrate(loader, loss)
+    assert by_hand.keep == pruner.keep and scores.keys() == hand_scores.keys()
+    for gid, s in scores.items():
+        assert s == pytest.approx(hand_scores[gid], rel=1e-6)
