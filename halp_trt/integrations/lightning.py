@@ -130,6 +130,11 @@ class HALPCallback(Callback):
         **options: Any,
     ) -> None:
         super().__init__()
+        if options.get("calibration_batches"):
+            raise UserError(
+                "HALPCallback prunes while the module trains; to prune once before "
+                "training, call Pruner.calibrate() on the module before fitting it"
+            )
         self.config = PruneConfig(
             target=target,
             importance=importance,

@@ -170,6 +170,8 @@ def test_bad_settings_are_refused_before_any_fit(table):
     with pytest.raises(UserError, match="steps must be an integer >= 1") as info:
         HALPCallback(table, "0.6x", steps=0)
     assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="prunes while the module trains.*calibrate"):
+        HALPCallback(table, "0.6x", schedule="oneshot", calibration_batches=4)
     config = PruneConfig(target="3ms", steps=2, start=1)
     halp = HALPCallback.from_config(table, config, plan_path="plan.json")
     assert halp.config == config and halp.plan_path == "plan.json"
