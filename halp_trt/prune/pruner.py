@@ -390,6 +390,10 @@ class Pruner:
             f"{', '.join(missing[:3])}); create the Pruner after any change to the architecture"
         )
 
+    def _check_calibrated(self) -> None:
+        if self.calibration_batches and not self.done:
+            raise PruningError("a pruner built with calibration_batches: calibrate() first")
+
     def _check_live(self) -> None:
         if self.finalized:
             raise PruningError("the pruner is finalized: its model has been slimmed")
@@ -510,8 +514,7 @@ class Pruner:
                 gradient-based criterion.
         """
         self._check_live()
-        if self.calibration_batches and not self.done:
-            raise PruningError("a pruner built with calibration_batches: calibrate() first")
+        self._check_calibrated()
         t0 = time.perf_counter()
         self._check_shapes()
         self.iteration += 1
@@ -686,8 +689,7 @@ class Pruner:
             return slim, out
         self._check_live()
         self._check_shapes()
-        if self.calibration_batches and not self.done:
-            raise PruningError("a pruner built with calibration_batches: calibrate() first")
+        self._check_calibrated()
         if not self.done:
             warnings.warn(
                 f"pruning schedule finished {self.steps_done} of {self.steps} steps; pruning "

@@ -313,22 +313,11 @@ class Trainer:
                             "train_loss": window[0] / max(1, window[2]),
                             "train_acc": window[1] / max(1, window[2]),
                         }
-                        if cfg.eval_steps:
-                            entry["val_loss"], entry["val_acc"] = evaluate(
-                                model, self.data.val, device=self.device
-                            )
                         window = [0.0, 0, 0]
-                        result.steps.append(entry)
-                        if self.on_step:
-                            self.on_step(entry)
-                        bars.pruned(entry)
+                        self._log_step(entry, model, result, bars)
                         if cfg.slim and pruner.done:
-                            t_slim = time.perf_counter()
-                            # the optimizer is pointed at the slim parameters in place
-                            model, _ = pruner.finalize(optimizer=optimizer)
+                            model = self._slimmed(pruner, optimizer, result, it)
                             net, pruner = self._wrapped(model), None
-                            result.slimmed_at = it
-                            result.slim_s = time.perf_counter() - t_slim
                     bars.advance(epoch, loss_v)
                 val_loss, val_acc = evaluate(model, self.data.val, device=self.device)
                 rec = {
@@ -365,20 +354,30 @@ class Trainer:
         record = pruner.calibrate(batches, criterion)
         result.pruning_iterations_s += time.perf_counter() - t0
         result.pruner_s += pruner.overhead_s - before
-        entry = {**record.to_dict(), "epoch": 0}
-        if cfg.eval_steps:
+        self._log_step({**record.to_dict(), "epoch": 0}, model, result, bars)
+        if not cfg.slim:
+            return model, self._wrapped(model), pruner
+        model = self._slimmed(pruner, optimizer, result, 0)
+        return model, self._wrapped(model), None
+
+    def _log_step(self, entry: dict[str, Any], model: nn.Module, result, bars) -> None:
+        """A pruning step's log entry, with the validation scores (``eval_steps``), into
+        the result, ``on_step`` and the progress bars."""
+        if self.config.eval_steps:
             entry["val_loss"], entry["val_acc"] = evaluate(model, self.data.val, device=self.device)
         result.steps.append(entry)
         if self.on_step:
             self.on_step(entry)
         bars.pruned(entry)
-        if not cfg.slim:
-            return model, self._wrapped(model), pruner
+
+    def _slimmed(self, pruner, optimizer, result, iteration: int) -> nn.Module:
+        """The slim model after the last pruning step (after ``iteration`` iterations);
+        the optimizer is pointed at the slim parameters in place."""
         t_slim = time.perf_counter()
         model, _ = pruner.finalize(optimizer=optimizer)
-        result.slimmed_at = 0
+        result.slimmed_at = iteration
         result.slim_s = time.perf_counter() - t_slim
-        return model, self._wrapped(model), None
+        return model
 
     def _wrapped(self, model: nn.Module) -> nn.Module:
         """What the loop calls: ``model`` in DistributedDataParallel under torchrun."""
