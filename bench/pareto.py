@@ -116,6 +116,7 @@ from prune_quality import (  # noqa: E402
     build_or_open_table,
     match_latency,
     measure_interleaved,
+    plan_facts,
     train_halp,
     uniform_prune,
 )
@@ -364,14 +365,9 @@ def halp_calibrated(
         if measure is not None:
             measure.close()
     return slim, {
-        "target_ms": plan.target_ms,
-        "plan_predicted_ms": plan.predicted_ms,
-        "base_predicted_ms": plan.base_ms,
+        **plan_facts(pruner, plan),
         "calibration_batches": batches,
         "minibatches": record.minibatches,
-        "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
-        "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
-        "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
     }
 
 

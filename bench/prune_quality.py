@@ -297,9 +297,7 @@ def train_halp(
         slim,
         plan,
         {
-            "target_ms": plan.target_ms,
-            "plan_predicted_ms": plan.predicted_ms,
-            "base_predicted_ms": plan.base_ms,
+            **plan_facts(pruner, plan),
             "interval": interval,
             "steps": steps,
             "pruning_overhead": result.pruning_overhead,
@@ -310,12 +308,22 @@ def train_halp(
             "slim_s": result.slim_s,
             "kept": {str(g): len(k) for g, k in plan.keep.items()},
             "min_keep": pruner.min_keep,
-            "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
-            "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
-            "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
             **before_bn(result),
         },
     )
+
+
+def plan_facts(pruner, plan) -> dict[str, Any]:
+    """What a finished pruner's plan predicted and each of its steps measured (the
+    measured ratios None where there was no feedback)."""
+    return {
+        "target_ms": plan.target_ms,
+        "plan_predicted_ms": plan.predicted_ms,
+        "base_predicted_ms": plan.base_ms,
+        "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
+        "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
+        "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
+    }
 
 
 def before_bn(result) -> dict[str, float]:
