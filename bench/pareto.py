@@ -35,7 +35,11 @@ comes before those epochs):
   dense model over the same training batches Torch-Pruning's Taylor takes its gradients
   from, no weight updated, and pruned before the first fine-tuning iteration, so that
   the whole budget fine-tunes the final widths (the others score while training and
-  prune a few iterations in);
+  prune a few iterations in); ``halp-taylor-weights-calib4`` the same on the first 4 of
+  those batches, as many as a one-step pruning while training scores on in the 2-epoch
+  runs: whether the batches or the path make the difference;
+  ``halp-taylor-weights-calib-steps`` the same in ``--steps`` knapsack steps of HALP's
+  schedule before training, re-scored on the batches as the model narrows;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -140,6 +144,8 @@ METHODS = (
     "halp-taylor-abs-calib",
     "halp-taylor-weights-calib",
     "halp-taylor-weights-norm-calib",
+    "halp-taylor-weights-calib4",
+    "halp-taylor-weights-calib-steps",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -312,6 +318,9 @@ def match_predicted(make, predict, reference, x, knobs):
 
 #: Training batches a pruning that comes before fine-tuning scores on.
 CALIBRATION_BATCHES = 8
+#: The minibatches a one-step pruning while training scores on in the 2-epoch runs of the
+#: README (its step 4 iterations in): ``halp-taylor-weights-calib4`` scores on as many.
+WINDOW_BATCHES = 4
 
 
 def calibration_batches(data, batch_size: int, batches: int = CALIBRATION_BATCHES):
@@ -339,7 +348,7 @@ def taylor_grads(dense, data, batch_size: int, batches: int = CALIBRATION_BATCHE
 
 def halp_calibrated(
     dense, data, x, table, target, importance, *, batch_size: int, feedback: bool,
-    min_keep=None, batches: int = CALIBRATION_BATCHES,
+    min_keep=None, batches: int = CALIBRATION_BATCHES, steps: int = 1,
 ):  # fmt: skip
     """halp-trt's plan on Torch-Pruning's path: ``Pruner.calibrate`` on a copy of
     ``dense``, ``importance`` accumulated over the calibration batches with the weights as
@@ -349,17 +358,41 @@ def halp_calibrated(
     iteration; the BatchNorm statistics the dense model's, as Torch-Pruning's copy
     leaves them.
 
+    ``steps`` > 1: HALP's exponential schedule in that many knapsack steps before
+    training, each scored on the same batches with the channels pruned so far masked
+    (re-scored as the model narrows, no weight updated), through the pruner's step().
+
     Returns ``(slim model, facts)``; the fine-tuning is the caller's."""
     from halp_trt.prune import MeasuredLatency, Pruner
 
     measure = MeasuredLatency(dense, x, threads=1) if feedback else None
     try:
-        pruner = Pruner(
-            copy.deepcopy(dense), x, table, target, importance=importance,
-            schedule="oneshot", steps=1, feedback=measure, min_keep=min_keep,
-            calibration_batches=batches,
-        )  # fmt: skip
-        record = pruner.calibrate(calibration_batches(data, batch_size, batches))
+        if steps == 1:
+            pruner = Pruner(
+                copy.deepcopy(dense), x, table, target, importance=importance,
+                schedule="oneshot", steps=1, feedback=measure, min_keep=min_keep,
+                calibration_batches=batches,
+            )  # fmt: skip
+            minibatches = [pruner.calibrate(calibration_batches(data, batch_size, batches))]
+        else:
+            model = copy.deepcopy(dense)
+            buffers = {k: v.clone() for k, v in model.named_buffers()}
+            pruner = Pruner(
+                model, x, table, target, importance=importance, schedule="exp",
+                steps=steps, interval=1, feedback=measure, min_keep=min_keep,
+            )  # fmt: skip
+            model.train()
+            minibatches = []
+            for _ in range(steps):
+                for xb, yb in calibration_batches(data, batch_size, batches):
+                    model.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(model(xb), yb).backward()
+                    pruner.importance.accumulate()
+                minibatches.append(pruner.step())
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for k, v in model.named_buffers():
+                    v.copy_(buffers[k])
         slim, plan = pruner.finalize()
     finally:
         if measure is not None:
@@ -367,7 +400,8 @@ def halp_calibrated(
     return slim, {
         **plan_facts(pruner, plan),
         "calibration_batches": batches,
-        "minibatches": record.minibatches,
+        "minibatches": minibatches[0].minibatches,
+        **({"calibration_steps": steps} if steps > 1 else {}),
     }
 
 
@@ -929,18 +963,22 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     for method in [m for m in selected if m in halp_methods]:
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
 
-    calibrated = {
-        "halp-taylor-abs-calib": "taylor-abs",
-        "halp-taylor-weights-calib": "taylor-weights",
-        "halp-taylor-weights-norm-calib": mean_normalised("taylor-weights"),
+    n = CALIBRATION_BATCHES
+    calibrated = {  # method: (importance, calibration batches, knapsack steps)
+        "halp-taylor-abs-calib": ("taylor-abs", n, 1),
+        "halp-taylor-weights-calib": ("taylor-weights", n, 1),
+        "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
+        "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),
+        "halp-taylor-weights-calib-steps": ("taylor-weights", n, args.steps),
     }
     for method in [m for m in selected if m in calibrated]:
 
-        def calibrated_fn(importance=calibrated[method]):
+        def calibrated_fn(how=calibrated[method]):
             t0 = time.perf_counter()
             slim, extra = halp_calibrated(
-                dense, data, x, table, target, importance, batch_size=args.batch_size,
-                feedback=not args.no_feedback, min_keep=args.min_keep,
+                dense, data, x, table, target, how[0], batch_size=args.batch_size,
+                feedback=not args.no_feedback, min_keep=args.min_keep, batches=how[1],
+                steps=how[2],
             )  # fmt: skip
             return finetuned(slim, extra, time.perf_counter() - t0)
 

@@ -332,6 +332,70 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
     assert all(p.grad is None for p in slim.parameters())
 
 
+def test_calib4_and_calib_steps(pareto, tmp_path):
+    """``halp-taylor-weights-calib4`` is ``halp-taylor-weights-calib`` on the first 4 of
+    its 8 batches (the pruning window's count); ``-calib-steps`` prunes in ``--steps``
+    knapsack steps before training, down HALP's schedule, each re-scored on the 8."""
+    out = tmp_path / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+        "--methods", "halp-taylor-weights-calib,halp-taylor-weights-calib4,"
+        "halp-taylor-weights-calib-steps", "--epochs", "1", "--steps", "3",
+        "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
+        "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
+        "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main(argv) == 0
+    runs = {r["method"]: r for r in json.loads(out.read_text())["runs"]}
+    for method, batches in (("halp-taylor-weights-calib", 8), ("halp-taylor-weights-calib4", 4)):
+        assert runs[method]["status"] == "ok", runs[method].get("error")
+        assert runs[method]["calibration_batches"] == runs[method]["minibatches"] == batches
+        assert len(runs[method]["steps_predicted_ratio"]) == 1
+    steps = runs["halp-taylor-weights-calib-steps"]
+    assert steps["status"] == "ok", steps.get("error")
+    assert steps["calibration_steps"] == 3 and steps["minibatches"] == 8
+    ratios = steps["steps_predicted_ratio"]
+    assert len(ratios) == 3 and ratios[0] > ratios[2] and ratios[0] >= ratios[1] >= ratios[2]
+    assert ratios[2] * steps["base_predicted_ms"] <= steps["target_ms"] * (1 + 1e-9)
+
+
+def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
+    """The stepped calibration updates no weight and puts the BatchNorm statistics back:
+    each kept filter and its statistics are the dense model's."""
+    import types
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    dense, x = tiny_net().eval(), torch.randn(2, 3, 8, 8)
+    for m in dense.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
+    data = types.SimpleNamespace(train=TensorDataset(images, labels))
+    table = pareto.macs_table(tmp_path / "m.db", dense, x, 8, 8)
+    try:
+        slim, facts = pareto.halp_calibrated(
+            dense, data, x, table, "0.5x", "taylor-weights", batch_size=8, feedback=False,
+            min_keep=0, steps=3,
+        )  # fmt: skip
+    finally:
+        table.close()
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in before.items())
+    assert len(facts["steps_predicted_ratio"]) == 3
+    conv, bn = slim[0], slim[1]
+    assert conv.out_channels < 16
+    rows = [
+        int(np.flatnonzero([torch.equal(w, d) for d in dense[0].weight])[0]) for w in conv.weight
+    ]
+    assert torch.equal(bn.running_mean, dense[1].running_mean[rows])
+    assert torch.equal(bn.running_var, dense[1].running_var[rows])
+    assert all(p.grad is None for p in slim.parameters())
+
+
 def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
     # mean 0.01, sd 0.001 over 3 seeds: t(0.975, 2) = 4.303, half-width 0.00248
     clear = pareto.paired_interval([0.009, 0.010, 0.011])
