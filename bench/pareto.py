@@ -40,6 +40,8 @@ comes before those epochs):
   runs: whether the batches or the path make the difference;
   ``halp-taylor-weights-calib-steps`` the same in ``--steps`` knapsack steps of HALP's
   schedule before training, re-scored on the batches as the model narrows;
+  ``halp-taylor-abs-calib16``, ``halp-taylor-weights-calib16`` on 16 batches (the 8 and
+  the next 8), beside ``tp-taylor16``: whether more scored batches help either;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -54,7 +56,8 @@ comes before those epochs):
   criterion or the schedule, makes them differ;
 - ``tp-l2``, ``tp-taylor``: Torch-Pruning global pruning (group L2 magnitude, group
   Taylor on a few training batches), ``round_to`` = the channel step of halp-trt's
-  solver (the table's alignment, or its grid step where coarser);
+  solver (the table's alignment, or its grid step where coarser); ``tp-taylor16`` with
+  its gradients summed over 16 batches instead of 8;
 - ``modelopt-fastnas``: NVIDIA ModelOpt FastNAS under a FLOPs constraint (the target
   fraction of the dense FLOPs), channel divisor = the same step; a bench-only
   extra (``pip install .[bench]``): recorded as failed, with its error, where it is not
@@ -146,17 +149,20 @@ METHODS = (
     "halp-taylor-weights-norm-calib",
     "halp-taylor-weights-calib4",
     "halp-taylor-weights-calib-steps",
+    "halp-taylor-abs-calib16",
+    "halp-taylor-weights-calib16",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
     "halp-sp-lamp-exp",
     "tp-l2",
     "tp-taylor",
+    "tp-taylor16",
     "modelopt-fastnas",
     "uniform",
 )
 #: Methods pruned by a knob brought to the reference's measured latency, run twice.
-KNOB_METHODS = ("tp-l2", "tp-taylor", "uniform")
+KNOB_METHODS = ("tp-l2", "tp-taylor", "tp-taylor16", "uniform")
 
 
 class BenchError(Exception):
@@ -321,6 +327,12 @@ CALIBRATION_BATCHES = 8
 #: The minibatches a one-step pruning while training scores on in the 2-epoch runs of the
 #: README (its step 4 iterations in): ``halp-taylor-weights-calib4`` scores on as many.
 WINDOW_BATCHES = 4
+#: Torch-Pruning's methods: criterion, and the training batches of its Taylor gradients.
+TP_METHODS = {
+    "tp-l2": ("l2", 0),
+    "tp-taylor": ("taylor", CALIBRATION_BATCHES),
+    "tp-taylor16": ("taylor", 2 * CALIBRATION_BATCHES),
+}
 
 
 def calibration_batches(data, batch_size: int, batches: int = CALIBRATION_BATCHES):
@@ -970,6 +982,8 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
         "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),
         "halp-taylor-weights-calib-steps": ("taylor-weights", n, args.steps),
+        "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
+        "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
     }
     for method in [m for m in selected if m in calibrated]:
 
@@ -990,17 +1004,17 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             reference = plan_reference(dense, x, table, fraction)
         except Exception as exc:  # e.g. a target below the table's reach
             no_reference = exc
-    grads = None
+    grads: dict[int, dict] = {}  # Torch-Pruning's Taylor gradients, per batch count
     for method in [m for m in selected if m in KNOB_METHODS]:
         if method == "uniform":
             make, knobs = (lambda f: uniform_prune(dense, x, f, align)), np.arange(1, 50) / 50
         else:
-            crit = method.split("-")[1]
-            if crit == "taylor" and grads is None:
-                grads = taylor_grads(dense, data, args.batch_size)
+            crit, batches = TP_METHODS[method]
+            if crit == "taylor" and batches not in grads:
+                grads[batches] = taylor_grads(dense, data, args.batch_size, batches)
             make = functools.partial(
                 tp_global, dense, x, align=align, classes=ctx["classes"], criterion=crit,
-                grads=grads,
+                grads=grads.get(batches),
             )  # fmt: skip
             knobs = np.arange(0, 46) / 50
         matched: dict[str, Any] = {}

@@ -332,22 +332,35 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
     assert all(p.grad is None for p in slim.parameters())
 
 
-def test_calib4_and_calib_steps(pareto, tmp_path):
+def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     """``halp-taylor-weights-calib4`` is ``halp-taylor-weights-calib`` on the first 4 of
-    its 8 batches (the pruning window's count); ``-calib-steps`` prunes in ``--steps``
-    knapsack steps before training, down HALP's schedule, each re-scored on the 8."""
+    its 8 batches (the pruning window's count), ``-calib16`` on 16; ``-calib-steps``
+    prunes in ``--steps`` knapsack steps before training, down HALP's schedule, each
+    re-scored on the 8. ``tp-taylor16`` takes Torch-Pruning's gradients over 16 batches,
+    ``tp-taylor`` over 8, once per seed each."""
+    taken, taylor_grads = [], pareto.taylor_grads
+
+    def spy(dense, data, batch_size, batches=pareto.CALIBRATION_BATCHES):
+        taken.append(batches)
+        return taylor_grads(dense, data, batch_size, batches)
+
+    monkeypatch.setattr(pareto, "taylor_grads", spy)
     out = tmp_path / "p.json"
     argv = [
         "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
         "--methods", "halp-taylor-weights-calib,halp-taylor-weights-calib4,"
-        "halp-taylor-weights-calib-steps", "--epochs", "1", "--steps", "3",
+        "halp-taylor-weights-calib-steps,halp-taylor-abs-calib16,tp-taylor,tp-taylor16",
+        "--reference", "halp-taylor-weights-calib", "--epochs", "1", "--steps", "3",
         "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
         "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
         "--lock", str(tmp_path / "lock"), "--out", str(out),
     ]  # fmt: skip
     assert pareto.main(argv) == 0
     runs = {r["method"]: r for r in json.loads(out.read_text())["runs"]}
-    for method, batches in (("halp-taylor-weights-calib", 8), ("halp-taylor-weights-calib4", 4)):
+    for method, batches in (
+        ("halp-taylor-weights-calib", 8), ("halp-taylor-weights-calib4", 4),
+        ("halp-taylor-abs-calib16", 16),
+    ):  # fmt: skip
         assert runs[method]["status"] == "ok", runs[method].get("error")
         assert runs[method]["calibration_batches"] == runs[method]["minibatches"] == batches
         assert len(runs[method]["steps_predicted_ratio"]) == 1
@@ -357,6 +370,8 @@ def test_calib4_and_calib_steps(pareto, tmp_path):
     ratios = steps["steps_predicted_ratio"]
     assert len(ratios) == 3 and ratios[0] > ratios[2] and ratios[0] >= ratios[1] >= ratios[2]
     assert ratios[2] * steps["base_predicted_ms"] <= steps["target_ms"] * (1 + 1e-9)
+    assert all(runs[m]["status"] == "ok" for m in ("tp-taylor", "tp-taylor16"))
+    assert taken == [8, 16]
 
 
 def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
