@@ -1,0 +1,197 @@
+"""Do the bench's round-robin timing and the pruner's pair timing see the same speed-up?
+
+bench/pareto.py times every model of one seed in turn with the dense one (round-robin,
+:func:`prune_quality.measure_interleaved`); halp-trt's pruner times its plan and the
+dense model alone, interleaved (:class:`halp_trt.prune.MeasuredLatency`). On one CPU the
+two disagreed by 7-14% for the MobileNetV2 at 0.3x and agreed within 1-2% elsewhere. A
+model served in deployment runs alone, again and again; the third way here times that:
+each model in a block of consecutive inferences, alternating with a block of the dense
+model (``--blocks`` pairs of blocks of ``--block-runs`` inferences each; the ratio of
+their medians per pair, the median over the pairs). ``ms`` and ``dense_ms`` in the rows
+are the round-robin's medians, for scale.
+
+The models are the dense one and its uniform-width copies at ``--fractions`` (largest
+L2 norms, ``--align``ed; untrained: bench/ratio_drift.py found that the weights do not
+move the speed), as many as a bench/pareto.py seed times. Everything runs ``--reps``
+times in turn, under the bench lock, ONNX Runtime CPU, one thread, thread clock.
+
+    python bench/timing_methods.py --model halp_trt.models:mobilenetv2_cifar \\
+        --input-shape 8,3,16,16 --out bench/results/timing_methods_mobilenetv2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
+
+BenchError = load_pareto().BenchError
+METHODS = ("round-robin", "pair", "alone")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = load_pareto().OneLineParser(prog="timing_methods.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model spec (module:function or file:function)")
+    p.add_argument("--input-shape", required=True, help="N,C,H,W of the timing input")
+    p.add_argument(
+        "--fractions",
+        default="0.25,0.3,0.35,0.4,0.45,0.5,0.6,0.7,0.8",
+        help="widths kept by the pruned copies, each 0 < F < 1",
+    )
+    p.add_argument("--align", type=int, default=16, help="channel step of the widths")
+    p.add_argument("--reps", type=int, default=2, help="times every method runs, in turn")
+    p.add_argument("--rounds", type=int, default=100, help="round-robin rounds (as pareto.py)")
+    p.add_argument("--blocks", type=int, default=15, help="alone: block pairs per model")
+    p.add_argument("--block-runs", type=int, default=20, help="alone: inferences per block")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lock", default=None, help="lock file held around every timing")
+    p.add_argument("--out", default=None, help="JSON to write")
+    return p.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> tuple[tuple[int, ...], list[float]]:
+    """The input shape and the fractions. Raises BenchError on bad input."""
+    from lut_builder.fileio import check_output
+    from lut_builder.specs import parse_shape
+
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise BenchError(f"--fractions {args.fractions!r}: comma-separated numbers") from None
+    if not fractions or not all(0 < f < 1 for f in fractions):
+        raise BenchError(f"--fractions {args.fractions!r}: each must lie between 0 and 1")
+    for name in ("align", "reps", "rounds", "blocks", "block_runs"):
+        if getattr(args, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+    shape = parse_shape(args.input_shape)
+    if len(shape) != 4:
+        raise BenchError(f"--input-shape must be N,C,H,W, not {args.input_shape!r}")
+    if args.out:
+        check_output(args.out, flag="--out")
+    return shape, fractions
+
+
+def alone(dense: Any, model: Any, blocks: int, runs: int) -> float:
+    """Median over ``blocks`` pairs of the ratio of medians: a block of ``runs``
+    inferences of ``model``, then one of ``dense`` (each block warmed by 3 untimed)."""
+    from lut_builder.timing import time_callable
+
+    ratios = []
+    for _ in range(blocks):
+        m = time_callable(model, warmup=3, runs=runs, clock="thread").median_ms
+        d = time_callable(dense, warmup=3, runs=runs, clock="thread").median_ms
+        ratios.append(m / d)
+    return statistics.median(ratios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import prune_quality
+    import torch
+
+    from halp_trt.errors import UserError
+    from halp_trt.prune import MeasuredLatency
+    from halp_trt.specs import example_input, load_model
+    from lut_builder.backends import make_runner
+    from lut_builder.backends.base import cpu_block_size, cpu_model
+    from lut_builder.errors import UserError as LutUserError
+    from lut_builder.fileio import atomic_write_json
+
+    args = parse_args(argv)
+    try:
+        shape, fractions = check(args)
+        torch.manual_seed(args.seed)
+        dense = load_model(args.model).eval()
+        x = example_input(dense, shape).cpu()
+    except (BenchError, UserError, LutUserError, ValueError) as exc:
+        print(f"timing_methods.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.lock:
+        prune_quality.LOCK = args.lock
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    models = {f"{f:g}": prune_quality.uniform_prune(dense, x, f, args.align) for f in fractions}
+    params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
+    rows: list[dict[str, Any]] = []
+    for rep in range(args.reps):
+        rr = prune_quality.measure_interleaved({"dense": dense, **models}, x, args.rounds)
+        with prune_quality.bench_lock():
+            with MeasuredLatency(dense, x, threads=1) as measure:
+                pair = {n: measure(m) for n, m in models.items()}
+            d_run = make_runner("onnxruntime", dense, x, threads=1)
+            try:
+                solo = {}
+                for n, m in models.items():
+                    m_run = make_runner("onnxruntime", m, x, threads=1)
+                    try:
+                        solo[n] = alone(d_run, m_run, args.blocks, args.block_runs)
+                    finally:
+                        m_run.close()
+            finally:
+                d_run.close()
+        for n in models:
+            row = {
+                "rep": rep,
+                "fraction": float(n),
+                "params": params[n],
+                "ms": rr[n]["median_ms"],
+                "dense_ms": rr["dense"]["median_ms"],
+                "round-robin": rr[n]["ratio_to_dense"],
+                "pair": pair[n],
+                "alone": solo[n],
+            }
+            rows.append(row)
+            print(
+                f"{rep} {n:>5}  round-robin {row['round-robin']:.4f}  pair {row['pair']:.4f}  "
+                f"alone {row['alone']:.4f}",
+                flush=True,
+            )
+    summary = {}
+    for n in models:
+        mine = [r for r in rows if r["fraction"] == float(n)]
+        med = {k: statistics.median(r[k] for r in mine) for k in METHODS}
+        summary[n] = {
+            **med,
+            "round-robin_over_alone": med["round-robin"] / med["alone"],
+            "pair_over_alone": med["pair"] / med["alone"],
+        }
+    print(f"{'kept':>5}  {'round-robin':>11}  {'pair':>7}  {'alone':>7}  rr/alone  pair/alone")
+    for n, s in summary.items():
+        print(
+            f"{n:>5}  {s['round-robin']:11.4f}  {s['pair']:7.4f}  {s['alone']:7.4f}  "
+            f"{s['round-robin_over_alone']:8.3f}  {s['pair_over_alone']:10.3f}"
+        )
+    if args.out:
+        atomic_write_json(
+            args.out,
+            {
+                "benchmark": "timing_methods",
+                "command": "python bench/timing_methods.py "
+                + " ".join(sys.argv[1:] if argv is None else argv),
+                "model": args.model,
+                "input_shape": list(shape),
+                "timing": "ONNX Runtime CPU, one thread, thread clock, under the bench lock",
+                "host": {
+                    "cpu": cpu_model(),
+                    "cpu_block": cpu_block_size(),
+                    "python": platform.python_version(),
+                },
+                "seconds": time.perf_counter() - t_start,
+                "rows": rows,
+                "summary": summary,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
