@@ -7,8 +7,11 @@ two disagreed by 7-14% for the MobileNetV2 at 0.3x and agreed within 1-2% elsewh
 model served in deployment runs alone, again and again; the third way here times that:
 each model in a block of consecutive inferences, alternating with a block of the dense
 model (``--blocks`` pairs of blocks of ``--block-runs`` inferences each; the ratio of
-their medians per pair, the median over the pairs). ``ms`` and ``dense_ms`` in the rows
-are the round-robin's medians, for scale.
+their medians per pair, the median over the pairs). A fourth, ``chunked``, is the
+pruner's timing for several threads (:func:`lut_builder.timing.time_chunked`: chunks of
+about 3 ms of back-to-back inferences, alternating, wall clock, 20 ms a model per round,
+15 rounds, the median of the per-round ratios): whether it sees what ``alone`` sees.
+``ms`` and ``dense_ms`` in the rows are the round-robin's medians, for scale.
 
 The models are the dense one and its uniform-width copies at ``--fractions`` (largest
 L2 norms, ``--align``ed; untrained: bench/ratio_drift.py found that the weights do not
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
 
 BenchError = load_pareto().BenchError
-METHODS = ("round-robin", "pair", "alone")
+METHODS = ("round-robin", "pair", "alone", "chunked")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,6 +97,15 @@ def alone(dense: Any, model: Any, blocks: int, runs: int) -> float:
     return statistics.median(ratios)
 
 
+def chunked(dense: Any, model: Any, rounds: int = 15) -> float:
+    """Median per-round ratio ``model`` / ``dense`` by :func:`time_chunked` (the
+    feedback's several-thread timing: 20 ms of 3 ms chunks a model per round)."""
+    from lut_builder.timing import time_chunked
+
+    (d, m), _ = time_chunked([dense, model], warmup=2, rounds=rounds, min_block_ms=20.0)
+    return statistics.median(a / b for a, b in zip(m, d))
+
+
 def main(argv: list[str] | None = None) -> int:
     import prune_quality
     import torch
@@ -129,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 pair = {n: measure(m) for n, m in models.items()}
             d_run = make_runner("onnxruntime", dense, x, threads=1)
             try:
-                solo = {}
+                solo, chunks = {}, {}
                 for n, m in models.items():
                     m_run = make_runner("onnxruntime", m, x, threads=1)
                     try:
                         solo[n] = alone(d_run, m_run, args.blocks, args.block_runs)
+                        chunks[n] = chunked(d_run, m_run)
                     finally:
                         m_run.close()
             finally:
@@ -148,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                 "round-robin": rr[n]["ratio_to_dense"],
                 "pair": pair[n],
                 "alone": solo[n],
+                "chunked": chunks[n],
             }
             rows.append(row)
             print(
                 f"{rep} {n:>5}  round-robin {row['round-robin']:.4f}  pair {row['pair']:.4f}  "
-                f"alone {row['alone']:.4f}",
+                f"alone {row['alone']:.4f}  chunked {row['chunked']:.4f}",
                 flush=True,
             )
     summary = {}
@@ -163,12 +177,17 @@ def main(argv: list[str] | None = None) -> int:
             **med,
             "round-robin_over_alone": med["round-robin"] / med["alone"],
             "pair_over_alone": med["pair"] / med["alone"],
+            "chunked_over_alone": med["chunked"] / med["alone"],
         }
-    print(f"{'kept':>5}  {'round-robin':>11}  {'pair':>7}  {'alone':>7}  rr/alone  pair/alone")
+    print(
+        f"{'kept':>5}  {'round-robin':>11}  {'pair':>7}  {'alone':>7}  {'chunked':>7}  "
+        "rr/alone  pair/alone  chunked/alone"
+    )
     for n, s in summary.items():
         print(
             f"{n:>5}  {s['round-robin']:11.4f}  {s['pair']:7.4f}  {s['alone']:7.4f}  "
-            f"{s['round-robin_over_alone']:8.3f}  {s['pair_over_alone']:10.3f}"
+            f"{s['chunked']:7.4f}  {s['round-robin_over_alone']:8.3f}  "
+            f"{s['pair_over_alone']:10.3f}  {s['chunked_over_alone']:13.3f}"
         )
     if args.out:
         atomic_write_json(
