@@ -385,7 +385,7 @@ def halp_calibrated(
                 schedule="oneshot", steps=1, feedback=measure, min_keep=min_keep,
                 calibration_batches=batches,
             )  # fmt: skip
-            minibatches = [pruner.calibrate(calibration_batches(data, batch_size, batches))]
+            records = [pruner.calibrate(calibration_batches(data, batch_size, batches))]
         else:
             model = copy.deepcopy(dense)
             buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -394,13 +394,13 @@ def halp_calibrated(
                 steps=steps, interval=1, feedback=measure, min_keep=min_keep,
             )  # fmt: skip
             model.train()
-            minibatches = []
+            records = []
             for _ in range(steps):
                 for xb, yb in calibration_batches(data, batch_size, batches):
                     model.zero_grad(set_to_none=True)
                     nn.functional.cross_entropy(model(xb), yb).backward()
-                    pruner.importance.accumulate()
-                minibatches.append(pruner.step())
+                    pruner.accumulate()
+                records.append(pruner.step())
             model.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for k, v in model.named_buffers():
@@ -412,7 +412,7 @@ def halp_calibrated(
     return slim, {
         **plan_facts(pruner, plan),
         "calibration_batches": batches,
-        "minibatches": minibatches[0].minibatches,
+        "minibatches": records[0].minibatches,
         **({"calibration_steps": steps} if steps > 1 else {}),
     }
 
