@@ -173,12 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in models:
         mine = [r for r in rows if r["fraction"] == float(n)]
         med = {k: statistics.median(r[k] for r in mine) for k in METHODS}
-        summary[n] = {
-            **med,
-            "round-robin_over_alone": med["round-robin"] / med["alone"],
-            "pair_over_alone": med["pair"] / med["alone"],
-            "chunked_over_alone": med["chunked"] / med["alone"],
-        }
+        over = {f"{k}_over_alone": med[k] / med["alone"] for k in METHODS if k != "alone"}
+        summary[n] = {**med, **over}
     print(
         f"{'kept':>5}  {'round-robin':>11}  {'pair':>7}  {'alone':>7}  {'chunked':>7}  "
         "rr/alone  pair/alone  chunked/alone"

@@ -279,28 +279,52 @@ def test_summed_gradient_takes_the_magnitude_of_the_windows_sum(pareto):
     assert summed.count == 0
 
 
+def calibration_setup():
+    """A tiny dense net with BatchNorm statistics unlike a fresh BatchNorm's, its input, and
+    64 random training images (8 batches of 8)."""
+    import types
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    dense, x = tiny_net().eval(), torch.randn(2, 3, 8, 8)
+    for m in dense.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
+    return dense, x, types.SimpleNamespace(train=TensorDataset(images, labels))
+
+
+def assert_kept_as_dense(slim, dense) -> list[int]:
+    """Each filter the slim first conv kept is one of the dense model's, with its BatchNorm
+    statistics, and no gradient is left; returns the kept rows."""
+    import torch
+
+    conv, bn = slim[0], slim[1]
+    assert conv.out_channels < 16
+    rows = [
+        int(np.flatnonzero([torch.equal(w, d) for d in dense[0].weight])[0]) for w in conv.weight
+    ]
+    assert torch.equal(bn.running_mean, dense[1].running_mean[rows])
+    assert torch.equal(bn.running_var, dense[1].running_var[rows])
+    assert all(p.grad is None for p in slim.parameters())
+    return rows
+
+
 def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylor_takes(
     pareto, tmp_path
 ):
     """``*-calib``: scored on the calibration batches with the weights as they are, one
     plan to the target, the kept channels' weights and BatchNorm statistics the dense
     model's; a training set of fewer batches is refused."""
-    import types
-
     import torch
-    from torch.utils.data import TensorDataset
 
     from halp_trt.errors import PruningError
 
-    torch.manual_seed(0)
-    dense, x = tiny_net().eval(), torch.randn(2, 3, 8, 8)
-    for m in dense.modules():  # statistics unlike a fresh BatchNorm's
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    dense, x, data = calibration_setup()
     before = {k: v.clone() for k, v in dense.state_dict().items()}
-    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
-    data = types.SimpleNamespace(train=TensorDataset(images, labels))
     table = pareto.macs_table(tmp_path / "m.db", dense, x, 8, 8)
     try:
         slim, facts = pareto.halp_calibrated(
@@ -320,16 +344,9 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
         facts["plan_predicted_ms"] / facts["base_predicted_ms"]
     )
     # no weight updated: each kept filter is one of the dense model's, its statistics too
-    conv, bn = slim[0], slim[1]
-    assert conv.out_channels < 16
-    rows = [
-        int(np.flatnonzero([torch.equal(w, d) for d in dense[0].weight])[0]) for w in conv.weight
-    ]
-    assert torch.equal(bn.running_mean, dense[1].running_mean[rows])
-    assert torch.equal(bn.running_var, dense[1].running_var[rows])
+    rows = assert_kept_as_dense(slim, dense)
     reads = dense[3].weight[:, rows]  # the second conv's filters on the kept inputs
     assert all(any(torch.equal(w, d) for d in reads) for w in slim[3].weight)
-    assert all(p.grad is None for p in slim.parameters())
 
 
 def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
@@ -377,20 +394,10 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
 def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
     """The stepped calibration updates no weight and puts the BatchNorm statistics back:
     each kept filter and its statistics are the dense model's."""
-    import types
-
     import torch
-    from torch.utils.data import TensorDataset
 
-    torch.manual_seed(0)
-    dense, x = tiny_net().eval(), torch.randn(2, 3, 8, 8)
-    for m in dense.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    dense, x, data = calibration_setup()
     before = {k: v.clone() for k, v in dense.state_dict().items()}
-    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
-    data = types.SimpleNamespace(train=TensorDataset(images, labels))
     table = pareto.macs_table(tmp_path / "m.db", dense, x, 8, 8)
     try:
         slim, facts = pareto.halp_calibrated(
@@ -401,14 +408,7 @@ def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
         table.close()
     assert all(torch.equal(v, dense.state_dict()[k]) for k, v in before.items())
     assert len(facts["steps_predicted_ratio"]) == 3
-    conv, bn = slim[0], slim[1]
-    assert conv.out_channels < 16
-    rows = [
-        int(np.flatnonzero([torch.equal(w, d) for d in dense[0].weight])[0]) for w in conv.weight
-    ]
-    assert torch.equal(bn.running_mean, dense[1].running_mean[rows])
-    assert torch.equal(bn.running_var, dense[1].running_var[rows])
-    assert all(p.grad is None for p in slim.parameters())
+    assert_kept_as_dense(slim, dense)
 
 
 def test_paired_interval_tells_a_difference_from_the_seeds_spread(pareto):
