@@ -75,7 +75,10 @@ lies between the two. Where the reference is not run or failed, they are matched
 measured table's plan for the target (L2 scores, untrained).
 
 All models of one seed and target are timed round-robin with the dense one in one run
-(ONNX Runtime CPU, one intra-op thread, under the bench lock). Accuracy at equal
+(ONNX Runtime CPU, one intra-op thread, under the bench lock); with ``--timing blocks``
+each model is timed alone with the dense one instead, in interleaved blocks of
+back-to-back inferences: as the pruner's feedback times, and as a model is served (one
+inference each between other models' inferences, a small model runs slower). Accuracy at equal
 latency: each method's accuracy at the reference's measured latency ratio, interpolated
 linearly along that method's own points of the same seed (its runs at every target and
 its ``+`` run), marked ``bracketed`` when they lie on both sides.
@@ -652,6 +655,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
     p.add_argument(
+        "--timing",
+        choices=("round-robin", "blocks"),
+        default="round-robin",
+        help="how each seed's models are timed against the dense one: all in turn, one "
+        "inference each a round (round-robin, as every result before the setting), or each "
+        "alone with the dense model in blocks of back-to-back inferences, as the pruner's "
+        "feedback times and as a model is served (blocks; --rounds blocks each)",
+    )
+    p.add_argument(
         "--match",
         choices=("measured", "predicted"),
         default="measured",
@@ -777,6 +789,10 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.min_interval < 1:
         raise BenchError(f"--min-interval must be at least 1, not {args.min_interval}")
+    if args.timing == "blocks" and args.match == "measured":
+        raise BenchError(
+            "--timing blocks matches the knob methods by prediction: add --match predicted"
+        )
     if not 0 < args.prune_window <= 1:
         raise BenchError(f"--prune-window must be a fraction in (0, 1], not {args.prune_window}")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
@@ -830,6 +846,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     )
     theirs.setdefault("prune_window", DEFAULT_SPREAD)  # results from before the setting
     theirs.setdefault("min_interval", 1)
+    theirs.setdefault("timing", "round-robin")
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:
@@ -1059,7 +1076,9 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     if only is not None:
         return runs, models
     if len(models) > 1:
-        timing = measure_interleaved(models, x, args.rounds)
+        timing = (measure_blocks if args.timing == "blocks" else measure_interleaved)(
+            models, x, args.rounds
+        )
         for row in runs:
             if row["method"] in timing:
                 row["measured_ratio"] = timing[row["method"]]["ratio_to_dense"]
@@ -1069,10 +1088,48 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     return runs
 
 
+def measure_blocks(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict:
+    """Each model against ``models["dense"]`` alone, in turn: ``rounds`` interleaved blocks
+    of back-to-back inferences each (:func:`lut_builder.timing.time_blocks`, as the
+    pruner's feedback times: blocks of at least 20 ms and 5 inferences after 3 untimed;
+    ONNX Runtime, one thread, thread clock). The same figures as
+    :func:`prune_quality.measure_interleaved`: per model the median, p10 and p90 of its
+    block medians (ms) and the median per-round ratio to the dense model; the dense
+    model's from its blocks beside the first model."""
+    from halp_trt.prune.feedback import FEEDBACK_BLOCK_MS, FEEDBACK_BLOCK_RUNS
+    from lut_builder.backends import make_runner
+    from lut_builder.timing import time_blocks
+
+    def figures(samples: list[float], ratio: float) -> dict[str, float]:
+        q = np.quantile(samples, [0.1, 0.5, 0.9])
+        return {"median_ms": q[1], "p10_ms": q[0], "p90_ms": q[2], "ratio_to_dense": ratio}
+
+    out: dict[str, dict[str, float]] = {}
+    with prune_quality.bench_lock():
+        dense = make_runner("onnxruntime", models["dense"].eval(), x, threads=1)
+        try:
+            for name, model in models.items():
+                if name == "dense":
+                    continue
+                runner = make_runner("onnxruntime", model.eval(), x, threads=1)
+                try:
+                    (d, m), _ = time_blocks(
+                        [dense, runner], rounds=rounds, block_ms=FEEDBACK_BLOCK_MS,
+                        warm_runs=3, min_runs=FEEDBACK_BLOCK_RUNS,
+                    )  # fmt: skip
+                finally:
+                    runner.close()
+                out[name] = figures(m, float(np.median(np.array(m) / np.array(d))))
+                out.setdefault("dense", figures(d, 1.0))
+        finally:
+            dense.close()
+    return {k: {f: float(v) for f, v in fig.items()} for k, fig in out.items()}
+
+
 def remeasure(runs: list[dict], models: dict[str, nn.Module], x: torch.Tensor) -> None:
     """Each halp-trt model that measured its plans (``steps_measured_ratio``) timed once
     more the pruner's way (:class:`halp_trt.prune.MeasuredLatency`: the model and the dense
-    one alone, interleaved, to the feedback's precision) after the round-robin timing:
+    one alone, in interleaved blocks, to the feedback's precision) after the bench's timing:
     ``remeasured_ratio`` and its ``remeasured_halfwidth``. Where the round-robin ratio and
     the pruner's last step disagree, this tells a change of timing method (it agrees with
     the pruner) from a change of the model's speed or of the machine's (it agrees with the
@@ -1171,7 +1228,12 @@ def main(argv: list[str] | None = None) -> int:
         "methods": checked["methods"],
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
         "timing": "ONNX Runtime CPU, one intra-op thread, interleaved with the dense model "
-        f"({args.rounds} rounds, thread clock); the machine was shared",
+        + (
+            f"({args.rounds} rounds, thread clock); the machine was shared"
+            if args.timing == "round-robin"
+            else f"alone, in blocks of back-to-back inferences ({args.rounds} blocks each, "
+            "thread clock); the machine was shared"
+        ),
         "host": {"python": platform.python_version(), "torch": torch.__version__},
     }
     all_methods = [

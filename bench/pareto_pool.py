@@ -69,6 +69,13 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
                     f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
                     "only runs of one model, data and input shape pool"
                 )
+        timing = (result.get("settings") or {}).get("timing", "round-robin")
+        first_timing = (first.get("settings") or {}).get("timing", "round-robin")
+        if timing != first_timing:
+            raise BenchError(
+                f"{name} was timed {timing}, {first_name} {first_timing}: only runs "
+                "timed one way pool"
+            )
         runs = result["runs"]
         seeds = {int(r["seed"]) for r in runs}
         twice = sorted(s for s in seeds if s in seen)

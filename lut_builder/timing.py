@@ -317,6 +317,62 @@ def time_chunked(
     return times, [c * chunks for c in calls]
 
 
+def time_blocks(
+    runners: Sequence[Any],
+    *,
+    rounds: int,
+    block_ms: float,
+    warm_runs: int = 3,
+    min_runs: int = 3,
+    clock: str | Callable[[], float] = "thread",
+) -> tuple[list[list[float]], list[int]]:
+    """Interleaved per-inference times of whole-model runners, in blocks: each served as
+    it is deployed, one inference after another.
+
+    Every round runs each runner in turn for one block: ``warm_runs`` untimed inferences,
+    then at least ``min_runs`` timed ones lasting at least ``block_ms`` together (the
+    count fixed per runner beforehand from a rough per-call time); the runner's figure
+    for the round is the median of its block. The order of the runners turns round by
+    round (A B, B A, ...), so neither always runs first. A model timed one inference at a
+    time between another model's inferences (:func:`time_interleaved`) runs slower than
+    it does back to back: on a Zen 5 CPU, ONNX Runtime, one thread, a MobileNetV2 copy at
+    0.3 of its widths timed 0.20-0.21 of the dense model one inference each, 0.17-0.18 in
+    blocks of 20 (bench/timing_methods.py). ``runners`` are callables with a ``sync``
+    method (:mod:`lut_builder.backends` runners).
+
+    Returns:
+        ``(times, runs)``: ``times[i]`` the per-round median milliseconds of runner
+        ``i``, ``runs[i]`` its timed inferences per block.
+
+    Raises:
+        ValueError: no runners, ``rounds`` or ``min_runs`` < 1, ``warm_runs`` < 0, a
+            negative block time or an unknown clock.
+    """
+    if not runners:
+        raise ValueError("nothing to time")
+    if rounds < 1 or min_runs < 1 or warm_runs < 0 or block_ms < 0:
+        raise ValueError("rounds >= 1, min_runs >= 1, warm_runs >= 0 and block_ms >= 0")
+    clock_fn = get_clock(clock)
+    per_call = [per_call_ms(r, r.sync) for r in runners]
+    runs = [max(min_runs, min(10_000, math.ceil(block_ms / t))) for t in per_call]
+    order = list(range(len(runners)))
+    times: list[list[float]] = [[] for _ in runners]
+    for n in range(rounds):
+        for i in order if n % 2 == 0 else order[::-1]:
+            fn, sync = runners[i], runners[i].sync
+            for _ in range(warm_runs):
+                fn()
+            samples = []
+            for _ in range(runs[i]):
+                sync()
+                t0 = clock_fn()
+                fn()
+                sync()
+                samples.append((clock_fn() - t0) * 1e3)
+            times[i].append(_quantile(sorted(samples), 0.5))
+    return times, runs
+
+
 def median_interval(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
     """A distribution-free confidence interval of the median (95% for ``z`` = 1.96):
     the order statistics ``n/2 -+ z*sqrt(n)/2`` of the samples, which assume nothing of

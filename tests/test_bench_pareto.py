@@ -3,11 +3,13 @@ run writes the JSON and plot, and a method that fails is recorded and passed ove
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
 import numpy as np
 import pytest
+import torch
 import torch.nn as nn
 
 from tests.conftest import load_bench
@@ -55,6 +57,7 @@ def pareto():
         (["--min-interval", "0"], "--min-interval must be at least 1, not 0"),
         (["--methods", "tp-l2,halp-taylor", "--reference", "tp-l2"], "--reference tp-l2 must"),
         (["--methods", "halp-taylor", "--reference", "halp-taylor-abs"], "one of the halp-*"),
+        (["--timing", "blocks"], "--timing blocks matches the knob methods by prediction"),
     ],
 )
 def test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message):
@@ -116,6 +119,49 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     assert result["summary"]["reference"] == result["settings"]["reference"] == "halp-taylor"
 
 
+def test_timing_blocks_times_each_model_alone_with_the_dense_one(pareto, tmp_path, monkeypatch):
+    import lut_builder.timing as timing
+
+    torch.manual_seed(0)
+    dense = tiny_net()
+    x = torch.randn(2, 3, 8, 8)
+    half = pareto.uniform_prune(dense, x, 0.5, 4)
+    timed = []
+    real = timing.time_blocks
+
+    def spy(runners, **kw):
+        timed.append((len(runners), kw["rounds"], kw["block_ms"]))
+        return real(runners, **kw)
+
+    monkeypatch.setattr(timing, "time_blocks", spy)
+    monkeypatch.setattr(pareto.prune_quality, "LOCK", str(tmp_path / "lock"))
+    got = pareto.measure_blocks({"dense": dense, "same": copy.deepcopy(dense), "half": half}, x, 9)
+    # Two pairs (the dense model and each other one), 9 blocks each, of 20 ms at least.
+    assert timed == [(2, 9, 20.0), (2, 9, 20.0)]
+    assert got["dense"]["ratio_to_dense"] == 1.0
+    assert 0.8 < got["same"]["ratio_to_dense"] < 1.25
+    assert got["half"]["ratio_to_dense"] < got["same"]["ratio_to_dense"]
+    for fig in got.values():
+        assert 0 < fig["p10_ms"] <= fig["median_ms"] <= fig["p90_ms"]
+    # The bench reads its ratios from there with --timing blocks, and says so.
+    calls, measure = [], pareto.measure_blocks
+    monkeypatch.setattr(
+        pareto, "measure_blocks", lambda m, x, r: calls.append(r) or measure(m, x, r)
+    )
+    out = tmp_path / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+        "--methods", "uniform", "--epochs", "1", "--pretrain-epochs", "0", "--step", "8",
+        "--rounds", "4", "--timing", "blocks", "--match", "predicted",
+        "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
+        "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert calls == [4] and "in blocks of back-to-back inferences (4 blocks" in result["timing"]
+    assert all(0 < r["measured_ratio"] < 1.5 for r in result["runs"] if r["status"] == "ok")
+
+
 @pytest.mark.parametrize(
     "methods, reference",
     [
@@ -173,6 +219,14 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
     assert pareto.main([*base, "--seeds", "2", "--keep"]) == 2
     assert "other settings (min_interval)" in capsys.readouterr().err
     assert pareto.main([*base, "--seeds", "2", "--keep", "--min-interval", "1"]) == 0
+    # ... and one from before --timing was timed round-robin: blocks do not add to it.
+    old = json.loads(out.read_text())
+    del old["settings"]["timing"]
+    out.write_text(json.dumps(old))
+    assert pareto.main([*base, "--seeds", "2", "--keep", "--min-interval", "1"]) == 0
+    blocks = ["--timing", "blocks", "--match", "predicted", "--min-interval", "1"]
+    assert pareto.main([*base, "--seeds", "2", "--keep", *blocks]) == 2
+    assert "other settings (match, timing)" in capsys.readouterr().err
     missing = tmp_path / "none.json"
     argv = [a if a != str(out) else str(missing) for a in base]
     assert pareto.main([*argv, "--seeds", "2", "--keep"]) == 2

@@ -87,6 +87,10 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
         (result(second()["runs"], model="n"), "b.json has model 'n'"),
         (result([run(1, "tp-taylor", 0.5, 0.9)]), "b.json has no 'halp-taylor-abs' runs"),
         ("not json", "b.json is not a bench/pareto.py result"),
+        (
+            {**second(), "settings": {"timing": "blocks"}},
+            "b.json was timed blocks, a.json round-robin",
+        ),
     ],
 )
 def test_runs_that_cannot_be_pooled_are_one_line_and_write_nothing(

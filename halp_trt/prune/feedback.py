@@ -9,8 +9,10 @@ measured 0.312x (ONNX Runtime, one thread, interleaved). Reading the error of th
 off a measurement of the plan itself corrects it where it matters.
 
 :class:`MeasuredLatency` is the measurement: the unpruned model and a candidate, each a
-runner of :mod:`lut_builder.backends` on one backend, timed interleaved round by round;
-the figure is the median per-round ratio candidate / unpruned, and the measurement goes
+runner of :mod:`lut_builder.backends` on one backend, timed interleaved round by round,
+each in a block of back-to-back inferences as a served model runs
+(:func:`lut_builder.timing.time_blocks`); the figure is the median per-round ratio
+candidate / unpruned, and the measurement goes
 on, ``rounds`` at a time, until the 95% interval of that median is within
 :data:`FEEDBACK_PRECISION` of it. Give it to :class:`~halp_trt.prune.Pruner` as
 ``feedback``: after each pruning step the pruner measures its plan, keeps ``measured /
@@ -21,8 +23,17 @@ target, or :data:`FEEDBACK_SOLVES` extra solves are spent. It
 suits backends where a model loads in seconds (ONNX Runtime, torch); a TensorRT engine
 build per step would take minutes.
 
+**Blocks.** A model timed one inference at a time, each after one untimed inference and
+between the dense model's, runs slower than it does served alone: on a Zen 5 CPU (ONNX
+Runtime, one thread) MobileNetV2 copies timed that way read 7-20% slower against the
+dense model than in blocks of 20 inferences, and plans the pruner landed at its target
+ran about 13% under it served alone (bench/timing_methods.py). In blocks of at least
+:data:`FEEDBACK_BLOCK_MS` after a few untimed inferences, each model's figure is what it
+costs back to back, as served, and the ratio that of two served models; the ResNet-18's
+copies of 2 ms or more read the same both ways.
+
 **Clocks.** At one CPU thread the runners time on the calling thread's CPU clock, which
-other processes' preemption does not reach: one inference per sample. With several
+other processes' preemption does not reach: each sample the median of one block. With several
 threads the clock is the wall clock, which takes every preemption in full; there each
 sample is the median of short chunks of inferences (:func:`lut_builder.timing.time_chunked`,
 as ``halp-trt verify`` times). On the 2-vCPU development machine, two ONNX Runtime
@@ -53,9 +64,13 @@ FEEDBACK_MAX_BATCHES = 4
 #: the 2-core development machine, two ONNX Runtime threads timed the same pruned model
 #: at 0.24x in the pruner and 0.37-0.40x in verify; a busy machine must not steer the plan.
 FEEDBACK_TRUST = 0.05
-#: With several threads (wall clock), each runner runs at least this long per round, in
-#: chunks of about 3 ms (:func:`lut_builder.timing.time_chunked`).
+#: Each runner runs at least this long per round: one block of back-to-back inferences
+#: at one thread (:func:`lut_builder.timing.time_blocks`), chunks of about 3 ms with
+#: several threads (wall clock, :func:`lut_builder.timing.time_chunked`).
 FEEDBACK_BLOCK_MS = 20.0
+#: At one thread, every block times at least this many inferences (a 12 ms ResNet-18
+#: times 5, not 2, so that one slow inference does not decide its round).
+FEEDBACK_BLOCK_RUNS = 5
 
 
 class MeasuredLatency:
@@ -66,12 +81,14 @@ class MeasuredLatency:
         example_input: an input of the deployed shape (batch included).
         backend: a backend with a runner (``onnxruntime``, ``torch``).
         threads: CPU threads of the runners (the table's count).
-        rounds, warmup: timed and untimed interleaved rounds per batch.
+        rounds: timed interleaved rounds per batch.
+        warmup: untimed inferences before each block (one thread), untimed rounds
+            (several threads).
         precision: the measurement takes batches until its median's 95% interval lies
             within this fraction of the median...
         max_batches: ... or it has taken this many.
-        block_ms: with several threads (wall clock), each model's least time per round,
-            timed in chunks of inferences.
+        block_ms: each model's least time per round: one block of inferences (one
+            thread), chunks of inferences (several threads, wall clock).
 
     Raises:
         UserError: the backend has no runner here.
@@ -86,7 +103,7 @@ class MeasuredLatency:
         backend: str = "onnxruntime",
         threads: int = 1,
         rounds: int = 30,
-        warmup: int = 5,
+        warmup: int = 3,
         precision: float = FEEDBACK_PRECISION,
         max_batches: int = FEEDBACK_MAX_BATCHES,
         block_ms: float = FEEDBACK_BLOCK_MS,
@@ -147,15 +164,15 @@ class MeasuredLatency:
     def _ratios(self, runner: Any) -> np.ndarray:
         """One batch of ``rounds`` per-round ratios candidate / unpruned."""
         if runner.clock == "thread":
-            from lut_builder.timing import time_interleaved
+            from lut_builder.timing import time_blocks
 
-            dense, cand = time_interleaved(
+            (dense, cand), _ = time_blocks(
                 [self._dense, runner],
-                warmup=self.warmup,
                 rounds=self.rounds,
-                sync=runner.sync,
+                block_ms=self.block_ms,
+                warm_runs=self.warmup,
+                min_runs=FEEDBACK_BLOCK_RUNS,
                 clock=runner.clock,
-                warm=True,
             )
         else:
             from lut_builder.timing import time_chunked

@@ -438,14 +438,16 @@ def test_measured_latency_takes_rounds_until_its_median_is_precise(monkeypatch):
 
 
 @pytest.mark.parametrize("threads,clock", [(1, "thread"), (2, "wall")])
-def test_measured_latency_times_chunks_on_the_wall_clock(monkeypatch, threads, clock):
-    # One inference a sample on the thread clock (preemption does not reach it); on the
-    # wall clock (several threads) chunks of inferences, as verify times.
+def test_measured_latency_times_blocks_on_the_thread_clock_chunks_on_the_wall_clock(
+    monkeypatch, threads, clock
+):
+    # Blocks of back-to-back inferences on the thread clock (preemption does not reach
+    # it); on the wall clock (several threads) chunks of inferences, as verify times.
     import lut_builder.timing as timing
     from halp_trt.prune import feedback as fb
 
     used = []
-    for name in ("time_interleaved", "time_chunked"):
+    for name in ("time_blocks", "time_chunked", "time_interleaved"):
         real = getattr(timing, name)
 
         def spy(*a, _real=real, _name=name, **k):
@@ -459,7 +461,7 @@ def test_measured_latency_times_chunks_on_the_wall_clock(monkeypatch, threads, c
     with fb.MeasuredLatency(net, x, threads=threads, rounds=5, warmup=1, block_ms=2) as m:
         ratio = m(half)
         assert m._dense.clock == clock
-    assert set(used) == {"time_interleaved" if clock == "thread" else "time_chunked"}
+    assert used and set(used) == {"time_blocks" if clock == "thread" else "time_chunked"}
     assert math.isfinite(ratio) and ratio > 0 and m.rounds_timed >= 5
 
 

@@ -10,6 +10,7 @@ import pytest
 from lut_builder.timing import (
     Timing,
     median_interval,
+    time_blocks,
     time_callable,
     time_chunked,
     time_interleaved,
@@ -164,6 +165,48 @@ def test_time_chunked_alternates_chunks_and_gives_one_median_per_round():
     # Chunks alternate A B, then B A: both runners sample the same moments.
     timed = "".join(log)
     assert "ab" in timed and "ba" in timed
+
+
+class _Cold(_Runner):
+    """A runner that takes ``cold`` ms on its first call after another runner ran (its
+    weights out of the caches), ``ms`` back to back."""
+
+    def __init__(self, name, ms, cold, log):
+        super().__init__(name, ms, log)
+        self.cold = cold
+
+    def __call__(self):
+        slow = bool(self.log) and self.log[-1] != self.name
+        self.log.append(self.name)
+        time.sleep((self.cold if slow else self.ms) / 1e3)
+
+
+def test_time_blocks_times_each_runner_back_to_back_in_turn():
+    log: list[str] = []
+    a, b = _Cold("a", 0.5, 6.0, log), _Cold("b", 2.0, 6.0, log)
+    (ta, tb), runs = time_blocks([a, b], rounds=4, block_ms=8, warm_runs=0, clock="wall")
+    assert len(ta) == len(tb) == 4
+    # One block a round each, at least block_ms long: 16 inferences of a, 4 of b.
+    assert runs[0] >= 10 and 4 <= runs[1] < runs[0]
+    # The figure is what each costs back to back (the cold first call is outvoted).
+    assert all(0.45 <= t < 0.85 for t in ta) and all(1.9 <= t < 2.8 for t in tb)
+    # Blocks turn: after each runner's rough per-call timing (a, b), a b | b a | a b | b a.
+    turns = "".join(k for i, k in enumerate(log) if i == 0 or log[i - 1] != k)
+    assert turns == "abababa"
+    # The floor of runs holds for a runner slower than the block.
+    _, runs = time_blocks([b], rounds=1, block_ms=0.1, min_runs=3, clock="wall")
+    assert runs == [3]
+
+
+def test_time_blocks_rejects_bad_counts():
+    r = _Runner("a", 0.0, [])
+    for kw in ({"rounds": 0}, {"min_runs": 0}, {"warm_runs": -1}, {"block_ms": -1.0}):
+        with pytest.raises(ValueError):
+            time_blocks([r], **{"rounds": 2, "block_ms": 1.0, **kw})
+    with pytest.raises(ValueError, match="nothing to time"):
+        time_blocks([], rounds=1, block_ms=1.0)
+    with pytest.raises(ValueError, match="unknown clock"):
+        time_blocks([r], rounds=1, block_ms=1.0, clock="sundial")
 
 
 def test_time_chunked_rejects_bad_counts():
