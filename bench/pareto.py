@@ -789,10 +789,6 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.min_interval < 1:
         raise BenchError(f"--min-interval must be at least 1, not {args.min_interval}")
-    if args.timing == "blocks" and args.match == "measured":
-        raise BenchError(
-            "--timing blocks matches the knob methods by prediction: add --match predicted"
-        )
     if not 0 < args.prune_window <= 1:
         raise BenchError(f"--prune-window must be a fraction in (0, 1], not {args.prune_window}")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
@@ -1040,8 +1036,9 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             if no_reference is not None:
                 raise RuntimeError(f"no latency to match: {no_reference}")
             t0 = time.perf_counter()
+            ratio_of = blocks_ratio if args.timing == "blocks" else None
             match = (
-                functools.partial(match_latency, both_sides=True)
+                functools.partial(match_latency, both_sides=True, ratio_of=ratio_of)
                 if args.match == "measured"
                 else match_predicted
             )
@@ -1124,6 +1121,12 @@ def measure_blocks(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -
         finally:
             dense.close()
     return {k: {f: float(v) for f, v in fig.items()} for k, fig in out.items()}
+
+
+def blocks_ratio(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
+    """``model``'s latency over ``reference``'s, timed as :func:`measure_blocks` times
+    (30 blocks each): ``--match measured`` with ``--timing blocks``."""
+    return measure_blocks({"dense": reference, "model": model}, x, 30)["model"]["ratio_to_dense"]
 
 
 def remeasure(runs: list[dict], models: dict[str, nn.Module], x: torch.Tensor) -> None:

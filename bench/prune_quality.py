@@ -205,8 +205,11 @@ def measure_ratio(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int = 100
     return float(np.median(np.array(sa) / np.array(sb)))
 
 
-def match_latency(make, predict, reference: nn.Module, x, knobs, *, both_sides=False):
-    """The knob of ``make`` whose model runs as fast as ``reference``, measured.
+def match_latency(
+    make, predict, reference: nn.Module, x, knobs, *, both_sides=False, ratio_of=None
+):
+    """The knob of ``make`` whose model runs as fast as ``reference``, measured
+    (``ratio_of(model, reference, x)``: by default :func:`measure_ratio`, round-robin).
 
     Every knob of the grid is pruned and priced on the table (a grid, not a bisection:
     Torch-Pruning's widths with ``round_to`` are not monotone in its ratio); the
@@ -234,7 +237,7 @@ def match_latency(make, predict, reference: nn.Module, x, knobs, *, both_sides=F
         if any(t[0] == knob for t in tried):
             break  # the grid gives nothing closer
         model = make(knob)
-        ratio = measure_ratio(model, reference, x)
+        ratio = (ratio_of or measure_ratio)(model, reference, x)
         history.append({"knob": knob, "budget_ms": budget, "predicted_ms": pred_ms, "ratio": ratio})
         tried.append((knob, model, ratio))
         if ratio <= 1.02 and (not both_sides or ratio >= 0.98):
