@@ -76,9 +76,9 @@ measured table's plan for the target (L2 scores, untrained).
 
 All models of one seed and target are timed round-robin with the dense one in one run
 (ONNX Runtime CPU, one intra-op thread, under the bench lock); with ``--timing blocks``
-each model is timed alone with the dense one instead, in interleaved blocks of
-back-to-back inferences: as the pruner's feedback times, and as a model is served (one
-inference each between other models' inferences, a small model runs slower). Accuracy at equal
+each model runs one block of back-to-back inferences a round instead: as the pruner's
+feedback times, and as a model is served (one inference each between other models'
+inferences, a small model runs slower). Accuracy at equal
 latency: each method's accuracy at the reference's measured latency ratio, interpolated
 linearly along that method's own points of the same seed (its runs at every target and
 its ``+`` run), marked ``bracketed`` when they lie on both sides.
@@ -658,10 +658,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timing",
         choices=("round-robin", "blocks"),
         default="round-robin",
-        help="how each seed's models are timed against the dense one: all in turn, one "
-        "inference each a round (round-robin, as every result before the setting), or each "
-        "alone with the dense model in blocks of back-to-back inferences, as the pruner's "
-        "feedback times and as a model is served (blocks; --rounds blocks each)",
+        help="how each seed's models are timed against the dense one, all in turn: one "
+        "inference each a round (round-robin, as every result before the setting), or one "
+        "block of back-to-back inferences each a round, as the pruner's feedback times and "
+        "as a model is served (blocks)",
     )
     p.add_argument(
         "--match",
@@ -1086,41 +1086,39 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
 
 def measure_blocks(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict:
-    """Each model against ``models["dense"]`` alone, in turn: ``rounds`` interleaved blocks
-    of back-to-back inferences each (:func:`lut_builder.timing.time_blocks`, as the
+    """All models in turn in one run, ``rounds`` rounds, each model one block of
+    back-to-back inferences a round (:func:`lut_builder.timing.time_blocks`, as the
     pruner's feedback times: blocks of at least 20 ms and 5 inferences after 3 untimed;
-    ONNX Runtime, one thread, thread clock). The same figures as
+    ONNX Runtime, one thread, thread clock; the order turns round by round). Every model
+    runs as it is served, and all sample the same minutes of the machine, as the
+    round-robin does: timed against the dense model one after another, the same model read
+    up to 10% apart a minute later on this project's shared machines. The same figures as
     :func:`prune_quality.measure_interleaved`: per model the median, p10 and p90 of its
-    block medians (ms) and the median per-round ratio to the dense model; the dense
-    model's from its blocks beside the first model."""
+    block medians (ms) and the median per-round ratio to the dense model."""
     from halp_trt.prune.feedback import FEEDBACK_BLOCK_MS, FEEDBACK_BLOCK_RUNS
     from lut_builder.backends import make_runner
     from lut_builder.timing import time_blocks
 
-    def figures(samples: list[float], ratio: float) -> dict[str, float]:
-        q = np.quantile(samples, [0.1, 0.5, 0.9])
-        return {"median_ms": q[1], "p10_ms": q[0], "p90_ms": q[2], "ratio_to_dense": ratio}
-
-    out: dict[str, dict[str, float]] = {}
+    names = list(models)
     with prune_quality.bench_lock():
-        dense = make_runner("onnxruntime", models["dense"].eval(), x, threads=1)
+        runners = [make_runner("onnxruntime", models[n].eval(), x, threads=1) for n in names]
         try:
-            for name, model in models.items():
-                if name == "dense":
-                    continue
-                runner = make_runner("onnxruntime", model.eval(), x, threads=1)
-                try:
-                    (d, m), _ = time_blocks(
-                        [dense, runner], rounds=rounds, block_ms=FEEDBACK_BLOCK_MS,
-                        warm_runs=3, min_runs=FEEDBACK_BLOCK_RUNS,
-                    )  # fmt: skip
-                finally:
-                    runner.close()
-                out[name] = figures(m, float(np.median(np.array(m) / np.array(d))))
-                out.setdefault("dense", figures(d, 1.0))
+            times, _ = time_blocks(
+                runners, rounds=rounds, block_ms=FEEDBACK_BLOCK_MS, warm_runs=3,
+                min_runs=FEEDBACK_BLOCK_RUNS,
+            )  # fmt: skip
         finally:
-            dense.close()
-    return {k: {f: float(v) for f, v in fig.items()} for k, fig in out.items()}
+            for r in runners:
+                r.close()
+    dense = np.array(times[names.index("dense")])
+    out = {}
+    for name, t in zip(names, times):
+        q = np.quantile(t, [0.1, 0.5, 0.9])
+        out[name] = {
+            "median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2]),
+            "ratio_to_dense": float(np.median(np.array(t) / dense)),
+        }  # fmt: skip
+    return out
 
 
 def blocks_ratio(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
@@ -1234,8 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f"({args.rounds} rounds, thread clock); the machine was shared"
             if args.timing == "round-robin"
-            else f"alone, in blocks of back-to-back inferences ({args.rounds} blocks each, "
-            "thread clock); the machine was shared"
+            else f"in blocks of back-to-back inferences, all models in turn ({args.rounds} "
+            "rounds, one block each a round, thread clock); the machine was shared"
         ),
         "host": {"python": platform.python_version(), "torch": torch.__version__},
     }

@@ -1,16 +1,21 @@
-"""Do the bench's round-robin timing and the pruner's pair timing see the same speed-up?
+"""Do the bench's round-robin timing and the pruner's timing see the same speed-up?
 
 bench/pareto.py times every model of one seed in turn with the dense one (round-robin,
-:func:`prune_quality.measure_interleaved`); halp-trt's pruner times its plan and the
-dense model alone, interleaved (:class:`halp_trt.prune.MeasuredLatency`). On one CPU the
-two disagreed by 7-14% for the MobileNetV2 at 0.3x and agreed within 1-2% elsewhere. A
+:func:`prune_quality.measure_interleaved`); halp-trt's pruner timed its plan and the
+dense model alone, one inference each in turn (``pair``: each after one untimed
+inference, the median of 120 per-round ratios, as :class:`halp_trt.prune.MeasuredLatency`
+did before it timed blocks). On one CPU the two disagreed by 7-14% for the MobileNetV2 at
+0.3x and agreed within 1-2% elsewhere. A
 model served in deployment runs alone, again and again; the third way here times that:
 each model in a block of consecutive inferences, alternating with a block of the dense
 model (``--blocks`` pairs of blocks of ``--block-runs`` inferences each; the ratio of
 their medians per pair, the median over the pairs). A fourth, ``chunked``, is the
 pruner's timing for several threads (:func:`lut_builder.timing.time_chunked`: chunks of
 about 3 ms of back-to-back inferences, alternating, wall clock, 20 ms a model per round,
-15 rounds, the median of the per-round ratios): whether it sees what ``alone`` sees.
+15 rounds, the median of the per-round ratios): whether it sees what ``alone`` sees. A
+fifth, ``blocks``, is the pruner's feedback as it now times
+(:class:`halp_trt.prune.MeasuredLatency`: one block of back-to-back inferences of each
+model a round, to its precision).
 ``ms`` and ``dense_ms`` in the rows are the round-robin's medians, for scale.
 
 The models are the dense one and its uniform-width copies at ``--fractions`` (largest
@@ -39,7 +44,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
 
 BenchError = load_pareto().BenchError
-METHODS = ("round-robin", "pair", "alone", "chunked")
+METHODS = ("round-robin", "pair", "alone", "chunked", "blocks")
+#: ``pair``: timed rounds (each one inference of the copy and of the dense model).
+PAIR_ROUNDS = 120
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +104,15 @@ def alone(dense: Any, model: Any, blocks: int, runs: int) -> float:
     return statistics.median(ratios)
 
 
+def pair(dense: Any, model: Any) -> float:
+    """Median per-round ratio ``model`` / ``dense``, one inference of each a round, each
+    after one untimed (:func:`time_interleaved` with ``warm``; 5 untimed rounds first)."""
+    from lut_builder.timing import time_interleaved
+
+    d, m = time_interleaved([dense, model], warmup=5, rounds=PAIR_ROUNDS, clock="thread", warm=True)
+    return statistics.median(a / b for a, b in zip(m, d))
+
+
 def chunked(dense: Any, model: Any, rounds: int = 15) -> float:
     """Median per-round ratio ``model`` / ``dense`` by :func:`time_chunked` (the
     feedback's several-thread timing: 20 ms of 3 ms chunks a model per round)."""
@@ -138,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         rr = prune_quality.measure_interleaved({"dense": dense, **models}, x, args.rounds)
         with prune_quality.bench_lock():
             with MeasuredLatency(dense, x, threads=1) as measure:
-                pair = {n: measure(m) for n, m in models.items()}
+                blocks = {n: measure(m) for n, m in models.items()}
             d_run = make_runner("onnxruntime", dense, x, threads=1)
             try:
-                solo, chunks = {}, {}
+                pairs, solo, chunks = {}, {}, {}
                 for n, m in models.items():
                     m_run = make_runner("onnxruntime", m, x, threads=1)
                     try:
+                        pairs[n] = pair(d_run, m_run)
                         solo[n] = alone(d_run, m_run, args.blocks, args.block_runs)
                         chunks[n] = chunked(d_run, m_run)
                     finally:
@@ -159,14 +176,16 @@ def main(argv: list[str] | None = None) -> int:
                 "ms": rr[n]["median_ms"],
                 "dense_ms": rr["dense"]["median_ms"],
                 "round-robin": rr[n]["ratio_to_dense"],
-                "pair": pair[n],
+                "pair": pairs[n],
                 "alone": solo[n],
                 "chunked": chunks[n],
+                "blocks": blocks[n],
             }
             rows.append(row)
             print(
                 f"{rep} {n:>5}  round-robin {row['round-robin']:.4f}  pair {row['pair']:.4f}  "
-                f"alone {row['alone']:.4f}  chunked {row['chunked']:.4f}",
+                f"alone {row['alone']:.4f}  chunked {row['chunked']:.4f}  "
+                f"blocks {row['blocks']:.4f}",
                 flush=True,
             )
     summary = {}
@@ -177,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         summary[n] = {**med, **over}
     print(
         f"{'kept':>5}  {'round-robin':>11}  {'pair':>7}  {'alone':>7}  {'chunked':>7}  "
-        "rr/alone  pair/alone  chunked/alone"
+        f"{'blocks':>7}  rr/alone  pair/alone  chunked/alone  blocks/alone"
     )
     for n, s in summary.items():
         print(
             f"{n:>5}  {s['round-robin']:11.4f}  {s['pair']:7.4f}  {s['alone']:7.4f}  "
-            f"{s['chunked']:7.4f}  {s['round-robin_over_alone']:8.3f}  "
-            f"{s['pair_over_alone']:10.3f}  {s['chunked_over_alone']:13.3f}"
+            f"{s['chunked']:7.4f}  {s['blocks']:7.4f}  {s['round-robin_over_alone']:8.3f}  "
+            f"{s['pair_over_alone']:10.3f}  {s['chunked_over_alone']:13.3f}  "
+            f"{s['blocks_over_alone']:12.3f}"
         )
     if args.out:
         atomic_write_json(

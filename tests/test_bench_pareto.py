@@ -118,7 +118,7 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
     assert result["summary"]["reference"] == result["settings"]["reference"] == "halp-taylor"
 
 
-def test_timing_blocks_times_each_model_alone_with_the_dense_one(pareto, tmp_path, monkeypatch):
+def test_timing_blocks_times_the_models_in_turn_in_blocks(pareto, tmp_path, monkeypatch):
     import lut_builder.timing as timing
 
     torch.manual_seed(0)
@@ -135,8 +135,8 @@ def test_timing_blocks_times_each_model_alone_with_the_dense_one(pareto, tmp_pat
     monkeypatch.setattr(timing, "time_blocks", spy)
     monkeypatch.setattr(pareto.prune_quality, "LOCK", str(tmp_path / "lock"))
     got = pareto.measure_blocks({"dense": dense, "same": copy.deepcopy(dense), "half": half}, x, 9)
-    # Two pairs (the dense model and each other one), 9 blocks each, of 20 ms at least.
-    assert timed == [(2, 9, 20.0), (2, 9, 20.0)]
+    # All three in one run, 9 rounds of one block each, of 20 ms at least.
+    assert timed == [(3, 9, 20.0)]
     assert got["dense"]["ratio_to_dense"] == 1.0
     assert 0.8 < got["same"]["ratio_to_dense"] < 1.25
     assert got["half"]["ratio_to_dense"] < got["same"]["ratio_to_dense"]
@@ -158,7 +158,7 @@ def test_timing_blocks_times_each_model_alone_with_the_dense_one(pareto, tmp_pat
     ]  # fmt: skip
     assert pareto.main(argv) == 0
     result = json.loads(out.read_text())
-    assert calls[-1] == 4 and "in blocks of back-to-back inferences (4 blocks" in result["timing"]
+    assert calls[-1] == 4 and "all models in turn (4 rounds, one block each" in result["timing"]
     runs = {r["method"]: r for r in result["runs"]}
     assert runs["uniform"]["status"] == "ok", runs["uniform"].get("error")
     assert 0 < runs["uniform"]["measured_ratio"] < 1.5

@@ -1,5 +1,5 @@
 """bench/timing_methods.py: bad input stops it in one line and writes nothing; a tiny run
-times every pruned copy the four ways and writes the ratios."""
+times every pruned copy the five ways and writes the ratios."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_bad_input_is_one_line_and_writes_nothing(timing, tmp_path, capsys, extr
     assert not out.exists()
 
 
-def test_tiny_run_times_each_copy_four_ways(timing, tmp_path):
+def test_tiny_run_times_each_copy_five_ways(timing, tmp_path):
     out = tmp_path / "t.json"
     argv = [
         "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--fractions", "0.25,0.5",
@@ -49,7 +49,7 @@ def test_tiny_run_times_each_copy_four_ways(timing, tmp_path):
         (0, 0.25), (0, 0.5), (1, 0.25), (1, 0.5)
     ]  # fmt: skip
     for r in result["rows"]:
-        assert all(0 < r[m] < 3 for m in ("round-robin", "pair", "alone", "chunked")), r
+        assert all(0 < r[m] < 3 for m in timing.METHODS), r
         assert r["ms"] / r["dense_ms"] == pytest.approx(r["round-robin"], rel=0.5)
     # the narrower copy has fewer parameters; the summary is the median over the reps
     assert result["rows"][0]["params"] < result["rows"][1]["params"]
@@ -59,3 +59,4 @@ def test_tiny_run_times_each_copy_four_ways(timing, tmp_path):
         + sorted(r["alone"] for r in result["rows"] if r["fraction"] == 0.25)[1] / 2
     )
     assert quarter["pair_over_alone"] == pytest.approx(quarter["pair"] / quarter["alone"])
+    assert quarter["blocks_over_alone"] == pytest.approx(quarter["blocks"] / quarter["alone"])
