@@ -1092,33 +1092,19 @@ def measure_blocks(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -
     ONNX Runtime, one thread, thread clock; the order turns round by round). Every model
     runs as it is served, and all sample the same minutes of the machine, as the
     round-robin does: timed against the dense model one after another, the same model read
-    up to 10% apart a minute later on this project's shared machines. The same figures as
-    :func:`prune_quality.measure_interleaved`: per model the median, p10 and p90 of its
-    block medians (ms) and the median per-round ratio to the dense model."""
+    up to 10% apart a minute later on this project's shared machines. The figures of
+    :func:`prune_quality.measure_interleaved`, which runs it: per model the median, p10 and
+    p90 of its block medians (ms) and the median per-round ratio to the dense model."""
     from halp_trt.prune.feedback import FEEDBACK_BLOCK_MS, FEEDBACK_BLOCK_RUNS
-    from lut_builder.backends import make_runner
     from lut_builder.timing import time_blocks
 
-    names = list(models)
-    with prune_quality.bench_lock():
-        runners = [make_runner("onnxruntime", models[n].eval(), x, threads=1) for n in names]
-        try:
-            times, _ = time_blocks(
-                runners, rounds=rounds, block_ms=FEEDBACK_BLOCK_MS, warm_runs=3,
-                min_runs=FEEDBACK_BLOCK_RUNS,
-            )  # fmt: skip
-        finally:
-            for r in runners:
-                r.close()
-    dense = np.array(times[names.index("dense")])
-    out = {}
-    for name, t in zip(names, times):
-        q = np.quantile(t, [0.1, 0.5, 0.9])
-        out[name] = {
-            "median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2]),
-            "ratio_to_dense": float(np.median(np.array(t) / dense)),
-        }  # fmt: skip
-    return out
+    def in_blocks(runners: list, rounds: int) -> list[list[float]]:
+        return time_blocks(
+            runners, rounds=rounds, block_ms=FEEDBACK_BLOCK_MS, warm_runs=3,
+            min_runs=FEEDBACK_BLOCK_RUNS,
+        )[0]  # fmt: skip
+
+    return measure_interleaved(models, x, rounds, time_runners=in_blocks)
 
 
 def blocks_ratio(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:

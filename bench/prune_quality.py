@@ -131,28 +131,35 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
     return table
 
 
-def measure_interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict:
-    """All models round-robin in one run: per model median, p10, p90 (ms)."""
+def measure_interleaved(
+    models: dict[str, nn.Module], x: torch.Tensor, rounds: int, time_runners=None
+) -> dict:
+    """All models in one run, under the bench lock: per model median, p10, p90 (ms) and the
+    median per-round ratio to ``models["dense"]``. ``time_runners(runners, rounds)`` returns
+    each runner's per-round times; by default round-robin, one inference each a round
+    (``time_interleaved``, each after one untimed)."""
     from lut_builder.backends import make_runner
     from lut_builder.timing import time_interleaved
 
+    def round_robin(runners: list, rounds: int) -> list[list[float]]:
+        return time_interleaved(runners, warmup=20, rounds=rounds, clock="thread", warm=True)
+
+    names = list(models)
     with bench_lock():
-        runners = {n: make_runner("onnxruntime", m.eval(), x, threads=1) for n, m in models.items()}
+        runners = [make_runner("onnxruntime", models[n].eval(), x, threads=1) for n in names]
         try:
-            names = list(runners)
-            samples = time_interleaved(
-                [runners[n] for n in names], warmup=20, rounds=rounds, clock="thread", warm=True
-            )
+            samples = (time_runners or round_robin)(runners, rounds)
         finally:
-            for r in runners.values():
+            for r in runners:
                 r.close()
+    ref = np.array(samples[names.index("dense")])
     out = {}
     for n, s in zip(names, samples):
         q = np.quantile(s, [0.1, 0.5, 0.9])
-        out[n] = {"median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2])}
-    ref = samples[names.index("dense")]
-    for n, s in zip(names, samples):
-        out[n]["ratio_to_dense"] = float(np.median(np.array(s) / np.array(ref)))
+        out[n] = {
+            "median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2]),
+            "ratio_to_dense": float(np.median(np.array(s) / ref)),
+        }  # fmt: skip
     return out
 
 
