@@ -126,13 +126,21 @@ def test_repeated_sigkill_at_varied_moments(workdir):
 
 
 # Starts `lut-builder build` once its imports are done and a barrier file appears, so two
-# processes begin measuring together: the analytic points of a shard take well under a
-# second, less than the spread of two Python processes' start-up times.
+# processes begin measuring together. An analytic point costs microseconds, so a shard
+# would finish within the spread of two processes' start-ups on a loaded machine (seen:
+# one done 12 ms before the other began); each point is made to take half a millisecond,
+# about a second a shard, as a real measurement takes far longer still.
 AT_BARRIER = textwrap.dedent(
     """
     import os, sys, time
     import lut_builder.cli, torch  # the slow part, before the barrier
     import lut_builder.build, lut_builder.commands.build, lut_builder.backends.analytic
+    analytic = lut_builder.backends.analytic.AnalyticBackend
+    fast = analytic.measure
+    def slow(self, *args):
+        time.sleep(0.0005)
+        return fast(self, *args)
+    analytic.measure = slow
     barrier, ready = sys.argv[1], sys.argv[2]
     open(ready, "w").close()
     while not os.path.exists(barrier):
