@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             "Time the original and the pruned model on the same backend in one run: warm-up "
             "rounds, then many rounds in which short chunks of inferences alternate between "
-            "the two models. Reports each model's median latency and throughput, the "
+            "the two models (at one CPU thread: one block of back-to-back inferences per "
+            "model and round, timed by the thread's CPU time, as the pruner measures). Reports each model's median latency and throughput, the "
             "speed-up (median per-round ratio) with its spread (interquartile range over "
             "the median) and a bootstrap 95%% CI, and with --plan the predicted vs measured "
             "latency and whether the budget was met (exit code 1 if not). Models are specs "
@@ -49,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--chunk-ms",
         type=positive_float,
         default=3.0,
-        help="least duration of one timed chunk; chunks alternate between the models",
+        help="least duration of one timed chunk; chunks alternate between the models "
+        "(wall-clock timing; at one CPU thread each round is one block of --block-ms)",
     )
     p.add_argument("--plan", help="plan.json of the pruned model: predicted vs measured")
     p.add_argument(
@@ -262,7 +264,7 @@ def _print(report: Any) -> None:
     threads = "" if n is None else f", {n} CPU thread{'s' if n > 1 else ''}"
     table = Table(
         title=f"verify on {report.backend}{threads}, input {tuple(report.input_shape)}, "
-        f"{report.rounds} rounds after {report.warmup} warm-up"
+        f"{report.rounds} rounds in {report.timing} after {report.warmup} warm-up"
     )
     for col in ("model", "source", "median ms", "p10-p90 ms", "samples/s"):
         table.add_column(col, justify="left" if col in ("model", "source") else "right")

@@ -7,8 +7,23 @@ refills the caches), alternating between the models chunk by chunk (A B B A ...)
 each model has run for ``min_block_ms``. Both models thus sample the same moments of the
 machine, so a slow drift or a burst of another process on a shared host hits both
 alike; each model's figure for the round is its median chunk, so a preempted chunk does
-not decide it. (Timing each model in one long block per round instead gave per-round
-spreads of 3-14% on a loaded 2-core machine where this gives 1.5-3.5%.)
+not decide it. (Timing each model in one long block per round by the wall clock instead
+gave per-round spreads of 3-14% on a loaded 2-core machine where this gives 1.5-3.5%.)
+
+**One CPU thread.** A runner that runs on the calling thread (ONNX Runtime or torch at
+one CPU thread; its ``clock`` is ``"thread"``) is timed by that thread's CPU time, which
+a preemption does not advance, in blocks (:func:`lut_builder.timing.time_blocks`): every
+round each model serves one block of at least ``min_block_ms`` of back-to-back inferences
+after three untimed ones, the order turning round by round; its figure for the round is
+the block's median. This is how the pruner's latency feedback times at one thread, so
+verify reads the speed-up the pruner steered by. Short chunks after one untimed inference
+read a small model after a large one slower than it is served: on a Zen 5 CPU a
+MobileNetV2 copy timed 0.99-1.12 of its cost served alone in chunks, 0.97-1.01 in blocks
+(bench/results/timing_methods_mobilenetv2_zen5_blocks.json); verify itself read the same
+copy at 0.18 of the dense model in blocks, 0.19-0.20 in chunks. The blocks' per-round
+ratios spread wider (interquartile range 6-16% of the median against 4-8% in chunks),
+their median's 95% interval within about 3% at 30 rounds. The report's ``timing`` says
+which way it was timed; ``chunk_ms`` applies to chunks only.
 
 Figures: each model's median latency per inference (with p10/p90) and throughput
 (samples per second at the batch size); the **speed-up** is the median over rounds of
@@ -34,6 +49,10 @@ from typing import Any
 from lut_builder.errors import UserError
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+#: Timing in blocks (one CPU thread): untimed inferences that start each block, and the
+#: least timed ones in it: those of the pruner's feedback (halp_trt.prune.feedback).
+BLOCK_WARM_RUNS = 3
+BLOCK_MIN_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,9 @@ class VerifyReport:
     threads: int | None = None
     #: CPU threads the latency table was measured at (None: no table, or a GPU table).
     table_threads: int | None = None
+    #: How both models were timed: ``"blocks"`` (one CPU thread, the thread's CPU time) or
+    #: ``"chunks"`` (the wall clock); see the module notes.
+    timing: str = "chunks"
 
     @property
     def batch(self) -> int:
@@ -161,7 +183,8 @@ def verify_models(
         warmup: untimed rounds.
         rounds: timed rounds.
         min_block_ms: the least time each model runs per round.
-        chunk_ms: the least duration of one timed chunk of inferences.
+        chunk_ms: the least duration of one timed chunk of inferences (wall-clock
+            runners; at one CPU thread each round is one block, see the module notes).
         plan: a :class:`halp_trt.solver.Plan` (with ``base_ms`` when it is a pruning
             run's plan) for predicted vs measured latency, or None.
         labels, sources: names shown for the two models.
@@ -185,7 +208,7 @@ def verify_models(
     import torch
 
     from lut_builder.backends import make_runner
-    from lut_builder.timing import time_chunked
+    from lut_builder.timing import time_blocks, time_chunked
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -209,9 +232,25 @@ def verify_models(
                     f"the {label} model fails on an input of shape {shape} on {backend}: "
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 ) from exc
-        times, inner = time_chunked(
-            runners, warmup=warmup, rounds=rounds, min_block_ms=min_block_ms, chunk_ms=chunk_ms
-        )
+        timing = "blocks" if all(r.clock == "thread" for r in runners) else "chunks"
+        if timing == "blocks":
+            times, inner = time_blocks(
+                runners,
+                rounds=warmup + rounds,
+                block_ms=min_block_ms,
+                warm_runs=BLOCK_WARM_RUNS,
+                min_runs=BLOCK_MIN_RUNS,
+                clock="thread",
+            )
+            times = [t[warmup:] for t in times]
+        else:
+            times, inner = time_chunked(
+                runners,
+                warmup=warmup,
+                rounds=rounds,
+                min_block_ms=min_block_ms,
+                chunk_ms=chunk_ms,
+            )
         in_table_unit, unit_note = _time_in_table_unit(
             table if plan is not None else None, runners, warmup, rounds
         )
@@ -246,6 +285,7 @@ def verify_models(
         speedup=speedup_stats(times[0], times[1]),
         threads=options.get("threads"),
         table_threads=table_threads,
+        timing=timing,
     )
     if threads_note:
         report.notes.append(threads_note)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import types
 
@@ -224,6 +225,49 @@ def test_verify_times_at_the_table_thread_count_unless_told(tmp_path):
     assert (r.threads, r.table_threads) == (2, 2)
     r = verify_models(wide, narrow, **quick)  # nothing to go by: one thread
     assert (r.threads, r.table_threads, r.notes) == (1, None, [])
+
+
+def test_verify_times_one_thread_in_blocks_and_several_in_chunks(monkeypatch):
+    """At one CPU thread both models are timed as the pruner's feedback times them: in
+    blocks, by the thread's CPU time, the warm-up rounds dropped; with several threads
+    in chunks by the wall clock. The report says which."""
+    import lut_builder.timing as timing
+    from halp_trt.prune import feedback
+    from halp_trt.verify import compare
+
+    calls: list[tuple[str, dict]] = []
+    blocks, chunked = timing.time_blocks, timing.time_chunked
+
+    def spy_blocks(runners, **kw):
+        calls.append(("blocks", kw))
+        return blocks(runners, **kw)
+
+    def spy_chunked(runners, **kw):
+        calls.append(("chunks", kw))
+        return chunked(runners, **kw)
+
+    monkeypatch.setattr(timing, "time_blocks", spy_blocks)
+    monkeypatch.setattr(timing, "time_chunked", spy_chunked)
+    wide, narrow = wide_and_narrow()
+    quick = dict(backend="onnxruntime", input_shape=(1, 3, 8, 8), rounds=4, warmup=2)
+    r = verify_models(wide, narrow, min_block_ms=3, threads=1, **quick)
+    assert [c for c, _ in calls] == ["blocks"] and r.timing == "blocks"
+    assert calls[0][1] == {
+        "rounds": 6, "block_ms": 3, "warm_runs": 3, "min_runs": 5, "clock": "thread"
+    }  # fmt: skip
+    assert r.original.rounds == r.pruned.rounds == 4  # the two warm-up rounds dropped
+    assert r.pruned.inner >= compare.BLOCK_MIN_RUNS and r.to_dict()["timing"] == "blocks"
+    assert r.speedup.median > 3
+    calls.clear()
+    r = verify_models(wide, narrow, min_block_ms=3, threads=2, **quick)
+    assert [c for c, _ in calls] == ["chunks"] and r.timing == "chunks"
+    assert (calls[0][1]["warmup"], calls[0][1]["rounds"]) == (2, 4)
+    # The blocks are the feedback's.
+    feedback_warmup = inspect.signature(feedback.MeasuredLatency).parameters["warmup"].default
+    assert (
+        feedback_warmup,
+        feedback.FEEDBACK_BLOCK_RUNS,
+    ) == (compare.BLOCK_WARM_RUNS, compare.BLOCK_MIN_RUNS)
 
 
 # --- CLI ------------------------------------------------------------------------------
