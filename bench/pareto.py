@@ -103,6 +103,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import os
 import platform
 import statistics
 import sys
@@ -563,6 +564,16 @@ def plot_title(title: str, width: int = 90) -> str:
     import textwrap
 
     return textwrap.fill(title, width, break_long_words=True, break_on_hyphens=False)
+
+
+def spec_label(spec: str) -> str:
+    """A data or model spec for a figure's title: an absolute file path in it shortened to
+    the file's name (``npz:/data/x.npz`` -> ``npz:x.npz``), so that a committed figure does
+    not carry the paths of the machine it was made on; the JSON keeps the spec whole."""
+    kind, sep, rest = spec.partition(":")
+    if sep and os.path.isabs(rest):
+        return f"{kind}:{Path(rest).name}"
+    return Path(spec).name if os.path.isabs(spec) else spec
 
 
 def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
@@ -1237,7 +1248,8 @@ def main(argv: list[str] | None = None) -> int:
             runs,
             checked["methods"],
             out.with_suffix(".png"),
-            f"{args.model} on {args.data} {shape_tag}: accuracy vs measured latency",
+            f"{spec_label(args.model)} on {spec_label(args.data)} {shape_tag}: "
+            "accuracy vs measured latency",
         )
         log(f"wrote {out} ({status})")
 

@@ -573,3 +573,11 @@ def test_torch_prunings_group_taylor_reads_the_convolutions_not_the_batchnorms()
     model[3].weight.grad = torch.ones_like(model[3].weight)  # reads the group's channels
     expected = model[3].weight.detach().abs().sum((0, 2, 3))
     torch.testing.assert_close(score(group), expected)
+
+
+def test_spec_label_keeps_machine_paths_out_of_the_figure(pareto):
+    assert pareto.spec_label("npz:/home/me/data/hard.npz") == "npz:hard.npz"
+    assert pareto.spec_label("npz:runs/hard.npz") == "npz:runs/hard.npz"  # relative: kept
+    assert pareto.spec_label("digits") == "digits"
+    assert pareto.spec_label("halp_trt.models:resnet18_cifar") == "halp_trt.models:resnet18_cifar"
+    assert pareto.spec_label("/home/me/nets/model.py:wide") == "model.py:wide"
