@@ -44,6 +44,7 @@ where verify's chunks spread 23-34%, and the pruner set its 2-thread timings asi
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -212,7 +213,8 @@ def feedback_from_table(table: Any) -> dict[str, Any]:
 
     Raises:
         UserError: a GPU, INT8 or analytic table, or one measured on another CPU model
-            (feedback would time this machine, not the table's).
+            or on a CPU with other kernel extensions (feedback would time this machine,
+            not the table's).
     """
     from lut_builder.backends.base import host_fingerprint
 
@@ -230,7 +232,20 @@ def feedback_from_table(table: Any) -> dict[str, Any]:
         )
     if fp.get("precision", "fp32") != "fp32":
         raise UserError(f"latency feedback times FP32 models: {where}")
-    here = host_fingerprint()["cpu"]
+    host = host_fingerprint()
+    here = host["cpu"]
     if device != f"cpu: {here}":
         raise UserError(f"latency feedback times this machine ({here}), but {where}")
+    # One model name can cover CPUs that run other kernels (AVX2 and AVX-512 EPYCs); a
+    # table that records its CPU's flags must have this one's. Older tables do not.
+    table_host = fp.get("host")
+    flags = table_host.get("cpu_flags") if isinstance(table_host, Mapping) else None
+    if flags is not None and host["cpu_flags"] is not None and flags != host["cpu_flags"]:
+        theirs, ours = set(flags), set(host["cpu_flags"])
+        raise UserError(
+            f"latency feedback times this machine ({here}), but {where} with other CPU "
+            f"extensions (the table's only: {', '.join(sorted(theirs - ours)) or 'none'}; "
+            f"this CPU's only: {', '.join(sorted(ours - theirs)) or 'none'}): its kernels "
+            "differ; build the table on this machine"
+        )
     return {"backend": backend, "threads": int(getattr(table, "threads", None) or 1)}

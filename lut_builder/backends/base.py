@@ -276,6 +276,41 @@ def make_runner(backend: str, model_or_path: Any, example_input: Any, **options:
     return _RUNNERS[backend](model_or_path, example_input, **options)
 
 
+#: CPU extensions that decide which convolution kernels a CPU runtime dispatches to
+#: (ONNX Runtime's MLAS, oneDNN): x86 vector widths, dot-product and matrix units; Arm's
+#: SIMD, SVE, dot-product and matrix instructions.
+KERNEL_FLAGS = frozenset(
+    {
+        "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni",
+        "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+        "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16",
+    }
+)  # fmt: skip
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The kernel-deciding extensions (:data:`KERNEL_FLAGS`) of this CPU, sorted: the
+    ``flags`` (x86) or ``Features`` (Arm) line of ``/proc/cpuinfo`` (or of ``cpuinfo``
+    given as text). None where they cannot be read (not Linux).
+
+    Two CPUs of one model name can run different kernels: a virtual machine may report
+    only "AMD EPYC" for an AVX2 and an AVX-512 generation alike, whose convolutions step
+    every 8 and 16 channels. The table's fingerprint records these flags so that it says
+    which.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return sorted(KERNEL_FLAGS.intersection(value.split()))
+    return None
+
+
 def cpu_block_size() -> int:
     """The channel block of blocked-layout CPU convolution kernels on this CPU.
 
@@ -285,14 +320,7 @@ def cpu_block_size() -> int:
     jumps at 68), so it is the natural grid step. Read from the CPU flags on Linux;
     8 elsewhere.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return 16 if "avx512f" in line.split() else 8
-    except OSError:
-        pass
-    return 8
+    return 16 if "avx512f" in (cpu_flags() or ()) else 8
 
 
 def cpu_model() -> str:
@@ -313,6 +341,7 @@ def host_fingerprint() -> dict[str, Any]:
 
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

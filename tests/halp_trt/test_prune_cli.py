@@ -234,6 +234,18 @@ def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypat
         fingerprint = {"backend": "onnxruntime", "precision": "fp32", "device": here}
 
     assert fb.feedback_from_table(Table()) == {"backend": "onnxruntime", "threads": 2}
+    # A table that records its CPU's flags must have this CPU's; older tables have none.
+    flags = host_fingerprint()["cpu_flags"]
+    if flags is not None:
+        same = Table()
+        same.fingerprint = {**Table.fingerprint, "host": {"cpu_flags": flags}}
+        assert fb.feedback_from_table(same)["backend"] == "onnxruntime"
+        other_flags = sorted(set(flags) ^ {"avx512f", "amx_tile"})
+        other = Table()
+        other.fingerprint = {**Table.fingerprint, "host": {"cpu_flags": other_flags}}
+        with pytest.raises(UserError, match="other CPU extensions") as err:
+            fb.feedback_from_table(other)
+        assert "build the table on this machine" in str(err.value)
     for change, fragment in [
         ({"device": "cpu: Another CPU"}, "times this machine"),
         ({"precision": "int8"}, "times FP32 models"),

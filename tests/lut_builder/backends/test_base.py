@@ -85,3 +85,19 @@ def test_cpu_block_size_follows_the_cpu_flags(monkeypatch, tmp_path, flags, bloc
         builtins, "open", lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k)
     )
     assert base.cpu_block_size() == block
+
+
+def test_cpu_flags_keep_the_extensions_that_pick_kernels():
+    """Two CPUs one model name covers (an AVX2 and an AVX-512 EPYC, both "AMD EPYC")
+    differ in the fingerprint's flags; flags that pick no kernel are left out."""
+    from lut_builder.backends import base
+
+    avx2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx avx2 fma aes\n"
+    avx512 = "model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma avx512f avx512bw avx512_vnni\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm crc32\n"
+    assert base.cpu_flags(avx2) == ["avx", "avx2", "fma"]
+    assert base.cpu_flags(avx512) == ["avx", "avx2", "avx512_vnni", "avx512bw", "avx512f", "fma"]
+    assert base.cpu_flags(arm) == ["asimd", "asimddp", "i8mm", "sve"]
+    assert base.cpu_flags("model name\t: Some CPU\n") is None
+    here = base.host_fingerprint()
+    assert here["cpu_flags"] == base.cpu_flags()
