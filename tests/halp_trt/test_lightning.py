@@ -20,6 +20,7 @@ from halp_trt.integrations.lightning import HALPCallback  # noqa: E402
 from halp_trt.models import CifarResNet  # noqa: E402
 from halp_trt.prune import PrunePlan  # noqa: E402
 
+from ..conftest import subprocess_env  # noqa: E402
 from .test_prune_support import analytic_table  # noqa: E402
 
 SHAPE = (1, 3, 16, 16)
@@ -254,7 +255,12 @@ def test_two_ddp_ranks_prune_identically(table, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     args = ["--nproc_per_node=2", script, table.path, tmp_path]
     proc = subprocess.run(
-        [*torchrun, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [*torchrun, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path / "site"),  # Lightning imports torchvision
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
