@@ -15,7 +15,9 @@ about 3 ms of back-to-back inferences, alternating, wall clock, 20 ms a model pe
 15 rounds, the median of the per-round ratios): whether it sees what ``alone`` sees. A
 fifth, ``blocks``, is the pruner's feedback as it now times
 (:class:`halp_trt.prune.MeasuredLatency`: one block of back-to-back inferences of each
-model a round, to its precision).
+model a round, to its precision). A sixth, ``verify``, is what ``halp-trt verify``
+reports (:func:`halp_trt.verify.verify_models` at one thread, by default at its own
+defaults: blocks of 100 ms, 30 rounds after 5; the inverse of its speed-up).
 ``ms`` and ``dense_ms`` in the rows are the round-robin's medians, for scale.
 
 The models are the dense one and its uniform-width copies at ``--fractions`` (largest
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded once)
 
 BenchError = load_pareto().BenchError
-METHODS = ("round-robin", "pair", "alone", "chunked", "blocks")
+METHODS = ("round-robin", "pair", "alone", "chunked", "blocks", "verify")
 #: ``pair``: timed rounds (each one inference of the copy and of the dense model).
 PAIR_ROUNDS = 120
 
@@ -63,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=100, help="round-robin rounds (as pareto.py)")
     p.add_argument("--blocks", type=int, default=15, help="alone: block pairs per model")
     p.add_argument("--block-runs", type=int, default=20, help="alone: inferences per block")
+    p.add_argument(
+        "--verify-rounds", type=int, default=30, help="verify: timed rounds (its default)"
+    )
+    p.add_argument(
+        "--verify-block-ms", type=int, default=100, help="verify: block per model and round"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lock", default=None, help="lock file held around every timing")
     p.add_argument("--out", default=None, help="JSON to write")
@@ -78,9 +86,11 @@ def check(args: argparse.Namespace) -> tuple[tuple[int, ...], list[float]]:
         fractions = [float(f) for f in args.fractions.split(",")]
     except ValueError:
         raise BenchError(f"--fractions {args.fractions!r}: comma-separated numbers") from None
+    if args.verify_rounds < 3:
+        raise BenchError("--verify-rounds must be at least 3")
     if not fractions or not all(0 < f < 1 for f in fractions):
         raise BenchError(f"--fractions {args.fractions!r}: each must lie between 0 and 1")
-    for name in ("align", "reps", "rounds", "blocks", "block_runs"):
+    for name in ("align", "reps", "rounds", "blocks", "block_runs", "verify_block_ms"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
     shape = parse_shape(args.input_shape)
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from halp_trt.errors import UserError
     from halp_trt.prune import MeasuredLatency
     from halp_trt.specs import example_input, load_model
+    from halp_trt.verify import verify_models
     from lut_builder.backends import make_runner
     from lut_builder.backends.base import cpu_block_size, cpu_model
     from lut_builder.errors import UserError as LutUserError
@@ -155,6 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         with prune_quality.bench_lock():
             with MeasuredLatency(dense, x, threads=1) as measure:
                 blocks = {n: measure(m) for n, m in models.items()}
+            verified = {
+                n: 1.0
+                / verify_models(
+                    dense,
+                    m,
+                    backend="onnxruntime",
+                    input_shape=shape,
+                    threads=1,
+                    rounds=args.verify_rounds,
+                    min_block_ms=args.verify_block_ms,
+                ).speedup.median
+                for n, m in models.items()
+            }
             d_run = make_runner("onnxruntime", dense, x, threads=1)
             try:
                 pairs, solo, chunks = {}, {}, {}
@@ -180,12 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                 "alone": solo[n],
                 "chunked": chunks[n],
                 "blocks": blocks[n],
+                "verify": verified[n],
             }
             rows.append(row)
             print(
                 f"{rep} {n:>5}  round-robin {row['round-robin']:.4f}  pair {row['pair']:.4f}  "
                 f"alone {row['alone']:.4f}  chunked {row['chunked']:.4f}  "
-                f"blocks {row['blocks']:.4f}",
+                f"blocks {row['blocks']:.4f}  verify {row['verify']:.4f}",
                 flush=True,
             )
     summary = {}
@@ -196,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         summary[n] = {**med, **over}
     print(
         f"{'kept':>5}  {'round-robin':>11}  {'pair':>7}  {'alone':>7}  {'chunked':>7}  "
-        f"{'blocks':>7}  rr/alone  pair/alone  chunked/alone  blocks/alone"
+        f"{'blocks':>7}  {'verify':>7}  rr/alone  pair/alone  chunked/alone  blocks/alone  "
+        "verify/alone"
     )
     for n, s in summary.items():
         print(
             f"{n:>5}  {s['round-robin']:11.4f}  {s['pair']:7.4f}  {s['alone']:7.4f}  "
-            f"{s['chunked']:7.4f}  {s['blocks']:7.4f}  {s['round-robin_over_alone']:8.3f}  "
-            f"{s['pair_over_alone']:10.3f}  {s['chunked_over_alone']:13.3f}  "
-            f"{s['blocks_over_alone']:12.3f}"
+            f"{s['chunked']:7.4f}  {s['blocks']:7.4f}  {s['verify']:7.4f}  "
+            f"{s['round-robin_over_alone']:8.3f}  {s['pair_over_alone']:10.3f}  "
+            f"{s['chunked_over_alone']:13.3f}  {s['blocks_over_alone']:12.3f}  "
+            f"{s['verify_over_alone']:12.3f}"
         )
     if args.out:
         atomic_write_json(

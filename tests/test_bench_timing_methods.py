@@ -23,6 +23,8 @@ def timing():
         (["--fractions", "0.5,1"], "each must lie between 0 and 1"),
         (["--fractions", "0.5,x"], "comma-separated numbers"),
         (["--blocks", "0"], "--blocks must be at least 1"),
+        (["--verify-rounds", "2"], "--verify-rounds must be at least 3"),
+        (["--verify-block-ms", "0"], "--verify-block-ms must be at least 1"),
         (["--input-shape", "2,3,8"], "--input-shape must be N,C,H,W"),
         (["--model", "nowhere:net"], "nowhere"),
     ],
@@ -36,11 +38,12 @@ def test_bad_input_is_one_line_and_writes_nothing(timing, tmp_path, capsys, extr
     assert not out.exists()
 
 
-def test_tiny_run_times_each_copy_five_ways(timing, tmp_path):
+def test_tiny_run_times_each_copy_six_ways(timing, tmp_path):
     out = tmp_path / "t.json"
     argv = [
         "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--fractions", "0.25,0.5",
         "--align", "8", "--reps", "2", "--rounds", "5", "--blocks", "3", "--block-runs", "3",
+        "--verify-rounds", "3", "--verify-block-ms", "2",
         "--lock", str(tmp_path / "lock"), "--out", str(out),
     ]  # fmt: skip
     assert timing.main(argv) == 0
@@ -60,3 +63,4 @@ def test_tiny_run_times_each_copy_five_ways(timing, tmp_path):
     )
     assert quarter["pair_over_alone"] == pytest.approx(quarter["pair"] / quarter["alone"])
     assert quarter["blocks_over_alone"] == pytest.approx(quarter["blocks"] / quarter["alone"])
+    assert quarter["verify_over_alone"] == pytest.approx(quarter["verify"] / quarter["alone"])
