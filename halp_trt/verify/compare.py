@@ -19,12 +19,13 @@ the block's median. This is how the pruner's latency feedback times at one threa
 verify reads the speed-up the pruner steered by. Short chunks after one untimed inference
 read a small model after a large one slower than it is served: on a Zen 5 CPU a
 MobileNetV2 copy timed 0.99-1.12 of its cost served alone in chunks, 0.97-1.01 in blocks
-(bench/results/timing_methods_mobilenetv2_zen5_blocks.json); verify itself read its own
-uniform copy at 0.3 of the widths (steps of 16 channels, batch 8 at 16x16) at 0.18 of the
-dense model in blocks, 0.19-0.20 in chunks, and one at 0.5 at 0.30-0.31 and 0.34. The blocks' per-round
-ratios spread wider (interquartile range 6-16% of the median against 4-8% in chunks),
-their median's 95% interval within about 3% at 30 rounds. The report's ``timing`` says
-which way it was timed; ``chunk_ms`` applies to chunks only.
+(bench/results/timing_methods_mobilenetv2_zen5_blocks.json), and verify in blocks read
+nine copies at 0.950-1.007 of alone (..._zen5_verify.json). On one uniform copy at 0.3
+of the widths verify read 0.18 of the dense model in blocks, 0.19-0.20 in chunks; at 0.5,
+0.30-0.31 and 0.34. The blocks' per-round ratios spread wider (interquartile range 6-16%
+of the median against 4-8% in chunks), their median's 95% interval within about 3% at 30
+rounds. The report's ``timing`` says which way it was timed; ``chunk_ms`` applies to
+chunks only.
 
 Figures: each model's median latency per inference (with p10/p90) and throughput
 (samples per second at the batch size); the **speed-up** is the median over rounds of
