@@ -1136,7 +1136,8 @@ def remeasure(runs: list[dict], models: dict[str, nn.Module], x: torch.Tensor) -
 
     rows = [
         r for r in runs
-        if r["status"] == "ok" and r.get("steps_measured_ratio") and r["method"] in models
+        if r["status"] == "ok" and r["method"] in models
+        and any(v is not None for v in r.get("steps_measured_ratio") or [])
     ]  # fmt: skip
     if not rows:
         return

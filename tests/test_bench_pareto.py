@@ -190,9 +190,12 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
         "--methods", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "0",
         "--step", "8", "--rounds", "3", "--table", str(tmp_path / "t.db"),
         "--table-backend", "macs", "--lock", str(tmp_path / "lock"), "--out", str(out),
+        "--no-feedback",  # what --keep keeps needs no timing of plans: seconds a run
     ]  # fmt: skip
     assert pareto.main([*base, "--seeds", "0"]) == 0
     first = json.loads(out.read_text())
+    assert first["runs"][0]["steps_measured_ratio"] == [None]  # the plans were not timed...
+    assert "remeasured_ratio" not in first["runs"][0]  # ... so nothing to time again
     assert pareto.main([*base, "--seeds", "1", "--keep"]) == 0
     both = json.loads(out.read_text())
     assert both["seeds"] == [0, 1] and sorted(both["dense"]) == ["0", "1"]

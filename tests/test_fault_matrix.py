@@ -200,7 +200,7 @@ def test_interrupted_build_exits_130_in_one_line_and_resumes(workspace, tmp_path
     a second build finishes it."""
     shutil.copy(workspace / "small.py", tmp_path / "small.py")
     args = ["build", "--model", "small.py:small", "--input-shape", "4,1,16,16",
-            "--backend", "onnxruntime", "--step", "4", "--out", "t.db"]  # fmt: skip
+            "--backend", "onnxruntime", "--step", "8", "--out", "t.db"]  # fmt: skip
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lut_builder", *args], cwd=tmp_path, env=env,
