@@ -13,7 +13,10 @@ pruner's way (:class:`halp_trt.prune.MeasuredLatency`: ONNX Runtime CPU, one thr
 interleaved with the dense model until the median's 95% interval is within 1%), under
 the bench lock. If the weights decided the speed (denormal values, say), the two copies
 would differ consistently; if the machine does, both move together from one
-measurement to the next.
+measurement to the next. The summary also sets the measurements' scatter beside the
+spread each one's own 95% interval implies: where the scatter is the larger, the machine
+moved between measurements by more than any one of them could see, and a landing check
+made at another moment cannot be tighter than that scatter.
 
     python bench/ratio_drift.py --model halp_trt.models:resnet18_cifar \\
         --data npz:runs/digits_hard.npz --input-shape 8,3,16,16 --fraction 0.55 \\
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 import time
@@ -76,14 +78,26 @@ def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
     return shape, data
 
 
+def scatter_and_claim(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The measurements' ``scatter`` (sample standard deviation of all ratios over their
+    median), their median 95% ``halfwidth_median`` and the standard deviation it implies
+    (``implied_sd``, the half-width over 1.96); the scatter None below two measurements."""
+    ratios = [row["ratio"] for row in rows]
+    half = statistics.median(row["halfwidth"] for row in rows)
+    scatter = statistics.stdev(ratios) / statistics.median(ratios) if len(ratios) > 1 else None
+    return {"scatter": scatter, "halfwidth_median": half, "implied_sd": half / 1.96}
+
+
 def main(argv: list[str] | None = None) -> int:
     import prune_quality
     import torch
 
     from halp_trt.errors import UserError
     from halp_trt.prune import MeasuredLatency
+    from halp_trt.prune.feedback import FEEDBACK_BLOCK_MS, FEEDBACK_BLOCK_RUNS
     from halp_trt.specs import example_input, load_model
     from halp_trt.train import TrainConfig, Trainer
+    from lut_builder.backends.base import host_fingerprint
     from lut_builder.errors import UserError as LutUserError
     from lut_builder.fileio import atomic_write_json
 
@@ -142,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     summary["trained_over_untrained"] = {"per_rep": pairs, "median": statistics.median(pairs)}
     all_r = [row["ratio"] for row in rows]
     summary["spread_of_all"] = max(all_r) / min(all_r) - 1
+    # The readings' scatter against what each one's own interval claims: a 95% half-width
+    # h (over the median) implies a standard deviation of about h / 1.96. Where the
+    # scatter is the larger, the machine moved between the measurements by more than
+    # their rounds could see, and more rounds would not close the gap.
+    summary.update(scatter_and_claim(rows))
     for name in copies:
         s = summary[name]
         print(f"{name:9s} median {s['median']:.4f}, range {s['min']:.4f}-{s['max']:.4f}")
@@ -149,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         f"trained / untrained, back to back: median {summary['trained_over_untrained']['median']:.4f}"
         f"; all measurements spread {summary['spread_of_all']:.1%}"
     )
+    if summary["scatter"] is not None:
+        print(
+            f"the {len(rows)} measurements scatter {summary['scatter']:.1%} (standard "
+            f"deviation over their median) where each one's 95% interval implies "
+            f"{summary['implied_sd']:.1%} (median half-width {summary['halfwidth_median']:.1%})"
+        )
     if args.out:
         result = {
             "benchmark": "ratio_drift",
@@ -159,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                 m.out_channels for m in untrained.modules() if isinstance(m, torch.nn.Conv2d)
             ],
             "timing": "MeasuredLatency: ONNX Runtime CPU, one intra-op thread, interleaved "
-            "with the dense model, thread clock; the machine was shared",
-            "host": {"python": platform.python_version(), "torch": torch.__version__},
+            f"with the dense model in blocks of at least {FEEDBACK_BLOCK_MS:g} ms and "
+            f"{FEEDBACK_BLOCK_RUNS} inferences, thread clock; the machine was shared",
+            "host": {**host_fingerprint(), "torch": torch.__version__},
             "runs": rows,
             "summary": summary,
             "seconds": time.perf_counter() - t_start,

@@ -51,3 +51,17 @@ def test_tiny_run_times_both_copies_alternately(drift, tmp_path):
     assert result["widths"] == [16, 32]  # half of 32 and of 64, on the 8-channel step
     pairs = result["summary"]["trained_over_untrained"]["per_rep"]
     assert len(pairs) == 2 and all(p > 0 for p in pairs)
+    assert "cpu_flags" in result["host"] and "blocks" in result["timing"]
+
+
+def test_scatter_is_set_beside_what_the_intervals_claim(drift):
+    rows = [
+        {"ratio": 0.30, "halfwidth": 0.010},
+        {"ratio": 0.31, "halfwidth": 0.020},
+        {"ratio": 0.29, "halfwidth": 0.030},
+    ]
+    got = drift.scatter_and_claim(rows)
+    assert got["scatter"] == pytest.approx(0.01 / 0.30)  # sample sd 0.01 over median 0.30
+    assert got["halfwidth_median"] == 0.020
+    assert got["implied_sd"] == pytest.approx(0.020 / 1.96)
+    assert drift.scatter_and_claim(rows[:1])["scatter"] is None
