@@ -156,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["trained_over_untrained"] = {"per_rep": pairs, "median": statistics.median(pairs)}
     all_r = [row["ratio"] for row in rows]
     summary["spread_of_all"] = max(all_r) / min(all_r) - 1
-    # The readings' scatter against what each one's own interval claims: a 95% half-width
-    # h (over the median) implies a standard deviation of about h / 1.96. Where the
-    # scatter is the larger, the machine moved between the measurements by more than
-    # their rounds could see, and more rounds would not close the gap.
-    summary.update(scatter_and_claim(rows))
+    summary.update(scatter_and_claim(rows))  # why: the module's docstring
     for name in copies:
         s = summary[name]
         print(f"{name:9s} median {s['median']:.4f}, range {s['min']:.4f}-{s['max']:.4f}")
