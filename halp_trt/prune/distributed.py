@@ -97,8 +97,30 @@ def process_group_from_env(device: str | None = None) -> Iterator[str | None]:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     dist.init_process_group("nccl" if use_cuda else "gloo")
+    finished = False
     try:
         yield device
+        finished = True
     finally:
         if dist.is_initialized():
+            if finished:
+                synchronize()
             dist.destroy_process_group()
+
+
+def synchronize() -> None:
+    """Wait until every rank gets here (a barrier; nothing outside a process group).
+
+    Called before tearing a group down: a rank that closes its connections while another
+    still finishes its last collective can abort that rank (gloo's transport ends the
+    process from its own thread). Only on the way out of a successful run: after an error
+    the other ranks may never arrive.
+    """
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()

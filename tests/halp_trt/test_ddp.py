@@ -31,6 +31,7 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
     import torch.nn.functional as F
 
     from halp_trt.prune import Pruner
+    from halp_trt.prune.distributed import synchronize
     from lut_builder import LatencyTable
 
     torch.set_num_threads(1)
@@ -87,6 +88,7 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
                 }
             )
         )
+        synchronize()
     finally:
         dist.destroy_process_group()
 
