@@ -8,12 +8,14 @@ equal, what differs is the weights (trained, or as at the step) and the time.
 This trains a dense model (``--pretrain-epochs``), cuts it to one width fraction
 (``--fraction``, largest L2 norms, ``--align``ed: bench/prune_quality.py's uniform
 width), fine-tunes a copy of the cut model for ``--epochs``, and then times the untrained
-and the trained copy against the dense model alternately, ``--reps`` times each, the
-pruner's way (:class:`halp_trt.prune.MeasuredLatency`: ONNX Runtime CPU, one thread,
+and the trained copy against the dense model alternately, ``--reps`` times each (the
+untrained copy first in even repetitions, the trained one in odd), the pruner's way (:class:`halp_trt.prune.MeasuredLatency`: ONNX Runtime CPU, one thread,
 interleaved with the dense model until the median's 95% interval is within 1%), under
 the bench lock. If the weights decided the speed (denormal values, say), the two copies
 would differ consistently; if the machine does, both move together from one
-measurement to the next. The summary also sets the measurements' scatter beside the
+measurement to the next. The order alternates so that a machine drifting one way over
+the run shows as a trained/untrained ratio that flips with the order, and a weight effect
+as one that keeps its side of 1 in both orders. The summary also sets the measurements' scatter beside the
 spread each one's own 95% interval implies: where the scatter is the larger, the machine
 moved between measurements by more than any one of them could see, and a landing check
 made at another moment cannot be tighter than that scatter.
@@ -88,6 +90,19 @@ def scatter_and_claim(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return {"scatter": scatter, "halfwidth_median": half, "implied_sd": half / 1.96}
 
 
+def pair_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Trained over untrained per repetition (each pair timed back to back), and the
+    medians of the pairs by which copy was timed first (None where no pair was)."""
+    by = {(row["rep"], row["copy"]): row for row in rows}
+    reps = sorted({row["rep"] for row in rows})
+    pairs = [by[r, "trained"]["ratio"] / by[r, "untrained"]["ratio"] for r in reps]
+    out: dict[str, Any] = {"per_rep": pairs, "median": statistics.median(pairs)}
+    for first in ("untrained", "trained"):
+        own = [p for r, p in zip(reps, pairs) if by[r, first].get("first") == first]
+        out[f"{first}_first_median"] = statistics.median(own) if own else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import prune_quality
     import torch
@@ -132,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         MeasuredLatency(dense, x, threads=1) as measure,
     ):
         for rep in range(args.reps):
-            for name, model in copies.items():
-                ratio = measure(model)
+            order = list(copies) if rep % 2 == 0 else list(copies)[::-1]
+            for name in order:
+                ratio = measure(copies[name])
                 rows.append(
                     {
                         "rep": rep,
                         "copy": name,
+                        "first": order[0],
                         "ratio": ratio,
                         "halfwidth": measure.halfwidth,
                         "rounds": measure.rounds_timed,
@@ -149,19 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     for name in copies:
         r = [row["ratio"] for row in rows if row["copy"] == name]
         summary[name] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
-    # Paired by repetition: trained over untrained, each pair timed back to back.
-    pairs = [
-        b["ratio"] / a["ratio"] for a, b in zip(rows[::2], rows[1::2], strict=True)
-    ]  # fmt: skip
-    summary["trained_over_untrained"] = {"per_rep": pairs, "median": statistics.median(pairs)}
+    summary["trained_over_untrained"] = pair_ratios(rows)
     all_r = [row["ratio"] for row in rows]
     summary["spread_of_all"] = max(all_r) / min(all_r) - 1
     summary.update(scatter_and_claim(rows))  # why: the module's docstring
     for name in copies:
         s = summary[name]
         print(f"{name:9s} median {s['median']:.4f}, range {s['min']:.4f}-{s['max']:.4f}")
+    pairs = summary["trained_over_untrained"]
+    by_order = ", ".join(
+        f"{first} first {pairs[f'{first}_first_median']:.4f}"
+        for first in ("untrained", "trained")
+        if pairs[f"{first}_first_median"] is not None
+    )
     print(
-        f"trained / untrained, back to back: median {summary['trained_over_untrained']['median']:.4f}"
+        f"trained / untrained, back to back: median {pairs['median']:.4f} ({by_order})"
         f"; all measurements spread {summary['spread_of_all']:.1%}"
     )
     if summary["scatter"] is not None:

@@ -46,11 +46,15 @@ def test_tiny_run_times_both_copies_alternately(drift, tmp_path):
     ]  # fmt: skip
     assert drift.main(argv) == 0
     result = json.loads(out.read_text())
-    assert [r["copy"] for r in result["runs"]] == ["untrained", "trained"] * 2
+    assert [r["copy"] for r in result["runs"]] == ["untrained", "trained", "trained", "untrained"]
+    assert [r["first"] for r in result["runs"]] == ["untrained"] * 2 + ["trained"] * 2
     assert all(0 < r["ratio"] < 2 and r["halfwidth"] >= 0 for r in result["runs"])
     assert result["widths"] == [16, 32]  # half of 32 and of 64, on the 8-channel step
     pairs = result["summary"]["trained_over_untrained"]["per_rep"]
     assert len(pairs) == 2 and all(p > 0 for p in pairs)
+    by_order = result["summary"]["trained_over_untrained"]
+    assert by_order["untrained_first_median"] == pairs[0]
+    assert by_order["trained_first_median"] == pairs[1]
     assert "cpu_flags" in result["host"] and "blocks" in result["timing"]
 
 
@@ -65,3 +69,17 @@ def test_scatter_is_set_beside_what_the_intervals_claim(drift):
     assert got["halfwidth_median"] == 0.020
     assert got["implied_sd"] == pytest.approx(0.020 / 1.96)
     assert drift.scatter_and_claim(rows[:1])["scatter"] is None
+
+
+def test_pairs_follow_the_copy_not_the_position(drift):
+    # A machine slowing by 1% a measurement: the second of each pair reads 1% higher.
+    rows = [
+        {"rep": 0, "copy": "untrained", "first": "untrained", "ratio": 0.300},
+        {"rep": 0, "copy": "trained", "first": "untrained", "ratio": 0.303},
+        {"rep": 1, "copy": "trained", "first": "trained", "ratio": 0.306},
+        {"rep": 1, "copy": "untrained", "first": "trained", "ratio": 0.309},
+    ]
+    got = drift.pair_ratios(rows)
+    assert got["per_rep"] == pytest.approx([1.01, 0.306 / 0.309])
+    assert got["untrained_first_median"] > 1 > got["trained_first_median"]
+    assert drift.pair_ratios(rows[:2])["trained_first_median"] is None
