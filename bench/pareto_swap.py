@@ -92,6 +92,10 @@ def swap(
     sb, sr = base["settings"], rerun["settings"]
     same = [k for k in SAME if not (other_window and k == "prune_window")]
     differ = [k for k in same if sb.get(k) != sr.get(k)]
+    # Results from before --timing were timed round-robin.
+    timing = sb.get("timing", "round-robin")
+    if sr.get("timing", "round-robin") != timing:
+        differ.append("timing")
     fb, fr = (
         (base.get("table") or {}).get("fingerprint"),
         (rerun.get("table") or {}).get("fingerprint"),
@@ -139,7 +143,7 @@ def swap(
         "seeds": sorted(seeds),
         "methods": [*base["methods"], *added],
         "rerun_methods": methods,
-        "settings": {k: sb.get(k) for k in SAME},
+        "settings": {**{k: sb.get(k) for k in SAME}, "timing": timing},
         "prune_window": {"earlier": sb.get("prune_window"), "rerun": sr.get("prune_window")},
         "table": base.get("table"),
         # The dense models of its seeds: a swapped result takes another re-run in turn.

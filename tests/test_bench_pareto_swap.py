@@ -84,6 +84,7 @@ def test_the_rerun_replaces_its_method_and_is_compared_at_its_measured_latency(p
     "change,message",
     [
         (lambda b, r: r["settings"].update(epochs=6), "other settings (epochs)"),
+        (lambda b, r: r["settings"].update(timing="blocks"), "other settings (timing)"),
         (lambda b, r: r["table"].update(fingerprint={"backend": "torch"}), "table fingerprint"),
         (lambda b, r: r["dense"]["1"].update(val_acc=0.5), "seed 1: the dense models differ"),
         (lambda b, r: r["dense"].update({"7": {"val_acc": 0.9}}), "no seed 7"),
@@ -201,3 +202,18 @@ def test_a_swapped_result_takes_a_second_rerun(pair, tmp_path):
     # seed 0: the same ratio, 0.95 - 0.97; seed 1: the same ratio, 0.96 - 0.91
     eq = got["summary"]["equal_latency"]["0.5x"]["halp-taylor-abs-concave"]
     assert eq["per_seed"] == pytest.approx([-0.02, 0.05])
+
+
+def test_the_timing_travels_so_a_swapped_result_pools_with_its_own_kind(pair):
+    swap, pool = load_swap(), load_bench("pareto_pool")
+    base, rerun = copy.deepcopy(pair)
+    for r in (base, rerun):
+        r["settings"]["timing"] = "blocks"
+    got = swap.swap(base, rerun)
+    assert got["settings"]["timing"] == "blocks"
+    later = copy.deepcopy(base)  # a blocks run of two more seeds
+    later["dense"] = {"2": {"val_acc": 0.95}, "3": {"val_acc": 0.96}}
+    later["runs"] = [{**r, "seed": r["seed"] + 2} for r in later["runs"]]
+    pooled = pool.pool([("swapped", got), ("later", later)], "halp-taylor-abs")
+    assert pooled["equal_latency"]["0.5x"]["tp-taylor"]["seeds"] == 4
+    assert swap.swap(*pair)["settings"]["timing"] == "round-robin"  # from before --timing
