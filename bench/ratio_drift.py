@@ -9,13 +9,14 @@ This trains a dense model (``--pretrain-epochs``), cuts it to one width fraction
 (``--fraction``, largest L2 norms, ``--align``ed: bench/prune_quality.py's uniform
 width), fine-tunes a copy of the cut model for ``--epochs``, and then times the untrained
 and the trained copy against the dense model alternately, ``--reps`` times each (the
-untrained copy first in even repetitions, the trained one in odd), the pruner's way (:class:`halp_trt.prune.MeasuredLatency`: ONNX Runtime CPU, one thread,
-interleaved with the dense model until the median's 95% interval is within 1%), under
-the bench lock. If the weights decided the speed (denormal values, say), the two copies
-would differ consistently; if the machine does, both move together from one
-measurement to the next. The order alternates so that a machine drifting one way over
-the run shows as a trained/untrained ratio that flips with the order, and a weight effect
-as one that keeps its side of 1 in both orders. The summary also sets the measurements' scatter beside the
+untrained copy first in even repetitions, the trained one in odd), the pruner's way
+(:class:`halp_trt.prune.MeasuredLatency`: ONNX Runtime CPU, one thread, interleaved with
+the dense model until the median's 95% interval is within 1%), under the bench lock. If
+the weights decided the speed (denormal values, say), the two copies would differ
+consistently; if the machine does, both move together from one measurement to the next.
+The order alternates so that a machine drifting one way over the run shows as a
+trained/untrained ratio that flips with the order, and a weight effect as one that keeps
+its side of 1 in both orders. The summary also sets the measurements' scatter beside the
 spread each one's own 95% interval implies: where the scatter is the larger, the machine
 moved between measurements by more than any one of them could see, and a landing check
 made at another moment cannot be tighter than that scatter.
