@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -277,7 +278,11 @@ def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypat
         small = importlib.import_module("small").small
         prune = ht.PruneConfig(target="0.9x", steps=2, bundle=2)
         train = ht.TrainConfig(epochs=1, batch_size=256, device="cpu")
-        with LatencyTable.open(setup / "small.db") as table:
+        with (
+            LatencyTable.open(setup / "small.db") as table,
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
             result = prune_classifier(small(), "digits", table, prune, train, progress=False,
                                       say=lambda *_: None, feedback=True)  # fmt: skip
     finally:
@@ -285,11 +290,22 @@ def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypat
         sys.modules.pop("small", None)
     assert seen == [{"backend": "onnxruntime", "threads": 1}]
     assert result.log["feedback"]["backend"] == "onnxruntime"
-    assert all(s.get("measured_ratio") for s in result.log["steps"])
+    # Every step was timed: measured, or, on a machine too busy to measure it (as a loaded
+    # CI runner can be), said so in a warning naming the step, its plan left as predicted.
+    busy = {
+        int(m.group(1))
+        for w in caught
+        if (m := re.search(r"latency feedback at step (\d+): .* too busy", str(w.message)))
+    }
+    steps = result.log["steps"]
+    assert steps  # a short run prunes in one step
+    for s in steps:
+        assert (s["measured_ratio"] is None) == (s["step"] in busy), (s, busy)
+        assert s["measured_ratio"] is None or s["measured_ratio"] > 0
     # Each step's measurement comes with its interval, in the steps and the feedback log.
     widths = result.log["feedback"]["steps_measured_halfwidth"]
-    assert widths == [s["measured_halfwidth"] for s in result.log["steps"]]
-    assert all(0 <= w <= fb.FEEDBACK_TRUST for w in widths)
+    assert widths == [s["measured_halfwidth"] for s in steps]
+    assert all(0 <= w <= fb.FEEDBACK_TRUST for w in widths if w is not None)
 
 
 def test_prune_and_run_share_their_training_options_and_name_every_criterion():
