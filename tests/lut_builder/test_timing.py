@@ -156,11 +156,12 @@ class _Runner:
 
 def test_time_chunked_alternates_chunks_and_gives_one_median_per_round():
     log: list[str] = []
-    fast, slow = _Runner("a", 0.2, log), _Runner("b", 1.0, log)
-    (ta, tb), inner = time_chunked([fast, slow], warmup=1, rounds=4, min_block_ms=3, chunk_ms=2)
+    # Sleeps of milliseconds: a loaded machine oversleeps by tenths of one.
+    fast, slow = _Runner("a", 1.0, log), _Runner("b", 5.0, log)
+    (ta, tb), inner = time_chunked([fast, slow], warmup=1, rounds=4, min_block_ms=15, chunk_ms=10)
     assert len(ta) == len(tb) == 4
-    assert all(b > a for a, b in zip(ta, tb))  # per-inference times: 1 ms against 0.2
-    assert min(tb) >= 0.9 and min(ta) >= 0.15
+    assert all(b > a for a, b in zip(ta, tb))  # per-inference times: 5 ms against 1
+    assert min(tb) >= 4.5 and min(ta) >= 0.9
     assert inner[0] > inner[1] >= 3  # more calls of the fast one fill the same chunk
     # Chunks alternate A B, then B A: both runners sample the same moments.
     timed = "".join(log)
@@ -183,13 +184,18 @@ class _Cold(_Runner):
 
 def test_time_blocks_times_each_runner_back_to_back_in_turn():
     log: list[str] = []
-    a, b = _Cold("a", 0.5, 6.0, log), _Cold("b", 2.0, 6.0, log)
-    (ta, tb), runs = time_blocks([a, b], rounds=4, block_ms=8, warm_runs=0, clock="wall")
+    # Sleeps of milliseconds, so that a loaded machine's oversleeping (a few tenths of a
+    # millisecond) moves the counts and figures by little.
+    a, b = _Cold("a", 2.0, 24.0, log), _Cold("b", 8.0, 24.0, log)
+    (ta, tb), runs = time_blocks([a, b], rounds=4, block_ms=32, warm_runs=0, clock="wall")
     assert len(ta) == len(tb) == 4
     # One block a round each, at least block_ms long: 16 inferences of a, 4 of b.
-    assert runs[0] >= 10 and 4 <= runs[1] < runs[0]
-    # The figure is what each costs back to back (the cold first call is outvoted).
-    assert all(0.45 <= t < 0.85 for t in ta) and all(1.9 <= t < 2.8 for t in tb)
+    # (A sleep never ends early, so 32 / 2 is the most; a busy machine's slower calls
+    # give fewer.)
+    assert 16 >= runs[0] > runs[1] >= 3
+    # The figure is what each costs back to back: at least its sleep, and well under the
+    # cold first call's 24 ms, which the block's median outvotes.
+    assert all(1.9 <= t < 12.0 for t in ta) and all(7.9 <= t < 16.0 for t in tb)
     # Blocks turn: after each runner's rough per-call timing (a, b), a b | b a | a b | b a.
     turns = "".join(k for i, k in enumerate(log) if i == 0 or log[i - 1] != k)
     assert turns == "abababa"
