@@ -832,6 +832,12 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
 KEEP_FREE = ("seeds", "keep", "lock", "threads")
 
 
+def result_timing(settings: dict[str, Any] | None) -> str:
+    """How a result's models were timed (its settings' ``timing``); results from before
+    ``--timing`` were timed round-robin."""
+    return (settings or {}).get("timing", "round-robin")
+
+
 def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     """The result in ``out`` that ``--keep`` adds to: its runs and dense models of the
     seeds not run again, and its commands.
@@ -853,7 +859,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     )
     theirs.setdefault("prune_window", DEFAULT_SPREAD)  # results from before the setting
     theirs.setdefault("min_interval", 1)
-    theirs.setdefault("timing", "round-robin")
+    theirs["timing"] = result_timing(theirs)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:

@@ -69,8 +69,8 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
                     f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
                     "only runs of one model, data and input shape pool"
                 )
-        timing = (result.get("settings") or {}).get("timing", "round-robin")
-        first_timing = (first.get("settings") or {}).get("timing", "round-robin")
+        timing = pareto.result_timing(result.get("settings"))
+        first_timing = pareto.result_timing(first.get("settings"))
         if timing != first_timing:
             raise BenchError(
                 f"{name} was timed {timing}, {first_name} {first_timing}: only runs "

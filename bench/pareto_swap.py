@@ -92,9 +92,8 @@ def swap(
     sb, sr = base["settings"], rerun["settings"]
     same = [k for k in SAME if not (other_window and k == "prune_window")]
     differ = [k for k in same if sb.get(k) != sr.get(k)]
-    # Results from before --timing were timed round-robin.
-    timing = sb.get("timing", "round-robin")
-    if sr.get("timing", "round-robin") != timing:
+    timing = pareto.result_timing(sb)
+    if pareto.result_timing(sr) != timing:
         differ.append("timing")
     fb, fr = (
         (base.get("table") or {}).get("fingerprint"),
