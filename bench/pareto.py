@@ -45,7 +45,10 @@ comes before those epochs):
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
-  scores put on one scale before the knapsack compares them;
+  scores put on one scale before the knapsack compares them; ``halp-taylor-abs-layers``
+  the ``-norm`` scores times the number of terms each channel sums (the BatchNorms its
+  group couples), so a channel's value grows with the layers it touches, as its
+  latency does, without its layers' gradient scale (:func:`layer_weighted`);
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
@@ -140,6 +143,7 @@ METHODS = (
     "halp-taylor-abs",
     "halp-taylor-norm",
     "halp-taylor-abs-norm",
+    "halp-taylor-abs-layers",
     "halp-taylor-abs-mean",
     "halp-taylor-l2",
     "halp-taylor-abs-concave",
@@ -281,6 +285,34 @@ def mean_normalised(name: str | type) -> type:
         return s / alive.mean() if alive.size else s
 
     return rescored(name, "MeanNormalised", normalise)
+
+
+def layer_weighted(name: str) -> type:
+    """Criterion ``name`` mean-normalised per group (:func:`mean_normalised`), then each
+    channel's score multiplied by the number of coupled terms it sums (the BatchNorms,
+    or the layers' slices, its group couples).
+
+    With every group at mean 1 (``-norm``), a residual stream's channel is worth an
+    inner channel's while it costs the latency of every block it enters and leaves, so
+    the knapsack cuts the streams first; summed over its terms (``taylor-abs``) it is
+    worth about as many inner channels as it has terms, times its layers' own gradient
+    scale, and the knapsack keeps the streams whole. Here the count stays and the scale
+    goes: a channel's value grows with the layers it touches, as its latency does, so
+    the plan is set by where each group's scores fall below their mean, as
+    Torch-Pruning's global ranking of normalised scores sets it."""
+    base = mean_normalised(name)
+
+    class LayerWeighted(base):  # type: ignore[valid-type, misc]
+        def scores(self) -> dict[int, np.ndarray]:
+            out = super().scores()
+            start = 0
+            for group, size in zip(self.groups, self._sizes):
+                out[group.id] = out[group.id] * self._terms_per_channel[start : start + size]
+                start += size
+            return out
+
+    LayerWeighted.__qualname__ = LayerWeighted.__name__ = f"LayerWeighted_{name}"
+    return LayerWeighted
 
 
 def concave_weights(score: np.ndarray) -> np.ndarray:
@@ -989,6 +1021,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs": ("taylor-abs", "exp", table),
         "halp-taylor-norm": (mean_normalised("taylor"), "exp", table),
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
+        "halp-taylor-abs-layers": (layer_weighted("taylor-abs"), "exp", table),
         "halp-taylor-abs-mean": ("taylor-abs-mean", "exp", table),
         "halp-taylor-l2": ("taylor-l2", "exp", table),
         "halp-taylor-abs-concave": (concave_value("taylor-abs"), "exp", table),

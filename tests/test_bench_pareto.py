@@ -267,6 +267,42 @@ def test_mean_normalised_scores_average_one_over_the_alive_channels(pareto):
     assert (imp.scores()[first.id][:4] == 0).all() and (imp.scores()[first.id][4:] > 0).all()
 
 
+class _Residual(nn.Module):
+    """A stem and one residual block: the stream couples two BatchNorms, the block's
+    inner width one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.conv1, self.bn1 = nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        s = torch.relu(s + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(s))))))
+        return self.fc(s.mean((2, 3)))
+
+
+def test_layer_weighted_scores_average_the_terms_each_channel_sums(pareto):
+    from halp_trt.graph import ChannelGraph
+
+    torch.manual_seed(0)
+    net, x = _Residual(), torch.randn(4, 3, 8, 8)
+    graph = ChannelGraph(net, x)
+    weighted = pareto.layer_weighted("taylor-abs")(graph)
+    normed = pareto.mean_normalised("taylor-abs")(graph)
+    nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
+    weighted.accumulate()
+    normed.accumulate()
+    got, base = weighted.scores(), normed.scores()
+    terms = {g.id: len([r for r in g.norms if r.kind == "batchnorm"]) for g in graph.prunable}
+    assert sorted(terms.values()) == [1, 2]  # the inner width, the stream
+    for gid, s in got.items():
+        assert s == pytest.approx(base[gid] * terms[gid])
+        assert s.mean() == pytest.approx(terms[gid])
+
+
 def test_concave_weights_make_a_groups_value_2r_minus_r_squared(pareto):
     score = np.array([0.0, 3.0, 1.0, 0.0, 4.0, 2.0])  # channels 0 and 3 pruned
     w = pareto.concave_weights(score)
