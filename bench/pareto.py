@@ -299,7 +299,11 @@ def layer_weighted(name: str) -> type:
     scale, and the knapsack keeps the streams whole. Here the count stays and the scale
     goes: a channel's value grows with the layers it touches, as its latency does, so
     the plan is set by where each group's scores fall below their mean, as
-    Torch-Pruning's global ranking of normalised scores sets it."""
+    Torch-Pruning's global ranking of normalised scores sets it. Measured: on the
+    ResNet-18 at 0.7x (six epochs, 3 seeds) it halves the whole first stage, where a
+    channel costs the most, keeps the later streams whole and scores 0.5 points under
+    Torch-Pruning's Taylor, 0.1 under ``taylor-abs``
+    (bench/results/pareto_resnet18_hard_v4_zen5_pre10_07x_e6_blocks_layers_swapped.json)."""
     base = mean_normalised(name)
 
     class LayerWeighted(base):  # type: ignore[valid-type, misc]
