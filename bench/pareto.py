@@ -94,6 +94,11 @@ bench goes on. The JSON and the plot are rewritten after every seed and target.
 ``--keep`` adds the seeds run to the result already in ``--out`` (same settings
 otherwise; a seed run again replaces its old runs), so seeds can be run apart.
 
+``--dense-finetune`` also trains a copy of each seed's dense model for ``--epochs``, the
+training every method's model gets after its pruning, unpruned (``finetuned_val_acc`` of
+the seed's dense entry, the mean in the summary, a dotted line in the plot): where the
+pruned models reach it, the training budget sets their accuracy, not the channels kept.
+
 Run under the benchmark lock (it also takes the lock itself around every timing)::
 
     .venv/bin/python bench/pareto.py --model halp_trt.models:mobilenetv2_cifar \\
@@ -612,9 +617,16 @@ def spec_label(spec: str) -> str:
     return Path(spec).name if os.path.isabs(spec) else spec
 
 
-def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
+def plot(
+    runs: list[dict],
+    methods: list[str],
+    path: Path,
+    title: str,
+    dense_finetuned: float | None = None,
+) -> None:
     """Accuracy against measured latency ratio, one line per method (mean over seeds,
-    error bars: standard deviation over seeds)."""
+    error bars: standard deviation over seeds); ``dense_finetuned``: the unpruned model
+    after the same training, a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -640,6 +652,8 @@ def plot(runs: list[dict], methods: list[str], path: Path, title: str) -> None:
             pts.sort()
             xs, ys, xe, ye = zip(*pts)
             ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, label=m)
+    if dense_finetuned is not None:
+        ax.axhline(dense_finetuned, color="0.4", linestyle=":", label="dense, same training")
     ax.set_xlabel("measured latency / dense (ONNX Runtime CPU, 1 thread)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(plot_title(title), fontsize=9)
@@ -739,6 +753,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "criterion, else halp-taylor, else the first halp-* method run)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument(
+        "--dense-finetune",
+        action="store_true",
+        help="also train a copy of each seed's dense model for --epochs, as every method's "
+        "model is, unpruned: what the same training gives without pruning",
+    )
     p.add_argument("--out", default=str(ROOT / "bench/results/pareto.json"))
     p.add_argument(
         "--keep",
@@ -865,7 +885,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Settings that may differ between a result and the seeds added to it (``--keep``).
-KEEP_FREE = ("seeds", "keep", "lock", "threads")
+KEEP_FREE = ("seeds", "keep", "lock", "threads", "dense_finetune")
 
 
 def result_timing(settings: dict[str, Any] | None) -> str:
@@ -947,6 +967,32 @@ def plan_reference(dense, x, table, fraction) -> nn.Module:
 #: Methods that need no measured table: run before it is built (its build waits for the
 #: bench lock).
 TABLE_FREE = ("halp-taylor-macs", "halp-taylor-abs-macs", "modelopt-fastnas")
+
+
+def dense_finetuned(dense: nn.Module, data, args: argparse.Namespace, seed: int) -> dict:
+    """A copy of the dense model trained ``--epochs`` more, as each method's model is after
+    its pruning (the same configuration and seed), unpruned: ``finetuned_val_acc`` and
+    ``finetuned_s``. Where the pruned models reach it, the budget, not the channels a
+    method kept, sets their accuracy; ``dense`` itself is left as it is."""
+    from halp_trt.train import TrainConfig, Trainer, evaluate
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = copy.deepcopy(dense).train()
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
+    )
+    Trainer(model, data, config).fit()
+    return {
+        "finetuned_val_acc": evaluate(model.cpu().eval(), data.val)[1],
+        "finetuned_s": time.perf_counter() - t0,
+    }
+
+
+def dense_finetuned_mean(dense: dict[str, dict]) -> float | None:
+    """The mean ``finetuned_val_acc`` over the seeds that have one (None if none has)."""
+    accs = [d["finetuned_val_acc"] for d in dense.values() if "finetuned_val_acc" in d]
+    return statistics.fmean(accs) if accs else None
 
 
 def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) -> list[dict]:
@@ -1245,6 +1291,10 @@ def main(argv: list[str] | None = None) -> int:
         acc = evaluate(dense, data.val)[1]
         result["dense"][str(seed)] = {"val_acc": acc, "seconds": time.perf_counter() - t0}
         log(f"seed {seed}: dense val acc {acc:.4f}")
+        if args.dense_finetune:
+            result["dense"][str(seed)] |= dense_finetuned(dense, data, args, seed)
+            log(f"seed {seed}: dense, trained {args.epochs} epochs more: val acc "
+                f"{result['dense'][str(seed)]['finetuned_val_acc']:.4f}")  # fmt: skip
         return dense
 
     kind = "" if args.table_backend == "onnxruntime" else "_macs"
@@ -1286,6 +1336,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = kept["runs"] + runs
         result["status"] = status
         result["summary"] = summarise(runs, all_methods, checked["targets"], args.reference)
+        finetuned = dense_finetuned_mean(result["dense"])
+        if finetuned is not None:
+            result["summary"]["dense_finetuned_val_acc_mean"] = finetuned
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_json(out, {**result, "runs": runs}, indent=1, default=float)
         plot(
@@ -1294,6 +1347,7 @@ def main(argv: list[str] | None = None) -> int:
             out.with_suffix(".png"),
             f"{spec_label(args.model)} on {spec_label(args.data)} {shape_tag}: "
             "accuracy vs measured latency",
+            dense_finetuned=finetuned,
         )
         log(f"wrote {out} ({status})")
 

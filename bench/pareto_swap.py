@@ -132,6 +132,16 @@ def swap(
     reference = reference or sr.get("reference") or methods[0]
     if reference not in all_methods:
         raise BenchError(f"--reference {reference} is not among the methods run")
+    # Either run's training of the unpruned copy (--dense-finetune) of the same dense models.
+    dense = {
+        k: {**v, **{f: x for f, x in rerun["dense"][k].items() if f.startswith("finetuned_")}}
+        for k, v in base["dense"].items()
+        if int(k) in seeds
+    }
+    summary = pareto.summarise(runs, all_methods, targets, reference)
+    finetuned = pareto.dense_finetuned_mean(dense)
+    if finetuned is not None:
+        summary["dense_finetuned_val_acc_mean"] = finetuned
     return {
         "benchmark": "pareto_swap",
         "sources": {"earlier": base.get("command"), "rerun": rerun.get("command")},
@@ -146,9 +156,9 @@ def swap(
         "prune_window": {"earlier": sb.get("prune_window"), "rerun": sr.get("prune_window")},
         "table": base.get("table"),
         # The dense models of its seeds: a swapped result takes another re-run in turn.
-        "dense": {k: v for k, v in base["dense"].items() if int(k) in seeds},
+        "dense": dense,
         "timing": "each model's ratio from its own run, interleaved with the same dense model",
-        "summary": pareto.summarise(runs, all_methods, targets, reference),
+        "summary": summary,
         "runs": runs,
     }
 
@@ -235,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             result["methods"],
             out.with_suffix(".png"),
             f"{result['model']}: {', '.join(result['rerun_methods'])} run again",
+            dense_finetuned=result["summary"].get("dense_finetuned_val_acc_mean"),
         )
         print(f"wrote {out}")
     return 0

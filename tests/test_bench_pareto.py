@@ -247,6 +247,41 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
     assert not missing.exists()
 
 
+def test_dense_finetune_trains_an_unpruned_copy_and_leaves_the_methods_as_they_were(
+    pareto, tmp_path
+):
+    base = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+        "--methods", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "1",
+        "--step", "8", "--rounds", "3", "--table", str(tmp_path / "t.db"),
+        "--table-backend", "macs", "--lock", str(tmp_path / "lock"), "--no-feedback",
+    ]  # fmt: skip
+    plain, copied = tmp_path / "plain.json", tmp_path / "copied.json"
+    assert pareto.main([*base, "--out", str(plain)]) == 0
+    assert pareto.main([*base, "--out", str(copied), "--dense-finetune"]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(copied.read_text())
+    assert "finetuned_val_acc" not in a["dense"]["0"]
+    assert "dense_finetuned_val_acc_mean" not in a["summary"]
+    got = b["dense"]["0"]
+    assert 0 <= got["finetuned_val_acc"] <= 1 and got["finetuned_s"] > 0
+    assert b["summary"]["dense_finetuned_val_acc_mean"] == got["finetuned_val_acc"]
+    # The dense model the methods start from is the same, and so is what they make of it.
+    assert got["val_acc"] == a["dense"]["0"]["val_acc"]
+    assert [r["val_acc"] for r in b["runs"]] == [r["val_acc"] for r in a["runs"]]
+    assert [r["widths"] for r in b["runs"]] == [r["widths"] for r in a["runs"]]
+    # A seed with the copy adds to a result without one: the methods' runs are alike.
+    assert (
+        pareto.main([*base, "--out", str(plain), "--seeds", "1", "--keep", "--dense-finetune"]) == 0
+    )
+    both = json.loads(plain.read_text())
+    assert (
+        "finetuned_val_acc" in both["dense"]["1"] and "finetuned_val_acc" not in both["dense"]["0"]
+    )
+    assert (
+        both["summary"]["dense_finetuned_val_acc_mean"] == both["dense"]["1"]["finetuned_val_acc"]
+    )
+
+
 def test_mean_normalised_scores_average_one_over_the_alive_channels(pareto):
     import torch
 

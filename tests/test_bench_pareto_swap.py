@@ -178,6 +178,18 @@ def test_seeds_take_part_of_a_rerun_into_an_earlier_result_of_fewer_seeds(pair, 
     assert [r["val_acc"] for r in ours] == [0.95, 0.95]  # the re-run's, seed 2 left out
 
 
+def test_the_reruns_trained_dense_copies_join_the_earlier_dense_models(pair, tmp_path):
+    swap = load_swap()
+    base, rerun = pair
+    assert "dense_finetuned_val_acc_mean" not in swap.swap(base, rerun)["summary"]
+    rerun["dense"]["0"].update(finetuned_val_acc=0.97, finetuned_s=2.0)
+    rerun["dense"]["1"].update(finetuned_val_acc=0.99, finetuned_s=2.0)
+    got = swap.swap(base, rerun)
+    assert got["dense"]["0"] == {"val_acc": 0.95, "finetuned_val_acc": 0.97, "finetuned_s": 2.0}
+    assert got["summary"]["dense_finetuned_val_acc_mean"] == pytest.approx(0.98)
+    assert "finetuned_val_acc" not in base["dense"]["0"]  # the earlier result is not changed
+
+
 def test_a_swapped_result_takes_a_second_rerun(pair, tmp_path):
     swap = load_swap()
     base, rerun = copy.deepcopy(pair)
