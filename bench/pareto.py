@@ -536,10 +536,16 @@ def paired_interval(diffs: list[float], level: float = 0.95) -> dict[str, Any]:
 
 
 def summarise(
-    runs: list[dict], methods: list[str], targets: list[str], reference: str | None = "halp-taylor"
+    runs: list[dict],
+    methods: list[str],
+    targets: list[str],
+    reference: str | None = "halp-taylor",
+    dense: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """Per target and method: accuracy, measured ratio and time over the seeds that ran;
-    accuracy at the ``reference`` method's measured latency (per seed, interpolated)."""
+    accuracy at the ``reference`` method's measured latency (per seed, interpolated);
+    with the seeds' ``dense`` entries, the mean accuracy of their unpruned copies trained
+    as the methods' models are (``--dense-finetune``), where they have one."""
     ok = [r for r in runs if r["status"] == "ok" and "measured_ratio" in r]
     out: dict[str, Any] = {"by_target": {}, "equal_latency": {}, "reference": reference}
     for t in targets:
@@ -596,6 +602,9 @@ def summarise(
                     **paired_interval(diffs),
                 }
         out["equal_latency"][t] = eq
+    finetuned = [d["finetuned_val_acc"] for d in (dense or {}).values() if "finetuned_val_acc" in d]
+    if finetuned:
+        out["dense_finetuned_val_acc_mean"] = statistics.fmean(finetuned)
     return out
 
 
@@ -969,43 +978,43 @@ def plan_reference(dense, x, table, fraction) -> nn.Module:
 TABLE_FREE = ("halp-taylor-macs", "halp-taylor-abs-macs", "modelopt-fastnas")
 
 
+def train_config(args: argparse.Namespace, seed: int, epochs: int | None = None):
+    """The bench's training configuration for ``seed``: ``epochs`` (default ``--epochs``,
+    the training every method's model gets after its pruning) on the CPU."""
+    from halp_trt.train import TrainConfig
+
+    epochs = args.epochs if epochs is None else epochs
+    return TrainConfig(
+        epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
+    )
+
+
 def dense_finetuned(dense: nn.Module, data, args: argparse.Namespace, seed: int) -> dict:
     """A copy of the dense model trained ``--epochs`` more, as each method's model is after
     its pruning (the same configuration and seed), unpruned: ``finetuned_val_acc`` and
     ``finetuned_s``. Where the pruned models reach it, the budget, not the channels a
     method kept, sets their accuracy; ``dense`` itself is left as it is."""
-    from halp_trt.train import TrainConfig, Trainer, evaluate
+    from halp_trt.train import Trainer, evaluate
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = copy.deepcopy(dense).train()
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
-    )
-    Trainer(model, data, config).fit()
+    Trainer(model, data, train_config(args, seed)).fit()
     return {
         "finetuned_val_acc": evaluate(model.cpu().eval(), data.val)[1],
         "finetuned_s": time.perf_counter() - t0,
     }
 
 
-def dense_finetuned_mean(dense: dict[str, dict]) -> float | None:
-    """The mean ``finetuned_val_acc`` over the seeds that have one (None if none has)."""
-    accs = [d["finetuned_val_acc"] for d in dense.values() if "finetuned_val_acc" in d]
-    return statistics.fmean(accs) if accs else None
-
-
 def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) -> list[dict]:
     """Every method at one seed and target (``only``: these alone, not timed), after
     those already ``done`` (``(runs, models)`` of an ``only`` call); the models timed
     with the dense one."""
-    from halp_trt.train import TrainConfig, Trainer, evaluate
+    from halp_trt.train import Trainer, evaluate
 
     args, x, table, align = ctx["args"], ctx["x"], ctx.get("table"), ctx["align"]
     data, fraction = ctx["data"], ctx["fractions"][target]
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
-    )
+    config = train_config(args, seed)
     runs, models = done or ([], {"dense": dense})
     selected = [
         m
@@ -1254,7 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from halp_trt.prune import network_latency
     from halp_trt.specs import example_input, load_model
-    from halp_trt.train import TrainConfig, Trainer, evaluate
+    from halp_trt.train import Trainer, evaluate
     from lut_builder.backends import get_backend
     from lut_builder.fileio import atomic_write_json
     from lut_builder.signatures import model_layers
@@ -1281,10 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         dense = load_model(args.model).train()
-        cfg = TrainConfig(
-            epochs=args.pretrain_epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-            device="cpu",
-        )  # fmt: skip
+        cfg = train_config(args, seed, args.pretrain_epochs)
         if args.pretrain_epochs:
             Trainer(dense, data, cfg).fit()
         dense = dense.cpu().eval()
@@ -1335,10 +1341,9 @@ def main(argv: list[str] | None = None) -> int:
     def save(runs: list[dict], status: str) -> None:
         runs = kept["runs"] + runs
         result["status"] = status
-        result["summary"] = summarise(runs, all_methods, checked["targets"], args.reference)
-        finetuned = dense_finetuned_mean(result["dense"])
-        if finetuned is not None:
-            result["summary"]["dense_finetuned_val_acc_mean"] = finetuned
+        result["summary"] = summarise(
+            runs, all_methods, checked["targets"], args.reference, result["dense"]
+        )
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_json(out, {**result, "runs": runs}, indent=1, default=float)
         plot(
@@ -1347,7 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
             out.with_suffix(".png"),
             f"{spec_label(args.model)} on {spec_label(args.data)} {shape_tag}: "
             "accuracy vs measured latency",
-            dense_finetuned=finetuned,
+            dense_finetuned=result["summary"].get("dense_finetuned_val_acc_mean"),
         )
         log(f"wrote {out} ({status})")
 

@@ -138,10 +138,6 @@ def swap(
         for k, v in base["dense"].items()
         if int(k) in seeds
     }
-    summary = pareto.summarise(runs, all_methods, targets, reference)
-    finetuned = pareto.dense_finetuned_mean(dense)
-    if finetuned is not None:
-        summary["dense_finetuned_val_acc_mean"] = finetuned
     return {
         "benchmark": "pareto_swap",
         "sources": {"earlier": base.get("command"), "rerun": rerun.get("command")},
@@ -158,7 +154,7 @@ def swap(
         # The dense models of its seeds: a swapped result takes another re-run in turn.
         "dense": dense,
         "timing": "each model's ratio from its own run, interleaved with the same dense model",
-        "summary": summary,
+        "summary": pareto.summarise(runs, all_methods, targets, reference, dense),
         "runs": runs,
     }
 

@@ -178,7 +178,7 @@ def test_seeds_take_part_of_a_rerun_into_an_earlier_result_of_fewer_seeds(pair, 
     assert [r["val_acc"] for r in ours] == [0.95, 0.95]  # the re-run's, seed 2 left out
 
 
-def test_the_reruns_trained_dense_copies_join_the_earlier_dense_models(pair, tmp_path):
+def test_the_reruns_trained_dense_copies_join_the_earlier_dense_models(pair):
     swap = load_swap()
     base, rerun = pair
     assert "dense_finetuned_val_acc_mean" not in swap.swap(base, rerun)["summary"]
