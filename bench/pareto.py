@@ -27,7 +27,8 @@ comes before those epochs):
   the same with each group's scores over their mean (Torch-Pruning's normaliser, below);
   ``halp-taylor-weights-summed`` (``-norm``) with each weight's ``w * dL/dw`` summed over
   the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
-  ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
+  ``halp-taylor-abs-floor`` with every group keeping at least the target's fraction of
+  its width (:func:`target_floor`: 0.7 of each group at 0.7x); ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-abs-calib``, ``halp-taylor-weights-calib``,
   ``halp-taylor-weights-norm-calib``: halp-trt's plan (the criterion, the knapsack on
@@ -146,6 +147,7 @@ METHODS = (
     "halp-taylor",
     "halp-taylor-monotone",
     "halp-taylor-abs",
+    "halp-taylor-abs-floor",
     "halp-taylor-norm",
     "halp-taylor-abs-norm",
     "halp-taylor-abs-layers",
@@ -391,6 +393,20 @@ def calibration_batches(data, batch_size: int, batches: int = CALIBRATION_BATCHE
         if i == batches:
             return
         yield batch
+
+
+def target_floor(min_keep: float | None, fraction: float) -> float:
+    """The per-group floor of ``halp-taylor-abs-floor``: no group keeps less of its width
+    than the target keeps of the latency (nor less than the pruner's floor). A trust
+    region for first-order scores: where 30% of the latency has to go, no layer loses
+    60% of its channels on an estimate made for small removals. Uniform width at the
+    floor would cost about ``fraction**2`` of the latency, but the pruner rounds each
+    floor up to whole bundles, which keeps a group narrower than a few bundles whole; a
+    target that leaves unreachable fails as the pruner's floor makes it fail (one line,
+    the run recorded as failed)."""
+    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+
+    return max(DEFAULT_MIN_KEEP if min_keep is None else min_keep, fraction)
 
 
 def taylor_grads(dense, data, batch_size: int, batches: int = CALIBRATION_BATCHES):
@@ -1053,11 +1069,12 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             + f", {row['method_s']:.0f} s"
         )
 
-    def halp(importance, schedule, tbl, monotone=False):
+    def halp(importance, schedule, tbl, monotone=False, floor=False):
         def fn():
+            min_keep = target_floor(args.min_keep, fraction) if floor else args.min_keep
             slim, plan, extra = train_halp(
                 dense, data, config, x, tbl, target, importance, schedule, args.steps,
-                feedback=not args.no_feedback, min_keep=args.min_keep, monotone_table=monotone,
+                feedback=not args.no_feedback, min_keep=min_keep, monotone_table=monotone,
                 window=args.prune_window, min_interval=args.min_interval,
             )  # fmt: skip
             return slim, {k: v for k, v in extra.items() if k != "kept"}
@@ -1078,6 +1095,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor": ("taylor", "exp", table),
         "halp-taylor-monotone": ("taylor", "exp", table, True),
         "halp-taylor-abs": ("taylor-abs", "exp", table),
+        "halp-taylor-abs-floor": ("taylor-abs", "exp", table, False, True),
         "halp-taylor-norm": (mean_normalised("taylor"), "exp", table),
         "halp-taylor-abs-norm": (mean_normalised("taylor-abs"), "exp", table),
         "halp-taylor-abs-layers": (layer_weighted("taylor-abs"), "exp", table),

@@ -529,6 +529,37 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     assert taken == [8, 16]
 
 
+def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
+    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+
+    assert pareto.target_floor(None, 0.7) == 0.7
+    assert pareto.target_floor(None, 0.1) == DEFAULT_MIN_KEEP
+    assert pareto.target_floor(0.5, 0.3) == 0.5
+    assert pareto.target_floor(0.0, 0.6) == 0.6
+
+
+def test_floor_method_keeps_the_targets_fraction_of_every_group(pareto, tmp_path):
+    """``halp-taylor-abs-floor`` plans with every group keeping at least the target's
+    fraction of its width (rounded up to whole bundles); ``halp-taylor-abs`` with the
+    floor given (none here) may go below it."""
+    out = tmp_path / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+        "--methods", "halp-taylor-abs,halp-taylor-abs-floor", "--epochs", "1",
+        "--pretrain-epochs", "1", "--step", "4", "--rounds", "3", "--no-feedback",
+        "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
+        "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main(argv) == 0
+    runs = {r["method"]: r for r in json.loads(out.read_text())["runs"]}
+    floor, plain = runs["halp-taylor-abs-floor"], runs["halp-taylor-abs"]
+    assert floor["status"] == plain["status"] == "ok", (floor.get("error"), plain.get("error"))
+    assert (floor["min_keep"], plain["min_keep"]) == (0.6, 0.0)
+    # 0.6 of 16 and of 32 channels, up to bundles of 4: 12 and 20
+    assert floor["widths"][0] >= 12 and floor["widths"][1] >= 20, floor["widths"]
+    assert floor["predicted_ratio"] <= 0.6 * 1.02
+
+
 def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
     """The stepped calibration updates no weight and puts the BatchNorm statistics back:
     each kept filter and its statistics are the dense model's."""
