@@ -45,7 +45,7 @@ class PruneConfig(ConfigBase):
         prune_window: without ``interval`` or ``interval_epochs``, the fraction of the
             training (after ``start``) the steps are spread over; the rest fine-tunes
             the final widths. Default 0.5 (HALP's own recipe prunes in about the first
-            1% of a 90-epoch run; see the README's "The pruning window").
+            1% of a 90-epoch run; see bench/PARETO.md, "The pruning window").
         min_interval: fewest training iterations between steps spread over the
             window (default 40, HALP's interval): a shorter window prunes in fewer
             steps, down to one (see :data:`halp_trt.prune.schedule.MIN_INTERVAL`); 1:

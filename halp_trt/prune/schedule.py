@@ -110,7 +110,7 @@ def parse_target(target: str | float, base_ms: float) -> float:
 #: iterations apart from the first iteration, about the first 1% of its 90 epochs; in a
 #: short run a window that small leaves each step one minibatch of importance. In
 #: bench/pareto.py's 2-epoch runs a quarter gained 1.1-3.1 points on the ResNet-18 of
-#: harder digits and lost 2.9 at 0.3x on the MobileNetV2 (README: "The pruning window").
+#: harder digits and lost 2.9 at 0.3x on the MobileNetV2 (bench/PARETO.md: "The pruning window").
 DEFAULT_SPREAD = 0.5
 #: Fewest training iterations between two pruning steps when the steps are spread over
 #: the window: HALP's own interval. Each step's importance is accumulated over its
@@ -118,7 +118,7 @@ DEFAULT_SPREAD = 0.5
 #: steps, down to one (SP-LAMP's one shot). In bench/pareto.py's 2-epoch runs (46
 #: iterations, 5 steps 4 apart) one shot was level or better on both models: +0.1, +0.7
 #: and +3.8 points at 0.7x, 0.5x and 0.3x on the ResNet-18 of harder digits, +0.6, +0.3
-#: and -0.1 on the MobileNetV2 (README: "Short runs prune in one shot").
+#: and -0.1 on the MobileNetV2 (bench/PARETO.md: "Short runs prune in one shot").
 MIN_INTERVAL = 40
 
 
