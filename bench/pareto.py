@@ -28,7 +28,8 @@ comes before those epochs):
   ``halp-taylor-weights-summed`` (``-norm``) with each weight's ``w * dL/dw`` summed over
   the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
   ``halp-taylor-abs-floor`` with every group keeping at least the target's fraction of
-  its width (:func:`target_floor`: 0.7 of each group at 0.7x); ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
+  its width (:func:`target_floor`: 0.7 of each group at 0.7x);
+  ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-abs-calib``, ``halp-taylor-weights-calib``,
   ``halp-taylor-weights-norm-calib``: halp-trt's plan (the criterion, the knapsack on
@@ -401,9 +402,9 @@ def target_floor(min_keep: float | None, fraction: float) -> float:
     region for first-order scores: where 30% of the latency has to go, no layer loses
     60% of its channels on an estimate made for small removals. Uniform width at the
     floor would cost about ``fraction**2`` of the latency, but the pruner rounds each
-    floor up to whole bundles, which keeps a group narrower than a few bundles whole; a
-    target that leaves unreachable fails as the pruner's floor makes it fail (one line,
-    the run recorded as failed)."""
+    floor up to whole bundles, which keeps a group narrower than a few bundles whole. A
+    target those floors leave out of reach fails as under the pruner's own floor: one
+    line, and the run is recorded as failed."""
     from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
 
     return max(DEFAULT_MIN_KEEP if min_keep is None else min_keep, fraction)
