@@ -1,10 +1,10 @@
-"""Shared fixtures. CLI tests run the real commands in a subprocess, as a user would."""
+"""Shared fixtures. CLI tests run the real commands in a process of their own, as a user
+would (forked from a server that has imported torch once: ``tests/warm_cli.py``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import types
 from dataclasses import dataclass
@@ -50,35 +50,50 @@ class CliResult:
     stderr: str
 
 
-def _run(module: str, args: list[str], cwd: Path, timeout: float) -> CliResult:
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+@pytest.fixture(scope="session")
+def cli_runner():
+    """Runs ``python -m MODULE ARGS`` in a fresh process per command, forked from a
+    server that has imported torch once (``tests/warm_cli.py``)."""
+    from .warm_cli import WarmRunner  # here: the bench tests load this file as a model spec
+
+    runner = WarmRunner()
+    yield runner
+    runner.close()
+
+
+def _cli(runner, module: str, cwd: Path):
+    def run(*args, timeout: float = 300) -> CliResult:
+        proc = runner.run(module, list(args), cwd, timeout)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
 
 
 @pytest.fixture
-def halp_cli(tmp_path):
+def halp_cli(tmp_path, cli_runner):
     """Run `halp-trt ARGS...` in tmp_path; returns a CliResult."""
-
-    def run(*args, timeout: float = 300) -> CliResult:
-        return _run("halp_trt", list(args), tmp_path, timeout)
-
-    return run
+    return _cli(cli_runner, "halp_trt", tmp_path)
 
 
 @pytest.fixture
-def lut_cli(tmp_path):
+def lut_cli(tmp_path, cli_runner):
     """Run `lut-builder ARGS...` in tmp_path; returns a CliResult."""
+    return _cli(cli_runner, "lut_builder", tmp_path)
 
-    def run(*args, timeout: float = 300) -> CliResult:
-        return _run("lut_builder", list(args), tmp_path, timeout)
 
-    return run
+@pytest.fixture
+def short_feedback(monkeypatch):
+    """The benches' measured-latency feedback (``halp_trt.prune.MeasuredLatency``, which
+    they import when they run) takes one batch of 5 rounds, not up to 4 of 30: for tests
+    of a bench's bookkeeping, seconds instead of a minute on a tiny model. The feedback's
+    precision has its own tests (tests/halp_trt/test_prune.py)."""
+    from halp_trt.prune import MeasuredLatency
+
+    class ShortFeedback(MeasuredLatency):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{"rounds": 5, "max_batches": 1, **kwargs})
+
+    monkeypatch.setattr("halp_trt.prune.MeasuredLatency", ShortFeedback)
 
 
 def assert_user_error(result: CliResult, *fragments: str) -> None:

@@ -72,7 +72,7 @@ def test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message):
     assert not (tmp_path / "sub").exists()
 
 
-def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys):
+def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys, short_feedback):
     def forced():
         raise RuntimeError("forced failure")
 

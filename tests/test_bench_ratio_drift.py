@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_writes_nothing(drift, tmp_path, capsys, extra
     assert not out.exists()
 
 
-def test_tiny_run_times_both_copies_alternately(drift, tmp_path):
+def test_tiny_run_times_both_copies_alternately(drift, tmp_path, short_feedback):
     out = tmp_path / "d.json"
     argv = [
         "--model", TINY, "--input-shape", "2,3,8,8", "--fraction", "0.5", "--align", "8",

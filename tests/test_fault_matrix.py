@@ -1,6 +1,7 @@
 """The fault matrix: bad input and faults against the real command lines.
 
-Every case runs ``halp-trt`` or ``lut-builder`` in a subprocess in one shared
+Every case runs ``halp-trt`` or ``lut-builder`` in a process of its own (forked from a
+server that has imported torch once, ``tests/warm_cli.py``) in one shared
 workspace (a model file, a saved model, an ONNX file, a complete table, a run report)
 and asserts what the README promises for every failure a user can cause: exit code 2
 (130 for an interrupt), exactly one line on stderr, no traceback, and every file of
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from .warm_cli import WarmRunner
 
 MODEL_PY = textwrap.dedent(
     """
@@ -49,16 +52,11 @@ MODEL_PY = textwrap.dedent(
 SHAPE = "1,1,8,8"
 
 
-def run_cli(tool: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    runner: WarmRunner, tool: str, *args: str, cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # imports of small.py write nothing
-    return subprocess.run(
-        [sys.executable, "-m", tool, *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return runner.run(tool, args, cwd, timeout, env=env)
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -165,9 +163,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("tool,args,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_fault_is_one_line_exit_2_and_changes_nothing(workspace, tool, args, fragment):
+def test_fault_is_one_line_exit_2_and_changes_nothing(cli_runner, workspace, tool, args, fragment):
     before = snapshot(workspace)
-    result = run_cli(tool, *args, cwd=workspace)
+    result = run_cli(cli_runner, tool, *args, cwd=workspace)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr
@@ -176,7 +174,7 @@ def test_fault_is_one_line_exit_2_and_changes_nothing(workspace, tool, args, fra
     assert snapshot(workspace) == before, "a failing command changed or left files"
 
 
-def test_a_second_run_on_a_locked_directory_stops(workspace, tmp_path):
+def test_a_second_run_on_a_locked_directory_stops(cli_runner, workspace, tmp_path):
     """A run directory is locked while a run works in it: another run stops at once."""
     import fcntl
 
@@ -187,7 +185,7 @@ def test_a_second_run_on_a_locked_directory_stops(workspace, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)  # what a running halp-trt run holds
         (held_pid := out / ".lock").write_text("pid 12345")
         before = snapshot(out)
-        result = run_cli("halp_trt", *RUN, "--out", out, "--resume", cwd=workspace)
+        result = run_cli(cli_runner, "halp_trt", *RUN, "--out", out, "--resume", cwd=workspace)
         after = snapshot(out)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "in use by another halp-trt run" in result.stderr
@@ -195,7 +193,7 @@ def test_a_second_run_on_a_locked_directory_stops(workspace, tmp_path):
     assert after == before
 
 
-def test_interrupted_build_exits_130_in_one_line_and_resumes(workspace, tmp_path):
+def test_interrupted_build_exits_130_in_one_line_and_resumes(cli_runner, workspace, tmp_path):
     """Ctrl-C during a measurement: exit 130, one line; the table keeps what it had and
     a second build finishes it."""
     shutil.copy(workspace / "small.py", tmp_path / "small.py")
@@ -225,7 +223,7 @@ def test_interrupted_build_exits_130_in_one_line_and_resumes(workspace, tmp_path
     ]
     assert proc.returncode == 130, err[-2000:]
     assert lines == ["lut-builder: interrupted"] and "Traceback" not in err
-    again = run_cli("lut_builder", *args, "--json", cwd=tmp_path)
+    again = run_cli(cli_runner, "lut_builder", *args, "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     done = json.loads(again.stdout)
     assert done["complete"] and 0 < done["measured"] < done["planned"]

@@ -99,3 +99,24 @@ def test_every_help_works_without_gpu_or_tensorrt(prog, module, cli_module):
         assert proc.returncode == 0, (args, proc.stderr)
         assert "usage:" in proc.stdout, args
         assert "Traceback" not in proc.stderr
+
+
+def test_commands_from_a_fresh_interpreter_say_nothing_else(tmp_path):
+    """The command-line tests run each command forked from a server that has imported
+    torch, onnx and onnxruntime already (``tests/warm_cli.py``), where an import-time
+    warning would not show: a command that imports all three and one user error, each
+    from a cold start, to see that nothing else reaches stderr."""
+
+    def cold(module: str, *args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", module, *args]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    export = cold("halp_trt", "export", "--model", "halp_trt.models:resnet20",
+                  "--input-shape", "1,3,8,8", "--out", "m.onnx")  # fmt: skip
+    assert export.returncode == 0 and export.stderr == "", export.stderr
+    assert "parity PASSED" in export.stdout
+    error = cold("lut_builder", "build", "--model", "halp_trt.models:nope",
+                 "--input-shape", "1,3,8,8", "--backend", "onnxruntime", "--out", "t.db")  # fmt: skip
+    assert error.returncode == 2 and error.stderr.count("\n") == 1, error.stderr
+    assert error.stderr.startswith("lut-builder: error: module 'halp_trt.models' has no model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
