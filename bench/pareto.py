@@ -479,13 +479,32 @@ def halp_calibrated(
     }
 
 
-def fastnas(dense, data, x, fraction, align, batch_size, workdir: Path) -> nn.Module:
+def fastnas_score_set(data, score_on: str):
+    """The images FastNAS scores subnets on (:func:`fastnas`): as many as half the
+    validation set, training images spread evenly over the training split (``"train"``)
+    or every second validation image (``"val"``)."""
+    from torch.utils.data import Subset
+
+    if score_on == "val":
+        return Subset(data.val, range(0, len(data.val), 2))
+    if score_on != "train":
+        raise ValueError(f"score_on must be 'train' or 'val', not {score_on!r}")
+    n = min(len(data.train), (len(data.val) + 1) // 2)
+    return Subset(data.train, [i * len(data.train) // n for i in range(n)])
+
+
+def fastnas(
+    dense, data, x, fraction, align, batch_size, workdir: Path, score_on: str = "train"
+) -> nn.Module:
     """ModelOpt FastNAS under a FLOPs constraint of ``fraction`` of the dense model's,
-    every conv and linear width a multiple of ``align``; validation accuracy scores the
-    sampled subnets."""
+    every conv and linear width a multiple of ``align``. Accuracy on as many images as
+    half the validation set scores the sampled subnets: training images spread evenly over
+    the training split (``score_on="train"``), or every second validation image
+    (``"val"``, how the runs before ``--fastnas-score`` scored: it picks the subnet on
+    half of the images every method is graded on, which no other method sees)."""
     import modelopt.torch.opt as mto
     import modelopt.torch.prune as mtp
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     from halp_trt.train import evaluate
 
@@ -499,7 +518,7 @@ def fastnas(dense, data, x, fraction, align, batch_size, workdir: Path) -> nn.Mo
         "nn.BatchNorm2d": {"*": {"features_ratio": ratios, "feature_divisor": align}},
     }
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=True)
-    score_set = Subset(data.val, range(0, len(data.val), 2))
+    score_set = fastnas_score_set(data, score_on)
     model, _ = mtp.prune(
         model,
         mode=[("fastnas", mode_cfg)],
@@ -759,6 +778,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "end: one bench-lock wait per seed and target)",
     )
     p.add_argument(
+        "--fastnas-score",
+        choices=("train", "val"),
+        default="train",
+        help="the images FastNAS scores its subnets on: training images (default) or half "
+        "of the validation images every method is graded on (the runs before this option)",
+    )
+    p.add_argument(
         "--no-feedback",
         action="store_true",
         help="halp-trt without measured-latency feedback (the plans as the table predicts "
@@ -941,6 +967,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     )
     theirs.setdefault("prune_window", DEFAULT_SPREAD)  # results from before the setting
     theirs.setdefault("min_interval", 1)
+    theirs.setdefault("fastnas_score", "val")  # FastNAS scored on validation images then
     theirs["timing"] = result_timing(theirs)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
@@ -1193,7 +1220,10 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         def fastnas_fn():
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
-                model = fastnas(dense, data, x, fraction, align, args.batch_size, Path(tmp))
+                model = fastnas(
+                    dense, data, x, fraction, align, args.batch_size, Path(tmp),
+                    score_on=args.fastnas_score,
+                )  # fmt: skip
             return finetuned(model, {"flops_fraction": fraction}, time.perf_counter() - t0)
 
         record("modelopt-fastnas", METHOD_FUNCS.get("modelopt-fastnas") or fastnas_fn)

@@ -691,3 +691,25 @@ def test_spec_label_keeps_machine_paths_out_of_the_figure(pareto):
     assert pareto.spec_label("digits") == "digits"
     assert pareto.spec_label("halp_trt.models:resnet18_cifar") == "halp_trt.models:resnet18_cifar"
     assert pareto.spec_label("/home/me/nets/model.py:wide") == "model.py:wide"
+
+
+def test_fastnas_scores_on_training_images_unless_told_otherwise(pareto):
+    """FastNAS picks its subnet by accuracy on the score set: by default training images,
+    never the validation images every method is graded on."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    def images(n, offset):
+        return TensorDataset(torch.arange(offset, offset + n).float(), torch.zeros(n))
+
+    data = SimpleNamespace(train=images(1000, 0), val=images(301, 5000))
+    train = pareto.fastnas_score_set(data, "train")
+    assert train.dataset is data.train and len(train) == 151
+    assert len(set(train.indices)) == 151 and max(train.indices) > 900  # spread over it
+    val = pareto.fastnas_score_set(data, "val")
+    assert val.dataset is data.val and list(val.indices) == list(range(0, 301, 2))
+    assert pareto.parse_args(["--model", TINY, "--input-shape", "2,3,8,8"]).fastnas_score == "train"
+    with pytest.raises(ValueError, match="score_on"):
+        pareto.fastnas_score_set(data, "test")
