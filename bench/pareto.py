@@ -64,9 +64,9 @@ comes before those epochs):
   solver (the table's alignment, or its grid step where coarser); ``tp-taylor16`` with
   its gradients summed over 16 batches instead of 8;
 - ``modelopt-fastnas``: NVIDIA ModelOpt FastNAS under a FLOPs constraint (the target
-  fraction of the dense FLOPs), channel divisor = the same step; a bench-only
-  extra (``pip install .[bench]``): recorded as failed, with its error, where it is not
-  installed or fails;
+  fraction of the dense FLOPs), channel divisor = the same step, its subnets scored on
+  training images (``--fastnas-score``); a bench-only extra (``pip install .[bench]``):
+  recorded as failed, with its error, where it is not installed or fails;
 - ``uniform``: every prunable group at one fraction of its width (largest L2 norms),
   rounded to the same step.
 
