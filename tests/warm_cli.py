@@ -2,15 +2,18 @@
 
 Most of the suite's command-line tests are bad input: a command that stops in one line
 after a fraction of a second of its own work, behind two to three seconds of importing
-torch and onnx and tearing them down. A server process imports them once (and nothing
-else: it runs no op, so no thread pool exists yet) and forks a child per command; the
+torch and onnx and tearing them down. A server process imports them once and runs
+nothing else (no torch op, so torch's thread pool does not exist yet; numpy's BLAS and
+onnxruntime start idle threads at import, which a fork leaves behind, as
+:mod:`multiprocessing`'s fork start method does) and forks a child per command; the
 child takes the command's working directory, environment, argv and ``sys.path[0]`` as
 ``python -m MODULE`` would, writes its stdout and stderr to files, runs the module as
 ``__main__`` with :mod:`runpy`, runs the ``atexit`` handlers and exits with the command's
 code. What a fresh interpreter does and a child does not: import the preloaded modules
 again (an import-time warning would be printed once, in the server, where it goes
-nowhere; ``tests/test_imports.py`` runs each command cold to catch that) and finalise
-them at exit.
+nowhere; ``tests/test_imports.py`` runs commands cold to catch that) and finalise
+them at exit; on an uncaught Ctrl-C a child dies by SIGINT without running the
+``atexit`` handlers (the interrupt tests run cold).
 
 ``HALP_TRT_TESTS_COLD=1`` runs every command in a plain ``subprocess`` instead.
 """
