@@ -39,6 +39,16 @@ def pareto():
     sys.modules.pop("bench_pareto", None)
 
 
+def tiny_argv(tmp_path, *args: str) -> list[str]:
+    """A tiny run's arguments: :func:`tiny_net` at 2x3x8x8 to 0.6x, on a MACs table and a
+    bench lock in ``tmp_path``, then ``args``."""
+    return [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x",
+        "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
+        "--lock", str(tmp_path / "lock"), *args,
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -82,12 +92,11 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys, short
     # sets the timing aside (steps_measured_ratio [None]) and there is nothing to remeasure.
     monkeypatch.setattr("halp_trt.prune.feedback.FEEDBACK_TRUST", float("inf"))
     out = tmp_path / "p.json"
-    argv = [
-        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
-        "--methods", "halp-taylor,halp-taylor-macs,uniform", "--epochs", "1", "--pretrain-epochs", "1",
-        "--step", "8", "--rounds", "5", "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
-        "--lock", str(tmp_path / "lock"), "--out", str(out),
-    ]  # fmt: skip
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "halp-taylor,halp-taylor-macs,uniform",
+        "--epochs", "1", "--pretrain-epochs", "1", "--step", "8", "--rounds", "5",
+        "--min-keep", "0", "--out", str(out),
+    )  # fmt: skip
     assert pareto.main(argv) == 0
     result = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 1000
@@ -154,13 +163,11 @@ def test_timing_blocks_times_the_models_in_turn_in_blocks(pareto, tmp_path, monk
         pareto, "measure_blocks", lambda m, x, r: calls.append(r) or measure(m, x, r)
     )
     out = tmp_path / "p.json"
-    argv = [
-        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
-        "--methods", "uniform", "--epochs", "1", "--pretrain-epochs", "0", "--step", "8",
-        "--rounds", "4", "--timing", "blocks",
-        "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
-        "--lock", str(tmp_path / "lock"), "--out", str(out),
-    ]  # fmt: skip
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "uniform", "--epochs", "1",
+        "--pretrain-epochs", "0", "--step", "8", "--rounds", "4", "--timing", "blocks",
+        "--out", str(out),
+    )  # fmt: skip
     assert pareto.main(argv) == 0
     result = json.loads(out.read_text())
     assert calls[-1] == 4 and "all models in turn (4 rounds, one block each" in result["timing"]
@@ -190,13 +197,11 @@ def test_reference_defaults_to_the_shipped_criterion(pareto, tmp_path, methods, 
 
 def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, capsys):
     out = tmp_path / "p.json"
-    base = [
-        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x",
-        "--methods", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "0",
-        "--step", "8", "--rounds", "3", "--table", str(tmp_path / "t.db"),
-        "--table-backend", "macs", "--lock", str(tmp_path / "lock"), "--out", str(out),
+    base = tiny_argv(
+        tmp_path, "--methods", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "0",
+        "--step", "8", "--rounds", "3", "--out", str(out),
         "--no-feedback",  # what --keep keeps needs no timing of plans: seconds a run
-    ]  # fmt: skip
+    )  # fmt: skip
     assert pareto.main([*base, "--seeds", "0"]) == 0
     first = json.loads(out.read_text())
     assert first["runs"][0]["steps_measured_ratio"] == [None]  # the plans were not timed...
@@ -250,12 +255,10 @@ def test_keep_adds_seeds_to_a_result_of_the_same_settings(pareto, tmp_path, caps
 def test_dense_finetune_trains_an_unpruned_copy_and_leaves_the_methods_as_they_were(
     pareto, tmp_path
 ):
-    base = [
-        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
-        "--methods", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "1",
-        "--step", "8", "--rounds", "3", "--table", str(tmp_path / "t.db"),
-        "--table-backend", "macs", "--lock", str(tmp_path / "lock"), "--no-feedback",
-    ]  # fmt: skip
+    base = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "halp-taylor-macs", "--epochs", "1",
+        "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
+    )  # fmt: skip
     plain, copied = tmp_path / "plain.json", tmp_path / "copied.json"
     assert pareto.main([*base, "--out", str(plain)]) == 0
     assert pareto.main([*base, "--out", str(copied), "--dense-finetune"]) == 0
@@ -501,15 +504,14 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pareto, "taylor_grads", spy)
     out = tmp_path / "p.json"
-    argv = [
-        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0",
         "--methods", "halp-taylor-weights-calib,halp-taylor-weights-calib4,"
         "halp-taylor-weights-calib-steps,halp-taylor-abs-calib16,tp-taylor,tp-taylor16",
         "--reference", "halp-taylor-weights-calib", "--epochs", "1", "--steps", "3",
         "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
-        "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
-        "--lock", str(tmp_path / "lock"), "--out", str(out),
-    ]  # fmt: skip
+        "--min-keep", "0", "--out", str(out),
+    )  # fmt: skip
     assert pareto.main(argv) == 0
     runs = {r["method"]: r for r in json.loads(out.read_text())["runs"]}
     for method, batches in (
@@ -543,13 +545,11 @@ def test_floor_method_keeps_the_targets_fraction_of_every_group(pareto, tmp_path
     fraction of its width (rounded up to whole bundles); ``halp-taylor-abs`` with the
     floor given (none here) may go below it."""
     out = tmp_path / "p.json"
-    argv = [
-        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
-        "--methods", "halp-taylor-abs,halp-taylor-abs-floor", "--epochs", "1",
-        "--pretrain-epochs", "1", "--step", "4", "--rounds", "3", "--no-feedback",
-        "--min-keep", "0", "--table", str(tmp_path / "t.db"), "--table-backend", "macs",
-        "--lock", str(tmp_path / "lock"), "--out", str(out),
-    ]  # fmt: skip
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "halp-taylor-abs,halp-taylor-abs-floor",
+        "--epochs", "1", "--pretrain-epochs", "1", "--step", "4", "--rounds", "3",
+        "--no-feedback", "--min-keep", "0", "--out", str(out),
+    )  # fmt: skip
     assert pareto.main(argv) == 0
     runs = {r["method"]: r for r in json.loads(out.read_text())["runs"]}
     floor, plain = runs["halp-taylor-abs-floor"], runs["halp-taylor-abs"]
