@@ -497,11 +497,10 @@ def fastnas(
     dense, data, x, fraction, align, batch_size, workdir: Path, score_on: str = "train"
 ) -> nn.Module:
     """ModelOpt FastNAS under a FLOPs constraint of ``fraction`` of the dense model's,
-    every conv and linear width a multiple of ``align``. Accuracy on as many images as
-    half the validation set scores the sampled subnets: training images spread evenly over
-    the training split (``score_on="train"``), or every second validation image
-    (``"val"``, how the runs before ``--fastnas-score`` scored: it picks the subnet on
-    half of the images every method is graded on, which no other method sees)."""
+    every conv and linear width a multiple of ``align``; accuracy on
+    :func:`fastnas_score_set` scores the sampled subnets (``score_on="val"``, how the runs
+    before ``--fastnas-score`` scored, picks them on half of the images every method is
+    graded on, which no other method sees)."""
     import modelopt.torch.opt as mto
     import modelopt.torch.prune as mtp
     from torch.utils.data import DataLoader
