@@ -44,6 +44,11 @@ comes before those epochs):
   schedule before training, re-scored on the batches as the model narrows;
   ``halp-taylor-abs-calib16``, ``halp-taylor-weights-calib16`` on 16 batches (the 8 and
   the next 8), beside ``tp-taylor16``: whether more scored batches help either;
+- ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
+  estimating (:func:`sensitivity`): each group's loss on training images at up to six
+  widths, alone, BatchNorm statistics re-estimated, as FastNAS scores its candidates;
+  halp-trt's knapsack on the measured table then picks the widths FastNAS picks by a
+  threshold under FLOPs;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -113,6 +118,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import math
 import os
 import platform
 import statistics
@@ -167,6 +173,7 @@ METHODS = (
     "halp-taylor-weights-calib-steps",
     "halp-taylor-abs-calib16",
     "halp-taylor-weights-calib16",
+    "halp-sensitivity-calib",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -476,6 +483,7 @@ def halp_calibrated(
         "calibration_batches": batches,
         "minibatches": records[0].minibatches,
         **({"calibration_steps": steps} if steps > 1 else {}),
+        **getattr(pruner.importance, "facts", {}),
     }
 
 
@@ -533,6 +541,159 @@ def fastnas(
     )
     plain = mto.export(model) if hasattr(mto, "export") else model
     return plain
+
+
+def recalibrate_bn(model: nn.Module, batches: list) -> None:
+    """Re-estimate every BatchNorm's running statistics over ``batches`` (a cumulative
+    average, each BatchNorm in train mode, every other module in eval mode, no gradient),
+    as FastNAS does before it scores a subnet: a masked channel changes what the layers
+    after it see."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        with torch.no_grad():
+            for xb, _ in batches:
+                model(xb)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
+def upper_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The least concave majorant of the points ``(xs, ys)`` (``xs`` increasing),
+    evaluated at every integer from ``xs[0]`` to ``xs[-1]``."""
+    hull: list[int] = []
+    for i in range(len(xs)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b lies on or under the chord from a to i: not a vertex of the hull
+            if (ys[b] - ys[a]) * (xs[i] - xs[a]) <= (ys[i] - ys[a]) * (xs[b] - xs[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    grid = np.arange(int(xs[0]), int(xs[-1]) + 1)
+    return np.interp(grid, xs[hull], ys[hull])
+
+
+def sensitivity_counts(size: int, unit: int, step: int, least: float, points: int) -> list[int]:
+    """The widths below ``size`` at which :func:`sensitivity` measures a group: whole
+    bundles (``step``, a multiple of ``unit``) from the floor (``least`` of the width,
+    rounded up to whole bundles) up, at most ``points`` of them spread evenly."""
+    b = math.lcm(step, unit)
+    first = max(b, -(-math.ceil(least * size - 1e-9) // b) * b)
+    counts = list(range(first, size, b))
+    if len(counts) > points:
+        counts = sorted(
+            {counts[round(i * (len(counts) - 1) / (points - 1))] for i in range(points)}
+        )
+    return counts
+
+
+def sensitivity(
+    data, batch_size: int, step: int, *, min_keep: float, points: int = 6,
+    bn_batches: int = CALIBRATION_BATCHES, ranking: str = "l2",
+) -> type:  # fmt: skip
+    """A criterion that measures what each group's width costs in loss, for halp-trt's
+    knapsack: FastNAS's sensitivity search under the measured table instead of FLOPs.
+
+    For each prunable group alone, at up to ``points`` widths
+    (:func:`sensitivity_counts`: whole ``step`` bundles from the ``min_keep`` floor up),
+    the channels ranked last by ``ranking`` (weight magnitude, as FastNAS orders them)
+    are masked, the BatchNorm statistics re-estimated over ``bn_batches`` training
+    batches (:func:`recalibrate_bn`), and the cross-entropy measured on the training
+    images FastNAS scores on (:func:`fastnas_score_set`); each group's value at width
+    ``k`` is the loss the full model has there (same re-estimation) minus the loss at
+    ``k``, linear between the measured widths, and summed over groups as if the groups
+    acted alone. The knapsack adds a group's channel scores in their order, so each
+    channel scores the slope of the least concave majorant of that curve at its rank
+    (:func:`upper_hull`), less a hair per rank to keep the order: the prefix sums are the
+    curve wherever it is concave. The model is put back as it was.
+    """
+    from halp_trt.importance import Importance, get_importance
+    from halp_trt.train import evaluate
+
+    score_set = fastnas_score_set(data, "train")
+
+    class Sensitivity(Importance):
+        def __init__(self, graph) -> None:
+            super().__init__(graph)
+            self._scores: dict[int, np.ndarray] | None = None
+            self.curves: dict[int, dict[str, list]] = {}
+            self.evaluations, self.seconds, self.full_loss = 0, 0.0, float("nan")
+
+        @property
+        def facts(self) -> dict[str, Any]:
+            """What the run records: the measured curves (group id -> widths, loss), the
+            loss of the full model, how many subnets were scored and in how long."""
+            return {
+                "sensitivity_curves": {str(g): c for g, c in self.curves.items()},
+                "sensitivity_full_loss": self.full_loss,
+                "sensitivity_evaluations": self.evaluations,
+                "sensitivity_s": self.seconds,
+            }
+
+        def _loss(self, keep: dict, saved: dict, batches: list) -> float:
+            self.model.load_state_dict(saved)
+            if keep:
+                self.graph.mask(keep)
+            recalibrate_bn(self.model, batches)
+            self.evaluations += 1
+            return evaluate(self.model, score_set)[0]
+
+        def scores(self) -> dict[int, np.ndarray]:
+            if self._scores is not None:
+                return self._scores
+            t0 = time.perf_counter()
+            rank = get_importance(ranking)(self.graph).scores()
+            saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            was_training = self.model.training
+            batches = list(calibration_batches(data, batch_size, bn_batches))
+            out = {}
+            try:
+                full = self.full_loss = self._loss({}, saved, batches)
+                for group in self.groups:
+                    unit = getattr(group, "unit", 1)
+                    units = np.arange(group.size // unit)
+                    unit_rank = rank[group.id].reshape(-1, unit).sum(1)
+                    order = units[np.argsort(-unit_rank, kind="stable")]
+                    order = (order[:, None] * unit + np.arange(unit)).reshape(-1)
+                    counts = sensitivity_counts(group.size, unit, step, min_keep, points)
+                    losses = [
+                        self._loss({group.id: sorted(order[:k].tolist())}, saved, batches)
+                        for k in counts
+                    ]
+                    self.curves[group.id] = {"widths": counts, "loss": losses}
+                    xs = np.array([0, *counts, group.size], dtype=np.float64)
+                    value = np.array([*(full - v for v in losses), 0.0])
+                    # Below the first measured width (every option keeps those
+                    # channels) a slope steeper than any measured, so they rank first
+                    # and the hull passes through the first measured width.
+                    measured = np.abs(np.diff(value) / np.diff(xs[1:]))
+                    steep = 2 * measured.max(initial=0) + 1.0
+                    ys = np.array([value[0] - steep * xs[1], *value])
+                    curve = upper_hull(xs, ys)
+                    slope = np.diff(curve)
+                    # a hair per rank keeps the order (equal scores would fall back to
+                    # channel index) and moves a prefix sum by 1e-9 of a typical slope
+                    hair = 1e-9 * max(measured.mean() if measured.size else 1.0, 1e-12) / group.size
+                    score = np.empty(group.size)
+                    score[order] = slope - hair * np.arange(group.size)
+                    out[group.id] = score
+            finally:
+                self.model.load_state_dict(saved)
+                self.model.train(was_training)
+            self._scores = out
+            self.seconds = time.perf_counter() - t0
+            return out
+
+    return Sensitivity
 
 
 # --------------------------------------------------------------------------- summaries
@@ -1152,6 +1313,12 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
     }
+    if "halp-sensitivity-calib" in selected:
+        from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+
+        floor = DEFAULT_MIN_KEEP if args.min_keep is None else args.min_keep
+        crit = sensitivity(data, args.batch_size, align, min_keep=floor)
+        calibrated["halp-sensitivity-calib"] = (crit, n, 1)
     for method in [m for m in selected if m in calibrated]:
 
         def calibrated_fn(how=calibrated[method]):

@@ -713,3 +713,99 @@ def test_fastnas_scores_on_training_images_unless_told_otherwise(pareto):
     assert pareto.parse_args(["--model", TINY, "--input-shape", "2,3,8,8"]).fastnas_score == "train"
     with pytest.raises(ValueError, match="score_on"):
         pareto.fastnas_score_set(data, "test")
+
+
+def test_sensitivity_counts_are_whole_bundles_from_the_floor_spread_evenly(pareto):
+    assert pareto.sensitivity_counts(960, 1, 16, 0.3, 6) == [288, 416, 544, 688, 816, 944]
+    assert pareto.sensitivity_counts(64, 1, 16, 0.3, 6) == [32, 48]
+    assert pareto.sensitivity_counts(16, 1, 16, 0.3, 6) == []
+    assert pareto.sensitivity_counts(48, 1, 8, 0.0, 10) == [8, 16, 24, 32, 40]
+    assert pareto.sensitivity_counts(96, 6, 16, 0.0, 10) == [48]  # whole units: lcm(16, 6)
+
+
+def test_upper_hull_is_the_least_concave_majorant(pareto):
+    xs = np.array([0.0, 2.0, 3.0, 5.0, 8.0])
+    ys = np.array([0.0, 1.0, 3.0, 3.5, 3.0])
+    got = pareto.upper_hull(xs, ys)
+    # brute force: the majorant at k is the best chord through two points around it
+    want = [
+        max(
+            ys[i] + (ys[j] - ys[i]) * (k - xs[i]) / (xs[j] - xs[i]) if j > i else ys[i]
+            for i in range(len(xs))
+            for j in range(i, len(xs))
+            if xs[i] <= k <= xs[j]
+        )
+        for k in range(9)
+    ]
+    assert got == pytest.approx(want)
+    assert (np.diff(got, 2) <= 1e-12).all()
+
+
+def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto):
+    """The criterion masks each group alone at its measured widths, channels ranked by
+    L2 norm, BatchNorm statistics re-estimated; a group's scores, summed in their order,
+    give the loss the full model has minus the loss at that width (the concave majorant
+    of those points), and the model is left as it was."""
+    import types
+
+    from torch.utils.data import TensorDataset
+
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import get_importance
+    from halp_trt.train import evaluate
+
+    dense, x, data = calibration_setup()
+    data = types.SimpleNamespace(
+        train=data.train, val=TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,)))
+    )
+    model = copy.deepcopy(dense)
+    graph = ChannelGraph(model, (x,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    crit = pareto.sensitivity(data, 8, 8, min_keep=0)(graph)
+    scores = crit.scores()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert crit.scores() is scores and crit.facts["sensitivity_evaluations"] == 1 + 1 + 3
+    batches = list(pareto.calibration_batches(data, 8))
+    score_set = pareto.fastnas_score_set(data, "train")
+
+    def loss(keep) -> float:
+        m = copy.deepcopy(dense)
+        g = ChannelGraph(m, (x,))
+        if keep:
+            g.mask(keep)
+        pareto.recalibrate_bn(m, batches)
+        return evaluate(m, score_set)[0]
+
+    full = loss({})
+    assert crit.facts["sensitivity_full_loss"] == pytest.approx(full)
+    l2 = get_importance("l2")(graph).scores()
+    for group in graph.prunable:
+        order = np.argsort(-l2[group.id], kind="stable")
+        assert (np.argsort(-scores[group.id], kind="stable") == order).all()
+        widths = pareto.sensitivity_counts(group.size, 1, 8, 0, 6)
+        curve = crit.facts["sensitivity_curves"][str(group.id)]
+        assert curve["widths"] == widths
+        measured = [loss({group.id: sorted(order[:k].tolist())}) for k in widths]
+        assert curve["loss"] == pytest.approx(measured)
+        xs = np.array([*widths, group.size], dtype=float)
+        value = np.array([full - v for v in measured] + [0.0])
+        hull = pareto.upper_hull(xs, value)
+        prefix = np.concatenate([[0.0], np.cumsum(np.sort(scores[group.id])[::-1])])
+        for k in widths:  # what keeping k channels is worth, relative to keeping all
+            assert prefix[k] - prefix[-1] == pytest.approx(hull[k - widths[0]], abs=1e-9)
+
+
+def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_path):
+    out = tmp_path / "p.json"
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "halp-sensitivity-calib",
+        "--reference", "halp-sensitivity-calib", "--epochs", "1", "--pretrain-epochs", "1",
+        "--step", "8", "--rounds", "3", "--no-feedback", "--out", str(out),
+    )  # fmt: skip
+    assert pareto.main(argv) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["status"] == "ok", run.get("error")
+    assert run["sensitivity_evaluations"] == 1 + sum(
+        len(c["widths"]) for c in run["sensitivity_curves"].values()
+    )
+    assert run["plan_predicted_ms"] <= run["target_ms"] * (1 + 1e-9)
