@@ -48,7 +48,9 @@ comes before those epochs):
   estimating (:func:`sensitivity`): each group's loss on training images at up to six
   widths, alone, BatchNorm statistics re-estimated, as FastNAS scores its candidates;
   halp-trt's knapsack on the measured table then picks the widths FastNAS picks by a
-  threshold under FLOPs;
+  threshold under FLOPs; ``halp-sensitivity-max-calib`` the same with each group's
+  loss increase to the eighth power, so that the knapsack bounds the largest increase,
+  as FastNAS's threshold does, instead of their sum;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -174,6 +176,7 @@ METHODS = (
     "halp-taylor-abs-calib16",
     "halp-taylor-weights-calib16",
     "halp-sensitivity-calib",
+    "halp-sensitivity-max-calib",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -582,6 +585,12 @@ def upper_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return np.interp(grid, xs[hull], ys[hull])
 
 
+#: ``halp-sensitivity-max-calib``'s power of each group's loss increase: the eighth root
+#: of a sum of eighth powers is at most 1.3 times its largest term for 8 groups at the
+#: bound, 1.5 times for 25 (``n**(1/8)``).
+SENSITIVITY_POWER = 8.0
+
+
 def sensitivity_counts(size: int, unit: int, step: int, least: float, points: int) -> list[int]:
     """The widths below ``size`` at which :func:`sensitivity` measures a group: whole
     bundles (``step``, a multiple of ``unit``) from the floor (``least`` of the width,
@@ -598,7 +607,7 @@ def sensitivity_counts(size: int, unit: int, step: int, least: float, points: in
 
 def sensitivity(
     data, batch_size: int, step: int, *, min_keep: float, points: int = 6,
-    bn_batches: int = CALIBRATION_BATCHES, ranking: str = "l2",
+    bn_batches: int = CALIBRATION_BATCHES, ranking: str = "l2", power: float = 1.0,
 ) -> type:  # fmt: skip
     """A criterion that measures what each group's width costs in loss, for halp-trt's
     knapsack: FastNAS's sensitivity search under the measured table instead of FLOPs.
@@ -614,8 +623,17 @@ def sensitivity(
     acted alone. The knapsack adds a group's channel scores in their order, so each
     channel scores the slope of the least concave majorant of that curve at its rank
     (:func:`upper_hull`), less a hair per rank to keep the order: the prefix sums are the
-    curve wherever it is concave. The model is put back as it was.
+    curve wherever it is concave. The model is put back as it was. One pruning step, on
+    a model not yet pruned: the scores are measured once, at the first call.
+
+    ``power`` > 1: a group's value is minus its loss increase (none where the loss
+    fell) to that power. The sum over groups then tends, as the power grows, to the
+    largest increase of any group, which is what FastNAS bounds: it takes the widths at
+    which no layer's score drops by more than one threshold, set to meet the FLOPs
+    constraint. With it the knapsack keeps every group's loss under one bound at the
+    least cost, rather than the least total.
     """
+    from halp_trt.graph.norms import clear_norm_masks, current_norm_mask
     from halp_trt.importance import Importance, get_importance
     from halp_trt.train import evaluate
 
@@ -641,6 +659,7 @@ def sensitivity(
 
         def _loss(self, keep: dict, saved: dict, batches: list) -> float:
             self.model.load_state_dict(saved)
+            clear_norm_masks(self.model)  # a LayerNorm's channel mask is no state entry
             if keep:
                 self.graph.mask(keep)
             recalibrate_bn(self.model, batches)
@@ -651,6 +670,8 @@ def sensitivity(
             if self._scores is not None:
                 return self._scores
             t0 = time.perf_counter()
+            if any(current_norm_mask(m) is not None for m in self.model.modules()):
+                raise ValueError("the sensitivity criterion scores a model not yet pruned")
             rank = get_importance(ranking)(self.graph).scores()
             saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             was_training = self.model.training
@@ -671,7 +692,10 @@ def sensitivity(
                     ]
                     self.curves[group.id] = {"widths": counts, "loss": losses}
                     xs = np.array([0, *counts, group.size], dtype=np.float64)
-                    value = np.array([*(full - v for v in losses), 0.0])
+                    if power == 1:
+                        value = np.array([*(full - v for v in losses), 0.0])
+                    else:
+                        value = -(np.maximum(np.array([*losses, full]) - full, 0.0) ** power)
                     # Below the first measured width (every option keeps those
                     # channels) a slope steeper than any measured, so they rank first
                     # and the hull passes through the first measured width.
@@ -680,14 +704,15 @@ def sensitivity(
                     ys = np.array([value[0] - steep * xs[1], *value])
                     curve = upper_hull(xs, ys)
                     slope = np.diff(curve)
-                    # a hair per rank keeps the order (equal scores would fall back to
-                    # channel index) and moves a prefix sum by 1e-9 of a typical slope
-                    hair = 1e-9 * max(measured.mean() if measured.size else 1.0, 1e-12) / group.size
+                    # a hair per rank, 1e-9 of the slope over the whole group, keeps the
+                    # order (equal scores would fall back to channel index)
+                    mag = np.maximum(np.abs(slope), 1e-12 * np.abs(slope).max() + 1e-30)
                     score = np.empty(group.size)
-                    score[order] = slope - hair * np.arange(group.size)
+                    score[order] = slope - 1e-9 * mag * np.arange(group.size) / group.size
                     out[group.id] = score
             finally:
                 self.model.load_state_dict(saved)
+                clear_norm_masks(self.model)
                 self.model.train(was_training)
             self._scores = out
             self.seconds = time.perf_counter() - t0
@@ -1313,12 +1338,15 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
     }
-    if "halp-sensitivity-calib" in selected:
-        from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
 
-        floor = DEFAULT_MIN_KEEP if args.min_keep is None else args.min_keep
+    floor = DEFAULT_MIN_KEEP if args.min_keep is None else args.min_keep
+    if "halp-sensitivity-calib" in selected:
         crit = sensitivity(data, args.batch_size, align, min_keep=floor)
         calibrated["halp-sensitivity-calib"] = (crit, n, 1)
+    if "halp-sensitivity-max-calib" in selected:
+        crit = sensitivity(data, args.batch_size, align, min_keep=floor, power=SENSITIVITY_POWER)
+        calibrated["halp-sensitivity-max-calib"] = (crit, n, 1)
     for method in [m for m in selected if m in calibrated]:
 
         def calibrated_fn(how=calibrated[method]):

@@ -741,11 +741,13 @@ def test_upper_hull_is_the_least_concave_majorant(pareto):
     assert (np.diff(got, 2) <= 1e-12).all()
 
 
-def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto):
+@pytest.mark.parametrize("power", [1.0, 8.0])
+def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, power):
     """The criterion masks each group alone at its measured widths, channels ranked by
     L2 norm, BatchNorm statistics re-estimated; a group's scores, summed in their order,
     give the loss the full model has minus the loss at that width (the concave majorant
-    of those points), and the model is left as it was."""
+    of those points; with ``power``, minus the increase to that power), and the model
+    is left as it was."""
     import types
 
     from torch.utils.data import TensorDataset
@@ -761,7 +763,7 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto):
     model = copy.deepcopy(dense)
     graph = ChannelGraph(model, (x,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    crit = pareto.sensitivity(data, 8, 8, min_keep=0)(graph)
+    crit = pareto.sensitivity(data, 8, 8, min_keep=0, power=power)(graph)
     scores = crit.scores()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert crit.scores() is scores and crit.facts["sensitivity_evaluations"] == 1 + 1 + 3
@@ -788,7 +790,10 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto):
         measured = [loss({group.id: sorted(order[:k].tolist())}) for k in widths]
         assert curve["loss"] == pytest.approx(measured)
         xs = np.array([*widths, group.size], dtype=float)
-        value = np.array([full - v for v in measured] + [0.0])
+        if power == 1:
+            value = np.array([full - v for v in measured] + [0.0])
+        else:
+            value = -np.array([max(v - full, 0.0) ** power for v in measured] + [0.0])
         hull = pareto.upper_hull(xs, value)
         prefix = np.concatenate([[0.0], np.cumsum(np.sort(scores[group.id])[::-1])])
         for k in widths:  # what keeping k channels is worth, relative to keeping all
