@@ -120,6 +120,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import hashlib
 import math
 import os
 import platform
@@ -585,6 +586,9 @@ def upper_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return np.interp(grid, xs[hull], ys[hull])
 
 
+#: :func:`sensitivity`'s measurements, by model state and setting, for the process.
+MEASURED: dict[tuple, tuple[float, dict]] = {}
+
 #: ``halp-sensitivity-max-calib``'s power of each group's loss increase: the eighth root
 #: of a sum of eighth powers is at most 1.3 times its largest term for 8 groups at the
 #: bound, 1.5 times for 25 (``n**(1/8)``).
@@ -624,7 +628,10 @@ def sensitivity(
     channel scores the slope of the least concave majorant of that curve at its rank
     (:func:`upper_hull`), less a hair per rank to keep the order: the prefix sums are the
     curve wherever it is concave. The model is put back as it was. One pruning step, on
-    a model not yet pruned: the scores are measured once, at the first call.
+    a model not yet pruned: the scores are measured once, at the first call, and the
+    measurement kept for the process (:data:`MEASURED`: the same model state and
+    setting measure alike; ``sensitivity_evaluations`` counts the subnets a criterion
+    scored itself, 0 where it found them measured).
 
     ``power`` > 1: a group's value is minus its loss increase (none where the loss
     fell) to that power. The sum over groups then tends, as the power grows, to the
@@ -666,19 +673,25 @@ def sensitivity(
             self.evaluations += 1
             return evaluate(self.model, score_set)[0]
 
-        def scores(self) -> dict[int, np.ndarray]:
-            if self._scores is not None:
-                return self._scores
-            t0 = time.perf_counter()
-            if any(current_norm_mask(m) is not None for m in self.model.modules()):
-                raise ValueError("the sensitivity criterion scores a model not yet pruned")
-            rank = get_importance(ranking)(self.graph).scores()
+        def _measure(self) -> tuple[float, dict[int, tuple[np.ndarray, list, list]]]:
+            """The full model's loss and, per group, its ranked channels, the widths
+            measured and the loss at each: once per model state and setting (the
+            methods that differ in ``power`` alone share one measurement)."""
             saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            digest = hashlib.sha256()
+            for k, v in saved.items():
+                digest.update(k.encode())
+                digest.update(v.cpu().contiguous().numpy().tobytes())
+            key = (digest.hexdigest(), id(data), batch_size, step, min_keep, points,
+                   bn_batches, ranking)  # fmt: skip
+            if key in MEASURED:
+                return MEASURED[key]
+            rank = get_importance(ranking)(self.graph).scores()
             was_training = self.model.training
             batches = list(calibration_batches(data, batch_size, bn_batches))
-            out = {}
+            groups = {}
             try:
-                full = self.full_loss = self._loss({}, saved, batches)
+                full = self._loss({}, saved, batches)
                 for group in self.groups:
                     unit = getattr(group, "unit", 1)
                     units = np.arange(group.size // unit)
@@ -690,30 +703,44 @@ def sensitivity(
                         self._loss({group.id: sorted(order[:k].tolist())}, saved, batches)
                         for k in counts
                     ]
-                    self.curves[group.id] = {"widths": counts, "loss": losses}
-                    xs = np.array([0, *counts, group.size], dtype=np.float64)
-                    if power == 1:
-                        value = np.array([*(full - v for v in losses), 0.0])
-                    else:
-                        value = -(np.maximum(np.array([*losses, full]) - full, 0.0) ** power)
-                    # Below the first measured width (every option keeps those
-                    # channels) a slope steeper than any measured, so they rank first
-                    # and the hull passes through the first measured width.
-                    measured = np.abs(np.diff(value) / np.diff(xs[1:]))
-                    steep = 2 * measured.max(initial=0) + 1.0
-                    ys = np.array([value[0] - steep * xs[1], *value])
-                    curve = upper_hull(xs, ys)
-                    slope = np.diff(curve)
-                    # a hair per rank, 1e-9 of the slope over the whole group, keeps the
-                    # order (equal scores would fall back to channel index)
-                    mag = np.maximum(np.abs(slope), 1e-12 * np.abs(slope).max() + 1e-30)
-                    score = np.empty(group.size)
-                    score[order] = slope - 1e-9 * mag * np.arange(group.size) / group.size
-                    out[group.id] = score
+                    groups[group.id] = (order, counts, losses)
             finally:
                 self.model.load_state_dict(saved)
                 clear_norm_masks(self.model)
                 self.model.train(was_training)
+            MEASURED[key] = full, groups
+            return full, groups
+
+        def scores(self) -> dict[int, np.ndarray]:
+            if self._scores is not None:
+                return self._scores
+            t0 = time.perf_counter()
+            if any(current_norm_mask(m) is not None for m in self.model.modules()):
+                raise ValueError("the sensitivity criterion scores a model not yet pruned")
+            full, measured_groups = self._measure()
+            self.full_loss = full
+            out = {}
+            for group in self.groups:
+                order, counts, losses = measured_groups[group.id]
+                self.curves[group.id] = {"widths": counts, "loss": losses}
+                xs = np.array([0, *counts, group.size], dtype=np.float64)
+                if power == 1:
+                    value = np.array([*(full - v for v in losses), 0.0])
+                else:
+                    value = -(np.maximum(np.array([*losses, full]) - full, 0.0) ** power)
+                # Below the first measured width (every option keeps those channels) a
+                # slope steeper than any measured, so they rank first and the hull
+                # passes through the first measured width.
+                measured = np.abs(np.diff(value) / np.diff(xs[1:]))
+                steep = 2 * measured.max(initial=0) + 1.0
+                ys = np.array([value[0] - steep * xs[1], *value])
+                slope = np.diff(upper_hull(xs, ys))
+                # a hair per rank, 1e-9 of the slope over the whole group, keeps the
+                # order (equal scores would fall back to channel index)
+                mag = np.maximum(np.abs(slope), 1e-12 * np.abs(slope).max() + 1e-30)
+                score = np.empty(group.size)
+                score[order] = slope - 1e-9 * mag * np.arange(group.size) / group.size
+                out[group.id] = score
             self._scores = out
             self.seconds = time.perf_counter() - t0
             return out

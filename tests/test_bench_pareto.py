@@ -763,6 +763,7 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
     model = copy.deepcopy(dense)
     graph = ChannelGraph(model, (x,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    pareto.MEASURED.clear()
     crit = pareto.sensitivity(data, 8, 8, min_keep=0, power=power)(graph)
     scores = crit.scores()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -798,19 +799,30 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
         prefix = np.concatenate([[0.0], np.cumsum(np.sort(scores[group.id])[::-1])])
         for k in widths:  # what keeping k channels is worth, relative to keeping all
             assert prefix[k] - prefix[-1] == pytest.approx(hull[k - widths[0]], abs=1e-9)
+    # the other power on the same model state measures nothing again
+    other = pareto.sensitivity(data, 8, 8, min_keep=0, power=9 - power)(graph)
+    other.scores()
+    assert other.facts["sensitivity_evaluations"] == 0
+    assert other.facts["sensitivity_curves"] == crit.facts["sensitivity_curves"]
 
 
 def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_path):
     out = tmp_path / "p.json"
     argv = tiny_argv(
-        tmp_path, "--seeds", "0", "--methods", "halp-sensitivity-calib",
+        tmp_path, "--seeds", "0",
+        "--methods", "halp-sensitivity-calib,halp-sensitivity-max-calib",
         "--reference", "halp-sensitivity-calib", "--epochs", "1", "--pretrain-epochs", "1",
         "--step", "8", "--rounds", "3", "--no-feedback", "--out", str(out),
     )  # fmt: skip
+    pareto.MEASURED.clear()
     assert pareto.main(argv) == 0
-    (run,) = json.loads(out.read_text())["runs"]
-    assert run["status"] == "ok", run.get("error")
+    run, other = json.loads(out.read_text())["runs"]
+    assert run["method"] == "halp-sensitivity-calib"
+    for r in (run, other):
+        assert r["status"] == "ok", r.get("error")
+        assert r["plan_predicted_ms"] <= r["target_ms"] * (1 + 1e-9)
     assert run["sensitivity_evaluations"] == 1 + sum(
         len(c["widths"]) for c in run["sensitivity_curves"].values()
     )
-    assert run["plan_predicted_ms"] <= run["target_ms"] * (1 + 1e-9)
+    assert other["sensitivity_evaluations"] == 0  # the same dense model, measured once
+    assert other["sensitivity_curves"] == run["sensitivity_curves"]
