@@ -50,7 +50,9 @@ comes before those epochs):
   halp-trt's knapsack on the measured table then picks the widths FastNAS picks by a
   threshold under FLOPs; ``halp-sensitivity-max-calib`` the same with each group's
   loss increase to the eighth power, so that the knapsack bounds the largest increase,
-  as FastNAS's threshold does, instead of their sum;
+  as FastNAS's threshold does, instead of their sum; ``halp-sensitivity-acc-calib``
+  with each group's accuracy dropped instead of its loss gained, FastNAS's score (the
+  three share one measurement per dense model);
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -178,6 +180,7 @@ METHODS = (
     "halp-taylor-weights-calib16",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
+    "halp-sensitivity-acc-calib",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -587,7 +590,7 @@ def upper_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 #: :func:`sensitivity`'s measurements, by model state and setting, for the process.
-MEASURED: dict[tuple, tuple[float, dict]] = {}
+MEASURED: dict[tuple, tuple[tuple[float, float], dict]] = {}
 
 #: ``halp-sensitivity-max-calib``'s power of each group's loss increase: the eighth root
 #: of a sum of eighth powers is at most 1.3 times its largest term for 8 groups at the
@@ -612,6 +615,7 @@ def sensitivity_counts(size: int, unit: int, step: int, least: float, points: in
 def sensitivity(
     data, batch_size: int, step: int, *, min_keep: float, points: int = 6,
     bn_batches: int = CALIBRATION_BATCHES, ranking: str = "l2", power: float = 1.0,
+    metric: str = "loss",
 ) -> type:  # fmt: skip
     """A criterion that measures what each group's width costs in loss, for halp-trt's
     knapsack: FastNAS's sensitivity search under the measured table instead of FLOPs.
@@ -638,7 +642,10 @@ def sensitivity(
     largest increase of any group, which is what FastNAS bounds: it takes the widths at
     which no layer's score drops by more than one threshold, set to meet the FLOPs
     constraint. With it the knapsack keeps every group's loss under one bound at the
-    least cost, rather than the least total.
+    least cost, rather than the least total. ``metric="accuracy"``: the accuracy a width
+    drops on those images instead of the loss it gains (FastNAS's score; on training
+    images a model has fitted, a loss can rise with the confidence of answers that stay
+    right).
     """
     from halp_trt.graph.norms import clear_norm_masks, current_norm_mask
     from halp_trt.importance import Importance, get_importance
@@ -651,7 +658,7 @@ def sensitivity(
             super().__init__(graph)
             self._scores: dict[int, np.ndarray] | None = None
             self.curves: dict[int, dict[str, list]] = {}
-            self.evaluations, self.seconds, self.full_loss = 0, 0.0, float("nan")
+            self.evaluations, self.seconds, self.full = 0, 0.0, (float("nan"),) * 2
 
         @property
         def facts(self) -> dict[str, Any]:
@@ -659,24 +666,27 @@ def sensitivity(
             loss of the full model, how many subnets were scored and in how long."""
             return {
                 "sensitivity_curves": {str(g): c for g, c in self.curves.items()},
-                "sensitivity_full_loss": self.full_loss,
+                "sensitivity_full_loss": self.full[0],
+                "sensitivity_full_accuracy": self.full[1],
+                "sensitivity_metric": metric,
                 "sensitivity_evaluations": self.evaluations,
                 "sensitivity_s": self.seconds,
             }
 
-        def _loss(self, keep: dict, saved: dict, batches: list) -> float:
+        def _score(self, keep: dict, saved: dict, batches: list) -> tuple[float, float]:
             self.model.load_state_dict(saved)
             clear_norm_masks(self.model)  # a LayerNorm's channel mask is no state entry
             if keep:
                 self.graph.mask(keep)
             recalibrate_bn(self.model, batches)
             self.evaluations += 1
-            return evaluate(self.model, score_set)[0]
+            return evaluate(self.model, score_set)
 
-        def _measure(self) -> tuple[float, dict[int, tuple[np.ndarray, list, list]]]:
-            """The full model's loss and, per group, its ranked channels, the widths
-            measured and the loss at each: once per model state and setting (the
-            methods that differ in ``power`` alone share one measurement)."""
+        def _measure(self) -> tuple[tuple[float, float], dict[int, tuple]]:
+            """The full model's (loss, accuracy) and, per group, its ranked channels,
+            the widths measured and the (loss, accuracy) at each: once per model state
+            and setting (methods that differ in ``power`` or ``metric`` alone share one
+            measurement)."""
             saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             digest = hashlib.sha256()
             for k, v in saved.items():
@@ -691,7 +701,7 @@ def sensitivity(
             batches = list(calibration_batches(data, batch_size, bn_batches))
             groups = {}
             try:
-                full = self._loss({}, saved, batches)
+                full = self._score({}, saved, batches)
                 for group in self.groups:
                     unit = getattr(group, "unit", 1)
                     units = np.arange(group.size // unit)
@@ -699,11 +709,11 @@ def sensitivity(
                     order = units[np.argsort(-unit_rank, kind="stable")]
                     order = (order[:, None] * unit + np.arange(unit)).reshape(-1)
                     counts = sensitivity_counts(group.size, unit, step, min_keep, points)
-                    losses = [
-                        self._loss({group.id: sorted(order[:k].tolist())}, saved, batches)
+                    scored = [
+                        self._score({group.id: sorted(order[:k].tolist())}, saved, batches)
                         for k in counts
                     ]
-                    groups[group.id] = (order, counts, losses)
+                    groups[group.id] = (order, counts, scored)
             finally:
                 self.model.load_state_dict(saved)
                 clear_norm_masks(self.model)
@@ -717,17 +727,21 @@ def sensitivity(
             t0 = time.perf_counter()
             if any(current_norm_mask(m) is not None for m in self.model.modules()):
                 raise ValueError("the sensitivity criterion scores a model not yet pruned")
-            full, measured_groups = self._measure()
-            self.full_loss = full
+            self.full, measured_groups = self._measure()
+            at = 0 if metric == "loss" else 1
+            full = self.full[at]
             out = {}
             for group in self.groups:
-                order, counts, losses = measured_groups[group.id]
-                self.curves[group.id] = {"widths": counts, "loss": losses}
+                order, counts, scored = measured_groups[group.id]
+                self.curves[group.id] = {
+                    "widths": counts,
+                    "loss": [v[0] for v in scored],
+                    "accuracy": [v[1] for v in scored],
+                }
                 xs = np.array([0, *counts, group.size], dtype=np.float64)
-                if power == 1:
-                    value = np.array([*(full - v for v in losses), 0.0])
-                else:
-                    value = -(np.maximum(np.array([*losses, full]) - full, 0.0) ** power)
+                # what each width loses: the loss gained, or the accuracy dropped
+                lost = np.array([v[at] - full for v in scored] + [0.0]) * (1 if at == 0 else -1)
+                value = -lost if power == 1 else -(np.maximum(lost, 0.0) ** power)
                 # Below the first measured width (every option keeps those channels) a
                 # slope steeper than any measured, so they rank first and the hull
                 # passes through the first measured width.
@@ -1371,6 +1385,9 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     if "halp-sensitivity-calib" in selected:
         crit = sensitivity(data, args.batch_size, align, min_keep=floor)
         calibrated["halp-sensitivity-calib"] = (crit, n, 1)
+    if "halp-sensitivity-acc-calib" in selected:
+        crit = sensitivity(data, args.batch_size, align, min_keep=floor, metric="accuracy")
+        calibrated["halp-sensitivity-acc-calib"] = (crit, n, 1)
     if "halp-sensitivity-max-calib" in selected:
         crit = sensitivity(data, args.batch_size, align, min_keep=floor, power=SENSITIVITY_POWER)
         calibrated["halp-sensitivity-max-calib"] = (crit, n, 1)

@@ -741,13 +741,13 @@ def test_upper_hull_is_the_least_concave_majorant(pareto):
     assert (np.diff(got, 2) <= 1e-12).all()
 
 
-@pytest.mark.parametrize("power", [1.0, 8.0])
-def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, power):
+@pytest.mark.parametrize("power, metric", [(1.0, "loss"), (8.0, "loss"), (1.0, "accuracy")])
+def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, power, metric):
     """The criterion masks each group alone at its measured widths, channels ranked by
     L2 norm, BatchNorm statistics re-estimated; a group's scores, summed in their order,
     give the loss the full model has minus the loss at that width (the concave majorant
-    of those points; with ``power``, minus the increase to that power), and the model
-    is left as it was."""
+    of those points; with ``power``, minus the increase to that power; by accuracy, the
+    accuracy there minus the full model's), and the model is left as it was."""
     import types
 
     from torch.utils.data import TensorDataset
@@ -764,23 +764,24 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
     graph = ChannelGraph(model, (x,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pareto.MEASURED.clear()
-    crit = pareto.sensitivity(data, 8, 8, min_keep=0, power=power)(graph)
+    crit = pareto.sensitivity(data, 8, 8, min_keep=0, power=power, metric=metric)(graph)
     scores = crit.scores()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert crit.scores() is scores and crit.facts["sensitivity_evaluations"] == 1 + 1 + 3
     batches = list(pareto.calibration_batches(data, 8))
     score_set = pareto.fastnas_score_set(data, "train")
 
-    def loss(keep) -> float:
+    def loss(keep) -> tuple[float, float]:
         m = copy.deepcopy(dense)
         g = ChannelGraph(m, (x,))
         if keep:
             g.mask(keep)
         pareto.recalibrate_bn(m, batches)
-        return evaluate(m, score_set)[0]
+        return evaluate(m, score_set)
 
-    full = loss({})
-    assert crit.facts["sensitivity_full_loss"] == pytest.approx(full)
+    full_loss, full_acc = loss({})
+    assert crit.facts["sensitivity_full_loss"] == pytest.approx(full_loss)
+    assert crit.facts["sensitivity_full_accuracy"] == pytest.approx(full_acc)
     l2 = get_importance("l2")(graph).scores()
     for group in graph.prunable:
         order = np.argsort(-l2[group.id], kind="stable")
@@ -789,18 +790,23 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
         curve = crit.facts["sensitivity_curves"][str(group.id)]
         assert curve["widths"] == widths
         measured = [loss({group.id: sorted(order[:k].tolist())}) for k in widths]
-        assert curve["loss"] == pytest.approx(measured)
+        assert curve["loss"] == pytest.approx([v[0] for v in measured])
+        assert curve["accuracy"] == pytest.approx([v[1] for v in measured])
         xs = np.array([*widths, group.size], dtype=float)
-        if power == 1:
-            value = np.array([full - v for v in measured] + [0.0])
+        if metric == "loss":
+            lost = [v[0] - full_loss for v in measured]
         else:
-            value = -np.array([max(v - full, 0.0) ** power for v in measured] + [0.0])
+            lost = [full_acc - v[1] for v in measured]
+        if power == 1:
+            value = np.array([-v for v in lost] + [0.0])
+        else:
+            value = -np.array([max(v, 0.0) ** power for v in lost] + [0.0])
         hull = pareto.upper_hull(xs, value)
         prefix = np.concatenate([[0.0], np.cumsum(np.sort(scores[group.id])[::-1])])
         for k in widths:  # what keeping k channels is worth, relative to keeping all
             assert prefix[k] - prefix[-1] == pytest.approx(hull[k - widths[0]], abs=1e-9)
     # the other power on the same model state measures nothing again
-    other = pareto.sensitivity(data, 8, 8, min_keep=0, power=9 - power)(graph)
+    other = pareto.sensitivity(data, 8, 8, min_keep=0, power=9 - power)(graph)  # loss
     other.scores()
     assert other.facts["sensitivity_evaluations"] == 0
     assert other.facts["sensitivity_curves"] == crit.facts["sensitivity_curves"]
@@ -810,19 +816,21 @@ def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_p
     out = tmp_path / "p.json"
     argv = tiny_argv(
         tmp_path, "--seeds", "0",
-        "--methods", "halp-sensitivity-calib,halp-sensitivity-max-calib",
+        "--methods", "halp-sensitivity-calib,halp-sensitivity-max-calib,halp-sensitivity-acc-calib",
         "--reference", "halp-sensitivity-calib", "--epochs", "1", "--pretrain-epochs", "1",
         "--step", "8", "--rounds", "3", "--no-feedback", "--out", str(out),
     )  # fmt: skip
     pareto.MEASURED.clear()
     assert pareto.main(argv) == 0
-    run, other = json.loads(out.read_text())["runs"]
+    run, *others = json.loads(out.read_text())["runs"]
     assert run["method"] == "halp-sensitivity-calib"
-    for r in (run, other):
+    for r in (run, *others):
         assert r["status"] == "ok", r.get("error")
         assert r["plan_predicted_ms"] <= r["target_ms"] * (1 + 1e-9)
     assert run["sensitivity_evaluations"] == 1 + sum(
         len(c["widths"]) for c in run["sensitivity_curves"].values()
     )
-    assert other["sensitivity_evaluations"] == 0  # the same dense model, measured once
-    assert other["sensitivity_curves"] == run["sensitivity_curves"]
+    for other in others:  # the same dense model, measured once
+        assert other["sensitivity_evaluations"] == 0
+        assert other["sensitivity_curves"] == run["sensitivity_curves"]
+    assert [r["sensitivity_metric"] for r in others] == ["loss", "accuracy"]
