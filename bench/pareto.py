@@ -651,6 +651,8 @@ def sensitivity(
     from halp_trt.importance import Importance, get_importance
     from halp_trt.train import evaluate
 
+    if metric not in ("loss", "accuracy"):
+        raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
     score_set = fastnas_score_set(data, "train")
 
     class Sensitivity(Importance):
@@ -662,8 +664,9 @@ def sensitivity(
 
         @property
         def facts(self) -> dict[str, Any]:
-            """What the run records: the measured curves (group id -> widths, loss), the
-            loss of the full model, how many subnets were scored and in how long."""
+            """What the run records: the measured curves (group id -> widths, and the loss
+            and accuracy at each), the full model's, the metric valued, how many subnets
+            this criterion scored and in how long."""
             return {
                 "sensitivity_curves": {str(g): c for g, c in self.curves.items()},
                 "sensitivity_full_loss": self.full[0],

@@ -723,6 +723,11 @@ def test_sensitivity_counts_are_whole_bundles_from_the_floor_spread_evenly(paret
     assert pareto.sensitivity_counts(96, 6, 16, 0.0, 10) == [48]  # whole units: lcm(16, 6)
 
 
+def test_sensitivity_refuses_an_unknown_metric(pareto):
+    with pytest.raises(ValueError, match="metric must be 'loss' or 'accuracy', not 'f1'"):
+        pareto.sensitivity(None, 8, 8, min_keep=0, metric="f1")
+
+
 def test_upper_hull_is_the_least_concave_majorant(pareto):
     xs = np.array([0.0, 2.0, 3.0, 5.0, 8.0])
     ys = np.array([0.0, 1.0, 3.0, 3.5, 3.0])
