@@ -751,12 +751,17 @@ def sensitivity(
                 measured = np.abs(np.diff(value) / np.diff(xs[1:]))
                 steep = 2 * measured.max(initial=0) + 1.0
                 ys = np.array([value[0] - steep * xs[1], *value])
-                slope = np.diff(upper_hull(xs, ys))
-                # a hair per rank, 1e-9 of the slope over the whole group, keeps the
-                # order (equal scores would fall back to channel index)
-                mag = np.maximum(np.abs(slope), 1e-12 * np.abs(slope).max() + 1e-30)
+                # No channel is worth less than nothing: a width measured no better than
+                # a narrower one (accuracy the model keeps down to the floor) scores 0,
+                # not less, so a budget the plan does not need is still spent.
+                slope = np.maximum(np.diff(upper_hull(xs, ys)), 0.0)
+                # a hair per rank, positive and falling, keeps the order (equal scores
+                # would fall back to channel index): 1e-9 of each slope (of the group's
+                # steepest measured slope where flatter; next to nothing in a group
+                # measured flat) over the whole group
+                mag = np.maximum(slope, measured.max(initial=0) or 1e-30)
                 score = np.empty(group.size)
-                score[order] = slope - 1e-9 * mag * np.arange(group.size) / group.size
+                score[order] = slope + 1e-9 * mag * np.arange(group.size, 0, -1) / group.size
                 out[group.id] = score
             self._scores = out
             self.seconds = time.perf_counter() - t0
