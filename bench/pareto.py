@@ -630,8 +630,9 @@ def sensitivity(
     ``k``, linear between the measured widths, and summed over groups as if the groups
     acted alone. The knapsack adds a group's channel scores in their order, so each
     channel scores the slope of the least concave majorant of that curve at its rank
-    (:func:`upper_hull`), less a hair per rank to keep the order: the prefix sums are the
-    curve wherever it is concave. The model is put back as it was. One pruning step, on
+    (:func:`upper_hull`), none below zero, plus a hair falling with rank to keep the
+    order: the prefix sums are the curve wherever it is concave and rising, and a wider
+    plan is never worth less (a budget the plan does not need is still spent). The model is put back as it was. One pruning step, on
     a model not yet pruned: the scores are measured once, at the first call, and the
     measurement kept for the process (:data:`MEASURED`: the same model state and
     setting measure alike; ``sensitivity_evaluations`` counts the subnets a criterion
