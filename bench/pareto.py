@@ -550,28 +550,6 @@ def fastnas(
     return plain
 
 
-def recalibrate_bn(model: nn.Module, batches: list) -> None:
-    """Re-estimate every BatchNorm's running statistics over ``batches`` (a cumulative
-    average, each BatchNorm in train mode, every other module in eval mode, no gradient),
-    as FastNAS does before it scores a subnet: a masked channel changes what the layers
-    after it see."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        with torch.no_grad():
-            for xb, _ in batches:
-                model(xb)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
-
-
 def upper_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """The least concave majorant of the points ``(xs, ys)`` (``xs`` increasing),
     evaluated at every integer from ``xs[0]`` to ``xs[-1]``."""
@@ -624,7 +602,8 @@ def sensitivity(
     (:func:`sensitivity_counts`: whole ``step`` bundles from the ``min_keep`` floor up),
     the channels ranked last by ``ranking`` (weight magnitude, as FastNAS orders them)
     are masked, the BatchNorm statistics re-estimated over ``bn_batches`` training
-    batches (:func:`recalibrate_bn`), and the cross-entropy measured on the training
+    batches (``halp_trt.train.recalibrate_bn``, as FastNAS does before it scores a
+    subnet: a masked channel changes what the layers after it see), and the cross-entropy measured on the training
     images FastNAS scores on (:func:`fastnas_score_set`); each group's value at width
     ``k`` is the loss the full model has there (same re-estimation) minus the loss at
     ``k``, linear between the measured widths, and summed over groups as if the groups
@@ -650,7 +629,7 @@ def sensitivity(
     """
     from halp_trt.graph.norms import clear_norm_masks, current_norm_mask
     from halp_trt.importance import Importance, get_importance
-    from halp_trt.train import evaluate
+    from halp_trt.train import evaluate, recalibrate_bn
 
     if metric not in ("loss", "accuracy"):
         raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
@@ -682,7 +661,7 @@ def sensitivity(
             clear_norm_masks(self.model)  # a LayerNorm's channel mask is no state entry
             if keep:
                 self.graph.mask(keep)
-            recalibrate_bn(self.model, batches)
+            recalibrate_bn(self.model, batches, len(batches), "cpu")
             self.evaluations += 1
             return evaluate(self.model, score_set)
 
@@ -1391,15 +1370,14 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
 
     floor = DEFAULT_MIN_KEEP if args.min_keep is None else args.min_keep
-    if "halp-sensitivity-calib" in selected:
-        crit = sensitivity(data, args.batch_size, align, min_keep=floor)
-        calibrated["halp-sensitivity-calib"] = (crit, n, 1)
-    if "halp-sensitivity-acc-calib" in selected:
-        crit = sensitivity(data, args.batch_size, align, min_keep=floor, metric="accuracy")
-        calibrated["halp-sensitivity-acc-calib"] = (crit, n, 1)
-    if "halp-sensitivity-max-calib" in selected:
-        crit = sensitivity(data, args.batch_size, align, min_keep=floor, power=SENSITIVITY_POWER)
-        calibrated["halp-sensitivity-max-calib"] = (crit, n, 1)
+    measured = {  # method: how its sensitivity() values the measurement
+        "halp-sensitivity-calib": {},
+        "halp-sensitivity-max-calib": {"power": SENSITIVITY_POWER},
+        "halp-sensitivity-acc-calib": {"metric": "accuracy"},
+    }
+    for method in [m for m in selected if m in measured]:
+        crit = sensitivity(data, args.batch_size, align, min_keep=floor, **measured[method])
+        calibrated[method] = (crit, n, 1)
     for method in [m for m in selected if m in calibrated]:
 
         def calibrated_fn(how=calibrated[method]):

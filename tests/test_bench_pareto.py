@@ -759,7 +759,7 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
 
     from halp_trt.graph import ChannelGraph
     from halp_trt.importance import get_importance
-    from halp_trt.train import evaluate
+    from halp_trt.train import evaluate, recalibrate_bn
 
     dense, x, data = calibration_setup()
     data = types.SimpleNamespace(
@@ -781,7 +781,7 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
         g = ChannelGraph(m, (x,))
         if keep:
             g.mask(keep)
-        pareto.recalibrate_bn(m, batches)
+        recalibrate_bn(m, batches, len(batches), "cpu")
         return evaluate(m, score_set)
 
     full_loss, full_acc = loss({})
