@@ -45,14 +45,17 @@ comes before those epochs):
   ``halp-taylor-abs-calib16``, ``halp-taylor-weights-calib16`` on 16 batches (the 8 and
   the next 8), beside ``tp-taylor16``: whether more scored batches help either;
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
-  estimating (:func:`sensitivity`): each group's loss on training images at up to six
+  estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
+  on the images FastNAS scores on): each group's loss on training images at up to six
   widths, alone, BatchNorm statistics re-estimated, as FastNAS scores its candidates;
   halp-trt's knapsack on the measured table then picks the widths FastNAS picks by a
   threshold under FLOPs; ``halp-sensitivity-max-calib`` the same with each group's
   loss increase to the eighth power, so that the knapsack bounds the largest increase,
   as FastNAS's threshold does, instead of their sum; ``halp-sensitivity-acc-calib``
-  with each group's accuracy dropped instead of its loss gained, FastNAS's score (the
-  three share one measurement per dense model);
+  with each group's accuracy dropped instead of its loss gained, FastNAS's score
+  (halp-trt's ``sensitivity``; the three share one measurement per dense model);
+  ``halp-sensitivity`` halp-trt's ``--importance sensitivity --calibration-batches 8``
+  as it ships: the same, each subnet scored on the 8 calibration batches themselves;
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -123,7 +126,6 @@ import argparse
 import copy
 import functools
 import hashlib
-import math
 import os
 import platform
 import statistics
@@ -181,6 +183,7 @@ METHODS = (
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
+    "halp-sensitivity",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -550,23 +553,6 @@ def fastnas(
     return plain
 
 
-def upper_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """The least concave majorant of the points ``(xs, ys)`` (``xs`` increasing),
-    evaluated at every integer from ``xs[0]`` to ``xs[-1]``."""
-    hull: list[int] = []
-    for i in range(len(xs)):
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # b lies on or under the chord from a to i: not a vertex of the hull
-            if (ys[b] - ys[a]) * (xs[i] - xs[a]) <= (ys[i] - ys[a]) * (xs[b] - xs[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    grid = np.arange(int(xs[0]), int(xs[-1]) + 1)
-    return np.interp(grid, xs[hull], ys[hull])
-
-
 #: :func:`sensitivity`'s measurements, by model state and setting, for the process.
 MEASURED: dict[tuple, tuple[tuple[float, float], dict]] = {}
 
@@ -576,178 +562,51 @@ MEASURED: dict[tuple, tuple[tuple[float, float], dict]] = {}
 SENSITIVITY_POWER = 8.0
 
 
-def sensitivity_counts(size: int, unit: int, step: int, least: float, points: int) -> list[int]:
-    """The widths below ``size`` at which :func:`sensitivity` measures a group: whole
-    bundles (``step``, a multiple of ``unit``) from the floor (``least`` of the width,
-    rounded up to whole bundles) up, at most ``points`` of them spread evenly."""
-    b = math.lcm(step, unit)
-    first = max(b, -(-math.ceil(least * size - 1e-9) // b) * b)
-    counts = list(range(first, size, b))
-    if len(counts) > points:
-        counts = sorted(
-            {counts[round(i * (len(counts) - 1) / (points - 1))] for i in range(points)}
-        )
-    return counts
-
-
-def sensitivity(
-    data, batch_size: int, step: int, *, min_keep: float, points: int = 6,
-    bn_batches: int = CALIBRATION_BATCHES, ranking: str = "l2", power: float = 1.0,
-    metric: str = "loss",
-) -> type:  # fmt: skip
-    """A criterion that measures what each group's width costs in loss, for halp-trt's
-    knapsack: FastNAS's sensitivity search under the measured table instead of FLOPs.
-
-    For each prunable group alone, at up to ``points`` widths
-    (:func:`sensitivity_counts`: whole ``step`` bundles from the ``min_keep`` floor up),
-    the channels ranked last by ``ranking`` (weight magnitude, as FastNAS orders them)
-    are masked, the BatchNorm statistics re-estimated over ``bn_batches`` training
-    batches (``halp_trt.train.recalibrate_bn``, as FastNAS does before it scores a
-    subnet: a masked channel changes what the layers after it see), and the cross-entropy measured on the training
-    images FastNAS scores on (:func:`fastnas_score_set`); each group's value at width
-    ``k`` is the loss the full model has there (same re-estimation) minus the loss at
-    ``k``, linear between the measured widths, and summed over groups as if the groups
-    acted alone. The knapsack adds a group's channel scores in their order, so each
-    channel scores the slope of the least concave majorant of that curve at its rank
-    (:func:`upper_hull`), none below zero, plus a hair falling with rank to keep the
-    order: the prefix sums are the curve wherever it is concave and rising, and a wider
-    plan is never worth less (a budget the plan does not need is still spent). The model is put back as it was. One pruning step, on
-    a model not yet pruned: the scores are measured once, at the first call, and the
-    measurement kept for the process (:data:`MEASURED`: the same model state and
-    setting measure alike; ``sensitivity_evaluations`` counts the subnets a criterion
-    scored itself, 0 where it found them measured).
+def sensitivity(data, *, power: float = 1.0, metric: str = "loss", **options) -> type:
+    """halp-trt's measuring criterion (``halp_trt.importance.sensitivity``: each group's
+    loss or accuracy measured at up to six widths from the floor up, the knapsack on
+    the measured table choosing) as the bench runs it: subnets scored on the training
+    images FastNAS scores on (:func:`fastnas_score_set`, batches of 256) instead of the
+    calibration minibatches, which still give each subnet its BatchNorm statistics; and
+    one measurement per dense model and setting kept for the process (:data:`MEASURED`,
+    keyed by a hash of the model's state: methods that differ in ``power`` or
+    ``metric`` alone share one; ``sensitivity_evaluations`` counts the subnets a
+    criterion scored itself, 0 where it found them measured).
 
     ``power`` > 1: a group's value is minus its loss increase (none where the loss
     fell) to that power. The sum over groups then tends, as the power grows, to the
     largest increase of any group, which is what FastNAS bounds: it takes the widths at
     which no layer's score drops by more than one threshold, set to meet the FLOPs
-    constraint. With it the knapsack keeps every group's loss under one bound at the
-    least cost, rather than the least total. ``metric="accuracy"``: the accuracy a width
-    drops on those images instead of the loss it gains (FastNAS's score; on training
-    images a model has fitted, a loss can rise with the confidence of answers that stay
-    right).
+    constraint. ``metric="accuracy"``: the accuracy a width drops instead of the loss it
+    gains (FastNAS's score). ``options``: ``points``, ``ranking``.
     """
-    from halp_trt.graph.norms import clear_norm_masks, current_norm_mask
-    from halp_trt.importance import Importance, get_importance
-    from halp_trt.train import evaluate, recalibrate_bn
+    from torch.utils.data import DataLoader
 
-    if metric not in ("loss", "accuracy"):
-        raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
-    score_set = fastnas_score_set(data, "train")
+    from halp_trt.importance.sensitivity import Sensitivity
 
-    class Sensitivity(Importance):
+    score_batches = list(DataLoader(fastnas_score_set(data, "train"), batch_size=256))
+
+    class Measured(Sensitivity):
         def __init__(self, graph) -> None:
-            super().__init__(graph)
-            self._scores: dict[int, np.ndarray] | None = None
-            self.curves: dict[int, dict[str, list]] = {}
-            self.evaluations, self.seconds, self.full = 0, 0.0, (float("nan"),) * 2
+            super().__init__(
+                graph, metric=metric, power=power, score_batches=score_batches, **options
+            )
 
-        @property
-        def facts(self) -> dict[str, Any]:
-            """What the run records: the measured curves (group id -> widths, and the loss
-            and accuracy at each), the full model's, the metric valued, how many subnets
-            this criterion scored and in how long."""
-            return {
-                "sensitivity_curves": {str(g): c for g, c in self.curves.items()},
-                "sensitivity_full_loss": self.full[0],
-                "sensitivity_full_accuracy": self.full[1],
-                "sensitivity_metric": metric,
-                "sensitivity_evaluations": self.evaluations,
-                "sensitivity_s": self.seconds,
-            }
-
-        def _score(self, keep: dict, saved: dict, batches: list) -> tuple[float, float]:
-            self.model.load_state_dict(saved)
-            clear_norm_masks(self.model)  # a LayerNorm's channel mask is no state entry
-            if keep:
-                self.graph.mask(keep)
-            recalibrate_bn(self.model, batches, len(batches), "cpu")
-            self.evaluations += 1
-            return evaluate(self.model, score_set)
-
-        def _measure(self) -> tuple[tuple[float, float], dict[int, tuple]]:
-            """The full model's (loss, accuracy) and, per group, its ranked channels,
-            the widths measured and the (loss, accuracy) at each: once per model state
-            and setting (methods that differ in ``power`` or ``metric`` alone share one
-            measurement)."""
-            saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        def measurements(self, batches, groups, loss_fn):
             digest = hashlib.sha256()
-            for k, v in saved.items():
+            for k, v in self.model.state_dict().items():
                 digest.update(k.encode())
-                digest.update(v.cpu().contiguous().numpy().tobytes())
-            key = (digest.hexdigest(), id(data), batch_size, step, min_keep, points,
-                   bn_batches, ranking)  # fmt: skip
-            if key in MEASURED:
-                return MEASURED[key]
-            rank = get_importance(ranking)(self.graph).scores()
-            was_training = self.model.training
-            batches = list(calibration_batches(data, batch_size, bn_batches))
-            groups = {}
-            try:
-                full = self._score({}, saved, batches)
-                for group in self.groups:
-                    unit = getattr(group, "unit", 1)
-                    units = np.arange(group.size // unit)
-                    unit_rank = rank[group.id].reshape(-1, unit).sum(1)
-                    order = units[np.argsort(-unit_rank, kind="stable")]
-                    order = (order[:, None] * unit + np.arange(unit)).reshape(-1)
-                    counts = sensitivity_counts(group.size, unit, step, min_keep, points)
-                    scored = [
-                        self._score({group.id: sorted(order[:k].tolist())}, saved, batches)
-                        for k in counts
-                    ]
-                    groups[group.id] = (order, counts, scored)
-            finally:
-                self.model.load_state_dict(saved)
-                clear_norm_masks(self.model)
-                self.model.train(was_training)
-            MEASURED[key] = full, groups
-            return full, groups
+                digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+            for xb, yb in batches:
+                digest.update(xb.cpu().contiguous().numpy().tobytes())
+                digest.update(yb.cpu().contiguous().numpy().tobytes())
+            key = (digest.hexdigest(), id(data), tuple(sorted(groups.items())),
+                   self.points, self.ranking)  # fmt: skip
+            if key not in MEASURED:
+                MEASURED[key] = super().measurements(batches, groups, loss_fn)
+            return MEASURED[key]
 
-        def scores(self) -> dict[int, np.ndarray]:
-            if self._scores is not None:
-                return self._scores
-            t0 = time.perf_counter()
-            if any(current_norm_mask(m) is not None for m in self.model.modules()):
-                raise ValueError("the sensitivity criterion scores a model not yet pruned")
-            self.full, measured_groups = self._measure()
-            at = 0 if metric == "loss" else 1
-            full = self.full[at]
-            out = {}
-            for group in self.groups:
-                order, counts, scored = measured_groups[group.id]
-                self.curves[group.id] = {
-                    "widths": counts,
-                    "loss": [v[0] for v in scored],
-                    "accuracy": [v[1] for v in scored],
-                }
-                xs = np.array([0, *counts, group.size], dtype=np.float64)
-                # what each width loses: the loss gained, or the accuracy dropped
-                lost = np.array([v[at] - full for v in scored] + [0.0]) * (1 if at == 0 else -1)
-                value = -lost if power == 1 else -(np.maximum(lost, 0.0) ** power)
-                # Below the first measured width (every option keeps those channels) a
-                # slope steeper than any measured, so they rank first and the hull
-                # passes through the first measured width.
-                measured = np.abs(np.diff(value) / np.diff(xs[1:]))
-                steep = 2 * measured.max(initial=0) + 1.0
-                ys = np.array([value[0] - steep * xs[1], *value])
-                # No channel is worth less than nothing: a width measured no better than
-                # a narrower one (accuracy the model keeps down to the floor) scores 0,
-                # not less, so a budget the plan does not need is still spent.
-                slope = np.maximum(np.diff(upper_hull(xs, ys)), 0.0)
-                # a hair per rank, positive and falling, keeps the order (equal scores
-                # would fall back to channel index): 1e-9 of each slope (of the group's
-                # steepest measured slope where flatter; next to nothing in a group
-                # measured flat) over the whole group
-                mag = np.maximum(slope, measured.max(initial=0) or 1e-30)
-                score = np.empty(group.size)
-                score[order] = slope + 1e-9 * mag * np.arange(group.size, 0, -1) / group.size
-                out[group.id] = score
-            self._scores = out
-            self.seconds = time.perf_counter() - t0
-            return out
-
-    return Sensitivity
+    return Measured
 
 
 # --------------------------------------------------------------------------- summaries
@@ -1360,6 +1219,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     n = CALIBRATION_BATCHES
     calibrated = {  # method: (importance, calibration batches, knapsack steps)
         "halp-taylor-abs-calib": ("taylor-abs", n, 1),
+        "halp-sensitivity": ("sensitivity", n, 1),
         "halp-taylor-weights-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
         "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),
@@ -1367,17 +1227,13 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
     }
-    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
-
-    floor = DEFAULT_MIN_KEEP if args.min_keep is None else args.min_keep
     measured = {  # method: how its sensitivity() values the measurement
         "halp-sensitivity-calib": {},
         "halp-sensitivity-max-calib": {"power": SENSITIVITY_POWER},
         "halp-sensitivity-acc-calib": {"metric": "accuracy"},
     }
     for method in [m for m in selected if m in measured]:
-        crit = sensitivity(data, args.batch_size, align, min_keep=floor, **measured[method])
-        calibrated[method] = (crit, n, 1)
+        calibrated[method] = (sensitivity(data, **measured[method]), n, 1)
     for method in [m for m in selected if m in calibrated]:
 
         def calibrated_fn(how=calibrated[method]):

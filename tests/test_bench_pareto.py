@@ -715,44 +715,10 @@ def test_fastnas_scores_on_training_images_unless_told_otherwise(pareto):
         pareto.fastnas_score_set(data, "test")
 
 
-def test_sensitivity_counts_are_whole_bundles_from_the_floor_spread_evenly(pareto):
-    assert pareto.sensitivity_counts(960, 1, 16, 0.3, 6) == [288, 416, 544, 688, 816, 944]
-    assert pareto.sensitivity_counts(64, 1, 16, 0.3, 6) == [32, 48]
-    assert pareto.sensitivity_counts(16, 1, 16, 0.3, 6) == []
-    assert pareto.sensitivity_counts(48, 1, 8, 0.0, 10) == [8, 16, 24, 32, 40]
-    assert pareto.sensitivity_counts(96, 6, 16, 0.0, 10) == [48]  # whole units: lcm(16, 6)
-
-
-def test_sensitivity_refuses_an_unknown_metric(pareto):
-    with pytest.raises(ValueError, match="metric must be 'loss' or 'accuracy', not 'f1'"):
-        pareto.sensitivity(None, 8, 8, min_keep=0, metric="f1")
-
-
-def test_upper_hull_is_the_least_concave_majorant(pareto):
-    xs = np.array([0.0, 2.0, 3.0, 5.0, 8.0])
-    ys = np.array([0.0, 1.0, 3.0, 3.5, 3.0])
-    got = pareto.upper_hull(xs, ys)
-    # brute force: the majorant at k is the best chord through two points around it
-    want = [
-        max(
-            ys[i] + (ys[j] - ys[i]) * (k - xs[i]) / (xs[j] - xs[i]) if j > i else ys[i]
-            for i in range(len(xs))
-            for j in range(i, len(xs))
-            if xs[i] <= k <= xs[j]
-        )
-        for k in range(9)
-    ]
-    assert got == pytest.approx(want)
-    assert (np.diff(got, 2) <= 1e-12).all()
-
-
-@pytest.mark.parametrize("power, metric", [(1.0, "loss"), (8.0, "loss"), (1.0, "accuracy")])
-def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, power, metric):
-    """The criterion masks each group alone at its measured widths, channels ranked by
-    L2 norm, BatchNorm statistics re-estimated; a group's scores, summed in their order,
-    give the loss the full model has minus the loss at that width (the concave majorant
-    of those points; with ``power``, minus the increase to that power; by accuracy, the
-    accuracy there minus the full model's), and the model is left as it was."""
+def test_sensitivity_scores_subnets_on_fastnas_images_and_measures_once(pareto):
+    """The bench's measuring criterion: BatchNorm statistics from the calibration
+    batches, each subnet scored on the training images FastNAS scores on; a second
+    criterion on the same model state (another power or metric) measures nothing again."""
     import types
 
     from torch.utils.data import TensorDataset
@@ -767,65 +733,42 @@ def test_sensitivity_scores_add_up_to_the_loss_measured_at_each_width(pareto, po
     )
     model = copy.deepcopy(dense)
     graph = ChannelGraph(model, (x,))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    pareto.MEASURED.clear()
-    crit = pareto.sensitivity(data, 8, 8, min_keep=0, power=power, metric=metric)(graph)
-    scores = crit.scores()
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert crit.scores() is scores and crit.facts["sensitivity_evaluations"] == 1 + 1 + 3
     batches = list(pareto.calibration_batches(data, 8))
+    options = {g.id: (8, 8) for g in graph.prunable}
+    pareto.MEASURED.clear()
+    crit = pareto.sensitivity(data, metric="accuracy")(graph)
+    crit.measure(batches, options)
+    assert crit.facts["sensitivity_evaluations"] == 1 + 1 + 3
     score_set = pareto.fastnas_score_set(data, "train")
 
-    def loss(keep) -> tuple[float, float]:
+    def scored(keep) -> tuple[float, float]:
         m = copy.deepcopy(dense)
-        g = ChannelGraph(m, (x,))
         if keep:
-            g.mask(keep)
+            ChannelGraph(m, (x,)).mask(keep)
         recalibrate_bn(m, batches, len(batches), "cpu")
         return evaluate(m, score_set)
 
-    full_loss, full_acc = loss({})
-    assert crit.facts["sensitivity_full_loss"] == pytest.approx(full_loss)
-    assert crit.facts["sensitivity_full_accuracy"] == pytest.approx(full_acc)
+    assert crit.full == pytest.approx(scored({}))
     l2 = get_importance("l2")(graph).scores()
     for group in graph.prunable:
         order = np.argsort(-l2[group.id], kind="stable")
-        assert (np.argsort(-scores[group.id], kind="stable") == order).all()
-        widths = pareto.sensitivity_counts(group.size, 1, 8, 0, 6)
         curve = crit.facts["sensitivity_curves"][str(group.id)]
-        assert curve["widths"] == widths
-        measured = [loss({group.id: sorted(order[:k].tolist())}) for k in widths]
-        assert curve["loss"] == pytest.approx([v[0] for v in measured])
-        assert curve["accuracy"] == pytest.approx([v[1] for v in measured])
-        xs = np.array([*widths, group.size], dtype=float)
-        if metric == "loss":
-            lost = [v[0] - full_loss for v in measured]
-        else:
-            lost = [full_acc - v[1] for v in measured]
-        if power == 1:
-            value = np.array([-v for v in lost] + [0.0])
-        else:
-            value = -np.array([max(v, 0.0) ** power for v in lost] + [0.0])
-        hull = pareto.upper_hull(xs, value)
-        prefix = np.concatenate([[0.0], np.cumsum(np.sort(scores[group.id])[::-1])])
-        for k in widths:  # what keeping k channels is worth, relative to keeping all:
-            # the majorant's rise from k to the full width, falls not counted
-            assert prefix[k] - prefix[-1] == pytest.approx(
-                -np.maximum(np.diff(hull), 0)[k - widths[0] :].sum(), abs=1e-9
-            )
-        assert (scores[group.id] > 0).all()  # a wider plan is never worth less
-    # the other power on the same model state measures nothing again
-    other = pareto.sensitivity(data, 8, 8, min_keep=0, power=9 - power)(graph)  # loss
-    other.scores()
+        again = [scored({group.id: sorted(order[:k].tolist())}) for k in curve["widths"]]
+        assert curve["loss"] == pytest.approx([v[0] for v in again])
+        assert curve["accuracy"] == pytest.approx([v[1] for v in again])
+    other = pareto.sensitivity(data, power=pareto.SENSITIVITY_POWER)(graph)  # loss
+    other.measure(batches, options)
     assert other.facts["sensitivity_evaluations"] == 0
     assert other.facts["sensitivity_curves"] == crit.facts["sensitivity_curves"]
+    assert other.facts["sensitivity_metric"] == "loss"
 
 
 def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_path):
     out = tmp_path / "p.json"
     argv = tiny_argv(
         tmp_path, "--seeds", "0",
-        "--methods", "halp-sensitivity-calib,halp-sensitivity-max-calib,halp-sensitivity-acc-calib",
+        "--methods", "halp-sensitivity-calib,halp-sensitivity-max-calib,halp-sensitivity-acc-calib,"
+        "halp-sensitivity",
         "--reference", "halp-sensitivity-calib", "--epochs", "1", "--pretrain-epochs", "1",
         "--step", "8", "--rounds", "3", "--no-feedback", "--out", str(out),
     )  # fmt: skip
@@ -839,7 +782,14 @@ def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_p
     assert run["sensitivity_evaluations"] == 1 + sum(
         len(c["widths"]) for c in run["sensitivity_curves"].values()
     )
+    *others, shipped = others
     for other in others:  # the same dense model, measured once
         assert other["sensitivity_evaluations"] == 0
         assert other["sensitivity_curves"] == run["sensitivity_curves"]
     assert [r["sensitivity_metric"] for r in others] == ["loss", "accuracy"]
+    # halp-trt's own scores on its calibration batches: measured by itself, same widths
+    assert shipped["method"] == "halp-sensitivity"
+    assert shipped["sensitivity_evaluations"] == run["sensitivity_evaluations"]
+    assert shipped["sensitivity_metric"] == "accuracy"
+    widths = {g: c["widths"] for g, c in shipped["sensitivity_curves"].items()}
+    assert widths == {g: c["widths"] for g, c in run["sensitivity_curves"].items()}

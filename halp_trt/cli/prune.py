@@ -21,7 +21,9 @@ IMPORTANCE_HELP = (
     "magnitude), taylor-abs-mean (averaged over them instead: for plain residual "
     "networks, see the README), taylor-l2 (their L2 norm), taylor (HALP's as published), "
     "taylor-weights (the weights of the layers that write and read a channel, not its "
-    "BatchNorms), l1, l2, sp-lamp"
+    "BatchNorms), l1, l2, sp-lamp, sensitivity (each group's training accuracy measured "
+    "at each width before training, FastNAS-style; needs --calibration-batches; "
+    "sensitivity-loss: the loss instead)"
 )
 BN_BATCHES_HELP = (
     "after the last epoch, re-estimate the BatchNorm statistics over N training "

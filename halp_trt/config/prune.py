@@ -95,11 +95,18 @@ class PruneConfig(ConfigBase):
         except UserError:
             self._fail("target", "must be like 0.5x (fraction of the unpruned latency) or 3ms")
         try:
-            resolve_importance(self.importance)
+            criterion, name = resolve_importance(self.importance)
         except UserError as exc:
             raise ConfigError(
                 type(self).__name__, "importance", f"is not usable ({exc})", self.importance
             ) from None
+        self._int("calibration_batches", 0)
+        self._require(
+            "calibration_batches",
+            not getattr(criterion, "needs_batches", False) or self.calibration_batches > 0,
+            f"must be at least 1 with importance {name}: it measures subnets on "
+            "calibration minibatches and prunes once, before training",
+        )
         self._choice("schedule", SCHEDULES)
         self._int("steps", 1)
         self._int("interval", 1, optional=True)

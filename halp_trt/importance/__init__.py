@@ -5,12 +5,14 @@ gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in ab
 value: :data:`DEFAULT_IMPORTANCE`), ``taylor-abs-mean`` and ``taylor-l2`` (the terms
 averaged, or combined by their L2 norm), ``taylor-weights`` (scored on the weights of the
 layers that write and read a channel, not on its BatchNorms), ``l1`` and ``l2`` (filter
-norms) and ``sp-lamp`` (LAMP-normalised squared filter norms).
+norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
+``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
+training, on calibration minibatches).
 ``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
 also takes a criterion object (a class or a factory).
 """
 
-from . import magnitude, taylor  # noqa: F401  (registers the built-in criteria)
+from . import magnitude, sensitivity, taylor  # noqa: F401  (registers the built-in criteria)
 from .base import (
     DEFAULT_IMPORTANCE,
     Importance,

@@ -53,10 +53,15 @@ class Importance:
     Attributes:
         name: the registry name.
         needs_gradients: True when :meth:`accumulate` must be called after backward.
+        needs_batches: True for a criterion that measures subnets before training
+            (``sensitivity``): the pruner's ``calibrate`` hands it the calibration
+            minibatches and each group's knapsack options through ``measure(batches,
+            options, loss_fn)``, and it cannot score while training.
     """
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
+    needs_batches: ClassVar[bool] = False
 
     def __init__(self, graph: Any) -> None:
         self.graph = graph

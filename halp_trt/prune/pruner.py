@@ -252,6 +252,12 @@ class Pruner:
                 f"importance {self.importance_name} built a {type(self.importance).__name__}, "
                 "not an Importance"
             )
+        if self.importance.needs_batches and not self.calibration_batches:
+            raise PruningError(
+                f"importance {self.importance_name} measures subnets on calibration "
+                "minibatches and prunes once, before training: set calibration_batches "
+                "(--calibration-batches N) and a one-step schedule"
+            )
         self.keep: dict[int, tuple[int, ...]] = {
             g.id: tuple(range(g.size)) for g in self.graph.prunable
         }
@@ -446,9 +452,11 @@ class Pruner:
 
         Each minibatch runs forward and backward in training mode; no weight changes, and
         the BatchNorm running statistics are put back as they were. The gradients are
-        cleared afterwards. Under ``torchrun`` each rank scores its own minibatches (call
-        it on every rank with the pruner's module, not its DDP wrapper); the scores are
-        averaged over ranks, as in a step.
+        cleared afterwards. A measuring criterion (``sensitivity``: ``needs_batches``)
+        gets the minibatches instead, with each group's bundle and floor, and scores
+        its subnets on them (the model put back as it was). Under ``torchrun`` each
+        rank scores its own minibatches (call it on every rank with the pruner's
+        module, not its DDP wrapper); the scores are averaged over ranks, as in a step.
 
         Args:
             batches: an iterable of ``(inputs, targets)`` on the model's device.
@@ -477,7 +485,9 @@ class Pruner:
         was_training, used = module.training, 0
         try:
             module.train()
-            if self.importance.needs_gradients:
+            if self.importance.needs_batches:
+                used = self._measure_importance(batches, loss_fn)
+            elif self.importance.needs_gradients:
                 for inputs, targets in batches:
                     if used == self.calibration_batches:
                         break
@@ -491,13 +501,37 @@ class Pruner:
             module.zero_grad(set_to_none=True)
             module.load_state_dict(saved, strict=False)
             module.train(was_training)
-        if self.importance.needs_gradients and used < self.calibration_batches:
+        needs_data = self.importance.needs_gradients or self.importance.needs_batches
+        if needs_data and used < self.calibration_batches:
             self.importance.reset()
             raise PruningError(
                 f"calibration asked for {self.calibration_batches} minibatches and got "
                 f"{used}: fewer calibration batches, or a larger training set"
             )
         return self._prune(self.budgets[0])
+
+    def _measure_importance(self, batches: Any, loss_fn: Any) -> int:
+        """Hand a measuring criterion (``needs_batches``) the first
+        ``calibration_batches`` minibatches and every group's knapsack bundle and floor;
+        the number of minibatches it got (fewer than asked: nothing measured)."""
+        from ..solver.knapsack import least_option
+
+        taken = []
+        for inputs, targets in batches:
+            if len(taken) == self.calibration_batches:
+                break
+            taken.append((inputs, targets))
+        if len(taken) < self.calibration_batches:
+            return len(taken)
+        bundle, least = self._solver_options["bundle"], self._solver_options["min_channels"]
+        options = {
+            g.id: least_option(self.table, g, g.size, bundle, least, self.min_keep)
+            for g in self.graph.prunable
+        }
+        t0 = time.perf_counter()
+        self.importance.measure(taken, options, loss_fn)
+        self.timers["accumulate"] += time.perf_counter() - t0
+        return len(taken)
 
     def step(self) -> StepRecord | None:
         """Advance one iteration (call after ``optimizer.step()``).

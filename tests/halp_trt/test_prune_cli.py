@@ -154,6 +154,10 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
             ["--calibration-batches prunes once, before training", "oneshot schedule"],
         ),
         (["--calibration-batches", "1000"], ["asked for 1000 minibatches and got 11"]),
+        (
+            ["--importance", "sensitivity"],
+            ["--calibration-batches must be at least 1 with importance sensitivity"],
+        ),
     ],
     ids=[
         "infeasible",
@@ -173,6 +177,7 @@ def test_prune_writes_model_plan_and_log(halp_cli, setup, tmp_path):
         "feedback-on-analytic-table",
         "calibration-with-steps",
         "calibration-past-the-data",
+        "sensitivity-without-calibration",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_result(halp_cli, setup, tmp_path, extra, fragments):
@@ -351,9 +356,10 @@ def test_prune_and_run_share_their_training_options_and_name_every_criterion():
     assert (cfg.prune.calibration_batches, cfg.prune.schedule) == (8, "oneshot")
 
 
-def test_calibration_batches_prune_once_before_training(halp_cli, setup, tmp_path):
+@pytest.mark.parametrize("importance", ["taylor-abs", "sensitivity"])
+def test_calibration_batches_prune_once_before_training(halp_cli, setup, tmp_path, importance):
     out = tmp_path / "out"
-    result = halp_cli(*common(setup, out, "--calibration-batches", "3"))
+    result = halp_cli(*common(setup, out, "--calibration-batches", "3", "--importance", importance))
     assert result.returncode == 0, result.stderr
     assert "one step before training, scored on 3 minibatches" in result.stdout
     log = json.loads((out / "log.json").read_text())
