@@ -562,6 +562,16 @@ MEASURED: dict[tuple, tuple[tuple[float, float], dict]] = {}
 SENSITIVITY_POWER = 8.0
 
 
+def tensor_digest(named) -> str:
+    """SHA-256 over ``(name, tensor)`` pairs: each name, dtype, shape and bytes (any
+    dtype, bfloat16 included, which NumPy cannot hold)."""
+    digest = hashlib.sha256()
+    for k, v in named:
+        digest.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        digest.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def sensitivity(data, *, power: float = 1.0, metric: str = "loss", **options) -> type:
     """halp-trt's measuring criterion (``halp_trt.importance.sensitivity``: each group's
     loss or accuracy measured at up to six widths from the floor up, the knapsack on
@@ -593,15 +603,9 @@ def sensitivity(data, *, power: float = 1.0, metric: str = "loss", **options) ->
             )
 
         def measurements(self, batches, groups, loss_fn):
-            digest = hashlib.sha256()
-            for k, v in self.model.state_dict().items():
-                digest.update(k.encode())
-                digest.update(v.detach().cpu().contiguous().numpy().tobytes())
-            for xb, yb in batches:
-                digest.update(xb.cpu().contiguous().numpy().tobytes())
-                digest.update(yb.cpu().contiguous().numpy().tobytes())
-            key = (digest.hexdigest(), id(data), tuple(sorted(groups.items())),
-                   self.points, self.ranking)  # fmt: skip
+            tensors = [t for xb, yb in batches for t in (xb, yb)]
+            key = (tensor_digest([*self.model.state_dict().items(), *enumerate(tensors)]),
+                   id(data), tuple(sorted(groups.items())), self.points, self.ranking)  # fmt: skip
             if key not in MEASURED:
                 MEASURED[key] = super().measurements(batches, groups, loss_fn)
             return MEASURED[key]

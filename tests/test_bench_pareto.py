@@ -763,6 +763,21 @@ def test_sensitivity_scores_subnets_on_fastnas_images_and_measures_once(pareto):
     assert other.facts["sensitivity_metric"] == "loss"
 
 
+def test_tensor_digest_tells_values_dtypes_and_shapes_apart(pareto):
+    a = torch.arange(6, dtype=torch.float32)
+    base = pareto.tensor_digest([("w", a), ("n", torch.tensor(3))])
+    assert base == pareto.tensor_digest([("w", a.clone()), ("n", torch.tensor(3))])
+    for other in (
+        [("w", a.reshape(2, 3)), ("n", torch.tensor(3))],
+        [("w", a.double()), ("n", torch.tensor(3))],
+        [("w", a + 1e-6), ("n", torch.tensor(3))],
+        [("v", a), ("n", torch.tensor(3))],
+    ):
+        assert pareto.tensor_digest(other) != base
+    bf16 = pareto.tensor_digest([("w", a.bfloat16())])  # NumPy has no bfloat16
+    assert bf16 != pareto.tensor_digest([("w", a.half())])
+
+
 def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_path):
     out = tmp_path / "p.json"
     argv = tiny_argv(
