@@ -120,7 +120,6 @@ class PruneConfig(ConfigBase):
         )
         self._int("min_interval", 1)
         self._int("start", 0)
-        self._int("calibration_batches", 0)
         self._require(
             "calibration_batches",
             not self.calibration_batches or self.schedule == "oneshot",

@@ -22,7 +22,7 @@ and costs ``1 + sum over groups of its widths measured`` subnets, each
 
 Why accuracy by default: on a model that fits its training images (accuracy 1.0) the
 loss counts the confidence of answers that stay right, and loss-valued plans kept the
-wide, cheap-to-run layers whole; on bench/pareto.py's MobileNetV2 (harder digits, 0.3x,
+network's last, wide layer whole, which the measured table prices high; on bench/pareto.py's MobileNetV2 (harder digits, 0.3x,
 three seeds) accuracy-valued plans scored 0.850, loss-valued 0.835, and FastNAS 0.848
 (bench/PARETO.md, "A criterion that measures").
 """
@@ -157,8 +157,8 @@ class Sensitivity(Importance):
             gains).
         power: value a group by minus its drop to this power (1: the drop itself).
         points: widths measured per group, at most.
-        ranking: the criterion that orders a group's channels for masking (``"l2"``:
-            filter norms, as FastNAS orders them).
+        ranking: the criterion that orders a group's channels for masking, one that
+            reads the weights alone (``"l2"``: filter norms, as FastNAS orders them).
         score_batches: minibatches to score subnets on instead of the calibration ones
             (the BatchNorm statistics still come from the calibration minibatches).
 
@@ -190,8 +190,12 @@ class Sensitivity(Importance):
         if int(points) != points or points < 2:
             raise ImportanceError(f"points must be an integer >= 2, not {points!r}")
         self.metric_name, self.power, self.points = metric, float(power), int(points)
+        rank = get_importance(ranking)  # an unknown ranking fails here, before any data
+        if rank.needs_gradients or rank.needs_batches:
+            raise ImportanceError(
+                f"ranking must read the weights alone (l1, l2, sp-lamp), not {ranking!r}"
+            )
         self.ranking = ranking
-        get_importance(ranking)  # an unknown ranking fails here, not after training starts
         self.score_batches = score_batches
         self._scores: dict[int, np.ndarray] | None = None
         self.curves: dict[int, dict[str, list]] = {}

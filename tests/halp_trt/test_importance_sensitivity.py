@@ -181,6 +181,8 @@ def test_bad_use_is_refused_with_a_clear_error(table):
         Sensitivity(graph, metric="f1")
     with pytest.raises(ImportanceError, match="unknown importance 'l3'"):
         Sensitivity(graph, ranking="l3")
+    with pytest.raises(ImportanceError, match="ranking must read the weights alone"):
+        Sensitivity(graph, ranking="taylor")
     crit = Sensitivity(graph)
     with pytest.raises(ImportanceError, match="no widths for groups"):
         crit.measure(batches(1), {})
@@ -192,6 +194,17 @@ def test_bad_use_is_refused_with_a_clear_error(table):
     loss = get_importance("sensitivity-loss")(graph)
     loss.measure(soft, options)
     assert np.isnan(loss.full[1]) and all(np.isfinite(s).all() for s in loss.scores().values())
+
+
+def test_a_prune_config_asks_for_calibration_batches():
+    from halp_trt.config import ConfigError, PruneConfig
+
+    with pytest.raises(ConfigError, match="must be at least 1 with importance sensitivity"):
+        PruneConfig(target="0.5x", importance="sensitivity")
+    cfg = PruneConfig(
+        target="0.5x", importance="sensitivity-loss", schedule="oneshot", calibration_batches=8
+    )
+    assert cfg.calibration_batches == 8
 
 
 def test_scores_survive_a_state_dict_round_trip():
