@@ -126,6 +126,67 @@ def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
         assert a["local"][0].keys() == b["local"][0].keys()
 
 
+def _measuring_worker(rank: int, world: int, port: int, table_path: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from halp_trt.prune import Pruner
+    from lut_builder import LatencyTable
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(0)
+        model = CifarResNet(8, 10, 3, width=16)
+        x = torch.randn(1, 3, 16, 16)
+        pruner = Pruner(
+            model, x, LatencyTable.open(table_path), "0.6x", importance="sensitivity-loss",
+            schedule="oneshot", calibration_batches=2,
+        )  # fmt: skip
+        gen = torch.Generator().manual_seed(100 + rank)  # each rank its own minibatches
+        batches = [
+            (torch.randn(4, 3, 16, 16, generator=gen), torch.randint(0, 10, (4,), generator=gen))
+            for _ in range(2)
+        ]
+        pruner.calibrate(batches)
+        crit = pruner.importance
+        Path(out_dir, f"rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "keep": {str(g): list(k) for g, k in pruner.keep.items()},
+                    "curves": {str(g): c["loss"] for g, c in crit.curves.items()},
+                    "evaluations": crit.evaluations,
+                    "total": pruner.total_channels,
+                }
+            )
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_measuring_criterion_under_two_gloo_ranks_ends_with_one_plan(tmp_path):
+    """Each rank measures the subnets on its own minibatches (the BatchNorm statistics
+    averaged over the ranks, as ``recalibrate_bn`` does); the scores are all-reduced and
+    the plan broadcast, so both ranks keep the same channels."""
+    torch.manual_seed(0)
+    table = analytic_table(
+        tmp_path / "r8.lut", CifarResNet(8, 10, 3, width=16), torch.randn(1, 3, 16, 16)
+    )
+    table.close()
+    mp.spawn(
+        _measuring_worker,
+        args=(2, _free_port(), str(tmp_path / "r8.lut"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert a["keep"] == b["keep"]
+    assert sum(len(k) for k in a["keep"].values()) < a["total"]  # pruned
+    assert a["evaluations"] == b["evaluations"] > 1
+    assert a["curves"] != b["curves"]  # their own minibatches: agreement is the reduce's
+
+
 @pytest.mark.slow
 def test_prune_command_under_torchrun_writes_one_result(tmp_path):
     """`torchrun --nproc_per_node 2 -m halp_trt prune ...` on CPU (gloo)."""
