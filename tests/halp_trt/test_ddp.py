@@ -93,21 +93,26 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(
-    "wrap", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "ddp-wrapped"]
-)
-def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
+def _two_ranks(worker, tmp_path, *args) -> None:
+    """ResNet-8's analytic table in ``tmp_path``, then ``worker`` on two gloo ranks."""
     torch.manual_seed(0)
     table = analytic_table(
         tmp_path / "r8.lut", CifarResNet(8, 10, 3, width=16), torch.randn(1, 3, 16, 16)
     )
     table.close()
     mp.spawn(
-        _worker,
-        args=(2, _free_port(), str(tmp_path / "r8.lut"), str(tmp_path), wrap),
+        worker,
+        args=(2, _free_port(), str(tmp_path / "r8.lut"), str(tmp_path), *args),
         nprocs=2,
         join=True,
     )
+
+
+@pytest.mark.parametrize(
+    "wrap", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "ddp-wrapped"]
+)
+def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
+    _two_ranks(_worker, tmp_path, wrap)
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert a["keep"] == b["keep"]
     assert a["widths"] == b["widths"]
@@ -169,17 +174,7 @@ def test_a_measuring_criterion_under_two_gloo_ranks_ends_with_one_plan(tmp_path)
     """Each rank measures the subnets on its own minibatches (the BatchNorm statistics
     averaged over the ranks, as ``recalibrate_bn`` does); the scores are all-reduced and
     the plan broadcast, so both ranks keep the same channels."""
-    torch.manual_seed(0)
-    table = analytic_table(
-        tmp_path / "r8.lut", CifarResNet(8, 10, 3, width=16), torch.randn(1, 3, 16, 16)
-    )
-    table.close()
-    mp.spawn(
-        _measuring_worker,
-        args=(2, _free_port(), str(tmp_path / "r8.lut"), str(tmp_path)),
-        nprocs=2,
-        join=True,
-    )
+    _two_ranks(_measuring_worker, tmp_path)
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert a["keep"] == b["keep"]
     assert sum(len(k) for k in a["keep"].values()) < a["total"]  # pruned
