@@ -22,9 +22,11 @@ and costs ``1 + sum over groups of its widths measured`` subnets, each
 
 Why accuracy by default: on a model that fits its training images (accuracy 1.0) the
 loss counts the confidence of answers that stay right, and loss-valued plans kept the
-network's last, wide layer whole, which the measured table prices high; on bench/pareto.py's MobileNetV2 (harder digits, 0.3x,
-three seeds) accuracy-valued plans scored 0.850, loss-valued 0.835, and FastNAS 0.848
-(bench/PARETO.md, "A criterion that measures").
+network's last, wide layer whole, which the measured table prices high; on
+bench/pareto.py's MobileNetV2 (harder digits, 0.3x, three seeds) accuracy-valued plans
+scored 0.839-0.850 in two runs, loss-valued 0.835. It is not a default: there, over six
+seeds, it scored 0.837 where FastNAS scored 0.845 (bench/PARETO.md, "The measured
+criterion re-run").
 """
 
 from __future__ import annotations
