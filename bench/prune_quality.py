@@ -332,6 +332,7 @@ def plan_facts(pruner, plan) -> dict[str, Any]:
         "base_predicted_ms": plan.base_ms,
         "steps_measured_ratio": [h.measured_ratio for h in pruner.history],
         "steps_measured_halfwidth": [h.measured_halfwidth for h in pruner.history],
+        "steps_feedback_tries": [[list(t) for t in h.feedback_tries] for h in pruner.history],
         "steps_predicted_ratio": [h.predicted_ms / plan.base_ms for h in pruner.history],
     }
 

@@ -42,6 +42,11 @@ class StepRecord:
             too busy to make reliably).
         measured_halfwidth: the half-width of that measurement's 95% interval, over
             the ratio (None when the feedback gives none).
+        feedback_tries: every plan the feedback measured in this step, in order, as
+            ``(predicted ratio, measured ratio, half-width)`` to the unpruned model:
+            the step's plan first, then each re-solve (the last step re-solves until a
+            plan lands in the window); a half-width above the feedback's trust (5%)
+            was too noisy to steer the plan. Empty without feedback.
     """
 
     step: int
@@ -55,9 +60,18 @@ class StepRecord:
     solve_s: float
     measured_ratio: float | None = None
     measured_halfwidth: float | None = None
+    feedback_tries: tuple[tuple[float, float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        tries = tuple(tuple(float(v) for v in t) for t in self.feedback_tries)
+        if any(len(t) != 3 for t in tries):
+            raise PlanError("invalid plan: each feedback try is (predicted, measured, halfwidth)")
+        object.__setattr__(self, "feedback_tries", tries)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["feedback_tries"] = [list(t) for t in self.feedback_tries]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:

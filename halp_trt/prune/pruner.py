@@ -568,8 +568,9 @@ class Pruner:
         )
         self.steps_done += 1
         measured = halfwidth = None
+        tries: list[tuple[float, float, float]] = []
         if self.feedback is not None:
-            plan, measured, halfwidth = self._feedback(scores, plan)
+            plan, measured, halfwidth = self._feedback(scores, plan, tries)
         self._apply(plan)
         self.importance.reset()
         elapsed = time.perf_counter() - t0
@@ -586,6 +587,7 @@ class Pruner:
             solve_s=elapsed,
             measured_ratio=measured,
             measured_halfwidth=halfwidth,
+            feedback_tries=tuple(tries),
         )
         self.history.append(record)
         return record
@@ -630,7 +632,7 @@ class Pruner:
         return ratio, bool(getattr(self.feedback, "reliable", True)), halfwidth
 
     def _feedback(
-        self, scores: Mapping[int, np.ndarray], plan: Any
+        self, scores: Mapping[int, np.ndarray], plan: Any, tries: list
     ) -> tuple[Any, float | None, float | None]:
         """Measure the step's plan and keep the table's error near it. On the last step,
         re-solve (from the channels alive before it) until the plan measures within
@@ -639,7 +641,8 @@ class Pruner:
         move down by the interval, so that a plan measured noisily is still within the
         tolerance however the noise fell. The plan returned is the largest whose ratio
         with its interval is within the upper bound (else the smallest), with its ratio
-        and half-width."""
+        and half-width; each plan measured is appended to ``tries`` as (predicted ratio,
+        measured ratio, half-width)."""
         from .feedback import FEEDBACK_BELOW, FEEDBACK_SOLVES, FEEDBACK_TOLERANCE
 
         goal = self.target_ms / self.base_ms
@@ -650,6 +653,8 @@ class Pruner:
             measured, reliable, halfwidth = ddp.broadcast(
                 self._measure(plan) if ddp.rank() == 0 else None
             )
+            predicted = float(plan.predicted_ms) / self.base_ms
+            tries.append((predicted, measured, halfwidth))
             if not reliable:
                 # The machine is too busy to say what the plan costs. The plan stands as
                 # the table predicts it, corrected by the last reliable measurement (on
@@ -662,7 +667,7 @@ class Pruner:
                     stacklevel=3,
                 )
                 return plan, None, None
-            self.latency_error = measured / (float(plan.predicted_ms) / self.base_ms)
+            self.latency_error = measured / predicted
             tried.append((measured, halfwidth, plan))
             # The window, and the aim within it, move down by the measurement's interval.
             within = low <= measured * (1 + halfwidth) <= high

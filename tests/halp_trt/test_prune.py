@@ -16,7 +16,7 @@ from halp_trt.errors import PruningError, UserError
 from halp_trt.graph import ChannelGraph
 from halp_trt.importance import ImportanceError
 from halp_trt.prune import MaskSet, PrunePlan, Pruner, parse_target, schedule_targets
-from halp_trt.solver.plan import Plan
+from halp_trt.solver.plan import Plan, PlanError
 
 from .test_prune_support import (
     batches,
@@ -317,6 +317,12 @@ def test_feedback_corrects_the_budgets_and_lands_the_measured_ratio_on_the_targe
     assert 0.7 * 0.95 <= records[-1].measured_ratio <= 0.7 * 1.01
     assert pruner.latency_error == pytest.approx(1.15, rel=0.05)
     assert records[-1].predicted_ms < 0.7 * pruner.base_ms / 1.1
+    # Every plan measured is on record, in order: predicted and measured ratio, interval.
+    tries = [t for r in records for t in r.feedback_tries]
+    assert len(tries) == measure.calls and len(records[-1].feedback_tries) >= 1
+    for predicted, measured, halfwidth in tries:
+        assert measured == pytest.approx(1.15 * predicted, rel=1e-6) and halfwidth == 0
+    assert records[-1].measured_ratio in [t[1] for t in records[-1].feedback_tries]
     assert pruner.state_dict()["latency_error"] == pruner.latency_error
     # Without feedback the same schedule measures 15% over the target.
     model2, _ = fresh()
@@ -324,6 +330,13 @@ def test_feedback_corrects_the_budgets_and_lands_the_measured_ratio_on_the_targe
     run_schedule(plain, model2)
     slim, _ = plain.finalize(check=False)
     assert measure(slim) > 0.7 * 1.1
+    _, plan = pruner.finalize(check=False)  # the tries reach plan.json
+    again = PrunePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again.history[-1].feedback_tries == records[-1].feedback_tries
+    broken = plan.to_dict()
+    broken["pruning"]["steps"][-1]["feedback_tries"] = [[0.7, 0.8]]
+    with pytest.raises(PlanError, match="each feedback try"):
+        PrunePlan.from_dict(broken)
 
 
 def test_feedback_lands_a_noisier_measurement_further_below_the_target(table):
