@@ -56,6 +56,8 @@ comes before those epochs):
   (halp-trt's ``sensitivity``; the three share one measurement per dense model);
   ``halp-sensitivity`` halp-trt's ``--importance sensitivity --calibration-batches 8``
   as it ships: the same, each subnet scored on the 8 calibration batches themselves;
+  ``halp-sensitivity-tie`` the same with :data:`SENSITIVITY_LOSS_WEIGHT` times the loss
+  a width gains added to the accuracy it drops (``Sensitivity(loss_weight=...)``);
 - ``halp-taylor-norm``, ``halp-taylor-abs-norm``: ``taylor`` / ``taylor-abs`` with each
   group's scores divided by their mean over its channels still alive (Torch-Pruning's
   ``normalizer="mean"``): whether groups of different sizes and depths need their
@@ -184,6 +186,7 @@ METHODS = (
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
     "halp-sensitivity",
+    "halp-sensitivity-tie",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-sp-lamp",
@@ -560,6 +563,23 @@ MEASURED: dict[tuple, tuple[tuple[float, float], dict]] = {}
 #: of a sum of eighth powers is at most 1.3 times its largest term for 8 groups at the
 #: bound, 1.5 times for 25 (``n**(1/8)``).
 SENSITIVITY_POWER = 8.0
+#: ``halp-sensitivity-tie``'s weight of the loss a width gains beside the accuracy it
+#: drops: on the calibration minibatches a trained model fits, most groups drop no
+#: accuracy down to the floor and the loss tells them apart; 0.05 keeps the network's
+#: last layer at 944-1280 of 1280 in the six recorded 0.3x plans of the harder digits'
+#: MobileNetV2, where accuracy alone cut it to 128-592 (FastNAS keeps it whole).
+SENSITIVITY_LOSS_WEIGHT = 0.05
+
+
+def weighted_sensitivity(loss_weight: float) -> type:
+    """halp-trt's ``sensitivity`` with ``loss_weight`` set (the Python API's argument)."""
+    from halp_trt.importance.sensitivity import Sensitivity
+
+    class Weighted(Sensitivity):
+        def __init__(self, graph) -> None:
+            super().__init__(graph, loss_weight=loss_weight)
+
+    return Weighted
 
 
 def tensor_digest(named) -> str:
@@ -1224,6 +1244,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
     calibrated = {  # method: (importance, calibration batches, knapsack steps)
         "halp-taylor-abs-calib": ("taylor-abs", n, 1),
         "halp-sensitivity": ("sensitivity", n, 1),
+        "halp-sensitivity-tie": (weighted_sensitivity(SENSITIVITY_LOSS_WEIGHT), n, 1),
         "halp-taylor-weights-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
         "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),

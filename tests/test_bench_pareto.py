@@ -783,7 +783,7 @@ def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_p
     argv = tiny_argv(
         tmp_path, "--seeds", "0",
         "--methods", "halp-sensitivity-calib,halp-sensitivity-max-calib,halp-sensitivity-acc-calib,"
-        "halp-sensitivity",
+        "halp-sensitivity,halp-sensitivity-tie",
         "--reference", "halp-sensitivity-calib", "--epochs", "1", "--pretrain-epochs", "1",
         "--step", "8", "--rounds", "3", "--no-feedback", "--out", str(out),
     )  # fmt: skip
@@ -797,7 +797,7 @@ def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_p
     assert run["sensitivity_evaluations"] == 1 + sum(
         len(c["widths"]) for c in run["sensitivity_curves"].values()
     )
-    *others, shipped = others
+    *others, shipped, tie = others
     for other in others:  # the same dense model, measured once
         assert other["sensitivity_evaluations"] == 0
         assert other["sensitivity_curves"] == run["sensitivity_curves"]
@@ -808,3 +808,7 @@ def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_p
     assert shipped["sensitivity_metric"] == "accuracy"
     widths = {g: c["widths"] for g, c in shipped["sensitivity_curves"].items()}
     assert widths == {g: c["widths"] for g, c in run["sensitivity_curves"].items()}
+    # the loss weighed in beside the accuracy: the same measurement, other scores
+    assert tie["method"] == "halp-sensitivity-tie" and shipped["sensitivity_loss_weight"] == 0
+    assert tie["sensitivity_loss_weight"] == pareto.SENSITIVITY_LOSS_WEIGHT
+    assert tie["sensitivity_curves"] == shipped["sensitivity_curves"]

@@ -163,6 +163,10 @@ class Sensitivity(Importance):
             reads the weights alone (``"l2"``: filter norms, as FastNAS orders them).
         score_batches: minibatches to score subnets on instead of the calibration ones
             (the BatchNorm statistics still come from the calibration minibatches).
+        loss_weight: under the accuracy metric, add this times the loss a width gains
+            to the accuracy it drops: where a model fits its calibration minibatches,
+            most groups drop no accuracy down to their floor, and the loss then tells
+            them apart (0: accuracy alone).
 
     Attributes:
         curves: group id -> ``{"widths", "loss", "accuracy"}`` measured.
@@ -182,6 +186,7 @@ class Sensitivity(Importance):
         points: int = POINTS,
         ranking: str = "l2",
         score_batches: Sequence[Any] | None = None,
+        loss_weight: float = 0.0,
     ) -> None:
         super().__init__(graph)
         metric = type(self).metric if metric is None else metric
@@ -189,9 +194,14 @@ class Sensitivity(Importance):
             raise ImportanceError(f"metric must be 'accuracy' or 'loss', not {metric!r}")
         if not power >= 1:
             raise ImportanceError(f"power must be at least 1, not {power!r}")
+        if not (math.isfinite(loss_weight) and loss_weight >= 0):
+            raise ImportanceError(f"loss_weight must be a number >= 0, not {loss_weight!r}")
+        if loss_weight and metric != "accuracy":
+            raise ImportanceError("loss_weight adds the loss to the accuracy metric only")
         if int(points) != points or points < 2:
             raise ImportanceError(f"points must be an integer >= 2, not {points!r}")
         self.metric_name, self.power, self.points = metric, float(power), int(points)
+        self.loss_weight = float(loss_weight)
         rank = get_importance(ranking)  # an unknown ranking fails here, before any data
         if rank.needs_gradients or rank.needs_batches:
             raise ImportanceError(
@@ -218,6 +228,7 @@ class Sensitivity(Importance):
             "sensitivity_full_loss": self.full[0],
             "sensitivity_full_accuracy": self.full[1],
             "sensitivity_metric": self.metric_name,
+            "sensitivity_loss_weight": self.loss_weight,
             "sensitivity_evaluations": self.evaluations,
             "sensitivity_s": self.seconds,
         }
@@ -324,7 +335,7 @@ class Sensitivity(Importance):
                 "loss": [v[0] for v in scored],
                 "accuracy": [v[1] for v in scored],
             }
-            lost = [sign * (v[at] - full[at]) for v in scored]
+            lost = [sign * (v[at] - full[at]) + self.loss_weight * (v[0] - full[0]) for v in scored]
             out[group.id] = curve_scores(group.size, order, widths, lost, self.power)
         self.full, self._scores = full, out
 

@@ -98,18 +98,20 @@ def scored_on(model, x, keep, data) -> tuple[float, float]:
     return evaluate(m, images)
 
 
-@pytest.mark.parametrize("name, power", [("sensitivity", 1.0), ("sensitivity-loss", 1.0),
-                                         ("sensitivity-loss", 4.0)])  # fmt: skip
-def test_scores_add_up_to_what_each_width_measures(name, power):
+@pytest.mark.parametrize("name, power, weight", [
+    ("sensitivity", 1.0, 0.0), ("sensitivity", 1.0, 0.5), ("sensitivity-loss", 1.0, 0.0),
+    ("sensitivity-loss", 4.0, 0.0)])  # fmt: skip
+def test_scores_add_up_to_what_each_width_measures(name, power, weight):
     """Each group alone, masked at its measured widths in L2 order with the BatchNorm
     statistics re-estimated: the scores summed from a width to the full group are what
-    that width loses (accuracy dropped or loss gained, on the concave majorant of the
-    measured points), measured again here on a copy; the model is left as it was."""
+    that width loses (accuracy dropped or loss gained, plus ``weight`` times the loss
+    gained, on the concave majorant of the measured points), measured again here on a
+    copy; the model is left as it was."""
     model, x = fresh()
     graph = ChannelGraph(model, (x,))
     data = batches(3, seed=2, batch=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    crit = get_importance(name)(graph, power=power)
+    crit = get_importance(name)(graph, power=power, loss_weight=weight)
     options = {g.id: (8, 8) for g in graph.prunable}
     crit.measure(data, options)
     scores = crit.scores()
@@ -130,7 +132,9 @@ def test_scores_add_up_to_what_each_width_measures(name, power):
                  for k in widths[group.id]]  # fmt: skip
         assert curve["loss"] == pytest.approx([v[0] for v in again])
         assert curve["accuracy"] == pytest.approx([v[1] for v in again])
-        lost = np.array([sign * (v[at] - full[at]) for v in again] + [0.0])
+        lost = np.array(
+            [sign * (v[at] - full[at]) + weight * (v[0] - full[0]) for v in again] + [0.0]
+        )
         value = -lost if power == 1 else -(np.maximum(lost, 0) ** power)
         hull = upper_hull(np.array([*widths[group.id], group.size], dtype=float), value)
         ranked = scores[group.id][order]
@@ -183,6 +187,11 @@ def test_bad_use_is_refused_with_a_clear_error(table):
         Sensitivity(graph, ranking="l3")
     with pytest.raises(ImportanceError, match="ranking must read the weights alone"):
         Sensitivity(graph, ranking="taylor")
+    for weight in (-0.1, float("nan")):
+        with pytest.raises(ImportanceError, match="loss_weight must be a number >= 0"):
+            Sensitivity(graph, loss_weight=weight)
+    with pytest.raises(ImportanceError, match="to the accuracy metric only"):
+        get_importance("sensitivity-loss")(graph, loss_weight=0.1)
     crit = Sensitivity(graph)
     with pytest.raises(ImportanceError, match="no widths for groups"):
         crit.measure(batches(1), {})
