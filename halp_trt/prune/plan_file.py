@@ -69,9 +69,7 @@ class StepRecord:
         object.__setattr__(self, "feedback_tries", tries)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["feedback_tries"] = [list(t) for t in self.feedback_tries]
-        return d
+        return asdict(self)  # the tries as tuples: JSON writes them as lists
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:
