@@ -5,8 +5,12 @@ Each run pairs its methods inside each seed (the same dense model, the same mach
 minutes): the reference method minus each other method at the reference's measured
 latency, interpolated along the other method's points of that seed (bench/pareto.py's
 ``summarise``). Runs on other seeds add pairs; this pools those per-seed differences
-and gives their mean and 95% t interval over all seeds. A seed in two runs is refused
-(it would be counted twice), as are runs of other models, data or input shapes.
+and gives their mean and 95% t interval over all seeds. Runs of one seed with other
+methods join into that seed when they pruned the same dense model (its recorded
+accuracy equal: training is deterministic on one machine), each method's latency read
+against the dense model in its own run; one method of one seed and target in two runs
+is refused (it would be counted twice), as are runs of other models, data or input
+shapes.
 
 The yardstick beside it: Torch-Pruning and uniform width run twice per seed and target,
 at the reference's latency and one alignment step wider (``tp-taylor`` and
@@ -59,9 +63,10 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
 
     pareto = load_pareto()
     first_name, first = results[0]
-    seen: dict[int, str] = {}
-    pairs: dict[str, dict[str, list[dict]]] = {}
-    neighbours: dict[str, list[dict]] = {}
+    every: list[dict] = []
+    owner: dict[tuple, str] = {}
+    joined: dict[int, list[str]] = {}
+    dense_acc: dict[int, Any] = {}
     for name, result in results:
         for key in SAME:
             if result.get(key) != first.get(key):
@@ -77,38 +82,62 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
                 "timed one way pool"
             )
         runs = result["runs"]
-        seeds = {int(r["seed"]) for r in runs}
-        twice = sorted(s for s in seeds if s in seen)
-        if twice:
+        dense = result.get("dense") or {}
+        for seed in sorted({int(r["seed"]) for r in runs}):
+            acc = (dense.get(str(seed)) or {}).get("val_acc")
+            if seed in joined:
+                # A seed in two runs joins only on one dense model (training is
+                # deterministic on one machine: the same seed gives the same accuracy).
+                if acc is None or dense_acc[seed] is None or acc != dense_acc[seed]:
+                    raise BenchError(
+                        f"seed {seed} is in {joined[seed][0]} and {name}, whose dense models "
+                        f"are not known to be one (val acc {dense_acc[seed]} and {acc}): "
+                        "runs of one seed join only on the same dense model"
+                    )
+                joined[seed].append(name)
+            else:
+                joined[seed], dense_acc[seed] = [name], acc
+        for r in runs:
+            key = (int(r["seed"]), r["target"], r["method"])
+            if key in owner:
+                raise BenchError(
+                    f"seed {key[0]} is in {owner[key]} and {name} with {key[2]} at {key[1]} "
+                    "in both: it would be counted twice"
+                )
+            owner[key] = name
+            every.append({**r, "seed": key[0]})
+    for seed, names in sorted(joined.items()):
+        if not any(r["method"] == reference for r in every if r["seed"] == seed):
+            methods = sorted({r["method"] for r in every if r["seed"] == seed})
             raise BenchError(
-                f"seed {twice[0]} is in {seen[twice[0]]} and {name}: each seed must come "
-                "from one run (it would be counted twice)"
+                f"{' + '.join(names)} has no {reference!r} run of seed {seed} "
+                f"(methods: {', '.join(methods)})"
             )
-        seen.update({s: name for s in seeds})
-        methods = sorted({r["method"] for r in runs})
-        if reference not in methods:
-            raise BenchError(f"{name} has no {reference!r} runs (methods: {', '.join(methods)})")
-        targets = sorted({r["target"] for r in runs}, key=lambda t: -target_fraction(t))
-        found = pareto.summarise(runs, methods, targets, reference=reference)
-        for target, by_method in found["equal_latency"].items():
-            for method, eq in by_method.items():
-                rows = pairs.setdefault(target, {}).setdefault(method, [])
-                for seed, diff, inside in zip(eq["seeds"], eq["per_seed"], eq["bracketed"]):
-                    rows.append({"run": name, "seed": seed, "diff": diff, "bracketed": inside})
-        ok = {(r["seed"], r["target"], r["method"]): r for r in runs if _ok(r)}
-        for (seed, target, method), wide in sorted(ok.items()):
-            base = ok.get((seed, target, method[:-1])) if method.endswith("+") else None
-            if base is None:
-                continue
-            neighbours.setdefault(method[:-1], []).append(
-                {
-                    "run": name,
-                    "seed": seed,
-                    "target": target,
-                    "acc_points": 100 * (wide["val_acc"] - base["val_acc"]),
-                    "ratio_gap": wide["measured_ratio"] - base["measured_ratio"],
-                }
-            )
+    runs_of = {seed: "+".join(names) for seed, names in joined.items()}
+    methods = sorted({r["method"] for r in every})
+    targets = sorted({r["target"] for r in every}, key=lambda t: -target_fraction(t))
+    found = pareto.summarise(every, methods, targets, reference=reference)
+    pairs: dict[str, dict[str, list[dict]]] = {}
+    for target, by_method in found["equal_latency"].items():
+        for method, eq in by_method.items():
+            rows = pairs.setdefault(target, {}).setdefault(method, [])
+            for seed, diff, inside in zip(eq["seeds"], eq["per_seed"], eq["bracketed"]):
+                rows.append({"run": runs_of[seed], "seed": seed, "diff": diff, "bracketed": inside})
+    neighbours: dict[str, list[dict]] = {}
+    ok = {(r["seed"], r["target"], r["method"]): r for r in every if _ok(r)}
+    for (seed, target, method), wide in sorted(ok.items()):
+        base = ok.get((seed, target, method[:-1])) if method.endswith("+") else None
+        if base is None:
+            continue
+        neighbours.setdefault(method[:-1], []).append(
+            {
+                "run": runs_of[seed],
+                "seed": seed,
+                "target": target,
+                "acc_points": 100 * (wide["val_acc"] - base["val_acc"]),
+                "ratio_gap": wide["measured_ratio"] - base["measured_ratio"],
+            }
+        )
     out: dict[str, Any] = {"reference": reference, "runs": [n for n, _ in results]}
     out["equal_latency"] = {
         target: {

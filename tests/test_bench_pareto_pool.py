@@ -80,12 +80,40 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
     assert written["equal_latency"]["0.5x"]["tp-taylor"]["seeds"] == 3
 
 
+def dense(res, *accs):
+    """``res`` with its seeds' dense models recorded (their validation accuracy)."""
+    seeds = sorted({r["seed"] for r in res["runs"]})
+    return {**res, "dense": {str(s): {"val_acc": a} for s, a in zip(seeds, accs)}}
+
+
+def test_runs_of_one_seed_join_on_the_same_dense_model():
+    """Seed 0's TP in one run, its halp-trt and uniform in another, the dense model the
+    same: one seed's pairs, as if run together; the same method in both is refused."""
+    pool = load_bench("pareto_pool")
+    runs = first()["runs"]
+    halp = dense(result([r for r in runs if not r["method"].startswith("tp")]), 0.8)
+    tp = dense(result([r for r in runs if r["method"].startswith("tp")]), 0.8)
+    got = pool.pool([("a", halp), ("b", tp)], "halp-taylor-abs")
+    alone = pool.pool([("c", first())], "halp-taylor-abs")
+    for method in ("tp-taylor", "uniform"):
+        (row,) = got["equal_latency"]["0.5x"][method]["per_seed"]
+        assert row["run"] == "a+b" and row["seed"] == 0
+        assert row["diff"] == pytest.approx(
+            alone["equal_latency"]["0.5x"][method]["per_seed"][0]["diff"]
+        )
+    assert got["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"][0]["diff"] == pytest.approx(-0.03)
+    assert got["neighbouring_plans"]["tp-taylor"]["pairs"] == 1
+    with pytest.raises(pool.BenchError, match="with tp-taylor at 0.5x in both"):
+        pool.pool([("a", dense(first(), 0.8)), ("b", tp)], "halp-taylor-abs")
+
+
 @pytest.mark.parametrize(
     "other, message",
     [
         (first(), "seed 0 is in a.json and b.json"),
         (result(second()["runs"], model="n"), "b.json has model 'n'"),
-        (result([run(1, "tp-taylor", 0.5, 0.9)]), "b.json has no 'halp-taylor-abs' runs"),
+        (result([run(1, "tp-taylor", 0.5, 0.9)]), "b.json has no 'halp-taylor-abs' run of seed 1"),
+        (dense(first(), 0.8), "seed 0 is in a.json and b.json, whose dense models"),
         ("not json", "b.json is not a bench/pareto.py result"),
         (
             {**second(), "settings": {"timing": "blocks"}},
