@@ -1,0 +1,163 @@
+"""What the pruned models of bench/pareto.py runs kept, by kind of channel group.
+
+bench/plan_shapes.py shows the knapsack's one-shot plans of freshly trained models;
+this reads the models the pareto runs really fine-tuned and graded (each row's
+``widths``: the out-channels of every Conv2d, in module order) and splits the model's
+prunable groups by who writes them: coupled (several dense convs: a residual stream,
+written by a stage's first projection or the stem and every block's projection) or
+single (one: a block's inner width, an expanded layer with its depthwise conv, a
+stage's stream without residual adds). Per method over the seeds of the given runs it prints
+the mean kept fraction of each kind beside the mean accuracy: whether the methods that
+score higher keep the streams or the inner widths.
+
+    python bench/result_shapes.py bench/results/pareto_mobilenetv2_hard_v4_zen3_pre10_03x_e6_blocks_fastnas.json \\
+        --out bench/results/result_shapes_mobilenetv2_hard_v4_03x.json
+
+A seed of one method in several runs counts once (the last run given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_pricing import BenchError, load_pareto, load_result  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = load_pareto().OneLineParser(prog="result_shapes.py", description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="+", help="bench/pareto.py results (JSON) of one model")
+    p.add_argument("--target", default=None, help="only this target (e.g. 0.3x)")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    return p.parse_args(argv)
+
+
+def group_convs(model: Any, x: Any) -> list[dict[str, Any]]:
+    """Each prunable group of ``model``'s channel graph: its size, how many dense
+    (ungrouped) convs write it (a residual stream: several; a block's inner width: one,
+    a depthwise conv beside it writing the same channels), and the index (among the
+    model's Conv2d modules, in module order) of a conv that writes it; groups no conv
+    writes are left out."""
+    import torch.nn as nn
+
+    from halp_trt.graph import ChannelGraph
+
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    order = {name: i for i, (name, _) in enumerate(convs)}
+    dense = {name for name, m in convs if m.groups == 1}
+    graph = ChannelGraph(model, x)
+    out = []
+    for g in graph.prunable:
+        writers = sorted({order[r.layer] for r in g.producers if r.layer in order})
+        if writers:
+            out.append(
+                {
+                    "group": g.id,
+                    "size": g.size,
+                    "writers": sum(convs[i][0] in dense for i in writers),
+                    "conv": writers[0],
+                }
+            )
+    return out
+
+
+def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[str, Any]:
+    """Per target and method: seeds, mean accuracy, mean kept fraction of coupled and
+    single groups. Raises BenchError for runs of different models or input shapes, or
+    rows whose widths do not fit the model."""
+    first_name, first = results[0]
+    for name, result in results:
+        for key in ("model", "input_shape"):
+            if result.get(key) != first.get(key):
+                raise BenchError(
+                    f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
+                    "only runs of one model and input shape"
+                )
+    from halp_trt.specs import example_input, load_model
+
+    model = load_model(first["model"])
+    x = example_input(model, tuple(first["input_shape"]))
+    groups = group_convs(model, x)
+    rows: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for name, result in results:
+        for r in result["runs"]:
+            if r.get("status") != "ok" or "widths" not in r or "val_acc" not in r:
+                continue
+            if target is not None and r["target"] != target:
+                continue
+            widths = r["widths"]
+            if max(g["conv"] for g in groups) >= len(widths):
+                raise BenchError(
+                    f"{name}: a {r['method']} row has {len(widths)} widths, fewer than the "
+                    "model's convs"
+                )
+            kept = {
+                kind: statistics.fmean(
+                    widths[g["conv"]] / g["size"] for g in groups if (g["writers"] > 1) == coupled
+                )
+                for kind, coupled in (("coupled", True), ("single", False))
+                if any((g["writers"] > 1) == coupled for g in groups)
+            }
+            rows.setdefault((r["target"], r["method"]), {})[int(r["seed"])] = {
+                "val_acc": r["val_acc"],
+                **kept,
+            }
+    out: dict[str, Any] = {"runs": [n for n, _ in results], "by_target": {}}
+    for (t, method), seeds in sorted(rows.items()):
+        vals = list(seeds.values())
+        out["by_target"].setdefault(t, {})[method] = {
+            "seeds": sorted(seeds),
+            "val_acc_mean": statistics.fmean(v["val_acc"] for v in vals),
+            **{
+                f"{kind}_kept_mean": statistics.fmean(v[kind] for v in vals)
+                for kind in ("coupled", "single")
+                if kind in vals[0]
+            },
+        }
+    out["groups"] = {
+        "coupled": sum(g["writers"] > 1 for g in groups),
+        "single": sum(g["writers"] <= 1 for g in groups),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lut_builder.errors import UserError as LutUserError
+    from lut_builder.fileio import atomic_write_json, check_output
+
+    args = parse_args(argv)
+    try:
+        out = check_output(args.out, flag="--out", parents=True) if args.out else None
+        results = [(Path(p).name, load_result(p)) for p in args.results]
+        found = shapes(results, args.target)
+    except (BenchError, LutUserError) as exc:
+        print(f"result_shapes.py: error: {exc}", file=sys.stderr)
+        return 2
+    n = found["groups"]
+    print(f"kept fraction of {n['coupled']} coupled groups (streams) and {n['single']} single")
+    print(f"{'target':>6}  {'method':<28} {'seeds':>5}  {'acc':>6}  {'coupled':>7}  {'single':>6}")
+    for t, by_method in found["by_target"].items():
+        for method, s in by_method.items():
+            print(
+                f"{t:>6}  {method:<28} {len(s['seeds']):>5}  {s['val_acc_mean']:.4f}  "
+                f"{s.get('coupled_kept_mean', float('nan')):7.2f}  "
+                f"{s.get('single_kept_mean', float('nan')):6.2f}"
+            )
+    if out is not None:
+        command = "python bench/result_shapes.py " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        atomic_write_json(out, {"benchmark": "result_shapes", "command": command, **found})
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
