@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print(f"{args.reference} minus each method at its measured latency, points, 95% t interval")
-    print(f"{'target':>6}  {'method':<22} {'seeds':>5}  {'mean':>6}  {'interval':<16} ahead")
+    print(
+        f"{'target':>6}  {'method':<22} {'seeds':>5}  {'mean':>6}  {'interval':<16} ahead  "
+        "bracketed (the rest read off the method's points beyond their ends)"
+    )
     for target, by_method in found["equal_latency"].items():
         for method, eq in by_method.items():
             ci = eq["ci"]
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{target:>6}  {method:<22} {eq['seeds']:>5}  "
                 f"{100 * eq['halp_minus_method_mean']:+6.2f}  {span:<16} "
-                f"{eq['ahead']}/{eq['seeds']}"
+                f"{eq['ahead']}/{eq['seeds']}  {eq['bracketed']}/{eq['seeds']}"
             )
     if found["neighbouring_plans"]:
         print("one method's plan one step wider minus its matched plan, points:")

@@ -46,7 +46,7 @@ def second():
     )  # fmt: skip
 
 
-def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(tmp_path):
+def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(tmp_path, capsys):
     pool = load_bench("pareto_pool")
     got = pool.pool([("a", first()), ("b", second())], "halp-taylor-abs")
     tp = got["equal_latency"]["0.5x"]["tp-taylor"]
@@ -74,6 +74,11 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
     b.write_text(json.dumps(second()))
     out = tmp_path / "pool.json"
     assert pool.main([str(a), str(b), "--out", str(out)]) == 0
+    # tp-l2 ran at 0.3x only: at 0.5x its one point is read beyond its ends, and the
+    # table says so beside the pairs that are bracketed.
+    lines = {tuple(line.split()[:2]): line.split() for line in capsys.readouterr().out.splitlines()}
+    assert lines[("0.5x", "tp-taylor")][-2:] == ["1/3", "3/3"]
+    assert lines[("0.5x", "tp-l2")][-2:] == ["1/1", "0/1"]
     written = json.loads(out.read_text())
     assert written["benchmark"] == "pareto_pool" and written["runs"] == ["a.json", "b.json"]
     assert written["command"] == f"python bench/pareto_pool.py {a} {b} --out {out}"
