@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, load_pareto, load_result  # noqa: E402
+from plan_pricing import BenchError, keep_counts, load_pareto, load_result  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,39 +39,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def group_convs(model: Any, x: Any) -> list[dict[str, Any]]:
-    """Each prunable group of ``model``'s channel graph: its size, how many dense
-    (ungrouped) convs write it (a residual stream: several; a block's inner width: one,
-    a depthwise conv beside it writing the same channels), and the index (among the
-    model's Conv2d modules, in module order) of a conv that writes it; groups no conv
-    writes are left out."""
+def stream_groups(graph: Any, model: Any) -> dict[int, bool]:
+    """Each prunable group of ``graph`` that a conv of ``model`` writes: whether it is a
+    residual stream, written by several dense (ungrouped) convs (a block's inner width
+    has one, a depthwise conv beside it writing the same channels)."""
     import torch.nn as nn
 
-    from halp_trt.graph import ChannelGraph
-
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    order = {name: i for i, (name, _) in enumerate(convs)}
-    dense = {name for name, m in convs if m.groups == 1}
-    graph = ChannelGraph(model, x)
-    out = []
-    for g in graph.prunable:
-        writers = sorted({order[r.layer] for r in g.producers if r.layer in order})
-        if writers:
-            out.append(
-                {
-                    "group": g.id,
-                    "size": g.size,
-                    "writers": sum(convs[i][0] in dense for i in writers),
-                    "conv": writers[0],
-                }
-            )
-    return out
+    dense = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    return {
+        g.id: len({r.layer for r in g.producers if r.layer in dense}) > 1
+        for g in graph.prunable
+        if any(r.layer in convs for r in g.producers)
+    }
 
 
 def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[str, Any]:
     """Per target and method: seeds, mean accuracy, mean kept fraction of coupled and
     single groups. Raises BenchError for runs of different models or input shapes, or
     rows whose widths do not fit the model."""
+    import torch.nn as nn
+
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.specs import example_input, load_model
+
     first_name, first = results[0]
     for name, result in results:
         for key in ("model", "input_shape"):
@@ -80,11 +71,16 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
                     f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
                     "only runs of one model and input shape"
                 )
-    from halp_trt.specs import example_input, load_model
-
     model = load_model(first["model"])
-    x = example_input(model, tuple(first["input_shape"]))
-    groups = group_convs(model, x)
+    graph = ChannelGraph(model, example_input(model, tuple(first["input_shape"])))
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    stream = stream_groups(graph, model)
+    size = {g.id: g.size for g in graph.prunable}
+    kinds = {
+        kind: [gid for gid, is_stream in stream.items() if is_stream == coupled]
+        for kind, coupled in (("coupled", True), ("single", False))
+    }
+    kinds = {kind: gids for kind, gids in kinds.items() if gids}
     rows: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for name, result in results:
         for r in result["runs"]:
@@ -92,22 +88,16 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
                 continue
             if target is not None and r["target"] != target:
                 continue
-            widths = r["widths"]
-            if max(g["conv"] for g in groups) >= len(widths):
-                raise BenchError(
-                    f"{name}: a {r['method']} row has {len(widths)} widths, fewer than the "
-                    "model's convs"
-                )
-            kept = {
-                kind: statistics.fmean(
-                    widths[g["conv"]] / g["size"] for g in groups if (g["writers"] > 1) == coupled
-                )
-                for kind, coupled in (("coupled", True), ("single", False))
-                if any((g["writers"] > 1) == coupled for g in groups)
-            }
+            try:
+                keep = keep_counts(graph, convs, r["widths"])
+            except BenchError as exc:
+                raise BenchError(f"{name}: a {r['method']} row: {exc}") from None
             rows.setdefault((r["target"], r["method"]), {})[int(r["seed"])] = {
                 "val_acc": r["val_acc"],
-                **kept,
+                **{
+                    kind: statistics.fmean(keep[g] / size[g] for g in gids)
+                    for kind, gids in kinds.items()
+                },
             }
     out: dict[str, Any] = {"runs": [n for n, _ in results], "by_target": {}}
     for (t, method), seeds in sorted(rows.items()):
@@ -115,16 +105,9 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
         out["by_target"].setdefault(t, {})[method] = {
             "seeds": sorted(seeds),
             "val_acc_mean": statistics.fmean(v["val_acc"] for v in vals),
-            **{
-                f"{kind}_kept_mean": statistics.fmean(v[kind] for v in vals)
-                for kind in ("coupled", "single")
-                if kind in vals[0]
-            },
+            **{f"{kind}_kept_mean": statistics.fmean(v[kind] for v in vals) for kind in kinds},
         }
-    out["groups"] = {
-        "coupled": sum(g["writers"] > 1 for g in groups),
-        "single": sum(g["writers"] <= 1 for g in groups),
-    }
+    out["groups"] = {kind: len(kinds.get(kind, ())) for kind in ("coupled", "single")}
     return out
 
 

@@ -32,18 +32,24 @@ def result(rows, model=MODEL):
 def test_kept_fractions_by_kind_and_seed():
     import torch
 
+    from halp_trt.graph import ChannelGraph
     from halp_trt.models import resnet20
 
     shapes = load_bench("result_shapes")
-    groups = shapes.group_convs(resnet20(), torch.randn(2, 3, 16, 16))
+    model = resnet20()
+    graph = ChannelGraph(model, torch.randn(2, 3, 16, 16))
+    stream = shapes.stream_groups(graph, model)
     # ResNet-20: three stages, each a stream written by several convs; nine inner widths.
-    assert sum(g["writers"] > 1 for g in groups) == 3
-    assert sum(g["writers"] == 1 for g in groups) == 9
+    assert sum(stream.values()) == 3
+    assert sum(not s for s in stream.values()) == 9
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     w = widths()
     streams_half = list(w)
-    for g in groups:
-        if g["writers"] > 1:
-            streams_half[g["conv"]] = g["size"] // 2
+    for g in graph.prunable:
+        if stream.get(g.id):
+            for ref in g.producers:
+                if ref.layer in convs:
+                    streams_half[convs.index(ref.layer)] = g.size // 2
     found = shapes.shapes(
         [
             ("a", result([row(0, "whole", 0.9, w), row(1, "whole", 0.8, w)])),
@@ -61,7 +67,7 @@ def test_kept_fractions_by_kind_and_seed():
     "other, message",
     [
         (result([], model="halp_trt.models:resnet32"), "b.json has model"),
-        (result([row(0, "short", 0.5, [16, 16])]), "a short row has 2 widths"),
+        (result([row(0, "short", 0.5, [16, 16])]), "b.json: a short row: 2 widths recorded"),
     ],
 )
 def test_bad_runs_are_one_line_and_write_nothing(tmp_path, capsys, other, message):
