@@ -1,0 +1,160 @@
+"""How far apart separate builds of one latency table put the same pruned models.
+
+bench/lut_fidelity.py builds a table (or takes one), draws random widths and compares the
+table's prediction of each pruned model with a measurement of it. Run it several times
+with the same model, shape, step and ``--seed`` on one machine, each time with a fresh
+build, and the runs hold the same random widths priced by different builds: this reads
+those runs and says, for each pruned model, how far the builds' predicted latency
+ratios (pruned over unpruned, what pruning to a fraction of a model depends on) lie
+apart, beside how far the runs' measured ratios of the same models lie apart (the
+machine's own scatter between runs, which bounds what a build can reproduce).
+
+    python bench/lut_spread.py A.json B.json [C.json ...] --out bench/results/lut_spread_X.json
+
+Per model: each build's predicted ratio, each run's measured ratio, and the spread of
+each (largest over smallest, minus 1); over the models the median and largest spread,
+and each build's error of the predicted ratio against its own run's measurement.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: What the runs must share to hold the same pruned models priced the same way.
+SAME = ("model", "input_shape", "backend", "precision", "step", "seed", "assignments")
+
+
+class SpreadError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+def load_run(path: str) -> dict[str, Any]:
+    """A bench/lut_fidelity.py result, or SpreadError."""
+    import json
+
+    try:
+        run = json.loads(Path(path).read_text())
+        rows = run["rows"]
+        for key in SAME:
+            run[key]  # noqa: B018
+        if not any(r.get("model") == "unpruned" for r in rows):
+            raise KeyError("no unpruned row")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpreadError(f"{path} is not a bench/lut_fidelity.py result ({exc})") from None
+    return run
+
+
+def ratios(run: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Each pruned model's (predicted, measured) latency over the unpruned model's."""
+    rows = {r["model"]: r for r in run["rows"]}
+    base = rows["unpruned"]
+    return {
+        name: (r["pred_table_ms"] / base["pred_table_ms"], r["measured_ms"] / base["measured_ms"])
+        for name, r in rows.items()
+        if r.get("sample")
+    }
+
+
+def spread(values: list[float]) -> float:
+    return max(values) / min(values) - 1
+
+
+def compare(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The builds' spread per pruned model and over them. Raises SpreadError for fewer
+    than two runs, runs that differ in what :data:`SAME` names, or the same table twice."""
+    if len(runs) < 2:
+        raise SpreadError("give at least two bench/lut_fidelity.py results")
+    first_name, first = runs[0]
+    for name, run in runs[1:]:
+        for key in SAME:
+            if run[key] != first[key]:
+                what = "random widths" if key == "assignments" else key
+                raise SpreadError(
+                    f"{name} and {first_name} differ in {what}: only runs of one model, "
+                    "shape, backend, precision, step and seed price the same pruned models"
+                )
+    tables = [run.get("table") for _, run in runs]
+    if None not in tables and len(set(tables)) < len(tables):
+        raise SpreadError(f"the table {tables[0]!r} is in two runs: give separate builds")
+    per_run = [ratios(run) for _, run in runs]
+    models = sorted(per_run[0])
+    rows = []
+    for m in models:
+        pred = [r[m][0] for r in per_run]
+        meas = [r[m][1] for r in per_run]
+        rows.append(
+            {
+                "model": m,
+                "predicted_ratio": pred,
+                "measured_ratio": meas,
+                "predicted_spread": spread(pred),
+                "measured_spread": spread(meas),
+            }
+        )
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "max": max(values)}
+
+    errors = [
+        stats([abs(r[m][0] / r[m][1] - 1) for m in models]) for r in per_run
+    ]  # each build against its own run's measurement
+    return {
+        "benchmark": "lut_spread",
+        "runs": [name for name, _ in runs],
+        "tables": tables,
+        "built_here": [run.get("build") is not None for _, run in runs],
+        **{key: first[key] for key in SAME if key != "assignments"},
+        "models": len(models),
+        "predicted_spread": stats([r["predicted_spread"] for r in rows]),
+        "measured_spread": stats([r["measured_spread"] for r in rows]),
+        "ratio_errors": errors,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lut_builder.cli_args import OneLineParser
+    from lut_builder.errors import UserError
+    from lut_builder.fileio import atomic_write_json, check_output
+
+    p = OneLineParser(prog="lut_spread.py", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="bench/lut_fidelity.py results (JSON), one per build")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    try:
+        out = check_output(args.out, flag="--out", parents=True) if args.out else None
+        found = compare([(Path(path).name, load_run(path)) for path in args.runs])
+    except (SpreadError, UserError) as exc:
+        print(f"lut_spread.py: error: {exc}", file=sys.stderr)
+        return 2
+    n = len(found["runs"])
+    print(f"{found['model']} {found['input_shape']}, {found['models']} pruned models, {n} builds")
+    print(f"{'model':<10} {'predicted ratio, each build':<{8 * n + 2}} spread  measured spread")
+    for r in found["rows"]:
+        pred = " ".join(f"{v:7.4f}" for v in r["predicted_ratio"])
+        print(
+            f"{r['model']:<10} {pred:<{8 * n + 2}} {100 * r['predicted_spread']:5.1f}%  "
+            f"{100 * r['measured_spread']:5.1f}%"
+        )
+    for what in ("predicted", "measured"):
+        s = found[f"{what}_spread"]
+        print(f"{what} ratios between runs: median {s['median']:.1%}, max {s['max']:.1%}")
+    for name, e in zip(found["runs"], found["ratio_errors"], strict=True):
+        print(
+            f"{name}: predicted ratio against its run, median {e['median']:.1%}, max {e['max']:.1%}"
+        )
+    if out is not None:
+        command = "python bench/lut_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        atomic_write_json(out, {"command": command, **found}, indent=1)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
