@@ -45,6 +45,9 @@ def load_run(path: str) -> dict[str, Any]:
             run[key]  # noqa: B018
         if not any(r.get("model") == "unpruned" for r in rows):
             raise KeyError("no unpruned row")
+        for r in rows:
+            if not (r["pred_table_ms"] > 0 and r["measured_ms"] > 0):
+                raise ValueError(f"{r['model']}: a latency that is not positive")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SpreadError(f"{path} is not a bench/lut_fidelity.py result ({exc})") from None
     return run

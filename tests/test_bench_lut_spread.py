@@ -64,6 +64,8 @@ def test_spread_of_predicted_and_measured_ratios(tmp_path):
         (run("b.sqlite", [1.0, 0.5], [2.0, 1.0], step=8), "differ in step"),
         (run("a.sqlite", [1.0, 0.5], [2.0, 1.0]), "in two runs"),
         ({"rows": []}, "not a bench/lut_fidelity.py result"),
+        (run("b.sqlite", [1.0, 0.0], [2.0, 1.0]), "not positive"),
+        ({**run("b.sqlite", [1.0, 0.5], [2.0, 1.0]), "rows": [{"model": "unpruned"}]}, "'pred"),
         (None, "at least two"),
     ],
 )
