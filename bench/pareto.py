@@ -1412,7 +1412,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         checked = check_inputs(args)
-    except (BenchError, UserError, LutUserError, ValueError) as exc:
+        prune_quality.check_lock_not_inherited(args.lock)  # before any training
+    except (
+        BenchError,
+        UserError,
+        LutUserError,
+        ValueError,
+        prune_quality.InheritedLockError,
+    ) as exc:
         print(f"pareto.py: error: {exc}", file=sys.stderr)
         return 2
 

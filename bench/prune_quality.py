@@ -57,6 +57,7 @@ import contextlib
 import copy
 import fcntl
 import math
+import os
 import platform
 import statistics
 import sys
@@ -74,11 +75,66 @@ METHODS = ("halp-taylor", "halp-sp-lamp", "uniform", "uniform+", "tp-l2-global",
 BASELINES = ("uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
 
 
+def lock_holder(fh: Any) -> int | None:
+    """The process holding a ``flock`` on the open file ``fh`` (from /proc/locks), or
+    None when none does or it cannot be told (no /proc)."""
+    st = os.fstat(fh.fileno())
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5] == dev and f[4].isdigit():
+            return int(f[4])
+    return None
+
+
+def ancestors(pid: int | None = None) -> set[int]:
+    """This process's parent, its parent's parent... (from /proc; empty without it)."""
+    out: set[int] = set()
+    pid = os.getpid() if pid is None else pid
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        pid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("PPid:")), 0)
+        out.add(pid)
+    return out
+
+
+class InheritedLockError(RuntimeError):
+    """The benchmark lock is held by a process this one runs under."""
+
+
+def check_lock_not_inherited(path: str | None = None) -> None:
+    """Raise InheritedLockError (one line) when the benchmark lock is held by a process this one
+    runs under, e.g. ``flock LOCK python bench/pareto.py``: the script takes the lock
+    itself around its timings, and would wait for its own parent forever."""
+    with open(path or LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(fh)
+            if holder is not None and holder in ancestors():
+                raise InheritedLockError(
+                    f"the benchmark lock {path or LOCK} is held by process {holder}, which this "
+                    "one runs under (a flock around the command?): this script takes the lock "
+                    "itself around its timings and would wait for it forever; run it without"
+                ) from None
+        else:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def bench_lock(path: str | None = None, say: Any = None):
     """Hold the machine-wide benchmark lock (no two timing runs overlap): ``path``, or
     :data:`LOCK`, as the ``flock`` command takes it. ``say`` is told how long the wait
-    was when it was longer than a second."""
+    was when it was longer than a second. Raises InheritedLockError at once where the lock is
+    held by a process this one runs under (:func:`check_lock_not_inherited`)."""
+    check_lock_not_inherited(path)
     with open(path or LOCK, "a") as fh:
         t0 = time.perf_counter()
         fcntl.flock(fh, fcntl.LOCK_EX)

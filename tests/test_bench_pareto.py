@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -812,3 +813,28 @@ def test_sensitivity_method_runs_end_to_end_and_records_its_curves(pareto, tmp_p
     assert tie["method"] == "halp-sensitivity-tie" and shipped["sensitivity_loss_weight"] == 0
     assert tie["sensitivity_loss_weight"] == pareto.SENSITIVITY_LOSS_WEIGHT
     assert tie["sensitivity_curves"] == shipped["sensitivity_curves"]
+
+
+def test_run_under_a_flock_of_its_own_lock_is_refused_before_training(tmp_path):
+    # `flock LOCK python bench/pareto.py ...` would wait for its own parent at the first
+    # timing, after a seed's training: it is one line and exit code 2 before any.
+    import fcntl
+    import os
+    import subprocess
+
+    if not os.path.exists("/proc/locks"):
+        pytest.skip("needs /proc/locks")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "p.json"
+    argv = [*tiny_argv(tmp_path, "--methods", "uniform", "--seeds", "0"), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with open(tmp_path / "lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        done = subprocess.run(
+            [sys.executable, str(root / "bench/pareto.py"), *argv],
+            capture_output=True, text=True, timeout=300, cwd=root, env=env,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "runs under" in err[0] and "dense" not in done.stdout
+    assert not out.exists() and not (tmp_path / "t.db").exists()
