@@ -106,23 +106,24 @@ def ancestors(pid: int | None = None) -> set[int]:
 
 
 class InheritedLockError(RuntimeError):
-    """The benchmark lock is held by a process this one runs under."""
+    """The benchmark lock is held by this process or one it runs under."""
 
 
 def check_lock_not_inherited(path: str | None = None) -> None:
-    """Raise InheritedLockError (one line) when the benchmark lock is held by a process this one
-    runs under, e.g. ``flock LOCK python bench/pareto.py``: the script takes the lock
+    """Raise InheritedLockError (one line) when the benchmark lock is held by this process
+    or one it runs under, e.g. ``flock LOCK python bench/pareto.py``: the script takes the lock
     itself around its timings, and would wait for its own parent forever."""
     with open(path or LOCK, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = lock_holder(fh)
-            if holder is not None and holder in ancestors():
+            if holder is not None and holder in ancestors() | {os.getpid()}:
                 raise InheritedLockError(
-                    f"the benchmark lock {path or LOCK} is held by process {holder}, which this "
-                    "one runs under (a flock around the command?): this script takes the lock "
-                    "itself around its timings and would wait for it forever; run it without"
+                    f"the benchmark lock {path or LOCK} is held by process {holder}, this one "
+                    "or one it runs under (a flock around the command?): this script takes "
+                    "the lock itself around its timings and would wait for it forever; run it "
+                    "without"
                 ) from None
         else:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -654,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--out", default=str(ROOT / "bench/results/prune_quality.json"))
     args = p.parse_args(argv)
+    try:
+        check_lock_not_inherited()  # before any training
+    except InheritedLockError as exc:
+        print(f"prune_quality.py: error: {exc}", file=sys.stderr)
+        return 2
 
     from halp_trt.prune.schedule import target_fraction
     from halp_trt.train import load_data

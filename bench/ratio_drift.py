@@ -120,7 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         shape, data = check(args)
-    except (BenchError, UserError, LutUserError, ValueError) as exc:
+        prune_quality.check_lock_not_inherited(args.lock)  # before any training
+    except (
+        BenchError,
+        UserError,
+        LutUserError,
+        ValueError,
+        prune_quality.InheritedLockError,
+    ) as exc:
         print(f"ratio_drift.py: error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)

@@ -5,6 +5,7 @@ a lock held by any other process is still waited for."""
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ def test_a_lock_held_by_the_parent_is_refused_at_once(tmp_path):
     with open(lock, "a") as fh:  # this process holds it, the child runs under it
         fcntl.flock(fh, fcntl.LOCK_EX)
         said = child(lock)
-    assert said.startswith("refused:") and "runs under" in said and str(lock) in said
+    assert said.startswith("refused:") and "one it runs under" in said and str(lock) in said
     assert len(said.splitlines()) == 1
 
 
@@ -65,3 +66,34 @@ def test_a_lock_held_by_another_process_is_waited_for(tmp_path):
         assert waited > 0.3  # it waited for the holder to let go
     finally:
         holder.wait(timeout=30)
+
+
+def test_a_lock_this_process_holds_is_refused_not_waited_for(tmp_path):
+    pq = load_bench("prune_quality")
+    lock = tmp_path / "bench.lock"
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if pq.lock_holder(fh) is None:
+            pytest.skip("no /proc/locks to tell the holder")
+        with pytest.raises(pq.InheritedLockError, match="this one"), pq.bench_lock(str(lock)):
+            pass
+
+
+def test_ratio_drift_under_a_flock_of_its_lock_stops_before_training(tmp_path):
+    from tests.conftest import TWO_CONV_BN
+
+    if not Path("/proc/locks").exists():
+        pytest.skip("needs /proc/locks")
+    lock, out = tmp_path / "lock", tmp_path / "d.json"
+    argv = ["--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--pretrain-epochs", "1",
+            "--lock", str(lock), "--out", str(out)]  # fmt: skip
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench/ratio_drift.py"), *argv], capture_output=True,
+            text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "would wait for it forever" in err[0]
+    assert not out.exists()
