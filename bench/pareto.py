@@ -982,10 +982,12 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that can be checked before any table, training or output file.
 
     Raises:
-        BenchError, UserError (and its subclasses): bad input.
+        BenchError, UserError (and its subclasses): bad input; InheritedLockError (a
+        UserError) when the bench lock is held by a flock this run runs under.
     """
     from lut_builder.fileio import check_output
 
+    prune_quality.check_lock_not_inherited(args.lock)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -1412,14 +1414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         checked = check_inputs(args)
-        prune_quality.check_lock_not_inherited(args.lock)  # before any training
-    except (
-        BenchError,
-        UserError,
-        LutUserError,
-        ValueError,
-        prune_quality.InheritedLockError,
-    ) as exc:
+    except (BenchError, UserError, LutUserError, ValueError) as exc:
         print(f"pareto.py: error: {exc}", file=sys.stderr)
         return 2
 

@@ -69,6 +69,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lut_builder.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/halp-trt-bench.lock"
 METHODS = ("halp-taylor", "halp-sp-lamp", "uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
@@ -105,27 +107,40 @@ def ancestors(pid: int | None = None) -> set[int]:
     return out
 
 
-class InheritedLockError(RuntimeError):
-    """The benchmark lock is held by this process or one it runs under."""
+class InheritedLockError(UserError):
+    """The benchmark lock is held by this process or one it runs under (a user error:
+    one line, exit code 2, as the scripts print every UserError)."""
+
+
+def _try_lock(fh: Any, path: str) -> bool:
+    """Take the lock on ``fh`` if it is free (True); False if another process holds it.
+    Raises InheritedLockError where that process is this one or one it runs under, e.g.
+    ``flock LOCK python bench/pareto.py``: the script takes the lock itself around its
+    timings, and would wait for its own parent forever."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        holder = lock_holder(fh)
+        if holder is not None and holder in ancestors() | {os.getpid()}:
+            raise InheritedLockError(
+                f"the benchmark lock {path} is held by process {holder}, this one "
+                "or one it runs under (a flock around the command?): this script takes "
+                "the lock itself around its timings and would wait for it forever; run it "
+                "without"
+            ) from None
+        return False
 
 
 def check_lock_not_inherited(path: str | None = None) -> None:
     """Raise InheritedLockError (one line) when the benchmark lock is held by this process
-    or one it runs under, e.g. ``flock LOCK python bench/pareto.py``: the script takes the lock
-    itself around its timings, and would wait for its own parent forever."""
-    with open(path or LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = lock_holder(fh)
-            if holder is not None and holder in ancestors() | {os.getpid()}:
-                raise InheritedLockError(
-                    f"the benchmark lock {path or LOCK} is held by process {holder}, this one "
-                    "or one it runs under (a flock around the command?): this script takes "
-                    "the lock itself around its timings and would wait for it forever; run it "
-                    "without"
-                ) from None
-        else:
+    or one it runs under (:func:`_try_lock`); scripts call it before any training."""
+    try:
+        fh = open(path or LOCK, "a")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise UserError(f"cannot open the benchmark lock {path or LOCK}: {exc.strerror}") from None
+    with fh:
+        if _try_lock(fh, path or LOCK):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -134,11 +149,11 @@ def bench_lock(path: str | None = None, say: Any = None):
     """Hold the machine-wide benchmark lock (no two timing runs overlap): ``path``, or
     :data:`LOCK`, as the ``flock`` command takes it. ``say`` is told how long the wait
     was when it was longer than a second. Raises InheritedLockError at once where the lock is
-    held by a process this one runs under (:func:`check_lock_not_inherited`)."""
-    check_lock_not_inherited(path)
+    held by this process or one it runs under (:func:`_try_lock`)."""
     with open(path or LOCK, "a") as fh:
         t0 = time.perf_counter()
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not _try_lock(fh, path or LOCK):
+            fcntl.flock(fh, fcntl.LOCK_EX)
         waited = time.perf_counter() - t0
         if say is not None and waited > 1:
             say(f"  (waited {waited:.0f} s for {path or LOCK})")
@@ -657,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         check_lock_not_inherited()  # before any training
-    except InheritedLockError as exc:
+    except UserError as exc:  # the lock held by a flock around this run, or unopenable
         print(f"prune_quality.py: error: {exc}", file=sys.stderr)
         return 2
 

@@ -65,9 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
     """The input shape and the loaded data (bench/pareto.py's checks of shape, model and
-    data together). Raises BenchError (or a UserError) on bad input."""
+    data together). Raises BenchError (or a UserError: also where the bench lock is held
+    by a flock this run runs under) on bad input."""
+    import prune_quality
+
     from lut_builder.fileio import check_output
 
+    prune_quality.check_lock_not_inherited(args.lock)
     if not 0 < args.fraction < 1:
         raise BenchError(f"--fraction must lie between 0 and 1, not {args.fraction}")
     for name in ("align", "epochs", "reps", "batch_size"):
@@ -120,14 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         shape, data = check(args)
-        prune_quality.check_lock_not_inherited(args.lock)  # before any training
-    except (
-        BenchError,
-        UserError,
-        LutUserError,
-        ValueError,
-        prune_quality.InheritedLockError,
-    ) as exc:
+    except (BenchError, UserError, LutUserError, ValueError) as exc:
         print(f"ratio_drift.py: error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)

@@ -58,6 +58,7 @@ def tiny_argv(tmp_path, *args: str) -> list[str]:
         (["--targets", "1.2x"], "target '1.2x' must be a fraction below 1x"),
         (["--targets", "3ms"], "target '3ms' must be a fraction below 1x"),
         (["--data", "npz:/nonexistent/data.npz"], "nonexistent"),
+        (["--lock", "/nonexistent/dir/lock"], "cannot open the benchmark lock"),
         (["--model", TINY + ",num_classes=5"], "has 10 classes but"),
         (["--input-shape", "2,1,8,8"], "does not accept an input"),
         (["--seeds", "0,x"], "--seeds '0,x': comma-separated integers"),
