@@ -6,6 +6,9 @@
 #   bash bench/gpu_suite.sh fidelity    # predicted vs measured on 20 random pruned copies each
 #   bash bench/gpu_suite.sh prune       # prune to 0.5x (importance from random data), verify
 #   bash bench/gpu_suite.sh inspect     # inspect --check on torchvision classifiers and SSDlite
+#   bash bench/gpu_suite.sh lease       # for a short loan of a GPU: verify_cuda.py, then per
+#                                       # model of $MODELS its batch-$BATCH table, fidelity
+#                                       # and prune, all within $BUDGET_S seconds
 #
 # Results go to $RESULTS (default bench/results/gpu); tables to $WORK (default
 # /tmp/halp-trt-gpu). Every JSON records the device it ran on. Set DEVICE=cpu, BATCH and
@@ -39,25 +42,36 @@ json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(info)
 PY
 
-case "$PART" in
-tables)
-  for m in $MODELS; do
-    s=$(slug "$m")
-    for b in 1 "$BATCH"; do
-      "$PY" -m lut_builder build --model "$m" --input-shape "$b,3,$SIZE,$SIZE" --backend torch \
-        --precision "$PRECISION" --device "$DEVICE" --out "$WORK/${s}_b${b}.lut" --json \
-        > "$RESULTS/lut_build_${s}_b${b}.json"
-      "$PY" -m lut_builder show "$WORK/${s}_b${b}.lut" --json > "$RESULTS/lut_show_${s}_b${b}.json"
-    done
-  done ;;
-fidelity)
-  for m in $MODELS; do
-    s=$(slug "$m")
-    "$PY" bench/lut_fidelity.py --model "$m" --input-shape "$BATCH,3,$SIZE,$SIZE" --backend torch \
-      --table "$WORK/${s}_b${BATCH}.lut" --samples 20 --out "$RESULTS/lut_fidelity_${s}_b${BATCH}.json"
-  done ;;
-prune)
-  # Importance from random data: what matters here is latency, not accuracy.
+# Every step below runs under `within SECONDS cmd...`: at most SECONDS, and never past
+# $DEADLINE (set by the lease part; far away otherwise). A step cut short exits 124.
+DEADLINE=$(( $(date +%s) + 10#${BUDGET_S:-864000} ))
+within() {
+  local cap=$1 left
+  shift
+  left=$(( DEADLINE - $(date +%s) ))
+  (( left < cap )) && cap=$left
+  if (( cap < 5 )); then echo "no time left for: $*" >&2; return 124; fi
+  timeout -k 5 "$cap" "$@"
+}
+
+table() {  # table MODEL BATCH [SECONDS]
+  local s b=$2
+  s=$(slug "$1")
+  within "${3:-86400}" "$PY" -m lut_builder build --model "$1" --input-shape "$b,3,$SIZE,$SIZE" \
+    --backend torch --precision "$PRECISION" --device "$DEVICE" --out "$WORK/${s}_b${b}.lut" \
+    --json > "$RESULTS/lut_build_${s}_b${b}.json" || return $?
+  "$PY" -m lut_builder show "$WORK/${s}_b${b}.lut" --json > "$RESULTS/lut_show_${s}_b${b}.json"
+}
+
+fidelity() {  # fidelity MODEL [SECONDS]
+  local s
+  s=$(slug "$1")
+  within "${2:-86400}" "$PY" bench/lut_fidelity.py --model "$1" --backend torch \
+    --input-shape "$BATCH,3,$SIZE,$SIZE" --device "$DEVICE" --precision "$PRECISION" \
+    --table "$WORK/${s}_b${BATCH}.lut" --samples 20 --out "$RESULTS/lut_fidelity_${s}_b${BATCH}.json"
+}
+
+random_data() {  # importance from random data: what matters here is latency, not accuracy
   "$PY" - "$WORK/random.npz" "$SIZE" <<'PY'
 import sys, numpy as np
 rng = np.random.default_rng(0)
@@ -65,24 +79,57 @@ n, size = 512, int(sys.argv[2])
 np.savez(sys.argv[1], images=rng.standard_normal((n, 3, size, size)).astype(np.float32),
          labels=rng.integers(0, 10, n))  # valid for any classifier with >= 10 classes
 PY
+}
+
+prune() {  # prune MODEL [SECONDS]: prune to $TARGET on the batch-$BATCH table, then verify
+  local s
+  s=$(slug "$1")
+  rm -rf "$WORK/pruned_$s"
+  if ! within "${2:-86400}" "$PY" -m halp_trt prune --model "$1" --data "npz:$WORK/random.npz" \
+    --lut "$WORK/${s}_b${BATCH}.lut" --target "$TARGET" --input-shape "$BATCH,3,$SIZE,$SIZE" \
+    --epochs 2 --steps 5 --batch-size 32 --device "$DEVICE" --no-progress --out "$WORK/pruned_$s" \
+    2> "$RESULTS/prune_${s}.err"; then
+    cat "$RESULTS/prune_${s}.err" >&2
+    echo "prune failed for $1 (kept in $RESULTS/prune_${s}.err); next model" >&2
+    return 1
+  fi
+  rm -f "$RESULTS/prune_${s}.err"
+  cp "$WORK/pruned_$s/plan.json" "$RESULTS/plan_${s}.json"
+  # A missed budget exits 1: the report is written all the same.
+  within 120 "$PY" -m halp_trt verify --original "$1" --pruned "$WORK/pruned_$s/model.pt" \
+    --backend torch --device "$DEVICE" --precision "$PRECISION" \
+    --input-shape "$BATCH,3,$SIZE,$SIZE" --plan "$WORK/pruned_$s/plan.json" \
+    --out "$RESULTS/verify_${s}_b${BATCH}.json" || true
+}
+
+case "$PART" in
+tables)
   for m in $MODELS; do
-    s=$(slug "$m")
-    rm -rf "$WORK/pruned_$s"
-    if ! "$PY" -m halp_trt prune --model "$m" --data "npz:$WORK/random.npz" \
-      --lut "$WORK/${s}_b${BATCH}.lut" --target "$TARGET" --input-shape "$BATCH,3,$SIZE,$SIZE" \
-      --epochs 2 --steps 5 --batch-size 32 --device "$DEVICE" --no-progress --out "$WORK/pruned_$s" \
-      2> "$RESULTS/prune_${s}.err"; then
-      cat "$RESULTS/prune_${s}.err" >&2
-      echo "prune failed for $m (kept in $RESULTS/prune_${s}.err); next model" >&2
-      continue
-    fi
-    rm -f "$RESULTS/prune_${s}.err"
-    cp "$WORK/pruned_$s/plan.json" "$RESULTS/plan_${s}.json"
-    "$PY" -m halp_trt verify --original "$m" --pruned "$WORK/pruned_$s/model.pt" --backend torch \
-      --device "$DEVICE" --precision "$PRECISION" --input-shape "$BATCH,3,$SIZE,$SIZE" \
-      --plan "$WORK/pruned_$s/plan.json" \
-      --out "$RESULTS/verify_${s}_b${BATCH}.json" || true   # a missed budget exits 1: keep going
+    for b in 1 "$BATCH"; do table "$m" "$b"; done
   done ;;
+fidelity)
+  for m in $MODELS; do fidelity "$m"; done ;;
+prune)
+  random_data
+  for m in $MODELS; do prune "$m" || continue; done ;;
+lease)
+  # What a loan of a few minutes can hold, cheapest first: ResNet-50 narrowed uniformly
+  # to 0.7 of its widths (no table needed), then per model its table, the table's
+  # fidelity and a pruned copy's measured speed-up. A step that fails or runs out of time
+  # is logged and the next one starts; a model whose table is unfinished is skipped.
+  DEADLINE=$(( $(date +%s) + 10#${BUDGET_S:-480} ))
+  echo "== verify_cuda.py ($(( DEADLINE - $(date +%s) )) s left)" >&2
+  within "${VERIFY_S:-90}" "$PY" bench/verify_cuda.py --device "$DEVICE" --batch "$BATCH" --eager \
+    --size "$SIZE" --precision "$PRECISION" --out "$RESULTS/verify_resnet50_uniform.json" \
+    || echo "verify_cuda.py: exit $?" >&2
+  random_data
+  for m in $MODELS; do
+    echo "== $m: table, fidelity, prune ($(( DEADLINE - $(date +%s) )) s left)" >&2
+    table "$m" "$BATCH" "${TABLE_S:-200}" || { echo "table of $m: exit $?" >&2; continue; }
+    fidelity "$m" "${FIDELITY_S:-90}" || echo "fidelity of $m: exit $?" >&2
+    prune "$m" "${PRUNE_S:-120}" || true
+  done
+  echo "== done ($(( DEADLINE - $(date +%s) )) s left)" >&2 ;;
 inspect)
   CLASSIFIERS=${CLASSIFIERS:-$($PY -c "import torchvision.models as m; print(' '.join('torchvision:' + n for n in m.list_models(module=m)))")}
   for m in $CLASSIFIERS; do

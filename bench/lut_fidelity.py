@@ -81,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         "within GATE times its fastest run (the table, its calibration and this run)",
     )  # fmt: skip
     p.add_argument(
-        "--precision", default="fp32", help="table and runners: fp32, or int8 (Q/DQ models)"
-    )
+        "--precision", default="fp32",
+        help="table and runners: fp32; int8 (Q/DQ models); torch: fp16 or bf16 too",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", default=None,
+        help="torch backend: cpu or cuda[:N], for the table and the whole models alike",
+    )  # fmt: skip
     p.add_argument(
         "--calibration", default="affine", choices=("affine", "additive"),
         help="the table's calibration when it is built (or recalibrated)",
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Whole models run at the table's precision (an INT8 table: INT8 Q/DQ models).
     ropts = {"precision": args.precision} if args.precision != "fp32" else {}
+    if args.device is not None:
+        ropts["device"] = args.device
 
     def runner(m: torch.nn.Module) -> object:
         return make_runner(args.backend, m, x, **ropts)
@@ -170,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.recalibrate:
             calibrate()
     table = LatencyTable.open(table_path)
+    fp = table.fingerprint
+    on_gpu = str(args.device or "cpu").startswith("cuda")
+    if fp.get("precision", args.precision) != args.precision or (
+        args.backend == "torch" and str(fp.get("device", "cpu")).startswith("cpu") == on_gpu
+    ):
+        p.error(
+            f"{table_path} was measured at {fp.get('precision')} on {fp.get('device')}: "
+            "give the --precision and --device it was measured at"
+        )
     step = args.step or table.step
 
     # 2. Random assignments at the grid step, each a really pruned model.
@@ -268,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_shape": list(shape),
         "backend": args.backend,
         "precision": args.precision,
+        "device": args.device,
         "table": str(
             table_path.relative_to(ROOT) if table_path.is_relative_to(ROOT) else table_path
         ),

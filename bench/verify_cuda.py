@@ -53,6 +53,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--block-ms", type=float, default=100.0)
+    ap.add_argument(
+        "--eager",
+        action="store_true",
+        help="also time both models launched eagerly (no CUDA graph) on CUDA",
+    )
     ap.add_argument("--tensorrt", action="store_true", help="also verify TensorRT engines")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -97,6 +102,14 @@ def main() -> int:
         warmup=args.warmup, rounds=args.rounds, min_block_ms=args.block_ms, **torch_opts,
     )  # fmt: skip
     result["runs"]["torch"] = r.to_dict()
+    if args.eager and args.device.startswith("cuda"):
+        # The same two models launched eagerly from Python: what the launches cost.
+        r = verify_models(
+            copy.deepcopy(original), copy.deepcopy(pruned), backend="torch", input_shape=shape,
+            warmup=args.warmup, rounds=args.rounds, min_block_ms=args.block_ms,
+            cuda_graph=False, **torch_opts,
+        )  # fmt: skip
+        result["runs"]["torch_eager"] = r.to_dict()
     if args.tensorrt:
         from halp_trt.export import BatchRange, build_engine, export_onnx
 

@@ -429,6 +429,11 @@ class Pipeline:
         options: dict[str, Any] = {"precision": self.config.precision}
         if self._on_cpu():
             options["threads"] = self.config.threads
+        elif self.backend == "torch":
+            # The torch backend's own default is the CPU: on a GPU machine the table is
+            # the GPU's (the training device when it is one, else the first GPU).
+            device = self.config.train.device or "cuda"
+            options["device"] = device if str(device).startswith("cuda") else "cuda"
         return options
 
     def _feedback(self) -> dict[str, Any] | None:
@@ -616,12 +621,10 @@ class Pipeline:
         models: list[Any] = [str(self._path(s)) for s in src]
         options: dict[str, Any] = {"threads": self.config.threads} if self._on_cpu() else {}
         if self.backend == "torch":
-            import torch
-
             models = [load_model(m) for m in models]
             options.update(
                 precision=self.config.precision,
-                device="cuda" if torch.cuda.is_available() else "cpu",
+                device=self._backend_options().get("device", "cpu"),
             )
         table = LatencyTable.open(self._path("lut.db"), force=True)
         try:

@@ -44,6 +44,9 @@ def test_gpu_suite_parts_run_on_cpu(tmp_path):
     build = json.loads((results / f"lut_build_{slug}_b2.json").read_text())
     assert build["complete"] and build["planned"] == build["measured"] > 0
     assert json.loads((results / "device_tables.json").read_text())["cuda"] is None
+    part("fidelity")
+    fid = json.loads((results / f"lut_fidelity_{slug}_b2.json").read_text())
+    assert fid["device"] == "cpu" and fid["precision"] == "fp32" and len(fid["rows"]) > 20
     part("prune")
     assert not (results / f"prune_{slug}.err").exists()
     plan = json.loads((results / f"plan_{slug}.json").read_text())

@@ -76,7 +76,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=("fp32", "fp16", "bf16"),
         help="torch precision; tensorrt: the precision model specs are exported in",
     )
-    p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch: NHWC memory format (default: on CUDA, as the torch backend measures "
+        "its tables; off on CPU)",
+    )
     p.add_argument(
         "--force", action="store_true", help="run engines built for another GPU/TensorRT anyway"
     )

@@ -225,6 +225,9 @@ def verify_models(
     try:
         for model in (original, pruned):
             runners.append(make_runner(backend, model, x, **options))
+        if backend == "torch":  # the layout and graph replay the runners chose
+            r0 = runners[0]
+            options = {**options, "channels_last": r0.channels_last, "cuda_graph": r0.cuda_graph}
         for r, label in zip(runners, labels):
             try:
                 r()

@@ -84,7 +84,8 @@ def test_verify_torch_tells_a_wide_model_from_a_narrow_one():
     assert r.original.rounds == r.pruned.rounds == 5 and r.original.inner >= 3
     d = r.to_dict()
     assert d["speedup"]["median"] == r.speedup.median and d["input_shape"] == [2, 3, 32, 32]
-    assert d["options"] == {"threads": 1}
+    # The layout and graph replay the torch runners chose are recorded with the timing.
+    assert d["options"] == {"threads": 1, "channels_last": False, "cuda_graph": False}
 
 
 def test_verify_onnxruntime_on_a_pruned_resnet():

@@ -67,3 +67,31 @@ def test_torch_runner_cuda_missing_is_user_error():
         pytest.skip("a CUDA device is present")
     with pytest.raises(UserError, match="CUDA"):
         make_runner("torch", small_net(), torch.randn(1, 3, 8, 8), device="cuda")
+
+
+def test_torch_runner_leaves_the_callers_model_as_it_was():
+    # A table build times its runners while it still needs the model on the CPU in
+    # fp32 (its calibration traces it with the example input there afterwards).
+    net, x = small_net(), torch.randn(2, 3, 8, 8)
+    r = make_runner("torch", net, x, precision="bf16", channels_last=True)
+    assert r().dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert net(x).dtype == torch.float32
+    assert not r.cuda_graph and r.channels_last and r.note == ""
+
+
+def test_torch_runner_layout_defaults_to_the_measurers_on_cpu():
+    r = make_runner("torch", small_net(), torch.randn(1, 3, 8, 8))
+    assert r.channels_last is False and r.cuda_graph is False
+
+
+@pytest.mark.gpu
+def test_torch_runner_cuda_replays_a_graph_that_computes_the_model():
+    net, x = small_net(), torch.randn(4, 3, 8, 8)
+    ref = net(x).detach()
+    r = make_runner("torch", net, x, device="cuda")
+    assert r.cuda_graph and r.channels_last and r.note == ""
+    torch.testing.assert_close(r().float().cpu(), ref, rtol=1e-4, atol=1e-4)
+    eager = make_runner("torch", net, x, device="cuda", cuda_graph=False)
+    assert not eager.cuda_graph
+    torch.testing.assert_close(eager().float().cpu(), ref, rtol=1e-4, atol=1e-4)
