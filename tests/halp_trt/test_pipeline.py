@@ -238,3 +238,25 @@ def test_resume_redoes_what_a_setting_pinned_later_changes(
         ["lut", "baseline", "prune"][len(redone)]
     ]
     assert not (tmp_path / first_redone).exists() and (tmp_path / kept).exists()
+
+
+@pytest.mark.parametrize("device, expect", [(None, "cuda"), ("cuda:1", "cuda:1"), ("cpu", "cuda")])
+def test_torch_backend_on_a_gpu_machine_is_the_gpus(monkeypatch, tmp_path, device, expect):
+    # The torch backend's own default device is the CPU: on a GPU machine the run must
+    # measure (and check a given table against) the GPU, not build a CPU table.
+    import torch
+
+    from halp_trt.config import PruneConfig, RunConfig, TrainConfig
+    from halp_trt.pipeline import Pipeline
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = RunConfig(
+        model="halp_trt.models:resnet20", data="digits", input_shape="4,3,16,16",
+        out=str(tmp_path / "run"), backend="torch", precision="fp16",
+        prune=PruneConfig(target="0.5x"), train=TrainConfig(device=device),
+    )  # fmt: skip
+    pipeline = Pipeline(config)
+    pipeline.state = RunState(args={}, backend="torch")
+    assert pipeline._backend_options() == {"precision": "fp16", "device": expect}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pipeline._backend_options() == {"precision": "fp16", "threads": config.threads}
