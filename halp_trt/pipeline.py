@@ -429,7 +429,7 @@ class Pipeline:
         options: dict[str, Any] = {"precision": self.config.precision}
         if self._on_cpu():
             options["threads"] = self.config.threads
-        elif self.backend == "torch":
+        elif self._resolved_backend() == "torch":
             # The torch backend's own default is the CPU: on a GPU machine the table is
             # the GPU's (the training device when it is one, else the first GPU).
             device = self.config.train.device or "cuda"
@@ -444,11 +444,18 @@ class Pipeline:
             return None
         return {"backend": self.backend, "threads": self.config.threads}
 
+    def _resolved_backend(self) -> str:
+        """The run's backend: the state's once it is open (a resumed run keeps its own),
+        else what ``--backend`` resolves to here (preflight runs before the state)."""
+        if self.state is not None:
+            return self.state.backend
+        return pick_backend(self.config.backend)[0]
+
     def _on_cpu(self) -> bool:
         """The backend runs on the CPU (its tables and timings have a thread count)."""
         import torch
 
-        backend = self.state.backend if self.state is not None else pick_backend(self.config.backend)[0]  # fmt: skip
+        backend = self._resolved_backend()
         return backend == "onnxruntime" or (backend == "torch" and not torch.cuda.is_available())
 
     def _build_table(self, target: Path) -> Any:

@@ -256,6 +256,8 @@ def test_torch_backend_on_a_gpu_machine_is_the_gpus(monkeypatch, tmp_path, devic
         prune=PruneConfig(target="0.5x"), train=TrainConfig(device=device),
     )  # fmt: skip
     pipeline = Pipeline(config)
+    # Before the run's state is open (preflight) and after.
+    assert pipeline._backend_options() == {"precision": "fp16", "device": expect}
     pipeline.state = RunState(args={}, backend="torch")
     assert pipeline._backend_options() == {"precision": "fp16", "device": expect}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
