@@ -182,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     if fp.get("precision", args.precision) != args.precision or (
         args.backend == "torch" and str(fp.get("device", "cpu")).startswith("cpu") == on_gpu
     ):
-        p.error(
-            f"{table_path} was measured at {fp.get('precision')} on {fp.get('device')}: "
-            "give the --precision and --device it was measured at"
+        print(
+            f"lut_fidelity.py: error: {table_path} was measured at {fp.get('precision')} on "
+            f"{fp.get('device')}: give the --precision and --device it was measured at",
+            file=sys.stderr,
         )
+        return 2
     step = args.step or table.step
 
     # 2. Random assignments at the grid step, each a really pruned model.

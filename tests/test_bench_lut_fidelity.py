@@ -42,3 +42,28 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
     assert result["command"] == "python bench/lut_fidelity.py " + " ".join(argv)
     assert result["step"] == 32 and len(result["assignments"]) == 2
     assert {r["model"] for r in result["rows"]} >= {"uniform_0.75", "uniform_0.5"}
+
+
+@pytest.mark.parametrize("extra", [["--precision", "fp16"], ["--device", "cuda"]])
+def test_a_table_of_another_precision_or_device_is_refused(fidelity, tmp_path, capsys, extra):
+    # The whole models must run where and as the table's layers were measured: a CPU
+    # fp32 table is not a model of a GPU or an fp16 deployment (one line, nothing written).
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+    from lut_builder.specs import example_input
+
+    model = two_conv_bn_net()
+    x = example_input(model, (2, 3, 8, 8))
+    table = tmp_path / "t.db"
+    backend = get_backend("torch", runs=3, min_time_s=0.0, warmup=1)
+    build_table(table, model, x, backend, step=32, calibration="none")
+    backend.close()
+    out = tmp_path / "f.json"
+    argv = [
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--backend", "torch",
+        "--table", str(table), "--samples", "2", "--rounds", "5", "--out", str(out), *extra,
+    ]  # fmt: skip
+    assert fidelity.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was measured at fp32 on cpu" in err, err
+    assert not out.exists()
