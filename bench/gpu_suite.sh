@@ -4,7 +4,7 @@
 #
 #   bash bench/gpu_suite.sh tables      # torch CUDA tables, fp16: resnet18, resnet50, mobilenet_v2
 #   bash bench/gpu_suite.sh fidelity    # predicted vs measured on 20 random pruned copies each
-#   bash bench/gpu_suite.sh prune       # prune to 0.5x (importance from random data), verify
+#   bash bench/gpu_suite.sh prune       # prune to $TARGET (importance from random data), verify
 #   bash bench/gpu_suite.sh inspect     # inspect --check on torchvision classifiers and SSDlite
 #   bash bench/gpu_suite.sh lease       # for a short loan of a GPU: verify_cuda.py, then per
 #                                       # model of $MODELS its batch-$BATCH table, fidelity
@@ -12,7 +12,7 @@
 #
 # Results go to $RESULTS (default bench/results/gpu); tables to $WORK (default
 # /tmp/halp-trt-gpu). Every JSON records the device it ran on. Set DEVICE=cpu, BATCH and
-# MODELS (and TARGET, default 0.5x) to smoke-test the script without a GPU (the figures
+# MODELS (and TARGET, default 0.8x) to smoke-test the script without a GPU (the figures
 # then mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
