@@ -144,7 +144,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                 raise InputError(str(exc).splitlines()[0]) from None
 
         def describe(plan: Any, **extra: Any) -> dict:
-            kept = sum(float(scores[g][list(k)].sum()) for g, k in plan.keep.items())
+            # Groups the plan does not list keep every channel.
+            kept = sum(
+                float(scores[g.id][list(plan.keep[g.id])].sum())
+                if g.id in plan.keep
+                else float(scores[g.id].sum())
+                for g in graph.prunable
+            )
             return {
                 "latency": network_latency(table, graph.layers, plan.widths) / full_ms,
                 "macs": macs_of(plan.widths) / full_macs,
