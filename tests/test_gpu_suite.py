@@ -56,3 +56,37 @@ def test_gpu_suite_parts_run_on_cpu(tmp_path):
     part("inspect")
     rows = json.loads((results / "inspect_torchvision.json").read_text())
     assert rows[0]["rc"] == 0 and rows[0]["check"]["passed"]
+
+
+def suite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "DEVICE": "cpu",
+        "PRECISION": "fp32", "MODELS": "halp_trt.models:resnet20", "SIZE": "32", "BATCH": "2",
+        "RESULTS": str(tmp_path / "results"), "WORK": str(tmp_path / "work"), **extra,
+    }  # fmt: skip
+
+
+def test_lease_stops_each_step_at_its_deadline(tmp_path):
+    # A loan of a GPU is minutes: every step of the lease part runs under the deadline,
+    # one cut short is logged with its exit code and the next starts; the part ends well.
+    # 12 s in all, verify_cuda.py at most 3 of them: the table build (over a minute on
+    # the CPU) is killed at the deadline, and nothing after it starts.
+    res = subprocess.run(
+        ["bash", str(ROOT / "bench/gpu_suite.sh"), "lease"],
+        env=suite_env(tmp_path, BUDGET_S="12", VERIFY_S="3"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "table of halp_trt.models:resnet20: exit 124" in res.stderr, res.stderr[-2000:]
+    assert "fidelity of" not in res.stderr and "prune failed" not in res.stderr
+    assert not (tmp_path / "results" / "lut_fidelity_halp_trt_models_resnet20_b2.json").exists()
+    assert "== done" in res.stderr
+
+
+def test_unknown_part_is_one_line_before_anything_is_written(tmp_path):
+    res = subprocess.run(
+        ["bash", str(ROOT / "bench/gpu_suite.sh"), "tabels"],
+        env=suite_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "unknown part tabels" in res.stderr and not (tmp_path / "results").exists()
