@@ -174,20 +174,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         table_path = Path(args.table)
+        # Checked before --recalibrate writes into it: a table of another precision or
+        # device is refused as it was given.
+        with LatencyTable.open(table_path) as given:
+            fp = given.fingerprint
+        on_gpu = str(args.device or "cpu").startswith("cuda")
+        if fp.get("precision", args.precision) != args.precision or (
+            args.backend == "torch" and str(fp.get("device", "cpu")).startswith("cpu") == on_gpu
+        ):
+            print(
+                f"lut_fidelity.py: error: {table_path} was measured at {fp.get('precision')} "
+                f"on {fp.get('device')}: give the --precision and --device it was measured at",
+                file=sys.stderr,
+            )
+            return 2
         if args.recalibrate:
             calibrate()
     table = LatencyTable.open(table_path)
-    fp = table.fingerprint
-    on_gpu = str(args.device or "cpu").startswith("cuda")
-    if fp.get("precision", args.precision) != args.precision or (
-        args.backend == "torch" and str(fp.get("device", "cpu")).startswith("cpu") == on_gpu
-    ):
-        print(
-            f"lut_fidelity.py: error: {table_path} was measured at {fp.get('precision')} on "
-            f"{fp.get('device')}: give the --precision and --device it was measured at",
-            file=sys.stderr,
-        )
-        return 2
     step = args.step or table.step
 
     # 2. Random assignments at the grid step, each a really pruned model.
