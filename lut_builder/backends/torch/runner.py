@@ -103,8 +103,8 @@ class TorchRunner(Runner):
             stream.synchronize()
         except Exception as exc:  # capture is not possible for every model
             torch.cuda.synchronize(self.device)
-            self.note = f"runs eagerly: CUDA graph capture failed ({type(exc).__name__}: {exc})"
-            self.note = self.note.splitlines()[0]
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.note = f"runs eagerly: CUDA graph capture failed ({why})"
             return
         self._graph, self._output = graph, output
 
