@@ -437,12 +437,22 @@ class Pipeline:
         return options
 
     def _feedback(self) -> dict[str, Any] | None:
-        """Measured-latency feedback while pruning: on a CPU backend at FP32, where the
-        table was measured on this machine and a model loads in a second (a TensorRT
-        engine per step would take minutes; an INT8 model would need calibrating)."""
-        if not self.config.feedback or not self._on_cpu() or self.config.precision != "fp32":
+        """Measured-latency feedback while pruning: on a CPU backend at FP32, or the torch
+        backend on this GPU at fp32/fp16/bf16 (each plan replayed as one CUDA graph, as
+        the table's layers were timed), where the table was measured on this machine and
+        a model loads in a second (a TensorRT engine per step would take minutes; an INT8
+        model would need calibrating)."""
+        if not self.config.feedback:
             return None
-        return {"backend": self.backend, "threads": self.config.threads}
+        if self._on_cpu():
+            if self.config.precision != "fp32":
+                return None
+            return {"backend": self.backend, "threads": self.config.threads}
+        if self._resolved_backend() != "torch" or self.config.precision not in (
+            "fp32", "fp16", "bf16",
+        ):  # fmt: skip
+            return None
+        return {"backend": "torch", "threads": None, "runner_options": self._backend_options()}
 
     def _resolved_backend(self) -> str:
         """The run's backend: the state's once it is open (a resumed run keeps its own),

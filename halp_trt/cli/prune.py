@@ -99,7 +99,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="time each step's plan against the dense model on this machine, at the "
         "table's backend and thread count, and correct the budgets by it (as `halp-trt "
-        "run` does by default); only for a CPU table at FP32 measured on this CPU model",
+        "run` does by default); for a CPU table at FP32 measured on this CPU model, or a "
+        "torch table of this machine's GPU",
     )
     p.add_argument("--backend", default=None, help="require a table measured on this backend")
     p.add_argument(

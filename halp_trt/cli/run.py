@@ -59,8 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-feedback",
         action="store_true",
-        help="do not measure the plans while pruning (CPU backends at fp32 measure each "
-        "step's plan against the original and correct the budgets by it)",
+        help="do not measure the plans while pruning (CPU backends at fp32, and the torch "
+        "backend on a GPU, measure each step's plan against the original and correct the "
+        "budgets by it)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")

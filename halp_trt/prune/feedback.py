@@ -81,7 +81,10 @@ class MeasuredLatency:
         dense: the unpruned model (copied now: the pruner masks the original in place).
         example_input: an input of the deployed shape (batch included).
         backend: a backend with a runner (``onnxruntime``, ``torch``).
-        threads: CPU threads of the runners (the table's count).
+        threads: CPU threads of the runners (the table's count); None on a GPU.
+        runner_options: further keyword arguments of the runners, as the table's
+            backend measured: ``{"device": "cuda", "precision": "fp16"}`` for a torch
+            table of a GPU (:func:`feedback_from_table` gives them).
         rounds: timed interleaved rounds per batch.
         warmup: untimed inferences before each block (one thread), untimed rounds
             (several threads).
@@ -102,26 +105,28 @@ class MeasuredLatency:
         example_input: Any,
         *,
         backend: str = "onnxruntime",
-        threads: int = 1,
+        threads: int | None = 1,
         rounds: int = 30,
         warmup: int = 3,
         precision: float = FEEDBACK_PRECISION,
         max_batches: int = FEEDBACK_MAX_BATCHES,
         block_ms: float = FEEDBACK_BLOCK_MS,
+        runner_options: Mapping[str, Any] | None = None,
     ) -> None:
-        from lut_builder.backends import make_runner
 
         if rounds < 3 or warmup < 0 or max_batches < 1 or not precision > 0 or block_ms < 0:
             raise ValueError(
                 "MeasuredLatency needs rounds >= 3, warmup >= 0, max_batches >= 1, "
                 "precision > 0 and block_ms >= 0"
             )
-        self.backend, self.threads = backend, int(threads)
+        self.backend = backend
+        self.threads = None if threads is None else int(threads)
         self.rounds, self.warmup = int(rounds), int(warmup)
         self.precision, self.max_batches = float(precision), int(max_batches)
         self.block_ms = float(block_ms)
+        self.runner_options = dict(runner_options or {})
         self.x = example_input.detach().cpu()
-        self._dense = make_runner(backend, self._cpu(dense), self.x, threads=self.threads)
+        self._dense = self._runner(dense)
         #: The last measurement's per-round spread (p10 to p90 over the median)...
         self.spread: float | None = None
         #: ... the half-width of the 95% interval of its median, over the median (the
@@ -133,19 +138,23 @@ class MeasuredLatency:
         #: :data:`FEEDBACK_TRUST` after ``max_batches`` batches of rounds.
         self.reliable = True
 
-    @staticmethod
-    def _cpu(model: nn.Module) -> nn.Module:
-        return copy.deepcopy(model).cpu().eval()
+    def _runner(self, model: nn.Module) -> Any:
+        """A runner of a copy of ``model`` (the runner moves it where it runs)."""
+        from lut_builder.backends import make_runner
+
+        options = dict(self.runner_options)
+        if self.threads is not None:
+            options["threads"] = self.threads
+        return make_runner(self.backend, copy.deepcopy(model).cpu().eval(), self.x, **options)
 
     def __call__(self, model: nn.Module) -> float:
         """``model``'s latency over the unpruned model's: the median of per-round ratios,
         over as many batches of ``rounds`` as it takes (at most ``max_batches``) for the
         median's 95% interval to lie within ``precision`` of it. :attr:`halfwidth` says
         how close it came, :attr:`reliable` whether it is close enough to steer a plan."""
-        from lut_builder.backends import make_runner
         from lut_builder.timing import Timing
 
-        runner = make_runner(self.backend, self._cpu(model), self.x, threads=self.threads)
+        runner = self._runner(model)
         try:
             ratios = self._ratios(runner)
             halfwidth = _halfwidth(ratios)
@@ -208,13 +217,17 @@ def _halfwidth(ratios: np.ndarray) -> float:
 
 
 def feedback_from_table(table: Any) -> dict[str, Any]:
-    """:class:`MeasuredLatency`'s ``backend`` and ``threads`` for a table measured on this
-    machine's CPU at FP32: the deployment the table describes, timed here.
+    """:class:`MeasuredLatency`'s keyword arguments for the deployment a table describes,
+    timed here: a CPU table at FP32 measured on this machine's CPU model (``backend``,
+    ``threads``), or a torch table of this machine's GPU (``backend``, ``threads`` None,
+    ``runner_options``: the device, precision, layout and graph replay it was measured
+    at; a model is replayed as one CUDA graph there, so a plan times in milliseconds).
 
     Raises:
-        UserError: a GPU, INT8 or analytic table, or one measured on another CPU model
-            or on a CPU with other kernel extensions (feedback would time this machine,
-            not the table's).
+        UserError: a TensorRT, INT8 or analytic table, a GPU table where this machine has
+            no GPU of that name, or a CPU table measured on another CPU model or on a CPU
+            with other kernel extensions (feedback would time this machine, not the
+            table's).
     """
     from lut_builder.backends.base import host_fingerprint
 
@@ -226,9 +239,12 @@ def feedback_from_table(table: Any) -> dict[str, Any]:
         f"the table {getattr(table, 'path', '')} is {backend} {fp.get('precision', '')} "
         f"on {device or '?'}"
     )
+    if backend == "torch" and device and not device.startswith("cpu"):
+        return _gpu_feedback(fp, where)
     if backend not in ("onnxruntime", "torch") or not device.startswith("cpu"):
         raise UserError(
-            f"latency feedback times plans on this machine's CPU (onnxruntime or torch): {where}"
+            "latency feedback times plans on this machine's CPU (onnxruntime or torch) or "
+            f"GPU (torch): {where}"
         )
     if fp.get("precision", "fp32") != "fp32":
         raise UserError(f"latency feedback times FP32 models: {where}")
@@ -249,3 +265,26 @@ def feedback_from_table(table: Any) -> dict[str, Any]:
             "differ; build the table on this machine"
         )
     return {"backend": backend, "threads": int(getattr(table, "threads", None) or 1)}
+
+
+def _gpu_feedback(fp: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """:func:`feedback_from_table` for a torch table of a GPU: this process's CUDA device
+    (under torchrun, the rank's) must be the table's GPU model."""
+    import torch
+
+    from ..errors import UserError
+
+    if fp.get("precision", "fp32") not in ("fp32", "fp16", "bf16"):
+        raise UserError(f"latency feedback times fp32, fp16 or bf16 models on a GPU: {where}")
+    if not torch.cuda.is_available():
+        raise UserError(f"latency feedback times this machine, which has no CUDA device, but {where}")  # fmt: skip
+    index = torch.cuda.current_device()
+    here = torch.cuda.get_device_name(index)
+    if here != fp.get("device"):
+        raise UserError(f"latency feedback times this machine's GPU ({here}), but {where}")
+    options = fp.get("options") if isinstance(fp.get("options"), Mapping) else {}
+    runner: dict[str, Any] = {"device": f"cuda:{index}", "precision": fp.get("precision", "fp32")}
+    for key in ("channels_last", "cuda_graph"):  # as the table's layers were measured
+        if isinstance(options.get(key), bool):
+            runner[key] = options[key]
+    return {"backend": "torch", "threads": None, "runner_options": runner}

@@ -119,7 +119,8 @@ def prune_classifier(
             (:class:`halp_trt.prune.MeasuredLatency` keyword arguments: ``backend``,
             ``threads``, ...) and correct the budgets by it; True: the table's backend
             and thread count (:func:`halp_trt.prune.feedback.feedback_from_table`: a
-            CPU table at FP32 measured on this CPU model); None: plans as the table
+            CPU table at FP32 measured on this CPU model, or a torch table of this
+            machine's GPU, timed on it as its layers were); None: plans as the table
             predicts them. Only where this machine is the deployment's.
 
     Returns:

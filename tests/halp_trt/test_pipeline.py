@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -260,5 +261,17 @@ def test_torch_backend_on_a_gpu_machine_is_the_gpus(monkeypatch, tmp_path, devic
     assert pipeline._backend_options() == {"precision": "fp16", "device": expect}
     pipeline.state = RunState(args={}, backend="torch")
     assert pipeline._backend_options() == {"precision": "fp16", "device": expect}
+    # Feedback times each plan on that GPU, as the table's layers were timed...
+    assert pipeline._feedback() == {
+        "backend": "torch", "threads": None,
+        "runner_options": {"precision": "fp16", "device": expect},
+    }  # fmt: skip
+    # ... unless turned off.
+    assert Pipeline(dataclasses.replace(config, feedback=False))._feedback() is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pipeline._backend_options() == {"precision": "fp16", "threads": config.threads}
+    # On the CPU, feedback only at FP32.
+    assert pipeline._feedback() is None
+    cpu32 = Pipeline(dataclasses.replace(config, precision="fp32"))
+    cpu32.state = RunState(args={}, backend="torch")
+    assert cpu32._feedback() == {"backend": "torch", "threads": config.threads}

@@ -478,6 +478,31 @@ def test_measured_latency_times_blocks_on_the_thread_clock_chunks_on_the_wall_cl
     assert math.isfinite(ratio) and ratio > 0 and m.rounds_timed >= 5
 
 
+def test_measured_latency_runs_its_runners_as_the_table_measured():
+    # runner_options reach both runners (a GPU table's device, precision, layout); with
+    # threads None the process's torch thread count is left as it is (on a GPU the runner
+    # has no thread count to set).
+    from halp_trt.prune import feedback as fb
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU())
+    narrow = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    x = torch.randn(4, 3, 32, 32)
+    before = torch.get_num_threads()
+    options = {"device": "cpu", "precision": "fp32", "channels_last": True}
+    try:
+        torch.set_num_threads(2)
+        with fb.MeasuredLatency(
+            net, x, backend="torch", threads=None, rounds=5, warmup=1, block_ms=2,
+            max_batches=1, runner_options=options,
+        ) as m:  # fmt: skip
+            ratio = m(narrow)
+            assert m._dense.channels_last and m._dense.threads == 2 == torch.get_num_threads()
+            assert m._dense.clock == "wall"  # two threads: chunks on the wall clock
+        assert 0 < ratio < 1 and m.rounds_timed == 5
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- pruning once before training (calibration) ---------------------------------------------
 
 

@@ -256,12 +256,43 @@ def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypat
         ({"device": "cpu: Another CPU"}, "times this machine"),
         ({"precision": "int8"}, "times FP32 models"),
         ({"backend": "tensorrt", "device": "cuda: NVIDIA H100"}, "this machine's CPU"),
-        ({"backend": "torch", "device": "cuda: NVIDIA H100"}, "this machine's CPU"),
+        ({"backend": "analytic", "device": "analytic"}, "this machine's CPU"),
     ]:
         other = Table()
         other.fingerprint = {**Table.fingerprint, **change}
         with pytest.raises(UserError, match=fragment):
             fb.feedback_from_table(other)
+
+    # A torch table of a GPU is timed on this process's GPU when it is that GPU model, at
+    # the table's precision, layout and graph replay; anything else is one line.
+    import torch
+
+    gpu = Table()
+    gpu.fingerprint = {
+        "backend": "torch", "precision": "fp16", "device": "NVIDIA H200",
+        "options": {"channels_last": True, "cuda_graph": True, "inner": 20},
+    }  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="has no CUDA device"):
+        fb.feedback_from_table(gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H200" if i == 1 else "?")
+    assert fb.feedback_from_table(gpu) == {
+        "backend": "torch", "threads": None,
+        "runner_options": {
+            "device": "cuda:1", "precision": "fp16", "channels_last": True, "cuda_graph": True,
+        },
+    }  # fmt: skip
+    for change, fragment in [
+        ({"device": "NVIDIA H100"}, r"this machine's GPU \(NVIDIA H200\)"),
+        ({"precision": "int8"}, "fp32, fp16 or bf16"),
+    ]:
+        other = Table()
+        other.fingerprint = {**gpu.fingerprint, **change}
+        with pytest.raises(UserError, match=fragment):
+            fb.feedback_from_table(other)
+    monkeypatch.undo()
 
     # prune_classifier(feedback=True) times every step on the backend the table names.
     seen = []
