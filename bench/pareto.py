@@ -102,6 +102,14 @@ latency: each method's accuracy at the reference's measured latency ratio, inter
 linearly along that method's own points of the same seed (its runs at every target and
 its ``+`` run), marked ``bracketed`` when they lie on both sides.
 
+``--backend torch`` times every model, and measures the table, with torch instead (one
+CPU thread); with ``--device cuda --precision fp16`` on the GPU: each model replayed as
+one CUDA graph in channels_last, as the torch backend times its table's layers, on the
+wall clock in chunks (as the pruner's feedback times there), and every model trained on
+that GPU. A GPU is where a MAC count is furthest from the latency (an H200's ResNet-18
+table: MACs miss random widths' speed-ups by 52% median, the table by 2%), so where
+measuring should pay most.
+
 Bad input (unknown method, a target at or above 1x, a data spec the model cannot take,
 an output that cannot be written) stops it with one line and exit code 2 before any
 training. A method that fails on one seed is recorded as failed with its error and the
@@ -457,9 +465,9 @@ def halp_calibrated(
     (re-scored as the model narrows, no weight updated), through the pruner's step().
 
     Returns ``(slim model, facts)``; the fine-tuning is the caller's."""
-    from halp_trt.prune import MeasuredLatency, Pruner
+    from halp_trt.prune import Pruner
 
-    measure = MeasuredLatency(dense, x, threads=1) if feedback else None
+    measure = prune_quality.deploy_feedback(dense, x) if feedback else None
     try:
         if steps == 1:
             pruner = Pruner(
@@ -851,10 +859,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--table", default=None, help="measured table file (built if missing)")
     p.add_argument(
         "--table-backend",
-        choices=("onnxruntime", "macs"),
+        choices=("measured", "onnxruntime", "macs"),
+        default="measured",
+        help="the table halp-trt solves on: measured on --backend (onnxruntime: the same, "
+        "its name before --backend) or, for dry runs and tests, the MACs table (timing "
+        "stays on --backend)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch"),
         default="onnxruntime",
-        help="the table halp-trt solves on: measured (ONNX Runtime CPU, one thread) or, "
-        "for dry runs and tests, the MACs table (timing stays on ONNX Runtime)",
+        help="the deployment every model is timed in and the table measured on: ONNX "
+        "Runtime (CPU, one thread) or torch (one CPU thread, or --device cuda: each model "
+        "replayed as one CUDA graph)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda / cuda:N with --backend torch: the GPU the models are timed "
+        "and trained on",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="the deployment's precision (fp16/bf16: --backend torch on a GPU)",
     )
     p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
     p.add_argument(
@@ -1011,6 +1040,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--prune-window must be a fraction in (0, 1], not {args.prune_window}")
     if args.min_keep is not None and not 0 <= args.min_keep < 1:
         raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
+    check_deployment(args)
     seeds = parse_seeds(args.seeds)
     for name in ("epochs", "pretrain_epochs", "steps", "batch_size", "rounds", "threads"):
         least = 0 if name == "pretrain_epochs" else 1
@@ -1035,8 +1065,77 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def check_deployment(args: argparse.Namespace) -> None:
+    """``--backend``, ``--device``, ``--precision`` and ``--table`` checked together (the
+    old name of ``--table-backend measured`` is made the new one).
+
+    Raises:
+        BenchError: a device or precision the backend does not run here, or a given table
+            measured in another deployment.
+    """
+    if args.table_backend == "onnxruntime":
+        args.table_backend = "measured"
+    gpu = args.device.startswith("cuda")
+    if not gpu and args.device != "cpu":
+        raise BenchError(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
+    if gpu and args.backend != "torch":
+        raise BenchError(f"--device {args.device} needs --backend torch")
+    if args.precision != "fp32" and not gpu:
+        raise BenchError(f"--precision {args.precision} is for a GPU (--device cuda)")
+    if gpu and not torch.cuda.is_available():
+        raise BenchError(f"--device {args.device}: this machine has no CUDA device")
+    if args.table is None or not Path(args.table).exists() or args.table_backend == "macs":
+        return
+    from lut_builder import LatencyTable
+
+    with LatencyTable.open(args.table) as table:
+        fp = table.fingerprint or {}
+    theirs = (fp.get("backend"), fp.get("precision", "fp32"), str(fp.get("device", "")))
+    if (
+        theirs[0] != args.backend
+        or theirs[1] != args.precision
+        or theirs[2].startswith("cpu") == gpu
+    ):
+        raise BenchError(
+            f"--table {args.table} was measured on {theirs[0]} {theirs[1]} on "
+            f"{theirs[2] or '?'}, not in this run's deployment ({args.backend} "
+            f"{args.precision} on {args.device})"
+        )
+
+
+def deployment(args: argparse.Namespace) -> dict[str, Any]:
+    """:data:`prune_quality.DEPLOY` for this run: ONNX Runtime or torch on one CPU thread,
+    or torch on the GPU at ``--precision``."""
+    if args.device.startswith("cuda"):
+        options = {"device": args.device, "precision": args.precision}
+        return {"backend": "torch", "threads": None, "options": options}
+    return {"backend": args.backend, "threads": 1, "options": {}}
+
+
+def describe_deployment(args: argparse.Namespace) -> str:
+    """The deployment in words, for the result's ``timing``."""
+    if args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(args.device))
+        return (
+            f"torch on {name} ({args.device}), {args.precision}, each model replayed as one "
+            "CUDA graph, channels_last, wall clock in chunks"
+        )
+    which = "ONNX Runtime" if args.backend == "onnxruntime" else "torch"
+    return f"{which} CPU, one intra-op thread"
+
+
 #: Settings that may differ between a result and the seeds added to it (``--keep``).
 KEEP_FREE = ("seeds", "keep", "lock", "threads", "dense_finetune")
+
+
+def deployment_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A result's settings with the deployment's as a result of today records them:
+    results from before ``--backend`` were ONNX Runtime on the CPU at FP32, and named
+    their measured table ``onnxruntime``."""
+    out = {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", **settings}
+    if out.get("table_backend") == "onnxruntime":
+        out["table_backend"] = "measured"
+    return out
 
 
 def result_timing(settings: dict[str, Any] | None) -> str:
@@ -1068,6 +1167,7 @@ def previous_runs(args, out: Path, methods, targets, seeds) -> dict[str, Any]:
     theirs.setdefault("min_interval", 1)
     theirs.setdefault("fastnas_score", "val")  # FastNAS scored on validation images then
     theirs["timing"] = result_timing(theirs)
+    theirs = deployment_settings(theirs)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     differ += [k for k, v in (("methods", methods), ("targets", targets)) if prev.get(k) != v]
     if differ:
@@ -1123,12 +1223,13 @@ TABLE_FREE = ("halp-taylor-macs", "halp-taylor-abs-macs", "modelopt-fastnas")
 
 def train_config(args: argparse.Namespace, seed: int, epochs: int | None = None):
     """The bench's training configuration for ``seed``: ``epochs`` (default ``--epochs``,
-    the training every method's model gets after its pruning) on the CPU."""
+    the training every method's model gets after its pruning) on ``--device`` (the GPU
+    the models are timed on, else the CPU)."""
     from halp_trt.train import TrainConfig
 
     epochs = args.epochs if epochs is None else epochs
     return TrainConfig(
-        epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
+        epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device
     )
 
 
@@ -1141,7 +1242,7 @@ def dense_finetuned(dense: nn.Module, data, args: argparse.Namespace, seed: int)
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    model = copy.deepcopy(dense).train()
+    model = copy.deepcopy(dense).to(args.device).train()
     Trainer(model, data, train_config(args, seed)).fit()
     return {
         "finetuned_val_acc": evaluate(model.cpu().eval(), data.val)[1],
@@ -1175,9 +1276,9 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         try:
             torch.manual_seed(seed)
             model, extra = fn()
-            model = model.cpu().eval()
             row.update(extra)
-            row["val_acc"] = evaluate(model, data.val)[1]
+            row["val_acc"] = evaluate(model.eval(), data.val, device=args.device)[1]
+            model = model.cpu()
             row["params"] = sum(p.numel() for p in model.parameters())
             row["widths"] = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
             if "predict" in ctx:
@@ -1210,7 +1311,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
     def finetuned(model: nn.Module, extra: dict, t_prune: float) -> tuple[nn.Module, dict]:
         t0 = time.perf_counter()
-        fit = Trainer(model, data, config).fit()
+        fit = Trainer(model.to(args.device), data, config).fit()
         return model, {
             **extra,
             "prune_s": t_prune,
@@ -1355,16 +1456,20 @@ def measure_blocks(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -
     """All models in turn in one run, ``rounds`` rounds, each model one block of
     back-to-back inferences a round (:func:`lut_builder.timing.time_blocks`, as the
     pruner's feedback times: blocks of at least 20 ms and 5 inferences after 3 untimed;
-    ONNX Runtime, one thread, thread clock; the order turns round by round). Every model
+    ONNX Runtime, one thread, thread clock; the order turns round by round; on a GPU,
+    chunks of inferences for 20 ms a round on the wall clock, as the feedback times
+    there). Every model
     runs as it is served, and all sample the same minutes of the machine, as the
     round-robin does: timed against the dense model one after another, the same model read
     up to 10% apart a minute later on this project's shared machines. The figures of
     :func:`prune_quality.measure_interleaved`, which runs it: per model the median, p10 and
     p90 of its block medians (ms) and the median per-round ratio to the dense model."""
     from halp_trt.prune.feedback import FEEDBACK_BLOCK_MS, FEEDBACK_BLOCK_RUNS
-    from lut_builder.timing import time_blocks
+    from lut_builder.timing import time_blocks, time_chunked
 
     def in_blocks(runners: list, rounds: int) -> list[list[float]]:
+        if runners[0].clock != "thread":  # a GPU: chunks on the wall clock, as feedback
+            return time_chunked(runners, warmup=3, rounds=rounds, min_block_ms=FEEDBACK_BLOCK_MS)[0]
         return time_blocks(
             runners, rounds=rounds, block_ms=FEEDBACK_BLOCK_MS, warm_runs=3,
             min_runs=FEEDBACK_BLOCK_RUNS,
@@ -1387,8 +1492,6 @@ def remeasure(runs: list[dict], models: dict[str, nn.Module], x: torch.Tensor) -
     the pruner's last step disagree, this tells a change of timing method (it agrees with
     the pruner) from a change of the model's speed or of the machine's (it agrees with the
     round-robin)."""
-    from halp_trt.prune import MeasuredLatency
-
     rows = [
         r for r in runs
         if r["status"] == "ok" and r["method"] in models
@@ -1396,7 +1499,7 @@ def remeasure(runs: list[dict], models: dict[str, nn.Module], x: torch.Tensor) -
     ]  # fmt: skip
     if not rows:
         return
-    with prune_quality.bench_lock(), MeasuredLatency(models["dense"], x, threads=1) as measure:
+    with prune_quality.bench_lock(), prune_quality.deploy_feedback(models["dense"], x) as measure:
         for row in rows:
             row["remeasured_ratio"] = measure(models[row["method"]])
             row["remeasured_halfwidth"] = measure.halfwidth
@@ -1418,6 +1521,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pareto.py: error: {exc}", file=sys.stderr)
         return 2
 
+    prune_quality.LOCK = args.lock
+    deploy_before = prune_quality.DEPLOY
+    prune_quality.DEPLOY = deployment(args)
+    try:
+        return run(args, checked, argv)
+    finally:
+        prune_quality.DEPLOY = deploy_before
+
+
+def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | None) -> int:
+    """The bench, its inputs checked (:func:`check_inputs`) and its deployment set."""
     from halp_trt.prune import network_latency
     from halp_trt.specs import example_input, load_model
     from halp_trt.train import Trainer, evaluate
@@ -1425,7 +1539,6 @@ def main(argv: list[str] | None = None) -> int:
     from lut_builder.fileio import atomic_write_json
     from lut_builder.signatures import model_layers
 
-    prune_quality.LOCK = args.lock
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -1436,7 +1549,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     arch = load_model(args.model).eval()
     x = example_input(arch, shape).cpu()
-    block = get_backend("onnxruntime").alignment  # the CPU's channel block
+    backend = get_backend(args.backend, **prune_quality.deploy_options())
+    block = backend.alignment  # the deployment's channel block
+    backend.close()
     step = args.step or block
     tag = "".join(c if c.isalnum() else "_" for c in args.model.split(":")[-1])
     shape_tag = "x".join(map(str, shape))
@@ -1446,12 +1561,12 @@ def main(argv: list[str] | None = None) -> int:
     def train_dense(seed: int) -> nn.Module:
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        dense = load_model(args.model).train()
+        dense = load_model(args.model).to(args.device).train()
         cfg = train_config(args, seed, args.pretrain_epochs)
         if args.pretrain_epochs:
             Trainer(dense, data, cfg).fit()
-        dense = dense.cpu().eval()
-        acc = evaluate(dense, data.val)[1]
+        acc = evaluate(dense.eval(), data.val, device=args.device)[1]
+        dense = dense.cpu()
         result["dense"][str(seed)] = {"val_acc": acc, "seconds": time.perf_counter() - t0}
         log(f"seed {seed}: dense val acc {acc:.4f}")
         if args.dense_finetune:
@@ -1460,8 +1575,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['dense'][str(seed)]['finetuned_val_acc']:.4f}")  # fmt: skip
         return dense
 
-    kind = "" if args.table_backend == "onnxruntime" else "_macs"
-    table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{kind}.db")
+    kind = "" if args.table_backend == "measured" else "_macs"
+    where = f"_torch_{args.device.replace(':', '')}_{args.precision}"
+    where = "" if args.backend == "onnxruntime" else where
+    table_path = Path(args.table or f"/tmp/pareto_{tag}_{shape_tag}_s{step}{where}{kind}.db")
     # Every method gets halp-trt's grain: the solver's bundle is the table's alignment, or
     # its grid step where coarser (a step-16 grid on an AVX2 CPU, whose alignment is 8).
     align = step if kind else max(step, block)
@@ -1482,7 +1599,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": sorted(kept["seeds"] + checked["seeds"]),
         "methods": checked["methods"],
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
-        "timing": "ONNX Runtime CPU, one intra-op thread, interleaved with the dense model "
+        "timing": f"{describe_deployment(args)}, interleaved with the dense model "
         + (
             f"({args.rounds} rounds, thread clock); the machine was shared"
             if args.timing == "round-robin"
@@ -1535,8 +1652,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx["predict"] = predict
     result["table"] = {
-        "backend": args.table_backend,
-        "threads": 1,
+        "backend": args.backend if args.table_backend == "measured" else "macs",
+        "threads": prune_quality.DEPLOY["threads"],
         "fingerprint": table.fingerprint,
         "alignment": table.alignment,
         "step": table.step,

@@ -44,6 +44,7 @@ from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py, loaded onc
 SAME = (
     "model", "data", "input_shape", "pretrain_epochs", "epochs", "steps", "prune_window",
     "batch_size", "lr", "step", "table_backend", "threads", "min_keep", "no_feedback",
+    "backend", "device", "precision",
 )  # fmt: skip
 
 
@@ -89,7 +90,7 @@ def swap(
             "dense": {k: v for k, v in rerun["dense"].items() if int(k) in seeds},
             "runs": [r for r in rerun["runs"] if int(r["seed"]) in seeds],
         }
-    sb, sr = base["settings"], rerun["settings"]
+    sb, sr = (pareto.deployment_settings(r["settings"]) for r in (base, rerun))
     same = [k for k in SAME if not (other_window and k == "prune_window")]
     differ = [k for k in same if sb.get(k) != sr.get(k)]
     timing = pareto.result_timing(sb)

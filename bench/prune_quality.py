@@ -73,6 +73,11 @@ from lut_builder.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/halp-trt-bench.lock"
+#: The deployment every model of a bench run is timed in, and its tables measured on: a
+#: backend, its CPU thread count (None on a GPU) and the runners' further options
+#: (``device``, ``precision``). ONNX Runtime on one CPU thread unless a bench sets it
+#: (``bench/pareto.py --backend torch --device cuda --precision fp16``).
+DEPLOY: dict[str, Any] = {"backend": "onnxruntime", "threads": 1, "options": {}}
 METHODS = ("halp-taylor", "halp-sp-lamp", "uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
 BASELINES = ("uniform", "uniform+", "tp-l2-global", "tp-l2-global+")
 
@@ -163,6 +168,33 @@ def bench_lock(path: str | None = None, say: Any = None):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def deploy_options() -> dict[str, Any]:
+    """:data:`DEPLOY`'s backend options: its runners' and its table's (``threads`` where it
+    has a thread count)."""
+    options = dict(DEPLOY["options"])
+    if DEPLOY["threads"] is not None:
+        options["threads"] = DEPLOY["threads"]
+    return options
+
+
+def deploy_runner(model: nn.Module, x: torch.Tensor) -> Any:
+    """A runner of ``model`` in :data:`DEPLOY`'s deployment."""
+    from lut_builder.backends import make_runner
+
+    return make_runner(DEPLOY["backend"], model, x, **deploy_options())
+
+
+def deploy_feedback(dense: nn.Module, x: torch.Tensor) -> Any:
+    """The pruner's measured-latency feedback against ``dense`` in :data:`DEPLOY`'s
+    deployment (:class:`halp_trt.prune.MeasuredLatency`)."""
+    from halp_trt.prune import MeasuredLatency
+
+    return MeasuredLatency(
+        dense, x, backend=DEPLOY["backend"], threads=DEPLOY["threads"],
+        runner_options=DEPLOY["options"],
+    )  # fmt: skip
+
+
 def build_model(depth: int, width: int, channels: int) -> nn.Module:
     from halp_trt.models import CifarResNet
 
@@ -174,7 +206,7 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
     is not (a build whose calibration failed leaves its points: they are kept)."""
     from halp_trt.graph import calibration_variants
     from lut_builder import LatencyTable, calibrate_overhead
-    from lut_builder.backends import get_backend, make_runner
+    from lut_builder.backends import get_backend
     from lut_builder.build import build_table
 
     def calibrate(table: Any) -> float:
@@ -183,7 +215,7 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
         # grid, whose narrowest point is 16).
         return calibrate_overhead(
             table,
-            lambda m: make_runner("onnxruntime", m, x, threads=1),
+            lambda m: deploy_runner(m, x),
             model,
             x,
             variants=calibration_variants(model, x, table.step),
@@ -191,7 +223,7 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
 
     if not path.exists():
         with bench_lock():
-            backend = get_backend("onnxruntime")
+            backend = get_backend(DEPLOY["backend"], **deploy_options())
             build_table(path, model, x, backend, step=step, calibrate=calibrate)
             backend.close()
     table = LatencyTable.open(path)
@@ -209,16 +241,17 @@ def measure_interleaved(
     """All models in one run, under the bench lock: per model median, p10, p90 (ms) and the
     median per-round ratio to ``models["dense"]``. ``time_runners(runners, rounds)`` returns
     each runner's per-round times; by default round-robin, one inference each a round
-    (``time_interleaved``, each after one untimed)."""
-    from lut_builder.backends import make_runner
+    (``time_interleaved``, each after one untimed), on the runners' clock. The runners are
+    :data:`DEPLOY`'s."""
     from lut_builder.timing import time_interleaved
 
     def round_robin(runners: list, rounds: int) -> list[list[float]]:
-        return time_interleaved(runners, warmup=20, rounds=rounds, clock="thread", warm=True)
+        clock = runners[0].clock
+        return time_interleaved(runners, warmup=20, rounds=rounds, clock=clock, warm=True)
 
     names = list(models)
     with bench_lock():
-        runners = [make_runner("onnxruntime", models[n].eval(), x, threads=1) for n in names]
+        runners = [deploy_runner(models[n].eval(), x) for n in names]
         try:
             samples = (time_runners or round_robin)(runners, rounds)
         finally:
@@ -269,15 +302,14 @@ def tp_prune(dense: nn.Module, x: torch.Tensor, ratio: float, align: int) -> nn.
 
 
 def measure_ratio(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int = 100) -> float:
-    """Median per-round latency ratio a / b, timed round-robin in one run."""
-    from lut_builder.backends import make_runner
+    """Median per-round latency ratio a / b, timed round-robin in one run (:data:`DEPLOY`'s
+    runners, on their clock)."""
     from lut_builder.timing import time_interleaved
 
     with bench_lock():
-        ra = make_runner("onnxruntime", a.eval(), x, threads=1)
-        rb = make_runner("onnxruntime", b.eval(), x, threads=1)
+        ra, rb = deploy_runner(a.eval(), x), deploy_runner(b.eval(), x)
         try:
-            sa, sb = time_interleaved([ra, rb], warmup=10, rounds=rounds, clock="thread", warm=True)
+            sa, sb = time_interleaved([ra, rb], warmup=10, rounds=rounds, clock=ra.clock, warm=True)
         finally:
             ra.close()
             rb.close()
@@ -338,20 +370,22 @@ def train_halp(
     fine-tuning epochs, at least ``min_interval`` iterations apart (None: the pruner's
     default; fewer steps where the window is shorter, as ``halp-trt prune`` fits them),
     importance ``importance``, the plan solved on ``table`` for
-    ``target``; with ``feedback``, each step's plan measured against ``dense`` on ONNX
-    Runtime (one thread) and the budgets corrected
+    ``target``, on ``config``'s device; with ``feedback``, each step's plan measured
+    against ``dense`` in :data:`DEPLOY`'s deployment (ONNX Runtime, one thread, unless a
+    bench set another) and the budgets corrected
     (:class:`halp_trt.prune.MeasuredLatency`); ``min_keep``: the pruner's floor (None:
     its default); ``monotone_table``: plan on the table's monotone envelope instead of
     its points as measured (the pruner's default).
 
     Returns ``(pruned model, plan, facts)``.
     """
-    from halp_trt.prune import MeasuredLatency, Pruner
+    from halp_trt.prune import Pruner
     from halp_trt.prune.schedule import DEFAULT_SPREAD, MIN_INTERVAL, fit_schedule
     from halp_trt.train import Trainer
 
-    measure = MeasuredLatency(dense, x, threads=1) if feedback else None
-    model = copy.deepcopy(dense)
+    measure = deploy_feedback(dense, x) if feedback else None
+    device = config.resolved_device()
+    model = copy.deepcopy(dense).to(device)  # trained and pruned where the config trains
     trainer = Trainer(model, data, config)
     per_epoch = trainer.iterations_per_epoch
     if schedule == "oneshot":
@@ -364,7 +398,7 @@ def train_halp(
         )  # fmt: skip
         steps, interval = fit.steps, fit.interval
     pruner = Pruner(
-        model, x, table, target, importance=importance, steps=steps, interval=interval,
+        model, x.to(device), table, target, importance=importance, steps=steps, interval=interval,
         schedule=schedule, feedback=measure, min_keep=min_keep,
         monotone_table=monotone_table,
     )  # fmt: skip

@@ -84,6 +84,75 @@ def test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message):
     assert not (tmp_path / "sub").exists()
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "cuda"], "--device cuda needs --backend torch"),
+        (["--device", "tpu", "--backend", "torch"], "--device must be cpu, cuda or cuda:N"),
+        (["--precision", "fp16", "--backend", "torch"], "--precision fp16 is for a GPU"),
+        (["--backend", "torch", "--device", "cuda:1"], "this machine has no CUDA device"),
+    ],
+)
+def test_a_deployment_this_machine_cannot_time_is_one_line(
+    pareto, tmp_path, capsys, monkeypatch, extra, message
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message)
+
+
+def test_a_table_of_another_deployment_is_one_line(pareto, tmp_path, capsys, monkeypatch):
+    # A MACs table given as the measured table of a torch run: refused before any work.
+    torch.manual_seed(0)
+    pareto.macs_table(tmp_path / "macs.db", tiny_net(), torch.randn(2, 3, 8, 8), 8, 8)
+    extra = ["--backend", "torch", "--table", str(tmp_path / "macs.db")]
+    message = "was measured on analytic fp32 on analytic"
+    test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message)
+    # A GPU deployment is made of the device and precision asked for; no CPU threads.
+    args = pareto.parse_args(["--model", TINY, "--input-shape", "2,3,8,8", "--backend", "torch",
+                              "--device", "cuda:1", "--precision", "bf16"])  # fmt: skip
+    assert pareto.deployment(args) == {
+        "backend": "torch", "threads": None, "options": {"device": "cuda:1", "precision": "bf16"}
+    }  # fmt: skip
+
+
+def test_torch_backend_builds_times_and_feeds_back_on_torch(pareto, tmp_path, monkeypatch):
+    # --backend torch: the table is the torch backend's, the pruner's feedback and the
+    # bench's timings run torch runners (not one ONNX Runtime runner), and the bench's
+    # deployment is put back after the run.
+    import lut_builder.backends as backends
+
+    made = []
+    real = backends.make_runner
+
+    def spy(name, *a, **k):
+        made.append((name, k.get("threads")))
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(backends, "make_runner", spy)
+    monkeypatch.setattr("halp_trt.prune.feedback.FEEDBACK_TRUST", float("inf"))
+    out = tmp_path / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "8,3,32,32", "--targets", "0.6x",
+        "--table", str(tmp_path / "t.db"), "--lock", str(tmp_path / "lock"),
+        "--backend", "torch", "--seeds", "0", "--methods", "halp-taylor,uniform",
+        "--epochs", "1", "--pretrain-epochs", "0", "--step", "8", "--rounds", "3",
+        "--timing", "blocks", "--match", "predicted", "--min-keep", "0", "--out", str(out),
+    ]  # fmt: skip
+    before = dict(pareto.prune_quality.DEPLOY)
+    assert pareto.main(argv) == 0
+    assert before == pareto.prune_quality.DEPLOY
+    result = json.loads(out.read_text())
+    assert result["table"]["fingerprint"]["backend"] == "torch"
+    assert (result["table"]["backend"], result["table"]["threads"]) == ("torch", 1)
+    assert result["timing"].startswith("torch CPU, one intra-op thread")
+    runs = {r["method"]: r for r in result["runs"]}
+    assert runs["halp-taylor"]["status"] == "ok", runs["halp-taylor"].get("error")
+    assert runs["halp-taylor"]["steps_measured_ratio"][-1] is not None
+    assert 0 < runs["halp-taylor"]["remeasured_ratio"] < 1.5
+    assert 0 < runs["uniform"]["measured_ratio"] < 1.5
+    assert made and set(made) == {("torch", 1)}
+
+
 def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys, short_feedback):
     def forced():
         raise RuntimeError("forced failure")
