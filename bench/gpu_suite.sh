@@ -9,6 +9,10 @@
 #   bash bench/gpu_suite.sh lease       # for a short loan of a GPU: verify_cuda.py, then per
 #                                       # model of $MODELS its batch-$BATCH table, fidelity
 #                                       # and prune, all within $BUDGET_S seconds
+#   bash bench/gpu_suite.sh pareto      # bench/pareto.py on the GPU: the harder digits'
+#                                       # MobileNetV2, measured table against MACs table,
+#                                       # uniform width and Torch-Pruning's Taylor, all
+#                                       # trained and timed there, within $BUDGET_S seconds
 #
 # Results go to $RESULTS (default bench/results/gpu); tables to $WORK (default
 # /tmp/halp-trt-gpu). Every JSON records the device it ran on. Set DEVICE=cpu, BATCH and
@@ -17,10 +21,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PART=${1:?usage: bench/gpu_suite.sh tables|fidelity|prune|inspect|lease}
+PART=${1:?usage: bench/gpu_suite.sh tables|fidelity|prune|inspect|lease|pareto}
 case "$PART" in
-tables | fidelity | prune | inspect | lease) ;;
-*) echo "gpu_suite.sh: unknown part $PART (tables, fidelity, prune, inspect, lease)" >&2; exit 2 ;;
+tables | fidelity | prune | inspect | lease | pareto) ;;
+*) echo "gpu_suite.sh: unknown part $PART (tables, fidelity, prune, inspect, lease, pareto)" >&2; exit 2 ;;
 esac
 DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-fp16}
@@ -142,6 +146,33 @@ lease)
     fidelity "$m" "${FIDELITY_S:-90}" || echo "fidelity of $m: exit $?" >&2
     prune "$m" "${PRUNE_S:-120}" || true
   done
+  echo "== done ($(( DEADLINE - $(date +%s) )) s left)" >&2 ;;
+pareto)
+  # Accuracy against measured latency where a MAC count is furthest from latency: every
+  # model trained on the GPU and timed there (torch, $PRECISION, each model one CUDA graph),
+  # at latency batch $PBATCH and $PSIZE x $PSIZE (the 16x16 digits resized). Training is
+  # seconds a method there (1437 training images); the table and the pruner's feedback
+  # take most of the time. The result is rewritten after every seed and target, so a run
+  # cut at the deadline keeps what finished.
+  DEADLINE=$(( $(date +%s) + 10#${BUDGET_S:-480} ))
+  PMODEL=${PMODEL:-halp_trt.models:mobilenetv2_cifar}
+  PSIZE=${PSIZE:-64}
+  PBATCH=${PBATCH:-128}
+  DATA=${DATA:-npz:$WORK/digits_hard_v4.npz}
+  if [[ $DATA == "npz:$WORK/digits_hard_v4.npz" && ! -f $WORK/digits_hard_v4.npz ]]; then
+    "$PY" bench/hard_digits.py --out "$WORK/digits_hard_v4.npz" --val-copies 4
+  fi
+  s=$(slug "$PMODEL")
+  echo "== pareto.py, $PMODEL at ${PBATCH}x3x${PSIZE}x${PSIZE} ($(( DEADLINE - $(date +%s) )) s left)" >&2
+  within "${PARETO_S:-86400}" "$PY" bench/pareto.py --model "$PMODEL" --data "$DATA" \
+    --input-shape "$PBATCH,3,$PSIZE,$PSIZE" --backend torch --device "$DEVICE" \
+    --precision "$PRECISION" --pretrain-epochs "${PPRETRAIN:-10}" --epochs "${PEPOCHS:-6}" \
+    --steps 5 --step "${PSTEP:-16}" --timing blocks --rounds 30 \
+    --targets "${PTARGETS:-0.8x,0.65x}" --seeds "${PSEEDS:-0,1,2}" \
+    --methods "${PMETHODS:-halp-taylor-abs,halp-taylor-abs-macs,uniform,tp-taylor}" \
+    --table "$WORK/pareto_${s}_b${PBATCH}_${PSIZE}.lut" \
+    --out "$RESULTS/pareto_${s}_b${PBATCH}_${PSIZE}_${DEVICE%%:*}.json" \
+    || echo "pareto.py: exit $?" >&2
   echo "== done ($(( DEADLINE - $(date +%s) )) s left)" >&2 ;;
 inspect)
   CLASSIFIERS=${CLASSIFIERS:-$($PY -c "import torchvision.models as m; print(' '.join('torchvision:' + n for n in m.list_models(module=m)))")}

@@ -90,3 +90,27 @@ def test_unknown_part_is_one_line_before_anything_is_written(tmp_path):
     )  # fmt: skip
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "unknown part tabels" in res.stderr and not (tmp_path / "results").exists()
+
+
+def test_pareto_part_runs_the_bench_in_the_torch_deployment(tmp_path):
+    # The pareto part's flags reach bench/pareto.py: a tiny model on the torch CPU backend,
+    # one seed, target and method (16 s here); the result says where it was timed.
+    model = f"{ROOT / 'tests/test_bench_pareto.py'}:tiny_net"
+    env = suite_env(
+        tmp_path, PMODEL=model, PSIZE="16", PBATCH="4", PPRETRAIN="0", PEPOCHS="1",
+        PTARGETS="0.8x", PSEEDS="0", PMETHODS="uniform", DATA="digits", PSTEP="8",
+    )  # fmt: skip
+    res = subprocess.run(
+        ["bash", str(ROOT / "bench/gpu_suite.sh"), "pareto"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0 and "pareto.py: exit" not in res.stderr, res.stderr[-2000:]
+    (out,) = (tmp_path / "results").glob("pareto_*_b4_16_cpu.json")
+    result = json.loads(out.read_text())
+    assert result["status"] == "complete" and result["targets"] == ["0.8x"]
+    settings = result["settings"]
+    assert (settings["backend"], settings["device"], settings["precision"]) == (
+        "torch", "cpu", "fp32",
+    )  # fmt: skip
+    assert result["table"]["fingerprint"]["backend"] == "torch"
+    assert {r["method"] for r in result["runs"]} >= {"uniform"}
