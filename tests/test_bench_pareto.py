@@ -153,6 +153,28 @@ def test_torch_backend_builds_times_and_feeds_back_on_torch(pareto, tmp_path, mo
     assert made and set(made) == {("torch", 1)}
 
 
+def test_layer_shapes_are_the_layers_of_a_real_pass(pareto, monkeypatch):
+    # Priced from a pass on the meta device: the same signatures as a real pass, the
+    # model left on its device; a model meta cannot run is passed for real.
+    from lut_builder.signatures import model_layers
+
+    torch.manual_seed(0)
+    net, x = tiny_net(), torch.randn(4, 3, 8, 8)
+    assert pareto.layer_shapes(net, x) == model_layers(net, x)
+    assert next(net.parameters()).device.type == "cpu"
+
+    class HostSync(nn.Module):  # .item() has no meta kernel
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, t):
+            return self.conv(t) * float(t.abs().max().item() > 0)
+
+    sync = HostSync()
+    assert pareto.layer_shapes(sync, x) == model_layers(sync, x) and len(model_layers(sync, x)) == 1
+
+
 def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys, short_feedback):
     def forced():
         raise RuntimeError("forced failure")
@@ -569,9 +591,9 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     ``tp-taylor`` over 8, once per seed each."""
     taken, taylor_grads = [], pareto.taylor_grads
 
-    def spy(dense, data, batch_size, batches=pareto.CALIBRATION_BATCHES):
-        taken.append(batches)
-        return taylor_grads(dense, data, batch_size, batches)
+    def spy(dense, data, batch_size, batches=pareto.CALIBRATION_BATCHES, device="cpu"):
+        taken.append((batches, device))
+        return taylor_grads(dense, data, batch_size, batches, device)
 
     monkeypatch.setattr(pareto, "taylor_grads", spy)
     out = tmp_path / "p.json"
@@ -599,7 +621,7 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     assert len(ratios) == 3 and ratios[0] > ratios[2] and ratios[0] >= ratios[1] >= ratios[2]
     assert ratios[2] * steps["base_predicted_ms"] <= steps["target_ms"] * (1 + 1e-9)
     assert all(runs[m]["status"] == "ok" for m in ("tp-taylor", "tp-taylor16"))
-    assert taken == [8, 16]
+    assert taken == [(8, "cpu"), (16, "cpu")]  # on the device the run trains on
 
 
 def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
