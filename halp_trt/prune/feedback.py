@@ -135,8 +135,13 @@ class MeasuredLatency:
         #: ... its number of timed rounds...
         self.rounds_timed = 0
         #: ... and whether it can be trusted: False when the interval stayed wider than
-        #: :data:`FEEDBACK_TRUST` after ``max_batches`` batches of rounds.
+        #: :data:`FEEDBACK_TRUST` after ``max_batches`` batches of rounds, or when a model
+        #: did not run as the table's layers were timed (:attr:`note` says why).
         self.reliable = True
+        #: Why the last measurement cannot steer a plan though its timings agree ("" if
+        #: it can): on a GPU, a model that could not be captured as a CUDA graph runs
+        #: eagerly and times its kernel launches, whatever its widths.
+        self.note = ""
 
     def _runner(self, model: nn.Module) -> Any:
         """A runner of a copy of ``model`` (the runner moves it where it runs)."""
@@ -168,7 +173,9 @@ class MeasuredLatency:
         self.spread = Timing.from_samples(ratios).spread  # p10 to p90 over the median
         self.halfwidth = halfwidth
         self.rounds_timed = len(ratios)
-        self.reliable = self.halfwidth <= FEEDBACK_TRUST
+        eager = [r.note for r in (self._dense, runner) if getattr(r, "note", "")]
+        self.note = f"a model {eager[0]}, not as the table's layers were timed" if eager else ""
+        self.reliable = self.halfwidth <= FEEDBACK_TRUST and not self.note
         return float(np.median(ratios))
 
     def _ratios(self, runner: Any) -> np.ndarray:

@@ -615,10 +615,11 @@ class Pruner:
         self._masks.apply()
         self.plan = plan
 
-    def _measure(self, plan: Any) -> tuple[float, bool, float]:
+    def _measure(self, plan: Any) -> tuple[float, bool, float, str]:
         """The plan's measured latency over the unpruned model's (``feedback``), whether
-        the measurement can be trusted (the feedback's ``reliable``, if it has one) and
-        the half-width of its 95% interval over the ratio (its ``halfwidth``, else 0)."""
+        the measurement can be trusted (the feedback's ``reliable``, if it has one), the
+        half-width of its 95% interval over the ratio (its ``halfwidth``, else 0) and why
+        it cannot be trusted where that is not the spread (its ``note``, else "")."""
         import copy
 
         from .apply import apply_plan
@@ -629,7 +630,8 @@ class Pruner:
             raise PruningError(f"the latency feedback returned {ratio!r}, not a positive ratio")
         halfwidth = getattr(self.feedback, "halfwidth", None)
         halfwidth = float(halfwidth) if halfwidth is not None else 0.0
-        return ratio, bool(getattr(self.feedback, "reliable", True)), halfwidth
+        note = str(getattr(self.feedback, "note", "") or "")
+        return ratio, bool(getattr(self.feedback, "reliable", True)), halfwidth, note
 
     def _feedback(
         self, scores: Mapping[int, np.ndarray], plan: Any, tries: list
@@ -650,7 +652,7 @@ class Pruner:
         last = self.steps_done == self.steps
         tried: list[tuple[float, float, Any]] = []
         for attempt in range(FEEDBACK_SOLVES + 1):
-            measured, reliable, halfwidth = ddp.broadcast(
+            measured, reliable, halfwidth, note = ddp.broadcast(
                 self._measure(plan) if ddp.rank() == 0 else None
             )
             predicted = float(plan.predicted_ms) / self.base_ms
@@ -659,10 +661,12 @@ class Pruner:
                 # The machine is too busy to say what the plan costs. The plan stands as
                 # the table predicts it, corrected by the last reliable measurement (on
                 # the last step: a re-solve that correction made, or the step's plan).
+                why = note or (
+                    f"the timings of the plan spread too widely (median {measured:.3f}x, "
+                    f"95% interval +-{halfwidth:.0%}); the machine is too busy to measure it"
+                )
                 warnings.warn(
-                    f"latency feedback at step {self.steps_done}: the timings of the plan "
-                    f"spread too widely (median {measured:.3f}x, 95% interval +-"
-                    f"{halfwidth:.0%}); the machine is too busy to measure it, so the plan "
+                    f"latency feedback at step {self.steps_done}: {why}, so the plan "
                     "stands as the table predicts it",
                     stacklevel=3,
                 )

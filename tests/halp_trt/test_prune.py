@@ -408,6 +408,32 @@ def test_an_unreliable_measurement_does_not_steer_the_plan(table, steps):
     assert records[-1].predicted_ms <= 0.7 * pruner.base_ms / pruner.latency_error * 1.001
 
 
+def test_a_model_run_eagerly_on_a_gpu_does_not_steer_the_plan(table, monkeypatch):
+    # On a GPU a model that could not be captured as a CUDA graph times its launches,
+    # whatever its widths: the measurement says so (note), is not trusted however tight,
+    # and the pruner's warning gives that reason, not a busy machine.
+    import lut_builder.backends as backends
+    from halp_trt.prune import feedback as fb
+
+    real = backends.make_runner
+
+    def eager(*a, **k):
+        runner = real(*a, **k)
+        runner.note = "runs eagerly: CUDA graph capture failed (RuntimeError: sync)"
+        return runner
+
+    monkeypatch.setattr(backends, "make_runner", eager)
+    model, x = fresh()
+    with fb.MeasuredLatency(model, x, rounds=3, warmup=0, block_ms=0) as m:
+        m(model)
+        assert not m.reliable and m.note.startswith("a model runs eagerly: CUDA graph")
+        pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, feedback=m, min_keep=0)
+        with pytest.warns(UserWarning, match="at step 1: a model runs eagerly") as caught:
+            records = run_schedule(pruner, model)
+    assert "too busy" not in str(caught[0].message)
+    assert records[-1].measured_ratio is None
+
+
 def test_measured_latency_takes_rounds_until_its_median_is_precise(monkeypatch):
     from halp_trt.prune import feedback as fb
 
