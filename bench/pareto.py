@@ -1469,6 +1469,12 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             if row["method"] in timing:
                 row["measured_ratio"] = timing[row["method"]]["ratio_to_dense"]
                 row["measured_ms"] = timing[row["method"]]["median_ms"]
+                # A model (or the dense one) not run as the table's layers were timed:
+                note = timing[row["method"]].get("runner_note") or timing["dense"].get(
+                    "runner_note"
+                )
+                if note:
+                    row["runner_note"] = note
         models_out[(seed, target)] = {"dense_ms": timing["dense"]["median_ms"]}
         remeasure(runs, models, x)
     return runs

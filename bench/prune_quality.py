@@ -239,7 +239,8 @@ def measure_interleaved(
     models: dict[str, nn.Module], x: torch.Tensor, rounds: int, time_runners=None
 ) -> dict:
     """All models in one run, under the bench lock: per model median, p10, p90 (ms) and the
-    median per-round ratio to ``models["dense"]``. ``time_runners(runners, rounds)`` returns
+    median per-round ratio to ``models["dense"]`` (and the runner's ``runner_note``
+    where it did not run as the table's layers were timed). ``time_runners(runners, rounds)`` returns
     each runner's per-round times; by default round-robin, one inference each a round
     (``time_interleaved``, each after one untimed), on the runners' clock. The runners are
     :data:`DEPLOY`'s."""
@@ -252,6 +253,7 @@ def measure_interleaved(
     names = list(models)
     with bench_lock():
         runners = [deploy_runner(models[n].eval(), x) for n in names]
+        notes = [getattr(r, "note", "") for r in runners]  # e.g. run eagerly on a GPU
         try:
             samples = (time_runners or round_robin)(runners, rounds)
         finally:
@@ -259,11 +261,12 @@ def measure_interleaved(
                 r.close()
     ref = np.array(samples[names.index("dense")])
     out = {}
-    for n, s in zip(names, samples):
+    for n, s, note in zip(names, samples, notes):
         q = np.quantile(s, [0.1, 0.5, 0.9])
         out[n] = {
             "median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2]),
             "ratio_to_dense": float(np.median(np.array(s) / ref)),
+            **({"runner_note": note} if note else {}),
         }  # fmt: skip
     return out
 

@@ -153,6 +153,30 @@ def test_torch_backend_builds_times_and_feeds_back_on_torch(pareto, tmp_path, mo
     assert made and set(made) == {("torch", 1)}
 
 
+def test_a_model_not_timed_as_the_table_says_so(pareto, tmp_path, monkeypatch):
+    # A runner that could not run a model as the table's layers were timed (on a GPU: no
+    # CUDA graph) leaves its note beside that model's figures.
+    import lut_builder.backends as backends
+
+    real = backends.make_runner
+
+    def noted(name, model, *a, **k):
+        runner = real(name, model, *a, **k)
+        if model[0].out_channels == 8:
+            runner.note = "runs eagerly: CUDA graph capture failed (test)"
+        return runner
+
+    monkeypatch.setattr(backends, "make_runner", noted)
+    monkeypatch.setattr(pareto.prune_quality, "LOCK", str(tmp_path / "lock"))
+    torch.manual_seed(0)
+    dense, x = tiny_net(), torch.randn(2, 3, 8, 8)
+    half = pareto.uniform_prune(dense, x, 0.5, 8)
+    got = pareto.measure_blocks({"dense": dense, "half": half}, x, 3)
+    assert (
+        got["half"]["runner_note"].startswith("runs eagerly") and "runner_note" not in got["dense"]
+    )
+
+
 def test_layer_shapes_are_the_layers_of_a_real_pass(pareto, monkeypatch):
     # Priced from a pass on the meta device: the same signatures as a real pass, the
     # model left on its device; a model meta cannot run is passed for real.
