@@ -1106,7 +1106,7 @@ def check_deployment(args: argparse.Namespace) -> None:
         return
     from lut_builder import LatencyTable
 
-    with LatencyTable.open(args.table) as table:
+    with LatencyTable.open(args.table, force=True) as table:  # a build cut short resumes
         fp = table.fingerprint or {}
     theirs = (fp.get("backend"), fp.get("precision", "fp32"), str(fp.get("device", "")))
     if (

@@ -107,6 +107,20 @@ def test_a_table_of_another_deployment_is_one_line(pareto, tmp_path, capsys, mon
     extra = ["--backend", "torch", "--table", str(tmp_path / "macs.db")]
     message = "was measured on analytic fp32 on analytic"
     test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message)
+    # A table of the run's deployment whose build was cut short is taken (it resumes).
+    import sqlite3
+
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+
+    backend = get_backend("torch", threads=None)  # the process's threads left as they are
+    build_table(tmp_path / "t.db", tiny_net(), torch.randn(2, 3, 8, 8), backend, step=8, calibration="none")  # fmt: skip
+    backend.close()
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        db.execute("update meta set value = 'false' where key = 'complete'")
+    args = pareto.parse_args(["--model", TINY, "--input-shape", "2,3,8,8", "--backend", "torch",
+                              "--table", str(tmp_path / "t.db")])  # fmt: skip
+    pareto.check_deployment(args)
     # A GPU deployment is made of the device and precision asked for; no CPU threads.
     args = pareto.parse_args(["--model", TINY, "--input-shape", "2,3,8,8", "--backend", "torch",
                               "--device", "cuda:1", "--precision", "bf16"])  # fmt: skip
