@@ -98,13 +98,14 @@ np.savez(sys.argv[1], images=rng.standard_normal((n, 3, size, size)).astype(np.f
 PY
 }
 
-prune() {  # prune MODEL [SECONDS]: prune to $TARGET on the batch-$BATCH table, then verify
+prune() {  # prune MODEL [SECONDS]: prune to $TARGET on the batch-$BATCH table, each step's
+  # plan measured on this GPU (feedback), then verify
   local s
   s=$(slug "$1")
   rm -rf "$WORK/pruned_$s"
   if ! within "${2:-86400}" "$PY" -m halp_trt prune --model "$1" --data "npz:$WORK/random.npz" \
     --lut "$WORK/${s}_b${BATCH}.lut" --target "$TARGET" --input-shape "$BATCH,3,$SIZE,$SIZE" \
-    --epochs 2 --steps 5 --batch-size 32 --device "$DEVICE" --no-progress --out "$WORK/pruned_$s" \
+    --epochs 2 --steps 5 --batch-size 32 --device "$DEVICE" --feedback --no-progress --out "$WORK/pruned_$s" \
     2> "$RESULTS/prune_${s}.err"; then
     cat "$RESULTS/prune_${s}.err" >&2
     echo "prune failed for $1 (kept in $RESULTS/prune_${s}.err); next model" >&2
