@@ -39,6 +39,12 @@ sample is the median of short chunks of inferences (:func:`lut_builder.timing.ti
 as ``halp-trt verify`` times). On the 2-vCPU development machine, two ONNX Runtime
 threads timed one inference per sample spread 100-200% round to round in the pruner
 where verify's chunks spread 23-34%, and the pruner set its 2-thread timings aside.
+
+**GPUs.** On the torch backend of a GPU (``runner_options`` with the table's device and
+precision, :func:`feedback_from_table`) each model is replayed as one CUDA graph in the
+table's layout, as its layers were timed, on the wall clock in chunks; a model that
+cannot be captured runs eagerly, times its kernel launches rather than its widths, and
+its measurement is not trusted (:attr:`MeasuredLatency.note`).
 """
 
 from __future__ import annotations
