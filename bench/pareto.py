@@ -694,6 +694,11 @@ def paired_interval(diffs: list[float], level: float = 0.95) -> dict[str, Any]:
     }
 
 
+#: The band a pruned model's measured latency must land in, over its target (issue
+#: target: 0.95-1.02); the summary counts the models inside it (``landed``).
+LANDING = (0.95, 1.02)
+
+
 def summarise(
     runs: list[dict],
     methods: list[str],
@@ -728,6 +733,10 @@ def summarise(
                 "measured_ratio_mean": statistics.fmean(ratio),
                 "measured_ratio_std": statistics.pstdev(ratio),
                 "ratio_over_target": [r["measured_ratio"] / r["target_fraction"] for r in rs],
+                "landed": sum(
+                    LANDING[0] <= r["measured_ratio"] / r["target_fraction"] <= LANDING[1]
+                    for r in rs
+                ),
                 "method_s_mean": statistics.fmean(secs),
             }
             before = [r["val_acc_before_bn"] for r in rs if "val_acc_before_bn" in r]

@@ -191,6 +191,21 @@ def test_a_model_not_timed_as_the_table_says_so(pareto, tmp_path, monkeypatch):
     )
 
 
+def test_summary_counts_the_models_that_landed_within_the_band(pareto):
+    # 0.95-1.02 of the target, ends included; each method's own count.
+    def run(method, ratio, seed):
+        return {
+            "status": "ok", "method": method, "target": "0.5x", "target_fraction": 0.5,
+            "seed": seed, "measured_ratio": ratio, "val_acc": 0.9, "method_s": 1.0,
+        }  # fmt: skip
+
+    runs = [run("halp-taylor", r, s) for s, r in enumerate((0.47, 0.475, 0.5, 0.51, 0.52))]
+    runs += [run("uniform", 0.45, 0)]
+    got = pareto.summarise(runs, ["halp-taylor", "uniform"], ["0.5x"])["by_target"]["0.5x"]
+    assert (got["halp-taylor"]["landed"], got["halp-taylor"]["n"]) == (3, 5)
+    assert got["uniform"]["landed"] == 0
+
+
 def test_layer_shapes_are_the_layers_of_a_real_pass(pareto, monkeypatch):
     # Priced from a pass on the meta device: the same signatures as a real pass, the
     # model left on its device; a model meta cannot run is passed for real.
