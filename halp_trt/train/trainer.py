@@ -111,6 +111,20 @@ def lr_at(iteration: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * t))
 
 
+def _since_step(n: int) -> str:
+    """When the epoch's last pruning step was, for its epoch line."""
+    if n == 0:
+        return "pruned in the last iteration"
+    return f"pruned {n} iteration{'s' if n > 1 else ''} before"
+
+
+#: A pruning step leaves the BatchNorms' running statistics stale (they mix the removed
+#: channels' effect in); at momentum 0.1 a fraction 0.9**n of them is left after n
+#: iterations (4% after 30). An epoch that ends fewer iterations than this after a step
+#: is also evaluated with its statistics re-estimated (``val_acc_settled``).
+BN_SETTLE_ITERATIONS = 30
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader: Any, batches: int, device: Any) -> int:
     """Re-estimate the running mean and variance of every BatchNorm of ``model`` that
@@ -254,6 +268,7 @@ class Trainer:
         bars = _Bars(show, cfg.epochs, per_epoch, pruner)
         window = [0.0, 0, 0]  # loss sum, correct, count since the last pruning step
         it = 0
+        stepped = None  # the iteration of the last pruning step while training
         with bars:
             if pruner is not None and getattr(pruner, "calibration_batches", 0) and not pruner.done:
                 model, net, pruner = self._calibrated(
@@ -307,6 +322,7 @@ class Trainer:
                         result.pruning_iterations_s += time.perf_counter() - t_iter
                         result.pruner_s += pruner.overhead_s - pruner_before
                     if record is not None:
+                        stepped = it
                         entry = {
                             **record.to_dict(),
                             "epoch": epoch + 1,
@@ -329,6 +345,9 @@ class Trainer:
                     "val_acc": val_acc,
                     "seconds": time.perf_counter() - t_epoch,
                 }
+                if stepped is not None and it - stepped < BN_SETTLE_ITERATIONS:
+                    rec["val_acc_settled"] = self._settled_accuracy(model)
+                    rec["iterations_since_step"] = it - stepped
                 result.epochs.append(rec)
                 bars.epoch_done(rec)
         result.iterations = it
@@ -339,6 +358,27 @@ class Trainer:
             result.final = {"val_loss": val_loss, "val_acc": val_acc}
         self.model = model
         return result
+
+    def _settled_accuracy(self, model: nn.Module) -> float | None:
+        """Validation accuracy of a copy of ``model`` with its BatchNorm statistics
+        re-estimated (:func:`recalibrate_bn` over up to ``bn_batches`` training minibatches
+        in order), as the model will have them at the end; None when ``bn_batches`` is 0.
+        The training is left exactly as it was: the model, its statistics and every random
+        generator (the copy's pass is made under a forked RNG state)."""
+        import copy
+
+        from torch.utils.data import DataLoader
+
+        if not self.config.bn_batches:
+            return None
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []  # fmt: skip
+        with torch.random.fork_rng(devices=devices):
+            twin = copy.deepcopy(model)
+            loader = DataLoader(self.data.train, batch_size=self.config.batch_size)
+            if not recalibrate_bn(twin, loader, self.config.bn_batches, self.device):
+                return None
+            return evaluate(twin, self.data.val, device=self.device)[1]
 
     def _calibrated(self, pruner, model, loader, sampler, criterion, optimizer, result, bars):
         """A pruner built with ``calibration_batches``: its one step before training,
@@ -468,4 +508,11 @@ class _Bars:
             self.progress.console.print(
                 f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f} train acc "
                 f"{rec['train_acc']:.3f} val acc {rec['val_acc']:.3f}"
+                + (
+                    f" ({rec['val_acc_settled']:.3f} with BatchNorm statistics re-estimated: "
+                    + _since_step(rec["iterations_since_step"])
+                    + ")"
+                    if rec.get("val_acc_settled") is not None
+                    else ""
+                )
             )

@@ -115,6 +115,40 @@ def test_pruning_inside_training_logs_every_step(toy, tiny_table):
     assert evaluate(slim, toy.val)[1] == pytest.approx(result.final["val_acc"])
 
 
+def test_an_epoch_just_after_a_pruning_step_is_also_read_with_settled_statistics(
+    toy, tiny_table, monkeypatch
+):
+    # Right after a step the BatchNorms' running statistics are stale and an epoch's
+    # validation accuracy can read near chance; such an epoch is also evaluated on a copy
+    # with its statistics re-estimated, and the training itself is left exactly as it was.
+    import halp_trt.train.trainer as trainer
+
+    def run(settle: int):
+        monkeypatch.setattr(trainer, "BN_SETTLE_ITERATIONS", settle)
+        torch.manual_seed(0)
+        model = Tiny()
+        pruner = Pruner(model, torch.randn(1, 3, 8, 8), tiny_table, "0.9x", steps=2, interval=6, bundle=2)  # fmt: skip
+        cfg = TrainConfig(epochs=3, batch_size=16, lr=0.1)
+        result = Trainer(model, toy, cfg, pruner=pruner).fit()
+        return result, {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain, weights = run(0)
+    read, weights_read = run(30)
+    assert weights.keys() == weights_read.keys()
+    assert all(torch.equal(weights[k], weights_read[k]) for k in weights)
+    assert [e["val_acc"] for e in plain.epochs] == [e["val_acc"] for e in read.epochs]
+    assert all("val_acc_settled" not in e for e in plain.epochs)
+    # Steps in iterations 6 and 12 (from 0), 8 iterations an epoch: epochs 1, 2 and 3 end
+    # 1, 2 and 9 iterations after one, all fewer than 30.
+    assert [s["iteration"] for s in read.steps] == [6, 12]
+    assert [e.get("iterations_since_step") for e in read.epochs] == [1, 2, 9]
+    assert all(0 <= e["val_acc_settled"] <= 1 for e in read.epochs)
+    short, _ = run(5)  # settled within 5 iterations: epoch 3 is read as it is
+    assert [e.get("iterations_since_step") for e in short.epochs] == [1, 2, None]
+    said = [trainer._since_step(n) for n in (0, 1, 9)]
+    assert said == ["pruned in the last iteration", "pruned 1 iteration before", "pruned 9 iterations before"]  # fmt: skip
+
+
 def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     return [
