@@ -434,6 +434,39 @@ def test_a_model_run_eagerly_on_a_gpu_does_not_steer_the_plan(table, monkeypatch
     assert records[-1].measured_ratio is None
 
 
+@pytest.mark.gpu
+def test_feedback_on_a_gpu_table_times_plans_as_cuda_graphs_there(tmp_path):
+    # On a GPU: a torch table measured there is fed back on that GPU at its precision;
+    # both models replay as CUDA graphs (no note), and a plan a quarter as wide as the
+    # dense model's middle layer measures faster than it.
+    from halp_trt.prune import feedback as fb
+    from lut_builder import LatencyTable
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+    def net(width: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 64, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+
+    dense, x = net(64), torch.randn(64, 3, 128, 128)
+    backend = get_backend("torch", device="cuda", precision="fp16")
+    build_table(tmp_path / "t.lut", dense, x, backend, step=16, calibration="none")
+    backend.close()
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        options = fb.feedback_from_table(table)
+    assert options["threads"] is None and options["runner_options"]["precision"] == "fp16"
+    assert options["runner_options"]["device"].startswith("cuda:")
+    with fb.MeasuredLatency(dense, x, **options) as measure:
+        ratio = measure(net(16))
+        assert measure._dense.cuda_graph and measure.note == "" and measure.reliable
+    assert 0 < ratio < 0.9
+
+
 def test_measured_latency_takes_rounds_until_its_median_is_precise(monkeypatch):
     from halp_trt.prune import feedback as fb
 
