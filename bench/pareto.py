@@ -1501,16 +1501,10 @@ def measure_blocks(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -
     up to 10% apart a minute later on this project's shared machines. The figures of
     :func:`prune_quality.measure_interleaved`, which runs it: per model the median, p10 and
     p90 of its block medians (ms) and the median per-round ratio to the dense model."""
-    from halp_trt.prune.feedback import FEEDBACK_BLOCK_MS, FEEDBACK_BLOCK_RUNS
-    from lut_builder.timing import time_blocks, time_chunked
+    from halp_trt.prune.feedback import served_times
 
     def in_blocks(runners: list, rounds: int) -> list[list[float]]:
-        if runners[0].clock != "thread":  # a GPU: chunks on the wall clock, as feedback
-            return time_chunked(runners, warmup=3, rounds=rounds, min_block_ms=FEEDBACK_BLOCK_MS)[0]
-        return time_blocks(
-            runners, rounds=rounds, block_ms=FEEDBACK_BLOCK_MS, warm_runs=3,
-            min_runs=FEEDBACK_BLOCK_RUNS,
-        )[0]  # fmt: skip
+        return served_times(runners, rounds=rounds)
 
     return measure_interleaved(models, x, rounds, time_runners=in_blocks)
 
@@ -1585,7 +1579,7 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
     torch.manual_seed(0)
     arch = load_model(args.model).eval()
     x = example_input(arch, shape).cpu()
-    backend = get_backend(args.backend, **prune_quality.deploy_options())
+    backend = get_backend(prune_quality.DEPLOY["backend"], **prune_quality.deploy_options())
     block = backend.alignment  # the deployment's channel block
     backend.close()
     step = args.step or block

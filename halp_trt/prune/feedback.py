@@ -186,26 +186,9 @@ class MeasuredLatency:
 
     def _ratios(self, runner: Any) -> np.ndarray:
         """One batch of ``rounds`` per-round ratios candidate / unpruned."""
-        if runner.clock == "thread":
-            from lut_builder.timing import time_blocks
-
-            (dense, cand), _ = time_blocks(
-                [self._dense, runner],
-                rounds=self.rounds,
-                block_ms=self.block_ms,
-                warm_runs=self.warmup,
-                min_runs=FEEDBACK_BLOCK_RUNS,
-                clock=runner.clock,
-            )
-        else:
-            from lut_builder.timing import time_chunked
-
-            (dense, cand), _ = time_chunked(
-                [self._dense, runner],
-                warmup=self.warmup,
-                rounds=self.rounds,
-                min_block_ms=self.block_ms,
-            )
+        dense, cand = served_times(
+            [self._dense, runner], rounds=self.rounds, warmup=self.warmup, block_ms=self.block_ms
+        )
         return np.asarray(cand) / np.asarray(dense)
 
     def close(self) -> None:
@@ -216,6 +199,28 @@ class MeasuredLatency:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def served_times(
+    runners: list[Any], *, rounds: int, warmup: int = 3, block_ms: float = FEEDBACK_BLOCK_MS
+) -> list[list[float]]:
+    """Per-round milliseconds of ``runners`` (one deployment's, so one clock), interleaved,
+    each served as it is deployed: on the thread clock (one CPU thread) one block of
+    back-to-back inferences a round, at least :data:`FEEDBACK_BLOCK_RUNS` and
+    ``block_ms`` after ``warmup`` untimed (:func:`lut_builder.timing.time_blocks`);
+    otherwise (several threads, a GPU) chunks of inferences for ``block_ms`` a round on
+    the wall clock after ``warmup`` untimed rounds (:func:`lut_builder.timing.time_chunked`).
+    How :class:`MeasuredLatency` times, and what a bench that times as it does calls."""
+    if runners[0].clock == "thread":
+        from lut_builder.timing import time_blocks
+
+        return time_blocks(
+            runners, rounds=rounds, block_ms=block_ms, warm_runs=warmup,
+            min_runs=FEEDBACK_BLOCK_RUNS, clock="thread",
+        )[0]  # fmt: skip
+    from lut_builder.timing import time_chunked
+
+    return time_chunked(runners, warmup=warmup, rounds=rounds, min_block_ms=block_ms)[0]
 
 
 def _halfwidth(ratios: np.ndarray) -> float:

@@ -371,8 +371,10 @@ class Trainer:
 
         if not self.config.bn_batches:
             return None
-        cuda = self.device.type == "cuda"
-        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []  # fmt: skip
+        devices = []  # the CUDA generators forked with the CPU's: this device's
+        if self.device.type == "cuda":
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
         with torch.random.fork_rng(devices=devices):
             twin = copy.deepcopy(model)
             loader = DataLoader(self.data.train, batch_size=self.config.batch_size)
