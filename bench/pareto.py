@@ -1688,6 +1688,12 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
         "alignment": table.alignment,
         "step": table.step,
         "overhead_ms": table.overhead_ms,
+        "scale": table.scale,
+        # The build's check of its latency model on random-width copies (None: none).
+        "check": {
+            k: v for k, v in ((table.overhead or {}).get("check") or {}).items() if k != "points"
+        }
+        or None,
     }
     runs: list[dict] = []
     timings: dict = {}

@@ -204,21 +204,23 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
     """The measured table at ``path``, built first if missing and calibrated first if it
     is not (a build whose calibration failed leaves its points: they are kept)."""
-    from halp_trt.graph import calibration_variants
+    from halp_trt.graph import calibration_variants, check_variants
     from lut_builder import LatencyTable, calibrate_overhead
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
+    from lut_builder.latency_model import CHECK_COPIES
 
     def calibrate(table: Any) -> float:
         # As `lut-builder build` does: affine, on the model and its 3/4 and 1/2 copies,
         # rounded to the grid step (an AVX2 CPU's alignment, 8, is finer than a step-16
-        # grid, whose narrowest point is 16).
+        # grid, whose narrowest point is 16), checked on random-width copies.
         return calibrate_overhead(
             table,
             lambda m: deploy_runner(m, x),
             model,
             x,
             variants=calibration_variants(model, x, table.step),
+            checks=check_variants(model, x, table.step, CHECK_COPIES),
         )
 
     if not path.exists():

@@ -469,12 +469,13 @@ class Pipeline:
         return backend == "onnxruntime" or (backend == "torch" and not torch.cuda.is_available())
 
     def _build_table(self, target: Path) -> Any:
-        """Measure the table (resumable) and calibrate its affine latency model on the
-        model and its 3/4- and 1/2-width copies."""
+        """Measure the table (resumable), calibrate its affine latency model on the
+        model and its 3/4- and 1/2-width copies and check it on random-width ones."""
         from lut_builder import build_table
+        from lut_builder.latency_model import describe_check
         from lut_builder.progress import measuring_bar
 
-        from .graph import calibration_variants
+        from .graph import calibration_variants, check_variants
         from .specs import example_input, load_model
 
         cfg = self.config
@@ -496,11 +497,14 @@ class Pipeline:
                 info={"model": cfg.model, "input_shape": list(cfg.input_shape)},
                 calibration="affine",
                 variants=calibration_variants,
+                check_variants=check_variants,
                 runner_options=runner,
                 **bar,
             )
         if result.calibration_note:
             self.say(f"[lut] note: {result.calibration_note}")
+        if result.check is not None:
+            self.say(f"[lut] {describe_check(result.check)}")
         return result
 
     def _stage_baseline(self) -> tuple[list[str], dict[str, Any]]:

@@ -60,7 +60,13 @@ from .backends.base import Backend, make_runner
 from .end_to_end import BlockSampler
 from .errors import UserError
 from .fileio import check_output
-from .latency_model import VariantsFactory, calibrate_overhead, calibration_copies
+from .latency_model import (
+    CHECK_COPIES,
+    VariantsFactory,
+    calibrate_overhead,
+    calibration_copies,
+    check_copies,
+)
 from .parallelism import ParallelCheck, check_parallelism
 from .signatures import LayerInfo, LayerSignature, model_layers
 from .table import Grid, LatencyTable
@@ -247,6 +253,11 @@ class BuildResult:
     #: The model's speed-up at the table's threads over one, checked before and after
     #: measuring an ONNX Runtime table at several threads (empty where not checked).
     parallel: list[ParallelCheck] = field(default_factory=list)
+    #: The latency model checked on random-width copies
+    #: (:func:`~lut_builder.latency_model.check_latency_model`), or None.
+    check: dict[str, Any] | None = None
+    #: Why there is no check, when one was asked for.
+    check_note: str = ""
 
     @property
     def points_per_s(self) -> float:
@@ -266,6 +277,8 @@ class BuildResult:
             "calibration": self.calibration,
             "calibration_note": self.calibration_note,
             "parallel": [c.to_dict() for c in self.parallel],
+            "check": self.check,
+            "check_note": self.check_note,
         }
 
 
@@ -287,6 +300,8 @@ def build_table(
     runner_options: Mapping[str, Any] | None = None,
     backend_options: Mapping[str, Any] | None = None,
     calibrate: Callable[[LatencyTable], float | None] | None = None,
+    check: int = CHECK_COPIES,
+    check_variants: Sequence[Any] | Callable[..., Sequence[Any]] | None = None,
 ) -> BuildResult:
     """Plan, measure and store the latency table of a model on a backend (resumable), then
     calibrate the network latency model on whole-model measurements.
@@ -325,6 +340,14 @@ def build_table(
         backend_options: constructor options of a backend given by name.
         calibrate: for advanced use, replaces the built-in calibration: called with the
             table once it is complete, returns the overhead term it stored, if any.
+        check: how many copies of the model, each group at a random width, the built-in
+            calibration checks its fitted latency model on (measured with the
+            calibration's models, not fitted on; 0: none). The result is stored with the
+            calibration and returned as the result's ``check``.
+        check_variants: those copies: a list of modules, or a callable
+            ``check_variants(model, example_input, alignment, count)``. None: the
+            ``lut_builder.check_variants`` entry point (halp-trt installs
+            :func:`halp_trt.graph.check_variants`).
 
     Returns:
         A :class:`BuildResult` (its ``calibration`` and ``calibration_note`` say which
@@ -340,7 +363,7 @@ def build_table(
 
     _check_build_arguments(
         path, backend, step, strategy, coarse, shard, calibration, variants, runner_options,
-        backend_options,
+        backend_options, check, check_variants,
     )  # fmt: skip
     owned = isinstance(backend, str)
     if owned:
@@ -389,11 +412,16 @@ def build_table(
                 return make_runner(backend.name, m, example_input, **options)
 
             copies: list[Any] = []
-            note = ""
+            checks: list[Any] = []
+            note = check_note = ""
             if builtin and calibration == "affine" and table.overhead_ms is None:
                 # Rounded to the grid step, not the backend's alignment: a copy
                 # narrower than the grid's smallest width cannot be looked up.
                 copies, note = calibration_copies(variants, model, example_input, table.step)
+            if builtin and table.overhead_ms is None:
+                checks, check_note = check_copies(
+                    check_variants, model, example_input, table.step, check
+                )
             # An unsharded build spreads its calibration's runs over its measuring time.
             runners: list[Any] = []
             sampler = None
@@ -403,7 +431,7 @@ def build_table(
                 if checking:
                     parallel.append(_check_parallel(table, backend, model, example_input, options))
                 if builtin and shard[1] == 1 and table.overhead_ms is None:
-                    for m in (model, *copies):
+                    for m in (model, *copies, *checks):
                         runners.append(runner(m))
                     sampler = BlockSampler(table, runners, warmup=20)
                 between = None if sampler is None else _sample_when_due(sampler)
@@ -427,6 +455,8 @@ def build_table(
                             variants=copies,
                             timed=None if sampler is None else sampler.finish(),
                             note=note,
+                            checks=checks,
+                            check_note=check_note,
                         )
             finally:
                 for r in runners:
@@ -441,6 +471,8 @@ def build_table(
                 calibration=details.get("model"),
                 calibration_note=details.get("note", ""),
                 parallel=parallel,
+                check=details.get("check"),
+                check_note=details.get("check_note", ""),
             )
         finally:
             table.close()
@@ -567,6 +599,8 @@ def _check_build_arguments(
     variants: Any,
     runner_options: Any,
     backend_options: Any,
+    check: Any = CHECK_COPIES,
+    check_variants: Any = None,
 ) -> None:
     """The checks of :func:`build_table` that need no model, backend or file.
 
@@ -597,4 +631,15 @@ def _check_build_arguments(
         )
     if runner_options is not None and not isinstance(runner_options, Mapping):
         raise UserError(f"runner_options must be a mapping, not {runner_options!r}")
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise UserError(f"check must be a count of copies (0 or more), not {check!r}")
+    if not (
+        check_variants is None
+        or callable(check_variants)
+        or isinstance(check_variants, (list, tuple))
+    ):
+        raise UserError(
+            "check_variants must be a list of modules or a callable (model, example_input, "
+            f"alignment, count) -> list, not {type(check_variants).__name__}"
+        )
     check_output(path, kind="file", flag="the table file")

@@ -6,13 +6,18 @@
 of it, see :func:`~lut_builder.end_to_end.measure_end_to_end`) and stores the terms in
 the table. The narrowed copies come from the caller or from a hook another package
 installs (:func:`variants_hook`): lut-builder itself cannot narrow a model.
+
+The calibration also checks the fitted model on copies it was not fitted on, each
+prunable group at its own random width, as pruning leaves a network (``checks`` of
+:func:`calibrate_overhead`, from the caller or the :data:`CHECK_HOOK` entry point; see
+:func:`check_latency_model`): every table says how well it predicts such networks.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +29,14 @@ from .table import LatencyTable
 VARIANTS_HOOK = "lut_builder.calibration_variants"
 #: ``variants(model, example_input, alignment) -> list of narrowed copies``.
 VariantsFactory = Callable[[Any, Any, int], Sequence[Any]]
+#: The entry point group of the hook that makes random-width copies to check on:
+#: ``check(model, example_input, alignment, count) -> list of copies``.
+CHECK_HOOK = "lut_builder.check_variants"
+#: How many random-width copies a build checks its latency model on by default.
+CHECK_COPIES = 4
+#: A check whose speed-ups err by more (median, max) is reported as a warning: the
+#: latency model then predicts pruned networks worse than a deployment can rely on.
+CHECK_LIMITS = (0.05, 0.10)
 
 
 def predict_latency(
@@ -141,6 +154,8 @@ def calibrate_overhead(
     timed: BlockTimings | None = None,
     store: bool = True,
     note: str = "",
+    checks: Sequence[Any] = (),
+    check_note: str = "",
 ) -> float:
     """Calibrate the network latency model on whole-network measurements and store it.
 
@@ -177,6 +192,11 @@ def calibrate_overhead(
         store: write the result into the table.
         note: why the calibration is what it is (e.g. why no ``variants`` were given),
             stored with the details unless the fit has a note of its own.
+        checks: narrowed copies the fitted model is checked on, not fitted on (e.g.
+            every group at a random width); measured with the others, after
+            ``variants`` (so ``timed`` has them last). The result is stored as the
+            details' ``check`` (:func:`check_latency_model`).
+        check_note: why there are no ``checks``, stored as the details' ``check_note``.
 
     Returns:
         The overhead in milliseconds (negative when the layers measured alone cost more
@@ -192,19 +212,22 @@ def calibrate_overhead(
         items = [(i.signature, i.c_in, i.c_out) for i in layers.values()]
         return predict_latency(table, items, overhead=False), len(layers)
 
-    sums = [layer_sum(m) for m in (model, *variants)]
+    fitted = 1 + len(variants)
+    sums = [layer_sum(m) for m in (model, *variants, *checks)]
     if timed is None:
         timed = _measure_blocks(
-            runner_or_backend, table, model, example_input, variants,
+            runner_or_backend, table, model, example_input, [*variants, *checks],
             blocks=blocks, warmup=warmup, runs=runs, min_time_s=min_time_s,
         )  # fmt: skip
     elif len(timed.blocks[0]) != len(sums):
         raise ValueError(
-            f"timed has {len(timed.blocks[0])} models, not the model and its "
-            f"{len(variants)} variants"
+            f"timed has {len(timed.blocks[0])} models, not the model, its "
+            f"{len(variants)} variants and {len(checks)} checks"
         )
-    points = [(s, ms) for (s, _), ms in zip(sums, timed.medians())]
+    measured = [(s, ms) for (s, _), ms in zip(sums, timed.medians())]
+    points = measured[:fitted]
     cal = fit_calibration(points)
+    check = check_latency_model(cal, points[0], measured[fitted:]) if checks else None
     if store:
         table.set_overhead(
             cal.overhead_ms,
@@ -228,10 +251,88 @@ def calibrate_overhead(
                 "clock": timed.clock,
                 "normalized": table.reference is not None,
                 "calibrated_at": time.time(),
+                "check": check,
+                "check_note": "" if checks else check_note,
             },
             scale=cal.scale,
         )
     return cal.overhead_ms
+
+
+def check_latency_model(
+    cal: Calibration,
+    base: tuple[float, float],
+    copies: Sequence[tuple[float, float]],
+) -> dict[str, Any]:
+    """How well a fitted latency model predicts networks it was not fitted on.
+
+    Args:
+        cal: the fitted model.
+        base: ``(layers_ms, measured_ms)`` of the unpruned model.
+        copies: ``(layers_ms, measured_ms)`` of each held-out copy, measured with it.
+
+    Returns:
+        ``copies`` (how many), per copy (``points``) the prediction, its relative error
+        and the error of the predicted speed-up over the unpruned model (the prediction
+        over the unpruned model's prediction, against the same ratio measured: what
+        pruning to a fraction of a model depends on), the median and largest of each
+        error in magnitude, and ``within``: whether the speed-ups' errors are within
+        :data:`CHECK_LIMITS`.
+
+    Raises:
+        ValueError: no copies, or a value that is not positive and finite.
+    """
+    if not copies:
+        raise ValueError("no copy to check the latency model on")
+    for lay, meas in (base, *copies):
+        if not (math.isfinite(lay) and math.isfinite(meas) and lay > 0 and meas > 0):
+            raise ValueError(f"bad check point: layers {lay!r} ms, measured {meas!r} ms")
+    pred0, meas0 = cal.predict(base[0]), base[1]
+    if not pred0 > 0:
+        raise ValueError(f"the latency model predicts {pred0!r} ms for the unpruned model")
+    rows = []
+    for lay, meas in copies:
+        pred = cal.predict(lay)
+        rows.append(
+            {
+                "layers_ms": lay,
+                "measured_ms": meas,
+                "predicted_ms": pred,
+                "error": pred / meas - 1,
+                "speedup_error": (pred / pred0) / (meas / meas0) - 1,
+            }
+        )
+    import statistics
+
+    errors = [abs(r["error"]) for r in rows]
+    speedups = [abs(r["speedup_error"]) for r in rows]
+    median, largest = statistics.median(speedups), max(speedups)
+    return {
+        "copies": len(rows),
+        "error_median": statistics.median(errors),
+        "error_max": max(errors),
+        "speedup_error_median": median,
+        "speedup_error_max": largest,
+        "within": median <= CHECK_LIMITS[0] and largest <= CHECK_LIMITS[1],
+        "points": rows,
+    }
+
+
+def describe_check(check: Mapping[str, Any]) -> str:
+    """One line for a stored check (:func:`check_latency_model`), with a warning when its
+    speed-ups err beyond :data:`CHECK_LIMITS`."""
+    line = (
+        f"latency model checked on {check['copies']} random-width copies: predicted "
+        f"speed-ups off by {check['speedup_error_median']:.1%} median, "
+        f"{check['speedup_error_max']:.1%} at most (latencies {check['error_median']:.1%}, "
+        f"{check['error_max']:.1%})"
+    )
+    if not check["within"]:
+        line += (
+            f"; beyond {CHECK_LIMITS[0]:.0%} / {CHECK_LIMITS[1]:.0%}: pruned networks will "
+            "not land where this table predicts (measure them, e.g. halp-trt's --feedback)"
+        )
+    return line
 
 
 def _measure_blocks(
@@ -299,30 +400,70 @@ def calibration_copies(
     return copies, ""
 
 
-def variants_hook() -> tuple[VariantsFactory | None, str]:
-    """The installed ``lut_builder.calibration_variants`` hook, or None and why not.
+def check_copies(
+    checks: Sequence[Any] | Callable[..., Sequence[Any]] | None,
+    model: Any,
+    example_input: Any,
+    alignment: int,
+    count: int,
+) -> tuple[list[Any], str]:
+    """The random-width copies of ``model`` the latency model is checked on, and, when
+    there are none, why.
 
-    Packages offer one with an entry point in that group (halp-trt:
-    ``halp_trt = "halp_trt.graph:calibration_variants"``); with several, the first by
-    name is used. lut-builder itself cannot narrow a model (that needs the channel
-    groups of a pruning tool), so without a hook the calibration is additive.
+    Args:
+        checks: a list of copies, a callable ``checks(model, example_input, alignment,
+            count)``, or None: the :data:`CHECK_HOOK` entry point.
+        model, example_input: the model.
+        alignment: the table's channel step.
+        count: how many copies a callable makes; 0: no check.
+
+    Returns:
+        ``(copies, note)``.
+    """
+    if count == 0:
+        return [], "no check asked for"
+    source = checks
+    if source is None:
+        source, why = variants_hook(CHECK_HOOK)
+        if source is None:
+            return [], why
+    made = source(model, example_input, alignment, count) if callable(source) else source
+    copies = list(made)
+    if not copies:
+        return [], "no random-width copies of the model were made (no prunable channel group?)"
+    return copies, ""
+
+
+def variants_hook(group: str = VARIANTS_HOOK) -> tuple[Callable[..., Any] | None, str]:
+    """The installed hook of an entry point ``group``, or None and why not.
+
+    ``lut_builder.calibration_variants`` makes the narrowed copies the affine latency
+    model is fitted on, :data:`CHECK_HOOK` the random-width copies it is checked on.
+    Packages offer them with entry points in those groups (halp-trt:
+    ``halp_trt = "halp_trt.graph:calibration_variants"`` and ``check_variants``); with
+    several, the first by name is used. lut-builder itself cannot narrow a model (that
+    needs the channel groups of a pruning tool), so without a hook the calibration is
+    additive and the latency model is not checked.
 
     Returns:
         ``(hook, "")`` or ``(None, reason)``.
     """
     from importlib import metadata
 
-    found = sorted(metadata.entry_points(group=VARIANTS_HOOK), key=lambda ep: ep.name)
+    if group == VARIANTS_HOOK:
+        what, then = "narrowed copies", "the latency model is additive"
+    else:
+        what, then = "random-width copies", "the latency model is not checked"
+    found = sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)
     if not found:
         return None, (
-            f"no narrowed copies of the model: none were given and no {VARIANTS_HOOK} "
-            "entry point is installed (halp-trt provides one); the latency model is additive"
+            f"no {what} of the model: none were given and no {group} "
+            f"entry point is installed (halp-trt provides one); {then}"
         )
     ep = found[0]
     try:
         return ep.load(), ""
     except Exception as exc:  # a broken plugin must not cost the measured table
         return None, (
-            f"the {VARIANTS_HOOK} hook {ep.value!r} cannot be loaded "
-            f"({type(exc).__name__}: {exc}); the latency model is additive"
+            f"the {group} hook {ep.value!r} cannot be loaded ({type(exc).__name__}: {exc}); {then}"
         )

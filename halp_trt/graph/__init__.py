@@ -3,7 +3,10 @@
 from .channel_graph import ChannelGraph, ChannelGroup, ChannelRef, CheckResult
 from .uniform import (
     CALIBRATION_FRACTIONS,
+    CHECK_MIN_KEEP,
     calibration_variants,
+    check_variants,
+    random_keep,
     uniform_keep,
     uniform_keep_count,
     uniform_width,
@@ -11,11 +14,14 @@ from .uniform import (
 
 __all__ = [
     "CALIBRATION_FRACTIONS",
+    "CHECK_MIN_KEEP",
     "ChannelGraph",
     "ChannelGroup",
     "ChannelRef",
     "CheckResult",
     "calibration_variants",
+    "check_variants",
+    "random_keep",
     "uniform_keep",
     "uniform_keep_count",
     "uniform_width",

@@ -1,11 +1,14 @@
-"""Uniformly narrowed models: every prunable group at one fraction of its width.
+"""Narrowed copies of a model: every prunable group at one fraction of its width, or
+each at a random width.
 
 One implementation for every uniform-width copy the project makes: the calibration of
 the network latency model (:func:`calibration_variants`: copies at 3/4 and 1/2 width,
 widths rounded to the nearest alignment step, which ``lut_builder.build_table`` finds
 through the ``lut_builder.calibration_variants`` entry point), the uniform baseline of the pruning benchmarks
 (channels chosen by score), and the fixed reference models of the export and verify
-tests (:mod:`halp_trt.verify.baseline`, widths rounded up).
+tests (:mod:`halp_trt.verify.baseline`, widths rounded up). And the copies a table's
+build checks its latency model on (:func:`check_variants`: every group at its own random
+width, as pruning leaves a network; the ``lut_builder.check_variants`` entry point).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .channel_graph import ChannelGraph
 ROUNDING = ("nearest", "up")
 #: Widths of the narrowed copies the affine network latency model is fitted on.
 CALIBRATION_FRACTIONS = (0.75, 0.5)
+#: The smallest fraction of its channels a group keeps in a random-width copy.
+CHECK_MIN_KEEP = 0.25
 
 
 def uniform_keep_count(
@@ -123,5 +128,76 @@ def calibration_variants(model: nn.Module, x: Any, alignment: int) -> list[nn.Mo
         if not ChannelGraph(copy.deepcopy(model), x).prunable:
             return []
         return [uniform_width(model, x, f, alignment) for f in CALIBRATION_FRACTIONS]
+    except PruningError:
+        return []
+
+
+def random_keep(
+    graph: ChannelGraph,
+    rng: np.random.Generator,
+    alignment: int = 1,
+    min_keep: float = CHECK_MIN_KEEP,
+) -> dict[int, list[int]]:
+    """A keep plan with every prunable group at its own random width: a multiple of
+    ``lcm(alignment, group.unit)`` (or the whole group) from ``min_keep`` of the group up,
+    drawn uniformly, then that many random channels (whole units of a grouped
+    convolution, at least two of them).
+
+    Args:
+        graph: the model's channel graph.
+        rng: the random generator (the plan is a function of its state).
+        alignment: the channel step, e.g. a latency table's grid step.
+        min_keep: the smallest kept fraction, in (0, 1].
+
+    Raises:
+        ValueError: ``min_keep`` outside (0, 1] or an alignment below 1.
+    """
+    if not 0 < min_keep <= 1:
+        raise ValueError(f"min_keep must be in (0, 1], not {min_keep!r}")
+    if alignment < 1:
+        raise ValueError(f"alignment must be a positive integer, not {alignment!r}")
+    keep = {}
+    for g in graph.prunable:
+        step = math.lcm(alignment, g.unit)
+        lo = max(step, math.ceil(min_keep * g.size / step) * step)
+        choices = sorted(set(range(lo, g.size + 1, step)) | {g.size})
+        k = int(rng.choice(choices))
+        if g.unit == 1:
+            keep[g.id] = sorted(rng.choice(g.size, size=k, replace=False).tolist())
+            continue
+        k = max(k, min(g.size, 2 * g.unit))
+        units = rng.choice(g.size // g.unit, size=k // g.unit, replace=False)
+        keep[g.id] = sorted(int(u) * g.unit + r for u in units for r in range(g.unit))
+    return keep
+
+
+def check_variants(
+    model: nn.Module, x: Any, alignment: int, count: int, seed: int = 0
+) -> list[nn.Module]:
+    """``count`` copies of ``model``, each with every prunable group at a random width
+    (:func:`random_keep`, widths on the ``alignment`` grid, from a quarter of each group
+    up, the random generator seeded with ``seed``).
+
+    What ``lut_builder.build_table`` checks its network latency model on: the model and
+    its uniform copies fit it, these are held out (a pruned network's groups are cut
+    unevenly, which uniform copies do not show). Registered as the
+    ``lut_builder.check_variants`` entry point (``halp_trt`` in pyproject.toml).
+
+    Returns:
+        The copies, in eval mode; empty when ``count`` is 0, the model has no prunable
+        group or its channel groups cannot be traced.
+    """
+    if count < 1:
+        return []
+    try:
+        if not ChannelGraph(copy.deepcopy(model), x).prunable:
+            return []
+        rng = np.random.default_rng(seed)
+        copies = []
+        for _ in range(count):
+            slim = copy.deepcopy(model).eval()
+            graph = ChannelGraph(slim, x)
+            copies.append(graph.remove(random_keep(graph, rng, alignment)).eval())
+        return copies
     except PruningError:
         return []

@@ -888,4 +888,8 @@ def _table_facts(table: Any) -> dict[str, Any]:
         value = getattr(table, name, None)
         if value is not None:
             facts[name] = str(value) if name == "path" else value
+    # How well the table's latency model predicted random-width copies at its build.
+    check = (getattr(table, "overhead", None) or {}).get("check")
+    if isinstance(check, dict):
+        facts["check"] = {k: v for k, v in check.items() if k != "points"}
     return facts

@@ -10,8 +10,9 @@ import argparse
 from typing import Any
 
 from ..backends.base import list_backends
-from ..cli_args import positive_int
+from ..cli_args import nonnegative_int, positive_int
 from ..errors import UserError
+from ..latency_model import CHECK_COPIES
 from ..specs import WEIGHTS_HELP
 
 HELP = "measure a model's per-layer latency table on a backend"
@@ -97,6 +98,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "lut_builder.calibration_variants hook, e.g. halp-trt's; default) or additive "
         "(layers + overhead, from the unpruned model only)",
     )
+    p.add_argument(
+        "--check",
+        type=nonnegative_int,
+        default=CHECK_COPIES,
+        metavar="N",
+        help="check the fitted latency model on N copies of the model, every prunable group "
+        "at a random width (made by an installed lut_builder.check_variants hook, e.g. "
+        "halp-trt's), measured with the calibration but not fitted on; 0: no check "
+        f"(default {CHECK_COPIES})",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the table file (.db)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -169,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..build import build_table
     from ..fileio import check_output
+    from ..latency_model import describe_check
     from ..progress import measuring_bar
     from ..specs import example_input, load_model, parse_shape
 
@@ -187,11 +199,16 @@ def run(args: argparse.Namespace) -> int:
         "calibration": "none" if args.no_overhead else args.calibration,
         "backend_options": backend_options(args),
         "runner_options": runner_options(args),
+        "check": args.check,
     }
     with measuring_bar(f"{args.model} on {args.backend}", show=not args.json) as bar:
         result = build_table(args.out, model, x, args.backend, **options, **bar)
     if result.calibration_note:
         print(f"lut-builder build: note: {result.calibration_note}", file=sys.stderr)
+    if result.check is not None and not result.check["within"]:
+        print(f"lut-builder build: warning: {describe_check(result.check)}", file=sys.stderr)
+    elif result.check is None and args.check and result.check_note:
+        print(f"lut-builder build: note: {result.check_note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -208,4 +225,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out}: {result.measured} points measured in {result.seconds:.1f} s "
         f"({result.points_per_s:.2f} points/s), {result.planned} planned, table {state}{over}"
     )
+    if result.check is not None and result.check["within"]:
+        print(f"{args.out}: {describe_check(result.check)}")
     return 0

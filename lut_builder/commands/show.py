@@ -76,6 +76,12 @@ def _render(s: dict[str, Any]) -> None:
         f"overhead {over_txt} · strategy {s['info'].get('strategy')} · model "
         f"{s['info'].get('model')} {s['info'].get('input_shape')}"
     )
+    check = (s.get("overhead") or {}).get("check")
+    if check:
+        from ..latency_model import describe_check
+
+        colour = "" if check["within"] else "[yellow]"
+        con.print(f"{colour}{describe_check(check)}{'[/]' if colour else ''}", highlight=False)
     ref = s.get("reference")
     if ref:
         con.print(

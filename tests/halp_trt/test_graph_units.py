@@ -222,3 +222,36 @@ def test_pruner_trains_masked_and_finalizes_grouped_and_channels_last(name, tmp_
     assert slim(x).shape == (1, classes)
     if name == "regnet_y":  # grouped convolutions keep two groups or more
         assert slim.b1.b[0].groups >= 2 and slim.b2.b[0].groups >= 2
+
+
+def test_random_keep_widths_on_the_grid_whole_units_and_seeded():
+    """Random-width plans (what a table's build checks its latency model on): every
+    group at a multiple of lcm(alignment, unit) from a quarter of it up (or whole),
+    whole units of grouped convolutions, removable, and a function of the seed."""
+    import math
+
+    from halp_trt.graph import check_variants, random_keep
+
+    model, x = build("regnet_y")
+    graph = ChannelGraph(model, x)
+    plans = [random_keep(graph, np.random.default_rng(s), 4) for s in range(6)]
+    assert plans[0] == random_keep(graph, np.random.default_rng(0), 4)
+    widths = set()
+    for keep in plans:
+        assert graph.check(keep).passed
+        for g in graph.prunable:
+            kept, step = keep[g.id], math.lcm(4, g.unit)
+            assert len(set(kept)) == len(kept) and set(kept) <= set(range(g.size))
+            assert len(kept) == g.size or (
+                len(kept) % step == 0 and len(kept) >= math.ceil(0.25 * g.size / step) * step
+            )
+            assert len({c // g.unit for c in kept}) * g.unit == len(kept)
+            widths.add((g.id, len(kept)))
+    assert len(widths) > len(graph.prunable)  # the widths vary, not one per group
+    with pytest.raises(ValueError, match="min_keep"):
+        random_keep(graph, np.random.default_rng(0), 4, min_keep=0.0)
+    copies = check_variants(model, x, 4, 3)
+    assert len(copies) == 3 and all(not c.training for c in copies)
+    assert check_variants(model, x, 4, 0) == []
+    with torch.no_grad():
+        assert all(c(x).shape == model(x).shape for c in copies)

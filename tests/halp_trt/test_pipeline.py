@@ -90,6 +90,7 @@ def test_run_fails_in_a_stage_then_resumes_to_a_report(halp_cli, tmp_path):
     args = ["run", "--model", "halp_trt.models:resnet20", "--data", "digits", *small]
     r = halp_cli(*args, "--target", "0.01x")
     assert_user_error(r, "stage prune failed", "kept in run: lut.db, original.pt", "--resume")
+    assert "[lut] latency model checked on 4 random-width copies" in r.stdout
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert list(state["stages"]) == ["lut", "baseline"]
     assert not (tmp_path / "run" / "pruned").exists()

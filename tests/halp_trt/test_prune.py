@@ -646,3 +646,17 @@ def test_calibration_is_part_of_the_pruners_state(table):
         plain.load_state_dict(state)
     del state["config"]["calibration_batches"]  # a state saved before calibration existed
     plain.load_state_dict(state)
+
+
+def test_the_plan_records_the_tables_check_without_its_points():
+    """A plan file says how well its table's latency model predicted random-width
+    copies at its build (the check's summary, not each copy)."""
+    import types
+
+    from halp_trt.prune.pruner import _table_facts
+
+    check = {"copies": 4, "speedup_error_median": 0.01, "within": True, "points": [{}] * 4}
+    table = types.SimpleNamespace(path="t.lut", alignment=8, overhead={"check": check})
+    facts = _table_facts(table)
+    assert facts["check"] == {"copies": 4, "speedup_error_median": 0.01, "within": True}
+    assert "check" not in _table_facts(types.SimpleNamespace(path="t.lut", overhead=None))

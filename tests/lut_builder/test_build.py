@@ -11,9 +11,11 @@ from lut_builder.build import axis_values, build_table, fixed_widths, plan_grids
 from lut_builder.commands.build import parse_shard
 from lut_builder.errors import UserError
 from lut_builder.latency_model import (
+    CHECK_HOOK,
     VARIANTS_HOOK,
     calibrate_overhead,
     calibration_copies,
+    check_copies,
     predict_latency,
     variants_hook,
 )
@@ -247,18 +249,20 @@ def _conv_net():
     return model, torch.randn(1, 3, 8, 8)
 
 
-def _hooks(monkeypatch, *hooks):
-    """Make ``hooks`` the installed lut_builder.calibration_variants entry points."""
+def _hooks(monkeypatch, *hooks, checks=()):
+    """Make ``hooks`` the installed lut_builder.calibration_variants entry points and
+    ``checks`` the lut_builder.check_variants ones."""
     import types
     from importlib import metadata
 
-    found = [
-        types.SimpleNamespace(name=f"hook{i}", value=f"plugin{i}:variants", load=lambda fn=fn: fn)
-        for i, fn in enumerate(hooks)
-    ]
-    monkeypatch.setattr(
-        metadata, "entry_points", lambda group=None: found if group == VARIANTS_HOOK else []
-    )
+    def points(fns, what):
+        return [
+            types.SimpleNamespace(name=f"hook{i}", value=f"plugin{i}:{what}", load=lambda fn=fn: fn)
+            for i, fn in enumerate(fns)
+        ]
+
+    found = {VARIANTS_HOOK: points(hooks, "variants"), CHECK_HOOK: points(checks, "check")}
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: found.get(group, []))
 
 
 def test_build_by_backend_name_calibrates_additive(tmp_path, monkeypatch):
@@ -368,9 +372,95 @@ def test_halp_trt_installs_the_variants_hook():
     assert hook is calibration_variants and why == ""
 
 
+def _uniform_hook(model, example_input, alignment):
+    from halp_trt.graph import uniform_width
+
+    return [uniform_width(model, example_input, f, alignment) for f in (0.75, 0.5)]
+
+
+def test_the_build_checks_its_latency_model_on_random_width_copies(tmp_path, monkeypatch):
+    """The check copies are measured in the calibration's blocks with the model and its
+    uniform copies, not fitted on: the fit has three points, the check two copies, each
+    predicted by the fitted model."""
+    from halp_trt.graph import check_variants
+    from lut_builder.end_to_end import BlockSampler
+
+    calls, runners = [], []
+    init = BlockSampler.__init__
+
+    def spy(self, table, rs, **kw):
+        runners.append(len(rs))
+        init(self, table, rs, **kw)
+
+    def hook(model, example_input, alignment, count):
+        calls.append((alignment, count))
+        return check_variants(model, example_input, alignment, count)
+
+    monkeypatch.setattr(BlockSampler, "__init__", spy)
+    _hooks(monkeypatch, _uniform_hook, checks=[hook])
+    model, x = _conv_net()
+    res = build_table(
+        tmp_path / "t.lut", model, x, "onnxruntime", backend_options=FAST_ORT, check=2
+    )
+    assert runners == [1 + 2 + 2]
+    assert res.check is not None and res.check["copies"] == 2 and res.check_note == ""
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        assert calls == [(table.step, 2)]
+        details = table.overhead
+        assert len(details["points"]) == 3 and details["check"] == res.check
+        assert res.to_dict()["check"] == res.check
+        for pt in details["check"]["points"]:
+            assert pt["predicted_ms"] == pytest.approx(
+                table.scale * pt["layers_ms"] + table.overhead_ms
+            )
+            assert pt["error"] == pytest.approx(pt["predicted_ms"] / pt["measured_ms"] - 1)
+        # Copies of their own widths: the layer sums are not the model's or the fit's.
+        fitted = {round(p["layers_ms"], 12) for p in details["points"]}
+        assert not fitted & {round(p["layers_ms"], 12) for p in details["check"]["points"]}
+
+
+def test_no_check_asked_for_or_no_hook_says_so(tmp_path, monkeypatch):
+    _hooks(monkeypatch, _uniform_hook, checks=[lambda *a: pytest.fail("not asked")])
+    model, x = _conv_net()
+    off = build_table(
+        tmp_path / "a.lut", model, x, "onnxruntime", backend_options=FAST_ORT, check=0
+    )
+    assert off.check is None and off.check_note == "no check asked for"
+    _hooks(monkeypatch, _uniform_hook)
+    none = build_table(tmp_path / "b.lut", model, x, "onnxruntime", backend_options=FAST_ORT)
+    assert none.check is None and "no lut_builder.check_variants entry point" in none.check_note
+    assert "not checked" in none.check_note and none.calibration_note == ""
+    with LatencyTable.open(tmp_path / "b.lut") as table:
+        assert table.overhead["check"] is None
+        assert table.overhead["check_note"] == none.check_note
+
+
+def test_check_copies_from_the_caller_or_a_callable():
+    model, x = _conv_net()
+    assert check_copies([model], model, x, 8, 4) == ([model], "")
+    assert check_copies(lambda m, xx, a, n: [m] * n, model, x, 8, 3) == ([model] * 3, "")
+    none, why = check_copies(lambda *a: [], model, x, 8, 4)
+    assert none == [] and "no random-width copies" in why
+    assert check_copies([model], model, x, 8, 0) == ([], "no check asked for")
+
+
+def test_halp_trt_installs_the_check_hook():
+    from importlib import metadata
+
+    from halp_trt.graph import check_variants
+
+    values = [ep.value for ep in metadata.entry_points(group=CHECK_HOOK)]
+    assert "halp_trt.graph:check_variants" in values
+    hook, why = variants_hook(CHECK_HOOK)
+    assert hook is check_variants and why == ""
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
+        ({"check": -1}, "check must be a count"),
+        ({"check": True}, "check must be a count"),
+        ({"check_variants": 3}, "check_variants must be"),
         ({"calibration": "quadratic"}, "unknown calibration 'quadratic'"),
         ({"step": 0}, "step must be a positive integer"),
         ({"strategy": "dense"}, "strategy"),

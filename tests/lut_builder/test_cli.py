@@ -77,6 +77,10 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "points measured" in res.stdout and "table complete" in res.stdout
     assert "latency model" in res.stdout and "x layers" in res.stdout
+    # Checked on random-width copies (halp-trt's hook): one line, on stdout when the
+    # speed-ups are within the limits, a warning on stderr when not.
+    said = res.stdout + res.stderr
+    assert "latency model checked on 4 random-width copies" in said
     con = sqlite3.connect(tmp_path / "t.lut")
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     assert json.loads(meta["complete"]) is True
@@ -85,6 +89,9 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     # Calibrated on the model and its 3/4- and 1/2-width copies (affine by default).
     points = json.loads(meta["overhead"])["points"]
     assert len(points) == 3 and points[0]["layers_ms"] > points[2]["layers_ms"]
+    assert json.loads(meta["overhead"])["check"]["copies"] == 4
+    show = lut_cli("show", "t.lut")
+    assert show.returncode == 0 and "random-width copies" in show.stdout
     assert json.loads(meta["scale"]) > 0
 
 
@@ -175,6 +182,7 @@ def test_build_of_another_model_into_a_table_changes_nothing(lut_cli, table, tmp
         (["build", "--out", "adir"], ["--out 'adir' is a directory"]),
         (["build", "--out", "missing/t.lut"], ["the directory of --out 'missing/t.lut'"]),
         (["build", "--threads", "0", "--out", "t.lut"], ["--threads", "'0'"]),
+        (["build", "--check", "-1", "--out", "t.lut"], ["--check", "'-1'"]),
         (["plot", "nosuch.lut", "--out", "tiny.py/p"], ["the parent of --out 'tiny.py/p'"]),
         (["show", "adir"], ["latency table 'adir' is a directory"]),
     ],

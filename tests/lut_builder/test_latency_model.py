@@ -174,3 +174,42 @@ def test_calibration_fits_the_median_of_blocks_and_stores_their_spread(tmp_path)
         assert meds[0][0] == pytest.approx(1.4 * true[id(model)])
         assert details["block_spread"] == pytest.approx(0.4)
         assert details["timing"]["n"] == 4
+
+
+def test_check_latency_model_errors_and_speedup_errors():
+    """Each copy's prediction against its measurement, and its predicted speed-up over
+    the unpruned model's against the measured one; the verdict from the speed-ups."""
+    from lut_builder.latency_model import CHECK_LIMITS, Calibration, check_latency_model
+
+    cal = Calibration(0.1, 1.2, "affine")
+    base = (1.0, 1.3)  # predicted exactly: 1.2 * 1.0 + 0.1
+    exact = check_latency_model(cal, base, [(0.5, 0.7), (0.25, 0.4)])
+    assert exact["copies"] == 2 and exact["within"] is True
+    assert exact["error_max"] == pytest.approx(0.0, abs=1e-12)
+    assert exact["speedup_error_max"] == pytest.approx(0.0, abs=1e-12)
+    # A copy measured 10% slower than predicted; the unpruned model measured 4% fast.
+    off = check_latency_model(cal, (1.0, 1.25), [(0.5, 0.77), (0.5, 0.7)])
+    first, second = off["points"]
+    assert first["predicted_ms"] == pytest.approx(0.7)
+    assert first["error"] == pytest.approx(0.7 / 0.77 - 1)
+    assert first["speedup_error"] == pytest.approx((0.7 / 1.3) / (0.77 / 1.25) - 1)
+    assert second["speedup_error"] == pytest.approx((0.7 / 1.3) / (0.7 / 1.25) - 1)
+    assert off["speedup_error_max"] == pytest.approx(abs(first["speedup_error"]))
+    assert off["speedup_error_median"] == pytest.approx(
+        (abs(first["speedup_error"]) + abs(second["speedup_error"])) / 2
+    )
+    assert off["speedup_error_max"] > CHECK_LIMITS[1] and off["within"] is False
+    for bad in ([], [(0.5, 0.0)], [(float("nan"), 0.5)]):
+        with pytest.raises(ValueError):
+            check_latency_model(cal, base, bad)
+
+
+def test_describe_check_warns_only_beyond_the_limits():
+    from lut_builder.latency_model import Calibration, check_latency_model, describe_check
+
+    cal = Calibration(0.0, 1.0, "additive")
+    good = describe_check(check_latency_model(cal, (1.0, 1.0), [(0.5, 0.51), (0.4, 0.4)]))
+    assert "2 random-width copies" in good and "1.0% median" in good
+    assert "beyond" not in good
+    bad = describe_check(check_latency_model(cal, (1.0, 1.0), [(0.5, 0.6)]))
+    assert "16.7% median" in bad and "beyond 5% / 10%" in bad and "--feedback" in bad
