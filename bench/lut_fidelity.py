@@ -99,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default under bench/results)")
     args = p.parse_args(argv)
 
-    from halp_trt.graph import CALIBRATION_FRACTIONS, ChannelGraph, calibration_variants
+    from halp_trt.graph import (
+        CALIBRATION_FRACTIONS,
+        CHECK_MIN_KEEP,
+        ChannelGraph,
+        calibration_variants,
+        check_variants,
+        random_keep,
+    )
     from lut_builder import (
         LatencyTable,
         calibrate_overhead,
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
     from lut_builder.end_to_end import BlockSampler
+    from lut_builder.latency_model import CHECK_COPIES
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
 
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         with LatencyTable.open(table_path, writable=True) as table:
             affine = args.calibration == "affine"
             variants = calibration_variants(model, x, table.step) if affine else []
-            calibrate_overhead(table, runner, model, x, variants=variants)
+            checks = check_variants(model, x, table.step, CHECK_COPIES)
+            calibrate_overhead(table, runner, model, x, variants=variants, checks=checks)
 
     # 1. The table: built here unless given (build time and points/s recorded).
     build = None
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             table_path, model, x, backend, step=args.step, strategy=args.strategy,
             info={"model": args.model, "input_shape": list(shape)},
             calibration=args.calibration, variants=calibration_variants,
-            runner_options=ropts,
+            check_variants=check_variants, runner_options=ropts,
         )  # fmt: skip
         measure_s = res.seconds
         build = {
@@ -194,22 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     step = args.step or table.step
 
     # 2. Random assignments at the grid step, each a really pruned model.
+    #    The draw of `lut-builder build`'s check (`halp_trt.graph.check_variants`): with
+    #    the same seed its copies are the first samples here.
     rng = np.random.default_rng(args.seed)
-    graph0 = ChannelGraph(copy.deepcopy(model), x)
-    groups = [(g.id, g.size) for g in graph0.prunable]
     models, assignments = [("unpruned", model)], []
     uniform = calibration_variants(model, x, table.step)
     models += [(f"uniform_{f:g}", m) for f, m in zip(CALIBRATION_FRACTIONS, uniform)]
     n_ref = len(models)  # the unpruned model and its uniform copies: not samples
     for s in range(args.samples):
-        keep = {}
-        for gid, size in groups:
-            lo = max(step, int(np.ceil(args.min_keep * size / step)) * step)
-            choices = sorted({k for k in range(lo, size + 1, step)} | {size})
-            k = int(rng.choice(choices))
-            keep[gid] = sorted(rng.choice(size, size=k, replace=False).tolist())
         m = copy.deepcopy(model)
-        ChannelGraph(m, x).remove(keep)
+        graph = ChannelGraph(m, x)
+        keep = random_keep(graph, rng, step, args.min_keep)
+        graph.remove(keep)
         models.append((f"pruned_{s:02d}", m.eval()))
         assignments.append({str(g): len(v) for g, v in keep.items()})
 
@@ -280,9 +285,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]  # fmt: skip
 
-    def stats(key: str) -> dict[str, float]:
-        errs = [abs(r[key]) for r in pruned]
+    def stats(key: str, rows: list[dict] | None = None) -> dict[str, float]:
+        errs = [abs(r[key]) for r in (pruned if rows is None else rows)]
         return {"median_abs": statistics.median(errs), "max_abs": max(errs)}
+
+    # The build's check drew its copies as the first samples here (same draw and seed):
+    # their speed-ups' errors now, against what the check said of them then.
+    check = (table.overhead or {}).get("check")
+    same = (
+        pruned[: check["copies"]]
+        if check and args.seed == 0 and args.min_keep == CHECK_MIN_KEEP and step == table.step
+        else []
+    )
 
     result = {
         "model": args.model,
@@ -297,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         "table_overhead_ms": table_over,
         "table_scale": table_scale,
         "table_calibration": (table.overhead or {}).get("model", "additive"),
+        # The latency model's own check at the build (random-width copies drawn as the
+        # first samples here, timed then with the calibration's blocks), if it has one.
+        "table_check": check,
+        "errors_table_speedup_check_copies": stats("err_table_speedup", same) if same else None,
         "run_overhead_ms": run_over,
         "run_affine": {
             "scale": run_fit.scale,
@@ -373,6 +391,16 @@ def _print(r: dict) -> None:
             f"{s['calibration_before_run_ms'] / cal:.3f}, after it "
             f"{s['calibration_after_run_ms'] / cal:.3f}"
         )
+    if r.get("table_check"):
+        from lut_builder.latency_model import describe_check
+
+        con.print(f"the table's build: {describe_check(r['table_check'])}", highlight=False)
+        same = r.get("errors_table_speedup_check_copies")
+        if same:
+            con.print(
+                f"the same {r['table_check']['copies']} copies here: speed-ups off by "
+                f"{same['median_abs']:.1%} median, {same['max_abs']:.1%} at most"
+            )
     for key, label in (
         ("errors_table_overhead", f"table ({r['table_calibration']})"),
         ("errors_run_overhead", "run, additive"),
