@@ -37,6 +37,11 @@ calibration's own measurement (:class:`~lut_builder.end_to_end.BlockSampler`, it
 in a row) repeated right before and right after this run. A shift common to the three
 is the machine's state having moved since the build, not the latency model's shape.
 
+The draw is the one `lut-builder build` checks its latency model with
+(`halp_trt.graph.random_keep`): with seed 0 the check's copies are the first samples, and
+the JSON sets what the build's check said of them (``table_check``) beside their
+speed-ups' errors measured here (``errors_table_speedup_check_copies``).
+
 Run under the benchmark lock, e.g.:
 
     flock /tmp/halp-trt-bench.lock .venv/bin/python bench/lut_fidelity.py \\
