@@ -483,3 +483,23 @@ def test_bad_arguments_raise_before_the_table_file_exists(tmp_path, kwargs, frag
         build_table(tmp_path / "missing" / "t.lut", model, x, "analytic")
     with pytest.raises(UserError, match="is a directory"):
         build_table(tmp_path, model, x, "analytic")
+
+
+def test_a_check_that_cannot_be_computed_leaves_the_calibration(tmp_path, monkeypatch):
+    """The fit is stored even when the check of it fails; the note says why."""
+    import lut_builder.latency_model as lm
+
+    def broken(*a):
+        raise ValueError("no copy to check the latency model on")
+
+    monkeypatch.setattr(lm, "check_latency_model", broken)
+    _hooks(monkeypatch, _uniform_hook, checks=[lambda m, x, a, n: [_uniform_hook(m, x, a)[1]]])
+    model, x = _conv_net()
+    res = build_table(tmp_path / "t.lut", model, x, "onnxruntime", backend_options=FAST_ORT)
+    assert res.overhead_ms is not None and res.check is None
+    assert (
+        res.check_note
+        == "the latency model could not be checked: no copy to check the latency model on"
+    )
+    with LatencyTable.open(tmp_path / "t.lut") as table:
+        assert len(table.overhead["points"]) == 3 and table.overhead["check"] is None
