@@ -132,17 +132,22 @@ def build_models(args, model, x, step, fit, extra) -> list[tuple[str, str, Any]]
     return models
 
 
-def fit_and_score(rows: list[dict], regime: str, timed: str | None = None) -> dict[str, Any]:
+def fit_and_score(
+    rows: list[dict], regime: str, timed: str | None = None, stored: Any = None
+) -> dict[str, Any]:
     """The affine model fitted on the dense model and the calibration copies timed in
-    ``regime``, and each kind's speed-up error against the timings of ``timed`` (by
-    default the same regime; the table's calibration against served timings is what a
-    deployment meets)."""
+    ``regime`` (or ``stored``: a :class:`lut_builder.Calibration`, e.g. the table's own),
+    and each kind's speed-up error against the timings of ``timed`` (by default the same
+    regime; the table's calibration against served timings is what a deployment meets)."""
     from lut_builder import fit_calibration
 
-    fitted = [statistics.median(r[regime]) for r in rows]
     med = [statistics.median(r[timed or regime]) for r in rows]
-    fit_idx = [i for i, r in enumerate(rows) if r["kind"] in ("dense", "fitted")]
-    cal = fit_calibration([(rows[i]["layers_ms"], fitted[i]) for i in fit_idx])
+    if stored is None:
+        fitted = [statistics.median(r[regime]) for r in rows]
+        fit_idx = [i for i, r in enumerate(rows) if r["kind"] in ("dense", "fitted")]
+        cal = fit_calibration([(rows[i]["layers_ms"], fitted[i]) for i in fit_idx])
+    else:
+        cal = stored
     p0 = cal.predict(rows[0]["layers_ms"])
     kinds: dict[str, list[tuple[float, float]]] = {}
     for r, m in zip(rows[1:], med[1:]):
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from halp_trt.errors import UserError
     from halp_trt.prune.feedback import served_times
     from halp_trt.specs import example_input, load_model
-    from lut_builder import LatencyTable, predict_latency
+    from lut_builder import Calibration, LatencyTable, predict_latency
     from lut_builder.backends import make_runner
     from lut_builder.fileio import atomic_write_json
     from lut_builder.signatures import model_layers
@@ -199,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             fingerprint = table.fingerprint
+            # The table's own calibration (None when it has none), scored below too.
+            stored = (
+                None
+                if table.overhead_ms is None
+                else Calibration(table.overhead_ms, table.scale, "stored")
+            )
     except (BenchError, UserError, OSError, ValueError) as exc:
         print(f"calibration_regime.py: error: {exc}", file=sys.stderr)
         return 2
@@ -223,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     fits = {regime: fit_and_score(rows, regime) for regime in REGIMES}
     # As tables are built today: calibrated round-robin, the models served.
     fits["round-robin, served"] = fit_and_score(rows, "round-robin", "served")
+    if stored is not None:  # the table as built, its speed-ups against served timings
+        fits["table, served"] = fit_and_score(rows, "table", "served", stored)
     result = {
         "benchmark": "calibration_regime",
         "model": args.model,

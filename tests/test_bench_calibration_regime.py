@@ -79,6 +79,7 @@ def test_tiny_run_times_both_regimes_and_scores_each_fit(regime, table, tmp_path
         assert len(r["round-robin"]) == len(r["served"]) == 2
         assert all(t > 0 for t in r["round-robin"] + r["served"]) and r["layers_ms"] > 0
     assert rows[0]["layers_ms"] > rows[3]["layers_ms"]  # the quarter copy is narrower
+    # The table is not calibrated: no "table" row (a calibrated one is scored too).
     assert set(result["fits"]) == {"round-robin", "served", "round-robin, served"}
     # A random copy's error, from the stored medians and the stored fit.
     for key, timed in (("served", "served"), ("round-robin, served", "served")):
@@ -93,3 +94,29 @@ def test_tiny_run_times_both_regimes_and_scores_each_fit(regime, table, tmp_path
         assert random["n"] == 2
         assert random["max_abs"] == pytest.approx(max(abs(e) for e in errs[4:]))
         assert random["mean"] == pytest.approx(statistics.fmean(errs[4:]))
+
+
+def test_a_calibrated_tables_own_model_is_scored_too(regime, table, tmp_path):
+    import shutil
+
+    from lut_builder import LatencyTable
+
+    calibrated = tmp_path / "c.db"
+    shutil.copy(table, calibrated)
+    with LatencyTable.open(calibrated, writable=True) as t:
+        t.set_overhead(0.01, scale=1.5)
+    out = tmp_path / "r.json"
+    argv = [
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(calibrated),
+        "--samples", "1", "--extra", "", "--rounds", "3", "--served-rounds", "2",
+        "--reps", "1", "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert regime.main(argv) == 0
+    result = json.loads(out.read_text())
+    own = result["fits"]["table, served"]
+    assert (own["scale"], own["overhead_ms"]) == (1.5, 0.01)
+    rows = result["rows"]
+    med = [statistics.median(r["served"]) for r in rows]
+    pred = [1.5 * r["layers_ms"] + 0.01 for r in rows]
+    err = (pred[-1] / pred[0]) / (med[-1] / med[0]) - 1
+    assert own["speedup_errors"]["random"]["mean"] == pytest.approx(err)
