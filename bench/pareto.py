@@ -1568,6 +1568,7 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
     from halp_trt.train import Trainer, evaluate
     from lut_builder.backends import get_backend
     from lut_builder.fileio import atomic_write_json
+    from lut_builder.latency_model import check_summary
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -1690,10 +1691,7 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
         "overhead_ms": table.overhead_ms,
         "scale": table.scale,
         # The build's check of its latency model on random-width copies (None: none).
-        "check": {
-            k: v for k, v in ((table.overhead or {}).get("check") or {}).items() if k != "points"
-        }
-        or None,
+        "check": check_summary((table.overhead or {}).get("check")),
     }
     runs: list[dict] = []
     timings: dict = {}

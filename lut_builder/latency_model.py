@@ -16,6 +16,7 @@ prunable group at its own random width, as pruning leaves a network (``checks`` 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -307,8 +308,6 @@ def check_latency_model(
                 "speedup_error": (pred / pred0) / (meas / meas0) - 1,
             }
         )
-    import statistics
-
     errors = [abs(r["error"]) for r in rows]
     speedups = [abs(r["speedup_error"]) for r in rows]
     median, largest = statistics.median(speedups), max(speedups)
@@ -391,18 +390,11 @@ def calibration_copies(
     Returns:
         ``(copies, note)``.
     """
-    source = variants
-    if source is None:
-        source, why = variants_hook()
-        if source is None:
-            return [], why
-    copies = list(source(model, example_input, alignment) if callable(source) else source)
-    if not copies:
-        return [], (
-            "no narrowed copies of the model were made (no prunable channel group?): the "
-            "latency model is additive"
-        )
-    return copies, ""
+    return _copies(
+        variants, VARIANTS_HOOK, (model, example_input, alignment),
+        "no narrowed copies of the model were made (no prunable channel group?): the "
+        "latency model is additive",
+    )  # fmt: skip
 
 
 def check_copies(
@@ -427,16 +419,30 @@ def check_copies(
     """
     if count == 0:
         return [], "no check asked for"
-    source = checks
+    return _copies(
+        checks, CHECK_HOOK, (model, example_input, alignment, count),
+        "no random-width copies of the model were made (no prunable channel group?)",
+    )  # fmt: skip
+
+
+def _copies(source: Any, group: str, args: tuple, empty: str) -> tuple[list[Any], str]:
+    """The copies ``source`` gives (a list, or a callable called with ``args``; None: the
+    hook of entry point ``group``), and, when there are none, why (``empty`` when the
+    source made none)."""
     if source is None:
-        source, why = variants_hook(CHECK_HOOK)
+        source, why = variants_hook(group)
         if source is None:
             return [], why
-    made = source(model, example_input, alignment, count) if callable(source) else source
-    copies = list(made)
-    if not copies:
-        return [], "no random-width copies of the model were made (no prunable channel group?)"
-    return copies, ""
+    copies = list(source(*args) if callable(source) else source)
+    return (copies, "") if copies else ([], empty)
+
+
+def check_summary(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stored check (:func:`check_latency_model`) without its per-copy points, for a
+    record that names the table it was solved on (a plan file, a bench's JSON)."""
+    if not isinstance(check, Mapping):
+        return None
+    return {k: v for k, v in check.items() if k != "points"}
 
 
 def variants_hook(group: str = VARIANTS_HOOK) -> tuple[Callable[..., Any] | None, str]:

@@ -889,7 +889,9 @@ def _table_facts(table: Any) -> dict[str, Any]:
         if value is not None:
             facts[name] = str(value) if name == "path" else value
     # How well the table's latency model predicted random-width copies at its build.
-    check = (getattr(table, "overhead", None) or {}).get("check")
-    if isinstance(check, dict):
-        facts["check"] = {k: v for k, v in check.items() if k != "points"}
+    from lut_builder.latency_model import check_summary
+
+    check = check_summary((getattr(table, "overhead", None) or {}).get("check"))
+    if check is not None:
+        facts["check"] = check
     return facts
