@@ -5,7 +5,10 @@ assignments at the grid step (every prunable group keeps a random multiple of th
 random channels), build each as a real pruned model (``ChannelGraph.remove``), predict its
 latency from the table (sum of layer lookups + the overhead term calibrated once on the
 unpruned model) and measure it end to end on the same backend. All models are timed
-round-robin in one run (``time_interleaved``), so machine noise hits them alike.
+interleaved in one run, so machine noise hits them alike, and as the table's calibration
+timed them (``--timing table``, the default: served, one block of back-to-back inferences
+of each model in turn, for a table calibrated so; round-robin, one inference of each in
+turn, for one calibrated before the build timed served), or as ``--timing`` says.
 
 Three calibrations of the network latency model are reported:
 
@@ -76,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", default="sparse", choices=("sparse", "full"))
     p.add_argument("--step", type=int, default=None, help="grid step (default: alignment)")
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=300, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=int, default=300, help="round-robin timing rounds")
+    p.add_argument(
+        "--timing", default="table", choices=("table", "served", "round-robin"),
+        help="how whole models are timed: as the table's calibration timed them (default), "
+        "served (blocks of back-to-back inferences) or round-robin (one inference each)",
+    )  # fmt: skip
+    p.add_argument("--served-rounds", type=int, default=30, help="served timing rounds")
     p.add_argument("--min-keep", type=float, default=0.25, help="smallest kept fraction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="onnxruntime backend method override")
@@ -142,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.device is not None:
         ropts["device"] = args.device
 
+    # How a table built or recalibrated here times its whole models: as --timing says,
+    # served for "table" (the build's default).
+    build_regime = "served" if args.timing == "table" else args.timing
+
     def runner(m: torch.nn.Module) -> object:
         return make_runner(args.backend, m, x, **ropts)
 
@@ -151,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             affine = args.calibration == "affine"
             variants = calibration_variants(model, x, table.step) if affine else []
             checks = check_variants(model, x, table.step, CHECK_COPIES)
-            calibrate_overhead(table, runner, model, x, variants=variants, checks=checks)
+            calibrate_overhead(
+                table, runner, model, x, variants=variants, checks=checks, regime=build_regime
+            )
 
     # 1. The table: built here unless given (build time and points/s recorded).
     build = None
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             table_path, model, x, backend, step=args.step, strategy=args.strategy,
             info={"model": args.model, "input_shape": list(shape)},
             calibration=args.calibration, variants=calibration_variants,
-            check_variants=check_variants, runner_options=ropts,
+            check_variants=check_variants, runner_options=ropts, regime=build_regime,
         )  # fmt: skip
         measure_s = res.seconds
         build = {
@@ -238,14 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     runners = [runner(m) for _, m in models]
     clock = runners[0].clock
 
+    # A calibration stored without its regime was timed round-robin.
+    table_regime = (table.overhead or {}).get("regime", "round-robin")
+    regime = table_regime if args.timing == "table" else args.timing
+    rounds = args.served_rounds if regime == "served" else args.rounds
+
     def calibration_now() -> list[float]:
         """The calibration models timed now as the build's calibration times them (its
         blocks, in a row): the calibration's own measurement, at this run's time."""
-        return BlockSampler(table, runners[:n_ref], warmup=20).finish().medians()
+        return BlockSampler(table, runners[:n_ref], warmup=20, regime=regime).finish().medians()
 
     cal_before = calibration_now()
     t0 = time.perf_counter()
-    meas = measure_end_to_end(table, runners, warmup=5, runs=args.rounds, min_time_s=None)
+    meas = measure_end_to_end(table, runners, warmup=5, runs=rounds, min_time_s=None, regime=regime)
     e2e_s = time.perf_counter() - t0
     cal_after = calibration_now()
     for r in runners:
@@ -329,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "step": step,
         "samples": args.samples,
-        "rounds": args.rounds,
+        "rounds": rounds,
+        "timing": regime,
+        "table_calibration_timing": table_regime,
         "clock": clock,
         "normalized_by_reference": table.reference,
         "seed": args.seed,
@@ -363,7 +385,11 @@ def _print(r: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{r['model']} {r['input_shape']} on {r['backend']} (clock: {r['clock']})")
+    timing = r.get("timing", "round-robin")
+    t = Table(
+        title=f"{r['model']} {r['input_shape']} on {r['backend']} (clock: {r['clock']}, "
+        f"timed {timing})"
+    )
     for c in (
         "model",
         "speed-up",

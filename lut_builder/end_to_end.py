@@ -14,7 +14,23 @@ from typing import Any
 
 from .backends.base import make_reference
 from .table import LatencyTable
-from .timing import Timing, time_interleaved, time_relative
+from .timing import (
+    SERVED_BLOCK_MS,
+    SERVED_BLOCK_RUNS,
+    SERVED_WARM_RUNS,
+    Timing,
+    time_blocks,
+    time_interleaved,
+    time_relative,
+)
+
+#: How whole models can be timed (:func:`measure_end_to_end`).
+REGIMES = ("served", "round-robin")
+#: How a table's calibration times whole models, unless told otherwise; a stored
+#: calibration without a ``regime`` was timed round-robin (the only regime before).
+DEFAULT_REGIME = "served"
+#: A calibration's rounds in each regime, all its blocks together (:class:`BlockSampler`).
+RUNS = {"served": 24, "round-robin": 100}
 
 
 def measure_end_to_end(
@@ -24,13 +40,25 @@ def measure_end_to_end(
     warmup: int = 10,
     runs: int = 100,
     min_time_s: float | None = 2.0,
+    regime: str = DEFAULT_REGIME,
+    block_ms: float = SERVED_BLOCK_MS,
 ) -> list[Timing]:
-    """End-to-end latency of whole models in the table's unit, interleaved round-robin.
+    """End-to-end latency of whole models in the table's unit, interleaved.
 
-    Each model is run once untimed right before each timed run: several models taking
-    turns would otherwise evict each other's weights from the caches, and be timed
-    colder than a deployed model that runs alone (on this 2 MB-L2 CPU that made an
-    interleaved ResNet-56 about 10% slower than the same model run on its own).
+    ``regime`` says how each model's figure in a round is taken:
+
+    - ``"served"``: as a model is deployed, one inference after another: a block of
+      back-to-back inferences lasting at least ``block_ms`` after a few untimed ones,
+      its median (``runs`` counts rounds, i.e. blocks of each model);
+    - ``"round-robin"``: one inference, right after an untimed one (several models
+      taking turns would otherwise evict each other's weights from the caches, and be
+      timed colder than a deployed model: on a 2 MB-L2 CPU that made an interleaved
+      ResNet-56 about 10% slower than the same model run on its own).
+
+    The two differ where a model's state outlives one inference: at batch 1 on a Zen 3
+    (ONNX Runtime, one thread) MobileNetV2s pruned to 0.3 of the dense latency timed
+    0.25-0.27 of it round-robin and 0.29-0.31 served (bench/calibration_regime.py), and a
+    table calibrated round-robin predicted served speed-ups 13-16% wrong.
 
     When the table was measured against a reference workload, every run is timed against
     reference runs around it, gated like the table's points, and scaled by the table's
@@ -42,14 +70,29 @@ def measure_end_to_end(
         table: the latency table (its ``reference``, if any, is used).
         runners: :class:`~lut_builder.backends.Runner` objects on one device.
         warmup, runs, min_time_s: the timing loop (rounds).
+        regime: ``"served"`` or ``"round-robin"``.
+        block_ms: a served block's length.
 
     Returns:
         One :class:`Timing` per runner (milliseconds).
+
+    Raises:
+        ValueError: an unknown regime.
     """
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+    served = regime == "served"
     clock = runners[0].clock
     sync = runners[0].sync
     loop = {"warmup": warmup, "rounds": runs, "min_time_s": min_time_s, "clock": clock}
     ref = table.reference
+    if ref is None and served:
+        # No reference to gate on: blocks in turn (warm-up inside each block).
+        times, _ = time_blocks(
+            runners, rounds=runs, block_ms=block_ms, warm_runs=SERVED_WARM_RUNS,
+            min_runs=SERVED_BLOCK_RUNS, clock=clock,
+        )  # fmt: skip
+        return [Timing.from_samples(t) for t in times]
     if ref is None:
         samples = time_interleaved(runners, sync=sync, warm=True, **loop)
         return [Timing.from_samples(s) for s in samples]
@@ -59,7 +102,8 @@ def measure_end_to_end(
         sync=sync,
         gate=ref.get("gate"),
         reference_floor_ms=ref["unit_ms"],
-        warm=True,
+        warm=not served,
+        block_ms=block_ms if served else None,
         **loop,
     )
     unit = ref["unit_ms"]
@@ -80,6 +124,8 @@ class BlockTimings:
     #: The first runner's backend name and clock.
     runner: str = ""
     clock: str = ""
+    #: How each model was timed (:data:`REGIMES`).
+    regime: str = DEFAULT_REGIME
 
     def medians(self) -> list[float]:
         """Per runner, the median over blocks of its block medians (milliseconds)."""
@@ -124,10 +170,12 @@ class BlockSampler:
         blocks: how many blocks the runs are split into (>= 1).
         warmup: untimed rounds before the first block.
         runs, min_time_s: the totals, split evenly between the blocks (each block at
-            least one round).
+            least one round); ``runs`` None: :data:`RUNS` of the regime (a served round
+            times each model over many inferences, a round-robin round over one).
+        regime: how each model is timed (:func:`measure_end_to_end`).
 
     Raises:
-        ValueError: ``blocks`` < 1.
+        ValueError: ``blocks`` < 1 or an unknown regime.
     """
 
     def __init__(
@@ -137,13 +185,18 @@ class BlockSampler:
         *,
         blocks: int = 8,
         warmup: int = 10,
-        runs: int = 100,
+        runs: int | None = None,
         min_time_s: float | None = 2.0,
+        regime: str = DEFAULT_REGIME,
     ) -> None:
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
             raise ValueError(f"blocks must be a positive integer, not {blocks!r}")
+        if regime not in REGIMES:
+            raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {regime!r}")
         self.table, self.runners, self.blocks = table, runners, blocks
+        self.regime = regime
         self.warmup = warmup
+        runs = RUNS[regime] if runs is None else runs
         self.per_runs = max(1, math.ceil(runs / blocks))
         self.per_time = None if min_time_s is None else min_time_s / blocks
         self._units: list[list[float]] = []  # per block, per runner: multiples of the unit
@@ -162,6 +215,7 @@ class BlockSampler:
             warmup=self.warmup if not self._units else 0,
             runs=self.per_runs,
             min_time_s=self.per_time,
+            regime=self.regime,
         )
         unit = self.table.unit_ms
         self._units.append([t.median_ms / unit for t in timings])
@@ -180,4 +234,4 @@ class BlockSampler:
         first = self.runners[0]
         clock = first.clock if isinstance(first.clock, str) else "custom"
         blocks = [[r * unit for r in b] for b in self._units]
-        return BlockTimings(blocks, list(self._n), first.name, clock)
+        return BlockTimings(blocks, list(self._n), first.name, clock, self.regime)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .end_to_end import BlockTimings
+from .end_to_end import DEFAULT_REGIME, BlockTimings
 from .signatures import LayerSignature
 from .table import LatencyTable
 
@@ -149,9 +149,10 @@ def calibrate_overhead(
     *,
     variants: Sequence[Any] = (),
     warmup: int = 20,
-    runs: int = 100,
+    runs: int | None = None,
     min_time_s: float = 2.0,
     blocks: int = 8,
+    regime: str = DEFAULT_REGIME,
     timed: BlockTimings | None = None,
     store: bool = True,
     note: str = "",
@@ -186,8 +187,12 @@ def calibrate_overhead(
         example_input: its input.
         variants: narrower versions of ``model`` (same signatures, fewer channels).
         warmup, runs, min_time_s: the end-to-end timing loop (``runs`` and
-            ``min_time_s`` are totals over the blocks).
+            ``min_time_s`` are totals over the blocks; ``runs`` None: the regime's).
         blocks: how many blocks the runs are split into (>= 1).
+        regime: how each whole model is timed (:func:`~lut_builder.end_to_end.
+            measure_end_to_end`): ``"served"`` (one inference after another, as a model
+            is deployed; the default) or ``"round-robin"``. The fit predicts the regime
+            it was timed in, and the regime is stored with it.
         timed: the models' blocks already measured (``model`` first, then ``variants``
             in order); nothing is run then and ``runner_or_backend`` is not used.
         store: write the result into the table.
@@ -218,7 +223,7 @@ def calibrate_overhead(
     if timed is None:
         timed = _measure_blocks(
             runner_or_backend, table, model, example_input, [*variants, *checks],
-            blocks=blocks, warmup=warmup, runs=runs, min_time_s=min_time_s,
+            blocks=blocks, warmup=warmup, runs=runs, min_time_s=min_time_s, regime=regime,
         )  # fmt: skip
     elif len(timed.blocks[0]) != len(sums):
         raise ValueError(
@@ -231,7 +236,8 @@ def calibrate_overhead(
     check = None
     if checks:
         try:
-            check = check_latency_model(cal, points[0], measured[fitted:])
+            check = {**check_latency_model(cal, points[0], measured[fitted:]),
+                     "regime": timed.regime}  # fmt: skip
         except ValueError as exc:  # a check that cannot be computed must not cost the fit
             check_note = f"the latency model could not be checked: {exc}"
     if store:
@@ -255,6 +261,7 @@ def calibrate_overhead(
                 "block_spread": timed.spread(0),
                 "runner": timed.runner,
                 "clock": timed.clock,
+                "regime": timed.regime,
                 "normalized": table.reference is not None,
                 "calibrated_at": time.time(),
                 "check": check,
@@ -325,8 +332,10 @@ def check_latency_model(
 def describe_check(check: Mapping[str, Any]) -> str:
     """One line for a stored check (:func:`check_latency_model`), with a warning when its
     speed-ups err beyond :data:`CHECK_LIMITS`."""
+    # A check stored without its regime was timed round-robin (the only regime then).
+    timed = "served" if check.get("regime") == "served" else "timed round-robin"
     line = (
-        f"latency model checked on {check['copies']} random-width copies: predicted "
+        f"latency model checked on {check['copies']} random-width copies ({timed}): predicted "
         f"speed-ups off by {check['speedup_error_median']:.1%} median, "
         f"{check['speedup_error_max']:.1%} at most (latencies {check['error_median']:.1%}, "
         f"{check['error_max']:.1%})"

@@ -40,10 +40,14 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
     out = tmp_path / "f.json"
     argv = [
         "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
-        "--recalibrate", "--samples", "2", "--rounds", "5", "--out", str(out),
+        "--recalibrate", "--samples", "2", "--rounds", "5", "--served-rounds", "2",
+        "--out", str(out),
     ]  # fmt: skip
     assert fidelity.main(argv) == 0
     result = json.loads(out.read_text())
+    # Recalibrated as the build calibrates (served), and timed as the table was.
+    assert result["table_calibration_timing"] == result["timing"] == "served"
+    assert result["rounds"] == 2
     # The command records the arguments main() was given, not the test runner's.
     assert result["command"] == "python bench/lut_fidelity.py " + " ".join(argv)
     assert result["step"] == 32 and len(result["assignments"]) == 2

@@ -353,9 +353,13 @@ def _time_in_table_unit(
         )
     from lut_builder import measure_end_to_end
 
+    # Timed as the table's calibration timed (a calibration stored without its regime
+    # was timed round-robin), so the prediction and the measurement compare alike.
+    served = (table.overhead or {}).get("regime") == "served"
     t = measure_end_to_end(
-        table, list(runners), warmup=warmup, runs=max(20, rounds), min_time_s=None
-    )
+        table, list(runners), warmup=warmup, runs=rounds if served else max(20, rounds),
+        min_time_s=None, regime="served" if served else "round-robin",
+    )  # fmt: skip
     return (t[0].median_ms, t[1].median_ms), ""
 
 

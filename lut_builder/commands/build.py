@@ -11,6 +11,7 @@ from typing import Any
 
 from ..backends.base import list_backends
 from ..cli_args import nonnegative_int, positive_int
+from ..end_to_end import DEFAULT_REGIME, REGIMES
 from ..errors import UserError
 from ..latency_model import CHECK_COPIES
 from ..specs import WEIGHTS_HELP
@@ -108,6 +109,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "halp-trt's), measured with the calibration but not fitted on; 0: no check "
         f"(default {CHECK_COPIES})",
     )
+    p.add_argument(
+        "--calibration-timing",
+        choices=REGIMES,
+        default=DEFAULT_REGIME,
+        help="how the calibration and its check time whole models: served (one inference "
+        "after another, as a model is deployed; default) or round-robin (one inference of "
+        "each model in turn, as tables were calibrated before)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the table file (.db)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -200,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         "backend_options": backend_options(args),
         "runner_options": runner_options(args),
         "check": args.check,
+        "regime": args.calibration_timing,
     }
     with measuring_bar(f"{args.model} on {args.backend}", show=not args.json) as bar:
         result = build_table(args.out, model, x, args.backend, **options, **bar)

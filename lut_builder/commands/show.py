@@ -71,6 +71,11 @@ def _render(s: dict[str, Any]) -> None:
         if over is None
         else f"{over:+.4f} ms" + ("" if scale == 1.0 else f", scale {scale:.3f} on the layers")
     )
+    details = s.get("overhead") or {}
+    if over is not None and details.get("points"):
+        # Whole models timed served or round-robin (a calibration stored without its
+        # regime was timed round-robin).
+        over_txt += f" (whole models timed {details.get('regime', 'round-robin')})"
     con.print(
         f"alignment {s['alignment']} · step {s['step']} · {s['points']} points · {status} · "
         f"overhead {over_txt} · strategy {s['info'].get('strategy')} · model "

@@ -379,3 +379,39 @@ def test_cli_verify_engines_on_tensorrt_records_latency(halp_cli, saved_models):
     assert d["input_shape"] == [4, 3, 32, 32] and d["speedup"]["median"] > 1.5
     recorded = EngineSidecar.read(saved_models / "narrow.engine.json").latency
     assert recorded["measured_ms"] == d["pruned"]["median_ms"] and recorded["measured_batch"] == 4
+
+
+@pytest.mark.parametrize(
+    "overhead, regime, runs",
+    [
+        ({"regime": "served"}, "served", 10),  # blocks: verify's own rounds
+        ({"regime": "round-robin"}, "round-robin", 20),  # one inference: at least 20
+        ({}, "round-robin", 20),  # a calibration stored before regimes: round-robin
+        (None, "round-robin", 20),
+    ],
+)
+def test_timing_in_the_table_unit_follows_the_tables_calibration(
+    monkeypatch, overhead, regime, runs
+):
+    """The prediction and the measurement compare alike: both models are timed in the
+    regime the table's calibration timed whole models in."""
+    from types import SimpleNamespace
+
+    import lut_builder
+    from halp_trt.verify.compare import _time_in_table_unit
+
+    seen = {}
+
+    def fake(table, runners, **kw):
+        seen.update(kw)
+        return [SimpleNamespace(median_ms=2.0), SimpleNamespace(median_ms=1.0)]
+
+    monkeypatch.setattr(lut_builder, "measure_end_to_end", fake)
+    table = SimpleNamespace(
+        reference={"kind": "k", "unit_ms": 1.0},
+        fingerprint={"options": {"clock": "thread"}},
+        overhead=overhead,
+    )
+    runners = [SimpleNamespace(clock="thread")] * 2
+    assert _time_in_table_unit(table, runners, 5, 10) == ((2.0, 1.0), "")
+    assert seen["regime"] == regime and seen["runs"] == runs

@@ -389,7 +389,7 @@ def test_the_build_checks_its_latency_model_on_random_width_copies(tmp_path, mon
     init = BlockSampler.__init__
 
     def spy(self, table, rs, **kw):
-        runners.append(len(rs))
+        runners.append((len(rs), kw.get("regime")))
         init(self, table, rs, **kw)
 
     def hook(model, example_input, alignment, count):
@@ -402,12 +402,13 @@ def test_the_build_checks_its_latency_model_on_random_width_copies(tmp_path, mon
     res = build_table(
         tmp_path / "t.lut", model, x, "onnxruntime", backend_options=FAST_ORT, check=2
     )
-    assert runners == [1 + 2 + 2]
+    assert runners == [(1 + 2 + 2, "served")]  # timed as models are served, by default
     assert res.check is not None and res.check["copies"] == 2 and res.check_note == ""
     with LatencyTable.open(tmp_path / "t.lut") as table:
         assert calls == [(table.step, 2)]
         details = table.overhead
         assert len(details["points"]) == 3 and details["check"] == res.check
+        assert details["regime"] == res.check["regime"] == "served"
         assert res.to_dict()["check"] == res.check
         for pt in details["check"]["points"]:
             assert pt["predicted_ms"] == pytest.approx(
@@ -461,6 +462,7 @@ def test_halp_trt_installs_the_check_hook():
         ({"check": -1}, "check must be a count"),
         ({"check": True}, "check must be a count"),
         ({"check_variants": 3}, "check_variants must be"),
+        ({"regime": "alone"}, "unknown regime 'alone'"),
         ({"calibration": "quadratic"}, "unknown calibration 'quadratic'"),
         ({"step": 0}, "step must be a positive integer"),
         ({"strategy": "dense"}, "strategy"),

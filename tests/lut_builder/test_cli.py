@@ -80,7 +80,7 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     # Checked on random-width copies (halp-trt's hook): one line, on stdout when the
     # speed-ups are within the limits, a warning on stderr when not.
     said = res.stdout + res.stderr
-    assert "latency model checked on 4 random-width copies" in said
+    assert "latency model checked on 4 random-width copies (served)" in said
     con = sqlite3.connect(tmp_path / "t.lut")
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     assert json.loads(meta["complete"]) is True
@@ -90,6 +90,9 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     points = json.loads(meta["overhead"])["points"]
     assert len(points) == 3 and points[0]["layers_ms"] > points[2]["layers_ms"]
     assert json.loads(meta["overhead"])["check"]["copies"] == 4
+    # Timed as models are served (the default --calibration-timing).
+    assert json.loads(meta["overhead"])["regime"] == "served"
+    assert json.loads(meta["overhead"])["check"]["regime"] == "served"
     show = lut_cli("show", "t.lut")
     assert show.returncode == 0 and "random-width copies" in show.stdout
     assert json.loads(meta["scale"]) > 0
@@ -183,6 +186,11 @@ def test_build_of_another_model_into_a_table_changes_nothing(lut_cli, table, tmp
         (["build", "--out", "missing/t.lut"], ["the directory of --out 'missing/t.lut'"]),
         (["build", "--threads", "0", "--out", "t.lut"], ["--threads", "'0'"]),
         (["build", "--check", "-1", "--out", "t.lut"], ["--check", "'-1'"]),
+        pytest.param(
+            ["build", "--calibration-timing", "alone", "--out", "t.lut"],
+            ["--calibration-timing", "'alone'"],
+            marks=pytest.mark.slow,
+        ),
         (["plot", "nosuch.lut", "--out", "tiny.py/p"], ["the parent of --out 'tiny.py/p'"]),
         (["show", "adir"], ["latency table 'adir' is a directory"]),
     ],

@@ -59,11 +59,14 @@ def test_fit_calibration_additive_affine_and_implausible():
 
 class _Machine:
     """A virtual machine clock: each run advances it by the runner's cost, times the
-    machine's slowness at that moment (``slow`` times for the first ``slow_calls`` runs)."""
+    machine's slowness at that moment (``slow`` times for the first ``slow_calls`` runs),
+    times ``cold`` for a runner's first two runs in a row (its state still another's: a
+    model run in turn with others runs slower than one served back to back)."""
 
-    def __init__(self, slow_calls: int = 0, slow: float = 1.0) -> None:
+    def __init__(self, slow_calls: int = 0, slow: float = 1.0, cold: float = 1.0) -> None:
         self.now, self.calls = 0.0, 0
-        self.slow_calls, self.slow = slow_calls, slow
+        self.slow_calls, self.slow, self.cold = slow_calls, slow, cold
+        self.last, self.streak = None, 0
 
     def clock(self) -> float:
         return self.now
@@ -79,6 +82,10 @@ class _Machine:
 
             def __call__(self) -> None:
                 factor = machine.slow if machine.calls < machine.slow_calls else 1.0
+                machine.streak = machine.streak + 1 if machine.last is self else 1
+                machine.last = self
+                if machine.streak <= 2:
+                    factor *= machine.cold
                 machine.calls += 1
                 machine.now += ms * factor / 1e3
 
@@ -91,7 +98,7 @@ def test_blocks_split_the_runs_and_the_latency_is_the_median_of_blocks():
     from lut_builder.end_to_end import BlockSampler
 
     def measure_in_blocks(table, runners, **loop):
-        return BlockSampler(table, runners, **loop).finish()
+        return BlockSampler(table, runners, regime="round-robin", **loop).finish()
 
     table = SimpleNamespace(reference=None, unit_ms=1.0)  # plain interleaved timings
     # Warm-up: 3 rounds of 2 runners; each block: 2 rounds of 2 runners, each timed run
@@ -137,6 +144,63 @@ def test_block_sampler_spreads_blocks_over_the_work_and_follows_the_unit():
     assert timed.block_medians(0) == pytest.approx([0.5, 1.0, 1.0, 1.0])
 
 
+def test_served_blocks_time_models_as_deployed_and_round_robin_does_not():
+    """A model whose first two runs in a row cost 1.5x (another model's state still in
+    the caches): served, its figure is its steady cost, whatever ran before; round-robin
+    (one timed run after one untimed), the cold cost. Each served round runs the warm-up
+    and then enough timed runs to fill the block."""
+    from types import SimpleNamespace
+
+    from lut_builder.end_to_end import BlockSampler
+    from lut_builder.timing import SERVED_WARM_RUNS
+
+    table = SimpleNamespace(reference=None, unit_ms=1.0)
+    machine = _Machine(cold=1.5)
+    runners = [machine.runner(1.0), machine.runner(2.0)]
+    served = BlockSampler(table, runners, blocks=2, warmup=0, runs=4, regime="served")
+    timed = served.finish()
+    assert timed.regime == "served" and timed.n == [2, 2]
+    assert timed.medians() == pytest.approx([1.0, 2.0])
+    # One round of 20 ms blocks: 20 timed runs of the 1 ms model, 10 of the 2 ms one,
+    # each after the warm-up, once each model's per-call time is estimated (3 untimed
+    # runs, then runs until 5 ms have passed: 5 of the 1 ms model, 3 of the 2 ms one).
+    before = machine.calls
+    BlockSampler(table, runners, blocks=1, warmup=0, runs=1, regime="served").finish()
+    estimate = (3 + 5) + (3 + 3)
+    assert machine.calls - before == estimate + 2 * SERVED_WARM_RUNS + 20 + 10
+    rr = BlockSampler(table, runners, blocks=2, warmup=0, runs=4, regime="round-robin")
+    cold = rr.finish()
+    assert cold.regime == "round-robin" and cold.medians() == pytest.approx([1.5, 3.0])
+    with pytest.raises(ValueError, match="regime"):
+        BlockSampler(table, runners, regime="alone")
+
+
+def test_time_relative_serves_each_callable_in_a_block_against_the_reference():
+    """Served against a reference: each callable's round figure is the median of its
+    block (a slow first timed run does not move it) over the reference runs around it."""
+    from lut_builder.timing import SERVED_WARM_RUNS, time_relative
+
+    machine = _Machine()
+    model, reference = machine.runner(2.0), machine.runner(1.0)
+
+    slow = []
+
+    def hiccup():  # the first timed run of each block is 10x slow
+        model()
+        if machine.streak == SERVED_WARM_RUNS + 1:
+            machine.now += 18.0 / 1e3
+            slow.append(machine.now)
+
+    rel = time_relative([hiccup], reference, warmup=0, rounds=3, clock=machine.clock, block_ms=20.0)
+    assert rel.rounds == 3
+    assert rel.ratio[0] == pytest.approx([2.0, 2.0, 2.0])
+    assert len(slow) == 1 + 3  # the per-call estimate's run, then one in each block
+    assert rel.time_ms[0] == pytest.approx([2.0, 2.0, 2.0])
+    for bad in ({"block_ms": -1.0}, {"block_ms": 5.0, "block_runs": 0}):
+        with pytest.raises(ValueError, match="block"):
+            time_relative([hiccup], reference, rounds=1, clock=machine.clock, **bad)
+
+
 def test_calibration_fits_the_median_of_blocks_and_stores_their_spread(tmp_path):
     """An affine calibration on two models whose true latency is 1.2 x layers + 0.1 ms:
     recovered although the machine ran slow for its first block; the blocks are kept."""
@@ -163,7 +227,7 @@ def test_calibration_fits_the_median_of_blocks_and_stores_their_spread(tmp_path)
         machine = _Machine(slow_calls=2 * 2 + 2 * 2 * 2, slow=1.4)
         over = calibrate_overhead(
             table, lambda m: machine.runner(true[id(m)]), model, x, variants=[narrow],
-            warmup=2, runs=8, min_time_s=0.0, blocks=4,
+            warmup=2, runs=8, min_time_s=0.0, blocks=4, regime="round-robin",
         )  # fmt: skip
         assert table.scale == pytest.approx(1.2) and over == pytest.approx(0.1)
         details = table.overhead
@@ -174,6 +238,7 @@ def test_calibration_fits_the_median_of_blocks_and_stores_their_spread(tmp_path)
         assert meds[0][0] == pytest.approx(1.4 * true[id(model)])
         assert details["block_spread"] == pytest.approx(0.4)
         assert details["timing"]["n"] == 4
+        assert details["regime"] == "round-robin"
 
 
 def test_check_latency_model_errors_and_speedup_errors():
@@ -213,3 +278,7 @@ def test_describe_check_warns_only_beyond_the_limits():
     assert "beyond" not in good
     bad = describe_check(check_latency_model(cal, (1.0, 1.0), [(0.5, 0.6)]))
     assert "16.7% median" in bad and "beyond 5% / 10%" in bad and "--feedback" in bad
+    # The regime the copies were timed in; a check stored without one was round-robin.
+    assert "copies (timed round-robin)" in good
+    served = {**check_latency_model(cal, (1.0, 1.0), [(0.5, 0.5)]), "regime": "served"}
+    assert "copies (served)" in describe_check(served)
