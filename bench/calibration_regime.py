@@ -1,12 +1,14 @@
 """Which timing should a table's network latency model be calibrated on?
 
-A table's build fits ``scale * layers + overhead`` on whole models timed round-robin
-(:class:`lut_builder.end_to_end.BlockSampler`: one inference of each model in turn,
-each after an untimed one), and checks it the same way. A deployed model is served
-alone, one inference after another, which is how halp-trt's feedback, ``verify`` and
-bench/pareto.py's ``--timing blocks`` time (:func:`halp_trt.prune.feedback.served_times`).
-Where the two regimes see a different speed-up, a latency model fitted on one
-mispredicts the other.
+A table's build fits ``scale * layers + overhead`` on whole models, and checks it, in
+one of two regimes (:class:`lut_builder.end_to_end.BlockSampler`): served, one block of
+back-to-back inferences of each model in turn (the default since this bench showed why),
+or round-robin, one inference of each model in turn, each after an untimed one (how
+tables were calibrated before; ``lut-builder build --calibration-timing round-robin``).
+A deployed model is served alone, one inference after another, which is how halp-trt's
+feedback, ``verify`` and bench/pareto.py's ``--timing blocks`` time
+(:func:`halp_trt.prune.feedback.served_times`). Where the two regimes see a different
+speed-up, a latency model fitted on one mispredicts the other.
 
 For one model and table this times, in both regimes, interleaved in one run and
 ``--reps`` times in turn: the dense model, its uniform copies at ``--fractions`` (the
@@ -14,7 +16,9 @@ calibration's) and ``--extra``, ``--samples`` random-width copies (the check's d
 seed 0), and, with ``--pareto``, the pruned models of a bench/pareto.py result rebuilt
 from their widths (untrained: the weights do not move the speed). In each regime it
 fits the affine model on the dense model and the calibration copies (as the build does,
-on the table's layer sums) and reports each kind's speed-up error in that same regime.
+on the table's layer sums) and reports each kind's speed-up error in that same regime;
+it also scores the round-robin fit and the table's own calibration (``table, served``;
+its regime is recorded as ``table_regime``) against the served timings.
 
     python bench/calibration_regime.py --model halp_trt.models:mobilenetv2_cifar \\
         --input-shape 1,3,16,16 --table T.db --pareto bench/results/pareto_X.json \\
@@ -204,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             fingerprint = table.fingerprint
+            # How the table's calibration timed its whole models (stored since tables
+            # calibrate served; one stored without it was timed round-robin).
+            table_regime = (table.overhead or {}).get("regime", "round-robin")
             # The table's own calibration (None when it has none), scored below too.
             stored = (
                 None
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         for runner in runners:
             runner.close()
     fits = {regime: fit_and_score(rows, regime) for regime in REGIMES}
-    # As tables are built today: calibrated round-robin, the models served.
+    # As tables were built before they calibrated served: round-robin, models served.
     fits["round-robin, served"] = fit_and_score(rows, "round-robin", "served")
     if stored is not None:  # the table as built, its speed-ups against served timings
         fits["table, served"] = fit_and_score(rows, "table", "served", stored)
@@ -242,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_shape": list(shape),
         "table": Path(args.table).name,
         "table_fingerprint": fingerprint,
+        "table_regime": table_regime,
         "pareto": args.pareto,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "lock")},
         "fits": fits,

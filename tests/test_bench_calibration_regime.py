@@ -104,7 +104,7 @@ def test_a_calibrated_tables_own_model_is_scored_too(regime, table, tmp_path):
     calibrated = tmp_path / "c.db"
     shutil.copy(table, calibrated)
     with LatencyTable.open(calibrated, writable=True) as t:
-        t.set_overhead(0.01, scale=1.5)
+        t.set_overhead(0.01, {"regime": "served"}, scale=1.5)
     out = tmp_path / "r.json"
     argv = [
         "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(calibrated),
@@ -114,6 +114,7 @@ def test_a_calibrated_tables_own_model_is_scored_too(regime, table, tmp_path):
     assert regime.main(argv) == 0
     result = json.loads(out.read_text())
     own = result["fits"]["table, served"]
+    assert result["table_regime"] == "served"
     assert (own["scale"], own["overhead_ms"]) == (1.5, 0.01)
     rows = result["rows"]
     med = [statistics.median(r["served"]) for r in rows]
