@@ -160,7 +160,7 @@ class Pruner:
             a ratio to the unpruned model (:class:`halp_trt.prune.MeasuredLatency`), or
             None. Each step's plan is then measured; the next budgets are divided by
             the table's error there (measured / predicted), and the last step tightens
-            its plan until it measures within 1% above and 3% below the target.
+            its plan until it measures within 1% above and 1.5% below the target.
         calibration_batches: 0 (default): prune while training, as above. N > 0: a
             one-step schedule whose step comes before training: :meth:`calibrate`
             scores the model as it is on N minibatches (no weight updated) and prunes
