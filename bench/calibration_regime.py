@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from halp_trt.specs import example_input, load_model
     from lut_builder import Calibration, LatencyTable, predict_latency
     from lut_builder.backends import make_runner
+    from lut_builder.end_to_end import stored_regime
     from lut_builder.fileio import atomic_write_json
     from lut_builder.signatures import model_layers
     from lut_builder.timing import time_interleaved
@@ -208,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             fingerprint = table.fingerprint
-            # How the table's calibration timed its whole models (stored since tables
-            # calibrate served; one stored without it was timed round-robin).
-            table_regime = (table.overhead or {}).get("regime", "round-robin")
+            # How the table's calibration timed its whole models.
+            table_regime = stored_regime(table.overhead)
             # The table's own calibration (None when it has none), scored below too.
             stored = (
                 None

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from lut_builder.backends import get_backend, make_runner
     from lut_builder.build import build_table
-    from lut_builder.end_to_end import BlockSampler
+    from lut_builder.end_to_end import BlockSampler, stored_regime
     from lut_builder.latency_model import CHECK_COPIES
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
@@ -253,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = [runner(m) for _, m in models]
     clock = runners[0].clock
 
-    # A calibration stored without its regime was timed round-robin.
-    table_regime = (table.overhead or {}).get("regime", "round-robin")
+    table_regime = stored_regime(table.overhead)
     regime = table_regime if args.timing == "table" else args.timing
     rounds = args.served_rounds if regime == "served" else args.rounds
 

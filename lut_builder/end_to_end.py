@@ -33,6 +33,19 @@ DEFAULT_REGIME = "served"
 RUNS = {"served": 24, "round-robin": 100}
 
 
+def stored_regime(details: Any) -> str:
+    """How a stored calibration (a table's ``overhead`` details) or check timed its whole
+    models; one stored without a ``regime`` (or none at all) was timed round-robin, the
+    only regime before."""
+    regime = details.get("regime") if isinstance(details, dict) else None
+    return regime if regime in REGIMES else "round-robin"
+
+
+def _check_regime(regime: str) -> None:
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+
+
 def measure_end_to_end(
     table: LatencyTable,
     runners: list[Any],
@@ -79,8 +92,7 @@ def measure_end_to_end(
     Raises:
         ValueError: an unknown regime.
     """
-    if regime not in REGIMES:
-        raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+    _check_regime(regime)
     served = regime == "served"
     clock = runners[0].clock
     sync = runners[0].sync
@@ -191,8 +203,7 @@ class BlockSampler:
     ) -> None:
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
             raise ValueError(f"blocks must be a positive integer, not {blocks!r}")
-        if regime not in REGIMES:
-            raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+        _check_regime(regime)
         self.table, self.runners, self.blocks = table, runners, blocks
         self.regime = regime
         self.warmup = warmup

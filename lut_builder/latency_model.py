@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .end_to_end import DEFAULT_REGIME, BlockTimings
+from .end_to_end import DEFAULT_REGIME, BlockTimings, stored_regime
 from .signatures import LayerSignature
 from .table import LatencyTable
 
@@ -332,8 +332,7 @@ def check_latency_model(
 def describe_check(check: Mapping[str, Any]) -> str:
     """One line for a stored check (:func:`check_latency_model`), with a warning when its
     speed-ups err beyond :data:`CHECK_LIMITS`."""
-    # A check stored without its regime was timed round-robin (the only regime then).
-    timed = "served" if check.get("regime") == "served" else "timed round-robin"
+    timed = "served" if stored_regime(check) == "served" else "timed round-robin"
     line = (
         f"latency model checked on {check['copies']} random-width copies ({timed}): predicted "
         f"speed-ups off by {check['speedup_error_median']:.1%} median, "

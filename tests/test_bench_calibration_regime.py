@@ -64,15 +64,20 @@ def test_a_pareto_run_of_another_model_is_refused(regime, table, tmp_path, capsy
     assert not (tmp_path / "r.json").exists()
 
 
-def test_tiny_run_times_both_regimes_and_scores_each_fit(regime, table, tmp_path):
+def tiny_run(regime, table, tmp_path, *, samples: str, extra: str, reps: str) -> dict:
+    """A tiny run of the bench on ``table`` (3 round-robin, 2 served rounds): its JSON."""
     out = tmp_path / "r.json"
     argv = [
         "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
-        "--samples", "2", "--extra", "0.25", "--rounds", "3", "--served-rounds", "2",
-        "--reps", "2", "--lock", str(tmp_path / "lock"), "--out", str(out),
+        "--samples", samples, "--extra", extra, "--rounds", "3", "--served-rounds", "2",
+        "--reps", reps, "--lock", str(tmp_path / "lock"), "--out", str(out),
     ]  # fmt: skip
     assert regime.main(argv) == 0
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_tiny_run_times_both_regimes_and_scores_each_fit(regime, table, tmp_path):
+    result = tiny_run(regime, table, tmp_path, samples="2", extra="0.25", reps="2")
     rows = result["rows"]
     assert [r["kind"] for r in rows] == ["dense", "fitted", "fitted", "uniform", "random", "random"]
     for r in rows:
@@ -105,14 +110,7 @@ def test_a_calibrated_tables_own_model_is_scored_too(regime, table, tmp_path):
     shutil.copy(table, calibrated)
     with LatencyTable.open(calibrated, writable=True) as t:
         t.set_overhead(0.01, {"regime": "served"}, scale=1.5)
-    out = tmp_path / "r.json"
-    argv = [
-        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(calibrated),
-        "--samples", "1", "--extra", "", "--rounds", "3", "--served-rounds", "2",
-        "--reps", "1", "--lock", str(tmp_path / "lock"), "--out", str(out),
-    ]  # fmt: skip
-    assert regime.main(argv) == 0
-    result = json.loads(out.read_text())
+    result = tiny_run(regime, calibrated, tmp_path, samples="1", extra="", reps="1")
     own = result["fits"]["table, served"]
     assert result["table_regime"] == "served"
     assert (own["scale"], own["overhead_ms"]) == (1.5, 0.01)

@@ -352,10 +352,10 @@ def _time_in_table_unit(
             f"runners the {runners[0].clock} clock (use the table's thread count)"
         )
     from lut_builder import measure_end_to_end
+    from lut_builder.end_to_end import stored_regime
 
-    # Timed as the table's calibration timed (a calibration stored without its regime
-    # was timed round-robin), so the prediction and the measurement compare alike.
-    served = (table.overhead or {}).get("regime") == "served"
+    # Timed as the table's calibration timed, so prediction and measurement compare alike.
+    served = stored_regime(table.overhead) == "served"
     t = measure_end_to_end(
         table, list(runners), warmup=warmup, runs=rounds if served else max(20, rounds),
         min_time_s=None, regime="served" if served else "round-robin",

@@ -73,9 +73,9 @@ def _render(s: dict[str, Any]) -> None:
     )
     details = s.get("overhead") or {}
     if over is not None and details.get("points"):
-        # Whole models timed served or round-robin (a calibration stored without its
-        # regime was timed round-robin).
-        over_txt += f" (whole models timed {details.get('regime', 'round-robin')})"
+        from ..end_to_end import stored_regime
+
+        over_txt += f" (whole models timed {stored_regime(details)})"
     con.print(
         f"alignment {s['alignment']} · step {s['step']} · {s['points']} points · {status} · "
         f"overhead {over_txt} · strategy {s['info'].get('strategy')} · model "
