@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, load_pareto, load_result  # noqa: E402
+from plan_pricing import BenchError, load_pareto, load_result, write_figures  # noqa: E402
 
 #: What runs must share to be pooled.
 SAME = ("model", "data", "input_shape")
@@ -178,7 +178,7 @@ def _spread(rows: list[dict]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from lut_builder.errors import UserError as LutUserError
-    from lut_builder.fileio import atomic_write_json, check_output
+    from lut_builder.fileio import check_output
 
     args = parse_args(argv)
     try:
@@ -214,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(latency {s['ratio_gap_mean']:+.3f} of the dense apart)"
             )
     if out is not None:
-        command = "python bench/pareto_pool.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        atomic_write_json(out, {"benchmark": "pareto_pool", "command": command, **found})
-        print(f"wrote {out}")
+        write_figures(out, "pareto_pool.py", argv, found)
     return 0
 
 

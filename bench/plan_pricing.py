@@ -65,6 +65,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def write_figures(out: Path, script: str, argv: list[str] | None, figures: dict) -> None:
+    """Write a bench script's figures to ``out`` (atomically) with the command that gave
+    them (``python bench/SCRIPT ARGS``, no path of the machine it ran on)."""
+    from lut_builder.fileio import atomic_write_json
+
+    command = f"python bench/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    name = script.removesuffix(".py")
+    atomic_write_json(out, {"benchmark": name, "command": command, **figures})
+    print(f"wrote {out}")
+
+
 def load_result(path: str) -> dict[str, Any]:
     """A bench/pareto.py result (its runs, model and input shape there), or BenchError."""
     try:

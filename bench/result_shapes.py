@@ -28,7 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, keep_counts, load_pareto, load_result  # noqa: E402
+from plan_pricing import (  # noqa: E402
+    BenchError,
+    keep_counts,
+    load_pareto,
+    load_result,
+    write_figures,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,7 +119,7 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     from lut_builder.errors import UserError as LutUserError
-    from lut_builder.fileio import atomic_write_json, check_output
+    from lut_builder.fileio import check_output
 
     args = parse_args(argv)
     try:
@@ -134,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s.get('single_kept_mean', float('nan')):6.2f}"
             )
     if out is not None:
-        command = "python bench/result_shapes.py " + " ".join(
-            sys.argv[1:] if argv is None else argv
-        )
-        atomic_write_json(out, {"benchmark": "result_shapes", "command": command, **found})
-        print(f"wrote {out}")
+        write_figures(out, "result_shapes.py", argv, found)
     return 0
 
 

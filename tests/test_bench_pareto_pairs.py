@@ -1,0 +1,100 @@
+"""bench/pareto_pairs.py: two methods paired on every dense model both ran on, across
+runs; hand-made results come out as computed by hand; models of other dense models,
+settings or failed runs do not pair; bad input is one line, exit code 2, no output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import load_bench
+
+
+def run(seed, method, acc, ratio=0.5, target="0.5x", status="ok"):
+    return {"seed": seed, "target": target, "method": method, "status": status,
+            "measured_ratio": ratio, "val_acc": acc}  # fmt: skip
+
+
+def result(runs, dense, epochs=6, shape=(8, 3, 16, 16)):
+    return {
+        "benchmark": "pareto",
+        "model": "m",
+        "data": "digits",
+        "input_shape": list(shape),
+        "settings": {"model": "m", "data": "digits", "pretrain_epochs": 10, "epochs": epochs},
+        "dense": {str(s): {"val_acc": a} for s, a in dense.items()},
+        "runs": runs,
+    }
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_pairs_join_runs_on_one_dense_model_and_nothing_else(tmp_path, capsys):
+    pairs = load_bench("pareto_pairs")
+    one = result(
+        [run(0, "a", 0.90, 0.49), run(0, "b", 0.88, 0.51), run(1, "a", 0.80), run(1, "b", 0.81),
+         run(1, "a", 0.70, target="0.3x")],  # no b at 0.3x: no pair
+        {0: 0.85, 1: 0.84},
+    )  # fmt: skip
+    # Seed 0 again on the same dense model: a's two runs are averaged (0.90, 0.94).
+    again = result([run(0, "a", 0.94)], {0: 0.85})
+    # Seed 2: b failed. Seed 0 on another dense model (another machine): its own key.
+    other = result(
+        [run(2, "a", 0.5), run(2, "b", 0.5, status="failed"),
+         run(0, "a", 0.60), run(0, "b", 0.50)],
+        {2: 0.8, 0: 0.70},
+    )  # fmt: skip
+    # Another setting (epochs): its own line.
+    longer = result([run(0, "a", 0.95), run(0, "b", 0.97)], {0: 0.85}, epochs=12)
+    paths = [
+        write(tmp_path, f"pareto_{i}.json", r) for i, r in enumerate((one, again, other, longer))
+    ]
+    # Files that are not bench/pareto.py results are read past.
+    paths.append(write(tmp_path, "pareto_x_swapped.json", {"benchmark": "pareto_swap", "runs": []}))
+    got = pairs.pairs(pairs.collect(paths), "a", "b")
+    by = {(s["setting"]["epochs"], s["setting"]["target"]): s for s in got["settings"]}
+    assert set(by) == {(6, "0.5x"), (12, "0.5x")}
+    six = by[(6, "0.5x")]
+    # seed 0 (dense 0.85): 0.92 - 0.88; seed 1: 0.80 - 0.81; seed 0 (dense 0.70): 0.60 - 0.50
+    assert six["pairs"] == 3 and six["ahead"] == 2
+    assert six["a_minus_b_mean"] == pytest.approx((0.04 - 0.01 + 0.10) / 3)
+    assert six["ci"][0] < six["a_minus_b_mean"] < six["ci"][1]
+    assert by[(12, "0.5x")]["pairs"] == 1 and by[(12, "0.5x")]["ci"] is None
+    assert got["all"]["pairs"] == 4
+    assert got["all"]["a_minus_b_mean"] == pytest.approx((0.04 - 0.01 + 0.10 - 0.02) / 4)
+
+    out = tmp_path / "pairs.json"
+    argv = ["a", "b", "--results", *map(str, paths), "--out", str(out)]
+    assert pairs.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "all pairs" in text and "+2.75" in text
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "pareto_pairs" and saved["all"]["pairs"] == 4
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    pairs = load_bench("pareto_pairs")
+    path = write(tmp_path, "pareto_0.json", result([run(0, "a", 0.9)], {0: 0.8}))
+    out = tmp_path / "pairs.json"
+    for argv in (
+        ["a", "b", "--results", str(path), "--out", str(out)],  # no pair
+        ["a", "b", "--results", str(tmp_path / "missing.json"), "--out", str(out)],
+    ):
+        assert pairs.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pareto_pairs.py: error: ") and "\n" not in err
+        assert not out.exists()
+
+
+def test_the_default_reads_the_records_results_not_the_derived_files():
+    pairs = load_bench("pareto_pairs")
+    names = [p.name for p in pairs.default_results()]
+    assert names and all(n.startswith("pareto_") for n in names)
+    assert not any(
+        n.startswith(("pareto_pool", "pareto_pairs")) or n.endswith("_swapped.json") for n in names
+    )
