@@ -170,7 +170,7 @@ pareto)
     --precision "$PRECISION" --pretrain-epochs "${PPRETRAIN:-10}" --epochs "${PEPOCHS:-6}" \
     --steps 5 --step "${PSTEP:-16}" --timing blocks --rounds 30 \
     --targets "${PTARGETS:-0.7x}" --seeds "${PSEEDS:-0,1,2}" \
-    --methods "${PMETHODS:-halp-taylor-abs,halp-taylor-abs-macs,uniform,tp-taylor}" \
+    --methods "${PMETHODS:-halp-taylor-weights,halp-taylor-weights-macs,uniform,tp-taylor}" \
     --table "$WORK/pareto_${s}_b${PBATCH}_${PSIZE}.lut" \
     --out "$RESULTS/pareto_${s}_b${PBATCH}_${PSIZE}_${DEVICE%%:*}.json" \
     || echo "pareto.py: exit $?" >&2

@@ -14,8 +14,8 @@ comes before those epochs):
 - ``halp-taylor-monotone``: the same on the table's monotone envelope
   (``Pruner(monotone_table=True)``): what the envelope is worth;
 - ``halp-taylor-abs``: the same with ``taylor-abs`` importance (the coupled layers'
-  terms summed in absolute value, not the absolute value of their sum): the product as
-  it ships, halp-trt's default criterion; ``halp-taylor-abs-mean`` with the terms
+  terms summed in absolute value, not the absolute value of their sum), halp-trt's
+  default criterion until ``taylor-weights``; ``halp-taylor-abs-mean`` with the terms
   averaged over the coupled layers instead (``taylor-abs-mean``); ``halp-taylor-l2``
   with their L2 norm (``taylor-l2``, between the two); ``halp-taylor-abs-concave``
   with each group's value concave in the score it keeps (``S * (2r - r**2)`` for a
@@ -23,7 +23,8 @@ comes before those epochs):
   per channel puts the knapsack's plans in a corner, this one between);
   ``halp-taylor-weights`` with ``taylor-weights`` (a channel scored on the weights of
   the layers that write and read it, ``sum |w * dL/dw|`` element by element, as
-  Torch-Pruning's group Taylor, not on its BatchNorms), ``halp-taylor-weights-norm``
+  Torch-Pruning's group Taylor, not on its BatchNorms): the product as it ships,
+  halp-trt's default criterion; ``halp-taylor-weights-norm``
   the same with each group's scores over their mean (Torch-Pruning's normaliser, below);
   ``halp-taylor-weights-summed`` (``-norm``) with each weight's ``w * dL/dw`` summed over
   the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
@@ -68,7 +69,9 @@ comes before those epochs):
 - ``halp-taylor-macs``: the same importance, solver and schedule on a table of the same
   grid whose costs are MACs (lut_builder's analytic backend, compute-bound, no launch
   cost, the measured table's channel alignment): what measuring is worth;
-  ``halp-taylor-abs-macs`` the same with ``taylor-abs`` (the default criterion);
+  ``halp-taylor-abs-macs`` the same with ``taylor-abs`` (the default criterion until
+  ``taylor-weights``), ``halp-taylor-weights-macs`` with ``taylor-weights`` (the
+  default's ablation);
 - ``halp-sp-lamp``: SP-LAMP scores, one-shot knapsack on the measured table;
   ``halp-sp-lamp-exp`` the same scores in HALP's loop (exponential schedule, ``--steps``
   steps, feedback, floor), the schedule of ``halp-taylor-abs``: which of the two, the
@@ -85,8 +88,9 @@ comes before those epochs):
   rounded to the same step.
 
 The knob-driven methods (``tp-*``, ``uniform``) are brought to the measured latency of
-the reference model (``--reference``, by default ``halp-taylor-abs``, the product as it
-ships, else ``halp-taylor``; ``match_latency`` of bench/prune_quality.py: grid priced on
+the reference model (``--reference``, by default ``halp-taylor-weights``, the product as
+it ships, else ``halp-taylor-abs``, else ``halp-taylor``; ``match_latency`` of
+bench/prune_quality.py: grid priced on
 the table, then timed against the reference and brought within 2% of it from either
 side: the table prices halp-trt's plans more optimistically than the baselines'), and
 run once more one alignment step wider (``tp-l2+``...), so the halp-trt model's latency
@@ -197,6 +201,7 @@ METHODS = (
     "halp-sensitivity-tie",
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
+    "halp-taylor-weights-macs",
     "halp-sp-lamp",
     "halp-sp-lamp-exp",
     "tp-l2",
@@ -954,8 +959,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reference",
         default=None,
         help="the halp-trt method the knob methods are matched to and every method is "
-        "compared with at equal latency (default: halp-taylor-abs, the shipped default "
-        "criterion, else halp-taylor, else the first halp-* method run)",
+        "compared with at equal latency (default: halp-taylor-weights, the shipped default "
+        "criterion, else halp-taylor-abs, else halp-taylor, else the first halp-* method run)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument(
@@ -1054,7 +1059,9 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     targets = list(fractions)
     if args.reference is None:
         halps = [m for m in methods if m.startswith("halp-")]
-        preferred = [m for m in ("halp-taylor-abs", "halp-taylor") if m in methods]
+        preferred = [
+            m for m in ("halp-taylor-weights", "halp-taylor-abs", "halp-taylor") if m in methods
+        ]
         args.reference = (preferred or halps or [None])[0]
     elif args.reference not in methods or not args.reference.startswith("halp-"):
         raise BenchError(
@@ -1243,9 +1250,11 @@ def plan_reference(dense, x, table, fraction) -> nn.Module:
     return graph.remove(plan.keep)
 
 
+#: Methods solved on the MACs table.
+MACS_METHODS = ("halp-taylor-macs", "halp-taylor-abs-macs", "halp-taylor-weights-macs")
 #: Methods that need no measured table: run before it is built (its build waits for the
 #: bench lock).
-TABLE_FREE = ("halp-taylor-macs", "halp-taylor-abs-macs", "modelopt-fastnas")
+TABLE_FREE = (*MACS_METHODS, "modelopt-fastnas")
 
 
 def train_config(args: argparse.Namespace, seed: int, epochs: int | None = None):
@@ -1367,6 +1376,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-sp-lamp-exp": ("sp-lamp", "exp", table),
         "halp-taylor-macs": ("taylor", "exp", ctx.get("macs_table")),
         "halp-taylor-abs-macs": ("taylor-abs", "exp", ctx.get("macs_table")),
+        "halp-taylor-weights-macs": ("taylor-weights", "exp", ctx.get("macs_table")),
     }
     for method in [m for m in selected if m in halp_methods]:
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
@@ -1614,7 +1624,7 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
     # its grid step where coarser (a step-16 grid on an AVX2 CPU, whose alignment is 8).
     align = step if kind else max(step, block)
     ctx: dict[str, Any] = {**checked, "args": args, "x": x, "align": align}
-    if {"halp-taylor-macs", "halp-taylor-abs-macs"} & set(checked["methods"]):
+    if set(MACS_METHODS) & set(checked["methods"]):
         ctx["macs_table"] = macs_table(
             table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
         )

@@ -4,7 +4,7 @@ The library is the product; the ``halp-trt`` command is a thin shell over it::
 
     import halp_trt as ht
 
-    config = ht.PruneConfig(target="0.5x", importance="taylor-abs", steps=30)
+    config = ht.PruneConfig(target="0.5x", importance="taylor-weights", steps=30)
     pruner = ht.Pruner.from_config(model, example_input, table, config,
                                    total_iterations=len(loader) * epochs)
     ...                                  # accumulate() after backward, step() after

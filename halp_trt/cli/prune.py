@@ -17,11 +17,12 @@ MIN_INTERVAL_HELP = (
     "interval); a shorter window prunes in fewer steps, down to one; 1: none"
 )
 IMPORTANCE_HELP = (
-    "taylor-abs (default: HALP's Taylor score, the coupled layers' terms summed in "
-    "magnitude), taylor-abs-mean (averaged over them instead: for plain residual "
-    "networks, see the README), taylor-l2 (their L2 norm), taylor (HALP's as published), "
-    "taylor-weights (the weights of the layers that write and read a channel, not its "
-    "BatchNorms), l1, l2, sp-lamp, sensitivity (each group's training accuracy measured "
+    "taylor-weights (default: first-order Taylor on the weights of every layer that "
+    "writes or reads a channel, in magnitude), taylor-abs (HALP's Taylor score on the "
+    "BatchNorms, the coupled layers' terms summed in magnitude), taylor-abs-mean "
+    "(averaged over them instead: for plain residual networks, see the README), "
+    "taylor-l2 (their L2 norm), taylor (HALP's as published), l1, l2, sp-lamp, "
+    "sensitivity (each group's training accuracy measured "
     "at each width before training, FastNAS-style; needs --calibration-batches; "
     "sensitivity-loss: the loss instead)"
 )
@@ -123,7 +124,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="digits, npz:PATH (images, labels) or imagefolder:PATH",
     )
-    p.add_argument("--importance", default="taylor-abs", help=IMPORTANCE_HELP)
+    p.add_argument("--importance", default="taylor-weights", help=IMPORTANCE_HELP)
     p.add_argument(
         "--pretrain-epochs",
         type=int,

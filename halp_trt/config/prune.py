@@ -30,10 +30,11 @@ class PruneConfig(ConfigBase):
     Attributes:
         target: the latency target: ``"0.5x"`` (a fraction of the unpruned model's
             predicted latency), ``"3ms"``, or milliseconds as a number.
-        importance: a criterion name (``taylor-abs``, the default; ``taylor``, ``l1``,
-            ``l2``, ``sp-lamp`` or any registered one), ``"module:attr"`` naming a
-            criterion class or factory, or the class / factory itself (not
-            JSON-serialisable then: :meth:`to_dict` writes its ``module:qualname``).
+        importance: a criterion name (``taylor-weights``, the default; ``taylor-abs``,
+            ``taylor``, ``l1``, ``l2``, ``sp-lamp`` or any registered one),
+            ``"module:attr"`` naming a criterion class or factory, or the class /
+            factory itself (not JSON-serialisable then: :meth:`to_dict` writes its
+            ``module:qualname``).
         schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.
         steps: pruning steps (HALP: 30); a run too short for them gets fewer, with a
             printed note.

@@ -2,9 +2,9 @@
 
 ``taylor`` (HALP's BN-based first-order Taylor score, weight-Taylor without BN; needs
 gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in absolute
-value: :data:`DEFAULT_IMPORTANCE`), ``taylor-abs-mean`` and ``taylor-l2`` (the terms
-averaged, or combined by their L2 norm), ``taylor-weights`` (scored on the weights of the
-layers that write and read a channel, not on its BatchNorms), ``l1`` and ``l2`` (filter
+value), ``taylor-abs-mean`` and ``taylor-l2`` (the terms averaged, or combined by their
+L2 norm), ``taylor-weights`` (scored on the weights of the layers that write and read a
+channel, not on its BatchNorms: :data:`DEFAULT_IMPORTANCE`), ``l1`` and ``l2`` (filter
 norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
 ``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
 training, on calibration minibatches).

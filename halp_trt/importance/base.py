@@ -30,13 +30,16 @@ _REGISTRY: dict[str, type[Importance]] = {}
 #: HALP's ``taylor`` takes the absolute value of the sum of a channel's first-order terms
 #: over the BatchNorms its group couples; in a residual stream those are the projections
 #: of several blocks, whose terms cancel, and the knapsack cut MobileNetV2's streams to
-#: the floor. ``taylor-abs`` sums the terms' magnitudes (as Torch-Pruning's group Taylor
-#: does). On bench/pareto.py's MobileNetV2 over two runs of 3 seeds it scored 2.2 points
-#: more at 0.5x and at 0.3x and the same at 0.7x; on its ResNet-18 the same at 0.7x and
-#: 0.5x and 0.9 more at 0.3x (bench/results/pareto_mobilenetv2_abs.json,
-#: pareto_mobilenetv2_importance.json, pareto_resnet18_abs.json); see the README's
+#: the floor. ``taylor-abs`` sums the terms' magnitudes and kept them wider (2.2 points at
+#: 0.5x and 0.3x, bench/results/pareto_mobilenetv2_abs.json), but still sees a stream
+#: only through its writers. ``taylor-weights`` scores a channel on the weights of every
+#: layer that writes or reads it, the expansions of every block of the stage included,
+#: and keeps the streams. Over every dense model of bench/results both were run on
+#: (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.41 points more
+#: [+0.02, +0.79]; at batch 1 on the Zen 3 (bench/PARETO.md, "The default scores a
+#: channel on its weights") +0.2, +1.0 and +0.6 at 0.7x, 0.5x and 0.3x. See the README's
 #: "Accuracy against measured latency".
-DEFAULT_IMPORTANCE = "taylor-abs"
+DEFAULT_IMPORTANCE = "taylor-weights"
 
 
 class ImportanceError(UserError):

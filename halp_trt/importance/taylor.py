@@ -232,8 +232,8 @@ class TaylorAbsImportance(TaylorImportance):
     every stream at the 0.3 floor while keeping the expanded layers at 90%;
     ``taylor-abs`` kept them wider and scored 0.9315 against 0.9065 (3 seeds; 0.9269
     against 0.9093 at 0.3x, level at 0.7x; bench/results/pareto_mobilenetv2_abs.json),
-    and 2 points more again in a second run of 3 seeds: it is the default
-    (:data:`halp_trt.importance.DEFAULT_IMPORTANCE`).
+    and 2 points more again in a second run of 3 seeds. It was the default until
+    ``taylor-weights`` (below) measured ahead of it where pruning costs accuracy.
     """
 
     abs_terms = True
@@ -289,6 +289,13 @@ class TaylorWeightsImportance(TaylorImportance):
     (1.6.1 reads the same elements and no BatchNorm; it takes one gradient summed over
     a few batches before the magnitude and divides each group's scores by their mean).
     A group with no such layer is scored on its BatchNorms as ``taylor-abs``.
+
+    It is the default (:data:`halp_trt.importance.DEFAULT_IMPORTANCE`). A residual
+    stream's channel is read by every block of its stage: ``taylor-abs`` sees only the
+    BatchNorms of the projections that write it. Scored on its readers' weights too,
+    the stream is kept: on the MobileNetV2 of bench/pareto.py at batch 1, 0.62 of its
+    streams at 0.3x and 0.93 at 0.5x, against ``taylor-abs``'s 0.46 and 0.66
+    (bench/PARETO.md, "The default scores a channel on its weights").
     """
 
     abs_terms = True

@@ -2,7 +2,7 @@
 
 Usage (the order of the calls matters)::
 
-    pruner = Pruner(model, example_input, table, "0.5x", importance="taylor-abs",
+    pruner = Pruner(model, example_input, table, "0.5x", importance="taylor-weights",
                     steps=30, interval=40, schedule="exp")
     for x, y in loader:
         optimizer.zero_grad()

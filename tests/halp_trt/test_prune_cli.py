@@ -352,12 +352,14 @@ def test_prune_and_run_share_their_training_options_and_name_every_criterion():
     built_in = [
         n for n in list_importances() if get_importance(n).__module__.startswith("halp_trt")
     ]
-    assert {"taylor-abs", "taylor-abs-mean", "taylor-l2", "sp-lamp"} <= set(built_in)
+    assert {"taylor-weights", "taylor-abs", "taylor-abs-mean", "taylor-l2", "sp-lamp"} <= set(
+        built_in
+    )
     sub = next(a for a in build_parser()._actions if a.choices and "prune" in a.choices)
     for command in ("prune", "run"):
         action = next(a for a in sub.choices[command]._actions if a.dest == "importance")
         named = set(re.findall(r"[a-z0-9-]+", action.help))
-        assert action.default == "taylor-abs"
+        assert action.default == "taylor-weights"
         assert not set(built_in) - named, f"{command} --help does not name them"
     args = sub.choices["run"].parse_args(
         [
