@@ -35,8 +35,8 @@ _REGISTRY: dict[str, type[Importance]] = {}
 #: only through its writers. ``taylor-weights`` scores a channel on the weights of every
 #: layer that writes or reads it, the expansions of every block of the stage included,
 #: and keeps the streams. Over every dense model of bench/results both were run on
-#: (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.41 points more
-#: [+0.02, +0.79]; at batch 1 on the Zen 3 (bench/PARETO.md, "The default scores a
+#: (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.47 points more
+#: [+0.09, +0.84]; at batch 1 on the Zen 3 (bench/PARETO.md, "The default scores a
 #: channel on its weights") +0.2, +1.0 and +0.6 at 0.7x, 0.5x and 0.3x. See the README's
 #: "Accuracy against measured latency".
 DEFAULT_IMPORTANCE = "taylor-weights"
