@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ def stored_regime(details: Any) -> str:
     """How a stored calibration (a table's ``overhead`` details) or check timed its whole
     models; one stored without a ``regime`` (or none at all) was timed round-robin, the
     only regime before."""
-    regime = details.get("regime") if isinstance(details, dict) else None
+    regime = details.get("regime") if isinstance(details, Mapping) else None
     return regime if regime in REGIMES else "round-robin"
 
 

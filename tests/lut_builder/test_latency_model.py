@@ -282,3 +282,7 @@ def test_describe_check_warns_only_beyond_the_limits():
     assert "copies (timed round-robin)" in good
     served = {**check_latency_model(cal, (1.0, 1.0), [(0.5, 0.5)]), "regime": "served"}
     assert "copies (served)" in describe_check(served)
+    # Any mapping the check is read back as (describe_check takes a Mapping).
+    from types import MappingProxyType
+
+    assert "copies (served)" in describe_check(MappingProxyType(served))
