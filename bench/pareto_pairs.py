@@ -104,15 +104,16 @@ def collect(paths: list[Path]) -> dict[tuple, dict[str, list[tuple[float, float]
     return found
 
 
-def _summary(diffs: list[float], ratios: list[tuple[float, float]]) -> dict[str, Any]:
-    pareto = load_pareto()
+def _summary(
+    diffs: list[float], ratios: list[tuple[float, float]], interval: Any
+) -> dict[str, Any]:
     n = len(diffs)
     sd = statistics.stdev(diffs) if n > 1 else None
     return {
         "pairs": n,
         "a_minus_b_mean": statistics.fmean(diffs),
         "standard_error": None if sd is None else sd / n**0.5,
-        **pareto.paired_interval(diffs),
+        **interval(diffs),
         "ahead": sum(d > 0 for d in diffs),
         "a_ratio_mean": statistics.fmean(r[0] for r in ratios),
         "b_ratio_mean": statistics.fmean(r[1] for r in ratios),
@@ -132,13 +133,14 @@ def pairs(found: dict[tuple, dict[str, list]], a: str, b: str) -> dict[str, Any]
         ratios.append((ratio[a], ratio[b]))
     if not by_setting:
         raise BenchError(f"no dense model has both {a} and {b} in the results read")
+    interval = load_pareto().paired_interval  # bench/pareto.py's, loaded once
     settings = [
-        {"setting": dict(zip((*SETTING, "target"), key)), **_summary(d, r)}
+        {"setting": dict(zip((*SETTING, "target"), key)), **_summary(d, r, interval)}
         for key, (d, r) in by_setting.items()
     ]
     every = [x for d, _ in by_setting.values() for x in d]
     every_ratios = [x for _, r in by_setting.values() for x in r]
-    return {"a": a, "b": b, "settings": settings, "all": _summary(every, every_ratios)}
+    return {"a": a, "b": b, "settings": settings, "all": _summary(every, every_ratios, interval)}
 
 
 def main(argv: list[str] | None = None) -> int:
