@@ -23,8 +23,10 @@ comes before those epochs):
   per channel puts the knapsack's plans in a corner, this one between);
   ``halp-taylor-weights`` with ``taylor-weights`` (a channel scored on the weights of
   the layers that write and read it, ``sum |w * dL/dw|`` element by element, as
-  Torch-Pruning's group Taylor, not on its BatchNorms): the product as it ships,
-  halp-trt's default criterion; ``halp-taylor-weights-norm``
+  Torch-Pruning's group Taylor, not on its BatchNorms): halp-trt's default criterion
+  in HALP's loop, the product as it ships in a run long enough for two steps (in a
+  shorter one, all of this bench's, ``halp-trt prune`` now prunes before training:
+  ``halp-taylor-weights-calib``); ``halp-taylor-weights-norm``
   the same with each group's scores over their mean (Torch-Pruning's normaliser, below);
   ``halp-taylor-weights-summed`` (``-norm``) with each weight's ``w * dL/dw`` summed over
   the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
@@ -38,9 +40,12 @@ comes before those epochs):
   dense model over the same training batches Torch-Pruning's Taylor takes its gradients
   from, no weight updated, and pruned before the first fine-tuning iteration, so that
   the whole budget fine-tunes the final widths (the others score while training and
-  prune a few iterations in); ``halp-taylor-weights-calib4`` the same on the first 4 of
-  those batches, as many as a one-step pruning while training scores on in the 2-epoch
-  runs: whether the batches or the path make the difference;
+  prune a few iterations in); ``halp-taylor-weights-calib`` is, in this bench's
+  loop, the path ``halp-trt prune`` and ``halp-trt run`` take by default in a run too
+  short for two of HALP's steps (``PruneConfig.short_run``), as this bench's runs are
+  (they score the first 8 minibatches of a pass, with the trainer's loss);
+  ``halp-taylor-weights-calib4`` the same on the first 4 of those batches, as many as
+  a one-step pruning while training scores on in the 2-epoch runs: whether the batches or the path make the difference;
   ``halp-taylor-weights-calib-steps`` the same in ``--steps`` knapsack steps of HALP's
   schedule before training, re-scored on the batches as the model narrows;
   ``halp-taylor-abs-calib16``, ``halp-taylor-weights-calib16`` on 16 batches (the 8 and

@@ -81,6 +81,7 @@ STAGE_ARGS = {
         "min_interval",
         "min_keep",
         "calibration_batches",
+        "short_run",
         "feedback",
         "seed",
         "batch_size",
@@ -99,6 +100,7 @@ PINNED_DEFAULTS = {
     "min_interval": 1,
     "bn_batches": 0,
     "calibration_batches": 0,
+    "short_run": "train",
 }
 
 
@@ -128,6 +130,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         "min_interval": p.min_interval,
         "min_keep": p.min_keep,
         "calibration_batches": p.calibration_batches,
+        "short_run": p.short_run,
         "feedback": config.feedback,
         "verify_rounds": config.verify_rounds,
     }

@@ -143,6 +143,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
         "updated, so the whole run trains the final widths (default 0: prune while "
         "training; one step)",
     )
+    p.add_argument(
+        "--short-run",
+        choices=("calibrate", "train"),
+        default="calibrate",
+        help="a run too short for two pruning steps --min-interval apart in its window: "
+        "calibrate (default) prunes once before training on 8 minibatches, as "
+        "--calibration-batches 8; train prunes once while training, where the first "
+        "step would be",
+    )
     p.add_argument("--min-interval", type=int, default=40, metavar="N", help=MIN_INTERVAL_HELP)
     p.add_argument("--min-keep", type=float, default=None, metavar="F", help=MIN_KEEP_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (64)")
@@ -174,6 +183,7 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
         bundle=args.bundle,
         min_keep=args.min_keep,
         calibration_batches=args.calibration_batches,
+        short_run=args.short_run,
     )
     train = TrainConfig(
         epochs=args.epochs,

@@ -91,6 +91,7 @@ def config(args: argparse.Namespace) -> Any:
             min_interval=args.min_interval,
             min_keep=args.min_keep,
             calibration_batches=args.calibration_batches,
+            short_run=args.short_run,
         ),
         train=TrainConfig(
             epochs=args.epochs,

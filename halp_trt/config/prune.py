@@ -10,6 +10,8 @@ from ..prune.schedule import (
     DEFAULT_SPREAD,
     MIN_INTERVAL,
     SCHEDULES,
+    SHORT_RUN_BATCHES,
+    SHORT_RUNS,
     ScheduleFit,
     fit_schedule,
     split_target,
@@ -65,6 +67,12 @@ class PruneConfig(ConfigBase):
             ``oneshot`` schedule): score the dense model on N training minibatches
             before the first iteration, no weight updated, and prune once there, so the
             whole run trains the final widths (:meth:`halp_trt.Pruner.calibrate`).
+        short_run: what a run too short for two of its steps does (see
+            :meth:`for_run`): ``"calibrate"`` (default) prunes once before training on
+            :data:`~halp_trt.prune.schedule.SHORT_RUN_BATCHES` minibatches, ``"train"``
+            once while training, where HALP's first step would be. The built-in trainer
+            (``halp-trt prune``, ``halp-trt run``) applies it; :class:`halp_trt.Pruner`
+            in a training loop of your own prunes as configured.
 
     Raises:
         ConfigError: a field outside what it allows (checked on construction).
@@ -86,6 +94,7 @@ class PruneConfig(ConfigBase):
     monotone_table: bool = False
     frozen_layers: tuple[str, ...] = ()
     calibration_batches: int = 0
+    short_run: str = "calibrate"
 
     def __post_init__(self) -> None:
         from ..errors import UserError
@@ -126,6 +135,7 @@ class PruneConfig(ConfigBase):
             not self.calibration_batches or self.schedule == "oneshot",
             "prunes once, before training: it needs the oneshot schedule",
         )
+        self._choice("short_run", SHORT_RUNS)
         self._choice("cost_model", (None, *COST_MODELS))
         self._int("bundle", 1, optional=True)
         self._int("min_channels", 1, optional=True)
@@ -184,6 +194,49 @@ class PruneConfig(ConfigBase):
             raise ConfigError(
                 type(self).__name__, field, f"does not fit the run ({exc})", getattr(self, field)
             ) from None
+
+    def for_run(
+        self, total_iterations: int, iterations_per_epoch: int | None = None
+    ) -> tuple[PruneConfig, str]:
+        """The configuration a run of ``total_iterations`` prunes with, and a note.
+
+        A run too short for two of its steps ``min_interval`` apart in its window, where
+        HALP's loop comes down to one step taken while training, prunes once before
+        training instead (``short_run="calibrate"``, the default): the ``oneshot``
+        schedule scored on :data:`~halp_trt.prune.schedule.SHORT_RUN_BATCHES`
+        minibatches (fewer when an epoch has fewer), so the whole run trains the final
+        widths. Anything else is kept as configured: ``short_run="train"``, a run long
+        enough for two steps, one step asked for, a schedule placed by hand
+        (``interval``, ``interval_epochs``, ``start``) or calibration asked for.
+
+        Returns:
+            ``(config, note)``: this configuration and ``""``, or the one-step
+            calibrated copy and one line saying why.
+
+        Raises:
+            ConfigError: an ``interval`` (or ``interval_epochs``) longer than the run.
+        """
+        placed = self.interval is not None or self.interval_epochs is not None or self.start
+        if (
+            self.short_run != "calibrate"
+            or self.calibration_batches
+            or self.schedule == "oneshot"
+            or self.steps < 2
+            or placed
+        ):
+            return self, ""
+        fit = self.fit_schedule(total_iterations, iterations_per_epoch)
+        if fit.steps > 1:
+            return self, ""
+        batches = min(SHORT_RUN_BATCHES, iterations_per_epoch or SHORT_RUN_BATCHES)
+        note = (
+            f"{total_iterations} training iterations leave room for one pruning step, not "
+            f"two {self.min_interval} apart in the first {self.prune_window:g} of the "
+            f"run: pruning once before training, scored on {batches} minibatches of the "
+            f"dense model (short_run='train', --short-run train: once while training, "
+            f"at iteration {fit.interval})"
+        )
+        return self.replace(schedule="oneshot", calibration_batches=batches), note
 
     def pruner_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`halp_trt.Pruner` (besides steps and interval)."""

@@ -203,17 +203,24 @@ class HALPCallback(Callback):
                 "(max_epochs=-1 and no max_steps): pass interval="
             )
         batches = trainer.num_training_batches
+        per_epoch = (
+            math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+        )
+        if saved is None and math.isfinite(total) and config.for_run(int(total), per_epoch)[1]:
+            # The built-in trainer would prune before training here (PruneConfig.short_run).
+            rank_zero_warn(
+                "HALPCallback: this fit has room for one pruning step, which it takes "
+                "while the module trains; halp-trt's own trainer prunes a run this short "
+                "before training (short_run), as Pruner.calibrate() on the module before "
+                "the fit does"
+            )
         self.pruner = Pruner.from_config(
             pl_module,
             inputs,
             self._open_table(),
             config,
             total_iterations=int(total) if math.isfinite(total) else None,
-            iterations_per_epoch=(
-                math.ceil(batches / trainer.accumulate_grad_batches)
-                if math.isfinite(batches)
-                else None
-            ),
+            iterations_per_epoch=per_epoch,
             say=lambda line: rank_zero_warn(f"HALPCallback: {line}"),
         )
         if saved is not None:

@@ -120,6 +120,21 @@ DEFAULT_SPREAD = 0.5
 #: and +3.8 points at 0.7x, 0.5x and 0.3x on the ResNet-18 of harder digits, +0.6, +0.3
 #: and -0.1 on the MobileNetV2 (bench/PARETO.md: "Short runs prune in one shot").
 MIN_INTERVAL = 40
+#: What the built-in trainer (``halp-trt prune``, ``halp-trt run``) does with a run too
+#: short for two of its steps ``min_interval`` apart in the window, where HALP's loop
+#: comes down to one step taken while training: ``"calibrate"`` (default) prunes once
+#: before training instead, scored on :data:`SHORT_RUN_BATCHES` minibatches of the dense
+#: model with no weight updated, so the whole run trains the final widths
+#: (:meth:`halp_trt.Pruner.calibrate`); ``"train"`` keeps the one step while training.
+#: In bench/pareto.py's runs, all this short, the one step before training scored
+#: +0.46 [+0.07, +0.86] points over the one step while training, same criterion, over
+#: 45 pairs of models in six settings (bench/PARETO.md: "Short runs prune before
+#: training").
+SHORT_RUNS = ("calibrate", "train")
+#: Minibatches a short run's step is scored on (Torch-Pruning's Taylor takes its
+#: gradients from 8 in bench/pareto.py; 4 scored 0.8 points under 8 on the ResNet-18,
+#: 16 no better; bench/PARETO.md: "What of the path matters").
+SHORT_RUN_BATCHES = 8
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,9 @@ def prune_classifier(
             ``prune.interval`` unset the steps are spread over the first
             ``prune.prune_window`` of the training (half by default), at least
             ``prune.min_interval`` (40) iterations apart; a run too short for
-            ``prune.steps`` gets fewer, down to one (``say`` notes it).
+            ``prune.steps`` gets fewer, down to one (``say`` notes it), and one too
+            short for two prunes once before training (``prune.short_run``,
+            :meth:`~halp_trt.config.PruneConfig.for_run`; ``say`` notes it).
         train: the fine-tuning run (its ``epochs`` >= 1: pruning happens while
             training) and the seed.
         input_shape: the input the latency is for; default the table's, as it was
@@ -184,6 +186,10 @@ def prune_classifier(
     speak = say if rank() == 0 else (lambda *_: None)
     trainer = Trainer(model, data, train, progress=progress)
     total = trainer.iterations_per_epoch * train.epochs
+    # A run too short for two of HALP's steps prunes before training (PruneConfig.for_run).
+    prune, short = prune.for_run(total, trainer.iterations_per_epoch)
+    if short:
+        speak(f"note: {short}")
     # The pruner checks the table and the target before any training time is spent.
     pruner = Pruner.from_config(
         model,

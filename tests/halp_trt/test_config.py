@@ -166,6 +166,49 @@ def test_prune_window_sets_the_share_of_training_the_steps_take():
         assert (read(args).prune_window, read(args).min_interval) == (0.25, 7)
 
 
+def test_a_run_too_short_for_two_steps_prunes_before_training():
+    from halp_trt.prune.schedule import SHORT_RUN_BATCHES
+
+    cfg = PruneConfig(target="0.5x", steps=5)
+    # 132 iterations: a window of 66, room for one step 40 apart, at iteration 13
+    short, note = cfg.for_run(132, 22)
+    assert (short.schedule, short.calibration_batches) == ("oneshot", SHORT_RUN_BATCHES)
+    assert short.target == "0.5x" and short.importance == cfg.importance
+    assert "132 training iterations leave room for one pruning step" in note
+    assert "at iteration 13" in note and "--short-run train" in note
+    # an epoch of fewer minibatches than that: all of them
+    assert cfg.for_run(132, 5)[0].calibration_batches == 5
+    # room for two steps (160 iterations: two 40 apart in the first 80): HALP's loop
+    assert cfg.fit_schedule(160).steps == 2
+    assert cfg.for_run(160, 20) == (cfg, "")
+    # kept as configured: asked for, or placed by hand, or one step asked
+    for kept in (
+        cfg.replace(short_run="train"),
+        cfg.replace(interval=13),
+        cfg.replace(interval_epochs=0.5),
+        cfg.replace(start=4),
+        cfg.replace(steps=1),
+        cfg.replace(schedule="oneshot"),
+        cfg.replace(schedule="oneshot", calibration_batches=4),
+    ):
+        assert kept.for_run(132, 22) == (kept, "")
+    with pytest.raises(ConfigError, match="PruneConfig.short_run must be one of calibrate, train"):
+        PruneConfig(target="0.5x", short_run="yes")
+    # the command lines pass it on (default calibrate)
+    from halp_trt.cli import prune as prune_cli
+    from halp_trt.cli import run as run_cli
+
+    argv = ["--model", "m", "--data", "digits", "--target", "0.5x"]
+    for cli, extra, read in (
+        (prune_cli, ["--lut", "t.lut"], lambda a: prune_cli.configs(a)[0]),
+        (run_cli, ["--input-shape", "1,3,8,8", "--out", "o"], lambda a: run_cli.config(a).prune),
+    ):
+        parser = cli.add_parser(argparse.ArgumentParser().add_subparsers())
+        assert read(parser.parse_args([*argv, *extra])).short_run == "calibrate"
+        chosen = parser.parse_args([*argv, *extra, "--short-run", "train"])
+        assert read(chosen).short_run == "train"
+
+
 def test_a_short_run_gets_fewer_steps_and_a_note():
     fit = fit_schedule(30, 20, min_interval=1)
     assert fit.steps == 10 and fit.interval == 1

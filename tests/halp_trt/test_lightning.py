@@ -154,9 +154,21 @@ def test_short_fit_prunes_fewer_times_with_a_note(table):
     assert halp.plan.predicted_ms <= halp.plan.target_ms * 1.001
     # by default the steps stay 40 apart: one step, where the first would have been
     halp = HALPCallback(table, "0.6x", steps=30)
-    with pytest.warns(UserWarning, match="in one step, at iteration 1"):
+    with pytest.warns(UserWarning) as warned:
         trainer([halp]).fit(Classifier(), loader(5))
+    said = [str(w.message) for w in warned]
+    assert any("in one step, at iteration 1" in m for m in said), said
+    # it prunes while training, and says halp-trt's own trainer would not
+    assert any("which it takes while the module trains" in m for m in said), said
     assert [r.iteration for r in halp.pruner.history] == [1]
+    # asked to prune while training, or with room for two steps: nothing to say
+    for halp in (
+        HALPCallback(table, "0.6x", steps=30, short_run="train"),
+        HALPCallback(table, "0.6x", steps=30, min_interval=1),
+    ):
+        with pytest.warns(UserWarning) as warned:
+            trainer([halp]).fit(Classifier(), loader(5))
+        assert not any("while the module trains" in str(w.message) for w in warned)
 
 
 def test_missing_example_input_is_a_one_line_user_error(table):

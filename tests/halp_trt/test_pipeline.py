@@ -168,12 +168,14 @@ def test_predicted_vs_measured_plot_draws_a_relative_target_on_the_measured_orig
     assert lines == [("h", 6.0)]
 
 
-def _run_config(tmp_path, window=0.5, bn_batches=100, min_interval=40):
+def _run_config(tmp_path, window=0.5, bn_batches=100, min_interval=40, short_run="calibrate"):
     from halp_trt.config import PruneConfig, RunConfig, TrainConfig
 
     return RunConfig(
         model="m", data="digits", input_shape="1,3,8,8", out=str(tmp_path), resume=True,
-        prune=PruneConfig("0.5x", prune_window=window, min_interval=min_interval),
+        prune=PruneConfig(
+            "0.5x", prune_window=window, min_interval=min_interval, short_run=short_run
+        ),
         backend="onnxruntime",
         train=TrainConfig(bn_batches=bn_batches),
     )  # fmt: skip
@@ -221,6 +223,8 @@ def test_resume_prunes_again_when_the_window_changes(tmp_path):
         ("min_interval", 40, 1, ["lut", "baseline"], "original.pt"),
         # before the BatchNorm re-estimate, no model had one: training is redone
         ("bn_batches", 100, 0, ["lut"], "lut.db"),
+        # before short runs pruned before training, they pruned while training
+        ("short_run", "calibrate", "train", ["lut", "baseline"], "original.pt"),
     ],
 )
 def test_resume_redoes_what_a_setting_pinned_later_changes(

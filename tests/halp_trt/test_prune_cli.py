@@ -214,7 +214,7 @@ def test_steps_closer_than_the_minimum_interval_become_one_shot(halp_cli, setup,
     out = tmp_path / "out"
     args = common(setup, out)
     del args[args.index("--min-interval") : args.index("--min-interval") + 2]
-    result = halp_cli(*args)
+    result = halp_cli(*args, "--short-run", "train")
     assert result.returncode == 0, result.stderr
     notes = [ln for ln in result.stdout.splitlines() if ln.startswith("note:")]
     assert len(notes) == 1 and "at least 40 apart: pruning in one step" in notes[0]
@@ -224,6 +224,32 @@ def test_steps_closer_than_the_minimum_interval_become_one_shot(halp_cli, setup,
     assert [s["iteration"] for s in log["steps"]] == [room // 2 // 3]
     assert notes[0].endswith(f"at iteration {room // 2 // 3}")
     assert PrunePlan.load(out / "plan.json").schedule["steps"] == 1
+
+
+def test_a_run_too_short_for_two_steps_prunes_before_training(halp_cli, setup, tmp_path):
+    # The default (--short-run calibrate): where the window holds one step 40 apart, the
+    # step comes before training, scored on 8 minibatches, and the log says which.
+    out = tmp_path / "out"
+    args = common(setup, out)
+    del args[args.index("--min-interval") : args.index("--min-interval") + 2]
+    result = halp_cli(*args)
+    assert result.returncode == 0, result.stderr
+    notes = [ln for ln in result.stdout.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1, result.stdout
+    assert "leave room for one pruning step, not two 40 apart" in notes[0]
+    assert "pruning once before training, scored on" in notes[0]
+    assert "one step before training, scored on" in result.stdout
+    log = json.loads((out / "log.json").read_text())
+    ((step, iteration, minibatches),) = [
+        (s["step"], s["iteration"], s["minibatches"]) for s in log["steps"]
+    ]
+    assert (step, iteration) == (1, 0) and 1 <= minibatches <= 8
+    assert f"scored on {minibatches} minibatches of the dense model" in notes[0]
+    assert log["prune_config"]["schedule"] == "oneshot"
+    assert log["prune_config"]["calibration_batches"] == minibatches
+    assert log["prune_config"]["short_run"] == "calibrate"
+    plan = PrunePlan.load(out / "plan.json")
+    assert plan.schedule["name"] == "oneshot" and plan.predicted_ms <= plan.target_ms
 
 
 def test_feedback_follows_the_table_and_refuses_another_machine(setup, monkeypatch):
