@@ -45,7 +45,8 @@ comes before those epochs):
   short for two of HALP's steps (``PruneConfig.short_run``), as this bench's runs are
   (they score the first 8 minibatches of a pass, with the trainer's loss);
   ``halp-taylor-weights-calib4`` the same on the first 4 of those batches, as many as
-  a one-step pruning while training scores on in the 2-epoch runs: whether the batches or the path make the difference;
+  a one-step pruning while training scores on in the 2-epoch runs: whether the batches
+  or the path make the difference;
   ``halp-taylor-weights-calib-steps`` the same in ``--steps`` knapsack steps of HALP's
   schedule before training, re-scored on the batches as the model narrows;
   ``halp-taylor-abs-calib16``, ``halp-taylor-weights-calib16`` on 16 batches (the 8 and
@@ -93,8 +94,8 @@ comes before those epochs):
   rounded to the same step.
 
 The knob-driven methods (``tp-*``, ``uniform``) are brought to the measured latency of
-the reference model (``--reference``, by default ``halp-taylor-weights``, the product as
-it ships, else ``halp-taylor-abs``, else ``halp-taylor``; ``match_latency`` of
+the reference model (``--reference``, by default ``halp-taylor-weights``, the default
+criterion in HALP's loop, else ``halp-taylor-abs``, else ``halp-taylor``; ``match_latency`` of
 bench/prune_quality.py: grid priced on
 the table, then timed against the reference and brought within 2% of it from either
 side: the table prices halp-trt's plans more optimistically than the baselines'), and
