@@ -5,7 +5,9 @@
 each backward pass, ``step()`` after each optimizer step, and ``finalize()`` as soon as
 the last step has run (``DetectionTraining.slim``): the channels are removed, the slim
 model is checked against the masked one, and it trains on with the same AdamW (both
-moments carried) and learning-rate schedule.
+moments carried) and learning-rate schedule. A run too short for two of HALP's steps
+prunes once before training instead (:meth:`halp_trt.PruneConfig.for_run`), scored with
+the detection loss on the first minibatches of a pass.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def train_detector(
     With a ``pruner`` (a :class:`halp_trt.Pruner` on this model) the loop calls
     ``pruner.accumulate()`` after every backward pass and ``pruner.step()`` after every
     optimizer step, and with ``config.slim`` ``pruner.finalize(optimizer=...)`` once the
-    last step has run (``model`` is slimmed in place).
+    last step has run (``model`` is slimmed in place). A pruner built with
+    ``calibration_batches`` takes its one step before the first iteration instead
+    (``pruner.calibrate()`` with the detection loss on the first minibatches of the
+    first epoch's order, no weight updated).
 
     Returns:
         Per epoch ``{"epoch", "loss", "seconds"}``, and ``"slimmed_at"`` (the iteration)
@@ -108,9 +113,11 @@ def train_detector(
     )
     history = []
     model.train()
-    iteration = 0
+    iteration, slimmed = 0, None
+    if pruner is not None and pruner.calibration_batches and not pruner.done:
+        slimmed = _calibrate(model, data, config, pruner, opt, priors, say)
     for epoch in range(config.epochs):
-        t0, losses, slimmed = time.perf_counter(), [], None
+        t0, losses = time.perf_counter(), []
         for images, boxes, labels in data.batches(config.batch_size, shuffle=True, generator=gen):
             images, boxes = _flip(images, boxes, gen)
             logits, offsets = model(images)
@@ -128,10 +135,7 @@ def train_detector(
             if live:
                 record = pruner.step()
                 if record is not None:
-                    say(
-                        f"  prune step {record.step}: predicted {record.predicted_ms:.3f} ms "
-                        f"(budget {record.budget_ms:.3f}), {record.kept}/{record.total} channels"
-                    )
+                    _say_step(record, say)
                 if config.slim and pruner.done:
                     pruner.finalize(optimizer=opt)
                     slimmed = iteration
@@ -143,11 +147,38 @@ def train_detector(
             "seconds": time.perf_counter() - t0,
         }
         if slimmed is not None:
-            row["slimmed_at"] = slimmed
+            row["slimmed_at"], slimmed = slimmed, None
         history.append(row)
         say(f"epoch {row['epoch']}: loss {row['loss']:.3f} ({row['seconds']:.0f} s)")
     model.eval()
     return history
+
+
+def _say_step(record: Any, say: Callable[[str], None]) -> None:
+    say(
+        f"  prune step {record.step}: predicted {record.predicted_ms:.3f} ms "
+        f"(budget {record.budget_ms:.3f}), {record.kept}/{record.total} channels"
+    )
+
+
+def _calibrate(model, data, config, pruner, opt, priors, say) -> int | None:
+    """The calibrated pruner's one step before training, scored with the detection loss
+    on the first minibatches of the first epoch's order (the training loop's shuffle,
+    no flips); then the slim model with ``config.slim``. Returns 0 where it slimmed."""
+    gen = torch.Generator().manual_seed(config.seed)
+    batches = (
+        (images, (boxes, labels))
+        for images, boxes, labels in data.batches(config.batch_size, shuffle=True, generator=gen)
+    )
+    record = pruner.calibrate(
+        batches, lambda out, t: multibox_loss(out[0], out[1], priors, t[0], t[1])
+    )
+    _say_step(record, say)
+    if not config.slim:
+        return None
+    pruner.finalize(optimizer=opt)
+    say("  channels removed before the first iteration; training on slim")
+    return 0
 
 
 @torch.no_grad()
@@ -187,7 +218,8 @@ def prune_detector(
         table: a :class:`lut_builder.LatencyTable` measured on this detector at
             ``(batch, 3, size, size)``.
         prune: a :class:`halp_trt.PruneConfig`; with no interval the steps are spread
-            over the first half of the run.
+            over the first half of the run; a run too short for two of them prunes
+            once before training (``short_run``, :meth:`~halp_trt.PruneConfig.for_run`).
         train: the fine-tuning run.
         batch: the batch size the table was measured at (the example input's).
 
@@ -202,12 +234,23 @@ def prune_detector(
     from ..prune import Pruner
 
     x = torch.zeros(batch, 3, data.image_size, data.image_size)
-    total = math.ceil(len(data) / train.batch_size) * train.epochs
-    pruner = Pruner.from_config(model, x, table, prune, total_iterations=total, say=say)
+    per_epoch = math.ceil(len(data) / train.batch_size)
+    total = per_epoch * train.epochs
+    # A run too short for two of HALP's steps prunes before training (PruneConfig.for_run).
+    prune, short = prune.for_run(total, per_epoch)
+    if short:
+        say(f"note: {short}")
+    pruner = Pruner.from_config(
+        model, x, table, prune, total_iterations=total, iterations_per_epoch=per_epoch, say=say
+    )
+    when = (
+        f"one step before training, scored on {pruner.calibration_batches} minibatches"
+        if pruner.calibration_batches
+        else f"{pruner.steps} steps every {pruner.interval} iterations"
+    )
     say(
         f"pruning to {prune.target}: {pruner.base_ms:.3f} -> {pruner.target_ms:.3f} ms predicted, "
-        f"{pruner.steps} steps every {pruner.interval} iterations, "
-        f"{len(pruner.graph.prunable)} prunable groups"
+        f"{when}, {len(pruner.graph.prunable)} prunable groups"
     )
     history = train_detector(model, data, train, pruner=pruner, say=say)
     slim, plan = pruner.finalize()

@@ -197,6 +197,37 @@ def test_prune_detector_keeps_head_outputs_and_matches_masked(tmp_path, data):
     assert slim.cls_heads[0].out_channels == dense.cls_heads[0].out_channels
 
 
+@pytest.mark.parametrize("short_run", ["calibrate", "train"])
+def test_a_short_detection_run_prunes_before_training(tmp_path, data, short_run):
+    """4 iterations leave room for one step: by default it is taken before the first
+    iteration, scored with the detection loss on the 4 minibatches of an epoch, and the
+    detector trains slim from there; ``short_run="train"`` takes it while training."""
+    torch.manual_seed(0)
+    model = SSDDetector()
+    x = torch.zeros(2, 3, 64, 64)
+    dense = copy.deepcopy(model).eval()
+    table = analytic_table(tmp_path / "ssd.lut", model, x, step=8)
+    said: list[str] = []
+    try:
+        result = prune_detector(
+            model, data, table, PruneConfig(target="0.5x", steps=2, short_run=short_run),
+            DetectionTraining(epochs=1, batch_size=4), batch=2, say=said.append,
+        )  # fmt: skip
+    finally:
+        table.close()
+    steps = result.log["steps"]
+    assert len(steps) == 1 and result.plan.predicted_ms <= result.plan.target_ms * 1.001
+    assert [o.shape for o in result.model(x)] == [o.shape for o in dense(x)]
+    if short_run == "calibrate":
+        assert steps[0]["iteration"] == 0 and steps[0]["minibatches"] == 4
+        assert result.log["slimmed_at"] == 0
+        assert any(line.startswith("note: 4 training iterations leave room") for line in said)
+        assert any("one step before training, scored on 4 minibatches" in s for s in said)
+    else:
+        assert steps[0]["iteration"] > 0 and result.log["slimmed_at"] == steps[0]["iteration"]
+        assert not any("before training" in line for line in said)
+
+
 def test_onnx_export_runs_in_onnxruntime(tmp_path):
     import numpy as np
     import onnxruntime as ort
