@@ -351,6 +351,8 @@ class Pipeline:
         if state_file.exists():  # preflight refused it without --resume
             self.state = RunState.load(self.out)
             earlier = {**PINNED_DEFAULTS, **self.state.args}
+            if "short_run" not in self.state.args and self._short_run_moot(earlier):
+                earlier["short_run"] = pinned["short_run"]
             changed = {k for k in PINNED_ARGS if earlier.get(k) != pinned[k]}
             if "backend" in changed:
                 raise UserError(
@@ -373,6 +375,18 @@ class Pipeline:
         self.state = RunState(args=pinned, backend=backend, backend_reason=why)
         self.state.save(self.out)
         self.say(f"backend: {backend} ({why})")
+
+    def _short_run_moot(self, earlier: dict[str, Any]) -> bool:
+        """Whether a run made before ``short_run`` was pinned prunes the same under either
+        value: it asked for one step or for calibration (kept as configured), or its
+        prune stage logged two steps or more (room for them: not a short run)."""
+        if earlier.get("steps", 2) < 2 or earlier.get("calibration_batches"):
+            return True
+        try:
+            log = json.loads((self.out / "pruned" / "log.json").read_text())
+            return len(log["steps"]) > 1
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def _fail(self, stage: str, exc: Exception) -> None:
         assert self.state is not None

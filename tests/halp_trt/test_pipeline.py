@@ -246,6 +246,33 @@ def test_resume_redoes_what_a_setting_pinned_later_changes(
     assert not (tmp_path / first_redone).exists() and (tmp_path / kept).exists()
 
 
+@pytest.mark.parametrize(
+    "logged, change, redone",
+    [
+        (2, {}, False),  # two steps while training: room for them, pruned alike
+        (1, {}, True),  # one step: a short run, now pruned before training
+        (None, {}, True),  # no readable log: pruned again
+        (1, {"steps": 1}, False),  # one step asked for: kept as configured
+        (1, {"calibration_batches": 8, "schedule": "oneshot"}, False),  # calibration asked
+    ],
+)
+def test_resume_of_a_run_from_before_short_run_prunes_again_only_if_it_was_short(
+    tmp_path, logged, change, redone
+):
+    from halp_trt.pipeline import pinned_settings
+
+    config = _run_config(tmp_path)
+    config = config.replace(prune=config.prune.replace(**change))
+    before = {k: v for k, v in pinned_settings(config).items() if k != "short_run"}
+    if logged is not None:
+        (tmp_path / "pruned").mkdir()
+        steps = [{"step": i + 1} for i in range(logged)]
+        (tmp_path / "pruned" / "log.json").write_text(json.dumps({"steps": steps}))
+    stages, saved = _resumed(tmp_path, config, before)
+    assert stages == (["lut", "baseline"] if redone else ["lut", "baseline", "prune"])
+    assert saved["args"]["short_run"] == "calibrate"
+
+
 @pytest.mark.parametrize("device, expect", [(None, "cuda"), ("cuda:1", "cuda:1"), ("cpu", "cuda")])
 def test_torch_backend_on_a_gpu_machine_is_the_gpus(monkeypatch, tmp_path, device, expect):
     # The torch backend's own default device is the CPU: on a GPU machine the run must
