@@ -35,10 +35,12 @@ comes before those epochs):
   ``halp-taylor-abs-oneshot`` with ``taylor-abs`` in one shot (one minibatch of
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-abs-calib``, ``halp-taylor-weights-calib``,
-  ``halp-taylor-weights-norm-calib``: halp-trt's plan (the criterion, the knapsack on
-  the measured table, the floor, the feedback) on Torch-Pruning's path: scored on the
-  dense model over the same training batches Torch-Pruning's Taylor takes its gradients
-  from, no weight updated, and pruned before the first fine-tuning iteration, so that
+  ``halp-taylor-weights-norm-calib``, ``halp-taylor-weights-mean-calib`` (each
+  channel's terms averaged over its layers, :func:`terms_averaged`): halp-trt's plan
+  (the criterion, the knapsack on the measured table, the floor, the feedback) on
+  Torch-Pruning's path: scored on the dense model over the same training batches
+  Torch-Pruning's Taylor takes its gradients from, no weight updated, and pruned
+  before the first fine-tuning iteration, so that
   the whole budget fine-tunes the final widths (the others score while training and
   prune a few iterations in); ``halp-taylor-weights-calib`` is, in this bench's
   loop, the path ``halp-trt prune`` and ``halp-trt run`` take by default in a run too
@@ -77,7 +79,9 @@ comes before those epochs):
   cost, the measured table's channel alignment): what measuring is worth;
   ``halp-taylor-abs-macs`` the same with ``taylor-abs`` (the default criterion until
   ``taylor-weights``), ``halp-taylor-weights-macs`` with ``taylor-weights`` (the
-  default's ablation);
+  default's ablation in HALP's loop); ``halp-taylor-weights-macs-calib`` the path of
+  ``halp-taylor-weights-calib`` on the MACs table (the ablation of what a short run
+  ships);
 - ``halp-sp-lamp``: SP-LAMP scores, one-shot knapsack on the measured table;
   ``halp-sp-lamp-exp`` the same scores in HALP's loop (exponential schedule, ``--steps``
   steps, feedback, floor), the schedule of ``halp-taylor-abs``: which of the two, the
@@ -196,6 +200,7 @@ METHODS = (
     "halp-taylor-abs-calib",
     "halp-taylor-weights-calib",
     "halp-taylor-weights-norm-calib",
+    "halp-taylor-weights-mean-calib",
     "halp-taylor-weights-calib4",
     "halp-taylor-weights-calib-steps",
     "halp-taylor-abs-calib16",
@@ -208,6 +213,7 @@ METHODS = (
     "halp-taylor-macs",
     "halp-taylor-abs-macs",
     "halp-taylor-weights-macs",
+    "halp-taylor-weights-macs-calib",
     "halp-sp-lamp",
     "halp-sp-lamp-exp",
     "tp-l2",
@@ -345,6 +351,22 @@ def mean_normalised(name: str | type) -> type:
         return s / alive.mean() if alive.size else s
 
     return rescored(name, "MeanNormalised", normalise)
+
+
+def terms_averaged(name: str) -> type:
+    """Criterion ``name`` with each channel's coupled terms averaged instead of summed
+    (``mean_terms``; ``taylor-abs-mean`` is ``taylor-abs`` so): on ``taylor-weights``,
+    Torch-Pruning's ``group_reduction="mean"`` over the layers that write and read a
+    channel, without its normaliser. A residual stream's channel, read by every block of
+    its stage, is worth one layer's terms instead of all of them: between the sum, which
+    keeps the streams, and the normalised scores, which cut them first."""
+    from halp_trt.importance import get_importance
+
+    class TermsAveraged(get_importance(name)):  # type: ignore[valid-type, misc]
+        mean_terms = True
+
+    TermsAveraged.__qualname__ = TermsAveraged.__name__ = f"TermsAveraged_{name}"
+    return TermsAveraged
 
 
 def layer_weighted(name: str) -> type:
@@ -1257,7 +1279,12 @@ def plan_reference(dense, x, table, fraction) -> nn.Module:
 
 
 #: Methods solved on the MACs table.
-MACS_METHODS = ("halp-taylor-macs", "halp-taylor-abs-macs", "halp-taylor-weights-macs")
+MACS_METHODS = (
+    "halp-taylor-macs",
+    "halp-taylor-abs-macs",
+    "halp-taylor-weights-macs",
+    "halp-taylor-weights-macs-calib",
+)
 #: Methods that need no measured table: run before it is built (its build waits for the
 #: bench lock).
 TABLE_FREE = (*MACS_METHODS, "modelopt-fastnas")
@@ -1388,16 +1415,18 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
 
     n = CALIBRATION_BATCHES
-    calibrated = {  # method: (importance, calibration batches, knapsack steps)
+    calibrated = {  # method: (importance, calibration batches, knapsack steps[, table])
         "halp-taylor-abs-calib": ("taylor-abs", n, 1),
         "halp-sensitivity": ("sensitivity", n, 1),
         "halp-sensitivity-tie": (weighted_sensitivity(SENSITIVITY_LOSS_WEIGHT), n, 1),
         "halp-taylor-weights-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
+        "halp-taylor-weights-mean-calib": (terms_averaged("taylor-weights"), n, 1),
         "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),
         "halp-taylor-weights-calib-steps": ("taylor-weights", n, args.steps),
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
+        "halp-taylor-weights-macs-calib": ("taylor-weights", n, 1, ctx.get("macs_table")),
     }
     measured = {  # method: how its sensitivity() values the measurement
         "halp-sensitivity-calib": {},
@@ -1411,7 +1440,8 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         def calibrated_fn(how=calibrated[method]):
             t0 = time.perf_counter()
             slim, extra = halp_calibrated(
-                dense, data, x, table, target, how[0], batch_size=args.batch_size,
+                dense, data, x, how[3] if len(how) > 3 else table, target, how[0],
+                batch_size=args.batch_size,
                 feedback=not args.no_feedback, min_keep=args.min_keep, batches=how[1],
                 steps=how[2],
             )  # fmt: skip

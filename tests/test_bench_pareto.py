@@ -493,6 +493,29 @@ def test_layer_weighted_scores_average_the_terms_each_channel_sums(pareto):
         assert s.mean() == pytest.approx(terms[gid])
 
 
+def test_terms_averaged_divides_each_channel_by_the_layers_it_couples(pareto):
+    """``halp-taylor-weights-mean-calib``'s criterion: ``taylor-weights`` with each
+    channel's terms averaged over the layers that write and read it (the stream: the stem
+    and conv2 write it, conv1 and fc read it; the inner width: conv1 writes, conv2 reads)."""
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import get_importance
+
+    torch.manual_seed(0)
+    net, x = _Residual(), torch.randn(4, 3, 8, 8)
+    graph = ChannelGraph(net, x)
+    averaged = pareto.terms_averaged("taylor-weights")(graph)
+    summed = get_importance("taylor-weights")(graph)
+    nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
+    averaged.accumulate()
+    summed.accumulate()
+    got, base = averaged.scores(), summed.scores()
+    layers = {g.id: 4 if g.size == 8 else 2 for g in graph.prunable}
+    assert sorted(g.size for g in graph.prunable) == [8, 16]
+    for gid, s in got.items():
+        assert (base[gid] > 0).all()
+        assert s == pytest.approx(base[gid] / layers[gid])
+
+
 def test_concave_weights_make_a_groups_value_2r_minus_r_squared(pareto):
     score = np.array([0.0, 3.0, 1.0, 0.0, 4.0, 2.0])  # channels 0 and 3 pruned
     w = pareto.concave_weights(score)
@@ -639,7 +662,8 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
 
 def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     """``halp-taylor-weights-calib4`` is ``halp-taylor-weights-calib`` on the first 4 of
-    its 8 batches (the pruning window's count), ``-calib16`` on 16; ``-calib-steps``
+    its 8 batches (the pruning window's count), ``-calib16`` on 16, ``-macs-calib`` the
+    same path on the MACs table; ``-calib-steps``
     prunes in ``--steps`` knapsack steps before training, down HALP's schedule, each
     re-scored on the 8. ``tp-taylor16`` takes Torch-Pruning's gradients over 16 batches,
     ``tp-taylor`` over 8, once per seed each."""
@@ -650,11 +674,19 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
         return taylor_grads(dense, data, batch_size, batches, device)
 
     monkeypatch.setattr(pareto, "taylor_grads", spy)
+    tables, halp_calibrated = [], pareto.halp_calibrated
+
+    def table_spy(dense, data, x, table, *args, **kwargs):
+        tables.append(table.path.name)
+        return halp_calibrated(dense, data, x, table, *args, **kwargs)
+
+    monkeypatch.setattr(pareto, "halp_calibrated", table_spy)
     out = tmp_path / "p.json"
     argv = tiny_argv(
         tmp_path, "--seeds", "0",
         "--methods", "halp-taylor-weights-calib,halp-taylor-weights-calib4,"
-        "halp-taylor-weights-calib-steps,halp-taylor-abs-calib16,tp-taylor,tp-taylor16",
+        "halp-taylor-weights-calib-steps,halp-taylor-abs-calib16,tp-taylor,tp-taylor16,"
+        "halp-taylor-weights-macs-calib",
         "--reference", "halp-taylor-weights-calib", "--epochs", "1", "--steps", "3",
         "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
         "--min-keep", "0", "--out", str(out),
@@ -676,6 +708,11 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     assert ratios[2] * steps["base_predicted_ms"] <= steps["target_ms"] * (1 + 1e-9)
     assert all(runs[m]["status"] == "ok" for m in ("tp-taylor", "tp-taylor16"))
     assert taken == [(8, "cpu"), (16, "cpu")]  # on the device the run trains on
+    # -macs-calib: the -calib path on the MACs table (run first, before the measured one)
+    macs = runs["halp-taylor-weights-macs-calib"]
+    assert macs["status"] == "ok", macs.get("error")
+    assert macs["calibration_batches"] == macs["minibatches"] == 8
+    assert tables == ["t_macs.db"] + ["t.db"] * 4, tables
 
 
 def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
