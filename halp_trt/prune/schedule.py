@@ -127,7 +127,7 @@ MIN_INTERVAL = 40
 #: model with no weight updated, so the whole run trains the final widths
 #: (:meth:`halp_trt.Pruner.calibrate`); ``"train"`` keeps the one step while training.
 #: In bench/pareto.py's runs, all this short, the one step before training scored
-#: +0.42 [+0.1, +0.8] points over the one step while training, same criterion, over
+#: +0.43 [+0.1, +0.8] points over the one step while training, same criterion, over
 #: 54 pairs of models in nine settings (bench/PARETO.md: "Short runs prune before
 #: training").
 SHORT_RUNS = ("calibrate", "train")
