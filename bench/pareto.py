@@ -53,6 +53,8 @@ comes before those epochs):
   schedule before training, re-scored on the batches as the model narrows;
   ``halp-taylor-abs-calib16``, ``halp-taylor-weights-calib16`` on 16 batches (the 8 and
   the next 8), beside ``tp-taylor16``: whether more scored batches help either;
+  ``halp-taylor-weights-calib-floor`` with every group keeping at least the target's
+  fraction of its width (:func:`target_floor`, as ``halp-taylor-abs-floor``);
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
   on the images FastNAS scores on): each group's loss on training images at up to six
@@ -205,6 +207,7 @@ METHODS = (
     "halp-taylor-weights-calib-steps",
     "halp-taylor-abs-calib16",
     "halp-taylor-weights-calib16",
+    "halp-taylor-weights-calib-floor",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
@@ -552,6 +555,7 @@ def halp_calibrated(
             measure.close()
     return slim, {
         **plan_facts(pruner, plan),
+        "min_keep": pruner.min_keep,
         "calibration_batches": batches,
         "minibatches": records[0].minibatches,
         **({"calibration_steps": steps} if steps > 1 else {}),
@@ -1427,7 +1431,9 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
         "halp-taylor-weights-macs-calib": ("taylor-weights", n, 1, ctx.get("macs_table")),
+        "halp-taylor-weights-calib-floor": ("taylor-weights", n, 1),
     }
+    floored = {"halp-taylor-weights-calib-floor"}  # no group below the target's fraction
     measured = {  # method: how its sensitivity() values the measurement
         "halp-sensitivity-calib": {},
         "halp-sensitivity-max-calib": {"power": SENSITIVITY_POWER},
@@ -1437,13 +1443,13 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         calibrated[method] = (sensitivity(data, **measured[method]), n, 1)
     for method in [m for m in selected if m in calibrated]:
 
-        def calibrated_fn(how=calibrated[method]):
+        def calibrated_fn(how=calibrated[method], floor=method in floored):
             t0 = time.perf_counter()
             slim, extra = halp_calibrated(
                 dense, data, x, how[3] if len(how) > 3 else table, target, how[0],
-                batch_size=args.batch_size,
-                feedback=not args.no_feedback, min_keep=args.min_keep, batches=how[1],
-                steps=how[2],
+                batch_size=args.batch_size, feedback=not args.no_feedback,
+                min_keep=target_floor(args.min_keep, fraction) if floor else args.min_keep,
+                batches=how[1], steps=how[2],
             )  # fmt: skip
             return finetuned(slim, extra, time.perf_counter() - t0)
 

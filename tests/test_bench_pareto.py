@@ -725,12 +725,13 @@ def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
 
 
 def test_floor_method_keeps_the_targets_fraction_of_every_group(pareto, tmp_path):
-    """``halp-taylor-abs-floor`` plans with every group keeping at least the target's
-    fraction of its width (rounded up to whole bundles); ``halp-taylor-abs`` with the
-    floor given (none here) may go below it."""
+    """``halp-taylor-abs-floor`` (and ``halp-taylor-weights-calib-floor``) plan with every
+    group keeping at least the target's fraction of its width (rounded up to whole
+    bundles); ``halp-taylor-abs`` with the floor given (none here) may go below it."""
     out = tmp_path / "p.json"
     argv = tiny_argv(
-        tmp_path, "--seeds", "0", "--methods", "halp-taylor-abs,halp-taylor-abs-floor",
+        tmp_path, "--seeds", "0",
+        "--methods", "halp-taylor-abs,halp-taylor-abs-floor,halp-taylor-weights-calib-floor",
         "--epochs", "1", "--pretrain-epochs", "1", "--step", "4", "--rounds", "3",
         "--no-feedback", "--min-keep", "0", "--out", str(out),
     )  # fmt: skip
@@ -742,6 +743,10 @@ def test_floor_method_keeps_the_targets_fraction_of_every_group(pareto, tmp_path
     # 0.6 of 16 and of 32 channels, up to bundles of 4: 12 and 20
     assert floor["widths"][0] >= 12 and floor["widths"][1] >= 20, floor["widths"]
     assert floor["predicted_ratio"] <= 0.6 * 1.02
+    calib = runs["halp-taylor-weights-calib-floor"]  # the same floor on the -calib path
+    assert calib["status"] == "ok", calib.get("error")
+    assert calib["min_keep"] == 0.6 and calib["minibatches"] == 8
+    assert calib["widths"][0] >= 12 and calib["widths"][1] >= 20, calib["widths"]
 
 
 def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
