@@ -1419,7 +1419,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         record(method, METHOD_FUNCS.get(method) or halp(*halp_methods[method]))
 
     n = CALIBRATION_BATCHES
-    calibrated = {  # method: (importance, calibration batches, knapsack steps[, table])
+    calibrated = {  # method: (importance, calibration batches, knapsack steps)
         "halp-taylor-abs-calib": ("taylor-abs", n, 1),
         "halp-sensitivity": ("sensitivity", n, 1),
         "halp-sensitivity-tie": (weighted_sensitivity(SENSITIVITY_LOSS_WEIGHT), n, 1),
@@ -1430,9 +1430,10 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-calib-steps": ("taylor-weights", n, args.steps),
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
-        "halp-taylor-weights-macs-calib": ("taylor-weights", n, 1, ctx.get("macs_table")),
+        "halp-taylor-weights-macs-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-calib-floor": ("taylor-weights", n, 1),
     }
+    on_macs = {"halp-taylor-weights-macs-calib"}  # solved on the MACs table
     floored = {"halp-taylor-weights-calib-floor"}  # no group below the target's fraction
     measured = {  # method: how its sensitivity() values the measurement
         "halp-sensitivity-calib": {},
@@ -1443,10 +1444,10 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         calibrated[method] = (sensitivity(data, **measured[method]), n, 1)
     for method in [m for m in selected if m in calibrated]:
 
-        def calibrated_fn(how=calibrated[method], floor=method in floored):
+        def calibrated_fn(how=calibrated[method], macs=method in on_macs, floor=method in floored):
             t0 = time.perf_counter()
             slim, extra = halp_calibrated(
-                dense, data, x, how[3] if len(how) > 3 else table, target, how[0],
+                dense, data, x, ctx.get("macs_table") if macs else table, target, how[0],
                 batch_size=args.batch_size, feedback=not args.no_feedback,
                 min_keep=target_floor(args.min_keep, fraction) if floor else args.min_keep,
                 batches=how[1], steps=how[2],

@@ -383,7 +383,7 @@ class Pipeline:
         if earlier.get("steps", 2) < 2 or earlier.get("calibration_batches"):
             return True
         try:
-            log = json.loads((self.out / "pruned" / "log.json").read_text())
+            log = json.loads(self._path("pruned/log.json").read_text())
             return len(log["steps"]) > 1
         except (OSError, ValueError, KeyError, TypeError):
             return False
