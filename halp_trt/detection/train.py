@@ -243,14 +243,9 @@ def prune_detector(
     pruner = Pruner.from_config(
         model, x, table, prune, total_iterations=total, iterations_per_epoch=per_epoch, say=say
     )
-    when = (
-        f"one step before training, scored on {pruner.calibration_batches} minibatches"
-        if pruner.calibration_batches
-        else f"{pruner.steps} steps every {pruner.interval} iterations"
-    )
     say(
         f"pruning to {prune.target}: {pruner.base_ms:.3f} -> {pruner.target_ms:.3f} ms predicted, "
-        f"{when}, {len(pruner.graph.prunable)} prunable groups"
+        f"{pruner.when}, {len(pruner.graph.prunable)} prunable groups"
     )
     history = train_detector(model, data, train, pruner=pruner, say=say)
     slim, plan = pruner.finalize()

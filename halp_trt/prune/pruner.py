@@ -54,6 +54,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from ..errors import PruningError, UserError
@@ -427,6 +428,13 @@ class Pruner:
         :meth:`calibrate`, before training)."""
         return 0 if self.calibration_batches else self.start + self.interval * self.steps
 
+    @property
+    def when(self) -> str:
+        """When the schedule prunes, in words, for a trainer's opening line."""
+        if self.calibration_batches:
+            return f"one step before training, scored on {self.calibration_batches} minibatches"
+        return f"{self.steps} {self.schedule} steps every {self.interval} iterations"
+
     def accumulate(self, *, skip_nonfinite: bool = False) -> None:
         """Add this minibatch's gradients to the importance (call after ``backward()``).
 
@@ -444,7 +452,7 @@ class Pruner:
         self.importance.accumulate(skip_nonfinite=skip_nonfinite)
         self.timers["accumulate"] += time.perf_counter() - t0
 
-    def calibrate(self, batches: Any, loss_fn: Any = None) -> StepRecord:
+    def calibrate(self, batches: Any, loss_fn: Any = None, *, batch_loss: Any = None) -> StepRecord:
         """The one pruning step of a pruner built with ``calibration_batches``, before
         training: the importance accumulated over the first ``calibration_batches`` of
         ``batches`` on the model as it is, then the knapsack (and the feedback's
@@ -459,16 +467,23 @@ class Pruner:
         module, not its DDP wrapper); the scores are averaged over ranks, as in a step.
 
         Args:
-            batches: an iterable of ``(inputs, targets)`` on the model's device.
+            batches: an iterable of ``(inputs, targets)`` on the model's device; with
+                ``batch_loss``, of whatever that takes.
             loss_fn: ``loss_fn(outputs, targets)``, a scalar to differentiate;
                 default cross-entropy.
+            batch_loss: ``batch_loss(batch)``, the scalar loss of one minibatch computed
+                through the pruner's module (a training step's loss, e.g. a
+                LightningModule's ``training_step``), in place of ``loss_fn``; for
+                criteria that read gradients or weights, not for a measuring one.
 
         Returns:
             The step's :class:`StepRecord` (iteration 0).
 
         Raises:
             PruningError: not built to calibrate, already pruned or trained, fewer
-                minibatches than asked, or the target infeasible.
+                minibatches than asked, both ``loss_fn`` and ``batch_loss``,
+                ``batch_loss`` with a measuring criterion or returning no tensor, or the
+                target infeasible.
             ImportanceError: NaN/inf importances.
         """
         import torch.nn.functional as F
@@ -478,7 +493,16 @@ class Pruner:
             raise PruningError("this pruner prunes while training (calibration_batches=0)")
         if self.steps_done or self.iteration:
             raise PruningError("calibrate() comes before the first training iteration, once")
+        if batch_loss is not None and loss_fn is not None:
+            raise PruningError("calibrate() takes loss_fn or batch_loss, not both")
+        if batch_loss is not None and self.importance.needs_batches:
+            raise PruningError(
+                f"{self.importance_name} measures subnets on (inputs, targets) minibatches "
+                "with a loss_fn; batch_loss serves the criteria that read gradients"
+            )
         loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+        if batch_loss is None:
+            batch_loss = lambda batch: loss_fn(module(batch[0]), batch[1])  # noqa: E731
         module = self.module
         params = {name for name, _ in module.named_parameters()}
         saved = {k: v.clone() for k, v in module.state_dict().items() if k not in params}
@@ -488,15 +512,24 @@ class Pruner:
             if self.importance.needs_batches:
                 used = self._measure_importance(batches, loss_fn)
             elif self.importance.needs_gradients:
-                for inputs, targets in batches:
+                for batch in batches:
                     if used == self.calibration_batches:
                         break
                     module.zero_grad(set_to_none=True)
-                    loss_fn(module(inputs), targets).backward()
+                    loss = batch_loss(batch)
+                    if not isinstance(loss, torch.Tensor):
+                        raise PruningError(
+                            f"the calibration loss of a minibatch is {type(loss).__name__}, "
+                            "not a tensor to differentiate"
+                        )
+                    loss.backward()
                     t0 = time.perf_counter()  # the pruner's share, as in a training loop
                     self.importance.accumulate()
                     self.timers["accumulate"] += time.perf_counter() - t0
                     used += 1
+        except BaseException:
+            self.importance.reset()  # a retry starts from nothing
+            raise
         finally:
             module.zero_grad(set_to_none=True)
             module.load_state_dict(saved, strict=False)

@@ -210,14 +210,9 @@ def prune_classifier(
         f"table {table.path}: {fp.get('backend', '?')} {fp.get('precision', '')} "
         f"{fp.get('device', '')}".rstrip()
     )
-    when = (
-        f"one step before training, scored on {pruner.calibration_batches} minibatches"
-        if pruner.calibration_batches
-        else f"{pruner.steps} {prune.schedule} steps every {pruner.interval} iterations"
-    )
     speak(
         f"unpruned predicted {pruner.base_ms:.4f} ms; target {prune.target} = "
-        f"{pruner.target_ms:.4f} ms; {when} ({pruner.importance_name} importance)"
+        f"{pruner.target_ms:.4f} ms; {pruner.when} ({pruner.importance_name} importance)"
     )
     log: dict[str, Any] = {
         **(log_extra or {}),

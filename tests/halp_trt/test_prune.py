@@ -107,6 +107,7 @@ def test_pruning_loop_meets_budgets_monotone_and_finalizes(table, tmp_path):
     model, x = fresh()
     pruner = Pruner(model, x, table, "0.6x", steps=3, interval=2, schedule="exp")
     assert pruner.target_ms == pytest.approx(0.6 * pruner.base_ms)
+    assert pruner.when == "3 exp steps every 2 iterations"
     opt = sgd(model)
     records, keeps = [], []
     data = batches(8)
@@ -602,6 +603,7 @@ def test_calibrate_prunes_as_the_loop_would_with_nothing_updated(table):
     pruner = Pruner(model, x, table, "0.6x", schedule="oneshot", calibration_batches=3)
     scores = scored(pruner)
     assert (pruner.next_step_iteration, pruner.last_iteration) == (0, 0)
+    assert pruner.when == "one step before training, scored on 3 minibatches"
 
     def slow_loss(out, y):  # the model's own compute is not the pruner's time
         time.sleep(0.05)
@@ -649,6 +651,21 @@ def test_calibration_is_refused_where_it_cannot_run(table):
     with pytest.raises(PruningError, match="asked for 4 minibatches and got 2"):
         pruner.calibrate(batches(2))
     assert not pruner.done and pruner.importance.count == 0
+    with pytest.raises(PruningError, match="loss_fn or batch_loss, not both"):
+        pruner.calibrate(batches(4), nn.functional.cross_entropy, batch_loss=lambda b: 0)
+    losses = iter([None, None, 0.5])  # a loss fails on the third minibatch
+
+    def third_fails(batch):
+        return next(losses) or nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    with pytest.raises(PruningError, match="loss of a minibatch is float, not a tensor"):
+        pruner.calibrate(batches(4), batch_loss=third_fails)
+    assert not pruner.done and pruner.importance.count == 0  # a retry starts afresh
+    with pytest.raises(PruningError, match="sensitivity measures subnets .* batch_loss"):
+        Pruner(
+            model, x, table, "0.6x", importance="sensitivity", schedule="oneshot",
+            calibration_batches=4,
+        ).calibrate(batches(4), batch_loss=lambda b: 0)  # fmt: skip
     pruner.calibrate(batches(4))
     with pytest.raises(PruningError, match="before the first training iteration, once"):
         pruner.calibrate(batches(4))
