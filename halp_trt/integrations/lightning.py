@@ -22,6 +22,13 @@ Where the callback puts the :class:`~halp_trt.prune.Pruner`'s calls, and why:
 - ``on_fit_start``: the pruner is built on the LightningModule itself (never on the
   DDP wrapper), on its device and in its precision, after a resumed checkpoint has
   restored the weights.
+- ``on_train_start``: in a fit too short for two of HALP's steps
+  (:meth:`~halp_trt.config.PruneConfig.for_run`, ``short_run="calibrate"``, the
+  default) or with ``calibration_batches`` asked for, ``calibrate()``: the one pruning
+  step before the first optimizer step, scored on the first ``calibration_batches``
+  batches of a pass over the training dataloader (each rank's own under ``ddp``), each
+  loss the module's own ``training_step`` (its logging muted meanwhile), no weight
+  updated; the fit then trains the final widths, masked, as halp-trt's trainer does.
 - ``on_before_optimizer_step``: ``accumulate()``. Lightning calls it once per optimizer
   step, after the last backward of a gradient-accumulation window, after the AMP
   scaler has unscaled the gradients and before gradient clipping: the gradients there
@@ -98,7 +105,9 @@ class HALPCallback(Callback):
         **options: the other fields of :class:`halp_trt.config.PruneConfig`:
             ``interval_epochs``, ``start``, ``frozen_layers``, ``cost_model``,
             ``bundle``, ``min_channels``, ``min_keep``, ``prune_window``,
-            ``min_interval``.
+            ``min_interval``, ``short_run`` (``"train"``: a short fit prunes once while
+            training instead), ``calibration_batches`` (with ``schedule="oneshot"``:
+            prune before training whatever the fit's length).
 
     Attributes:
         config: the :class:`~halp_trt.config.PruneConfig` the arguments make.
@@ -111,9 +120,11 @@ class HALPCallback(Callback):
         ConfigError: a value a PruneConfig field does not allow (at once).
         UserError: at fit start: no example inputs, an unsupported strategy (only
             single-device and ``ddp``), more than one optimizer, an endless fit without
-            ``interval``, a callback that has already slimmed its model; and all that
-            :class:`~halp_trt.prune.Pruner` raises (``PruningError``: a table that does
-            not cover the model, an infeasible target, ...).
+            ``interval``, a callback that has already slimmed its model; at train start,
+            a calibration with manual optimization or a ``training_step`` that returns
+            no loss; and all that :class:`~halp_trt.prune.Pruner` raises
+            (``PruningError``: a table that does not cover the model, an infeasible
+            target, fewer training batches than calibration asks for, ...).
     """
 
     def __init__(
@@ -130,11 +141,6 @@ class HALPCallback(Callback):
         **options: Any,
     ) -> None:
         super().__init__()
-        if options.get("calibration_batches"):
-            raise UserError(
-                "HALPCallback prunes while the module trains; to prune once before "
-                "training, call Pruner.calibrate() on the module before fitting it"
-            )
         self.config = PruneConfig(
             target=target,
             importance=importance,
@@ -192,12 +198,16 @@ class HALPCallback(Callback):
         if saved is None and self.pruner is not None:
             saved = self.pruner.state_dict()  # an earlier fit was interrupted: go on
         config = self.config
-        if saved is not None and config.interval is None and config.interval_epochs is None:
+        if saved is not None and saved["config"].get("calibration_batches"):
+            # The short fit's calibrated step the checkpoint was made with.
+            keys = ("schedule", "steps", "interval", "calibration_batches")
+            config = config.replace(**{k: saved["config"][k] for k in keys})
+        elif saved is not None and config.interval is None and config.interval_epochs is None:
             # The schedule the checkpoint was made with, even if this fit is longer.
             steps, interval = saved["config"]["steps"], saved["config"]["interval"]
             config = dataclasses.replace(config, steps=steps, interval=interval)
         total = trainer.estimated_stepping_batches
-        if not math.isfinite(total) and config.interval is None:
+        if not math.isfinite(total) and config.interval is None and not config.calibration_batches:
             raise UserError(
                 "HALPCallback cannot spread its pruning steps over a fit without an end "
                 "(max_epochs=-1 and no max_steps): pass interval="
@@ -206,14 +216,11 @@ class HALPCallback(Callback):
         per_epoch = (
             math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
         )
-        if saved is None and math.isfinite(total) and config.for_run(int(total), per_epoch)[1]:
-            # The built-in trainer would prune before training here (PruneConfig.short_run).
-            rank_zero_warn(
-                "HALPCallback: this fit has room for one pruning step, which it takes "
-                "while the module trains; halp-trt's own trainer prunes a run this short "
-                "before training (short_run), as Pruner.calibrate() on the module before "
-                "the fit does"
-            )
+        if saved is None and math.isfinite(total):
+            # A fit too short for two steps prunes before training (PruneConfig.short_run).
+            config, short = config.for_run(int(total), per_epoch)
+            if short:
+                rank_zero_warn(f"HALPCallback: {short}")
         self.pruner = Pruner.from_config(
             pl_module,
             inputs,
@@ -228,11 +235,15 @@ class HALPCallback(Callback):
         self._pending = None
         self._skip_nonfinite = getattr(trainer.precision_plugin, "scaler", None) is not None
         p = self.pruner
+        when = (
+            p.when
+            if p.calibration_batches
+            else f"{p.steps} {p.schedule} pruning steps, one every {p.interval} optimizer "
+            f"step(s) from step {p.start}"
+        )
         rank_zero_info(
             f"HALP: unpruned predicted {p.base_ms:.4g} ms, target {config.target} = "
-            f"{p.target_ms:.4g} ms; {p.steps} {p.schedule} pruning steps, one every "
-            f"{p.interval} optimizer step(s) from step {p.start} ({p.importance_name} "
-            "importance)"
+            f"{p.target_ms:.4g} ms; {when} ({p.importance_name} importance)"
         )
 
     def _open_table(self) -> Any:
@@ -245,8 +256,60 @@ class HALPCallback(Callback):
     # -- training --------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Note the optimizer step training starts from (restored only now on resume)."""
+        """Note the optimizer step training starts from (restored only now on resume);
+        a calibrating pruner's one step, before the first optimizer step.
+
+        Raises:
+            UserError: see the class docstring.
+        """
         self._global_step = trainer.global_step
+        pruner = self._live()
+        if pruner.calibration_batches and not pruner.steps_done:
+            record = self._calibrate(trainer, pl_module)
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(
+                f"HALP: pruned before training on {record.minibatches} batches: predicted "
+                f"{record.predicted_ms:.4g} ms, {record.kept} of {record.total} channels kept"
+            )
+
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """``Pruner.calibrate()`` on the first batches of a pass over the training
+        dataloader, each batch's loss the module's ``training_step``'s."""
+        from lightning.pytorch.utilities import CombinedLoader
+
+        if not pl_module.automatic_optimization:
+            raise UserError(
+                "HALPCallback prunes a short fit before training with the loss "
+                "training_step returns, which manual optimization does not: pass "
+                "short_run='train' to prune while training"
+            )
+        if trainer.train_dataloader is None:
+            raise UserError("HALPCallback has no training dataloader to calibrate on")
+        loader = iter(CombinedLoader(trainer.train_dataloader, mode="max_size_cycle"))
+        batches = (
+            (trainer.strategy.batch_to_device(batch, dataloader_idx=i), idx)
+            for batch, idx, i in loader
+        )
+
+        def batch_loss(item: tuple[Any, int]) -> Any:
+            batch, idx = item
+            with trainer.precision_plugin.train_step_context():
+                out = pl_module.training_step(batch, idx)
+            loss = out.get("loss") if isinstance(out, Mapping) else out
+            if loss is None:
+                raise UserError(
+                    "HALPCallback calibrates with the loss training_step returns, and it "
+                    "returned none: return the loss (or {'loss': ...})"
+                )
+            return loss
+
+        mute = lambda *args, **kwargs: None  # noqa: E731  the batches are no training
+        pl_module.log, pl_module.log_dict = mute, mute
+        try:
+            return self._live().calibrate(batches, batch_loss=batch_loss)
+        finally:
+            del pl_module.log, pl_module.log_dict
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any

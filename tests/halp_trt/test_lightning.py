@@ -149,26 +149,88 @@ def test_short_fit_prunes_fewer_times_with_a_note(table):
     halp = HALPCallback(table, "0.6x", steps=30, min_interval=1)
     with pytest.warns(UserWarning, match="too few for 30 pruning steps"):
         trainer([halp]).fit(Classifier(), loader(5))
-    assert halp.pruner.steps == 2
+    assert halp.pruner.steps == 2 and not halp.pruner.calibration_batches
     assert [r.iteration for r in halp.pruner.history] == [1, 2]
     assert halp.plan.predicted_ms <= halp.plan.target_ms * 1.001
-    # by default the steps stay 40 apart: one step, where the first would have been
-    halp = HALPCallback(table, "0.6x", steps=30)
+    # asked to prune while training, a fit with room for one step takes it at iteration 1
+    halp = HALPCallback(table, "0.6x", steps=30, short_run="train")
     with pytest.warns(UserWarning) as warned:
         trainer([halp]).fit(Classifier(), loader(5))
     said = [str(w.message) for w in warned]
     assert any("in one step, at iteration 1" in m for m in said), said
-    # it prunes while training, and says halp-trt's own trainer would not
-    assert any("which it takes while the module trains" in m for m in said), said
+    assert not any("before training" in m for m in said), said
     assert [r.iteration for r in halp.pruner.history] == [1]
-    # asked to prune while training, or with room for two steps: nothing to say
-    for halp in (
-        HALPCallback(table, "0.6x", steps=30, short_run="train"),
-        HALPCallback(table, "0.6x", steps=30, min_interval=1),
-    ):
-        with pytest.warns(UserWarning) as warned:
-            trainer([halp]).fit(Classifier(), loader(5))
-        assert not any("while the module trains" in str(w.message) for w in warned)
+
+
+class Counted(Classifier):
+    """Logs its loss and counts its training steps; ``returns`` picks what it returns."""
+
+    def __init__(self, returns: str = "loss") -> None:
+        super().__init__()
+        self.returns, self.calls = returns, 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss, on_step=True)
+        return {"loss": loss} if self.returns == "dict" else loss if self.returns else None
+
+
+def test_short_fit_prunes_before_training_with_its_training_step(table):
+    """By default a fit with room for one step prunes before the first optimizer step,
+    scored on the first batches with the module's ``training_step`` (its logging muted):
+    the plan ``Pruner.calibrate()`` makes on the same batches with the same loss."""
+    from halp_trt.prune import Pruner
+
+    model, snap = Counted(returns="dict"), MaskedCopy()
+    before = copy.deepcopy(model)
+    halp = HALPCallback(table, "0.6x", steps=30)
+    fit = trainer([snap, halp], max_epochs=2)
+    with pytest.warns(UserWarning, match="pruning once before training, scored on 5 "):
+        fit.fit(model, loader(5))
+    assert [(r.iteration, r.minibatches) for r in halp.pruner.history] == [(0, 5)]
+    assert model.calls == 5 + 10  # five scored, ten trained
+    assert fit.global_step == halp.pruner.iteration == 10
+    assert halp.plan.predicted_ms <= halp.plan.target_ms * 1.001 and halp.plan.check["passed"]
+    direct = Pruner(before, torch.zeros(SHAPE), table, "0.6x", schedule="oneshot",
+                    calibration_batches=5)  # fmt: skip
+    direct.calibrate(iter(loader(5)))
+    assert direct.keep == halp.pruner.keep
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # trained at its final widths, then slimmed to them
+        torch.testing.assert_close(model.eval()(x), snap.model(x), rtol=1e-4, atol=1e-5)
+    assert channels(model) < channels(before)
+    # calibration asked for prunes before training in a fit of any length
+    halp = HALPCallback(table, "0.6x", schedule="oneshot", calibration_batches=3)
+    trainer([halp], max_epochs=4).fit(Counted(), loader(5))
+    assert [(r.iteration, r.minibatches) for r in halp.pruner.history] == [(0, 3)]
+
+
+@pytest.mark.parametrize("returns", ["", "manual"])
+def test_a_calibration_it_cannot_score_is_one_line(table, returns):
+    model = Counted(returns=returns)
+    if returns == "manual":
+        model.automatic_optimization = False
+    with pytest.raises(UserError, match="training_step") as info:
+        trainer([HALPCallback(table, "0.6x", steps=30)]).fit(model, loader(5))
+    assert "\n" not in str(info.value)
+    assert "short_run='train'" in str(info.value) or "returned none" in str(info.value)
+
+
+def test_a_resumed_short_fit_keeps_its_calibrated_step(table, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(ckpt_path=None, checkpoints=()):
+        halp = HALPCallback(table, "0.6x", steps=30)
+        fit = trainer([halp, *checkpoints], max_epochs=2, enable_checkpointing=bool(checkpoints))
+        fit.fit(Classifier(), loader(5), ckpt_path=ckpt_path)
+        return halp
+
+    whole = run(checkpoints=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)])
+    resumed = run(ckpt_path=tmp_path / "epoch=0-step=5.ckpt")
+    assert [r.iteration for r in resumed.pruner.history] == [0]
+    assert resumed.pruner.calibration_batches == whole.pruner.calibration_batches == 5
+    assert resumed.plan.widths == whole.plan.widths
 
 
 def test_missing_example_input_is_a_one_line_user_error(table):
@@ -183,8 +245,6 @@ def test_bad_settings_are_refused_before_any_fit(table):
     with pytest.raises(UserError, match="steps must be an integer >= 1") as info:
         HALPCallback(table, "0.6x", steps=0)
     assert "\n" not in str(info.value)
-    with pytest.raises(UserError, match="prunes while the module trains.*calibrate"):
-        HALPCallback(table, "0.6x", schedule="oneshot", calibration_batches=4)
     config = PruneConfig(target="3ms", steps=2, start=1)
     halp = HALPCallback.from_config(table, config, plan_path="plan.json")
     assert halp.config == config and halp.plan_path == "plan.json"
