@@ -55,6 +55,9 @@ comes before those epochs):
   the next 8), beside ``tp-taylor16``: whether more scored batches help either;
   ``halp-taylor-weights-calib-floor`` with every group keeping at least the target's
   fraction of its width (:func:`target_floor`, as ``halp-taylor-abs-floor``);
+  ``halp-taylor-weights-concave-calib`` with each group's value concave in the score it
+  keeps (:func:`concave_value`, as ``halp-taylor-abs-concave``), which spreads a cut over
+  groups where the additive value takes it from the few that score least;
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
   on the images FastNAS scores on): each group's loss on training images at up to six
@@ -208,6 +211,7 @@ METHODS = (
     "halp-taylor-abs-calib16",
     "halp-taylor-weights-calib16",
     "halp-taylor-weights-calib-floor",
+    "halp-taylor-weights-concave-calib",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
@@ -1432,6 +1436,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-calib16": ("taylor-weights", 2 * n, 1),
         "halp-taylor-weights-macs-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-calib-floor": ("taylor-weights", n, 1),
+        "halp-taylor-weights-concave-calib": (concave_value("taylor-weights"), n, 1),
     }
     on_macs = {"halp-taylor-weights-macs-calib"}  # solved on the MACs table
     floored = {"halp-taylor-weights-calib-floor"}  # no group below the target's fraction

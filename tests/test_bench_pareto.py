@@ -663,7 +663,7 @@ def test_calibrated_prunes_before_any_update_on_the_batches_torch_prunings_taylo
 def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     """``halp-taylor-weights-calib4`` is ``halp-taylor-weights-calib`` on the first 4 of
     its 8 batches (the pruning window's count), ``-calib16`` on 16, ``-macs-calib`` the
-    same path on the MACs table; ``-calib-steps``
+    same path on the MACs table, ``-concave-calib`` with a concave value; ``-calib-steps``
     prunes in ``--steps`` knapsack steps before training, down HALP's schedule, each
     re-scored on the 8. ``tp-taylor16`` takes Torch-Pruning's gradients over 16 batches,
     ``tp-taylor`` over 8, once per seed each."""
@@ -674,11 +674,12 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
         return taylor_grads(dense, data, batch_size, batches, device)
 
     monkeypatch.setattr(pareto, "taylor_grads", spy)
-    tables, halp_calibrated = [], pareto.halp_calibrated
+    tables, criteria, halp_calibrated = [], [], pareto.halp_calibrated
 
-    def table_spy(dense, data, x, table, *args, **kwargs):
+    def table_spy(dense, data, x, table, target, importance, *args, **kwargs):
         tables.append(table.path.name)
-        return halp_calibrated(dense, data, x, table, *args, **kwargs)
+        criteria.append(importance if isinstance(importance, str) else importance.__name__)
+        return halp_calibrated(dense, data, x, table, target, importance, *args, **kwargs)
 
     monkeypatch.setattr(pareto, "halp_calibrated", table_spy)
     out = tmp_path / "p.json"
@@ -686,7 +687,7 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
         tmp_path, "--seeds", "0",
         "--methods", "halp-taylor-weights-calib,halp-taylor-weights-calib4,"
         "halp-taylor-weights-calib-steps,halp-taylor-abs-calib16,tp-taylor,tp-taylor16,"
-        "halp-taylor-weights-macs-calib",
+        "halp-taylor-weights-macs-calib,halp-taylor-weights-concave-calib",
         "--reference", "halp-taylor-weights-calib", "--epochs", "1", "--steps", "3",
         "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
         "--min-keep", "0", "--out", str(out),
@@ -712,7 +713,13 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     macs = runs["halp-taylor-weights-macs-calib"]
     assert macs["status"] == "ok", macs.get("error")
     assert macs["calibration_batches"] == macs["minibatches"] == 8
-    assert tables == ["t_macs.db"] + ["t.db"] * 4, tables
+    assert tables == ["t_macs.db"] + ["t.db"] * 5, tables
+    # -concave-calib: the same path and table, each group's value concave in its score
+    concave = runs["halp-taylor-weights-concave-calib"]
+    assert concave["status"] == "ok", concave.get("error")
+    assert concave["calibration_batches"] == concave["minibatches"] == 8
+    assert criteria.count("Concave_taylor-weights") == 1, criteria
+    assert criteria.count("taylor-weights") == 4, criteria
 
 
 def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
