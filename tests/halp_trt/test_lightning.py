@@ -296,12 +296,14 @@ class Classifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 torch.set_num_threads(1)
-table, out = sys.argv[1], sys.argv[2]
+table, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+# "steps": two steps while training; "calibrate": the short fit's step before training
+schedule = {"steps": 2, "interval": 2} if mode == "steps" else {}
 gen = torch.Generator().manual_seed(1)
 data = torch.utils.data.TensorDataset(
     torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 10, (64,), generator=gen)
 )
-halp = HALPCallback(table, "0.6x", steps=2, interval=2, plan_path=os.path.join(out, "plan.json"))
+halp = HALPCallback(table, "0.6x", plan_path=os.path.join(out, "plan.json"), **schedule)
 model = Classifier()
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[halp],
@@ -321,11 +323,12 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_prune_identically(table, tmp_path):
+@pytest.mark.parametrize("mode, iterations", [("steps", [2, 4]), ("calibrate", [0])])
+def test_two_ddp_ranks_prune_identically(table, tmp_path, mode, iterations):
     script = tmp_path / "fit.py"
     script.write_text(DDP_SCRIPT)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    args = ["--nproc_per_node=2", script, table.path, tmp_path]
+    args = ["--nproc_per_node=2", script, table.path, tmp_path, mode]
     proc = subprocess.run(
         [*torchrun, *map(str, args)],
         capture_output=True,
@@ -338,7 +341,7 @@ def test_two_ddp_ranks_prune_identically(table, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # 64 samples, 2 ranks, batch 4: 8 optimizer steps on each rank.
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 8
-    assert ranks[0]["iterations"] == ranks[1]["iterations"] == [2, 4]
+    assert ranks[0]["iterations"] == ranks[1]["iterations"] == iterations
     assert ranks[0]["keep"] == ranks[1]["keep"]
     assert ranks[0]["shapes"] == ranks[1]["shapes"]
     assert PrunePlan.load(tmp_path / "plan.json").check["passed"]
