@@ -120,9 +120,9 @@ class HALPCallback(Callback):
         ConfigError: a value a PruneConfig field does not allow (at once).
         UserError: at fit start: no example inputs, an unsupported strategy (only
             single-device and ``ddp``), more than one optimizer, an endless fit without
-            ``interval``, a callback that has already slimmed its model; at train start,
-            a calibration with manual optimization or a ``training_step`` that returns
-            no loss; and all that :class:`~halp_trt.prune.Pruner` raises
+            ``interval``, a callback that has already slimmed its model, a calibration
+            with manual optimization; at train start, a ``training_step`` that returns
+            no loss to calibrate with; and all that :class:`~halp_trt.prune.Pruner` raises
             (``PruningError``: a table that does not cover the model, an infeasible
             target, fewer training batches than calibration asks for, ...).
     """
@@ -221,6 +221,12 @@ class HALPCallback(Callback):
             config, short = config.for_run(int(total), per_epoch)
             if short:
                 rank_zero_warn(f"HALPCallback: {short}")
+        if config.calibration_batches and not pl_module.automatic_optimization:
+            raise UserError(
+                "HALPCallback prunes this fit before training with the loss training_step "
+                "returns, which manual optimization does not: pass short_run='train' to "
+                "prune while training"
+            )
         self.pruner = Pruner.from_config(
             pl_module,
             inputs,
@@ -278,12 +284,6 @@ class HALPCallback(Callback):
         dataloader, each batch's loss the module's ``training_step``'s."""
         from lightning.pytorch.utilities import CombinedLoader
 
-        if not pl_module.automatic_optimization:
-            raise UserError(
-                "HALPCallback prunes a short fit before training with the loss "
-                "training_step returns, which manual optimization does not: pass "
-                "short_run='train' to prune while training"
-            )
         if trainer.train_dataloader is None:
             raise UserError("HALPCallback has no training dataloader to calibrate on")
         loader = iter(CombinedLoader(trainer.train_dataloader, mode="max_size_cycle"))

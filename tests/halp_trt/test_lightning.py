@@ -214,7 +214,10 @@ def test_a_calibration_it_cannot_score_is_one_line(table, returns):
     with pytest.raises(UserError, match="training_step") as info:
         trainer([HALPCallback(table, "0.6x", steps=30)]).fit(model, loader(5))
     assert "\n" not in str(info.value)
-    assert "short_run='train'" in str(info.value) or "returned none" in str(info.value)
+    if returns == "manual":  # refused at fit start, before any step
+        assert "short_run='train'" in str(info.value) and model.calls == 0
+    else:  # the first calibration batch's step returned nothing
+        assert "returned none" in str(info.value) and model.calls == 1
 
 
 def test_a_resumed_short_fit_keeps_its_calibrated_step(table, tmp_path):
