@@ -58,6 +58,9 @@ comes before those epochs):
   ``halp-taylor-weights-concave-calib`` with each group's value concave in the score it
   keeps (:func:`concave_value`, as ``halp-taylor-abs-concave``), which spreads a cut over
   groups where the additive value takes it from the few that score least;
+  ``halp-taylor-weights-calib-first`` with the groups of the first stage (written at the
+  input's resolution) keeping at least the target's fraction of their width
+  (:func:`first_stage_floor`), the others the pruner's floor;
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
   on the images FastNAS scores on): each group's loss on training images at up to six
@@ -155,6 +158,7 @@ import argparse
 import copy
 import functools
 import hashlib
+import math
 import os
 import platform
 import statistics
@@ -212,6 +216,7 @@ METHODS = (
     "halp-taylor-weights-calib16",
     "halp-taylor-weights-calib-floor",
     "halp-taylor-weights-concave-calib",
+    "halp-taylor-weights-calib-first",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
@@ -491,6 +496,38 @@ def target_floor(min_keep: float | None, fraction: float) -> float:
     return max(DEFAULT_MIN_KEEP if min_keep is None else min_keep, fraction)
 
 
+def first_stage_floor(model: nn.Module, x: torch.Tensor, fraction: float) -> dict[int, int]:
+    """``halp-taylor-weights-calib-first``'s floor: the channels each prunable group of
+    the first stage keeps at least (``Pruner(min_channels=...)``, group id -> channels).
+
+    The first stage is the groups some producing layer of which writes at the input's
+    own resolution (the stem and the blocks before the first stride): where a channel
+    costs the most latency and the plans of the cells uniform width leads cut to the
+    floor. Each keeps ``fraction`` of its width, rounded up to whole units; the other
+    groups keep the pruner's floor."""
+    from halp_trt.graph import ChannelGraph
+
+    graph = ChannelGraph(model, x)
+    full = tuple(x.shape[-2:])
+
+    def writes_at_full(group) -> bool:
+        for ref in group.producers:
+            info = graph.layers.get(ref.layer)
+            if info is None or info.signature.op != "conv2d":
+                continue
+            sig = info.signature
+            out = tuple(-(-h // s) for h, s in zip(sig.in_hw, sig.stride))
+            if out == full:
+                return True
+        return False
+
+    return {
+        g.id: max(g.unit, math.ceil(fraction * g.size / g.unit - 1e-9) * g.unit)
+        for g in graph.prunable
+        if writes_at_full(g)
+    }
+
+
 def taylor_grads(
     dense, data, batch_size: int, batches: int = CALIBRATION_BATCHES, device: str = "cpu"
 ):
@@ -508,7 +545,7 @@ def taylor_grads(
 
 def halp_calibrated(
     dense, data, x, table, target, importance, *, batch_size: int, feedback: bool,
-    min_keep=None, batches: int = CALIBRATION_BATCHES, steps: int = 1,
+    min_keep=None, batches: int = CALIBRATION_BATCHES, steps: int = 1, min_channels=None,
 ):  # fmt: skip
     """halp-trt's plan on Torch-Pruning's path: ``Pruner.calibrate`` on a copy of
     ``dense``, ``importance`` accumulated over the calibration batches with the weights as
@@ -531,7 +568,7 @@ def halp_calibrated(
             pruner = Pruner(
                 copy.deepcopy(dense), x, table, target, importance=importance,
                 schedule="oneshot", steps=1, feedback=measure, min_keep=min_keep,
-                calibration_batches=batches,
+                calibration_batches=batches, min_channels=min_channels,
             )  # fmt: skip
             records = [pruner.calibrate(calibration_batches(data, batch_size, batches))]
         else:
@@ -560,6 +597,7 @@ def halp_calibrated(
     return slim, {
         **plan_facts(pruner, plan),
         "min_keep": pruner.min_keep,
+        **({"min_channels": {str(g): n for g, n in min_channels.items()}} if min_channels else {}),
         "calibration_batches": batches,
         "minibatches": records[0].minibatches,
         **({"calibration_steps": steps} if steps > 1 else {}),
@@ -1437,9 +1475,11 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-macs-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-calib-floor": ("taylor-weights", n, 1),
         "halp-taylor-weights-concave-calib": (concave_value("taylor-weights"), n, 1),
+        "halp-taylor-weights-calib-first": ("taylor-weights", n, 1),
     }
     on_macs = {"halp-taylor-weights-macs-calib"}  # solved on the MACs table
     floored = {"halp-taylor-weights-calib-floor"}  # no group below the target's fraction
+    first = {"halp-taylor-weights-calib-first"}  # no first-stage group below it
     measured = {  # method: how its sensitivity() values the measurement
         "halp-sensitivity-calib": {},
         "halp-sensitivity-max-calib": {"power": SENSITIVITY_POWER},
@@ -1449,13 +1489,17 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         calibrated[method] = (sensitivity(data, **measured[method]), n, 1)
     for method in [m for m in selected if m in calibrated]:
 
-        def calibrated_fn(how=calibrated[method], macs=method in on_macs, floor=method in floored):
+        def calibrated_fn(
+            how=calibrated[method], macs=method in on_macs, floor=method in floored,
+            stage=method in first,
+        ):  # fmt: skip
             t0 = time.perf_counter()
             slim, extra = halp_calibrated(
                 dense, data, x, ctx.get("macs_table") if macs else table, target, how[0],
                 batch_size=args.batch_size, feedback=not args.no_feedback,
                 min_keep=target_floor(args.min_keep, fraction) if floor else args.min_keep,
                 batches=how[1], steps=how[2],
+                min_channels=first_stage_floor(dense, x, fraction) if stage else None,
             )  # fmt: skip
             return finetuned(slim, extra, time.perf_counter() - t0)
 

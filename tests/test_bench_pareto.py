@@ -756,6 +756,33 @@ def test_floor_method_keeps_the_targets_fraction_of_every_group(pareto, tmp_path
     assert calib["widths"][0] >= 12 and calib["widths"][1] >= 20, calib["widths"]
 
 
+def test_first_stage_floor_holds_the_groups_written_at_the_inputs_resolution(pareto, tmp_path):
+    """``halp-taylor-weights-calib-first``: the groups a convolution writes at the input's
+    resolution keep the target's fraction of their width, the others the pruner's floor."""
+    from halp_trt.graph import ChannelGraph
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    x = torch.zeros(2, 3, 8, 8)
+    groups = {g.producers[0].layer: g.id for g in ChannelGraph(net, x).prunable}
+    assert pareto.first_stage_floor(net, x, 0.6) == {groups["0"]: 10}  # 9.6 up; "3" is 4x4
+    out = tmp_path / "p.json"
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "halp-taylor-weights-calib-first",
+        "--epochs", "1", "--pretrain-epochs", "1", "--step", "4", "--rounds", "3",
+        "--no-feedback", "--min-keep", "0", "--out", str(out),
+    )  # fmt: skip
+    assert pareto.main(argv) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["status"] == "ok", run.get("error")
+    # the tiny net's two convolutions both write at 8x8: 0.6 of 16 and 32, whole bundles
+    assert sorted(run["min_channels"].values()) == [10, 20]
+    assert run["widths"][0] >= 12 and run["widths"][1] >= 20, run["widths"]
+
+
 def test_calib_steps_leaves_the_dense_statistics(pareto, tmp_path):
     """The stepped calibration updates no weight and puts the BatchNorm statistics back:
     each kept filter and its statistics are the dense model's."""
