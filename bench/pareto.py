@@ -1477,9 +1477,11 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-concave-calib": (concave_value("taylor-weights"), n, 1),
         "halp-taylor-weights-calib-first": ("taylor-weights", n, 1),
     }
-    on_macs = {"halp-taylor-weights-macs-calib"}  # solved on the MACs table
-    floored = {"halp-taylor-weights-calib-floor"}  # no group below the target's fraction
-    first = {"halp-taylor-weights-calib-first"}  # no first-stage group below it
+    variants = {  # method: how it departs from halp-taylor-weights-calib's path
+        "halp-taylor-weights-macs-calib": "macs",  # solved on the MACs table
+        "halp-taylor-weights-calib-floor": "floor",  # no group below the target's fraction
+        "halp-taylor-weights-calib-first": "first",  # no first-stage group below it
+    }
     measured = {  # method: how its sensitivity() values the measurement
         "halp-sensitivity-calib": {},
         "halp-sensitivity-max-calib": {"power": SENSITIVITY_POWER},
@@ -1489,17 +1491,17 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         calibrated[method] = (sensitivity(data, **measured[method]), n, 1)
     for method in [m for m in selected if m in calibrated]:
 
-        def calibrated_fn(
-            how=calibrated[method], macs=method in on_macs, floor=method in floored,
-            stage=method in first,
-        ):  # fmt: skip
-            t0 = time.perf_counter()
+        def calibrated_fn(how=calibrated[method], name=method):
+            variant, t0 = variants.get(name), time.perf_counter()
             slim, extra = halp_calibrated(
-                dense, data, x, ctx.get("macs_table") if macs else table, target, how[0],
-                batch_size=args.batch_size, feedback=not args.no_feedback,
-                min_keep=target_floor(args.min_keep, fraction) if floor else args.min_keep,
+                dense, data, x, ctx.get("macs_table") if variant == "macs" else table,
+                target, how[0], batch_size=args.batch_size, feedback=not args.no_feedback,
+                min_keep=(
+                    target_floor(args.min_keep, fraction) if variant == "floor"
+                    else args.min_keep
+                ),
                 batches=how[1], steps=how[2],
-                min_channels=first_stage_floor(dense, x, fraction) if stage else None,
+                min_channels=first_stage_floor(dense, x, fraction) if variant == "first" else None,
             )  # fmt: skip
             return finetuned(slim, extra, time.perf_counter() - t0)
 

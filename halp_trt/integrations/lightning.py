@@ -205,7 +205,7 @@ class HALPCallback(Callback):
         elif saved is not None and config.interval is None and config.interval_epochs is None:
             # The schedule the checkpoint was made with, even if this fit is longer.
             steps, interval = saved["config"]["steps"], saved["config"]["interval"]
-            config = dataclasses.replace(config, steps=steps, interval=interval)
+            config = config.replace(steps=steps, interval=interval)
         total = trainer.estimated_stepping_batches
         if not math.isfinite(total) and config.interval is None and not config.calibration_batches:
             raise UserError(

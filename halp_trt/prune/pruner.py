@@ -501,9 +501,9 @@ class Pruner:
                 "with a loss_fn; batch_loss serves the criteria that read gradients"
             )
         loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+        module = self.module
         if batch_loss is None:
             batch_loss = lambda batch: loss_fn(module(batch[0]), batch[1])  # noqa: E731
-        module = self.module
         params = {name for name, _ in module.named_parameters()}
         saved = {k: v.clone() for k, v in module.state_dict().items() if k not in params}
         was_training, used = module.training, 0
