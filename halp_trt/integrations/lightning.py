@@ -27,8 +27,9 @@ Where the callback puts the :class:`~halp_trt.prune.Pruner`'s calls, and why:
   default) or with ``calibration_batches`` asked for, ``calibrate()``: the one pruning
   step before the first optimizer step, scored on the first ``calibration_batches``
   batches of a pass over the training dataloader (each rank's own under ``ddp``), each
-  loss the module's own ``training_step`` (its logging muted meanwhile), no weight
-  updated; the fit then trains the final widths, masked, as halp-trt's trainer does.
+  loss the module's own ``training_step`` (its logging muted meanwhile; under a
+  gradient scaler, ``16-mixed``, in full precision), no weight updated; the fit then
+  trains the final widths, masked, as halp-trt's trainer does.
 - ``on_before_optimizer_step``: ``accumulate()``. Lightning calls it once per optimizer
   step, after the last backward of a gradient-accumulation window, after the AMP
   scaler has unscaled the gradients and before gradient clipping: the gradients there
@@ -53,6 +54,7 @@ The callback's ``state_dict`` carries the pruner's, so a fit resumed from a chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -292,9 +294,15 @@ class HALPCallback(Callback):
             for batch, idx, i in loader
         )
 
+        plugin = trainer.precision_plugin
+        # Under a gradient scaler (16-mixed) in full precision, as halp-trt's trainer
+        # calibrates: an fp16 backward without the scaler's factor can underflow, and the
+        # calibration has no scaler step to skip an overflowed batch.
+        unscaled = getattr(plugin, "scaler", None) is not None
+
         def batch_loss(item: tuple[Any, int]) -> Any:
             batch, idx = item
-            with trainer.precision_plugin.train_step_context():
+            with contextlib.nullcontext() if unscaled else plugin.train_step_context():
                 out = pl_module.training_step(batch, idx)
             loss = out.get("loss") if isinstance(out, Mapping) else out
             if loss is None:

@@ -167,10 +167,11 @@ class Counted(Classifier):
 
     def __init__(self, returns: str = "loss") -> None:
         super().__init__()
-        self.returns, self.calls = returns, 0
+        self.returns, self.calls, self.autocast = returns, 0, []
 
     def training_step(self, batch, batch_idx):
         self.calls += 1
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
         loss = super().training_step(batch, batch_idx)
         self.log("train_loss", loss, on_step=True)
         return {"loss": loss} if self.returns == "dict" else loss if self.returns else None
@@ -204,6 +205,26 @@ def test_short_fit_prunes_before_training_with_its_training_step(table):
     halp = HALPCallback(table, "0.6x", schedule="oneshot", calibration_batches=3)
     trainer([halp], max_epochs=4).fit(Counted(), loader(5))
     assert [(r.iteration, r.minibatches) for r in halp.pruner.history] == [(0, 3)]
+
+
+def test_a_short_fit_under_a_gradient_scaler_calibrates_in_full_precision(table):
+    """Under 16-mixed the scored batches run outside autocast, as halp-trt's trainer
+    scores them (an fp16 backward without the scaler's factor can underflow), and the
+    plan is the full-precision one; training then runs under autocast."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from halp_trt.prune import Pruner
+
+    model = Counted()
+    direct = Pruner(copy.deepcopy(model), torch.zeros(SHAPE), table, "0.6x",
+                    schedule="oneshot", calibration_batches=5)  # fmt: skip
+    direct.calibrate(iter(loader(5)))
+    amp = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    halp = HALPCallback(table, "0.6x", steps=30)
+    with pytest.warns(UserWarning, match="pruning once before training"):
+        trainer([halp], max_epochs=2, plugins=[amp]).fit(model, loader(5))
+    assert model.autocast == [False] * 5 + [True] * 10
+    assert halp.pruner.keep == direct.keep
 
 
 @pytest.mark.parametrize("returns", ["", "manual"])
