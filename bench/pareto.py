@@ -511,15 +511,11 @@ def first_stage_floor(model: nn.Module, x: torch.Tensor, fraction: float) -> dic
     full = tuple(x.shape[-2:])
 
     def writes_at_full(group) -> bool:
-        for ref in group.producers:
-            info = graph.layers.get(ref.layer)
-            if info is None or info.signature.op != "conv2d":
-                continue
-            sig = info.signature
-            out = tuple(-(-h // s) for h, s in zip(sig.in_hw, sig.stride))
-            if out == full:
-                return True
-        return False
+        infos = (graph.layers.get(ref.layer) for ref in group.producers)
+        return any(
+            i is not None and i.signature.op == "conv2d" and tuple(i.signature.out_hw) == full
+            for i in infos
+        )
 
     return {
         g.id: max(g.unit, math.ceil(fraction * g.size / g.unit - 1e-9) * g.unit)
