@@ -44,7 +44,12 @@ Where the callback puts the :class:`~halp_trt.prune.Pruner`'s calls, and why:
 - ``on_train_end``: ``finalize()``, while the model is still on its device (Lightning
   moves it to the CPU before ``on_fit_end``). A fit that stops before the schedule has
   finished (early stopping, ``max_time``) gets the rest pruned straight to the target,
-  with a warning.
+  with a warning. With ``bn_batches=N``, then every BatchNorm's running statistics
+  re-estimated on the slim module as the plain average over the first N batches of a
+  pass over the training dataloader, each run through the module's ``training_step``
+  without gradients (its logging muted), as halp-trt's trainer does after its last
+  epoch (``TrainConfig.bn_batches``); under ``ddp`` each rank averages its own shard
+  and the ranks' estimates are averaged.
 
 Under ``strategy="ddp"`` every rank runs every hook: importances are averaged over
 ranks, rank 0 solves, every rank applies its decision, and only rank 0 writes the plan.
@@ -61,7 +66,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..config import PruneConfig
+from ..config import ConfigError, PruneConfig
 from ..errors import UserError
 from ..importance import DEFAULT_IMPORTANCE
 from ..prune import PrunePlan, Pruner
@@ -104,6 +109,12 @@ class HALPCallback(Callback):
             steps, down to one, and a warning saying so. A resumed fit keeps its checkpoint's schedule.
         schedule: ``"exp"`` (HALP), ``"linear"`` or ``"oneshot"``.
         plan_path: where rank 0 writes ``plan.json`` at the end; None writes nothing.
+        bn_batches: after the fit, re-estimate the slim module's BatchNorm statistics
+            over this many training batches (0, the default: leave the running averages
+            training left). Off by default because it runs the module's own
+            ``training_step`` once more per batch (anything it does besides the forward
+            pass, such as updating a metric, happens again); the built-in trainer does
+            it by default (100). Not with manual optimization.
         **options: the other fields of :class:`halp_trt.config.PruneConfig`:
             ``interval_epochs``, ``start``, ``frozen_layers``, ``cost_model``,
             ``bundle``, ``min_channels``, ``min_keep``, ``prune_window``,
@@ -123,7 +134,8 @@ class HALPCallback(Callback):
         UserError: at fit start: no example inputs, an unsupported strategy (only
             single-device and ``ddp``), more than one optimizer, an endless fit without
             ``interval``, a callback that has already slimmed its model, a calibration
-            with manual optimization; at train start, a ``training_step`` that returns
+            with manual optimization, ``bn_batches`` with manual optimization; at
+            train start, a ``training_step`` that returns
             no loss to calibrate with; and all that :class:`~halp_trt.prune.Pruner` raises
             (``PruningError``: a table that does not cover the model, an infeasible
             target, fewer training batches than calibration asks for, ...).
@@ -140,9 +152,12 @@ class HALPCallback(Callback):
         interval: int | None = None,
         schedule: str = "exp",
         plan_path: str | os.PathLike | None = None,
+        bn_batches: int = 0,
         **options: Any,
     ) -> None:
         super().__init__()
+        if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
+            raise ConfigError("HALPCallback", "bn_batches", "must be an integer >= 0", bn_batches)
         self.config = PruneConfig(
             target=target,
             importance=importance,
@@ -154,6 +169,7 @@ class HALPCallback(Callback):
         self.table = table
         self.example_inputs = example_inputs
         self.plan_path = plan_path
+        self.bn_batches = bn_batches
         self.pruner: Pruner | None = None
         self.plan: PrunePlan | None = None
         self._pending: dict[str, Any] | None = None  # state loaded before the pruner exists
@@ -168,11 +184,18 @@ class HALPCallback(Callback):
         example_inputs: Any = None,
         *,
         plan_path: str | os.PathLike | None = None,
+        bn_batches: int = 0,
     ) -> HALPCallback:
         """The callback for a :class:`~halp_trt.config.PruneConfig` (other arguments as
         for the constructor)."""
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        return cls(table, example_inputs=example_inputs, plan_path=plan_path, **fields)
+        return cls(
+            table,
+            example_inputs=example_inputs,
+            plan_path=plan_path,
+            bn_batches=bn_batches,
+            **fields,
+        )
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -229,6 +252,12 @@ class HALPCallback(Callback):
                 "returns, which manual optimization does not: pass short_run='train' to "
                 "prune while training"
             )
+        if self.bn_batches and not pl_module.automatic_optimization:
+            raise UserError(
+                "HALPCallback re-estimates BatchNorm statistics through training_step, "
+                "which under manual optimization would step the optimizer: pass "
+                "bn_batches=0 and call halp_trt.train.recalibrate_bn after the fit"
+            )
         self.pruner = Pruner.from_config(
             pl_module,
             inputs,
@@ -284,16 +313,7 @@ class HALPCallback(Callback):
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         """``Pruner.calibrate()`` on the first batches of a pass over the training
         dataloader, each batch's loss the module's ``training_step``'s."""
-        from lightning.pytorch.utilities import CombinedLoader
-
-        if trainer.train_dataloader is None:
-            raise UserError("HALPCallback has no training dataloader to calibrate on")
-        loader = iter(CombinedLoader(trainer.train_dataloader, mode="max_size_cycle"))
-        batches = (
-            (trainer.strategy.batch_to_device(batch, dataloader_idx=i), idx)
-            for batch, idx, i in loader
-        )
-
+        batches = _training_batches(trainer, "calibrate on")
         plugin = trainer.precision_plugin
         # Under a gradient scaler (16-mixed) in full precision, as halp-trt's trainer
         # calibrates: an fp16 backward without the scaler's factor can underflow, and the
@@ -312,12 +332,8 @@ class HALPCallback(Callback):
                 )
             return loss
 
-        mute = lambda *args, **kwargs: None  # noqa: E731  the batches are no training
-        pl_module.log, pl_module.log_dict = mute, mute
-        try:
+        with _muted(pl_module):
             return self._live().calibrate(batches, batch_loss=batch_loss)
-        finally:
-            del pl_module.log, pl_module.log_dict
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -359,6 +375,25 @@ class HALPCallback(Callback):
             f"(target {self.plan.target_ms:.4g} ms, unpruned {self.plan.base_ms:.4g} ms)"
             + (f"; plan written to {os.fspath(path)}" if path is not None else "")
         )
+        if self.bn_batches:
+            used = self._recalibrate_bn(trainer, pl_module)
+            rank_zero_info(f"HALP: BatchNorm statistics re-estimated over {used} batches")
+
+    def _recalibrate_bn(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        """``recalibrate_bn`` on the slim module, each batch through ``training_step``."""
+        from ..train import recalibrate_bn
+
+        plugin = trainer.precision_plugin
+
+        def forward(item: tuple[Any, int]) -> None:
+            with plugin.train_step_context():
+                pl_module.training_step(*item)
+
+        with _muted(pl_module):
+            batches = _training_batches(trainer, "re-estimate BatchNorm statistics on")
+            return recalibrate_bn(
+                pl_module, batches, self.bn_batches, pl_module.device, forward=forward
+            )
 
     def _live(self) -> Pruner:
         if self.pruner is None:
@@ -386,6 +421,30 @@ class HALPCallback(Callback):
             self.pruner.load_state_dict(state_dict["pruner"])
         else:
             self._pending = dict(state_dict)
+
+
+def _training_batches(trainer: pl.Trainer, what: str) -> Any:
+    """``(batch, batch_idx)`` over a pass of the training dataloader(s), on the device."""
+    from lightning.pytorch.utilities import CombinedLoader
+
+    if trainer.train_dataloader is None:
+        raise UserError(f"HALPCallback has no training dataloader to {what}")
+    loader = iter(CombinedLoader(trainer.train_dataloader, mode="max_size_cycle"))
+    return (
+        (trainer.strategy.batch_to_device(batch, dataloader_idx=i), idx) for batch, idx, i in loader
+    )
+
+
+@contextlib.contextmanager
+def _muted(pl_module: pl.LightningModule) -> Any:
+    """``self.log`` and ``self.log_dict`` do nothing meanwhile: the batches that score
+    channels or re-estimate statistics are no training."""
+    mute = lambda *args, **kwargs: None  # noqa: E731
+    pl_module.log, pl_module.log_dict = mute, mute
+    try:
+        yield
+    finally:
+        del pl_module.log, pl_module.log_dict
 
 
 def _check_strategy(trainer: pl.Trainer) -> None:

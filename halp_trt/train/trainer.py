@@ -18,6 +18,7 @@ machinery's share of those iterations can be reported.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -126,10 +127,20 @@ BN_SETTLE_ITERATIONS = 30
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Any, batches: int, device: Any) -> int:
+def recalibrate_bn(
+    model: nn.Module,
+    loader: Any,
+    batches: int,
+    device: Any,
+    *,
+    forward: Callable[[Any], Any] | None = None,
+) -> int:
     """Re-estimate the running mean and variance of every BatchNorm of ``model`` that
     tracks them, as the plain average over the first ``batches`` minibatches of
     ``loader`` run through the model in training mode (no gradients, weights untouched).
+    ``forward`` runs the model on one item of ``loader`` (default: ``model(x)`` on the
+    item's first element, moved to ``device``); a loader that yields nothing leaves the
+    statistics as they were.
 
     The running averages of training trail the weights by about ten iterations; after
     a pruning step they also mix statistics of the channels it removed. Under
@@ -146,9 +157,14 @@ def recalibrate_bn(model: nn.Module, loader: Any, batches: int, device: Any) -> 
         for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
     ]
-    if not norms or batches <= 0 or len(loader) == 0:
+    if not norms or batches <= 0 or (hasattr(loader, "__len__") and len(loader) == 0):
         return 0
-    saved = [(m, m.momentum) for m in norms]
+    if forward is None:
+
+        def forward(item: Any) -> Any:
+            return model(item[0].to(device, non_blocking=True))
+
+    saved = [(m, m.momentum, copy.deepcopy(m.state_dict())) for m in norms]
     was_training = model.training
     used = 0
     try:
@@ -156,14 +172,16 @@ def recalibrate_bn(model: nn.Module, loader: Any, batches: int, device: Any) -> 
             m.reset_running_stats()
             m.momentum = None  # a cumulative average over the minibatches
         model.train()
-        for x, _ in loader:
+        for item in loader:
             if used >= batches:
                 break
-            model(x.to(device, non_blocking=True))
+            forward(item)
             used += 1
     finally:
-        for m, momentum in saved:
+        for m, momentum, state in saved:
             m.momentum = momentum
+            if not used:  # nothing seen (or the first batch failed): as they were
+                m.load_state_dict(state)
         model.train(was_training)
     if is_distributed():
         import torch.distributed as dist
@@ -365,8 +383,6 @@ class Trainer:
         in order), as the model will have them at the end; None when ``bn_batches`` is 0.
         The training is left exactly as it was: the model, its statistics and every random
         generator (the copy's pass is made under a forked RNG state)."""
-        import copy
-
         from torch.utils.data import DataLoader
 
         if not self.config.bn_batches:

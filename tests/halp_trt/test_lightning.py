@@ -227,6 +227,59 @@ def test_a_short_fit_under_a_gradient_scaler_calibrates_in_full_precision(table)
     assert halp.pruner.keep == direct.keep
 
 
+def bn_stats(module):
+    return [
+        (m.running_mean.clone(), m.running_var.clone())
+        for m in module.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_slim_module(table):
+    """``bn_batches=3``: after slimming, the running statistics are the plain average
+    over the first 3 training batches through ``training_step`` (logging muted, no
+    gradient), what ``recalibrate_bn`` gives on the same batches; the weights are those of
+    the same fit without it."""
+    from halp_trt.train import recalibrate_bn
+
+    def fit(bn_batches):
+        model = Counted()
+        halp = HALPCallback(table, "0.6x", steps=30, bn_batches=bn_batches)
+        with pytest.warns(UserWarning, match="pruning once before training"):
+            trainer([halp], max_epochs=2).fit(model, loader(5))
+        return model
+
+    plain, precise = fit(0), fit(3)
+    assert plain.calls == 5 + 10 and precise.calls == 5 + 10 + 3
+    for a, b in zip(plain.state_dict().items(), precise.state_dict().items()):
+        assert a[0] == b[0]
+        if not a[0].endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(a[1], b[1]), a[0]
+    twin = copy.deepcopy(plain.net)
+    assert recalibrate_bn(twin, loader(5), 3, torch.device("cpu")) == 3
+    for (mean, var), (want_mean, want_var), (old_mean, _) in zip(
+        bn_stats(precise.net), bn_stats(twin), bn_stats(plain.net)
+    ):
+        torch.testing.assert_close(mean, want_mean)
+        torch.testing.assert_close(var, want_var)
+        assert not torch.allclose(mean, old_mean)
+
+
+def test_recalibrate_bn_over_an_empty_iterable_leaves_the_statistics():
+    from halp_trt.train import recalibrate_bn
+
+    model = Classifier().net
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_()
+                m.num_batches_tracked += 7
+    before = copy.deepcopy(model.state_dict())
+    assert recalibrate_bn(model, iter(()), 4, torch.device("cpu")) == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 @pytest.mark.parametrize("returns", ["", "manual"])
 def test_a_calibration_it_cannot_score_is_one_line(table, returns):
     model = Counted(returns=returns)
@@ -266,6 +319,14 @@ def test_missing_example_input_is_a_one_line_user_error(table):
 def test_bad_settings_are_refused_before_any_fit(table):
     with pytest.raises(TypeError, match="interal"):
         HALPCallback(table, "0.6x", interal=4)
+    with pytest.raises(UserError, match="HALPCallback.bn_batches must be an integer >= 0, not -1"):
+        HALPCallback(table, "0.6x", bn_batches=-1)
+    model = Counted()
+    model.automatic_optimization = False
+    halp = HALPCallback(table, "0.6x", steps=2, interval=2, short_run="train", bn_batches=4)
+    with pytest.raises(UserError, match="bn_batches=0") as info:
+        trainer([halp]).fit(model, loader(5))
+    assert "\n" not in str(info.value) and model.calls == 0
     with pytest.raises(UserError, match="steps must be an integer >= 1") as info:
         HALPCallback(table, "0.6x", steps=0)
     assert "\n" not in str(info.value)
@@ -327,7 +388,9 @@ gen = torch.Generator().manual_seed(1)
 data = torch.utils.data.TensorDataset(
     torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 10, (64,), generator=gen)
 )
-halp = HALPCallback(table, "0.6x", plan_path=os.path.join(out, "plan.json"), **schedule)
+halp = HALPCallback(
+    table, "0.6x", plan_path=os.path.join(out, "plan.json"), bn_batches=3, **schedule
+)
 model = Classifier()
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[halp],
@@ -342,6 +405,8 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         "iterations": [r.iteration for r in halp.pruner.history],
         "global_step": trainer.global_step,
         "shapes": {n: list(p.shape) for n, p in model.named_parameters()},
+        "bn": [m.running_var.tolist() for m in model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)],
     }, f)
 """
 
@@ -368,4 +433,8 @@ def test_two_ddp_ranks_prune_identically(table, tmp_path, mode, iterations):
     assert ranks[0]["iterations"] == ranks[1]["iterations"] == iterations
     assert ranks[0]["keep"] == ranks[1]["keep"]
     assert ranks[0]["shapes"] == ranks[1]["shapes"]
+    # statistics re-estimated on each rank's shard, then averaged over the ranks
+    assert len(ranks[0]["bn"]) == len(ranks[1]["bn"]) == 9
+    for a, b in zip(ranks[0]["bn"], ranks[1]["bn"]):
+        assert a == pytest.approx(b, rel=1e-6)
     assert PrunePlan.load(tmp_path / "plan.json").check["passed"]
