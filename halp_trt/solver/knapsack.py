@@ -34,7 +34,11 @@ cannot see that product, so the cost of a group is modelled around reference wid
     ``HOMOTOPY_STEPS``, about ``HOMOTOPY_RATIO`` each), re-expanding around each step's
     plan; then the knapsack is solved again around its own answer until the widths stop
     changing (a fixed point, where the model equals the exact sum), a plan repeats, or
-    ``MAX_SOLVES`` is reached.
+    ``MAX_SOLVES`` is reached. An iteration that has met no plan within the budget after
+    ``TIGHTEN_AFTER`` solves (each re-expansion's plan drifting a few percent over it)
+    stops re-expanding and tightens the knapsack's budget by each overshoot, as the
+    one-sided model does: without that it could end with nothing within the budget and
+    return every group at its minimum (a fifth of the latency asked for, where half was).
 
 Either way the final plan's latency is computed exactly from every layer's widths via
 the table (plus the table's overhead term); if it exceeds the budget, the knapsack's
@@ -65,6 +69,9 @@ MAX_SOLVES = 20
 #: this many steps, each lowering the budget by about this factor.
 HOMOTOPY_STEPS = 5
 HOMOTOPY_RATIO = 1.25
+#: Solves after which a joint iteration that has found no plan within the budget stops
+#: re-expanding and tightens the knapsack's budget by each overshoot instead.
+TIGHTEN_AFTER = 10
 
 
 class TableLike(Protocol):
@@ -449,10 +456,13 @@ def solve_budget(
         exact = net.latency(counts)
         found.append((pick, exact, model_ms))
         over = exact - budget_ms
-        if cost_model == "one-sided":
+        stuck = solves >= TIGHTEN_AFTER and not any(e <= budget_ms for _, e, _ in found)
+        if cost_model == "one-sided" or stuck:
             if over <= 0:
                 break
-            # Tighten by the overshoot (and a hair more, so progress is certain).
+            # Tighten by the overshoot (and a hair more, so progress is certain). A joint
+            # iteration that re-expanded this long without meeting the budget (each
+            # expansion's plan drifting over it) keeps its expansion from here on.
             offset += over + 1e-9 * max(1.0, abs(budget_ms))
             continue
         if over <= 0 and counts == ref:
