@@ -36,7 +36,9 @@ comes before those epochs):
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-abs-calib``, ``halp-taylor-weights-calib``,
   ``halp-taylor-weights-norm-calib``, ``halp-taylor-weights-mean-calib`` (each
-  channel's terms averaged over its layers, :func:`terms_averaged`): halp-trt's plan
+  channel's terms averaged over its layers, :func:`terms_averaged`),
+  ``halp-taylor-weights-root-calib`` (summed, over the square root of their count,
+  :func:`terms_root`): halp-trt's plan
   (the criterion, the knapsack on the measured table, the floor, the feedback) on
   Torch-Pruning's path: scored on the dense model over the same training batches
   Torch-Pruning's Taylor takes its gradients from, no weight updated, and pruned
@@ -210,6 +212,7 @@ METHODS = (
     "halp-taylor-weights-calib",
     "halp-taylor-weights-norm-calib",
     "halp-taylor-weights-mean-calib",
+    "halp-taylor-weights-root-calib",
     "halp-taylor-weights-calib4",
     "halp-taylor-weights-calib-steps",
     "halp-taylor-abs-calib16",
@@ -379,6 +382,31 @@ def terms_averaged(name: str) -> type:
 
     TermsAveraged.__qualname__ = TermsAveraged.__name__ = f"TermsAveraged_{name}"
     return TermsAveraged
+
+
+def terms_root(name: str) -> type:
+    """Criterion ``name`` with each channel's summed terms divided by the square root of
+    their count: between the sum (:func:`terms_averaged` measured it over-valuing a
+    stream channel where little is cut, so the plan keeps the streams and cuts the
+    expansions) and the mean (under-valuing it where half the latency goes, so every
+    stream from 64 channels on goes to its floor). A channel coupling ``k`` layers of
+    like terms scores ``sqrt(k)`` times one layer's, as ``taylor-l2`` would on signed
+    terms of independent sign."""
+    from halp_trt.importance import get_importance
+
+    class TermsRoot(get_importance(name)):  # type: ignore[valid-type, misc]
+        def scores(self) -> dict[int, np.ndarray]:
+            out = super().scores()
+            start = 0
+            for group, size in zip(self.groups, self._sizes):
+                out[group.id] = out[group.id] / np.sqrt(
+                    self._terms_per_channel[start : start + size]
+                )
+                start += size
+            return out
+
+    TermsRoot.__qualname__ = TermsRoot.__name__ = f"TermsRoot_{name}"
+    return TermsRoot
 
 
 def layer_weighted(name: str) -> type:
@@ -1464,6 +1492,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
         "halp-taylor-weights-mean-calib": (terms_averaged("taylor-weights"), n, 1),
+        "halp-taylor-weights-root-calib": (terms_root("taylor-weights"), n, 1),
         "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),
         "halp-taylor-weights-calib-steps": ("taylor-weights", n, args.steps),
         "halp-taylor-abs-calib16": ("taylor-abs", 2 * n, 1),

@@ -493,27 +493,29 @@ def test_layer_weighted_scores_average_the_terms_each_channel_sums(pareto):
         assert s.mean() == pytest.approx(terms[gid])
 
 
-def test_terms_averaged_divides_each_channel_by_the_layers_it_couples(pareto):
+@pytest.mark.parametrize("factory, power", [("terms_averaged", 1.0), ("terms_root", 0.5)])
+def test_terms_reduced_divide_each_channel_by_the_layers_it_couples(pareto, factory, power):
     """``halp-taylor-weights-mean-calib``'s criterion: ``taylor-weights`` with each
     channel's terms averaged over the layers that write and read it (the stream: the stem
-    and conv2 write it, conv1 and fc read it; the inner width: conv1 writes, conv2 reads)."""
+    and conv2 write it, conv1 and fc read it; the inner width: conv1 writes, conv2 reads);
+    ``-root-calib``'s: the summed terms over the square root of that count."""
     from halp_trt.graph import ChannelGraph
     from halp_trt.importance import get_importance
 
     torch.manual_seed(0)
     net, x = _Residual(), torch.randn(4, 3, 8, 8)
     graph = ChannelGraph(net, x)
-    averaged = pareto.terms_averaged("taylor-weights")(graph)
+    reduced = getattr(pareto, factory)("taylor-weights")(graph)
     summed = get_importance("taylor-weights")(graph)
     nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
-    averaged.accumulate()
+    reduced.accumulate()
     summed.accumulate()
-    got, base = averaged.scores(), summed.scores()
+    got, base = reduced.scores(), summed.scores()
     layers = {g.id: 4 if g.size == 8 else 2 for g in graph.prunable}
     assert sorted(g.size for g in graph.prunable) == [8, 16]
     for gid, s in got.items():
         assert (base[gid] > 0).all()
-        assert s == pytest.approx(base[gid] / layers[gid])
+        assert s == pytest.approx(base[gid] / layers[gid] ** power)
 
 
 def test_concave_weights_make_a_groups_value_2r_minus_r_squared(pareto):
