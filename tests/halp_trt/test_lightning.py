@@ -210,7 +210,8 @@ def test_short_fit_prunes_before_training_with_its_training_step(table):
 def test_a_short_fit_under_a_gradient_scaler_calibrates_in_full_precision(table):
     """Under 16-mixed the scored batches run outside autocast, as halp-trt's trainer
     scores them (an fp16 backward without the scaler's factor can underflow), and the
-    plan is the full-precision one; training then runs under autocast."""
+    plan is the full-precision one; training then runs under autocast, and so does the
+    BatchNorm re-estimation at the end (the statistics as training computes them)."""
     from lightning.pytorch.plugins import MixedPrecision
 
     from halp_trt.prune import Pruner
@@ -220,10 +221,11 @@ def test_a_short_fit_under_a_gradient_scaler_calibrates_in_full_precision(table)
                     schedule="oneshot", calibration_batches=5)  # fmt: skip
     direct.calibrate(iter(loader(5)))
     amp = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    halp = HALPCallback(table, "0.6x", steps=30)
+    halp = HALPCallback(table, "0.6x", steps=30, bn_batches=2)
     with pytest.warns(UserWarning, match="pruning once before training"):
         trainer([halp], max_epochs=2, plugins=[amp]).fit(model, loader(5))
-    assert model.autocast == [False] * 5 + [True] * 10
+    # scored in fp32, trained under autocast, statistics re-estimated as trained
+    assert model.autocast == [False] * 5 + [True] * 10 + [True] * 2
     assert halp.pruner.keep == direct.keep
 
 
