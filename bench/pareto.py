@@ -395,15 +395,11 @@ def terms_root(name: str) -> type:
     from halp_trt.importance import get_importance
 
     class TermsRoot(get_importance(name)):  # type: ignore[valid-type, misc]
-        def scores(self) -> dict[int, np.ndarray]:
-            out = super().scores()
-            start = 0
-            for group, size in zip(self.groups, self._sizes):
-                out[group.id] = out[group.id] / np.sqrt(
-                    self._terms_per_channel[start : start + size]
-                )
-                start += size
-            return out
+        mean_terms = True  # divided by the count's square root instead of the count
+
+        def __init__(self, graph: Any) -> None:
+            super().__init__(graph)
+            self._terms_per_channel = np.sqrt(self._terms_per_channel)
 
     TermsRoot.__qualname__ = TermsRoot.__name__ = f"TermsRoot_{name}"
     return TermsRoot
