@@ -124,6 +124,11 @@ def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, 
 #: model errs most). A floor of 0.3 gave 0.95 at the same predicted latency; at 0.5x and
 #: 0.7x the floor hardly binds. See the README's "Accuracy against measured latency".
 DEFAULT_MIN_KEEP = 0.3
+#: The last step warns when its plan lands more than this fraction under the target
+#: (measured, with feedback; else as the table predicts it): a model far faster than
+#: asked has given up accuracy the budget had room for (coarse bundles that jump past
+#: the target, or a solver that found nothing nearer).
+LANDING_WARN = 0.1
 
 
 class Pruner:
@@ -604,6 +609,8 @@ class Pruner:
         tries: list[tuple[float, float, float]] = []
         if self.feedback is not None:
             plan, measured, halfwidth = self._feedback(scores, plan, tries)
+        if self.steps_done == self.steps:
+            self._warn_far_below(plan, budget_ms, measured, len(tries))
         self._apply(plan)
         self.importance.reset()
         elapsed = time.perf_counter() - t0
@@ -624,6 +631,30 @@ class Pruner:
         )
         self.history.append(record)
         return record
+
+    def _warn_far_below(
+        self, plan: Any, budget_ms: float, measured: float | None, tries: int
+    ) -> None:
+        """Warn when the last step's plan lands more than :data:`LANDING_WARN` under its
+        budget: measured against the unpruned model if it was, else as the table
+        (corrected by the last measurement's error) predicts it."""
+        goal = budget_ms / self.base_ms
+        if measured is not None:
+            landed, how = measured, f"measures {measured:.3f}x"
+            why = f"the nearest of {tries} plan(s) measured"
+        else:
+            landed = float(plan.predicted_ms) * self.latency_error / self.base_ms
+            how, why = f"is predicted at {landed:.3f}x", "the nearest plan the solver found"
+        if landed >= goal * (1 - LANDING_WARN):
+            return
+        warnings.warn(
+            f"the last pruning step's plan {how} of the unpruned model's latency, "
+            f"{1 - landed / goal:.0%} under the target {goal:.3f}x ({why}): the model is "
+            "faster than asked and may have cut channels the budget had room for; a "
+            "table on a finer grid (lut-builder build --step) or smaller bundles "
+            "(--bundle) can land nearer",
+            stacklevel=4,
+        )
 
     def _solve_on_rank0(
         self, scores: Mapping[int, np.ndarray], budget_ms: float, clamp: bool = False

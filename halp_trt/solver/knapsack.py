@@ -50,6 +50,7 @@ its result chose the default (see ``bench/results/cost_model_*.json``).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,6 +73,10 @@ HOMOTOPY_RATIO = 1.25
 #: Solves after which a joint iteration that has found no plan within the budget stops
 #: re-expanding and tightens the knapsack's budget by each overshoot instead.
 TIGHTEN_AFTER = 10
+#: Falling back to every group at its minimum (nothing the cost model proposed was within
+#: the budget) warns when that leaves more than this fraction of the budget unspent: a
+#: plan far faster than asked has given up importance the budget had room for.
+FALLBACK_WARN = 0.1
 
 
 class TableLike(Protocol):
@@ -489,6 +494,14 @@ def solve_budget(
     else:  # nothing the model proposed fit: every group at its minimum does
         pick = tuple(least)
         exact, model_ms = min_ms, min_ms
+        if min_ms < budget_ms * (1 - FALLBACK_WARN):
+            warnings.warn(
+                f"the knapsack found no plan within the budget in {solves} solves "
+                f"(the {cost_model} cost model's plans all over it); returning every group "
+                f"at its minimum width, {min_ms / budget_ms:.2f} of the budget "
+                f"({min_ms:.4g} of {budget_ms:.4g} ms)",
+                stacklevel=2,
+            )
 
     counts = counts_of(pick)
     keep: dict[int, tuple[int, ...]] = {gid: tuple(kept) for gid, kept in live.items()}

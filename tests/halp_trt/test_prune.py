@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -384,6 +385,55 @@ def test_feedback_past_what_the_table_allows_prunes_to_the_smallest_plan(table):
     assert len(records) == 2 and records[-1].measured_ratio > 0.6
     smallest = pruner._solve({g.id: np.ones(g.size) for g in pruner.graph.prunable}, 0, clamp=True)
     assert records[-1].predicted_ms == pytest.approx(smallest.predicted_ms)
+
+
+def test_a_last_plan_measured_far_under_the_target_warns(table):
+    # A table 40% pessimistic about every pruned model: even the widest plan the
+    # re-solves reach measures far under the target. The plan stands (it is within the
+    # target), and the pruner says how far under it landed.
+    from halp_trt.prune.pruner import LANDING_WARN
+
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, feedback=Biased(table, x, 0.6))
+    with pytest.warns(UserWarning, match=r"plan measures 0\.\d+x of the unpruned") as seen:
+        last = run_schedule(pruner, model)[-1]
+    assert last.measured_ratio < 0.7 * (1 - LANDING_WARN)
+    message = str(seen[0].message)
+    assert f"{last.measured_ratio:.3f}x" in message and "under the target 0.700x" in message
+    assert f"the nearest of {len(last.feedback_tries)} plan(s) measured" in message
+    # Landing within the window says nothing.
+    model, x = fresh()
+    near = Pruner(model, x, table, "0.7x", steps=1, interval=2, feedback=Biased(table, x, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_schedule(near, model)[-1].measured_ratio >= 0.7 * (1 - LANDING_WARN)
+
+
+def test_a_last_plan_predicted_far_under_the_target_warns(table, monkeypatch):
+    # Without feedback the warning reads the table's prediction. Here the knapsack's cost
+    # model drifts (underestimating a little differently at every solve) and never
+    # tightens, as the solver did before it tightened: it falls back to every group at
+    # its minimum, and both the solver and the pruner say so.
+    from halp_trt.solver import knapsack
+
+    group_costs, calls = knapsack._group_costs, [0]
+
+    def drifting(net, choices, ref, cost_model):
+        costs, constant = group_costs(net, choices, ref, cost_model)
+        calls[0] += 1
+        return [c * (0.9 - 0.005 * calls[0]) for c in costs], constant
+
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, min_keep=0, importance="l2")
+    monkeypatch.setattr(knapsack, "_group_costs", drifting)
+    monkeypatch.setattr(knapsack, "TIGHTEN_AFTER", knapsack.MAX_SOLVES + 1)
+    with pytest.warns(UserWarning) as seen:
+        run_schedule(pruner, model)
+    messages = [str(w.message) for w in seen]
+    assert any("no plan within the budget" in m for m in messages)
+    landing = [m for m in messages if "last pruning step's plan is predicted at" in m]
+    ratio = pruner.plan.predicted_ms / pruner.base_ms
+    assert len(landing) == 1 and f"{ratio:.3f}x" in landing[0] and ratio < 0.63
 
 
 def test_feedback_that_returns_no_ratio_is_an_error(table):

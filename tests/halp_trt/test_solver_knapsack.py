@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -187,10 +188,21 @@ def test_a_joint_iteration_that_keeps_drifting_over_the_budget_tightens(r20, mon
     monkeypatch.setattr(knapsack, "_group_costs", drifting)
     table = FakeTable()
     budget = 0.4 * full_ms(r20, table)
-    plan = solve_budget(r20, table, random_scores(r20), budget, cost_model="joint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fall back to the minimum, so no warning
+        plan = solve_budget(r20, table, random_scores(r20), budget, cost_model="joint")
     # Without the tightening: 20 solves over the budget, then the minimum (0.67 of it).
     assert budget * 0.9 <= plan.predicted_ms <= budget
     assert knapsack.TIGHTEN_AFTER < plan.solves < knapsack.MAX_SOLVES
+
+    # The loop as it was (never tightening): the fall back to every group's minimum
+    # happens, and it says so instead of returning a plan far under the budget silently.
+    calls[0] = 0
+    monkeypatch.setattr(knapsack, "TIGHTEN_AFTER", knapsack.MAX_SOLVES + 1)
+    with pytest.warns(UserWarning, match=r"no plan within the budget in 20 solves") as seen:
+        least = solve_budget(r20, table, random_scores(r20), budget, cost_model="joint")
+    assert least.predicted_ms < 0.9 * budget
+    assert f"{least.predicted_ms / budget:.2f} of the budget" in str(seen[0].message)
 
 
 def test_negative_overhead_is_part_of_the_prediction(r20):
