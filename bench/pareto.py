@@ -137,7 +137,11 @@ measuring should pay most.
 Bad input (unknown method, a target at or above 1x, a data spec the model cannot take,
 an output that cannot be written) stops it with one line and exit code 2 before any
 training. A method that fails on one seed is recorded as failed with its error and the
-bench goes on. The JSON and the plot are rewritten after every seed and target.
+bench goes on. The JSON and the plot are rewritten after every seed and target. A run
+that a defect since fixed produced can be set aside in a committed result without
+rewriting its figures: its ``status`` becomes ``"excluded"``, with ``"excluded"`` saying
+why; the summary counts it apart, and bench/pareto_pool.py, bench/pareto_pairs.py and
+every other reader of these files take only ``"ok"`` runs.
 
 ``--keep`` adds the seeds run to the result already in ``--out`` (same settings
 otherwise; a seed run again replaces its old runs), so seeds can be run apart.
@@ -796,6 +800,10 @@ def paired_interval(diffs: list[float], level: float = 0.95) -> dict[str, Any]:
 #: The band a pruned model's measured latency must land in, over its target (issue
 #: target: 0.95-1.02); the summary counts the models inside it (``landed``).
 LANDING = (0.95, 1.02)
+#: The status of a run set aside after the fact (a run's ``status`` is ``"ok"`` or
+#: ``"failed"`` as written): one a defect since fixed produced, kept as it was measured
+#: with ``"excluded"`` saying why. Every tool here reads only ``"ok"`` runs.
+EXCLUDED = "excluded"
 
 
 def summarise(
@@ -815,11 +823,13 @@ def summarise(
         by_method = {}
         for m in methods:
             rs = [r for r in ok if r["target"] == t and r["method"] == m]
-            failed = [
-                r for r in runs if r["target"] == t and r["method"] == m and r["status"] != "ok"
-            ]
+            others = [r for r in runs if r["target"] == t and r["method"] == m]
+            failed = [r for r in others if r["status"] not in ("ok", EXCLUDED)]
+            excluded = sum(r["status"] == EXCLUDED for r in others)
             if not rs:
                 by_method[m] = {"n": 0, "failed": len(failed)}
+                if excluded:
+                    by_method[m]["excluded"] = excluded
                 continue
             acc = [r["val_acc"] for r in rs]
             ratio = [r["measured_ratio"] for r in rs]
@@ -838,6 +848,8 @@ def summarise(
                 ),
                 "method_s_mean": statistics.fmean(secs),
             }
+            if excluded:
+                by_method[m]["excluded"] = excluded
             before = [r["val_acc_before_bn"] for r in rs if "val_acc_before_bn" in r]
             if len(before) == len(rs):  # what re-estimating the BatchNorms gave
                 by_method[m]["val_acc_before_bn_mean"] = statistics.fmean(before)

@@ -204,6 +204,24 @@ def test_summary_counts_the_models_that_landed_within_the_band(pareto):
     got = pareto.summarise(runs, ["halp-taylor", "uniform"], ["0.5x"])["by_target"]["0.5x"]
     assert (got["halp-taylor"]["landed"], got["halp-taylor"]["n"]) == (3, 5)
     assert got["uniform"]["landed"] == 0
+    assert "excluded" not in got["halp-taylor"] and got["halp-taylor"]["failed"] == 0
+
+
+def test_a_run_set_aside_is_counted_apart_and_summarised_as_not_run(pareto):
+    # A committed run that a defect since fixed produced: "excluded", with why; its
+    # figures stay in the file and out of every mean, and it is not a failure.
+    def run(seed, acc, status="ok"):
+        return {
+            "status": status, "method": "halp-taylor", "target": "0.5x", "target_fraction": 0.5,
+            "seed": seed, "measured_ratio": 0.5, "val_acc": acc, "method_s": 1.0,
+        }  # fmt: skip
+
+    runs = [run(0, 0.9), run(1, 0.1, pareto.EXCLUDED), run(2, 0.8, "failed")]
+    got = pareto.summarise(runs, ["halp-taylor"], ["0.5x"])["by_target"]["0.5x"]["halp-taylor"]
+    assert (got["n"], got["failed"], got["excluded"]) == (1, 1, 1)
+    assert got["val_acc_mean"] == 0.9
+    alone = pareto.summarise(runs[1:2], ["halp-taylor"], ["0.5x"])["by_target"]["0.5x"]
+    assert alone["halp-taylor"] == {"n": 0, "failed": 0, "excluded": 1}
 
 
 def test_layer_shapes_are_the_layers_of_a_real_pass(pareto, monkeypatch):

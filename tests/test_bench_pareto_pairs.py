@@ -41,8 +41,9 @@ def test_pairs_join_runs_on_one_dense_model_and_nothing_else(tmp_path, capsys):
          run(1, "a", 0.70, target="0.3x")],  # no b at 0.3x: no pair
         {0: 0.85, 1: 0.84},
     )  # fmt: skip
-    # Seed 0 again on the same dense model: a's two runs are averaged (0.90, 0.94).
-    again = result([run(0, "a", 0.94)], {0: 0.85})
+    # Seed 0 again on the same dense model: a's two runs are averaged (0.90, 0.94); a run
+    # set aside after the fact (a defect's) is not.
+    again = result([run(0, "a", 0.94), run(0, "a", 0.10, status="excluded")], {0: 0.85})
     # Seed 2: b failed. Seed 0 on another dense model (another machine): its own key.
     other = result(
         [run(2, "a", 0.5), run(2, "b", 0.5, status="failed"),

@@ -42,6 +42,9 @@ def second():
             run(2, "tp-taylor", 0.48, 0.96), run(2, "tp-taylor+", 0.52, 0.98),
             run(2, "tp-l2", 0.50, 0.90, target="0.3x"),  # no reference there: no pair
             {**run(2, "uniform", 0.5, 0.5), "status": "failed"},
+            # Seed 3's reference set aside after the fact (a defect's plan): no pair.
+            {**run(3, "halp-taylor-abs", 0.2, 0.5), "status": "excluded", "excluded": "why"},
+            run(3, "tp-taylor", 0.45, 0.9),
         ]
     )  # fmt: skip
 
