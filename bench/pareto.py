@@ -93,6 +93,8 @@ comes before those epochs):
   ``halp-taylor-weights-calib`` on the MACs table (the ablation of what a short run
   ships);
 - ``halp-sp-lamp``: SP-LAMP scores, one-shot knapsack on the measured table;
+  ``halp-sp-lamp-calib`` the same scores on the dense model, pruned before training (the
+  path of ``halp-taylor-weights-calib``, above);
   ``halp-sp-lamp-exp`` the same scores in HALP's loop (exponential schedule, ``--steps``
   steps, feedback, floor), the schedule of ``halp-taylor-abs``: which of the two, the
   criterion or the schedule, makes them differ;
@@ -235,6 +237,7 @@ METHODS = (
     "halp-taylor-weights-macs-calib",
     "halp-sp-lamp",
     "halp-sp-lamp-exp",
+    "halp-sp-lamp-calib",
     "tp-l2",
     "tp-taylor",
     "tp-taylor16",
@@ -1509,6 +1512,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-calib-floor": ("taylor-weights", n, 1),
         "halp-taylor-weights-concave-calib": (concave_value("taylor-weights"), n, 1),
         "halp-taylor-weights-calib-first": ("taylor-weights", n, 1),
+        "halp-sp-lamp-calib": ("sp-lamp", n, 1),
     }
     variants = {  # method: how it departs from halp-taylor-weights-calib's path
         "halp-taylor-weights-macs-calib": "macs",  # solved on the MACs table

@@ -707,7 +707,7 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
         tmp_path, "--seeds", "0",
         "--methods", "halp-taylor-weights-calib,halp-taylor-weights-calib4,"
         "halp-taylor-weights-calib-steps,halp-taylor-abs-calib16,tp-taylor,tp-taylor16,"
-        "halp-taylor-weights-macs-calib,halp-taylor-weights-concave-calib",
+        "halp-taylor-weights-macs-calib,halp-taylor-weights-concave-calib,halp-sp-lamp-calib",
         "--reference", "halp-taylor-weights-calib", "--epochs", "1", "--steps", "3",
         "--pretrain-epochs", "1", "--step", "8", "--rounds", "3", "--no-feedback",
         "--min-keep", "0", "--out", str(out),
@@ -733,13 +733,17 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     macs = runs["halp-taylor-weights-macs-calib"]
     assert macs["status"] == "ok", macs.get("error")
     assert macs["calibration_batches"] == macs["minibatches"] == 8
-    assert tables == ["t_macs.db"] + ["t.db"] * 5, tables
+    assert tables == ["t_macs.db"] + ["t.db"] * 6, tables
     # -concave-calib: the same path and table, each group's value concave in its score
     concave = runs["halp-taylor-weights-concave-calib"]
     assert concave["status"] == "ok", concave.get("error")
     assert concave["calibration_batches"] == concave["minibatches"] == 8
     assert criteria.count("Concave_taylor-weights") == 1, criteria
     assert criteria.count("taylor-weights") == 4, criteria
+    # -sp-lamp-calib: SP-LAMP's scores on the same path (no gradient read)
+    lamp = runs["halp-sp-lamp-calib"]
+    assert lamp["status"] == "ok", lamp.get("error")
+    assert lamp["calibration_batches"] == 8 and criteria.count("sp-lamp") == 1, criteria
 
 
 def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
