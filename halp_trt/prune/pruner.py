@@ -645,8 +645,8 @@ class Pruner:
         else:
             landed = float(plan.predicted_ms) * self.latency_error / self.base_ms
             how, why = f"is predicted at {landed:.3f}x", "the nearest plan the solver found"
-        if landed >= goal * (1 - LANDING_WARN):
-            return
+        if landed >= goal * (1 - LANDING_WARN) or ddp.rank() != 0:
+            return  # within reach of the target; or a rank other than 0, with the same plan
         warnings.warn(
             f"the last pruning step's plan {how} of the unpruned model's latency, "
             f"{1 - landed / goal:.0%} under the target {goal:.3f}x ({why}): the model is "
@@ -729,11 +729,12 @@ class Pruner:
                     f"the timings of the plan spread too widely (median {measured:.3f}x, "
                     f"95% interval +-{halfwidth:.0%}); the machine is too busy to measure it"
                 )
-                warnings.warn(
-                    f"latency feedback at step {self.steps_done}: {why}, so the plan "
-                    "stands as the table predicts it",
-                    stacklevel=3,
-                )
+                if ddp.rank() == 0:  # every rank has the same plan: one warning
+                    warnings.warn(
+                        f"latency feedback at step {self.steps_done}: {why}, so the plan "
+                        "stands as the table predicts it",
+                        stacklevel=3,
+                    )
                 return plan, None, None
             self.latency_error = measured / predicted
             tried.append((measured, halfwidth, plan))

@@ -409,6 +409,24 @@ def test_a_last_plan_measured_far_under_the_target_warns(table):
         assert run_schedule(near, model)[-1].measured_ratio >= 0.7 * (1 - LANDING_WARN)
 
 
+def test_under_torchrun_only_rank_0_warns_of_a_plan_far_under_the_target(table, monkeypatch):
+    # Every rank holds the same plan and measurement: one warning, not one per rank.
+    from halp_trt.prune import distributed as ddp
+
+    model, x = fresh()
+    pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, feedback=Biased(table, x, 0.6))
+    with pytest.warns(UserWarning, match="under the target"):
+        last = run_schedule(pruner, model)[-1]
+    args = (pruner.plan, pruner.target_ms, last.measured_ratio, 1)
+    monkeypatch.setattr(ddp, "rank", lambda: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruner._warn_far_below(*args)
+    monkeypatch.setattr(ddp, "rank", lambda: 0)
+    with pytest.warns(UserWarning, match="under the target 0.700x"):
+        pruner._warn_far_below(*args)
+
+
 def test_a_last_plan_predicted_far_under_the_target_warns(table, monkeypatch):
     # Without feedback the warning reads the table's prediction. Here the knapsack's cost
     # model drifts (underestimating a little differently at every solve) and never
