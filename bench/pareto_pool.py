@@ -99,12 +99,13 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
                 joined[seed], dense_acc[seed] = [name], acc
         for r in runs:
             key = (int(r["seed"]), r["target"], r["method"])
-            if key in owner:
-                raise BenchError(
-                    f"seed {key[0]} is in {owner[key]} and {name} with {key[2]} at {key[1]} "
-                    "in both: it would be counted twice"
-                )
-            owner[key] = name
+            if _ok(r):  # a failed or excluded run is not counted, so not twice either
+                if key in owner:
+                    raise BenchError(
+                        f"seed {key[0]} is in {owner[key]} and {name} with {key[2]} at "
+                        f"{key[1]} in both: it would be counted twice"
+                    )
+                owner[key] = name
             every.append({**r, "seed": key[0]})
     for seed, names in sorted(joined.items()):
         if not any(r["method"] == reference for r in every if r["seed"] == seed):

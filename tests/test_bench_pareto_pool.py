@@ -113,6 +113,14 @@ def test_runs_of_one_seed_join_on_the_same_dense_model():
     assert got["neighbouring_plans"]["tp-taylor"]["pairs"] == 1
     with pytest.raises(pool.BenchError, match="with tp-taylor at 0.5x in both"):
         pool.pool([("a", dense(first(), 0.8)), ("b", tp)], "halp-taylor-abs")
+    # A run set aside (or failed) in one file and run again in another is counted once:
+    # the re-run's.
+    aside = [{**r, "status": "excluded"} if r["method"].startswith("tp") else r for r in runs]
+    again = pool.pool([("a", dense(result(aside), 0.8)), ("b", tp)], "halp-taylor-abs")
+    assert (
+        again["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"]
+        == (got["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"])
+    )
 
 
 @pytest.mark.parametrize(
