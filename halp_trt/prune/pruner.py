@@ -610,7 +610,7 @@ class Pruner:
         if self.feedback is not None:
             plan, measured, halfwidth = self._feedback(scores, plan, tries)
         if self.steps_done == self.steps:
-            self._warn_far_below(plan, budget_ms, measured, len(tries))
+            self._warn_far_below(plan, measured, len(tries))
         self._apply(plan)
         self.importance.reset()
         elapsed = time.perf_counter() - t0
@@ -632,21 +632,22 @@ class Pruner:
         self.history.append(record)
         return record
 
-    def _warn_far_below(
-        self, plan: Any, budget_ms: float, measured: float | None, tries: int
-    ) -> None:
-        """Warn when the last step's plan lands more than :data:`LANDING_WARN` under its
-        budget: measured against the unpruned model if it was, else as the table
-        (corrected by the last measurement's error) predicts it."""
-        goal = budget_ms / self.base_ms
+    def _warn_far_below(self, plan: Any, measured: float | None, tries: int) -> None:
+        """Warn (rank 0: every rank holds the same plan) when the last step's plan lands
+        more than :data:`LANDING_WARN` under the target (the last step's budget): measured
+        against the unpruned model if it was, else as the table (corrected by the last
+        measurement's error) predicts it."""
+        if ddp.rank() != 0:
+            return
+        goal = self.target_ms / self.base_ms
         if measured is not None:
             landed, how = measured, f"measures {measured:.3f}x"
             why = f"the nearest of {tries} plan(s) measured"
         else:
             landed = float(plan.predicted_ms) * self.latency_error / self.base_ms
             how, why = f"is predicted at {landed:.3f}x", "the nearest plan the solver found"
-        if landed >= goal * (1 - LANDING_WARN) or ddp.rank() != 0:
-            return  # within reach of the target; or a rank other than 0, with the same plan
+        if landed >= goal * (1 - LANDING_WARN):
+            return
         warnings.warn(
             f"the last pruning step's plan {how} of the unpruned model's latency, "
             f"{1 - landed / goal:.0%} under the target {goal:.3f}x ({why}): the model is "

@@ -417,7 +417,7 @@ def test_under_torchrun_only_rank_0_warns_of_a_plan_far_under_the_target(table, 
     pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, feedback=Biased(table, x, 0.6))
     with pytest.warns(UserWarning, match="under the target"):
         last = run_schedule(pruner, model)[-1]
-    args = (pruner.plan, pruner.target_ms, last.measured_ratio, 1)
+    args = (pruner.plan, last.measured_ratio, 1)
     monkeypatch.setattr(ddp, "rank", lambda: 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
