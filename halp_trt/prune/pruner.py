@@ -800,11 +800,12 @@ class Pruner:
         self._check_shapes()
         self._check_calibrated()
         if not self.done:
-            warnings.warn(
-                f"pruning schedule finished {self.steps_done} of {self.steps} steps; pruning "
-                "the rest now, straight to the target",
-                stacklevel=2,
-            )
+            if ddp.rank() == 0:  # every rank finalizes at the same step: one warning
+                warnings.warn(
+                    f"pruning schedule finished {self.steps_done} of {self.steps} steps; "
+                    "pruning the rest now, straight to the target",
+                    stacklevel=2,
+                )
             self._prune(self.target_ms)
             self.steps_done = self.steps
         self._masks.apply()
@@ -821,7 +822,7 @@ class Pruner:
         self.finalized = True
         if marks is not None:
             fresh = optim_state.carry(optimizer, slim, marks)
-            if fresh:
+            if fresh and ddp.rank() == 0:  # the same parameters on every rank
                 warnings.warn(
                     f"the optimizer's state of {len(fresh)} parameter(s) could not be carried "
                     f"through the removal and starts afresh: {', '.join(fresh[:5])}",

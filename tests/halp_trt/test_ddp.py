@@ -182,6 +182,64 @@ def test_a_measuring_criterion_under_two_gloo_ranks_ends_with_one_plan(tmp_path)
     assert a["curves"] != b["curves"]  # their own minibatches: agreement is the reduce's
 
 
+def _early_worker(rank: int, world: int, port: int, table_path: str, out_dir: str) -> None:
+    import warnings
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from halp_trt.prune import Pruner
+    from lut_builder import LatencyTable
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(0)
+        model = CifarResNet(8, 10, 3, width=16)
+        x = torch.randn(1, 3, 16, 16)
+        pruner = Pruner(
+            model, x, LatencyTable.open(table_path), "0.6x", importance="l1", steps=10, interval=5
+        )
+        # Adafactor's factored moments cannot be sliced with a pruned weight: the state of
+        # every pruned weight starts afresh, the second warning finalize can give.
+        opt = torch.optim.Adafactor(model.parameters(), lr=0.01)
+        gen = torch.Generator().manual_seed(100 + rank)
+        for _ in range(5):
+            opt.zero_grad()
+            xb = torch.randn(4, 3, 16, 16, generator=gen)
+            F.cross_entropy(model(xb), torch.randint(0, 10, (4,), generator=gen)).backward()
+            pruner.accumulate()
+            opt.step()
+            pruner.step()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            pruner.finalize(optimizer=opt)  # 1 of 10 steps done: the rest now
+        Path(out_dir, f"rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "warnings": [str(w.message) for w in seen],
+                    "keep": {str(g): list(k) for g, k in pruner.keep.items()},
+                }
+            )
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_finalize_warns_from_rank_0_only(tmp_path):
+    """Finalizing before the schedule ends, with optimizer state that cannot be carried:
+    every rank prunes alike, and the two warnings come once, from rank 0."""
+    _two_ranks(_early_worker, tmp_path)
+    a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert a["keep"] == b["keep"]
+    assert len(a["warnings"]) == 2, a["warnings"]
+    assert "finished 1 of 10 steps" in a["warnings"][0]
+    assert "could not be carried" in a["warnings"][1]
+    assert b["warnings"] == []
+
+
 @pytest.mark.slow
 def test_prune_command_under_torchrun_writes_one_result(tmp_path):
     """`torchrun --nproc_per_node 2 -m halp_trt prune ...` on CPU (gloo)."""
