@@ -23,7 +23,7 @@ Run under the benchmark lock::
     flock /tmp/halp-trt-bench.lock .venv/bin/python bench/cost_models.py \\
         --model halp_trt.models:resnet56 --input-shape 1,3,32,32
 
-Writes ``bench/results/cost_model_<model>_onnxruntime.json``.
+Writes ``bench/results/cost_model_<model>_onnxruntime.json`` (``--out``: elsewhere).
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds")
     p.add_argument("--scores", default="l2", help="importance criterion (no gradients)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default=None,
+        help="result JSON (default bench/results/cost_model_<model>_onnxruntime.json)",
+    )  # fmt: skip
     args = p.parse_args(argv)
 
     from halp_trt.graph import ChannelGraph
@@ -88,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model).eval()
     x = example_input(model, shape)
     tag = re.sub(r"[^A-Za-z0-9]+", "_", args.model.split(":")[-1]).strip("_")
-    out_json = ROOT / "bench/results" / f"cost_model_{tag}_onnxruntime.json"
+    out_json = (
+        Path(args.out)
+        if args.out
+        else ROOT / "bench/results" / f"cost_model_{tag}_onnxruntime.json"
+    )
 
     tmp = tempfile.TemporaryDirectory()
     build = None
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from lut_builder.fileio import atomic_write_json
 
     atomic_write_json(out_json, result, indent=1)
-    print(f"wrote {out_json.relative_to(ROOT)}")
+    print(f"wrote {out_json}")
     return 0
 
 

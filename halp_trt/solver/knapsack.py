@@ -36,15 +36,21 @@ cannot see that product, so the cost of a group is modelled around reference wid
     changing (a fixed point, where the model equals the exact sum), a plan repeats, or
     ``MAX_SOLVES`` is reached. An iteration that has met no plan within the budget after
     ``TIGHTEN_AFTER`` solves (each re-expansion's plan drifting a few percent over it)
-    stops re-expanding and tightens the knapsack's budget by each overshoot, as the
-    one-sided model does: without that it could end with nothing within the budget and
-    return every group at its minimum (a fifth of the latency asked for, where half was).
+    stops re-expanding and searches the knapsack's budget, as the one-sided model does:
+    without that it could end with nothing within the budget and return every group at
+    its minimum (a fifth of the latency asked for, where half was).
 
-Either way the final plan's latency is computed exactly from every layer's widths via
-the table (plus the table's overhead term); if it exceeds the budget, the knapsack's
-budget is tightened by the overshoot and it is solved again. Among all plans met, the
-best one within budget is returned. ``bench/cost_models.py`` compares the two models;
-its result chose the default (see ``bench/results/cost_model_*.json``).
+Either way each plan's latency is computed exactly from every layer's widths via the
+table (plus the table's overhead term). The one-sided model (and a joint iteration
+searching) then solves again at another knapsack budget: tightened by the overshoot
+while every plan is over the budget, loosened in proportion to the shortfall while every
+plan is under it (a single one-sided solve lands at 0.55-0.9 of the budget: its model
+overestimates whenever both sides of a layer shrink), interpolated between the largest
+knapsack budget whose plan fit and the smallest whose plan did not once both are known;
+until a plan lands within ``LOOSEN_WITHIN`` under the budget, the bracket is narrower
+than ``BRACKET_RESOLUTION`` or ``MAX_SOLVES`` is reached. Among all plans met, the best
+one within budget is returned. ``bench/cost_models.py`` compares the two models; its
+result chose the default (see ``bench/results/cost_model_*.json``).
 """
 
 from __future__ import annotations
@@ -73,6 +79,13 @@ HOMOTOPY_RATIO = 1.25
 #: Solves after which a joint iteration that has found no plan within the budget stops
 #: re-expanding and tightens the knapsack's budget by each overshoot instead.
 TIGHTEN_AFTER = 10
+#: A plan within the budget and less than this fraction under it ends the search of the
+#: knapsack's budget (the one-sided model, and a joint iteration tightening): further
+#: solves could gain at most this much latency to spend.
+LOOSEN_WITHIN = 0.005
+#: The search of the knapsack's budget stops when the budgets that fit and that did not
+#: are closer than this fraction of the budget: the knapsack's own discretisation.
+BRACKET_RESOLUTION = 1e-4
 #: Falling back to every group at its minimum (nothing the cost model proposed was within
 #: the budget) warns when that leaves more than this fraction of the budget unspent: a
 #: plan far faster than asked has given up importance the budget had room for.
@@ -335,6 +348,35 @@ def _alive(graph: Any, alive: Mapping[int, Sequence[int]] | None) -> dict[int, l
     return out
 
 
+def _next_room(
+    budget_ms: float,
+    under: tuple[float, float] | None,
+    above: tuple[float, float] | None,
+    room: float,
+    over: float,
+) -> float | None:
+    """The knapsack budget to solve at next, searching for the plan nearest under
+    ``budget_ms``: ``under`` and ``above`` are the (knapsack budget, exact latency) of the
+    largest budget whose plan fit and the smallest whose plan did not. Tightening alone
+    moves down by the overshoot (and a hair more, so that progress is certain);
+    loosening alone scales up by the shortfall (the one-sided model overestimates in
+    proportion); between the two, interpolated and kept off the ends. None: the bracket
+    is too narrow for another solve to find a different plan."""
+    hair = 1e-9 * max(1.0, abs(budget_ms))
+    if under is None:
+        return room - over - hair
+    lo, lo_ms = under
+    if above is None:
+        if lo_ms > 0 and lo > 0:
+            return lo * budget_ms / lo_ms
+        return lo + (budget_ms - lo_ms) + hair
+    hi, hi_ms = above
+    if hi - lo <= BRACKET_RESOLUTION * max(abs(budget_ms), hair):
+        return None
+    t = (budget_ms - lo_ms) / (hi_ms - lo_ms) if hi_ms > lo_ms else 0.5
+    return lo + min(0.9, max(0.1, t)) * (hi - lo)
+
+
 def solve_budget(
     graph: Any,
     table: Any,
@@ -454,21 +496,33 @@ def solve_budget(
                 ref = counts_of(pick)
     offset = 0.0
     seen: set[tuple[tuple[int, ...], float]] = set()
+    under: tuple[float, float] | None = None  # (knapsack budget, exact ms): largest that fit
+    above: tuple[float, float] | None = None  # smallest knapsack budget whose plan did not
     while solves < MAX_SOLVES:
-        pick, model_ms = solve(ref, budget_ms - offset)
+        room = budget_ms - offset
+        pick, model_ms = solve(ref, room)
         solves += 1
         counts = counts_of(pick)
         exact = net.latency(counts)
         found.append((pick, exact, model_ms))
         over = exact - budget_ms
         stuck = solves >= TIGHTEN_AFTER and not any(e <= budget_ms for _, e, _ in found)
-        if cost_model == "one-sided" or stuck:
+        if cost_model == "one-sided" or stuck or under is not None or above is not None:
+            # Search the knapsack's own budget, the expansion held (a joint iteration
+            # that re-expanded this long without meeting the budget keeps its expansion
+            # from here on): its plan's exact latency is what must fit.
             if over <= 0:
+                widest = all(k == len(ch.counts) - 1 for ch, k in zip(choices, pick))
+                if widest or exact >= budget_ms * (1 - LOOSEN_WITHIN):
+                    break  # near the budget, or every group keeps all it can
+                if under is None or room > under[0]:
+                    under = (room, exact)
+            elif above is None or room < above[0]:
+                above = (room, exact)
+            nxt = _next_room(budget_ms, under, above, room, over)
+            if nxt is None:
                 break
-            # Tighten by the overshoot (and a hair more, so progress is certain). A joint
-            # iteration that re-expanded this long without meeting the budget (each
-            # expansion's plan drifting over it) keeps its expansion from here on.
-            offset += over + 1e-9 * max(1.0, abs(budget_ms))
+            offset = budget_ms - nxt
             continue
         if over <= 0 and counts == ref:
             break  # a fixed point: the model is exact here
