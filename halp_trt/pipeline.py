@@ -755,13 +755,11 @@ class Pipeline:
 
     def build_report(self) -> dict[str, Any]:
         """Assemble ``report.json`` from the stages' outputs."""
-        import torch
-
         from lut_builder import LatencyTable
 
         from ._version import __version__
         from .graph import ChannelGraph
-        from .specs import example_input
+        from .specs import example_input, load_saved
 
         assert self.state is not None
         cfg = self.config
@@ -774,7 +772,7 @@ class Pipeline:
         pruning = plan.get("pruning", {})
         base = self._facts("baseline")
         shape = cfg.input_shape
-        pruned_model = torch.load(self._path("pruned/model.pt"), weights_only=False)
+        pruned_model = load_saved(self._path("pruned/model.pt"))
         pg = ChannelGraph(pruned_model, example_input(pruned_model, shape))
         b_ms = _median(verify.get("original"))
         p_ms = _median(verify.get("pruned"))

@@ -89,7 +89,7 @@ _WORD = re.compile(r"[A-Za-z_][\w.\-]*")
 
 def _resolve(spec: str) -> Any:
     if spec.endswith(_SAVED_SUFFIXES) and ":" not in Path(spec).name:
-        return _load_saved(Path(spec))
+        return load_saved(spec)
     if ":" not in spec:
         raise SpecError(
             f"model spec {spec!r} is not one of torchvision:NAME, timm:NAME, "
@@ -218,10 +218,29 @@ def _from_module(module_name: str, attr: str) -> Any:
     return getattr(module, attr)
 
 
-def _from_file(path: Path, attr: str) -> Any:
-    if not path.is_file():
-        raise SpecError(f"model file {str(path)!r} does not exist")
-    mod_name = f"_halp_user_model_{abs(hash(str(path.resolve())))}"
+#: A model file (``path/file.py:factory``) is imported as a module named after its
+#: resolved path, hex-encoded: classes defined there pickle under that name, so a model
+#: saved with ``torch.save`` names the file to import again when it is loaded in another
+#: process (:func:`load_saved`).
+FILE_MODULE_PREFIX = "_halp_user_model_"
+
+
+def _file_module_name(path: Path) -> str:
+    return FILE_MODULE_PREFIX + str(path.resolve()).encode("utf-8").hex()
+
+
+def _file_of_module(name: str) -> Path | None:
+    """The model file a module made by :func:`_from_file` came from (None: not one)."""
+    if not name.startswith(FILE_MODULE_PREFIX):
+        return None
+    try:
+        path = Path(bytes.fromhex(name[len(FILE_MODULE_PREFIX) :]).decode("utf-8"))
+    except ValueError:  # not hex, or not a path
+        return None
+    return path if path.is_absolute() else None
+
+
+def _import_file(path: Path, mod_name: str) -> Any:
     loader_spec = importlib.util.spec_from_file_location(mod_name, path)
     if loader_spec is None or loader_spec.loader is None:
         raise SpecError(f"cannot load {str(path)!r} as a Python file")
@@ -232,18 +251,60 @@ def _from_file(path: Path, attr: str) -> Any:
     except Exception as exc:
         del sys.modules[mod_name]
         raise SpecError(f"{str(path)!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _from_file(path: Path, attr: str) -> Any:
+    if not path.is_file():
+        raise SpecError(f"model file {str(path)!r} does not exist")
+    module = _import_file(path, _file_module_name(path))
     if not hasattr(module, attr):
         raise SpecError(f"{str(path)!r} defines no {attr!r}")
     return getattr(module, attr)
 
 
-def _load_saved(path: Path) -> Any:
+def unpickle_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=False)`` on the CPU, importing again any model file
+    (``path/file.py:factory``) whose classes the pickle names: a model pruned from a
+    model file loads in a new process while that file is where it was.
+
+    Raises:
+        SpecError: the pickle names a model file that is gone (one line naming it).
+        Exception: whatever ``torch.load`` raises otherwise.
+    """
     import torch
 
+    for _ in range(64):  # a file per distinct model file the pickle names
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            source = _file_of_module(exc.name or "")
+            if source is None or exc.name in sys.modules:
+                raise
+            if not source.is_file():
+                raise SpecError(
+                    f"{str(path)!r} holds a model whose classes are defined in "
+                    f"{str(source)!r}, which does not exist: put that file back, or save "
+                    "the model again from where it is now"
+                ) from None
+            _import_file(source, exc.name)
+    raise SpecError(f"{str(path)!r} names too many model files to import")
+
+
+def load_saved(path: str | Path) -> Any:
+    """A module saved with ``torch.save`` (see :func:`unpickle_file`).
+
+    Raises:
+        SpecError: the file is missing, is not such a module, or names a model file
+            that is gone.
+    """
+    path = Path(path)
     if not path.is_file():
         raise SpecError(f"model file {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return unpickle_file(path)
+    except SpecError:
+        raise
     except Exception as exc:
         raise SpecError(
             f"{str(path)!r} is not a module saved with torch.save: {type(exc).__name__}: {exc}"
@@ -319,7 +380,9 @@ def load_weights(model: Any, path: str | Path, spec: str = "the model") -> None:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as safe_exc:
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
+            blob = unpickle_file(path)
+        except SpecError:
+            raise
         except Exception:
             first = str(safe_exc).strip().splitlines()[0] if str(safe_exc).strip() else ""
             raise SpecError(

@@ -252,3 +252,55 @@ def test_load_weights_into_a_module(tmp_path):
     model = load_model(RESNET + ",num_classes=4")
     load_weights(model, path)
     assert torch.equal(model.fc.weight, trained.fc.weight)
+
+
+# -- a model defined in a file, saved and loaded again ----------------------------------
+
+CLASS_FILE = (
+    "import torch.nn as nn\n\n"
+    "class Net(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.conv = nn.Conv2d(3, 4, 3)\n\n"
+    "    def forward(self, x):\n"
+    "        return self.conv(x)\n\n"
+    "def make():\n"
+    "    return Net()\n"
+)
+
+
+def test_a_model_saved_from_a_file_loads_in_another_process(tmp_path):
+    """A pruned model keeps the classes of the file it was defined in: saved with
+    torch.save, it loads again in a new process (where the file was imported under no
+    name yet), as every later command does."""
+    import os
+    import subprocess
+
+    (tmp_path / "net.py").write_text(CLASS_FILE)
+    model = load_model(f"{tmp_path / 'net.py'}:make")
+    torch.save(model, tmp_path / "net.pt")
+    code = (
+        "import sys; from lut_builder.specs import load_model; "
+        "m = load_model(sys.argv[1]); print(type(m).__name__, m.conv.out_channels)"
+    )
+    for seed in ("1", "2"):  # the module's name must not depend on the process
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "net.pt")],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split() == ["Net", "4"]
+
+
+def test_a_saved_model_whose_file_is_gone_names_the_file(tmp_path, monkeypatch):
+    from lut_builder.specs import FILE_MODULE_PREFIX
+
+    (tmp_path / "net.py").write_text(CLASS_FILE)
+    torch.save(load_model(f"{tmp_path / 'net.py'}:make"), tmp_path / "net.pt")
+    (tmp_path / "net.py").rename(tmp_path / "moved.py")
+    for name in [n for n in sys.modules if n.startswith(FILE_MODULE_PREFIX)]:
+        monkeypatch.delitem(sys.modules, name)  # as in a new process
+    with pytest.raises(SpecError, match="defined in .*net.py', which does not exist") as err:
+        load_model(str(tmp_path / "net.pt"))
+    _one_line(err)
