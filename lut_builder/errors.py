@@ -23,6 +23,11 @@ class ShapeError(UserError):
     """An input shape that is malformed or does not fit the model."""
 
 
+class OutputError(UserError, OSError):
+    """An output file that cannot be written or replaced (an immutable file, a full disk):
+    one line in the command-line tools, an ``OSError`` (with its ``errno``) to a caller."""
+
+
 class ExportError(UserError):
     """A model that cannot be exported to a valid ONNX file."""
 

@@ -41,7 +41,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o64
 
     Raises:
         TypeError: ``data`` is neither bytes nor str (nothing is written).
-        OSError: the file cannot be written; ``path`` is left as it was.
+        OutputError: (an ``OSError``) the file cannot be written; ``path`` is left as it
+            was.
     """
     if isinstance(data, str):
         data = data.encode()
@@ -56,12 +57,17 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o64
             break
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise _output_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _output_error(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -89,9 +95,19 @@ def atomic_write_json(
 
     Raises:
         TypeError, ValueError: ``obj`` is not JSON-serialisable (nothing is written).
-        OSError: the file cannot be written; ``path`` is left as it was.
+        OutputError: (an ``OSError``) the file cannot be written; ``path`` is left as it
+            was.
     """
     return atomic_write(path, json.dumps(obj, indent=indent, default=default) + "\n", mode=mode)
+
+
+def _output_error(path: Path, exc: OSError) -> OSError:
+    """``exc`` as the one line a command ends with, still an ``OSError`` with its errno."""
+    from .errors import OutputError
+
+    err = OutputError(f"{str(path)!r} cannot be written: {exc.strerror or exc}")
+    err.errno = exc.errno
+    return err
 
 
 @contextmanager
@@ -108,15 +124,23 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     Raises:
         FileNotFoundError: the block finished without writing the temporary file.
+        OutputError: (an ``OSError``) the file was written but cannot replace ``path``
+            (an immutable file, a directory that forbids it).
     """
     path = Path(path)
     tmp = _temp_path(path)
     try:
         yield tmp
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    try:
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        raise  # the block wrote nothing
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _output_error(path, exc) from exc
 
 
 def check_output(

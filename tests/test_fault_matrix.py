@@ -174,6 +174,25 @@ def test_fault_is_one_line_exit_2_and_changes_nothing(cli_runner, workspace, too
     assert snapshot(workspace) == before, "a failing command changed or left files"
 
 
+def test_an_output_that_cannot_be_replaced_is_one_line(cli_runner, workspace, tmp_path):
+    """An immutable output file: the export's work is done, its rename fails; one line,
+    exit code 2, the file as it was and no temporary file left."""
+    target = tmp_path / "ro.onnx"
+    target.write_bytes(b"old")
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", target], capture_output=True).returncode:
+        pytest.skip("needs chattr +i (root, a file system with attributes)")
+    try:
+        args = [*EXPORT, "--no-parity", "--out", target]
+        result = run_cli(cli_runner, "halp_trt", *args, cwd=workspace)
+    finally:
+        subprocess.run([chattr, "-i", target], check=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert "cannot be written: Operation not permitted" in result.stderr
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["ro.onnx"]
+
+
 def test_a_second_run_on_a_locked_directory_stops(cli_runner, workspace, tmp_path):
     """A run directory is locked while a run works in it: another run stops at once."""
     import fcntl

@@ -89,3 +89,30 @@ def test_atomic_output_renames_on_success_and_cleans_up_on_failure(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_output(tmp_path / "never.png"):
         pass
     assert os.listdir(tmp_path) == ["plot.png"]
+
+
+@pytest.mark.parametrize("writer", ["atomic_write", "atomic_output"])
+def test_a_target_that_cannot_be_replaced_is_a_user_error(tmp_path, monkeypatch, writer):
+    """An immutable file or a directory that forbids the rename: one line for the
+    command-line tools, still an OSError with its errno to a caller; nothing left behind."""
+    import errno
+
+    from lut_builder.errors import OutputError, UserError
+
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+
+    def refused(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OutputError) as caught:
+        if writer == "atomic_write":
+            atomic_write(target, b"new")
+        else:
+            with atomic_output(target) as tmp:
+                tmp.write_bytes(b"new")
+    assert isinstance(caught.value, UserError) and isinstance(caught.value, OSError)
+    assert caught.value.errno == errno.EPERM
+    assert str(caught.value) == f"{str(target)!r} cannot be written: Operation not permitted"
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
