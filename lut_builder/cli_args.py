@@ -1,5 +1,6 @@
 """What both command-line tools share about arguments: a parser whose errors are one
-line, and argument types that name the flag when a number is out of range."""
+line, argument types that name the flag when a number is out of range, and the input
+files a command's output must not overwrite."""
 
 from __future__ import annotations
 
@@ -38,3 +39,24 @@ positive_int = _number(int, 1, False, "must be an integer >= 1")
 nonnegative_int = _number(int, 0, False, "must be an integer >= 0")
 #: ``type=`` for durations and sizes that must be > 0.
 positive_float = _number(float, 0.0, True, "must be a number > 0")
+
+
+#: The arguments whose value is a model spec; a spec may name a file (``file.py:NAME``,
+#: a saved ``.pt``, an ONNX file or an engine).
+_SPEC_FLAGS = ("model", "original", "pruned")
+#: The arguments whose value is a file the command reads.
+_FILE_FLAGS = ("weights", "lut", "onnx", "plan")
+
+
+def input_files(args: argparse.Namespace) -> dict[str, str | None]:
+    """The files ``args`` name for reading, by flag (None where not given): the model
+    specs' files, ``--weights``, ``--lut``, ``--onnx``, ``--plan`` and the file of
+    ``--data npz:PATH``. What :func:`lut_builder.fileio.check_output` keeps an output
+    from overwriting."""
+    from .specs import spec_file
+
+    found = {f"--{flag}": spec_file(getattr(args, flag, None)) for flag in _SPEC_FLAGS}
+    found.update({f"--{flag}": getattr(args, flag, None) for flag in _FILE_FLAGS})
+    kind, _, path = (getattr(args, "data", None) or "").partition(":")
+    found["--data"] = path if kind == "npz" else None
+    return found

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def check_output(
-    path: str | os.PathLike, *, kind: str = "file", flag: str = "--out", parents: bool = False
+    path: str | os.PathLike,
+    *,
+    kind: str = "file",
+    flag: str = "--out",
+    parents: bool = False,
+    inputs: Mapping[str, str | os.PathLike | None] | None = None,
 ) -> Path:
     """Check, before any work, that an output can be written where the user asked.
 
@@ -153,31 +158,44 @@ def check_output(
 
     Args:
         path: the output.
-        kind: ``"file"`` (a file is written there: it may exist as a file, not as a
-            directory) or ``"dir"`` (a directory is written or filled there: it may
-            exist as a directory, not as a file).
+        kind: ``"file"`` (a file is written there: it may exist as a regular file, not
+            as a directory, a device or a FIFO) or ``"dir"`` (a directory is written or
+            filled there: it may exist as a directory, not as a file).
         flag: how the user named it, for the message.
         parents: missing parent directories will be created (``mkdir -p``): the
             nearest existing one must be a writable directory.
+        inputs: the files the command reads, by the flag that names them (None where
+            not given): the output must be none of them.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        UserError: the path exists as the other kind, its parent directory does not
-            exist (or is not a directory), or the directory it would be written in is
-            not writable.
+        UserError: the path is empty, exists as the other kind (or as a special file),
+            names a directory (a trailing separator) where a file is written, is one of
+            ``inputs``, its parent directory does not exist (or is not a directory), or
+            the directory it would be written in is not writable.
     """
     from .errors import UserError
 
     if kind not in ("file", "dir"):
         raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
+    text = str(os.fspath(path))
+    if not text:
+        raise UserError(f"{flag} must be a non-empty string")
     path = Path(path)
     shown = f"{flag} {str(path)!r}"
     if kind == "file" and path.is_dir():
         raise UserError(f"{shown} is a directory; give a file name")
+    if kind == "file" and text.endswith(tuple(filter(None, ("/", os.sep, os.altsep)))):
+        raise UserError(f"{flag} {text!r} ends in a separator, so it names a directory; give a file name")  # fmt: skip
+    if kind == "file" and path.exists() and not path.is_file():
+        raise UserError(f"{shown} exists and is not a regular file")
     if kind == "dir" and path.exists() and not path.is_dir():
         raise UserError(f"{shown} exists and is not a directory")
+    for name, source in (inputs or {}).items():
+        if source and path.exists() and os.path.isfile(source) and os.path.samefile(path, source):
+            raise UserError(f"{shown} is one of the inputs ({name}); choose another path")
     parent = path.absolute().parent
     while parents and not parent.exists() and parent != parent.parent:
         parent = parent.parent

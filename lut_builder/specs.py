@@ -87,6 +87,18 @@ _SPLIT = re.compile(r":([A-Za-z_][\w.]*)(?:,|$)")
 _WORD = re.compile(r"[A-Za-z_][\w.\-]*")
 
 
+def spec_file(spec: str | None) -> str | None:
+    """The file a model spec is read from: the saved module, or the ``.py`` file of
+    ``path/file.py:factory`` (None for a module name, torchvision or timm). For the
+    checks that an output is not one of a command's inputs."""
+    spec = (spec or "").strip()
+    match = _SPLIT.search(spec)
+    if spec.endswith(_SAVED_SUFFIXES) and ":" not in Path(spec).name or match is None:
+        return spec or None
+    source = spec[: match.start()]
+    return source if source.endswith(".py") else None
+
+
 def _resolve(spec: str) -> Any:
     if spec.endswith(_SAVED_SUFFIXES) and ":" not in Path(spec).name:
         return load_saved(spec)

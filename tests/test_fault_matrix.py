@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -132,6 +133,17 @@ CASES = [
     ("run-out-unwritable", "halp_trt", [*RUN, "--out", "/proc/halp-run"], "cannot be written"),
     ("run-out-not-empty", "halp_trt", [*RUN, "--out", "badreport"], "not an empty directory"),
     ("report-dir-is-a-file", "halp_trt", ["report", "afile"], "exists and is not a directory"),
+    ("report-dir-empty", "halp_trt", ["report", ""], "DIR must be a non-empty string"),
+    # an output is never one of the inputs, an earlier result, nor a directory's name
+    ("export-out-is-the-model-file", "halp_trt", [*EXPORT, "--out", "small.py"], "is one of the inputs (--model)"),
+    ("export-out-is-the-saved-model", "halp_trt", ["export", "--model", "small.pt", "--input-shape", SHAPE, "--out", "./small.pt"], "is one of the inputs (--model)"),
+    ("export-out-ends-in-a-separator", "halp_trt", [*EXPORT, "--out", "new/"], "ends in a separator"),
+    ("export-out-empty", "halp_trt", [*EXPORT, "--out", ""], "--out must be a non-empty string"),
+    ("engine-out-is-its-onnx", "halp_trt", ["engine", "--onnx", "small.onnx", "--out", "small.onnx"], "is one of the inputs (--onnx)"),
+    ("verify-out-is-a-model", "halp_trt", [*VERIFY, "--backend", "torch", "--out", "small.pt"], "is one of the inputs (--original)"),
+    ("verify-out-empty", "halp_trt", [*VERIFY, "--backend", "torch", "--out", ""], "--out must be a non-empty string"),
+    ("prune-out-empty", "halp_trt", [*PRUNE, "--out", ""], "--out must be a non-empty string"),
+    ("build-out-is-the-model-file", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--out", "small.py"], "is one of the inputs (--model)"),
     # a backend that cannot run here: refused before the run directory exists
     ("run-backend-tensorrt", "halp_trt", [*RUN, "--backend", "tensorrt", "--out", "new"], "TensorRT"),
     ("run-backend-precision", "halp_trt", [*RUN, "--backend", "onnxruntime", "--precision", "fp16", "--out", "new"], "fp32"),
@@ -172,6 +184,16 @@ def test_fault_is_one_line_exit_2_and_changes_nothing(cli_runner, workspace, too
     assert len(lines) == 1 and "error:" in lines[0], result.stderr[-2000:]
     assert fragment in lines[0], (fragment, lines[0])
     assert snapshot(workspace) == before, "a failing command changed or left files"
+
+
+def test_an_output_that_is_not_a_regular_file_is_left_alone(cli_runner, workspace, tmp_path):
+    """A FIFO (or a device) named as the output is refused, not replaced by a file."""
+    fifo = tmp_path / "p.onnx"
+    os.mkfifo(fifo)
+    result = run_cli(cli_runner, "halp_trt", *EXPORT, "--out", fifo, cwd=workspace)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "exists and is not a regular file" in result.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and os.listdir(tmp_path) == ["p.onnx"]
 
 
 def test_an_output_that_cannot_be_replaced_is_one_line(cli_runner, workspace, tmp_path):

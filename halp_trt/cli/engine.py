@@ -45,14 +45,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lut_builder.cli_args import input_files
     from lut_builder.fileio import check_output
 
     from ..export import BatchRange, build_engine, sidecar_path
 
-    check_output(args.out)
-    check_output(sidecar_path(args.out), flag="--out (its .json sidecar)")
-    if args.timing_cache:
-        check_output(args.timing_cache, flag="--timing-cache")
+    # All before TensorRT is imported: a bad path is one line even where it is missing.
+    inputs = input_files(args)
+    if args.timing_cache is not None:
+        check_output(args.timing_cache, flag="--timing-cache", inputs=inputs)
+    inputs["--timing-cache"] = args.timing_cache  # read and rewritten, never the engine
+    check_output(args.out, inputs=inputs)
+    check_output(sidecar_path(args.out), flag="--out (its .json sidecar)", inputs=inputs)
     batch = BatchRange.parse(args.batch) if args.batch else None
     sidecar = build_engine(
         args.onnx,

@@ -105,13 +105,14 @@ def check_int8_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lut_builder.cli_args import input_files
     from lut_builder.fileio import check_output
 
     from ..export import BatchRange, export_onnx
     from ..specs import load_model, parse_shape
 
     check_int8_args(args)
-    check_output(args.out)
+    check_output(args.out, inputs=input_files(args))
     shape = parse_shape(args.input_shape)
     dyn = BatchRange.parse(args.dynamic_batch) if args.dynamic_batch else None
     model = load_model(args.model, weights=args.weights)

@@ -181,10 +181,11 @@ def run(args: argparse.Namespace) -> int:
     from ..prune.apply import load_plan
     from ..verify import verify_models
 
-    if args.out:
+    if args.out is not None:
+        from lut_builder.cli_args import input_files
         from lut_builder.fileio import check_output
 
-        check_output(args.out)
+        check_output(args.out, inputs=input_files(args))
     if args.record and not any(Path(m).suffix == ".engine" for m in (args.original, args.pruned)):
         raise UserError("--record writes into engine sidecars: give .engine files")
     original, d0 = resolve_model(args.original, args.backend, args.force)

@@ -188,13 +188,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..build import build_table
+    from ..cli_args import input_files
     from ..fileio import check_output
     from ..latency_model import describe_check
     from ..progress import measuring_bar
     from ..specs import example_input, load_model, parse_shape
 
     # Before the model is loaded: a bad --out costs nothing.
-    check_output(args.out, kind="file", flag="--out")
+    check_output(args.out, kind="file", flag="--out", inputs=input_files(args))
     shard = parse_shard(args.shard)
     threads = cpu_threads(args)
     shape = parse_shape(args.input_shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -116,3 +117,26 @@ def test_a_target_that_cannot_be_replaced_is_a_user_error(tmp_path, monkeypatch,
     assert caught.value.errno == errno.EPERM
     assert str(caught.value) == f"{str(target)!r} cannot be written: Operation not permitted"
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_check_output_refuses_inputs_empty_paths_and_special_files(tmp_path):
+    from lut_builder.errors import UserError
+    from lut_builder.fileio import check_output
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    os.link(model, tmp_path / "hardlink.pt")
+    os.mkfifo(tmp_path / "fifo")
+    inputs = {"--model": str(model), "--weights": None}
+    for path, message in [
+        ("", "--out must be a non-empty string"),
+        (tmp_path / "hardlink.pt", "is one of the inputs (--model)"),
+        (f"{tmp_path}/./model.pt", "is one of the inputs (--model)"),
+        (f"{tmp_path}/new/", "ends in a separator"),
+        (tmp_path / "fifo", "exists and is not a regular file"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_output(path, inputs=inputs)
+    assert check_output(tmp_path / "other.pt", inputs=inputs) == tmp_path / "other.pt"
+    assert check_output(tmp_path / "new", kind="dir") == tmp_path / "new"
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "hardlink.pt", "model.pt"]

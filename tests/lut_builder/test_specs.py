@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from lut_builder.errors import SpecError
-from lut_builder.specs import load_model, load_weights, parse_kwargs
+from lut_builder.specs import load_model, load_weights, parse_kwargs, spec_file
 
 RESNET = "halp_trt.models:resnet20"
 
@@ -304,3 +304,20 @@ def test_a_saved_model_whose_file_is_gone_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match="defined in .*net.py', which does not exist") as err:
         load_model(str(tmp_path / "net.pt"))
     _one_line(err)
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("small.py:small", "small.py"),
+        ("dir/net.py:build,width=3,act=relu", "dir/net.py"),
+        ("saved.pt", "saved.pt"),
+        ("m.onnx", "m.onnx"),
+        ("torchvision:resnet18,num_classes=10", None),
+        ("halp_trt.models:resnet56", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_spec_file_is_the_file_a_spec_reads(spec, expected):
+    assert spec_file(spec) == expected
