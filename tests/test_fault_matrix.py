@@ -142,6 +142,8 @@ CASES = [
     ("engine-out-is-its-onnx", "halp_trt", ["engine", "--onnx", "small.onnx", "--out", "small.onnx"], "is one of the inputs (--onnx)"),
     ("verify-out-is-a-model", "halp_trt", [*VERIFY, "--backend", "torch", "--out", "small.pt"], "is one of the inputs (--original)"),
     ("verify-out-empty", "halp_trt", [*VERIFY, "--backend", "torch", "--out", ""], "--out must be a non-empty string"),
+    ("prune-out-not-empty", "halp_trt", [*PRUNE, "--out", "badreport"], "not an empty directory"),
+    ("prune-out-cwd", "halp_trt", [*PRUNE, "--out", "."], "not an empty directory"),
     ("prune-out-empty", "halp_trt", [*PRUNE, "--out", ""], "--out must be a non-empty string"),
     ("build-out-is-the-model-file", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--out", "small.py"], "is one of the inputs (--model)"),
     # a backend that cannot run here: refused before the run directory exists

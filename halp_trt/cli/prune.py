@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "keeps the most importance under each step's latency budget (from the table), "
             "masks while training. Then the channels are removed, the slim model is checked "
             "against the masked one, and OUT/model.pt, OUT/plan.json and OUT/log.json are "
-            "written (all at the end: a failed run leaves no result behind)."
+            "written into a new or empty OUT (all at the end: a failed run leaves no result "
+            "behind)."
         ),
     )
     add_training_args(p)
@@ -109,7 +110,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.add_argument("--eval-steps", action="store_true", help="evaluate after every pruning step")
-    p.add_argument("--out", default="pruned", metavar="DIR", help="output directory (pruned)")
+    p.add_argument(
+        "--out", default="pruned", metavar="DIR", help="output directory, new or empty (pruned)"
+    )
     return p
 
 
@@ -203,11 +206,16 @@ def configs(args: argparse.Namespace) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> int:
     from lut_builder.fileio import check_output
 
+    from ..errors import UserError
     from ..prune.distributed import process_group_from_env, rank
     from ..train.prune_job import prune_classifier, save_prune_result
 
     prune, train = configs(args)
     out = check_output(args.out, kind="dir")
+    # A result is written into a new or empty directory only: not over an earlier
+    # result, nor over the model or table it was made from.
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {args.out} exists and is not an empty directory")
     with process_group_from_env(train.device) as device:
         result = prune_classifier(
             args.model,
