@@ -164,6 +164,7 @@ CASES = [
     ("bad-shape", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", "1,3,8,8"], "does not accept"),
     ("bad-target", "halp_trt", [*PRUNE, "--target", "soon", "--out", "new"], "--target must be like 0.5x"),
     ("infeasible-target", "halp_trt", [*PRUNE, "--target", "0.01x", "--out", "new"], "infeasible"),
+    ("run-target-above-1x", "halp_trt", [*RUN, "--target", "1.5x", "--out", "new"], "--target must be below 1x"),
     ("not-a-table", "halp_trt", [*PRUNE, "--lut", "notatable.db", "--out", "new"], "notatable.db"),
     ("missing-data", "halp_trt", [*PRUNE, "--data", "npz:missing.npz", "--out", "new"], "missing.npz"),
     ("show-not-a-table", "lut_builder", ["show", "notatable.db"], "notatable.db"),

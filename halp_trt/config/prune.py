@@ -30,8 +30,8 @@ class PruneConfig(ConfigBase):
     """HALP's pruning loop, as :class:`halp_trt.Pruner` and ``halp-trt prune`` run it.
 
     Attributes:
-        target: the latency target: ``"0.5x"`` (a fraction of the unpruned model's
-            predicted latency), ``"3ms"``, or milliseconds as a number.
+        target: the latency target: ``"0.5x"`` (a fraction, below 1, of the unpruned
+            model's predicted latency), ``"3ms"``, or milliseconds as a number.
         importance: a criterion name (``taylor-weights``, the default; ``taylor-abs``,
             ``taylor``, ``l1``, ``l2``, ``sp-lamp`` or any registered one),
             ``"module:attr"`` naming a criterion class or factory, or the class /
@@ -101,9 +101,13 @@ class PruneConfig(ConfigBase):
         from ..importance import resolve_importance
 
         try:
-            split_target(self.target)
+            value, unit = split_target(self.target)
         except UserError:
             self._fail("target", "must be like 0.5x (fraction of the unpruned latency) or 3ms")
+        # Known without a table: 1x of the unpruned latency or more prunes nothing.
+        self._require(
+            "target", unit != "x" or value < 1, "must be below 1x (1x and above prune nothing)"
+        )
         try:
             criterion, name = resolve_importance(self.importance)
         except UserError as exc:

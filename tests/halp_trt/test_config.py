@@ -61,6 +61,8 @@ def test_top_level_names_resolve_and_import_is_light():
     "cls,kwargs,message",
     [
         (PruneConfig, {"target": "fast"}, "PruneConfig.target must be like 0.5x"),
+        (PruneConfig, {"target": "1.5x"}, "PruneConfig.target must be below 1x (1x and above prune nothing), not '1.5x'"),
+        (PruneConfig, {"target": "1x"}, "PruneConfig.target must be below 1x"),
         (PruneConfig, {"target": "0.5x", "steps": 0}, "PruneConfig.steps must be an integer >= 1, not 0"),
         (PruneConfig, {"target": "0.5x", "steps": 2.5}, "PruneConfig.steps must be an integer"),
         (PruneConfig, {"target": "0.5x", "schedule": "cubic"}, "PruneConfig.schedule must be one of exp, linear, oneshot"),
