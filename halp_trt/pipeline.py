@@ -231,9 +231,9 @@ class Pipeline:
 
         Raises:
             UserError: an ``out`` that cannot be written or holds another run (without
-                ``resume``), a missing table, a backend that cannot run here, a model
-                spec that does not load or does not take the input shape, a data spec
-                that does not load.
+                ``resume``), a missing table or a file that is not one, a backend that
+                cannot run here, a model spec that does not load or does not take the
+                input shape, a data spec that does not load.
             ConfigError: a pruning interval longer than the training run.
         """
         from lut_builder.backends import get_backend
@@ -838,17 +838,15 @@ def check_table_deployment(path: str, precision: str, threads: int) -> None:
     """Refuse a ``--lut`` measured at another precision or CPU thread count than the run's.
 
     Raises:
-        UserError: the table's fingerprint names another precision or thread count (a
-            table that does not open is left to the lut stage, which says why and
-            measures a new one).
+        UserError: the file is not a latency table (or a damaged one: as ``prune --lut``
+            refuses it; a table measured for another device is left to the lut stage,
+            which says so and measures a new one), or its fingerprint names another
+            precision or thread count.
     """
     from lut_builder import LatencyTable
     from lut_builder.table import table_threads
 
-    try:
-        table = LatencyTable.open(path, force=True)
-    except UserError:
-        return
+    table = LatencyTable.open(path, force=True)
     try:
         theirs = table.fingerprint.get("precision")
         their_threads = table_threads(table.fingerprint)

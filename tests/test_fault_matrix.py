@@ -103,6 +103,7 @@ def workspace(tmp_path_factory):
     con.close()
     (root / "other.py").write_text(MODEL_PY.replace("16", "24"))
     (root / "notatable.db").write_text("these are not the latencies you are looking for\n")
+    (root / "empty.db").write_text("")
     (root / "afile").write_text("a file\n")
     (root / "adir").mkdir()
     bad = root / "badreport"
@@ -156,6 +157,8 @@ CASES = [
     # messages that name what the user gave
     ("verify-threads-0", "halp_trt", [*VERIFY, "--backend", "torch", "--threads", "0"], "--threads: must be an integer >= 1"),
     ("run-lut-is-a-dir", "halp_trt", [*RUN, "--lut", "adir", "--out", "new"], "is a directory"),
+    ("run-lut-not-a-table", "halp_trt", [*RUN, "--lut", "notatable.db", "--out", "new"], "notatable.db is not a latency table"),
+    ("run-lut-empty-file", "halp_trt", [*RUN, "--lut", "empty.db", "--out", "new"], "empty.db is not a latency table"),
     ("prune-steps-0", "halp_trt", [*PRUNE, "--steps", "0", "--out", "new"], "--steps must be an integer >= 1, not 0"),
     ("run-epochs-0", "halp_trt", [*RUN, "--epochs", "0", "--out", "new"], "--epochs must be at least 1"),
     ("usage-is-one-line", "halp_trt", ["prune", "--model", "small.py:small"], "required"),
