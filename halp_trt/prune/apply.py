@@ -12,7 +12,9 @@ The channel graph is traced again on ``model``; the plan must describe the same 
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -27,12 +29,16 @@ def load_plan(path: str | os.PathLike) -> Plan:
     """A plan file: a pruning run's ``plan.json`` (a :class:`PrunePlan`) or a solver plan.
 
     Raises:
-        PlanError: the file is missing, malformed or inconsistent.
+        PlanError: the file is missing, malformed or inconsistent (a run's plan whose
+            ``pruning`` facts are invalid is not taken for a solver plan).
     """
     try:
         return PrunePlan.load(path)
     except PlanError:
-        return Plan.load(path)
+        plan = Plan.load(path)  # not a plan at all: the solver plan's error says why
+        if "pruning" in json.loads(Path(path).read_text()):
+            raise
+        return plan
 
 
 def apply_plan(

@@ -206,6 +206,8 @@ def verify_models(
     Raises:
         UserError: unknown backend, bad counts, a model the backend cannot run, or a
             runner that fails on the input.
+        PlanError: a plan that cannot be the pruned model's (:func:`check_plan`),
+            before anything is timed.
     """
     import torch
 
@@ -219,6 +221,8 @@ def verify_models(
             "verify needs at least 3 rounds, warmup >= 0, a block time >= 0 and a chunk time > 0"
         )
     shape = tuple(int(d) for d in input_shape)
+    if plan is not None:
+        check_plan(plan, pruned)
     options, table_threads, threads_note = _thread_options(backend, options, table, plan)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     runners = []
@@ -299,6 +303,48 @@ def verify_models(
     if unit_note:
         report.notes.append(unit_note)
     return report
+
+
+def check_plan(plan: Any, pruned: Any) -> None:
+    """Refuse a plan that cannot be ``pruned``'s: a predicted latency, budget or (a
+    pruning plan's) target or unpruned prediction that is not a positive number, or,
+    with ``pruned`` a module, widths that are not its layers' (another model, or the
+    unpruned one). An ONNX file or engine is not compared layer by layer.
+
+    Raises:
+        PlanError: the first figure or layer that does not fit, named.
+    """
+    import torch.nn as nn
+
+    from ..solver.plan import PlanError
+
+    for name in ("predicted_ms", "budget_ms", "target_ms", "base_ms"):
+        value = getattr(plan, name, None)
+        if value is None and name in ("target_ms", "base_ms"):
+            continue  # a solver plan has no pruning facts
+        if not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise PlanError(f"invalid plan: {name} must be a positive number, not {value!r}")
+    if not isinstance(pruned, nn.Module):
+        return
+    modules = dict(pruned.named_modules())
+    for name, widths in (getattr(plan, "widths", None) or {}).items():
+        module = modules.get(name)
+        if isinstance(module, nn.Conv2d):
+            here: tuple[int, int] | None = (module.in_channels, module.out_channels)
+        elif isinstance(module, nn.Linear):
+            here = (module.in_features, module.out_features)
+        else:
+            here = None
+        if here != tuple(widths):
+            has = "has no such conv/linear layer" if here is None else f"has {here[0]} -> {here[1]}"
+            raise PlanError(
+                f"the plan is not the pruned model's: its layer {name} is {widths[0]} -> "
+                f"{widths[1]} channels, the pruned model {has}"
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _thread_options(

@@ -110,6 +110,56 @@ def test_verify_refuses_bad_requests():
         verify_models(wide, narrow, backend="torch", input_shape=(1, 5, 8, 8), rounds=3)
 
 
+def narrow_plan(**change) -> Plan:
+    """A plan whose widths are wide_and_narrow()'s narrow model's."""
+    fields = dict(
+        keep={0: tuple(range(8))}, sizes={0: 96}, widths={"0": (3, 8), "2": (8, 8)},
+        predicted_ms=1.0, budget_ms=1.5, value=1.0, total_value=2.0, cost_model="one-sided",
+        model_ms=1.0,
+    )  # fmt: skip
+    return Plan(**{**fields, **change})
+
+
+def test_verify_refuses_a_plan_that_is_not_the_pruned_models():
+    from halp_trt.solver.plan import PlanError
+    from halp_trt.verify.compare import check_plan
+
+    wide, narrow = wide_and_narrow()
+    check_plan(narrow_plan(), narrow)
+    check_plan(narrow_plan(), "narrow.onnx")  # a file: its figures only
+    with pytest.raises(PlanError, match=r"its layer 0 is 3 -> 8 channels, the pruned model has 3 -> 96"):  # fmt: skip
+        verify_models(wide, wide, backend="torch", input_shape=(1, 3, 8, 8), plan=narrow_plan())
+    with pytest.raises(PlanError, match="layer fc is 8 -> 10 channels, the pruned model has no"):
+        check_plan(narrow_plan(widths={"0": (3, 8), "fc": (8, 10)}), narrow)
+    for name in ("predicted_ms", "budget_ms"):
+        with pytest.raises(PlanError, match=f"{name} must be a positive number, not -1.0"):
+            check_plan(narrow_plan(**{name: -1.0}), narrow)
+    run_plan = types.SimpleNamespace(
+        predicted_ms=1.0, budget_ms=1.5, target_ms=1.5, base_ms=0.0, widths={}
+    )
+    with pytest.raises(PlanError, match="base_ms must be a positive number, not 0.0"):
+        check_plan(run_plan, narrow)
+
+
+def test_a_runs_plan_with_invalid_pruning_facts_is_not_read_as_a_solver_plan(tmp_path):
+    from halp_trt.prune.apply import load_plan
+    from halp_trt.prune.plan_file import PrunePlan
+    from halp_trt.solver.plan import PlanError
+
+    plan = narrow_plan()
+    fields = {f: getattr(plan, f) for f in plan.__dataclass_fields__}
+    run_plan = PrunePlan(**fields, target="0.5x", target_ms=1.5, base_ms=3.0)
+    run_plan.save(tmp_path / "plan.json")
+    assert isinstance(load_plan(tmp_path / "plan.json"), PrunePlan)
+    plan.save(tmp_path / "solver.json")
+    assert type(load_plan(tmp_path / "solver.json")) is Plan
+    d = json.loads((tmp_path / "plan.json").read_text())
+    d["pruning"]["base_ms"] = -1
+    (tmp_path / "plan.json").write_text(json.dumps(d))
+    with pytest.raises(PlanError, match="base_ms must be a positive number"):
+        load_plan(tmp_path / "plan.json")
+
+
 def fake_report(pruned_ms: float, original_ms: float, speedup: float) -> types.SimpleNamespace:
     """What plan_comparison reads of a VerifyReport."""
     return types.SimpleNamespace(
@@ -332,6 +382,18 @@ def test_cli_verify_says_when_it_times_at_another_thread_count(halp_cli, saved_m
     assert d["threads"] == 2 and d["table_threads"] == 1 and d["options"]["threads"] == 2
     notes = [ln for ln in r.stderr.splitlines() if "note:" in ln]
     assert len(notes) == 1 and "timed at 2 CPU threads" in notes[0] and "measured at 1" in notes[0]
+
+
+def test_cli_verify_refuses_a_plan_of_another_model_before_timing(halp_cli, saved_models):
+    narrow_plan().save(saved_models / "plan.json")
+    args = ["verify", "--original", "wide.pt", "--backend", "torch", "--input-shape", "1,3,8,8",
+            "--rounds", "3", "--warmup", "0", "--block-ms", "2", "--plan", "plan.json"]  # fmt: skip
+    r = halp_cli(*args, "--pruned", "wide.pt", "--out", "report.json")
+    assert_user_error(r, "the plan is not the pruned model's: its layer 0 is 3 -> 8 channels")
+    assert not (saved_models / "report.json").exists()
+    narrow_plan(predicted_ms=-1.0).save(saved_models / "plan.json")
+    r = halp_cli(*args, "--pruned", "narrow.pt")
+    assert_user_error(r, "predicted_ms must be a positive number, not -1.0")
 
 
 @pytest.mark.parametrize(
