@@ -24,6 +24,12 @@ command line is parsed here). A stage that fails stops the run with one line nam
 (exit code 2), lists the outputs of the stages before it and keeps them; its
 traceback, if it was not a user error, goes to ``error.log`` in the run directory.
 
+A resume that runs a completed stage again (its arguments changed, or an output is
+gone) moves that stage's outputs and every later stage's into ``.previous`` with a copy
+of ``run.json``, and deletes them only once the stage has succeeded again: if it fails
+(or the run is killed, then at the next start) they are put back with the ``run.json``
+that describes them, so a failed resume leaves the earlier results as they were.
+
 Why this module is longer than 500 lines: it is one class whose methods are the stages
 of one run; they share the run's state, directory and config, and the report is
 assembled from the facts those same stages recorded. Each stage is a few lines calling
@@ -34,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -49,6 +57,9 @@ STAGES = ("lut", "baseline", "prune", "export", "engine", "verify", "report")
 STATE_FILE = "run.json"
 #: Held (``flock``) by the process running in the directory.
 LOCK_FILE = ".lock"
+#: Where a resume keeps the outputs of the stages it runs again (and the ``run.json``
+#: that describes them) until the first of those stages has succeeded.
+PREVIOUS_DIR = ".previous"
 #: The arguments each stage's result depends on (besides the stages before it). On
 #: --resume, a stage whose arguments changed is run again, and so is every later stage.
 STAGE_ARGS = {
@@ -195,11 +206,16 @@ class RunState:
         rec = self.stages.get(stage)
         return bool(rec) and all((out / p).exists() for p in rec.get("outputs", []))
 
-    def invalidate_from(self, stage: str, out: Path) -> None:
-        """Forget ``stage`` and every stage after it, and delete their outputs."""
+    def invalidate_from(self, stage: str, out: Path, aside: Path | None = None) -> None:
+        """Forget ``stage`` and every stage after it, and delete their outputs (or move
+        them into ``aside``, at the same paths relative to it as to ``out``)."""
         for s in STAGES[STAGES.index(stage) :]:
             for rel in self.stages.pop(s, {}).get("outputs", []):
-                (out / rel).unlink(missing_ok=True)
+                if aside is None:
+                    (out / rel).unlink(missing_ok=True)
+                elif (out / rel).exists():
+                    (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(out / rel, aside / rel)
 
     def kept(self) -> list[str]:
         return [p for s in STAGES for p in self.stages.get(s, {}).get("outputs", [])]
@@ -292,8 +308,12 @@ class Pipeline:
                 t0 = time.perf_counter()
                 try:
                     outputs, facts = getattr(self, f"_stage_{stage}")()
-                except Exception as exc:  # every failure names its stage and what was kept
-                    self._fail(stage, exc)
+                except BaseException as exc:
+                    self._restore_previous()
+                    if isinstance(exc, Exception):  # names its stage and what was kept
+                        self._fail(stage, exc)
+                    raise
+                self._drop_previous()
                 self.state.stages[stage] = {
                     "outputs": outputs,
                     "facts": facts,
@@ -348,6 +368,7 @@ class Pipeline:
         cfg = self.config
         pinned = pinned_settings(cfg)
         state_file = self.out / STATE_FILE
+        self._restore_previous()  # a resume killed before its first stage succeeded
         if state_file.exists():  # preflight refused it without --resume
             self.state = RunState.load(self.out)
             earlier = {**PINNED_DEFAULTS, **self.state.args}
@@ -361,8 +382,7 @@ class Pipeline:
                 )
             for stage in STAGES:
                 if changed & set(STAGE_ARGS[stage]) or not self.state.done(stage, self.out):
-                    if self.state.stages.get(stage) or stage != STAGES[-1]:
-                        self.state.invalidate_from(stage, self.out)
+                    self._set_aside_from(stage)
                     break
             self.state.args = pinned
             self.state.save(self.out)
@@ -375,6 +395,45 @@ class Pipeline:
         self.state = RunState(args=pinned, backend=backend, backend_reason=why)
         self.state.save(self.out)
         self.say(f"backend: {backend} ({why})")
+
+    def _set_aside_from(self, stage: str) -> None:
+        """Forget ``stage`` and every later stage; move their outputs into
+        :data:`PREVIOUS_DIR` with a copy of ``run.json`` (written first), kept until
+        the stage succeeds again (see the module notes)."""
+        assert self.state is not None
+        later = STAGES[STAGES.index(stage) :]
+        if not any(self.state.stages.get(s, {}).get("outputs") for s in later):
+            self.state.invalidate_from(stage, self.out)  # no results to keep
+            return
+        previous = self.out / PREVIOUS_DIR
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        shutil.copyfile(self.out / STATE_FILE, previous / f"{STATE_FILE}.tmp")
+        os.replace(previous / f"{STATE_FILE}.tmp", previous / STATE_FILE)
+        self.state.invalidate_from(stage, self.out, aside=previous)
+
+    def _restore_previous(self) -> None:
+        """Put back what :meth:`_set_aside_from` moved, ``run.json`` last, and read the
+        state again; nothing when nothing is set aside."""
+        previous = self.out / PREVIOUS_DIR
+        if not previous.is_dir():
+            return
+        if (previous / STATE_FILE).exists():
+            for rel in RunState.load(previous).kept():
+                if (previous / rel).exists():
+                    (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(previous / rel, self.out / rel)
+            os.replace(previous / STATE_FILE, self.out / STATE_FILE)
+            self.state = RunState.load(self.out)
+        shutil.rmtree(previous)
+
+    def _drop_previous(self) -> None:
+        """Delete what :meth:`_set_aside_from` moved: the stage it was for succeeded.
+        Its ``run.json`` goes first, so that a stop half-way restores nothing."""
+        previous = self.out / PREVIOUS_DIR
+        if previous.is_dir():
+            (previous / STATE_FILE).unlink(missing_ok=True)
+            shutil.rmtree(previous)
 
     def _short_run_moot(self, earlier: dict[str, Any]) -> bool:
         """Whether a run made before ``short_run`` was pinned prunes the same under either

@@ -215,6 +215,87 @@ def test_resume_prunes_again_when_the_window_changes(tmp_path):
     assert not (tmp_path / "plan.json").exists() and (tmp_path / "original.pt").exists()
 
 
+def _finished_run(tmp_path):
+    """A run directory whose stages up to export are done (at a 0.5 window), and a
+    Pipeline resuming it at a 0.25 window (prune and later to be redone) that skips
+    the preflight; returns the pipeline and every file's bytes."""
+    from halp_trt.pipeline import Pipeline, pinned_settings
+
+    outputs = {"lut": ["lut.db"], "baseline": ["original.pt"], "prune": ["pruned/plan.json"]}
+    outputs["export"] = ["original.onnx", "pruned.onnx"]
+    (tmp_path / "pruned").mkdir()
+    for name in (name for names in outputs.values() for name in names):
+        (tmp_path / name).write_text(f"{name} of the first run")
+    state = RunState(args=pinned_settings(_run_config(tmp_path)), backend="onnxruntime")
+    state.stages = {stage: {"outputs": names} for stage, names in outputs.items()}
+    state.save(tmp_path)
+    pipeline = Pipeline(_run_config(tmp_path, window=0.25), say=lambda line: None)
+    pipeline.preflight = lambda: None
+    return pipeline, _files(tmp_path)
+
+
+def _files(root):
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_a_failed_resume_leaves_the_previous_results_and_run_json_as_they_were(tmp_path):
+    from halp_trt.errors import UserError
+    from halp_trt.pipeline import PREVIOUS_DIR, StageError
+
+    pipeline, before = _finished_run(tmp_path)
+
+    def prune():
+        # the outputs it replaces are set aside while it runs, not deleted
+        assert not (tmp_path / "pruned/plan.json").exists()
+        assert (tmp_path / PREVIOUS_DIR / "pruned/plan.json").exists()
+        (tmp_path / "pruned/plan.json").write_text("half written")
+        raise UserError("latency target 0.01x is infeasible")
+
+    pipeline._stage_prune = prune
+    with pytest.raises(StageError, match="stage prune failed: .* infeasible; kept in .*pruned.onnx"):  # fmt: skip
+        pipeline.run()
+    assert _files(tmp_path) == before and not (tmp_path / PREVIOUS_DIR).exists()
+
+
+def test_a_resume_drops_the_previous_results_once_the_redone_stage_succeeded(tmp_path):
+    from halp_trt.pipeline import PREVIOUS_DIR, StageError
+
+    pipeline, _ = _finished_run(tmp_path)
+
+    def prune():
+        (tmp_path / "pruned/plan.json").write_text("new plan")
+        return ["pruned/plan.json"], {}
+
+    def export():
+        raise RuntimeError("parity")
+
+    pipeline._stage_prune, pipeline._stage_export = prune, export
+    with pytest.raises(StageError, match="stage export failed: parity"):
+        pipeline.run()
+    files = _files(tmp_path)
+    assert files["pruned/plan.json"] == b"new plan" and "pruned.onnx" not in files
+    state = json.loads(files["run.json"])
+    assert list(state["stages"]) == ["lut", "baseline", "prune"]
+    assert state["args"]["prune_window"] == 0.25 and not (tmp_path / PREVIOUS_DIR).exists()
+
+
+def test_a_resume_killed_in_the_redone_stage_is_put_back_at_the_next_start(tmp_path):
+    from halp_trt.pipeline import PREVIOUS_DIR, Pipeline
+
+    pipeline, before = _finished_run(tmp_path)
+    pipeline._open_state()  # sets prune and export aside; then the process is killed
+    (tmp_path / "pruned/plan.json").write_text("half written")
+    assert (tmp_path / PREVIOUS_DIR).is_dir() and "pruned.onnx" not in _files(tmp_path)
+    again = Pipeline(_run_config(tmp_path), say=lambda line: None)
+    again._open_state()
+    assert list(again.state.stages) == ["lut", "baseline", "prune", "export"]
+    assert _files(tmp_path) == before and not (tmp_path / PREVIOUS_DIR).exists()
+
+
 @pytest.mark.parametrize(
     "setting, default, before_it, redone, kept",
     [
