@@ -5,6 +5,7 @@ files a command's output must not overwrite."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -25,7 +26,9 @@ def _number(kind: Callable[[str], float], least: float, strict: bool, what: str)
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what}, not {text!r}") from None
-        if value != value or (value <= least if strict else value < least):  # NaN too
+        if (isinstance(value, float) and not math.isfinite(value)) or (
+            value <= least if strict else value < least
+        ):  # NaN and infinity too
             raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
         return value
 
@@ -37,8 +40,8 @@ def _number(kind: Callable[[str], float], least: float, strict: bool, what: str)
 positive_int = _number(int, 1, False, "must be an integer >= 1")
 #: ``type=`` for counts that may be 0 (warm-up rounds, extra epochs).
 nonnegative_int = _number(int, 0, False, "must be an integer >= 0")
-#: ``type=`` for durations and sizes that must be > 0.
-positive_float = _number(float, 0.0, True, "must be a number > 0")
+#: ``type=`` for durations and sizes that must be > 0 (and finite).
+positive_float = _number(float, 0.0, True, "must be a finite number > 0")
 
 
 #: The arguments whose value is a model spec; a spec may name a file (``file.py:NAME``,

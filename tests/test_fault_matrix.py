@@ -112,6 +112,7 @@ def workspace(tmp_path_factory):
     return root
 
 
+
 PRUNE = ["prune", "--model", "small.py:small", "--data", "digits", "--lut", "small.db",
          "--target", "0.9x", "--epochs", "1", "--steps", "2", "--no-progress"]  # fmt: skip
 RUN = ["run", "--model", "small.py:small", "--data", "digits", "--input-shape", SHAPE,
@@ -177,6 +178,9 @@ CASES = [
     ("prune-lut-is-a-dir", "halp_trt", [*PRUNE[:6], "adir", *PRUNE[7:], "--out", "new"], "is a directory"),
     ("build-another-model-into-a-table", "lut_builder", ["build", "--model", "other.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--step", "4", "--out", "small.db"], "small.db"),
     ("build-out-is-a-dir", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--out", "adir"], "is a directory"),
+    # numbers outside what the flag allows
+    ("verify-block-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--block-ms", "inf"], "--block-ms: must be a finite number > 0"),
+    ("verify-chunk-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--chunk-ms", "inf"], "--chunk-ms: must be a finite number > 0"),
 ]  # fmt: skip
 
 
