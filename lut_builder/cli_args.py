@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -42,6 +43,19 @@ positive_int = _number(int, 1, False, "must be an integer >= 1")
 nonnegative_int = _number(int, 0, False, "must be an integer >= 0")
 #: ``type=`` for durations and sizes that must be > 0 (and finite).
 positive_float = _number(float, 0.0, True, "must be a finite number > 0")
+
+
+def thread_count(text: str) -> int:
+    """``type=`` for ``--threads``: an integer from 1 to this machine's CPU count (more
+    threads than CPUs only oversubscribe them, and a huge count crashes or hangs the
+    runtimes instead of failing)."""
+    value = positive_int(text)
+    cpus = os.cpu_count() or 1
+    if value > cpus:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {cpus}, the CPUs of this machine, not {text!r}"
+        )
+    return value
 
 
 #: The arguments whose value is a model spec; a spec may name a file (``file.py:NAME``,

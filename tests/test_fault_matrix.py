@@ -178,6 +178,11 @@ CASES = [
     ("prune-lut-is-a-dir", "halp_trt", [*PRUNE[:6], "adir", *PRUNE[7:], "--out", "new"], "is a directory"),
     ("build-another-model-into-a-table", "lut_builder", ["build", "--model", "other.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--step", "4", "--out", "small.db"], "small.db"),
     ("build-out-is-a-dir", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--out", "adir"], "is a directory"),
+    # more threads than CPUs: refused before anything runs (a huge count crashed or hung)
+    ("verify-threads-huge", "halp_trt", [*VERIFY, "--backend", "torch", "--threads", "100000"], "--threads: must be at most"),
+    ("verify-ort-threads-huge", "halp_trt", ["verify", "--original", "small.onnx", "--pruned", "small.onnx", "--backend", "onnxruntime", "--threads", "100000"], "the CPUs of this machine"),
+    ("run-threads-huge", "halp_trt", [*RUN, "--threads", "100000", "--out", "new"], "--threads: must be at most"),
+    ("build-threads-huge", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "onnxruntime", "--threads", "100000", "--out", "new.db"], "--threads: must be at most"),
     # numbers outside what the flag allows
     ("verify-block-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--block-ms", "inf"], "--block-ms: must be a finite number > 0"),
     ("verify-chunk-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--chunk-ms", "inf"], "--chunk-ms: must be a finite number > 0"),

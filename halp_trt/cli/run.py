@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lut_builder.cli_args import thread_count
+
 from .prune import add_training_args
 
 
@@ -41,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, metavar="N", help="channel step of the table's grid")
     p.add_argument(
         "--threads",
-        type=int,
+        type=thread_count,
         default=1,
         metavar="N",
         help="CPU threads of the deployment (onnxruntime, torch on CPU): table, calibration "

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lut_builder.cli_args import nonnegative_int, positive_float, positive_int
+from lut_builder.cli_args import nonnegative_int, positive_float, positive_int, thread_count
 from lut_builder.errors import ShapeError, UserError
 
 
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         help="CPU threads (onnxruntime, torch on CPU); default: the thread count the "
         "latency table was measured at (--lut, else the plan's table), else 1. Another "

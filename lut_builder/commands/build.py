@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from ..backends.base import list_backends
-from ..cli_args import nonnegative_int, positive_int
+from ..cli_args import nonnegative_int, positive_int, thread_count
 from ..end_to_end import DEFAULT_REGIME, REGIMES
 from ..errors import UserError
 from ..latency_model import CHECK_COPIES
@@ -78,7 +78,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
         help="the CPU thread count the model will be deployed with (onnxruntime, torch on "

@@ -185,6 +185,7 @@ def test_build_of_another_model_into_a_table_changes_nothing(lut_cli, table, tmp
         (["build", "--out", "adir"], ["--out 'adir' is a directory"]),
         (["build", "--out", "missing/t.lut"], ["the directory of --out 'missing/t.lut'"]),
         (["build", "--threads", "0", "--out", "t.lut"], ["--threads", "'0'"]),
+        (["build", "--threads", "100000", "--out", "t.lut"], ["--threads: must be at most"]),
         (["build", "--check", "-1", "--out", "t.lut"], ["--check", "'-1'"]),
         pytest.param(
             ["build", "--calibration-timing", "alone", "--out", "t.lut"],
@@ -205,6 +206,19 @@ def test_bad_paths_and_numbers_fail_first_and_write_nothing(
     before = snapshot(tmp_path)
     assert_user_error(lut_cli(*args), *fragments)
     assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["adir", "tiny.py"]
+
+
+def test_threads_up_to_the_cpu_count(monkeypatch):
+    """--threads takes every count from 1 to the CPUs of the machine, and no more."""
+    import argparse
+
+    from lut_builder.cli_args import thread_count
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert [thread_count("1"), thread_count("2")] == [1, 2]
+    for text in ("3", "0", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            thread_count(text)
 
 
 def test_show_reads_a_table_in_a_read_only_directory(lut_cli, table, tmp_path):
