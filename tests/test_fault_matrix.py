@@ -184,6 +184,8 @@ CASES = [
     ("run-threads-huge", "halp_trt", [*RUN, "--threads", "100000", "--out", "new"], "--threads: must be at most"),
     ("build-threads-huge", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "onnxruntime", "--threads", "100000", "--out", "new.db"], "--threads: must be at most"),
     # numbers outside what the flag allows
+    ("inspect-seed-negative", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--check", "--seed", "-1"], "--seed: must be an integer >= 0"),
+    ("export-seed-negative", "halp_trt", [*EXPORT, "--seed=-1", "--out", "m.onnx"], "--seed: must be an integer >= 0"),
     ("verify-block-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--block-ms", "inf"], "--block-ms: must be a finite number > 0"),
     ("verify-chunk-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--chunk-ms", "inf"], "--chunk-ms: must be a finite number > 0"),
 ]  # fmt: skip
