@@ -106,6 +106,14 @@ def workspace(tmp_path_factory):
     (root / "empty.db").write_text("")
     (root / "afile").write_text("a file\n")
     (root / "adir").mkdir()
+    # Run directories whose report files are of the wrong kind: report.json a
+    # directory; plots a file; report.md a directory.
+    (root / "jsondir" / "report.json").mkdir(parents=True)
+    for name in ("plotsfile", "mddir"):
+        (root / name).mkdir()
+        (root / name / "report.json").write_text(json.dumps({"baseline": {}}))
+    (root / "plotsfile" / "plots").write_text("not a directory\n")
+    (root / "mddir" / "report.md").mkdir()
     bad = root / "badreport"
     bad.mkdir()
     (bad / "report.json").write_text(json.dumps({"baseline": 3, "groups": 5, "steps": "x"}))
@@ -188,6 +196,10 @@ CASES = [
     ("export-seed-negative", "halp_trt", [*EXPORT, "--seed=-1", "--out", "m.onnx"], "--seed: must be an integer >= 0"),
     ("verify-block-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--block-ms", "inf"], "--block-ms: must be a finite number > 0"),
     ("verify-chunk-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--chunk-ms", "inf"], "--chunk-ms: must be a finite number > 0"),
+    # a report's files of the wrong kind: nothing is drawn or half-written
+    ("report-json-is-a-dir", "halp_trt", ["report", "jsondir"], "report.json is a directory"),
+    ("report-plots-is-a-file", "halp_trt", ["report", "plotsfile"], "plots exists and is not a directory"),
+    ("report-md-is-a-dir", "halp_trt", ["report", "mddir"], "report.md is a directory"),
 ]  # fmt: skip
 
 

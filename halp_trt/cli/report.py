@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
         report = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: is {args.dir} a halp-trt run directory?") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a halp-trt run report") from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read: {exc.strerror}") from None
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(report, dict) or "baseline" not in report:

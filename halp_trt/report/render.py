@@ -58,6 +58,8 @@ def render(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]
         ReportError: the report lacks a field it needs, or holds one of the wrong type;
             nothing in ``out_dir`` is changed then (everything is drawn into a staging
             directory first and moved into place only once all of it was drawn).
+        UserError: ``report.md`` or a plot's file is a directory, or ``plots`` is a
+            file (checked before anything is drawn).
     """
     import shutil
     import tempfile
@@ -66,6 +68,7 @@ def render(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]
 
     matplotlib.use("Agg")
     out = Path(out_dir)
+    _check_outputs(out)
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         (stage / "plots").mkdir()
@@ -96,6 +99,17 @@ def render(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, str]
 
         plt.close("all")
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_outputs(out: Path) -> None:
+    """The report's files can be put in place: none of them is a directory, and
+    ``plots`` is one (or is missing)."""
+    plots = out / "plots"
+    if plots.exists() and not plots.is_dir():
+        raise UserError(f"{plots} exists and is not a directory: the plots go there")
+    for path in (out / "report.md", *(plots / f"{name}.png" for name in PLOTS)):
+        if path.is_dir():
+            raise UserError(f"{path} is a directory: the report writes a file there")
 
 
 def _save(fig: Any, path: Path) -> None:
