@@ -23,6 +23,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -480,11 +481,33 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def random_input(
+    shape: tuple[int, ...], *, device: Any = "cpu", dtype: Any = None, generator: Any = None
+) -> Any:
+    """``torch.randn(*shape)``, with an input too large to allocate a :class:`ShapeError`.
+
+    Raises:
+        ShapeError: an input of this shape does not fit in memory (or in a tensor).
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    try:
+        return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        gib = math.prod(shape) * dtype.itemsize / 2**30
+        raise ShapeError(
+            f"an input of shape {tuple(shape)} ({gib:.3g} GiB) cannot be allocated on "
+            f"{device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+
+
 def example_input(model: Any, shape: tuple[int, ...]) -> Any:
     """A random input of ``shape`` on the model's device, checked by one forward pass.
 
     Raises:
-        ShapeError: the model does not accept an input of this shape.
+        ShapeError: the model does not accept an input of this shape, or an input of
+            this shape does not fit in memory.
     """
     import torch
 
@@ -493,7 +516,7 @@ def example_input(model: Any, shape: tuple[int, ...]) -> Any:
         device, dtype = p.device, p.dtype
     except StopIteration:
         device, dtype = torch.device("cpu"), torch.float32
-    x = torch.randn(*shape, device=device, dtype=dtype)
+    x = random_input(shape, device=device, dtype=dtype)
     try:
         with torch.no_grad():
             model(x)

@@ -196,6 +196,8 @@ CASES = [
     ("export-seed-negative", "halp_trt", [*EXPORT, "--seed=-1", "--out", "m.onnx"], "--seed: must be an integer >= 0"),
     ("verify-block-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--block-ms", "inf"], "--block-ms: must be a finite number > 0"),
     ("verify-chunk-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--chunk-ms", "inf"], "--chunk-ms: must be a finite number > 0"),
+    ("inspect-shape-too-large", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", "1,1,10000000,10000000"], "cannot be allocated"),
+    ("export-shape-too-large", "halp_trt", ["export", "--model", "small.py:small", "--input-shape", "1,1,10000000,10000000", "--out", "m.onnx"], "cannot be allocated"),
     # a report's files of the wrong kind: nothing is drawn or half-written
     ("report-json-is-a-dir", "halp_trt", ["report", "jsondir"], "report.json is a directory"),
     ("report-plots-is-a-file", "halp_trt", ["report", "plotsfile"], "plots exists and is not a directory"),

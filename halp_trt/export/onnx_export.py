@@ -41,6 +41,7 @@ from typing import Any
 from lut_builder.errors import ExportError, ShapeError, UserError
 from lut_builder.fileio import atomic_output
 from lut_builder.onnx_export import EXPORTERS, check_opset, run_exporters
+from lut_builder.specs import random_input
 
 from .parity import ParityError, ParityReport, check_parity, flatten_outputs
 
@@ -172,7 +173,7 @@ def export_onnx(
 
     reference = copy.deepcopy(model).float().eval()
     torch.manual_seed(seed)
-    x = torch.randn(*shape)
+    x = random_input(shape)
     try:
         with torch.no_grad():
             n_out = len(flatten_outputs(reference(x)))

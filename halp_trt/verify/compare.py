@@ -212,6 +212,7 @@ def verify_models(
     import torch
 
     from lut_builder.backends import make_runner
+    from lut_builder.specs import random_input
     from lut_builder.timing import time_blocks, time_chunked
 
     if backend not in BACKENDS:
@@ -224,7 +225,7 @@ def verify_models(
     if plan is not None:
         check_plan(plan, pruned)
     options, table_threads, threads_note = _thread_options(backend, options, table, plan)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x = random_input(shape, generator=torch.Generator().manual_seed(0))
     runners = []
     try:
         for model in (original, pruned):
