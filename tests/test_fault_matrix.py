@@ -202,6 +202,9 @@ CASES = [
     ("report-json-is-a-dir", "halp_trt", ["report", "jsondir"], "report.json is a directory"),
     ("report-plots-is-a-file", "halp_trt", ["report", "plotsfile"], "plots exists and is not a directory"),
     ("report-md-is-a-dir", "halp_trt", ["report", "mddir"], "report.md is a directory"),
+    # one table given twice is not two agreeing tables
+    ("merge-same-table-twice", "lut_builder", ["merge", "small.db", "small.db", "--out", "m.db"], "'small.db' is given twice"),
+    ("merge-average-same-file", "lut_builder", ["merge", "small.db", "adir/../small.db", "--average", "--out", "m.db"], "are the same file"),
 ]  # fmt: skip
 
 

@@ -97,7 +97,7 @@ def merge_tables(
 
     Raises:
         UserError: fewer than two inputs; ``out`` exists or cannot be written; an input
-            that is missing, not a table or damaged;
+            that is missing, not a table or damaged; one table given twice;
             :class:`~lut_builder.errors.FingerprintMismatchError`: inputs measured on
             different targets; inputs that plan different signatures or grids; a point
             whose measurements disagree (unless averaged). Nothing is written then.
@@ -113,6 +113,7 @@ def merge_tables(
     try:
         for path in inputs:
             tables.append(LatencyTable.open(path, force=True))
+        _check_distinct(tables)
         first = tables[0]
         for other in tables[1:]:
             _check_same_target(first, other)
@@ -145,6 +146,20 @@ def merge_tables(
     finally:
         for t in tables:
             t.close()
+
+
+def _check_distinct(tables: Sequence[LatencyTable]) -> None:
+    """No table is given twice (under one name or two): merged with itself it would
+    count as agreeing with itself, and averaged it would double its counts."""
+    for i, a in enumerate(tables):
+        for b in tables[i + 1 :]:
+            if os.path.samefile(a.path, b.path):
+                same = (
+                    f"{str(a.path)!r} is given twice"
+                    if str(a.path) == str(b.path)
+                    else f"{str(a.path)!r} and {str(b.path)!r} are the same file"
+                )
+                raise UserError(f"{same}: merge joins different tables, each once")
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
