@@ -268,6 +268,8 @@ def _import_file(path: Path, mod_name: str) -> Any:
 
 
 def _from_file(path: Path, attr: str) -> Any:
+    if path.is_dir():
+        raise SpecError(f"model file {str(path)!r} is a directory")
     if not path.is_file():
         raise SpecError(f"model file {str(path)!r} does not exist")
     module = _import_file(path, _file_module_name(path))
@@ -312,6 +314,8 @@ def load_saved(path: str | Path) -> Any:
             that is gone.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"model file {str(path)!r} is a directory")
     if not path.is_file():
         raise SpecError(f"model file {str(path)!r} does not exist")
     try:
@@ -387,6 +391,8 @@ def load_weights(model: Any, path: str | Path, spec: str = "the model") -> None:
 
     shown = str(path)
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"weights path {shown} is a directory, not a state_dict file")
     if not path.is_file():
         raise SpecError(f"weights {shown} do not exist")
     try:

@@ -205,6 +205,10 @@ CASES = [
     # one table given twice is not two agreeing tables
     ("merge-same-table-twice", "lut_builder", ["merge", "small.db", "small.db", "--out", "m.db"], "'small.db' is given twice"),
     ("merge-average-same-file", "lut_builder", ["merge", "small.db", "adir/../small.db", "--average", "--out", "m.db"], "are the same file"),
+    # a directory where a file is read is named as one
+    ("inspect-weights-is-a-dir", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--weights", "adir"], "weights path adir is a directory"),
+    ("prune-npz-is-a-dir", "halp_trt", [*PRUNE, "--data", "npz:adir", "--out", "new"], "data file 'adir' is a directory"),
+    ("engine-onnx-is-a-dir", "halp_trt", ["engine", "--onnx", "adir", "--out", "m.engine"], "ONNX file 'adir' is a directory"),
 ]  # fmt: skip
 
 

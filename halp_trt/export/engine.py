@@ -38,6 +38,8 @@ def read_onnx(path: str | os.PathLike) -> Any:
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"ONNX file {str(path)!r} is a directory, not an ONNX model")
     if not path.is_file():
         raise UserError(f"ONNX file {str(path)!r} does not exist")
     try:

@@ -114,6 +114,8 @@ class EngineSidecar:
             UserError: missing, not JSON, or malformed.
         """
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"engine sidecar {str(path)!r} is a directory")
         if not path.is_file():
             raise UserError(f"engine sidecar {str(path)!r} does not exist")
         try:
@@ -203,6 +205,8 @@ def load_engine(
     from lut_builder.backends.tensorrt import trt_compat
 
     path = Path(engine_path)
+    if path.is_dir():
+        raise UserError(f"engine {str(path)!r} is a directory")
     if not path.is_file():
         raise UserError(f"engine {str(path)!r} does not exist")
     sidecar = EngineSidecar.read(sidecar_path(path))

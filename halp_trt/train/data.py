@@ -216,6 +216,8 @@ def _labels(arr: Any, what: str, n: int) -> np.ndarray:
 
 
 def _npz(spec: str, path: Path, channels: int, size: tuple[int, int]) -> ImageData:
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory, not an .npz file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     try:
@@ -247,6 +249,8 @@ def _npz(spec: str, path: Path, channels: int, size: tuple[int, int]) -> ImageDa
 
 
 def _imagefolder(spec: str, path: Path, channels: int, size: tuple[int, int]) -> ImageData:
+    if path.exists() and not path.is_dir():
+        raise DataError(f"image folder {str(path)!r} is not a directory")
     if not path.is_dir():
         raise DataError(f"image folder {str(path)!r} does not exist")
     try:

@@ -63,6 +63,8 @@ class OnnxRuntimeRunner(Runner):
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         if isinstance(model_or_path, (str, os.PathLike)):
             path = Path(model_or_path)
+            if path.is_dir():
+                raise UserError(f"ONNX file {str(path)!r} is a directory, not an ONNX model")
             if not path.is_file():
                 raise UserError(f"ONNX file {str(path)!r} does not exist")
             if precision == "int8" and not is_qdq_model(path):

@@ -64,6 +64,8 @@ class TensorRTRunner(Runner):
         )
         if isinstance(model_or_path, (str, os.PathLike)):
             path = Path(model_or_path)
+            if path.is_dir():
+                raise UserError(f"model file {str(path)!r} is a directory")
             if not path.is_file():
                 raise UserError(f"model file {str(path)!r} does not exist")
             if path.suffix == ".onnx":
