@@ -402,12 +402,8 @@ def load_weights(model: Any, path: str | Path, spec: str = "the model") -> None:
             blob = unpickle_file(path)
         except SpecError:
             raise
-        except Exception:
-            first = str(safe_exc).strip().splitlines()[0] if str(safe_exc).strip() else ""
-            raise SpecError(
-                f"weights {shown} are not a file saved with torch.save: "
-                f"{type(safe_exc).__name__}: {first}"
-            ) from None
+        except Exception as exc:
+            raise SpecError(_unloadable_weights(path, shown, safe_exc, exc)) from None
         print(
             f"note: weights {shown} hold more than tensors, so they were read with "
             "weights_only=False (this runs code from the file); save model.state_dict() "
@@ -417,6 +413,44 @@ def load_weights(model: Any, path: str | Path, spec: str = "the model") -> None:
     state = _state_dict_of(blob, shown)
     _check_fit(model, state, shown, spec)
     model.load_state_dict(state, strict=True)
+
+
+def _unloadable_weights(path: Path, shown: str, safe_exc: Exception, exc: Exception) -> str:
+    """Why weights that neither load of ``torch.load`` reads cannot be read, in one line.
+
+    A file whose safe load stops at a class (a pickled object: most often a whole module
+    saved with ``torch.save(model)``) and whose full load cannot import that class names
+    the class and the import error; any other file names the error of the safe load.
+    """
+    safe = re.sub(r"\x1b\[[0-9;]*m", "", str(safe_exc))  # torch's message has ANSI bold
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", safe)
+    if found and isinstance(exc, (ImportError, AttributeError)):
+        what = (
+            f"a whole module ({found.group(1)}) saved with torch.save(model)"
+            if _pickles_module(path)
+            else f"a pickled {found.group(1)}"
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return (
+            f"weights {shown} hold {what}, not a state_dict, and its class cannot be "
+            f"imported here: {type(exc).__name__}: {first}; save model.state_dict() instead"
+        )
+    first = safe.strip().splitlines()[0] if safe.strip() else ""
+    return f"weights {shown} are not a file saved with torch.save: {type(safe_exc).__name__}: {first}"  # fmt: skip
+
+
+def _pickles_module(path: Path) -> bool:
+    """Whether a ``torch.save`` archive pickles an ``nn.Module`` (whose state holds
+    ``_modules`` and ``_parameters``), read without unpickling anything."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            data = archive.read(names[0]) if names else b""
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"_modules" in data and b"_parameters" in data
 
 
 def _state_dict_of(blob: Any, shown: str) -> dict[str, Any]:

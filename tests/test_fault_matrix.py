@@ -106,6 +106,7 @@ def workspace(tmp_path_factory):
     (root / "empty.db").write_text("")
     (root / "afile").write_text("a file\n")
     (root / "adir").mkdir()
+    _save_module_of_a_lost_class(root / "lost.pt", tmp_path_factory.mktemp("lost"))
     # Run directories whose report files are of the wrong kind: report.json a
     # directory; plots a file; report.md a directory.
     (root / "jsondir" / "report.json").mkdir(parents=True)
@@ -119,6 +120,21 @@ def workspace(tmp_path_factory):
     (bad / "report.json").write_text(json.dumps({"baseline": 3, "groups": 5, "steps": "x"}))
     return root
 
+
+def _save_module_of_a_lost_class(path: Path, where: Path) -> None:
+    """``torch.save`` of a whole module whose class lives in a module no one can import
+    afterwards (as a pruned model saved whole and taken to another machine)."""
+    import torch
+
+    (where / "lost_model.py").write_text(MODEL_PY)
+    sys.path.insert(0, str(where))
+    try:
+        import lost_model
+
+        torch.save(lost_model.small(), path)
+    finally:
+        sys.path.remove(str(where))
+        sys.modules.pop("lost_model", None)
 
 
 PRUNE = ["prune", "--model", "small.py:small", "--data", "digits", "--lut", "small.db",
@@ -209,6 +225,7 @@ CASES = [
     ("inspect-weights-is-a-dir", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--weights", "adir"], "weights path adir is a directory"),
     ("prune-npz-is-a-dir", "halp_trt", [*PRUNE, "--data", "npz:adir", "--out", "new"], "data file 'adir' is a directory"),
     ("engine-onnx-is-a-dir", "halp_trt", ["engine", "--onnx", "adir", "--out", "m.engine"], "ONNX file 'adir' is a directory"),
+    ("weights-module-of-a-lost-class", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--weights", "lost.pt"], "hold a whole module (lost_model.Small) saved with torch.save(model), not a state_dict, and its class cannot be imported here: ModuleNotFoundError"),
 ]  # fmt: skip
 
 
@@ -221,6 +238,7 @@ def test_fault_is_one_line_exit_2_and_changes_nothing(cli_runner, workspace, too
     assert "Traceback" not in result.stderr
     assert len(lines) == 1 and "error:" in lines[0], result.stderr[-2000:]
     assert fragment in lines[0], (fragment, lines[0])
+    assert "\x1b" not in result.stderr, "raw terminal escapes in the message"
     assert snapshot(workspace) == before, "a failing command changed or left files"
 
 
