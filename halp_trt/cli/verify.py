@@ -177,6 +177,28 @@ def open_table(path: str, backend: str, plan: Any) -> Any:
     return table
 
 
+def check_backend_options(args: argparse.Namespace) -> None:
+    """Refuse an option the chosen backend would ignore: a report timed otherwise than
+    asked (ONNX Runtime runs the ONNX file's own precision and layout on the CPU) must not
+    pass for the measurement that was asked for.
+
+    Raises:
+        UserError: the first such option, named.
+    """
+    ignored: list[tuple[str, str]] = []
+    ort = "ONNX Runtime runs the ONNX file's own precision on the CPU"
+    if args.backend == "onnxruntime" and args.device not in (None, "cpu"):
+        ignored.append((f"--device {args.device}", ort))
+    if args.backend == "onnxruntime" and args.precision != "fp32":
+        ignored.append((f"--precision {args.precision}", ort))
+    if args.backend != "torch" and args.channels_last is not None:
+        flag = "--channels-last" if args.channels_last else "--no-channels-last"
+        ignored.append((flag, "the memory format is a torch option"))
+    if ignored:
+        option, why = ignored[0]
+        raise UserError(f"{option} does not apply to --backend {args.backend}: {why}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..prune.apply import load_plan
     from ..verify import verify_models
@@ -188,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.out, inputs=input_files(args))
     if args.record and not any(Path(m).suffix == ".engine" for m in (args.original, args.pruned)):
         raise UserError("--record writes into engine sidecars: give .engine files")
+    check_backend_options(args)
     original, d0 = resolve_model(args.original, args.backend, args.force)
     pruned, d1 = resolve_model(args.pruned, args.backend, args.force)
     shape = input_shape([d0, d1], args.input_shape, args.batch)
