@@ -45,6 +45,18 @@ nonnegative_int = _number(int, 0, False, "must be an integer >= 0")
 positive_float = _number(float, 0.0, True, "must be a finite number > 0")
 
 
+#: The largest seed every generator the tools seed accepts (torch's are 64-bit).
+MAX_SEED = 2**64 - 1
+
+
+def seed_int(text: str) -> int:
+    """``type=`` for ``--seed``: an integer from 0 to :data:`MAX_SEED`."""
+    value = nonnegative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED}, not {text!r}")
+    return value
+
+
 def thread_count(text: str) -> int:
     """``type=`` for ``--threads``: an integer from 1 to this machine's CPU count (more
     threads than CPUs only oversubscribe them, and a huge count crashes or hangs the

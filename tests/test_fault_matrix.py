@@ -210,8 +210,13 @@ CASES = [
     # numbers outside what the flag allows
     ("inspect-seed-negative", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--check", "--seed", "-1"], "--seed: must be an integer >= 0"),
     ("export-seed-negative", "halp_trt", [*EXPORT, "--seed=-1", "--out", "m.onnx"], "--seed: must be an integer >= 0"),
+    ("export-seed-huge", "halp_trt", [*EXPORT, "--seed", str(2**64), "--out", "m.onnx"], "--seed: must be an integer from 0 to"),
+    ("prune-seed-huge", "halp_trt", [*PRUNE, "--seed", str(2**64)], "seed must be an integer from 0 to"),
     ("verify-block-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--block-ms", "inf"], "--block-ms: must be a finite number > 0"),
     ("verify-chunk-ms-inf", "halp_trt", [*VERIFY, "--backend", "torch", "--chunk-ms", "inf"], "--chunk-ms: must be a finite number > 0"),
+    ("verify-ort-precision", "halp_trt", ["verify", "--original", "small.onnx", "--pruned", "small.onnx", "--backend", "onnxruntime", "--precision", "fp16"], "--precision fp16 does not apply to --backend onnxruntime"),
+    ("verify-ort-device", "halp_trt", ["verify", "--original", "small.onnx", "--pruned", "small.onnx", "--backend", "onnxruntime", "--device", "cuda"], "--device cuda does not apply to --backend onnxruntime"),
+    ("verify-ort-channels-last", "halp_trt", ["verify", "--original", "small.onnx", "--pruned", "small.onnx", "--backend", "onnxruntime", "--channels-last"], "--channels-last does not apply to --backend onnxruntime"),
     ("inspect-shape-too-large", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", "1,1,10000000,10000000"], "cannot be allocated"),
     ("export-shape-too-large", "halp_trt", ["export", "--model", "small.py:small", "--input-shape", "1,1,10000000,10000000", "--out", "m.onnx"], "cannot be allocated"),
     # a report's files of the wrong kind: nothing is drawn or half-written

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from lut_builder.cli_args import nonnegative_int
+from lut_builder.cli_args import seed_int
 
 from ..specs import WEIGHTS_HELP
 
@@ -82,9 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="torch.onnx exporter; auto tries TorchScript (fast) then dynamo",
     )
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")
-    p.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="seed of the example and parity inputs"
-    )
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the example and parity inputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from lut_builder.cli_args import nonnegative_int
+from lut_builder.cli_args import seed_int
 
 from ..specs import WEIGHTS_HELP
 
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="PATH", default=None, help=WEIGHTS_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--check", action="store_true", help="check removed == masked on random inputs")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random check plan")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random check plan")
     return p
 
 

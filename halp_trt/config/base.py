@@ -73,12 +73,22 @@ class ConfigBase:
         if not ok:
             self._fail(field, requirement)
 
-    def _int(self, field: str, least: int, *, optional: bool = False) -> None:
-        """``field`` is an integer >= ``least`` (or None when ``optional``)."""
+    def _int(
+        self, field: str, least: int, *, optional: bool = False, most: int | None = None
+    ) -> None:
+        """``field`` is an integer >= ``least`` (and <= ``most``; or None when
+        ``optional``)."""
         value = getattr(self, field)
         if optional and value is None:
             return
-        self._require(field, _is_int(value) and value >= least, f"must be an integer >= {least}")
+        ok = _is_int(value) and value >= least and (most is None or value <= most)
+        self._require(
+            field,
+            ok,
+            f"must be an integer >= {least}"
+            if most is None
+            else f"must be an integer from {least} to {most}",
+        )
 
     def _number(
         self, field: str, *, low: float, high: float = math.inf, open_low: bool = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lut_builder.cli_args import MAX_SEED
+
 from ..errors import UserError
 from .base import ConfigBase
 
@@ -69,7 +71,7 @@ class TrainConfig(ConfigBase):
             self.device is None or (isinstance(self.device, str) and bool(self.device)),
             "must be cpu, cuda, cuda:N or None",
         )
-        self._int("seed", 0)
+        self._int("seed", 0, most=MAX_SEED)
         self._int("workers", 0)
         self._choice("eval_steps", (True, False))
         self._int("bn_batches", 0)
