@@ -194,7 +194,11 @@ def check_output(
     if kind == "dir" and path.exists() and not path.is_dir():
         raise UserError(f"{shown} exists and is not a directory")
     for name, source in (inputs or {}).items():
-        if source and path.exists() and os.path.isfile(source) and os.path.samefile(path, source):
+        if not source:
+            continue
+        linked = path.exists() and os.path.isfile(source) and os.path.samefile(path, source)
+        # One not written yet (a cache the command creates) is the same by its path.
+        if linked or path.resolve() == Path(source).resolve():
             raise UserError(f"{shown} is one of the inputs ({name}); choose another path")
     parent = path.absolute().parent
     while parents and not parent.exists() and parent != parent.parent:

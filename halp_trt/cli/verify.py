@@ -207,7 +207,14 @@ def run(args: argparse.Namespace) -> int:
         from lut_builder.cli_args import input_files
         from lut_builder.fileio import check_output
 
-        check_output(args.out, inputs=input_files(args))
+        from ..export import sidecar_path
+
+        inputs = input_files(args)
+        if args.record:  # the engines' sidecars are written too: not the report's file
+            for flag in ("original", "pruned"):
+                if Path(getattr(args, flag)).suffix == ".engine":
+                    inputs[f"--{flag}'s sidecar, --record"] = sidecar_path(getattr(args, flag))
+        check_output(args.out, inputs=inputs)
     if args.record and not any(Path(m).suffix == ".engine" for m in (args.original, args.pruned)):
         raise UserError("--record writes into engine sidecars: give .engine files")
     check_backend_options(args)
