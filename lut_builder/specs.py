@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -239,7 +240,7 @@ FILE_MODULE_PREFIX = "_halp_user_model_"
 
 
 def _file_module_name(path: Path) -> str:
-    return FILE_MODULE_PREFIX + str(path.resolve()).encode("utf-8").hex()
+    return FILE_MODULE_PREFIX + os.fsencode(path.resolve()).hex()
 
 
 def _file_of_module(name: str) -> Path | None:
@@ -247,8 +248,8 @@ def _file_of_module(name: str) -> Path | None:
     if not name.startswith(FILE_MODULE_PREFIX):
         return None
     try:
-        path = Path(bytes.fromhex(name[len(FILE_MODULE_PREFIX) :]).decode("utf-8"))
-    except ValueError:  # not hex, or not a path
+        path = Path(os.fsdecode(bytes.fromhex(name[len(FILE_MODULE_PREFIX) :])))
+    except ValueError:  # not hex
         return None
     return path if path.is_absolute() else None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -321,3 +322,18 @@ def test_a_saved_model_whose_file_is_gone_names_the_file(tmp_path, monkeypatch):
 )
 def test_spec_file_is_the_file_a_spec_reads(spec, expected):
     assert spec_file(spec) == expected
+
+
+def test_a_model_file_under_a_path_that_is_not_utf8_saves_and_loads(tmp_path, monkeypatch):
+    """A POSIX file name is bytes: one that is not UTF-8 names its module too."""
+    import os
+
+    from lut_builder.specs import FILE_MODULE_PREFIX
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/b\xffd"))
+    folder.mkdir()
+    (folder / "net.py").write_text(CLASS_FILE)
+    torch.save(load_model(f"{folder / 'net.py'}:make"), folder / "net.pt")
+    for name in [n for n in sys.modules if n.startswith(FILE_MODULE_PREFIX)]:
+        monkeypatch.delitem(sys.modules, name)  # as in a new process
+    assert type(load_model(str(folder / "net.pt"))).__name__ == "Net"
