@@ -191,9 +191,8 @@ def check_backend_options(args: argparse.Namespace) -> None:
         ignored.append((f"--device {args.device}", ort))
     if args.backend == "onnxruntime" and args.precision != "fp32":
         ignored.append((f"--precision {args.precision}", ort))
-    if args.backend != "torch" and args.channels_last is not None:
-        flag = "--channels-last" if args.channels_last else "--no-channels-last"
-        ignored.append((flag, "the memory format is a torch option"))
+    if args.backend != "torch" and args.channels_last:  # --no-channels-last: as they run
+        ignored.append(("--channels-last", "the memory format is a torch option"))
     if ignored:
         option, why = ignored[0]
         raise UserError(f"{option} does not apply to --backend {args.backend}: {why}")

@@ -479,3 +479,25 @@ def test_timing_in_the_table_unit_follows_the_tables_calibration(
     runners = [SimpleNamespace(clock="thread")] * 2
     assert _time_in_table_unit(table, runners, 5, 10) == ((2.0, 1.0), "")
     assert seen["regime"] == regime and seen["runs"] == runs
+
+
+def test_options_as_the_backend_runs_anyway_are_accepted():
+    """``verify`` refuses an option its backend would ignore, not one that asks for what
+    it does anyway (the fault matrix has the refusals)."""
+    import argparse
+
+    from halp_trt.cli.verify import check_backend_options
+
+    for backend in ("onnxruntime", "tensorrt", "torch"):
+        check_backend_options(
+            argparse.Namespace(backend=backend, device=None, precision="fp32", channels_last=None)
+        )
+    check_backend_options(
+        argparse.Namespace(
+            backend="onnxruntime", device="cpu", precision="fp32", channels_last=False
+        )
+    )
+    with pytest.raises(UserError, match="--channels-last does not apply to --backend tensorrt"):
+        check_backend_options(
+            argparse.Namespace(backend="tensorrt", device="0", precision="fp16", channels_last=True)
+        )
