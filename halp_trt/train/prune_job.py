@@ -282,9 +282,18 @@ def prune_classifier(
         f"after pruning: val acc {after[1]:.4f}; predicted {plan.predicted_ms:.4f} ms "
         f"({plan.speedup:.2f}x faster than {plan.base_ms:.4f} ms, target {plan.target_ms:.4f}); "
         f"{pruner.total_channels} -> {kept} channels"
-        + ("" if overhead is None else f"; pruning machinery {overhead:.1%} of its iterations")
+        + ("" if overhead is None else f"; {overhead_phrase(overhead)}")
     )
     return PruneResult(slim.cpu().eval(), plan, log)
+
+
+def overhead_phrase(ratio: float) -> str:
+    """The pruner's time over the training it ran beside, as the log line says it: a
+    share while it is the smaller (scoring, solving), a multiple once it dominates (the
+    latency feedback timing a small model's plans)."""
+    if ratio < 1:
+        return f"pruning machinery {ratio:.1%} on top of its iterations' training"
+    return f"pruning machinery {ratio:.1f}x its iterations' training time"
 
 
 def save_prune_result(out: str | os.PathLike, result: PruneResult) -> list[Path]:

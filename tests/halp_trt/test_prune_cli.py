@@ -427,3 +427,11 @@ def test_calibration_batches_prune_once_before_training(halp_cli, setup, tmp_pat
     assert log["prune_config"]["schedule"] == "oneshot"
     plan = PrunePlan.load(out / "plan.json")
     assert plan.schedule["name"] == "oneshot" and plan.predicted_ms <= plan.target_ms
+
+
+def test_the_pruners_share_of_the_time_reads_as_a_share_or_a_multiple():
+    from halp_trt.train.prune_job import overhead_phrase
+
+    assert overhead_phrase(0.132) == "pruning machinery 13.2% on top of its iterations' training"
+    # Feedback timing a small model's plans dominates its training: a multiple, not 3395.7%.
+    assert overhead_phrase(33.957) == "pruning machinery 34.0x its iterations' training time"
