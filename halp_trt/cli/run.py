@@ -4,6 +4,7 @@ measured speed-up and a report, in one command."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from lut_builder.cli_args import thread_count
@@ -136,5 +137,6 @@ def run(args: argparse.Namespace) -> int:
             f"  {row['model']:<12} {'-' if ms is None else f'{ms:.4f} ms':>12}  accuracy "
             f"{row['accuracy']:.4f}  {row['size_bytes'] / 1e6:.2f} MB"
         )
-    print(f"report: {cfg.out}/report.md (data in {cfg.out}/report.json)")
+    out = Path(cfg.out)  # as given, without a trailing separator doubled
+    print(f"report: {out / 'report.md'} (data in {out / 'report.json'})")
     return 0
