@@ -48,6 +48,7 @@ takes, does to the model and raises.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -210,9 +211,20 @@ class Pruner:
             ("start", start, 0),
             ("calibration_batches", calibration_batches, 0),
         ):
-            if int(value) != value or value < least:
+            if (
+                not isinstance(value, numbers.Integral)
+                and not (isinstance(value, float) and value.is_integer())
+                or value < least
+            ):
                 raise PruningError(f"{name} must be an integer >= {least}, not {value!r}")
         self.module = unwrap(model)
+        if not isinstance(self.module, nn.Module):
+            raise PruningError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if not callable(getattr(table, "lookup", None)):
+            raise PruningError(
+                f"table must be a latency table (lut_builder.LatencyTable.open(path)), not "
+                f"{type(table).__name__}"
+            )
         self.example_inputs = example_inputs
         self.table = table
         criterion, self.importance_name = resolve_importance(importance)

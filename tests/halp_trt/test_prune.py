@@ -78,6 +78,24 @@ def test_parse_target_rejects(text, match):
         parse_target(text, 10.0)
 
 
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"model": "resnet8"}, "model must be a torch.nn.Module, not str"),
+        ({"table": None}, "table must be a latency table .*not NoneType"),
+        ({"table": "r8.lut"}, "table must be a latency table .*not str"),
+        ({"steps": None}, "steps must be an integer >= 1, not None"),
+        ({"interval": "40"}, "interval must be an integer >= 1, not '40'"),
+        ({"steps": 2.5}, "steps must be an integer >= 1, not 2.5"),
+    ],
+)
+def test_pruner_arguments_of_the_wrong_kind_are_one_pruning_error(table, change, match):
+    model, x = fresh()
+    args = {"model": model, "example_inputs": x, "table": table, "target": "0.6x", **change}
+    with pytest.raises(PruningError, match=match):
+        Pruner(**args)
+
+
 # -- masks ---------------------------------------------------------------------------------
 
 
