@@ -175,7 +175,8 @@ class Pruner:
             calls it before its first iteration); ``step()`` refuses to run before it.
 
     Raises:
-        PruningError: nothing prunable, a table that does not cover the model, a
+        PruningError: a model that is not an ``nn.Module`` or a table that is not a
+            latency table; nothing prunable, a table that does not cover the model, a
             target that is malformed, not below the unpruned latency, or below what
             the table says is reachable; bad schedule settings.
         ImportanceError: an unknown criterion, or a factory that builds no
