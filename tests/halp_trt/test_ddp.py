@@ -7,8 +7,10 @@ importances, solve once and broadcast, so both ranks end with the same masks and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,22 +28,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wrap: bool) -> None:
+@contextlib.contextmanager
+def _gloo_rank(rank: int, world: int, port: int) -> Iterator[tuple[torch.nn.Module, torch.Tensor]]:
+    """This process as one gloo rank of ``world``, on one thread, with the ResNet-8 and
+    input every rank starts from (the same initial weights on every rank)."""
     import torch.distributed as dist
-    import torch.nn.functional as F
-
-    from halp_trt.prune import Pruner
-    from halp_trt.prune.distributed import synchronize
-    from lut_builder import LatencyTable
 
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        torch.manual_seed(0)  # same initial weights on every rank
-        model = CifarResNet(8, 10, 3, width=16)
-        x = torch.randn(1, 3, 16, 16)
+        torch.manual_seed(0)
+        yield CifarResNet(8, 10, 3, width=16), torch.randn(1, 3, 16, 16)
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wrap: bool) -> None:
+    import torch.nn.functional as F
+
+    from halp_trt.prune import Pruner
+    from halp_trt.prune.distributed import synchronize
+    from lut_builder import LatencyTable
+
+    with _gloo_rank(rank, world, port) as (model, x):
         table = LatencyTable.open(table_path)
         pruner = Pruner(model, x, table, "0.6x", steps=2, interval=2)
         net = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
@@ -89,8 +100,6 @@ def _worker(rank: int, world: int, port: int, table_path: str, out_dir: str, wra
             )
         )
         synchronize()
-    finally:
-        dist.destroy_process_group()
 
 
 def _two_ranks(worker, tmp_path, *args) -> None:
@@ -132,19 +141,10 @@ def test_two_gloo_ranks_end_with_identical_masks(tmp_path, wrap):
 
 
 def _measuring_worker(rank: int, world: int, port: int, table_path: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
     from halp_trt.prune import Pruner
     from lut_builder import LatencyTable
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.manual_seed(0)
-        model = CifarResNet(8, 10, 3, width=16)
-        x = torch.randn(1, 3, 16, 16)
+    with _gloo_rank(rank, world, port) as (model, x):
         pruner = Pruner(
             model, x, LatencyTable.open(table_path), "0.6x", importance="sensitivity-loss",
             schedule="oneshot", calibration_batches=2,
@@ -166,8 +166,6 @@ def _measuring_worker(rank: int, world: int, port: int, table_path: str, out_dir
                 }
             )
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_measuring_criterion_under_two_gloo_ranks_ends_with_one_plan(tmp_path):
@@ -185,20 +183,12 @@ def test_a_measuring_criterion_under_two_gloo_ranks_ends_with_one_plan(tmp_path)
 def _early_worker(rank: int, world: int, port: int, table_path: str, out_dir: str) -> None:
     import warnings
 
-    import torch.distributed as dist
     import torch.nn.functional as F
 
     from halp_trt.prune import Pruner
     from lut_builder import LatencyTable
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.manual_seed(0)
-        model = CifarResNet(8, 10, 3, width=16)
-        x = torch.randn(1, 3, 16, 16)
+    with _gloo_rank(rank, world, port) as (model, x):
         pruner = Pruner(
             model, x, LatencyTable.open(table_path), "0.6x", importance="l1", steps=10, interval=5
         )
@@ -224,8 +214,6 @@ def _early_worker(rank: int, world: int, port: int, table_path: str, out_dir: st
                 }
             )
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def test_finalize_warns_from_rank_0_only(tmp_path):
