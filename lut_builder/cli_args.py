@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -58,14 +57,17 @@ def seed_int(text: str) -> int:
 
 
 def thread_count(text: str) -> int:
-    """``type=`` for ``--threads``: an integer from 1 to this machine's CPU count (more
-    threads than CPUs only oversubscribe them, and a huge count crashes or hangs the
-    runtimes instead of failing)."""
+    """``type=`` for ``--threads``: an integer from 1 to the CPUs this process may use
+    (:func:`lut_builder.parallelism.usable_cpus`: more threads than CPUs only
+    oversubscribe them, and a huge count crashes or hangs the runtimes instead of
+    failing)."""
+    from .parallelism import usable_cpus
+
     value = positive_int(text)
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if value > cpus:
         raise argparse.ArgumentTypeError(
-            f"must be at most {cpus}, the CPUs of this machine, not {text!r}"
+            f"must be at most {cpus}, the CPUs this process may use, not {text!r}"
         )
     return value
 

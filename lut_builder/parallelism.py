@@ -20,12 +20,53 @@ is one per process and cannot time two at once.
 
 from __future__ import annotations
 
+import math
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
 from .timing import median_interval, time_chunked
+
+#: Where a cgroup v2 CPU quota is read (``"max 100000"`` or ``"QUOTA PERIOD"``).
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run threads on: its affinity mask (``taskset``, a
+    container's CPU set) where the platform has one, else the machine's CPU count, and
+    no more than a cgroup v2 CPU quota allows (``docker --cpus 2`` on a larger host),
+    rounded up. At least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0 and int(quota) > 0:
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here (or unreadable): the mask decides
+    return max(cpus, 1)
+
+
+def check_thread_count(threads: Any, what: str = "threads") -> int:
+    """``threads`` if it is an integer from 1 to :func:`usable_cpus`, else a
+    :class:`~lut_builder.errors.UserError` naming ``what``: more threads than CPUs only
+    oversubscribe them (the timings then describe contention, not the deployment), and a
+    huge count crashes or hangs the runtimes instead of failing."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"{what} must be an integer >= 1, not {threads!r}")
+    cpus = usable_cpus()
+    if threads > cpus:
+        raise UserError(
+            f"{what} must be at most {cpus}, the CPUs this process may use, not {threads}"
+        )
+    return threads
+
 
 #: The speed-up over one thread below which N threads are said not to run in parallel.
 #: On a 2-vCPU machine with nothing else running the check gave 1.11-1.75x for the demo's

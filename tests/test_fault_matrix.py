@@ -207,7 +207,7 @@ CASES = [
     ("build-out-is-a-dir", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "analytic", "--out", "adir"], "is a directory"),
     # more threads than CPUs: refused before anything runs (a huge count crashed or hung)
     ("verify-threads-huge", "halp_trt", [*VERIFY, "--backend", "torch", "--threads", "100000"], "--threads: must be at most"),
-    ("verify-ort-threads-huge", "halp_trt", ["verify", "--original", "small.onnx", "--pruned", "small.onnx", "--backend", "onnxruntime", "--threads", "100000"], "the CPUs of this machine"),
+    ("verify-ort-threads-huge", "halp_trt", ["verify", "--original", "small.onnx", "--pruned", "small.onnx", "--backend", "onnxruntime", "--threads", "100000"], "the CPUs this process may use"),
     ("run-threads-huge", "halp_trt", [*RUN, "--threads", "100000", "--out", "new"], "--threads: must be at most"),
     ("build-threads-huge", "lut_builder", ["build", "--model", "small.py:small", "--input-shape", SHAPE, "--backend", "onnxruntime", "--threads", "100000", "--out", "new.db"], "--threads: must be at most"),
     # numbers outside what the flag allows

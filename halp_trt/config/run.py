@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from lut_builder.parallelism import usable_cpus
+
 from .base import ConfigBase
 from .prune import PruneConfig
 from .train import TrainConfig
@@ -40,7 +42,8 @@ class RunConfig(ConfigBase):
         step: channel step of the table's grid (None: the backend's alignment).
         threads: CPU threads of the deployment (ONNX Runtime, torch on the CPU): the
             table is measured, its latency model calibrated and verify timed at this
-            count (a ``lut`` measured at another is refused). Ignored on GPUs.
+            count (a ``lut`` measured at another is refused). Ignored on GPUs; at most the
+            CPUs this process may use (:func:`lut_builder.parallelism.usable_cpus`).
         pretrain_epochs: train the dense model first (for untrained model specs).
         verify_rounds: timed rounds of the interleaved original-vs-pruned timing.
         feedback: on a CPU backend at FP32, measure each pruning step's plan on this
@@ -93,6 +96,8 @@ class RunConfig(ConfigBase):
         self._require("weights", self.weights is None or (isinstance(self.weights, str) and self.weights.strip() != ""), "must be None or the path of a state_dict file")  # fmt: skip
         self._int("step", 1, optional=True)
         self._int("threads", 1)
+        cpus = usable_cpus()
+        self._require("threads", self.threads <= cpus, f"must be at most {cpus}, the CPUs this process may use")  # fmt: skip
         self._int("pretrain_epochs", 0)
         self._int("verify_rounds", 1)
         self._choice("resume", (True, False))

@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lut_builder.errors import UserError
+from lut_builder.parallelism import check_thread_count
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 #: Timing in blocks (one CPU thread): untimed inferences that start each block, and the
@@ -371,9 +372,13 @@ def _thread_options(
         fingerprint = facts.get("fingerprint") if isinstance(facts, Mapping) else None
     measured = table_threads(fingerprint) if isinstance(fingerprint, Mapping) else None
     asked = options.get("threads")
-    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 1):
-        raise UserError(f"threads must be an integer >= 1, not {asked!r}")
+    if asked is not None:
+        check_thread_count(asked)
     threads = asked if asked is not None else measured or 1
+    if asked is None:
+        check_thread_count(
+            threads, f"the table's thread count ({threads}, timed unless threads are given)"
+        )
     note = ""
     if measured is not None and threads != measured:
         note = (

@@ -385,3 +385,31 @@ def test_every_entry_point_defaults_to_the_same_importance():
         # the pruning window too: the commands' literal is the schedule's default
         window = next(a for a in parser._actions if a.dest == "prune_window")
         assert window.default == DEFAULT_SPREAD == ht.PruneConfig(target="0.5x").prune_window
+
+
+def test_threads_are_bounded_by_the_cpus_the_process_may_use(monkeypatch, tmp_path):
+    """RunConfig and verify refuse more threads than the process may use (taken from
+    the table when not given), as the command line does."""
+    import torch.nn as nn
+
+    from halp_trt.verify import verify_models
+    from lut_builder import parallelism
+    from lut_builder.errors import UserError
+
+    from ..lut_builder.test_threads import ORT_1, make_table
+
+    monkeypatch.setattr(parallelism, "usable_cpus", lambda: 2)
+    import halp_trt.config.run as run_module
+
+    monkeypatch.setattr(run_module, "usable_cpus", lambda: 2)
+    assert run_config(threads=2).threads == 2
+    with pytest.raises(ConfigError, match="threads.*at most 2, the CPUs this process may use"):
+        run_config(threads=3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    quick = dict(backend="onnxruntime", input_shape=(1, 3, 8, 8), rounds=3, warmup=0)
+    with pytest.raises(UserError, match="threads must be at most 2"):
+        verify_models(net, net, threads=3, **quick)
+    fingerprint = {**ORT_1, "options": {"threads": 4, "clock": "wall"}}
+    refused = r"the table's thread count \(4, timed unless threads are given\) must be at most 2"
+    with make_table(tmp_path / "t4.lut", fingerprint) as table, pytest.raises(UserError, match=refused):  # fmt: skip
+        verify_models(net, net, table=table, **quick)

@@ -209,12 +209,13 @@ def test_bad_paths_and_numbers_fail_first_and_write_nothing(
 
 
 def test_threads_up_to_the_cpu_count(monkeypatch):
-    """--threads takes every count from 1 to the CPUs of the machine, and no more."""
+    """--threads takes every count from 1 to the CPUs this process may use, and no more."""
     import argparse
 
+    from lut_builder import parallelism
     from lut_builder.cli_args import thread_count
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(parallelism, "usable_cpus", lambda: 2)
     assert [thread_count("1"), thread_count("2")] == [1, 2]
     for text in ("3", "0", "two"):
         with pytest.raises(argparse.ArgumentTypeError):

@@ -125,3 +125,65 @@ def test_several_onnxruntime_threads_are_timed_without_spinning():
     finally:
         two.close()
         one.close()
+
+
+@pytest.fixture
+def cpus(monkeypatch, tmp_path):
+    """Set the affinity mask and the cgroup quota :func:`usable_cpus` reads."""
+    import os
+
+    from lut_builder import parallelism
+
+    def set_cpus(mask: int, quota: str | None = None) -> None:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(mask)), raising=False)
+        path = tmp_path / "cpu.max"
+        if quota is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(quota + "\n")
+        monkeypatch.setattr(parallelism, "CGROUP_CPU_MAX", str(path))
+
+    return set_cpus
+
+
+def test_usable_cpus_is_the_affinity_mask_within_the_cgroup_quota(cpus, monkeypatch):
+    import os
+
+    from lut_builder.parallelism import usable_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    cpus(3)
+    assert usable_cpus() == 3  # taskset -c 0-2 on a 64-CPU machine
+    cpus(8, "max 100000")
+    assert usable_cpus() == 8  # no quota
+    cpus(8, "250000 100000")
+    assert usable_cpus() == 3  # docker --cpus 2.5: three threads can run at once
+    cpus(2, "800000 100000")
+    assert usable_cpus() == 2  # the mask is the smaller
+    cpus(4, "garbage")
+    assert usable_cpus() == 4  # an unreadable quota is no quota
+    cpus(4)
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cpus() == 64  # no affinity mask on this platform: the machine's count
+
+
+def test_every_thread_count_is_bounded_by_the_usable_cpus(cpus, restore_torch_threads):
+    """Both runners and both CPU backends refuse more threads than the process may use,
+    one line naming what was given; the usable count itself is taken."""
+    from lut_builder.backends import make_runner
+
+    cpus(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    x = torch.zeros(1, 3, 8, 8)
+    for make in (
+        lambda n: get_backend("onnxruntime", threads=n),
+        lambda n: get_backend("torch", device="cpu", threads=n),
+        lambda n: make_runner("onnxruntime", net, x, threads=n),
+        lambda n: make_runner("torch", net, x, threads=n),
+    ):
+        make(2)
+        with pytest.raises(UserError, match="threads must be at most 2, the CPUs this process may use, not 3"):  # fmt: skip
+            make(3)
+    for bad in (0, True, 1.5):
+        with pytest.raises(UserError, match="must be an integer >= 1"):
+            make_runner("torch", net, x, threads=bad)

@@ -60,6 +60,7 @@ import math
 from typing import Any
 
 from ...errors import UserError
+from ...parallelism import check_thread_count
 from ...signatures import LayerSignature
 from ...timing import Timing, get_clock, time_interleaved, time_relative
 from ..base import (
@@ -254,8 +255,8 @@ class OnnxRuntimeBackend(int8.MeasuredAlignment, Backend):
         check_optimization(optimization, ("all", "extended"))
         if method not in ("differential", "single"):
             raise UserError(f"unknown method {method!r}; known: differential, single")
+        check_thread_count(threads, "the onnxruntime backend's threads")
         for name, value, least in (
-            ("threads", threads, 1),
             ("copies", copies, 2),
             ("runs", runs, 1),
         ):

@@ -19,6 +19,7 @@ from typing import Any
 
 from ...errors import UserError
 from ...onnx_export import export_onnx, quantize_qdq
+from ...parallelism import check_thread_count
 from ..base import Runner, register_runner
 from .session import check_optimization, session_options
 
@@ -56,8 +57,7 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         check_optimization(optimization)
-        if threads < 1:
-            raise UserError("threads must be >= 1")
+        check_thread_count(threads, "the onnxruntime runner's threads")
         if precision not in ("fp32", "int8"):
             raise UserError(f"the onnxruntime runner runs fp32 or int8, not {precision!r}")
         self._tmpdir: tempfile.TemporaryDirectory | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import UserError
+from ...parallelism import check_thread_count
 from ...signatures import LayerSignature
 from ...timing import Timing, time_callable
 from ..base import (
@@ -141,9 +142,7 @@ class TorchBackend(Backend):
                 raise UserError("the torch backend was asked for CUDA, but CUDA is not available")
             torch.backends.cudnn.benchmark = True
         elif threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise UserError(f"the torch backend's threads must be >= 1, not {threads!r}")
-            torch.set_num_threads(threads)
+            torch.set_num_threads(check_thread_count(threads, "the torch backend's threads"))
         #: CPU threads every measurement runs at (None on CUDA).
         self.threads = torch.get_num_threads() if self.device.type == "cpu" else None
         if inner < 1 or runs < 1:

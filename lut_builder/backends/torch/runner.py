@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ...errors import UserError
+from ...parallelism import check_thread_count
 from ..base import Runner, register_runner
 from .measurer import torch_dtype
 
@@ -61,9 +62,7 @@ class TorchRunner(Runner):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("the torch runner was asked for CUDA, but no CUDA device is available")
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise UserError(f"the torch runner's threads must be >= 1, not {threads!r}")
-            torch.set_num_threads(threads)
+            torch.set_num_threads(check_thread_count(threads, "the torch runner's threads"))
         #: CPU threads every call runs at (None on CUDA).
         self.threads = torch.get_num_threads() if self.device.type == "cpu" else None
         if self.threads == 1:

@@ -96,7 +96,7 @@ def test_a_differential_point_that_resolves_to_zero_is_retimed_then_a_positive_s
         ({"method": "magic"}, "method"),
         ({"threads": 2, "clock": "thread"}, "single-threaded"),
         # Each named alone: a user who gave threads=0 reads about threads only.
-        ({"threads": 0}, "backend's threads must be >= 1, not 0$"),
+        ({"threads": 0}, "backend's threads must be an integer >= 1, not 0$"),
         ({"copies": 1}, "backend's copies must be >= 2, not 1$"),
         ({"runs": 0}, "backend's runs must be >= 1, not 0$"),
     ],

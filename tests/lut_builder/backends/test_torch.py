@@ -41,7 +41,7 @@ def test_torch_cuda_missing_is_user_error():
 
 
 def test_torch_threads_below_one_is_a_user_error_naming_threads():
-    with pytest.raises(UserError, match="backend's threads must be >= 1, not 0"):
+    with pytest.raises(UserError, match="backend's threads must be an integer >= 1, not 0"):
         get_backend("torch", device="cpu", threads=0)
 
 
