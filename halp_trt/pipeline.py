@@ -402,6 +402,7 @@ class Pipeline:
         the stage succeeds again (see the module notes)."""
         assert self.state is not None
         later = STAGES[STAGES.index(stage) :]
+        self._check_inputs_not_redone(later)
         if not any(self.state.stages.get(s, {}).get("outputs") for s in later):
             self.state.invalidate_from(stage, self.out)  # no results to keep
             return
@@ -411,6 +412,27 @@ class Pipeline:
         shutil.copyfile(self.out / STATE_FILE, previous / f"{STATE_FILE}.tmp")
         os.replace(previous / f"{STATE_FILE}.tmp", previous / STATE_FILE)
         self.state.invalidate_from(stage, self.out, aside=previous)
+
+    def _check_inputs_not_redone(self, stages: list[str]) -> None:
+        """Refuse, before anything moves, a resume whose own inputs (``--model``,
+        ``--weights``, ``--lut``, ``--data npz:``) include an output of a stage it redoes:
+        the stage would set its input aside with its outputs and fail on the missing
+        file."""
+        from lut_builder.cli_args import input_files
+
+        assert self.state is not None
+        mine = {
+            os.path.realpath(self.out / rel): (s, rel)
+            for s in stages
+            for rel in self.state.stages.get(s, {}).get("outputs", [])
+        }
+        for flag, path in input_files(self.config).items():
+            if path and os.path.realpath(path) in mine:
+                stage, rel = mine[os.path.realpath(path)]
+                raise UserError(
+                    f"{flag} {path} is {rel}, an output of this run's {stage} stage, which "
+                    f"this resume runs again: copy it out of {self.out} first"
+                )
 
     def _restore_previous(self) -> None:
         """Put back what :meth:`_set_aside_from` moved, ``run.json`` last, and read the

@@ -8,7 +8,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -79,8 +79,9 @@ _SPEC_FLAGS = ("model", "original", "pruned")
 _FILE_FLAGS = ("weights", "lut", "onnx", "plan")
 
 
-def input_files(args: argparse.Namespace) -> dict[str, str | None]:
-    """The files ``args`` name for reading, by flag (None where not given): the model
+def input_files(args: argparse.Namespace | Any) -> dict[str, str | None]:
+    """The files ``args`` (parsed arguments, or an object with the same attributes, as a
+    run's config) name for reading, by flag (None where not given): the model
     specs' files, ``--weights``, ``--lut``, ``--onnx``, ``--plan`` and the file of
     ``--data npz:PATH``. What :func:`lut_builder.fileio.check_output` keeps an output
     from overwriting."""

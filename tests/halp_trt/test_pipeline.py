@@ -296,6 +296,32 @@ def test_a_resume_killed_in_the_redone_stage_is_put_back_at_the_next_start(tmp_p
     assert _files(tmp_path) == before and not (tmp_path / PREVIOUS_DIR).exists()
 
 
+def test_a_resume_refuses_an_input_that_is_an_output_it_redoes(tmp_path):
+    """`--model R/pruned/...` to a resume that prunes again (through a link too): one line
+    naming the flag and the stage, before anything is set aside; a file in the run
+    directory that is none of the outputs redone is a fine input."""
+    from halp_trt.errors import UserError
+
+    pipeline, before = _finished_run(tmp_path)
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(tmp_path)
+    for model in (str(tmp_path / "pruned/plan.json"), f"{link}/pruned/../pruned/plan.json"):
+        pipeline.config.model = model
+        with pytest.raises(UserError, match=r"--model .* is pruned/plan.json, an output of this run's prune stage, which this resume runs again: copy it out of"):  # fmt: skip
+            pipeline.run()
+        assert _files(tmp_path) == before
+    pipeline.config.model = "m"
+    pipeline.config.data = f"npz:{tmp_path / 'original.onnx'}"
+    with pytest.raises(UserError, match=r"--data .* is original.onnx, an output of this run's export stage"):  # fmt: skip
+        pipeline.run()
+    assert _files(tmp_path) == before
+    # an input in the run directory that is none of its outputs: the resume goes on
+    pipeline.config.data = f"npz:{tmp_path / 'more-digits.npz'}"
+    pipeline._stage_baseline = lambda: (_ for _ in ()).throw(RuntimeError("got to baseline"))
+    with pytest.raises(Exception, match="got to baseline"):
+        pipeline.run()
+
+
 @pytest.mark.parametrize(
     "setting, default, before_it, redone, kept",
     [
