@@ -44,6 +44,8 @@ says so in a note; the report keeps both counts.
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -311,7 +313,8 @@ def check_plan(plan: Any, pruned: Any) -> None:
     """Refuse a plan that cannot be ``pruned``'s: a predicted latency, budget or (a
     pruning plan's) target or unpruned prediction that is not a positive number, or,
     with ``pruned`` a module, widths that are not its layers' (another model, or the
-    unpruned one). An ONNX file or engine is not compared layer by layer.
+    unpruned one); with ``pruned`` an ONNX file, widths it does not have, compared as
+    a multiset (:func:`onnx_layer_widths`). An engine is not compared layer by layer.
 
     Raises:
         PlanError: the first figure or layer that does not fit, named.
@@ -326,10 +329,13 @@ def check_plan(plan: Any, pruned: Any) -> None:
             continue  # a solver plan has no pruning facts
         if not (_is_number(value) and math.isfinite(value) and value > 0):
             raise PlanError(f"invalid plan: {name} must be a positive number, not {value!r}")
+    widths = getattr(plan, "widths", None) or {}
+    if isinstance(pruned, (str, os.PathLike)) and str(pruned).endswith(".onnx"):
+        _check_onnx_widths(widths, pruned)
     if not isinstance(pruned, nn.Module):
         return
     modules = dict(pruned.named_modules())
-    for name, widths in (getattr(plan, "widths", None) or {}).items():
+    for name, layer in widths.items():
         module = modules.get(name)
         if isinstance(module, nn.Conv2d):
             here: tuple[int, int] | None = (module.in_channels, module.out_channels)
@@ -337,11 +343,66 @@ def check_plan(plan: Any, pruned: Any) -> None:
             here = (module.in_features, module.out_features)
         else:
             here = None
-        if here != tuple(widths):
+        if here != tuple(layer):
             has = "has no such conv/linear layer" if here is None else f"has {here[0]} -> {here[1]}"
             raise PlanError(
-                f"the plan is not the pruned model's: its layer {name} is {widths[0]} -> "
-                f"{widths[1]} channels, the pruned model {has}"
+                f"the plan is not the pruned model's: its layer {name} is {layer[0]} -> "
+                f"{layer[1]} channels, the pruned model {has}"
+            )
+
+
+def onnx_layer_widths(path: str | os.PathLike) -> Counter[tuple[int, int]] | None:
+    """The ``(in, out)`` channels of an ONNX file's convolutions (from their weights'
+    shapes and groups) and of its fully connected layers (``Gemm``, and ``MatMul`` by a
+    2-D weight, counted both ways round: the exporters transpose them differently), with
+    their counts; None when a layer's weight is not a constant of the file (computed in
+    the graph) or the file does not parse, so the widths cannot be read."""
+    import onnx
+
+    try:
+        graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    except Exception:  # not ONNX, or unreadable: the runner says so in its own words
+        return None
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+    found: Counter[tuple[int, int]] = Counter()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        shape = shapes.get(node.input[1])
+        if shape is None:
+            if node.op_type == "MatMul":
+                continue  # activations times activations (attention): no layer
+            return None
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv" and len(shape) >= 3:
+            found[(shape[1] * int(attrs.get("group", 1)), shape[0])] += 1
+        elif node.op_type != "Conv" and len(shape) == 2:
+            found[(shape[0], shape[1])] += 1
+            found[(shape[1], shape[0])] += shape[0] != shape[1]
+    return found
+
+
+def _check_onnx_widths(widths: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a plan whose layer widths the pruned ONNX file does not have, as many
+    times as the plan has them (the file's layers are unnamed once BatchNorm is folded:
+    compared by width, not by name)."""
+    from ..solver.plan import PlanError
+
+    found = onnx_layer_widths(path)
+    if found is None or not widths:
+        return
+    wanted = Counter(tuple(int(c) for c in w) for w in widths.values())
+    for (c_in, c_out), count in sorted(wanted.items()):
+        if found[(c_in, c_out)] < count:
+            names = [n for n, w in widths.items() if tuple(w) == (c_in, c_out)]
+            raise PlanError(
+                f"the plan is not the pruned ONNX file's: it has {count} layer(s) of "
+                f"{c_in} -> {c_out} channels ({', '.join(names[:3])}"
+                f"{', ...' if len(names) > 3 else ''}), {os.fspath(path)} has "
+                f"{found[(c_in, c_out)]}"
             )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import types
+from collections import Counter
 
 import pytest
 import torch
@@ -501,3 +502,38 @@ def test_options_as_the_backend_runs_anyway_are_accepted():
         check_backend_options(
             argparse.Namespace(backend="tensorrt", device="0", precision="fp16", channels_last=True)
         )
+
+
+@pytest.mark.parametrize(
+    "exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)]
+)
+def test_an_onnx_files_widths_are_its_modules_and_a_plan_of_another_is_refused(tmp_path, exporter):
+    """Read from either exporter's file (BatchNorm folded or not, depthwise convs, the
+    classifier), the widths of a pruned MobileNetV2 are every conv's and linear's of the
+    module; its plan against the unpruned file is refused, naming a layer width the file
+    lacks, before anything is timed."""
+    from halp_trt.models import mobilenetv2_cifar
+    from halp_trt.solver.plan import PlanError
+    from halp_trt.verify.compare import check_plan, onnx_layer_widths
+    from lut_builder.onnx_export import run_exporters
+
+    x = torch.randn(1, 3, 16, 16)
+    dense = mobilenetv2_cifar(num_classes=10).eval()
+    slim = uniform_prune(dense, x, 0.5, multiple=8)
+    widths = {
+        name: (m.in_channels, m.out_channels)
+        if isinstance(m, nn.Conv2d)
+        else (m.in_features, m.out_features)  # fmt: skip
+        for name, m in slim.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+    for model, name in ((slim, "slim.onnx"), (dense, "dense.onnx")):
+        run_exporters(model, x, tmp_path / name, exporter=exporter)
+    found = onnx_layer_widths(tmp_path / "slim.onnx")
+    for width, count in Counter(widths.values()).items():
+        assert found[width] >= count, (width, found[width], count)
+    plan = narrow_plan(widths=widths)
+    check_plan(plan, str(tmp_path / "slim.onnx"))
+    with pytest.raises(PlanError, match=r"the plan is not the pruned ONNX file's: it has \d+ layer\(s\) of \d+ -> \d+ channels .*dense.onnx has 0"):  # fmt: skip
+        verify_models(dense, str(tmp_path / "dense.onnx"), backend="onnxruntime", input_shape=(1, 3, 16, 16), plan=plan)  # fmt: skip
+    assert onnx_layer_widths(tmp_path / "missing.onnx") is None
