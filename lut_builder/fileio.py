@@ -4,7 +4,8 @@ Every output the two tools write (tables' companions, plans, reports, engines, s
 timing caches, plots, ONNX files, benchmark results) goes through here: the data is
 written to a temporary file beside the target (same directory, so the final rename is
 atomic on POSIX), flushed to disk, then renamed over the target. A failure or an
-interruption at any point leaves the target as it was and no temporary file behind.
+interruption at any point leaves the target as it was and no temporary file behind. A
+target that is a symbolic link is written where it points; the link stays.
 
 Modes: files are created ``mode & ~umask`` (``0o644`` by default), as an ``open()`` of a
 new file would under the user's umask; :func:`tempfile.mkstemp` would give ``0o600``,
@@ -22,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _through_links(path: str | os.PathLike) -> Path:
+    """``path``, or the file it links to when it is a symbolic link (dangling too): an
+    output written over a link is written where the link points, as a shell redirection
+    or ``cp`` would write it, and the link is kept."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def _temp_path(path: Path) -> Path:
     """A name beside ``path`` for its temporary file, hidden, with ``path``'s suffix kept
     (writers such as matplotlib pick the format from it)."""
@@ -29,7 +38,7 @@ def _temp_path(path: Path) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` atomically.
+    """Write ``data`` to ``path`` atomically (through a symbolic link, to its target).
 
     Args:
         path: the file to write; its directory must exist.
@@ -48,7 +57,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o64
         data = data.encode()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"atomic_write takes bytes or str, not {type(data).__name__}")
-    path = Path(path)
+    path = _through_links(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
         tmp = _temp_path(path)
@@ -127,7 +136,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         OutputError: (an ``OSError``) the file was written but cannot replace ``path``
             (an immutable file, a directory that forbids it).
     """
-    path = Path(path)
+    path = _through_links(path)
     tmp = _temp_path(path)
     try:
         yield tmp
@@ -200,7 +209,7 @@ def check_output(
         # One not written yet (a cache the command creates) is the same by its path.
         if linked or path.resolve() == Path(source).resolve():
             raise UserError(f"{shown} is one of the inputs ({name}); choose another path")
-    parent = path.absolute().parent
+    parent = (_through_links(path) if kind == "file" else path).absolute().parent
     while parents and not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.exists():

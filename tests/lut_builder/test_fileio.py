@@ -140,3 +140,36 @@ def test_check_output_refuses_inputs_empty_paths_and_special_files(tmp_path):
     assert check_output(tmp_path / "other.pt", inputs=inputs) == tmp_path / "other.pt"
     assert check_output(tmp_path / "new", kind="dir") == tmp_path / "new"
     assert sorted(os.listdir(tmp_path)) == ["fifo", "hardlink.pt", "model.pt"]
+
+
+@pytest.mark.parametrize("writer", ["write", "output"])
+def test_an_output_over_a_symlink_is_written_where_it_points(tmp_path, writer):
+    """The link stays a link (a deployment's `model.engine -> v3.engine`); its target
+    gets the new bytes, atomically, beside itself; a dangling link's target is created;
+    check_output probes the target's directory."""
+    from lut_builder.errors import UserError
+    from lut_builder.fileio import check_output
+
+    def write(path, data):
+        if writer == "write":
+            atomic_write(path, data)
+        else:
+            with atomic_output(path) as tmp:
+                tmp.write_bytes(data)
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "v3.engine").write_bytes(b"old")
+    link = tmp_path / "model.engine"
+    link.symlink_to(tmp_path / "store" / "v3.engine")
+    assert check_output(link) == link
+    write(link, b"new")
+    assert link.is_symlink() and (tmp_path / "store" / "v3.engine").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path / "store")) == ["v3.engine"]  # no temporary left
+    dangling = tmp_path / "next.engine"
+    dangling.symlink_to(tmp_path / "store" / "v4.engine")
+    write(dangling, b"v4")
+    assert dangling.is_symlink() and (tmp_path / "store" / "v4.engine").read_bytes() == b"v4"
+    nowhere = tmp_path / "gone.engine"
+    nowhere.symlink_to(tmp_path / "missing" / "v5.engine")
+    with pytest.raises(UserError, match="the directory of --out .*gone.engine' does not exist: .*missing"):  # fmt: skip
+        check_output(nowhere)
