@@ -253,7 +253,7 @@ class Pipeline:
             ConfigError: a pruning interval longer than the training run.
         """
         from lut_builder.backends import get_backend
-        from lut_builder.fileio import check_output
+        from lut_builder.fileio import check_output, input_file
 
         from .specs import example_input, load_model
         from .train import Trainer, load_data
@@ -269,11 +269,7 @@ class Pipeline:
         elif self.out.is_dir() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
             raise UserError(f"--out {self.out} exists and is not an empty directory")
         if cfg.lut:
-            lut = Path(cfg.lut)
-            if lut.is_dir():
-                raise UserError(f"--lut {cfg.lut} is a directory, not a latency table file")
-            if not lut.is_file():
-                raise UserError(f"--lut {cfg.lut} does not exist")
+            input_file(cfg.lut, "--lut", kind="a latency table file")
             check_table_deployment(cfg.lut, cfg.precision, cfg.threads)
         if not (self.out / STATE_FILE).exists():  # a resumed run keeps its backend
             backend, _ = pick_backend(cfg.backend)

@@ -152,6 +152,38 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise _output_error(path, exc) from exc
 
 
+def input_file(
+    path: str | os.PathLike, what: str, *, kind: str = "", error: type[Exception] | None = None
+) -> Path:
+    """``path`` as a :class:`~pathlib.Path` when it is a file the command can read: a
+    regular file, or a link to one. The one check every input file goes through, so
+    each says the same three things the same way.
+
+    Args:
+        path: the file.
+        what: how the message names it (``"ONNX file"``, ``"--lut"``).
+        kind: what the file should be, for the message when it is a directory
+            (``"an ONNX model"``).
+        error: the exception class (a :class:`~lut_builder.errors.UserError` by default).
+
+    Raises:
+        UserError: (or ``error``) the path is a directory, does not exist, or is not a
+            regular file (a FIFO, a device).
+    """
+    from .errors import UserError
+
+    error = error or UserError
+    path = Path(path)
+    shown = f"{what} {str(path)!r}"
+    if path.is_dir():
+        raise error(f"{shown} is a directory" + (f", not {kind}" if kind else ""))
+    if not path.exists():
+        raise error(f"{shown} does not exist")
+    if not path.is_file():
+        raise error(f"{shown} is not a regular file")
+    return path
+
+
 def check_output(
     path: str | os.PathLike,
     *,

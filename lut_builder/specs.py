@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ShapeError, SpecError
+from .fileio import input_file
 
 _SAVED_SUFFIXES = (".pt", ".pth")
 #: The help of every command's ``--weights`` flag.
@@ -269,10 +270,7 @@ def _import_file(path: Path, mod_name: str) -> Any:
 
 
 def _from_file(path: Path, attr: str) -> Any:
-    if path.is_dir():
-        raise SpecError(f"model file {str(path)!r} is a directory")
-    if not path.is_file():
-        raise SpecError(f"model file {str(path)!r} does not exist")
+    input_file(path, "model file", error=SpecError)
     module = _import_file(path, _file_module_name(path))
     if not hasattr(module, attr):
         raise SpecError(f"{str(path)!r} defines no {attr!r}")
@@ -314,11 +312,7 @@ def load_saved(path: str | Path) -> Any:
         SpecError: the file is missing, is not such a module, or names a model file
             that is gone.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise SpecError(f"model file {str(path)!r} is a directory")
-    if not path.is_file():
-        raise SpecError(f"model file {str(path)!r} does not exist")
+    path = input_file(path, "model file", error=SpecError)
     try:
         return unpickle_file(path)
     except SpecError:
@@ -391,11 +385,7 @@ def load_weights(model: Any, path: str | Path, spec: str = "the model") -> None:
     import torch
 
     shown = str(path)
-    path = Path(path)
-    if path.is_dir():
-        raise SpecError(f"weights path {shown} is a directory, not a state_dict file")
-    if not path.is_file():
-        raise SpecError(f"weights {shown} do not exist")
+    path = input_file(path, "weights file", kind="a state_dict file", error=SpecError)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as safe_exc:

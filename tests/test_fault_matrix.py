@@ -230,7 +230,7 @@ CASES = [
     ("merge-same-table-twice", "lut_builder", ["merge", "small.db", "small.db", "--out", "m.db"], "'small.db' is given twice"),
     ("merge-average-same-file", "lut_builder", ["merge", "small.db", "adir/../small.db", "--average", "--out", "m.db"], "are the same file"),
     # a directory where a file is read is named as one
-    ("inspect-weights-is-a-dir", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--weights", "adir"], "weights path adir is a directory"),
+    ("inspect-weights-is-a-dir", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--weights", "adir"], "weights file 'adir' is a directory, not a state_dict file"),
     ("prune-npz-is-a-dir", "halp_trt", [*PRUNE, "--data", "npz:adir", "--out", "new"], "data file 'adir' is a directory"),
     ("engine-onnx-is-a-dir", "halp_trt", ["engine", "--onnx", "adir", "--out", "m.engine"], "ONNX file 'adir' is a directory"),
     ("weights-module-of-a-lost-class", "halp_trt", ["inspect", "--model", "small.py:small", "--input-shape", SHAPE, "--weights", "lost.pt"], "hold a whole module (lost_model.Small) saved with torch.save(model), not a state_dict, and its class cannot be imported here: ModuleNotFoundError"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lut_builder.errors import ShapeError, UserError
-from lut_builder.fileio import atomic_write
+from lut_builder.fileio import atomic_write, input_file
 
 from .onnx_export import META_BATCH, BatchRange, file_sha256, onnx_io
 from .sidecar import EngineSidecar, sha256_bytes, sidecar_path, utc_now
@@ -37,11 +37,7 @@ def read_onnx(path: str | os.PathLike) -> Any:
     """
     import onnx
 
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"ONNX file {str(path)!r} is a directory, not an ONNX model")
-    if not path.is_file():
-        raise UserError(f"ONNX file {str(path)!r} does not exist")
+    path = input_file(path, "ONNX file", kind="an ONNX model")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

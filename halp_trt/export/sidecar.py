@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lut_builder.errors import UserError
-from lut_builder.fileio import atomic_write_json
+from lut_builder.fileio import atomic_write_json, input_file
 
 FORMAT = 1
 
@@ -204,11 +204,7 @@ def load_engine(
     """
     from lut_builder.backends.tensorrt import trt_compat
 
-    path = Path(engine_path)
-    if path.is_dir():
-        raise UserError(f"engine {str(path)!r} is a directory")
-    if not path.is_file():
-        raise UserError(f"engine {str(path)!r} does not exist")
+    path = input_file(engine_path, "engine")
     sidecar = EngineSidecar.read(sidecar_path(path))
     data = path.read_bytes()
     check_engine(

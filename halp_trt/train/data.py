@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lut_builder.fileio import input_file
+
 from ..errors import UserError
 
 #: The split is fixed: the seed of a run changes initialisation and batches, never
@@ -216,10 +218,7 @@ def _labels(arr: Any, what: str, n: int) -> np.ndarray:
 
 
 def _npz(spec: str, path: Path, channels: int, size: tuple[int, int]) -> ImageData:
-    if path.is_dir():
-        raise DataError(f"data file {str(path)!r} is a directory, not an .npz file")
-    if not path.is_file():
-        raise DataError(f"data file {str(path)!r} does not exist")
+    input_file(path, "data file", kind="an .npz file", error=DataError)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FingerprintMismatchError, IncompleteTableError, UserError
+from ..fileio import input_file
 from ..signatures import LayerSignature
 from ..timing import Timing
 from .db import (
@@ -178,11 +179,7 @@ class LatencyTable:
                 cannot be read (saying why); :class:`FingerprintMismatchError`;
                 :class:`IncompleteTableError` (unless ``force``).
         """
-        path = Path(path)
-        if path.is_dir():
-            raise UserError(f"latency table {str(path)!r} is a directory, not a table file")
-        if not path.is_file():
-            raise UserError(f"latency table {str(path)!r} does not exist")
+        path = input_file(path, "latency table", kind="a table file")
         check_sqlite_header(path)
         conn = connect(path, create=False) if writable else connect_readonly(path)
         try:

@@ -49,7 +49,7 @@ def test_state_invalidation_removes_later_outputs(tmp_path):
         (["--target", "half"], "--target must be like 0.5x"),
         (["--input-shape", "1,3,32"], "N,C,H,W"),
         (["--epochs", "0"], "--epochs must be at least 1"),
-        (["--lut", "nope.db"], "--lut nope.db does not exist"),
+        (["--lut", "nope.db"], "--lut 'nope.db' does not exist"),
     ],
 )
 def test_bad_input_fails_before_any_stage(halp_cli, tmp_path, extra, fragment):

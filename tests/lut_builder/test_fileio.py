@@ -173,3 +173,20 @@ def test_an_output_over_a_symlink_is_written_where_it_points(tmp_path, writer):
     nowhere.symlink_to(tmp_path / "missing" / "v5.engine")
     with pytest.raises(UserError, match="the directory of --out .*gone.engine' does not exist: .*missing"):  # fmt: skip
         check_output(nowhere)
+
+
+def test_input_file_says_directory_missing_or_not_a_regular_file(tmp_path):
+    from lut_builder.errors import SpecError, UserError
+    from lut_builder.fileio import input_file
+
+    (tmp_path / "t.lut").write_bytes(b"x")
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "t.lut")
+    assert input_file(tmp_path / "link", "--lut") == tmp_path / "link"
+    with pytest.raises(UserError, match=r"^--lut '.*adir' is a directory, not a table file$"):
+        input_file(tmp_path / "adir", "--lut", kind="a table file")
+    with pytest.raises(SpecError, match=r"^model file '.*gone.py' does not exist$"):
+        input_file(tmp_path / "gone.py", "model file", error=SpecError)
+    with pytest.raises(UserError, match=r"^--lut '.*fifo' is not a regular file$"):
+        input_file(tmp_path / "fifo", "--lut")  # was "does not exist" at several inputs

@@ -231,7 +231,7 @@ def test_many_missing_keys_are_counted_not_listed(tmp_path):
 @pytest.mark.parametrize(
     "content,fragment",
     [
-        (None, "do not exist"),
+        (None, "does not exist"),
         (b"not a torch file", "are not a file saved with torch.save"),
         ({"epoch": 3, "acc": 0.5}, "hold a dict without a state_dict"),
         ([1, 2], "hold a list, not a state_dict"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
+from ...fileio import input_file
 from ...onnx_export import export_onnx, quantize_qdq
 from ...parallelism import check_thread_count
 from ..base import Runner, register_runner
@@ -62,11 +63,7 @@ class OnnxRuntimeRunner(Runner):
             raise UserError(f"the onnxruntime runner runs fp32 or int8, not {precision!r}")
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         if isinstance(model_or_path, (str, os.PathLike)):
-            path = Path(model_or_path)
-            if path.is_dir():
-                raise UserError(f"ONNX file {str(path)!r} is a directory, not an ONNX model")
-            if not path.is_file():
-                raise UserError(f"ONNX file {str(path)!r} does not exist")
+            path = input_file(model_or_path, "ONNX file", kind="an ONNX model")
             if precision == "int8" and not is_qdq_model(path):
                 raise UserError(f"{str(path)!r} is not an INT8 Q/DQ model (no QuantizeLinear)")
         else:

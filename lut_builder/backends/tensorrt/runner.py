@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
+from ...fileio import input_file
 from ...onnx_export import export_onnx, quantize_qdq
 from ..base import Runner, register_runner
 from . import trt_compat
@@ -63,11 +64,7 @@ class TensorRTRunner(Runner):
             workspace_gib=workspace_gib, opt_level=opt_level, timing_cache=timing_cache
         )
         if isinstance(model_or_path, (str, os.PathLike)):
-            path = Path(model_or_path)
-            if path.is_dir():
-                raise UserError(f"model file {str(path)!r} is a directory")
-            if not path.is_file():
-                raise UserError(f"model file {str(path)!r} does not exist")
+            path = input_file(model_or_path, "model file")
             if path.suffix == ".onnx":
                 plan = trt_compat.build_onnx_engine(path, settings, default_shape=shape).plan
             else:
