@@ -236,6 +236,14 @@ def run(args: argparse.Namespace) -> int:
         options["precision"] = args.precision  # how model specs are exported (files: theirs)
         if args.device is not None:
             options["device"] = args.device
+    least_s = 2 * (args.warmup + args.rounds) * args.block_ms / 1000
+    if least_s >= LONG_S:  # every round runs each model for at least --block-ms
+        print(
+            f"verify: {args.warmup} + {args.rounds} rounds of both models, at least "
+            f"{args.block_ms:g} ms each: {_duration(least_s)} or more",
+            file=sys.stderr,
+            flush=True,
+        )
     report = verify_models(
         original,
         pruned,
@@ -267,6 +275,18 @@ def run(args: argparse.Namespace) -> int:
     if report.plan is not None and not report.plan["within_budget"]:
         return 1
     return 0
+
+
+#: A timing expected to take this long or more says so before it starts.
+LONG_S = 60.0
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that keeps it above one (``"4.2 hours"``)."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def record_latency(args: argparse.Namespace, report: Any) -> None:

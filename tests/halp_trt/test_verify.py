@@ -348,6 +348,25 @@ def test_cli_verify_json_and_report_file(halp_cli, saved_models):
     assert json.loads((saved_models / "report.json").read_text()) == d
 
 
+def test_cli_verify_says_how_long_a_long_timing_takes_before_it_starts(saved_models, monkeypatch, capsys):  # fmt: skip
+    """Every round runs both models for at least --block-ms: a timing of a minute or
+    more says its least duration first (--rounds has no bound)."""
+    from halp_trt.cli import main
+    from halp_trt.cli import verify as verify_cli
+
+    assert [verify_cli._duration(s) for s in (59, 61, 7200, 3 * 86400)] == [
+        "59 s", "1.0 minutes", "2.0 hours", "3.0 days"
+    ]  # fmt: skip
+    monkeypatch.chdir(saved_models)
+    args = ["verify", "--original", "wide.pt", "--pruned", "narrow.pt", "--backend", "torch",
+            "--input-shape", "1,3,8,8", "--rounds", "3", "--warmup", "1", "--block-ms", "5"]  # fmt: skip
+    assert main(args) == 0
+    assert "or more" not in capsys.readouterr().err  # 40 ms: nothing to say
+    monkeypatch.setattr(verify_cli, "LONG_S", 0.04)
+    assert main(args) == 0
+    assert "verify: 1 + 3 rounds of both models, at least 5 ms each: 0 s or more" in capsys.readouterr().err  # fmt: skip
+
+
 def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
     from lut_builder.onnx_export import export_onnx
 
