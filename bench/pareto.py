@@ -1093,10 +1093,14 @@ def parse_seeds(text: str) -> list[int]:
     """``--seeds`` (``0,1,2``) as integers in the order given, for every bench that takes
     seeds; BenchError for an item that is not an integer (an empty one too) or a seed
     named twice."""
+    from lut_builder.cli_args import MAX_SEED
+
     try:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
         raise BenchError(f"--seeds {text!r}: comma-separated integers like 0,1,2") from None
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise BenchError(f"--seeds {text!r}: every seed must be an integer from 0 to {MAX_SEED}")
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"--seeds {text!r} names a seed twice")
     return seeds
@@ -1156,6 +1160,7 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         UserError) when the bench lock is held by a flock this run runs under.
     """
     from lut_builder.fileio import check_output
+    from lut_builder.parallelism import check_thread_count
 
     prune_quality.check_lock_not_inherited(args.lock)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -1185,10 +1190,14 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--min-keep must be a fraction in [0, 1), not {args.min_keep}")
     check_deployment(args)
     seeds = parse_seeds(args.seeds)
-    for name in ("epochs", "pretrain_epochs", "steps", "batch_size", "rounds", "threads"):
+    for name in ("epochs", "pretrain_epochs", "steps", "batch_size", "rounds", "threads", "step"):
         least = 0 if name == "pretrain_epochs" else 1
-        if getattr(args, name) < least:
-            raise BenchError(f"--{name.replace('_', '-')} must be at least {least}")
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least {least}, not {value}")
+    check_thread_count(args.threads, "--threads")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise BenchError(f"--lr must be a finite number > 0, not {args.lr}")
     out = check_output(args.out, flag="--out", parents=True)
     if out.suffix != ".json":
         raise BenchError(f"--out {args.out} must end in .json (the plot goes beside it)")
