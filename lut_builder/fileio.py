@@ -167,12 +167,14 @@ def input_file(
         error: the exception class (a :class:`~lut_builder.errors.UserError` by default).
 
     Raises:
-        UserError: (or ``error``) the path is a directory, does not exist, or is not a
-            regular file (a FIFO, a device).
+        UserError: (or ``error``) the path is not a path (None, a number), is a
+            directory, does not exist, or is not a regular file (a FIFO, a device).
     """
     from .errors import UserError
 
     error = error or UserError
+    if not isinstance(path, (str, os.PathLike)):
+        raise error(f"{what} must be a path, not {type(path).__name__}")
     path = Path(path)
     shown = f"{what} {str(path)!r}"
     if path.is_dir():

@@ -177,7 +177,8 @@ class PruneConfig(ConfigBase):
             when the run is too short for ``steps`` (fewer steps are used).
 
         Raises:
-            ConfigError: an ``interval`` (or ``interval_epochs``) longer than the run.
+            ConfigError: an ``interval`` (or ``interval_epochs``) longer than the run, or
+                a ``start`` at or after its end.
         """
         from ..errors import UserError
 
@@ -195,6 +196,8 @@ class PruneConfig(ConfigBase):
             )
         except UserError as exc:
             field = "interval_epochs" if self.interval is None else "interval"
+            if isinstance(total_iterations, int) and self.start >= total_iterations:
+                field = "start"
             raise ConfigError(
                 type(self).__name__, field, f"does not fit the run ({exc})", getattr(self, field)
             ) from None

@@ -255,12 +255,15 @@ class ChannelGraph:
         frozen_layers: names of layers whose channels must not be pruned.
 
     Raises:
-        PruningError: the model cannot be run or traced (one line naming the error).
+        PruningError: ``model`` is not a module, or cannot be run or traced (one line
+            naming the error).
     """
 
     def __init__(
         self, model: nn.Module, example_inputs: Any, *, frozen_layers: Sequence[str] = ()
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise PruningError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.example_inputs = example_inputs
         self._names = {m: n for n, m in model.named_modules()}

@@ -30,8 +30,11 @@ def load_plan(path: str | os.PathLike) -> Plan:
 
     Raises:
         PlanError: the file is missing, malformed or inconsistent (a run's plan whose
-            ``pruning`` facts are invalid is not taken for a solver plan).
+            ``pruning`` facts are invalid is not taken for a solver plan), or ``path``
+            is not a path.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise PlanError(f"a plan file's path must be a str or os.PathLike, not {type(path).__name__}")  # fmt: skip
     try:
         return PrunePlan.load(path)
     except PlanError:
@@ -58,10 +61,13 @@ def apply_plan(
         ``model``, slimmed.
 
     Raises:
-        PlanError: an unreadable or malformed plan file.
-        PruningError: the plan is for another architecture (its groups or widths do
+        PlanError: an unreadable or malformed plan file, or a ``plan`` that is neither a
+            plan nor a path.
+        PruningError: ``model`` is not a module; the plan is for another architecture (its groups or widths do
             not match this model's), or the removed model differs from the masked one.
     """
+    if not isinstance(model, nn.Module):
+        raise PruningError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if not isinstance(plan, Plan):
         plan = load_plan(plan)
     graph = ChannelGraph(model, example_inputs)

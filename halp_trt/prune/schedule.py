@@ -9,6 +9,7 @@ differences; ``oneshot`` prunes once, straight to the target (SP-LAMP's setting)
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,14 @@ class ScheduleFit:
     note: str = ""
 
 
+def _whole(value: Any) -> bool:
+    """An integer (or a float with no fraction, as the pruner's arguments take); not a
+    bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+
+
 def fit_schedule(
     steps: int,
     total_iterations: int,
@@ -190,15 +199,38 @@ def fit_schedule(
         A :class:`ScheduleFit`.
 
     Raises:
-        PruningError: non-positive numbers, or an explicit interval longer than the
-            iterations the run has after ``start``.
+        PruningError: a count that is not an integer, non-positive numbers, a
+            ``spread`` outside (0, 1], a ``start`` at or after the end of the run, or an
+            explicit interval longer than the iterations the run has after ``start``.
     """
     if schedule not in SCHEDULES:
         raise PruningError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    for name, value in (
+        ("steps", steps),
+        ("total_iterations", total_iterations),
+        ("start", start),
+        ("min_interval", min_interval),
+        ("interval", interval),
+        ("iterations_per_epoch", iterations_per_epoch),
+    ):
+        if value is not None and not _whole(value):
+            raise PruningError(f"{name} must be an integer, not {value!r}")
+    for name, value, most in (("spread", spread, 1.0), ("interval_epochs", interval_epochs, None)):
+        if value is None and name == "interval_epochs":
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and value > 0 and (most is None or value <= most)):
+            bound = f" and <= {most}" if most else ""
+            raise PruningError(f"{name} must be a finite number > 0{bound}, not {value!r}")
     if steps < 1 or total_iterations < 1 or start < 0 or min_interval < 1:
         raise PruningError(
             f"steps ({steps}), training iterations ({total_iterations}) and the minimum "
             f"interval ({min_interval}) must be >= 1, start ({start}) >= 0"
+        )
+    if start >= total_iterations:
+        raise PruningError(
+            f"start ({start}) must come before the end of the run ({total_iterations} "
+            "training iterations)"
         )
     asked = 1 if schedule == "oneshot" else int(steps)
     room = total_iterations - start

@@ -193,8 +193,11 @@ class Plan:
         """Read a plan written by :meth:`save`.
 
         Raises:
-            PlanError: the file is missing, not JSON, or not a valid plan.
+            PlanError: the file is missing, not JSON, or not a valid plan; ``path`` is
+                not a path.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise PlanError(f"a plan file's path must be a str or os.PathLike, not {type(path).__name__}")  # fmt: skip
         try:
             d = json.loads(Path(path).read_text())
         except FileNotFoundError as exc:

@@ -144,6 +144,15 @@ def prune_classifier(
     from .trainer import Trainer, evaluate
 
     t_start = time.perf_counter()
+    for name, value, kinds, what in (
+        ("model", model, (nn.Module, str), "an nn.Module or a model spec"),
+        ("data", data, (ImageData, str), "an ImageData or a data spec"),
+        ("table", table, (LatencyTable, str, os.PathLike), "a LatencyTable or its path"),
+        ("prune", prune, (PruneConfig,), "a PruneConfig"),
+        ("train", train, (TrainConfig,), "a TrainConfig"),
+    ):
+        if not isinstance(value, kinds):
+            raise ConfigError("prune_classifier", name, f"must be {what}", value)
     train.require_training()
     if (
         isinstance(pretrain_epochs, bool)
@@ -319,6 +328,8 @@ def save_prune_result(out: str | os.PathLike, result: PruneResult) -> list[Path]
 
     from ..prune.distributed import rank
 
+    if not isinstance(result, PruneResult):
+        raise TypeError(f"result must be a PruneResult, not {type(result).__name__}")
     out = check_output(out, kind="dir")
     names = ("model.pt", "log.json", "plan.json")
     if rank() != 0:

@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import halp_trt as ht
+from halp_trt.config import ConfigError
 from halp_trt.errors import PruningError, UserError
 from halp_trt.graph import ChannelGraph
 from halp_trt.importance import ImportanceError
@@ -94,6 +96,96 @@ def test_pruner_arguments_of_the_wrong_kind_are_one_pruning_error(table, change,
     args = {"model": model, "example_inputs": x, "table": table, "target": "0.6x", **change}
     with pytest.raises(PruningError, match=match):
         Pruner(**args)
+
+
+def _api_calls(tmp_path):
+    """The public functions beside Pruner, each with one argument of the wrong kind."""
+    from halp_trt.config import PruneConfig, TrainConfig
+
+    model, x = fresh()
+    good = dict(prune=PruneConfig(target="0.5x"), train=TrainConfig(epochs=1))
+    run = dict(model=model, data="digits", table=tmp_path / "t.lut", input_shape=(2, 3, 16, 16))  # fmt: skip
+    return [
+        (
+            lambda: ht.apply_plan(None, "plan.json", x),
+            PruningError,
+            "model must be a torch.nn.Module, not NoneType",
+        ),  # fmt: skip
+        (
+            lambda: ht.apply_plan(model, 5, x),
+            PlanError,
+            "a plan file's path must be a str or os.PathLike, not int",
+        ),  # fmt: skip
+        (lambda: ht.apply_plan(model, {"keep": {}}, x), PlanError, "not dict"),
+        (lambda: ht.load_plan(None), PlanError, "not NoneType"),
+        (
+            lambda: ht.ChannelGraph("resnet8", x),
+            PruningError,
+            "model must be a torch.nn.Module, not str",
+        ),  # fmt: skip
+        (lambda: ht.fit_schedule("3", 100), PruningError, "steps must be an integer, not '3'"),
+        (
+            lambda: ht.fit_schedule(3, 100, spread=float("nan")),
+            PruningError,
+            "spread must be a finite number > 0 and <= 1.0, not nan",
+        ),  # fmt: skip
+        (lambda: ht.fit_schedule(3, 100, spread=2.0), PruningError, "spread must be"),
+        (
+            lambda: ht.fit_schedule(3, 100, interval_epochs=float("inf"), iterations_per_epoch=10),
+            PruningError,
+            "interval_epochs must be a finite number > 0, not inf",
+        ),  # fmt: skip
+        (
+            lambda: ht.fit_schedule(3, 100, start=100),
+            PruningError,
+            r"start \(100\) must come before the end of the run \(100 training iterations\)",
+        ),  # fmt: skip
+        (
+            lambda: PruneConfig(target="0.5x", start=500).fit_schedule(100, 10),
+            ConfigError,
+            "PruneConfig.start does not fit the run",
+        ),  # fmt: skip
+        (
+            lambda: ht.prune_classifier(**{**run, "model": None}, **good),
+            ConfigError,
+            "prune_classifier.model must be an nn.Module or a model spec, not None",
+        ),  # fmt: skip
+        (
+            lambda: ht.prune_classifier(**{**run, "data": None}, **good),
+            ConfigError,
+            "prune_classifier.data must be an ImageData or a data spec",
+        ),  # fmt: skip
+        (
+            lambda: ht.prune_classifier(**{**run, "table": None}, **good),
+            ConfigError,
+            "prune_classifier.table must be a LatencyTable or its path, not None",
+        ),  # fmt: skip
+        (
+            lambda: ht.prune_classifier(**run, prune={"target": "0.5x"}, train=good["train"]),
+            ConfigError,
+            "prune_classifier.prune must be a PruneConfig",
+        ),  # fmt: skip
+        (
+            lambda: ht.prune_classifier(**run, prune=good["prune"], train=None),
+            ConfigError,
+            "prune_classifier.train must be a TrainConfig",
+        ),  # fmt: skip
+        (
+            lambda: ht.save_prune_result(tmp_path / "out", None),
+            TypeError,
+            "result must be a PruneResult, not NoneType",
+        ),  # fmt: skip
+    ]
+
+
+def test_the_public_functions_name_an_argument_of_the_wrong_kind(tmp_path):
+    """One error naming the argument for each, before any work (save_prune_result
+    creates nothing); they were AttributeError and TypeError tracebacks from pathlib and
+    from deep inside, and a start past the end of the run was taken."""
+    for call, error, match in _api_calls(tmp_path):
+        with pytest.raises(error, match=match):
+            call()
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- masks ---------------------------------------------------------------------------------
