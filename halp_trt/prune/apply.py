@@ -63,8 +63,9 @@ def apply_plan(
     Raises:
         PlanError: an unreadable or malformed plan file, or a ``plan`` that is neither a
             plan nor a path.
-        PruningError: ``model`` is not a module; the plan is for another architecture (its groups or widths do
-            not match this model's), or the removed model differs from the masked one.
+        PruningError: ``model`` is not a module; the plan is for another architecture
+            (its groups or widths do not match this model's), or the removed model
+            differs from the masked one.
     """
     if not isinstance(model, nn.Module):
         raise PruningError(f"model must be a torch.nn.Module, not {type(model).__name__}")

@@ -222,6 +222,10 @@ def fit_schedule(
         if not (number and math.isfinite(value) and value > 0 and (most is None or value <= most)):
             bound = f" and <= {most}" if most else ""
             raise PruningError(f"{name} must be a finite number > 0{bound}, not {value!r}")
+    steps, total_iterations, start, min_interval = (
+        int(v) for v in (steps, total_iterations, start, min_interval)
+    )
+    interval = None if interval is None else int(interval)
     if steps < 1 or total_iterations < 1 or start < 0 or min_interval < 1:
         raise PruningError(
             f"steps ({steps}), training iterations ({total_iterations}) and the minimum "

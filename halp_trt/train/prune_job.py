@@ -144,6 +144,8 @@ def prune_classifier(
     from .trainer import Trainer, evaluate
 
     t_start = time.perf_counter()
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)  # a saved .pt or a .py file's path
     for name, value, kinds, what in (
         ("model", model, (nn.Module, str), "an nn.Module or a model spec"),
         ("data", data, (ImageData, str), "an ImageData or a data spec"),

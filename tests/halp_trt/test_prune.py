@@ -186,6 +186,8 @@ def test_the_public_functions_name_an_argument_of_the_wrong_kind(tmp_path):
         with pytest.raises(error, match=match):
             call()
     assert list(tmp_path.iterdir()) == []
+    fit = ht.fit_schedule(3.0, 400.0, interval=40.0)  # whole floats, as Pruner takes them
+    assert (fit.steps, fit.interval) == (3, 40) and type(fit.steps) is type(fit.interval) is int
 
 
 # -- masks ---------------------------------------------------------------------------------
