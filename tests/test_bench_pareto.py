@@ -136,7 +136,9 @@ def test_a_table_of_another_deployment_is_one_line(pareto, tmp_path, capsys, mon
     }  # fmt: skip
 
 
-def test_torch_backend_builds_times_and_feeds_back_on_torch(pareto, tmp_path, monkeypatch):
+def test_torch_backend_builds_times_and_feeds_back_on_torch(
+    pareto, tmp_path, monkeypatch, short_feedback
+):
     # --backend torch: the table is the torch backend's, the pruner's feedback and the
     # bench's timings run torch runners (not one ONNX Runtime runner), and the bench's
     # deployment is put back after the run.
