@@ -227,7 +227,6 @@ METHODS = (
     "halp-taylor-weights-concave-calib",
     "halp-taylor-weights-calib-first",
     "halp-taylor-fisher-calib",
-    "halp-taylor-weights-fisher-calib",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
@@ -412,38 +411,6 @@ def terms_root(name: str) -> type:
 
     TermsRoot.__qualname__ = TermsRoot.__name__ = f"TermsRoot_{name}"
     return TermsRoot
-
-
-def fisher(name: str, *, signed_weights: bool = False) -> type:
-    """Criterion ``name`` with each minibatch's per-channel score squared before the
-    scores are averaged: on ``taylor`` (the coupled BatchNorms' terms summed with their
-    signs, the first-order change of the loss when the channel is removed from all of
-    them) the mean of its square over minibatches is the channel mask's empirical Fisher
-    information (Molchanov et al., CVPR 2019; Liu et al.'s group Fisher pruning, ICML
-    2021), half of which estimates the loss a removal adds at a minimum, where the mean
-    gradient the first-order scores average is near zero and mostly noise. The values
-    are additive over the channels removed, so the knapsack's sum of kept values is the
-    loss it keeps off. With ``signed_weights`` on ``taylor-weights``, each channel's terms
-    are the signed ``sum w * dw`` of the slices that write and read it (a reader's slice
-    sums to the mask's gradient at its input) instead of their magnitudes."""
-    from halp_trt.importance import get_importance
-
-    class Fisher(get_importance(name)):  # type: ignore[valid-type, misc]
-        def __init__(self, graph: Any) -> None:
-            super().__init__(graph)
-            if signed_weights:
-                self.abs_terms = False  # the channel's layers summed with their signs
-                self._sources = [
-                    (m, "weight" if kind == "weight-abs" else kind, d, n)
-                    for m, kind, d, n in self._sources
-                ]
-
-        @torch.no_grad()
-        def _minibatch(self) -> torch.Tensor:
-            return super()._minibatch().square()
-
-    Fisher.__qualname__ = Fisher.__name__ = f"Fisher_{name}{'_signed' if signed_weights else ''}"
-    return Fisher
 
 
 def layer_weighted(name: str) -> type:
@@ -1556,8 +1523,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-concave-calib": (concave_value("taylor-weights"), n, 1),
         "halp-taylor-weights-calib-first": ("taylor-weights", n, 1),
         "halp-sp-lamp-calib": ("sp-lamp", n, 1),
-        "halp-taylor-fisher-calib": (fisher("taylor"), n, 1),
-        "halp-taylor-weights-fisher-calib": (fisher("taylor-weights", signed_weights=True), n, 1),
+        "halp-taylor-fisher-calib": ("taylor-fisher", n, 1),
     }
     variants = {  # method: how it departs from halp-taylor-weights-calib's path
         "halp-taylor-weights-macs-calib": "macs",  # solved on the MACs table

@@ -545,38 +545,6 @@ def test_terms_reduced_divide_each_channel_by_the_layers_it_couples(pareto, fact
         assert s == pytest.approx(base[gid] / layers[gid] ** power)
 
 
-def test_fisher_averages_each_minibatchs_squared_score(pareto):
-    """``halp-taylor-fisher-calib``'s criterion: HALP's signed ``taylor`` per minibatch,
-    squared, then averaged (not the square of the average: at least it, by Jensen); the
-    same mask gradient read on the weights of the layers that write and read a channel,
-    with their signs, agrees with it (a writer's slice before a BatchNorm adds nothing,
-    the BatchNorm's output being what its readers read)."""
-    from halp_trt.graph import ChannelGraph
-    from halp_trt.importance import get_importance
-
-    torch.manual_seed(0)
-    net, x = _Residual(), torch.randn(4, 3, 8, 8)
-    graph = ChannelGraph(net, x)
-    fisher = pareto.fisher("taylor")(graph)
-    signed = pareto.fisher("taylor-weights", signed_weights=True)(graph)
-    per_batch = []
-    for seed in range(3):
-        plain = get_importance("taylor")(graph)
-        net.zero_grad()
-        torch.manual_seed(seed)
-        y = torch.randint(0, 4, (4,))
-        nn.functional.cross_entropy(net(x + torch.randn_like(x)), y).backward()
-        for c in (fisher, signed, plain):
-            c.accumulate()
-        per_batch.append(plain.scores())
-    got, other = fisher.scores(), signed.scores()
-    for g in graph.prunable:
-        squares = np.mean([s[g.id] ** 2 for s in per_batch], axis=0)
-        assert got[g.id] == pytest.approx(squares)
-        assert (got[g.id] >= np.mean([s[g.id] for s in per_batch], axis=0) ** 2 - 1e-15).all()
-        assert other[g.id] == pytest.approx(got[g.id], rel=1e-3)
-
-
 def test_concave_weights_make_a_groups_value_2r_minus_r_squared(pareto):
     score = np.array([0.0, 3.0, 1.0, 0.0, 4.0, 2.0])  # channels 0 and 3 pruned
     w = pareto.concave_weights(score)

@@ -122,6 +122,47 @@ def test_taylor_l2_is_the_coupled_terms_norm_between_mean_and_sum(resnet):
     assert all((s["taylor-l2"][g.id] < s["taylor-abs"][g.id] * 0.99).any() for g in residual)
 
 
+def test_taylor_fisher_averages_each_minibatchs_squared_taylor(resnet):
+    """``taylor-fisher``: HALP's signed ``taylor`` per minibatch, squared, then averaged
+    (at least the square of the average, by Jensen, and more where minibatches
+    disagree); its state round-trips; and the signed sum is the same mask gradient the
+    signed weight products of the layers that write and read a channel give (a writer's
+    slice before a BatchNorm adds almost nothing: the BatchNorm's output is what is read)."""
+    from halp_trt.importance.taylor import TaylorWeightsImportance
+
+    class SignedWeights(TaylorWeightsImportance):
+        abs_terms = False
+
+        def __init__(self, graph):
+            super().__init__(graph)
+            self._sources = [(m, "weight", d, n) for m, _, d, n in self._sources]
+
+    model, graph = resnet
+    fisher = get_importance("taylor-fisher")(graph)
+    signed = SignedWeights(graph)
+    per_batch = []
+    for seed in (11, 12, 13):
+        plain = get_importance("taylor")(graph)
+        backward(model, seed)
+        for imp in (fisher, plain):
+            imp.accumulate()
+        signed.reset()
+        signed.accumulate()
+        per_batch.append((plain.scores(), signed.scores()))
+    got = fisher.scores()
+    for g in graph.prunable:
+        squares = np.mean([p[g.id] ** 2 for p, _ in per_batch], axis=0)
+        np.testing.assert_allclose(got[g.id], squares, rtol=1e-9, atol=1e-18)
+        mean = np.mean([p[g.id] for p, _ in per_batch], axis=0)
+        assert (got[g.id] >= mean**2 * (1 - 1e-12)).all()
+        for p, w in per_batch:  # the mask gradient read on the weights, with signs
+            np.testing.assert_allclose(w[g.id], p[g.id], rtol=5e-3, atol=1e-9)
+    assert any((got[g.id] > mean**2 * 1.01).any() for g in graph.prunable)
+    again = get_importance("taylor-fisher")(graph)
+    again.load_state_dict(fisher.state_dict())
+    assert all(np.array_equal(again.scores()[k], v) for k, v in got.items())
+
+
 def test_registry_lists_and_rejects_unknown():
     assert {"taylor", "taylor-abs", "l1", "l2", "sp-lamp"} <= set(list_importances())
     assert list_importances("l*") == ["l1", "l2"]
