@@ -356,7 +356,8 @@ def onnx_layer_widths(path: str | os.PathLike) -> Counter[tuple[int, int]] | Non
     shapes and groups) and of its fully connected layers (``Gemm``, and ``MatMul`` by a
     2-D weight, counted both ways round: the exporters transpose them differently), with
     their counts; None when a layer's weight is not a constant of the file (computed in
-    the graph) or the file does not parse, so the widths cannot be read."""
+    the graph, or a product of activations) or the file does not parse: the widths
+    cannot all be read, and a plan is then not compared with them."""
     import onnx
 
     try:
@@ -372,10 +373,8 @@ def onnx_layer_widths(path: str | os.PathLike) -> Counter[tuple[int, int]] | Non
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         shape = shapes.get(node.input[1])
-        if shape is None:
-            if node.op_type == "MatMul":
-                continue  # activations times activations (attention): no layer
-            return None
+        if shape is None:  # a weight computed in the graph (a transpose, a dequantize),
+            return None  # or attention's activations times activations: not read
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv" and len(shape) >= 3:
             found[(shape[1] * int(attrs.get("group", 1)), shape[0])] += 1
