@@ -423,8 +423,9 @@ class Pipeline:
             for rel in self.state.stages.get(s, {}).get("outputs", [])
         }
         for flag, path in input_files(self.config).items():
-            if path and os.path.realpath(path) in mine:
-                stage, rel = mine[os.path.realpath(path)]
+            found = mine.get(os.path.realpath(path)) if path else None
+            if found:
+                stage, rel = found
                 raise UserError(
                     f"{flag} {path} is {rel}, an output of this run's {stage} stage, which "
                     f"this resume runs again: copy it out of {self.out} first"

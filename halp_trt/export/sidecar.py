@@ -113,11 +113,7 @@ class EngineSidecar:
         Raises:
             UserError: missing, not JSON, or malformed.
         """
-        path = Path(path)
-        if path.is_dir():
-            raise UserError(f"engine sidecar {str(path)!r} is a directory")
-        if not path.is_file():
-            raise UserError(f"engine sidecar {str(path)!r} does not exist")
+        path = input_file(path, "engine sidecar")
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

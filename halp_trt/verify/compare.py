@@ -432,13 +432,12 @@ def _thread_options(
         fingerprint = facts.get("fingerprint") if isinstance(facts, Mapping) else None
     measured = table_threads(fingerprint) if isinstance(fingerprint, Mapping) else None
     asked = options.get("threads")
-    if asked is not None:
-        check_thread_count(asked)
-    threads = asked if asked is not None else measured or 1
     if asked is None:
-        check_thread_count(
-            threads, f"the table's thread count ({threads}, timed unless threads are given)"
-        )
+        threads = measured or 1
+        what = f"the table's thread count ({threads}, timed unless threads are given)"
+        check_thread_count(threads, what)
+    else:
+        threads = check_thread_count(asked)
     note = ""
     if measured is not None and threads != measured:
         note = (
