@@ -22,7 +22,9 @@ report    ``report.json``, ``report.md`` and ``plots/``
 Every stage is a library call with the :class:`~halp_trt.config.RunConfig` (no
 command line is parsed here). A stage that fails stops the run with one line naming it
 (exit code 2), lists the outputs of the stages before it and keeps them; its
-traceback, if it was not a user error, goes to ``error.log`` in the run directory.
+traceback, if it was not a user error, goes to ``error.log`` in the run directory. What
+the failed stage wrote itself is deleted, but for what a resume continues (the table's
+measured points, TensorRT's timing cache).
 
 A resume that runs a completed stage again (its arguments changed, or an output is
 gone) moves that stage's outputs and every later stage's into ``.previous`` with a copy
@@ -55,6 +57,10 @@ from .prune.schedule import DEFAULT_SPREAD
 
 STAGES = ("lut", "baseline", "prune", "export", "engine", "verify", "report")
 STATE_FILE = "run.json"
+#: What a failed stage leaves for the resume to continue: the table's measured points
+#: (and SQLite's journal beside it) and TensorRT's timing cache. Any other file it wrote
+#: that was not there before is deleted (:meth:`Pipeline._remove_new`).
+RESUMABLE = ("lut.db", "timing.cache")
 #: Held (``flock``) by the process running in the directory.
 LOCK_FILE = ".lock"
 #: Where a resume keeps the outputs of the stages it runs again (and the ``run.json``
@@ -302,9 +308,11 @@ class Pipeline:
                     continue
                 self.say(f"[{stage}] ...")
                 t0 = time.perf_counter()
+                present = self._listing()
                 try:
                     outputs, facts = getattr(self, f"_stage_{stage}")()
                 except BaseException as exc:
+                    self._remove_new(present)
                     self._restore_previous()
                     if isinstance(exc, Exception):  # names its stage and what was kept
                         self._fail(stage, exc)
@@ -445,6 +453,32 @@ class Pipeline:
             os.replace(previous / STATE_FILE, self.out / STATE_FILE)
             self.state = RunState.load(self.out)
         shutil.rmtree(previous)
+
+    def _listing(self) -> set[str]:
+        """Every file and directory in the run directory (relative, POSIX), but
+        :data:`PREVIOUS_DIR`'s and the lock."""
+        found = set()
+        for root, dirs, files in os.walk(self.out):
+            rel = Path(root).relative_to(self.out)
+            if rel == Path("."):
+                dirs[:] = [d for d in dirs if d != PREVIOUS_DIR]
+            found.update((rel / name).as_posix() for name in dirs + files)
+        found.discard(LOCK_FILE)
+        return found
+
+    def _remove_new(self, present: set[str]) -> None:
+        """Delete what a failed stage wrote that was not in the run directory before it
+        (``present``): its partial outputs would sit beside the results ``run.json``
+        lists, unlisted. Work a resume continues stays (:data:`RESUMABLE`)."""
+        for rel in sorted(self._listing() - present, reverse=True):  # files before dirs
+            if rel.split("-")[0] in RESUMABLE:
+                continue
+            path = self.out / rel
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()  # only if empty: a kept file may be in it
+                else:
+                    path.unlink()
 
     def _drop_previous(self) -> None:
         """Delete what :meth:`_set_aside_from` moved: the stage it was for succeeded.

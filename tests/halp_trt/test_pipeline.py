@@ -253,12 +253,15 @@ def test_a_failed_resume_leaves_the_previous_results_and_run_json_as_they_were(t
         assert not (tmp_path / "pruned/plan.json").exists()
         assert (tmp_path / PREVIOUS_DIR / "pruned/plan.json").exists()
         (tmp_path / "pruned/plan.json").write_text("half written")
+        (tmp_path / "pruned/log.json").write_text("a file the first run never had")
+        (tmp_path / ".pruned.partial-1").mkdir()
         raise UserError("latency target 0.01x is infeasible")
 
     pipeline._stage_prune = prune
     with pytest.raises(StageError, match="stage prune failed: .* infeasible; kept in .*pruned.onnx"):  # fmt: skip
         pipeline.run()
     assert _files(tmp_path) == before and not (tmp_path / PREVIOUS_DIR).exists()
+    assert not (tmp_path / ".pruned.partial-1").exists()
 
 
 def test_a_resume_drops_the_previous_results_once_the_redone_stage_succeeded(tmp_path):
@@ -271,6 +274,9 @@ def test_a_resume_drops_the_previous_results_once_the_redone_stage_succeeded(tmp
         return ["pruned/plan.json"], {}
 
     def export():
+        (tmp_path / "original.onnx").write_text("written before the parity check failed")
+        (tmp_path / "timing.cache").write_text("a cache the next try starts from")
+        (tmp_path / "lut.db-journal").write_text("the table's journal")
         raise RuntimeError("parity")
 
     pipeline._stage_prune, pipeline._stage_export = prune, export
@@ -278,6 +284,9 @@ def test_a_resume_drops_the_previous_results_once_the_redone_stage_succeeded(tmp
         pipeline.run()
     files = _files(tmp_path)
     assert files["pruned/plan.json"] == b"new plan" and "pruned.onnx" not in files
+    # what the failed stage wrote is gone, what a resume continues from is kept
+    assert "original.onnx" not in files and "timing.cache" in files
+    assert "lut.db-journal" in files
     state = json.loads(files["run.json"])
     assert list(state["stages"]) == ["lut", "baseline", "prune"]
     assert state["args"]["prune_window"] == 0.25 and not (tmp_path / PREVIOUS_DIR).exists()
