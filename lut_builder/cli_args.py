@@ -61,14 +61,12 @@ def thread_count(text: str) -> int:
     (:func:`lut_builder.parallelism.usable_cpus`: more threads than CPUs only
     oversubscribe them, and a huge count crashes or hangs the runtimes instead of
     failing)."""
-    from .parallelism import usable_cpus
+    from .parallelism import thread_count_problem
 
     value = positive_int(text)
-    cpus = usable_cpus()
-    if value > cpus:
-        raise argparse.ArgumentTypeError(
-            f"must be at most {cpus}, the CPUs this process may use, not {text!r}"
-        )
+    problem = thread_count_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

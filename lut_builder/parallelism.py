@@ -58,14 +58,21 @@ def check_thread_count(threads: Any, what: str = "threads") -> int:
     :class:`~lut_builder.errors.UserError` naming ``what``: more threads than CPUs only
     oversubscribe them (the timings then describe contention, not the deployment), and a
     huge count crashes or hangs the runtimes instead of failing."""
+    problem = thread_count_problem(threads)
+    if problem:
+        raise UserError(f"{what} {problem}")
+    return threads
+
+
+def thread_count_problem(threads: Any) -> str | None:
+    """What is wrong with ``threads`` as a thread count (``"must be ..."``), or None:
+    the one bound behind :func:`check_thread_count` and the command lines' ``--threads``."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"{what} must be an integer >= 1, not {threads!r}")
+        return f"must be an integer >= 1, not {threads!r}"
     cpus = usable_cpus()
     if threads > cpus:
-        raise UserError(
-            f"{what} must be at most {cpus}, the CPUs this process may use, not {threads}"
-        )
-    return threads
+        return f"must be at most {cpus}, the CPUs this process may use, not {threads}"
+    return None
 
 
 #: The speed-up over one thread below which N threads are said not to run in parallel.

@@ -217,8 +217,9 @@ def test_threads_up_to_the_cpu_count(monkeypatch):
 
     monkeypatch.setattr(parallelism, "usable_cpus", lambda: 2)
     assert [thread_count("1"), thread_count("2")] == [1, 2]
-    for text in ("3", "0", "two"):
-        with pytest.raises(argparse.ArgumentTypeError):
+    for text, words in (("3", "at most 2, the CPUs this process may use, not 3"),
+                        ("0", "0"), ("two", "two")):  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
             thread_count(text)
 
 
