@@ -351,13 +351,19 @@ def check_plan(plan: Any, pruned: Any) -> None:
             )
 
 
+#: Operators whose output has their first input's shape (see :func:`onnx_layer_widths`).
+_SHAPE_KEEPING = ("DequantizeLinear", "QuantizeLinear", "Identity", "Cast")
+
+
 def onnx_layer_widths(path: str | os.PathLike) -> Counter[tuple[int, int]] | None:
     """The ``(in, out)`` channels of an ONNX file's convolutions (from their weights'
     shapes and groups) and of its fully connected layers (``Gemm``, and ``MatMul`` by a
     2-D weight, counted both ways round: the exporters transpose them differently), with
-    their counts; None when a layer's weight is not a constant of the file (computed in
-    the graph, or a product of activations) or the file does not parse: the widths
-    cannot all be read, and a plan is then not compared with them."""
+    their counts. A weight is read through the operators that keep a constant's shape
+    or permute it (an INT8 file's ``QuantizeLinear``/``DequantizeLinear``, a cast, a
+    transpose). None when a layer's weight is computed otherwise (from activations, or
+    by an operator not followed here) or the file does not parse: the widths cannot all
+    be read, and a plan is then not compared with them."""
     import onnx
 
     try:
@@ -365,15 +371,22 @@ def onnx_layer_widths(path: str | os.PathLike) -> Counter[tuple[int, int]] | Non
     except Exception:  # not ONNX, or unreadable: the runner says so in its own words
         return None
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
-    for node in graph.node:
+    for node in graph.node:  # in the graph's order, which ONNX requires topological
+        source = shapes.get(node.input[0]) if node.input else None
         if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
             shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+        elif source is not None and node.op_type in _SHAPE_KEEPING:
+            shapes[node.output[0]] = source
+        elif source is not None and node.op_type == "Transpose":
+            perm = [a.ints for a in node.attribute if a.name == "perm"]
+            order = list(perm[0]) if perm else list(reversed(range(len(source))))
+            shapes[node.output[0]] = tuple(source[i] for i in order)
     found: Counter[tuple[int, int]] = Counter()
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         shape = shapes.get(node.input[1])
-        if shape is None:  # a weight computed in the graph (a transpose, a dequantize),
+        if shape is None:  # a weight computed in the graph from more than a constant,
             return None  # or attention's activations times activations: not read
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv" and len(shape) >= 3:

@@ -12,6 +12,7 @@ onnx = pytest.importorskip("onnx")
 
 from halp_trt.errors import UserError  # noqa: E402
 from halp_trt.export.int8 import export_int8, tensorrt_qdq_problems  # noqa: E402
+from halp_trt.verify.compare import onnx_layer_widths  # noqa: E402
 
 from ..conftest import assert_user_error, tiny_convnet  # noqa: E402
 
@@ -53,6 +54,18 @@ def test_int8_export_writes_a_tensorrt_qdq_model_and_reports_accuracy(tmp_path):
     assert r.opset >= 13
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.onnx")]
     json.dumps(r.to_dict())
+    assert not _widths(_model()) - onnx_layer_widths(out)  # every layer read through Q/DQ
+
+
+def _widths(model):
+    """The model's ``(in, out)`` layer widths, counted (a file's count at least these)."""
+    from collections import Counter
+
+    import torch.nn as nn
+
+    convs = [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    return Counter(convs + linears)
 
 
 def test_tensorrt_rules_catch_an_onnxruntime_flavour_model(tmp_path):
@@ -63,6 +76,7 @@ def test_tensorrt_rules_catch_an_onnxruntime_flavour_model(tmp_path):
     assert r.float_convs == 0 and r.int8_convs == 2  # every conv an INT8 kernel
     problems = " ".join(r.tensorrt_problems)
     assert "UINT8" in problems and "zero points" in problems and "Int32" in problems
+    assert not _widths(_model()) - onnx_layer_widths(tmp_path / "o.onnx")
     m = onnx.load(str(tmp_path / "o.onnx"))
     m.opset_import[0].version = 12
     assert any("opset 12" in p for p in tensorrt_qdq_problems(m))

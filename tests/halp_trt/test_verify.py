@@ -557,15 +557,18 @@ def test_an_onnx_files_widths_are_its_modules_and_a_plan_of_another_is_refused(t
     with pytest.raises(PlanError, match=r"the plan is not the pruned ONNX file's: it has \d+ layer\(s\) of \d+ -> \d+ channels .*dense.onnx has 0"):  # fmt: skip
         verify_models(dense, str(tmp_path / "dense.onnx"), backend="onnxruntime", input_shape=(1, 3, 16, 16), plan=plan)  # fmt: skip
     assert onnx_layer_widths(tmp_path / "missing.onnx") is None
-    # A weight computed in the graph (here transposed) cannot be read: nothing compared.
+    # A weight transposed in the graph is read through the transpose; one computed from
+    # an activation cannot be read: nothing is compared.
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.zeros((4, 8), dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Transpose", ["w"], ["wt"]), helper.make_node("MatMul", ["x", "wt"], ["y"])],  # fmt: skip
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w],
-    )  # fmt: skip
-    (tmp_path / "t.onnx").write_bytes(helper.make_model(graph).SerializeToString())
-    assert onnx_layer_widths(tmp_path / "t.onnx") is None
-    check_plan(narrow_plan(widths={"fc": (8, 4)}), str(tmp_path / "t.onnx"))
+    for op, inputs, widths in (("Transpose", ["w"], {(8, 4): 1, (4, 8): 1}), ("Mul", ["w", "s"], None)):  # fmt: skip
+        graph = helper.make_graph(
+            [helper.make_node(op, inputs, ["wt"]), helper.make_node("MatMul", ["x", "wt"], ["y"])],  # fmt: skip
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+                  helper.make_tensor_value_info("s", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w],
+        )  # fmt: skip
+        (tmp_path / "t.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+        assert onnx_layer_widths(tmp_path / "t.onnx") == (None if widths is None else Counter(widths))  # fmt: skip
+        check_plan(narrow_plan(widths={"fc": (8, 4)}), str(tmp_path / "t.onnx"))
