@@ -96,6 +96,17 @@ def short_feedback(monkeypatch):
     monkeypatch.setattr("halp_trt.prune.MeasuredLatency", ShortFeedback)
 
 
+def needs_cpus(count: int) -> pytest.MarkDecorator:
+    """Skip where this process may use fewer than ``count`` CPUs: every thread count is
+    bounded by them (``lut_builder.parallelism.usable_cpus``), so a test that times or
+    builds at ``count`` threads is refused there, as a user would be."""
+    from lut_builder.parallelism import usable_cpus
+
+    return pytest.mark.skipif(
+        usable_cpus() < count, reason=f"needs {count} usable CPUs, this process has fewer"
+    )
+
+
 def assert_user_error(result: CliResult, *fragments: str) -> None:
     """A user error: exit code 2, no traceback, and one line on stderr saying the problem:
     the last one (a progress bar may come before it), the only one with ``error:``."""

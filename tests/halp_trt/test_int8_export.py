@@ -14,7 +14,7 @@ from halp_trt.errors import UserError  # noqa: E402
 from halp_trt.export.int8 import export_int8, tensorrt_qdq_problems  # noqa: E402
 from halp_trt.verify.compare import onnx_layer_widths  # noqa: E402
 
-from ..conftest import assert_user_error, tiny_convnet  # noqa: E402
+from ..conftest import assert_user_error, needs_cpus, tiny_convnet  # noqa: E402
 
 SHAPE = (4, 3, 8, 8)
 
@@ -200,6 +200,7 @@ def test_engine_precision_of_a_qdq_model_is_int8(tmp_path):
     assert onnx_precision(onnx.load(str(tmp_path / "m.onnx"))) == "int8"
 
 
+@needs_cpus(2)
 def test_run_measures_and_times_at_the_deployment_thread_count(tmp_path):
     from halp_trt.config import PruneConfig, RunConfig
     from halp_trt.pipeline import Pipeline, pinned_settings

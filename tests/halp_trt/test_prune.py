@@ -21,6 +21,7 @@ from halp_trt.importance import ImportanceError
 from halp_trt.prune import MaskSet, PrunePlan, Pruner, parse_target, schedule_targets
 from halp_trt.solver.plan import Plan, PlanError
 
+from ..conftest import needs_cpus
 from .test_prune_support import (
     batches,
     small_resnet,
@@ -707,7 +708,9 @@ def test_measured_latency_takes_rounds_until_its_median_is_precise(monkeypatch):
         fb.MeasuredLatency(net, x, rounds=2)
 
 
-@pytest.mark.parametrize("threads,clock", [(1, "thread"), (2, "wall")])
+@pytest.mark.parametrize(
+    "threads,clock", [(1, "thread"), pytest.param(2, "wall", marks=needs_cpus(2))]
+)
 def test_measured_latency_times_blocks_on_the_thread_clock_chunks_on_the_wall_clock(
     monkeypatch, threads, clock
 ):

@@ -19,7 +19,7 @@ from halp_trt.verify import speedup_stats, uniform_keep, uniform_prune, verify_m
 from halp_trt.verify.compare import plan_comparison, quantile
 from lut_builder.errors import UserError
 
-from ..conftest import assert_user_error
+from ..conftest import assert_user_error, needs_cpus
 
 
 def wide_and_narrow() -> tuple[nn.Module, nn.Module]:
@@ -200,6 +200,7 @@ def test_plan_comparison_in_the_table_unit():
     assert unit["error"] == pytest.approx(0.1) and unit["base_error"] == pytest.approx(0.1)
 
 
+@needs_cpus(2)
 def test_verify_onnxruntime_in_the_table_unit(tmp_path):
     """With the plan's table (measured against a reference workload), both models are
     also timed in the table's unit, where a model's prediction is close to its
@@ -258,6 +259,7 @@ def table_at(path, threads: int):
     return table
 
 
+@needs_cpus(2)
 def test_verify_times_at_the_table_thread_count_unless_told(tmp_path):
     """A 2-thread table is timed at 2 threads by default; asked for 1, verify times at 1
     and says the table describes another deployment. The plan's table counts too."""
@@ -282,6 +284,7 @@ def test_verify_times_at_the_table_thread_count_unless_told(tmp_path):
     assert (r.threads, r.table_threads, r.notes) == (1, None, [])
 
 
+@needs_cpus(2)
 def test_verify_times_one_thread_in_blocks_and_several_in_chunks(monkeypatch):
     """At one CPU thread both models are timed as the pruner's feedback times them: in
     blocks, by the thread's CPU time, the warm-up rounds dropped; with several threads
@@ -388,6 +391,7 @@ def test_cli_verify_onnx_files_and_a_missed_budget(halp_cli, saved_models):
     assert "speed-up" in r.stdout and "MISSED" in r.stdout and "predicted" in r.stdout
 
 
+@needs_cpus(2)
 def test_cli_verify_says_when_it_times_at_another_thread_count(halp_cli, saved_models):
     plan = Plan(
         keep={0: (0,)}, sizes={0: 2}, widths={}, predicted_ms=1.0, budget_ms=1e9,

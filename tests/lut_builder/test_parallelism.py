@@ -16,6 +16,8 @@ from lut_builder.build import build_table
 from lut_builder.parallelism import MIN_SPEEDUP, ParallelCheck, check_parallelism
 from lut_builder.table import LatencyTable
 
+from ..conftest import needs_cpus
+
 
 class Sleeper:
     """A runner whose inference sleeps ``ms`` (wall time, as parallel threads save)."""
@@ -74,7 +76,7 @@ def tiny() -> nn.Module:
 FAST_ORT = {"warmup": 1, "runs": 3, "min_time_s": 0.0, "copies": 2}
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=needs_cpus(2))])
 def test_an_onnxruntime_build_checks_only_at_several_threads(tmp_path, monkeypatch, threads):
     seen = []
 
@@ -110,6 +112,7 @@ def test_an_onnxruntime_build_checks_only_at_several_threads(tmp_path, monkeypat
     assert again.parallel == [] and seen == [2, 2]
 
 
+@needs_cpus(2)
 def test_the_cli_warns_when_the_threads_gave_nothing(tmp_path, monkeypatch, capsys):
     from lut_builder.cli import main
 

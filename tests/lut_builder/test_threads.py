@@ -12,6 +12,7 @@ from lut_builder.build import build_table
 from lut_builder.errors import FingerprintMismatchError, UserError
 from lut_builder.table import Grid, LatencyTable, table_threads
 
+from ..conftest import needs_cpus
 from .backends.common import CONV, FAST
 from .table.common import FP, SIG, t
 
@@ -67,6 +68,7 @@ def tiny() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
 
 
+@needs_cpus(2)
 def test_calibration_runs_at_the_table_thread_count(tmp_path, monkeypatch, restore_torch_threads):
     import lut_builder.build as build
 
@@ -96,6 +98,7 @@ def test_calibration_runs_at_the_table_thread_count(tmp_path, monkeypatch, resto
         assert table.threads == 2
 
 
+@needs_cpus(2)
 def test_build_threads_on_a_backend_without_cpu_threads_is_one_line(lut_cli, tmp_path):
     from tests.conftest import assert_user_error
 
@@ -110,6 +113,7 @@ def test_build_threads_on_a_backend_without_cpu_threads_is_one_line(lut_cli, tmp
     assert not (tmp_path / "t.lut").exists()
 
 
+@needs_cpus(2)
 def test_several_onnxruntime_threads_are_timed_without_spinning():
     from lut_builder.backends.onnxruntime.session import session_options
 

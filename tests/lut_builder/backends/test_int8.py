@@ -14,7 +14,7 @@ from lut_builder.backends.onnxruntime.measurer import optimized_ops  # noqa: E40
 from lut_builder.errors import ExportError, UserError  # noqa: E402
 from lut_builder.signatures import LayerSignature  # noqa: E402
 
-from ...conftest import tiny_convnet  # noqa: E402
+from ...conftest import needs_cpus, tiny_convnet  # noqa: E402
 
 CONV = LayerSignature("conv2d", kernel=3, padding=1, in_hw=(8, 8), batch=2)
 CASES = [
@@ -291,6 +291,7 @@ def test_an_int8_table_is_built_and_calibrated_on_int8_models(tmp_path):
         assert table.threads == 1
 
 
+@needs_cpus(2)
 def test_an_int8_table_is_normalised_by_an_int8_reference():
     from lut_builder.backends.base import make_reference
     from lut_builder.backends.onnxruntime.measurer import reference_kind

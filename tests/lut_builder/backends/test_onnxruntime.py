@@ -12,6 +12,7 @@ from lut_builder.onnx_export import export_onnx
 from lut_builder.signatures import LayerSignature
 from lut_builder.timing import Timing, time_callable
 
+from ...conftest import needs_cpus
 from .common import CONV, DW, FAST, GROUPED, LINEAR, small_net
 
 
@@ -94,7 +95,7 @@ def test_a_differential_point_that_resolves_to_zero_is_retimed_then_a_positive_s
         ({"precision": "fp16"}, "fp32"),
         ({"device": "cuda"}, "CPU"),
         ({"method": "magic"}, "method"),
-        ({"threads": 2, "clock": "thread"}, "single-threaded"),
+        pytest.param({"threads": 2, "clock": "thread"}, "single-threaded", marks=needs_cpus(2)),
         # Each named alone: a user who gave threads=0 reads about threads only.
         ({"threads": 0}, "backend's threads must be an integer >= 1, not 0$"),
         ({"copies": 1}, "backend's copies must be >= 2, not 1$"),
@@ -106,6 +107,7 @@ def test_onnxruntime_rejects_options(opts, fragment):
         get_backend("onnxruntime", **opts)
 
 
+@needs_cpus(2)
 def test_onnxruntime_runner_from_module_and_path(tmp_path):
     net, x = small_net(), torch.randn(1, 3, 8, 8)
     with make_runner("onnxruntime", net, x) as r:
