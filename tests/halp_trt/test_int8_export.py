@@ -58,14 +58,15 @@ def test_int8_export_writes_a_tensorrt_qdq_model_and_reports_accuracy(tmp_path):
 
 
 def _widths(model):
-    """The model's ``(in, out)`` layer widths, counted (a file's count at least these)."""
+    """The model's ``(in, out)`` layer widths as a plan records them, counted (a file's
+    count is at least these)."""
     from collections import Counter
 
-    import torch.nn as nn
+    import torch
 
-    convs = [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
-    return Counter(convs + linears)
+    from halp_trt.graph import ChannelGraph
+
+    return Counter(ChannelGraph(model, torch.randn(SHAPE)).widths({}).values())
 
 
 def test_tensorrt_rules_catch_an_onnxruntime_flavour_model(tmp_path):

@@ -544,13 +544,7 @@ def test_an_onnx_files_widths_are_its_modules_and_a_plan_of_another_is_refused(t
     x = torch.randn(1, 3, 16, 16)
     dense = mobilenetv2_cifar(num_classes=10).eval()
     slim = uniform_prune(dense, x, 0.5, multiple=8)
-    widths = {
-        name: (m.in_channels, m.out_channels)
-        if isinstance(m, nn.Conv2d)
-        else (m.in_features, m.out_features)  # fmt: skip
-        for name, m in slim.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
+    widths = ChannelGraph(slim, x).widths({})
     for model, name in ((slim, "slim.onnx"), (dense, "dense.onnx")):
         run_exporters(model, x, tmp_path / name, exporter=exporter)
     found = onnx_layer_widths(tmp_path / "slim.onnx")
