@@ -4,11 +4,11 @@
 gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in absolute
 value), ``taylor-abs-mean`` and ``taylor-l2`` (the terms averaged, or combined by their
 L2 norm), ``taylor-fisher`` (``taylor`` squared per minibatch, then averaged: the
-empirical Fisher information), ``taylor-weights`` (scored on the weights of the layers that write and read a
-channel, not on its BatchNorms: :data:`DEFAULT_IMPORTANCE`), ``l1`` and ``l2`` (filter
-norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
-``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
-training, on calibration minibatches).
+empirical Fisher information), ``taylor-weights`` (scored on the weights of the layers
+that write and read a channel, not on its BatchNorms: :data:`DEFAULT_IMPORTANCE`),
+``l1`` and ``l2`` (filter norms), ``sp-lamp`` (LAMP-normalised squared filter norms)
+and ``sensitivity`` / ``sensitivity-loss`` (each group's accuracy or loss measured at
+each width, before training, on calibration minibatches).
 ``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
 also takes a criterion object (a class or a factory).
 """

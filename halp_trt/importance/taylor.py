@@ -240,9 +240,10 @@ class TaylorFisherImportance(TaylorImportance):
     give, within 0.5% (BatchNorm's epsilon breaks its scale invariance a little; tested).
 
     Measured on the MobileNetV2 of bench/pareto.py (harder digits, batch 8, six epochs,
-    pruned before training, six seeds, bench/PARETO.md, "The empirical Fisher
-    information"): ahead of the default at 0.3x and of FastNAS's mean, behind it at
-    0.7x, where both trail uniform width. Not the default.
+    pruned before training, six seeds run twice, bench/PARETO.md, "The empirical Fisher
+    information"): ahead of FastNAS at 0.3x (resolved) and level at 0.5x, behind the
+    default at 0.6x and 0.7x, where both trail uniform width; level with the default at
+    batch 1 and on the ResNet-18. Not the default.
     """
 
     squared = True
