@@ -24,7 +24,8 @@ command line is parsed here). A stage that fails stops the run with one line nam
 (exit code 2), lists the outputs of the stages before it and keeps them; its
 traceback, if it was not a user error, goes to ``error.log`` in the run directory. What
 the failed stage wrote itself is deleted, but for what a resume continues (the table's
-measured points, TensorRT's timing cache).
+measured points, TensorRT's timing cache); only the names the stage writes
+(:data:`STAGE_WRITES`) are candidates, so a file of the user's in the directory stays.
 
 A resume that runs a completed stage again (its arguments changed, or an output is
 gone) moves that stage's outputs and every later stage's into ``.previous`` with a copy
@@ -61,6 +62,24 @@ STATE_FILE = "run.json"
 #: (and SQLite's journal beside it) and TensorRT's timing cache. Any other file it wrote
 #: that was not there before is deleted (:meth:`Pipeline._remove_new`).
 RESUMABLE = ("lut.db", "timing.cache")
+#: The names (files or directories, at the top of the run directory) each stage may
+#: write, besides its staging entries (hidden, named after one of these: see
+#: :func:`_written_by`). When a stage fails, only a new entry of these is deleted.
+STAGE_WRITES = {
+    "lut": ("lut.db",),
+    "baseline": ("original.pt",),
+    "prune": ("pruned",),
+    "export": ("original.onnx", "pruned.onnx", "original_fp32.onnx"),
+    "engine": (
+        "original.engine",
+        "original.engine.json",
+        "pruned.engine",
+        "pruned.engine.json",
+        "timing.cache",
+    ),
+    "verify": ("verify.json", "verify_fp32.json"),
+    "report": ("report.json", "report.md", "plots"),
+}
 #: Held (``flock``) by the process running in the directory.
 LOCK_FILE = ".lock"
 #: Where a resume keeps the outputs of the stages it runs again (and the ``run.json``
@@ -312,7 +331,7 @@ class Pipeline:
                 try:
                     outputs, facts = getattr(self, f"_stage_{stage}")()
                 except BaseException as exc:
-                    self._remove_new(present)
+                    self._remove_new(present, stage)
                     self._restore_previous()
                     if isinstance(exc, Exception):  # names its stage and what was kept
                         self._fail(stage, exc)
@@ -466,12 +485,14 @@ class Pipeline:
         found.discard(LOCK_FILE)
         return found
 
-    def _remove_new(self, present: set[str]) -> None:
-        """Delete what a failed stage wrote that was not in the run directory before it
-        (``present``): its partial outputs would sit beside the results ``run.json``
-        lists, unlisted. Work a resume continues stays (:data:`RESUMABLE`)."""
+    def _remove_new(self, present: set[str], stage: str) -> None:
+        """Delete what the failed ``stage`` wrote that was not in the run directory
+        before it (``present``): its partial outputs would sit beside the results
+        ``run.json`` lists, unlisted. Only the stage's own names are touched (a file
+        the user put in the directory meanwhile stays); work a resume continues stays
+        too (:data:`RESUMABLE`)."""
         for rel in sorted(self._listing() - present, reverse=True):  # files before dirs
-            if rel.split("-")[0] in RESUMABLE:
+            if rel.split("-")[0] in RESUMABLE or not _written_by(rel, stage):
                 continue
             path = self.out / rel
             with contextlib.suppress(OSError):
@@ -944,6 +965,22 @@ class Pipeline:
             },
             "stages": {k: v.get("seconds") for k, v in self.state.stages.items()},
         }
+
+
+def _written_by(rel: str, stage: str) -> bool:
+    """Whether the run directory's entry ``rel`` (relative, POSIX) is one the stage
+    writes: one of its :data:`STAGE_WRITES` or inside one, or a hidden staging entry
+    named after one (``.pruned.partial-x1``, ``.original.onnx.x1``, ``.verify.ab12.tmp.json``,
+    ``.report-x1``: the library's atomic writers stage beside their target)."""
+    top = rel.split("/")[0]
+    names = STAGE_WRITES[stage]
+    if top in names:
+        return True
+    if not top.startswith("."):
+        return False
+    return any(
+        top[1:].startswith((f"{stem}.", f"{stem}-")) for stem in {n.split(".")[0] for n in names}
+    )
 
 
 def check_table_deployment(path: str, precision: str, threads: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from halp_trt.pipeline import STAGES, RunState, pick_backend
+from halp_trt.pipeline import STAGE_WRITES, STAGES, RunState, pick_backend
 
 from ..conftest import assert_user_error
 
@@ -107,7 +107,12 @@ def test_run_fails_in_a_stage_then_resumes_to_a_report(halp_cli, tmp_path):
     assert report["artifacts"]["engine"] is None
     for rel in report["artifacts"].values():
         assert rel is None or (tmp_path / "run" / rel).exists()
-    assert set(json.loads((tmp_path / "run" / "run.json").read_text())["stages"]) == set(STAGES)
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    assert set(stages) == set(STAGES)
+    # what a failed stage may delete covers everything the stages wrote
+    for stage, rec in stages.items():
+        for rel in rec["outputs"]:
+            assert rel.split("/")[0] in STAGE_WRITES[stage], (stage, rel)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "Measured speed-up" in md
     assert len(list((tmp_path / "run" / "plots").glob("*.png"))) == 4
@@ -255,13 +260,51 @@ def test_a_failed_resume_leaves_the_previous_results_and_run_json_as_they_were(t
         (tmp_path / "pruned/plan.json").write_text("half written")
         (tmp_path / "pruned/log.json").write_text("a file the first run never had")
         (tmp_path / ".pruned.partial-1").mkdir()
+        # the user's, put in the directory while the stage ran: not the stage's to delete
+        (tmp_path / "notes.txt").write_text("the user's")
+        (tmp_path / "pruned-copy").mkdir()
+        (tmp_path / "pruned-copy" / "plan.json").write_text("the user's copy")
+        (tmp_path / ".original.onnx.x1").write_text("another stage's name")
         raise UserError("latency target 0.01x is infeasible")
 
     pipeline._stage_prune = prune
     with pytest.raises(StageError, match="stage prune failed: .* infeasible; kept in .*pruned.onnx"):  # fmt: skip
         pipeline.run()
-    assert _files(tmp_path) == before and not (tmp_path / PREVIOUS_DIR).exists()
+    files = _files(tmp_path)
+    users = {"notes.txt", "pruned-copy/plan.json", ".original.onnx.x1"}
+    assert set(files) == set(before) | users
+    assert {k: v for k, v in files.items() if k not in users} == before
+    assert not (tmp_path / PREVIOUS_DIR).exists()
     assert not (tmp_path / ".pruned.partial-1").exists()
+
+
+@pytest.mark.parametrize(
+    "stage, rel, written",
+    [
+        ("prune", "pruned", True),
+        ("prune", "pruned/model.pt", True),
+        ("prune", ".pruned.partial-x1", True),
+        ("prune", ".pruned.partial-x1/model.pt", True),
+        ("prune", "pruned-copy", False),
+        ("prune", "prunedx/model.pt", False),
+        ("prune", ".pruned", False),
+        ("prune", "original.onnx", False),
+        ("export", ".original.onnx.x1", True),
+        ("export", ".original_fp32.onnx.x1", True),
+        ("export", "original.onnx.bak", False),
+        ("verify", ".verify.ab12.tmp.json", True),
+        ("verify", ".verify_fp32.ab12.tmp.json", True),
+        ("report", ".report-x1/plots/steps.png", True),
+        ("report", "plots/channels.png", True),
+        ("report", "report.html", False),
+        ("engine", "pruned.engine.json", True),
+        ("engine", ".hidden", False),
+    ],
+)
+def test_a_failed_stage_deletes_only_its_own_names(stage, rel, written):
+    from halp_trt.pipeline import _written_by
+
+    assert _written_by(rel, stage) is written
 
 
 def test_a_resume_drops_the_previous_results_once_the_redone_stage_succeeded(tmp_path):
