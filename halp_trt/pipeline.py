@@ -26,6 +26,8 @@ traceback, if it was not a user error, goes to ``error.log`` in the run director
 the failed stage wrote itself is deleted, but for what a resume continues (the table's
 measured points, TensorRT's timing cache); only the names the stage writes
 (:data:`STAGE_WRITES`) are candidates, so a file of the user's in the directory stays.
+A stage killed outright (SIGKILL) cleans nothing up; the resume does, deleting those
+names of the stages it has still to run that no completed stage lists.
 
 A resume that runs a completed stage again (its arguments changed, or an output is
 gone) moves that stage's outputs and every later stage's into ``.previous`` with a copy
@@ -409,6 +411,7 @@ class Pipeline:
                     break
             self.state.args = pinned
             self.state.save(self.out)
+            self._remove_stale()
             self.say(
                 f"resuming {self.out} on {self.state.backend}"
                 + (f" with new {', '.join(sorted(changed))}" if changed else "")
@@ -491,8 +494,22 @@ class Pipeline:
         ``run.json`` lists, unlisted. Only the stage's own names are touched (a file
         the user put in the directory meanwhile stays); work a resume continues stays
         too (:data:`RESUMABLE`)."""
-        for rel in sorted(self._listing() - present, reverse=True):  # files before dirs
-            if rel.split("-")[0] in RESUMABLE or not _written_by(rel, stage):
+        self._remove(self._listing() - present, [stage])
+
+    def _remove_stale(self) -> None:
+        """On a resume, delete what a stage still to run left when it was killed (no
+        cleanup runs after SIGKILL): entries it writes that no completed stage lists.
+        It would write them again; the table's points and the timing cache stay."""
+        assert self.state is not None
+        kept = set(self.state.kept())
+        todo = [s for s in STAGES if s not in self.state.stages]
+        self._remove(self._listing() - kept, todo)
+
+    def _remove(self, entries: set[str], stages: list[str]) -> None:
+        """Delete those of ``entries`` (relative to the run directory) that one of
+        ``stages`` writes, but :data:`RESUMABLE`; a directory only once empty."""
+        for rel in sorted(entries, reverse=True):  # files before their directories
+            if rel.split("-")[0] in RESUMABLE or not any(_written_by(rel, s) for s in stages):
                 continue
             path = self.out / rel
             with contextlib.suppress(OSError):

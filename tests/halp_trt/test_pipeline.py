@@ -257,6 +257,7 @@ def test_a_failed_resume_leaves_the_previous_results_and_run_json_as_they_were(t
         # the outputs it replaces are set aside while it runs, not deleted
         assert not (tmp_path / "pruned/plan.json").exists()
         assert (tmp_path / PREVIOUS_DIR / "pruned/plan.json").exists()
+        (tmp_path / "pruned").mkdir()  # the emptied directory went at the start
         (tmp_path / "pruned/plan.json").write_text("half written")
         (tmp_path / "pruned/log.json").write_text("a file the first run never had")
         (tmp_path / ".pruned.partial-1").mkdir()
@@ -313,6 +314,7 @@ def test_a_resume_drops_the_previous_results_once_the_redone_stage_succeeded(tmp
     pipeline, _ = _finished_run(tmp_path)
 
     def prune():
+        (tmp_path / "pruned").mkdir()
         (tmp_path / "pruned/plan.json").write_text("new plan")
         return ["pruned/plan.json"], {}
 
@@ -340,12 +342,43 @@ def test_a_resume_killed_in_the_redone_stage_is_put_back_at_the_next_start(tmp_p
 
     pipeline, before = _finished_run(tmp_path)
     pipeline._open_state()  # sets prune and export aside; then the process is killed
+    (tmp_path / "pruned").mkdir()
     (tmp_path / "pruned/plan.json").write_text("half written")
     assert (tmp_path / PREVIOUS_DIR).is_dir() and "pruned.onnx" not in _files(tmp_path)
     again = Pipeline(_run_config(tmp_path), say=lambda line: None)
     again._open_state()
     assert list(again.state.stages) == ["lut", "baseline", "prune", "export"]
     assert _files(tmp_path) == before and not (tmp_path / PREVIOUS_DIR).exists()
+
+
+def test_a_resume_deletes_what_a_killed_stage_left_and_nothing_else(tmp_path):
+    """SIGKILL runs no cleanup: the next start deletes the entries a stage still to run
+    writes that no completed stage lists (it would write them again), keeps the table's
+    points, the timing cache and the user's files."""
+    from halp_trt.pipeline import Pipeline
+
+    pipeline, before = _finished_run(tmp_path)
+    state = json.loads((tmp_path / "run.json").read_text())
+    del state["stages"]["export"]  # killed in export: run.json was not updated
+    (tmp_path / "run.json").write_text(json.dumps(state))
+    (tmp_path / "pruned.onnx").unlink()
+    (tmp_path / "original.onnx").write_text("half written")
+    (tmp_path / ".pruned.onnx.x1").mkdir()
+    (tmp_path / ".pruned.onnx.x1" / "model.onnx").write_text("staged")
+    (tmp_path / ".verify.ab12.tmp.json").write_text("a later stage's temporary file")
+    (tmp_path / "timing.cache").write_text("a cache the next try starts from")
+    (tmp_path / "lut.db-journal").write_text("the table's journal")
+    (tmp_path / "notes.txt").write_text("the user's")
+    again = Pipeline(_run_config(tmp_path), say=lambda line: None)
+    again._open_state()
+    files = _files(tmp_path)
+    assert list(again.state.stages) == ["lut", "baseline", "prune"]
+    for rel in ("original.onnx", ".pruned.onnx.x1/model.onnx", ".verify.ab12.tmp.json"):
+        assert rel not in files
+    assert not (tmp_path / ".pruned.onnx.x1").exists()
+    for rel in ("timing.cache", "lut.db-journal", "notes.txt", "pruned/plan.json", "lut.db"):
+        assert rel in files
+    assert files["pruned/plan.json"] == before["pruned/plan.json"]
 
 
 def test_a_resume_refuses_an_input_that_is_an_output_it_redoes(tmp_path):
