@@ -63,6 +63,10 @@ comes before those epochs):
   ``halp-taylor-weights-calib-first`` with the groups of the first stage (written at the
   input's resolution) keeping at least the target's fraction of their width
   (:func:`first_stage_floor`), the others the pruner's floor;
+  ``halp-taylor-fisher-calib`` with ``taylor-fisher`` (each minibatch's BatchNorm
+  Taylor score squared, then averaged: the empirical Fisher information);
+  ``halp-auto-calib`` with ``auto`` (``taylor-fisher`` below 0.55x of the dense
+  latency, ``taylor-weights`` from there up);
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
   on the images FastNAS scores on): each group's loss on training images at up to six
@@ -227,6 +231,7 @@ METHODS = (
     "halp-taylor-weights-concave-calib",
     "halp-taylor-weights-calib-first",
     "halp-taylor-fisher-calib",
+    "halp-auto-calib",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
@@ -1524,6 +1529,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-taylor-weights-calib-first": ("taylor-weights", n, 1),
         "halp-sp-lamp-calib": ("sp-lamp", n, 1),
         "halp-taylor-fisher-calib": ("taylor-fisher", n, 1),
+        "halp-auto-calib": ("auto", n, 1),
     }
     variants = {  # method: how it departs from halp-taylor-weights-calib's path
         "halp-taylor-weights-macs-calib": "macs",  # solved on the MACs table

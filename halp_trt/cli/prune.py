@@ -17,7 +17,9 @@ MIN_INTERVAL_HELP = (
     "interval); a shorter window prunes in fewer steps, down to one; 1: none"
 )
 IMPORTANCE_HELP = (
-    "taylor-weights (default: first-order Taylor on the weights of every layer that "
+    "auto (default: taylor-fisher for a target below 0.55x of the unpruned latency, "
+    "taylor-weights from there up), "
+    "taylor-weights (first-order Taylor on the weights of every layer that "
     "writes or reads a channel, in magnitude), taylor-abs (HALP's Taylor score on the "
     "BatchNorms, the coupled layers' terms summed in magnitude), taylor-abs-mean "
     "(averaged over them instead: for plain residual networks, see the README), "
@@ -128,7 +130,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="digits, npz:PATH (images, labels) or imagefolder:PATH",
     )
-    p.add_argument("--importance", default="taylor-weights", help=IMPORTANCE_HELP)
+    p.add_argument("--importance", default="auto", help=IMPORTANCE_HELP)
     p.add_argument(
         "--pretrain-epochs",
         type=int,

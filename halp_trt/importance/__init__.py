@@ -5,19 +5,23 @@ gradients), ``taylor-abs`` (the same with the coupled layers' terms summed in ab
 value), ``taylor-abs-mean`` and ``taylor-l2`` (the terms averaged, or combined by their
 L2 norm), ``taylor-fisher`` (``taylor`` squared per minibatch, then averaged: the
 empirical Fisher information), ``taylor-weights`` (scored on the weights of the layers
-that write and read a channel, not on its BatchNorms: :data:`DEFAULT_IMPORTANCE`),
-``l1`` and ``l2`` (filter norms), ``sp-lamp`` (LAMP-normalised squared filter norms)
-and ``sensitivity`` / ``sensitivity-loss`` (each group's accuracy or loss measured at
-each width, before training, on calibration minibatches).
+that write and read a channel, not on its BatchNorms), ``l1`` and ``l2`` (filter
+norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
+``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
+training, on calibration minibatches); ``auto`` (:data:`DEFAULT_IMPORTANCE`) is
+``taylor-fisher`` or ``taylor-weights`` by the latency target (:func:`choose_importance`).
 ``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
 also takes a criterion object (a class or a factory).
 """
 
 from . import magnitude, sensitivity, taylor  # noqa: F401  (registers the built-in criteria)
 from .base import (
+    AUTO_FISHER_BELOW,
+    AUTO_IMPORTANCE,
     DEFAULT_IMPORTANCE,
     Importance,
     ImportanceError,
+    choose_importance,
     get_importance,
     list_importances,
     register_importance,
@@ -26,9 +30,12 @@ from .base import (
 from .magnitude import lamp_scores
 
 __all__ = [
+    "AUTO_FISHER_BELOW",
+    "AUTO_IMPORTANCE",
     "DEFAULT_IMPORTANCE",
     "Importance",
     "ImportanceError",
+    "choose_importance",
     "get_importance",
     "lamp_scores",
     "list_importances",

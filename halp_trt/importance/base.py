@@ -26,7 +26,8 @@ from ..errors import UserError
 
 _REGISTRY: dict[str, type[Importance]] = {}
 
-#: The criterion the pruner, ``halp-trt prune`` and ``halp-trt run`` use unless told.
+#: The criterion the pruner, ``halp-trt prune`` and ``halp-trt run`` use unless told:
+#: ``auto``, one of two criteria by the latency target (:func:`choose_importance`).
 #: HALP's ``taylor`` takes the absolute value of the sum of a channel's first-order terms
 #: over the BatchNorms its group couples; in a residual stream those are the projections
 #: of several blocks, whose terms cancel, and the knapsack cut MobileNetV2's streams to
@@ -34,12 +35,28 @@ _REGISTRY: dict[str, type[Importance]] = {}
 #: 0.5x and 0.3x, bench/results/pareto_mobilenetv2_abs.json), but still sees a stream
 #: only through its writers. ``taylor-weights`` scores a channel on the weights of every
 #: layer that writes or reads it, the expansions of every block of the stage included,
-#: and keeps the streams. Over every dense model of bench/results both were run on
-#: (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.47 points more
-#: [+0.09, +0.84]; at batch 1 on the Zen 3 (bench/PARETO.md, "The default scores a
-#: channel on its weights") +0.2, +1.0 and +0.6 at 0.7x, 0.5x and 0.3x. See the README's
-#: "Accuracy against measured latency".
-DEFAULT_IMPORTANCE = "taylor-weights"
+#: and keeps the streams; over every dense model of bench/results it was run on beside
+#: ``taylor-abs`` (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.47 points
+#: more [+0.09, +0.84]. ``taylor-fisher`` (the empirical Fisher information) chooses
+#: better which stream channels go once the budget cuts the streams, and worse where
+#: there is room to keep them: see :data:`AUTO_FISHER_BELOW` and the README's "Accuracy
+#: against measured latency".
+DEFAULT_IMPORTANCE = "auto"
+
+#: The name of the criterion chosen by the latency target (:func:`choose_importance`):
+#: ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW` of the unpruned latency,
+#: ``taylor-weights`` from it up.
+AUTO_IMPORTANCE = "auto"
+#: Where ``auto`` switches. Over every pair of the two criteria in bench/results
+#: (bench/pareto_pairs.py halp-taylor-fisher-calib halp-taylor-weights-calib: the
+#: MobileNetV2 at batch 8 and 1, the ResNet-18; bench/PARETO.md "The empirical Fisher
+#: information"), ``taylor-fisher`` scored -0.50 [-0.7, -0.2] points under
+#: ``taylor-weights`` at 0.6x and 0.7x (18 pairs), where both keep the residual streams
+#: whole, and +0.28 [-0.1, +0.7] over it at 0.5x, 0.4x and 0.3x (30 pairs), where the
+#: budget cuts them; at 0.3x on the MobileNetV2 at batch 8 it is the first criterion
+#: resolved ahead of FastNAS, at 0.4x ahead of Torch-Pruning's Taylor. No run lies
+#: between 0.5x and 0.6x: the switch is put halfway.
+AUTO_FISHER_BELOW = 0.55
 
 
 class ImportanceError(UserError):
@@ -140,7 +157,8 @@ def get_importance(name: str) -> type[Importance]:
     """
     if name not in _REGISTRY:
         raise ImportanceError(
-            f"unknown importance {name!r}; known: {', '.join(list_importances())}"
+            f"unknown importance {name!r}; known: {AUTO_IMPORTANCE}, "
+            f"{', '.join(list_importances())}"
         )
     return _REGISTRY[name]
 
@@ -173,11 +191,30 @@ def per_output_channel(t: torch.Tensor) -> torch.Tensor:
 ImportanceSpec = Any
 
 
+def choose_importance(spec: ImportanceSpec, fraction: float) -> ImportanceSpec:
+    """The criterion ``spec`` names for a target of ``fraction`` of the unpruned latency:
+    ``auto`` is ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW`, ``taylor-weights``
+    otherwise; any other spec is itself."""
+    if not (isinstance(spec, str) and spec == AUTO_IMPORTANCE):
+        return spec
+    # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
+    return "taylor-fisher" if round(fraction, 6) < AUTO_FISHER_BELOW else "taylor-weights"
+
+
+def _auto_unchosen(graph: Any) -> Importance:
+    raise ImportanceError(
+        f"importance {AUTO_IMPORTANCE} is chosen from the latency target: resolve it with "
+        "choose_importance(spec, target fraction) first (the Pruner does)"
+    )
+
+
 def resolve_importance(spec: ImportanceSpec) -> tuple[Callable[[Any], Importance], str]:
     """A criterion factory and its name, from a name or a criterion object.
 
     Args:
-        spec: a registered name (``"taylor"``); ``"module:attr"`` naming a class or
+        spec: a registered name (``"taylor"``) or ``"auto"`` (whose factory refuses to
+            build: :func:`choose_importance` names the criterion once the target is
+            known); ``"module:attr"`` naming a class or
             factory importable from the user's code; an :class:`Importance` subclass
             (registered or not); or any callable ``factory(graph) -> Importance``.
 
@@ -193,6 +230,8 @@ def resolve_importance(spec: ImportanceSpec) -> tuple[Callable[[Any], Importance
             callable.
     """
     if isinstance(spec, str):
+        if spec == AUTO_IMPORTANCE:
+            return _auto_unchosen, spec
         if spec in _REGISTRY or ":" not in spec:
             cls = get_importance(spec)
             return cls, cls.name
@@ -220,6 +259,6 @@ def resolve_importance(spec: ImportanceSpec) -> tuple[Callable[[Any], Importance
         name = getattr(spec, "__qualname__", type(spec).__qualname__)
         return spec, f"{getattr(spec, '__module__', '?')}:{name}"
     raise ImportanceError(
-        f"importance must be a name ({', '.join(list_importances())}), an Importance "
+        f"importance must be a name ({AUTO_IMPORTANCE}, {', '.join(list_importances())}), an Importance "
         f"subclass or a factory(graph), not {type(spec).__name__}"
     )

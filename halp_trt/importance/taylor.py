@@ -243,7 +243,8 @@ class TaylorFisherImportance(TaylorImportance):
     pruned before training, six seeds run twice, bench/PARETO.md, "The empirical Fisher
     information"): ahead of FastNAS at 0.3x (resolved) and level at 0.5x, behind the
     default at 0.6x and 0.7x, where both trail uniform width; level with the default at
-    batch 1 and on the ResNet-18. Not the default.
+    batch 1 and on the ResNet-18. The default ``auto`` runs it below 0.55x of the
+    unpruned latency (:data:`~halp_trt.importance.base.AUTO_FISHER_BELOW`).
     """
 
     squared = True
@@ -320,7 +321,8 @@ class TaylorWeightsImportance(TaylorImportance):
     a few batches before the magnitude and divides each group's scores by their mean).
     A group with no such layer is scored on its BatchNorms as ``taylor-abs``.
 
-    It is the default (:data:`halp_trt.importance.DEFAULT_IMPORTANCE`). A residual
+    The default ``auto`` runs it at 0.55x of the unpruned latency and above
+    (:data:`halp_trt.importance.DEFAULT_IMPORTANCE`). A residual
     stream's channel is read by every block of its stage: ``taylor-abs`` sees only the
     BatchNorms of the projections that write it. Scored on its readers' weights too,
     the stream is kept: on the MobileNetV2 of bench/pareto.py at batch 1, 0.62 of its

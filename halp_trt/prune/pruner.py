@@ -60,7 +60,13 @@ import torch.nn as nn
 
 from ..errors import PruningError, UserError
 from ..graph import ChannelGraph
-from ..importance import DEFAULT_IMPORTANCE, Importance, ImportanceError, resolve_importance
+from ..importance import (
+    DEFAULT_IMPORTANCE,
+    Importance,
+    ImportanceError,
+    choose_importance,
+    resolve_importance,
+)
 from . import distributed as ddp
 from . import optim_state
 from .masks import MaskSet
@@ -265,6 +271,14 @@ class Pruner:
                 f"(oneshot, or steps=1), not {self.steps} steps"
             )
         self._check_feasible()
+        #: What was asked for (``"auto"`` included); :attr:`importance_name` is what runs,
+        #: :attr:`importance_label` how logs name it (``taylor-fisher, auto at 0.40x``).
+        self.importance_asked = self.importance_label = self.importance_name
+        fraction = self.target_ms / self.base_ms
+        chosen = choose_importance(importance, fraction)
+        if chosen is not importance:
+            criterion, self.importance_name = resolve_importance(chosen)
+            self.importance_label = f"{self.importance_name}, {importance} at {fraction:.2f}x"
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):
             raise ImportanceError(

@@ -369,11 +369,12 @@ def test_every_entry_point_defaults_to_the_same_importance():
 
     from halp_trt.cli import prune as cli_prune
     from halp_trt.cli import run as cli_run
-    from halp_trt.importance import DEFAULT_IMPORTANCE, get_importance
+    from halp_trt.importance import DEFAULT_IMPORTANCE, choose_importance, get_importance
     from halp_trt.integrations.lightning import HALPCallback
     from halp_trt.prune.schedule import DEFAULT_SPREAD
 
-    assert get_importance(DEFAULT_IMPORTANCE).needs_gradients
+    for fraction in (0.3, 0.9):  # what it names at either end of the targets
+        assert get_importance(choose_importance(DEFAULT_IMPORTANCE, fraction)).needs_gradients
     assert ht.PruneConfig(target="0.5x").importance == DEFAULT_IMPORTANCE
     assert inspect.signature(ht.Pruner).parameters["importance"].default == DEFAULT_IMPORTANCE
     assert inspect.signature(HALPCallback).parameters["importance"].default == DEFAULT_IMPORTANCE

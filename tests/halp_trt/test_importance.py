@@ -166,7 +166,7 @@ def test_taylor_fisher_averages_each_minibatchs_squared_taylor(resnet):
 def test_registry_lists_and_rejects_unknown():
     assert {"taylor", "taylor-abs", "l1", "l2", "sp-lamp"} <= set(list_importances())
     assert list_importances("l*") == ["l1", "l2"]
-    with pytest.raises(ImportanceError, match="unknown importance 'fisher'.*known: l1, l2"):
+    with pytest.raises(ImportanceError, match="unknown importance 'fisher'.*known: auto, l1, l2"):
         get_importance("fisher")
     assert get_importance("taylor").needs_gradients
     assert not get_importance("sp-lamp").needs_gradients
@@ -395,3 +395,27 @@ def test_taylor_state_round_trip(resnet):
         np.testing.assert_array_equal(b.scores()[gid], s)
     with pytest.raises(ImportanceError, match="channels"):
         b.load_state_dict({"sum": torch.zeros(3), "n": 1.0})
+
+
+def test_auto_names_a_criterion_once_the_target_is_known():
+    from halp_trt.importance import (
+        AUTO_FISHER_BELOW,
+        ImportanceError,
+        choose_importance,
+        get_importance,
+        resolve_importance,
+    )
+
+    assert choose_importance("auto", 0.3) == "taylor-fisher"
+    assert choose_importance("auto", AUTO_FISHER_BELOW - 0.01) == "taylor-fisher"
+    assert choose_importance("auto", AUTO_FISHER_BELOW) == "taylor-weights"
+    assert choose_importance("auto", AUTO_FISHER_BELOW * (1 - 1e-12)) == "taylor-weights"
+    assert choose_importance("auto", 0.9) == "taylor-weights"
+    cls = get_importance("l2")
+    assert choose_importance("l2", 0.3) == "l2" and choose_importance(cls, 0.3) is cls
+    factory, name = resolve_importance("auto")
+    assert name == "auto"
+    with pytest.raises(ImportanceError, match="chosen from the latency target"):
+        factory(None)
+    with pytest.raises(ImportanceError, match="known: auto, "):
+        resolve_importance("nope")

@@ -349,6 +349,27 @@ def test_infeasible_and_pointless_targets(table):
         Pruner(model, x, table, "0.6x", interval=0)
 
 
+@pytest.mark.parametrize(
+    "target, chosen",
+    [("0.54x", "taylor-fisher"), ("0.55x", "taylor-weights"), ("0.7x", "taylor-weights")],
+)
+def test_auto_importance_is_chosen_by_the_target(table, target, chosen):
+    from halp_trt.importance import get_importance
+
+    model, x = fresh()
+    args = {"steps": 2, "interval": 2, "importance": "auto", "min_keep": 0.1}
+    pruner = Pruner(model, x, table, target, **args)
+    assert pruner.importance_asked == "auto" and pruner.importance_name == chosen
+    assert type(pruner.importance) is get_importance(chosen)
+    assert pruner.importance_label == f"{chosen}, auto at {float(target[:-1]):.2f}x"
+    # the state records what ran: a pruner of the other criterion refuses it
+    state = pruner.state_dict()
+    assert state["config"]["importance"] == chosen
+    # an absolute target is its fraction of the unpruned latency
+    same = Pruner(model, x, table, f"{pruner.target_ms}ms", **args)
+    assert same.importance_name == chosen
+
+
 def test_table_that_does_not_cover_the_model(table):
     model, _ = fresh()
     with pytest.raises(PruningError, match=r"does not cover layer \S+ \(conv3x3\S* 32x32 b1"):
