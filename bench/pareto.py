@@ -66,7 +66,8 @@ comes before those epochs):
   ``halp-taylor-fisher-calib`` with ``taylor-fisher`` (each minibatch's BatchNorm
   Taylor score squared, then averaged: the empirical Fisher information);
   ``halp-auto-calib`` with ``auto`` (``taylor-fisher`` below 0.55x of the dense
-  latency, ``taylor-weights`` from there up);
+  latency, ``taylor-weights`` from there up: the default) and ``halp-auto-macs-calib``
+  the same on the MACs table (the ablation of what the default ships);
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
   on the images FastNAS scores on): each group's loss on training images at up to six
@@ -232,6 +233,7 @@ METHODS = (
     "halp-taylor-weights-calib-first",
     "halp-taylor-fisher-calib",
     "halp-auto-calib",
+    "halp-auto-macs-calib",
     "halp-sensitivity-calib",
     "halp-sensitivity-max-calib",
     "halp-sensitivity-acc-calib",
@@ -629,6 +631,7 @@ def halp_calibrated(
             measure.close()
     return slim, {
         **plan_facts(pruner, plan),
+        "importance": pruner.importance_name,  # what ran (auto names one)
         "min_keep": pruner.min_keep,
         **({"min_channels": {str(g): n for g, n in min_channels.items()}} if min_channels else {}),
         "calibration_batches": batches,
@@ -1380,6 +1383,7 @@ MACS_METHODS = (
     "halp-taylor-abs-macs",
     "halp-taylor-weights-macs",
     "halp-taylor-weights-macs-calib",
+    "halp-auto-macs-calib",
 )
 #: Methods that need no measured table: run before it is built (its build waits for the
 #: bench lock).
@@ -1530,9 +1534,11 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-sp-lamp-calib": ("sp-lamp", n, 1),
         "halp-taylor-fisher-calib": ("taylor-fisher", n, 1),
         "halp-auto-calib": ("auto", n, 1),
+        "halp-auto-macs-calib": ("auto", n, 1),
     }
     variants = {  # method: how it departs from halp-taylor-weights-calib's path
         "halp-taylor-weights-macs-calib": "macs",  # solved on the MACs table
+        "halp-auto-macs-calib": "macs",
         "halp-taylor-weights-calib-floor": "floor",  # no group below the target's fraction
         "halp-taylor-weights-calib-first": "first",  # no first-stage group below it
     }

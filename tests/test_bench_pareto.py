@@ -755,6 +755,35 @@ def test_calib4_and_calib_steps(pareto, tmp_path, monkeypatch):
     assert lamp["calibration_batches"] == 8 and criteria.count("sp-lamp") == 1, criteria
 
 
+def test_auto_runs_the_criterion_its_target_names_on_either_table(pareto, tmp_path, monkeypatch):
+    """``halp-auto-calib`` is the default's path (``auto``), ``halp-auto-macs-calib`` the
+    same on the MACs table; each run records the criterion ``auto`` named for its target."""
+    tables, halp_calibrated = [], pareto.halp_calibrated
+
+    def table_spy(dense, data, x, table, target, importance, *args, **kwargs):
+        tables.append((table.path.name, target, importance))
+        return halp_calibrated(dense, data, x, table, target, importance, *args, **kwargs)
+
+    monkeypatch.setattr(pareto, "halp_calibrated", table_spy)
+    out = tmp_path / "p.json"
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--targets", "0.8x,0.5x",
+        "--methods", "halp-auto-calib,halp-auto-macs-calib", "--reference", "halp-auto-calib",
+        "--epochs", "1", "--pretrain-epochs", "1", "--step", "8", "--rounds", "3",
+        "--no-feedback", "--min-keep", "0", "--out", str(out),
+    )  # fmt: skip
+    assert pareto.main(argv) == 0
+    runs = {(r["method"], r["target"]): r for r in json.loads(out.read_text())["runs"]}
+    for method in ("halp-auto-calib", "halp-auto-macs-calib"):
+        for target, chosen in (("0.8x", "taylor-weights"), ("0.5x", "taylor-fisher")):
+            run = runs[(method, target)]
+            assert run["status"] == "ok", run.get("error")
+            assert run["importance"] == chosen and run["calibration_batches"] == 8
+    assert sorted(tables) == sorted(
+        (name, t, "auto") for name in ("t.db", "t_macs.db") for t in ("0.8x", "0.5x")
+    )
+
+
 def test_target_floor_is_the_targets_fraction_or_the_pruners_floor(pareto):
     from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
 
