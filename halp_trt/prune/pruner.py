@@ -150,7 +150,9 @@ class Pruner:
         target: ``"0.5x"`` (fraction of the unpruned predicted latency), ``"3ms"``, or
             milliseconds as a number.
         importance: a criterion: a registered name (see
-            :func:`halp_trt.importance.list_importances`), ``"module:attr"``, an
+            :func:`halp_trt.importance.list_importances`), ``"auto"`` (the default:
+            one of two by the target, :func:`halp_trt.importance.choose_importance`;
+            :attr:`importance_name` says which), ``"module:attr"``, an
             :class:`~halp_trt.importance.Importance` subclass, or a factory called with
             the pruner's :class:`~halp_trt.graph.ChannelGraph` that returns one.
         steps: pruning steps (HALP: 30). ``oneshot`` prunes once.
