@@ -53,8 +53,8 @@ AUTO_IMPORTANCE = "auto"
 #: information"), ``taylor-fisher`` scored -0.50 [-0.7, -0.2] points under
 #: ``taylor-weights`` at 0.6x and 0.7x (18 pairs), where both keep the residual streams
 #: whole, and +0.28 [-0.1, +0.7] over it at 0.5x, 0.4x and 0.3x (30 pairs), where the
-#: budget cuts them; at 0.3x on the MobileNetV2 at batch 8 it is the first criterion
-#: resolved ahead of FastNAS, at 0.4x ahead of Torch-Pruning's Taylor. No run lies
+#: budget cuts them; on the MobileNetV2 at batch 8 it is resolved ahead of FastNAS at
+#: 0.3x (the first criterion to be) and of Torch-Pruning's Taylor at 0.4x. No run lies
 #: between 0.5x and 0.6x: the switch is put halfway.
 AUTO_FISHER_BELOW = 0.55
 
