@@ -107,6 +107,18 @@ def needs_cpus(count: int) -> pytest.MarkDecorator:
     )
 
 
+def assert_outputs_declared(run_dir: Path) -> None:
+    """Every output a finished ``halp-trt run`` records is one of its stage's
+    ``pipeline.STAGE_WRITES``: what a failed stage may delete covers what it writes."""
+    import json
+
+    from halp_trt.pipeline import STAGE_WRITES
+
+    for stage, rec in json.loads((run_dir / "run.json").read_text())["stages"].items():
+        for rel in rec["outputs"]:
+            assert rel.split("/")[0] in STAGE_WRITES[stage], (stage, rel)
+
+
 def assert_user_error(result: CliResult, *fragments: str) -> None:
     """A user error: exit code 2, no traceback, and one line on stderr saying the problem:
     the last one (a progress bar may come before it), the only one with ``error:``."""

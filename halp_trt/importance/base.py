@@ -149,6 +149,12 @@ def list_importances(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def _known() -> str:
+    """Every name an importance spec may be, for error messages: ``auto`` and the
+    registered criteria."""
+    return ", ".join([AUTO_IMPORTANCE, *list_importances()])
+
+
 def get_importance(name: str) -> type[Importance]:
     """The criterion class registered as ``name``; instantiate it with a channel graph.
 
@@ -156,10 +162,7 @@ def get_importance(name: str) -> type[Importance]:
         ImportanceError: no criterion of that name (the message lists the known ones).
     """
     if name not in _REGISTRY:
-        raise ImportanceError(
-            f"unknown importance {name!r}; known: {AUTO_IMPORTANCE}, "
-            f"{', '.join(list_importances())}"
-        )
+        raise ImportanceError(f"unknown importance {name!r}; known: {_known()}")
     return _REGISTRY[name]
 
 
@@ -259,6 +262,6 @@ def resolve_importance(spec: ImportanceSpec) -> tuple[Callable[[Any], Importance
         name = getattr(spec, "__qualname__", type(spec).__qualname__)
         return spec, f"{getattr(spec, '__module__', '?')}:{name}"
     raise ImportanceError(
-        f"importance must be a name ({AUTO_IMPORTANCE}, {', '.join(list_importances())}), an Importance "
+        f"importance must be a name ({_known()}), an Importance "
         f"subclass or a factory(graph), not {type(spec).__name__}"
     )

@@ -362,7 +362,7 @@ def test_auto_importance_is_chosen_by_the_target(table, target, chosen):
     assert pruner.importance_asked == "auto" and pruner.importance_name == chosen
     assert type(pruner.importance) is get_importance(chosen)
     assert pruner.importance_label == f"{chosen}, auto at {float(target[:-1]):.2f}x"
-    # the state records what ran: a pruner of the other criterion refuses it
+    # the state records what ran (loading compares it with the loading pruner's)
     state = pruner.state_dict()
     assert state["config"]["importance"] == chosen
     # an absolute target is its fraction of the unpruned latency
