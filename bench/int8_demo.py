@@ -4,6 +4,15 @@
     flock /tmp/halp-trt-bench.lock python bench/int8_demo.py [--out runs/int8_demo] \\
         [--json bench/results/int8_demo.json]
 
+With ``--seeds`` and ``--importance`` (comma lists) it runs every seed with every
+criterion, each in its own directory under ``--out``, all on the first run's INT8 table
+(``--lut``), and compares the criteria seed by seed: what each pruned model scores in
+FP32 and in INT8, what quantizing it cost, its measured speed-up, and each criterion's
+difference from the first, with a t interval over the seeds:
+
+    python bench/int8_demo.py --seeds 0,1,2,3,4,5 --importance taylor-fisher,taylor-weights \\
+        --json bench/results/int8_demo_criteria.json
+
 Targets (issue 14): measured INT8 pruned vs INT8 original speed-up >= 1.8x; INT8 pruned
 accuracy within 1 point of the FP32 dense model's.
 """
@@ -15,40 +24,87 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo import DEMO  # noqa: E402  (the demo's configuration, one source)
+from plan_pricing import load_pareto  # noqa: E402  (bench/pareto.py's interval)
 
 TARGET_SPEEDUP = 1.8
 TARGET_ACCURACY_POINTS = 1.0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _ints(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct integers, got {text!r}")
+    return seeds
+
+
+def _names(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"criteria must be distinct names, got {text!r}")
+    from halp_trt.importance import ImportanceError, resolve_importance
+
+    for name in names:
+        try:
+            resolve_importance(name)
+        except ImportanceError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = load_pareto().OneLineParser(prog="int8_demo.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/int8_demo", help="run directory (replaced)")
     ap.add_argument("--json", default=None, help="write the figures here")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out")
-    args = ap.parse_args()
-    out = Path(args.out)
-    if out.exists() and not args.resume:
+    ap.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
+    ap.add_argument("--seeds", type=_ints, default=None, help="e.g. 0,1,2 (default: 0)")
+    ap.add_argument(
+        "--importance", type=_names, default=None,
+        help="criteria to compare, e.g. taylor-fisher,taylor-weights (default: halp-trt's)",
+    )  # fmt: skip
+    return ap.parse_args(argv)
+
+
+def _flags(seed: int | None, importance: str | None) -> list[str]:
+    flags = [] if seed is None else ["--seed", str(seed)]
+    return flags + ([] if importance is None else ["--importance", importance])
+
+
+def run_once(
+    out: Path, extra: list[str], resume: bool, lut: Path | None = None
+) -> dict[str, Any] | None:
+    """One `halp-trt run` of the INT8 demo in ``out`` with ``extra`` flags (on the table
+    ``lut`` if given); its figures, or None if it failed."""
+    if out.exists() and not resume:
         shutil.rmtree(out)
-    flags = [*DEMO, "--precision", "int8", "--out", str(out), "--no-progress"]
-    flags += ["--resume"] if args.resume else []
-    cmd = [sys.executable, "-m", "halp_trt", "run", *flags]
+    flags = [*DEMO, "--precision", "int8", *extra, "--out", str(out), "--no-progress"]
+    flags += ["--lut", str(lut)] if lut else []
+    flags += ["--resume"] if resume else []
     print("$ halp-trt run " + " ".join(flags), flush=True)
     t0 = time.perf_counter()
-    if subprocess.call(cmd) != 0:
-        return 1
+    if subprocess.call([sys.executable, "-m", "halp_trt", "run", *flags]) != 0:
+        return None
     seconds = time.perf_counter() - t0
     r = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "pruned" / "plan.json").read_text())
     rows = {row["model"]: row for row in r["precisions"]}
     fp32_acc, int8_acc = rows["fp32 dense"]["accuracy"], rows["int8 pruned"]["accuracy"]
+    fp32_pruned = r["pruned"]["accuracy"]
     result = {
-        "command": "halp-trt run " + " ".join([*DEMO, "--precision", "int8"]),
+        "command": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *extra]),
+        "importance": plan.get("importance"),
+        "table": "built" if lut is None else f"reused ({lut.parent.name}/{lut.name})",
         "machine": {
             "cpu": r["fingerprint"].get("device"),
             "cores": os.cpu_count(),
@@ -61,6 +117,8 @@ def main() -> int:
         "alignment_note": "the INT8 table's alignment was read from the measured staircase",
         "target": r["target"],
         "precisions": r["precisions"],
+        "fp32_pruned_accuracy": fp32_pruned,
+        "quantization_points": 100 * (int8_acc - fp32_pruned),
         "int8_speedup": r["speedup"],
         "int8_speedup_spread": r["speedup_spread"],
         "predicted_speedup": r["predicted_speedup"],
@@ -83,8 +141,132 @@ def main() -> int:
         f"INT8 pruned vs INT8 dense: {r['speedup']:.2f}x measured (target >= "
         f"{TARGET_SPEEDUP}x), {r['predicted_speedup']:.2f}x predicted; accuracy "
         f"{result['accuracy_points_vs_fp32_dense']:+.2f} points vs FP32 dense (target >= "
-        f"-{TARGET_ACCURACY_POINTS})"
+        f"-{TARGET_ACCURACY_POINTS}); FP32 pruned {fp32_pruned:.4f}, quantizing it "
+        f"{result['quantization_points']:+.2f} points",
+        flush=True,
     )
+    return result
+
+
+#: What the sweep compares, per run: (key, how to read it from a run's figures).
+MEASURES = {
+    "int8_pruned_accuracy": lambda r: _row(r, "int8 pruned")["accuracy"],
+    "fp32_pruned_accuracy": lambda r: r["fp32_pruned_accuracy"],
+    "quantization_points": lambda r: r["quantization_points"],
+    "int8_speedup": lambda r: r["int8_speedup"],
+}
+
+
+def _row(run: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(p for p in run["precisions"] if p["model"] == name)
+
+
+def compare(runs: list[dict[str, Any]], criteria: list[str]) -> dict[str, Any]:
+    """Each criterion's mean of every measure over its runs, and each later criterion
+    minus the first, seed by seed over the seeds both ran (a failed run drops its seed
+    from that pair), with bench/pareto.py's t interval."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    by = {(r["seed"], r["asked"]): r for r in ok}
+    means = {
+        c: {
+            "runs": len(mine := [r for r in ok if r["asked"] == c]),
+            **{
+                k: statistics.fmean(f(r) for r in mine) if mine else None
+                for k, f in MEASURES.items()
+            },  # fmt: skip
+        }
+        for c in criteria
+    }
+    interval = load_pareto().paired_interval
+    first, differences = criteria[0], {}
+    for other in criteria[1:]:
+        seeds = sorted(s for s, c in by if c == other and (s, first) in by)
+        row: dict[str, Any] = {"seeds": seeds}
+        for k, f in MEASURES.items():
+            d = [f(by[s, other]) - f(by[s, first]) for s in seeds]
+            row[k] = {
+                "per_seed": d,
+                "mean": statistics.fmean(d) if d else None,
+                "ahead": sum(x > 0 for x in d),
+                **interval(d),
+            }
+        differences[f"{other} minus {first}"] = row
+    return {"means": means, "differences": differences}
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Every seed with every criterion, each in ``out/s{seed}-{criterion}``, on the first
+    successful run's table."""
+    seeds, criteria = args.seeds or [0], args.importance or [None]
+    out = Path(args.out)
+    if out.exists() and not args.resume:
+        shutil.rmtree(out)
+    runs, lut = [], None
+    t0 = time.perf_counter()
+    for seed in seeds:
+        for c in criteria:
+            where = out / f"s{seed}-{c or 'default'}"
+            figures = run_once(where, _flags(seed, c), args.resume and where.exists(), lut)
+            entry = {"seed": seed, "asked": c or "default", "dir": where.name}
+            if figures is None:
+                runs.append({**entry, "status": "failed"})
+                continue
+            runs.append({**entry, "status": "ok", **figures})
+            lut = lut or where / "lut.db"
+    names = [c or "default" for c in criteria]
+    return {
+        "command": "python bench/int8_demo.py " + " ".join(sys.argv[1:]),
+        "demo": "halp-trt run " + " ".join([*DEMO, "--precision", "int8"]),
+        "seeds": seeds,
+        "criteria": names,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "runs": runs,
+        "comparison": compare(runs, names),
+    }
+
+
+def print_comparison(result: dict[str, Any]) -> None:
+    cmp = result["comparison"]
+    print(f"\n{'criterion':<16} runs  INT8 pruned  FP32 pruned  quantizing  speed-up")
+    for c, m in cmp["means"].items():
+        if not m["runs"]:
+            print(f"{c:<16} {0:>4}  (every run failed)")
+            continue
+        print(
+            f"{c:<16} {m['runs']:>4}  {m['int8_pruned_accuracy']:>11.4f}  "
+            f"{m['fp32_pruned_accuracy']:>11.4f}  {m['quantization_points']:>+10.2f}  "
+            f"{m['int8_speedup']:>7.2f}x"
+        )
+    for name, row in cmp["differences"].items():
+        print(f"\n{name} ({len(row['seeds'])} seeds):")
+        for k, scale, unit in (
+            ("int8_pruned_accuracy", 100, " points"),
+            ("fp32_pruned_accuracy", 100, " points"),
+            ("quantization_points", 1, " points"),
+            ("int8_speedup", 1, "x"),
+        ):
+            d = row[k]
+            if d["mean"] is None:
+                continue
+            ci = (
+                ""
+                if d["ci"] is None
+                else f" [{scale * d['ci'][0]:+.2f}, {scale * d['ci'][1]:+.2f}]"
+            )
+            print(f"  {k:<22} {scale * d['mean']:+.2f}{unit}{ci}, ahead on {d['ahead']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.seeds is None and args.importance is None:
+        result = run_once(Path(args.out), [], args.resume)
+        if result is None:
+            return 1
+    else:
+        result = sweep(args)
+        print_comparison(result)
+        if not any(r["status"] == "ok" for r in result["runs"]):
+            return 1
     if args.json:
         from lut_builder.fileio import atomic_write_json
 
