@@ -103,7 +103,7 @@ def run_once(
     fp32_pruned = r["pruned"]["accuracy"]
     result = {
         "command": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *extra]),
-        "importance": plan.get("importance"),
+        "importance": (plan.get("pruning") or {}).get("importance"),  # what ran
         "table": "built" if lut is None else f"reused ({lut.parent.name}/{lut.name})",
         "machine": {
             "cpu": r["fingerprint"].get("device"),

@@ -116,7 +116,9 @@ def test_single_run_figures_are_read_from_the_report(tmp_path, monkeypatch):
     def fake_call(cmd):
         assert cmd[cmd.index("--out") + 1] == str(out) and "--lut" not in cmd
         (out / "pruned").mkdir(parents=True)
-        (out / "pruned" / "plan.json").write_text(json.dumps({"importance": "taylor-fisher"}))
+        (out / "pruned" / "plan.json").write_text(
+            json.dumps({"pruning": {"importance": "taylor-fisher"}})
+        )
         rows = [
             {"model": n, "accuracy": a, "latency_ms": 1.0, "speedup_vs_fp32": 1.0,
              "size_bytes": 1}
