@@ -36,7 +36,8 @@ comes before those epochs):
   scores): the schedule of ``halp-sp-lamp`` with the criterion of the product;
 - ``halp-taylor-abs-calib``, ``halp-taylor-weights-calib``,
   ``halp-taylor-weights-norm-calib``, ``halp-taylor-weights-mean-calib`` (each
-  channel's terms averaged over its layers, :func:`terms_averaged`),
+  channel's terms averaged over its layers: halp-trt's ``taylor-weights-mean``, what
+  ``auto`` runs from 0.55x up; :func:`terms_averaged` gives any criterion so),
   ``halp-taylor-weights-root-calib`` (summed, over the square root of their count,
   :func:`terms_root`): halp-trt's plan
   (the criterion, the knapsack on the measured table, the floor, the feedback) on
@@ -66,7 +67,7 @@ comes before those epochs):
   ``halp-taylor-fisher-calib`` with ``taylor-fisher`` (each minibatch's BatchNorm
   Taylor score squared, then averaged: the empirical Fisher information);
   ``halp-auto-calib`` with ``auto`` (``taylor-fisher`` below 0.55x of the dense
-  latency, ``taylor-weights`` from there up: the default) and ``halp-auto-macs-calib``
+  latency, ``taylor-weights-mean`` from there up: the default) and ``halp-auto-macs-calib``
   the same on the MACs table (the ablation of what the default ships);
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores
@@ -1521,7 +1522,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         "halp-sensitivity-tie": (weighted_sensitivity(SENSITIVITY_LOSS_WEIGHT), n, 1),
         "halp-taylor-weights-calib": ("taylor-weights", n, 1),
         "halp-taylor-weights-norm-calib": (mean_normalised("taylor-weights"), n, 1),
-        "halp-taylor-weights-mean-calib": (terms_averaged("taylor-weights"), n, 1),
+        "halp-taylor-weights-mean-calib": ("taylor-weights-mean", n, 1),
         "halp-taylor-weights-root-calib": (terms_root("taylor-weights"), n, 1),
         "halp-taylor-weights-calib4": ("taylor-weights", WINDOW_BATCHES, 1),
         "halp-taylor-weights-calib-steps": ("taylor-weights", n, args.steps),

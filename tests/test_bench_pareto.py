@@ -775,7 +775,7 @@ def test_auto_runs_the_criterion_its_target_names_on_either_table(pareto, tmp_pa
     assert pareto.main(argv) == 0
     runs = {(r["method"], r["target"]): r for r in json.loads(out.read_text())["runs"]}
     for method in ("halp-auto-calib", "halp-auto-macs-calib"):
-        for target, chosen in (("0.8x", "taylor-weights"), ("0.5x", "taylor-fisher")):
+        for target, chosen in (("0.8x", "taylor-weights-mean"), ("0.5x", "taylor-fisher")):
             run = runs[(method, target)]
             assert run["status"] == "ok", run.get("error")
             assert run["importance"] == chosen and run["calibration_batches"] == 8

@@ -18,9 +18,10 @@ MIN_INTERVAL_HELP = (
 )
 IMPORTANCE_HELP = (
     "auto (default: taylor-fisher for a target below 0.55x of the unpruned latency, "
-    "taylor-weights from there up), "
+    "taylor-weights-mean from there up), "
     "taylor-weights (first-order Taylor on the weights of every layer that "
-    "writes or reads a channel, in magnitude), taylor-abs (HALP's Taylor score on the "
+    "writes or reads a channel, in magnitude), taylor-weights-mean (the same averaged "
+    "over those layers instead of summed), taylor-abs (HALP's Taylor score on the "
     "BatchNorms, the coupled layers' terms summed in magnitude), taylor-abs-mean "
     "(averaged over them instead: for plain residual networks, see the README), "
     "taylor-l2 (their L2 norm), taylor (HALP's as published), taylor-fisher (HALP's "

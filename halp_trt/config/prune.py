@@ -33,7 +33,7 @@ class PruneConfig(ConfigBase):
         target: the latency target: ``"0.5x"`` (a fraction, below 1, of the unpruned
             model's predicted latency), ``"3ms"``, or milliseconds as a number.
         importance: a criterion name (``auto``, the default: ``taylor-fisher`` below
-            0.55x of the unpruned latency, ``taylor-weights`` from there up;
+            0.55x of the unpruned latency, ``taylor-weights-mean`` from there up;
             ``taylor-abs``, ``taylor``, ``l1``, ``l2``, ``sp-lamp`` or any registered one),
             ``"module:attr"`` naming a criterion class or factory, or the class /
             factory itself (not JSON-serialisable then: :meth:`to_dict` writes its

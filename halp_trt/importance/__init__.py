@@ -16,6 +16,7 @@ also takes a criterion object (a class or a factory).
 
 from . import magnitude, sensitivity, taylor  # noqa: F401  (registers the built-in criteria)
 from .base import (
+    AUTO_ABOVE,
     AUTO_FISHER_BELOW,
     AUTO_IMPORTANCE,
     DEFAULT_IMPORTANCE,
@@ -30,6 +31,7 @@ from .base import (
 from .magnitude import lamp_scores
 
 __all__ = [
+    "AUTO_ABOVE",
     "AUTO_FISHER_BELOW",
     "AUTO_IMPORTANCE",
     "DEFAULT_IMPORTANCE",

@@ -39,13 +39,14 @@ _REGISTRY: dict[str, type[Importance]] = {}
 #: ``taylor-abs`` (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.47 points
 #: more [+0.09, +0.84]. ``taylor-fisher`` (the empirical Fisher information) chooses
 #: better which stream channels go once the budget cuts the streams, and worse where
-#: there is room to keep them: see :data:`AUTO_FISHER_BELOW` and the README's "Accuracy
-#: against measured latency".
+#: there is room to keep them; there ``taylor-weights-mean``, the weights' terms averaged
+#: over a channel's layers, cuts streams and expansions alike: see
+#: :data:`AUTO_FISHER_BELOW` and the README's "Accuracy against measured latency".
 DEFAULT_IMPORTANCE = "auto"
 
 #: The name of the criterion chosen by the latency target (:func:`choose_importance`):
 #: ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW` of the unpruned latency,
-#: ``taylor-weights`` from it up.
+#: :data:`AUTO_ABOVE` from it up.
 AUTO_IMPORTANCE = "auto"
 #: Where ``auto`` switches. Over every pair of the two criteria in bench/results
 #: (bench/pareto_pairs.py halp-taylor-fisher-calib halp-taylor-weights-calib: the
@@ -57,6 +58,19 @@ AUTO_IMPORTANCE = "auto"
 #: 0.3x (the first criterion to be) and of Torch-Pruning's Taylor at 0.4x. No run lies
 #: between 0.5x and 0.6x: the switch is put halfway.
 AUTO_FISHER_BELOW = 0.55
+#: What ``auto`` runs from :data:`AUTO_FISHER_BELOW` up. ``taylor-weights`` sums a
+#: channel's terms over every layer that writes or reads it, so a residual stream's
+#: channel outscores an expansion's by about the number of blocks that read it, and
+#: where little has to go the plan keeps the streams whole (0.97-0.99 of them on the
+#: MobileNetV2 at 0.6x-0.7x) and takes the latency from the expansions; uniform width led
+#: it there (-0.62 [-1.1, -0.2] at 0.7x, 12 pairs). Averaged over the layers, the plans
+#: cut both kinds alike (0.67-0.79 of the streams, as uniform width's 0.66-0.81): over
+#: the 18 dense models of its runs at 0.6x and 0.7x (the MobileNetV2 at batch 8 and 1,
+#: the ResNet-18; bench/PARETO.md "The default's upper branch averages") +0.26 [-0.03,
+#: +0.54] points over ``taylor-weights`` and -0.05 [-0.42, +0.32] against uniform width.
+#: At 0.5x and below it sends the streams to the floor (-1.0 under ``taylor-weights``),
+#: where ``taylor-fisher`` runs.
+AUTO_ABOVE = "taylor-weights-mean"
 
 
 class ImportanceError(UserError):
@@ -196,12 +210,12 @@ ImportanceSpec = Any
 
 def choose_importance(spec: ImportanceSpec, fraction: float) -> ImportanceSpec:
     """The criterion ``spec`` names for a target of ``fraction`` of the unpruned latency:
-    ``auto`` is ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW`, ``taylor-weights``
+    ``auto`` is ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW`, :data:`AUTO_ABOVE`
     otherwise; any other spec is itself."""
     if not (isinstance(spec, str) and spec == AUTO_IMPORTANCE):
         return spec
     # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
-    return "taylor-fisher" if round(fraction, 6) < AUTO_FISHER_BELOW else "taylor-weights"
+    return "taylor-fisher" if round(fraction, 6) < AUTO_FISHER_BELOW else AUTO_ABOVE
 
 
 def _auto_unchosen(graph: Any) -> Importance:

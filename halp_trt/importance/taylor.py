@@ -321,14 +321,36 @@ class TaylorWeightsImportance(TaylorImportance):
     a few batches before the magnitude and divides each group's scores by their mean).
     A group with no such layer is scored on its BatchNorms as ``taylor-abs``.
 
-    The default ``auto`` runs it at 0.55x of the unpruned latency and above
-    (:data:`halp_trt.importance.DEFAULT_IMPORTANCE`). A residual
-    stream's channel is read by every block of its stage: ``taylor-abs`` sees only the
-    BatchNorms of the projections that write it. Scored on its readers' weights too,
-    the stream is kept: on the MobileNetV2 of bench/pareto.py at batch 1, 0.62 of its
-    streams at 0.3x and 0.93 at 0.5x, against ``taylor-abs``'s 0.46 and 0.66
-    (bench/PARETO.md, "The default scores a channel on its weights").
+    The default ``auto`` ran it at 0.55x of the unpruned latency and above until
+    ``taylor-weights-mean`` took its place there
+    (:data:`halp_trt.importance.base.AUTO_ABOVE`). A residual stream's channel is read
+    by every block of its stage: ``taylor-abs`` sees only the BatchNorms of the
+    projections that write it. Scored on its readers' weights too, the stream is kept:
+    on the MobileNetV2 of bench/pareto.py at batch 1, 0.62 of its streams at 0.3x and
+    0.93 at 0.5x, against ``taylor-abs``'s 0.46 and 0.66 (bench/PARETO.md, "The default
+    scores a channel on its weights").
     """
 
     abs_terms = True
     weight_terms = True
+
+
+@register_importance("taylor-weights-mean")
+class TaylorWeightsMeanImportance(TaylorWeightsImportance):
+    """``taylor-weights`` averaged over a channel's coupled layers instead of summed
+    (Torch-Pruning's ``group_reduction="mean"``, without its per-group normaliser).
+
+    A residual stream's channel is written and read by every block of its stage, so
+    under the sum it outscores a block's inner channel by about the number of layers
+    that touch it, and where little has to go the knapsack keeps every stream whole and
+    takes the latency from the expansions. Averaged, a channel of either kind is worth
+    one layer's terms, and the plan cuts streams and expansions alike, as uniform width
+    does. The default ``auto`` runs it at 0.55x of the unpruned latency and above
+    (:data:`halp_trt.importance.base.AUTO_ABOVE`, where the measurements are): on the
+    MobileNetV2 of bench/pareto.py at 0.7x and 0.6x it scored above ``taylor-weights``
+    and level with uniform width; where half the latency goes it under-values the
+    streams and sends them to the floor (bench/PARETO.md, "Each channel's terms
+    averaged, where little is cut").
+    """
+
+    mean_terms = True

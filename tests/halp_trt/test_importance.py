@@ -288,6 +288,31 @@ def test_taylor_weights_sums_every_coupled_weights_terms_magnitudes(resnet, name
         assert dw and all((scores[g.id] > 0).all() for g in dw)
 
 
+def test_taylor_weights_mean_averages_each_channels_terms_over_its_layers():
+    """``taylor-weights-mean`` is ``taylor-weights`` divided, channel by channel, by the
+    number of layers that write or read it: a residual stream's channel by more than a
+    block's inner one."""
+    model, x = build("mobilenetv2")
+    graph = ChannelGraph(model, x)
+    model.train()
+    summed = get_importance("taylor-weights")(graph)
+    averaged = get_importance("taylor-weights-mean")(graph)
+    for seed in (3, 4):
+        model.zero_grad()
+        xb = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+        F.cross_entropy(model(xb), torch.arange(x.shape[0]) % 3).backward()
+        summed.accumulate()
+        averaged.accumulate()
+    s, a = summed.scores(), averaged.scores()
+    counts = {}
+    for g in graph.prunable:
+        layers = {r.layer for r in g.producers} | {r.layer for r in g.consumers}
+        assert (a[g.id] > 0).all()
+        np.testing.assert_allclose(s[g.id] / a[g.id], len(layers), rtol=1e-9)
+        counts[g.id] = len(layers)
+    assert max(counts.values()) >= 4 > min(counts.values())  # streams and inner widths
+
+
 def test_masked_channels_score_zero_for_every_criterion(resnet):
     model, graph = resnet
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -408,9 +433,9 @@ def test_auto_names_a_criterion_once_the_target_is_known():
 
     assert choose_importance("auto", 0.3) == "taylor-fisher"
     assert choose_importance("auto", AUTO_FISHER_BELOW - 0.01) == "taylor-fisher"
-    assert choose_importance("auto", AUTO_FISHER_BELOW) == "taylor-weights"
-    assert choose_importance("auto", AUTO_FISHER_BELOW * (1 - 1e-12)) == "taylor-weights"
-    assert choose_importance("auto", 0.9) == "taylor-weights"
+    assert choose_importance("auto", AUTO_FISHER_BELOW) == "taylor-weights-mean"
+    assert choose_importance("auto", AUTO_FISHER_BELOW * (1 - 1e-12)) == "taylor-weights-mean"
+    assert choose_importance("auto", 0.9) == "taylor-weights-mean"
     cls = get_importance("l2")
     assert choose_importance("l2", 0.3) == "l2" and choose_importance(cls, 0.3) is cls
     factory, name = resolve_importance("auto")

@@ -351,7 +351,11 @@ def test_infeasible_and_pointless_targets(table):
 
 @pytest.mark.parametrize(
     "target, chosen",
-    [("0.54x", "taylor-fisher"), ("0.55x", "taylor-weights"), ("0.7x", "taylor-weights")],
+    [
+        ("0.54x", "taylor-fisher"),
+        ("0.55x", "taylor-weights-mean"),
+        ("0.7x", "taylor-weights-mean"),
+    ],
 )
 def test_auto_importance_is_chosen_by_the_target(table, target, chosen):
     from halp_trt.importance import get_importance
