@@ -39,6 +39,10 @@ TARGET_SPEEDUP = 1.8
 TARGET_ACCURACY_POINTS = 1.0
 
 
+class RunFailed(Exception):
+    """One `halp-trt run` failed, or left a report that cannot be read."""
+
+
 def _ints(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -81,11 +85,9 @@ def _flags(seed: int | None, importance: str | None) -> list[str]:
     return flags + ([] if importance is None else ["--importance", importance])
 
 
-def run_once(
-    out: Path, extra: list[str], resume: bool, lut: Path | None = None
-) -> dict[str, Any] | None:
+def run_once(out: Path, extra: list[str], resume: bool, lut: Path | None = None) -> dict[str, Any]:
     """One `halp-trt run` of the INT8 demo in ``out`` with ``extra`` flags (on the table
-    ``lut`` if given); its figures, or None if it failed."""
+    ``lut`` if given); its figures. Raises :class:`RunFailed` saying why if it failed."""
     if out.exists() and not resume:
         shutil.rmtree(out)
     flags = [*DEMO, "--precision", "int8", *extra, "--out", str(out), "--no-progress"]
@@ -93,14 +95,18 @@ def run_once(
     flags += ["--resume"] if resume else []
     print("$ halp-trt run " + " ".join(flags), flush=True)
     t0 = time.perf_counter()
-    if subprocess.call([sys.executable, "-m", "halp_trt", "run", *flags]) != 0:
-        return None
+    code = subprocess.call([sys.executable, "-m", "halp_trt", "run", *flags])
+    if code != 0:
+        raise RunFailed(f"halp-trt run exited with {code} (its message is above)")
     seconds = time.perf_counter() - t0
-    r = json.loads((out / "report.json").read_text())
-    plan = json.loads((out / "pruned" / "plan.json").read_text())
-    rows = {row["model"]: row for row in r["precisions"]}
-    fp32_acc, int8_acc = rows["fp32 dense"]["accuracy"], rows["int8 pruned"]["accuracy"]
-    fp32_pruned = r["pruned"]["accuracy"]
+    try:
+        r = json.loads((out / "report.json").read_text())
+        plan = json.loads((out / "pruned" / "plan.json").read_text())
+        rows = {row["model"]: row for row in r["precisions"]}
+        fp32_acc, int8_acc = rows["fp32 dense"]["accuracy"], rows["int8 pruned"]["accuracy"]
+        fp32_pruned = float(r["pruned"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunFailed(f"cannot read the run's report in {out}: {type(e).__name__}: {e}") from None
     result = {
         "command": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *extra]),
         "importance": (plan.get("pruning") or {}).get("importance"),  # what ran
@@ -206,10 +212,12 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     for seed in seeds:
         for c in criteria:
             where = out / f"s{seed}-{c or 'default'}"
-            figures = run_once(where, _flags(seed, c), args.resume and where.exists(), lut)
             entry = {"seed": seed, "asked": c or "default", "dir": where.name}
-            if figures is None:
-                runs.append({**entry, "status": "failed"})
+            try:
+                figures = run_once(where, _flags(seed, c), args.resume and where.exists(), lut)
+            except RunFailed as e:
+                print(f"int8_demo.py: seed {seed}, {entry['asked']}: {e}", file=sys.stderr)
+                runs.append({**entry, "status": "failed", "error": str(e)})
                 continue
             runs.append({**entry, "status": "ok", **figures})
             lut = lut or where / "lut.db"
@@ -259,8 +267,10 @@ def print_comparison(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.seeds is None and args.importance is None:
-        result = run_once(Path(args.out), [], args.resume)
-        if result is None:
+        try:
+            result = run_once(Path(args.out), [], args.resume)
+        except RunFailed as e:
+            print(f"int8_demo.py: {e}", file=sys.stderr)
             return 1
     else:
         result = sweep(args)

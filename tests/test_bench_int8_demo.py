@@ -65,7 +65,7 @@ def test_sweep_reuses_the_first_table_and_records_failures(tmp_path, monkeypatch
     def fake_run_once(out, extra, resume, lut=None):
         calls.append((out.name, extra, lut))
         if out.name == "s1-taylor-weights":
-            return None
+            raise m.RunFailed("halp-trt run exited with 1")
         return {"seconds": 1.0, **figures(0.97, 0.98, 2.0)}
 
     monkeypatch.setattr(m, "run_once", fake_run_once)
@@ -82,6 +82,7 @@ def test_sweep_reuses_the_first_table_and_records_failures(tmp_path, monkeypatch
         ("s1-taylor-weights", ["--seed", "1", "--importance", "taylor-weights"], first),
     ]
     assert [r["status"] for r in result["runs"]] == ["ok", "ok", "ok", "failed"]
+    assert result["runs"][3]["error"] == "halp-trt run exited with 1"
     assert result["comparison"]["differences"]["taylor-weights minus taylor-fisher"]["seeds"] == [0]
     json.dumps(result)  # what --json writes
 
@@ -138,3 +139,25 @@ def test_single_run_figures_are_read_from_the_report(tmp_path, monkeypatch):
     assert r["quantization_points"] == pytest.approx(-2.0)
     assert r["accuracy_points_vs_fp32_dense"] == pytest.approx(-3.0)
     assert not r["targets"]["accuracy_met"] and r["targets"]["speedup_met"]
+
+
+@pytest.mark.parametrize("broken", ["no report", "no pruned accuracy", "exit 1"])
+def test_a_failed_or_unreadable_run_raises_saying_why(broken, tmp_path, monkeypatch):
+    m = load_bench("int8_demo")
+    out = tmp_path / "run"
+
+    def fake_call(cmd):
+        (out / "pruned").mkdir(parents=True)
+        (out / "pruned" / "plan.json").write_text("{}")
+        if broken == "no pruned accuracy":
+            (out / "report.json").write_text(json.dumps({"precisions": [], "pruned": {}}))
+        return 1 if broken == "exit 1" else 0
+
+    monkeypatch.setattr(m.subprocess, "call", fake_call)
+    says = {
+        "exit 1": "exited with 1",
+        "no report": "report.json",
+        "no pruned accuracy": "cannot read",
+    }
+    with pytest.raises(m.RunFailed, match=says[broken]):
+        m.run_once(out, [], resume=False)
