@@ -17,6 +17,11 @@ compare models of about one latency; the mean ratios of the two are printed besi
 
     .venv/bin/python bench/pareto_pairs.py halp-taylor-weights halp-taylor-abs \\
         --out bench/results/pareto_pairs_taylor_weights_abs.json
+
+``--targets 0.6x,0.7x`` keeps those targets only (the "all pairs" row is then over them).
+``--count-as halp-auto-calib:taylor-weights-mean=halp-taylor-weights-mean-calib`` counts
+the runs of a method that recorded that criterion (``auto`` records the one it ran) as
+runs of another method, so that a default's runs join the runs of what it ran.
 """
 
 from __future__ import annotations
@@ -49,7 +54,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bench/pareto.py results (JSON); default every bench/results/pareto_*.json",
     )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--targets", type=_targets, default=None, help="only these, e.g. 0.6x,0.7x")
+    p.add_argument(
+        "--count-as", action="append", type=_count_as, default=[], metavar="M:CRITERION=N",
+        help="count method M's runs that recorded CRITERION as runs of method N (repeatable)",
+    )  # fmt: skip
     return p.parse_args(argv)
+
+
+def _targets(text: str) -> set[str]:
+    targets = {t.strip() for t in text.split(",") if t.strip()}
+    if not targets or not all(t.endswith("x") for t in targets):
+        raise argparse.ArgumentTypeError(f"targets look like 0.6x,0.7x, got {text!r}")
+    return targets
+
+
+def _count_as(text: str) -> tuple[tuple[str, str], str]:
+    source, _, new = text.partition("=")
+    method, _, criterion = source.partition(":")
+    if not (method and criterion and new):
+        raise argparse.ArgumentTypeError(f"--count-as takes METHOD:CRITERION=METHOD, got {text!r}")
+    return (method, criterion), new
 
 
 def default_results() -> list[Path]:
@@ -75,9 +100,15 @@ def _setting(result: dict[str, Any]) -> tuple:
     )
 
 
-def collect(paths: list[Path]) -> dict[tuple, dict[str, list[tuple[float, float]]]]:
+def collect(
+    paths: list[Path],
+    targets: set[str] | None = None,
+    count_as: dict[tuple[str, str], str] | None = None,
+) -> dict[tuple, dict[str, list[tuple[float, float]]]]:
     """Per (setting, target, seed, dense accuracy): each method's (accuracy, measured
-    ratio) over the runs. Files that are not bench/pareto.py results are skipped."""
+    ratio) over the runs, of ``targets`` only if given; a run of method ``M`` that
+    recorded criterion ``C`` counts as method ``count_as[(M, C)]`` where that is given.
+    Files that are not bench/pareto.py results are skipped."""
     found: dict[tuple, dict[str, list[tuple[float, float]]]] = {}
     for path in paths:
         try:
@@ -93,12 +124,15 @@ def collect(paths: list[Path]) -> dict[tuple, dict[str, list[tuple[float, float]
         for run in runs:
             if run.get("status") != "ok" or "val_acc" not in run:
                 continue
+            if targets is not None and run["target"] not in targets:
+                continue
             acc = (dense.get(str(run["seed"])) or {}).get("val_acc")
             if acc is None:
                 continue  # no dense accuracy recorded: cannot tell its dense model
             key = (*setting, run["target"], int(run["seed"]), round(float(acc), 6))
             ratio = run.get("measured_ratio")
-            found.setdefault(key, {}).setdefault(run["method"], []).append(
+            method = (count_as or {}).get((run["method"], run.get("importance")), run["method"])
+            found.setdefault(key, {}).setdefault(method, []).append(
                 (float(run["val_acc"]), float("nan") if ratio is None else float(ratio))
             )
     return found
@@ -151,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
         paths = [Path(p) for p in args.results] if args.results else default_results()
-        found = pairs(collect(paths), args.a, args.b)
+        found = pairs(collect(paths, args.targets, dict(args.count_as)), args.a, args.b)
     except (BenchError, LutUserError) as exc:
         print(f"pareto_pairs.py: error: {exc}", file=sys.stderr)
         return 2

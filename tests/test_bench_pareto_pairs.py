@@ -78,6 +78,32 @@ def test_pairs_join_runs_on_one_dense_model_and_nothing_else(tmp_path, capsys):
     assert saved["benchmark"] == "pareto_pairs" and saved["all"]["pairs"] == 4
 
 
+def test_targets_and_count_as_choose_what_pairs(tmp_path):
+    """``--targets`` keeps only those targets; ``--count-as M:C=N`` counts M's runs that
+    recorded criterion C as runs of N (averaged with N's own on one dense model), and
+    leaves M's runs of another criterion as M's."""
+    pairs = load_bench("pareto_pairs")
+    auto_mean = {**run(0, "auto", 0.92, target="0.7x"), "importance": "mean"}
+    auto_other = {**run(1, "auto", 0.50, target="0.7x"), "importance": "sum"}
+    one = result(
+        [run(0, "mean", 0.90, target="0.7x"), auto_mean, run(0, "u", 0.89, target="0.7x"),
+         auto_other, run(1, "u", 0.80, target="0.7x"), run(1, "mean", 0.84, target="0.7x"),
+         run(0, "mean", 0.70, target="0.3x"), run(0, "u", 0.60, target="0.3x")],
+        {0: 0.85, 1: 0.84},
+    )  # fmt: skip
+    paths = [write(tmp_path, "pareto_0.json", one)]
+    got = pairs.pairs(pairs.collect(paths, {"0.7x"}, {("auto", "mean"): "mean"}), "mean", "u")
+    # seed 0: (0.90 + 0.92) / 2 - 0.89; seed 1: 0.84 - 0.80 (auto's other criterion stays
+    # auto's); 0.3x left out
+    assert got["all"]["pairs"] == 2
+    assert got["all"]["a_minus_b_mean"] == pytest.approx((0.02 + 0.04) / 2)
+    assert [s["setting"]["target"] for s in got["settings"]] == ["0.7x"]
+    every = pairs.pairs(pairs.collect(paths), "mean", "u")
+    assert every["all"]["pairs"] == 3  # without either option: both targets, no alias
+    args = pairs.parse_args(["a", "b", "--targets", "0.6x,0.7x", "--count-as", "x:c=y"])
+    assert args.targets == {"0.6x", "0.7x"} and dict(args.count_as) == {("x", "c"): "y"}
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     pairs = load_bench("pareto_pairs")
     path = write(tmp_path, "pareto_0.json", result([run(0, "a", 0.9)], {0: 0.8}))
@@ -87,6 +113,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         ["a", "b", "--results", str(tmp_path / "missing.json"), "--out", str(out)],
     ):
         assert pairs.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pareto_pairs.py: error: ") and "\n" not in err
+        assert not out.exists()
+    for argv in (
+        ["a", "b", "--results", str(path), "--targets", "0.7", "--out", str(out)],
+        ["a", "b", "--results", str(path), "--count-as", "a=b", "--out", str(out)],
+    ):
+        with pytest.raises(SystemExit) as e:
+            pairs.main(argv)
+        assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("pareto_pairs.py: error: ") and "\n" not in err
         assert not out.exists()
