@@ -179,7 +179,7 @@ def compare(runs: list[dict[str, Any]], criteria: list[str]) -> dict[str, Any]:
             **{
                 k: statistics.fmean(f(r) for r in mine) if mine else None
                 for k, f in MEASURES.items()
-            },  # fmt: skip
+            },
         }
         for c in criteria
     }
@@ -200,9 +200,9 @@ def compare(runs: list[dict[str, Any]], criteria: list[str]) -> dict[str, Any]:
     return {"means": means, "differences": differences}
 
 
-def sweep(args: argparse.Namespace) -> dict[str, Any]:
+def sweep(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Every seed with every criterion, each in ``out/s{seed}-{criterion}``, on the first
-    successful run's table."""
+    successful run's table; ``argv``, the bench's arguments, is recorded."""
     seeds, criteria = args.seeds or [0], args.importance or [None]
     out = Path(args.out)
     if out.exists() and not args.resume:
@@ -223,7 +223,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             lut = lut or where / "lut.db"
     names = [c or "default" for c in criteria]
     return {
-        "command": "python bench/int8_demo.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/int8_demo.py " + " ".join(argv),
         "demo": "halp-trt run " + " ".join([*DEMO, "--precision", "int8"]),
         "seeds": seeds,
         "criteria": names,
@@ -265,6 +265,7 @@ def print_comparison(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.seeds is None and args.importance is None:
         try:
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"int8_demo.py: {e}", file=sys.stderr)
             return 1
     else:
-        result = sweep(args)
+        result = sweep(args, argv)
         print_comparison(result)
         if not any(r["status"] == "ok" for r in result["runs"]):
             return 1

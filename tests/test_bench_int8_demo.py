@@ -73,7 +73,7 @@ def test_sweep_reuses_the_first_table_and_records_failures(tmp_path, monkeypatch
         ["--out", str(tmp_path / "sweep"), "--seeds", "0,1",
          "--importance", "taylor-fisher,taylor-weights"]
     )  # fmt: skip
-    result = m.sweep(args)
+    result = m.sweep(args, ["--seeds", "0,1"])
     first = tmp_path / "sweep" / "s0-taylor-fisher" / "lut.db"
     assert calls == [
         ("s0-taylor-fisher", ["--seed", "0", "--importance", "taylor-fisher"], None),
@@ -84,6 +84,7 @@ def test_sweep_reuses_the_first_table_and_records_failures(tmp_path, monkeypatch
     assert [r["status"] for r in result["runs"]] == ["ok", "ok", "ok", "failed"]
     assert result["runs"][3]["error"] == "halp-trt run exited with 1"
     assert result["comparison"]["differences"]["taylor-weights minus taylor-fisher"]["seeds"] == [0]
+    assert result["command"] == "python bench/int8_demo.py --seeds 0,1"
     json.dumps(result)  # what --json writes
 
 
