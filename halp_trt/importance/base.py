@@ -68,7 +68,7 @@ AUTO_FISHER_BELOW = 0.55
 #: the 18 dense models of its runs at 0.6x and 0.7x (the MobileNetV2 at batch 8 and 1,
 #: the ResNet-18; bench/PARETO.md "The default's upper branch averages") +0.27 [-0.01,
 #: +0.55] points over ``taylor-weights``, -0.04 [-0.41, +0.33] against uniform width and
-#: +0.41 [+0.00, +0.82] over Torch-Pruning's Taylor (12 of them).
+#: +0.42 [+0.09, +0.76] over Torch-Pruning's Taylor (15 of them).
 #: At 0.5x and below it sends the streams to the floor (-1.0 under ``taylor-weights``),
 #: where ``taylor-fisher`` runs.
 AUTO_ABOVE = "taylor-weights-mean"
