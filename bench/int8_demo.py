@@ -44,13 +44,11 @@ class RunFailed(Exception):
 
 
 def _ints(text: str) -> list[int]:
+    pareto = load_pareto()  # every bench's --seeds, one parser
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct integers, got {text!r}")
-    return seeds
+        return pareto.parse_seeds(text)
+    except pareto.BenchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _names(text: str) -> list[str]:

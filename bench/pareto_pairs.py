@@ -63,10 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _targets(text: str) -> set[str]:
-    targets = {t.strip() for t in text.split(",") if t.strip()}
-    if not targets or not all(t.endswith("x") for t in targets):
-        raise argparse.ArgumentTypeError(f"targets look like 0.6x,0.7x, got {text!r}")
-    return targets
+    pareto = load_pareto()  # bench/pareto.py's --targets, one parser
+    try:
+        return set(pareto.target_fractions(text))
+    except pareto.BenchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _count_as(text: str) -> tuple[tuple[str, str], str]:

@@ -91,8 +91,8 @@ def test_sweep_reuses_the_first_table_and_records_failures(tmp_path, monkeypatch
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--seeds", "a"], "seeds must be integers"),
-        (["--seeds", "1,1"], "distinct"),
+        (["--seeds", "a"], "comma-separated integers like 0,1,2"),
+        (["--seeds", "1,1"], "names a seed twice"),
         (["--importance", "nope"], "unknown importance 'nope'"),
         (["--importance", "l1,l1"], "distinct"),
     ],
