@@ -13,6 +13,14 @@ difference from the first, with a t interval over the seeds:
     python bench/int8_demo.py --seeds 0,1,2,3,4,5 --importance taylor-fisher,taylor-weights \\
         --json bench/results/int8_demo_criteria.json
 
+Flags after ``--`` go to every `halp-trt run` after the demo's and replace them (another
+model, data or target), checked by `halp-trt run`'s own parser before any run; the
+sweep's own (``--seed``, ``--importance``, ``--precision``, ``--out``, ``--lut``,
+``--resume``) are refused there:
+
+    python bench/int8_demo.py --seeds 0,1,2 --importance taylor-fisher,taylor-weights -- \\
+        --model halp_trt.models:mobilenetv2_cifar --data npz:runs/digits_hard_v4.npz
+
 Targets (issue 14): measured INT8 pruned vs INT8 original speed-up >= 1.8x; INT8 pruned
 accuracy within 1 point of the FP32 dense model's.
 """
@@ -29,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo import DEMO  # noqa: E402  (the demo's configuration, one source)
@@ -65,7 +73,51 @@ def _names(text: str) -> list[str]:
     return names
 
 
+#: `halp-trt run` settings the bench sets itself, per run: refused after ``--``.
+SWEEP_OWNS = ("seed", "importance", "precision", "out", "lut", "resume")
+
+
+def run_flags(flags: list[str]) -> tuple[list[str], argparse.Namespace]:
+    """``flags`` (after ``--``), checked: `halp-trt run`'s parser takes them after the
+    demo's, its configuration takes their values, and none of them changes a setting
+    the sweep sets itself; with the settings every run gets.
+
+    Raises:
+        SystemExit: (2) a flag `halp-trt run` does not take, a value its configuration
+            refuses, or one of :data:`SWEEP_OWNS` (abbreviated or not): one line on
+            stderr.
+    """
+    from halp_trt.cli import build_parser
+
+    parser = build_parser()  # its errors: one line, exit code 2
+    base = [*DEMO, "--precision", "int8", "--out", "x"]
+    before = vars(parser.parse_args(["run", *base]))
+    after = vars(parser.parse_args(["run", *base, *flags]))
+    owned = [k for k in SWEEP_OWNS if before.get(k) != after.get(k)]
+    message = (
+        f"--{owned[0]} is the sweep's own setting, not a flag to pass after --" if owned else None
+    )
+    if message is None:
+        from halp_trt.cli import run as run_command
+        from lut_builder.errors import UserError
+
+        try:  # the values `halp-trt run` checks before it runs (a target at 1x, ...)
+            run_command.config(argparse.Namespace(**after))
+        except UserError as e:
+            message = e.cli_message() if hasattr(e, "cli_message") else str(e)
+    if message is not None:
+        _refuse(message)
+    return list(flags), argparse.Namespace(**after)
+
+
+def _refuse(message: str) -> NoReturn:
+    sys.stderr.write(f"int8_demo.py: error: {message} (see int8_demo.py --help)\n")
+    raise SystemExit(2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
     ap = load_pareto().OneLineParser(prog="int8_demo.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/int8_demo", help="run directory (replaced)")
     ap.add_argument("--json", default=None, help="write the figures here")
@@ -75,7 +127,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--importance", type=_names, default=None,
         help="criteria to compare, e.g. taylor-fisher,taylor-weights (default: halp-trt's)",
     )  # fmt: skip
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--lut", default=None,
+        help="an INT8 table every run uses (an earlier sweep's; default: the first run's)",
+    )  # fmt: skip
+    args = ap.parse_args(argv[:cut])
+    args.run_flags, settings = run_flags(argv[cut + 1 :])
+    if args.lut is not None:
+        from halp_trt.pipeline import check_table_deployment
+        from lut_builder.errors import UserError
+
+        if not Path(args.lut).is_file():
+            _refuse(f"--lut {args.lut}: no such table")
+        try:  # measured at INT8, at the runs' thread count
+            check_table_deployment(args.lut, "int8", settings.threads)
+        except UserError as e:
+            _refuse(str(e))
+    return args
 
 
 def _flags(seed: int | None, importance: str | None) -> list[str]:
@@ -205,14 +273,15 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out = Path(args.out)
     if out.exists() and not args.resume:
         shutil.rmtree(out)
-    runs, lut = [], None
+    runs, lut = [], None if args.lut is None else Path(args.lut)
     t0 = time.perf_counter()
     for seed in seeds:
         for c in criteria:
             where = out / f"s{seed}-{c or 'default'}"
             entry = {"seed": seed, "asked": c or "default", "dir": where.name}
             try:
-                figures = run_once(where, _flags(seed, c), args.resume and where.exists(), lut)
+                extra = [*args.run_flags, *_flags(seed, c)]
+                figures = run_once(where, extra, args.resume and where.exists(), lut)
             except RunFailed as e:
                 print(f"int8_demo.py: seed {seed}, {entry['asked']}: {e}", file=sys.stderr)
                 runs.append({**entry, "status": "failed", "error": str(e)})
@@ -222,9 +291,10 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     names = [c or "default" for c in criteria]
     return {
         "command": "python bench/int8_demo.py " + " ".join(argv),
-        "demo": "halp-trt run " + " ".join([*DEMO, "--precision", "int8"]),
+        "demo": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *args.run_flags]),
         "seeds": seeds,
         "criteria": names,
+        "lut": args.lut,  # None: the first run's
         "seconds": round(time.perf_counter() - t0, 1),
         "runs": runs,
         "comparison": compare(runs, names),
@@ -267,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.seeds is None and args.importance is None:
         try:
-            result = run_once(Path(args.out), [], args.resume)
+            lut = None if args.lut is None else Path(args.lut)
+            result = run_once(Path(args.out), args.run_flags, args.resume, lut)
         except RunFailed as e:
             print(f"int8_demo.py: {e}", file=sys.stderr)
             return 1

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import load_bench
+from tests.conftest import load_bench, two_conv_bn_net
 
 
 def figures(int8, fp32, speedup):
@@ -162,3 +162,81 @@ def test_a_failed_or_unreadable_run_raises_saying_why(broken, tmp_path, monkeypa
     }
     with pytest.raises(m.RunFailed, match=says[broken]):
         m.run_once(out, [], resume=False)
+
+
+def test_flags_after_the_separator_reach_every_run(tmp_path, monkeypatch):
+    """Flags after ``--`` are checked by `halp-trt run`'s parser and passed to every run
+    after the demo's (so they replace them); the record names them."""
+    m = load_bench("int8_demo")
+    seen = []
+
+    def fake_run(out, extra, resume, lut=None):
+        seen.append(extra)
+        return figures(0.95, 0.96, 1.9)
+
+    monkeypatch.setattr(m, "run_once", fake_run)
+    extra = ["--model", "halp_trt.models:mobilenetv2_cifar", "--target", "0.4x"]
+    args = m.parse_args(["--seeds", "0,1", "--importance", "l1", "--", *extra])
+    assert args.run_flags == extra
+    result = m.sweep(args, ["--seeds", "0,1"])
+    assert seen == [[*extra, "--seed", "0", "--importance", "l1"],
+                    [*extra, "--seed", "1", "--importance", "l1"]]  # fmt: skip
+    assert result["demo"].endswith("--precision int8 " + " ".join(extra))
+    assert m.parse_args(["--seeds", "0"]).run_flags == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--target", "1.5x"], "--target"),
+        (["--seed", "3"], "--seed is the sweep's own"),
+        (["--importance", "l2"], "--importance is the sweep's own"),
+        (["--precision", "fp32"], "--precision is the sweep's own"),
+        (["--out", "elsewhere"], "--out is the sweep's own"),
+        (["--lut", "t.db"], "--lut is the sweep's own"),
+    ],
+)
+def test_bad_run_flags_are_one_line_before_any_run(flags, says, tmp_path, monkeypatch, capsys):
+    m = load_bench("int8_demo")
+    monkeypatch.setattr(m, "run_once", lambda *a, **k: pytest.fail("ran"))
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as e:
+        m.main(["--seeds", "0", "--out", str(out), "--json", str(tmp_path / "x.json"), "--",
+                *flags])  # fmt: skip
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not out.exists() and not (tmp_path / "x.json").exists()
+
+
+def test_a_given_table_must_be_an_int8_table(tmp_path, monkeypatch, capsys):
+    """``--lut``: a missing file or a table measured at FP32 is one line, exit code 2,
+    before any run; an INT8 table's path reaches every run."""
+    from lut_builder.backends import get_backend
+    from lut_builder.build import build_table
+    from lut_builder.specs import example_input
+
+    m = load_bench("int8_demo")
+    monkeypatch.setattr(m, "run_once", lambda *a, **k: pytest.fail("ran"))
+    model = two_conv_bn_net()
+    measurer = get_backend("onnxruntime", runs=3, min_time_s=0.0, warmup=1)
+    build_table(tmp_path / "fp32.db", model, example_input(model, (2, 3, 8, 8)), measurer,
+                step=32, calibration="none")  # fmt: skip
+    measurer.close()
+    for lut, says in ((tmp_path / "none.db", "no such table"), (tmp_path / "fp32.db", "fp32")):
+        with pytest.raises(SystemExit) as e:
+            m.main(["--seeds", "0", "--out", str(tmp_path / "never"), "--lut", str(lut)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+        assert not (tmp_path / "never").exists()
+
+    seen = []
+    monkeypatch.setattr(
+        m, "run_once", lambda out, extra, resume, lut=None: seen.append(lut) or figures(1, 1, 2)
+    )
+    args = m.parse_args(["--seeds", "0,1"])
+    args.lut = str(tmp_path / "int8.db")  # as parse_args leaves a table it accepted
+    assert m.sweep(args, [])["lut"] == args.lut
+    assert seen == [tmp_path / "int8.db"] * 2
