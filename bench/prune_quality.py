@@ -202,8 +202,9 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
 
 
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
-    """The measured table at ``path``, built first if missing and calibrated first if it
-    is not (a build whose calibration failed leaves its points: they are kept)."""
+    """The measured table at ``path``, built first if missing or incomplete (resumed) and
+    calibrated first if it is not (a build whose calibration failed leaves its points:
+    they are kept)."""
     from halp_trt.graph import calibration_variants, check_variants
     from lut_builder import LatencyTable, calibrate_overhead
     from lut_builder.backends import get_backend
@@ -223,18 +224,35 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
             checks=check_variants(model, x, table.step, CHECK_COPIES),
         )
 
-    if not path.exists():
-        with bench_lock():
+    # Looked at under the lock: a bench beside this one building the same table holds it
+    # until its build is done (the file exists while it is being built), and a build cut
+    # short is resumed.
+    with bench_lock():
+        if not _complete(path):
             backend = get_backend(DEPLOY["backend"], **deploy_options())
             build_table(path, model, x, backend, step=step, calibrate=calibrate)
             backend.close()
-    table = LatencyTable.open(path)
-    if table.overhead_ms is None:
-        table.close()
-        with bench_lock(), LatencyTable.open(path, writable=True) as writable:
-            calibrate(writable)
         table = LatencyTable.open(path)
+        if table.overhead_ms is None:
+            table.close()
+            with LatencyTable.open(path, writable=True) as writable:
+                calibrate(writable)
+            table = LatencyTable.open(path)
     return table
+
+
+def _complete(path: Path) -> bool:
+    """Whether ``path`` holds a table whose every planned point is measured."""
+    from lut_builder import LatencyTable
+    from lut_builder.errors import IncompleteTableError
+
+    if not path.exists():
+        return False
+    try:
+        LatencyTable.open(path).close()
+    except IncompleteTableError:
+        return False
+    return True
 
 
 def measure_interleaved(

@@ -948,6 +948,17 @@ def test_table_of_a_coarser_step_than_the_cpu_block_is_built_and_calibrated(
     assert table.overhead_ms is not None and len(table.overhead["points"]) == 3
     table.close()
 
+    # A table file some of whose points are not measured yet (a bench beside this one
+    # building it, which holds the lock until done; or a build cut short) is completed,
+    # not opened half-built (IncompleteTableError).
+    backend = measurer.OnnxRuntimeBackend(runs=3, min_time_s=0.0, warmup=1)
+    half = build_table(tmp_path / "v.lut", model, x, backend, step=16, shard=(0, 2))
+    backend.close()
+    assert not half.complete and (tmp_path / "v.lut").exists()
+    table = quality.build_or_open_table(tmp_path / "v.lut", model, x, 16)
+    assert table.complete and table.overhead_ms is not None
+    table.close()
+
 
 def test_torch_prunings_group_taylor_reads_the_convolutions_not_the_batchnorms():
     """What the README says ``tp-taylor`` scores, and ``taylor-weights`` follows: in
