@@ -21,6 +21,10 @@ sweep's own (``--seed``, ``--importance``, ``--precision``, ``--out``, ``--lut``
     python bench/int8_demo.py --seeds 0,1,2 --importance taylor-fisher,taylor-weights -- \\
         --model halp_trt.models:mobilenetv2_cifar --data npz:runs/digits_hard_v4.npz
 
+``--lut PATH`` runs every run on an INT8 table measured before (an earlier sweep's, at
+the runs' thread count), so that two sweeps side by side, or one continued with more
+seeds, share one table and their seeds pool.
+
 Targets (issue 14): measured INT8 pruned vs INT8 original speed-up >= 1.8x; INT8 pruned
 accuracy within 1 point of the FP32 dense model's.
 """
