@@ -1722,6 +1722,11 @@ def main(argv: list[str] | None = None) -> int:
     prune_quality.DEPLOY = deployment(args)
     try:
         return run(args, checked, argv)
+    except (UserError, LutUserError) as exc:
+        # past the checks (a table whose build failed, ...): one line; what the run
+        # finished is in --out, as it was saved after each method
+        print(f"pareto.py: error: {exc} (what ran before it is in {args.out})", file=sys.stderr)
+        return 1
     finally:
         prune_quality.DEPLOY = deploy_before
 

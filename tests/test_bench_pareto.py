@@ -101,6 +101,32 @@ def test_bad_input(pareto, tmp_path, capsys, monkeypatch, extra, message):
     assert not (tmp_path / "sub").exists()
 
 
+def test_an_error_past_the_checks_is_one_line_and_keeps_what_ran(
+    pareto, tmp_path, capsys, monkeypatch
+):
+    """A table that cannot be built or opened once the run has started (here one left
+    incomplete): one line, exit code 1, and the JSON of the methods that ran before it."""
+    from lut_builder.errors import IncompleteTableError
+
+    def incomplete(*a, **k):
+        raise IncompleteTableError("latency table t.db is incomplete (3 points not measured)")
+
+    monkeypatch.setattr(pareto, "build_or_open_table", incomplete)
+    out = tmp_path / "p.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--targets", "0.6x", "--seeds", "0",
+        "--methods", "halp-taylor-macs,halp-taylor", "--epochs", "1", "--pretrain-epochs",
+        "0", "--table", str(tmp_path / "t.db"), "--lock", str(tmp_path / "lock"),
+        "--out", str(out),
+    ]  # fmt: skip
+    assert pareto.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is incomplete" in err[0] and str(out) in err[0], err
+    saved = json.loads(out.read_text())
+    assert saved["status"].startswith("waiting for the measured table")
+    assert [r["method"] for r in saved["runs"]] == ["halp-taylor-macs"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
