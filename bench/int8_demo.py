@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="criteria to compare, e.g. taylor-fisher,taylor-weights (default: halp-trt's)",
     )  # fmt: skip
     ap.add_argument(
-        "--lut", default=None,
+        "--lut", type=Path, default=None,
         help="an INT8 table every run uses (an earlier sweep's; default: the first run's)",
     )  # fmt: skip
     args = ap.parse_args(argv[:cut])
@@ -141,9 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         from halp_trt.pipeline import check_table_deployment
         from lut_builder.errors import UserError
 
-        if not Path(args.lut).is_file():
-            _refuse(f"--lut {args.lut}: no such table")
-        try:  # measured at INT8, at the runs' thread count
+        try:  # there, measured at INT8, at the runs' thread count
             check_table_deployment(args.lut, "int8", settings.threads)
         except UserError as e:
             _refuse(str(e))
@@ -277,7 +275,7 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out = Path(args.out)
     if out.exists() and not args.resume:
         shutil.rmtree(out)
-    runs, lut = [], None if args.lut is None else Path(args.lut)
+    runs, lut = [], args.lut
     t0 = time.perf_counter()
     for seed in seeds:
         for c in criteria:
@@ -298,7 +296,7 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "demo": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *args.run_flags]),
         "seeds": seeds,
         "criteria": names,
-        "lut": args.lut,  # None: the first run's
+        "lut": None if args.lut is None else str(args.lut),  # None: the first run's
         "seconds": round(time.perf_counter() - t0, 1),
         "runs": runs,
         "comparison": compare(runs, names),
@@ -341,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.seeds is None and args.importance is None:
         try:
-            lut = None if args.lut is None else Path(args.lut)
-            result = run_once(Path(args.out), args.run_flags, args.resume, lut)
+            result = run_once(Path(args.out), args.run_flags, args.resume, args.lut)
         except RunFailed as e:
             print(f"int8_demo.py: {e}", file=sys.stderr)
             return 1

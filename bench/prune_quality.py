@@ -244,15 +244,11 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
 def _complete(path: Path) -> bool:
     """Whether ``path`` holds a table whose every planned point is measured."""
     from lut_builder import LatencyTable
-    from lut_builder.errors import IncompleteTableError
 
     if not path.exists():
         return False
-    try:
-        LatencyTable.open(path).close()
-    except IncompleteTableError:
-        return False
-    return True
+    with LatencyTable.open(path, force=True) as table:
+        return table.complete
 
 
 def measure_interleaved(

@@ -207,7 +207,7 @@ def test_a_given_table_must_be_an_int8_table(tmp_path, monkeypatch, capsys):
     build_table(tmp_path / "fp32.db", model, example_input(model, (2, 3, 8, 8)), measurer,
                 step=32, calibration="none")  # fmt: skip
     measurer.close()
-    for lut, says in ((tmp_path / "none.db", "no such table"), (tmp_path / "fp32.db", "fp32")):
+    for lut, says in ((tmp_path / "none.db", "does not exist"), (tmp_path / "fp32.db", "fp32")):
         with pytest.raises(SystemExit) as e:
             m.main(["--seeds", "0", "--out", str(tmp_path / "never"), "--lut", str(lut)])
         assert e.value.code == 2
@@ -220,6 +220,6 @@ def test_a_given_table_must_be_an_int8_table(tmp_path, monkeypatch, capsys):
         m, "run_once", lambda out, extra, resume, lut=None: seen.append(lut) or figures(1, 1, 2)
     )
     args = m.parse_args(["--seeds", "0,1"])
-    args.lut = str(tmp_path / "int8.db")  # as parse_args leaves a table it accepted
-    assert m.sweep(args, [])["lut"] == args.lut
+    args.lut = tmp_path / "int8.db"  # as parse_args leaves a table it accepted
+    assert m.sweep(args, [])["lut"] == str(args.lut)
     assert seen == [tmp_path / "int8.db"] * 2
