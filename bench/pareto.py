@@ -111,7 +111,11 @@ comes before those epochs):
 - ``modelopt-fastnas``: NVIDIA ModelOpt FastNAS under a FLOPs constraint (the target
   fraction of the dense FLOPs), channel divisor = the same step, its subnets scored on
   training images (``--fastnas-score``); a bench-only extra (``pip install .[bench]``):
-  recorded as failed, with its error, where it is not installed or fails;
+  recorded as failed, with its error, where it is not installed or fails; run a second
+  time (``modelopt-fastnas+``) at the FLOPs bound that puts its model on the other side
+  of the reference's measured latency (the bound scaled by the latency ratio still to
+  cover and 3% past it, searched again on the first search's profile of the subnets and
+  timed against the reference, at most 3 tries; recorded as failed where none crosses);
 - ``uniform``: every prunable group at one fraction of its width (largest L2 norms),
   rounded to the same step.
 
@@ -175,6 +179,7 @@ import hashlib
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -255,6 +260,10 @@ METHODS = (
 )
 #: Methods pruned by a knob brought to the reference's measured latency, run twice.
 KNOB_METHODS = ("tp-l2", "tp-taylor", "tp-taylor16", "uniform")
+#: Methods run a second time on the other side of the reference's measured latency (a
+#: ``+`` run): the knob methods, and FastNAS at a second FLOPs bound
+#: (:func:`fastnas_bracket`).
+BRACKETED_METHODS = (*KNOB_METHODS, "modelopt-fastnas")
 
 
 class BenchError(Exception):
@@ -696,6 +705,46 @@ def fastnas(
     )
     plain = mto.export(model) if hasattr(mto, "export") else model
     return plain
+
+
+#: :func:`fastnas_bracket`'s tries, and how far past the reference's latency each aims.
+BRACKET_TRIES = 3
+BRACKET_MARGIN = 0.03
+
+
+def fastnas_bracket(search, model, fraction, reference, x, ratio_of, tries=BRACKET_TRIES):
+    """A second FastNAS model, for ``model`` (searched at FLOPs ``fraction``), whose
+    measured latency lies on the other side of ``reference``'s: its FLOPs bound scaled by
+    the latency ratio still to cover and :data:`BRACKET_MARGIN` past it (FLOPs bound
+    latency only loosely), searched again (``search(fraction)``: FastNAS's profile of the
+    subnets is kept from the first search, so a search again is its binary search alone)
+    and timed against ``reference`` (``ratio_of(model, reference, x)``) until it crosses,
+    at most ``tries`` times.
+
+    Returns ``(fraction, model, measured ratio to reference, history)``.
+
+    Raises:
+        RuntimeError: no bound tried crossed (or the FLOPs bound reached the dense model's).
+    """
+    ratio = ratio_of(model, reference, x)
+    history = [{"flops_fraction": fraction, "ratio": ratio}]
+    faster = ratio < 1  # the first model is faster: look for a slower one
+    for _ in range(tries):
+        aim = 1 + BRACKET_MARGIN if faster else 1 - BRACKET_MARGIN
+        new = round(min(0.99, max(0.01, fraction * aim / ratio)), 4)
+        if new == fraction:
+            break  # at the bound's end: nothing more to try
+        fraction = new
+        model = search(fraction)
+        ratio = ratio_of(model, reference, x)
+        history.append({"flops_fraction": fraction, "ratio": ratio})
+        if (ratio >= 1) if faster else (ratio <= 1):
+            return fraction, model, ratio, history
+    tried = ", ".join(f"{h['flops_fraction']:g}: {h['ratio']:.3f}" for h in history)
+    raise RuntimeError(
+        "no FLOPs bound brought FastNAS to the other side of the reference's latency "
+        f"(FLOPs bound: measured ratio to it, {tried})"
+    )
 
 
 #: :func:`sensitivity`'s measurements, by model state and setting, for the process.
@@ -1568,8 +1617,15 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
         record(method, METHOD_FUNCS.get(method) or calibrated_fn)
 
+    # FastNAS's second point needs its first model and a reference, so it runs in the
+    # pass that has the table (the first seed's FastNAS may have run before it).
+    fastnas_plus = (
+        only is None
+        and "modelopt-fastnas" in ctx["methods"]
+        and not any(r["method"] == "modelopt-fastnas+" for r in runs)
+    )
     reference, no_reference = models.get(args.reference), None
-    if reference is None and any(m in KNOB_METHODS for m in selected):
+    if reference is None and (fastnas_plus or any(m in KNOB_METHODS for m in selected)):
         try:
             reference = plan_reference(dense, x, table, fraction)
         except Exception as exc:  # e.g. a target below the table's reach
@@ -1620,18 +1676,43 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
                 record(f"{method}+", wider)
 
+    # FastNAS's search of this seed and target is kept for its second point.
+    search_dir = ctx["workdir"] / f"fastnas_{seed}_{target}"
+
+    def search(f: float) -> nn.Module:
+        search_dir.mkdir(exist_ok=True)
+        return fastnas(
+            dense, data, x, f, align, args.batch_size, search_dir,
+            score_on=args.fastnas_score,
+        )  # fmt: skip
+
     if "modelopt-fastnas" in selected:
 
         def fastnas_fn():
             t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                model = fastnas(
-                    dense, data, x, fraction, align, args.batch_size, Path(tmp),
-                    score_on=args.fastnas_score,
-                )  # fmt: skip
+            model = search(fraction)
             return finetuned(model, {"flops_fraction": fraction}, time.perf_counter() - t0)
 
         record("modelopt-fastnas", METHOD_FUNCS.get("modelopt-fastnas") or fastnas_fn)
+
+    if fastnas_plus and "modelopt-fastnas" in models:
+
+        def fastnas_plus_fn():
+            if no_reference is not None:
+                raise RuntimeError(f"no latency to bracket: {no_reference}")
+            t0 = time.perf_counter()
+            first = runs[[r["method"] for r in runs].index("modelopt-fastnas")]
+            f, model, ratio, history = fastnas_bracket(
+                search, models["modelopt-fastnas"], first.get("flops_fraction", fraction),
+                reference, x,
+                blocks_ratio if args.timing == "blocks" else prune_quality.measure_ratio,
+            )  # fmt: skip
+            extra = {"flops_fraction": f, "matched_ratio": ratio, "matching": history}
+            return finetuned(model, extra, time.perf_counter() - t0)
+
+        record("modelopt-fastnas+", METHOD_FUNCS.get("modelopt-fastnas+") or fastnas_plus_fn)
+    if only is None:
+        shutil.rmtree(search_dir, ignore_errors=True)
 
     if only is not None:
         return runs, models
@@ -1783,7 +1864,10 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
     # Every method gets halp-trt's grain: the solver's bundle is the table's alignment, or
     # its grid step where coarser (a step-16 grid on an AVX2 CPU, whose alignment is 8).
     align = step if kind else max(step, block)
+    # Work files of the run (FastNAS's searches), removed at its end.
+    work = tempfile.TemporaryDirectory(prefix="pareto-")
     ctx: dict[str, Any] = {**checked, "args": args, "x": x, "align": align}
+    ctx["workdir"] = Path(work.name)
     if set(MACS_METHODS) & set(checked["methods"]):
         ctx["macs_table"] = macs_table(
             table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
@@ -1810,7 +1894,9 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
         "host": {"python": platform.python_version(), "torch": torch.__version__},
     }
     all_methods = [
-        name for m in checked["methods"] for name in ((m, f"{m}+") if m in KNOB_METHODS else (m,))
+        name
+        for m in checked["methods"]
+        for name in ((m, f"{m}+") if m in BRACKETED_METHODS else (m,))
     ]
 
     def save(runs: list[dict], status: str) -> None:
@@ -1876,6 +1962,7 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
             last = seed == checked["seeds"][-1] and target == checked["targets"][-1]
             save(runs, "complete" if last else f"done up to seed {seed}, target {target}")
     table.close()
+    work.cleanup()
     return 0
 
 

@@ -1169,3 +1169,91 @@ def test_run_under_a_flock_of_its_own_lock_is_refused_before_training(tmp_path):
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "runs under" in err[0] and "dense" not in done.stdout
     assert not out.exists() and not (tmp_path / "t.db").exists()
+
+
+def test_fastnas_bracket_searches_again_until_the_other_side(pareto):
+    """FastNAS's second point: its FLOPs bound scaled by the latency still to cover, until
+    its measured latency crosses the reference's; the tries and their ratios recorded;
+    one that never crosses is an error naming them."""
+
+    def latency(f):  # latency not proportional to FLOPs: a fixed part and a step
+        return 0.3 + 0.6 * f + (0.05 if f > 0.75 else 0.0)
+
+    searched = []
+
+    def search(f):
+        searched.append(f)
+        return f
+
+    def ratio_of(model, reference, x):
+        return latency(model) / latency(reference)
+
+    # The first model (FLOPs 0.7) is faster than a reference at 0.8: a looser bound.
+    f, model, ratio, history = pareto.fastnas_bracket(search, 0.7, 0.7, 0.8, None, ratio_of)
+    assert ratio >= 1 and model == f == searched[-1] > 0.7
+    assert history[0] == {"flops_fraction": 0.7, "ratio": latency(0.7) / latency(0.8)}
+    assert [h["flops_fraction"] for h in history[1:]] == searched
+    # Slower than the reference: a tighter bound, under the reference's latency.
+    f, _, ratio, _ = pareto.fastnas_bracket(search, 0.7, 0.7, 0.6, None, ratio_of)
+    assert ratio <= 1 and f < 0.7
+    # A reference no bound reaches: the bound stops at 0.99, then an error naming the tries.
+    searched.clear()
+    with pytest.raises(RuntimeError, match=r"no FLOPs bound .* 0\.7: 0\.215, 0\.99: 0\.282\)"):
+        pareto.fastnas_bracket(search, 0.7, 0.7, 5.0, None, ratio_of)
+    assert searched == [0.99]
+    # Each try crosses nothing: BRACKET_TRIES searches at most.
+    searched.clear()
+    with pytest.raises(RuntimeError, match="no FLOPs bound"):
+        pareto.fastnas_bracket(search, 0.1, 0.1, 0.5, None, lambda m, r, x: 0.5)
+    assert len(searched) == pareto.BRACKET_TRIES
+
+
+def test_fastnas_runs_a_second_point_across_the_reference_and_summarises_it(
+    pareto, tmp_path, monkeypatch
+):
+    """The first seed's FastNAS runs before the table, its second point (``+``) after, on
+    the same search (its profile kept), on the other side of the reference's measured
+    latency: the summary interpolates between them (``bracketed``); the search's files
+    are gone after the run."""
+    import prune_quality
+
+    dirs = []
+
+    def fake_fastnas(dense, data, x, f, align, batch_size, workdir, score_on="train"):
+        # FastNAS at FLOPs f, stood in for by uniform width at f (the search's own cost
+        # is ModelOpt's); its checkpoint directory is the one kept for the second point.
+        dirs.append(workdir)
+        (workdir / "fastnas_search.pth").touch()
+        return prune_quality.uniform_prune(dense, x[:1], f, align)
+
+    def macs(model):
+        return sum(
+            m.in_channels * m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)
+        )
+
+    # Timed by conv MACs (deterministic), not by the clock.
+    monkeypatch.setattr(pareto, "fastnas", fake_fastnas)
+    monkeypatch.setattr(prune_quality, "measure_ratio", lambda a, b, x, **k: macs(a) / macs(b))
+    out = tmp_path / "p.json"
+    argv = tiny_argv(
+        tmp_path, "--seeds", "0", "--methods", "halp-taylor-macs,modelopt-fastnas",
+        "--reference", "halp-taylor-macs", "--epochs", "1", "--pretrain-epochs", "1",
+        "--step", "8", "--rounds", "3", "--min-keep", "0", "--no-feedback", "--out", str(out),
+    )  # fmt: skip
+    assert pareto.main(argv) == 0
+    result = json.loads(out.read_text())
+    runs = {r["method"]: r for r in result["runs"]}
+    first, plus = runs["modelopt-fastnas"], runs["modelopt-fastnas+"]
+    assert first["status"] == plus["status"] == "ok", plus.get("error")
+    assert len(set(dirs)) == 1 and not dirs[0].exists()  # one search, then removed
+    ref = runs["halp-taylor-macs"]
+    matching = plus["matching"]
+    assert matching[0]["flops_fraction"] == first["flops_fraction"] == 0.6
+    assert plus["flops_fraction"] == matching[-1]["flops_fraction"] != 0.6
+    # on either side of the reference, the first's side told by its ratio
+    assert (matching[0]["ratio"] < 1) == (plus["matched_ratio"] >= 1)
+    assert {"measured_ratio", "val_acc", "finetune_s"} <= set(plus)
+    eq = result["summary"]["equal_latency"]["0.6x"]["modelopt-fastnas"]
+    measured = sorted([first["measured_ratio"], plus["measured_ratio"]])
+    assert eq["bracketed"] == [measured[0] <= ref["measured_ratio"] <= measured[1]]
+    assert result["summary"]["by_target"]["0.6x"]["modelopt-fastnas+"]["n"] == 1
