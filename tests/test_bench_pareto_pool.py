@@ -22,12 +22,14 @@ def result(runs, model="m"):
 
 def first():
     """Seed 0: halp at 0.50 scores 0.90; TP's two plans put 0.93 there (0.92 at 0.40,
-    0.94 at 0.60); uniform's two plans 0.91 (0.92 at 0.45, 0.90 at 0.55)."""
+    0.94 at 0.60); uniform's two plans 0.91 (0.92 at 0.45, 0.90 at 0.55); FastNAS's two
+    0.94 (0.92 at 0.30, 0.96 at 0.70: its second across the reference, not a neighbour)."""
     return result(
         [
             run(0, "halp-taylor-abs", 0.50, 0.90),
             run(0, "tp-taylor", 0.40, 0.92), run(0, "tp-taylor+", 0.60, 0.94),
             run(0, "uniform", 0.45, 0.92), run(0, "uniform+", 0.55, 0.90),
+            run(0, "modelopt-fastnas", 0.30, 0.92), run(0, "modelopt-fastnas+", 0.70, 0.96),
         ]
     )  # fmt: skip
 
@@ -71,6 +73,9 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
          "min_points": -2.0, "max_points": -2.0, "wider_lower": 1, "ratio_gap_mean": 0.1}
     )  # fmt: skip
     assert near["all"]["pairs"] == 4 and near["all"]["wider_lower"] == 1
+    fastnas = got["equal_latency"]["0.5x"]["modelopt-fastnas"]
+    assert fastnas["per_seed"][0]["diff"] == pytest.approx(0.90 - 0.94)
+    assert fastnas["bracketed"] == 1 and "modelopt-fastnas" not in near
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(first()))
