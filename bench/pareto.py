@@ -114,8 +114,9 @@ comes before those epochs):
   recorded as failed, with its error, where it is not installed or fails; run a second
   time (``modelopt-fastnas+``) at the FLOPs bound that puts its model on the other side
   of the reference's measured latency (the bound scaled by the latency ratio still to
-  cover and 3% past it, searched again on the first search's profile of the subnets and
-  timed against the reference, at most 3 tries; recorded as failed where none crosses);
+  cover and 3% past it, then along the slope of the last two tries, searched again on the
+  first search's profile of the subnets and timed against the reference, at most 3
+  tries; recorded as failed where none crosses);
 - ``uniform``: every prunable group at one fraction of its width (largest L2 norms),
   rounded to the same step.
 
@@ -714,9 +715,11 @@ BRACKET_MARGIN = 0.03
 
 def fastnas_bracket(search, model, fraction, reference, x, ratio_of, tries=BRACKET_TRIES):
     """A second FastNAS model, for ``model`` (searched at FLOPs ``fraction``), whose
-    measured latency lies on the other side of ``reference``'s: its FLOPs bound scaled by
-    the latency ratio still to cover and :data:`BRACKET_MARGIN` past it (FLOPs bound
-    latency only loosely), searched again (``search(fraction)``: FastNAS's profile of the
+    measured latency lies on the other side of ``reference``'s, :data:`BRACKET_MARGIN`
+    past it: the FLOPs bound scaled by the latency ratio still to cover (FLOPs bound
+    latency only loosely), then moved along the slope of the last two tries where it
+    rises (a latency that creeps with the bound reaches the bound's end in a try or two
+    instead of crawling), searched again (``search(fraction)``: FastNAS's profile of the
     subnets is kept from the first search, so a search again is its binary search alone)
     and timed against ``reference`` (``ratio_of(model, reference, x)``) until it crosses,
     at most ``tries`` times.
@@ -729,9 +732,14 @@ def fastnas_bracket(search, model, fraction, reference, x, ratio_of, tries=BRACK
     ratio = ratio_of(model, reference, x)
     history = [{"flops_fraction": fraction, "ratio": ratio}]
     faster = ratio < 1  # the first model is faster: look for a slower one
+    aim = 1 + BRACKET_MARGIN if faster else 1 - BRACKET_MARGIN
     for _ in range(tries):
-        aim = 1 + BRACKET_MARGIN if faster else 1 - BRACKET_MARGIN
-        new = round(min(0.99, max(0.01, fraction * aim / ratio)), 4)
+        slope = 0.0  # latency per unit of the bound, from the last two tries
+        if len(history) > 1:
+            (f0, r0), (f1, r1) = [(h["flops_fraction"], h["ratio"]) for h in history[-2:]]
+            slope = (r1 - r0) / (f1 - f0) if f1 != f0 else 0.0
+        step = fraction + (aim - ratio) / slope if slope > 0 else fraction * aim / ratio
+        new = round(min(0.99, max(0.01, step)), 4)
         if new == fraction:
             break  # at the bound's end: nothing more to try
         fraction = new

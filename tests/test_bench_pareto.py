@@ -1201,6 +1201,14 @@ def test_fastnas_bracket_searches_again_until_the_other_side(pareto):
     with pytest.raises(RuntimeError, match=r"no FLOPs bound .* 0\.7: 0\.215, 0\.99: 0\.282\)"):
         pareto.fastnas_bracket(search, 0.7, 0.7, 5.0, None, ratio_of)
     assert searched == [0.99]
+    # A latency that creeps with the bound: the second try follows the first two's slope
+    # to the bound's end (scaled by the ratio alone it would take 0.75, 0.80, 0.85).
+    searched.clear()
+    with pytest.raises(RuntimeError, match=r"0\.99: 0\.984\)"):
+        pareto.fastnas_bracket(
+            search, 0.7, 0.7, None, None, lambda m, r, x: (0.6 + 0.05 * m) / 0.66
+        )
+    assert searched == [0.7494, 0.99]
     # Each try crosses nothing: BRACKET_TRIES searches at most.
     searched.clear()
     with pytest.raises(RuntimeError, match="no FLOPs bound"):
