@@ -116,7 +116,8 @@ comes before those epochs):
   of the reference's measured latency (the bound scaled by the latency ratio still to
   cover and 3% past it, then along the slope of the last two tries, searched again on the
   first search's profile of the subnets and timed against the reference, at most 3
-  tries; recorded as failed where none crosses);
+  tries, a bound that returns the same subnet again not counted as a point; recorded as
+  failed where none crosses);
 - ``uniform``: every prunable group at one fraction of its width (largest L2 norms),
   rounded to the same step.
 
@@ -708,12 +709,19 @@ def fastnas(
     return plain
 
 
+def conv_widths(model: nn.Module) -> list[tuple[int, int]]:
+    """Each convolution's input and output channels, in order: a pruned model's shape."""
+    return [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
 #: :func:`fastnas_bracket`'s tries, and how far past the reference's latency each aims.
 BRACKET_TRIES = 3
 BRACKET_MARGIN = 0.03
 
 
-def fastnas_bracket(search, model, fraction, reference, x, ratio_of, tries=BRACKET_TRIES):
+def fastnas_bracket(
+    search, model, fraction, reference, x, ratio_of, tries=BRACKET_TRIES, same=None
+):
     """A second FastNAS model, for ``model`` (searched at FLOPs ``fraction``), whose
     measured latency lies on the other side of ``reference``'s, :data:`BRACKET_MARGIN`
     past it: the FLOPs bound scaled by the latency ratio still to cover (FLOPs bound
@@ -722,7 +730,9 @@ def fastnas_bracket(search, model, fraction, reference, x, ratio_of, tries=BRACK
     instead of crawling), searched again (``search(fraction)``: FastNAS's profile of the
     subnets is kept from the first search, so a search again is its binary search alone)
     and timed against ``reference`` (``ratio_of(model, reference, x)``) until it crosses,
-    at most ``tries`` times.
+    at most ``tries`` times. A search that returns the model before it again (``same(a,
+    b)``, where given) is no new point: recorded (``"same": True``, the ratio before it)
+    and not timed.
 
     Returns ``(fraction, model, measured ratio to reference, history)``.
 
@@ -742,8 +752,11 @@ def fastnas_bracket(search, model, fraction, reference, x, ratio_of, tries=BRACK
         new = round(min(0.99, max(0.01, step)), 4)
         if new == fraction:
             break  # at the bound's end: nothing more to try
-        fraction = new
+        fraction, before = new, model
         model = search(fraction)
+        if same is not None and same(model, before):
+            history.append({"flops_fraction": fraction, "ratio": ratio, "same": True})
+            continue
         ratio = ratio_of(model, reference, x)
         history.append({"flops_fraction": fraction, "ratio": ratio})
         if (ratio >= 1) if faster else (ratio <= 1):
@@ -1714,6 +1727,7 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
                 search, models["modelopt-fastnas"], first.get("flops_fraction", fraction),
                 reference, x,
                 blocks_ratio if args.timing == "blocks" else prune_quality.measure_ratio,
+                same=lambda a, b: conv_widths(a) == conv_widths(b),
             )  # fmt: skip
             extra = {"flops_fraction": f, "matched_ratio": ratio, "matching": history}
             return finetuned(model, extra, time.perf_counter() - t0)

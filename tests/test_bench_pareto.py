@@ -1209,6 +1209,22 @@ def test_fastnas_bracket_searches_again_until_the_other_side(pareto):
             search, 0.7, 0.7, None, None, lambda m, r, x: (0.6 + 0.05 * m) / 0.66
         )
     assert searched == [0.7494, 0.99]
+    # A bound that returns the model before it again is no new point: not timed, not
+    # taken as crossing, and the next try goes further.
+    searched.clear()
+    timed = []
+
+    def ratio_once(model, reference, x):
+        timed.append(model)
+        return 1.0 if model == "ceiling" else 0.97
+
+    f, model, ratio, history = pareto.fastnas_bracket(
+        lambda f: searched.append(f) or ("ceiling" if f >= 0.65 else "narrower"),
+        "ceiling", 0.7, None, None, ratio_once, same=lambda a, b: a == b,
+    )  # fmt: skip
+    assert model == "narrower" and ratio == 0.97 and timed == ["ceiling", "narrower"]
+    assert [h.get("same", False) for h in history] == [False, True, True, False]
+    assert searched == [0.679, 0.6586, 0.6388]
     # Each try crosses nothing: BRACKET_TRIES searches at most.
     searched.clear()
     with pytest.raises(RuntimeError, match="no FLOPs bound"):
