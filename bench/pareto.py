@@ -1529,7 +1529,8 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
         except Exception as exc:  # one method failing does not stop the bench
             row["status"] = "failed"
             row["error"] = f"{type(exc).__name__}: {exc}"
-            row["traceback"] = traceback.format_exc(limit=6)
+            # Paths relative to the repository: results are committed.
+            row["traceback"] = traceback.format_exc(limit=6).replace(f"{ROOT}{os.sep}", "")
         row["method_s"] = time.perf_counter() - t0
         runs.append(row)
         log(

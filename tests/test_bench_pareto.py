@@ -312,6 +312,11 @@ def test_tiny_run_records_a_failure(pareto, tmp_path, monkeypatch, capsys, short
     runs = {r["method"]: r for r in result["runs"]}
     assert runs["halp-taylor"]["status"] == "failed"
     assert "forced failure" in runs["halp-taylor"]["error"]
+    # the traceback names the bench's files relative to the repository, not this machine's
+    trace = runs["halp-taylor"]["traceback"]
+    assert (
+        'File "bench/pareto.py"' in trace and str(Path(__file__).resolve().parents[1]) not in trace
+    )
     # halp-taylor failed: uniform is matched to the table's plan for 0.6x instead.
     assert runs["uniform"]["status"] == "ok", runs["uniform"].get("error")
     for name in ("uniform", "uniform+"):
