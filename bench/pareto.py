@@ -1641,17 +1641,15 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
 
     # FastNAS's second point needs its first model and a reference, so it runs in the
     # pass that has the table (the first seed's FastNAS may have run before it).
-    fastnas_plus = (
-        only is None
-        and "modelopt-fastnas" in ctx["methods"]
-        and not any(r["method"] == "modelopt-fastnas+" for r in runs)
-    )
+    fastnas_plus = only is None and "modelopt-fastnas" in ctx["methods"]
     reference, no_reference = models.get(args.reference), None
     if reference is None and (fastnas_plus or any(m in KNOB_METHODS for m in selected)):
         try:
             reference = plan_reference(dense, x, table, fraction)
         except Exception as exc:  # e.g. a target below the table's reach
             no_reference = exc
+    # How a baseline is timed against the reference while it is brought to its latency.
+    ratio_of = blocks_ratio if args.timing == "blocks" else prune_quality.measure_ratio
     grads: dict[int, dict] = {}  # Torch-Pruning's Taylor gradients, per batch count
     # The knob methods' widths do not depend on the batch: their graphs are traced at one
     # input (a batch-128 64x64 MobileNetV2 took 55 s a uniform copy on one CPU thread).
@@ -1674,7 +1672,6 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             if no_reference is not None:
                 raise RuntimeError(f"no latency to match: {no_reference}")
             t0 = time.perf_counter()
-            ratio_of = blocks_ratio if args.timing == "blocks" else None
             match = (
                 functools.partial(match_latency, both_sides=True, ratio_of=ratio_of)
                 if args.match == "measured"
@@ -1723,22 +1720,18 @@ def run_target(ctx, seed, target, dense, models_out, log, only=None, done=None) 
             if no_reference is not None:
                 raise RuntimeError(f"no latency to bracket: {no_reference}")
             t0 = time.perf_counter()
-            first = runs[[r["method"] for r in runs].index("modelopt-fastnas")]
             f, model, ratio, history = fastnas_bracket(
-                search, models["modelopt-fastnas"], first.get("flops_fraction", fraction),
-                reference, x,
-                blocks_ratio if args.timing == "blocks" else prune_quality.measure_ratio,
+                search, models["modelopt-fastnas"], fraction, reference, x, ratio_of,
                 same=lambda a, b: conv_widths(a) == conv_widths(b),
             )  # fmt: skip
             extra = {"flops_fraction": f, "matched_ratio": ratio, "matching": history}
             return finetuned(model, extra, time.perf_counter() - t0)
 
         record("modelopt-fastnas+", METHOD_FUNCS.get("modelopt-fastnas+") or fastnas_plus_fn)
-    if only is None:
-        shutil.rmtree(search_dir, ignore_errors=True)
 
     if only is not None:
         return runs, models
+    shutil.rmtree(search_dir, ignore_errors=True)
     if len(models) > 1:
         timing = (measure_blocks if args.timing == "blocks" else measure_interleaved)(
             models, x, args.rounds
