@@ -3,9 +3,12 @@
 For the largest signatures of a model, measure every point of the full 2-D grid at the
 step, then rebuild each surface from only the points the ``sparse`` strategy would have
 measured (a coarse 2-D grid plus full-resolution lines through the full widths) and
-compare it with the measured points it did not use. Two fills are compared: the table's
-(bilinear over the coarse grid, corrected by the lines) and plain bilinear over the
-coarse grid. A sample of points is measured twice to show the measurement noise floor.
+compare it with the measured points it did not use (its probes left out too). Three
+fills are compared: bilinear over the coarse grid corrected by the lines, plain bilinear
+over the coarse grid, and the table's (whichever of the two its probes chose, as
+:func:`lut_builder.table.grid.fill` does). Each is summarised per point (relative error)
+and as a layer sum sees it (``weighted``: summed absolute error over summed latency). A
+sample of points is measured twice to show the measurement noise floor.
 
 Run under the benchmark lock:
 
@@ -17,6 +20,7 @@ Prints a table and writes bench/results/lut_build_<model>_<backend>.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import statistics
 import sys
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from lut_builder.signatures import model_layers
     from lut_builder.specs import example_input, load_model, parse_shape
     from lut_builder.table import Grid, fill_surface
+    from lut_builder.table.grid import fill
 
     model = load_model(args.model)
     x = example_input(model, parse_shape(args.input_shape))
@@ -82,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
         used = set(g_sparse.points())
         held_out = [pt for pt in g_full.points() if pt not in used]
-        line_fill, _ = fill_surface(g_sparse, {pt: measured[pt] for pt in used})
+        lines = dataclasses.replace(g_sparse, probes=())
+        line_fill, _ = fill_surface(lines, {pt: measured[pt] for pt in lines.points()})
         plain = Grid(
             g_sparse.c_in, g_sparse.c_out, coarse_in=g_sparse.coarse_in,
             coarse_out=g_sparse.coarse_out,
         )  # fmt: skip
         bil_fill, _ = fill_surface(plain, {pt: measured[pt] for pt in plain.points()})
+        table_fill = fill(g_sparse, {pt: measured[pt] for pt in used})
         e_line = _errors(g_sparse, line_fill, measured, held_out)
         e_bil = _errors(g_sparse, bil_fill, measured, held_out)
+        e_table = _errors(g_sparse, table_fill.values, measured, held_out)
         # Noise floor: the same points measured again.
         sample = [g_full.points()[i] for i in rng.choice(len(measured), args.repeat)]
         noise = [abs(backend.measure(sig, a, b).median_ms / measured[a, b] - 1) for a, b in sample]
@@ -102,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 "measure_seconds": round(seconds, 1),
                 "line_corrected": _summary(e_line),
                 "plain_bilinear": _summary(e_bil),
+                "table_fill": _summary(e_table),
+                "probes_chose": table_fill.model,
+                "probe_error_ms": table_fill.probe_error,
                 "remeasure_noise": _summary(noise),
             }
         )
@@ -134,21 +145,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _errors(grid, values, measured, points) -> list[float]:
-    """|filled / measured - 1| at the given points of a grid's fine axes."""
+def _errors(grid, values, measured, points) -> list[tuple[float, float]]:
+    """(filled, measured) at the given points of a grid's fine axes."""
     idx_in = {c: i for i, c in enumerate(grid.c_in)}
     idx_out = {c: j for j, c in enumerate(grid.c_out)}
-    return [abs(values[idx_in[a], idx_out[b]] / measured[a, b] - 1) for a, b in points]
+    return [(float(values[idx_in[a], idx_out[b]]), measured[a, b]) for a, b in points]
 
 
-def _summary(errs: list[float]) -> dict[str, float]:
-    if not errs:
+def _summary(pairs: list[tuple[float, float]] | list[float]) -> dict[str, float]:
+    """Relative errors' median, p90 and max; of (filled, measured) pairs also the
+    ``weighted`` error, summed absolute error over summed latency."""
+    if not pairs:
         return {"median": 0.0, "p90": 0.0, "max": 0.0}
-    return {
+    weighted = None
+    if isinstance(pairs[0], tuple):
+        weighted = sum(abs(f - m) for f, m in pairs) / sum(m for _, m in pairs)
+        errs = [abs(f / m - 1) for f, m in pairs]
+    else:
+        errs = list(pairs)
+    out = {
         "median": statistics.median(errs),
         "p90": float(np.percentile(errs, 90)),
         "max": max(errs),
     }
+    if weighted is not None:
+        out["weighted"] = weighted
+    return out
 
 
 def _print(r: dict) -> None:
@@ -156,12 +178,14 @@ def _print(r: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"{r['model']} on {r['backend']}, step {r['step']}: sparse fill vs full grid")
-    for c in ("signature", "points full/sparse", "line-corrected med/p90/max",
-              "plain bilinear med/p90/max", "re-measure noise med/p90"):  # fmt: skip
+    for c in ("signature", "points full/sparse", "line-corrected med/p90/max/weighted",
+              "plain bilinear", "table's fill (probes chose)",
+              "re-measure noise med/p90"):  # fmt: skip
         t.add_column(c, justify="right")
 
     def f(d: dict) -> str:
-        return "/".join(f"{100 * d[k]:.1f}%" for k in ("median", "p90", "max") if k in d)
+        keys = ("median", "p90", "max", "weighted")
+        return "/".join(f"{100 * d[k]:.1f}%" for k in keys if k in d)
 
     for s in r["signatures"]:
         noise = s["remeasure_noise"]
@@ -170,6 +194,7 @@ def _print(r: dict) -> None:
             f"{s['full_points']}/{s['sparse_points']}",
             f(s["line_corrected"]),
             f(s["plain_bilinear"]),
+            f"{f(s['table_fill'])} ({s['probes_chose']})" if "table_fill" in s else "-",
             f"{100 * noise['median']:.1f}%/{100 * noise['p90']:.1f}%",
         )
     con = Console()

@@ -12,12 +12,14 @@ once, on the union of their axes.
 default) measures, per signature, a coarse 2-D grid of at most ``coarse`` values per
 axis (evenly spread, always including the smallest width and the full widths) plus two
 full-resolution lines through the full widths (every c_in at the full c_out, every c_out
-at the full c_in); :func:`lut_builder.table.grid.fill_surface` fills the rest with a
-bilinear surface corrected by the lines. Axes with at most ``coarse`` values are measured in
-full. For a ResNet-18 at step 16 this plans 528 points instead of 2740 (5.2x fewer);
-``bench/lut_build.py`` measured full grids of three of its signatures on ONNX Runtime:
-the filled points were off by a median 3.3-5.5% from their measurements, where simply
-measuring the same points again differed by a median 1.2-6.3%.
+at the full c_in) and :data:`PROBES` probes off both; :func:`lut_builder.table.grid.fill`
+fills the rest with a bilinear surface over the coarse grid, corrected by the lines
+where that predicts the probes better. Axes with at most ``coarse`` values are measured in
+full. For a ResNet-18 at step 16 this plans 528 points instead of 2740 (5.2x fewer;
+564 with the probes); ``bench/lut_build.py`` measured full grids of three of its
+signatures on ONNX Runtime: the filled points were off by a median 3.3-5.5% from their
+measurements, where simply measuring the same points again differed by a median
+1.2-6.3%.
 
 **Crash safety and sharding.** Every point is committed as it is measured; running the
 same build again measures only the planned points still missing. The plan is registered
@@ -48,6 +50,7 @@ measuring loop belong to one call, :func:`build_table`.)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -218,7 +221,7 @@ def plan_grids(
         cin = _coarse(vin, ax.full_in, coarse)
         cout = _coarse(vout, ax.full_out, coarse)
         # Lines through the largest full widths, at full resolution of the other axis.
-        grids[sig] = Grid(
+        grid = Grid(
             vin,
             vout,
             coarse_in=cin,
@@ -226,7 +229,34 @@ def plan_grids(
             lines_in=[max(ax.full_in)] if len(vout) > len(cout) else [],
             lines_out=[max(ax.full_out)] if len(vin) > len(cin) else [],
         )
+        grids[sig] = dataclasses.replace(grid, probes=_probes(grid))
     return grids
+
+
+#: Where a sparse grid's probes go, as fractions of its fine axes (c_in, c_out): the
+#: wide half, where pruned layers stay and where a layer's cost is large, both sides of
+#: the diagonal, and one narrower point. Each takes the unplanned point nearest to it.
+PROBES = ((0.95, 0.7), (0.7, 0.95), (0.85, 0.85), (0.45, 0.6))
+
+
+def _probes(grid: Grid) -> list[tuple[int, int]]:
+    """The points of :data:`PROBES` on ``grid``: for each fraction the unplanned point
+    nearest to it (in steps along each axis), each point once; none where every point
+    is planned."""
+    planned = set(grid.points())
+    free = [
+        (i, j)
+        for i, a in enumerate(grid.c_in)
+        for j, b in enumerate(grid.c_out)
+        if (a, b) not in planned
+    ]
+    picked: list[tuple[int, int]] = []
+    for fi, fo in PROBES:
+        want = (fi * (len(grid.c_in) - 1), fo * (len(grid.c_out) - 1))
+        rest = [p for p in free if p not in picked]
+        if rest:
+            picked.append(min(rest, key=lambda p: (p[0] - want[0]) ** 2 + (p[1] - want[1]) ** 2))
+    return [(grid.c_in[i], grid.c_out[j]) for i, j in picked]
 
 
 def _coarse(values: list[int], fulls: set[int], count: int) -> list[int]:

@@ -54,7 +54,7 @@ def plot_signature(table: Any, sig: Any, out_dir: Any, index: int) -> Any:
     if grid.diagonal:
         curves = [None]
     else:
-        rows = sorted({a for a, _ in pts}) or list(grid.c_in)
+        rows = sorted({a for a, b in pts if (a, b) not in grid.probes}) or list(grid.c_in)
         pick = np.unique(np.linspace(0, len(rows) - 1, min(6, len(rows))).round().astype(int))
         curves = [rows[i] for i in pick]
     for c_in in curves:

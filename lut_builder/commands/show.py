@@ -94,7 +94,8 @@ def _render(s: dict[str, Any]) -> None:
             "its fastest run)"
         )
     t = Table(show_header=True, header_style="bold")
-    for col in ("signature", "c_in", "c_out", "points", "min ms", "max ms", "spread med", "max"):
+    cols = ("signature", "c_in", "c_out", "points", "min ms", "max ms", "spread med", "max", "fill")
+    for col in cols:
         t.add_column(col, justify="left" if col == "signature" else "right")
     for e in s["signatures"]:
         g = e["grid"]
@@ -117,5 +118,6 @@ def _render(s: dict[str, Any]) -> None:
             ms(e["max_ms"]),
             pct(e["median_spread"]),
             pct(e["max_spread"]),
+            e.get("fill", "-"),
         )
     con.print(t)

@@ -5,7 +5,7 @@ the target's fingerprint), plans signatures' grids, stores measured points and a
 lookups; the file layout and its SQLite plumbing are in :mod:`lut_builder.table.db`, the
 grid and the interpolation in :mod:`lut_builder.table.grid`. Points a sparse grid did
 not measure are filled once per signature from the measured ones
-(:func:`~lut_builder.table.grid.fill_surface`).
+(:func:`~lut_builder.table.grid.fill`).
 
 Why this module is longer than 500 lines: it is one class, and every method of it works
 on the same connection and the same file layout (what is planned, what is measured,
@@ -44,7 +44,7 @@ from .db import (
     read_meta,
     transaction,
 )
-from .grid import Grid, Surface, fill_surface, interpolate
+from .grid import Grid, Surface, fill, interpolate
 
 
 @dataclass(frozen=True)
@@ -642,8 +642,16 @@ class LatencyTable:
 
             grid = self.grid(sig)
             measured = {(p.c_in, p.c_out): p.timing.median_ms for p in self.points(sig)}
-            values, is_meas = fill_surface(grid, measured)
-            surf = Surface(grid, np.array(grid.c_in), np.array(grid.c_out), values, is_meas)
+            f = fill(grid, measured)
+            surf = Surface(
+                grid,
+                np.array(grid.c_in),
+                np.array(grid.c_out),
+                f.values,
+                f.measured,
+                f.model,
+                f.probe_error,
+            )
             self._surfaces[sig] = surf
         return surf
 
@@ -676,6 +684,14 @@ class LatencyTable:
             )
         return out.reshape(ci.shape)
 
+    def fill_summary(self, sig: LayerSignature) -> dict[str, Any]:
+        """How a signature's unmeasured points are filled (``fill``: ``measured``,
+        ``lines`` or ``bilinear``) and each fill's summed error on its measured probes
+        (``probe_error_ms``; None without measured probes). See
+        :func:`~lut_builder.table.grid.fill`."""
+        surf = self._surface(sig)
+        return {"fill": surf.model, "probe_error_ms": surf.probe_error}
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: fingerprint, status and per-signature dispersion."""
         import numpy as np
@@ -696,6 +712,7 @@ class LatencyTable:
                     "max_ms": max((p.timing.median_ms for p in pts), default=None),
                     "median_spread": float(np.median(spreads)) if spreads else None,
                     "max_spread": float(np.max(spreads)) if spreads else None,
+                    **self.fill_summary(sig),
                 }
             )
         meta = self._meta()

@@ -93,6 +93,23 @@ def test_plan_grids_sparse_is_smaller_and_keeps_full_widths():
     assert {(512, c) for c in full.c_out} <= set(sparse.points())
 
 
+def test_plan_grids_sparse_probes_lie_off_the_coarse_grid_and_the_lines():
+    from lut_builder.signatures import LayerInfo, LayerSignature
+
+    sig = LayerSignature("conv2d", kernel=3, padding=1, in_hw=7)
+    layers = {"x": LayerInfo("x", sig, 512, 504)}
+    sparse = plan_grids(layers, step=8, strategy="sparse", coarse=6)[sig]
+    assert len(sparse.probes) == 4 and set(sparse.probes) <= set(sparse.points())
+    for a, b in sparse.probes:
+        assert a not in sparse.lines_in and b not in sparse.lines_out
+        assert not (a in sparse.coarse_in and b in sparse.coarse_out)
+    # In the wide half, where pruned layers stay, but for one; stored and read back.
+    assert sum(a > 256 and b > 252 for a, b in sparse.probes) == 3
+    assert type(sparse).from_dict(sparse.to_dict()) == sparse
+    # A full grid has no point left to probe.
+    assert plan_grids(layers, step=8, strategy="full")[sig].probes == ()
+
+
 def test_plan_grids_rejects_bad_arguments():
     model, x = _net()
     layers = model_layers(model, x)

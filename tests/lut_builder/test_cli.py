@@ -61,6 +61,8 @@ def test_build_show_plot_analytic(lut_cli, model_spec, tmp_path):
     assert all("median_ms" in p for e in s["signatures"] for p in e["points"])
     text = lut_cli("show", "t.lut")
     assert text.returncode == 0 and "not measured" in text.stdout and "conv3x3" in text.stdout
+    assert {e["fill"] for e in s["signatures"]} <= {"measured", "lines", "bilinear"}
+    assert "fill" in text.stdout
     plot = lut_cli("plot", "t.lut", "--out", "plots")
     assert plot.returncode == 0, plot.stderr
     pngs = sorted((tmp_path / "plots").glob("*.png"))

@@ -210,3 +210,21 @@ def test_copy_includes_what_only_the_wal_holds(tmp_path):
     with LatencyTable.open(tmp_path / "copy.lut") as copy:
         assert copy.complete and len(copy.points(SIG)) == 4
         assert copy.lookup(SIG, 32, 32) == pytest.approx(cost(32, 32))
+
+
+def test_lookups_follow_the_fill_the_probes_chose_and_summary_names_it(tmp_path):
+    vals = [16, 32, 48, 64, 80, 96, 112, 128]
+    grid = Grid(vals, vals, coarse_in=[16, 64, 128], coarse_out=[16, 64, 128],
+                lines_in=[128], lines_out=[128],
+                probes=[(112, 96), (96, 112), (112, 112), (48, 80)])  # fmt: skip
+    table = make_table(tmp_path / "t.lut", grid, fill=False)
+    for a, b in grid.points():  # the line points at 96 channels measured 25% low
+        low = 0.75 if (a == 128 and b == 96) or (b == 128 and a == 96) else 1.0
+        table.add_point(SIG, a, b, t(cost(a, b) * low))
+    assert table.mark_complete()
+    with LatencyTable.open(table.path) as reopened:
+        assert reopened.lookup(SIG, 96, 96) == pytest.approx(cost(96, 96), rel=0.02)
+        (row,) = reopened.summary()["signatures"]
+    assert row["fill"] == "bilinear"
+    assert row["probe_error_ms"]["bilinear"] < row["probe_error_ms"]["lines"]
+    assert row["planned"] == 9 + 15 - 5 + 4  # coarse 3x3, lines (5 points coarse), probes
