@@ -45,6 +45,10 @@ The draw is the one `lut-builder build` checks its latency model with
 the JSON sets what the build's check said of them (``table_check``) beside their
 speed-ups' errors measured here (``errors_table_speedup_check_copies``).
 
+A table built with probes (:func:`lut_builder.table.grid.fill`) is priced a second time
+filled with its lines whatever its probes chose, with the same calibration
+(``errors_table_speedup_lines``): the two fills on the same measured models.
+
 Run under the benchmark lock, e.g.:
 
     flock /tmp/halp-trt-bench.lock .venv/bin/python bench/lut_fidelity.py \\
@@ -295,6 +299,22 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup": meas[0].median_ms / t.median_ms,
             }
         )
+    # A table whose grids have probes, priced again filled with its lines whatever the
+    # probes chose (as tables built before probes were), with the same calibration: the
+    # two fills on the same measured models.
+    if any(table.grid(sig).probes for sig in table.signatures()):
+        table.use_lines()
+        for row, (_, m) in zip(rows, models):
+            infos = model_layers(m, x).values()
+            s = predict_latency(
+                table, [(i.signature, i.c_in, i.c_out) for i in infos], overhead=False
+            )
+            row["pred_table_lines_ms"] = table_scale * s + table_over
+        lines0 = rows[0]["pred_table_lines_ms"]
+        for row in rows:
+            row["err_table_speedup_lines"] = (row["pred_table_lines_ms"] / lines0) / (
+                row["measured_ms"] / rows[0]["measured_ms"]
+            ) - 1
     pruned = [r for r in rows if r["sample"]]
     # The level of this run against the table's calibration: each calibration model's
     # latency measured here over the one the calibration measured (a shift common to
@@ -360,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         "errors_run_overhead": stats("err_run"),
         "errors_run_affine": stats("err_run_affine"),
         "errors_table_speedup": stats("err_table_speedup"),
+        "errors_table_speedup_lines": (
+            stats("err_table_speedup_lines") if "err_table_speedup_lines" in rows[0] else None
+        ),
         "level_vs_calibration": level_shift,
         "calibration_block_medians_ms": (table.overhead or {}).get("block_medians_ms"),
         "targets": {"median_abs": 0.05, "max_abs": 0.10},
@@ -436,8 +459,11 @@ def _print(r: dict) -> None:
         ("errors_run_overhead", "run, additive"),
         ("errors_run_affine", "run, affine"),
         ("errors_table_speedup", f"table ({r['table_calibration']}), speed-up"),
+        ("errors_table_speedup_lines", "the same filled with its lines, speed-up"),
     ):
-        e = r[key]
+        e = r.get(key)
+        if e is None:
+            continue
         con.print(
             f"{label}: median |error| {100 * e['median_abs']:.1f}% (target 5%), "
             f"max {100 * e['max_abs']:.1f}% (target 10%)"

@@ -14,7 +14,10 @@ Two questions it answers, with no new training:
 - Does measuring price the plans better than counting MACs? The MACs table's prediction
   of a plan is its MAC fraction (no calibration).
 
-Each ``--table NAME=PATH`` is opened read-only; ``--macs NAME`` adds the MACs table of
+Each ``--table NAME=PATH`` is opened read-only; ``--lines NAME=PATH`` opens one filled
+with its lines whatever its probes chose (:func:`lut_builder.table.grid.fill`: as tables
+built before probes were filled), to price the same measurements both ways; ``--macs
+NAME`` adds the MACs table of
 bench/pareto.py (analytic, rebuilt here in a temporary directory on the result's grid
 step and alignment). Every model is rebuilt from the result's widths on the channel
 graph of the result's model; a run whose widths the graph cannot take is an error.
@@ -58,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("result", help="a bench/pareto.py result (JSON)")
     p.add_argument(
         "--table", action="append", default=[], metavar="NAME=PATH", help="a table to price on"
+    )
+    p.add_argument(
+        "--lines",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a table to price on, filled with its lines whatever its probes chose",
     )
     p.add_argument("--macs", metavar="NAME", help="also price on the MACs table, named NAME")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -168,13 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
         result = load_result(args.result)
-        if not args.table and not args.macs:
+        if not args.table and not args.lines and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
-        for spec in args.table:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path or name in tables:
-                raise BenchError(f"--table {spec!r} must be NAME=PATH, each NAME once")
-            tables[name] = LatencyTable.open(path)
+        for flag, specs in (("--table", args.table), ("--lines", args.lines)):
+            for spec in specs:
+                name, sep, path = spec.partition("=")
+                if not sep or not name or not path or name in tables:
+                    raise BenchError(f"{flag} {spec!r} must be NAME=PATH, each NAME once")
+                tables[name] = LatencyTable.open(path)
+                if flag == "--lines":
+                    tables[name].use_lines()
         with tempfile.TemporaryDirectory() as tmp:
             if args.macs:
                 if args.macs in tables:
@@ -205,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 "result": Path(args.result).name,
                 "note": args.note,
                 "tables": {
-                    n: "MACs (analytic)" if n == args.macs else Path(p).name
-                    for n, p in [s.partition("=")[::2] for s in args.table] + [(args.macs, "")]
-                    if n
+                    **{n: Path(p).name for n, p in (s.partition("=")[::2] for s in args.table)},
+                    **{
+                        n: f"{Path(p).name} (filled with its lines)"
+                        for n, p in (s.partition("=")[::2] for s in args.lines)
+                    },
+                    **({args.macs: "MACs (analytic)"} if args.macs else {}),
                 },
                 **priced,
             },

@@ -52,6 +52,8 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
     assert result["command"] == "python bench/lut_fidelity.py " + " ".join(argv)
     assert result["step"] == 32 and len(result["assignments"]) == 2
     assert {r["model"] for r in result["rows"]} >= {"uniform_0.75", "uniform_0.5"}
+    # Its grids are whole (no probes): one fill, priced once.
+    assert result["errors_table_speedup_lines"] is None
 
 
 @pytest.mark.parametrize("extra", [["--precision", "fp16"], ["--device", "cuda"]])

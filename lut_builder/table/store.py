@@ -75,6 +75,7 @@ class LatencyTable:
         self._conn = conn
         self._writable = writable
         self._surfaces: dict[LayerSignature, Surface] = {}
+        self._lines_only = False
         self._sig_ids: dict[LayerSignature, int] = {}
         meta = self._meta()
         self.format_version = int(meta["format_version"])
@@ -635,12 +636,24 @@ class LatencyTable:
 
     # -- lookups ---------------------------------------------------------------------------
 
+    def use_lines(self) -> LatencyTable:
+        """Fill every sparse grid with its lines whatever its probes chose, as tables
+        built before probes were filled (:func:`~lut_builder.table.grid.fill`): to
+        compare the two fills on the same measurements. Returns the table."""
+        self._lines_only = True
+        self._surfaces.clear()
+        return self
+
     def _surface(self, sig: LayerSignature) -> Surface:
         surf = self._surfaces.get(sig)
         if surf is None:
+            import dataclasses
+
             import numpy as np
 
             grid = self.grid(sig)
+            if self._lines_only:
+                grid = dataclasses.replace(grid, probes=())
             measured = {(p.c_in, p.c_out): p.timing.median_ms for p in self.points(sig)}
             f = fill(grid, measured)
             surf = Surface(

@@ -225,6 +225,9 @@ def test_lookups_follow_the_fill_the_probes_chose_and_summary_names_it(tmp_path)
     with LatencyTable.open(table.path) as reopened:
         assert reopened.lookup(SIG, 96, 96) == pytest.approx(cost(96, 96), rel=0.02)
         (row,) = reopened.summary()["signatures"]
+        # Asked to, it fills with its lines as tables before probes: the low points twice.
+        assert reopened.use_lines().lookup(SIG, 96, 96) < 0.6 * cost(96, 96)
+        assert reopened.summary()["signatures"][0]["fill"] == "lines"
     assert row["fill"] == "bilinear"
     assert row["probe_error_ms"]["bilinear"] < row["probe_error_ms"]["lines"]
     assert row["planned"] == 9 + 15 - 5 + 4  # coarse 3x3, lines (5 points coarse), probes
