@@ -243,14 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         assignments.append({str(g): len(v) for g, v in keep.items()})
 
     # 3. Predictions: sum of lookups (the overhead is added below).
-    sums = []
-    for _, m in models:
-        layers = model_layers(m, x)
-        sums.append(
-            predict_latency(
-                table, [(i.signature, i.c_in, i.c_out) for i in layers.values()], overhead=False
-            )
-        )
+    shapes = [
+        [(i.signature, i.c_in, i.c_out) for i in model_layers(m, x).values()] for _, m in models
+    ]
+    sums = [predict_latency(table, layers, overhead=False) for layers in shapes]
 
     # 4. End-to-end, all models interleaved round by round, in the table's unit (each
     #    run against the table's reference workload when it has one).
@@ -304,11 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     # two fills on the same measured models.
     if any(table.grid(sig).probes for sig in table.signatures()):
         table.use_lines()
-        for row, (_, m) in zip(rows, models):
-            infos = model_layers(m, x).values()
-            s = predict_latency(
-                table, [(i.signature, i.c_in, i.c_out) for i in infos], overhead=False
-            )
+        for row, layers in zip(rows, shapes):
+            s = predict_latency(table, layers, overhead=False)
             row["pred_table_lines_ms"] = table_scale * s + table_over
         lines0 = rows[0]["pred_table_lines_ms"]
         for row in rows:

@@ -79,19 +79,11 @@ def test_not_a_result(tmp_path, capsys):
 
 
 def test_lines_prices_a_table_as_its_lines_fill_it(result, tmp_path):
-    from lut_builder.table import Grid, LatencyTable
-    from tests.lut_builder.table.common import SIG, cost, make_table, t
+    from lut_builder.table import LatencyTable
+    from tests.lut_builder.table.common import SIG, cost, drifted_table
 
     pricing = load("plan_pricing")
-    vals = [16, 32, 48, 64, 80, 96, 112, 128]
-    grid = Grid(vals, vals, coarse_in=[16, 64, 128], coarse_out=[16, 64, 128],
-                lines_in=[128], lines_out=[128],
-                probes=[(112, 96), (96, 112), (112, 112), (48, 80)])  # fmt: skip
-    table = make_table(tmp_path / "t.lut", grid, fill=False)
-    for a, b in grid.points():  # the line points at 96 channels measured 25% low
-        low = 0.75 if 96 in (a, b) and 128 in (a, b) else 1.0
-        table.add_point(SIG, a, b, t(cost(a, b) * low))
-    assert table.mark_complete()
+    table = drifted_table(tmp_path / "t.lut")  # the line points at 96 channels 25% low
     with LatencyTable.open(table.path) as probed, LatencyTable.open(table.path) as lines:
         assert probed.lookup(SIG, 96, 96) == pytest.approx(cost(96, 96), rel=0.02)
         assert lines.use_lines().lookup(SIG, 96, 96) < 0.6 * cost(96, 96)  # 0.75 twice

@@ -36,6 +36,23 @@ def make_table(path, grid: Grid, *, sig=SIG, fill=True, alignment=16, **kw) -> L
     return table
 
 
+#: A sparse grid with lines and probes (4 values between its coarse points).
+PROBED = Grid([16, 32, 48, 64, 80, 96, 112, 128], [16, 32, 48, 64, 80, 96, 112, 128],
+              coarse_in=[16, 64, 128], coarse_out=[16, 64, 128], lines_in=[128],
+              lines_out=[128], probes=[(112, 96), (96, 112), (112, 112), (48, 80)])  # fmt: skip
+
+
+def drifted_table(path) -> LatencyTable:
+    """A complete table on :data:`PROBED` whose line points at 96 channels (128 -> 96 and
+    96 -> 128) were measured 25% low; every other point is :func:`cost`."""
+    table = make_table(path, PROBED, fill=False)
+    for a, b in PROBED.points():
+        low = 0.75 if 96 in (a, b) and 128 in (a, b) else 1.0
+        table.add_point(SIG, a, b, t(cost(a, b) * low))
+    assert table.mark_complete()
+    return table
+
+
 def snapshot(directory) -> dict[str, tuple[bytes, int]]:
     """Every file in ``directory`` (recursively): its bytes and modification time.
     Python's bytecode caches (a model spec imported from a file) are left out."""

@@ -7,7 +7,7 @@ import numpy as np
 from lut_builder.table import Grid, fill_surface
 from lut_builder.table.grid import fill
 
-from .common import cost
+from .common import PROBED, cost
 
 
 def test_fill_surface_keeps_measured_and_fits_bilinear():
@@ -38,15 +38,9 @@ def test_fill_surface_carries_a_step_along_the_lines():
     assert np.all(ratio > 1.2)
 
 
-def _probed(vals: list[int]) -> Grid:
-    return Grid(vals, vals, coarse_in=[16, 64, 128], coarse_out=[16, 64, 128],
-                lines_in=[128], lines_out=[128],
-                probes=[(112, 96), (96, 112), (112, 112), (48, 80)])  # fmt: skip
-
-
 def test_fill_takes_the_lines_where_the_probes_show_their_step():
-    vals = [16, 32, 48, 64, 80, 96, 112, 128]
-    grid = _probed(vals)
+    grid = PROBED
+    vals = list(grid.c_in)
 
     def stair(a: int, b: int) -> float:  # a jump past 64 channels on both axes
         return cost(a, b) * (1.3 if a > 64 else 1.0) * (1.3 if b > 64 else 1.0)
@@ -59,8 +53,8 @@ def test_fill_takes_the_lines_where_the_probes_show_their_step():
 
 
 def test_fill_drops_lines_whose_points_drifted():
-    vals = [16, 32, 48, 64, 80, 96, 112, 128]
-    grid = _probed(vals)
+    grid = PROBED
+    vals = list(grid.c_in)
     # The truth is smooth, but the line points at 96 and 112 channels were measured 25%
     # low (the machine sped up for a while): carried by the lines, the low points would
     # price every layer at 96-112 channels low, twice over where both axes cross them.

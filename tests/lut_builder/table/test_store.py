@@ -17,7 +17,7 @@ from lut_builder.table import (
     LatencyTable,
 )
 
-from .common import DW, FP, SIG, cost, make_table, t
+from .common import DW, FP, SIG, cost, drifted_table, make_table, t
 
 
 def test_create_open_roundtrip(tmp_path):
@@ -213,15 +213,7 @@ def test_copy_includes_what_only_the_wal_holds(tmp_path):
 
 
 def test_lookups_follow_the_fill_the_probes_chose_and_summary_names_it(tmp_path):
-    vals = [16, 32, 48, 64, 80, 96, 112, 128]
-    grid = Grid(vals, vals, coarse_in=[16, 64, 128], coarse_out=[16, 64, 128],
-                lines_in=[128], lines_out=[128],
-                probes=[(112, 96), (96, 112), (112, 112), (48, 80)])  # fmt: skip
-    table = make_table(tmp_path / "t.lut", grid, fill=False)
-    for a, b in grid.points():  # the line points at 96 channels measured 25% low
-        low = 0.75 if (a == 128 and b == 96) or (b == 128 and a == 96) else 1.0
-        table.add_point(SIG, a, b, t(cost(a, b) * low))
-    assert table.mark_complete()
+    table = drifted_table(tmp_path / "t.lut")  # the line points at 96 channels 25% low
     with LatencyTable.open(table.path) as reopened:
         assert reopened.lookup(SIG, 96, 96) == pytest.approx(cost(96, 96), rel=0.02)
         (row,) = reopened.summary()["signatures"]
