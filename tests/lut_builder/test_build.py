@@ -447,7 +447,10 @@ def test_no_check_asked_for_or_no_hook_says_so(tmp_path, monkeypatch):
     _hooks(monkeypatch, _uniform_hook)
     none = build_table(tmp_path / "b.lut", model, x, "onnxruntime", backend_options=FAST_ORT)
     assert none.check is None and "no lut_builder.check_variants entry point" in none.check_note
-    assert "not checked" in none.check_note and none.calibration_note == ""
+    assert "not checked" in none.check_note
+    # The check's reason stays out of the calibration's note (which, on this tiny net timed
+    # for real, may itself say the fit fell back to the additive model).
+    assert "check" not in none.calibration_note
     with LatencyTable.open(tmp_path / "b.lut") as table:
         assert table.overhead["check"] is None
         assert table.overhead["check_note"] == none.check_note
