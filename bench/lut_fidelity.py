@@ -31,7 +31,11 @@ over that of the unpruned model, against the same ratio measured in this run). I
 what pruning to a fraction of the unpruned model depends on, and a change of the
 machine's speed between the table's calibration and this run cancels out of it: on a
 shared 2-core machine, a MobileNetV2's latency in the table's unit moved by up to 11%
-between consecutive 2-second measurements.
+between consecutive 2-second measurements. Every speed-up divides by the same one
+measurement of the unpruned model, so that measurement's noise shifts all of a run's
+speed-up errors alike: over five runs of one MobileNetV2 table (Xeon) that shift was
+-2.4% to +2.5% at 30 served rounds and -0.6% and +1.0% at 120, the default since;
+``bench/lut_spread.py --same-table`` reads several runs of one table against their mean.
 
 The level of the run against the table's calibration is recorded too
 (``level_vs_calibration``): for the unpruned model and each uniform copy, its latency
@@ -48,6 +52,21 @@ speed-ups' errors measured here (``errors_table_speedup_check_copies``).
 A table built with probes (:func:`lut_builder.table.grid.fill`) is priced a second time
 filled with its lines whatever its probes chose, with the same calibration
 (``errors_table_speedup_lines``): the two fills on the same measured models.
+
+``--remeasure`` separates the table's points from the way they add up. After the whole
+models are timed, every layer configuration they use (each layer's signature and
+channel counts, measured or filled in the table) is measured again on the same backend,
+in the table's unit, and each model's layers are summed both ways:
+``errors_points_speedup`` is how far the table's layer sums stand from the fresh ones as
+a fraction of the unpruned model's (what a speed-up sees; a level common to all points,
+the machine's state since the build, cancels), ``errors_fresh_speedup`` the speed-up
+error of the table's calibration applied to the fresh sums. Where the second is as large
+as ``errors_table_speedup``, what the table misses is how the layers add up in the
+network, not its points. Every row also carries ``output_elements`` (the elements its
+convolutions write, summed) and the JSON ``residual_vs_elements``: across the samples,
+the correlation of the speed-up error with the elements written per millisecond of the
+layer sum (data the network moves between its layers, which a scale on the layer sum
+does not see).
 
 Run under the benchmark lock, e.g.:
 
@@ -89,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         help="how whole models are timed: as the table's calibration timed them (default), "
         "served (blocks of back-to-back inferences) or round-robin (one inference each)",
     )  # fmt: skip
-    p.add_argument("--served-rounds", type=int, default=30, help="served timing rounds")
+    p.add_argument(
+        "--served-rounds", type=int, default=120,
+        help="served timing rounds (every speed-up divides by the unpruned model's median: "
+        "its noise shifts all of them alike)",
+    )  # fmt: skip
     p.add_argument("--min-keep", type=float, default=0.25, help="smallest kept fraction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="onnxruntime backend method override")
@@ -113,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--recalibrate", action="store_true",
         help="with --table: calibrate the given table again with the current model",
+    )  # fmt: skip
+    p.add_argument(
+        "--remeasure", action="store_true",
+        help="measure every layer configuration of the timed models again on the backend "
+        "and set the table's layer sums beside the fresh ones (see the module notes)",
     )  # fmt: skip
     p.add_argument("--out", default=None, help="JSON path (default under bench/results)")
     args = p.parse_args(argv)
@@ -225,6 +253,15 @@ def main(argv: list[str] | None = None) -> int:
             calibrate()
     table = LatencyTable.open(table_path)
     step = args.step or table.step
+    # --remeasure: a measurer of the table's own kind (refused, before anything is timed,
+    # where this backend would not measure what the table's points measured).
+    measurer = None
+    if args.remeasure:
+        measurer, why = table_measurer(table, args.backend, get_backend, ropts)
+        if measurer is None:
+            table.close()
+            print(f"lut_fidelity.py: error: --remeasure: {why}", file=sys.stderr)
+            return 2
 
     # 2. Random assignments at the grid step, each a really pruned model.
     #    The draw of `lut-builder build`'s check (`halp_trt.graph.check_variants`): with
@@ -308,6 +345,20 @@ def main(argv: list[str] | None = None) -> int:
             row["err_table_speedup_lines"] = (row["pred_table_lines_ms"] / lines0) / (
                 row["measured_ms"] / rows[0]["measured_ms"]
             ) - 1
+    elements = [output_elements(layers) for layers in shapes]
+    for row, n in zip(rows, elements):
+        row["output_elements"] = n
+    if measurer is not None:
+        fresh = remeasure(measurer, shapes, table.unit_ms)
+        measurer.close()
+        fresh0, meas0 = fresh[0], rows[0]["measured_ms"]
+        pred_f0 = table_scale * fresh0 + table_over
+        for row, f in zip(rows, fresh):
+            row["layers_fresh_ms"] = f
+            row["err_points_speedup"] = (row["layers_ms"] / rows[0]["layers_ms"]) / (f / fresh0) - 1
+            row["err_fresh_speedup"] = ((table_scale * f + table_over) / pred_f0) / (
+                row["measured_ms"] / meas0
+            ) - 1
     pruned = [r for r in rows if r["sample"]]
     # The level of this run against the table's calibration: each calibration model's
     # latency measured here over the one the calibration measured (a shift common to
@@ -376,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         "errors_table_speedup_lines": (
             stats("err_table_speedup_lines") if "err_table_speedup_lines" in rows[0] else None
         ),
+        "errors_points_speedup": (
+            stats("err_points_speedup") if "err_points_speedup" in rows[0] else None
+        ),
+        "errors_fresh_speedup": (
+            stats("err_fresh_speedup") if "err_fresh_speedup" in rows[0] else None
+        ),
+        "remeasured_points": len({p for layers in shapes for p in layers}) if measurer else None,
+        "residual_vs_elements": residual_vs_elements(pruned),
         "level_vs_calibration": level_shift,
         "calibration_block_medians_ms": (table.overhead or {}).get("block_medians_ms"),
         "targets": {"median_abs": 0.05, "max_abs": 0.10},
@@ -394,6 +453,84 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out_json, result, indent=2)
     print(f"wrote {out_json.relative_to(ROOT) if out_json.is_relative_to(ROOT) else out_json}")
     return 0
+
+
+def table_measurer(
+    table: object, backend: str, get_backend: object, options: dict
+) -> tuple[object, str]:
+    """A per-layer measurer that measures what ``table``'s points measured: ``backend``
+    built with ``options`` (the run's precision and device) and the table's measuring
+    options (those its constructor takes), refused unless its fingerprint's options and
+    precision are the table's. Returns ``(measurer, "")`` or ``(None, why)``."""
+    import inspect
+
+    fp = table.fingerprint
+    if fp.get("backend") != backend:
+        return None, f"{table.path} was measured on {fp.get('backend')}, not {backend}"
+    try:
+        probe = get_backend(backend, **options)
+        kind = type(probe)
+        probe.close()
+        accepted = set(inspect.signature(kind.__init__).parameters)
+        stored = {k: v for k, v in (fp.get("options") or {}).items() if k in accepted}
+        measurer = get_backend(backend, **{**stored, **options})
+    except Exception as exc:  # noqa: BLE001 - one line for any refusal
+        return None, f"cannot measure as {table.path} was measured: {exc}"
+    mine = measurer.fingerprint()
+    if mine.get("options") != fp.get("options") or mine.get("precision") != fp.get("precision"):
+        measurer.close()
+        return None, (
+            f"this {backend} measures with {mine.get('options')} at {mine.get('precision')}, "
+            f"{table.path} was measured with {fp.get('options')} at {fp.get('precision')}"
+        )
+    return measurer, ""
+
+
+def remeasure(measurer: object, shapes: list[list[tuple]], unit_ms: float) -> list[float]:
+    """Each model's layers summed over fresh measurements of their configurations (each
+    distinct one measured once, in a shuffled order so drift spreads over the models),
+    in a table's unit where the measurer normalises by a reference workload."""
+    import random
+
+    if getattr(measurer, "reference_kind", None) is not None:
+        measurer.measure_reference()
+        measurer.reference_ms = unit_ms  # ratios to the reference, in the table's unit
+    todo = sorted({p for layers in shapes for p in layers}, key=lambda p: (p[0].key(), p[1:]))
+    random.Random(0).shuffle(todo)
+    fresh: dict[tuple, float] = {}
+    t0 = time.perf_counter()
+    for k, point in enumerate(todo, 1):
+        fresh[point] = measurer.measure(*point).median_ms
+        if k % 50 == 0 or k == len(todo):
+            print(f"remeasured {k}/{len(todo)} points ({time.perf_counter() - t0:.0f} s)")
+    return [sum(fresh[p] for p in layers) for layers in shapes]
+
+
+def output_elements(layers: list[tuple]) -> int:
+    """Elements the convolutions (and linear layers) of a model write, summed: each
+    layer's batch x output channels x output pixels, from its ``(signature, c_in,
+    c_out)``."""
+    total = 0
+    for sig, _, c_out in layers:
+        pixels = 1
+        for size, k, st, pad, dil in zip(
+            sig.in_hw, sig.kernel, sig.stride, sig.padding, sig.dilation
+        ):
+            pixels *= (size + 2 * pad - dil * (k - 1) - 1) // st + 1
+        total += sig.batch * c_out * pixels
+    return total
+
+
+def residual_vs_elements(samples: list[dict]) -> float | None:
+    """Across the samples, the correlation of the table's speed-up error with the
+    elements written per millisecond of the layer sum (None with fewer than 3)."""
+    if len(samples) < 3:
+        return None
+    err = np.array([r["err_table_speedup"] for r in samples])
+    density = np.array([r["output_elements"] / r["layers_ms"] for r in samples])
+    if err.std() == 0 or density.std() == 0:
+        return None
+    return float(np.corrcoef(err, density)[0, 1])
 
 
 def _print(r: dict) -> None:
@@ -453,13 +590,26 @@ def _print(r: dict) -> None:
         ("errors_run_affine", "run, affine"),
         ("errors_table_speedup", f"table ({r['table_calibration']}), speed-up"),
         ("errors_table_speedup_lines", "the same filled with its lines, speed-up"),
+        ("errors_points_speedup", "the table's layer sums against fresh ones, as speed-ups"),
+        ("errors_fresh_speedup", "the table's calibration on fresh layer sums, speed-up"),
     ):
         e = r.get(key)
         if e is None:
             continue
+        if key in ("errors_points_speedup", "errors_fresh_speedup"):  # diagnostics
+            con.print(
+                f"{label}: median |error| {100 * e['median_abs']:.1f}%, "
+                f"max {100 * e['max_abs']:.1f}%"
+            )
+            continue
         con.print(
             f"{label}: median |error| {100 * e['median_abs']:.1f}% (target 5%), "
             f"max {100 * e['max_abs']:.1f}% (target 10%)"
+        )
+    if r.get("residual_vs_elements") is not None:
+        con.print(
+            "speed-up error against elements written per ms of the layer sum, over the "
+            f"samples: correlation {r['residual_vs_elements']:+.2f}"
         )
 
 

@@ -13,11 +13,24 @@ machine's own scatter between runs, which bounds what a build can reproduce).
 
 Per model: each build's predicted ratio, each run's measured ratio, and the spread of
 each (largest over smallest, minus 1); over the models the median and largest spread,
-and each build's error of the predicted ratio against its own run's measurement.
+each build's error of the predicted ratio against its own run's measurement, and
+against the runs' mean (the geometric mean of the measured ratios: the measurement with
+its scatter between runs averaged down); and each run's measured ratios against that
+mean, split into a shift common to every model (``measured_shift``: the run's one
+measurement of the unpruned model divides them all) and the rms scatter beside it.
+
+``--same-table`` reads runs of one table instead (``lut_fidelity.py --table T`` run
+several times, the table not recalibrated): the predictions are then the same in every
+run (runs whose predictions differ are refused), and what the runs show
+is the measurement's own scatter, and how far the table stands from the mean of the runs
+where one run's error mixes the table's with its measurement's.
+
+    python bench/lut_spread.py --same-table A.json B.json C.json
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -68,9 +81,10 @@ def spread(values: list[float]) -> float:
     return max(values) / min(values) - 1
 
 
-def compare(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def compare(runs: list[tuple[str, dict[str, Any]]], same_table: bool = False) -> dict[str, Any]:
     """The builds' spread per pruned model and over them. Raises SpreadError for fewer
-    than two runs, runs that differ in what :data:`SAME` names, or the same table twice."""
+    than two runs, runs that differ in what :data:`SAME` names, or the same table twice
+    (with ``same_table``: runs of different tables)."""
     if len(runs) < 2:
         raise SpreadError("give at least two bench/lut_fidelity.py results")
     first_name, first = runs[0]
@@ -83,10 +97,21 @@ def compare(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                     "shape, backend, precision, step and seed price the same pruned models"
                 )
     tables = [run.get("table") for _, run in runs]
-    if None not in tables and len(set(tables)) < len(tables):
-        raise SpreadError(f"the table {tables[0]!r} is in two runs: give separate builds")
+    if not same_table and None not in tables and len(set(tables)) < len(tables):
+        raise SpreadError(
+            f"the table {tables[0]!r} is in two runs: give separate builds, or --same-table "
+            "to read runs of one table"
+        )
     per_run = [ratios(run) for _, run in runs]
     models = sorted(per_run[0])
+    if same_table:  # one table, one calibration: the same predictions in every run
+        for (name, _), r in zip(runs[1:], per_run[1:]):
+            off = [m for m in models if not math.isclose(r[m][0], per_run[0][m][0], rel_tol=1e-9)]
+            if off:
+                raise SpreadError(
+                    f"--same-table reads runs of one table, but {name} predicts {off[0]} "
+                    f"otherwise than {first_name} (another build or calibration)"
+                )
     rows = []
     for m in models:
         pred = [r[m][0] for r in per_run]
@@ -107,6 +132,20 @@ def compare(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     errors = [
         stats([abs(r[m][0] / r[m][1] - 1) for m in models]) for r in per_run
     ]  # each build against its own run's measurement
+    mean_measured = {
+        m: math.exp(statistics.fmean(math.log(r[m][1]) for r in per_run)) for m in models
+    }
+    # Each run's measured ratios against the runs' mean: the part common to every model
+    # (a run's one measurement of the unpruned model divides all of them) and the rest.
+    shifts, scatter = [], []
+    for r in per_run:
+        dev = [math.log(r[m][1] / mean_measured[m]) for m in models]
+        shift = statistics.fmean(dev)
+        shifts.append(math.exp(shift) - 1)
+        scatter.append(math.sqrt(statistics.fmean((d - shift) ** 2 for d in dev)))
+    mean_errors = [
+        stats([abs(r[m][0] / mean_measured[m] - 1) for m in models]) for r in per_run
+    ]  # each build against the runs' mean measurement
     return {
         "benchmark": "lut_spread",
         "runs": [name for name, _ in runs],
@@ -117,6 +156,10 @@ def compare(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "predicted_spread": stats([r["predicted_spread"] for r in rows]),
         "measured_spread": stats([r["measured_spread"] for r in rows]),
         "ratio_errors": errors,
+        "ratio_errors_against_mean": mean_errors,
+        "measured_shift": shifts,
+        "measured_scatter_after_shift": scatter,
+        "same_table": same_table,
         "rows": rows,
     }
 
@@ -128,16 +171,21 @@ def main(argv: list[str] | None = None) -> int:
 
     p = OneLineParser(prog="lut_spread.py", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="bench/lut_fidelity.py results (JSON), one per build")
+    p.add_argument(
+        "--same-table", action="store_true",
+        help="the runs priced one table: read the measurement's scatter between runs",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        found = compare([(Path(path).name, load_run(path)) for path in args.runs])
+        found = compare([(Path(path).name, load_run(path)) for path in args.runs], args.same_table)
     except (SpreadError, UserError) as exc:
         print(f"lut_spread.py: error: {exc}", file=sys.stderr)
         return 2
     n = len(found["runs"])
-    print(f"{found['model']} {found['input_shape']}, {found['models']} pruned models, {n} builds")
+    what = "runs of one table" if found["same_table"] else "builds"
+    print(f"{found['model']} {found['input_shape']}, {found['models']} pruned models, {n} {what}")
     print(f"{'model':<10} {'predicted ratio, each build':<{8 * n + 2}} spread  measured spread")
     for r in found["rows"]:
         pred = " ".join(f"{v:7.4f}" for v in r["predicted_ratio"])
@@ -148,9 +196,23 @@ def main(argv: list[str] | None = None) -> int:
     for what in ("predicted", "measured"):
         s = found[f"{what}_spread"]
         print(f"{what} ratios between runs: median {s['median']:.1%}, max {s['max']:.1%}")
-    for name, e in zip(found["runs"], found["ratio_errors"], strict=True):
+    for name, e, shift, rest in zip(
+        found["runs"],
+        found["ratio_errors"],
+        found["measured_shift"],
+        found["measured_scatter_after_shift"],
+        strict=True,
+    ):
         print(
-            f"{name}: predicted ratio against its run, median {e['median']:.1%}, max {e['max']:.1%}"
+            f"{name}: predicted ratio against its run, median {e['median']:.1%}, max "
+            f"{e['max']:.1%}; its measured ratios {shift:+.1%} from the runs' mean in common, "
+            f"{rest:.1%} rms beside that"
+        )
+    means = found["ratio_errors_against_mean"]
+    for name, m in zip(["the table"] if found["same_table"] else found["runs"], means):
+        print(
+            f"{name}: predicted ratio against the runs' mean, median {m['median']:.1%}, "
+            f"max {m['max']:.1%}"
         )
     if out is not None:
         command = "python bench/lut_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -73,3 +73,103 @@ def test_a_table_of_another_precision_or_device_is_refused(fidelity, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was measured at fp32 on cpu" in err, err
     assert not out.exists() and table.read_bytes() == before
+
+
+def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, tmp_path):
+    # Every configuration the timed models use is measured again, in the table's unit:
+    # the JSON says how far the table's sums stand from the fresh ones as speed-ups, and
+    # what the table's calibration makes of the fresh sums.
+    table = step32_table(tmp_path / "t.db", "onnxruntime")
+    out = tmp_path / "f.json"
+    argv = [
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
+        "--recalibrate", "--samples", "3", "--rounds", "5", "--served-rounds", "2",
+        "--remeasure", "--out", str(out),
+    ]  # fmt: skip
+    assert fidelity.main(argv) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    dense = rows[0]
+    # Unpruned at 2x3x8x8: 2 x (32 + 64) x 64 pixels from the convs, 2 x 10 from the head.
+    assert dense["output_elements"] == 2 * (32 + 64) * 64 + 2 * 10
+    assert all(r["layers_fresh_ms"] > 0 for r in rows)
+    assert dense["err_points_speedup"] == 0.0 and dense["err_fresh_speedup"] == 0.0
+    for r in rows:  # the speed-up errors are ratios of ratios against the unpruned row
+        pts = (r["layers_ms"] / dense["layers_ms"]) / (
+            r["layers_fresh_ms"] / dense["layers_fresh_ms"]
+        )
+        assert abs(r["err_points_speedup"] - (pts - 1)) < 1e-12
+    samples = [r for r in rows if r["sample"]]
+    assert result["errors_points_speedup"]["max_abs"] == max(
+        abs(r["err_points_speedup"]) for r in samples
+    )
+    assert result["errors_fresh_speedup"] is not None
+    # Three layers per model (two convs and the head), at most one configuration each per
+    # model: at most 3 x (1 + 2 uniform + 3 samples), at least the unpruned model's 3.
+    assert 3 <= result["remeasured_points"] <= 18
+    assert result["residual_vs_elements"] is None or -1 <= result["residual_vs_elements"] <= 1
+
+
+def test_without_remeasure_nothing_is_measured_again(fidelity, tmp_path):
+    table = step32_table(tmp_path / "t.db", "onnxruntime")
+    out = tmp_path / "f.json"
+    argv = [
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
+        "--samples", "2", "--rounds", "5", "--served-rounds", "2", "--out", str(out),
+    ]  # fmt: skip
+    assert fidelity.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["errors_points_speedup"] is None and result["remeasured_points"] is None
+    assert "layers_fresh_ms" not in result["rows"][0]
+    assert result["rows"][0]["output_elements"] == 2 * (32 + 64) * 64 + 2 * 10
+
+
+def test_remeasure_refuses_a_table_of_another_backend_before_timing(fidelity, tmp_path, capsys):
+    # A torch table's points cannot be measured again on ONNX Runtime: one line, exit 2,
+    # nothing written.
+    table = step32_table(tmp_path / "t.db", "torch")
+    out = tmp_path / "f.json"
+    argv = [
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
+        "--samples", "2", "--rounds", "5", "--remeasure", "--out", str(out),
+    ]  # fmt: skip
+    assert fidelity.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "measured on torch, not onnxruntime" in err, err
+    assert not out.exists()
+
+
+def test_table_measurer_takes_the_tables_options_and_refuses_what_it_cannot_match(fidelity):
+    from lut_builder.backends import get_backend
+
+    class Table:
+        path = "t.db"
+
+        def __init__(self, options):
+            self.fingerprint = {"backend": "onnxruntime", "precision": "fp32", "options": options}
+
+    stored = get_backend("onnxruntime", threads=1, copies=3).fingerprint()["options"]
+    measurer, why = fidelity.table_measurer(Table(stored), "onnxruntime", get_backend, {})
+    assert why == "" and measurer.copies == 3 and measurer.fingerprint()["options"] == stored
+    measurer.close()
+    # An option its constructor refuses, and one it does not take (a measuring setting of
+    # another version): each refused in one line.
+    bad = {**stored, "clock": "no such clock"}
+    measurer, why = fidelity.table_measurer(Table(bad), "onnxruntime", get_backend, {})
+    assert measurer is None and "cannot measure as t.db was measured: unknown clock" in why
+    extra = {**stored, "tiles": 4}
+    measurer, why = fidelity.table_measurer(Table(extra), "onnxruntime", get_backend, {})
+    assert measurer is None and "t.db was measured with" in why and "'tiles': 4" in why
+
+
+def test_output_elements_and_their_correlation_with_the_error(fidelity):
+    from lut_builder.signatures import LayerSignature
+
+    strided = LayerSignature("conv2d", (3, 3), (2, 2), (1, 1), in_hw=(9, 9), batch=4)
+    assert fidelity.output_elements([(strided, 8, 16)]) == 4 * 16 * 5 * 5
+    rows = [
+        {"err_table_speedup": e, "output_elements": n, "layers_ms": 1.0}
+        for e, n in [(0.05, 100), (0.0, 200), (-0.05, 300)]
+    ]
+    assert abs(fidelity.residual_vs_elements(rows) + 1) < 1e-12
+    assert fidelity.residual_vs_elements(rows[:2]) is None

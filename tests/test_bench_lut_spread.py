@@ -5,6 +5,7 @@ same table twice are refused in one line with no output written."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -53,7 +54,13 @@ def test_spread_of_predicted_and_measured_ratios(tmp_path):
     assert found["ratio_errors"][0] == pytest.approx({"median": 0.0, "max": 0.0})
     assert found["ratio_errors"][1]["max"] == pytest.approx(1 / 6)
     assert found["ratio_errors"][1]["median"] == pytest.approx((0.1 + 1 / 6) / 2)
-    assert found["models"] == 2 and found["step"] == 16
+    # against the runs' mean (geometric): 0.5 and sqrt(0.25 * 0.3) measured
+    mean1 = (0.25 * 0.3) ** 0.5
+    assert found["ratio_errors_against_mean"][0] == pytest.approx(
+        {"median": (1 - 0.25 / mean1) / 2, "max": 1 - 0.25 / mean1}
+    )
+    assert found["ratio_errors_against_mean"][1]["max"] == pytest.approx(0.1)
+    assert found["models"] == 2 and found["step"] == 16 and found["same_table"] is False
     assert found["command"].startswith("python bench/lut_spread.py ")
 
 
@@ -80,4 +87,44 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, second, says
     assert spread.main([*paths, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
+    assert not out.exists()
+
+
+def test_runs_of_one_table_read_the_measurements_scatter(tmp_path, capsys):
+    spread = load_bench("lut_spread")
+    # One table, three runs: its predictions are the same, the measured ratios of the first
+    # model scatter around the prediction (0.45, 0.5, 0.55 against 0.5), so each run errs by
+    # up to 11% and the mean of the runs by under 0.5%.
+    paths = []
+    for k, m in enumerate((0.9, 1.0, 1.1)):
+        path = tmp_path / f"r{k}.json"
+        path.write_text(json.dumps(run("t.sqlite", [1.0, 0.5], [2 * m, 1.0])))
+        paths.append(str(path))
+    out = tmp_path / "s.json"
+    assert spread.main(["--same-table", *paths, "--out", str(out)]) == 0
+    found = json.loads(out.read_text())
+    assert found["same_table"] is True and found["predicted_spread"]["max"] == 0.0
+    assert [e["max"] for e in found["ratio_errors"]] == pytest.approx([1 / 9, 0.0, 1 / 11])
+    mean = (0.45 * 0.5 * 0.55) ** (1 / 3)
+    assert found["ratio_errors_against_mean"][0]["max"] == pytest.approx(abs(0.5 / mean - 1))
+    assert found["ratio_errors_against_mean"][0]["max"] < 0.005
+    assert "3 runs of one table" in capsys.readouterr().out
+    # pruned_01 measured 0.25 in every run, pruned_00 0.45 / 0.5 / 0.55: each run's shift is
+    # half its log deviation, and the scatter beside it the other half.
+    for k, m in enumerate((0.45, 0.5, 0.55)):
+        dev = math.log(m / mean)
+        assert found["measured_shift"][k] == pytest.approx(math.exp(dev / 2) - 1)
+        assert found["measured_scatter_after_shift"][k] == pytest.approx(abs(dev) / 2)
+    # The same table under another name (a copy) is the same table; a run whose
+    # predictions differ (another build, or the table recalibrated) is not.
+    copy = tmp_path / "c.json"
+    copy.write_text(json.dumps(run("copy.sqlite", [1.0, 0.5], [2.0, 1.0])))
+    assert spread.main(["--same-table", paths[0], str(copy)]) == 0
+    out.unlink()
+    capsys.readouterr()
+    other = tmp_path / "o.json"
+    other.write_text(json.dumps(run("t.sqlite", [1.0, 0.55], [2.0, 1.0])))
+    assert spread.main(["--same-table", paths[0], str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "o.json predicts pruned_01 otherwise" in err, err
     assert not out.exists()
