@@ -502,7 +502,10 @@ def remeasure(measurer: object, shapes: list[list[tuple]], unit_ms: float) -> li
     for k, point in enumerate(todo, 1):
         fresh[point] = measurer.measure(*point).median_ms
         if k % 50 == 0 or k == len(todo):
-            print(f"remeasured {k}/{len(todo)} points ({time.perf_counter() - t0:.0f} s)")
+            print(
+                f"remeasured {k}/{len(todo)} points ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     return [sum(fresh[p] for p in layers) for layers in shapes]
 
 

@@ -17,7 +17,9 @@ each build's error of the predicted ratio against its own run's measurement, and
 against the runs' mean (the geometric mean of the measured ratios: the measurement with
 its scatter between runs averaged down); and each run's measured ratios against that
 mean, split into a shift common to every model (``measured_shift``: the run's one
-measurement of the unpruned model divides them all) and the rms scatter beside it.
+measurement of the unpruned model divides them all) and the rms scatter beside it. Runs
+of tables with probes, which price their models filled with the lines too, get that fill
+against the runs' mean beside the table's.
 
 ``--same-table`` reads runs of one table instead (``lut_fidelity.py --table T`` run
 several times, the table not recalibrated): the predictions are then the same in every
@@ -146,6 +148,31 @@ def compare(runs: list[tuple[str, dict[str, Any]]], same_table: bool = False) ->
     mean_errors = [
         stats([abs(r[m][0] / mean_measured[m] - 1) for m in models]) for r in per_run
     ]  # each build against the runs' mean measurement
+
+    # Runs of tables with probes also priced the same models filled with their lines
+    # (bench/lut_fidelity.py's pred_table_lines_ms): that fill against the same mean. Of
+    # one table, those predictions are the same in every run that made them (checked), so
+    # they stand against the mean of all the runs, older ones without them included.
+    def lines_ratios(run: dict[str, Any]) -> dict[str, float] | None:
+        priced = {row["model"]: row for row in run["rows"]}
+        if not all("pred_table_lines_ms" in row for row in priced.values()):
+            return None
+        base = priced["unpruned"]["pred_table_lines_ms"]
+        return {m: priced[m]["pred_table_lines_ms"] / base for m in models}
+
+    priced = [lines_ratios(run) for _, run in runs]
+    if same_table:
+        priced = [p for p in priced if p is not None]
+        for p in priced[1:]:
+            if any(not math.isclose(p[m], priced[0][m], rel_tol=1e-9) for m in models):
+                raise SpreadError(
+                    "--same-table reads runs of one table, but their lines' fills price "
+                    "the same models otherwise"
+                )
+        priced = priced[:1]
+    lines = None
+    if priced and None not in priced:
+        lines = [stats([abs(p[m] / mean_measured[m] - 1) for m in models]) for p in priced]
     return {
         "benchmark": "lut_spread",
         "runs": [name for name, _ in runs],
@@ -157,6 +184,7 @@ def compare(runs: list[tuple[str, dict[str, Any]]], same_table: bool = False) ->
         "measured_spread": stats([r["measured_spread"] for r in rows]),
         "ratio_errors": errors,
         "ratio_errors_against_mean": mean_errors,
+        "ratio_errors_against_mean_lines": lines,
         "measured_shift": shifts,
         "measured_scatter_after_shift": scatter,
         "same_table": same_table,
@@ -208,12 +236,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{e['max']:.1%}; its measured ratios {shift:+.1%} from the runs' mean in common, "
             f"{rest:.1%} rms beside that"
         )
-    means = found["ratio_errors_against_mean"]
-    for name, m in zip(["the table"] if found["same_table"] else found["runs"], means):
-        print(
-            f"{name}: predicted ratio against the runs' mean, median {m['median']:.1%}, "
-            f"max {m['max']:.1%}"
-        )
+    names = ["the table"] if found["same_table"] else found["runs"]
+    for fill, key in (
+        ("", "ratio_errors_against_mean"),
+        (" filled with its lines", "ratio_errors_against_mean_lines"),
+    ):
+        for name, m in zip(names, found[key] or []):
+            print(
+                f"{name}{fill}: predicted ratio against the runs' mean, median "
+                f"{m['median']:.1%}, max {m['max']:.1%}"
+            )
     if out is not None:
         command = "python bench/lut_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
         atomic_write_json(out, {"command": command, **found}, indent=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,7 @@ def test_runs_of_one_table_read_the_measurements_scatter(tmp_path, capsys):
     assert found["ratio_errors_against_mean"][0]["max"] == pytest.approx(abs(0.5 / mean - 1))
     assert found["ratio_errors_against_mean"][0]["max"] < 0.005
     assert "3 runs of one table" in capsys.readouterr().out
+    assert found["ratio_errors_against_mean_lines"] is None  # no lines' fill priced
     # pruned_01 measured 0.25 in every run, pruned_00 0.45 / 0.5 / 0.55: each run's shift is
     # half its log deviation, and the scatter beside it the other half.
     for k, m in enumerate((0.45, 0.5, 0.55)):
@@ -128,3 +130,35 @@ def test_runs_of_one_table_read_the_measurements_scatter(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "o.json predicts pruned_01 otherwise" in err, err
     assert not out.exists()
+
+
+def test_the_lines_fill_against_the_runs_mean(tmp_path):
+    spread = load_bench("lut_spread")
+    # Two runs of a table with probes, each also priced filled with its lines: the lines
+    # predict the first model at 0.55 of the unpruned one, the runs measured 0.5 both times.
+    paths = []
+    for k in range(2):
+        r = run("t.sqlite", [1.0, 0.5], [2.0, 1.0])
+        for row, lines in zip(r["rows"], (2.0, 1.1, 0.5)):
+            row["pred_table_lines_ms"] = lines
+        path = tmp_path / f"r{k}.json"
+        path.write_text(json.dumps(r))
+        paths.append(str(path))
+    out = tmp_path / "s.json"
+    assert spread.main(["--same-table", *paths, "--out", str(out)]) == 0
+    found = json.loads(out.read_text())
+    assert found["ratio_errors_against_mean"][0]["max"] == pytest.approx(0.0)
+    assert found["ratio_errors_against_mean_lines"] == [pytest.approx({"median": 0.05, "max": 0.1})]
+    # A run made before the lines' fill was priced stands in the mean all the same: here
+    # it measured the first model at 0.6: the mean of the three is (0.6 * 0.5 * 0.5) ** (1/3).
+    older = run("t.sqlite", [1.0, 0.5], [2.4, 1.0])
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert spread.main(["--same-table", str(tmp_path / "old.json"), *paths, "--out", str(out)]) == 0
+    found = json.loads(out.read_text())
+    mean = (0.6 * 0.5 * 0.5) ** (1 / 3)
+    assert found["ratio_errors_against_mean_lines"][0]["max"] == pytest.approx(0.55 / mean - 1)
+    # Lines' fills that price the same models otherwise are not one table's.
+    odd = json.loads(Path(paths[1]).read_text())
+    odd["rows"][1]["pred_table_lines_ms"] = 1.2
+    (tmp_path / "odd.json").write_text(json.dumps(odd))
+    assert spread.main(["--same-table", paths[0], str(tmp_path / "odd.json")]) == 2
