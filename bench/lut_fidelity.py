@@ -62,7 +62,9 @@ a fraction of the unpruned model's (what a speed-up sees; a level common to all 
 the machine's state since the build, cancels), ``errors_fresh_speedup`` the speed-up
 error of the table's calibration applied to the fresh sums. Where the second is as large
 as ``errors_table_speedup``, what the table misses is how the layers add up in the
-network, not its points. Every row also carries ``output_elements`` (the elements its
+network, not its points. ``remeasured`` lists every configuration with its table and
+fresh value (and whether the table measured it or filled it), ``remeasured_by_signature``
+the fresh-over-table ratios per signature with its share of the unpruned model's layers. Every row also carries ``output_elements`` (the elements its
 convolutions write, summed) and the JSON ``residual_vs_elements``: across the samples,
 the correlation of the speed-up error with the elements written per millisecond of the
 layer sum (data the network moves between its layers, which a scale on the layer sum
@@ -332,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup": meas[0].median_ms / t.median_ms,
             }
         )
+    # The table's own value of every configuration (its fill as it chose), for --remeasure.
+    configs = sorted({p for layers in shapes for p in layers}, key=lambda p: (p[0].key(), p[1:]))
+    in_table = {(sig, q.c_in, q.c_out) for sig in table.signatures() for q in table.points(sig)}
+    table_values = {p: table.lookup(*p) for p in configs} if measurer is not None else {}
     # A table whose grids have probes, priced again filled with its lines whatever the
     # probes chose (as tables built before probes were), with the same calibration: the
     # two fills on the same measured models.
@@ -349,8 +355,17 @@ def main(argv: list[str] | None = None) -> int:
     for row, n in zip(rows, elements):
         row["output_elements"] = n
     if measurer is not None:
-        fresh = remeasure(measurer, shapes, table.unit_ms)
+        fresh_points = remeasure(measurer, configs, table.unit_ms)
         measurer.close()
+        fresh = [sum(fresh_points[p] for p in layers) for layers in shapes]
+        dense_ms = sum(table_values[p] for p in shapes[0])
+        remeasured = [
+            {"signature": p[0].short(), "c_in": p[1], "c_out": p[2],
+             "table_ms": table_values[p], "fresh_ms": fresh_points[p],
+             "measured_in_table": p in in_table}
+            for p in configs
+        ]  # fmt: skip
+        by_signature = signature_summary(remeasured, shapes[0], table_values, dense_ms)
         fresh0, meas0 = fresh[0], rows[0]["measured_ms"]
         pred_f0 = table_scale * fresh0 + table_over
         for row, f in zip(rows, fresh):
@@ -433,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         "errors_fresh_speedup": (
             stats("err_fresh_speedup") if "err_fresh_speedup" in rows[0] else None
         ),
-        "remeasured_points": len({p for layers in shapes for p in layers}) if measurer else None,
+        "remeasured_points": len(configs) if measurer is not None else None,
+        # Per signature: fresh over table values of its configurations (median, p10, p90),
+        # and its share of the unpruned model's layer sum; then every configuration.
+        "remeasured_by_signature": by_signature if measurer is not None else None,
+        "remeasured": remeasured if measurer is not None else None,
         "residual_vs_elements": residual_vs_elements(pruned),
         "level_vs_calibration": level_shift,
         "calibration_block_medians_ms": (table.overhead or {}).get("block_medians_ms"),
@@ -486,16 +505,16 @@ def table_measurer(
     return measurer, ""
 
 
-def remeasure(measurer: object, shapes: list[list[tuple]], unit_ms: float) -> list[float]:
-    """Each model's layers summed over fresh measurements of their configurations (each
-    distinct one measured once, in a shuffled order so drift spreads over the models),
-    in a table's unit where the measurer normalises by a reference workload."""
+def remeasure(measurer: object, configs: list[tuple], unit_ms: float) -> dict[tuple, float]:
+    """Fresh measurements of layer configurations ``(signature, c_in, c_out)``, each once,
+    in a shuffled order (so drift spreads over the models that use them), in a table's
+    unit where the measurer normalises by a reference workload."""
     import random
 
     if getattr(measurer, "reference_kind", None) is not None:
         measurer.measure_reference()
         measurer.reference_ms = unit_ms  # ratios to the reference, in the table's unit
-    todo = sorted({p for layers in shapes for p in layers}, key=lambda p: (p[0].key(), p[1:]))
+    todo = list(configs)
     random.Random(0).shuffle(todo)
     fresh: dict[tuple, float] = {}
     t0 = time.perf_counter()
@@ -506,7 +525,38 @@ def remeasure(measurer: object, shapes: list[list[tuple]], unit_ms: float) -> li
                 f"remeasured {k}/{len(todo)} points ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
-    return [sum(fresh[p] for p in layers) for layers in shapes]
+    return fresh
+
+
+def signature_summary(
+    remeasured: list[dict], dense: list[tuple], table_values: dict, dense_ms: float
+) -> list[dict]:
+    """Per signature (largest share of the unpruned model's layer sum first): how its
+    configurations measured again against the table (fresh / table: median, p10, p90,
+    over all of them and over the table's measured ones alone)."""
+    share: dict[str, float] = {}
+    for p in dense:
+        share[p[0].short()] = share.get(p[0].short(), 0.0) + table_values[p] / dense_ms
+    out = []
+    for sig in sorted({r["signature"] for r in remeasured}, key=lambda k: -share.get(k, 0.0)):
+        mine = [r for r in remeasured if r["signature"] == sig]
+        ratios = np.array([r["fresh_ms"] / r["table_ms"] for r in mine])
+        measured = [r["fresh_ms"] / r["table_ms"] for r in mine if r["measured_in_table"]]
+        out.append(
+            {
+                "signature": sig,
+                "share_of_unpruned": share.get(sig, 0.0),
+                "configurations": len(mine),
+                "measured_in_table": len(measured),
+                "fresh_over_table": {
+                    "median": float(np.median(ratios)),
+                    "p10": float(np.percentile(ratios, 10)),
+                    "p90": float(np.percentile(ratios, 90)),
+                },
+                "fresh_over_table_measured": float(np.median(measured)) if measured else None,
+            }
+        )
+    return out
 
 
 def output_elements(layers: list[tuple]) -> int:
@@ -608,6 +658,15 @@ def _print(r: dict) -> None:
         con.print(
             f"{label}: median |error| {100 * e['median_abs']:.1f}% (target 5%), "
             f"max {100 * e['max_abs']:.1f}% (target 10%)"
+        )
+    for sig in r.get("remeasured_by_signature") or []:
+        f = sig["fresh_over_table"]
+        con.print(
+            f"{sig['signature']}: {100 * sig['share_of_unpruned']:.0f}% of the unpruned layer "
+            f"sum, {sig['configurations']} configurations ({sig['measured_in_table']} measured "
+            f"in the table): fresh / table {f['median']:.3f} (p10 {f['p10']:.3f}, "
+            f"p90 {f['p90']:.3f})",
+            highlight=False,
         )
     if r.get("residual_vs_elements") is not None:
         con.print(

@@ -108,6 +108,27 @@ def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, tmp_pa
     # model: at most 3 x (1 + 2 uniform + 3 samples), at least the unpruned model's 3.
     assert 3 <= result["remeasured_points"] <= 18
     assert result["residual_vs_elements"] is None or -1 <= result["residual_vs_elements"] <= 1
+    # Every configuration with its table and fresh value; the model's sums are theirs.
+    configs = result["remeasured"]
+    assert len(configs) == result["remeasured_points"]
+    fresh = {(c["signature"], c["c_in"], c["c_out"]): c["fresh_ms"] for c in configs}
+    table_ms = {(c["signature"], c["c_in"], c["c_out"]): c["table_ms"] for c in configs}
+    # The unpruned model: its three layers at full width (3 -> 32, 32 -> 64, 64 -> 10).
+    full = [k for k in fresh if (k[1], k[2]) in ((3, 32), (32, 64), (64, 10))]
+    assert len(full) == 3
+    assert sum(fresh[k] for k in full) == pytest.approx(dense["layers_fresh_ms"])
+    assert sum(table_ms[k] for k in full) == pytest.approx(dense["layers_ms"])
+    # The full widths are grid points the table measured (a 32-channel grid).
+    assert all(c["measured_in_table"] for c in configs if (c["c_in"], c["c_out"]) == (32, 64))
+    sigs = result["remeasured_by_signature"]
+    assert sum(s["configurations"] for s in sigs) == len(configs)
+    assert sum(s["share_of_unpruned"] for s in sigs) == pytest.approx(1.0)
+    assert [s["share_of_unpruned"] for s in sigs] == sorted(
+        (s["share_of_unpruned"] for s in sigs), reverse=True
+    )
+    for s in sigs:
+        f = s["fresh_over_table"]
+        assert f["p10"] <= f["median"] <= f["p90"]
 
 
 def test_without_remeasure_nothing_is_measured_again(fidelity, tmp_path):
@@ -120,6 +141,7 @@ def test_without_remeasure_nothing_is_measured_again(fidelity, tmp_path):
     assert fidelity.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["errors_points_speedup"] is None and result["remeasured_points"] is None
+    assert result["remeasured"] is None and result["remeasured_by_signature"] is None
     assert "layers_fresh_ms" not in result["rows"][0]
     assert result["rows"][0]["output_elements"] == 2 * (32 + 64) * 64 + 2 * 10
 
