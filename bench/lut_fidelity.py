@@ -64,11 +64,11 @@ error of the table's calibration applied to the fresh sums. Where the second is 
 as ``errors_table_speedup``, what the table misses is how the layers add up in the
 network, not its points. ``remeasured`` lists every configuration with its table and
 fresh value (and whether the table measured it or filled it), ``remeasured_by_signature``
-the fresh-over-table ratios per signature with its share of the unpruned model's layers. Every row also carries ``output_elements`` (the elements its
-convolutions write, summed) and the JSON ``residual_vs_elements``: across the samples,
-the correlation of the speed-up error with the elements written per millisecond of the
-layer sum (data the network moves between its layers, which a scale on the layer sum
-does not see).
+the fresh-over-table ratios per signature with its share of the unpruned model's layers.
+Every row also carries ``output_elements`` (the elements its convolutions write, summed)
+and the JSON ``residual_vs_elements``: across the samples, the correlation of the
+speed-up error with the elements written per millisecond of the layer sum (data the
+network moves between its layers, which a scale on the layer sum does not see).
 
 Run under the benchmark lock, e.g.:
 
@@ -88,6 +88,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -336,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     # The table's own value of every configuration (its fill as it chose), for --remeasure.
     configs = sorted({p for layers in shapes for p in layers}, key=lambda p: (p[0].key(), p[1:]))
-    in_table = {(sig, q.c_in, q.c_out) for sig in table.signatures() for q in table.points(sig)}
-    table_values = {p: table.lookup(*p) for p in configs} if measurer is not None else {}
+    in_table, table_values = set(), {}
+    if measurer is not None:
+        in_table = {(sig, q.c_in, q.c_out) for sig in table.signatures() for q in table.points(sig)}
+        table_values = {p: table.lookup(*p) for p in configs}
     # A table whose grids have probes, priced again filled with its lines whatever the
     # probes chose (as tables built before probes were), with the same calibration: the
     # two fills on the same measured models.
@@ -358,14 +361,16 @@ def main(argv: list[str] | None = None) -> int:
         fresh_points = remeasure(measurer, configs, table.unit_ms)
         measurer.close()
         fresh = [sum(fresh_points[p] for p in layers) for layers in shapes]
-        dense_ms = sum(table_values[p] for p in shapes[0])
+        labels = signature_labels({p[0] for p in configs})
         remeasured = [
-            {"signature": p[0].short(), "c_in": p[1], "c_out": p[2],
+            {"signature": labels[p[0]], "c_in": p[1], "c_out": p[2],
              "table_ms": table_values[p], "fresh_ms": fresh_points[p],
              "measured_in_table": p in in_table}
             for p in configs
         ]  # fmt: skip
-        by_signature = signature_summary(remeasured, shapes[0], table_values, dense_ms)
+        by_signature = signature_summary(
+            configs, in_table, table_values, fresh_points, shapes[0], labels
+        )
         fresh0, meas0 = fresh[0], rows[0]["measured_ms"]
         pred_f0 = table_scale * fresh0 + table_over
         for row, f in zip(rows, fresh):
@@ -529,22 +534,29 @@ def remeasure(measurer: object, configs: list[tuple], unit_ms: float) -> dict[tu
 
 
 def signature_summary(
-    remeasured: list[dict], dense: list[tuple], table_values: dict, dense_ms: float
+    configs: list[tuple],
+    in_table: set,
+    table_values: dict,
+    fresh_points: dict,
+    dense: list[tuple],
+    labels: dict,
 ) -> list[dict]:
-    """Per signature (largest share of the unpruned model's layer sum first): how its
-    configurations measured again against the table (fresh / table: median, p10, p90,
-    over all of them and over the table's measured ones alone)."""
-    share: dict[str, float] = {}
+    """Per signature (largest share of the unpruned model's layer sum, ``dense``, first):
+    how its configurations measured again against the table (fresh / table: median, p10,
+    p90 over all of them, and the median over those the table measured)."""
+    dense_ms = sum(table_values[p] for p in dense)
+    share: dict[Any, float] = {}
     for p in dense:
-        share[p[0].short()] = share.get(p[0].short(), 0.0) + table_values[p] / dense_ms
+        share[p[0]] = share.get(p[0], 0.0) + table_values[p] / dense_ms
+    sigs = sorted({p[0] for p in configs}, key=lambda g: (-share.get(g, 0.0), g.key()))
     out = []
-    for sig in sorted({r["signature"] for r in remeasured}, key=lambda k: -share.get(k, 0.0)):
-        mine = [r for r in remeasured if r["signature"] == sig]
-        ratios = np.array([r["fresh_ms"] / r["table_ms"] for r in mine])
-        measured = [r["fresh_ms"] / r["table_ms"] for r in mine if r["measured_in_table"]]
+    for sig in sigs:
+        mine = [p for p in configs if p[0] == sig]
+        ratios = np.array([fresh_points[p] / table_values[p] for p in mine])
+        measured = [fresh_points[p] / table_values[p] for p in mine if p in in_table]
         out.append(
             {
-                "signature": sig,
+                "signature": labels[sig],
                 "share_of_unpruned": share.get(sig, 0.0),
                 "configurations": len(mine),
                 "measured_in_table": len(measured),
@@ -557,6 +569,17 @@ def signature_summary(
             }
         )
     return out
+
+
+def signature_labels(sigs: set) -> dict:
+    """Each signature's short label (``LayerSignature.short``), numbered where two
+    signatures would share one (they differ in what the label leaves out)."""
+    ordered = sorted(sigs, key=lambda g: g.key())
+    shorts = [g.short() for g in ordered]
+    return {
+        g: label if shorts.count(label) == 1 else f"{label} [{k}]"
+        for k, (g, label) in enumerate(zip(ordered, shorts))
+    }
 
 
 def output_elements(layers: list[tuple]) -> int:

@@ -195,3 +195,16 @@ def test_output_elements_and_their_correlation_with_the_error(fidelity):
     ]
     assert abs(fidelity.residual_vs_elements(rows) + 1) < 1e-12
     assert fidelity.residual_vs_elements(rows[:2]) is None
+
+
+def test_signatures_that_share_a_short_label_are_told_apart(fidelity):
+    from lut_builder.signatures import LayerSignature
+
+    relu = LayerSignature("conv2d", in_hw=(4, 4), batch=8)
+    plain = LayerSignature("conv2d", in_hw=(4, 4), batch=8, epilogue="bias")
+    other = LayerSignature("conv2d", in_hw=(2, 2), batch=8)
+    labels = fidelity.signature_labels({relu, plain, other})
+    assert relu.short() == plain.short() and labels[other] == other.short()
+    assert labels[relu] != labels[plain] and all(
+        labels[g].startswith(g.short() + " [") for g in (relu, plain)
+    )
