@@ -586,15 +586,7 @@ def output_elements(layers: list[tuple]) -> int:
     """Elements the convolutions (and linear layers) of a model write, summed: each
     layer's batch x output channels x output pixels, from its ``(signature, c_in,
     c_out)``."""
-    total = 0
-    for sig, _, c_out in layers:
-        pixels = 1
-        for size, k, st, pad, dil in zip(
-            sig.in_hw, sig.kernel, sig.stride, sig.padding, sig.dilation
-        ):
-            pixels *= (size + 2 * pad - dil * (k - 1) - 1) // st + 1
-        total += sig.batch * c_out * pixels
-    return total
+    return sum(sig.batch * c_out * sig.out_hw[0] * sig.out_hw[1] for sig, _, c_out in layers)
 
 
 def residual_vs_elements(samples: list[dict]) -> float | None:

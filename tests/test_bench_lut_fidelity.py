@@ -32,17 +32,24 @@ def step32_table(path, backend: str):
     return path
 
 
+def fidelity_argv(table, out, *options: str) -> list[str]:
+    """bench/lut_fidelity.py's arguments for the two-conv net at 2x3x8x8 on ``table``,
+    writing ``out``, with ``options`` between."""
+    return [
+        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
+        *options, "--out", str(out),
+    ]  # fmt: skip
+
+
 def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tmp_path):
     # A 32-channel grid: coarser than ONNX Runtime's 8- or 16-channel CPU block, so the
     # half-width copy of the 32-channel layer (16 channels at the block) lies below the
     # grid unless rounded to its step.
     table = step32_table(tmp_path / "t.db", "onnxruntime")
     out = tmp_path / "f.json"
-    argv = [
-        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
-        "--recalibrate", "--samples", "2", "--rounds", "5", "--served-rounds", "2",
-        "--out", str(out),
-    ]  # fmt: skip
+    argv = fidelity_argv(
+        table, out, "--recalibrate", "--samples", "2", "--rounds", "5", "--served-rounds", "2"
+    )
     assert fidelity.main(argv) == 0
     result = json.loads(out.read_text())
     # Recalibrated as the build calibrates (served), and timed as the table was.
@@ -64,11 +71,10 @@ def test_a_table_of_another_precision_or_device_is_refused(fidelity, tmp_path, c
     table = step32_table(tmp_path / "t.db", "torch")
     before = table.read_bytes()
     out = tmp_path / "f.json"
-    argv = [
-        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--backend", "torch",
-        "--table", str(table), "--recalibrate", "--samples", "2", "--rounds", "5",
-        "--out", str(out), *extra,
-    ]  # fmt: skip
+    argv = fidelity_argv(
+        table, out, "--backend", "torch", "--recalibrate", "--samples", "2", "--rounds", "5",
+        *extra,
+    )  # fmt: skip
     assert fidelity.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was measured at fp32 on cpu" in err, err
@@ -81,11 +87,10 @@ def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, tmp_pa
     # what the table's calibration makes of the fresh sums.
     table = step32_table(tmp_path / "t.db", "onnxruntime")
     out = tmp_path / "f.json"
-    argv = [
-        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
-        "--recalibrate", "--samples", "3", "--rounds", "5", "--served-rounds", "2",
-        "--remeasure", "--out", str(out),
-    ]  # fmt: skip
+    argv = fidelity_argv(
+        table, out, "--recalibrate", "--samples", "3", "--rounds", "5", "--served-rounds", "2",
+        "--remeasure",
+    )  # fmt: skip
     assert fidelity.main(argv) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
@@ -134,10 +139,7 @@ def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, tmp_pa
 def test_without_remeasure_nothing_is_measured_again(fidelity, tmp_path):
     table = step32_table(tmp_path / "t.db", "onnxruntime")
     out = tmp_path / "f.json"
-    argv = [
-        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
-        "--samples", "2", "--rounds", "5", "--served-rounds", "2", "--out", str(out),
-    ]  # fmt: skip
+    argv = fidelity_argv(table, out, "--samples", "2", "--rounds", "5", "--served-rounds", "2")
     assert fidelity.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["errors_points_speedup"] is None and result["remeasured_points"] is None
@@ -151,10 +153,7 @@ def test_remeasure_refuses_a_table_of_another_backend_before_timing(fidelity, tm
     # nothing written.
     table = step32_table(tmp_path / "t.db", "torch")
     out = tmp_path / "f.json"
-    argv = [
-        "--model", TWO_CONV_BN, "--input-shape", "2,3,8,8", "--table", str(table),
-        "--samples", "2", "--rounds", "5", "--remeasure", "--out", str(out),
-    ]  # fmt: skip
+    argv = fidelity_argv(table, out, "--samples", "2", "--rounds", "5", "--remeasure")
     assert fidelity.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "measured on torch, not onnxruntime" in err, err
