@@ -95,6 +95,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: The whole-model timing loop of the calibration this bench fits (``--recalibrate``) and
+#: times before and after its run: ``lut-builder build``'s (20 warm-up rounds, 2 s in all
+#: over its blocks).
+CALIBRATION_LOOP: dict[str, Any] = {"warmup": 20, "min_time_s": 2.0}
+#: The per-layer timing loop of ``--remeasure``: the backend's defaults (those every
+#: table here was built with; a table does not record its loop).
+REMEASURE_LOOP: dict[str, Any] = {}
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -200,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             variants = calibration_variants(model, x, table.step) if affine else []
             checks = check_variants(model, x, table.step, CHECK_COPIES)
             calibrate_overhead(
-                table, runner, model, x, variants=variants, checks=checks, regime=build_regime
-            )
+                table, runner, model, x, variants=variants, checks=checks,
+                regime=build_regime, **CALIBRATION_LOOP,
+            )  # fmt: skip
 
     # 1. The table: built here unless given (build time and points/s recorded).
     build = None
@@ -260,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     # where this backend would not measure what the table's points measured).
     measurer = None
     if args.remeasure:
-        measurer, why = table_measurer(table, args.backend, get_backend, ropts)
+        measurer, why = table_measurer(
+            table, args.backend, get_backend, {**REMEASURE_LOOP, **ropts}
+        )
         if measurer is None:
             table.close()
             print(f"lut_fidelity.py: error: --remeasure: {why}", file=sys.stderr)
@@ -300,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     def calibration_now() -> list[float]:
         """The calibration models timed now as the build's calibration times them (its
         blocks, in a row): the calibration's own measurement, at this run's time."""
-        return BlockSampler(table, runners[:n_ref], warmup=20, regime=regime).finish().medians()
+        sampler = BlockSampler(table, runners[:n_ref], regime=regime, **CALIBRATION_LOOP)
+        return sampler.finish().medians()
 
     cal_before = calibration_now()
     t0 = time.perf_counter()
@@ -483,9 +495,10 @@ def table_measurer(
     table: object, backend: str, get_backend: object, options: dict
 ) -> tuple[object, str]:
     """A per-layer measurer that measures what ``table``'s points measured: ``backend``
-    built with ``options`` (the run's precision and device) and the table's measuring
-    options (those its constructor takes), refused unless its fingerprint's options and
-    precision are the table's. Returns ``(measurer, "")`` or ``(None, why)``."""
+    built with ``options`` (the run's precision and device, a timing loop) and the
+    table's measuring options (those its constructor takes), refused unless its
+    fingerprint's options and precision are the table's. Returns ``(measurer, "")`` or
+    ``(None, why)``."""
     import inspect
 
     fp = table.fingerprint

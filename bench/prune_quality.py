@@ -201,6 +201,13 @@ def build_model(depth: int, width: int, channels: int) -> nn.Module:
     return CifarResNet(depth, 10, channels, width=width)
 
 
+#: The timing loops of the tables built here (:func:`build_or_open_table`): the per-layer
+#: measurer's and the whole-model calibration's. Empty: the backends' defaults and
+#: `lut-builder build`'s, as a user's table is measured.
+TABLE_LOOP: dict[str, Any] = {}
+CALIBRATION_LOOP: dict[str, Any] = {}
+
+
 def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int) -> Any:
     """The measured table at ``path``, built first if missing or incomplete (resumed) and
     calibrated first if it is not (a build whose calibration failed leaves its points:
@@ -222,6 +229,7 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
             x,
             variants=calibration_variants(model, x, table.step),
             checks=check_variants(model, x, table.step, CHECK_COPIES),
+            **CALIBRATION_LOOP,
         )
 
     # Looked at under the lock: a bench beside this one building the same table holds it
@@ -229,7 +237,7 @@ def build_or_open_table(path: Path, model: nn.Module, x: torch.Tensor, step: int
     # short is resumed.
     with bench_lock():
         if not _complete(path):
-            backend = get_backend(DEPLOY["backend"], **deploy_options())
+            backend = get_backend(DEPLOY["backend"], **deploy_options(), **TABLE_LOOP)
             build_table(path, model, x, backend, step=step, calibrate=calibrate)
             backend.close()
         table = LatencyTable.open(path)

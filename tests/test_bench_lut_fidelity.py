@@ -17,19 +17,50 @@ def fidelity():
     sys.modules.pop("bench_lut_fidelity", None)
 
 
-def step32_table(path, backend: str):
-    """An uncalibrated table of the two-conv net at 2x3x8x8 on a 32-channel grid, measured
-    on ``backend`` (CPU, fp32) with a short timing loop: the grid is what is tested."""
+@pytest.fixture(autouse=True)
+def short_loops(fidelity, monkeypatch):
+    """The calibration's and --remeasure's timing loops cut to a few runs: what these
+    tests check is what the bench computes and writes, not how long it times."""
+    monkeypatch.setattr(
+        fidelity, "CALIBRATION_LOOP", {"warmup": 1, "runs": 2, "min_time_s": 0.0, "blocks": 2}
+    )
+    monkeypatch.setattr(fidelity, "REMEASURE_LOOP", {"warmup": 1, "runs": 3, "min_time_s": 0.0})
+
+
+@pytest.fixture(scope="module")
+def built_tables(tmp_path_factory):
+    """Per backend, the step-32 table built once for the module (see :func:`step32_table`)."""
     from lut_builder.backends import get_backend
     from lut_builder.build import build_table
     from lut_builder.specs import example_input
 
-    model = two_conv_bn_net()
-    x = example_input(model, (2, 3, 8, 8))
-    measurer = get_backend(backend, runs=3, min_time_s=0.0, warmup=1)
-    build_table(path, model, x, measurer, step=32, calibration="none")
-    measurer.close()
-    return path
+    cache = tmp_path_factory.mktemp("step32")
+    built = {}
+
+    def build(backend: str):
+        if backend not in built:
+            model = two_conv_bn_net()
+            x = example_input(model, (2, 3, 8, 8))
+            measurer = get_backend(backend, runs=3, min_time_s=0.0, warmup=1)
+            built[backend] = cache / f"{backend}.db"
+            build_table(built[backend], model, x, measurer, step=32, calibration="none")
+            measurer.close()
+        return built[backend]
+
+    return build
+
+
+@pytest.fixture
+def step32_table(built_tables):
+    """``step32_table(path, backend)``: an uncalibrated table of the two-conv net at
+    2x3x8x8 on a 32-channel grid, measured on ``backend`` (CPU, fp32) with a short timing
+    loop (the grid is what is tested), written to ``path``: a copy of one built once."""
+
+    def copy(path, backend: str):
+        path.write_bytes(built_tables(backend).read_bytes())
+        return path
+
+    return copy
 
 
 def fidelity_argv(table, out, *options: str) -> list[str]:
@@ -41,7 +72,9 @@ def fidelity_argv(table, out, *options: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tmp_path):
+def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(
+    fidelity, step32_table, tmp_path
+):
     # A 32-channel grid: coarser than ONNX Runtime's 8- or 16-channel CPU block, so the
     # half-width copy of the 32-channel layer (16 channels at the block) lies below the
     # grid unless rounded to its step.
@@ -64,7 +97,9 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(fidelity, tm
 
 
 @pytest.mark.parametrize("extra", [["--precision", "fp16"], ["--device", "cuda"]])
-def test_a_table_of_another_precision_or_device_is_refused(fidelity, tmp_path, capsys, extra):
+def test_a_table_of_another_precision_or_device_is_refused(
+    fidelity, step32_table, tmp_path, capsys, extra
+):
     # The whole models must run where and as the table's layers were measured: a CPU
     # fp32 table is not a model of a GPU or an fp16 deployment (one line, nothing written,
     # the table not recalibrated).
@@ -81,7 +116,7 @@ def test_a_table_of_another_precision_or_device_is_refused(fidelity, tmp_path, c
     assert not out.exists() and table.read_bytes() == before
 
 
-def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, tmp_path):
+def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, step32_table, tmp_path):
     # Every configuration the timed models use is measured again, in the table's unit:
     # the JSON says how far the table's sums stand from the fresh ones as speed-ups, and
     # what the table's calibration makes of the fresh sums.
@@ -136,7 +171,7 @@ def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, tmp_pa
         assert f["p10"] <= f["median"] <= f["p90"]
 
 
-def test_without_remeasure_nothing_is_measured_again(fidelity, tmp_path):
+def test_without_remeasure_nothing_is_measured_again(fidelity, step32_table, tmp_path):
     table = step32_table(tmp_path / "t.db", "onnxruntime")
     out = tmp_path / "f.json"
     argv = fidelity_argv(table, out, "--samples", "2", "--rounds", "5", "--served-rounds", "2")
@@ -148,7 +183,9 @@ def test_without_remeasure_nothing_is_measured_again(fidelity, tmp_path):
     assert result["rows"][0]["output_elements"] == 2 * (32 + 64) * 64 + 2 * 10
 
 
-def test_remeasure_refuses_a_table_of_another_backend_before_timing(fidelity, tmp_path, capsys):
+def test_remeasure_refuses_a_table_of_another_backend_before_timing(
+    fidelity, step32_table, tmp_path, capsys
+):
     # A torch table's points cannot be measured again on ONNX Runtime: one line, exit 2,
     # nothing written.
     table = step32_table(tmp_path / "t.db", "torch")

@@ -50,6 +50,17 @@ def pareto():
     sys.modules.pop("bench_pareto", None)
 
 
+@pytest.fixture
+def short_table_loops(pareto, monkeypatch):
+    """Tables built and calibrated on a few runs: for tests of what a build or a run
+    does, not of how well its table measures."""
+    quality = pareto.prune_quality
+    monkeypatch.setattr(quality, "TABLE_LOOP", {"warmup": 1, "runs": 3, "min_time_s": 0.0})
+    monkeypatch.setattr(
+        quality, "CALIBRATION_LOOP", {"warmup": 1, "runs": 2, "min_time_s": 0.0, "blocks": 2}
+    )
+
+
 def tiny_argv(tmp_path, *args: str) -> list[str]:
     """A tiny run's arguments: :func:`tiny_net` at 2x3x8x8 to 0.6x, on a MACs table and a
     bench lock in ``tmp_path``, then ``args``."""
@@ -173,7 +184,7 @@ def test_a_table_of_another_deployment_is_one_line(pareto, tmp_path, capsys, mon
 
 
 def test_torch_backend_builds_times_and_feeds_back_on_torch(
-    pareto, tmp_path, monkeypatch, short_feedback
+    pareto, tmp_path, monkeypatch, short_feedback, short_table_loops
 ):
     # --backend torch: the table is the torch backend's, the pruner's feedback and the
     # bench's timings run torch runners (not one ONNX Runtime runner), and the bench's
@@ -959,7 +970,7 @@ def test_plot_title_wraps_a_long_spec_inside_the_figure(pareto):
 
 
 def test_table_of_a_coarser_step_than_the_cpu_block_is_built_and_calibrated(
-    pareto, tmp_path, monkeypatch
+    pareto, tmp_path, monkeypatch, short_table_loops
 ):
     """A step-16 grid on a CPU whose block is 8 (AVX2): the calibration's narrowed copies
     are rounded to the grid's step, not to the finer alignment below its narrowest point;
