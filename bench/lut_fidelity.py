@@ -56,7 +56,9 @@ filled with its lines whatever its probes chose, with the same calibration
 ``--remeasure`` separates the table's points from the way they add up. After the whole
 models are timed, every layer configuration they use (each layer's signature and
 channel counts, measured or filled in the table) is measured again on the same backend,
-in the table's unit, and each model's layers are summed both ways:
+in the table's unit, with the table's timing loop where it records one (else the
+backend's defaults; ``remeasure_loop`` says which), and each model's layers are summed
+both ways:
 ``errors_points_speedup`` is how far the table's layer sums stand from the fresh ones as
 a fraction of the unpruned model's (what a speed-up sees; a level common to all points,
 the machine's state since the build, cancels), ``errors_fresh_speedup`` the speed-up
@@ -99,8 +101,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: times before and after its run: ``lut-builder build``'s (20 warm-up rounds, 2 s in all
 #: over its blocks).
 CALIBRATION_LOOP: dict[str, Any] = {"warmup": 20, "min_time_s": 2.0}
-#: The per-layer timing loop of ``--remeasure``: the backend's defaults (those every
-#: table here was built with; a table does not record its loop).
+#: The per-layer timing loop of ``--remeasure`` over the table's own (which a table
+#: records since builds record it; before, the backend's defaults, those of every table
+#: here, are used). Empty: the table's.
 REMEASURE_LOOP: dict[str, Any] = {}
 
 
@@ -276,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             table.close()
             print(f"lut_fidelity.py: error: --remeasure: {why}", file=sys.stderr)
             return 2
+        source = (
+            "the table"
+            if table.timing_loop
+            else "the backend's defaults (the table records no timing loop)"
+        )
+        if REMEASURE_LOOP:
+            source = f"{', '.join(sorted(REMEASURE_LOOP))} set here, the rest from {source}"
+        remeasure_loop = {"loop": measurer.timing_loop(), "from": source}
+        print(f"--remeasure times each point with {remeasure_loop['loop']}: {source}", flush=True)
 
     # 2. Random assignments at the grid step, each a really pruned model.
     #    The draw of `lut-builder build`'s check (`halp_trt.graph.check_variants`): with
@@ -466,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             stats("err_fresh_speedup") if "err_fresh_speedup" in rows[0] else None
         ),
         "remeasured_points": len(configs) if measurer is not None else None,
+        # The per-point timing loop of the fresh measurements, and where it came from.
+        "remeasure_loop": remeasure_loop if measurer is not None else None,
         # Per signature: fresh over table values of its configurations (median, p10, p90),
         # and its share of the unpruned model's layer sum; then every configuration.
         "remeasured_by_signature": by_signature if measurer is not None else None,
@@ -495,8 +509,9 @@ def table_measurer(
     table: object, backend: str, get_backend: object, options: dict
 ) -> tuple[object, str]:
     """A per-layer measurer that measures what ``table``'s points measured: ``backend``
-    built with ``options`` (the run's precision and device, a timing loop) and the
-    table's measuring options (those its constructor takes), refused unless its
+    built with ``options`` (the run's precision and device, a timing loop), the
+    table's measuring options (those its constructor takes) and its timing loop where it
+    records one (:attr:`LatencyTable.timing_loop`; ``options`` first), refused unless its
     fingerprint's options and precision are the table's. Returns ``(measurer, "")`` or
     ``(None, why)``."""
     import inspect
@@ -504,6 +519,8 @@ def table_measurer(
     fp = table.fingerprint
     if fp.get("backend") != backend:
         return None, f"{table.path} was measured on {fp.get('backend')}, not {backend}"
+    # The table's own timing loop where it records one; ``options`` may override it.
+    options = {**(getattr(table, "timing_loop", None) or {}), **options}
     try:
         probe = get_backend(backend, **options)
         kind = type(probe)

@@ -445,6 +445,12 @@ def build_table(
             reference_kind=backend.reference_kind,
         )
         try:
+            if backend.is_measurement and not table.complete:
+                # Each process that measures points says how it timed them.
+                table.append_info(
+                    "timing_loops",
+                    {**backend.timing_loop(), "worker": f"{socket.gethostname()}:{os.getpid()}"},
+                )
             builtin = calibrate is None and calibration != "none" and backend.is_measurement
             options = dict(runner_options or {})
 

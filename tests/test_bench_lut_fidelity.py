@@ -147,6 +147,10 @@ def test_remeasure_sets_the_tables_layer_sums_beside_fresh_ones(fidelity, step32
     # Three layers per model (two convs and the head), at most one configuration each per
     # model: at most 3 x (1 + 2 uniform + 3 samples), at least the unpruned model's 3.
     assert 3 <= result["remeasured_points"] <= 18
+    # Timed with the table's loop under the one this test sets (REMEASURE_LOOP).
+    assert result["remeasure_loop"]["loop"] == {"warmup": 1, "runs": 3, "min_time_s": 0.0}
+    assert result["remeasure_loop"]["from"].startswith("min_time_s, runs, warmup set here")
+    assert result["remeasure_loop"]["from"].endswith("the rest from the table")
     assert result["residual_vs_elements"] is None or -1 <= result["residual_vs_elements"] <= 1
     # Every configuration with its table and fresh value; the model's sums are theirs.
     configs = result["remeasured"]
@@ -179,6 +183,7 @@ def test_without_remeasure_nothing_is_measured_again(fidelity, step32_table, tmp
     result = json.loads(out.read_text())
     assert result["errors_points_speedup"] is None and result["remeasured_points"] is None
     assert result["remeasured"] is None and result["remeasured_by_signature"] is None
+    assert result["remeasure_loop"] is None
     assert "layers_fresh_ms" not in result["rows"][0]
     assert result["rows"][0]["output_elements"] == 2 * (32 + 64) * 64 + 2 * 10
 
@@ -203,12 +208,24 @@ def test_table_measurer_takes_the_tables_options_and_refuses_what_it_cannot_matc
     class Table:
         path = "t.db"
 
-        def __init__(self, options):
+        def __init__(self, options, timing_loop=None):
             self.fingerprint = {"backend": "onnxruntime", "precision": "fp32", "options": options}
+            self.timing_loop = timing_loop
 
     stored = get_backend("onnxruntime", threads=1, copies=3).fingerprint()["options"]
     measurer, why = fidelity.table_measurer(Table(stored), "onnxruntime", get_backend, {})
     assert why == "" and measurer.copies == 3 and measurer.fingerprint()["options"] == stored
+    assert measurer.timing_loop() == {"warmup": 5, "runs": 20, "min_time_s": 0.3}  # defaults
+    measurer.close()
+    # The table's timing loop where it records one, under the caller's options.
+    loop = {"warmup": 2, "runs": 7, "min_time_s": 0.0}
+    measurer, why = fidelity.table_measurer(Table(stored, loop), "onnxruntime", get_backend, {})
+    assert why == "" and measurer.timing_loop() == loop
+    measurer.close()
+    measurer, why = fidelity.table_measurer(
+        Table(stored, loop), "onnxruntime", get_backend, {"runs": 4}
+    )
+    assert why == "" and measurer.timing_loop() == {**loop, "runs": 4}
     measurer.close()
     # An option its constructor refuses, and one it does not take (a measuring setting of
     # another version): each refused in one line.

@@ -37,6 +37,8 @@ _BUILTIN_MODULES: dict[str, str] = {
     "tensorrt": "lut_builder.backends.tensorrt",
     "torch": "lut_builder.backends.torch",
 }
+#: The constructor arguments of a measuring backend that make its timing loop.
+TIMING_LOOP_FIELDS = ("warmup", "runs", "min_time_s", "inner")
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
 _RUNNERS: dict[str, Callable[..., Runner]] = {}
 _REFERENCES: dict[str, Callable[[str], Callable[[], Any]]] = {}
@@ -70,6 +72,16 @@ class Backend:
     def measure_reference(self) -> Timing:
         """Time the reference workload alone (backends with a ``reference_kind``)."""
         raise NotImplementedError
+
+    def timing_loop(self) -> dict[str, Any]:
+        """The loop each point is timed with (those of :data:`TIMING_LOOP_FIELDS` this
+        backend has: warm-up runs, timed runs, minimum time, inner repeats), as its
+        constructor takes them; empty for a backend that does not time (``analytic``).
+        Not part of the fingerprint: a table measured with a longer loop describes the
+        same deployment, only less noisily."""
+        if not self.is_measurement:
+            return {}
+        return {k: getattr(self, k) for k in TIMING_LOOP_FIELDS if hasattr(self, k)}
 
     def measure(self, sig: LayerSignature, c_in: int, c_out: int) -> Timing:
         """Latency of one layer of signature ``sig`` with ``c_in`` -> ``c_out`` channels.

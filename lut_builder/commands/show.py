@@ -63,6 +63,14 @@ def _render(s: dict[str, Any]) -> None:
         f"backend {fp.get('backend')} · {fp.get('precision')} · {fp.get('device')}{threads_txt} · "
         f"batch {fp.get('batch')} · versions {fp.get('versions')}"
     )
+    loops = [
+        {k: v for k, v in e.items() if k != "worker"} for e in s["info"].get("timing_loops", [])
+    ]
+    if loops:  # how each process that measured points timed them (Backend.timing_loop)
+        kinds = [loop for k, loop in enumerate(loops) if loop not in loops[:k]]
+        said = "; ".join(", ".join(f"{k} {v}" for k, v in loop.items()) for loop in kinds)
+        many = "" if len(kinds) == 1 else f" ([yellow]{len(kinds)} different loops[/])"
+        con.print(f"each point timed with {said}{many}", highlight=False)
     status = "complete" if s["complete"] else f"[red]incomplete[/] ({s['missing']} missing)"
     over = s["overhead_ms"]
     scale = s.get("scale", 1.0)

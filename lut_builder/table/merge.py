@@ -312,6 +312,11 @@ def _write(
     info = {k: v for k, v in first.info.items() if k != "builds"}
     builds = [b for t in tables for b in t.info.get("builds", [])]
     info["builds"] = sorted(builds, key=lambda b: b.get("finished_at", 0))
+    # How each input's points were timed: every input's loops, or none where an input
+    # does not say (its points' loop is unknown, so the merged table's is too).
+    info.pop("timing_loops", None)
+    if all(t.info.get("timing_loops") for t in tables):
+        info["timing_loops"] = [e for t in tables for e in t.info["timing_loops"]]
     info["merged"] = {"inputs": [str(t.path) for t in tables], "at": time.time()}
     ref = first.reference
     table = LatencyTable.create(

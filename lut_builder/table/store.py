@@ -276,6 +276,19 @@ class LatencyTable:
         return dict(self._meta().get("info", {}))
 
     @property
+    def timing_loop(self) -> dict[str, Any] | None:
+        """The per-point timing loop every build of this table recorded (warm-up, runs,
+        minimum time...: :meth:`lut_builder.backends.Backend.timing_loop`), or None where
+        none was recorded (a table built before builds recorded it, or not measured) or
+        the builds that filled it used different loops."""
+        loops = [
+            {k: v for k, v in e.items() if k != "worker"} for e in self.info.get("timing_loops", [])
+        ]
+        if not loops or any(loop != loops[0] for loop in loops[1:]):
+            return None
+        return loops[0]
+
+    @property
     def overhead_ms(self) -> float | None:
         """The calibrated whole-network overhead term in milliseconds, or None."""
         v = self._meta().get("overhead_ms")

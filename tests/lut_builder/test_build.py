@@ -154,6 +154,49 @@ def test_build_shards_complete_together(tmp_path):
     assert len(calls) == 1  # the process that completed the table calibrates
 
 
+def test_a_table_records_how_its_points_were_timed(tmp_path, monkeypatch, capsys):
+    # Each process that measures points records its timing loop; the table has one where
+    # they all agree, none where they differ (or where nothing was measured).
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+
+    def ort(runs):
+        return get_backend("onnxruntime", runs=runs, min_time_s=0.0, warmup=1, alignment=16)
+
+    same, mixed = tmp_path / "same.lut", tmp_path / "mixed.lut"
+    for path, loops in ((same, (3, 3)), (mixed, (3, 4))):
+        for k, runs in enumerate(loops):
+            backend = ort(runs)
+            build_table(path, model, x, backend, shard=(k, 2), calibration="none")
+            backend.close()
+    loop = {"warmup": 1, "runs": 3, "min_time_s": 0.0}
+    with LatencyTable.open(same) as table:
+        assert table.timing_loop == loop
+        assert [e["runs"] for e in table.info["timing_loops"]] == [3, 3]
+    with LatencyTable.open(mixed) as table:
+        assert table.timing_loop is None
+        assert [e["runs"] for e in table.info["timing_loops"]] == [3, 4]
+    # `lut-builder show` says how the points were timed, and when not alike.
+    from lut_builder.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["show", str(mixed)]) == 0
+    out = capsys.readouterr().out
+    assert "each point timed with warmup 1, runs 3, min_time_s 0.0; warmup 1, runs 4" in out
+    assert "(2 different loops)" in out
+    # A complete table built again measures nothing and records nothing.
+    backend = ort(5)
+    assert build_table(same, model, x, backend, calibration="none").measured == 0
+    backend.close()
+    with LatencyTable.open(same) as table:
+        assert table.timing_loop == loop and len(table.info["timing_loops"]) == 2
+    # A model, not a measurement, has no loop.
+    path = tmp_path / "macs.lut"
+    build_table(path, model, x, get_backend("analytic", alignment=16))
+    with LatencyTable.open(path) as table:
+        assert table.timing_loop is None and "timing_loops" not in table.info
+
+
 def test_build_refuses_another_models_plan(tmp_path):
     model, x = _net()
     backend = get_backend("analytic", alignment=16)

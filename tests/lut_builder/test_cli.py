@@ -98,6 +98,12 @@ def test_build_onnxruntime_with_progress(lut_cli, model_spec, tmp_path):
     show = lut_cli("show", "t.lut")
     assert show.returncode == 0 and "random-width copies" in show.stdout
     assert json.loads(meta["scale"]) > 0
+    # How its points were timed: the backend's loop, recorded by the build, shown.
+    loops = json.loads(meta["info"])["timing_loops"]
+    assert [{k: v for k, v in e.items() if k != "worker"} for e in loops] == [
+        {"warmup": 5, "runs": 20, "min_time_s": 0.3}
+    ]
+    assert "each point timed with warmup 5, runs 20, min_time_s 0.3" in show.stdout
 
 
 # Each case starts a Python process that imports torch (seconds on 2 shared cores): the

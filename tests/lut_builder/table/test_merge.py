@@ -180,3 +180,22 @@ def test_an_incomplete_merge_says_what_is_missing(tmp_path):
     assert not result.complete and result.missing == 2 and result.points == 2
     with pytest.raises(IncompleteTableError):
         LatencyTable.open(result.path)
+
+
+def test_the_merged_table_keeps_every_inputs_timing_loop_or_none(tmp_path):
+    # Each input's timing loops are kept; where one input does not say how its points
+    # were timed, the merged table does not either.
+    points = [(a, b, t(cost(a, b))) for a in (8, 16) for b in (8, 16)]
+    paths = [tmp_path / f"{n}.lut" for n in "abc"]
+    for path in paths:
+        make(path, points=points)
+    for path in paths[:2]:
+        with LatencyTable.open(path, writable=True) as table:
+            table.append_info("timing_loops", {"runs": 3, "worker": path.name})
+    merge_tables(paths[:2], tmp_path / "ab.lut")
+    with LatencyTable.open(tmp_path / "ab.lut") as merged:
+        assert merged.timing_loop == {"runs": 3}
+        assert [e["worker"] for e in merged.info["timing_loops"]] == ["a.lut", "b.lut"]
+    merge_tables([paths[0], paths[2]], tmp_path / "ac.lut")
+    with LatencyTable.open(tmp_path / "ac.lut") as merged:
+        assert merged.timing_loop is None and "timing_loops" not in merged.info
