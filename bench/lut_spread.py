@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if out is not None:
         command = "python bench/lut_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, {"command": command, **found}, indent=1)
         print(f"wrote {out}")
     return 0

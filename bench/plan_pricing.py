@@ -82,6 +82,7 @@ def write_figures(out: Path, script: str, argv: list[str] | None, figures: dict)
 
     command = f"python bench/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
     name = script.removesuffix(".py")
+    out.parent.mkdir(parents=True, exist_ok=True)  # checked with parents=True
     atomic_write_json(out, {"benchmark": name, "command": command, **figures})
     print(f"wrote {out}")
 

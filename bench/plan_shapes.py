@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if checked["out"] is not None:
         command = "python bench/plan_shapes.py " + " ".join(sys.argv[1:] if argv is None else argv)
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "table")}
+        checked["out"].parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             checked["out"],
             {"benchmark": "plan_shapes", "command": command, "settings": settings, **result},

@@ -41,7 +41,7 @@ def test_spread_of_predicted_and_measured_ratios(tmp_path):
     for name, r in (("a.json", a), ("b.json", b)):
         (tmp_path / name).write_text(json.dumps(r))
         paths.append(str(tmp_path / name))
-    out = tmp_path / "s.json"
+    out = tmp_path / "new" / "s.json"  # its directory made, as --out's check promises
     assert spread.main([*paths, "--out", str(out)]) == 0
     found = json.loads(out.read_text())
     r0, r1 = found["rows"]

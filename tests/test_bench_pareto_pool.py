@@ -80,7 +80,7 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(first()))
     b.write_text(json.dumps(second()))
-    out = tmp_path / "pool.json"
+    out = tmp_path / "new" / "pool.json"  # its directory made, as --out's check promises
     assert pool.main([str(a), str(b), "--out", str(out)]) == 0
     # tp-l2 ran at 0.3x only: at 0.5x its one point is read beyond its ends, and the
     # table says so beside the pairs that are bracketed.
