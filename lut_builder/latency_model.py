@@ -236,7 +236,8 @@ def calibrate_overhead(
     check = None
     if checks:
         try:
-            check = {**check_latency_model(cal, points[0], measured[fitted:]),
+            blocks = [timed.block_medians(i) for i in (0, *range(fitted, len(sums)))]
+            check = {**check_latency_model(cal, points[0], measured[fitted:], blocks),
                      "regime": timed.regime}  # fmt: skip
         except ValueError as exc:  # a check that cannot be computed must not cost the fit
             check_note = f"the latency model could not be checked: {exc}"
@@ -276,6 +277,7 @@ def check_latency_model(
     cal: Calibration,
     base: tuple[float, float],
     copies: Sequence[tuple[float, float]],
+    blocks: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """How well a fitted latency model predicts networks it was not fitted on.
 
@@ -283,6 +285,9 @@ def check_latency_model(
         cal: the fitted model.
         base: ``(layers_ms, measured_ms)`` of the unpruned model.
         copies: ``(layers_ms, measured_ms)`` of each held-out copy, measured with it.
+        blocks: the block medians the measurements are the medians of (the unpruned
+            model's, then each copy's, block by block; :class:`~lut_builder.end_to_end.
+            BlockTimings`), or None.
 
     Returns:
         ``copies`` (how many), per copy (``points``) the prediction, its relative error
@@ -290,13 +295,20 @@ def check_latency_model(
         over the unpruned model's prediction, against the same ratio measured: what
         pruning to a fraction of a model depends on), the median and largest of each
         error in magnitude, and ``within``: whether the speed-ups' errors are within
-        :data:`CHECK_LIMITS`.
+        :data:`CHECK_LIMITS`. With ``blocks`` (two or more), how precisely the check
+        measured the speed-ups: per copy ``speedup_se``, the standard error of its
+        measured speed-up (relative; the standard deviation of its per-block speed-ups'
+        logarithms over the square root of the blocks), and their median,
+        ``speedup_se_median``; a miss within two of them is what measuring again could
+        move.
 
     Raises:
-        ValueError: no copies, or a value that is not positive and finite.
+        ValueError: no copies, a value that is not positive and finite, or ``blocks``
+            not one list per model of equal lengths.
     """
     if not copies:
         raise ValueError("no copy to check the latency model on")
+    ses = speedup_standard_errors(blocks, len(copies)) if blocks is not None else None
     for lay, meas in (base, *copies):
         if not (math.isfinite(lay) and math.isfinite(meas) and lay > 0 and meas > 0):
             raise ValueError(f"bad check point: layers {lay!r} ms, measured {meas!r} ms")
@@ -318,6 +330,11 @@ def check_latency_model(
     errors = [abs(r["error"]) for r in rows]
     speedups = [abs(r["speedup_error"]) for r in rows]
     median, largest = statistics.median(speedups), max(speedups)
+    precision = {}
+    if ses is not None:
+        for r, se in zip(rows, ses):
+            r["speedup_se"] = se
+        precision = {"speedup_se_median": statistics.median(ses)}
     return {
         "copies": len(rows),
         "error_median": statistics.median(errors),
@@ -325,8 +342,39 @@ def check_latency_model(
         "speedup_error_median": median,
         "speedup_error_max": largest,
         "within": median <= CHECK_LIMITS[0] and largest <= CHECK_LIMITS[1],
+        **precision,
         "points": rows,
     }
+
+
+def speedup_standard_errors(blocks: Sequence[Sequence[float]], copies: int) -> list[float] | None:
+    """Per copy, the standard error of its measured speed-up over the unpruned model
+    from paired block medians (:func:`check_latency_model`), or None with fewer than two
+    blocks.
+
+    Args:
+        blocks: the unpruned model's block medians, then each copy's, block by block.
+        copies: how many copies.
+
+    Raises:
+        ValueError: not ``copies + 1`` lists of one length, or a value that is not
+            positive and finite.
+    """
+    if len(blocks) != copies + 1 or len({len(b) for b in blocks}) != 1:
+        raise ValueError(
+            f"blocks must be {copies + 1} lists of equal length (the model's, then each copy's)"
+        )
+    n = len(blocks[0])
+    if n < 2:
+        return None
+    for value in (v for b in blocks for v in b):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"bad block median: {value!r} ms")
+    base = blocks[0]
+    return [
+        statistics.stdev(math.log(b0 / b) for b0, b in zip(base, copy)) / math.sqrt(n)
+        for copy in blocks[1:]
+    ]
 
 
 def describe_check(check: Mapping[str, Any]) -> str:
@@ -339,11 +387,22 @@ def describe_check(check: Mapping[str, Any]) -> str:
         f"{check['speedup_error_max']:.1%} at most (latencies {check['error_median']:.1%}, "
         f"{check['error_max']:.1%})"
     )
+    se = check.get("speedup_se_median")
+    if se is not None:
+        line += (
+            f", measured to ±{2 * se:.1%} (two standard errors over its blocks, median of "
+            "the copies)"
+        )
     if not check["within"]:
         line += (
             f"; beyond {CHECK_LIMITS[0]:.0%} / {CHECK_LIMITS[1]:.0%}: pruned networks will "
             "not land where this table predicts (measure them, e.g. halp-trt's --feedback)"
         )
+        if se is not None and check["speedup_error_median"] <= CHECK_LIMITS[0] + 2 * se:
+            line += (
+                "; the median miss is within what the check's own measurement scatters by, "
+                "so a second measurement may not confirm it"
+            )
     return line
 
 

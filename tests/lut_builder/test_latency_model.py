@@ -286,3 +286,38 @@ def test_describe_check_warns_only_beyond_the_limits():
     from types import MappingProxyType
 
     assert "copies (served)" in describe_check(MappingProxyType(served))
+
+
+def test_the_check_says_how_precisely_its_blocks_measured_the_speedups():
+    # Paired block by block: a copy that runs at half the unpruned model's latency in
+    # every block is measured exactly however the blocks' level moves; one whose ratio
+    # moves between blocks has the standard error of its per-block logarithms.
+    import math
+    import statistics
+
+    from lut_builder.latency_model import Calibration, check_latency_model, describe_check
+
+    cal = Calibration(0.0, 1.0, "additive")
+    base = [1.0, 1.2, 0.9, 1.1]
+    steady = [b / 2 for b in base]
+    moving = [0.5, 0.66, 0.45, 0.5]
+    check = check_latency_model(cal, (1.0, 1.0), [(0.5, 0.5), (0.5, 0.52)], [base, steady, moving])
+    first, second = check["points"]
+    assert first["speedup_se"] == pytest.approx(0.0, abs=1e-12)
+    want = statistics.stdev(math.log(b / m) for b, m in zip(base, moving)) / 2
+    assert second["speedup_se"] == pytest.approx(want) and want > 0
+    assert check["speedup_se_median"] == pytest.approx(want / 2)
+    assert f"measured to ±{want:.1%}" in describe_check(check)
+    # A miss beyond the limits but within the check's own scatter says so; one far
+    # beyond it does not.
+    noisy = [[1.0, 1.0, 1.0, 1.0], [0.6, 0.4, 0.6, 0.4]]
+    near = check_latency_model(cal, (1.0, 1.0), [(0.5, 0.47)], noisy)
+    assert near["within"] is False and "may not confirm it" in describe_check(near)
+    far = check_latency_model(cal, (1.0, 1.0), [(0.5, 0.8)], [[1, 1], [0.8, 0.8]])
+    assert far["within"] is False and "may not confirm" not in describe_check(far)
+    # One block: no precision to state; blocks that do not match the models: refused.
+    one = check_latency_model(cal, (1.0, 1.0), [(0.5, 0.5)], [[1.0], [0.5]])
+    assert "speedup_se_median" not in one and "measured to" not in describe_check(one)
+    for bad in ([[1.0, 1.0]], [[1.0, 1.0], [0.5]], [[1.0, 0.0], [0.5, 0.5]]):
+        with pytest.raises(ValueError):
+            check_latency_model(cal, (1.0, 1.0), [(0.5, 0.5)], bad)
