@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LIMITS = (0.05, 0.10)  # lut_builder.latency_model.CHECK_LIMITS, checked in the tests
-
 
 class PrecisionError(Exception):
     """A result that cannot be read."""
@@ -58,7 +56,7 @@ def read(path: str) -> dict[str, Any] | None:
 
 def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per table (runs grouped by table file name and check)."""
-    from lut_builder.latency_model import speedup_standard_errors
+    from lut_builder.latency_model import over_within_scatter, speedup_standard_errors
 
     tables: dict[tuple, dict[str, Any]] = {}
     for run in runs:
@@ -68,22 +66,19 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ses = speedup_standard_errors(run["blocks"], len(check["points"]))
             if ses is None:
                 continue
-            two_se = 2 * statistics.median(ses)
-            median = check["speedup_error_median"]
+            points = [{**p, "speedup_se": se} for p, se in zip(check["points"], ses)]
+            check = {**check, "points": points, "speedup_se_median": statistics.median(ses)}
             tables[key] = {
                 "table": run["table"],
                 "regime": check.get("regime", "round-robin"),
-                "check_median": median,
+                "check_median": check["speedup_error_median"],
                 "check_max": check["speedup_error_max"],
-                "two_se_median": two_se,
+                "two_se_median": 2 * check["speedup_se_median"],
                 "two_se_per_copy": [2 * se for se in ses],
-                "within_limits": median <= LIMITS[0] and check["speedup_error_max"] <= LIMITS[1],
-                # Over the limits by less than the check's own scatter (the build's line
+                "within_limits": check["within"],
+                # Over a limit by less than the check's own scatter (the build's line
                 # then says a second measurement may not confirm it).
-                "over_within_scatter": (
-                    not (median <= LIMITS[0] and check["speedup_error_max"] <= LIMITS[1])
-                    and median <= LIMITS[0] + two_se
-                ),
+                "over_within_scatter": over_within_scatter(check),
                 "fidelity_runs": [],
             }
         tables[key]["fidelity_runs"].append(
@@ -100,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from lut_builder.cli_args import OneLineParser
     from lut_builder.errors import UserError
     from lut_builder.fileio import atomic_write_json, check_output
+    from lut_builder.latency_model import CHECK_LIMITS
 
     p = OneLineParser(prog="check_precision.py", description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", help="bench/lut_fidelity.py results (JSON)")
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             out,
             {
                 "benchmark": "check_precision",
-                "limits": list(LIMITS),
+                "limits": list(CHECK_LIMITS),
                 "results": [Path(p).name for p in args.results],
                 "left_out": len(read_runs) - len(runs),
                 "tables": rows,

@@ -315,6 +315,14 @@ def test_the_check_says_how_precisely_its_blocks_measured_the_speedups():
     assert near["within"] is False and "may not confirm it" in describe_check(near)
     far = check_latency_model(cal, (1.0, 1.0), [(0.5, 0.8)], [[1, 1], [0.8, 0.8]])
     assert far["within"] is False and "may not confirm" not in describe_check(far)
+    # Each limit passed is judged by its own scatter: a median within its limit and a
+    # largest miss far past its own, precisely measured copy's is a miss.
+    copies = [(0.5, 0.5), (0.5, 0.5), (0.5, 0.4)]
+    blocks = [[1.0, 1.0], [0.6, 0.4], [0.6, 0.4], [0.4, 0.4]]
+    tail = check_latency_model(cal, (1.0, 1.0), copies, blocks)
+    assert tail["speedup_error_median"] == 0 and tail["speedup_error_max"] == pytest.approx(0.25)
+    assert tail["speedup_se_median"] > 0.1 and tail["points"][2]["speedup_se"] == 0
+    assert tail["within"] is False and "may not confirm" not in describe_check(tail)
     # One block: no precision to state; blocks that do not match the models: refused.
     one = check_latency_model(cal, (1.0, 1.0), [(0.5, 0.5)], [[1.0], [0.5]])
     assert "speedup_se_median" not in one and "measured to" not in describe_check(one)
