@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
         read_runs = [read(path) for path in args.results]
-    except (PrecisionError, UserError) as exc:
+        runs = [r for r in read_runs if r is not None]
+        rows = table_rows(runs)
+    except (PrecisionError, UserError, ValueError) as exc:  # ValueError: blocks unreadable
         print(f"check_precision.py: error: {exc}", file=sys.stderr)
         return 2
-    runs = [r for r in read_runs if r is not None]
-    rows = table_rows(runs)
     if not rows:
         print(
             "check_precision.py: error: no result carries a check with its blocks", file=sys.stderr
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "check_precision",
                 "limits": list(CHECK_LIMITS),
-                "results": [Path(p).name for p in args.results],
+                "results": [Path(path).name for path in args.results],
                 "left_out": len(read_runs) - len(runs),
                 "tables": rows,
                 "command": "python bench/check_precision.py " + " ".join(argv or sys.argv[1:]),

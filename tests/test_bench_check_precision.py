@@ -85,7 +85,10 @@ def test_bad_input_is_one_line_and_writes_nothing(precision, tmp_path, capsys):
         ([str(broken)], "is not a bench/lut_fidelity.py result"),
         ([str(tmp_path / "missing.json")], "is not a bench/lut_fidelity.py result"),
         ([str(bare)], "no result carries a check with its blocks"),
-    ):
+        # Blocks of unequal length: the standard errors cannot be computed.
+        ([result(tmp_path / "ragged.json", "r.db", 0.02, 0.04, [[0.5, 0.5], [0.5]])],
+         "blocks must be 3 lists of equal length"),
+    ):  # fmt: skip
         assert precision.main([*argv, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and said in err, err
