@@ -56,7 +56,12 @@ AUTO_IMPORTANCE = "auto"
 #: whole, and +0.28 [-0.1, +0.7] over it at 0.5x, 0.4x and 0.3x (30 pairs), where the
 #: budget cuts them; on the MobileNetV2 at batch 8 it is resolved ahead of FastNAS at
 #: 0.3x (the first criterion to be) and of Torch-Pruning's Taylor at 0.4x. No run lies
-#: between 0.5x and 0.6x: the switch is put halfway.
+#: between 0.5x and 0.6x: the switch is put halfway. Below it the choice depends on the
+#: model: on the ResNet-18 (AVX-512 Xeon, six seeds; bench/PARETO.md "The ResNet-18 at
+#: 0.5x and 0.3x on six seeds") :data:`AUTO_ABOVE` scored +1.17 [+0.4, +2.0] over
+#: ``taylor-fisher`` at 0.5x and +0.49 at 0.3x, where ``taylor-fisher`` keeps streams as
+#: wide as the blocks whole; on the MobileNetV2, whose streams are bottlenecks, the two
+#: rank the other way. Two models on one task did not settle a rule, so ``auto`` stays.
 AUTO_FISHER_BELOW = 0.55
 #: What ``auto`` runs from :data:`AUTO_FISHER_BELOW` up. ``taylor-weights`` sums a
 #: channel's terms over every layer that writes or reads it, so a residual stream's
