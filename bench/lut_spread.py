@@ -68,12 +68,14 @@ def load_run(path: str) -> dict[str, Any]:
     return run
 
 
-def ratios(run: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Each pruned model's (predicted, measured) latency over the unpruned model's."""
+def ratios(run: dict[str, Any], predicted: str = "pred_table_ms") -> dict[str, tuple[float, float]]:
+    """Each pruned model's (predicted, measured) latency over the unpruned model's, the
+    prediction read from each row's ``predicted`` (the table's; ``pred_table_lines_ms``:
+    the same table filled with its lines)."""
     rows = {r["model"]: r for r in run["rows"]}
     base = rows["unpruned"]
     return {
-        name: (r["pred_table_ms"] / base["pred_table_ms"], r["measured_ms"] / base["measured_ms"])
+        name: (r[predicted] / base[predicted], r["measured_ms"] / base["measured_ms"])
         for name, r in rows.items()
         if r.get("sample")
     }
@@ -154,11 +156,9 @@ def compare(runs: list[tuple[str, dict[str, Any]]], same_table: bool = False) ->
     # one table, those predictions are the same in every run that made them (checked), so
     # they stand against the mean of all the runs, older ones without them included.
     def lines_ratios(run: dict[str, Any]) -> dict[str, float] | None:
-        priced = {row["model"]: row for row in run["rows"]}
-        if not all("pred_table_lines_ms" in row for row in priced.values()):
+        if not all("pred_table_lines_ms" in row for row in run["rows"]):
             return None
-        base = priced["unpruned"]["pred_table_lines_ms"]
-        return {m: priced[m]["pred_table_lines_ms"] / base for m in models}
+        return {m: pred for m, (pred, _) in ratios(run, "pred_table_lines_ms").items()}
 
     priced = [lines_ratios(run) for _, run in runs]
     if same_table:
