@@ -49,6 +49,8 @@ def _render(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..table.store import recorded_timing_loops
+
     con = Console()
     fp = s["fingerprint"]
     kind = "" if fp.get("is_measurement", True) else " [yellow](analytic model, not measured)[/]"
@@ -63,9 +65,7 @@ def _render(s: dict[str, Any]) -> None:
         f"backend {fp.get('backend')} · {fp.get('precision')} · {fp.get('device')}{threads_txt} · "
         f"batch {fp.get('batch')} · versions {fp.get('versions')}"
     )
-    loops = [
-        {k: v for k, v in e.items() if k != "worker"} for e in s["info"].get("timing_loops", [])
-    ]
+    loops = recorded_timing_loops(s["info"])
     if loops:  # how each process that measured points timed them (Backend.timing_loop)
         kinds = [loop for k, loop in enumerate(loops) if loop not in loops[:k]]
         said = "; ".join(", ".join(f"{k} {v}" for k, v in loop.items()) for loop in kinds)

@@ -281,9 +281,7 @@ class LatencyTable:
         minimum time...: :meth:`lut_builder.backends.Backend.timing_loop`), or None where
         none was recorded (a table built before builds recorded it, or not measured) or
         the builds that filled it used different loops."""
-        loops = [
-            {k: v for k, v in e.items() if k != "worker"} for e in self.info.get("timing_loops", [])
-        ]
+        loops = recorded_timing_loops(self.info)
         if not loops or any(loop != loops[0] for loop in loops[1:]):
             return None
         return loops[0]
@@ -814,6 +812,12 @@ def register_plan(
 def _few(labels: list[str]) -> str:
     shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
     return f"{len(labels)} signature{'s' if len(labels) > 1 else ''} ({shown})"
+
+
+def recorded_timing_loops(info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The timing loops a table's ``info`` records, one per process that measured points,
+    without the process that recorded each (:attr:`LatencyTable.timing_loop`)."""
+    return [{k: v for k, v in e.items() if k != "worker"} for e in info.get("timing_loops", [])]
 
 
 def table_threads(fingerprint: Mapping[str, Any]) -> int | None:
