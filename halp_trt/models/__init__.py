@@ -81,6 +81,15 @@ def mobilenetv2_cifar(
 
 
 @register_model
+def resnet26_bottleneck_cifar(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """Bottleneck ResNet-26 (four stages of two bottleneck blocks; inner widths 32-256,
+    residual streams four times as wide, 128-1024; 3.5 M parameters) with a 3x3 stride-1
+    stem and no max-pool, for 16x16 and 32x32 inputs: the streams are wider than the
+    layers they feed, where a MobileNetV2's are narrower and a ResNet-18's as wide."""
+    return ResNet(Bottleneck, (2, 2, 2, 2), num_classes, in_channels, width=32, small_input=True)
+
+
+@register_model
 def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-18 with torchvision's layout, for 224x224 inputs (11.7 M parameters)."""
     from .resnet import BasicBlock as ImageNetBasicBlock

@@ -60,7 +60,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet for 224x224 inputs: 7x7/2 stem, max pool, four stages, pool, linear."""
+    """ResNet for 224x224 inputs: 7x7/2 stem, max pool, four stages, pool, linear.
+
+    ``small_input=True`` gives the CIFAR stem instead (a 3x3 stride-1 convolution, no
+    max pool), for 16x16 and 32x32 inputs; ``width`` is the first stage's inner width.
+    """
 
     def __init__(
         self,
@@ -69,12 +73,18 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         in_channels: int = 3,
         width: int = 64,
+        small_input: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        if num_classes < 1 or in_channels < 1 or width < 1:
+            raise ValueError("num_classes, in_channels and width must be positive")
+        if small_input:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool: nn.Module = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         in_planes = width
         stages = []
         for i, n in enumerate(layers):

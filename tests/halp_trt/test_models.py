@@ -9,7 +9,7 @@ import torch.nn as nn
 from halp_trt.graph import ChannelGraph, uniform_width
 from halp_trt.models import create_model, list_models
 
-SMALL = ("mobilenetv2_cifar", "resnet18_cifar")
+SMALL = ("mobilenetv2_cifar", "resnet18_cifar", "resnet26_bottleneck_cifar")
 
 
 def _spatial_sizes(model: nn.Module, x: torch.Tensor) -> list[int]:
@@ -68,6 +68,27 @@ def test_resnet18_layout():
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     assert sorted({c.out_channels for c in convs}) == [64, 128, 256, 512]
     assert 11.0e6 < sum(p.numel() for p in model.parameters()) < 11.3e6
+
+
+def test_resnet26_bottleneck_layout():
+    from halp_trt.models import Bottleneck
+
+    model = create_model("resnet26_bottleneck_cifar")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].kernel_size == (3, 3) and convs[0].stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 8
+    # each block narrows its stream by four and widens back: 128 -> 32 -> 128 first
+    assert [(b.conv1.out_channels, b.conv3.out_channels) for b in blocks[::2]] == [
+        (32, 128),
+        (64, 256),
+        (128, 512),
+        (256, 1024),
+    ]
+    assert 3.4e6 < sum(p.numel() for p in model.parameters()) < 3.6e6
+    with pytest.raises(ValueError):
+        create_model("resnet26_bottleneck_cifar", num_classes=0)
 
 
 @pytest.mark.parametrize("name", SMALL)
