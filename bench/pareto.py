@@ -67,7 +67,8 @@ comes before those epochs):
   ``halp-taylor-fisher-calib`` with ``taylor-fisher`` (each minibatch's BatchNorm
   Taylor score squared, then averaged: the empirical Fisher information);
   ``halp-auto-calib`` with ``auto`` (``taylor-fisher`` below 0.55x of the dense
-  latency, ``taylor-weights-mean`` from there up: the default) and ``halp-auto-macs-calib``
+  latency where the residual streams are narrower than half the layers they feed,
+  ``taylor-weights-mean`` otherwise: the default) and ``halp-auto-macs-calib``
   the same on the MACs table (the ablation of what the default ships);
 - ``halp-sensitivity-calib``: the same path with a criterion that measures instead of
   estimating (halp-trt's ``sensitivity-loss``, through :func:`sensitivity`, which scores

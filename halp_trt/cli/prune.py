@@ -17,8 +17,9 @@ MIN_INTERVAL_HELP = (
     "interval); a shorter window prunes in fewer steps, down to one; 1: none"
 )
 IMPORTANCE_HELP = (
-    "auto (default: taylor-fisher for a target below 0.55x of the unpruned latency, "
-    "taylor-weights-mean from there up), "
+    "auto (default: taylor-weights-mean, and for a target below 0.55x of the unpruned "
+    "latency taylor-fisher where the residual streams are narrower than half the layers "
+    "they feed, as a MobileNetV2's, or where there are none), "
     "taylor-weights (first-order Taylor on the weights of every layer that "
     "writes or reads a channel, in magnitude), taylor-weights-mean (the same averaged "
     "over those layers instead of summed), taylor-abs (HALP's Taylor score on the "

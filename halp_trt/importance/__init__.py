@@ -9,7 +9,8 @@ that write and read a channel, not on its BatchNorms), ``l1`` and ``l2`` (filter
 norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
 ``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
 training, on calibration minibatches); ``auto`` (:data:`DEFAULT_IMPORTANCE`) is
-``taylor-fisher`` or ``taylor-weights`` by the latency target (:func:`choose_importance`).
+``taylor-fisher`` or ``taylor-weights-mean`` by the latency target and the width of the
+residual streams (:func:`choose_importance`, :func:`stream_width_ratio`).
 ``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
 also takes a criterion object (a class or a factory).
 """
@@ -19,6 +20,7 @@ from .base import (
     AUTO_ABOVE,
     AUTO_FISHER_BELOW,
     AUTO_IMPORTANCE,
+    AUTO_MEAN_STREAMS,
     DEFAULT_IMPORTANCE,
     Importance,
     ImportanceError,
@@ -27,6 +29,7 @@ from .base import (
     list_importances,
     register_importance,
     resolve_importance,
+    stream_width_ratio,
 )
 from .magnitude import lamp_scores
 
@@ -34,6 +37,7 @@ __all__ = [
     "AUTO_ABOVE",
     "AUTO_FISHER_BELOW",
     "AUTO_IMPORTANCE",
+    "AUTO_MEAN_STREAMS",
     "DEFAULT_IMPORTANCE",
     "Importance",
     "ImportanceError",
@@ -43,4 +47,5 @@ __all__ = [
     "list_importances",
     "register_importance",
     "resolve_importance",
+    "stream_width_ratio",
 ]

@@ -27,8 +27,8 @@ from ..errors import UserError
 _REGISTRY: dict[str, type[Importance]] = {}
 
 #: The criterion the pruner, ``halp-trt prune`` and ``halp-trt run`` use unless told:
-#: ``auto``, one of two criteria by the latency target (:func:`choose_importance`).
-#: HALP's ``taylor`` takes the absolute value of the sum of a channel's first-order terms
+#: ``auto``, one of two criteria by the latency target and the width of the residual
+#: streams (:func:`choose_importance`). HALP's ``taylor`` takes the absolute value of the sum of a channel's first-order terms
 #: over the BatchNorms its group couples; in a residual stream those are the projections
 #: of several blocks, whose terms cancel, and the knapsack cut MobileNetV2's streams to
 #: the floor. ``taylor-abs`` sums the terms' magnitudes and kept them wider (2.2 points at
@@ -45,8 +45,8 @@ _REGISTRY: dict[str, type[Importance]] = {}
 DEFAULT_IMPORTANCE = "auto"
 
 #: The name of the criterion chosen by the latency target (:func:`choose_importance`):
-#: ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW` of the unpruned latency,
-#: :data:`AUTO_ABOVE` from it up.
+#: ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW` of the unpruned latency (unless the
+#: residual streams are wide: :data:`AUTO_MEAN_STREAMS`), :data:`AUTO_ABOVE` from it up.
 AUTO_IMPORTANCE = "auto"
 #: Where ``auto`` switches. Over every pair of the two criteria in bench/results
 #: (bench/pareto_pairs.py halp-taylor-fisher-calib halp-taylor-weights-calib: the
@@ -57,11 +57,7 @@ AUTO_IMPORTANCE = "auto"
 #: budget cuts them; on the MobileNetV2 at batch 8 it is resolved ahead of FastNAS at
 #: 0.3x (the first criterion to be) and of Torch-Pruning's Taylor at 0.4x. No run lies
 #: between 0.5x and 0.6x: the switch is put halfway. Below it the choice depends on the
-#: model: on the ResNet-18 (AVX-512 Xeon, six seeds; bench/PARETO.md "The ResNet-18 at
-#: 0.5x and 0.3x on six seeds") :data:`AUTO_ABOVE` scored +1.17 [+0.4, +2.0] over
-#: ``taylor-fisher`` at 0.5x and +0.49 at 0.3x, where ``taylor-fisher`` keeps streams as
-#: wide as the blocks whole; on the MobileNetV2, whose streams are bottlenecks, the two
-#: rank the other way. Two models on one task did not settle a rule, so ``auto`` stays.
+#: width of the model's residual streams: see :data:`AUTO_MEAN_STREAMS`.
 AUTO_FISHER_BELOW = 0.55
 #: What ``auto`` runs from :data:`AUTO_FISHER_BELOW` up. ``taylor-weights`` sums a
 #: channel's terms over every layer that writes or reads it, so a residual stream's
@@ -77,6 +73,21 @@ AUTO_FISHER_BELOW = 0.55
 #: At 0.5x and below it sends the streams to the floor (-1.0 under ``taylor-weights``),
 #: where ``taylor-fisher`` runs.
 AUTO_ABOVE = "taylor-weights-mean"
+#: Below :data:`AUTO_FISHER_BELOW`, ``auto`` keeps :data:`AUTO_ABOVE` on a network whose
+#: residual streams are at least this fraction as wide as the layers they feed
+#: (:func:`stream_width_ratio`). ``taylor-fisher`` adds up a stream channel's terms over
+#: the BatchNorms of every block that writes it and keeps the streams; where they are bottlenecks (a
+#: MobileNetV2's, 0.17 of the expansions they feed) cutting them costs, and it scored
+#: +0.41 over ``taylor-weights`` at 0.5x where the averaged terms scored -0.9 under it
+#: (Zen 3). Where the streams are as wide as the blocks (the ResNet-18's, 0.77) the
+#: averaged terms cut them and scored +1.17 [+0.4, +2.0] over ``taylor-fisher`` at 0.5x
+#: and +0.49 [-0.4, +1.4] at 0.3x (six seeds, AVX-512 Xeon); where they are wider (a
+#: bottleneck ResNet-26's, 2.97; the rule set before its runs) +1.51 [+0.2, +2.8] and
+#: +1.38 [-0.2, +2.9], and +2.77 and +3.84 over uniform width (bench/PARETO.md "Which
+#: criterion below 0.55x: by the width of the residual streams"). The threshold lies
+#: between the two kinds measured; a network without residual sums keeps
+#: ``taylor-fisher``, as before.
+AUTO_MEAN_STREAMS = 0.5
 
 
 class ImportanceError(UserError):
@@ -214,14 +225,55 @@ def per_output_channel(t: torch.Tensor) -> torch.Tensor:
 ImportanceSpec = Any
 
 
-def choose_importance(spec: ImportanceSpec, fraction: float) -> ImportanceSpec:
-    """The criterion ``spec`` names for a target of ``fraction`` of the unpruned latency:
-    ``auto`` is ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW`, :data:`AUTO_ABOVE`
-    otherwise; any other spec is itself."""
+def stream_width_ratio(graph: Any) -> float | None:
+    """How wide a network's residual streams are against the layers they feed.
+
+    A stream is a prunable group written by two or more dense layers (the convolutions
+    whose outputs a residual sum adds: a stage's block outputs and its shortcut). For
+    each stream and each dense layer reading it whose output is a prunable group and
+    not itself a stream (a block's first convolution, an inverted residual's expansion;
+    not a shortcut into the next stream, not the classifier), the ratio of the stream's
+    width to that layer's output width; the geometric mean of those ratios: about 1/6 on
+    a MobileNetV2 (streams the bottlenecks of the expansions they feed), 1 on a
+    ResNet-18, 4 on a bottleneck ResNet. None where the network has no such pair.
+    """
+    dense = {name for name, info in graph.layers.items() if info.signature.group_mode == "dense"}
+    writes = {ref.layer: g for g in graph.groups for ref in g.producers}
+
+    def is_stream(group: Any) -> bool:
+        return sum(ref.layer in dense for ref in group.producers) >= 2
+
+    logs = [
+        float(np.log(stream.size / out.size))
+        for stream in graph.prunable
+        if is_stream(stream)
+        for ref in stream.consumers
+        if ref.layer in dense
+        and (out := writes.get(ref.layer)) is not None
+        and out.prunable
+        and not is_stream(out)
+    ]
+    return float(np.exp(np.mean(logs))) if logs else None
+
+
+def choose_importance(
+    spec: ImportanceSpec, fraction: float, graph: Any | None = None
+) -> ImportanceSpec:
+    """The criterion ``spec`` names for a target of ``fraction`` of the unpruned latency.
+
+    ``auto`` is :data:`AUTO_ABOVE` from :data:`AUTO_FISHER_BELOW` up; below it,
+    ``taylor-fisher``, unless ``graph`` is given and its residual streams are at least
+    :data:`AUTO_MEAN_STREAMS` as wide as the layers they feed
+    (:func:`stream_width_ratio`), where it stays :data:`AUTO_ABOVE`. Any other spec is
+    itself.
+    """
     if not (isinstance(spec, str) and spec == AUTO_IMPORTANCE):
         return spec
     # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
-    return "taylor-fisher" if round(fraction, 6) < AUTO_FISHER_BELOW else AUTO_ABOVE
+    if round(fraction, 6) >= AUTO_FISHER_BELOW:
+        return AUTO_ABOVE
+    ratio = stream_width_ratio(graph) if graph is not None else None
+    return AUTO_ABOVE if ratio is not None and ratio >= AUTO_MEAN_STREAMS else "taylor-fisher"
 
 
 def _auto_unchosen(graph: Any) -> Importance:

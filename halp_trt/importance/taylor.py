@@ -244,7 +244,9 @@ class TaylorFisherImportance(TaylorImportance):
     information"): ahead of FastNAS at 0.3x (resolved) and level at 0.5x, behind the
     default at 0.6x and 0.7x, where both trail uniform width; level with the default at
     batch 1 and on the ResNet-18. The default ``auto`` runs it below 0.55x of the
-    unpruned latency (:data:`~halp_trt.importance.base.AUTO_FISHER_BELOW`).
+    unpruned latency (:data:`~halp_trt.importance.base.AUTO_FISHER_BELOW`) on networks
+    whose residual streams are narrower than the layers they feed
+    (:data:`~halp_trt.importance.base.AUTO_MEAN_STREAMS`).
     """
 
     squared = True

@@ -280,7 +280,7 @@ class HALPCallback(Callback):
         )
         rank_zero_info(
             f"HALP: unpruned predicted {p.base_ms:.4g} ms, target {config.target} = "
-            f"{p.target_ms:.4g} ms; {when} ({p.importance_label} importance)"
+            f"{p.target_ms:.4g} ms; {when} (importance {p.importance_label})"
         )
 
     def _open_table(self) -> Any:

@@ -61,11 +61,13 @@ import torch.nn as nn
 from ..errors import PruningError, UserError
 from ..graph import ChannelGraph
 from ..importance import (
+    AUTO_FISHER_BELOW,
     DEFAULT_IMPORTANCE,
     Importance,
     ImportanceError,
     choose_importance,
     resolve_importance,
+    stream_width_ratio,
 )
 from . import distributed as ddp
 from . import optim_state
@@ -274,13 +276,21 @@ class Pruner:
             )
         self._check_feasible()
         #: What was asked for (``"auto"`` included); :attr:`importance_name` is what runs,
-        #: :attr:`importance_label` how logs name it (``taylor-fisher, auto at 0.40x``).
+        #: :attr:`importance_label` how logs name it (``taylor-fisher, auto at 0.40x,
+        #: streams 0.17x the width of the layers they feed``).
         self.importance_asked = self.importance_label = self.importance_name
         fraction = self.target_ms / self.base_ms
-        chosen = choose_importance(importance, fraction)
+        chosen = choose_importance(importance, fraction, self.graph)
         if chosen is not importance:
             criterion, self.importance_name = resolve_importance(chosen)
             self.importance_label = f"{self.importance_name}, {importance} at {fraction:.2f}x"
+            if round(fraction, 6) < AUTO_FISHER_BELOW:
+                ratio = stream_width_ratio(self.graph)
+                self.importance_label += (
+                    " without residual streams"
+                    if ratio is None
+                    else f", streams {ratio:.2f}x the width of the layers they feed"
+                )
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):
             raise ImportanceError(

@@ -223,7 +223,7 @@ def prune_classifier(
     )
     speak(
         f"unpruned predicted {pruner.base_ms:.4f} ms; target {prune.target} = "
-        f"{pruner.target_ms:.4f} ms; {pruner.when} ({pruner.importance_label} importance)"
+        f"{pruner.target_ms:.4f} ms; {pruner.when} (importance {pruner.importance_label})"
     )
     log: dict[str, Any] = {
         **(log_extra or {}),

@@ -422,6 +422,50 @@ def test_taylor_state_round_trip(resnet):
         b.load_state_dict({"sum": torch.zeros(3), "n": 1.0})
 
 
+def test_stream_width_ratio_reads_the_residual_streams_against_the_layers_they_feed():
+    """MobileNetV2's streams are a sixth of the expansions they feed, a ResNet-18's as
+    wide as its blocks (their first convolutions; the next stage's are twice as wide),
+    a bottleneck ResNet's four times; a network without residual sums has none."""
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import stream_width_ratio
+    from halp_trt.models import create_model
+
+    def ratio(model):
+        return stream_width_ratio(ChannelGraph(model.eval(), torch.randn(1, 3, 16, 16)))
+
+    assert ratio(create_model("mobilenetv2_cifar")) == pytest.approx(1 / 6)
+    # each stream feeds its stage's second block (1) and, but the last, the next stage's
+    # first (1/2): eight pairs, three halvings
+    assert ratio(create_model("resnet18_cifar")) == pytest.approx(0.5 ** (3 / 8))
+    assert ratio(create_model("resnet26_bottleneck_cifar")) == pytest.approx(2.972, abs=1e-3)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()
+    )
+    assert ratio(plain) is None
+
+
+def test_auto_below_the_switch_chooses_by_the_streams():
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import AUTO_ABOVE, AUTO_FISHER_BELOW, choose_importance
+    from halp_trt.models import create_model
+
+    def graph(name):
+        return ChannelGraph(create_model(name).eval(), torch.randn(1, 3, 16, 16))
+
+    narrow, wide = graph("mobilenetv2_cifar"), graph("resnet26_bottleneck_cifar")
+    level = graph("resnet18_cifar")
+    assert choose_importance("auto", 0.3, narrow) == "taylor-fisher"
+    assert choose_importance("auto", 0.3, level) == AUTO_ABOVE
+    assert choose_importance("auto", 0.3, wide) == AUTO_ABOVE
+    # from the switch up, and for a named criterion, the streams do not matter
+    assert choose_importance("auto", AUTO_FISHER_BELOW, narrow) == AUTO_ABOVE
+    assert choose_importance("l2", 0.3, wide) == "l2"
+    plain = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    assert choose_importance("auto", 0.3, ChannelGraph(plain, torch.randn(1, 3, 16, 16))) == (
+        "taylor-fisher"
+    )
+
+
 def test_auto_names_a_criterion_once_the_target_is_known():
     from halp_trt.importance import (
         AUTO_FISHER_BELOW,

@@ -350,22 +350,30 @@ def test_infeasible_and_pointless_targets(table):
 
 
 @pytest.mark.parametrize(
-    "target, chosen",
+    "target, streams, chosen",
     [
-        ("0.54x", "taylor-fisher"),
-        ("0.55x", "taylor-weights-mean"),
-        ("0.7x", "taylor-weights-mean"),
+        ("0.54x", 0.5, "taylor-weights-mean"),
+        ("0.54x", 0.7, "taylor-fisher"),
+        ("0.55x", 0.7, "taylor-weights-mean"),
+        ("0.7x", 0.5, "taylor-weights-mean"),
     ],
 )
-def test_auto_importance_is_chosen_by_the_target(table, target, chosen):
+def test_auto_importance_is_chosen_by_the_target(table, monkeypatch, target, streams, chosen):
+    """The ResNet-8's streams are 0.63x the width of the layers they feed: at or above
+    the ``streams`` a network needs to keep ``taylor-weights-mean`` below the switch."""
+    import halp_trt.importance.base as base
     from halp_trt.importance import get_importance
 
+    monkeypatch.setattr(base, "AUTO_MEAN_STREAMS", streams)
     model, x = fresh()
     args = {"steps": 2, "interval": 2, "importance": "auto", "min_keep": 0.1}
     pruner = Pruner(model, x, table, target, **args)
     assert pruner.importance_asked == "auto" and pruner.importance_name == chosen
     assert type(pruner.importance) is get_importance(chosen)
-    assert pruner.importance_label == f"{chosen}, auto at {float(target[:-1]):.2f}x"
+    label = f"{chosen}, auto at {float(target[:-1]):.2f}x"
+    if target == "0.54x":
+        label += ", streams 0.63x the width of the layers they feed"
+    assert pruner.importance_label == label
     # the state records what ran (loading compares it with the loading pruner's)
     state = pruner.state_dict()
     assert state["config"]["importance"] == chosen
