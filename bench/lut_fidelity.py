@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     step = args.step or table.step
     # --remeasure: a measurer of the table's own kind (refused, before anything is timed,
     # where this backend would not measure what the table's points measured).
-    measurer = None
+    measurer = remeasure_loop = None
     if args.remeasure:
         measurer, why = table_measurer(
             table, args.backend, get_backend, {**REMEASURE_LOOP, **ropts}
@@ -381,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     elements = [output_elements(layers) for layers in shapes]
     for row, n in zip(rows, elements):
         row["output_elements"] = n
+    remeasured_points = remeasured = by_signature = None
     if measurer is not None:
+        remeasured_points = len(configs)
         fresh_points = remeasure(measurer, configs, table.unit_ms)
         measurer.close()
         fresh = [sum(fresh_points[p] for p in layers) for layers in shapes]
@@ -477,13 +479,13 @@ def main(argv: list[str] | None = None) -> int:
         "errors_fresh_speedup": (
             stats("err_fresh_speedup") if "err_fresh_speedup" in rows[0] else None
         ),
-        "remeasured_points": len(configs) if measurer is not None else None,
+        "remeasured_points": remeasured_points,
         # The per-point timing loop of the fresh measurements, and where it came from.
-        "remeasure_loop": remeasure_loop if measurer is not None else None,
+        "remeasure_loop": remeasure_loop,
         # Per signature: fresh over table values of its configurations (median, p10, p90),
         # and its share of the unpruned model's layer sum; then every configuration.
-        "remeasured_by_signature": by_signature if measurer is not None else None,
-        "remeasured": remeasured if measurer is not None else None,
+        "remeasured_by_signature": by_signature,
+        "remeasured": remeasured,
         "residual_vs_elements": residual_vs_elements(pruned),
         "level_vs_calibration": level_shift,
         "calibration_block_medians_ms": (table.overhead or {}).get("block_medians_ms"),
