@@ -28,10 +28,10 @@ _REGISTRY: dict[str, type[Importance]] = {}
 
 #: The criterion the pruner, ``halp-trt prune`` and ``halp-trt run`` use unless told:
 #: ``auto``, one of two criteria by the latency target and the width of the residual
-#: streams (:func:`choose_importance`). HALP's ``taylor`` takes the absolute value of the sum of a channel's first-order terms
-#: over the BatchNorms its group couples; in a residual stream those are the projections
-#: of several blocks, whose terms cancel, and the knapsack cut MobileNetV2's streams to
-#: the floor. ``taylor-abs`` sums the terms' magnitudes and kept them wider (2.2 points at
+#: streams (:func:`choose_importance`). HALP's ``taylor`` takes the absolute value of the
+#: sum of a channel's first-order terms over the BatchNorms its group couples; in a
+#: residual stream those are the projections of several blocks, whose terms cancel, and
+#: the knapsack cut MobileNetV2's streams to the floor. ``taylor-abs`` sums the terms' magnitudes and kept them wider (2.2 points at
 #: 0.5x and 0.3x, bench/results/pareto_mobilenetv2_abs.json), but still sees a stream
 #: only through its writers. ``taylor-weights`` scores a channel on the weights of every
 #: layer that writes or reads it, the expansions of every block of the stage included,
@@ -70,16 +70,16 @@ AUTO_FISHER_BELOW = 0.55
 #: the ResNet-18; bench/PARETO.md "The default's upper branch averages") +0.27 [-0.01,
 #: +0.55] points over ``taylor-weights``, -0.04 [-0.41, +0.33] against uniform width and
 #: +0.42 [+0.09, +0.76] over Torch-Pruning's Taylor (15 of them).
-#: At 0.5x and below it sends the streams to the floor (-1.0 under ``taylor-weights``),
-#: where ``taylor-fisher`` runs.
+#: At 0.5x and below it sends the MobileNetV2's streams to the floor (-1.0 under
+#: ``taylor-weights``), where ``taylor-fisher`` runs (:data:`AUTO_MEAN_STREAMS`).
 AUTO_ABOVE = "taylor-weights-mean"
 #: Below :data:`AUTO_FISHER_BELOW`, ``auto`` keeps :data:`AUTO_ABOVE` on a network whose
 #: residual streams are at least this fraction as wide as the layers they feed
 #: (:func:`stream_width_ratio`). ``taylor-fisher`` adds up a stream channel's terms over
-#: the BatchNorms of every block that writes it and keeps the streams; where they are bottlenecks (a
-#: MobileNetV2's, 0.17 of the expansions they feed) cutting them costs, and it scored
-#: +0.41 over ``taylor-weights`` at 0.5x where the averaged terms scored -0.9 under it
-#: (Zen 3). Where the streams are as wide as the blocks (the ResNet-18's, 0.77) the
+#: the BatchNorms of every block that writes it and keeps the streams; where they are
+#: bottlenecks (a MobileNetV2's, 0.17 of the expansions they feed) cutting them costs,
+#: and it scored +0.41 over ``taylor-weights`` at 0.5x where the averaged terms scored
+#: about a point under it (-0.8 to -1.0 over the record's runs, Zen 3). Where the streams are as wide as the blocks (the ResNet-18's, 0.77) the
 #: averaged terms cut them and scored +1.17 [+0.4, +2.0] over ``taylor-fisher`` at 0.5x
 #: and +0.49 [-0.4, +1.4] at 0.3x (six seeds, AVX-512 Xeon); where they are wider (a
 #: bottleneck ResNet-26's, 2.97; the rule set before its runs) +1.51 [+0.2, +2.8] and
