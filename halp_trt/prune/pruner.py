@@ -970,8 +970,20 @@ class Pruner:
             if not same:
                 diffs.append(f"{key}: saved {other!r}, now {value!r}")
         if diffs:
+            hint = ""
+            if saved.get("importance") != mine["importance"] and self.importance_asked == (
+                DEFAULT_IMPORTANCE
+            ):
+                # ``auto`` may name another criterion than the version that saved the state
+                hint = (
+                    f"; {DEFAULT_IMPORTANCE} runs {mine['importance']} here: to resume as "
+                    f"saved, name --importance {saved.get('importance')}"
+                )
             raise PruningError(
-                "the pruner state was saved with another configuration (" + "; ".join(diffs) + ")"
+                "the pruner state was saved with another configuration ("
+                + "; ".join(diffs)
+                + ")"
+                + hint
             )
         keep = {int(g): tuple(int(c) for c in k) for g, k in state["keep"].items()}
         if set(keep) != set(self.keep):

@@ -326,6 +326,30 @@ def test_state_from_another_configuration_is_refused(table):
         other.load_state_dict(state)
 
 
+def test_state_whose_criterion_auto_no_longer_names_says_how_to_resume(table, monkeypatch):
+    """A state saved while ``auto`` ran ``taylor-fisher`` here, loaded where it runs
+    ``taylor-weights-mean``: refused, with the option that resumes it as saved."""
+    import halp_trt.importance.base as base
+
+    model, x = fresh()
+    args = {"steps": 4, "interval": 2, "importance": "auto", "min_keep": 0.1}
+    monkeypatch.setattr(base, "AUTO_MEAN_STREAMS", 10.0)
+    state = Pruner(model, x, table, "0.54x", **args).state_dict()
+    assert state["config"]["importance"] == "taylor-fisher"
+    monkeypatch.setattr(base, "AUTO_MEAN_STREAMS", 0.5)
+    now = Pruner(model, x, table, "0.54x", **args)
+    with pytest.raises(PruningError) as err:
+        now.load_state_dict(state)
+    assert str(err.value) == (
+        "the pruner state was saved with another configuration (importance: saved "
+        "'taylor-fisher', now 'taylor-weights-mean'); auto runs taylor-weights-mean here: "
+        "to resume as saved, name --importance taylor-fisher"
+    )
+    pinned = Pruner(model, x, table, "0.54x", **{**args, "importance": "taylor-fisher"})
+    pinned.load_state_dict(state)
+    assert pinned.importance_name == "taylor-fisher"
+
+
 def test_model_changing_size_between_steps_is_an_error(table):
     model, x = fresh()
     pruner = Pruner(model, x, table, "0.6x", steps=2, interval=2)
