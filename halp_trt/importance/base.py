@@ -31,17 +31,18 @@ _REGISTRY: dict[str, type[Importance]] = {}
 #: streams (:func:`choose_importance`). HALP's ``taylor`` takes the absolute value of the
 #: sum of a channel's first-order terms over the BatchNorms its group couples; in a
 #: residual stream those are the projections of several blocks, whose terms cancel, and
-#: the knapsack cut MobileNetV2's streams to the floor. ``taylor-abs`` sums the terms' magnitudes and kept them wider (2.2 points at
-#: 0.5x and 0.3x, bench/results/pareto_mobilenetv2_abs.json), but still sees a stream
-#: only through its writers. ``taylor-weights`` scores a channel on the weights of every
-#: layer that writes or reads it, the expansions of every block of the stage included,
-#: and keeps the streams; over every dense model of bench/results it was run on beside
-#: ``taylor-abs`` (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.47 points
-#: more [+0.09, +0.84]. ``taylor-fisher`` (the empirical Fisher information) chooses
-#: better which stream channels go once the budget cuts the streams, and worse where
-#: there is room to keep them; there ``taylor-weights-mean``, the weights' terms averaged
-#: over a channel's layers, cuts streams and expansions alike: see
-#: :data:`AUTO_FISHER_BELOW` and the README's "Accuracy against measured latency".
+#: the knapsack cut MobileNetV2's streams to the floor. ``taylor-abs`` sums the terms'
+#: magnitudes and kept them wider (2.2 points at 0.5x and 0.3x,
+#: bench/results/pareto_mobilenetv2_abs.json), but still sees a stream only through its
+#: writers. ``taylor-weights`` scores a channel on the weights of every layer that writes
+#: or reads it, the expansions of every block of the stage included, and keeps the
+#: streams; over every dense model of bench/results it was run on beside ``taylor-abs``
+#: (bench/pareto_pairs.py: seven settings, 51 pairs) it scored 0.47 points more [+0.09,
+#: +0.84]. ``taylor-fisher`` (the empirical Fisher information) chooses better which
+#: stream channels go once the budget cuts the streams, and worse where there is room to
+#: keep them; there ``taylor-weights-mean``, the weights' terms averaged over a channel's
+#: layers, cuts streams and expansions alike: see :data:`AUTO_FISHER_BELOW` and the
+#: README's "Accuracy against measured latency".
 DEFAULT_IMPORTANCE = "auto"
 
 #: The name of the criterion chosen by the latency target (:func:`choose_importance`):
@@ -79,14 +80,17 @@ AUTO_ABOVE = "taylor-weights-mean"
 #: the BatchNorms of every block that writes it and keeps the streams; where they are
 #: bottlenecks (a MobileNetV2's, 0.17 of the expansions they feed) cutting them costs,
 #: and it scored +0.41 over ``taylor-weights`` at 0.5x where the averaged terms scored
-#: about a point under it (-0.8 to -1.0 over the record's runs, Zen 3). Where the streams are as wide as the blocks (the ResNet-18's, 0.77) the
-#: averaged terms cut them and scored +1.17 [+0.4, +2.0] over ``taylor-fisher`` at 0.5x
-#: and +0.49 [-0.4, +1.4] at 0.3x (six seeds, AVX-512 Xeon); where they are wider (a
-#: bottleneck ResNet-26's, 2.97; the rule set before its runs) +1.51 [+0.2, +2.8] and
-#: +1.38 [-0.2, +2.9], and +2.77 and +3.84 over uniform width (bench/PARETO.md "Which
-#: criterion below 0.55x: by the width of the residual streams"). The threshold lies
-#: between the two kinds measured; a network without residual sums keeps
-#: ``taylor-fisher``, as before.
+#: about a point under it (-0.8 to -1.0 over the record's runs, Zen 3). Where the streams
+#: are as wide as the blocks (the ResNet-18's, 0.77) the averaged terms cut them and
+#: scored +1.17 [+0.4, +2.0] over ``taylor-fisher`` at 0.5x and +0.49 [-0.4, +1.4] at
+#: 0.3x (six seeds, AVX-512 Xeon); where they are wider (a bottleneck ResNet-26's, 2.97;
+#: the rule set before its runs) +1.51 [+0.2, +2.8] and +1.38 [-0.2, +2.9], and +2.77 and
+#: +3.84 over uniform width (bench/PARETO.md "Which criterion below 0.55x: by the width
+#: of the residual streams"). Over every pair of the two on record below 0.55x
+#: (bench/pareto_pairs.py) the averaged terms are -1.02 [-1.65, -0.40] under
+#: ``taylor-fisher`` on the MobileNetV2 (9 pairs, 0 ahead) and +1.10 [+0.66, +1.54] over
+#: it on the two ResNets (24 pairs, 21 ahead). The threshold lies between the two kinds
+#: measured; a network without residual sums keeps ``taylor-fisher``, as before.
 AUTO_MEAN_STREAMS = 0.5
 
 
