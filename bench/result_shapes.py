@@ -47,16 +47,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def stream_groups(graph: Any, model: Any) -> dict[int, bool]:
     """Each prunable group of ``graph`` that a conv of ``model`` writes: whether it is a
-    residual stream, written by several dense (ungrouped) convs (a block's inner width
-    has one, a depthwise conv beside it writing the same channels)."""
+    residual stream (:attr:`ChannelGraph.residual_streams`: written by several dense
+    layers; a block's inner width has one, a depthwise conv beside it writing the same
+    channels)."""
     import torch.nn as nn
 
-    dense = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
     convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    streams = graph.residual_streams
     return {
-        g.id: len({r.layer for r in g.producers if r.layer in dense}) > 1
-        for g in graph.prunable
-        if any(r.layer in convs for r in g.producers)
+        g.id: g.id in streams for g in graph.prunable if any(r.layer in convs for r in g.producers)
     }
 
 

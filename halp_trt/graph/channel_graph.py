@@ -703,6 +703,19 @@ class ChannelGraph:
         return [g for g in self.groups if not g.prunable]
 
     @property
+    def residual_streams(self) -> set[int]:
+        """Ids of the prunable groups written by two or more dense (ungrouped) layers: the
+        channels a residual sum adds (a stage's block outputs and its shortcut). A
+        block's inner width has one dense writer, a depthwise conv beside it writing the
+        same channels not counted."""
+        dense = {n for n, info in self.layers.items() if info.signature.group_mode == "dense"}
+        return {
+            g.id
+            for g in self.prunable
+            if len({r.layer for r in g.producers if r.layer in dense}) > 1
+        }
+
+    @property
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 

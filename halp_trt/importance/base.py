@@ -243,41 +243,47 @@ def stream_width_ratio(graph: Any) -> float | None:
     """
     dense = {name for name, info in graph.layers.items() if info.signature.group_mode == "dense"}
     writes = {ref.layer: g for g in graph.groups for ref in g.producers}
-
-    def is_stream(group: Any) -> bool:
-        return sum(ref.layer in dense for ref in group.producers) >= 2
-
+    streams = graph.residual_streams
     logs = [
         float(np.log(stream.size / out.size))
         for stream in graph.prunable
-        if is_stream(stream)
+        if stream.id in streams
         for ref in stream.consumers
         if ref.layer in dense
         and (out := writes.get(ref.layer)) is not None
         and out.prunable
-        and not is_stream(out)
+        and out.id not in streams
     ]
     return float(np.exp(np.mean(logs))) if logs else None
+
+
+def auto_choice(fraction: float, graph: Any | None = None) -> tuple[str, str]:
+    """What ``auto`` runs for a target of ``fraction`` of the unpruned latency, and why,
+    as the end of a log label: :data:`AUTO_ABOVE` from :data:`AUTO_FISHER_BELOW` up (no
+    reason); below it ``taylor-fisher``, unless ``graph`` is given and its residual
+    streams are at least :data:`AUTO_MEAN_STREAMS` as wide as the layers they feed
+    (:func:`stream_width_ratio`), where it stays :data:`AUTO_ABOVE` (``", streams 0.86x
+    the width of the layers they feed"``, or ``" without residual streams"``)."""
+    # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
+    if round(fraction, 6) >= AUTO_FISHER_BELOW:
+        return AUTO_ABOVE, ""
+    if graph is None:
+        return "taylor-fisher", ""
+    ratio = stream_width_ratio(graph)
+    if ratio is None:
+        return "taylor-fisher", " without residual streams"
+    why = f", streams {ratio:.2f}x the width of the layers they feed"
+    return (AUTO_ABOVE if ratio >= AUTO_MEAN_STREAMS else "taylor-fisher"), why
 
 
 def choose_importance(
     spec: ImportanceSpec, fraction: float, graph: Any | None = None
 ) -> ImportanceSpec:
-    """The criterion ``spec`` names for a target of ``fraction`` of the unpruned latency.
-
-    ``auto`` is :data:`AUTO_ABOVE` from :data:`AUTO_FISHER_BELOW` up; below it,
-    ``taylor-fisher``, unless ``graph`` is given and its residual streams are at least
-    :data:`AUTO_MEAN_STREAMS` as wide as the layers they feed
-    (:func:`stream_width_ratio`), where it stays :data:`AUTO_ABOVE`. Any other spec is
-    itself.
-    """
+    """The criterion ``spec`` names for a target of ``fraction`` of the unpruned latency:
+    for ``auto`` the one :func:`auto_choice` names; any other spec is itself."""
     if not (isinstance(spec, str) and spec == AUTO_IMPORTANCE):
         return spec
-    # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
-    if round(fraction, 6) >= AUTO_FISHER_BELOW:
-        return AUTO_ABOVE
-    ratio = stream_width_ratio(graph) if graph is not None else None
-    return AUTO_ABOVE if ratio is not None and ratio >= AUTO_MEAN_STREAMS else "taylor-fisher"
+    return auto_choice(fraction, graph)[0]
 
 
 def _auto_unchosen(graph: Any) -> Importance:

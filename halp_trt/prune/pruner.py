@@ -61,13 +61,12 @@ import torch.nn as nn
 from ..errors import PruningError, UserError
 from ..graph import ChannelGraph
 from ..importance import (
-    AUTO_FISHER_BELOW,
+    AUTO_IMPORTANCE,
     DEFAULT_IMPORTANCE,
     Importance,
     ImportanceError,
-    choose_importance,
+    auto_choice,
     resolve_importance,
-    stream_width_ratio,
 )
 from . import distributed as ddp
 from . import optim_state
@@ -280,17 +279,10 @@ class Pruner:
         #: streams 0.17x the width of the layers they feed``).
         self.importance_asked = self.importance_label = self.importance_name
         fraction = self.target_ms / self.base_ms
-        chosen = choose_importance(importance, fraction, self.graph)
-        if chosen is not importance:
+        if isinstance(importance, str) and importance == AUTO_IMPORTANCE:
+            chosen, why = auto_choice(fraction, self.graph)
             criterion, self.importance_name = resolve_importance(chosen)
-            self.importance_label = f"{self.importance_name}, {importance} at {fraction:.2f}x"
-            if round(fraction, 6) < AUTO_FISHER_BELOW:
-                ratio = stream_width_ratio(self.graph)
-                self.importance_label += (
-                    " without residual streams"
-                    if ratio is None
-                    else f", streams {ratio:.2f}x the width of the layers they feed"
-                )
+            self.importance_label = f"{self.importance_name}, {importance} at {fraction:.2f}x{why}"
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):
             raise ImportanceError(
@@ -971,12 +963,12 @@ class Pruner:
                 diffs.append(f"{key}: saved {other!r}, now {value!r}")
         if diffs:
             hint = ""
-            if saved.get("importance") != mine["importance"] and self.importance_asked == (
-                DEFAULT_IMPORTANCE
+            if saved.get("importance") != mine["importance"] and (
+                self.importance_asked == AUTO_IMPORTANCE
             ):
                 # ``auto`` may name another criterion than the version that saved the state
                 hint = (
-                    f"; {DEFAULT_IMPORTANCE} runs {mine['importance']} here: to resume as "
+                    f"; {AUTO_IMPORTANCE} runs {mine['importance']} here: to resume as "
                     f"saved, name --importance {saved.get('importance')}"
                 )
             raise PruningError(

@@ -438,6 +438,11 @@ def test_stream_width_ratio_reads_the_residual_streams_against_the_layers_they_f
     # first (1/2): eight pairs, three halvings
     assert ratio(create_model("resnet18_cifar")) == pytest.approx(0.5 ** (3 / 8))
     assert ratio(create_model("resnet26_bottleneck_cifar")) == pytest.approx(2.972, abs=1e-3)
+    # one stream per stage, written by its blocks' last convolutions and its shortcut
+    graph = ChannelGraph(
+        create_model("resnet26_bottleneck_cifar").eval(), torch.randn(1, 3, 16, 16)
+    )
+    assert sorted(graph.group(g).size for g in graph.residual_streams) == [128, 256, 512, 1024]
     plain = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()
     )
