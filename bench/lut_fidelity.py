@@ -516,7 +516,7 @@ def table_measurer(
     records one (:attr:`LatencyTable.timing_loop`; ``options`` first), refused unless its
     fingerprint's options and precision are the table's. Returns ``(measurer, "")`` or
     ``(None, why)``."""
-    import inspect
+    from lut_builder.backends import backend_options
 
     fp = table.fingerprint
     if fp.get("backend") != backend:
@@ -524,10 +524,7 @@ def table_measurer(
     # The table's own timing loop where it records one; ``options`` may override it.
     options = {**(getattr(table, "timing_loop", None) or {}), **options}
     try:
-        probe = get_backend(backend, **options)
-        kind = type(probe)
-        probe.close()
-        accepted = set(inspect.signature(kind.__init__).parameters)
+        accepted = backend_options(backend)
         stored = {k: v for k, v in (fp.get("options") or {}).items() if k in accepted}
         measurer = get_backend(backend, **{**stored, **options})
     except Exception as exc:  # noqa: BLE001 - one line for any refusal
@@ -581,9 +578,12 @@ def signature_summary(
     for p in dense:
         share[p[0]] = share.get(p[0], 0.0) + table_values[p] / dense_ms
     sigs = sorted({p[0] for p in configs}, key=lambda g: (-share.get(g, 0.0), g.key()))
+    by_sig: dict[Any, list[tuple]] = {}
+    for p in configs:
+        by_sig.setdefault(p[0], []).append(p)
     out = []
     for sig in sigs:
-        mine = [p for p in configs if p[0] == sig]
+        mine = by_sig[sig]
         ratios = np.array([fresh_points[p] / table_values[p] for p in mine])
         measured = [fresh_points[p] / table_values[p] for p in mine if p in in_table]
         out.append(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import platform
 from collections.abc import Callable
@@ -218,6 +219,19 @@ def _load_builtin(name: str) -> None:
         raise UserError(f"backend {name!r} cannot be loaded: {exc}") from exc
 
 
+def _registered(name: str) -> Callable[..., Backend]:
+    """The class registered as backend ``name``, its built-in module loaded first.
+
+    Raises:
+        UserError: unknown name, or a module that cannot be loaded.
+    """
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        _load_builtin(name)
+    if name not in _REGISTRY:
+        raise UserError(f"unknown backend {name!r}; known: {', '.join(list_backends())}")
+    return _REGISTRY[name]
+
+
 def list_backends() -> list[str]:
     """Names of all known backends (built-in and registered), sorted."""
     return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY))
@@ -251,14 +265,22 @@ def get_backend(name: str, **options: Any) -> Backend:
     """
     if name == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         raise UserError("the tensorrt backend needs TensorRT, which is not installed here")
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        _load_builtin(name)
-    if name not in _REGISTRY:
-        raise UserError(f"unknown backend {name!r}; known: {', '.join(list_backends())}")
+    cls = _registered(name)
     try:
-        return _REGISTRY[name](**options)
+        return cls(**options)
     except TypeError as exc:
         raise UserError(f"backend {name!r} does not take these options: {exc}") from exc
+
+
+def backend_options(name: str) -> frozenset[str]:
+    """The options a named backend's constructor takes (``precision``, ``threads``, ...),
+    read from its class without building one (nothing is measured or allocated).
+
+    Raises:
+        UserError: unknown name, or a built-in backend whose module cannot be loaded.
+    """
+    params = inspect.signature(_registered(name)).parameters.values()
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def make_runner(backend: str, model_or_path: Any, example_input: Any, **options: Any) -> Runner:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lut_builder.backends import (
+    backend_options,
     check_channels,
     get_backend,
     list_backends,
@@ -24,6 +25,33 @@ def test_registry_names_and_unknown_backend():
     assert {"analytic", "onnxruntime", "tensorrt", "torch"} <= set(list_backends())
     with pytest.raises(UserError, match="unknown backend 'nope'.*analytic.*onnxruntime"):
         get_backend("nope")
+
+
+def test_backend_options_are_the_constructors_without_building_one(monkeypatch):
+    import functools
+
+    import lut_builder.backends.onnxruntime.measurer as ort
+
+    built_count = []
+    init = ort.OnnxRuntimeBackend.__init__
+
+    @functools.wraps(init)  # the same signature, counted
+    def counting(self, *args, **kwargs):
+        built_count.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.OnnxRuntimeBackend, "__init__", counting)
+    opts = backend_options("onnxruntime")
+    assert {"threads", "copies", "clock", "precision"} <= opts and "self" not in opts
+    assert built_count == []  # read from the class, nothing built
+    monkeypatch.undo()
+    # Every option its fingerprint records under those names is one it takes.
+    built = get_backend("onnxruntime", threads=1)
+    assert {"threads", "copies", "clock"} <= set(built.fingerprint()["options"]) & opts
+    built.close()
+    assert "precision" in backend_options("analytic")
+    with pytest.raises(UserError, match="unknown backend 'nope'"):
+        backend_options("nope")
 
 
 def test_bad_option_is_user_error():
