@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .cifar_resnet import BasicBlock, CifarResNet
+from .convnext_cifar import ConvNeXtBlock, ConvNeXtCifar
 from .mobilenetv2 import InvertedResidual, MobileNetV2Cifar
 from .resnet import Bottleneck, ResNet
 from .resnet18_cifar import ResNet18Cifar
@@ -90,6 +91,16 @@ def resnet26_bottleneck_cifar(num_classes: int = 10, in_channels: int = 3) -> Re
 
 
 @register_model
+def convnext_cifar(num_classes: int = 10, in_channels: int = 3) -> ConvNeXtCifar:
+    """ConvNeXt-style network (four stages of two blocks: depthwise 7x7 on the residual
+    stream, 1x1 expansion 4x, GELU, 1x1 back; streams 32-256, expansions 128-1024;
+    BatchNorm for LayerNorm; 1.6 M parameters) with a 3x3 stride-1 stem, for 16x16 and
+    32x32 inputs: streams a quarter the width of the layers they feed, and depthwise
+    convolutions on the streams."""
+    return ConvNeXtCifar(num_classes, in_channels)
+
+
+@register_model
 def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-18 with torchvision's layout, for 224x224 inputs (11.7 M parameters)."""
     from .resnet import BasicBlock as ImageNetBasicBlock
@@ -108,6 +119,8 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "CifarResNet",
+    "ConvNeXtBlock",
+    "ConvNeXtCifar",
     "InvertedResidual",
     "MobileNetV2Cifar",
     "ResNet18Cifar",

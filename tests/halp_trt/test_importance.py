@@ -423,9 +423,10 @@ def test_taylor_state_round_trip(resnet):
 
 
 def test_stream_width_ratio_reads_the_residual_streams_against_the_layers_they_feed():
-    """MobileNetV2's streams are a sixth of the expansions they feed, a ResNet-18's as
-    wide as its blocks (their first convolutions; the next stage's are twice as wide),
-    a bottleneck ResNet's four times; a network without residual sums has none."""
+    """MobileNetV2's streams are a sixth of the expansions they feed, a ConvNeXt's a
+    quarter, a ResNet-18's as wide as its blocks (their first convolutions; the next
+    stage's are twice as wide), a bottleneck ResNet's four times; a network without
+    residual sums has none."""
     from halp_trt.graph import ChannelGraph
     from halp_trt.importance import stream_width_ratio
     from halp_trt.models import create_model
@@ -438,6 +439,9 @@ def test_stream_width_ratio_reads_the_residual_streams_against_the_layers_they_f
     # first (1/2): eight pairs, three halvings
     assert ratio(create_model("resnet18_cifar")) == pytest.approx(0.5 ** (3 / 8))
     assert ratio(create_model("resnet26_bottleneck_cifar")) == pytest.approx(2.972, abs=1e-3)
+    # a ConvNeXt's streams feed only its blocks' 4x expansions (the depthwise 7x7 on the
+    # stream writes the stream's own channels; the stride-2 convolutions write streams)
+    assert ratio(create_model("convnext_cifar")) == pytest.approx(0.25)
     # one stream per stage, written by its blocks' last convolutions and its shortcut
     graph = ChannelGraph(
         create_model("resnet26_bottleneck_cifar").eval(), torch.randn(1, 3, 16, 16)

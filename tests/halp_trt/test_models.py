@@ -9,7 +9,7 @@ import torch.nn as nn
 from halp_trt.graph import ChannelGraph, uniform_width
 from halp_trt.models import create_model, list_models
 
-SMALL = ("mobilenetv2_cifar", "resnet18_cifar", "resnet26_bottleneck_cifar")
+SMALL = ("mobilenetv2_cifar", "resnet18_cifar", "resnet26_bottleneck_cifar", "convnext_cifar")
 
 
 def _spatial_sizes(model: nn.Module, x: torch.Tensor) -> list[int]:
@@ -89,6 +89,37 @@ def test_resnet26_bottleneck_layout():
     assert 3.4e6 < sum(p.numel() for p in model.parameters()) < 3.6e6
     with pytest.raises(ValueError):
         create_model("resnet26_bottleneck_cifar", num_classes=0)
+
+
+def test_convnext_layout():
+    from halp_trt.models import ConvNeXtBlock, ConvNeXtCifar
+
+    model = create_model("convnext_cifar")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].kernel_size == (3, 3) and convs[0].stride == (1, 1)
+    blocks = [m for m in model.modules() if isinstance(m, ConvNeXtBlock)]
+    assert len(blocks) == 8
+    # a depthwise 7x7 on the stream, then 4x wider and back: 32 -> 128 -> 32 first
+    assert all(b.dw.groups == b.dw.in_channels == b.dw.out_channels for b in blocks)
+    assert {b.dw.kernel_size for b in blocks} == {(7, 7)}
+    assert [(b.pw1.in_channels, b.pw1.out_channels) for b in blocks[::2]] == [
+        (32, 128),
+        (64, 256),
+        (128, 512),
+        (256, 1024),
+    ]
+    # between stages, a 2x2 stride-2 convolution widens the stream
+    downs = [c for c in convs if c.kernel_size == (2, 2)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in downs] == [
+        (32, 64, (2, 2)),
+        (64, 128, (2, 2)),
+        (128, 256, (2, 2)),
+    ]
+    assert any(isinstance(m, nn.GELU) for m in model.modules())
+    assert 1.6e6 < sum(p.numel() for p in model.parameters()) < 1.7e6
+    for bad in ({"num_classes": 0}, {"expansion": 0}, {"dims": (32, 64), "depths": (2,)}):
+        with pytest.raises(ValueError):
+            ConvNeXtCifar(**bad)
 
 
 @pytest.mark.parametrize("name", SMALL)
