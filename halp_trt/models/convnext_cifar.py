@@ -3,11 +3,13 @@
 Each block is ConvNeXt's: a depthwise 7x7 on the residual stream, a normalisation, a
 1x1 expansion (factor 4), GELU, a 1x1 projection back to the stream's width, and the
 residual add. Between stages a normalisation and a 2x2 stride-2 convolution widen the
-stream. Two departures, both for pruning on small images: BatchNorm where ConvNeXt has
-LayerNorm (so every layer is a convolution a latency table prices, and BatchNorm folds
-into it on export), and a 3x3 stride-1 stem where ConvNeXt patchifies 4x4 (a 16x16 image
-keeps 16x16, 8x8, 4x4 and 2x2 for its four stages). No layer scale: the BatchNorm after
-the projection scales each channel; the head's normalisation comes before the pooling.
+stream. Three departures, for pruning on small images: BatchNorm where ConvNeXt has
+LayerNorm (a block's two fold into its convolutions on export; the four after a residual
+sum, before each downsampling and the head, stay as BatchNormalization nodes, the
+convolutions being what a latency table prices); a 3x3 stride-1 stem where ConvNeXt
+patchifies 4x4 (a 16x16 image keeps 16x16, 8x8, 4x4 and 2x2 for its four stages); no
+layer scale (the BatchNorm after the projection scales each channel). The head
+normalises before the pooling.
 
 Its residual streams are a quarter the width of the expansions that read them, as a
 MobileNetV2's are narrower than its expansions; unlike the MobileNetV2 the depthwise
