@@ -5,7 +5,7 @@ default criterion serves every model and setting, so the question "is A ahead of
 asked across all the runs on record: this reads bench/pareto.py results (by default every
 ``bench/results/pareto_*.json`` that is one, not the pooled or swapped files derived
 from them), keys each model by its setting (model, data, latency input shape, dense
-epochs, fine-tuning epochs, target) and seed and the dense model's recorded accuracy (so
+epochs, fine-tuning epochs, halp-trt's per-group floor where a run set one, target) and seed and the dense model's recorded accuracy (so
 that two methods pair only on one dense model: training is deterministic on one
 machine), averages a method's repeated runs of one key, and gives A minus B per setting
 and over every pair: mean, standard error, 95% t interval over the pairs, pairs ahead.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from plan_pricing import BenchError, load_pareto, write_figures  # noqa: E402
 
 #: What two runs must share for their models to pair (with the target and seed).
-SETTING = ("model", "data", "input_shape", "pretrain_epochs", "epochs")
+SETTING = ("model", "data", "input_shape", "pretrain_epochs", "epochs", "min_keep")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +98,7 @@ def _setting(result: dict[str, Any]) -> tuple:
         ",".join(str(d) for d in shape) if isinstance(shape, list) else str(shape),
         settings.get("pretrain_epochs"),
         settings.get("epochs"),
+        settings.get("min_keep"),  # halp-trt's floor: None is the pruner's default
     )
 
 
@@ -163,7 +164,7 @@ def pairs(found: dict[tuple, dict[str, list]], a: str, b: str) -> dict[str, Any]
             continue
         acc = {m: statistics.fmean(x[0] for x in methods[m]) for m in (a, b)}
         ratio = {m: statistics.fmean(x[1] for x in methods[m]) for m in (a, b)}
-        diffs, ratios = by_setting.setdefault(key[:6], ([], []))
+        diffs, ratios = by_setting.setdefault(key[: len(SETTING) + 1], ([], []))
         diffs.append(acc[a] - acc[b])
         ratios.append((ratio[a], ratio[b]))
     if not by_setting:
@@ -205,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         k = s["setting"]
         model = str(k["model"]).split(":")[-1]
         data = Path(str(k["data"]).split(":")[-1]).name
+        floor = "" if k["min_keep"] is None else f" floor {k['min_keep']:g}"
         label = (
-            f"{model} {data} {k['input_shape']} e{k['pretrain_epochs']}+{k['epochs']} {k['target']}"
+            f"{model} {data} {k['input_shape']} e{k['pretrain_epochs']}+{k['epochs']}{floor} "
+            f"{k['target']}"
         )
         print(row(label, s))
     print(row("all pairs", found["all"]))

@@ -16,13 +16,16 @@ def run(seed, method, acc, ratio=0.5, target="0.5x", status="ok"):
             "measured_ratio": ratio, "val_acc": acc}  # fmt: skip
 
 
-def result(runs, dense, epochs=6, shape=(8, 3, 16, 16)):
+def result(runs, dense, epochs=6, shape=(8, 3, 16, 16), min_keep=None):
+    settings = {"model": "m", "data": "digits", "pretrain_epochs": 10, "epochs": epochs}
+    if min_keep is not None:
+        settings["min_keep"] = min_keep
     return {
         "benchmark": "pareto",
         "model": "m",
         "data": "digits",
         "input_shape": list(shape),
-        "settings": {"model": "m", "data": "digits", "pretrain_epochs": 10, "epochs": epochs},
+        "settings": settings,
         "dense": {str(s): {"val_acc": a} for s, a in dense.items()},
         "runs": runs,
     }
@@ -52,30 +55,40 @@ def test_pairs_join_runs_on_one_dense_model_and_nothing_else(tmp_path, capsys):
     )  # fmt: skip
     # Another setting (epochs): its own line.
     longer = result([run(0, "a", 0.95), run(0, "b", 0.97)], {0: 0.85}, epochs=12)
+    # The same dense model with halp-trt's floor lowered: its own line too, not averaged
+    # into the runs at the default floor (a's 0.50 would move seed 0's a).
+    floor = result([run(0, "a", 0.50), run(0, "b", 0.49)], {0: 0.85}, min_keep=0.1)
     paths = [
-        write(tmp_path, f"pareto_{i}.json", r) for i, r in enumerate((one, again, other, longer))
+        write(tmp_path, f"pareto_{i}.json", r)
+        for i, r in enumerate((one, again, other, longer, floor))
     ]
     # Files that are not bench/pareto.py results are read past.
     paths.append(write(tmp_path, "pareto_x_swapped.json", {"benchmark": "pareto_swap", "runs": []}))
     got = pairs.pairs(pairs.collect(paths), "a", "b")
-    by = {(s["setting"]["epochs"], s["setting"]["target"]): s for s in got["settings"]}
-    assert set(by) == {(6, "0.5x"), (12, "0.5x")}
+    by = {
+        (s["setting"]["epochs"], s["setting"]["min_keep"], s["setting"]["target"]): s
+        for s in got["settings"]
+    }
+    assert set(by) == {(6, None, "0.5x"), (12, None, "0.5x"), (6, 0.1, "0.5x")}
+    assert by[(6, 0.1, "0.5x")]["pairs"] == 1
+    assert by[(6, 0.1, "0.5x")]["a_minus_b_mean"] == pytest.approx(0.01)
+    by = {(e, t): s for (e, f, t), s in by.items() if f is None}
     six = by[(6, "0.5x")]
     # seed 0 (dense 0.85): 0.92 - 0.88; seed 1: 0.80 - 0.81; seed 0 (dense 0.70): 0.60 - 0.50
     assert six["pairs"] == 3 and six["ahead"] == 2
     assert six["a_minus_b_mean"] == pytest.approx((0.04 - 0.01 + 0.10) / 3)
     assert six["ci"][0] < six["a_minus_b_mean"] < six["ci"][1]
     assert by[(12, "0.5x")]["pairs"] == 1 and by[(12, "0.5x")]["ci"] is None
-    assert got["all"]["pairs"] == 4
-    assert got["all"]["a_minus_b_mean"] == pytest.approx((0.04 - 0.01 + 0.10 - 0.02) / 4)
+    assert got["all"]["pairs"] == 5
+    assert got["all"]["a_minus_b_mean"] == pytest.approx((0.04 - 0.01 + 0.10 - 0.02 + 0.01) / 5)
 
     out = tmp_path / "pairs.json"
     argv = ["a", "b", "--results", *map(str, paths), "--out", str(out)]
     assert pairs.main(argv) == 0
     text = capsys.readouterr().out
-    assert "all pairs" in text and "+2.75" in text
+    assert "all pairs" in text and "+2.40" in text and "e10+6 floor 0.1 0.5x" in text
     saved = json.loads(out.read_text())
-    assert saved["benchmark"] == "pareto_pairs" and saved["all"]["pairs"] == 4
+    assert saved["benchmark"] == "pareto_pairs" and saved["all"]["pairs"] == 5
 
 
 def test_targets_and_count_as_choose_what_pairs(tmp_path):
