@@ -5,10 +5,11 @@ default criterion serves every model and setting, so the question "is A ahead of
 asked across all the runs on record: this reads bench/pareto.py results (by default every
 ``bench/results/pareto_*.json`` that is one, not the pooled or swapped files derived
 from them), keys each model by its setting (model, data, latency input shape, dense
-epochs, fine-tuning epochs, halp-trt's per-group floor where a run set one, target) and seed and the dense model's recorded accuracy (so
-that two methods pair only on one dense model: training is deterministic on one
-machine), averages a method's repeated runs of one key, and gives A minus B per setting
-and over every pair: mean, standard error, 95% t interval over the pairs, pairs ahead.
+epochs, fine-tuning epochs, halp-trt's per-group floor where a run set one, target) and
+seed and the dense model's recorded accuracy (so that two methods pair only on one dense
+model: training is deterministic on one machine), averages a method's repeated runs of
+one key, and gives A minus B per setting and over every pair: mean, standard error, 95%
+t interval over the pairs, pairs ahead.
 
 Each accuracy is the model's own, at its own measured latency, not interpolated to
 equal latency as bench/pareto_pool.py does: halp-trt's plans land within a few percent

@@ -464,6 +464,7 @@ def test_auto_below_the_switch_chooses_by_the_streams():
     narrow, wide = graph("mobilenetv2_cifar"), graph("resnet26_bottleneck_cifar")
     level = graph("resnet18_cifar")
     assert choose_importance("auto", 0.3, narrow) == "taylor-fisher"
+    assert choose_importance("auto", 0.3, graph("convnext_cifar")) == "taylor-fisher"
     assert choose_importance("auto", 0.3, level) == AUTO_ABOVE
     assert choose_importance("auto", 0.3, wide) == AUTO_ABOVE
     # from the switch up, and for a named criterion, the streams do not matter
