@@ -53,7 +53,11 @@ def test_tiny_run_times_each_copy_six_ways(timing, tmp_path):
     ]  # fmt: skip
     for r in result["rows"]:
         assert all(0 < r[m] < 3 for m in timing.METHODS), r
-        assert r["ms"] / r["dense_ms"] == pytest.approx(r["round-robin"], rel=0.5)
+        # ms and dense_ms are the round-robin's medians of each model, for scale: their
+        # ratio is near the median of the per-round ratios, not equal (five rounds of a
+        # model this small on a shared machine: 0.71 against 0.45 seen), and far from it
+        # with the two swapped (about its inverse, 2.2 here)
+        assert 0.5 < r["ms"] / r["dense_ms"] / r["round-robin"] < 2, r
     # the narrower copy has fewer parameters; the summary is the median over the reps
     assert result["rows"][0]["params"] < result["rows"][1]["params"]
     quarter = result["summary"]["0.25"]
