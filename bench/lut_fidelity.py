@@ -577,10 +577,10 @@ def signature_summary(
     share: dict[Any, float] = {}
     for p in dense:
         share[p[0]] = share.get(p[0], 0.0) + table_values[p] / dense_ms
-    sigs = sorted({p[0] for p in configs}, key=lambda g: (-share.get(g, 0.0), g.key()))
     by_sig: dict[Any, list[tuple]] = {}
     for p in configs:
         by_sig.setdefault(p[0], []).append(p)
+    sigs = sorted(by_sig, key=lambda g: (-share.get(g, 0.0), g.key()))
     out = []
     for sig in sigs:
         mine = by_sig[sig]
