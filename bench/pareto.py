@@ -24,9 +24,9 @@ comes before those epochs):
   ``halp-taylor-weights`` with ``taylor-weights`` (a channel scored on the weights of
   the layers that write and read it, ``sum |w * dL/dw|`` element by element, as
   Torch-Pruning's group Taylor, not on its BatchNorms): halp-trt's default criterion
-  in HALP's loop, the product as it ships in a run long enough for two steps (in a
-  shorter one, all of this bench's, ``halp-trt prune`` now prunes before training:
-  ``halp-taylor-weights-calib``); ``halp-taylor-weights-norm``
+  in HALP's loop until ``auto`` (in a run too short for two steps, all of this bench's,
+  ``halp-trt prune`` prunes before training: ``halp-taylor-weights-calib``, and with
+  ``auto`` ``halp-auto-calib``, below); ``halp-taylor-weights-norm``
   the same with each group's scores over their mean (Torch-Pruning's normaliser, below);
   ``halp-taylor-weights-summed`` (``-norm``) with each weight's ``w * dL/dw`` summed over
   the pruning window before its magnitude, as Torch-Pruning takes one summed gradient;
@@ -123,8 +123,9 @@ comes before those epochs):
   rounded to the same step.
 
 The knob-driven methods (``tp-*``, ``uniform``) are brought to the measured latency of
-the reference model (``--reference``, by default ``halp-taylor-weights``, the default
-criterion in HALP's loop, else ``halp-taylor-abs``, else ``halp-taylor``; ``match_latency`` of
+the reference model (``--reference``, by default ``halp-auto-calib``, the shipped default
+(``auto``) on the path ``halp-trt prune`` takes, else ``halp-taylor-weights``, else
+``halp-taylor-abs``, else ``halp-taylor``; ``match_latency`` of
 bench/prune_quality.py: grid priced on
 the table, then timed against the reference and brought within 2% of it from either
 side: the table prices halp-trt's plans more optimistically than the baselines'), and
@@ -1149,8 +1150,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reference",
         default=None,
         help="the halp-trt method the knob methods are matched to and every method is "
-        "compared with at equal latency (default: halp-taylor-weights, the shipped default "
-        "criterion, else halp-taylor-abs, else halp-taylor, else the first halp-* method run)",
+        "compared with at equal latency (default: halp-auto-calib, the shipped default, else "
+        "halp-taylor-weights, else halp-taylor-abs, else halp-taylor, else the first halp-* "
+        "method run)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument(
@@ -1255,7 +1257,9 @@ def check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if args.reference is None:
         halps = [m for m in methods if m.startswith("halp-")]
         preferred = [
-            m for m in ("halp-taylor-weights", "halp-taylor-abs", "halp-taylor") if m in methods
+            m
+            for m in ("halp-auto-calib", "halp-taylor-weights", "halp-taylor-abs", "halp-taylor")
+            if m in methods
         ]
         args.reference = (preferred or halps or [None])[0]
     elif args.reference not in methods or not args.reference.startswith("halp-"):

@@ -407,6 +407,7 @@ def test_timing_blocks_times_the_models_in_turn_in_blocks(pareto, tmp_path, monk
 @pytest.mark.parametrize(
     "methods, reference",
     [
+        ("halp-taylor-weights,halp-auto-calib,tp-l2", "halp-auto-calib"),
         ("tp-l2,halp-taylor,halp-taylor-abs,halp-taylor-weights", "halp-taylor-weights"),
         ("tp-l2,halp-taylor,halp-taylor-abs", "halp-taylor-abs"),
         ("halp-taylor,uniform", "halp-taylor"),
