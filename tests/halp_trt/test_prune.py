@@ -511,6 +511,71 @@ def test_feedback_corrects_the_budgets_and_lands_the_measured_ratio_on_the_targe
         PrunePlan.from_dict(broken)
 
 
+class Steep(Biased):
+    """A table whose error grows with the plan: the wider the plan, the more the table
+    under-prices it (``1 + slope * (r - 0.45)`` times over for a predicted ratio ``r``
+    above 0.45), as a ResNet-18's table did at 0.3x with a floor of 0.1."""
+
+    def __init__(self, table, x, slope):
+        super().__init__(table, x, 1.0)
+        self.slope = slope
+
+    def __call__(self, slim):
+        self.calls += 1
+        r = self.latency(slim) / self.base
+        return r * (1 + self.slope * max(0.0, r - 0.45))
+
+
+@pytest.mark.parametrize("target, slope", [(0.7, 1.2), (0.8, 1.0), (0.8, 1.2)])
+def test_feedback_closes_on_the_target_where_the_tables_error_changes_between_plans(
+    table, target, slope
+):
+    # Scaled by the latest plan's error alone, the re-solves jump from one side of the
+    # target to the other (each plan's error is not the next one's) and stop where the
+    # tries run out, far from it (here 0.95, 0.94 and 0.905 of the target). Once plans
+    # measured on both sides, the budget stays between the nearest two, and the last
+    # plan lands in the window.
+    from halp_trt.prune.feedback import FEEDBACK_BELOW, FEEDBACK_TOLERANCE
+
+    model, x = fresh()
+    measure = Steep(table, x, slope)
+    pruner = Pruner(
+        model, x, table, f"{target}x", steps=1, interval=2, feedback=measure, min_keep=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no solve reaches the smallest plan
+        last = run_schedule(pruner, model)[-1]
+    tries = last.feedback_tries
+    assert tries[0][1] > target * 1.2  # the first plan measures far over the target
+    window = (target * (1 - FEEDBACK_BELOW), target * (1 + FEEDBACK_TOLERANCE))
+    assert window[0] <= last.measured_ratio <= window[1]
+    # Once the tries straddle the target, every later one aims between the nearest two.
+    for k in range(2, len(tries)):
+        earlier = [(p, m) for p, m, _ in tries[:k]]
+        below = [t for t in earlier if t[1] < target]
+        above = [t for t in earlier if t[1] > target]
+        assert below and above
+        lo, hi = max(below, key=lambda t: t[1]), min(above, key=lambda t: t[1])
+        assert lo[0] <= tries[k][0] <= hi[0]
+
+
+def test_next_budget_scales_by_the_error_until_the_aim_is_bracketed():
+    from halp_trt.prune.pruner import next_budget
+
+    # The error until the aim is bracketed, then between the nearest two:
+    assert next_budget([(0.7, 0.9)], 0.6, 0.9 / 0.7) == pytest.approx(0.6 * 0.7 / 0.9)
+    assert next_budget([(0.7, 0.9), (0.5, 0.5)], 0.6, 1.0) == pytest.approx(0.55)
+    # on the secant of the two plans measured nearest the aim (0.625; the line between
+    # the bracket's sides, 0.6222, stays near the far side's plan)...
+    steep = [(0.8, 1.2), (0.5, 0.55), (0.6, 0.75)]
+    assert next_budget(steep, 0.8, 1.0) == pytest.approx(0.625, rel=1e-9)
+    # ... unless the secant leaves the bracket: the line between its sides.
+    flat = [(0.8, 0.9), (0.5, 0.575), (0.6, 0.58)]
+    assert next_budget(flat, 0.6, 1.0) == pytest.approx(0.6 + 0.02 * 0.2 / 0.32, rel=1e-9)
+    # A pair ordered one way in predicted and the other in measured: the error.
+    assert next_budget([(0.5, 0.9), (0.7, 0.5)], 0.6, 1.2) == pytest.approx(0.5)
+
+
 def test_feedback_widens_a_plan_that_measures_under_the_window(table):
     # A table 1.5% pessimistic: the step's first plan (8-channel bundles) measures 2.6%
     # under the target, below the window (FEEDBACK_BELOW; at 3% it was kept), so the
