@@ -10,7 +10,10 @@ methods join into that seed when they pruned the same dense model (its recorded
 accuracy equal: training is deterministic on one machine), each method's latency read
 against the dense model in its own run; one method of one seed and target in two runs
 is refused (it would be counted twice), as are runs of other models, data or input
-shapes.
+shapes. A run made with halp-trt's per-group floor set (``--min-keep F``) names its
+halp-trt methods with the floor (``halp-auto-calib@floor0.1``): a method of its own,
+pooled beside the same method's runs at the default floor and set against the
+baselines of either (``--reference halp-auto-calib@floor0.1``).
 
 The yardstick beside it: Torch-Pruning and uniform width run twice per seed and target,
 at the reference's latency and one alignment step wider (``tp-taylor`` and
@@ -57,6 +60,18 @@ def _ok(run: dict) -> bool:
     return run.get("status") == "ok" and "measured_ratio" in run and "val_acc" in run
 
 
+def floored(result: dict) -> list[dict]:
+    """The result's runs, its halp-trt methods named with the run's per-group floor where
+    it set one (``halp-auto-calib@floor0.1``)."""
+    floor = (result.get("settings") or {}).get("min_keep")
+    if floor is None:
+        return result["runs"]
+    return [
+        {**r, "method": f"{r['method']}@floor{floor:g}"} if r["method"].startswith("halp-") else r
+        for r in result["runs"]
+    ]
+
+
 def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
     """Pooled reference-minus-method differences per target, and the neighbouring plans'
     spread per method. Raises BenchError for runs that cannot be pooled."""
@@ -82,7 +97,7 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
                 f"{name} was timed {timing}, {first_name} {first_timing}: only runs "
                 "timed one way pool"
             )
-        runs = result["runs"]
+        runs = floored(result)
         dense = result.get("dense") or {}
         for seed in sorted({int(r["seed"]) for r in runs}):
             acc = (dense.get(str(seed)) or {}).get("val_acc")

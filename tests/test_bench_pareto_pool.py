@@ -128,6 +128,21 @@ def test_runs_of_one_seed_join_on_the_same_dense_model():
     )
 
 
+def test_a_run_with_the_floor_set_is_a_method_of_its_own():
+    """halp-trt at floor 0.1 in one run (seed 0, 0.95 at 0.50), the baselines and halp-trt
+    at the default floor in another: the floor's run pools against those baselines, and
+    the default floor's run of the same seed is not counted twice."""
+    pool = load_bench("pareto_pool")
+    low = dense(result([run(0, "halp-taylor-abs", 0.50, 0.95)]), 0.8)
+    low["settings"] = {"min_keep": 0.1}
+    got = pool.pool([("a", low), ("b", dense(first(), 0.8))], "halp-taylor-abs@floor0.1")
+    (tp,) = got["equal_latency"]["0.5x"]["tp-taylor"]["per_seed"]
+    assert tp["diff"] == pytest.approx(0.95 - 0.93)
+    (halp,) = got["equal_latency"]["0.5x"]["halp-taylor-abs"]["per_seed"]
+    assert halp["diff"] == pytest.approx(0.95 - 0.90)
+    assert "halp-taylor-abs@floor0.1" not in got["equal_latency"]["0.5x"]
+
+
 @pytest.mark.parametrize(
     "other, message",
     [
