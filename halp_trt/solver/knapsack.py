@@ -38,7 +38,9 @@ cannot see that product, so the cost of a group is modelled around reference wid
     ``TIGHTEN_AFTER`` solves (each re-expansion's plan drifting a few percent over it)
     stops re-expanding and searches the knapsack's budget, as the one-sided model does:
     without that it could end with nothing within the budget and return every group at
-    its minimum (a fifth of the latency asked for, where half was).
+    its minimum (a fifth of the latency asked for, where half was). Should it still meet
+    none (a bottleneck ResNet's re-solve at 0.48 of the dense latency did, and fell to
+    0.07), the budget is solved again with the one-sided model, whose plans it meets.
 
 Either way each plan's latency is computed exactly from every layer's widths via the
 table (plus the table's overhead term). The one-sided model (and a joint iteration
@@ -545,6 +547,32 @@ def solve_budget(
             return (-value, exact, i)
 
         _, (pick, exact, model_ms) = min(feasible, key=key)
+    elif cost_model == "joint":
+        # Nothing the joint model proposed fit. The one-sided model overestimates where
+        # both sides of a layer shrink, so its search of the knapsack's budget meets plans
+        # within the budget; better its plan than every group at its minimum.
+        plan = solve_budget(
+            graph,
+            table,
+            scores,
+            budget_ms,
+            cost_model="one-sided",
+            bundle=bundle,
+            min_channels=min_channels,
+            min_keep=min_keep,
+            allow_removal=allow_removal,
+            frozen=frozen,
+            alive=alive,
+            resolution=resolution,
+        )
+        warnings.warn(
+            f"the knapsack found no plan within the budget in {solves} solves (the joint "
+            f"cost model's plans all over it); solved with the one-sided model instead: "
+            f"{plan.predicted_ms / budget_ms:.2f} of the budget "
+            f"({plan.predicted_ms:.4g} of {budget_ms:.4g} ms)",
+            stacklevel=2,
+        )
+        return plan
     else:  # nothing the model proposed fit: every group at its minimum does
         pick = tuple(least)
         exact, model_ms = min_ms, min_ms

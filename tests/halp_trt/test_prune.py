@@ -663,27 +663,18 @@ def test_under_torchrun_only_rank_0_warns_of_a_plan_far_under_the_target(table, 
 
 
 def test_a_last_plan_predicted_far_under_the_target_warns(table, monkeypatch):
-    # Without feedback the warning reads the table's prediction. Here the knapsack's cost
-    # model drifts (underestimating a little differently at every solve) and never
-    # tightens, as the solver did before it tightened: it falls back to every group at
-    # its minimum, and both the solver and the pruner say so.
-    from halp_trt.solver import knapsack
-
-    group_costs, calls = knapsack._group_costs, [0]
-
-    def drifting(net, choices, ref, cost_model):
-        costs, constant = group_costs(net, choices, ref, cost_model)
-        calls[0] += 1
-        return [c * (0.9 - 0.005 * calls[0]) for c in costs], constant
-
+    # Without feedback the warning reads the table's prediction. Here the solver returns
+    # plans far under their budgets (as it did when it fell back to every group at its
+    # minimum): the pruner says how far under the target the last plan is predicted.
     model, x = fresh()
     pruner = Pruner(model, x, table, "0.7x", steps=1, interval=2, min_keep=0, importance="l2")
-    monkeypatch.setattr(knapsack, "_group_costs", drifting)
-    monkeypatch.setattr(knapsack, "TIGHTEN_AFTER", knapsack.MAX_SOLVES + 1)
+    solve = pruner._solve
+    monkeypatch.setattr(
+        pruner, "_solve", lambda scores, budget_ms, **kw: solve(scores, 0.8 * budget_ms, **kw)
+    )
     with pytest.warns(UserWarning) as seen:
         run_schedule(pruner, model)
     messages = [str(w.message) for w in seen]
-    assert any("no plan within the budget" in m for m in messages)
     landing = [m for m in messages if "last pruning step's plan is predicted at" in m]
     ratio = pruner.plan.predicted_ms / pruner.base_ms
     assert len(landing) == 1 and f"{ratio:.3f}x" in landing[0] and ratio < 0.63
