@@ -1144,7 +1144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="halp-trt's per-group floor (fraction of each group's width; default the "
-        "pruner's, 0.3; 0: none, as in HALP)",
+        "pruner's: 0.1 where auto runs taylor-fisher on narrow residual streams, else "
+        "0.3; 0: none, as in HALP)",
     )
     p.add_argument(
         "--reference",

@@ -51,7 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="two methods of the result: A,B (A's plans are where the costs are read)",
     )
     p.add_argument(
-        "--min-keep", type=float, default=None, help="the floor (the result's, else the pruner's)"
+        "--min-keep",
+        type=float,
+        default=None,
+        help="the floor (the result's, else the one its two methods' runs recorded, else "
+        "0.3, the pruner's under a named criterion)",
     )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     return p.parse_args(argv)
@@ -244,7 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         if min_keep is None:
             min_keep = (result.get("settings") or {}).get("min_keep")
         if min_keep is None:
-            min_keep = DEFAULT_MIN_KEEP
+            # the floor the two methods' runs recorded (the pruner's default follows
+            # the criterion: halp_trt.prune.pruner.default_min_keep), else 0.3
+            recorded = {
+                r.get("min_keep") for r in result.get("runs", []) if r.get("method") in methods
+            } - {None}
+            if len(recorded) > 1:
+                raise BenchError(
+                    f"the runs of {' and '.join(methods)} were pruned at floors "
+                    f"{', '.join(f'{f:g}' for f in sorted(recorded))}: give one (--min-keep)"
+                )
+            min_keep = recorded.pop() if recorded else DEFAULT_MIN_KEEP
         opened.append(table := LatencyTable.open(args.table))
         with tempfile.TemporaryDirectory() as tmp:
             opened.append(macs := macs_table(result, Path(tmp) / "macs.db"))

@@ -98,6 +98,34 @@ def test_counts_what_the_plans_differ_in(setup, tmp_path, capsys):
     assert "A = a, B = b" in printed and "between its seeds" in printed
 
 
+def test_the_floor_the_runs_recorded_where_the_result_set_none(setup, tmp_path, capsys):
+    """No floor in the settings: the one the two methods' runs recorded (the pruner's
+    default, which follows the criterion), else the named criteria's 0.3; runs of the
+    two at different floors are refused, naming them."""
+    result, table = setup
+    agreement = load("plan_agreement")
+    data = json.loads(result.read_text())
+    data["settings"] = {}
+    for floors, expect in (((0.25, 0.25), 0.25), ((None, None), 0.3)):
+        for r in data["runs"]:
+            r["min_keep"] = floors[r["method"] == "b"]
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(data))
+        out = tmp_path / "a.json"
+        argv = [str(path), "--table", str(table), "--methods", "a,b", "--out", str(out)]
+        assert agreement.main(argv) == 0
+        assert json.loads(out.read_text())["min_keep"] == expect
+        out.unlink()
+    for r in data["runs"]:
+        r["min_keep"] = 0.1 if r["method"] == "a" else 0.3
+    path.write_text(json.dumps(data))
+    assert agreement.main([str(path), "--table", str(table), "--methods", "a,b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        "the runs of a and b were pruned at floors 0.1, 0.3: give one (--min-keep)"
+    )
+
+
 def test_ranks_and_spearman():
     agreement = load("plan_agreement")
     assert agreement.ranks([3.0, 1.0, 2.0, 2.0]) == [4.0, 1.0, 2.5, 2.5]

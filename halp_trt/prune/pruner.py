@@ -67,6 +67,7 @@ from ..importance import (
     ImportanceError,
     auto_choice,
     resolve_importance,
+    stream_width_ratio,
 )
 from . import distributed as ddp
 from . import optim_state
@@ -131,7 +132,45 @@ def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, 
 #: ran 15% slower than predicted (such narrow layers are where the additive latency
 #: model errs most). A floor of 0.3 gave 0.95 at the same predicted latency; at 0.5x and
 #: 0.7x the floor hardly binds. See the README's "Accuracy against measured latency".
+#: It stays the floor wherever :data:`AUTO_MIN_KEEP` is not: every criterion named by
+#: the caller was measured with it (``taylor-weights`` at 0.1 on that MobileNetV2 at 0.3x scored
+#: 0.8340 against 0.8477 at 0.3, Zen 3), and so was ``auto``'s upper branch,
+#: ``taylor-weights-mean``, which cuts streams: at 0.1 it scored level on the ResNet-18
+#: (+0.13 at 0.5x; -0.34 [-0.74, +0.06] at 0.3x, where its lead over FastNAS went from
+#: +0.61 to +0.09), the bottleneck ResNet-26 (-0.45, +0.52) and the MobileNetV2 at 0.7x
+#: (-0.05, three seeds), six seeds each elsewhere, on the Xeon.
 DEFAULT_MIN_KEEP = 0.3
+#: The floor where ``auto`` (the default criterion) runs ``taylor-fisher`` on a network
+#: with narrow residual streams (below 0.55x): FastNAS's narrowest choice. There the
+#: criterion keeps the streams itself, which is what the 0.3 floor was for, and that
+#: floor only held the plans out of FastNAS's corner (streams whole, expansions to a
+#: tenth): at 0.1, seed by seed over 0.3, +0.51 [+0.02, +1.00] on the MobileNetV2 at
+#: 0.5x (FastNAS's mean had led the default there; at 0.1 it is 0.26 behind) and +0.55
+#: [-0.06, +1.17] on a ConvNeXt at 0.3x (FastNAS 0.75 ahead, resolved, at 0.3; level at
+#: 0.1); -0.09 on the MobileNetV2 at 0.3x, +0.00 on the ConvNeXt at 0.5x (bench/PARETO.md,
+#: "The floor at 0.1 on the ResNets and at 0.5x and 0.7x", Xeon, six seeds each).
+AUTO_MIN_KEEP = 0.1
+
+
+def default_min_keep(importance: Any, chosen: str | None = None, graph: Any = None) -> float:
+    """The per-group floor a pruner takes when none is given: :data:`AUTO_MIN_KEEP` where
+    ``importance`` is ``auto``, the criterion it chose (``chosen``) is ``taylor-fisher``
+    and ``graph`` has residual streams (``auto`` chooses so below
+    :data:`~halp_trt.importance.base.AUTO_FISHER_BELOW` where they are narrower than
+    :data:`~halp_trt.importance.base.AUTO_MEAN_STREAMS` of the layers they feed),
+    :data:`DEFAULT_MIN_KEEP` everywhere else (a network without residual streams
+    included: the lower floor was not run on one)."""
+    if (
+        isinstance(importance, str)
+        and importance == AUTO_IMPORTANCE
+        and chosen == "taylor-fisher"
+        and graph is not None
+        and stream_width_ratio(graph) is not None
+    ):
+        return AUTO_MIN_KEEP
+    return DEFAULT_MIN_KEEP
+
+
 #: The last step warns when its plan lands more than this fraction under the target
 #: (measured, with feedback; else as the table predicts it): a model far faster than
 #: asked has given up accuracy the budget had room for (coarse bundles that jump past
@@ -196,7 +235,8 @@ class Pruner:
         start: iterations to train before the first accumulation window opens.
         frozen_layers: layers whose channels must not be pruned.
         min_keep: fewest channels any group keeps, as a fraction of its width (rounded
-            up to whole bundles); None: :data:`DEFAULT_MIN_KEEP`, 0: no floor.
+            up to whole bundles); None: :func:`default_min_keep` (0.1 where ``auto``
+            runs ``taylor-fisher`` on narrow residual streams, else 0.3), 0: no floor.
         cost_model, bundle, min_channels: passed to
             :func:`halp_trt.solver.solve_budget` (defaults: the solver's).
         monotone_table: plan on the table's monotone envelope
@@ -274,13 +314,9 @@ class Pruner:
         self.schedule = schedule
         self.interval = int(interval)
         self.start = int(start)
-        from ..solver.knapsack import check_min_keep
-
-        self.min_keep = check_min_keep(DEFAULT_MIN_KEEP if min_keep is None else min_keep)
         self._solver_options: dict[str, Any] = {
             "bundle": bundle,
             "min_channels": min_channels,
-            "min_keep": self.min_keep,
         }
         if cost_model is not None:
             self._solver_options["cost_model"] = cost_model
@@ -306,16 +342,25 @@ class Pruner:
                 f"calibration prunes once, before training: it needs a one-step schedule "
                 f"(oneshot, or steps=1), not {self.steps} steps"
             )
-        self._check_feasible()
         #: What was asked for (``"auto"`` included); :attr:`importance_name` is what runs,
         #: :attr:`importance_label` how logs name it (``taylor-fisher, auto at 0.40x,
         #: streams 0.17x the width of the layers they feed``).
         self.importance_asked = self.importance_label = self.importance_name
         fraction = self.target_ms / self.base_ms
+        chosen = None
         if isinstance(importance, str) and importance == AUTO_IMPORTANCE:
             chosen, why = auto_choice(fraction, self.graph)
             criterion, self.importance_name = resolve_importance(chosen)
             self.importance_label = f"{self.importance_name}, {importance} at {fraction:.2f}x{why}"
+        from ..solver.knapsack import check_min_keep
+
+        #: The per-group floor (:func:`default_min_keep` where ``min_keep`` is None).
+        self.min_keep = check_min_keep(
+            default_min_keep(importance, chosen, self.graph) if min_keep is None else min_keep
+        )
+        self.min_keep_asked = min_keep
+        self._solver_options["min_keep"] = self.min_keep
+        self._check_feasible()
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):
             raise ImportanceError(
@@ -1010,6 +1055,12 @@ class Pruner:
                 hint = (
                     f"; {AUTO_IMPORTANCE} runs {mine['importance']} here: to resume as "
                     f"saved, name --importance {saved.get('importance')}"
+                )
+            elif saved.get("min_keep") != mine["min_keep"] and self.min_keep_asked is None:
+                # the default floor may differ from the version that saved the state
+                hint = (
+                    f"; the default floor is {mine['min_keep']:g} here: to resume as saved, "
+                    f"pass --min-keep {saved.get('min_keep')}"
                 )
             raise PruningError(
                 "the pruner state was saved with another configuration ("

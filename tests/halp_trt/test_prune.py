@@ -350,6 +350,46 @@ def test_state_whose_criterion_auto_no_longer_names_says_how_to_resume(table, mo
     assert pinned.importance_name == "taylor-fisher"
 
 
+def test_the_default_floor_follows_the_criterion_and_a_state_saved_at_another_says_so(
+    table, monkeypatch
+):
+    """No ``min_keep``: 0.1 where ``auto`` runs ``taylor-fisher`` on a network with
+    residual streams, 0.3 where it runs ``taylor-weights-mean`` and under a criterion
+    named by the caller. A state saved at another floor, loaded by a pruner left at the
+    default, is refused with the option that resumes it as saved; one whose floor was
+    given is refused without it (the caller chose that floor)."""
+    import halp_trt.importance.base as base
+    from halp_trt.prune.pruner import AUTO_MIN_KEEP, DEFAULT_MIN_KEEP, default_min_keep
+
+    model, x = fresh()
+    args = {"steps": 4, "interval": 2}
+    upper = Pruner(model, x, table, "0.6x", **args)
+    assert upper.importance_name == "taylor-weights-mean"
+    assert upper.min_keep == DEFAULT_MIN_KEEP == 0.3
+    monkeypatch.setattr(base, "AUTO_MEAN_STREAMS", 10.0)  # its streams count as narrow
+    monkeypatch.setattr(base, "AUTO_FISHER_BELOW", 0.65)  # 0.54x is out of its reach at 0.3
+    lower = Pruner(model, x, table, "0.6x", **args)
+    assert lower.importance_name == "taylor-fisher" and lower.min_keep == AUTO_MIN_KEEP == 0.1
+    named = Pruner(model, x, table, "0.6x", importance="taylor-fisher", **args)
+    assert named.min_keep == 0.3
+    assert default_min_keep("auto", "taylor-fisher", lower.graph) == 0.1
+    assert default_min_keep("auto", "taylor-fisher") == 0.3  # no graph: no streams known
+    assert default_min_keep(lambda graph: None, "taylor-fisher", lower.graph) == 0.3
+    no_streams = ChannelGraph(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), x)
+    assert default_min_keep("auto", "taylor-fisher", no_streams) == 0.3
+    state = Pruner(model, x, table, "0.6x", min_keep=0.3, **args).state_dict()
+    with pytest.raises(PruningError) as err:
+        Pruner(model, x, table, "0.6x", **args).load_state_dict(state)
+    assert str(err.value) == (
+        "the pruner state was saved with another configuration (min_keep: saved 0.3, now "
+        "0.1); the default floor is 0.1 here: to resume as saved, pass --min-keep 0.3"
+    )
+    Pruner(model, x, table, "0.6x", min_keep=0.3, **args).load_state_dict(state)
+    with pytest.raises(PruningError) as err:
+        Pruner(model, x, table, "0.6x", min_keep=0.2, **args).load_state_dict(state)
+    assert "default floor" not in str(err.value)
+
+
 def test_model_changing_size_between_steps_is_an_error(table):
     model, x = fresh()
     pruner = Pruner(model, x, table, "0.6x", steps=2, interval=2)
