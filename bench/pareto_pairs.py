@@ -22,7 +22,10 @@ compare models of about one latency; the mean ratios of the two are printed besi
 ``--targets 0.6x,0.7x`` keeps those targets only (the "all pairs" row is then over them).
 ``--count-as halp-auto-calib:taylor-weights-mean=halp-taylor-weights-mean-calib`` counts
 the runs of a method that recorded that criterion (``auto`` records the one it ran) as
-runs of another method, so that a default's runs join the runs of what it ran.
+runs of another method, so that a default's runs join the runs of what it ran. A
+halp-trt run pruned at another per-group floor than 0.3 (``--min-keep``, or the pruner's
+default where it follows the criterion) is named with it, ``halp-auto-calib@floor0.1``,
+and pairs under that name only: never averaged into the same method's runs at 0.3.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, load_pareto, write_figures  # noqa: E402
+from plan_pricing import BenchError, floored_method, load_pareto, write_figures  # noqa: E402
 
 #: What two runs must share for their models to pair (with the target and seed).
 SETTING = ("model", "data", "input_shape", "pretrain_epochs", "epochs", "min_keep")
@@ -135,6 +138,9 @@ def collect(
             key = (*setting, run["target"], int(run["seed"]), round(float(acc), 6))
             ratio = run.get("measured_ratio")
             method = (count_as or {}).get((run["method"], run.get("importance")), run["method"])
+            # halp-trt at another floor than 0.3 (the pruner's default where it follows the
+            # criterion, or --min-keep) is a method of its own: halp-auto-calib@floor0.1
+            method = floored_method({**run, "method": method}, result.get("settings"))
             found.setdefault(key, {}).setdefault(method, []).append(
                 (float(run["val_acc"]), float("nan") if ratio is None else float(ratio))
             )

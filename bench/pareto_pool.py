@@ -10,10 +10,11 @@ methods join into that seed when they pruned the same dense model (its recorded
 accuracy equal: training is deterministic on one machine), each method's latency read
 against the dense model in its own run; one method of one seed and target in two runs
 is refused (it would be counted twice), as are runs of other models, data or input
-shapes. A run made with halp-trt's per-group floor set (``--min-keep F``) names its
-halp-trt methods with the floor (``halp-auto-calib@floor0.1``): a method of its own,
-pooled beside the same method's runs at the default floor and set against the
-baselines of either (``--reference halp-auto-calib@floor0.1``).
+shapes. A halp-trt run pruned at another per-group floor than 0.3 (``--min-keep F``, or
+the pruner's default where it follows the criterion) is named with it
+(``halp-auto-calib@floor0.1``, :func:`plan_pricing.floored_method`): a method of its
+own, pooled beside the same method's runs at 0.3 and set against the baselines of
+either (``--reference halp-auto-calib@floor0.1``).
 
 The yardstick beside it: Torch-Pruning and uniform width run twice per seed and target,
 at the reference's latency and one alignment step wider (``tp-taylor`` and
@@ -40,7 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, load_pareto, load_result, write_figures  # noqa: E402
+from plan_pricing import (  # noqa: E402
+    BenchError,
+    floored_method,
+    load_pareto,
+    load_result,
+    write_figures,
+)
 
 #: What runs must share to be pooled.
 SAME = ("model", "data", "input_shape")
@@ -61,15 +68,10 @@ def _ok(run: dict) -> bool:
 
 
 def floored(result: dict) -> list[dict]:
-    """The result's runs, its halp-trt methods named with the run's per-group floor where
-    it set one (``halp-auto-calib@floor0.1``)."""
-    floor = (result.get("settings") or {}).get("min_keep")
-    if floor is None:
-        return result["runs"]
-    return [
-        {**r, "method": f"{r['method']}@floor{floor:g}"} if r["method"].startswith("halp-") else r
-        for r in result["runs"]
-    ]
+    """The result's runs, its halp-trt methods named with their per-group floor where it
+    is not 0.3 (:func:`plan_pricing.floored_method`)."""
+    settings = result.get("settings")
+    return [{**r, "method": floored_method(r, settings)} for r in result["runs"]]
 
 
 def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:

@@ -97,6 +97,26 @@ def load_result(path: str) -> dict[str, Any]:
     return result
 
 
+def floored_method(run: dict[str, Any], settings: dict[str, Any] | None) -> str:
+    """A bench/pareto.py run's method, named with halp-trt's per-group floor where it
+    pruned at another than 0.3 (``halp-auto-calib@floor0.1``): the floor the run recorded,
+    else its result's ``--min-keep``. 0.3 was the pruner's default under every criterion
+    until the default followed the criterion (0.1 where ``auto`` runs ``taylor-fisher``),
+    so a method's bare name keeps meaning the one floor across the record; other methods
+    have no floor and keep their names."""
+    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+
+    method = str(run["method"])
+    if not method.startswith("halp-"):
+        return method
+    floor = run.get("min_keep")
+    if floor is None:
+        floor = (settings or {}).get("min_keep")
+    if floor is None or abs(float(floor) - DEFAULT_MIN_KEEP) < 1e-9:
+        return method
+    return f"{method}@floor{float(floor):g}"
+
+
 def keep_counts(graph: Any, convs: list[str], widths: list[int]) -> dict[int, int]:
     """Channels each prunable group keeps in a model whose Conv2d layers (module order)
     have ``widths`` output channels: read off one producer conv of each group."""

@@ -91,6 +91,22 @@ def test_pairs_join_runs_on_one_dense_model_and_nothing_else(tmp_path, capsys):
     assert saved["benchmark"] == "pareto_pairs" and saved["all"]["pairs"] == 5
 
 
+def test_a_halp_run_at_another_floor_pairs_under_its_own_name(tmp_path):
+    """A halp-trt run that recorded a floor other than 0.3 (the pruner's default where it
+    follows the criterion, its result setting none) is ``M@floor0.1``: on the same dense
+    model as the same method at 0.3 it is not averaged into it, and pairs by that name."""
+    pairs = load_bench("pareto_pairs")
+    at03 = result([{**run(0, "halp-x", 0.90), "min_keep": 0.3}, run(0, "b", 0.88)], {0: 0.85})
+    at01 = result([{**run(0, "halp-x", 0.50), "min_keep": 0.1}, run(0, "b", 0.49)], {0: 0.85})
+    paths = [write(tmp_path, f"pareto_{i}.json", r) for i, r in enumerate((at03, at01))]
+    got = pairs.pairs(pairs.collect(paths), "halp-x", "b")
+    assert got["all"]["pairs"] == 1
+    assert got["all"]["a_minus_b_mean"] == pytest.approx(0.90 - (0.88 + 0.49) / 2)
+    low = pairs.pairs(pairs.collect(paths), "halp-x@floor0.1", "b")
+    assert low["all"]["pairs"] == 1
+    assert low["all"]["a_minus_b_mean"] == pytest.approx(0.50 - (0.88 + 0.49) / 2)
+
+
 def test_targets_and_count_as_choose_what_pairs(tmp_path):
     """``--targets`` keeps only those targets; ``--count-as M:C=N`` counts M's runs that
     recorded criterion C as runs of N (averaged with N's own on one dense model), and

@@ -141,6 +141,15 @@ def test_a_run_with_the_floor_set_is_a_method_of_its_own():
     (halp,) = got["equal_latency"]["0.5x"]["halp-taylor-abs"]["per_seed"]
     assert halp["diff"] == pytest.approx(0.95 - 0.90)
     assert "halp-taylor-abs@floor0.1" not in got["equal_latency"]["0.5x"]
+    # The floor a run recorded names it where its result set none (the pruner's default
+    # follows the criterion); a recorded 0.3 is the bare name.
+    plain = dense(result([{**run(0, "halp-taylor-abs", 0.50, 0.95), "min_keep": 0.1}]), 0.8)
+    same = pool.pool([("a", plain), ("b", dense(first(), 0.8))], "halp-taylor-abs@floor0.1")
+    assert same["equal_latency"] == got["equal_latency"]
+    assert (
+        pool.floored(result([{**run(0, "halp-x", 0.5, 0.9), "min_keep": 0.3}]))[0]["method"]
+        == "halp-x"
+    )
 
 
 @pytest.mark.parametrize(
