@@ -821,10 +821,11 @@ class Pruner:
         move down by the interval, so that a plan measured noisily is still within the
         tolerance however the noise fell. Each re-solve's budget is
         :func:`next_budget`'s: the latest plan's error, or, once plans measured on
-        both sides of the aim, a point between the nearest two. The plan returned is the largest whose ratio
-        with its interval is within the upper bound (else the smallest), with its ratio
-        and half-width; each plan measured is appended to ``tries`` as (predicted ratio,
-        measured ratio, half-width)."""
+        both sides of the aim, a point between the nearest two; a re-solve that gives a
+        plan measured already ends the tries. The plan returned is the largest whose
+        ratio with its interval is within the upper bound (else the smallest), with its
+        ratio and half-width; each plan measured is appended to ``tries`` as (predicted
+        ratio, measured ratio, half-width)."""
         from .feedback import FEEDBACK_BELOW, FEEDBACK_SOLVES, FEEDBACK_TOLERANCE
 
         goal = self.target_ms / self.base_ms
