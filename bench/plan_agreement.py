@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from plan_pricing import BenchError, keep_counts, load_pareto, load_result, macs_table  # noqa: E402
+from plan_pricing import (  # noqa: E402
+    BenchError,
+    keep_counts,
+    load_pareto,
+    load_result,
+    macs_table,
+    run_floor,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-keep",
         type=float,
         default=None,
-        help="the floor (the result's, else the one its two methods' runs recorded, else "
+        help="the floor (the one its two methods' runs recorded, else the result's, else "
         "0.3, the pruner's under a named criterion)",
     )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -246,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"--methods {args.methods!r}: give two different methods, A,B")
         min_keep = args.min_keep
         if min_keep is None:
-            min_keep = (result.get("settings") or {}).get("min_keep")
-        if min_keep is None:
-            # the floor the two methods' runs recorded (the pruner's default follows
-            # the criterion: halp_trt.prune.pruner.default_min_keep), else 0.3
+            # the floor the two methods' runs recorded, else the result's (the pruner's
+            # default follows the criterion: halp_trt.prune.pruner.default_min_keep),
+            # else 0.3
+            settings = result.get("settings")
             recorded = {
-                r.get("min_keep") for r in result.get("runs", []) if r.get("method") in methods
+                run_floor(r, settings) for r in result["runs"] if r.get("method") in methods
             } - {None}
             if len(recorded) > 1:
                 raise BenchError(

@@ -97,6 +97,16 @@ def load_result(path: str) -> dict[str, Any]:
     return result
 
 
+def run_floor(run: dict[str, Any], settings: dict[str, Any] | None) -> float | None:
+    """The per-group floor a bench/pareto.py run pruned at: the one it recorded, else its
+    result's ``--min-keep``; None where neither says (a baseline, or a run older than
+    the record of its floor)."""
+    floor = run.get("min_keep")
+    if floor is None:
+        floor = (settings or {}).get("min_keep")
+    return None if floor is None else float(floor)
+
+
 def floored_method(run: dict[str, Any], settings: dict[str, Any] | None) -> str:
     """A bench/pareto.py run's method, named with halp-trt's per-group floor where it
     pruned at another than 0.3 (``halp-auto-calib@floor0.1``): the floor the run recorded,
@@ -109,12 +119,10 @@ def floored_method(run: dict[str, Any], settings: dict[str, Any] | None) -> str:
     method = str(run["method"])
     if not method.startswith("halp-"):
         return method
-    floor = run.get("min_keep")
-    if floor is None:
-        floor = (settings or {}).get("min_keep")
-    if floor is None or abs(float(floor) - DEFAULT_MIN_KEEP) < 1e-9:
+    floor = run_floor(run, settings)
+    if floor is None or abs(floor - DEFAULT_MIN_KEEP) < 1e-9:
         return method
-    return f"{method}@floor{float(floor):g}"
+    return f"{method}@floor{floor:g}"
 
 
 def keep_counts(graph: Any, convs: list[str], widths: list[int]) -> dict[int, int]:
