@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,21 +67,40 @@ def suite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }  # fmt: skip
 
 
+def slow_net():
+    """A model spec whose loading outlasts any lease in these tests, on any machine: the
+    lease test's table step must be cut at the deadline, not finish before it."""
+    import time
+
+    time.sleep(600)
+    raise AssertionError("slow_net was not stopped at its deadline")
+
+
 def test_lease_stops_each_step_at_its_deadline(tmp_path):
     # A loan of a GPU is minutes: every step of the lease part runs under the deadline,
     # one cut short is logged with its exit code and the next starts; the part ends well.
-    # 12 s in all, verify_cuda.py at most 3 of them: the table build (over a minute on
-    # the CPU) is killed at the deadline, and nothing after it starts.
+    # 12 s in all, verify_cuda.py at most 3 of them (under the 5 s a step needs: refused):
+    # the first model's table (its spec loads for 10 minutes) is killed at the deadline,
+    # its fidelity and pruning never start, and the second model's table is refused.
+    slow = f"{ROOT / 'tests/test_gpu_suite.py'}:slow_net"
+    start = time.monotonic()
     res = subprocess.run(
         ["bash", str(ROOT / "bench/gpu_suite.sh"), "lease"],
-        env=suite_env(tmp_path, BUDGET_S="12", VERIFY_S="3"),
+        env=suite_env(tmp_path, BUDGET_S="12", VERIFY_S="3", MODELS=f"{slow} halp_trt.models:resnet20"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    elapsed = time.monotonic() - start
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "verify_cuda.py: exit 124" in res.stderr, res.stderr[-2000:]
+    assert f"table of {slow}: exit 124" in res.stderr, res.stderr[-2000:]
+    assert "no time left for" in res.stderr.split(f"table of {slow}: exit 124")[1]
     assert "table of halp_trt.models:resnet20: exit 124" in res.stderr, res.stderr[-2000:]
     assert "fidelity of" not in res.stderr and "prune failed" not in res.stderr
-    assert not (tmp_path / "results" / "lut_fidelity_halp_trt_models_resnet20_b2.json").exists()
+    assert not list((tmp_path / "results").glob("lut_fidelity_*"))
     assert "== done" in res.stderr
+    # The 12 s budget, the 5 s grace of `timeout -k` and the device probe's start-up: far
+    # from the 600 s the slow spec would take.
+    assert elapsed < 60, elapsed
 
 
 def test_unknown_part_is_one_line_before_anything_is_written(tmp_path):

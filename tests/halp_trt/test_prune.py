@@ -897,8 +897,16 @@ def test_measured_latency_runs_its_runners_as_the_table_measured():
     # has no thread count to set).
     from halp_trt.prune import feedback as fb
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU())
-    narrow = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    # Some 40 times the narrow copy's MACs: a ratio under 1 survives a loaded machine (at
+    # 32 against 4 channels of one conv it read 2.56 once while both cores ran benches).
+    def conv_net(c: int) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(c, c, 3, padding=1),
+        )
+
+    net, narrow = conv_net(48), conv_net(6)
     x = torch.randn(4, 3, 32, 32)
     before = torch.get_num_threads()
     options = {"device": "cpu", "precision": "fp32", "channels_last": True}
