@@ -14,7 +14,9 @@ shapes. A halp-trt run pruned at another per-group floor than 0.3 (``--min-keep 
 the pruner's default where it follows the criterion) is named with it
 (``halp-auto-calib@floor0.1``, :func:`plan_pricing.floored_method`): a method of its
 own, pooled beside the same method's runs at 0.3 and set against the baselines of
-either (``--reference halp-auto-calib@floor0.1``).
+either (``--reference halp-auto-calib@floor0.1``). Without ``--reference`` the pool sets
+the others against the method the results were run against (their ``--reference``),
+named with its floor.
 
 The yardstick beside it: Torch-Pruning and uniform width run twice per seed and target,
 at the reference's latency and one alignment step wider (``tp-taylor`` and
@@ -57,7 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = load_pareto().OneLineParser(prog="pareto_pool.py", description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", help="bench/pareto.py results (JSON) of one model")
     p.add_argument(
-        "--reference", default="halp-taylor-abs", help="the method the others are set against"
+        "--reference",
+        default=None,
+        help="the method the others are set against (default: the one the results were run "
+        "against, named with its floor where it is not 0.3: halp-auto-calib@floor0.1)",
     )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     return p.parse_args(argv)
@@ -72,6 +77,29 @@ def floored(result: dict) -> list[dict]:
     is not 0.3 (:func:`plan_pricing.floored_method`)."""
     settings = result.get("settings")
     return [{**r, "method": floored_method(r, settings)} for r in result["runs"]]
+
+
+def recorded_reference(results: list[tuple[str, dict]]) -> str:
+    """The reference the results were run against (their ``--reference``), named as the
+    pool names its runs (with the floor they recorded, :func:`floored`). Raises
+    BenchError where no result records one with a run, or they record more than one."""
+    names: dict[str, list[str]] = {}
+    for name, result in results:
+        reference = (result.get("settings") or {}).get("reference")
+        for method in {
+            r["method"]
+            for r in floored(result)
+            if reference and r["method"].split("@")[0] == reference and _ok(r)
+        }:
+            names.setdefault(method, []).append(name)
+    if len(names) != 1:
+        which = "; ".join(f"{m} in {', '.join(n)}" for m, n in sorted(names.items()))
+        raise BenchError(
+            f"the results were run against different references ({which}): pass --reference"
+            if names
+            else "the results record no reference with a run of its own: pass --reference"
+        )
+    return next(iter(names))
 
 
 def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
@@ -206,12 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
         results = [(Path(p).name, load_result(p)) for p in args.results]
-        found = pool(results, args.reference)
+        reference = args.reference or recorded_reference(results)
+        found = pool(results, reference)
     except (BenchError, LutUserError) as exc:
         print(f"pareto_pool.py: error: {exc}", file=sys.stderr)
         return 2
 
-    print(f"{args.reference} minus each method at its measured latency, points, 95% t interval")
+    print(f"{reference} minus each method at its measured latency, points, 95% t interval")
     print(
         f"{'target':>6}  {'method':<22} {'seeds':>5}  {'mean':>6}  {'interval':<16} ahead  "
         "bracketed (the rest read off the method's points beyond their ends)"

@@ -17,7 +17,8 @@ def run(seed, method, ratio, acc, target="0.5x"):
 
 
 def result(runs, model="m"):
-    return {"model": model, "data": "digits", "input_shape": [8, 3, 16, 16], "runs": runs}
+    return {"model": model, "data": "digits", "input_shape": [8, 3, 16, 16], "runs": runs,
+            "settings": {"reference": "halp-taylor-abs"}}  # fmt: skip
 
 
 def first():
@@ -178,3 +179,31 @@ def test_runs_that_cannot_be_pooled_are_one_line_and_write_nothing(
     err = capsys.readouterr().err.strip()
     assert err.startswith("pareto_pool.py: error: ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_the_reference_is_the_one_the_results_were_run_against(tmp_path, capsys):
+    """Without --reference: the method the results name as theirs, with the floor its runs
+    recorded; two different ones, or none, are one line and exit code 2."""
+    pool = load_bench("pareto_pool")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(first()))
+    b.write_text(json.dumps(second()))
+    assert pool.main([str(a), str(b)]) == 0
+    assert capsys.readouterr().out.startswith("halp-taylor-abs minus each method")
+    low = {**second(), "settings": {"reference": "halp-taylor-abs", "min_keep": 0.1}}
+    assert pool.recorded_reference([("b", low)]) == "halp-taylor-abs@floor0.1"
+    for other, message in [
+        (low, "different references (halp-taylor-abs in a.json; halp-taylor-abs@floor0.1 in b.json)"),
+        ({**second(), "settings": {}}, None),  # b records none: a's
+        ({**first(), "settings": {"reference": "halp-x"}}, "no reference with a run"),
+    ]:  # fmt: skip
+        b.write_text(json.dumps(other))
+        files = [str(b)] if message == "no reference with a run" else [str(a), str(b)]
+        out = tmp_path / "pool.json"
+        code = pool.main([*files, "--out", str(out)])
+        if message is None:
+            assert code == 0 and json.loads(out.read_text())["reference"] == "halp-taylor-abs"
+            out.unlink()
+            continue
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and "\n" not in err and not out.exists()
