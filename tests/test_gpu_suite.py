@@ -70,8 +70,6 @@ def suite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def slow_net():
     """A model spec whose loading outlasts any lease in these tests, on any machine: the
     lease test's table step must be cut at the deadline, not finish before it."""
-    import time
-
     time.sleep(600)
     raise AssertionError("slow_net was not stopped at its deadline")
 
