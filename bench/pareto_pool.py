@@ -81,16 +81,14 @@ def floored(result: dict) -> list[dict]:
 
 def recorded_reference(results: list[tuple[str, dict]]) -> str:
     """The reference the results were run against (their ``--reference``), named as the
-    pool names its runs (with the floor they recorded, :func:`floored`). Raises
-    BenchError where no result records one with a run, or they record more than one."""
+    pool names its runs (with the floor they recorded,
+    :func:`plan_pricing.floored_method`). Raises BenchError where no result records one
+    with a run, or they record more than one."""
     names: dict[str, list[str]] = {}
     for name, result in results:
-        reference = (result.get("settings") or {}).get("reference")
-        for method in {
-            r["method"]
-            for r in floored(result)
-            if reference and r["method"].split("@")[0] == reference and _ok(r)
-        }:
+        settings = result.get("settings") or {}
+        runs = [r for r in result["runs"] if r["method"] == settings.get("reference") and _ok(r)]
+        for method in {floored_method(r, settings) for r in runs}:
             names.setdefault(method, []).append(name)
     if len(names) != 1:
         which = "; ".join(f"{m} in {', '.join(n)}" for m, n in sorted(names.items()))
