@@ -13,7 +13,10 @@ score higher keep the streams or the inner widths.
     python bench/result_shapes.py bench/results/pareto_mobilenetv2_hard_v4_zen3_pre10_03x_e6_blocks_fastnas.json \\
         --out bench/results/result_shapes_mobilenetv2_hard_v4_03x.json
 
-A seed of one method in several runs counts once (the last run given).
+A seed of one method in several runs counts once (the last run given). A halp-trt run
+pruned at another per-group floor than 0.3 is a method of its own, named with it
+(``halp-auto-calib@floor0.5``, :func:`plan_pricing.floored_method`), as in
+bench/pareto_pool.py and bench/pareto_pairs.py.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from plan_pricing import (  # noqa: E402
     BenchError,
+    floored_method,
     keep_counts,
     load_pareto,
     load_result,
@@ -97,7 +101,8 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
                 keep = keep_counts(graph, convs, r["widths"])
             except BenchError as exc:
                 raise BenchError(f"{name}: a {r['method']} row: {exc}") from None
-            rows.setdefault((r["target"], r["method"]), {})[int(r["seed"])] = {
+            method = floored_method(r, result.get("settings"))
+            rows.setdefault((r["target"], method), {})[int(r["seed"])] = {
                 "val_acc": r["val_acc"],
                 **{
                     kind: statistics.fmean(keep[g] / size[g] for g in gids)

@@ -63,6 +63,21 @@ def test_kept_fractions_by_kind_and_seed():
     assert streams["coupled_kept_mean"] == 0.5 and streams["single_kept_mean"] == 1.0
 
 
+def test_a_halp_run_at_another_floor_is_a_method_of_its_own():
+    """The same halp-trt method at two floors (recorded per run, or the result's
+    ``--min-keep``) is two rows, named as bench/pareto_pool.py names them; a baseline
+    keeps its name."""
+    shapes = load_bench("result_shapes")
+    w = widths()
+    at03 = result([{**row(0, "halp-x", 0.9, w), "min_keep": 0.3}, row(0, "uniform", 0.8, w)])
+    at05 = {**result([row(0, "halp-x", 0.7, w), row(1, "uniform", 0.6, w)]),
+            "settings": {"min_keep": 0.5}}  # fmt: skip
+    found = shapes.shapes([("a", at03), ("b", at05)])["by_target"]["0.5x"]
+    assert found["halp-x"]["val_acc_mean"] == pytest.approx(0.9)
+    assert found["halp-x@floor0.5"]["val_acc_mean"] == pytest.approx(0.7)
+    assert found["uniform"]["seeds"] == [0, 1]
+
+
 @pytest.mark.parametrize(
     "other, message",
     [
