@@ -10,8 +10,8 @@ from ..specs import WEIGHTS_HELP
 
 MIN_KEEP_HELP = (
     "fewest channels any group keeps, as a fraction of its width (default 0.1 where the "
-    "default --importance auto runs taylor-fisher on narrow residual streams, else 0.3; "
-    "0: no floor, as in HALP)"
+    "default --importance auto runs taylor-fisher on narrow residual streams, 0.5 where it "
+    "runs taylor-weights-mean from 0.55x up, else 0.3; 0: no floor, as in HALP)"
 )
 MIN_INTERVAL_HELP = (
     "fewest iterations between pruning steps spread over the window (default 40, HALP's "

@@ -61,7 +61,8 @@ class PruneConfig(ConfigBase):
         min_channels: fewest channels any group keeps; None: one bundle.
         min_keep: fewest channels any group keeps, as a fraction of its width; None:
             :func:`halp_trt.prune.pruner.default_min_keep` (0.1 where ``auto`` runs
-            ``taylor-fisher`` on narrow residual streams, else 0.3), 0: no floor.
+            ``taylor-fisher`` on narrow residual streams, 0.5 where it runs
+            ``taylor-weights-mean`` from 0.55x up, else 0.3), 0: no floor.
         monotone_table: plan on the table's monotone envelope (see
             :class:`halp_trt.solver.monotone.MonotoneTable`; off by default).
         frozen_layers: layer names whose channels are never pruned.

@@ -69,6 +69,7 @@ from ..importance import (
     resolve_importance,
     stream_width_ratio,
 )
+from ..importance import base as importance_base
 from . import distributed as ddp
 from . import optim_state
 from .masks import MaskSet
@@ -152,22 +153,46 @@ DEFAULT_MIN_KEEP = 0.3
 AUTO_MIN_KEEP = 0.1
 
 
-def default_min_keep(importance: Any, chosen: str | None = None, graph: Any = None) -> float:
-    """The per-group floor a pruner takes when none is given: :data:`AUTO_MIN_KEEP` where
-    ``importance`` is ``auto``, the criterion it chose (``chosen``) is ``taylor-fisher``
-    and ``graph`` has residual streams (``auto`` chooses so below
+#: The floor where ``auto`` runs its upper branch (``taylor-weights-mean``, from
+#: :data:`~halp_trt.importance.base.AUTO_FISHER_BELOW` of the unpruned latency up): no
+#: group below half its width. At 0.3 every plan of that branch on record put the
+#: MobileNetV2's first expansions, at the input's full resolution, at the floor (32 of
+#: 96, 48 of 144, where the table prices a channel highest), on three CPUs, and the same
+#: path on a MACs table, which keeps the first wider (48-64), led it at 0.7x (-0.61 [-1.3,
+#: +0.1] over twelve seeds on a Zen 4; HALP's ``taylor-abs`` path -0.78 [-1.3, -0.3] on a
+#: Zen 5). At 0.5, at equal measured latency on the Zen 4: +0.50 [+0.0, +1.0] over 0.3
+#: at 0.7x (10 of 12 seeds), level with the MACs table (-0.12) and uniform width (-0.03,
+#: where 0.3 was -0.51); +0.15 [-0.8, +1.1] over 0.3 at 0.6x (5 of 6) and +0.31 over
+#: uniform width. The target's own fraction (0.7 at 0.7x) scored 0.67 under 0.5 (six
+#: seeds). bench/PARETO.md "Half of each group where little is cut". On the ResNet-18
+#: no plan of the branch on record cut a group below half, so there it does not bind.
+#: Where it leaves the target out of reach the pruner takes :data:`DEFAULT_MIN_KEEP`.
+AUTO_ABOVE_MIN_KEEP = 0.5
+
+
+def default_min_keep(
+    importance: Any,
+    chosen: str | None = None,
+    graph: Any = None,
+    fraction: float | None = None,
+) -> float:
+    """The per-group floor a pruner takes when none is given, where ``importance`` is
+    ``auto``: :data:`AUTO_MIN_KEEP` where the criterion it chose (``chosen``) is
+    ``taylor-fisher`` and ``graph`` has residual streams (``auto`` chooses so below
     :data:`~halp_trt.importance.base.AUTO_FISHER_BELOW` where they are narrower than
     :data:`~halp_trt.importance.base.AUTO_MEAN_STREAMS` of the layers they feed),
-    :data:`DEFAULT_MIN_KEEP` everywhere else (a network without residual streams
-    included: the lower floor was not run on one)."""
-    if (
-        isinstance(importance, str)
-        and importance == AUTO_IMPORTANCE
-        and chosen == "taylor-fisher"
-        and graph is not None
-        and stream_width_ratio(graph) is not None
-    ):
+    :data:`AUTO_ABOVE_MIN_KEEP` for a target of ``fraction`` of the unpruned latency at
+    or above :data:`~halp_trt.importance.base.AUTO_FISHER_BELOW` (the upper branch);
+    :data:`DEFAULT_MIN_KEEP` everywhere else (a named criterion, ``auto`` below 0.55x on
+    wide streams, a network without residual streams below 0.55x: the other floors
+    were not run there)."""
+    if not (isinstance(importance, str) and importance == AUTO_IMPORTANCE):
+        return DEFAULT_MIN_KEEP
+    if chosen == "taylor-fisher" and graph is not None and stream_width_ratio(graph) is not None:
         return AUTO_MIN_KEEP
+    # rounded as auto_choice rounds: 0.55x is 0.55 however its milliseconds were divided
+    if fraction is not None and round(fraction, 6) >= importance_base.AUTO_FISHER_BELOW:
+        return AUTO_ABOVE_MIN_KEEP
     return DEFAULT_MIN_KEEP
 
 
@@ -240,7 +265,8 @@ class Pruner:
         frozen_layers: layers whose channels must not be pruned.
         min_keep: fewest channels any group keeps, as a fraction of its width (rounded
             up to whole bundles); None: :func:`default_min_keep` (0.1 where ``auto``
-            runs ``taylor-fisher`` on narrow residual streams, else 0.3), 0: no floor.
+            runs ``taylor-fisher`` on narrow residual streams, 0.5 where it runs
+            ``taylor-weights-mean`` from 0.55x up, else 0.3), 0: no floor.
         cost_model, bundle, min_channels: passed to
             :func:`halp_trt.solver.solve_budget` (defaults: the solver's).
         monotone_table: plan on the table's monotone envelope
@@ -360,10 +386,18 @@ class Pruner:
 
         #: The per-group floor (:func:`default_min_keep` where ``min_keep`` is None).
         self.min_keep = check_min_keep(
-            default_min_keep(importance, chosen, self.graph) if min_keep is None else min_keep
+            default_min_keep(importance, chosen, self.graph, fraction)
+            if min_keep is None
+            else min_keep
         )
         self.min_keep_asked = min_keep
         self._solver_options["min_keep"] = self.min_keep
+        if min_keep is None and self.min_keep > DEFAULT_MIN_KEEP:
+            try:
+                self._check_feasible()
+            except PruningError:
+                # the upper branch's floor leaves this target out of reach: the common one
+                self.min_keep = self._solver_options["min_keep"] = DEFAULT_MIN_KEEP
         self._check_feasible()
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):

@@ -273,7 +273,7 @@ def test_pruner_from_config_uses_the_fitted_schedule(table):
         ht.Pruner.from_config(model, x, table, cfg)
     fixed = ht.Pruner.from_config(model, x, table, cfg.replace(steps=3, interval=2))
     assert (fixed.steps, fixed.interval) == (3, 2)
-    assert fixed.min_keep == ht.prune.pruner.DEFAULT_MIN_KEEP == 0.3
+    assert fixed.min_keep == ht.prune.pruner.AUTO_ABOVE_MIN_KEEP == 0.5  # auto at 0.6x
     no_floor = ht.Pruner.from_config(model, x, table, cfg.replace(interval=2, min_keep=0.0))
     assert no_floor.min_keep == 0.0
 

@@ -354,18 +354,34 @@ def test_the_default_floor_follows_the_criterion_and_a_state_saved_at_another_sa
     table, monkeypatch
 ):
     """No ``min_keep``: 0.1 where ``auto`` runs ``taylor-fisher`` on a network with
-    residual streams, 0.3 where it runs ``taylor-weights-mean`` and under a criterion
-    named by the caller. A state saved at another floor, loaded by a pruner left at the
-    default, is refused with the option that resumes it as saved; one whose floor was
-    given is refused without it (the caller chose that floor)."""
+    residual streams, 0.5 where it runs ``taylor-weights-mean`` from 0.55x up (0.3 where
+    half of each group leaves the target out of reach), 0.3 under a criterion named by
+    the caller. A state saved at another floor, loaded by a pruner left at the default,
+    is refused with the option that resumes it as saved; one whose floor was given is
+    refused without it (the caller chose that floor)."""
     import halp_trt.importance.base as base
-    from halp_trt.prune.pruner import AUTO_MIN_KEEP, DEFAULT_MIN_KEEP, default_min_keep
+    from halp_trt.prune.pruner import (
+        AUTO_ABOVE_MIN_KEEP,
+        AUTO_MIN_KEEP,
+        DEFAULT_MIN_KEEP,
+        default_min_keep,
+    )
 
     model, x = fresh()
     args = {"steps": 4, "interval": 2}
     upper = Pruner(model, x, table, "0.6x", **args)
     assert upper.importance_name == "taylor-weights-mean"
-    assert upper.min_keep == DEFAULT_MIN_KEEP == 0.3
+    assert upper.min_keep == AUTO_ABOVE_MIN_KEEP == 0.5
+    # this network's smallest plan keeping half of each group is 0.584x of it, at 0.3 0.568x
+    with pytest.raises(PruningError, match="infeasible"):
+        Pruner(model, x, table, "0.575x", min_keep=0.5, **args)
+    near = Pruner(model, x, table, "0.575x", **args)
+    assert near.importance_name == "taylor-weights-mean" and near.min_keep == DEFAULT_MIN_KEEP
+    assert Pruner(model, x, table, "0.6x", importance="taylor-weights-mean", **args).min_keep == 0.3
+    assert default_min_keep("auto", "taylor-weights-mean", upper.graph, 0.55) == 0.5
+    assert default_min_keep("auto", "taylor-weights-mean", upper.graph, 0.54) == 0.3
+    assert default_min_keep("auto", "taylor-weights-mean") == 0.3  # no target known
+    assert default_min_keep("taylor-weights-mean", "taylor-weights-mean", None, 0.7) == 0.3
     monkeypatch.setattr(base, "AUTO_MEAN_STREAMS", 10.0)  # its streams count as narrow
     monkeypatch.setattr(base, "AUTO_FISHER_BELOW", 0.65)  # 0.54x is out of its reach at 0.3
     lower = Pruner(model, x, table, "0.6x", **args)
