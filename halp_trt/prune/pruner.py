@@ -133,13 +133,14 @@ def network_latency(table: Any, layers: Mapping[str, Any], widths: Mapping[str, 
 #: ran 15% slower than predicted (such narrow layers are where the additive latency
 #: model errs most). A floor of 0.3 gave 0.95 at the same predicted latency; at 0.5x and
 #: 0.7x the floor hardly binds. See the README's "Accuracy against measured latency".
-#: It stays the floor wherever :data:`AUTO_MIN_KEEP` is not: every criterion named by
-#: the caller was measured with it (``taylor-weights`` at 0.1 on the harder digits'
-#: MobileNetV2 at 0.3x scored 0.8340 against 0.8477 at 0.3, Zen 3), and so was
-#: ``auto``'s upper branch, ``taylor-weights-mean``, which cuts streams: at 0.1 it scored
-#: level on the ResNet-18 (+0.13 at 0.5x; -0.34 [-0.74, +0.06] at 0.3x, where its lead
-#: over FastNAS went from +0.61 to +0.09), the bottleneck ResNet-26 (-0.45, +0.52) and
-#: the MobileNetV2 at 0.7x (-0.05, three seeds), six seeds each elsewhere, on the Xeon.
+#: It stays the floor wherever :data:`AUTO_MIN_KEEP` and :data:`AUTO_ABOVE_MIN_KEEP`
+#: are not: every criterion named by the caller was measured with it (``taylor-weights``
+#: at 0.1 on the harder digits' MobileNetV2 at 0.3x scored 0.8340 against 0.8477 at 0.3,
+#: Zen 3), and so was ``taylor-weights-mean``, which cuts streams (``auto`` runs it below
+#: 0.55x on wide streams): at 0.1 it scored level on the ResNet-18 (+0.13 at 0.5x; -0.34
+#: [-0.74, +0.06] at 0.3x, where its lead over FastNAS went from +0.61 to +0.09), the
+#: bottleneck ResNet-26 (-0.45, +0.52) and the MobileNetV2 at 0.7x (-0.05, three seeds;
+#: from 0.55x up ``auto`` now keeps half), six seeds each elsewhere, on the Xeon.
 DEFAULT_MIN_KEEP = 0.3
 #: The floor where ``auto`` (the default criterion) runs ``taylor-fisher`` on a network
 #: with narrow residual streams (below 0.55x): FastNAS's narrowest choice. There the
