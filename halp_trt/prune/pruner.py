@@ -166,8 +166,10 @@ AUTO_MIN_KEEP = 0.1
 #: where 0.3 was -0.51); +0.15 [-0.8, +1.1] over 0.3 at 0.6x (5 of 6) and +0.31 over
 #: uniform width. The target's own fraction (0.7 at 0.7x) scored 0.67 under 0.5 (six
 #: seeds). bench/PARETO.md "Half of each group where little is cut". On the ResNet-18
-#: no plan of the branch on record cut a group below half, so there it does not bind.
-#: Where it leaves the target out of reach the pruner takes :data:`DEFAULT_MIN_KEEP`.
+#: at 0.7x the plans at 0.3 cut a group below half once in eight (the Xeon's five, the
+#: Zen 4's three: the second stage's stream to 48 of 128); at 0.5 +0.25 [-0.8, +1.3] over
+#: 0.3 on the Zen 4 (three seeds). Where it leaves the target out of reach the pruner
+#: takes :data:`DEFAULT_MIN_KEEP`.
 AUTO_ABOVE_MIN_KEEP = 0.5
 
 
