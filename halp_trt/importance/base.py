@@ -260,6 +260,14 @@ def stream_width_ratio(graph: Any) -> float | None:
     return float(np.exp(np.mean(logs))) if logs else None
 
 
+def auto_upper_branch(fraction: float) -> bool:
+    """Whether ``auto`` runs its upper branch (:data:`AUTO_ABOVE`, whatever the streams)
+    for a target of ``fraction`` of the unpruned latency: from :data:`AUTO_FISHER_BELOW`
+    up."""
+    # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
+    return round(fraction, 6) >= AUTO_FISHER_BELOW
+
+
 def auto_choice(fraction: float, graph: Any | None = None) -> tuple[str, str]:
     """What ``auto`` runs for a target of ``fraction`` of the unpruned latency, and why,
     as the end of a log label: :data:`AUTO_ABOVE` from :data:`AUTO_FISHER_BELOW` up (no
@@ -267,8 +275,7 @@ def auto_choice(fraction: float, graph: Any | None = None) -> tuple[str, str]:
     streams are at least :data:`AUTO_MEAN_STREAMS` as wide as the layers they feed
     (:func:`stream_width_ratio`), where it stays :data:`AUTO_ABOVE` (``", streams 0.86x
     the width of the layers they feed"``, or ``" without residual streams"``)."""
-    # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
-    if round(fraction, 6) >= AUTO_FISHER_BELOW:
+    if auto_upper_branch(fraction):
         return AUTO_ABOVE, ""
     if graph is None:
         return "taylor-fisher", ""

@@ -66,10 +66,10 @@ from ..importance import (
     Importance,
     ImportanceError,
     auto_choice,
+    auto_upper_branch,
     resolve_importance,
     stream_width_ratio,
 )
-from ..importance import base as importance_base
 from . import distributed as ddp
 from . import optim_state
 from .masks import MaskSet
@@ -193,8 +193,7 @@ def default_min_keep(
         return DEFAULT_MIN_KEEP
     if chosen == "taylor-fisher" and graph is not None and stream_width_ratio(graph) is not None:
         return AUTO_MIN_KEEP
-    # rounded as auto_choice rounds: 0.55x is 0.55 however its milliseconds were divided
-    if fraction is not None and round(fraction, 6) >= importance_base.AUTO_FISHER_BELOW:
+    if fraction is not None and auto_upper_branch(fraction):
         return AUTO_ABOVE_MIN_KEEP
     return DEFAULT_MIN_KEEP
 
@@ -395,13 +394,14 @@ class Pruner:
         )
         self.min_keep_asked = min_keep
         self._solver_options["min_keep"] = self.min_keep
-        if min_keep is None and self.min_keep > DEFAULT_MIN_KEEP:
-            try:
-                self._check_feasible()
-            except PruningError:
-                # the upper branch's floor leaves this target out of reach: the common one
-                self.min_keep = self._solver_options["min_keep"] = DEFAULT_MIN_KEEP
-        self._check_feasible()
+        try:
+            self._check_feasible()
+        except PruningError:
+            if min_keep is not None or self.min_keep <= DEFAULT_MIN_KEEP:
+                raise
+            # the upper branch's floor leaves this target out of reach: the common one
+            self.min_keep = self._solver_options["min_keep"] = DEFAULT_MIN_KEEP
+            self._check_feasible()
         self.importance = criterion(self.graph)
         if not isinstance(self.importance, Importance):
             raise ImportanceError(
