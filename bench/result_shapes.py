@@ -13,7 +13,10 @@ score higher keep the streams or the inner widths.
     python bench/result_shapes.py bench/results/pareto_mobilenetv2_hard_v4_zen3_pre10_03x_e6_blocks_fastnas.json \\
         --out bench/results/result_shapes_mobilenetv2_hard_v4_03x.json
 
-A seed of one method in several runs counts once (the last run given). A halp-trt run
+A seed of one method in several runs counts once, the mean of its runs: a halp-trt
+method run again beside other baselines on the same dense models plans and scores a
+little differently each time (its latency feedback measures), and every run is as much
+its result as the other. A halp-trt run
 pruned at another per-group floor than 0.3 is a method of its own, named with it
 (``halp-auto-calib@floor0.5``, :func:`plan_pricing.floored_method`), as in
 bench/pareto_pool.py and bench/pareto_pairs.py.
@@ -90,7 +93,7 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
         for kind, coupled in (("coupled", True), ("single", False))
     }
     kinds = {kind: gids for kind, gids in kinds.items() if gids}
-    rows: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    rows: dict[tuple[str, str], dict[int, list[dict[str, float]]]] = {}
     for name, result in results:
         for r in result["runs"]:
             if r.get("status") != "ok" or "widths" not in r or "val_acc" not in r:
@@ -102,21 +105,30 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
             except BenchError as exc:
                 raise BenchError(f"{name}: a {r['method']} row: {exc}") from None
             method = floored_method(r, result.get("settings"))
-            rows.setdefault((r["target"], method), {})[int(r["seed"])] = {
-                "val_acc": r["val_acc"],
-                **{
-                    kind: statistics.fmean(keep[g] / size[g] for g in gids)
-                    for kind, gids in kinds.items()
-                },
-            }
+            rows.setdefault((r["target"], method), {}).setdefault(int(r["seed"]), []).append(
+                {
+                    "val_acc": r["val_acc"],
+                    **{
+                        kind: statistics.fmean(keep[g] / size[g] for g in gids)
+                        for kind, gids in kinds.items()
+                    },
+                }
+            )
     out: dict[str, Any] = {"runs": [n for n, _ in results], "by_target": {}}
     for (t, method), seeds in sorted(rows.items()):
-        vals = list(seeds.values())
-        out["by_target"].setdefault(t, {})[method] = {
+        # Each seed once: the mean of its runs, then the mean over the seeds.
+        vals = [
+            {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
+            for runs in seeds.values()
+        ]
+        entry: dict[str, Any] = {
             "seeds": sorted(seeds),
             "val_acc_mean": statistics.fmean(v["val_acc"] for v in vals),
             **{f"{kind}_kept_mean": statistics.fmean(v[kind] for v in vals) for kind in kinds},
         }
+        if any(len(runs) > 1 for runs in seeds.values()):
+            entry["runs_per_seed"] = {str(k): len(v) for k, v in sorted(seeds.items())}
+        out["by_target"].setdefault(t, {})[method] = entry
     out["groups"] = {kind: len(kinds.get(kind, ())) for kind in ("coupled", "single")}
     return out
 
@@ -135,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n = found["groups"]
     print(f"kept fraction of {n['coupled']} coupled groups (streams) and {n['single']} single")
-    print(f"{'target':>6}  {'method':<28} {'seeds':>5}  {'acc':>6}  {'coupled':>7}  {'single':>6}")
+    print(
+        f"{'target':>6}  {'method':<30} {'seeds':>5} {'runs':>4}  {'acc':>6}  {'coupled':>7}  "
+        f"{'single':>6}"
+    )
     for t, by_method in found["by_target"].items():
         for method, s in by_method.items():
+            runs = sum(s.get("runs_per_seed", {}).values()) or len(s["seeds"])
             print(
-                f"{t:>6}  {method:<28} {len(s['seeds']):>5}  {s['val_acc_mean']:.4f}  "
+                f"{t:>6}  {method:<30} {len(s['seeds']):>5} {runs:>4}  {s['val_acc_mean']:.4f}  "
                 f"{s.get('coupled_kept_mean', float('nan')):7.2f}  "
                 f"{s.get('single_kept_mean', float('nan')):6.2f}"
             )

@@ -57,10 +57,13 @@ def test_kept_fractions_by_kind_and_seed():
         ]
     )
     whole = found["by_target"]["0.5x"]["whole"]
-    assert whole["seeds"] == [0, 1] and whole["val_acc_mean"] == pytest.approx(0.7)  # (0.6+0.8)/2
+    # Seed 0 in two runs counts once, the mean of them: ((0.9 + 0.6) / 2 + 0.8) / 2.
+    assert whole["seeds"] == [0, 1] and whole["val_acc_mean"] == pytest.approx(0.775)
+    assert whole["runs_per_seed"] == {"0": 2, "1": 1}
     assert whole["coupled_kept_mean"] == 1.0 and whole["single_kept_mean"] == 1.0
     streams = found["by_target"]["0.5x"]["streams"]
     assert streams["coupled_kept_mean"] == 0.5 and streams["single_kept_mean"] == 1.0
+    assert "runs_per_seed" not in streams  # one run a seed: the files keep their shape
 
 
 def test_a_halp_run_at_another_floor_is_a_method_of_its_own():
