@@ -10,7 +10,7 @@ from ..specs import WEIGHTS_HELP
 
 MIN_KEEP_HELP = (
     "fewest channels any group keeps, as a fraction of its width (default 0.1 where the "
-    "default --importance auto runs taylor-fisher on narrow residual streams, 0.5 where it "
+    "default --importance auto runs taylor-fisher on residual streams, 0.5 where it "
     "runs taylor-weights-mean from 0.55x up, else 0.3; 0: no floor, as in HALP)"
 )
 MIN_INTERVAL_HELP = (
@@ -20,7 +20,8 @@ MIN_INTERVAL_HELP = (
 IMPORTANCE_HELP = (
     "auto (default: taylor-weights-mean, and for a target below 0.55x of the unpruned "
     "latency taylor-fisher where the residual streams are narrower than half the layers "
-    "they feed, as a MobileNetV2's, or where there are none), "
+    "they feed, as a MobileNetV2's, or where there are none; taylor-fisher at every "
+    "target where depthwise convolutions read the streams, as a ConvNeXt's), "
     "taylor-weights (first-order Taylor on the weights of every layer that "
     "writes or reads a channel, in magnitude), taylor-weights-mean (the same averaged "
     "over those layers instead of summed), taylor-abs (HALP's Taylor score on the "

@@ -33,7 +33,9 @@ class PruneConfig(ConfigBase):
         target: the latency target: ``"0.5x"`` (a fraction, below 1, of the unpruned
             model's predicted latency), ``"3ms"``, or milliseconds as a number.
         importance: a criterion name (``auto``, the default: ``taylor-fisher`` below
-            0.55x of the unpruned latency, ``taylor-weights-mean`` from there up;
+            0.55x of the unpruned latency, ``taylor-weights-mean`` from there up, unless
+            depthwise convolutions read the residual streams, as a ConvNeXt's, where it
+            stays ``taylor-fisher``: :func:`halp_trt.importance.auto_choice`;
             ``taylor-abs``, ``taylor``, ``l1``, ``l2``, ``sp-lamp`` or any registered one),
             ``"module:attr"`` naming a criterion class or factory, or the class /
             factory itself (not JSON-serialisable then: :meth:`to_dict` writes its
@@ -61,7 +63,7 @@ class PruneConfig(ConfigBase):
         min_channels: fewest channels any group keeps; None: one bundle.
         min_keep: fewest channels any group keeps, as a fraction of its width; None:
             :func:`halp_trt.prune.pruner.default_min_keep` (0.1 where ``auto`` runs
-            ``taylor-fisher`` on narrow residual streams, 0.5 where it runs
+            ``taylor-fisher`` on residual streams, 0.5 where it runs
             ``taylor-weights-mean`` from 0.55x up, else 0.3), 0: no floor.
         monotone_table: plan on the table's monotone envelope (see
             :class:`halp_trt.solver.monotone.MonotoneTable`; off by default).

@@ -10,7 +10,9 @@ norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
 ``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
 training, on calibration minibatches); ``auto`` (:data:`DEFAULT_IMPORTANCE`) is
 ``taylor-fisher`` or ``taylor-weights-mean`` by the latency target and the width of the
-residual streams (:func:`choose_importance`, :func:`stream_width_ratio`).
+residual streams (:func:`choose_importance`, :func:`stream_width_ratio`), ``taylor-fisher``
+at every target where depthwise convolutions sit on the streams
+(:func:`depthwise_streams`).
 ``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
 also takes a criterion object (a class or a factory).
 """
@@ -27,6 +29,7 @@ from .base import (
     auto_choice,
     auto_upper_branch,
     choose_importance,
+    depthwise_streams,
     get_importance,
     list_importances,
     register_importance,
@@ -46,6 +49,7 @@ __all__ = [
     "auto_choice",
     "auto_upper_branch",
     "choose_importance",
+    "depthwise_streams",
     "get_importance",
     "lamp_scores",
     "list_importances",

@@ -47,7 +47,8 @@ DEFAULT_IMPORTANCE = "auto"
 
 #: The name of the criterion chosen by the latency target (:func:`choose_importance`):
 #: ``taylor-fisher`` below :data:`AUTO_FISHER_BELOW` of the unpruned latency (unless the
-#: residual streams are wide: :data:`AUTO_MEAN_STREAMS`), :data:`AUTO_ABOVE` from it up.
+#: residual streams are wide: :data:`AUTO_MEAN_STREAMS`), :data:`AUTO_ABOVE` from it up
+#: (unless depthwise convolutions sit on the streams: :func:`depthwise_streams`).
 AUTO_IMPORTANCE = "auto"
 #: Where ``auto`` switches. Over every pair of the two criteria in bench/results
 #: (bench/pareto_pairs.py halp-taylor-fisher-calib halp-taylor-weights-calib: the
@@ -260,9 +261,36 @@ def stream_width_ratio(graph: Any) -> float | None:
     return float(np.exp(np.mean(logs))) if logs else None
 
 
+def depthwise_streams(graph: Any) -> bool:
+    """Whether a depthwise convolution reads one of the network's residual streams (a
+    ConvNeXt's 7x7 on each block's input; a MobileNetV2's depthwise convolutions read
+    the expansions, not the streams). On the one such network run, a ConvNeXt, the
+    averaged terms of :data:`AUTO_ABOVE` scored its first two stages' channels lowest:
+    at 0.7x every plan put the first stage's stream and expansions and the second's
+    stream at the per-group floor (16 of 32, 64 of 128, 32 of 64) and kept the rest
+    nearly whole, on the measured table and on a MACs table alike; ``taylor-fisher`` at the floor 0.1 kept
+    every stream and cut the expansions in every stage, as FastNAS and Torch-Pruning's
+    Taylor do, and scored +0.64 [-0.3, +1.6] points over it (six seeds, 5 ahead; level
+    with those two and uniform width, where the averaged terms trailed each), as it had
+    at 0.5x (+1.34) and 0.3x (+0.56): bench/PARETO.md "The ConvNeXt where little is
+    cut". ``auto`` runs ``taylor-fisher`` at every target on such a network
+    (:func:`auto_choice`)."""
+    streams = graph.residual_streams
+    depthwise = {
+        name for name, info in graph.layers.items() if info.signature.group_mode == "depthwise"
+    }
+    return any(
+        ref.layer in depthwise
+        for group in graph.prunable
+        if group.id in streams
+        for ref in group.consumers
+    )
+
+
 def auto_upper_branch(fraction: float) -> bool:
-    """Whether ``auto`` runs its upper branch (:data:`AUTO_ABOVE`, whatever the streams)
-    for a target of ``fraction`` of the unpruned latency: from :data:`AUTO_FISHER_BELOW`
+    """Whether a target of ``fraction`` of the unpruned latency is in ``auto``'s upper
+    branch (:data:`AUTO_ABOVE`, whatever the streams' width, unless depthwise
+    convolutions sit on them: :func:`depthwise_streams`): from :data:`AUTO_FISHER_BELOW`
     up."""
     # rounded: 0.55x is 0.55 however the target's milliseconds were divided back
     return round(fraction, 6) >= AUTO_FISHER_BELOW
@@ -271,11 +299,15 @@ def auto_upper_branch(fraction: float) -> bool:
 def auto_choice(fraction: float, graph: Any | None = None) -> tuple[str, str]:
     """What ``auto`` runs for a target of ``fraction`` of the unpruned latency, and why,
     as the end of a log label: :data:`AUTO_ABOVE` from :data:`AUTO_FISHER_BELOW` up (no
-    reason); below it ``taylor-fisher``, unless ``graph`` is given and its residual
+    reason), ``taylor-fisher`` there where ``graph`` is given and depthwise convolutions
+    read its residual streams (:func:`depthwise_streams`: ``", depthwise convolutions on
+    the streams"``); below it ``taylor-fisher``, unless ``graph`` is given and its residual
     streams are at least :data:`AUTO_MEAN_STREAMS` as wide as the layers they feed
     (:func:`stream_width_ratio`), where it stays :data:`AUTO_ABOVE` (``", streams 0.86x
     the width of the layers they feed"``, or ``" without residual streams"``)."""
     if auto_upper_branch(fraction):
+        if graph is not None and depthwise_streams(graph):
+            return "taylor-fisher", ", depthwise convolutions on the streams"
         return AUTO_ABOVE, ""
     if graph is None:
         return "taylor-fisher", ""

@@ -183,7 +183,9 @@ def default_min_keep(
     ``auto``: :data:`AUTO_MIN_KEEP` where the criterion it chose (``chosen``) is
     ``taylor-fisher`` and ``graph`` has residual streams (``auto`` chooses so below
     :data:`~halp_trt.importance.base.AUTO_FISHER_BELOW` where they are narrower than
-    :data:`~halp_trt.importance.base.AUTO_MEAN_STREAMS` of the layers they feed),
+    :data:`~halp_trt.importance.base.AUTO_MEAN_STREAMS` of the layers they feed, and at
+    every target where depthwise convolutions read them,
+    :func:`~halp_trt.importance.base.depthwise_streams`),
     :data:`AUTO_ABOVE_MIN_KEEP` for a target of ``fraction`` of the unpruned latency at
     or above :data:`~halp_trt.importance.base.AUTO_FISHER_BELOW` (the upper branch);
     :data:`DEFAULT_MIN_KEEP` everywhere else (a named criterion, ``auto`` below 0.55x on

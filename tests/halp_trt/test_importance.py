@@ -467,13 +467,68 @@ def test_auto_below_the_switch_chooses_by_the_streams():
     assert choose_importance("auto", 0.3, graph("convnext_cifar")) == "taylor-fisher"
     assert choose_importance("auto", 0.3, level) == AUTO_ABOVE
     assert choose_importance("auto", 0.3, wide) == AUTO_ABOVE
-    # from the switch up, and for a named criterion, the streams do not matter
+    # from the switch up, and for a named criterion, the streams' width does not matter
     assert choose_importance("auto", AUTO_FISHER_BELOW, narrow) == AUTO_ABOVE
     assert choose_importance("l2", 0.3, wide) == "l2"
     plain = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))
     assert choose_importance("auto", 0.3, ChannelGraph(plain, torch.randn(1, 3, 16, 16))) == (
         "taylor-fisher"
     )
+
+
+def test_auto_runs_fisher_at_every_target_where_depthwise_convolutions_read_the_streams():
+    """A ConvNeXt's depthwise 7x7 reads each block's stream: ``auto`` runs
+    ``taylor-fisher`` there from the switch up too, at its floor (0.1); a MobileNetV2's
+    depthwise convolutions read the expansions and its upper branch is unchanged."""
+    from halp_trt.graph import ChannelGraph
+    from halp_trt.importance import (
+        AUTO_ABOVE,
+        AUTO_FISHER_BELOW,
+        auto_choice,
+        choose_importance,
+        depthwise_streams,
+    )
+    from halp_trt.models import create_model
+    from halp_trt.prune.pruner import AUTO_ABOVE_MIN_KEEP, AUTO_MIN_KEEP, default_min_keep
+
+    def graph(model):
+        return ChannelGraph(model.eval(), torch.randn(1, 3, 16, 16))
+
+    convnext, mnv2 = graph(create_model("convnext_cifar")), graph(create_model("mobilenetv2_cifar"))
+    assert depthwise_streams(convnext)
+    assert not depthwise_streams(mnv2) and not depthwise_streams(
+        graph(create_model("resnet18_cifar"))
+    )
+    for fraction in (AUTO_FISHER_BELOW, 0.7, 0.9):
+        assert auto_choice(fraction, convnext) == (
+            "taylor-fisher",
+            ", depthwise convolutions on the streams",
+        )
+        assert default_min_keep("auto", "taylor-fisher", convnext, fraction) == AUTO_MIN_KEEP
+        assert choose_importance("auto", fraction, mnv2) == AUTO_ABOVE
+        assert default_min_keep("auto", AUTO_ABOVE, mnv2, fraction) == AUTO_ABOVE_MIN_KEEP
+    assert choose_importance("auto", 0.3, convnext) == "taylor-fisher"  # below: as before
+    assert choose_importance("l2", 0.7, convnext) == "l2"
+
+    class DepthwiseOnStream(nn.Module):
+        """Two blocks adding a depthwise-then-pointwise branch to a 16-channel stream."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.dw = nn.ModuleList(nn.Conv2d(16, 16, 3, padding=1, groups=16) for _ in range(2))
+            self.pw = nn.ModuleList(nn.Conv2d(16, 16, 1) for _ in range(2))
+            self.head = nn.Conv2d(16, 8, 1)  # the stream is not the output: prunable
+
+        def forward(self, x):
+            x = self.stem(x)
+            for dw, pw in zip(self.dw, self.pw):
+                x = x + pw(torch.relu(dw(x)))
+            return self.head(x)
+
+    assert depthwise_streams(graph(DepthwiseOnStream()))
+    plain = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 8, 1))
+    assert not depthwise_streams(graph(plain))  # a depthwise conv, but no residual stream
 
 
 def test_auto_names_a_criterion_once_the_target_is_known():
