@@ -10,8 +10,8 @@ norms), ``sp-lamp`` (LAMP-normalised squared filter norms) and ``sensitivity`` /
 ``sensitivity-loss`` (each group's accuracy or loss measured at each width, before
 training, on calibration minibatches); ``auto`` (:data:`DEFAULT_IMPORTANCE`) is
 ``taylor-fisher`` or ``taylor-weights-mean`` by the latency target and the width of the
-residual streams (:func:`choose_importance`, :func:`stream_width_ratio`), ``taylor-fisher``
-at every target where depthwise convolutions sit on the streams
+residual streams (:func:`choose_importance`, :func:`stream_width_ratio`), and
+``taylor-fisher`` at every target where depthwise convolutions sit on the streams
 (:func:`depthwise_streams`).
 ``get_importance(name)(graph)`` builds one for a channel graph; :func:`resolve_importance`
 also takes a criterion object (a class or a factory).

@@ -268,13 +268,13 @@ def depthwise_streams(graph: Any) -> bool:
     averaged terms of :data:`AUTO_ABOVE` scored its first two stages' channels lowest:
     at 0.7x every plan put the first stage's stream and expansions and the second's
     stream at the per-group floor (16 of 32, 64 of 128, 32 of 64) and kept the rest
-    nearly whole, on the measured table and on a MACs table alike; ``taylor-fisher`` at the floor 0.1 kept
-    every stream and cut the expansions in every stage, as FastNAS and Torch-Pruning's
-    Taylor do, and scored +0.64 [-0.3, +1.6] points over it (six seeds, 5 ahead; level
-    with those two and uniform width, where the averaged terms trailed each), as it had
-    at 0.5x (+1.34) and 0.3x (+0.56): bench/PARETO.md "The ConvNeXt where little is
-    cut". ``auto`` runs ``taylor-fisher`` at every target on such a network
-    (:func:`auto_choice`)."""
+    nearly whole, on the measured table and on a MACs table alike. ``taylor-fisher`` at
+    the floor 0.1 kept every stream and cut the expansions in every stage, as FastNAS
+    and Torch-Pruning's Taylor do, and scored +0.64 [-0.3, +1.6] points over it (six
+    seeds, 5 ahead; level with those two and uniform width, where the averaged terms
+    trailed each), as it had at 0.5x (+1.34) and 0.3x (+0.56): bench/PARETO.md "The
+    ConvNeXt where little is cut". ``auto`` runs ``taylor-fisher`` at every target on
+    such a network (:func:`auto_choice`)."""
     streams = graph.residual_streams
     depthwise = {
         name for name, info in graph.layers.items() if info.signature.group_mode == "depthwise"
