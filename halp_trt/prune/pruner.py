@@ -1095,10 +1095,20 @@ class Pruner:
             if saved.get("importance") != mine["importance"] and (
                 self.importance_asked == AUTO_IMPORTANCE
             ):
-                # ``auto`` may name another criterion than the version that saved the state
+                # ``auto`` may name another criterion than the version that saved the state;
+                # a named criterion's default floor is DEFAULT_MIN_KEEP, so a state saved
+                # at another default floor needs it named too
+                floor = saved.get("min_keep")
+                pin = (
+                    f" --min-keep {floor:g}"
+                    if self.min_keep_asked is None
+                    and isinstance(floor, (int, float))
+                    and floor != DEFAULT_MIN_KEEP
+                    else ""
+                )
                 hint = (
                     f"; {AUTO_IMPORTANCE} runs {mine['importance']} here: to resume as "
-                    f"saved, name --importance {saved.get('importance')}"
+                    f"saved, name --importance {saved.get('importance')}{pin}"
                 )
             elif saved.get("min_keep") != mine["min_keep"] and self.min_keep_asked is None:
                 # the default floor may differ from the version that saved the state

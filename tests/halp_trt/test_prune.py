@@ -350,6 +350,34 @@ def test_state_whose_criterion_auto_no_longer_names_says_how_to_resume(table, mo
     assert pinned.importance_name == "taylor-fisher"
 
 
+def test_state_saved_at_auto_s_default_floor_says_which_floor_resumes_it(table, monkeypatch):
+    """A state saved while ``auto`` ran its upper branch at its floor (0.5), loaded where
+    it runs ``taylor-fisher`` (as on a network whose depthwise convolutions read the
+    streams) at 0.1: the hint names the criterion and the floor, since a named criterion
+    alone would take 0.3; with both named it resumes."""
+    import halp_trt.importance.base as base
+
+    model, x = fresh()
+    args = {"steps": 4, "interval": 2}
+    state = Pruner(model, x, table, "0.7x", **args).state_dict()
+    assert (state["config"]["importance"], state["config"]["min_keep"]) == (
+        "taylor-weights-mean",
+        0.5,
+    )
+    monkeypatch.setattr(base, "depthwise_streams", lambda graph: True)
+    now = Pruner(model, x, table, "0.7x", **args)
+    assert (now.importance_name, now.min_keep) == ("taylor-fisher", 0.1)
+    with pytest.raises(PruningError) as err:
+        now.load_state_dict(state)
+    assert str(err.value).endswith(
+        "auto runs taylor-fisher here: to resume as saved, name --importance "
+        "taylor-weights-mean --min-keep 0.5"
+    )
+    pinned = Pruner(model, x, table, "0.7x", importance="taylor-weights-mean", min_keep=0.5, **args)
+    pinned.load_state_dict(state)
+    assert (pinned.importance_name, pinned.min_keep) == ("taylor-weights-mean", 0.5)
+
+
 def test_the_default_floor_follows_the_criterion_and_a_state_saved_at_another_says_so(
     table, monkeypatch
 ):
