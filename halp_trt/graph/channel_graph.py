@@ -702,13 +702,18 @@ class ChannelGraph:
     def frozen(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.prunable]
 
+    def layers_of_mode(self, mode: str) -> set[str]:
+        """Names of the layers whose signature's ``group_mode`` is ``mode`` (``"dense"``,
+        ``"depthwise"`` or ``"grouped"``)."""
+        return {n for n, info in self.layers.items() if info.signature.group_mode == mode}
+
     @property
     def residual_streams(self) -> set[int]:
         """Ids of the prunable groups written by two or more dense (ungrouped) layers: the
         channels a residual sum adds (a stage's block outputs and its shortcut). A
         block's inner width has one dense writer, a depthwise conv beside it writing the
         same channels not counted."""
-        dense = {n for n, info in self.layers.items() if info.signature.group_mode == "dense"}
+        dense = self.layers_of_mode("dense")
         return {
             g.id
             for g in self.prunable

@@ -245,7 +245,7 @@ def stream_width_ratio(graph: Any) -> float | None:
     a MobileNetV2 (streams the bottlenecks of the expansions they feed), 1 on a
     ResNet-18, 4 on a bottleneck ResNet. None where the network has no such pair.
     """
-    dense = {name for name, info in graph.layers.items() if info.signature.group_mode == "dense"}
+    dense = graph.layers_of_mode("dense")
     writes = {ref.layer: g for g in graph.groups for ref in g.producers}
     streams = graph.residual_streams
     logs = [
@@ -276,9 +276,7 @@ def depthwise_streams(graph: Any) -> bool:
     ConvNeXt where little is cut". ``auto`` runs ``taylor-fisher`` at every target on
     such a network (:func:`auto_choice`)."""
     streams = graph.residual_streams
-    depthwise = {
-        name for name, info in graph.layers.items() if info.signature.group_mode == "depthwise"
-    }
+    depthwise = graph.layers_of_mode("depthwise")
     return any(
         ref.layer in depthwise
         for group in graph.prunable
