@@ -16,10 +16,10 @@ score higher keep the streams or the inner widths.
 A seed of one method in several runs counts once, the mean of its runs: a halp-trt
 method run again beside other baselines on the same dense models plans and scores a
 little differently each time (its latency feedback measures), and every run is as much
-its result as the other. A halp-trt run
-pruned at another per-group floor than 0.3 is a method of its own, named with it
-(``halp-auto-calib@floor0.5``, :func:`plan_pricing.floored_method`), as in
-bench/pareto_pool.py and bench/pareto_pairs.py.
+its result as the other. A halp-trt run pruned at another per-group floor than 0.3 is a
+method of its own, named with it (``halp-auto-calib@floor0.5``,
+:func:`plan_pricing.floored_method`), as in bench/pareto_pool.py and
+bench/pareto_pairs.py.
 """
 
 from __future__ import annotations
