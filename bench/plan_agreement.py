@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             min_keep = recorded.pop() if recorded else DEFAULT_MIN_KEEP
         opened.append(table := LatencyTable.open(args.table))
         with tempfile.TemporaryDirectory() as tmp:
-            opened.append(macs := macs_table(result, Path(tmp) / "macs.db"))
+            opened.append(
+                macs := macs_table({Path(args.result).name: result}, Path(tmp) / "macs.db")
+            )
             found = agreement(result, table, macs, methods, float(min_keep))
     except (BenchError, UserError, LutUserError) as exc:
         print(f"plan_agreement.py: error: {exc}", file=sys.stderr)

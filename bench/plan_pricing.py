@@ -1,4 +1,4 @@
-"""How well each table priced the plans of a bench/pareto.py result.
+"""How well each table priced the plans of bench/pareto.py results.
 
 bench/pareto.py records, per pruned model, its widths, its latency measured interleaved
 with the dense model, and the measured table's prediction. This prices the same widths
@@ -21,6 +21,11 @@ NAME`` adds the MACs table of
 bench/pareto.py (analytic, rebuilt here in a temporary directory on the result's grid
 step and alignment). Every model is rebuilt from the result's widths on the channel
 graph of the result's model; a run whose widths the graph cannot take is an error.
+
+Several results of one model (runs on other seeds, other methods) are priced together,
+each run recorded with its result's file name, and summarised over all of them; results
+of other models or input shapes, or (with ``--macs``) other grid steps or alignments, are
+refused.
 
     .venv/bin/python bench/plan_pricing.py bench/results/pareto_mobilenetv2.json \\
         --table measured=T.db --table rebuilt=T2.db --macs macs \\
@@ -58,7 +63,7 @@ def load_pareto() -> Any:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = load_pareto().OneLineParser(prog="plan_pricing.py", description=__doc__.split("\n")[0])
-    p.add_argument("result", help="a bench/pareto.py result (JSON)")
+    p.add_argument("results", nargs="+", help="bench/pareto.py results (JSON) of one model")
     p.add_argument(
         "--table", action="append", default=[], metavar="NAME=PATH", help="a table to price on"
     )
@@ -145,8 +150,21 @@ def keep_counts(graph: Any, convs: list[str], widths: list[int]) -> dict[int, in
     return keep
 
 
-def price(result: dict, tables: dict[str, Any]) -> dict[str, Any]:
-    """measured / predicted per run and table, and their summary per method and target."""
+def same_model(results: dict[str, dict]) -> None:
+    """BenchError unless every result is of the first one's model and input shape."""
+    (first, one), *rest = results.items()
+    for name, other in rest:
+        for key in ("model", "input_shape"):
+            if other[key] != one[key]:
+                raise BenchError(
+                    f"{name} is of another {key.replace('_', ' ')} ({other[key]}) than {first} "
+                    f"({one[key]}): price one model's results together"
+                )
+
+
+def price(results: dict[str, dict], tables: dict[str, Any]) -> dict[str, Any]:
+    """measured / predicted per run and table, and their summary per method and target,
+    over the runs of ``results`` (file name -> result, all of one model and input shape)."""
     import torch
     import torch.nn as nn
 
@@ -154,6 +172,7 @@ def price(result: dict, tables: dict[str, Any]) -> dict[str, Any]:
     from halp_trt.prune import network_latency
     from halp_trt.specs import example_input, load_model
 
+    result = next(iter(results.values()))
     torch.manual_seed(0)
     model = load_model(result["model"]).eval()
     x = example_input(model, tuple(result["input_shape"]))
@@ -162,7 +181,7 @@ def price(result: dict, tables: dict[str, Any]) -> dict[str, Any]:
     full = graph.widths({})
     dense = {k: network_latency(t, graph.layers, full) for k, t in tables.items()}
     runs = []
-    for r in result["runs"]:
+    for name, r in ((n, r) for n, res in results.items() for r in res["runs"]):
         if r.get("status") != "ok" or "measured_ratio" not in r:
             continue
         widths = graph.widths(keep_counts(graph, convs, r["widths"]))
@@ -171,6 +190,7 @@ def price(result: dict, tables: dict[str, Any]) -> dict[str, Any]:
         }
         runs.append(
             {
+                "result": name,
                 "method": r["method"],
                 "target": r["target"],
                 "seed": r["seed"],
@@ -206,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     tables: dict[str, Any] = {}
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        result = load_result(args.result)
+        results = {Path(p).name: load_result(p) for p in args.results}
+        if len(results) < len(args.results):
+            raise BenchError("each result once (two of them share a file name)")
+        same_model(results)
         if not args.table and not args.lines and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
         for flag, specs in (("--table", args.table), ("--lines", args.lines)):
@@ -221,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.macs:
                 if args.macs in tables:
                     raise BenchError(f"--macs {args.macs}: that name is already a --table")
-                tables[args.macs] = macs_table(result, Path(tmp) / "macs.db")
-            priced = price(result, tables)
+                tables[args.macs] = macs_table(results, Path(tmp) / "macs.db")
+            priced = price(results, tables)
     except (BenchError, UserError, LutUserError) as exc:
         print(f"plan_pricing.py: error: {exc}", file=sys.stderr)
         return 2
@@ -230,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         for t in tables.values():
             t.close()
     names = list(tables)
-    print(f"measured / predicted per plan: mean (min-max) over seeds; result {args.result}")
+    print(
+        "measured / predicted per plan: mean (min-max) over seeds; "
+        + ("result " if len(results) == 1 else "results ")
+        + ", ".join(args.results)
+    )
     print(f"{'target':7s} {'method':22s} " + " ".join(f"{n:>20s}" for n in names))
     for target, by_method in priced["summary"].items():
         for method, cells in by_method.items():
@@ -244,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "plan_pricing",
                 "command": command,
-                "result": Path(args.result).name,
+                "results": list(results),
                 "note": args.note,
                 "tables": {
                     **{n: Path(p).name for n, p in (s.partition("=")[::2] for s in args.table)},
@@ -262,17 +289,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def macs_table(result: dict, path: Path) -> Any:
-    """bench/pareto.py's MACs table for the result's model, grid step and alignment."""
+def macs_table(results: dict[str, dict], path: Path) -> Any:
+    """bench/pareto.py's MACs table for the results' model, grid step and alignment (one
+    for all of them, else BenchError)."""
     import torch
 
     from halp_trt.specs import example_input, load_model
 
     pareto = load_pareto()
-    info = result.get("table") or {}
-    step, align = info.get("step"), info.get("alignment")
-    if not step or not align:
-        raise BenchError("the result records no table step and alignment for --macs")
+    grids = {
+        name: ((r.get("table") or {}).get("step"), (r.get("table") or {}).get("alignment"))
+        for name, r in results.items()
+    }
+    first, (step, align) = next(iter(grids.items()))
+    for name, (s, a) in grids.items():
+        if not s or not a:
+            raise BenchError(f"{name} records no table step and alignment for --macs")
+        if (s, a) != (step, align):
+            raise BenchError(
+                f"{name} was solved on grid step {s} and alignment {a}, {first} on {step} and "
+                f"{align}: one MACs table cannot price both"
+            )
+    result = results[first]
     torch.manual_seed(0)
     model = load_model(result["model"]).eval()
     return pareto.macs_table(

@@ -52,6 +52,50 @@ def test_prices_every_plan_as_the_bench_did(result, tmp_path, capsys):
     assert "halp-taylor-abs" in capsys.readouterr().out
 
 
+def test_several_results_of_one_model_priced_together(result, tmp_path, capsys):
+    out, table = result
+    pricing = load("plan_pricing")
+    again = tmp_path / "again.json"  # the same runs under another name: another seed's file
+    again.write_text(out.read_text())
+    dest = tmp_path / "both.json"
+    argv = [str(out), str(again), "--table", f"own={table}", "--macs", "macs", "--out", str(dest)]
+    assert pricing.main(argv) == 0
+    priced = json.loads(dest.read_text())
+    assert priced["results"] == [out.name, "again.json"]
+    one = [r for r in priced["runs"] if r["result"] == out.name]
+    two = [r for r in priced["runs"] if r["result"] == "again.json"]
+    assert len(one) == len(two) >= 3
+    for a, b in zip(one, two, strict=True):
+        assert (a["method"], a["target"]) == (b["method"], b["target"])
+        assert a["predicted_ratio"] == b["predicted_ratio"]
+    cell = priced["summary"]["0.6x"]["halp-taylor-abs"]["own"]
+    assert cell["n"] == 2  # summarised over both files' runs
+    assert f"results {out}, {again}" in capsys.readouterr().out
+
+
+def test_results_of_another_model_or_grid_are_refused(result, tmp_path, capsys):
+    out, table = result
+    pricing = load("plan_pricing")
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps({**json.loads(out.read_text()), "input_shape": [2, 3, 16, 16]}))
+    dest = tmp_path / "x.json"
+    assert pricing.main([str(out), str(shape), "--macs", "m", "--out", str(dest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shape.json is of another input shape" in err[0], err
+    recorded = json.loads(out.read_text())
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({**recorded, "table": {**recorded["table"], "step": 16}}))
+    # another grid is no matter to a measured table, one MACs table cannot price both
+    assert pricing.main([str(out), str(grid), "--table", f"own={table}"]) == 0
+    capsys.readouterr()
+    assert pricing.main([str(out), str(grid), "--macs", "m", "--out", str(dest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grid.json was solved on grid step 16" in err[0], err
+    assert pricing.main([str(out), str(out), "--macs", "m", "--out", str(dest)]) == 2
+    assert "each result once" in capsys.readouterr().err
+    assert not dest.exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
