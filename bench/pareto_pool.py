@@ -48,6 +48,7 @@ from plan_pricing import (  # noqa: E402
     floored_method,
     load_pareto,
     load_result,
+    same_setting,
     write_figures,
 )
 
@@ -112,12 +113,11 @@ def pool(results: list[tuple[str, dict]], reference: str) -> dict[str, Any]:
     joined: dict[int, list[str]] = {}
     dense_acc: dict[int, Any] = {}
     for name, result in results:
-        for key in SAME:
-            if result.get(key) != first.get(key):
-                raise BenchError(
-                    f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
-                    "only runs of one model, data and input shape pool"
-                )
+        same_setting(
+            [(first_name, first), (name, result)],
+            SAME,
+            "only runs of one model, data and input shape pool",
+        )
         timing = pareto.result_timing(result.get("settings"))
         first_timing = pareto.result_timing(first.get("settings"))
         if timing != first_timing:

@@ -150,15 +150,15 @@ def keep_counts(graph: Any, convs: list[str], widths: list[int]) -> dict[int, in
     return keep
 
 
-def same_model(results: dict[str, dict]) -> None:
-    """BenchError unless every result is of the first one's model and input shape."""
-    (first, one), *rest = results.items()
-    for name, other in rest:
-        for key in ("model", "input_shape"):
-            if other[key] != one[key]:
+def same_setting(results: list[tuple[str, dict]], keys: tuple[str, ...], what: str) -> None:
+    """BenchError unless every result of ``results`` (file name, result) has the first
+    one's value at each of ``keys``; ``what`` ends the message (what may go together)."""
+    first_name, first = results[0]
+    for name, result in results:
+        for key in keys:
+            if result.get(key) != first.get(key):
                 raise BenchError(
-                    f"{name} is of another {key.replace('_', ' ')} ({other[key]}) than {first} "
-                    f"({one[key]}): price one model's results together"
+                    f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: {what}"
                 )
 
 
@@ -229,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         results = {Path(p).name: load_result(p) for p in args.results}
         if len(results) < len(args.results):
             raise BenchError("each result once (two of them share a file name)")
-        same_model(results)
+        same_setting(
+            list(results.items()), ("model", "input_shape"), "price one model's results together"
+        )
         if not args.table and not args.lines and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
         for flag, specs in (("--table", args.table), ("--lines", args.lines)):

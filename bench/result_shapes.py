@@ -40,6 +40,7 @@ from plan_pricing import (  # noqa: E402
     keep_counts,
     load_pareto,
     load_result,
+    same_setting,
     write_figures,
 )
 
@@ -75,14 +76,8 @@ def shapes(results: list[tuple[str, dict]], target: str | None = None) -> dict[s
     from halp_trt.graph import ChannelGraph
     from halp_trt.specs import example_input, load_model
 
-    first_name, first = results[0]
-    for name, result in results:
-        for key in ("model", "input_shape"):
-            if result.get(key) != first.get(key):
-                raise BenchError(
-                    f"{name} has {key} {result.get(key)!r}, {first_name} {first.get(key)!r}: "
-                    "only runs of one model and input shape"
-                )
+    same_setting(results, ("model", "input_shape"), "only runs of one model and input shape")
+    first = results[0][1]
     model = load_model(first["model"])
     graph = ChannelGraph(model, example_input(model, tuple(first["input_shape"])))
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

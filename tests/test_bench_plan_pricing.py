@@ -81,7 +81,7 @@ def test_results_of_another_model_or_grid_are_refused(result, tmp_path, capsys):
     dest = tmp_path / "x.json"
     assert pricing.main([str(out), str(shape), "--macs", "m", "--out", str(dest)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "shape.json is of another input shape" in err[0], err
+    assert len(err) == 1 and "shape.json has input_shape [2, 3, 16, 16]" in err[0], err
     recorded = json.loads(out.read_text())
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({**recorded, "table": {**recorded["table"], "step": 16}}))
