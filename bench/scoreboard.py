@@ -201,7 +201,10 @@ def entries(paths: list[str]) -> tuple[list[dict], list[dict]]:
         data = str(first.get("data", "")).split(": ")[0]
         method, floor = split_floor(str(pool["reference"]))
         for target, by_method in pool["equal_latency"].items():
-            fraction = float(str(target).removesuffix("x"))
+            try:
+                fraction = float(str(target).removesuffix("x"))
+            except ValueError:
+                raise BenchError(f"{name} has a target {target!r}, not a fraction (0.5x)") from None
             criterion, default_floor = shipped.at(model, shape, fraction)
             ran = reference_criteria(results, pool["reference"], target)
             why = None

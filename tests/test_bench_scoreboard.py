@@ -6,6 +6,7 @@ line, exit code 2, nothing written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -156,6 +157,7 @@ def test_the_pool_with_most_seeds_gives_a_baseline(tmp_path):
         (lambda p: p.write_text("not json"), "is not a bench/pareto_pool.py result"),
         (None, "pools runs of several CPUs (AMD EPYC, AVX-512; AMD EPYC, AVX2)"),
         ("aside", "none of the pools sets the shipped default against a baseline"),
+        ("target", "has a target '3ms', not a fraction (0.5x)"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, message):
@@ -166,6 +168,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, messag
             "b.json": result(default_runs(1), flags=["avx", "avx2", "fma"]),
         }
         path = write_pool(tmp_path, "pool.json", results, "halp-auto-calib@floor0.5")
+    elif make == "target":
+        res = result(default_runs(0))
+        path = write_pool(tmp_path, "pool.json", {"a.json": res}, "halp-auto-calib@floor0.5")
+        pool = json.loads(Path(path).read_text())
+        pool["equal_latency"] = {"3ms": pool["equal_latency"]["0.7x"]}
+        Path(path).write_text(json.dumps(pool))
     elif make == "aside":
         res = result(default_runs(0, floor=0.3))
         path = write_pool(tmp_path, "pool.json", {"a.json": res}, "halp-auto-calib")
