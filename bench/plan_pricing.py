@@ -119,12 +119,17 @@ def floored_method(run: dict[str, Any], settings: dict[str, Any] | None) -> str:
     until the default followed the criterion (0.1 where ``auto`` runs ``taylor-fisher``),
     so a method's bare name keeps meaning the one floor across the record; other methods
     have no floor and keep their names."""
-    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
-
     method = str(run["method"])
     if not method.startswith("halp-"):
         return method
-    floor = run_floor(run, settings)
+    return floor_named(method, run_floor(run, settings))
+
+
+def floor_named(method: str, floor: float | None) -> str:
+    """``method`` named with a per-group floor, as :func:`floored_method` names a run's:
+    bare at 0.3 (or no floor recorded), else ``method@floor0.1``."""
+    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
+
     if floor is None or abs(floor - DEFAULT_MIN_KEEP) < 1e-9:
         return method
     return f"{method}@floor{floor:g}"

@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from plan_pricing import (  # noqa: E402
     BenchError,
+    floor_named,
+    floored_method,
     load_pareto,
     load_result,
     same_setting,
@@ -135,14 +137,6 @@ class Shipped:
         return chosen, default_min_keep(AUTO_IMPORTANCE, chosen, graph, fraction)
 
 
-def floor_name(method: str, floor: float) -> str:
-    """``method`` as bench/pareto_pool.py names it at ``floor``
-    (:func:`plan_pricing.floored_method`)."""
-    from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
-
-    return method if abs(floor - DEFAULT_MIN_KEEP) < 1e-9 else f"{method}@floor{floor:g}"
-
-
 def split_floor(name: str) -> tuple[str, float]:
     """``halp-auto-calib@floor0.5`` -> ``("halp-auto-calib", 0.5)``; a bare name has the
     floor of 0.3 its runs were pruned at."""
@@ -170,8 +164,6 @@ def is_baseline(method: str, names: tuple[str, ...], macs: str) -> bool:
 
 def reference_criteria(results: list[tuple[str, dict]], reference: str, target: str) -> set:
     """The criteria the reference's runs at ``target`` recorded (``importance``)."""
-    from plan_pricing import floored_method
-
     return {
         r.get("importance")
         for _, result in results
@@ -185,6 +177,8 @@ def reference_criteria(results: list[tuple[str, dict]], reference: str, target: 
 def entries(paths: list[str]) -> tuple[list[dict], list[dict]]:
     """Every (pool, target, baseline) figure of the shipped default, and the pool targets
     set aside (with why)."""
+    from halp_trt.prune.schedule import target_fraction
+
     shipped = Shipped()
     found: list[dict] = []
     skipped: list[dict] = []
@@ -201,10 +195,9 @@ def entries(paths: list[str]) -> tuple[list[dict], list[dict]]:
         data = str(first.get("data", "")).split(": ")[0]
         method, floor = split_floor(str(pool["reference"]))
         for target, by_method in pool["equal_latency"].items():
-            try:
-                fraction = float(str(target).removesuffix("x"))
-            except ValueError:
-                raise BenchError(f"{name} has a target {target!r}, not a fraction (0.5x)") from None
+            fraction = target_fraction(target)
+            if fraction is None:
+                raise BenchError(f"{name} has a target {target!r}, not a fraction (0.5x)")
             criterion, default_floor = shipped.at(model, shape, fraction)
             ran = reference_criteria(results, pool["reference"], target)
             why = None
@@ -223,7 +216,7 @@ def entries(paths: list[str]) -> tuple[list[dict], list[dict]]:
             if why:
                 skipped.append({"pool": name, "target": target, "why": why})
                 continue
-            macs = floor_name(macs_name(method), floor)
+            macs = floor_named(macs_name(method), floor)
             for label, methods in BASELINES.items():
                 for baseline, eq in by_method.items():
                     if not is_baseline(baseline, methods, macs):
@@ -256,6 +249,8 @@ def board(found: list[dict]) -> list[dict]:
     """One row per model, data, input shape, CPU and target: each baseline's figure from
     the pool with the most seeds (the later on a tie), and whether the default's mean is
     at or above every baseline's there."""
+    from halp_trt.prune.schedule import target_fraction
+
     rows: dict[tuple, dict] = {}
     for e in found:
         key = (e["model"], e["data"], tuple(e["input_shape"]), e["cpu"], e["target"])
@@ -287,7 +282,7 @@ def board(found: list[dict]) -> list[dict]:
                 )
             }
     out = []
-    for key in sorted(rows, key=lambda k: (k[0], k[3], -float(k[4].removesuffix("x")))):
+    for key in sorted(rows, key=lambda k: (k[0], k[3], -target_fraction(k[4]))):
         row = rows[key]
         # the mean as printed: a lead of -0.001 points is a tie, not a loss
         behind = [b for b, f in row["baselines"].items() if round(f["mean_points"], 2) < 0]
