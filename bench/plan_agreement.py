@@ -1,4 +1,4 @@
-"""Where two tables send the knapsack: the plans of two methods of one pareto result, group by group.
+"""Where two tables send the knapsack: the plans of two methods of pareto results, group by group.
 
 bench/pareto.py's ``halp-taylor-abs`` and ``halp-taylor-abs-macs`` run the same importance,
 solver, schedule and feedback on two tables: the measured one and one whose costs are
@@ -7,7 +7,7 @@ new training:
 
 - how many of the plans' channels differ between the two methods at one seed and target,
   against how many differ between two seeds of the same method (what the training's
-  noise alone moves);
+  noise alone moves), and the mean of both over the seeds with the mean accuracy gap;
 - how many groups each plan leaves at the pruner's floor (``min_keep`` of the group,
   rounded up to whole bundles), where no table has a choice;
 - how alike the two tables rank the groups: each group's cost per channel (one bundle
@@ -15,12 +15,15 @@ new training:
   method's plans), its rank correlation between the tables, and the spread of the
   measured cost per MAC (a table proportional to MACs would have none).
 
-Each group's cost is the network latency model of the pruner (``network_latency``) on
-the table; the MACs table is bench/pareto.py's (analytic, rebuilt here in a temporary
-directory on the result's grid step and alignment).
+Several results of one model, data and input shape (seeds run in parts) are read as one;
+a method's run of one seed and target in two of them is refused. Each group's cost is the
+network latency model of the pruner (``network_latency``) on the table; the MACs table is
+bench/pareto.py's (analytic, rebuilt here in a temporary directory on the results' grid
+step and alignment).
 
     .venv/bin/python bench/plan_agreement.py bench/results/pareto_mobilenetv2_avx2.json \\
-        --table T.db --methods halp-taylor-abs,halp-taylor-abs-macs \\
+        [more results of that model and data] --table T.db \\
+        --methods halp-taylor-abs,halp-taylor-abs-macs \\
         --out bench/results/plan_agreement_mobilenetv2_avx2.json
 """
 
@@ -45,13 +48,18 @@ from plan_pricing import (  # noqa: E402
     load_result,
     macs_table,
     run_floor,
+    same_setting,
 )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = load_pareto().OneLineParser(prog="plan_agreement.py", description=__doc__.split("\n")[0])
-    p.add_argument("result", help="a bench/pareto.py result (JSON)")
-    p.add_argument("--table", required=True, help="the measured table the result was run on")
+    p.add_argument(
+        "results",
+        nargs="+",
+        help="bench/pareto.py results (JSON) of one model, data and input shape",
+    )
+    p.add_argument("--table", required=True, help="the measured table the results were run on")
     p.add_argument(
         "--methods",
         default="halp-taylor-abs,halp-taylor-abs-macs",
@@ -150,8 +158,33 @@ def differ(a: dict[int, int], b: dict[int, int]) -> dict[str, Any]:
     }
 
 
+def merged_runs(results: dict[str, dict], methods: tuple[str, str]) -> list[dict]:
+    """The runs of ``methods`` in ``results`` (file name -> result) as one list; a
+    method's run of one seed and target in two of the files is BenchError."""
+    where: dict[tuple[str, str, int], str] = {}
+    runs = []
+    for name, result in results.items():
+        for r in result["runs"]:
+            if r.get("method") not in methods:
+                continue
+            key = (r["method"], r.get("target"), r.get("seed"))
+            if key in where:
+                raise BenchError(
+                    f"{key[0]} at {key[1]}, seed {key[2]}, is in both {where[key]} and "
+                    f"{name}: give each run once"
+                )
+            where[key] = name
+            runs.append(r)
+    return runs
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
 def agreement(result: dict, table: Any, macs: Any, methods: tuple[str, str], min_keep: float):
-    """The figures of the module's docstring, per target and seed."""
+    """The figures of the module's docstring, per target and seed (``result``: its
+    model and input shape, and the runs of every result read)."""
     import torch
     import torch.nn as nn
 
@@ -226,7 +259,17 @@ def agreement(result: dict, table: Any, macs: Any, methods: tuple[str, str], min
             differ(plans[(a_name, target, s)]["keep"], plans[(a_name, target, t)]["keep"])
             for s, t in itertools.combinations(seeds, 2)
         ]
-        out[target] = {"seeds": rows, "between_seeds_a": between}
+        out[target] = {
+            "seeds": rows,
+            "between_seeds_a": between,
+            "mean": {
+                "differ_fraction": mean_or_none([r["differ"]["fraction"] for r in rows]),
+                "between_seeds_a_fraction": mean_or_none([p["fraction"] for p in between]),
+                "a_minus_b_points": mean_or_none(
+                    [100 * (r["val_acc"][a_name] - r["val_acc"][b_name]) for r in rows]
+                ),
+            },
+        }
     return {
         "groups": len(groups),
         "channels": sum(dense.values()),
@@ -247,18 +290,26 @@ def main(argv: list[str] | None = None) -> int:
     opened: list[Any] = []
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        result = load_result(args.result)
+        named = [(Path(p).name, load_result(p)) for p in args.results]
+        same_setting(named, ("model", "data", "input_shape"), "give results of one model")
+        results = dict(named)
+        if len(results) < len(named):
+            twice = next(n for i, (n, _) in enumerate(named) if n in dict(named[:i]))
+            raise BenchError(f"two results are named {twice}: give each once")
         methods = tuple(m.strip() for m in args.methods.split(","))
         if len(methods) != 2 or not all(methods) or methods[0] == methods[1]:
             raise BenchError(f"--methods {args.methods!r}: give two different methods, A,B")
+        result = {**named[0][1], "runs": merged_runs(results, methods)}
         min_keep = args.min_keep
         if min_keep is None:
             # the floor the two methods' runs recorded, else the result's (the pruner's
             # default follows the criterion: halp_trt.prune.pruner.default_min_keep),
             # else 0.3
-            settings = result.get("settings")
             recorded = {
-                run_floor(r, settings) for r in result["runs"] if r.get("method") in methods
+                run_floor(r, res.get("settings"))
+                for res in results.values()
+                for r in res["runs"]
+                if r.get("method") in methods
             } - {None}
             if len(recorded) > 1:
                 raise BenchError(
@@ -268,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             min_keep = recorded.pop() if recorded else DEFAULT_MIN_KEEP
         opened.append(table := LatencyTable.open(args.table))
         with tempfile.TemporaryDirectory() as tmp:
-            opened.append(
-                macs := macs_table({Path(args.result).name: result}, Path(tmp) / "macs.db")
-            )
+            opened.append(macs := macs_table(results, Path(tmp) / "macs.db"))
             found = agreement(result, table, macs, methods, float(min_keep))
     except (BenchError, UserError, LutUserError) as exc:
         print(f"plan_agreement.py: error: {exc}", file=sys.stderr)
@@ -313,6 +362,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{target:6s} A between its seeds: {min(fr):.1f}-{max(fr):.1f}% of the "
                 f"channels ({len(fr)} pairs)"
             )
+        m = t["mean"]
+        if m["differ_fraction"] is not None:
+            between = m["between_seeds_a_fraction"]
+            print(
+                f"{target:6s} mean over {len(t['seeds'])} seeds: A-B "
+                f"{100 * m['differ_fraction']:.1f}% of the channels"
+                + ("" if between is None else f" (A between its seeds {100 * between:.1f}%)")
+                + f", accuracy A-B {m['a_minus_b_points']:+.2f} points"
+            )
     if out is not None:
         command = "python bench/plan_agreement.py " + " ".join(
             sys.argv[1:] if argv is None else argv
@@ -323,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "plan_agreement",
                 "command": command,
-                "result": Path(args.result).name,
+                "results": list(results),
                 "table": Path(args.table).name,
                 "methods": list(methods),
                 "min_keep": min_keep,

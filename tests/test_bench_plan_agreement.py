@@ -4,6 +4,7 @@ the figures of a hand-made result come out as counted by hand; bad input is one 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -168,3 +169,55 @@ def test_widths_that_do_not_fit_and_not_a_result(setup, tmp_path, capsys):
     empty.write_text("{}")
     assert agreement.main([str(empty), "--table", str(table)]) == 2
     assert "not a bench/pareto.py result" in capsys.readouterr().err
+
+
+def split(result, tmp_path) -> list[str]:
+    """The result's runs in two files: seed 0 in one, seeds 1 and 2 in the other."""
+    data = json.loads(result.read_text())
+    paths = []
+    for name, seeds in (("r0.json", {0}), ("r12.json", {1, 2})):
+        part = {**data, "runs": [r for r in data["runs"] if r["seed"] in seeds]}
+        (tmp_path / name).write_text(json.dumps(part))
+        paths.append(str(tmp_path / name))
+    return paths
+
+
+def test_results_in_parts_read_as_one(setup, tmp_path, capsys):
+    """Seeds run in two parts give the figures of the one result, the between-seed pairs
+    across the parts included, and the means over the seeds."""
+    result, table = setup
+    agreement = load("plan_agreement")
+    whole, parts = tmp_path / "whole.json", tmp_path / "parts.json"
+    base = ["--table", str(table), "--methods", "a,b"]
+    assert agreement.main([str(result), *base, "--out", str(whole)]) == 0
+    assert agreement.main([*split(result, tmp_path), *base, "--out", str(parts)]) == 0
+    one, two = json.loads(whole.read_text()), json.loads(parts.read_text())
+    assert one["targets"] == two["targets"] and two["results"] == ["r0.json", "r12.json"]
+    mean = two["targets"]["0.5x"]["mean"]
+    kept_a, kept_b = sum(PLANS[("a", 0)]), sum(PLANS[("b", 0)])
+    assert mean["differ_fraction"] == pytest.approx(32 / ((kept_a + kept_b) / 2) / 2)
+    # a's one pair (seed 2 failed): 8 channels of the mean of its two plans' kept
+    between = 8 / ((sum(PLANS[("a", 0)]) + sum(PLANS[("a", 1)])) / 2)
+    assert mean["between_seeds_a_fraction"] == pytest.approx(between)
+    assert mean["a_minus_b_points"] == pytest.approx(-1.0)
+    assert "mean over 2 seeds: A-B" in capsys.readouterr().out
+
+
+def test_parts_that_do_not_go_together(setup, tmp_path, capsys):
+    """A seed's run in two parts, parts of two models, one file twice: one line each."""
+    result, table = setup
+    agreement = load("plan_agreement")
+    base = ["--table", str(table), "--methods", "a,b"]
+    r0, r12 = split(result, tmp_path)
+    twice = tmp_path / "again.json"
+    twice.write_text(json.dumps(json.loads(result.read_text())))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads(Path(r12).read_text()), "model": "x:y"}))
+    for argv, message in (
+        ([r0, str(twice)], "a at 0.5x, seed 0, is in both r0.json and again.json"),
+        ([r0, str(other)], "other.json has model 'x:y'"),
+        ([r0, r0], "two results are named r0.json"),
+    ):
+        assert agreement.main([*argv, *base]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
