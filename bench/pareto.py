@@ -899,7 +899,8 @@ def summarise(
     dense: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """Per target and method: accuracy, measured ratio and time over the seeds that ran;
-    accuracy at the ``reference`` method's measured latency (per seed, interpolated);
+    accuracy at the ``reference`` method's measured latency (per seed, interpolated, on
+    the seeds where the method has a plan of that target);
     with the seeds' ``dense`` entries, the mean accuracy of their unpruned copies trained
     as the methods' models are (``--dense-finetune``), where they have one."""
     ok = [r for r in runs if r["status"] == "ok" and "measured_ratio" in r]
@@ -946,13 +947,16 @@ def summarise(
                 continue
             diffs, bracketed, seeds = [], [], []
             for ref in refs:
-                pts = [
-                    (r["measured_ratio"], r["val_acc"])
-                    for r in ok
-                    if r["seed"] == ref["seed"] and r["method"] in (m, f"{m}+")
+                mine = [
+                    r for r in ok if r["seed"] == ref["seed"] and r["method"] in (m, f"{m}+")
                 ]
-                if not pts:
+                # the curve runs through the method's points of every target of the seed,
+                # but a seed counts only where the method has a plan of this target: with
+                # none (a pool's run of the seed at 0.3x only, beside a reference at
+                # 0.5x) the nearest point would be a model of another latency
+                if not any(r["target"] == t for r in mine):
                     continue
+                pts = [(r["measured_ratio"], r["val_acc"]) for r in mine]
                 acc, inside = curve_at(pts, ref["measured_ratio"])
                 diffs.append(ref["val_acc"] - acc)
                 bracketed.append(inside)

@@ -280,6 +280,35 @@ def test_a_run_set_aside_is_counted_apart_and_summarised_as_not_run(pareto):
     assert alone["halp-taylor"] == {"n": 0, "failed": 0, "excluded": 1}
 
 
+def test_a_seed_counts_at_a_target_only_where_the_method_has_a_plan_of_it(pareto):
+    # A pool joins a run of seeds 0-1 at 0.5x and 0.3x with one of seed 2 at 0.3x only,
+    # beside a reference at 0.5x on all three: seed 2's baseline has no 0.5x model, and
+    # its 0.3x points are not read as one (the nearest point would be a model of 0.3 of
+    # the dense latency set beside one of 0.5). Where it has one, the curve still runs
+    # through its points of every target: a reference outside its 0.5x pair is read on
+    # the line towards the 0.3x pair.
+    def run(method, target, seed, ratio, acc):
+        return {
+            "status": "ok", "method": method, "target": target,
+            "target_fraction": float(target.rstrip("x")), "seed": seed,
+            "measured_ratio": ratio, "val_acc": acc, "method_s": 1.0,
+        }  # fmt: skip
+
+    runs = [run("halp-taylor", "0.5x", s, 0.50, 0.90) for s in (0, 1, 2)]
+    for s in (0, 1):
+        runs += [run("uniform", "0.5x", s, 0.48, 0.88), run("uniform+", "0.5x", s, 0.52, 0.90)]
+    for s in (0, 1, 2):
+        runs += [run("uniform", "0.3x", s, 0.30, 0.70), run("uniform+", "0.3x", s, 0.32, 0.72)]
+    runs[0]["measured_ratio"] = 0.46  # seed 0's reference below the 0.5x pair
+    got = pareto.summarise(runs, ["halp-taylor", "uniform"], ["0.5x", "0.3x"], "halp-taylor")
+    eq = got["equal_latency"]["0.5x"]["uniform"]
+    assert eq["seeds"] == [0, 1]
+    # seed 0 on the line from (0.32, 0.72) to (0.48, 0.88) at 0.46: 0.86; seed 1 at 0.50
+    # between the pair: 0.89
+    assert eq["per_seed"] == pytest.approx([0.90 - 0.86, 0.90 - 0.89])
+    assert eq["bracketed"] == [True, True]
+
+
 def test_layer_shapes_are_the_layers_of_a_real_pass(pareto, monkeypatch):
     # Priced from a pass on the meta device: the same signatures as a real pass, the
     # model left on its device; a model meta cannot run is passed for real.
