@@ -947,9 +947,7 @@ def summarise(
                 continue
             diffs, bracketed, seeds = [], [], []
             for ref in refs:
-                mine = [
-                    r for r in ok if r["seed"] == ref["seed"] and r["method"] in (m, f"{m}+")
-                ]
+                mine = [r for r in ok if r["seed"] == ref["seed"] and r["method"] in (m, f"{m}+")]
                 # the curve runs through the method's points of every target of the seed,
                 # but a seed counts only where the method has a plan of this target: with
                 # none (a pool's run of the seed at 0.3x only, beside a reference at
