@@ -43,7 +43,8 @@ def second():
             run(1, "tp-taylor", 0.45, 0.93), run(1, "tp-taylor+", 0.55, 0.93),
             run(2, "halp-taylor-abs", 0.50, 0.96),
             run(2, "tp-taylor", 0.48, 0.96), run(2, "tp-taylor+", 0.52, 0.98),
-            run(2, "tp-l2", 0.50, 0.90, target="0.3x"),  # no reference there: no pair
+            run(2, "tp-l2", 0.40, 0.91),  # one plan, below the reference's latency
+            run(2, "tp-l2", 0.30, 0.90, target="0.3x"),  # no reference there: no pair
             {**run(2, "uniform", 0.5, 0.5), "status": "failed"},
             # Seed 3's reference set aside after the fact (a defect's plan): no pair.
             {**run(3, "halp-taylor-abs", 0.2, 0.5), "status": "excluded", "excluded": "why"},
@@ -83,7 +84,8 @@ def test_seeds_of_two_runs_pool_into_one_interval_beside_the_neighbouring_plans(
     b.write_text(json.dumps(second()))
     out = tmp_path / "new" / "pool.json"  # its directory made, as --out's check promises
     assert pool.main([str(a), str(b), "--out", str(out)]) == 0
-    # tp-l2 ran at 0.3x only: at 0.5x its one point is read beyond its ends, and the
+    # tp-l2 has one 0.5x plan, at 0.40 of the dense latency: the reference's 0.50 is
+    # read beyond its points' ends (the 0.3x plan is on its curve, below both), and the
     # table says so beside the pairs that are bracketed.
     lines = {tuple(line.split()[:2]): line.split() for line in capsys.readouterr().out.splitlines()}
     assert lines[("0.5x", "tp-taylor")][-2:] == ["1/3", "3/3"]
