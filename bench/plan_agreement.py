@@ -45,7 +45,7 @@ from plan_pricing import (  # noqa: E402
     BenchError,
     keep_counts,
     load_pareto,
-    load_result,
+    load_results,
     macs_table,
     run_floor,
     same_setting,
@@ -290,16 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     opened: list[Any] = []
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        named = [(Path(p).name, load_result(p)) for p in args.results]
-        same_setting(named, ("model", "data", "input_shape"), "give results of one model")
-        results = dict(named)
-        if len(results) < len(named):
-            twice = next(n for i, (n, _) in enumerate(named) if n in dict(named[:i]))
-            raise BenchError(f"two results are named {twice}: give each once")
+        results = load_results(args.results)
+        same_setting(
+            list(results.items()), ("model", "data", "input_shape"), "give results of one model"
+        )
         methods = tuple(m.strip() for m in args.methods.split(","))
         if len(methods) != 2 or not all(methods) or methods[0] == methods[1]:
             raise BenchError(f"--methods {args.methods!r}: give two different methods, A,B")
-        result = {**named[0][1], "runs": merged_runs(results, methods)}
+        result = {**next(iter(results.values())), "runs": merged_runs(results, methods)}
         min_keep = args.min_keep
         if min_keep is None:
             # the floor the two methods' runs recorded, else the result's (the pruner's

@@ -102,6 +102,18 @@ def load_result(path: str) -> dict[str, Any]:
     return result
 
 
+def load_results(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """Each path's bench/pareto.py result under its file name, in order; BenchError for a
+    file name given twice (the names are what the output records)."""
+    results: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        name = Path(path).name
+        if name in results:
+            raise BenchError(f"each result once (two results are named {name})")
+        results[name] = load_result(path)
+    return results
+
+
 def run_floor(run: dict[str, Any], settings: dict[str, Any] | None) -> float | None:
     """The per-group floor a bench/pareto.py run pruned at: the one it recorded, else its
     result's ``--min-keep``; None where neither says (a baseline, or a run older than
@@ -231,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     tables: dict[str, Any] = {}
     try:
         out = check_output(args.out, flag="--out", parents=True) if args.out else None
-        results = {Path(p).name: load_result(p) for p in args.results}
-        if len(results) < len(args.results):
-            raise BenchError("each result once (two of them share a file name)")
+        results = load_results(args.results)
         same_setting(
             list(results.items()), ("model", "input_shape"), "price one model's results together"
         )
