@@ -23,7 +23,9 @@ named on stderr: the table is of the default as it is, however many runs once me
 something else. Where several pools give one baseline at one model, target and CPU, the
 one with the most seeds is kept (on a tie the later on the command line), and the table
 names it. The CPU is read from the latency table's fingerprint in the runs (its name and
-whether it has AVX-512): a pool of runs on two CPUs is refused.
+whether it has AVX-512): a pool of runs on two CPUs is refused, and so is a pool whose
+reference names none of its runs at a target (written before a reference named its floor:
+its bare name would read as the 0.3 floor; pool those runs again).
 
     python bench/scoreboard.py bench/results/pareto_pool_*.json \\
         --out bench/results/scoreboard.json
@@ -200,6 +202,11 @@ def entries(paths: list[str]) -> tuple[list[dict], list[dict]]:
                 raise BenchError(f"{name} has a target {target!r}, not a fraction (0.5x)")
             criterion, default_floor = shipped.at(model, shape, fraction)
             ran = reference_criteria(results, pool["reference"], target)
+            if not ran:
+                raise BenchError(
+                    f"{name}: its reference {pool['reference']} names none of its runs at "
+                    f"{target} (named before the floors were? pool them again)"
+                )
             why = None
             if method not in {n.format(c) for n in SHIPPED for c in ("auto", criterion)}:
                 why = f"its reference, {pool['reference']}, is not the shipped default"

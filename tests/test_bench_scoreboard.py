@@ -158,6 +158,11 @@ def test_the_pool_with_most_seeds_gives_a_baseline(tmp_path):
         (None, "pools runs of several CPUs (AMD EPYC, AVX-512; AMD EPYC, AVX2)"),
         ("aside", "none of the pools sets the shipped default against a baseline"),
         ("target", "has a target '3ms', not a fraction (0.5x)"),
+        (
+            "stale",
+            "pool.json: its reference halp-auto-calib names none of its runs at 0.7x (named "
+            "before the floors were? pool them again)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, message):
@@ -173,6 +178,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, messag
         path = write_pool(tmp_path, "pool.json", {"a.json": res}, "halp-auto-calib@floor0.5")
         pool = json.loads(Path(path).read_text())
         pool["equal_latency"] = {"3ms": pool["equal_latency"]["0.7x"]}
+        Path(path).write_text(json.dumps(pool))
+    elif make == "stale":  # a pool of floor-0.5 runs whose reference lost its floor
+        res = result(default_runs(0))
+        path = write_pool(tmp_path, "pool.json", {"a.json": res}, "halp-auto-calib@floor0.5")
+        pool = json.loads(Path(path).read_text())
+        pool["reference"] = "halp-auto-calib"
         Path(path).write_text(json.dumps(pool))
     elif make == "aside":
         res = result(default_runs(0, floor=0.3))
