@@ -14,6 +14,12 @@ Two questions it answers, with no new training:
 - Does measuring price the plans better than counting MACs? The MACs table's prediction
   of a plan is its MAC fraction (no calibration).
 
+``--pair A,B`` also prices what two methods' plans differ by, seed by seed: B's latency
+minus A's (fractions of the dense model's), measured and as each table predicts it. Where
+both plans are steered to one measured latency (the ``-calib`` feedback corrects a
+table's scale), what is left between two tables is how they price the plans against
+each other, and this reads it on the plans themselves rather than on random widths.
+
 Each ``--table NAME=PATH`` is opened read-only; ``--lines NAME=PATH`` opens one filled
 with its lines whatever its probes chose (:func:`lut_builder.table.grid.fill`: as tables
 built before probes were filled), to price the same measurements both ways; ``--macs
@@ -75,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a table to price on, filled with its lines whatever its probes chose",
     )
     p.add_argument("--macs", metavar="NAME", help="also price on the MACs table, named NAME")
+    p.add_argument(
+        "--pair",
+        metavar="A,B",
+        help="also price method B's plans minus method A's, seed by seed (runs' names)",
+    )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     p.add_argument("--note", default="", help="what the tables are, kept in the JSON")
     return p.parse_args(argv)
@@ -233,6 +244,58 @@ def price(results: dict[str, dict], tables: dict[str, Any]) -> dict[str, Any]:
     return {"runs": runs, "summary": summary}
 
 
+def pairs(runs: list[dict[str, Any]], methods: tuple[str, str], names: list[str]) -> dict:
+    """Per target, over the seeds with a priced run of both ``methods`` (A, B): B's
+    latency minus A's as a fraction of the dense model's, measured and predicted by each
+    table, and each table's error on it (predicted minus measured: its mean with a 95% t
+    interval, its median size, on how many seeds it had the sign right). BenchError where
+    a seed has two runs of one method at a target, or no seed has both."""
+    from halp_trt.prune.schedule import target_fraction
+
+    a, b = methods
+    by: dict[tuple, dict] = {}
+    for r in runs:
+        if r["method"] not in methods:
+            continue
+        key = (r["target"], r["seed"], r["method"])
+        if key in by:
+            raise BenchError(
+                f"seed {key[1]} has two runs of {key[2]} at {key[0]} ({by[key]['result']} and "
+                f"{r['result']}): give each once to pair them"
+            )
+        by[key] = r
+    interval = load_pareto().paired_interval
+    out: dict[str, Any] = {}
+    for target in sorted({k[0] for k in by}, key=lambda t: -(target_fraction(t) or 0.0)):
+        seeds = sorted(s for t, s, m in by if t == target and m == a and (t, s, b) in by)
+        if not seeds:
+            continue
+        two = [(by[(target, s, a)], by[(target, s, b)]) for s in seeds]
+        measured = [rb["measured_ratio"] - ra["measured_ratio"] for ra, rb in two]
+        tables = {}
+        for name in names:
+            predicted = [
+                rb["predicted_ratio"][name] - ra["predicted_ratio"][name] for ra, rb in two
+            ]
+            error = [p - m for p, m in zip(predicted, measured)]
+            tables[name] = {
+                "predicted_mean": statistics.fmean(predicted),
+                "error_mean": statistics.fmean(error),
+                "error_ci": interval(error)["ci"],
+                "error_abs_median": statistics.median(abs(e) for e in error),
+                "sign_right": sum(p * m > 0 for p, m in zip(predicted, measured)),
+            }
+        out[target] = {
+            "methods": [a, b],
+            "seeds": seeds,
+            "measured_mean": statistics.fmean(measured),
+            "tables": tables,
+        }
+    if not out:
+        raise BenchError(f"no seed has a priced run of both {a} and {b} at one target")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from halp_trt.errors import UserError
     from lut_builder import LatencyTable
@@ -249,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.table and not args.lines and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
+        pair = tuple(args.pair.split(",")) if args.pair is not None else None
+        if pair is not None and (len(pair) != 2 or not all(pair) or pair[0] == pair[1]):
+            raise BenchError(f"--pair {args.pair!r} must be two methods' names, A,B")
         for flag, specs in (("--table", args.table), ("--lines", args.lines)):
             for spec in specs:
                 name, sep, path = spec.partition("=")
@@ -263,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise BenchError(f"--macs {args.macs}: that name is already a --table")
                 tables[args.macs] = macs_table(results, Path(tmp) / "macs.db")
             priced = price(results, tables)
+            if pair is not None:
+                priced["pairs"] = pairs(priced["runs"], pair, list(tables))
     except (BenchError, UserError, LutUserError) as exc:
         print(f"plan_pricing.py: error: {exc}", file=sys.stderr)
         return 2
@@ -280,6 +348,19 @@ def main(argv: list[str] | None = None) -> int:
         for method, cells in by_method.items():
             shown = [f"{c['mean']:.3f} ({c['min']:.2f}-{c['max']:.2f})" for c in cells.values()]
             print(f"{target:7s} {method:22s} " + " ".join(f"{s:>20s}" for s in shown))
+    for target, cell in priced.get("pairs", {}).items():
+        a, b = cell["methods"]
+        print(
+            f"{target}: {b} minus {a}, latency over the dense model's, mean over "
+            f"{len(cell['seeds'])} seeds: measured {cell['measured_mean']:+.4f}"
+        )
+        for name, t in cell["tables"].items():
+            ci = "" if t["error_ci"] is None else " [{:+.4f}, {:+.4f}]".format(*t["error_ci"])
+            print(
+                f"  {name:>12s}: predicted {t['predicted_mean']:+.4f}, error "
+                f"{t['error_mean']:+.4f}{ci}, median |error| {t['error_abs_median']:.4f}, "
+                f"sign right on {t['sign_right']} of {len(cell['seeds'])}"
+            )
     if out is not None:
         command = "python bench/plan_pricing.py " + " ".join(sys.argv[1:] if argv is None else argv)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,60 @@ def test_lines_prices_a_table_as_its_lines_fill_it(result, tmp_path):
     assert priced["tables"] == {"own": "t.db", "lines": "t.db (filled with its lines)"}
     for r in priced["runs"]:
         assert r["predicted_ratio"]["lines"] == pytest.approx(r["predicted_ratio"]["own"])
+
+
+def priced_run(seed, method, measured, own, macs, result="r.json", target="0.7x"):
+    return {"result": result, "method": method, "target": target, "seed": seed,
+            "measured_ratio": measured, "predicted_ratio": {"own": own, "macs": macs}}  # fmt: skip
+
+
+def test_a_pair_of_methods_priced_seed_by_seed():
+    pricing = load("plan_pricing")
+    runs = [
+        # seed 0: B 0.02 slower, "own" says 0.01 slower, "macs" 0.01 faster
+        priced_run(0, "a", 0.70, 0.70, 0.66), priced_run(0, "b", 0.72, 0.71, 0.65),
+        # seed 1: B 0.01 faster, "own" 0.01 faster, "macs" 0.03 faster
+        priced_run(1, "a", 0.71, 0.70, 0.66), priced_run(1, "b", 0.70, 0.69, 0.63),
+        # seed 2: only A (left out); seed 3: another method (ignored)
+        priced_run(2, "a", 0.69, 0.70, 0.66), priced_run(3, "c", 0.5, 0.5, 0.5),
+    ]  # fmt: skip
+    (cell,) = pricing.pairs(runs, ("a", "b"), ["own", "macs"]).values()
+    assert cell["methods"] == ["a", "b"] and cell["seeds"] == [0, 1]
+    assert cell["measured_mean"] == pytest.approx(0.005)
+    own, macs = cell["tables"]["own"], cell["tables"]["macs"]
+    assert own["predicted_mean"] == pytest.approx(0.0)
+    assert own["error_mean"] == pytest.approx(-0.005) and own["sign_right"] == 2
+    assert own["error_abs_median"] == pytest.approx(0.005)
+    assert macs["predicted_mean"] == pytest.approx(-0.02)
+    assert macs["error_mean"] == pytest.approx(-0.025) and macs["sign_right"] == 1
+    lo, hi = macs["error_ci"]
+    assert lo < -0.025 < hi
+    with pytest.raises(pricing.BenchError, match="seed 0 has two runs of a at 0.7x"):
+        pricing.pairs([*runs, priced_run(0, "a", 0.7, 0.7, 0.7, "s.json")], ("a", "b"), ["own"])
+    with pytest.raises(pricing.BenchError, match="no seed has a priced run of both a and c"):
+        pricing.pairs(runs, ("a", "c"), ["own"])
+
+
+def test_pair_flag_writes_the_pairs_and_refuses_a_bad_pair(result, tmp_path, capsys):
+    out, table = result
+    pricing = load("plan_pricing")
+    dest = tmp_path / "pair.json"
+    argv = [str(out), "--table", f"own={table}", "--pair", "uniform,halp-taylor-abs"]
+    assert pricing.main([*argv, "--out", str(dest)]) == 0
+    pairs = json.loads(dest.read_text())["pairs"]
+    assert list(pairs) == ["0.6x", "0.4x"]
+    runs = {(r["method"], r["target"]): r for r in json.loads(out.read_text())["runs"]}
+    for target, cell in pairs.items():
+        assert cell["seeds"] == [0]
+        gap = (
+            runs[("halp-taylor-abs", target)]["measured_ratio"]
+            - runs[("uniform", target)]["measured_ratio"]
+        )
+        assert cell["measured_mean"] == pytest.approx(gap)
+        assert cell["tables"]["own"]["error_ci"] is None  # one seed: no interval
+    assert "halp-taylor-abs minus uniform" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    assert pricing.main([*argv[:3], "--pair", "uniform", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pair 'uniform' must be two methods' names" in err[0]
+    assert not bad.exists()
