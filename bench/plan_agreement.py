@@ -13,7 +13,8 @@ new training:
 - how alike the two tables rank the groups: each group's cost per channel (one bundle
   removed, every other group as it is: at the dense widths, and at each of the first
   method's plans), its rank correlation between the tables, and the spread of the
-  measured cost per MAC (a table proportional to MACs would have none).
+  measured cost per MAC (a table proportional to MACs would have none); at the dense
+  widths also each group's, relative to the median, to name the groups at its ends.
 
 Several results of one model, data and input shape (seeds run in parts) are read as one;
 a method's run of one seed and target in two of them is refused. Each group's cost is the
@@ -120,14 +121,22 @@ def channel_cost(graph: Any, table: Any, keep: dict[int, int], bundles: dict[int
     return costs
 
 
-def compare_costs(measured: dict[int, float], macs: dict[int, float], free: set[int]):
+def compare_costs(
+    measured: dict[int, float], macs: dict[int, float], free: set[int], by_group: bool = False
+):
     """Rank correlation of two tables' per-channel costs, over all groups and over the
-    ``free`` ones, and the spread of measured / MACs (relative to its median)."""
+    ``free`` ones, and the spread of measured / MACs (relative to its median); with
+    ``by_group`` each group's measured / MACs relative to that median too."""
     gids = sorted(set(measured) & set(macs))
     free_ids = [g for g in gids if g in free]
     per_mac = [measured[g] / macs[g] for g in gids if macs[g] > 0]
     mid = statistics.median(per_mac) if per_mac else 0.0
     rel = sorted(v / mid for v in per_mac) if mid > 0 else []
+    extra = {}
+    if by_group:
+        extra["ms_per_mac_rel_by_group"] = {
+            str(g): measured[g] / macs[g] / mid for g in gids if macs[g] > 0 and mid > 0
+        }
     return {
         "groups": len(gids),
         "spearman": spearman([measured[g] for g in gids], [macs[g] for g in gids]),
@@ -143,6 +152,7 @@ def compare_costs(measured: dict[int, float], macs: dict[int, float], free: set[
             if rel
             else None
         ),
+        **extra,
     }
 
 
@@ -217,6 +227,7 @@ def agreement(result: dict, table: Any, macs: Any, methods: tuple[str, str], min
         channel_cost(graph, table, dense, bundles),
         channel_cost(graph, macs, dense, bundles),
         set(groups),
+        by_group=True,
     )
     targets = sorted({k[1] for k in plans}, key=lambda t: -float(t.rstrip("x")))
     out: dict[str, Any] = {}

@@ -95,6 +95,8 @@ def test_counts_what_the_plans_differ_in(setup, tmp_path, capsys):
     assert dense["groups"] == 4 and dense["spearman"] == pytest.approx(1.0)
     spread = dense["ms_per_mac_rel"]
     assert spread["min"] == pytest.approx(1.0) and spread["max"] == pytest.approx(1.0)
+    each = dense["ms_per_mac_rel_by_group"]
+    assert len(each) == 4 and all(v == pytest.approx(1.0) for v in each.values())
     printed = capsys.readouterr().out
     assert "A = a, B = b" in printed and "between its seeds" in printed
 
