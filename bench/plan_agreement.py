@@ -48,6 +48,7 @@ from plan_pricing import (  # noqa: E402
     load_pareto,
     load_results,
     macs_table,
+    method_pair,
     run_floor,
     same_setting,
 )
@@ -305,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         same_setting(
             list(results.items()), ("model", "data", "input_shape"), "give results of one model"
         )
-        methods = tuple(m.strip() for m in args.methods.split(","))
-        if len(methods) != 2 or not all(methods) or methods[0] == methods[1]:
-            raise BenchError(f"--methods {args.methods!r}: give two different methods, A,B")
+        methods = method_pair(args.methods, "--methods")
         result = {**next(iter(results.values())), "runs": merged_runs(results, methods)}
         min_keep = args.min_keep
         if min_keep is None:

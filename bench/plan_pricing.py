@@ -125,6 +125,14 @@ def load_results(paths: list[str]) -> dict[str, dict[str, Any]]:
     return results
 
 
+def method_pair(text: str, flag: str) -> tuple[str, str]:
+    """``A,B`` as two different methods' names, or BenchError naming ``flag``."""
+    pair = tuple(m.strip() for m in text.split(","))
+    if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
+        raise BenchError(f"{flag} {text!r}: give two different methods, A,B")
+    return pair
+
+
 def run_floor(run: dict[str, Any], settings: dict[str, Any] | None) -> float | None:
     """The per-group floor a bench/pareto.py run pruned at: the one it recorded, else its
     result's ``--min-keep``; None where neither says (a baseline, or a run older than
@@ -312,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.table and not args.lines and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
-        pair = tuple(args.pair.split(",")) if args.pair is not None else None
-        if pair is not None and (len(pair) != 2 or not all(pair) or pair[0] == pair[1]):
-            raise BenchError(f"--pair {args.pair!r} must be two methods' names, A,B")
+        pair = method_pair(args.pair, "--pair") if args.pair is not None else None
         for flag, specs in (("--table", args.table), ("--lines", args.lines)):
             for spec in specs:
                 name, sep, path = spec.partition("=")

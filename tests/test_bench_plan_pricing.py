@@ -196,5 +196,5 @@ def test_pair_flag_writes_the_pairs_and_refuses_a_bad_pair(result, tmp_path, cap
     bad = tmp_path / "bad.json"
     assert pricing.main([*argv[:3], "--pair", "uniform", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--pair 'uniform' must be two methods' names" in err[0]
+    assert len(err) == 1 and "--pair 'uniform': give two different methods, A,B" in err[0]
     assert not bad.exists()
