@@ -48,6 +48,7 @@ from plan_pricing import (  # noqa: E402
     load_pareto,
     load_results,
     macs_table,
+    merged_runs,
     method_pair,
     run_floor,
     same_setting,
@@ -167,26 +168,6 @@ def differ(a: dict[int, int], b: dict[int, int]) -> dict[str, Any]:
         "fraction": moved / kept if kept else 0.0,
         "groups": sum(1 for g in a if a[g] != b[g]),
     }
-
-
-def merged_runs(results: dict[str, dict], methods: tuple[str, str]) -> list[dict]:
-    """The runs of ``methods`` in ``results`` (file name -> result) as one list; a
-    method's run of one seed and target in two of the files is BenchError."""
-    where: dict[tuple[str, str, int], str] = {}
-    runs = []
-    for name, result in results.items():
-        for r in result["runs"]:
-            if r.get("method") not in methods:
-                continue
-            key = (r["method"], r.get("target"), r.get("seed"))
-            if key in where:
-                raise BenchError(
-                    f"{key[0]} at {key[1]}, seed {key[2]}, is in both {where[key]} and "
-                    f"{name}: give each run once"
-                )
-            where[key] = name
-            runs.append(r)
-    return runs
 
 
 def mean_or_none(values: list[float]) -> float | None:

@@ -125,6 +125,26 @@ def load_results(paths: list[str]) -> dict[str, dict[str, Any]]:
     return results
 
 
+def merged_runs(results: dict[str, dict], methods: tuple[str, str]) -> list[dict]:
+    """The runs of ``methods`` in ``results`` (file name -> result) as one list; a
+    method's run of one seed and target in two of the files is BenchError."""
+    where: dict[tuple[str, str, int], str] = {}
+    runs = []
+    for name, result in results.items():
+        for r in result["runs"]:
+            if r.get("method") not in methods:
+                continue
+            key = (r["method"], r.get("target"), r.get("seed"))
+            if key in where:
+                raise BenchError(
+                    f"{key[0]} at {key[1]}, seed {key[2]}, is in both {where[key]} and "
+                    f"{name}: give each run once"
+                )
+            where[key] = name
+            runs.append(r)
+    return runs
+
+
 def method_pair(text: str, flag: str) -> tuple[str, str]:
     """``A,B`` as two different methods' names, or BenchError naming ``flag``."""
     pair = tuple(m.strip() for m in text.split(","))
@@ -256,22 +276,13 @@ def pairs(runs: list[dict[str, Any]], methods: tuple[str, str], names: list[str]
     """Per target, over the seeds with a priced run of both ``methods`` (A, B): B's
     latency minus A's as a fraction of the dense model's, measured and predicted by each
     table, and each table's error on it (predicted minus measured: its mean with a 95% t
-    interval, its median size, on how many seeds it had the sign right). BenchError where
-    a seed has two runs of one method at a target, or no seed has both."""
+    interval, its median size, on how many seeds it had the sign right), from ``runs``
+    with at most one of a method at a seed and target (:func:`merged_runs` checks the
+    results). BenchError where no seed has both."""
     from halp_trt.prune.schedule import target_fraction
 
     a, b = methods
-    by: dict[tuple, dict] = {}
-    for r in runs:
-        if r["method"] not in methods:
-            continue
-        key = (r["target"], r["seed"], r["method"])
-        if key in by:
-            raise BenchError(
-                f"seed {key[1]} has two runs of {key[2]} at {key[0]} ({by[key]['result']} and "
-                f"{r['result']}): give each once to pair them"
-            )
-        by[key] = r
+    by = {(r["target"], r["seed"], r["method"]): r for r in runs if r["method"] in methods}
     interval = load_pareto().paired_interval
     out: dict[str, Any] = {}
     for target in sorted({k[0] for k in by}, key=lambda t: -(target_fraction(t) or 0.0)):
@@ -321,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.table and not args.lines and not args.macs:
             raise BenchError("give at least one --table NAME=PATH or --macs NAME")
         pair = method_pair(args.pair, "--pair") if args.pair is not None else None
+        if pair is not None:
+            merged_runs(results, pair)  # a method's run of one seed and target once
         for flag, specs in (("--table", args.table), ("--lines", args.lines)):
             for spec in specs:
                 name, sep, path = spec.partition("=")

@@ -169,8 +169,6 @@ def test_a_pair_of_methods_priced_seed_by_seed():
     assert macs["error_mean"] == pytest.approx(-0.025) and macs["sign_right"] == 1
     lo, hi = macs["error_ci"]
     assert lo < -0.025 < hi
-    with pytest.raises(pricing.BenchError, match="seed 0 has two runs of a at 0.7x"):
-        pricing.pairs([*runs, priced_run(0, "a", 0.7, 0.7, 0.7, "s.json")], ("a", "b"), ["own"])
     with pytest.raises(pricing.BenchError, match="no seed has a priced run of both a and c"):
         pricing.pairs(runs, ("a", "c"), ["own"])
 
@@ -197,4 +195,10 @@ def test_pair_flag_writes_the_pairs_and_refuses_a_bad_pair(result, tmp_path, cap
     assert pricing.main([*argv[:3], "--pair", "uniform", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--pair 'uniform': give two different methods, A,B" in err[0]
+    assert not bad.exists()
+    again = tmp_path / "again.json"  # the same runs under another name: each seed twice
+    again.write_text(out.read_text())
+    assert pricing.main([str(out), str(again), *argv[1:], "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is in both {out.name} and again.json" in err[0], err
     assert not bad.exists()
