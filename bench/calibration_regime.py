@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "fits": fits,
         "rows": rows,
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join(
+        "command": shlex.join(
             ["python", "bench/calibration_regime.py", *(sys.argv[1:] if argv is None else argv)]
         ),
     }

@@ -21,6 +21,7 @@ table (same file name, same check) are read as one table with several fidelity r
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": [Path(path).name for path in args.results],
                 "left_out": len(read_runs) - len(runs),
                 "tables": rows,
-                "command": "python bench/check_precision.py " + " ".join(argv or sys.argv[1:]),
+                "command": "python bench/check_precision.py " + shlex.join(argv or sys.argv[1:]),
             },
         )
         print(f"wrote {out}")

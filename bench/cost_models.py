@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "infeasible": infeasible,
         "rows": rows,
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join(
+        "command": shlex.join(
             ["python", "bench/cost_models.py", *(sys.argv[1:] if argv is None else argv)]
         ),
     }

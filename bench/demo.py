@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def run_once(out: Path, args: argparse.Namespace) -> dict | None:
     cmd = [sys.executable, "-m", "halp_trt", "run", *DEMO, "--out", str(out)]
     cmd += ["--no-progress"] if args.no_progress else []
     cmd += ["--resume"] if args.resume else []
-    print("$ halp-trt run " + " ".join(cmd[4:]), flush=True)
+    print("$ halp-trt run " + shlex.join(cmd[4:]), flush=True)
     t0 = time.perf_counter()
     rc = subprocess.call(cmd)
     seconds = time.perf_counter() - t0
@@ -117,7 +118,7 @@ def main() -> int:
             return 1
         runs.append(run)
     head = {
-        "command": "halp-trt run " + " ".join(DEMO),
+        "command": "halp-trt run " + shlex.join(DEMO),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
     }
     if args.repeat == 1:

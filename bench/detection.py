@@ -35,6 +35,7 @@ import contextlib
 import copy
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    command = "python bench/detection.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/detection.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, **result}
     print(render(result))
     atomic_write_json(args.json, result, indent=2)

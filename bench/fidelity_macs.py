@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         from lut_builder.fileio import atomic_write_json
 
-        cmd = "python bench/fidelity_macs.py " + " ".join(r["run"] for r in results)
+        cmd = "python bench/fidelity_macs.py " + shlex.join(r["run"] for r in results)
         atomic_write_json(args.out, {"results": results, "command": cmd + f" --out {args.out}"})
         print(f"wrote {args.out}")
     return 0

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -161,7 +162,7 @@ def run_once(out: Path, extra: list[str], resume: bool, lut: Path | None = None)
     flags = [*DEMO, "--precision", "int8", *extra, "--out", str(out), "--no-progress"]
     flags += ["--lut", str(lut)] if lut else []
     flags += ["--resume"] if resume else []
-    print("$ halp-trt run " + " ".join(flags), flush=True)
+    print("$ halp-trt run " + shlex.join(flags), flush=True)
     t0 = time.perf_counter()
     code = subprocess.call([sys.executable, "-m", "halp_trt", "run", *flags])
     if code != 0:
@@ -176,7 +177,7 @@ def run_once(out: Path, extra: list[str], resume: bool, lut: Path | None = None)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunFailed(f"cannot read the run's report in {out}: {type(e).__name__}: {e}") from None
     result = {
-        "command": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *extra]),
+        "command": "halp-trt run " + shlex.join([*DEMO, "--precision", "int8", *extra]),
         "importance": (plan.get("pruning") or {}).get("importance"),  # what ran
         "table": "built" if lut is None else f"reused ({lut.parent.name}/{lut.name})",
         "machine": {
@@ -292,7 +293,7 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             lut = lut or where / "lut.db"
     names = [c or "default" for c in criteria]
     return {
-        "command": "python bench/int8_demo.py " + " ".join(argv),
+        "command": "python bench/int8_demo.py " + shlex.join(argv),
         "demo": "halp-trt run " + " ".join([*DEMO, "--precision", "int8", *args.run_flags]),
         "seeds": seeds,
         "criteria": names,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_points_sparse": total_sparse,
         "signatures": results,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "command": " ".join(
+        "command": shlex.join(
             ["python", "bench/lut_build.py", *(sys.argv[1:] if argv is None else argv)]
         ),
     }

@@ -86,6 +86,7 @@ import argparse
 import copy
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "assignments": assignments,
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join(
+        "command": shlex.join(
             ["python", "bench/lut_fidelity.py", *(sys.argv[1:] if argv is None else argv)]
         ),
     }

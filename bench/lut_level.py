@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "context_models": len(runners) + len(pruned),
         "summary": [summary(i) for i in range(len(runners))],
         "host": {"python": platform.python_version(), "torch": torch.__version__},
-        "command": " ".join(
+        "command": shlex.join(
             ["python", "bench/lut_level.py", *(sys.argv[1:] if argv is None else argv)]
         ),
     }

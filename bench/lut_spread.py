@@ -33,6 +33,7 @@ where one run's error mixes the table's with its measurement's.
 from __future__ import annotations
 
 import math
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['median']:.1%}, max {m['max']:.1%}"
             )
     if out is not None:
-        command = "python bench/lut_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python bench/lut_spread.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, {"command": command, **found}, indent=1)
         print(f"wrote {out}")

@@ -183,6 +183,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -1896,7 +1897,7 @@ def run(args: argparse.Namespace, checked: dict[str, Any], argv: list[str] | Non
         ctx["macs_table"] = macs_table(
             table_path.with_name(table_path.stem + "_macs.db"), arch, x, step, align
         )
-    command = "python bench/pareto.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/pareto.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result |= {
         "benchmark": "pareto",
         "command": command,

@@ -30,6 +30,7 @@ keeps its seeds' dense models and settings, so a second re-run swaps into it in 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = {
         "command": "python bench/pareto_swap.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         **result,
     }
     print(table_text(result))

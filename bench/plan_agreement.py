@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
 import sys
 import tempfile
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f", accuracy A-B {m['a_minus_b_points']:+.2f} points"
             )
     if out is not None:
-        command = "python bench/plan_agreement.py " + " ".join(
+        command = "python bench/plan_agreement.py " + shlex.join(
             sys.argv[1:] if argv is None else argv
         )
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -96,7 +97,7 @@ def write_figures(out: Path, script: str, argv: list[str] | None, figures: dict)
     them (``python bench/SCRIPT ARGS``, no path of the machine it ran on)."""
     from lut_builder.fileio import atomic_write_json
 
-    command = f"python bench/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"python bench/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
     name = script.removesuffix(".py")
     out.parent.mkdir(parents=True, exist_ok=True)  # checked with parents=True
     atomic_write_json(out, {"benchmark": name, "command": command, **figures})
@@ -381,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"sign right on {t['sign_right']} of {len(cell['seeds'])}"
             )
     if out is not None:
-        command = "python bench/plan_pricing.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python bench/plan_pricing.py " + shlex.join(
+            sys.argv[1:] if argv is None else argv
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             out,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -311,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan_shapes.py: error: {exc}", file=sys.stderr)
         return 2
     if checked["out"] is not None:
-        command = "python bench/plan_shapes.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python bench/plan_shapes.py " + shlex.join(
+            sys.argv[1:] if argv is None else argv
+        )
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "table")}
         checked["out"].parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(

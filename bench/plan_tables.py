@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         "importance": "l2, untrained weights",
         "seed": args.seed,
         "rows": rows,
-        "command": "python bench/plan_tables.py " + " ".join(argv),
+        "command": "python bench/plan_tables.py " + shlex.join(argv),
     }
 
 

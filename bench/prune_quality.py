@@ -59,6 +59,7 @@ import fcntl
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -763,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(per_seed, summary, target_ms)
     result = {
         "command": "python bench/prune_quality.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         "model": f"CifarResNet(depth={args.depth}, width={args.width}, in_channels={args.channels})",
         "data": "digits 32x32 (1437 train / 360 val)",
         "target": args.target,

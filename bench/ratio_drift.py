@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import statistics
 import sys
 import time
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "benchmark": "ratio_drift",
             "command": "python bench/ratio_drift.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
+            + shlex.join(sys.argv[1:] if argv is None else argv),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "lock")},
             "widths": [
                 m.out_channels for m in untrained.modules() if isinstance(m, torch.nn.Conv2d)

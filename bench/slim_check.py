@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "benchmark": "slim_check",
             "command": "python bench/slim_check.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
+            + shlex.join(sys.argv[1:] if argv is None else argv),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table")},
             "table": Path(args.table).name,
             "host": {"python": platform.python_version(), "torch": torch.__version__},

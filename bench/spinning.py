@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = {
             "command": "python bench/spinning.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
+            + shlex.join(sys.argv[1:] if argv is None else argv),
             "machine": {"cpu": platform.machine(), "cores": os.cpu_count()},
             "model": MODEL,
             "input_shape": list(SHAPE),

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,7 +46,7 @@ BAND = (0.95, 1.02)
 def sh(*cmd: str) -> None:
     # Printed as a user would type it: the interpreter's path belongs to this machine.
     shown = ["python" if cmd[0] == sys.executable else cmd[0], *cmd[1:]]
-    print("$ " + " ".join(shown), flush=True)
+    print("$ " + shlex.join(shown), flush=True)
     subprocess.run(cmd, check=True)
 
 
@@ -121,7 +122,7 @@ def main() -> int:
             tables[t] = {
                 "table": build[-1],
                 "pruned": prune[-2],
-                "commands": [" ".join(build), " ".join(prune)],
+                "commands": [shlex.join(build), shlex.join(prune)],
             }
             if not (args.reuse and Path(build[-1]).exists()):
                 sh(sys.executable, "-m", "lut_builder", *build[1:])
@@ -209,7 +210,7 @@ def main() -> int:
             f"{r['measured_ratio']:>9.3f} {r['of_target']:>8.3f}{flag}"
         )
     result = {
-        "command": "python bench/threads.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/threads.py " + shlex.join(sys.argv[1:]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "timing_methods",
                 "command": "python bench/timing_methods.py "
-                + " ".join(sys.argv[1:] if argv is None else argv),
+                + shlex.join(sys.argv[1:] if argv is None else argv),
                 "model": args.model,
                 "input_shape": list(shape),
                 "timing": "ONNX Runtime CPU, one thread, thread clock, under the bench lock",

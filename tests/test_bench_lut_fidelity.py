@@ -4,6 +4,7 @@ the uniform copies it times beside the samples are rounded to the grid, not belo
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import pytest
@@ -89,7 +90,7 @@ def test_a_step_coarser_than_the_alignment_times_copies_on_the_grid(
     assert result["table_calibration_timing"] == result["timing"] == "served"
     assert result["rounds"] == 2
     # The command records the arguments main() was given, not the test runner's.
-    assert result["command"] == "python bench/lut_fidelity.py " + " ".join(argv)
+    assert result["command"] == "python bench/lut_fidelity.py " + shlex.join(argv)
     assert result["step"] == 32 and len(result["assignments"]) == 2
     assert {r["model"] for r in result["rows"]} >= {"uniform_0.75", "uniform_0.5"}
     # Its grids are whole (no probes): one fill, priced once.

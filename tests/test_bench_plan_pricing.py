@@ -4,6 +4,7 @@ table's own prediction comes back as the bench recorded it; bad input is one lin
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,19 @@ def test_prices_every_plan_as_the_bench_did(result, tmp_path, capsys):
     cell = priced["summary"]["0.6x"]["halp-taylor-abs"]["own"]
     assert cell["n"] == 1 and cell["min"] == cell["mean"] == cell["max"] > 0
     assert "halp-taylor-abs" in capsys.readouterr().out
+
+
+def test_the_recorded_command_pastes_back_as_it_was_typed(result, tmp_path):
+    """An argument with spaces (a note, a path) is quoted in the recorded command, so
+    the shell splits it back into the same arguments; a plain one stays as typed."""
+    out, table = result
+    pricing = load("plan_pricing")
+    dest = tmp_path / "with space" / "pricing.json"
+    argv = [str(out), "--macs", "macs", "--note", "two tables, one build", "--out", str(dest)]
+    assert pricing.main(argv) == 0
+    command = json.loads(dest.read_text())["command"]
+    assert shlex.split(command) == ["python", "bench/plan_pricing.py", *argv]
+    assert "--macs macs" in command  # nothing quoted that needs no quotes
 
 
 def test_several_results_of_one_model_priced_together(result, tmp_path, capsys):

@@ -6,6 +6,7 @@ line, exit code 2, nothing written."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,7 @@ def test_the_committed_scoreboard_is_what_its_pools_give_under_the_rules_now():
     until it is made again; the README shows that table as it is."""
     board = load_bench("scoreboard")
     committed = json.loads((ROOT / "bench/results/scoreboard.json").read_text())
-    args = committed["command"].split()[2:]
+    args = shlex.split(committed["command"])[2:]
     pools = [str(ROOT / a) for a in args[: args.index("--out")]]
     found, skipped = board.entries(pools)
     assert board.board(found) == committed["rows"]
