@@ -24,6 +24,16 @@ made at another moment cannot be tighter than that scatter.
     python bench/ratio_drift.py --model halp_trt.models:resnet18_cifar \\
         --data npz:runs/digits_hard.npz --input-shape 8,3,16,16 --fraction 0.55 \\
         --out bench/results/ratio_drift_resnet18_hard.json
+
+With ``--table FILE --target T`` the cut is halp-trt's own plan instead, made as
+bench/pareto.py's ``halp-auto-calib`` makes it (``auto`` importance on 8 minibatches of the
+dense model, one knapsack on the table with the measured-latency feedback, the channels
+removed before any training): the untrained copy is then the model the pruner timed at its
+step, widths and weights, and its reading there (``step`` in the JSON) stands beside the
+same model's readings minutes later and the fine-tuned copy's. Where bench/pareto.py's end
+timing reads a plan away from the pruner's step, this tells a model that runs at another
+speed after fine-tuning (the trained copy away from the untrained one) from a reading that
+moved (both copies together, away from the step).
 """
 
 from __future__ import annotations
@@ -52,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="digits", help="data spec (digits, npz:FILE, ...)")
     p.add_argument("--input-shape", required=True, help="N,C,H,W of the timing input")
     p.add_argument("--fraction", type=float, default=0.55, help="width kept, 0 < F < 1")
+    p.add_argument(
+        "--table", default=None, help="cut by halp-trt's plan on this latency table, not uniformly"
+    )
+    p.add_argument("--target", default="0.5x", help="the plan's target (with --table)")
     p.add_argument("--align", type=int, default=16, help="channel step of the widths")
     p.add_argument("--pretrain-epochs", type=int, default=1)
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning of the trained copy")
@@ -80,6 +94,16 @@ def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
     if args.pretrain_epochs < 0:
         raise BenchError("--pretrain-epochs must be at least 0")
+    if args.table is not None:
+        from halp_trt.prune.schedule import target_fraction
+
+        if not Path(args.table).is_file():
+            raise BenchError(f"--table {args.table} does not exist")
+        fraction = target_fraction(args.target)
+        if fraction is None or not 0 < fraction < 1:
+            raise BenchError(
+                f"--target must be a fraction below 1x, like 0.5x, not {args.target!r}"
+            )
     if args.out:
         check_output(args.out, flag="--out")
     shape, _, data, _ = load_pareto().model_and_data(args)
@@ -107,6 +131,30 @@ def pair_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         own = [p for r, p in zip(reps, pairs) if by[r, first].get("first") == first]
         out[f"{first}_first_median"] = statistics.median(own) if own else None
     return out
+
+
+def plan_cut(dense: Any, data: Any, x: Any, args: argparse.Namespace) -> tuple[Any, dict]:
+    """The dense model cut by halp-trt's plan as bench/pareto.py's ``halp-auto-calib``
+    cuts it (:func:`pareto.halp_calibrated`: ``auto``, 8 minibatches, one knapsack on
+    ``--table`` to ``--target``, measured-latency feedback), before any training: the model
+    the pruner timed at its step. Returns it and the pruner's own reading of it there (its
+    ratio to the dense model and the half-width of that reading's 95% interval; both None
+    where the pruner set the reading aside, its timings too scattered to trust)."""
+    import prune_quality
+
+    from lut_builder import LatencyTable
+
+    with prune_quality.bench_lock(args.lock), LatencyTable.open(args.table) as table:
+        slim, facts = load_pareto().halp_calibrated(
+            dense, data, x, table, args.target, "auto", batch_size=args.batch_size, feedback=True
+        )
+    step = {
+        "ratio": facts["steps_measured_ratio"][-1],
+        "halfwidth": facts["steps_measured_halfwidth"][-1],
+        "importance": facts["importance"],
+        "min_keep": facts["min_keep"],
+    }
+    return slim.eval(), step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         Trainer(dense, data, config(args.pretrain_epochs)).fit()
     dense = dense.cpu().eval()
     x = example_input(dense, shape).cpu()
-    untrained = prune_quality.uniform_prune(dense, x, args.fraction, args.align).eval()
+    step = None
+    if args.table is not None:
+        torch.manual_seed(args.seed)
+        untrained, step = plan_cut(dense, data, x, args)
+        print(
+            f"the pruner read its plan at {step['ratio']:.4f} of the dense model "
+            f"(+-{step['halfwidth']:.1%}) at its step"
+            if step["ratio"] is not None
+            else "the pruner set its reading of the plan aside (too scattered to trust)",
+            flush=True,
+        )
+    else:
+        untrained = prune_quality.uniform_prune(dense, x, args.fraction, args.align).eval()
     trained = copy.deepcopy(untrained).train()
     Trainer(trained, data, config(args.epochs)).fit()
     trained = trained.cpu().eval()
@@ -173,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         r = [row["ratio"] for row in rows if row["copy"] == name]
         summary[name] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
     summary["trained_over_untrained"] = pair_ratios(rows)
+    if step is not None and step["ratio"] is not None:  # each copy over the step's reading
+        for name in copies:
+            summary[name]["over_step"] = summary[name]["median"] / step["ratio"]
     all_r = [row["ratio"] for row in rows]
     summary["spread_of_all"] = max(all_r) / min(all_r) - 1
     summary.update(scatter_and_claim(rows))  # why: the module's docstring
     for name in copies:
         s = summary[name]
-        print(f"{name:9s} median {s['median']:.4f}, range {s['min']:.4f}-{s['max']:.4f}")
+        over = f", {s['over_step']:.3f} of the step's reading" if "over_step" in s else ""
+        print(f"{name:9s} median {s['median']:.4f}, range {s['min']:.4f}-{s['max']:.4f}{over}")
     pairs = summary["trained_over_untrained"]
     by_order = ", ".join(
         f"{first} first {pairs[f'{first}_first_median']:.4f}"
@@ -201,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python bench/ratio_drift.py "
             + shlex.join(sys.argv[1:] if argv is None else argv),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "lock")},
+            "cut": "plan" if step is not None else "uniform",
+            **({"step": step} if step is not None else {}),
             "widths": [
                 m.out_channels for m in untrained.modules() if isinstance(m, torch.nn.Conv2d)
             ],

@@ -37,6 +37,51 @@ def test_bad_input_is_one_line_and_writes_nothing(drift, tmp_path, capsys, extra
     assert not out.exists()
 
 
+def test_a_missing_table_or_a_target_of_1x_is_one_line(drift, tmp_path, capsys):
+    out, table = tmp_path / "d.json", tmp_path / "t.db"
+    base = ["--model", TINY, "--input-shape", "2,3,8,8", "--out", str(out)]
+    assert drift.main([*base, "--table", str(table)]) == 2
+    table.write_bytes(b"")  # there, whatever it holds: the target is checked first
+    assert drift.main([*base, "--table", str(table), "--target", "1.2x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and f"--table {table} does not exist" in err[0], err
+    assert "--target must be a fraction below 1x" in err[1]
+    assert not out.exists()
+
+
+def test_a_plan_cut_is_the_model_the_pruner_timed_at_its_step(
+    drift, tmp_path, short_feedback, monkeypatch
+):
+    """With --table, the untrained copy is halp-trt's plan before training, and the
+    pruner's own reading of it at the step is kept beside the later readings."""
+    import torch
+
+    from halp_trt.specs import load_model
+
+    # The short feedback's 5 rounds scatter on a busy machine; trusted here whatever they
+    # spread, so that the step has a reading to keep.
+    monkeypatch.setattr("halp_trt.prune.feedback.FEEDBACK_TRUST", 10.0)
+
+    table = tmp_path / "t.db"
+    model = load_model(TINY)
+    load_bench("pareto").macs_table(table, model, torch.randn(2, 3, 8, 8), 8, 8).close()
+    out = tmp_path / "d.json"
+    argv = [
+        "--model", TINY, "--input-shape", "2,3,8,8", "--table", str(table), "--target", "0.6x",
+        "--pretrain-epochs", "0", "--epochs", "1", "--reps", "2",
+        "--lock", str(tmp_path / "lock"), "--out", str(out),
+    ]  # fmt: skip
+    assert drift.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["cut"] == "plan" and result["settings"]["target"] == "0.6x"
+    step = result["step"]
+    assert 0 < step["ratio"] < 1 and step["halfwidth"] >= 0 and step["importance"]
+    assert result["widths"] != [32, 64] and len(result["widths"]) == 2  # pruned, not uniform
+    for name in ("untrained", "trained"):
+        s = result["summary"][name]
+        assert s["over_step"] == pytest.approx(s["median"] / step["ratio"])
+
+
 def test_tiny_run_times_both_copies_alternately(drift, tmp_path, short_feedback):
     out = tmp_path / "d.json"
     argv = [
