@@ -14,7 +14,12 @@ new training:
   removed, every other group as it is: at the dense widths, and at each of the first
   method's plans), its rank correlation between the tables, and the spread of the
   measured cost per MAC (a table proportional to MACs would have none); at the dense
-  widths also each group's, relative to the median, to name the groups at its ends.
+  widths also each group's, relative to the median, to name the groups at its ends;
+- for each group the two plans differ in on three seeds or more, by how many channels the
+  second method keeps more of it on the mean, and the rank correlation over the seeds
+  between that difference and the accuracy difference (second minus first, in points):
+  if a gap in accuracy came from what the plans trade in a group, the seeds that trade
+  more of it would score further apart.
 
 Several results of one model, data and input shape (seeds run in parts) are read as one;
 a method's run of one seed and target in two of them is refused. Each group's cost is the
@@ -175,6 +180,26 @@ def mean_or_none(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def trade_by_group(rows: list[dict], a_name: str, b_name: str) -> dict[str, dict[str, Any]]:
+    """Per group the plans differ in on at least three seeds: on how many
+    (``seeds_differ``), the mean of B's minus A's kept channels over every seed
+    (``b_minus_a_channels``) and Spearman's correlation over the seeds between that
+    difference and B's minus A's accuracy in points (``spearman_with_points``; None where
+    either is constant)."""
+    out: dict[str, dict[str, Any]] = {}
+    points = [100 * (r["val_acc"][b_name] - r["val_acc"][a_name]) for r in rows]
+    for g in sorted({g for r in rows for g in r["keep"][a_name]}, key=int):
+        diffs = [r["keep"][b_name][g] - r["keep"][a_name][g] for r in rows]
+        if sum(1 for d in diffs if d) < 3:
+            continue
+        out[str(g)] = {
+            "seeds_differ": sum(1 for d in diffs if d),
+            "b_minus_a_channels": statistics.fmean(diffs),
+            "spearman_with_points": spearman(diffs, points),
+        }
+    return out
+
+
 def agreement(result: dict, table: Any, macs: Any, methods: tuple[str, str], min_keep: float):
     """The figures of the module's docstring, per target and seed (``result``: its
     model and input shape, and the runs of every result read)."""
@@ -263,6 +288,7 @@ def agreement(result: dict, table: Any, macs: Any, methods: tuple[str, str], min
                     [100 * (r["val_acc"][a_name] - r["val_acc"][b_name]) for r in rows]
                 ),
             },
+            "trade_by_group": trade_by_group(rows, a_name, b_name),
         }
     return {
         "groups": len(groups),
@@ -360,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * m['differ_fraction']:.1f}% of the channels"
                 + ("" if between is None else f" (A between its seeds {100 * between:.1f}%)")
                 + f", accuracy A-B {m['a_minus_b_points']:+.2f} points"
+            )
+        for g, tr in t["trade_by_group"].items():
+            rho = tr["spearman_with_points"]
+            print(
+                f"{target:6s} group {g:>3s}: B keeps {tr['b_minus_a_channels']:+6.1f} channels "
+                f"on the mean ({tr['seeds_differ']} seeds differ), rank correlation with "
+                f"B-A points {'-' if rho is None else f'{rho:+.2f}'}"
             )
     if out is not None:
         command = "python bench/plan_agreement.py " + shlex.join(

@@ -90,6 +90,7 @@ def test_counts_what_the_plans_differ_in(setup, tmp_path, capsys):
     assert rows[0]["val_acc"] == {"a": 0.5, "b": pytest.approx(0.51)}
     between = found["targets"]["0.5x"]["between_seeds_a"]
     assert [p["channels"] for p in between] == [8]  # the failed seed 2 is left out
+    assert found["targets"]["0.5x"]["trade_by_group"] == {}  # no group differs on 3 seeds
     # one table on both sides: the same ranking, the same cost per MAC everywhere
     dense = found["costs_at_dense"]
     assert dense["groups"] == 4 and dense["spearman"] == pytest.approx(1.0)
@@ -137,6 +138,29 @@ def test_ranks_and_spearman():
     assert agreement.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     assert agreement.spearman([1, 2, 3], [5, 5, 5]) is None
     assert agreement.spearman([1, 2], [1, 2]) is None
+
+
+def test_trade_by_group_sets_each_group_beside_the_accuracy_gap():
+    """Groups the plans differ in on three seeds or more, B's extra channels on the mean,
+    and their rank correlation with B's minus A's points over the seeds."""
+    agreement = load("plan_agreement")
+
+    def row(a: dict, b: dict, acc_a: float, acc_b: float) -> dict:
+        return {"keep": {"A": a, "B": b}, "val_acc": {"A": acc_a, "B": acc_b}}
+
+    rows = [  # group 1: B keeps more where it scores higher; group 2 differs on two seeds
+        row({1: 64, 2: 32, 3: 16}, {1: 80, 2: 32, 3: 16}, 0.80, 0.81),
+        row({1: 64, 2: 32, 3: 16}, {1: 96, 2: 16, 3: 16}, 0.80, 0.82),
+        row({1: 64, 2: 32, 3: 16}, {1: 64, 2: 32, 3: 16}, 0.80, 0.79),
+        row({1: 64, 2: 32, 3: 16}, {1: 112, 2: 16, 3: 16}, 0.80, 0.84),
+    ]
+    found = agreement.trade_by_group(rows, "A", "B")
+    assert list(found) == ["1"]
+    assert found["1"]["seeds_differ"] == 3
+    assert found["1"]["b_minus_a_channels"] == pytest.approx((16 + 32 + 0 + 48) / 4)
+    assert found["1"]["spearman_with_points"] == pytest.approx(1.0)
+    rows[3]["val_acc"]["B"] = 0.78  # the widest trade now scores lowest
+    assert agreement.trade_by_group(rows, "A", "B")["1"]["spearman_with_points"] < 0.5
 
 
 @pytest.mark.parametrize(
