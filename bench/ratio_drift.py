@@ -106,8 +106,30 @@ def check(args: argparse.Namespace) -> tuple[tuple[int, ...], Any]:
             )
     if args.out:
         check_output(args.out, flag="--out")
-    shape, _, data, _ = load_pareto().model_and_data(args)
+    shape, x, data, _ = load_pareto().model_and_data(args)
+    if args.table is not None:
+        check_table(args, x)
     return shape, data
+
+
+def check_table(args: argparse.Namespace, x: Any) -> None:
+    """``--table`` is a table of this model that can price ``--target``, measured on
+    ONNX Runtime (where the plan's feedback times it) or of MACs (bench/pareto.py's
+    ``halp-auto-macs-calib``): a pruner set up on the untrained model raises where a
+    layer is missing or the target is out of the table's reach, before any training.
+    Raises BenchError or a UserError."""
+    from halp_trt.prune import Pruner
+    from halp_trt.specs import load_model
+    from lut_builder import LatencyTable
+
+    with LatencyTable.open(args.table) as table:
+        backend = (table.fingerprint or {}).get("backend")
+        if backend not in ("onnxruntime", "analytic"):
+            raise BenchError(
+                f"--table {args.table} was measured on {backend or 'no known backend'}; "
+                "the plan's feedback times on onnxruntime (a MACs table also prices it)"
+            )
+        Pruner(load_model(args.model), x, table, args.target, schedule="oneshot", steps=1)
 
 
 def scatter_and_claim(rows: list[dict[str, Any]]) -> dict[str, float | None]:

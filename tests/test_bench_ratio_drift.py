@@ -37,15 +37,29 @@ def test_bad_input_is_one_line_and_writes_nothing(drift, tmp_path, capsys, extra
     assert not out.exists()
 
 
-def test_a_missing_table_or_a_target_of_1x_is_one_line(drift, tmp_path, capsys):
+def test_a_table_that_cannot_cut_the_model_is_one_line_before_training(drift, tmp_path, capsys):
+    import torch
+
+    from halp_trt.specs import load_model
+
     out, table = tmp_path / "d.json", tmp_path / "t.db"
     base = ["--model", TINY, "--input-shape", "2,3,8,8", "--out", str(out)]
     assert drift.main([*base, "--table", str(table)]) == 2
-    table.write_bytes(b"")  # there, whatever it holds: the target is checked first
+    table.write_bytes(b"not a table " * 8)  # the target is checked before the file
     assert drift.main([*base, "--table", str(table), "--target", "1.2x"]) == 2
+    assert drift.main([*base, "--table", str(table)]) == 2
+    tiny = tmp_path / "tiny.db"  # the model's table at 8x8, asked for 16x16
+    load_bench("pareto").macs_table(tiny, load_model(TINY), torch.randn(2, 3, 8, 8), 8, 8).close()
+    wrong = ["--model", TINY, "--input-shape", "2,3,16,16", "--out", str(out)]
+    assert drift.main([*wrong, "--table", str(tiny)]) == 2
+    assert drift.main([*base, "--table", str(tiny), "--target", "0.01x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and f"--table {table} does not exist" in err[0], err
+    assert len(err) == 5, err
+    assert f"--table {table} does not exist" in err[0]
     assert "--target must be a fraction below 1x" in err[1]
+    assert "is not a latency table" in err[2]
+    assert "does not cover layer" in err[3]
+    assert "is infeasible" in err[4]
     assert not out.exists()
 
 
