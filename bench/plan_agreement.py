@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
 import statistics
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from plan_pricing import (  # noqa: E402
     method_pair,
     run_floor,
     same_setting,
+    write_figures,
 )
 
 
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from halp_trt.prune.pruner import DEFAULT_MIN_KEEP
     from lut_builder import LatencyTable
     from lut_builder.errors import UserError as LutUserError
-    from lut_builder.fileio import atomic_write_json, check_output
+    from lut_builder.fileio import check_output
 
     args = parse_args(argv)
     opened: list[Any] = []
@@ -395,24 +395,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"B-A points {'-' if rho is None else f'{rho:+.2f}'}"
             )
     if out is not None:
-        command = "python bench/plan_agreement.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            out,
-            {
-                "benchmark": "plan_agreement",
-                "command": command,
-                "results": list(results),
-                "table": Path(args.table).name,
-                "methods": list(methods),
-                "min_keep": min_keep,
-                **found,
-            },
-            indent=1,
-        )
-        print(f"wrote {out}")
+        figures = {
+            "results": list(results),
+            "table": Path(args.table).name,
+            "methods": list(methods),
+            "min_keep": min_keep,
+        }
+        write_figures(out, "plan_agreement.py", argv, {**figures, **found})
     return 0
 
 

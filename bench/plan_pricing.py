@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     from halp_trt.errors import UserError
     from lut_builder import LatencyTable
     from lut_builder.errors import UserError as LutUserError
-    from lut_builder.fileio import atomic_write_json, check_output
+    from lut_builder.fileio import check_output
 
     args = parse_args(argv)
     tables: dict[str, Any] = {}
@@ -382,30 +382,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"sign right on {t['sign_right']} of {len(cell['seeds'])}"
             )
     if out is not None:
-        command = "python bench/plan_pricing.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            out,
-            {
-                "benchmark": "plan_pricing",
-                "command": command,
-                "results": list(results),
-                "note": args.note,
-                "tables": {
-                    **{n: Path(p).name for n, p in (s.partition("=")[::2] for s in args.table)},
-                    **{
-                        n: f"{Path(p).name} (filled with its lines)"
-                        for n, p in (s.partition("=")[::2] for s in args.lines)
-                    },
-                    **({args.macs: "MACs (analytic)"} if args.macs else {}),
-                },
-                **priced,
+        tables_named = {
+            **{n: Path(p).name for n, p in (s.partition("=")[::2] for s in args.table)},
+            **{
+                n: f"{Path(p).name} (filled with its lines)"
+                for n, p in (s.partition("=")[::2] for s in args.lines)
             },
-            indent=1,
-        )
-        print(f"wrote {out}")
+            **({args.macs: "MACs (analytic)"} if args.macs else {}),
+        }
+        figures = {"results": list(results), "note": args.note, "tables": tables_named}
+        write_figures(out, "plan_pricing.py", argv, {**figures, **priced})
     return 0
 
 
